@@ -1,0 +1,3 @@
+from agent_svc.server import main
+
+main()

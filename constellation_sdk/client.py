@@ -1,0 +1,68 @@
+"""One channel to the gateway (or to a single service), with auth and typed stubs."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from constellation.agent.v1 import agent_pb2_grpc
+from constellation.core.v1 import core_pb2_grpc
+from constellation.hosting.v1 import hosting_pb2_grpc
+from constellation.orchestrator.v1 import orchestrator_pb2_grpc
+from mesh.services import channel_options
+
+
+class _AuthInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, api_key: str) -> None:
+        self._header = ("authorization", f"Bearer {api_key}")
+
+    def _with_key(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return details._replace(metadata=[*(details.metadata or ()), self._header])  # type: ignore[attr-defined]
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(client_call_details), request)
+
+
+class Client:
+    """`Client("localhost:8080")`: `.core`, `.hosting`, `.orchestrator`, `.agent` are the generated stubs.
+
+    The API key comes from `api_key` or CONSTELLATION_API_KEY, and travels as
+    `authorization: Bearer <key>`.
+    """
+
+    def __init__(self, gateway: str = "localhost:8080", api_key: str | None = None) -> None:
+        self.gateway = gateway
+        self._channel = grpc.insecure_channel(gateway, options=channel_options())
+        api_key = api_key if api_key is not None else os.environ.get("CONSTELLATION_API_KEY", "")
+        channel = grpc.intercept_channel(self._channel, _AuthInterceptor(api_key)) if api_key else self._channel
+        self.core = core_pb2_grpc.CoreServiceStub(channel)
+        self.hosting = hosting_pb2_grpc.HostingServiceStub(channel)
+        self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        self.agent = agent_pb2_grpc.AgentServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Block until the channel connects; raises grpc.FutureTimeoutError otherwise."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+
+    def serving(self, service: str = "", timeout_s: float = 2.0) -> bool:
+        try:
+            reply = self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

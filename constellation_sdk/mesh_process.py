@@ -1,0 +1,172 @@
+"""Start, stop and inspect a local mesh: the four services and Envoy as background processes.
+
+State lives in $CONSTELLATION_HOME (default ~/.constellation): run/mesh.json
+names every process, logs/ holds their output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from constellation_sdk.client import Client
+from mesh import config, gateway
+
+SERVICES = ("core", "hosting", "orchestrator", "agent")
+
+
+@dataclass
+class MeshPaths:
+    home: Path
+
+    @property
+    def state(self) -> Path:
+        return self.home / "run" / "mesh.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def read_state(paths: MeshPaths) -> dict | None:
+    if not paths.state.exists():
+        return None
+    return json.loads(paths.state.read_text())
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_serving(address: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with Client(address) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"exited with code {process.returncode}; log tail:\n{_tail(log_path)}")
+            if client.serving(timeout_s=1.0):
+                return
+            time.sleep(0.1)
+    raise TimeoutError(f"not SERVING after {timeout_s:.0f}s; log tail:\n{_tail(log_path)}")
+
+
+def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
+    """Start the mesh in the background and wait until every part answers. Returns the state."""
+    env = dict(os.environ if env is None else env)
+    paths = MeshPaths(config.home_dir(env))
+    existing = read_state(paths)
+    if existing and any(_alive(p["pid"]) for p in existing["processes"].values()):
+        raise RuntimeError(f"a mesh is already running from {paths.home} (see `constellation status`); stop it with `constellation down`")
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    paths.state.parent.mkdir(parents=True, exist_ok=True)
+    state: dict = {"home": str(paths.home), "processes": {}}
+    started: list[subprocess.Popen] = []
+    try:
+        addresses = {}
+        for service in SERVICES:
+            settings = config.load(service, env)
+            log_path = paths.logs / f"{service}.log"
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", f"{service}_svc"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            started.append(process)
+            addresses[service] = settings.address
+            state["processes"][service] = {"pid": process.pid, "address": settings.address, "log": str(log_path)}
+        for service, process in zip(SERVICES, started, strict=True):
+            try:
+                _wait_serving(addresses[service], process, paths.logs / f"{service}.log", timeout_s)
+            except (RuntimeError, TimeoutError) as error:
+                raise RuntimeError(f"{service} did not start at {addresses[service]}: {error}") from None
+        gateway_port = int(env.get("CONSTELLATION_GATEWAY_PORT", config.DEFAULT_GATEWAY_PORT))
+        admin_port = int(env.get("CONSTELLATION_GATEWAY_ADMIN_PORT", config.DEFAULT_GATEWAY_ADMIN_PORT))
+        envoy_config = paths.state.parent / "envoy.yaml"
+        envoy_config.write_text(gateway.render_config(gateway_port, admin_port, addresses))
+        envoy_log = paths.logs / "envoy.log"
+        envoy = gateway.start_envoy(envoy_config, envoy_log)
+        started.append(envoy)
+        state["processes"]["gateway"] = {"pid": envoy.pid, "address": f"127.0.0.1:{gateway_port}", "log": str(envoy_log), "admin_port": admin_port}
+        try:
+            gateway.wait_ready(admin_port, timeout_s, envoy)
+        except (RuntimeError, TimeoutError) as error:
+            raise RuntimeError(f"envoy did not start: {error}; log tail:\n{_tail(envoy_log)}") from None
+    except BaseException:
+        for process in started:
+            _stop_pid(process.pid, 5.0)
+        raise
+    paths.state.write_text(json.dumps(state, indent=2))
+    return state
+
+
+def _stop_pid(pid: int, grace_s: float) -> bool:
+    """SIGTERM, wait up to grace_s, then SIGKILL. True if it stopped on SIGTERM."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return False
+
+
+def down(env: dict[str, str] | None = None, grace_s: float = 15.0) -> list[str]:
+    """Stop every process of the mesh (gateway first). Returns what was stopped."""
+    paths = MeshPaths(config.home_dir(dict(os.environ if env is None else env)))
+    state = read_state(paths)
+    if not state:
+        return []
+    stopped = []
+    for name in ("gateway", *reversed(SERVICES)):
+        entry = state["processes"].get(name)
+        if entry and _alive(entry["pid"]):
+            clean = _stop_pid(entry["pid"], grace_s)
+            stopped.append(name if clean else f"{name} (killed)")
+    paths.state.unlink()
+    return stopped
+
+
+def status(env: dict[str, str] | None = None) -> dict[str, dict]:
+    """For each part: pid, address, whether the process lives and whether it answers SERVING."""
+    paths = MeshPaths(config.home_dir(dict(os.environ if env is None else env)))
+    state = read_state(paths)
+    if not state:
+        return {}
+    report = {}
+    for name, entry in state["processes"].items():
+        alive = _alive(entry["pid"])
+        serving = False
+        if alive:
+            with Client(entry["address"]) as client:
+                serving = client.serving(timeout_s=2.0)
+        report[name] = {**entry, "running": alive, "serving": serving}
+    return report

@@ -1,0 +1,3 @@
+from core_svc.server import main
+
+main()

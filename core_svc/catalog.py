@@ -1,0 +1,435 @@
+"""The catalog: datasets, models and pipelines in SQL, with validation and paging."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from core_svc import db
+from core_svc.domain import (
+    MODEL_TASKS,
+    BoundingBox,
+    Dataset,
+    InputSpec,
+    Model,
+    ModelCard,
+    OutputSpec,
+    Pipeline,
+    PipelineSpec,
+    Problem,
+)
+from core_svc.pipelines import validate_spec
+from core_svc.validation import validate_dataset, validate_model
+from mesh.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
+from mesh.ids import new_id
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+UPDATABLE_DATASET_FIELDS = ("name", "description", "uri", "sensor", "bands", "resolution_m", "bbox", "tags")
+_TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*$')
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _index(values: list[str]) -> str:
+    return "," + ",".join(values) + ","
+
+
+def _like_member(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%,{escaped},%"
+
+
+def parse_filter(text: str, fields: dict[str, Callable[[str], object]]) -> list[object]:
+    """`field = "value" AND ...` into SQL clauses, one per term."""
+    if not text.strip():
+        return []
+    clauses = []
+    for term in re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE):
+        match = _TERM.match(term)
+        if not match:
+            raise InvalidArgument.field("filter", f'cannot read {term.strip()!r}: write terms as field = "value", joined by AND')
+        name, value = match.group(1), match.group(2).replace('\\"', '"')
+        if name not in fields:
+            raise InvalidArgument.field("filter", f"cannot filter on {name!r}; filterable fields: {', '.join(fields)}")
+        clauses.append(fields[name](value))
+    return clauses
+
+
+class Page:
+    """Keyset paging over time-ordered ids. Tokens are bound to the filter they were issued for."""
+
+    def __init__(self, page_size: int, page_token: str, filter_text: str) -> None:
+        if page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative")
+        self.size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        self.filter_hash = hashlib.sha256(filter_text.strip().encode()).hexdigest()[:16]
+        self.after = ""
+        if page_token:
+            try:
+                token = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+                self.after, token_filter = str(token["after"]), str(token["filter"])
+            except (ValueError, KeyError, TypeError):
+                raise InvalidArgument.field("page_token", "is not a token this server issued; pass next_page_token unchanged") from None
+            if token_filter != self.filter_hash:
+                raise InvalidArgument.field("page_token", "was issued for a different filter; start again without a token")
+
+    def apply(self, statement, id_column):  # type: ignore[no-untyped-def]
+        if self.after:
+            statement = statement.where(id_column > self.after)
+        return statement.order_by(id_column).limit(self.size + 1)
+
+    def finish(self, rows: list) -> tuple[list, str]:
+        if len(rows) <= self.size:
+            return rows, ""
+        rows = rows[: self.size]
+        token = json.dumps({"after": rows[-1].id, "filter": self.filter_hash})
+        return rows, base64.urlsafe_b64encode(token.encode()).decode()
+
+
+def _dataset_from_row(row: db.DatasetRow) -> Dataset:
+    return Dataset(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        uri=row.uri,
+        sensor=row.sensor,
+        bands=list(row.bands),
+        resolution_m=row.resolution_m,
+        bbox=BoundingBox(**row.bbox) if row.bbox else None,
+        tags=list(row.tags),
+        create_time=_aware(row.create_time),
+        update_time=_aware(row.update_time),
+    )
+
+
+def _model_from_row(row: db.ModelRow) -> Model:
+    return Model(
+        id=row.id,
+        name=row.name,
+        version=row.version,
+        task=row.task,
+        source=row.source,
+        card=ModelCard(**row.card),
+        input=InputSpec(**row.input_spec),
+        outputs=[OutputSpec(**o) for o in row.outputs],
+        state=row.state,
+        state_message=row.state_message,
+        tags=list(row.tags),
+        create_time=_aware(row.create_time),
+        update_time=_aware(row.update_time),
+    )
+
+
+def spec_to_json(spec: PipelineSpec) -> dict:
+    return dataclasses.asdict(spec)
+
+
+def spec_from_json(data: dict) -> PipelineSpec:
+    from core_svc.domain import Block, Edge
+
+    return PipelineSpec(blocks=[Block(**b) for b in data["blocks"]], edges=[Edge(**e) for e in data["edges"]])
+
+
+def _pipeline_from_row(row: db.PipelineRow) -> Pipeline:
+    return Pipeline(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        spec=spec_from_json(row.spec),
+        create_time=_aware(row.create_time),
+        update_time=_aware(row.update_time),
+    )
+
+
+def _prefixed(prefix: str, violations: list[FieldViolation]) -> list[FieldViolation]:
+    return [FieldViolation(f"{prefix}.{v.field}", v.description) for v in violations]
+
+
+class Catalog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = db.session_factory(engine)
+
+    def _session(self) -> Session:
+        return self._sessions()
+
+    def _commit(self, session: Session, conflict: str) -> None:
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            raise AlreadyExists(conflict) from None
+
+    # Datasets
+
+    def create_dataset(self, dataset: Dataset) -> Dataset:
+        dataset = dataclasses.replace(dataset, sensor=dataset.sensor.lower(), bands=[b.lower() for b in dataset.bands])
+        violations = validate_dataset(dataset)
+        if violations:
+            raise InvalidArgument(_prefixed("dataset", violations))
+        now = _now()
+        row = db.DatasetRow(
+            id=new_id("ds"),
+            name=dataset.name,
+            description=dataset.description,
+            uri=dataset.uri,
+            sensor=dataset.sensor,
+            bands=dataset.bands,
+            resolution_m=dataset.resolution_m,
+            bbox=dataclasses.asdict(dataset.bbox) if dataset.bbox else None,
+            tags=dataset.tags,
+            bands_index=_index(dataset.bands),
+            tags_index=_index(dataset.tags),
+            create_time=now,
+            update_time=now,
+        )
+        with self._session() as session:
+            if session.scalar(select(db.DatasetRow.id).where(db.DatasetRow.name == dataset.name)):
+                raise AlreadyExists(f"a dataset named {dataset.name!r} already exists")
+            session.add(row)
+            self._commit(session, f"a dataset named {dataset.name!r} already exists")
+            return _dataset_from_row(row)
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        return _dataset_from_row(self._get(db.DatasetRow, dataset_id, "dataset"))
+
+    def find_dataset(self, dataset_id: str) -> Dataset | None:
+        with self._session() as session:
+            row = session.get(db.DatasetRow, dataset_id)
+            return _dataset_from_row(row) if row else None
+
+    def list_datasets(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Dataset], str]:
+        page = Page(page_size, page_token, filter_text)
+        table = db.DatasetRow
+        clauses = parse_filter(
+            filter_text,
+            {
+                "name": lambda v: table.name == v,
+                "sensor": lambda v: table.sensor == v.lower(),
+                "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
+                "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
+            },
+        )
+        with self._session() as session:
+            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))
+        rows, token = page.finish(rows)
+        return [_dataset_from_row(r) for r in rows], token
+
+    def update_dataset(self, dataset: Dataset, paths: list[str]) -> Dataset:
+        if not dataset.id:
+            raise InvalidArgument.field("dataset.id", "is required: the id of the dataset to update")
+        if not paths:  # AIP-134: no mask means every field the caller set
+            paths = [f for f in UPDATABLE_DATASET_FIELDS if getattr(dataset, f) not in ("", 0.0, [], None)]
+        unknown = [p for p in paths if p not in UPDATABLE_DATASET_FIELDS]
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask", f"cannot update {', '.join(unknown)}; updatable fields: {', '.join(UPDATABLE_DATASET_FIELDS)}"
+            )
+        with self._session() as session:
+            row = session.get(db.DatasetRow, dataset.id)
+            if row is None:
+                raise NotFound(f"no dataset has id {dataset.id!r}")
+            merged = _dataset_from_row(row)
+            for path in paths:
+                setattr(merged, path, getattr(dataset, path))
+            merged.sensor, merged.bands = merged.sensor.lower(), [b.lower() for b in merged.bands]
+            violations = validate_dataset(merged)
+            if violations:
+                raise InvalidArgument(_prefixed("dataset", violations))
+            if "name" in paths and merged.name != row.name:
+                if session.scalar(select(db.DatasetRow.id).where(db.DatasetRow.name == merged.name)):
+                    raise AlreadyExists(f"a dataset named {merged.name!r} already exists")
+            row.name, row.description, row.uri, row.sensor = merged.name, merged.description, merged.uri, merged.sensor
+            row.bands, row.resolution_m, row.tags = merged.bands, merged.resolution_m, merged.tags
+            row.bbox = dataclasses.asdict(merged.bbox) if merged.bbox else None
+            row.bands_index, row.tags_index = _index(merged.bands), _index(merged.tags)
+            row.update_time = _now()
+            self._commit(session, f"a dataset named {merged.name!r} already exists")
+            return _dataset_from_row(row)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._delete(db.DatasetRow, dataset_id, "dataset")
+
+    # Models
+
+    def register_model(self, model: Model) -> Model:
+        violations = validate_model(model)
+        if violations:
+            raise InvalidArgument(_prefixed("model", violations))
+        now = _now()
+        row = db.ModelRow(
+            id=new_id("mdl"),
+            name=model.name,
+            version=model.version,
+            task=model.task,
+            source=model.source,
+            card=dataclasses.asdict(model.card),
+            input_spec=dataclasses.asdict(model.input),
+            outputs=[dataclasses.asdict(o) for o in model.outputs],
+            state="registered",
+            state_message="",
+            tags=model.tags,
+            bands_index=_index(model.input.bands),
+            tags_index=_index(model.tags),
+            create_time=now,
+            update_time=now,
+        )
+        conflict = f"model {model.name!r} version {model.version!r} is already registered"
+        with self._session() as session:
+            exists = select(db.ModelRow.id).where(db.ModelRow.name == model.name, db.ModelRow.version == model.version)
+            if session.scalar(exists):
+                raise AlreadyExists(conflict)
+            session.add(row)
+            self._commit(session, conflict)
+            return _model_from_row(row)
+
+    def get_model(self, model_id: str) -> Model:
+        return _model_from_row(self._get(db.ModelRow, model_id, "model"))
+
+    def find_model(self, model_id: str) -> Model | None:
+        with self._session() as session:
+            row = session.get(db.ModelRow, model_id)
+            return _model_from_row(row) if row else None
+
+    def list_models(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Model], str]:
+        page = Page(page_size, page_token, filter_text)
+        table = db.ModelRow
+
+        def task(value: str) -> object:
+            if value.lower() not in MODEL_TASKS:
+                raise InvalidArgument.field("filter", f"task {value!r} is not one of {', '.join(MODEL_TASKS)}")
+            return table.task == value.lower()
+
+        clauses = parse_filter(
+            filter_text,
+            {
+                "name": lambda v: table.name == v,
+                "version": lambda v: table.version == v,
+                "task": task,
+                "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
+                "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
+            },
+        )
+        with self._session() as session:
+            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))
+        rows, token = page.finish(rows)
+        return [_model_from_row(r) for r in rows], token
+
+    def delete_model(self, model_id: str) -> None:
+        self._delete(db.ModelRow, model_id, "model")
+
+    # Pipelines
+
+    def validate_pipeline(self, spec: PipelineSpec) -> tuple[list[Problem], list[str]]:
+        return validate_spec(spec, self.find_dataset, self.find_model)
+
+    def create_pipeline(self, pipeline: Pipeline) -> Pipeline:
+        violations = [FieldViolation(v.field, v.description) for v in _check_pipeline_fields(pipeline)]
+        problems, _ = self.validate_pipeline(pipeline.spec)
+        violations += [FieldViolation(f"spec.{p.field}", p.description) for p in problems]
+        if violations:
+            raise InvalidArgument(_prefixed("pipeline", violations))
+        now = _now()
+        row = db.PipelineRow(
+            id=new_id("pl"),
+            name=pipeline.name,
+            description=pipeline.description,
+            spec=spec_to_json(pipeline.spec),
+            create_time=now,
+            update_time=now,
+        )
+        references = {
+            ("dataset", b.config["dataset_id"]) if b.kind == "dataset" else ("model", b.config["model_id"])
+            for b in pipeline.spec.blocks
+            if b.kind in ("dataset", "model")
+        }
+        conflict = f"a pipeline named {pipeline.name!r} already exists"
+        with self._session() as session:
+            if session.scalar(select(db.PipelineRow.id).where(db.PipelineRow.name == pipeline.name)):
+                raise AlreadyExists(conflict)
+            session.add(row)
+            session.flush()
+            session.add_all(db.PipelineReferenceRow(pipeline_id=row.id, ref_kind=k, ref_id=i) for k, i in references)
+            self._commit(session, conflict)
+            return _pipeline_from_row(row)
+
+    def get_pipeline(self, pipeline_id: str) -> Pipeline:
+        return _pipeline_from_row(self._get(db.PipelineRow, pipeline_id, "pipeline"))
+
+    def list_pipelines(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Pipeline], str]:
+        page = Page(page_size, page_token, filter_text)
+        table = db.PipelineRow
+        clauses = parse_filter(filter_text, {"name": lambda v: table.name == v})
+        with self._session() as session:
+            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))
+        rows, token = page.finish(rows)
+        return [_pipeline_from_row(r) for r in rows], token
+
+    def delete_pipeline(self, pipeline_id: str) -> None:
+        self._delete(db.PipelineRow, pipeline_id, "pipeline")
+
+    # Shared
+
+    def _get(self, table: type, resource_id: str, kind: str):  # type: ignore[no-untyped-def]
+        if not resource_id:
+            raise InvalidArgument.field("id", f"is required: the id of the {kind}")
+        with self._session() as session:
+            row = session.get(table, resource_id)
+        if row is None:
+            raise NotFound(f"no {kind} has id {resource_id!r}")
+        return row
+
+    def _delete(self, table: type, resource_id: str, kind: str) -> None:
+        if not resource_id:
+            raise InvalidArgument.field("id", f"is required: the id of the {kind}")
+        with self._session() as session:
+            if kind in ("dataset", "model"):
+                users = list(
+                    session.scalars(
+                        select(db.PipelineRow.name)
+                        .join(db.PipelineReferenceRow, db.PipelineReferenceRow.pipeline_id == db.PipelineRow.id)
+                        .where(db.PipelineReferenceRow.ref_kind == kind, db.PipelineReferenceRow.ref_id == resource_id)
+                        .limit(5)
+                    )
+                )
+                if users:
+                    raise FailedPrecondition(
+                        f"{kind} {resource_id!r} is used by pipeline(s) {', '.join(users)}; delete those pipelines first"
+                    )
+            result = session.execute(delete(table).where(table.id == resource_id))
+            if result.rowcount == 0:
+                raise NotFound(f"no {kind} has id {resource_id!r}")
+            session.commit()
+
+    def check_database(self) -> None:
+        """Health check: raises when the database does not answer."""
+        try:
+            db.ping(self.engine)
+        except OperationalError as error:
+            raise Unavailable(f"database unreachable: {error.orig}") from None
+
+
+def _check_pipeline_fields(pipeline: Pipeline) -> list[FieldViolation]:
+    if not pipeline.name.strip():
+        return [FieldViolation("name", "is required")]
+    if len(pipeline.name) > 128:
+        return [FieldViolation("name", "at most 128 characters")]
+    return []

@@ -1,0 +1,117 @@
+"""Catalog resources as plain Python: what core's domain logic works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+BLOCK_KINDS = ("dataset", "tile", "model", "stitch", "vectorize", "export")
+MODEL_TASKS = ("classification", "segmentation", "detection", "regression")
+MODEL_STATES = ("registered", "packaging", "ready", "failed")
+
+
+@dataclass
+class BoundingBox:
+    min_x: float
+    min_y: float
+    max_x: float
+    max_y: float
+    crs: str = "EPSG:4326"
+
+
+@dataclass
+class Dataset:
+    id: str = ""
+    name: str = ""
+    description: str = ""
+    uri: str = ""
+    sensor: str = ""
+    bands: list[str] = field(default_factory=list)
+    resolution_m: float = 0.0
+    bbox: BoundingBox | None = None
+    tags: list[str] = field(default_factory=list)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass
+class ModelCard:
+    description: str = ""
+    data_used: str = ""
+    dependencies: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    license: str = ""
+
+
+@dataclass
+class InputSpec:
+    bands: list[str] = field(default_factory=list)
+    tile_size_px: int = 0
+    dtype: str = ""
+    value_min: float = 0.0
+    value_max: float = 0.0
+
+
+@dataclass
+class OutputSpec:
+    name: str = ""
+    dtype: str = ""
+    shape: list[int] = field(default_factory=list)
+    description: str = ""
+
+
+@dataclass
+class Model:
+    id: str = ""
+    name: str = ""
+    version: str = ""
+    task: str = ""  # one of MODEL_TASKS; "" when unset
+    source: str = ""
+    card: ModelCard = field(default_factory=ModelCard)
+    input: InputSpec = field(default_factory=InputSpec)
+    outputs: list[OutputSpec] = field(default_factory=list)
+    state: str = "registered"
+    state_message: str = ""
+    tags: list[str] = field(default_factory=list)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass
+class Block:
+    id: str
+    kind: str  # one of BLOCK_KINDS; "" when no config is set
+    config: dict = field(default_factory=dict)  # proto field names, enum values by name
+    label: str = ""
+
+
+@dataclass
+class Edge:
+    source: str
+    target: str
+
+
+@dataclass
+class PipelineSpec:
+    blocks: list[Block] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+
+
+@dataclass
+class Pipeline:
+    id: str = ""
+    name: str = ""
+    description: str = ""
+    spec: PipelineSpec = field(default_factory=PipelineSpec)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a pipeline spec; `field` is relative to the spec."""
+
+    field: str
+    description: str
+    block_id: str = ""
+    edge_index: int = -1

@@ -1,0 +1,23 @@
+"""Alembic environment: runs on the connection core hands over (see core_svc.db.migrate),
+or on DATABASE_URL when called from the alembic command line."""
+
+import os
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from core_svc.db import Base
+
+target_metadata = Base.metadata
+connection = context.config.attributes.get("connection")
+
+if connection is not None:
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    engine = create_engine(os.environ.get("DATABASE_URL", "sqlite:///core.db"))
+    with engine.begin() as conn:
+        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()

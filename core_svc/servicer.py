@@ -1,0 +1,87 @@
+"""CoreService over gRPC: translates protobuf to the catalog's domain and back."""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+
+from constellation.core.v1 import core_pb2, core_pb2_grpc
+from core_svc import convert
+from core_svc.catalog import Catalog
+from mesh.errors import Unimplemented
+
+RUNS_PENDING = "runs are not implemented yet: the run flow (deploy models, launch the orchestrator job) has not landed"
+
+
+class CoreServicer(core_pb2_grpc.CoreServiceServicer):
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def CreateDataset(self, request, context):
+        return convert.dataset_to_proto(self._catalog.create_dataset(convert.dataset_from_proto(request.dataset)))
+
+    def GetDataset(self, request, context):
+        return convert.dataset_to_proto(self._catalog.get_dataset(request.id))
+
+    def ListDatasets(self, request, context):
+        datasets, token = self._catalog.list_datasets(request.page_size, request.page_token, request.filter)
+        return core_pb2.ListDatasetsResponse(datasets=[convert.dataset_to_proto(d) for d in datasets], next_page_token=token)
+
+    def UpdateDataset(self, request, context):
+        dataset = convert.dataset_from_proto(request.dataset)
+        dataset.id = request.dataset.id
+        updated = self._catalog.update_dataset(dataset, list(request.update_mask.paths))
+        return convert.dataset_to_proto(updated)
+
+    def DeleteDataset(self, request, context):
+        self._catalog.delete_dataset(request.id)
+        return empty_pb2.Empty()
+
+    def RegisterModel(self, request, context):
+        return convert.model_to_proto(self._catalog.register_model(convert.model_from_proto(request.model)))
+
+    def GetModel(self, request, context):
+        return convert.model_to_proto(self._catalog.get_model(request.id))
+
+    def ListModels(self, request, context):
+        models, token = self._catalog.list_models(request.page_size, request.page_token, request.filter)
+        return core_pb2.ListModelsResponse(models=[convert.model_to_proto(m) for m in models], next_page_token=token)
+
+    def DeleteModel(self, request, context):
+        self._catalog.delete_model(request.id)
+        return empty_pb2.Empty()
+
+    def CreatePipeline(self, request, context):
+        pipeline = self._catalog.create_pipeline(convert.pipeline_from_proto(request.pipeline))
+        return convert.pipeline_to_proto(pipeline)
+
+    def GetPipeline(self, request, context):
+        return convert.pipeline_to_proto(self._catalog.get_pipeline(request.id))
+
+    def ListPipelines(self, request, context):
+        pipelines, token = self._catalog.list_pipelines(request.page_size, request.page_token, request.filter)
+        return core_pb2.ListPipelinesResponse(pipelines=[convert.pipeline_to_proto(p) for p in pipelines], next_page_token=token)
+
+    def DeletePipeline(self, request, context):
+        self._catalog.delete_pipeline(request.id)
+        return empty_pb2.Empty()
+
+    def ValidatePipeline(self, request, context):
+        problems, order = self._catalog.validate_pipeline(convert.spec_from_proto(request.spec))
+        return core_pb2.ValidatePipelineResponse(
+            valid=not problems, problems=[convert.problem_to_proto(p) for p in problems], topological_order=order
+        )
+
+    def RunPipeline(self, request, context):
+        raise Unimplemented(RUNS_PENDING)
+
+    def GetRun(self, request, context):
+        raise Unimplemented(RUNS_PENDING)
+
+    def ListRuns(self, request, context):
+        raise Unimplemented(RUNS_PENDING)
+
+    def WatchRun(self, request, context):
+        raise Unimplemented(RUNS_PENDING)
+
+    def CancelRun(self, request, context):
+        raise Unimplemented(RUNS_PENDING)

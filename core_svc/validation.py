@@ -1,0 +1,167 @@
+"""Field checks for catalog resources. Each returns every violation found, with paths
+relative to the resource ("bands[2]"), so a client can mark every bad field at once."""
+
+from __future__ import annotations
+
+import math
+import re
+from urllib.parse import urlparse
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from core_svc.domain import MODEL_TASKS, Dataset, Model
+from mesh.errors import FieldViolation
+
+# Band names the catalog understands: optical bands by colour/wavelength
+# family, thermal, panchromatic and SAR polarisations.
+KNOWN_BANDS = frozenset(
+    {
+        "coastal", "blue", "green", "red", "yellow",
+        "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09",
+        "water_vapor", "cirrus", "swir1", "swir2", "pan",
+        "tir", "tir1", "tir2",
+        "vv", "vh", "hh", "hv",
+    }
+)
+DATATYPES = frozenset(
+    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"}
+)
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+TAG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+MAX_NAME = 128
+MAX_DESCRIPTION = 10_000
+
+
+def check_storage_uri(uri: str, field: str, *, object_key_required: bool = True) -> list[FieldViolation]:
+    """`file:///absolute/path` or `s3://bucket/key`."""
+    if not uri:
+        return [FieldViolation(field, "is required: give a file:///absolute/path or s3://bucket/key URI")]
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            return [FieldViolation(field, f"{uri!r} is not a file URI with an absolute path, e.g. file:///data/scene.tif")]
+        return []
+    if parsed.scheme == "s3":
+        if not S3_BUCKET.match(parsed.netloc):
+            return [FieldViolation(field, f"{uri!r} does not name a valid S3 bucket")]
+        if object_key_required and not parsed.path.strip("/"):
+            return [FieldViolation(field, f"{uri!r} names a bucket but no object key")]
+        return []
+    return [FieldViolation(field, f"{uri!r} must start with file:// or s3://")]
+
+
+def check_bands(bands: list[str], field: str, *, required: bool) -> list[FieldViolation]:
+    if required and not bands:
+        return [FieldViolation(field, "is required: list the band names in file order, e.g. [\"green\", \"nir\"]")]
+    found = []
+    seen: set[str] = set()
+    for i, band in enumerate(bands):
+        if band not in KNOWN_BANDS:
+            found.append(FieldViolation(f"{field}[{i}]", f"unknown band {band!r}; known bands: {', '.join(sorted(KNOWN_BANDS))}"))
+        elif band in seen:
+            found.append(FieldViolation(f"{field}[{i}]", f"band {band!r} is listed twice"))
+        seen.add(band)
+    return found
+
+
+def _check_name(name: str) -> list[FieldViolation]:
+    if not name.strip():
+        return [FieldViolation("name", "is required")]
+    if len(name) > MAX_NAME:
+        return [FieldViolation("name", f"is {len(name)} characters; at most {MAX_NAME}")]
+    if name != name.strip():
+        return [FieldViolation("name", "must not start or end with whitespace")]
+    return []
+
+
+def _check_tags(tags: list[str]) -> list[FieldViolation]:
+    return [
+        FieldViolation(f"tags[{i}]", f"{tag!r} is not a tag: lowercase letters, digits and _.:- , at most 64")
+        for i, tag in enumerate(tags)
+        if not TAG.match(tag)
+    ]
+
+
+def validate_dataset(dataset: Dataset) -> list[FieldViolation]:
+    found = _check_name(dataset.name)
+    if len(dataset.description) > MAX_DESCRIPTION:
+        found.append(FieldViolation("description", f"at most {MAX_DESCRIPTION} characters"))
+    found += check_storage_uri(dataset.uri, "uri")
+    found += check_bands(dataset.bands, "bands", required=True)
+    if not math.isfinite(dataset.resolution_m) or dataset.resolution_m < 0:
+        found.append(FieldViolation("resolution_m", "must be a positive number of metres per pixel (0 if unknown)"))
+    if dataset.sensor and not TAG.match(dataset.sensor):
+        found.append(FieldViolation("sensor", f"{dataset.sensor!r}: use a lowercase name such as sentinel-2 or landsat-7"))
+    box = dataset.bbox
+    if box is not None:
+        values = (box.min_x, box.min_y, box.max_x, box.max_y)
+        if not all(math.isfinite(v) for v in values):
+            found.append(FieldViolation("bbox", "coordinates must be finite numbers"))
+        elif box.min_x >= box.max_x or box.min_y >= box.max_y:
+            found.append(FieldViolation("bbox", "min_x must be below max_x and min_y below max_y"))
+        elif box.crs in ("", "EPSG:4326") and not (
+            -180 <= box.min_x and box.max_x <= 180 and -90 <= box.min_y and box.max_y <= 90
+        ):
+            found.append(FieldViolation("bbox", "EPSG:4326 longitudes must lie in [-180, 180] and latitudes in [-90, 90]"))
+    found += _check_tags(dataset.tags)
+    return found
+
+
+def check_model_source(source: str) -> list[FieldViolation]:
+    if not source:
+        return [FieldViolation("source", "is required: a model folder, a git repository URL or hf://org/name@revision")]
+    parsed = urlparse(source)
+    if source.startswith("/") or parsed.scheme == "file":
+        return check_storage_uri(source if parsed.scheme else f"file://{source}", "source")
+    if parsed.scheme in ("https", "http", "ssh", "git") and parsed.netloc:
+        return []
+    if parsed.scheme == "hf" and parsed.netloc and parsed.path.strip("/"):
+        return []
+    return [FieldViolation("source", f"{source!r}: give an absolute folder path, a git URL or hf://org/name@revision")]
+
+
+def check_requirement(text: str, field: str) -> list[FieldViolation]:
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as error:
+        return [FieldViolation(field, f"{text!r} is not a valid requirement: {error}")]
+    if requirement.url:
+        return [FieldViolation(field, f"{text!r} points at a URL; name a package and version instead")]
+    return []
+
+
+def validate_model(model: Model) -> list[FieldViolation]:
+    found: list[FieldViolation] = []
+    if not MODEL_NAME.match(model.name):
+        found.append(FieldViolation("name", f"{model.name!r}: lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 64"))
+    if not VERSION.match(model.version):
+        found.append(FieldViolation("version", f"{model.version!r}: a version such as 1.0.0 is required"))
+    if model.task not in MODEL_TASKS:
+        found.append(FieldViolation("task", f"is required: one of {', '.join(MODEL_TASKS)}"))
+    found += check_model_source(model.source)
+    found += check_bands(model.input.bands, "input.bands", required=True)
+    if model.input.tile_size_px < 0 or model.input.tile_size_px > 8192:
+        found.append(FieldViolation("input.tile_size_px", "must be between 0 (any size) and 8192"))
+    if model.input.dtype not in DATATYPES:
+        found.append(FieldViolation("input.dtype", f"{model.input.dtype!r}: one of {', '.join(sorted(DATATYPES))}"))
+    if model.input.value_min > model.input.value_max:
+        found.append(FieldViolation("input.value_min", "must not exceed input.value_max"))
+    if not model.outputs:
+        found.append(FieldViolation("outputs", "name at least one output tensor"))
+    names: set[str] = set()
+    for i, output in enumerate(model.outputs):
+        if not output.name:
+            found.append(FieldViolation(f"outputs[{i}].name", "is required"))
+        elif output.name in names:
+            found.append(FieldViolation(f"outputs[{i}].name", f"{output.name!r} is used twice"))
+        names.add(output.name)
+        if output.dtype not in DATATYPES:
+            found.append(FieldViolation(f"outputs[{i}].dtype", f"{output.dtype!r}: one of {', '.join(sorted(DATATYPES))}"))
+        if any(d < -1 or d == 0 for d in output.shape):
+            found.append(FieldViolation(f"outputs[{i}].shape", "dimensions are positive, or -1 for variable"))
+    for i, dependency in enumerate(model.card.dependencies):
+        found += check_requirement(dependency, f"card.dependencies[{i}]")
+    found += _check_tags(model.tags)
+    return found

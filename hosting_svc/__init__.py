@@ -1,0 +1,1 @@
+"""Hosting: see ../shared/ARCHITECTURE.md. Its RPCs answer UNIMPLEMENTED until they land."""

@@ -1,0 +1,3 @@
+from hosting_svc.server import main
+
+main()

@@ -1,0 +1,1 @@
+"""What every Constellation service shares: configuration, errors, logging and the server bootstrap."""

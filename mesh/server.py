@@ -1,0 +1,145 @@
+"""The one server bootstrap every Constellation service runs on.
+
+It gives each service: grpc.health.v1 health that reflects its dependencies,
+server reflection, the mesh interceptor (request ids, auth, metrics, logs,
+error mapping), a Prometheus metrics port, raised message limits for
+multi-MiB tensors, and graceful shutdown on SIGTERM: health turns
+NOT_SERVING, new RPCs are refused, in-flight RPCs get `shutdown_grace_s` to
+finish, and streams learn of the shutdown through `stopping`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from mesh.config import Settings
+from mesh.errors import DomainError
+from mesh.interceptors import MeshInterceptor
+
+log = logging.getLogger("mesh.server")
+
+HealthCheck = Callable[[], None]
+"""Raises (any exception) when a dependency is unreachable."""
+
+
+@dataclass
+class Registration:
+    """A servicer to serve: its full service names and the generated add_*_to_server call."""
+
+    service_names: list[str]
+    add_to_server: Callable[[grpc.Server], None]
+    health_checks: dict[str, HealthCheck] = field(default_factory=dict)
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class MeshServer:
+    def __init__(
+        self,
+        settings: Settings,
+        registrations: Iterable[Registration],
+        reflection_names: Iterable[str] = (),
+        translate_error: Callable[[Exception], DomainError | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registrations = list(registrations)
+        self.stopping = threading.Event()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service),
+            interceptors=[MeshInterceptor(settings.service, settings.api_keys, translate_error)],
+            options=grpc_options(settings),
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        names = [n for r in self.registrations for n in r.service_names]
+        for registration in self.registrations:
+            registration.add_to_server(self._server)
+        reflection.enable_server_reflection(
+            sorted({*names, *reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME}), self._server
+        )
+        self._service_names = ["", *names]
+        self._checks = {k: v for r in self.registrations for k, v in r.health_checks.items()}
+        self._serving: bool | None = None
+        self._metrics_server = None
+        self.port = 0
+
+    def start(self) -> int:
+        """Bind and start; returns the bound port (useful when settings.port is 0)."""
+        self.port = self._server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")
+        self._check_health()
+        self._server.start()
+        if self.settings.metrics_port:
+            self._metrics_server, _ = start_http_server(self.settings.metrics_port, addr=self.settings.host)
+        threading.Thread(target=self._health_loop, name="health", daemon=True).start()
+        log.info(
+            "serving",
+            extra={"address": f"{self.settings.host}:{self.port}", "metrics_port": self.settings.metrics_port},
+        )
+        return self.port
+
+    def _check_health(self) -> None:
+        failures = []
+        for name, check in self._checks.items():
+            try:
+                check()
+            except Exception as error:  # noqa: BLE001 - any failure means the dependency is down
+                failures.append(f"{name}: {error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        serving = not failures and not self.stopping.is_set()
+        if serving != self._serving:
+            if serving:
+                log.info("health SERVING")
+            else:
+                log.warning("health NOT_SERVING", extra={"failures": failures})
+        self._serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self._service_names:
+            self.health.set(name, status)
+
+    def _health_loop(self) -> None:
+        while not self.stopping.wait(self.settings.health_interval_s):
+            self._check_health()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, let in-flight ones finish within `grace` seconds, then cancel the rest."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("draining", extra={"grace_s": grace})
+        self._server.stop(grace).wait()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        log.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Start, then block until SIGTERM or SIGINT, then drain."""
+        done = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        done.wait()
+        self.stop()

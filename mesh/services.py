@@ -1,0 +1,62 @@
+"""The mesh's public services: names, generated stubs, and honest UNIMPLEMENTED placeholders."""
+
+from __future__ import annotations
+
+import grpc
+
+from constellation.agent.v1 import agent_pb2, agent_pb2_grpc
+from constellation.core.v1 import core_pb2, core_pb2_grpc
+from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
+from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from mesh.errors import Unimplemented
+from mesh.server import Registration
+
+# service -> (full gRPC service name, generated module with the servicer base and add_*_to_server)
+SERVICES = {
+    "core": (core_pb2.DESCRIPTOR.services_by_name["CoreService"].full_name, core_pb2_grpc),
+    "hosting": (hosting_pb2.DESCRIPTOR.services_by_name["HostingService"].full_name, hosting_pb2_grpc),
+    "orchestrator": (
+        orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name,
+        orchestrator_pb2_grpc,
+    ),
+    "agent": (agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name, agent_pb2_grpc),
+}
+MESH_SERVICE_NAMES = [name for name, _ in SERVICES.values()]
+
+
+def registration(service: str, servicer: object, **kwargs: object) -> Registration:
+    full_name, module = SERVICES[service]
+    short = full_name.rsplit(".", 1)[-1]
+    add = getattr(module, f"add_{short}Servicer_to_server")
+    return Registration([full_name], lambda server: add(servicer, server), **kwargs)  # type: ignore[arg-type]
+
+
+def placeholder_registration(service: str, pending: str) -> Registration:
+    """A servicer whose every RPC answers UNIMPLEMENTED, saying what has not landed yet."""
+    full_name, module = SERVICES[service]
+    short = full_name.rsplit(".", 1)[-1]
+    base = getattr(module, f"{short}Servicer")
+    descriptor = next(
+        d.services_by_name[short] for d in (core_pb2.DESCRIPTOR, hosting_pb2.DESCRIPTOR, orchestrator_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
+        if short in d.services_by_name
+    )
+
+    def unimplemented(method: str):  # type: ignore[no-untyped-def]
+        def handler(self, request, context):  # type: ignore[no-untyped-def]
+            raise Unimplemented(f"{short}.{method} is not implemented yet: {pending}")
+
+        return handler
+
+    servicer_class = type(f"Pending{short}", (base,), {m.name: unimplemented(m.name) for m in descriptor.methods})
+    return registration(service, servicer_class())
+
+
+def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def insecure_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=channel_options())

@@ -1,0 +1,1 @@
+"""Orchestrator: see ../shared/ARCHITECTURE.md. Its RPCs answer UNIMPLEMENTED until they land."""

@@ -1,0 +1,3 @@
+from orchestrator_svc.server import main
+
+main()
