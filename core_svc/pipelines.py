@@ -36,8 +36,11 @@ ACCEPTS = {
     "vectorize": {"raster"},
     "export": {"raster", "vectors"},
 }
-# Block kind that produces each data kind: used to suggest the missing block.
-PRODUCER = {kind: block for block, kind in OUTPUT_KIND.items() if kind}
+
+
+def _bridge(carried: str, target_kind: str) -> list[str]:
+    """Block kinds that would fit between a producer of `carried` and a `target_kind` block."""
+    return sorted(k for k, accepts in ACCEPTS.items() if carried in accepts and OUTPUT_KIND[k] in ACCEPTS[target_kind])
 
 
 def validate_spec(
@@ -67,6 +70,7 @@ def validate_spec(
     inputs: dict[str, list[str]] = {b: [] for b in blocks}
     outputs: dict[str, list[str]] = {b: [] for b in blocks}
     seen_edges: set[tuple[str, str]] = set()
+    graph: dict[str, list[str]] = {b: [] for b in blocks}  # every edge between known blocks, for cycle detection
     for j, edge in enumerate(spec.edges):
         where = f"edges[{j}]"
         missing = [(name, value) for name, value in (("source_block_id", edge.source), ("target_block_id", edge.target)) if value not in blocks]
@@ -81,6 +85,7 @@ def validate_spec(
             problems.append(Problem(where, f"edge {edge.source!r} -> {edge.target!r} appears twice", edge.target, j))
             continue
         seen_edges.add((edge.source, edge.target))
+        graph[edge.target].append(edge.source)
         source_kind, target_kind = blocks[edge.source][1].kind, blocks[edge.target][1].kind
         carried = OUTPUT_KIND[source_kind]
         if carried is None:
@@ -88,9 +93,8 @@ def validate_spec(
             continue
         if carried not in ACCEPTS[target_kind]:
             wanted = " or ".join(sorted(ACCEPTS[target_kind])) or "nothing (it is a source)"
-            hint = ""
-            if ACCEPTS[target_kind]:
-                hint = f"; put a {' or '.join(sorted(PRODUCER[k] for k in ACCEPTS[target_kind]))} block between them"
+            bridge = _bridge(carried, target_kind)
+            hint = f"; put a {' or '.join(bridge)} block between them" if bridge else ""
             problems.append(
                 Problem(
                     where,
@@ -105,7 +109,7 @@ def validate_spec(
 
     order: list[str] = []
     try:
-        order = list(TopologicalSorter({b: inputs[b] for b in blocks}).static_order())
+        order = list(TopologicalSorter(graph).static_order())
     except CycleError as error:
         cycle = error.args[1]
         problems.append(Problem("edges", f"the edges form a cycle: {' -> '.join(cycle)}", cycle[0]))

@@ -1,0 +1,73 @@
+"""Fixtures that run the real thing: PostgreSQL, SQLite, in-process gRPC servers on port 0."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from constellation.core.v1 import core_pb2_grpc
+from core_svc.server import build as build_core
+from mesh import config
+from mesh.services import insecure_channel
+from tests.pg import PostgresCluster, create_database
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """The PostgreSQL server at DATABASE_URL when set (its user must be allowed to CREATE DATABASE),
+    else a throwaway cluster started for this test run."""
+    external = os.environ.get("DATABASE_URL", "")
+    if external.startswith("postgresql"):
+        yield external
+        return
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster.admin_url
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'core.db'}"
+    return create_database(request.getfixturevalue("postgres_admin_url"))
+
+
+def service_env(tmp_path, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    env = {
+        "CONSTELLATION_HOME": str(tmp_path / "home"),
+        "CONSTELLATION_CORE_PORT": "0",
+        "CONSTELLATION_CORE_METRICS_PORT": "0",
+        "CONSTELLATION_HEALTH_INTERVAL_S": "0.2",
+        "CONSTELLATION_SHUTDOWN_GRACE_S": "2",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def core_server(database_url: str, tmp_path):  # type: ignore[no-untyped-def]
+    server = build_core(config.load("core", service_env(tmp_path, DATABASE_URL=database_url)))
+    server.start()
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture
+def core(core_server) -> Iterator[core_pb2_grpc.CoreServiceStub]:  # type: ignore[no-untyped-def]
+    channel = insecure_channel(f"127.0.0.1:{core_server.port}")
+    yield core_pb2_grpc.CoreServiceStub(channel)
+    channel.close()
+
+
+def rpc_error(call, *args, **kwargs) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    """Call and return the RpcError it raises; fails the test if it succeeds."""
+    try:
+        call(*args, **kwargs)
+    except grpc.RpcError as error:
+        return error
+    pytest.fail(f"{call} succeeded; an error was expected")
