@@ -1,0 +1,29 @@
+"""`python -m mesh.healthcheck HOST:PORT [SERVICE]`: exit 0 when the server answers SERVING.
+
+Used by container health checks (compose.yaml), where no grpcurl is installed.
+"""
+
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def main() -> int:
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    service = sys.argv[2] if len(sys.argv) > 2 else ""
+    with grpc.insecure_channel(sys.argv[1]) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
+        except grpc.RpcError as error:
+            print(f"{sys.argv[1]}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{sys.argv[1]}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
