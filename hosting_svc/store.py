@@ -1,0 +1,167 @@
+"""Hosting's own persistence: hosted models and their event history (SQLAlchemy; SQLite by default)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from hosting_svc.domain import DeploymentEvent, Endpoint, HostedModel
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelRow(Base):
+    __tablename__ = "hosted_models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_hosted_name_version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict] = mapped_column(JSON)
+
+
+class EventRow(Base):
+    __tablename__ = "deployment_events"
+
+    model_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    log_line: Mapped[str] = mapped_column(Text, default="")
+    endpoints: Mapped[list] = mapped_column(JSON, default=list)
+
+
+def _encode(model: HostedModel) -> dict:
+    data = dataclasses.asdict(model)
+    for key in ("last_updated", "deployed_at"):
+        data[key] = data[key].isoformat() if data[key] else None
+    return data
+
+
+def _decode(data: dict) -> HostedModel:
+    data = dict(data)
+    data["endpoints"] = [Endpoint(**e) for e in data["endpoints"]]
+    for key in ("last_updated", "deployed_at"):
+        data[key] = datetime.fromisoformat(data[key]) if data[key] else None
+    return HostedModel(**data)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Store:
+    """Models and events; `wait_for_events` lets watchers block until something new is written."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        if parsed.drivername.startswith("sqlite"):
+            from pathlib import Path
+
+            if parsed.database:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15})
+
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(connection, _record):  # type: ignore[no-untyped-def]
+                connection.execute("PRAGMA journal_mode=WAL")
+        else:
+            if parsed.drivername == "postgresql":
+                url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+            self.engine = create_engine(url, pool_pre_ping=True)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._changed = threading.Condition()
+        self._lock = threading.Lock()  # serialises writes: sequence numbers stay gap-free
+
+    def save(self, model: HostedModel) -> None:
+        with self._lock, self._sessions() as session:
+            row = session.get(ModelRow, model.id)
+            if row is None:
+                session.add(ModelRow(id=model.id, name=model.name, version=model.version, data=_encode(model)))
+            else:
+                row.data = _encode(model)
+            session.commit()
+
+    def get(self, model_id: str) -> HostedModel | None:
+        with self._sessions() as session:
+            row = session.get(ModelRow, model_id)
+            return _decode(row.data) if row else None
+
+    def find(self, name: str, version: str) -> HostedModel | None:
+        with self._sessions() as session:
+            row = session.scalar(select(ModelRow).where(ModelRow.name == name, ModelRow.version == version))
+            return _decode(row.data) if row else None
+
+    def all(self) -> list[HostedModel]:
+        with self._sessions() as session:
+            return [_decode(r.data) for r in session.scalars(select(ModelRow).order_by(ModelRow.id))]
+
+    def delete(self, model_id: str) -> None:
+        with self._lock, self._sessions() as session:
+            row = session.get(ModelRow, model_id)
+            if row is not None:
+                session.delete(row)
+                session.commit()
+
+    def append_event(self, model: HostedModel, message: str = "", log_line: str = "") -> DeploymentEvent:
+        """Persist the model's current state as its next event, then wake watchers."""
+        now = datetime.now(UTC)
+        with self._lock, self._sessions() as session:
+            last = session.scalar(
+                select(EventRow.sequence).where(EventRow.model_id == model.id).order_by(EventRow.sequence.desc()).limit(1)
+            )
+            created = DeploymentEvent(
+                sequence=(last or 0) + 1,
+                time=now,
+                model_id=model.id,
+                state=model.state,
+                message=message,
+                log_line=log_line,
+                endpoints=[dataclasses.replace(e) for e in model.endpoints],
+            )
+            session.add(
+                EventRow(
+                    model_id=model.id,
+                    sequence=created.sequence,
+                    time=now,
+                    state=created.state,
+                    message=message,
+                    log_line=log_line,
+                    endpoints=[dataclasses.asdict(e) for e in created.endpoints],
+                )
+            )
+            session.commit()
+        with self._changed:
+            self._changed.notify_all()
+        return created
+
+    def events(self, model_id: str, after: int = 0) -> list[DeploymentEvent]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(EventRow).where(EventRow.model_id == model_id, EventRow.sequence > after).order_by(EventRow.sequence)
+            )
+            return [
+                DeploymentEvent(r.sequence, _aware(r.time), r.model_id, r.state, r.message, r.log_line, [Endpoint(**e) for e in r.endpoints])
+                for r in rows
+            ]
+
+    def follow(self, model_id: str, after: int, keep_going) -> Iterator[DeploymentEvent]:  # type: ignore[no-untyped-def]
+        """Events after `after`, then new ones as they are written, while keep_going() is true."""
+        while keep_going():
+            batch = self.events(model_id, after)
+            for item in batch:
+                after = item.sequence
+                yield item
+            if not batch:
+                with self._changed:
+                    self._changed.wait(timeout=0.5)

@@ -1,0 +1,203 @@
+"""The Open Inference Protocol (KServe V2) gRPC server for one model folder.
+
+Tensors travel as `raw_input_contents` / `raw_output_contents` (little-endian,
+row-major): inputs become numpy views of the request bytes without a copy, and
+each output is serialised once. Typed `contents` are accepted too, for clients
+that send them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from inference import grpc_predict_v2_pb2 as pb
+from inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from model_runtime.batching import Batcher
+from model_runtime.manifest import NUMPY_DTYPES, Manifest, load_manifest
+from model_runtime.memory import tune_malloc
+
+log = logging.getLogger("model_runtime")
+
+SERVER_NAME = "constellation-model-runtime"
+SERVER_VERSION = "1.0.0"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# Which typed-contents field carries each datatype.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+}
+
+
+class BadRequest(Exception):
+    """The request does not match the model's declared input."""
+
+
+class LoadedModel:
+    """The model folder's entrypoint class, loaded once, with its manifest."""
+
+    def __init__(self, folder: Path, manifest: Manifest) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._instance = None
+        self.batcher: Batcher | None = None
+
+    def load(self) -> None:
+        try:
+            sys.path.insert(0, str(self.folder))
+            module = importlib.import_module(self.manifest.module)
+            instance = getattr(module, self.manifest.class_name)()
+            if hasattr(instance, "load"):
+                instance.load()
+            self._instance = instance
+            self.batcher = Batcher(self.predict, self.manifest.max_batch_size, self.manifest.max_queue_delay_ms)
+            self.ready.set()
+            log.info("model loaded: %s %s", self.manifest.name, self.manifest.version)
+        except BaseException as error:  # noqa: BLE001 - reported through health and ModelReady
+            self.error = error
+            log.exception("model failed to load")
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        result = self._instance.predict(batch)  # type: ignore[union-attr]
+        outputs = result if isinstance(result, dict) else {self.manifest.outputs[0].name: result}
+        checked = {}
+        for spec in self.manifest.outputs:
+            if spec.name not in outputs:
+                raise RuntimeError(f"predict() returned no output named {spec.name!r}")
+            value = np.asarray(outputs[spec.name])
+            if value.shape[0] != batch.shape[0]:
+                raise RuntimeError(f"predict() returned {value.shape[0]} rows for a batch of {batch.shape[0]}")
+            checked[spec.name] = value.astype(NUMPY_DTYPES[spec.dtype], copy=False)
+        return checked
+
+
+def _input_array(request: pb.ModelInferRequest, manifest: Manifest) -> np.ndarray:
+    if len(request.inputs) != 1:
+        raise BadRequest(f"send exactly one input tensor (bands × H × W tiles); got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    expected_dtype = manifest.dtype
+    if tensor.datatype != expected_dtype:
+        raise BadRequest(f"input {tensor.name!r} has datatype {tensor.datatype}; the model takes {expected_dtype}")
+    shape = tuple(tensor.shape)
+    declared = manifest.input_shape
+    if len(shape) != 4 or shape[0] < 1 or any(d != -1 and d != s for d, s in zip(declared, shape[1:], strict=True)):
+        wanted = "×".join("any" if d == -1 else str(d) for d in declared)
+        raise BadRequest(f"input {tensor.name!r} has shape {list(shape)}; the model takes [batch, {wanted.replace('×', ', ')}]")
+    dtype = np.dtype(NUMPY_DTYPES[expected_dtype]).newbyteorder("<")
+    count = int(np.prod(shape))
+    if request.raw_input_contents:
+        raw = request.raw_input_contents[0]
+        if len(raw) != count * dtype.itemsize:
+            raise BadRequest(f"raw_input_contents[0] holds {len(raw)} bytes; shape {list(shape)} of {expected_dtype} needs {count * dtype.itemsize}")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    field = CONTENTS_FIELD.get(expected_dtype)
+    values = getattr(tensor.contents, field) if field else []
+    if len(values) != count:
+        raise BadRequest(f"input {tensor.name!r} carries {len(values)} values in contents; shape {list(shape)} needs {count}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.model.ready.is_set())
+
+    def _check_model(self, name: str, version: str, context) -> None:  # type: ignore[no-untyped-def]
+        manifest = self.model.manifest
+        if name != manifest.name:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no model named {name!r}; this server serves {manifest.name!r}")
+        if version and version != manifest.version:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {version!r}; it serves {manifest.version!r}")
+
+    def ModelReady(self, request, context):
+        self._check_model(request.name, request.version, context)
+        return pb.ModelReadyResponse(ready=self.model.ready.is_set())
+
+    def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["dynamic_batching"])
+
+    def ModelMetadata(self, request, context):
+        self._check_model(request.name, request.version, context)
+        manifest = self.model.manifest
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=manifest.name,
+            versions=[manifest.version],
+            platform="constellation_python",
+            inputs=[tensor(name="tiles", datatype=manifest.dtype, shape=[-1, *manifest.input_shape])],
+            outputs=[tensor(name=o.name, datatype=o.dtype, shape=[-1, *o.shape]) for o in manifest.outputs],
+        )
+
+    def ModelInfer(self, request, context):
+        self._check_model(request.model_name, request.model_version, context)
+        if not self.model.ready.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading" if self.model.error is None else "the model failed to load")
+        try:
+            batch = _input_array(request, self.model.manifest)
+        except BadRequest as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            outputs = self.model.batcher.infer(batch)  # type: ignore[union-attr]
+        except Exception as error:  # noqa: BLE001 - a model bug: INTERNAL with a short reason, details in the log
+            log.exception("predict failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"predict failed: {type(error).__name__}: {str(error)[:200]}")
+        wanted = [o.name for o in request.outputs] or list(outputs)
+        unknown = [n for n in wanted if n not in outputs]
+        if unknown:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {', '.join(unknown)}; the model has {', '.join(outputs)}")
+        response = pb.ModelInferResponse(model_name=self.model.manifest.name, model_version=self.model.manifest.version, id=request.id)
+        spec = {o.name: o for o in self.model.manifest.outputs}
+        for name in wanted:
+            value = outputs[name]
+            response.outputs.add(name=name, datatype=spec[name].dtype, shape=value.shape)
+            response.raw_output_contents.append(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
+        return response
+
+
+class ModelServer:
+    def __init__(self, model_dir: Path, host: str = "127.0.0.1", port: int = 8001, workers: int = 16) -> None:
+        tune_malloc()
+        self.model = LoadedModel(model_dir, load_manifest(model_dir))
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer"), options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.model), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {host}:{port}")
+
+    def start(self) -> int:
+        self.server.start()
+
+        def load() -> None:
+            self.model.load()
+            if self.model.ready.is_set():
+                self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+                self.health.set("inference.GRPCInferenceService", health_pb2.HealthCheckResponse.SERVING)
+
+        threading.Thread(target=load, name="load", daemon=True).start()
+        return self.port
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        if self.model.batcher is not None:
+            self.model.batcher.close()
