@@ -56,6 +56,9 @@ class LoadedModel:
     def load(self) -> None:
         try:
             sys.path.insert(0, str(self.folder))
+            loaded = sys.modules.get(self.manifest.module)
+            if loaded is not None and not Path(getattr(loaded, "__file__", "/")).resolve().is_relative_to(self.folder.resolve()):
+                del sys.modules[self.manifest.module]  # same module name from another model folder (in-process tests)
             module = importlib.import_module(self.manifest.module)
             instance = getattr(module, self.manifest.class_name)()
             if hasattr(instance, "load"):

@@ -1,0 +1,292 @@
+"""The model runtime: a real KServe V2 gRPC server around a model folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from inference import grpc_predict_v2_pb2 as pb
+from inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from model_runtime.manifest import ManifestError, load_manifest
+from model_runtime.server import ModelServer
+from tests.conftest import rpc_error
+
+ROOT = Path(__file__).resolve().parent.parent
+NDWI = ROOT / "examples" / "models" / "ndwi-water"
+
+
+def ndwi_probability(tiles: np.ndarray) -> np.ndarray:
+    green, nir = tiles[:, 0:1], tiles[:, 1:2]
+    return (1 / (1 + np.exp(-10 * (green - nir) / (green + nir)))).astype(np.float32)
+
+
+def serve(folder: Path):  # type: ignore[no-untyped-def]
+    server = ModelServer(folder, port=0)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)])
+    return server, channel, port
+
+
+def wait_ready(stub, name: str, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not stub.ModelReady(pb.ModelReadyRequest(name=name)).ready:
+        assert time.monotonic() < deadline, "model never became ready"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def ndwi():
+    server, channel, port = serve(NDWI)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    wait_ready(stub, "ndwi-water")
+    yield stub, port
+    channel.close()
+    server.stop(0)
+
+
+def infer_request(tiles: np.ndarray, *, raw: bool = True, name: str = "ndwi-water", datatype: str = "FP32") -> pb.ModelInferRequest:
+    tensor = pb.ModelInferRequest.InferInputTensor(name="tiles", datatype=datatype, shape=tiles.shape)
+    request = pb.ModelInferRequest(model_name=name, id="req-1", inputs=[tensor])
+    if raw:
+        request.raw_input_contents.append(tiles.tobytes())
+    else:
+        request.inputs[0].contents.fp32_contents.extend(tiles.ravel().tolist())
+    return request
+
+
+def output(response: pb.ModelInferResponse, index: int = 0) -> np.ndarray:
+    return np.frombuffer(response.raw_output_contents[index], dtype=np.float32).reshape(response.outputs[index].shape)
+
+
+def write_model(folder: Path, code: str, **manifest) -> Path:  # type: ignore[no-untyped-def]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(textwrap.dedent(code))
+    data = {
+        "name": "test-model", "version": "0.1.0", "task": "segmentation", "entrypoint": "model:Model",
+        "input": {"bands": ["red"], "tile_size_px": 4, "dtype": "FP32", "value_range": [0, 1]},
+        "outputs": [{"name": "out", "dtype": "FP32", "shape": [1, 4, 4]}],
+    }
+    data.update(manifest)
+    (folder / "constellation.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def test_infer_with_raw_and_typed_contents_matches_numpy(ndwi):
+    stub, _ = ndwi
+    tiles = np.random.default_rng(1).uniform(0.01, 0.6, size=(3, 2, 256, 256)).astype(np.float32)
+    raw = stub.ModelInfer(infer_request(tiles))
+    assert raw.id == "req-1" and raw.model_version == "1.0.0"
+    assert raw.outputs[0].name == "water_probability" and list(raw.outputs[0].shape) == [3, 1, 256, 256]
+    np.testing.assert_allclose(output(raw), ndwi_probability(tiles), rtol=1e-5, atol=1e-6)
+    small = tiles[:1]
+    typed = stub.ModelInfer(infer_request(small, raw=False))
+    np.testing.assert_array_equal(output(typed), output(stub.ModelInfer(infer_request(small))))
+
+
+def test_metadata_and_liveness(ndwi):
+    stub, _ = ndwi
+    assert stub.ServerLive(pb.ServerLiveRequest()).live and stub.ServerReady(pb.ServerReadyRequest()).ready
+    metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="ndwi-water"))
+    assert list(metadata.versions) == ["1.0.0"]
+    assert (metadata.inputs[0].datatype, list(metadata.inputs[0].shape)) == ("FP32", [-1, 2, 256, 256])
+    assert (metadata.outputs[0].name, list(metadata.outputs[0].shape)) == ("water_probability", [-1, 1, 256, 256])
+    assert rpc_error(stub.ModelMetadata, pb.ModelMetadataRequest(name="other")).code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("tiles", "kwargs", "words"),
+    [
+        (np.zeros((1, 3, 256, 256), np.float32), {}, "shape [1, 3, 256, 256]"),
+        (np.zeros((1, 2, 128, 128), np.float32), {}, "the model takes [batch, 2, 256, 256]"),
+        (np.zeros((1, 2, 256, 256), np.float32), {"datatype": "FP64"}, "datatype FP64"),
+    ],
+)
+def test_bad_inputs_are_invalid_argument_with_the_reason(ndwi, tiles, kwargs, words):
+    stub, _ = ndwi
+    error = rpc_error(stub.ModelInfer, infer_request(tiles, **kwargs))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details()
+
+
+def test_truncated_raw_contents_and_unknown_model(ndwi):
+    stub, _ = ndwi
+    request = infer_request(np.zeros((1, 2, 256, 256), np.float32))
+    request.raw_input_contents[0] = request.raw_input_contents[0][:100]
+    error = rpc_error(stub.ModelInfer, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "100 bytes" in error.details()
+    assert rpc_error(stub.ModelInfer, infer_request(np.zeros((1, 2, 256, 256), np.float32), name="nope")).code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_requests_over_8_mib_work(ndwi):
+    stub, _ = ndwi
+    tiles = np.random.default_rng(2).uniform(0.01, 0.6, size=(20, 2, 256, 256)).astype(np.float32)  # 10 MiB
+    assert tiles.nbytes > 8 * 1024 * 1024
+    np.testing.assert_allclose(output(stub.ModelInfer(infer_request(tiles))), ndwi_probability(tiles), rtol=1e-5, atol=1e-6)
+
+
+def test_health_is_not_serving_until_the_model_has_loaded(tmp_path):
+    folder = write_model(
+        tmp_path / "slow",
+        """
+        import time
+        import numpy as np
+        class Model:
+            def load(self):
+                time.sleep(1.0)
+            def predict(self, batch):
+                return batch
+        """,
+    )
+    server, channel, _ = serve(folder)
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="test-model")).ready
+        loading = rpc_error(stub.ModelInfer, infer_request(np.zeros((1, 1, 4, 4), np.float32), name="test-model"))
+        assert loading.code() == grpc.StatusCode.UNAVAILABLE and "loading" in loading.details()
+        wait_ready(stub, "test-model")
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        channel.close()
+        server.stop(0)
+
+
+def test_a_failing_predict_is_internal_without_a_traceback(tmp_path):
+    folder = write_model(
+        tmp_path / "broken",
+        """
+        class Model:
+            def predict(self, batch):
+                raise ValueError("weights are corrupt")
+        """,
+    )
+    server, channel, _ = serve(folder)
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        wait_ready(stub, "test-model")
+        error = rpc_error(stub.ModelInfer, infer_request(np.zeros((1, 1, 4, 4), np.float32), name="test-model"))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert "weights are corrupt" in error.details() and "Traceback" not in error.details()
+    finally:
+        channel.close()
+        server.stop(0)
+
+
+def test_concurrent_small_requests_are_batched_into_one_predict(tmp_path):
+    folder = write_model(
+        tmp_path / "recording",
+        """
+        import time
+        SEEN = []
+        class Model:
+            def predict(self, batch):
+                SEEN.append(batch.shape[0])
+                time.sleep(0.05)
+                return batch * 2
+        """,
+        batching={"max_batch_size": 8, "max_queue_delay_ms": 200},
+    )
+    server, channel, _ = serve(folder)
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        wait_ready(stub, "test-model")
+        results: dict[int, np.ndarray] = {}
+
+        def call(i: int) -> None:
+            tile = np.full((1, 1, 4, 4), float(i), np.float32)
+            results[i] = output(stub.ModelInfer(infer_request(tile, name="test-model")))
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seen = sys.modules[type(server.model._instance).__module__].SEEN
+        assert sum(seen) == 8 and max(seen) > 1 and len(seen) < 8, seen
+        for i, value in results.items():  # every caller got its own slice back
+            assert np.all(value == 2 * i)
+    finally:
+        channel.close()
+        server.stop(0)
+
+
+def test_tritonclient_gets_correct_metadata_and_results(ndwi):
+    _, port = ndwi
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "triton_check.py"), f"127.0.0.1:{port}", "ndwi-water"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["live"] and seen["ready"]
+    assert seen["metadata"]["versions"] == ["1.0.0"] and seen["metadata"]["outputs"][0]["name"] == "water_probability"
+    assert seen["shape"] == [4, 1, 256, 256] and seen["dtype"] == "float32"
+    assert seen["agrees_with_numpy_ndwi"] and seen["max_abs_error"] < 1e-5
+
+
+def test_the_sample_manifest_is_valid():
+    manifest = load_manifest(NDWI)
+    assert manifest.bands == ("green", "nir") and manifest.input_shape == (2, 256, 256)
+    example = np.load(NDWI / manifest.example_input)
+    assert example.shape[1:] == manifest.input_shape and example.dtype == np.float32
+
+
+BASE = {
+    "name": "m", "version": "1.0", "task": "segmentation", "entrypoint": "model:Model",
+    "input": {"bands": ["green"], "tile_size_px": 8, "dtype": "FP32", "value_range": [0, 1]},
+    "outputs": [{"name": "out", "dtype": "FP32", "shape": [1, 8, 8]}],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"name": "Has Caps"}, "name"),
+        ({"task": "painting"}, "task"),
+        ({"entrypoint": "model"}, "entrypoint"),
+        ({"entrypoint": "missing:Model"}, "entrypoint"),
+        ({"entrypoint": "..evil:Model"}, "entrypoint"),
+        ({"input": {"bands": [], "dtype": "FP32"}}, "input.bands"),
+        ({"input": {"bands": ["green"], "dtype": "float"}}, "input.dtype"),
+        ({"outputs": [{"name": "out", "dtype": "FP32", "shape": [0]}]}, "outputs[0].shape"),
+        ({"requirements": ["numpy>=1.26", "--index-url https://evil.example/simple"]}, "requirements[1]"),
+        ({"requirements": ["../wheels/numpy.whl"]}, "requirements[0]"),
+        ({"requirements": ["numpy @ https://example.org/numpy.whl"]}, "requirements[0]"),
+        ({"requirements": ["-e ."]}, "requirements[0]"),
+        ({"requirements": ["numpy>>1"]}, "requirements[0]"),
+        ({"example_input": "../../etc/passwd"}, "example_input"),
+        ({"resources": {"memory": "lots"}}, "resources.memory"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_manifests_name_the_field(tmp_path, change, field):
+    (tmp_path / "model.py").write_text("class Model: pass\n")
+    (tmp_path / "constellation.yaml").write_text(yaml.safe_dump({**BASE, **change}))
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(tmp_path)
+    assert field in [p.field for p in raised.value.problems], raised.value.problems
+
+
+def test_entrypoint_symlink_out_of_the_folder_is_rejected(tmp_path):
+    outside = tmp_path / "outside.py"
+    outside.write_text("class Model: pass\n")
+    folder = tmp_path / "model-folder"
+    folder.mkdir()
+    (folder / "model.py").symlink_to(outside)
+    (folder / "constellation.yaml").write_text(yaml.safe_dump(BASE))
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(folder)
+    assert [p.field for p in raised.value.problems] == ["entrypoint"]
+    shutil.rmtree(folder)
