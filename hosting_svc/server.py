@@ -1,19 +1,60 @@
-"""Wiring for hosting: until its issue lands, every RPC answers UNIMPLEMENTED and says so."""
+"""Wiring for hosting: settings -> store, engine, runtimes -> domain -> servicer -> serve()."""
 
 from __future__ import annotations
 
+import logging
+import os
+
+from hosting_svc import images
+from hosting_svc.deployments import Hosting, HostingSettings
+from hosting_svc.registry import Registry
+from hosting_svc.runtimes import modal
+from hosting_svc.runtimes.docker import DockerRuntime
+from hosting_svc.runtimes.local import LocalRuntime
+from hosting_svc.servicer import HostingServicer
+from hosting_svc.store import Store
 from mesh import config, logs
 from mesh.server import MeshServer
-from mesh.services import placeholder_registration
+from mesh.services import registration
 
-PENDING = "packaging and deployment land with the model-hosting issue"
+log = logging.getLogger("hosting")
 
 
-def build(settings: config.Settings) -> MeshServer:
-    return MeshServer(settings, [placeholder_registration("hosting", PENDING)])
+def build(settings: config.Settings, env: dict[str, str] | None = None) -> tuple[MeshServer, Hosting]:
+    env = dict(os.environ if env is None else env)
+    home = settings.home / "hosting"
+    store = Store(env.get("CONSTELLATION_HOSTING_DATABASE_URL") or f"sqlite:///{home / 'hosting.db'}")
+    engine = None
+    if env.get("CONSTELLATION_HOSTING_DOCKER", "auto") != "off" and images.Engine.available():
+        engine = images.Engine()
+    runtimes = {"local": LocalRuntime(home / "local")}
+    if engine is not None:
+        runtimes["docker"] = DockerRuntime(engine)
+    if modal.configured(env):
+        runtimes["modal"] = modal.ModalRuntime(home / "modal")
+    hosting = Hosting(
+        store,
+        HostingSettings(
+            home=home,
+            base_image=env.get("CONSTELLATION_BASE_IMAGE", "constellation/base:bookworm"),
+            ready_timeout_s=float(env.get("CONSTELLATION_HOSTING_READY_TIMEOUT_S", "60")),
+        ),
+        engine,
+        runtimes,  # type: ignore[arg-type]
+    )
+    hosting.reconcile()
+    hosting.start_monitor()
+    log.info("runtimes", extra={"runtimes": sorted(runtimes), "docker": engine is not None})
+    checks = {"docker": lambda: engine.client.ping()} if engine is not None else {}
+    server = MeshServer(settings, [registration("hosting", HostingServicer(hosting, Registry(engine, env)), health_checks=checks)])
+    return server, hosting
 
 
 def main() -> None:
     settings = config.load("hosting")
     logs.configure("hosting", settings.log_level, settings.log_format)
-    build(settings).serve_forever()
+    server, hosting = build(settings)
+    try:
+        server.serve_forever()
+    finally:
+        hosting.close()

@@ -1,0 +1,50 @@
+"""Replicas as hardened containers on the host network, each bound to 127.0.0.1:port."""
+
+from __future__ import annotations
+
+from hosting_svc import images
+from hosting_svc.domain import HostedModel
+from hosting_svc.runtimes import Replica
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, engine: images.Engine) -> None:
+        self.engine = engine
+
+    def prepare(self, model: HostedModel, log) -> None:  # type: ignore[no-untyped-def]
+        """The image was built and validated by PackageModel."""
+
+    def start(self, model: HostedModel, index: int, port: int) -> Replica:
+        labels = {
+            images.LABEL_MODEL: model.id,
+            images.LABEL_NAME: model.name,
+            images.LABEL_VERSION: model.version,
+            images.LABEL_ROLE: "replica",
+            "constellation.environment": model.environment,
+        }
+        name = f"constellation-{model.name}-{model.version}-{model.environment}-{index}".replace("+", "-")
+        for stale in self.engine.containers(**{"constellation.replica_name": name}):
+            stale.remove(force=True)
+        labels["constellation.replica_name"] = name
+        container_id = self.engine.run(model.image, name, port, labels, model.manifest.get("resources", {}), restart=True)
+        return Replica(container_id, f"127.0.0.1:{port}")
+
+    def alive(self, model: HostedModel, replica_id: str) -> bool:
+        return bool(self.engine.container_state(replica_id).get("Running"))
+
+    def stop(self, model: HostedModel, replica_id: str) -> None:
+        self.engine.remove_container(replica_id)
+
+    def logs(self, model: HostedModel, replica_id: str) -> str:
+        return self.engine.logs(replica_id)
+
+    def running(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for container in self.engine.containers(**{images.LABEL_ROLE: "replica"}):
+            found.setdefault(container.labels[images.LABEL_MODEL], []).append(container.id)
+        return found
+
+    def remove(self, model: HostedModel) -> None:
+        """Images are removed by hosting's delete, once no container uses them."""
