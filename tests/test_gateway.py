@@ -153,10 +153,10 @@ def test_sdk_client_through_the_gateway(mesh):
         )
         listed = client.core.ListDatasets(core_pb2.ListDatasetsRequest(filter='name = "sdk-scene"'))
         assert [d.id for d in listed.datasets] == [created.id]
-        with pytest.raises(grpc.RpcError) as pending:
-            client.hosting.ListModels(hosting_pb2.ListModelsRequest())
-        assert pending.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "not implemented yet" in pending.value.details()
+        assert client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models == []
+        with pytest.raises(grpc.RpcError) as missing:
+            client.hosting.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id="hm_missing"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_cli_status_reports_every_part_serving(mesh):
