@@ -1,9 +1,10 @@
 """The Open Inference Protocol (KServe V2) gRPC server for one model folder.
 
 Tensors travel as `raw_input_contents` / `raw_output_contents` (little-endian,
-row-major): inputs become numpy views of the request bytes without a copy, and
-each output is serialised once. Typed `contents` are accepted too, for clients
-that send them.
+row-major). ModelInfer bypasses protobuf for those payloads (see wire.py):
+inputs become numpy views of the received bytes without a copy, and outputs
+are written into the response with one copy. Typed `contents` are accepted
+too, for clients that send them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inference import grpc_predict_v2_pb2 as pb
-from inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from model_runtime.batching import Batcher
 from model_runtime.manifest import NUMPY_DTYPES, Manifest, load_manifest
 from model_runtime.memory import tune_malloc
+from model_runtime.wire import decode_request, encode_response
 
 log = logging.getLogger("model_runtime")
 
@@ -85,7 +86,7 @@ class LoadedModel:
         return checked
 
 
-def _input_array(request: pb.ModelInferRequest, manifest: Manifest) -> np.ndarray:
+def _input_array(request: pb.ModelInferRequest, raws: list[memoryview], manifest: Manifest) -> np.ndarray:
     if len(request.inputs) != 1:
         raise BadRequest(f"send exactly one input tensor (bands × H × W tiles); got {len(request.inputs)}")
     tensor = request.inputs[0]
@@ -99,8 +100,8 @@ def _input_array(request: pb.ModelInferRequest, manifest: Manifest) -> np.ndarra
         raise BadRequest(f"input {tensor.name!r} has shape {list(shape)}; the model takes [batch, {wanted.replace('×', ', ')}]")
     dtype = np.dtype(NUMPY_DTYPES[expected_dtype]).newbyteorder("<")
     count = int(np.prod(shape))
-    if request.raw_input_contents:
-        raw = request.raw_input_contents[0]
+    if raws:
+        raw = raws[0]
         if len(raw) != count * dtype.itemsize:
             raise BadRequest(f"raw_input_contents[0] holds {len(raw)} bytes; shape {list(shape)} of {expected_dtype} needs {count * dtype.itemsize}")
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
@@ -111,7 +112,7 @@ def _input_array(request: pb.ModelInferRequest, manifest: Manifest) -> np.ndarra
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
 
@@ -147,12 +148,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name=o.name, datatype=o.dtype, shape=[-1, *o.shape]) for o in manifest.outputs],
         )
 
-    def ModelInfer(self, request, context):
+    def ModelInfer(self, message, context):
+        """`message` is (request without its raw payloads, views of them); see wire.py."""
+        request, raws = message
         self._check_model(request.model_name, request.model_version, context)
         if not self.model.ready.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading" if self.model.error is None else "the model failed to load")
         try:
-            batch = _input_array(request, self.model.manifest)
+            batch = _input_array(request, raws, self.model.manifest)
         except BadRequest as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
@@ -166,11 +169,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {', '.join(unknown)}; the model has {', '.join(outputs)}")
         response = pb.ModelInferResponse(model_name=self.model.manifest.name, model_version=self.model.manifest.version, id=request.id)
         spec = {o.name: o for o in self.model.manifest.outputs}
+        payloads = []
         for name in wanted:
-            value = outputs[name]
+            value = np.ascontiguousarray(outputs[name], dtype=outputs[name].dtype.newbyteorder("<"))
             response.outputs.add(name=name, datatype=spec[name].dtype, shape=value.shape)
-            response.raw_output_contents.append(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
-        return response
+            payloads.append(memoryview(value).cast("B"))
+        return response, payloads
+
+
+def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The generated handlers, except that ModelInfer frames its tensors itself."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        behaviour = getattr(servicer, method.name)
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=decode_request, response_serializer=lambda reply: encode_response(*reply)
+            )
+        else:
+            request_type = getattr(pb, method.input_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=request_type.FromString, response_serializer=lambda reply: reply.SerializeToString()
+            )
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 
 class ModelServer:
@@ -179,7 +200,7 @@ class ModelServer:
         self.model = LoadedModel(model_dir, load_manifest(model_dir))
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer"), options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.model), self.server)
+        self.server.add_generic_rpc_handlers((inference_handler(InferenceServicer(self.model)),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -290,3 +290,34 @@ def test_entrypoint_symlink_out_of_the_folder_is_rejected(tmp_path):
         load_manifest(folder)
     assert [p.field for p in raised.value.problems] == ["entrypoint"]
     shutil.rmtree(folder)
+
+
+def test_zero_copy_framing_is_byte_identical_to_protobuf():
+    from model_runtime import wire
+
+    tiles = np.arange(2 * 2 * 4 * 4, dtype=np.float32).reshape(2, 2, 4, 4)
+    request = infer_request(tiles)
+    head = pb.ModelInferRequest()
+    head.CopyFrom(request)
+    del head.raw_input_contents[:]
+    framed = wire.encode_request(head, [memoryview(tiles).cast("B")])
+    assert framed == request.SerializeToString()
+    decoded, raws = wire.decode_request(framed)
+    assert decoded == head and bytes(raws[0]) == tiles.tobytes()
+    response = pb.ModelInferResponse(model_name="m", outputs=[pb.ModelInferResponse.InferOutputTensor(name="o", datatype="FP32", shape=[2])])
+    response.raw_output_contents.append(b"\x00\x00\x80?\x00\x00\x00@")
+    head_only = pb.ModelInferResponse()
+    head_only.CopyFrom(response)
+    del head_only.raw_output_contents[:]
+    assert wire.encode_response(head_only, [b"\x00\x00\x80?\x00\x00\x00@"]) == response.SerializeToString()
+    assert bytes(wire.decode_response(response.SerializeToString())[1][0]) == b"\x00\x00\x80?\x00\x00\x00@"
+
+
+def test_our_client_gets_the_same_numbers(ndwi):
+    from model_runtime.client import InferenceClient
+
+    _, port = ndwi
+    tiles = np.random.default_rng(5).uniform(0.01, 0.6, size=(4, 2, 256, 256)).astype(np.float32)
+    with InferenceClient(f"127.0.0.1:{port}") as client:
+        outputs = client.infer("ndwi-water", tiles)
+    np.testing.assert_allclose(outputs["water_probability"], ndwi_probability(tiles), rtol=1e-5, atol=1e-6)
