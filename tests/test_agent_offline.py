@@ -1,0 +1,103 @@
+"""The offline planner against a labelled catalog and prompt set; bad input."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import yaml
+
+from constellation.agent.v1 import agent_pb2
+from constellation.common.v1 import common_pb2
+from constellation.core.v1 import core_pb2
+from mesh.errors import field_violations
+from tests.agent_support import DATA, Mesh, load_catalog
+from tests.conftest import rpc_error
+
+PROMPTS = yaml.safe_load((DATA / "agent_prompts.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    under_test = Mesh(tmp_path_factory.mktemp("agent"))
+    under_test.ids = load_catalog(under_test.core)  # type: ignore[attr-defined]
+    yield under_test
+    under_test.close()
+
+
+def test_labelled_prompts_top1_accuracy_and_every_plan_validates(mesh, capsys):
+    names = {v: k for k, v in mesh.ids.items()}
+    dataset_hits = model_hits = possible = impossible_right = impossible = 0
+    misses = []
+    for case in PROMPTS:
+        answer = mesh.agent.Recommend(agent_pb2.RecommendRequest(prompt=case["prompt"]))
+        plan = mesh.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt=case["prompt"]))
+        check = mesh.core.ValidatePipeline(core_pb2.ValidatePipelineRequest(spec=plan.spec))
+        assert check.valid, (case["prompt"], [p.description for p in check.problems])
+        assert plan.planner == agent_pb2.PLANNER_OFFLINE and plan.rationale
+        if case.get("satisfied") is False:
+            impossible += 1
+            if not answer.satisfied:
+                impossible_right += 1
+                assert answer.datasets and answer.models, "an impossible ask still gets the nearest alternatives"
+                assert any(c.shortfalls for c in [answer.datasets[0], answer.models[0]]), case["prompt"]
+                assert "Nothing in the catalog meets every constraint" in answer.summary
+            else:
+                misses.append((case["prompt"], "said satisfied"))
+            continue
+        possible += 1
+        top_dataset, top_model = names[answer.datasets[0].id], names[answer.models[0].id]
+        dataset_hits += top_dataset == case["dataset"]
+        model_hits += top_model == case["model"]
+        if (top_dataset, top_model) != (case["dataset"], case["model"]):
+            misses.append((case["prompt"], f"{top_dataset} + {top_model}"))
+        planned = {b.WhichOneof("config"): b for b in plan.spec.blocks}
+        assert names[planned["dataset"].dataset.dataset_id] == top_dataset and names[planned["model"].model.model_id] == top_model
+    with capsys.disabled():
+        print(
+            f"\noffline planner on {len(PROMPTS)} labelled prompts: top-1 dataset {dataset_hits}/{possible} ({dataset_hits / possible:.0%}), "
+            f"top-1 model {model_hits}/{possible} ({model_hits / possible:.0%}), impossible asks recognised {impossible_right}/{impossible}"
+        )
+        for prompt, got in misses:
+            print(f"  miss: {prompt!r} -> {got}")
+    assert len(PROMPTS) >= 30
+    assert dataset_hits / possible >= 0.9 and model_hits / possible >= 0.9 and impossible_right == impossible
+
+
+def test_recommend_explains_matches_and_shortfalls(mesh):
+    answer = mesh.agent.Recommend(agent_pb2.RecommendRequest(prompt="map surface water in the Olinda scene", max_results=3))
+    assert answer.satisfied and len(answer.datasets) == 3 and len(answer.models) == 3
+    top = answer.datasets[0]
+    assert top.name == "olinda-landsat7" and "covers Olinda" in top.reasons and 0 < top.score <= 1
+    assert answer.models[0].name == "ndwi-water" and "does segmentation" in answer.models[0].reasons
+    assert any("does not cover Olinda" in s for c in answer.datasets[1:] for s in c.shortfalls)
+    assert answer.datasets[0].score >= answer.datasets[1].score
+
+
+def test_structured_constraints_override_the_prompt(mesh):
+    constraints = agent_pb2.Constraints(sensors=["sentinel-2"], task=common_pb2.MODEL_TASK_SEGMENTATION, max_resolution_m=10)
+    answer = mesh.agent.Recommend(agent_pb2.RecommendRequest(prompt="map surface water in the Olinda scene", constraints=constraints))
+    assert not answer.satisfied  # Olinda is Landsat 7 at 28.5 m: nothing fits both
+    assert any("not sentinel-2" in s for c in answer.datasets for s in c.shortfalls)
+
+
+def test_pins_are_honoured_and_checked(mesh):
+    plan = mesh.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt="map water", dataset_id=mesh.ids["planet-venice"]))
+    assert plan.spec.blocks[0].dataset.dataset_id == mesh.ids["planet-venice"]
+    assert ("scene", "pinned by the request") in [(r.block_id, r.reason) for r in plan.rationale]
+    unknown = rpc_error(mesh.agent.PlanPipeline, agent_pb2.PlanPipelineRequest(prompt="map water", model_id="mdl_nope"))
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT and [v.field for v in field_violations(unknown)] == ["model_id"]
+    clash = rpc_error(mesh.agent.PlanPipeline, agent_pb2.PlanPipelineRequest(prompt="x", dataset_id=mesh.ids["s1-rotterdam-port"], model_id=mesh.ids["ndwi-water"]))
+    assert clash.code() == grpc.StatusCode.FAILED_PRECONDITION and "green, nir" in clash.details()
+
+
+@pytest.mark.parametrize(("prompt", "words"), [("", "is empty"), ("   ", "is empty"), ("x" * 4001, "at most 4000")])
+def test_bad_prompts_are_invalid_argument(mesh, prompt, words):
+    for call, request in ((mesh.agent.Recommend, agent_pb2.RecommendRequest(prompt=prompt)), (mesh.agent.PlanPipeline, agent_pb2.PlanPipelineRequest(prompt=prompt))):
+        error = rpc_error(call, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details()
+        assert [v.field for v in field_violations(error)] == ["prompt"]
+
+
+def test_gemini_without_a_key_says_what_to_set(mesh):
+    error = rpc_error(mesh.agent.PlanPipeline, agent_pb2.PlanPipelineRequest(prompt="map water", planner=agent_pb2.PLANNER_GEMINI))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "GEMINI_API_KEY" in error.details()
