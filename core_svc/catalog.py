@@ -212,25 +212,18 @@ class Catalog:
         return _dataset_from_row(self._get(db.DatasetRow, dataset_id, "dataset"))
 
     def find_dataset(self, dataset_id: str) -> Dataset | None:
-        with self._session() as session:
-            row = session.get(db.DatasetRow, dataset_id)
-            return _dataset_from_row(row) if row else None
+        row = self._find(db.DatasetRow, dataset_id)
+        return _dataset_from_row(row) if row else None
 
     def list_datasets(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Dataset], str]:
-        page = Page(page_size, page_token, filter_text)
         table = db.DatasetRow
-        clauses = parse_filter(
-            filter_text,
-            {
-                "name": lambda v: table.name == v,
-                "sensor": lambda v: table.sensor == v.lower(),
-                "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
-                "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
-            },
-        )
-        with self._session() as session:
-            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))
-        rows, token = page.finish(rows)
+        fields = {
+            "name": lambda v: table.name == v,
+            "sensor": lambda v: table.sensor == v.lower(),
+            "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
+            "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
+        }
+        rows, token = self._list(table, page_size, page_token, filter_text, fields)
         return [_dataset_from_row(r) for r in rows], token
 
     def update_dataset(self, dataset: Dataset, paths: list[str]) -> Dataset:
@@ -305,12 +298,10 @@ class Catalog:
         return _model_from_row(self._get(db.ModelRow, model_id, "model"))
 
     def find_model(self, model_id: str) -> Model | None:
-        with self._session() as session:
-            row = session.get(db.ModelRow, model_id)
-            return _model_from_row(row) if row else None
+        row = self._find(db.ModelRow, model_id)
+        return _model_from_row(row) if row else None
 
     def list_models(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Model], str]:
-        page = Page(page_size, page_token, filter_text)
         table = db.ModelRow
 
         def task(value: str) -> object:
@@ -318,19 +309,14 @@ class Catalog:
                 raise InvalidArgument.field("filter", f"task {value!r} is not one of {', '.join(MODEL_TASKS)}")
             return table.task == value.lower()
 
-        clauses = parse_filter(
-            filter_text,
-            {
-                "name": lambda v: table.name == v,
-                "version": lambda v: table.version == v,
-                "task": task,
-                "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
-                "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
-            },
-        )
-        with self._session() as session:
-            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))
-        rows, token = page.finish(rows)
+        fields = {
+            "name": lambda v: table.name == v,
+            "version": lambda v: table.version == v,
+            "task": task,
+            "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
+            "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
+        }
+        rows, token = self._list(table, page_size, page_token, filter_text, fields)
         return [_model_from_row(r) for r in rows], token
 
     def delete_model(self, model_id: str) -> None:
@@ -375,12 +361,8 @@ class Catalog:
         return _pipeline_from_row(self._get(db.PipelineRow, pipeline_id, "pipeline"))
 
     def list_pipelines(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Pipeline], str]:
-        page = Page(page_size, page_token, filter_text)
         table = db.PipelineRow
-        clauses = parse_filter(filter_text, {"name": lambda v: table.name == v})
-        with self._session() as session:
-            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))
-        rows, token = page.finish(rows)
+        rows, token = self._list(table, page_size, page_token, filter_text, {"name": lambda v: table.name == v})
         return [_pipeline_from_row(r) for r in rows], token
 
     def delete_pipeline(self, pipeline_id: str) -> None:
@@ -388,11 +370,21 @@ class Catalog:
 
     # Shared
 
+    def _list(self, table: type, page_size: int, page_token: str, filter_text: str, fields: dict) -> tuple[list, str]:
+        page = Page(page_size, page_token, filter_text)
+        clauses = parse_filter(filter_text, fields)
+        with self._session() as session:
+            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))  # type: ignore[attr-defined]
+        return page.finish(rows)
+
+    def _find(self, table: type, resource_id: str):  # type: ignore[no-untyped-def]
+        with self._session() as session:
+            return session.get(table, resource_id)
+
     def _get(self, table: type, resource_id: str, kind: str):  # type: ignore[no-untyped-def]
         if not resource_id:
             raise InvalidArgument.field("id", f"is required: the id of the {kind}")
-        with self._session() as session:
-            row = session.get(table, resource_id)
+        row = self._find(table, resource_id)
         if row is None:
             raise NotFound(f"no {kind} has id {resource_id!r}")
         return row

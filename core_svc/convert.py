@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2
@@ -22,14 +19,8 @@ from core_svc.domain import (
     PipelineSpec,
     Problem,
 )
+from mesh.timestamps import to_timestamp
 
-
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _enum_suffix(enum_type, value: int, prefix: str) -> str:  # type: ignore[no-untyped-def]
@@ -68,8 +59,8 @@ def dataset_to_proto(dataset: Dataset) -> core_pb2.Dataset:
         resolution_m=dataset.resolution_m,
         bbox=common_pb2.BoundingBox(min_x=box.min_x, min_y=box.min_y, max_x=box.max_x, max_y=box.max_y, crs=box.crs) if box else None,
         tags=dataset.tags,
-        create_time=_timestamp(dataset.create_time),
-        update_time=_timestamp(dataset.update_time),
+        create_time=to_timestamp(dataset.create_time),
+        update_time=to_timestamp(dataset.update_time),
     )
 
 
@@ -113,8 +104,8 @@ def model_to_proto(model: Model) -> core_pb2.Model:
         state=_enum_value(core_pb2.ModelState, model.state, "MODEL_STATE_"),
         state_message=model.state_message,
         tags=model.tags,
-        create_time=_timestamp(model.create_time),
-        update_time=_timestamp(model.update_time),
+        create_time=to_timestamp(model.create_time),
+        update_time=to_timestamp(model.update_time),
     )
 
 
@@ -153,8 +144,8 @@ def pipeline_to_proto(pipeline: Pipeline) -> core_pb2.Pipeline:
         name=pipeline.name,
         description=pipeline.description,
         spec=spec_to_proto(pipeline.spec),
-        create_time=_timestamp(pipeline.create_time),
-        update_time=_timestamp(pipeline.update_time),
+        create_time=to_timestamp(pipeline.create_time),
+        update_time=to_timestamp(pipeline.update_time),
     )
 
 

@@ -7,9 +7,10 @@ import logging
 from sqlalchemy.exc import DBAPIError
 
 from core_svc.catalog import Catalog
-from core_svc.db import create_db_engine, migrate
+from core_svc.db import migrate
 from core_svc.servicer import CoreServicer
 from mesh import config, logs
+from mesh.db import create_db_engine
 from mesh.errors import DomainError, Unavailable
 from mesh.server import MeshServer
 from mesh.services import MESH_SERVICE_NAMES, registration

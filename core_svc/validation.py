@@ -7,10 +7,9 @@ import math
 import re
 from urllib.parse import urlparse
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from core_svc.domain import MODEL_TASKS, Dataset, Model
 from mesh.errors import FieldViolation
+from model_runtime import manifest
 
 # Band names the catalog understands: optical bands by colour/wavelength
 # family, thermal, panchromatic and SAR polarisations.
@@ -123,13 +122,8 @@ def check_model_source(source: str) -> list[FieldViolation]:
 
 
 def check_requirement(text: str, field: str) -> list[FieldViolation]:
-    try:
-        requirement = Requirement(text)
-    except InvalidRequirement as error:
-        return [FieldViolation(field, f"{text!r} is not a valid requirement: {error}")]
-    if requirement.url:
-        return [FieldViolation(field, f"{text!r} points at a URL; name a package and version instead")]
-    return []
+    """The same policy hosting applies when it packages the model."""
+    return [FieldViolation(p.field, p.description) for p in manifest.check_requirement(text, field)]
 
 
 def validate_model(model: Model) -> list[FieldViolation]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from google.protobuf import empty_pb2, json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from hosting_svc.deployments import Hosting
@@ -13,16 +10,10 @@ from hosting_svc.domain import DeploymentEvent, Endpoint, HostedModel
 from hosting_svc.registry import Registry
 from hosting_svc.sources import Source
 from mesh.errors import InvalidArgument
+from mesh.timestamps import to_timestamp
 
 RUNTIME_NAMES = {hosting_pb2.RUNTIME_DOCKER: "docker", hosting_pb2.RUNTIME_LOCAL: "local", hosting_pb2.RUNTIME_MODAL: "modal"}
 
-
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _state(name: str) -> int:
@@ -48,15 +39,15 @@ def status_to_proto(model: HostedModel) -> hosting_pb2.ModelStatus:
         replicas=model.replicas,
         endpoints=_endpoints(model.endpoints),
         installed_packages=model.installed_packages,
-        last_updated=_timestamp(model.last_updated),
-        deployed_at=_timestamp(model.deployed_at),
+        last_updated=to_timestamp(model.last_updated),
+        deployed_at=to_timestamp(model.deployed_at),
     )
 
 
 def event_to_proto(event: DeploymentEvent) -> hosting_pb2.DeploymentEvent:
     return hosting_pb2.DeploymentEvent(
         sequence=event.sequence,
-        time=_timestamp(event.time),
+        time=to_timestamp(event.time),
         model_id=event.model_id,
         state=_state(event.state),
         message=event.message,

@@ -7,11 +7,11 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, create_engine, event, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from hosting_svc.domain import DeploymentEvent, Endpoint, HostedModel
+from mesh.db import create_db_engine
 
 
 class Base(DeclarativeBase):
@@ -63,21 +63,7 @@ class Store:
     """Models and events; `wait_for_events` lets watchers block until something new is written."""
 
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        if parsed.drivername.startswith("sqlite"):
-            from pathlib import Path
-
-            if parsed.database:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15})
-
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(connection, _record):  # type: ignore[no-untyped-def]
-                connection.execute("PRAGMA journal_mode=WAL")
-        else:
-            if parsed.drivername == "postgresql":
-                url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-            self.engine = create_engine(url, pool_pre_ping=True)
+        self.engine = create_db_engine(url)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._changed = threading.Condition()

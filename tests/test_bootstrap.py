@@ -19,8 +19,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from constellation.core.v1 import core_pb2, core_pb2_grpc
-from core_svc.catalog import Catalog
-from core_svc.db import create_db_engine, migrate
 from core_svc.server import build as build_core
 from core_svc.servicer import CoreServicer
 from mesh import config

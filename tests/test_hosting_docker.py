@@ -18,8 +18,6 @@ import yaml
 
 from constellation.hosting.v1 import hosting_pb2
 from hosting_svc import images
-from inference import grpc_predict_v2_pb2 as v2
-from inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mesh.errors import field_violations
 from mesh.services import insecure_channel
 from tests.conftest import rpc_error
