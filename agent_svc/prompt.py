@@ -132,13 +132,20 @@ def parse(prompt: str) -> Intent:
         if _has(text, place):
             intent.place, intent.region = place, PLACES[place]
             break
-    resolution = re.search(rf"{NUMBER}\s*(?:m|metre|meter|metres|meters)\b(?:\s*(?:resolution|gsd|pixels?|or (?:better|finer)))?", text)
-    if resolution and re.search(r"resolution|gsd|pixel|finer|better|at least|or less|or finer", text):
-        intent.max_resolution_m = float(resolution.group(1))
+    resolution = re.search(rf"{NUMBER}\s*(cm|centimetres?|centimeters?|m|metres?|meters?)\b", text)
+    if resolution and re.search(r"resolution|gsd|pixel|finer|better|at least|or less", text):
+        scale = 0.01 if resolution.group(2).startswith("c") else 1.0
+        intent.max_resolution_m = float(resolution.group(1)) * scale
     latency = re.search(rf"{NUMBER}\s*(?:ms|milliseconds?)\b", text)
     if latency:
         intent.max_latency_ms = float(latency.group(1))
-    accuracy = re.search(rf"(?:accuracy|accurate|iou|f1)[^0-9%]{{0,25}}{NUMBER}\s*%|{NUMBER}\s*%\s*(?:accuracy|accurate|iou)", text)
+    accuracy = re.search(rf"(?:accuracy|accurate|iou|f1)[^0-9%]{{0,25}}{NUMBER}\s*(%?)|{NUMBER}\s*%\s*(?:accuracy|accurate|iou)", text)
     if accuracy:
-        intent.min_accuracy = float(accuracy.group(1) or accuracy.group(2)) / 100
+        value = float(accuracy.group(1) or accuracy.group(3))
+        intent.min_accuracy = value / 100 if accuracy.group(2) == "%" or accuracy.group(3) or value > 1 else value
+    box = re.search(rf"(?:bbox|box|extent)\D{{0,12}}(-?{NUMBER[1:-1]})\s*,\s*(-?{NUMBER[1:-1]})\s*,\s*(-?{NUMBER[1:-1]})\s*,\s*(-?{NUMBER[1:-1]})", text)
+    if box:
+        values = tuple(float(box.group(i)) for i in range(1, 5))
+        if values[0] < values[2] and values[1] < values[3]:
+            intent.region, intent.place = values, intent.place or "the given bbox"
     return intent

@@ -17,21 +17,21 @@ from mesh.services import insecure_channel
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def load_catalog(core: core_pb2_grpc.CoreServiceStub) -> dict[str, str]:
-    """Register tests/data/agent_catalog.yaml; returns name -> id."""
-    catalog = yaml.safe_load((DATA / "agent_catalog.yaml").read_text())
+def load_catalog(core: core_pb2_grpc.CoreServiceStub, path: Path = DATA / "agent_catalog.yaml") -> dict[str, str]:
+    """Register a catalog file (tests/data/agent_catalog.yaml by default); returns name -> id."""
+    catalog = yaml.safe_load(path.read_text())
     ids = {}
     for d in catalog["datasets"]:
-        bbox = common_pb2.BoundingBox(min_x=d["bbox"][0], min_y=d["bbox"][1], max_x=d["bbox"][2], max_y=d["bbox"][3], crs="EPSG:4326")
+        bbox = common_pb2.BoundingBox(min_x=d["bbox"][0], min_y=d["bbox"][1], max_x=d["bbox"][2], max_y=d["bbox"][3], crs="EPSG:4326") if d.get("bbox") else None
         created = core.CreateDataset(core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(
-            name=d["name"], description=d["description"], uri=f"s3://scenes/{d['name']}.tif", sensor=d["sensor"],
-            bands=d["bands"], resolution_m=d["resolution_m"], bbox=bbox, tags=d["tags"])))
+            name=d["name"], description=d.get("description", ""), uri=f"s3://scenes/{d['name']}.tif", sensor=d["sensor"],
+            bands=d["bands"], resolution_m=d["resolution_m"], bbox=bbox, tags=d.get("tags", []))))
         ids[d["name"]] = created.id
     for m in catalog["models"]:
         created = core.RegisterModel(core_pb2.RegisterModelRequest(model=core_pb2.Model(
             name=m["name"], version="1.0.0", task=common_pb2.ModelTask.Value(f"MODEL_TASK_{m['task'].upper()}"),
-            source=f"/srv/models/{m['name']}", tags=m["tags"],
-            card=common_pb2.ModelCard(description=m["description"], metrics=m["metrics"]),
+            source=f"/srv/models/{m['name']}", tags=m.get("tags", []),
+            card=common_pb2.ModelCard(description=m.get("description", ""), metrics=m.get("metrics", {})),
             input=common_pb2.ModelInputSpec(bands=m["bands"], tile_size_px=m["tile_size_px"], dtype="FP32", value_min=0, value_max=1),
             outputs=[common_pb2.ModelOutputSpec(name="out", dtype="FP32", shape=[1, m["tile_size_px"], m["tile_size_px"]])])))
         ids[m["name"]] = created.id

@@ -101,3 +101,61 @@ def test_bad_prompts_are_invalid_argument(mesh, prompt, words):
 def test_gemini_without_a_key_says_what_to_set(mesh):
     error = rpc_error(mesh.agent.PlanPipeline, agent_pb2.PlanPipelineRequest(prompt="map water", planner=agent_pb2.PLANNER_GEMINI))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "GEMINI_API_KEY" in error.details()
+
+
+@pytest.fixture(scope="module")
+def independent(tmp_path_factory):
+    under_test = Mesh(tmp_path_factory.mktemp("agent-independent"))
+    under_test.ids = load_catalog(under_test.core, DATA / "independent" / "agent_catalog.yaml")  # type: ignore[attr-defined]
+    yield under_test
+    under_test.close()
+
+
+def as_set(value) -> set[str]:  # type: ignore[no-untyped-def]
+    return set(value) if isinstance(value, list) else {value}
+
+
+def constraints_message(raw: dict) -> agent_pb2.Constraints:
+    message = agent_pb2.Constraints(sensors=raw.get("sensors", []), bands=raw.get("bands", []),
+                                    max_resolution_m=raw.get("max_resolution_m", 0), max_latency_ms=raw.get("max_latency_ms", 0),
+                                    min_accuracy=raw.get("min_accuracy", 0))
+    if raw.get("task"):
+        message.task = common_pb2.ModelTask.Value(f"MODEL_TASK_{raw['task'].upper()}")
+    if raw.get("region"):
+        x0, y0, x1, y1 = raw["region"]
+        message.region.CopyFrom(common_pb2.BoundingBox(min_x=x0, min_y=y0, max_x=x1, max_y=y1, crs="EPSG:4326"))
+    return message
+
+
+def test_independent_labelled_set(independent, capsys):
+    """44 prompts another session wrote, with their own catalog, before any planner existed."""
+    cases = yaml.safe_load((DATA / "independent" / "agent_prompts.yaml").read_text())["prompts"]
+    names = {v: k for k, v in independent.ids.items()}
+    scores = {"dataset": [0, 0], "model": [0, 0], "impossible": [0, 0]}
+    misses = []
+    for case in cases:
+        request = agent_pb2.RecommendRequest(prompt=case["prompt"], constraints=constraints_message(case.get("constraints") or {}))
+        answer = independent.agent.Recommend(request)
+        plan = independent.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt=case["prompt"], constraints=request.constraints))
+        assert independent.core.ValidatePipeline(core_pb2.ValidatePipelineRequest(spec=plan.spec)).valid, case["prompt"]
+        if case.get("satisfied") is False:
+            scores["impossible"][1] += 1
+            scores["impossible"][0] += not answer.satisfied
+            if answer.satisfied:
+                misses.append((case["prompt"], "said satisfied"))
+            continue
+        for kind, top in (("dataset", answer.datasets[0].id), ("model", answer.models[0].id)):
+            if kind in case:
+                scores[kind][1] += 1
+                hit = names[top] in as_set(case[kind])
+                scores[kind][0] += hit
+                if not hit:
+                    misses.append((case["prompt"], f"{kind} {names[top]}, labelled {sorted(as_set(case[kind]))}"))
+    with capsys.disabled():
+        print("\noffline planner on the independent set: " + ", ".join(f"{k} {h}/{n} ({h / n:.0%})" for k, (h, n) in scores.items()))
+        for prompt, got in misses:
+            print(f"  miss: {prompt[:80]!r} -> {got}")
+    # Floors a little under today's figures: they catch regressions, they do not claim the target.
+    assert scores["dataset"][0] / scores["dataset"][1] >= 0.85
+    assert scores["model"][0] / scores["model"][1] >= 0.85
+    assert scores["impossible"][0] / scores["impossible"][1] >= 0.5
