@@ -74,6 +74,9 @@ NUMBER = r"(\d+(?:\.\d+)?)"
 class Intent:
     text: str
     task: str = ""
+    # A task read from the prompt's wording is a strong preference; one given
+    # as a structured constraint is a requirement.
+    task_required: bool = False
     topics: set[str] = field(default_factory=set)
     sensors: set[str] = field(default_factory=set)
     bands: set[str] = field(default_factory=set)

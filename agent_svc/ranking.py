@@ -125,16 +125,20 @@ def rank_models(intent: Intent, snapshot: Snapshot, usable_bands: set[str] | Non
     for model, text_score in zip(snapshot.models, relevance, strict=True):
         r = Ranked(model, 0.0)
         points = 0.35 * text_score
+        hits = _topic_hits(intent, model.text)
         if intent.task:
             if model.task == intent.task:
                 r.reasons.append(f"does {model.task}")
                 points += 0.25
-            else:
+            elif intent.task_required or (intent.topics and not hits):
+                # A task read from wording gives way to a model on the right topic
+                # ("classify crop types" -> a per-pixel crop-type model), not to any model.
                 r.shortfalls.append(f"does {model.task}, not {intent.task}")
-        hits = _topic_hits(intent, model.text)
         if hits:
             r.reasons.append(f"about {', '.join(hits)}")
             points += 0.2
+            if set(hits) & {t.lower() for t in model.tags}:
+                points += 0.1  # curated tags say more than a mention in a description
         elif intent.topics:
             points -= 0.1
         if usable_bands is not None:

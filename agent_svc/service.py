@@ -32,7 +32,7 @@ def apply_constraints(intent: Intent, constraints: dict) -> Intent:
     if constraints.get("bands"):
         changes["bands"] = intent.bands | {b.lower() for b in constraints["bands"]}
     if constraints.get("task"):
-        changes["task"] = constraints["task"]
+        changes["task"], changes["task_required"] = constraints["task"], True
     if constraints.get("region"):
         changes["region"], changes["place"] = constraints["region"], intent.place or "the requested region"
     for name in ("max_resolution_m", "max_latency_ms", "min_accuracy"):
