@@ -127,9 +127,18 @@ def constraints_message(raw: dict) -> agent_pb2.Constraints:
     return message
 
 
-def test_independent_labelled_set(independent, capsys):
-    """44 prompts another session wrote, with their own catalog, before any planner existed."""
-    cases = yaml.safe_load((DATA / "independent" / "agent_prompts.yaml").read_text())["prompts"]
+@pytest.mark.parametrize(
+    ("prompts", "floors"),
+    [
+        # 44 prompts another session wrote before any planner existed; two general
+        # ranking changes were made after reading its misses.
+        ("agent_prompts.yaml", (0.85, 0.85, 0.5)),
+        # 16 more from that session, never used for tuning: the out-of-sample figure.
+        ("agent_prompts_holdout.yaml", (0.75, 0.55, 0.5)),
+    ],
+)
+def test_independent_labelled_set(independent, capsys, prompts, floors):
+    cases = yaml.safe_load((DATA / "independent" / prompts).read_text())["prompts"]
     names = {v: k for k, v in independent.ids.items()}
     scores = {"dataset": [0, 0], "model": [0, 0], "impossible": [0, 0]}
     misses = []
@@ -152,10 +161,9 @@ def test_independent_labelled_set(independent, capsys):
                 if not hit:
                     misses.append((case["prompt"], f"{kind} {names[top]}, labelled {sorted(as_set(case[kind]))}"))
     with capsys.disabled():
-        print("\noffline planner on the independent set: " + ", ".join(f"{k} {h}/{n} ({h / n:.0%})" for k, (h, n) in scores.items()))
+        print(f"\noffline planner on independent/{prompts}: " + ", ".join(f"{k} {h}/{n} ({h / n:.0%})" for k, (h, n) in scores.items()))
         for prompt, got in misses:
             print(f"  miss: {prompt[:80]!r} -> {got}")
     # Floors a little under today's figures: they catch regressions, they do not claim the target.
-    assert scores["dataset"][0] / scores["dataset"][1] >= 0.85
-    assert scores["model"][0] / scores["model"][1] >= 0.85
-    assert scores["impossible"][0] / scores["impossible"][1] >= 0.5
+    for kind, floor in zip(("dataset", "model", "impossible"), floors, strict=True):
+        assert scores[kind][0] / scores[kind][1] >= floor, (kind, scores[kind])
