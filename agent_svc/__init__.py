@@ -1,1 +1,1 @@
-"""Agent: see ../shared/ARCHITECTURE.md. Its RPCs answer UNIMPLEMENTED until they land."""
+"""Agent: ranked datasets and models, and a pipeline spec core validates, for a plain-language goal (see ../shared/ARCHITECTURE.md)."""

@@ -1,127 +1,120 @@
-"""Recommendations and plans: the offline planner, and the spec every planner's choice becomes."""
+"""Turning a chosen dataset and model into a pipeline spec, with a reason for every block.
+
+dataset -> tile -> model -> stitch -> (vectorize) -> export. Settings follow
+from the entries: the tile block cuts the model's tile size, normalises the way
+the model's input range and the sensor call for, and overlaps tiles for
+per-pixel tasks (blended by averaging) but not for per-tile ones.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
 
-from agent_svc.catalog import DatasetEntry, ModelEntry, Snapshot
-from agent_svc.prompt import Intent
-from agent_svc.ranking import BM25, Ranked, best_pair, rank_datasets, rank_models
 from constellation.common.v1 import common_pb2
-from mesh.errors import FailedPrecondition, InvalidArgument
+from agent_svc.domain import BlockReason, Dataset, Intent, Model
+
+REFLECTANCE_SENSORS = ("sentinel-2", "landsat")
+PER_PIXEL_TASKS = ("segmentation", "regression")
 
 
-@dataclass
-class Recommendation:
-    datasets: list[Ranked]
-    models: list[Ranked]
-    satisfied: bool
-    summary: str
-    planner: str = "offline"
+def export_uri(base: str, dataset: Dataset, model: Model) -> str:
+    slug = re.sub(r"[^a-z0-9_-]+", "-", f"{dataset.name}-{model.name}".lower()).strip("-") or "plan"
+    return f"{base.rstrip('/')}/{slug}"
 
 
-@dataclass
-class Plan:
-    spec: common_pb2.PipelineSpec
-    rationale: list[tuple[str, str]]
-    recommendation: Recommendation
-    planner: str = "offline"
-    notes: list[str] = field(default_factory=list)
+def _normalization(dataset: Dataset, model: Model, sar: bool) -> tuple[int, str]:
+    unit_range = model.value_max and 0 <= model.value_min and model.value_max <= 1
+    if sar:
+        return common_pb2.NORMALIZATION_Z_SCORE, "radar backscatter has no fixed range, so each band is standardised"
+    if unit_range and dataset.sensor.startswith(REFLECTANCE_SENSORS):
+        return (
+            common_pb2.NORMALIZATION_REFLECTANCE,
+            f"{dataset.sensor} digital numbers / 10000 give reflectance in [0, 1], the range {model.name} expects",
+        )
+    if unit_range:
+        return common_pb2.NORMALIZATION_MIN_MAX, f"scaled to [0, 1] by the scene's range, the range {model.name} expects"
+    return common_pb2.NORMALIZATION_NONE, f"{model.name} takes values as stored"
 
 
-@dataclass(frozen=True)
-class Choice:
-    """What a planner decides; `build_spec` turns it into a pipeline."""
+def build_spec(dataset: Dataset, model: Model, intent: Intent, export_base: str, sar: bool = False) -> tuple[common_pb2.PipelineSpec, list[BlockReason]]:
+    tile = model.tile_size_px
+    per_pixel = model.task in PER_PIXEL_TASKS
+    overlap = tile // 16 if per_pixel and tile >= 64 else 0
+    normalization, why_normalization = _normalization(dataset, model, sar)
+    vectorize = intent.wants_vectors if intent.wants_vectors is not None else model.task in ("segmentation", "detection")
+    formats = [common_pb2.EXPORT_FORMAT_COG]
+    if vectorize:
+        formats.append(common_pb2.EXPORT_FORMAT_GEOJSON)
+    if intent.wants_preview:
+        formats.append(common_pb2.EXPORT_FORMAT_PNG_PREVIEW)
+    resolution = dataset.resolution_m or 0.0
+    batch = 16 if tile and tile <= 256 else 8 if tile and tile <= 512 else 4
 
-    dataset: DatasetEntry
-    model: ModelEntry
-    tile_size_px: int = 0
-    overlap_px: int = 16
-    vectorize: bool = True
-    threshold: float = 0.5
-    reasons: tuple[tuple[str, str], ...] = ()
-
-
-class Index:
-    """BM25 over one snapshot's catalog text, built once per snapshot."""
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        self.datasets = BM25([d.text for d in snapshot.datasets])
-        self.models = BM25([m.text for m in snapshot.models])
-
-
-def recommend(intent: Intent, index: Index, max_results: int = 5) -> Recommendation:
-    snapshot = index.snapshot
-    datasets = rank_datasets(intent, snapshot, index.datasets.scores(intent.text))
-    fitting = [d for d in datasets if d.fits] or datasets[:1]
-    usable = set().union(*(set(d.entry.bands) for d in fitting)) if fitting else set()  # type: ignore[union-attr]
-    models = rank_models(intent, snapshot, usable, index.models.scores(intent.text))
-    pair = best_pair(datasets, models)
-    if pair:  # the best runnable pair leads both lists
-        datasets = [pair[0], *[d for d in datasets if d is not pair[0]]]
-        models = [pair[1], *[m for m in models if m is not pair[1]]]
-    satisfied = bool(pair and pair[0].fits and pair[1].fits)
-    if not snapshot.datasets or not snapshot.models:
-        summary = "The catalog has no " + ("datasets" if not snapshot.datasets else "models") + " yet; register some first."
-    elif satisfied:
-        summary = f"For {intent.describe()}: {pair[0].entry.name} with {pair[1].entry.name} meets every constraint."  # type: ignore[index]
-    else:
-        nearest = f" The nearest option is {pair[0].entry.name} with {pair[1].entry.name}; it misses: {'; '.join(pair[0].shortfalls + pair[1].shortfalls)}." if pair else ""  # type: ignore[index]
-        summary = f"Nothing in the catalog meets every constraint ({intent.describe()}).{nearest}"
-    return Recommendation(datasets[:max_results], models[:max_results], satisfied, summary)
-
-
-def choose(intent: Intent, recommendation: Recommendation, snapshot: Snapshot, dataset_id: str = "", model_id: str = "") -> Choice:
-    """The offline planner's choice: the recommended pair, or the pinned entries."""
-    datasets = {d.id: d for d in snapshot.datasets}
-    models = {m.id: m for m in snapshot.models}
-    if dataset_id and dataset_id not in datasets:
-        raise InvalidArgument.field("dataset_id", f"no dataset has id {dataset_id!r}")
-    if model_id and model_id not in models:
-        raise InvalidArgument.field("model_id", f"no model has id {model_id!r}")
-    dataset = datasets.get(dataset_id) or next((r.entry for r in recommendation.datasets if not model_id or set(models[model_id].bands) <= set(r.entry.bands)), None)  # type: ignore[union-attr]
-    if dataset is None:
-        raise FailedPrecondition("the catalog has no dataset to plan with; register one first")
-    model = models.get(model_id) or next((r.entry for r in recommendation.models if set(r.entry.bands) <= set(dataset.bands)), None)  # type: ignore[union-attr]
-    if model is None:
-        raise FailedPrecondition(f"no model in the catalog can read the bands of {dataset.name} ({', '.join(dataset.bands)})")
-    if not set(model.bands) <= set(dataset.bands):
-        raise FailedPrecondition(f"model {model.name} reads {', '.join(model.bands)}, which {dataset.name} does not have")
-    reasons = {r.entry.id: r.reasons for r in recommendation.datasets + recommendation.models}
-    return Choice(
-        dataset=dataset,
-        model=model,
-        tile_size_px=model.tile_size_px,
-        vectorize=model.task == "segmentation",
-        reasons=(
-            ("scene", "pinned by the request" if dataset_id else "; ".join(reasons.get(dataset.id, [])) or "best match in the catalog"),
-            ("model", "pinned by the request" if model_id else "; ".join(reasons.get(model.id, [])) or "best match in the catalog"),
+    blocks = [
+        common_pb2.Block(id="scene", label=f"Read {dataset.name}", dataset=common_pb2.DatasetBlock(dataset_id=dataset.id, bands=list(model.bands))),
+        common_pb2.Block(
+            id="tiles",
+            label=f"Cut {tile or 'model-sized'} px tiles",
+            tile=common_pb2.TileBlock(tile_size_px=tile, overlap_px=overlap, normalization=normalization),
         ),
+        common_pb2.Block(id="infer", label=f"Run {model.name}", model=common_pb2.ModelBlock(model_id=model.id, batch_size=batch)),
+        common_pb2.Block(
+            id="mosaic",
+            label="Stitch predictions",
+            stitch=common_pb2.StitchBlock(blend=common_pb2.BLEND_MODE_MEAN if overlap else common_pb2.BLEND_MODE_CENTER),
+        ),
+    ]
+    edges = [("scene", "tiles"), ("tiles", "infer"), ("infer", "mosaic")]
+    if vectorize:
+        blocks.append(
+            common_pb2.Block(
+                id="polygons",
+                label="Vectorise the mask",
+                vectorize=common_pb2.VectorizeBlock(
+                    threshold=0.5, simplify_tolerance_m=resolution, min_area_m2=4 * resolution * resolution, crs="EPSG:4326"
+                ),
+            )
+        )
+        edges += [("mosaic", "polygons"), ("polygons", "out")]
+    uri = export_uri(export_base, dataset, model)
+    blocks.append(common_pb2.Block(id="out", label="Export results", export=common_pb2.ExportBlock(uri=uri, formats=formats)))
+    edges.append(("mosaic", "out"))
+    spec = common_pb2.PipelineSpec(
+        blocks=blocks, edges=[common_pb2.Edge(source_block_id=s, target_block_id=t) for s, t in edges]
     )
 
-
-def build_spec(choice: Choice, export_uri: str) -> tuple[common_pb2.PipelineSpec, list[tuple[str, str]]]:
-    model, dataset = choice.model, choice.dataset
-    tile = choice.tile_size_px or model.tile_size_px or 256
-    overlap = min(choice.overlap_px, max(tile // 4 - 1, 0))
-    blocks = [
-        common_pb2.Block(id="scene", label=dataset.name, dataset=common_pb2.DatasetBlock(dataset_id=dataset.id, bands=list(model.bands))),
-        common_pb2.Block(id="tiles", tile=common_pb2.TileBlock(tile_size_px=tile, overlap_px=overlap, normalization=common_pb2.NORMALIZATION_REFLECTANCE)),
-        common_pb2.Block(id="model", label=f"{model.name}:{model.version}", model=common_pb2.ModelBlock(model_id=model.id, batch_size=8, max_concurrency=2)),
-        common_pb2.Block(id="mosaic", stitch=common_pb2.StitchBlock(blend=common_pb2.BLEND_MODE_MEAN)),
-        common_pb2.Block(id="export", export=common_pb2.ExportBlock(uri=export_uri)),
-    ]
-    edges = [("scene", "tiles"), ("tiles", "model"), ("model", "mosaic"), ("mosaic", "export")]
+    format_names = [common_pb2.ExportFormat.Name(f).removeprefix("EXPORT_FORMAT_") for f in formats]
     rationale = [
-        *choice.reasons,
-        ("tiles", f"{tile} px tiles, the model's input size, with {overlap} px overlap so seams blend"),
-        ("mosaic", "stitch predictions back onto the scene's grid (CRS and transform kept), averaging overlaps"),
+        BlockReason(
+            "scene",
+            f"{dataset.name} ({dataset.sensor or 'unknown sensor'}, {resolution:g} m) was ranked first for the prompt; "
+            f"it reads only {', '.join(model.bands)}, the bands {model.name} takes, in its order",
+        ),
+        BlockReason(
+            "tiles",
+            f"{tile} px tiles because {model.name} takes {tile} px"
+            + (f"; {overlap} px overlap so per-pixel predictions have context at tile edges" if overlap else "; no overlap, as it predicts per tile")
+            + f"; {why_normalization}"
+            if tile
+            else f"tiles of the model's own size; {why_normalization}",
+        ),
+        BlockReason(
+            "infer",
+            f"{' '.join(filter(None, (model.name, model.version)))} does {model.task or 'an unknown task'}; "
+            f"batches of {batch} tiles keep requests small",
+        ),
+        BlockReason(
+            "mosaic",
+            "overlapping predictions are averaged" if overlap else "each pixel comes from the tile whose centre is nearest",
+        ),
     ]
-    if choice.vectorize:
-        blocks.insert(4, common_pb2.Block(id="polygons", vectorize=common_pb2.VectorizeBlock(threshold=choice.threshold, simplify_tolerance_m=max(dataset.resolution_m, 1.0), crs="EPSG:4326")))
-        edges += [("mosaic", "polygons"), ("polygons", "export")]
-        rationale.append(("polygons", f"polygons where the score exceeds {choice.threshold:g}, in WGS84 for any GIS"))
-    rationale.append(("export", f"a Cloud-Optimized GeoTIFF{', GeoJSON' if choice.vectorize else ''} and a PNG preview under {export_uri}"))
-    spec = common_pb2.PipelineSpec(blocks=blocks, edges=[common_pb2.Edge(source_block_id=s, target_block_id=t) for s, t in edges])
+    if vectorize:
+        rationale.append(
+            BlockReason(
+                "polygons",
+                f"the prompt asks for polygons or the task yields a mask: pixels above 0.5 become polygons, simplified to "
+                f"{resolution:g} m (one pixel) and dropping areas under four pixels, in EPSG:4326",
+            )
+        )
+    rationale.append(BlockReason("out", f"writes {', '.join(format_names)} under {uri}"))
     return spec, rationale

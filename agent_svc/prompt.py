@@ -1,154 +1,346 @@
-"""Reading a plain-language goal: task, topic, sensors, bands, place and numeric limits.
+"""Deterministic reading of a plain-language prompt: what it asks for, and how firmly.
 
-Deterministic and dictionary-driven, so the offline planner gives the same
-answer every time and tests can say exactly why.
+Hard constraints are what the prompt names outright: a sensor ("Landsat 8"),
+bands ("NIR and SWIR"), a place from the gazetteer or a bbox of numbers, a
+resolution ("better than 2 m"), a latency ("under 10 ms per tile"), an
+accuracy ("IoU of at least 0.95"), or insisting on radar or optical. The task
+the wording suggests ("count" -> detection) and a hint at clouds (-> radar)
+are soft preferences: people say "classify crop types" and mean a per-pixel
+map, so a verb should tilt the ranking, not veto an entry. Structured
+constraints from the request add to and override what the prompt says.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
 
-TASK_WORDS = {
-    "segmentation": ("map", "mapping", "mask", "segment", "segmentation", "delineate", "extent", "outline", "flood", "inundation", "surface water", "water bodies"),
-    "classification": ("classify", "classification", "land cover", "landcover", "land use", "label each", "categorise", "categorize", "crop type"),
-    "detection": ("detect", "detection", "find ships", "count", "locate", "bounding box", "ships", "vessels", "buildings", "cars"),
-    "regression": ("estimate", "regression", "predict the value", "biomass", "temperature", "height", "yield"),
+from agent_svc import text
+from agent_svc.domain import Box, Constraints, Intent
+from agent_svc.gazetteer import PLACES
+
+SENSOR_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\bsentinel[\s_-]?([123])\b"), "sentinel-{0}"),
+    (re.compile(r"\blandsat[\s_-]?([45789])\b"), "landsat-{0}"),
+    (re.compile(r"\blandsat\b(?![\s_-]?\d)"), "landsat"),
+    (re.compile(r"\bmodis\b"), "modis"),
+    (re.compile(r"\bviirs\b"), "viirs"),
+    (re.compile(r"\baster\b"), "aster"),
+    (re.compile(r"\b(planetscope|superdove|planet labs)\b"), "planetscope"),
+    (re.compile(r"\bworld[\s-]?view[\s_-]?([1-4])\b"), "worldview-{0}"),
+    (re.compile(r"\bworld[\s-]?view\b(?![\s_-]?\d)"), "worldview"),
+    (re.compile(r"\bnaip\b"), "naip"),
+    (re.compile(r"\bspot[\s_-]?([67])\b"), "spot-{0}"),
+    (re.compile(r"\bpleiades\b"), "pleiades"),
+]
+# Sensors that are radar; the rest are optical.
+SAR_SENSORS = ("sentinel-1", "radarsat", "alos", "iceye", "capella", "terrasar")
+
+BAND_WORDS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
+    (re.compile(r"\b(nir|near[\s-]?infra[\s-]?red)\b"), ("nir",)),
+    (re.compile(r"\b(swir|short[\s-]?wave[\s-]?infra[\s-]?red)\b"), ("swir",)),
+    (re.compile(r"\bred[\s-]?edge\b"), ("rededge",)),
+    (re.compile(r"\b(thermal|tir|lwir|thermal[\s-]infra[\s-]?red)\b"), ("tir",)),
+    (re.compile(r"\b(pan|panchromatic)\b"), ("pan",)),
+    (re.compile(r"\b(rgb|true[\s-]colou?r)\b"), ("red", "green", "blue")),
+    (re.compile(r"\b(vv|vh|hh|hv)\b"), ()),  # the polarisation itself
+]
+COLOUR_BANDS = re.compile(r"\b(coastal|blue|green|yellow|red|cirrus)\b")
+MENTIONS_BANDS = re.compile(r"\b(bands?|channels?)\b")
+# A requested family is met by any of its members.
+BAND_FAMILIES = {
+    "nir": ("nir", "nir08"),
+    "swir": ("swir1", "swir2"),
+    "rededge": ("rededge1", "rededge2", "rededge3"),
+    "tir": ("tir", "tir1", "tir2"),
 }
-TOPIC_WORDS = {
-    "water": ("water", "flood", "flooding", "inundation", "lake", "lakes", "river", "rivers", "reservoir", "coast", "coastline", "shoreline", "wetland", "ndwi"),
-    "vegetation": ("vegetation", "forest", "deforestation", "crop", "crops", "agriculture", "ndvi", "greenness", "trees"),
-    "urban": ("urban", "city", "cities", "buildings", "built-up", "settlement", "roads"),
-    "landcover": ("land cover", "landcover", "land use"),
-    "ships": ("ship", "ships", "vessel", "vessels", "boats"),
-    "burn": ("burn", "burned", "burnt", "fire", "wildfire"),
-    "snow": ("snow", "ice", "glacier"),
+SAR_BANDS = frozenset({"vv", "vh", "hh", "hv"})
+
+SAR_WORDS = re.compile(r"\b(sar|radar|backscatter|c[\s-]band|l[\s-]band|synthetic aperture|polari[sz]ations?)\b")
+OPTICAL_WORDS = re.compile(r"\b(optical|multi[\s-]?spectral)\b")
+NEGATION = re.compile(r"\b(not|no|won'?t|can'?t|cannot|without|avoid|isn'?t|doesn'?t|useless|never)\b")
+CLOUD_HINTS = re.compile(r"\b(cloudy|overcast|cloud[\s-]penetrating|through (the )?clouds?|all[\s-]weather|at night|night[\s-]?time)\b")
+
+TASK_CUES: dict[str, list[tuple[re.Pattern[str], float]]] = {
+    "detection": [
+        (re.compile(r"\bdetect\w*"), 2.0),
+        (re.compile(r"\bcount\w*|\bhow many\b"), 2.0),
+        (re.compile(r"\bbounding[\s-]box\w*|\bboxes\b"), 3.0),
+        (re.compile(r"\blocat(e|ing)\b|\bspot (the|all|every)\b"), 1.0),
+    ],
+    "segmentation": [
+        (re.compile(r"\bsegment\w*"), 2.0),
+        (re.compile(r"\bmasks?\b|\bextent\b|\bfootprints?\b|\bdelineat\w*|\boutlines?\b"), 2.0),
+        (re.compile(r"\bmap\b|\bmapping\b|\bpolygons?\b|\bboundar(y|ies)\b"), 1.0),
+    ],
+    "classification": [
+        (re.compile(r"\bclassif\w*|\bcategori[sz]\w*"), 2.0),
+        (re.compile(r"\b(patch|scene|tile|chip|image)[\s-]level\b|\bper[\s-](tile|patch|chip|scene)\b"), 3.0),
+    ],
+    "regression": [
+        (re.compile(r"\bregress\w*"), 3.0),
+        (re.compile(r"\bestimat\w*|\bquantif\w*"), 1.0),
+        (re.compile(r"\b(temperature|biomass|height|yield|moisture|depth|concentration|elevation)\b"), 1.0),
+    ],
 }
-SENSOR_WORDS = {
-    "sentinel-2": ("sentinel-2", "sentinel 2", "sentinel2", "s2", "msi"),
-    "sentinel-1": ("sentinel-1", "sentinel 1", "sentinel1", "s1", "sar", "radar"),
-    "landsat-7": ("landsat 7", "landsat-7", "landsat7", "etm+", "etm"),
-    "landsat-8": ("landsat 8", "landsat-8", "landsat8", "oli"),
-    "landsat-9": ("landsat 9", "landsat-9", "landsat9"),
-    "modis": ("modis",),
-    "planetscope": ("planet", "planetscope"),
+EXPLICIT_TASKS = {
+    "segmentation": re.compile(r"\bsegmentation\b"),
+    "detection": re.compile(r"\bobject detection\b"),
+    "classification": re.compile(r"\b(scene|image|patch) classification\b"),
+    "regression": re.compile(r"\bregression\b"),
 }
-BAND_WORDS = {
-    "nir": ("nir", "near-infrared", "near infrared", "infrared"),
-    "swir1": ("swir1", "swir 1", "swir-1", "shortwave infrared", "short-wave infrared", "swir"),
-    "swir2": ("swir2", "swir 2", "swir-2"),
-    "red": ("red band", "red"),
-    "green": ("green band", "green"),
-    "blue": ("blue band", "blue"),
-    "rededge1": ("red edge", "red-edge", "rededge"),
-    "vv": ("vv",),
-    "vh": ("vh",),
-}
-# A small gazetteer: place -> (min_lon, min_lat, max_lon, max_lat).
-PLACES = {
-    "olinda": (-34.95, -8.10, -34.80, -7.95),
-    "recife": (-35.05, -8.20, -34.85, -7.95),
-    "pernambuco": (-41.4, -9.5, -34.8, -7.3),
-    "brazil": (-74.0, -34.0, -34.7, 5.3),
-    "amazon": (-74.0, -10.0, -48.0, 2.0),
-    "lisbon": (-9.25, 38.68, -9.08, 38.80),
-    "portugal": (-9.6, 36.9, -6.2, 42.2),
-    "rotterdam": (4.3, 51.85, 4.6, 52.0),
-    "netherlands": (3.3, 50.7, 7.3, 53.6),
-    "venice": (12.2, 45.35, 12.45, 45.5),
-    "nile delta": (29.5, 30.0, 32.5, 31.6),
-    "lake victoria": (31.5, -3.1, 34.9, 0.6),
-    "bangladesh": (88.0, 20.6, 92.7, 26.6),
-    "jakarta": (106.6, -6.4, 107.0, -6.0),
-    "california": (-124.5, 32.5, -114.1, 42.0),
-    "new orleans": (-90.2, 29.85, -89.9, 30.1),
-    "mozambique": (30.2, -26.9, 40.9, -10.5),
-    "beira": (34.75, -19.95, 34.95, -19.75),
-    "sahara": (-17.0, 15.0, 35.0, 33.0),
-    "alps": (5.0, 43.5, 16.5, 48.5),
-}
+VECTOR_WORDS = re.compile(r"\b(polygons?|vectors?|vectori[sz]\w*|geojson|shapefiles?|qgis|outlines?|footprints?)\b")
+RASTER_ONLY = re.compile(r"\b(raster only|only (the|a) raster|just (the|a) raster|no vectors?|no polygons?|without (vectors?|polygons?))\b")
+NO_PREVIEW = re.compile(r"\b(no (png|preview|quick[\s-]?look)s?)\b")
+
 NUMBER = r"(\d+(?:\.\d+)?)"
+BBOX = re.compile(
+    r"\b(?:bbox|bounding box|extent|box|area|region|within|inside|between|covering|lon/lat|coordinates)\b[^\d-]{0,20}"
+    r"(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)"
+)
+DISTANCE = re.compile(NUMBER + r"\s*(cm|centimet(?:er|re)s?|m|met(?:er|re)s?|km)\b")
+RESOLUTION_CONTEXT = re.compile(r"resolution|gsd|pixel|better|finer|sharper|at least|or less|at most|no coarser|max|sampl")
+SUB_METRE = re.compile(r"\bsub[\s-]?met(er|re)\b")
+DURATION = re.compile(NUMBER + r"\s*(ms|milliseconds?|msec|s|secs?|seconds?)\b(\s*(per|a|each|/)\s*(tile|chip|patch|image|inference|request))?")
+LATENCY_CONTEXT = re.compile(r"latenc|per tile|each tile|a tile|under|below|less than|faster|within|at most|max|quick|fast")
+PERCENT = re.compile(NUMBER + r"\s*(%|percent)")
+QUALITY = re.compile(r"\b(accura\w*|iou|f1|precision|recall|map|r2|score|miou|dice)\b")
+QUALITY_VALUE = re.compile(r"\b(accuracy|iou|miou|f1|precision|recall|map|r2|dice)\b[^\d%]{0,25}(0?\.\d+|1\.0|0|1)\b(?!\s*%)")
 
 
-@dataclass
-class Intent:
-    text: str
-    task: str = ""
-    # A task read from the prompt's wording is a strong preference; one given
-    # as a structured constraint is a requirement.
-    task_required: bool = False
-    topics: set[str] = field(default_factory=set)
-    sensors: set[str] = field(default_factory=set)
-    bands: set[str] = field(default_factory=set)
-    place: str = ""
-    region: tuple[float, float, float, float] | None = None
-    max_resolution_m: float = 0.0
-    max_latency_ms: float = 0.0
-    min_accuracy: float = 0.0
-
-    def describe(self) -> str:
-        parts = []
-        if self.task:
-            parts.append(self.task)
-        if self.topics:
-            parts.append("topic " + "/".join(sorted(self.topics)))
-        if self.sensors:
-            parts.append("sensor " + " or ".join(sorted(self.sensors)))
-        if self.bands:
-            parts.append("bands " + ", ".join(sorted(self.bands)))
-        if self.place:
-            parts.append(f"over {self.place.title()}")
-        if self.max_resolution_m:
-            parts.append(f"resolution {self.max_resolution_m:g} m or finer")
-        if self.max_latency_ms:
-            parts.append(f"latency under {self.max_latency_ms:g} ms")
-        if self.min_accuracy:
-            parts.append(f"accuracy at least {self.min_accuracy:.0%}")
-        return "; ".join(parts) or "no specific constraints"
+def _negated(clause: str, match: re.Match[str]) -> bool:
+    return bool(NEGATION.search(clause))
 
 
-def _has(text: str, phrase: str) -> bool:
-    return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", text) is not None
+def _clauses(folded: str) -> list[str]:
+    return [c for c in re.split(r"[.;,!?:\n]|\bbut\b|\bso\b", folded) if c.strip()]
 
 
-def parse(prompt: str) -> Intent:
-    text = " ".join(prompt.lower().replace("_", " ").split())
-    intent = Intent(text=text)
-    # A phrase ("land cover") says more than a single word ("map").
-    scores = {task: sum((2 if " " in w else 1) for w in words if _has(text, w)) for task, words in TASK_WORDS.items()}
-    best = max(scores.values())
-    if best:
-        # Ties go to the order above: mapping water is segmentation before detection.
-        intent.task = next(task for task, score in scores.items() if score == best)
-    intent.topics = {topic for topic, words in TOPIC_WORDS.items() if any(_has(text, w) for w in words)}
-    intent.sensors = {sensor for sensor, words in SENSOR_WORDS.items() if any(_has(text, w) for w in words)}
-    if _has(text, "landsat") and not intent.sensors & {"landsat-7", "landsat-8", "landsat-9"}:
-        intent.sensors |= {"landsat-7", "landsat-8", "landsat-9"}
-    if _has(text, "sentinel") and not intent.sensors & {"sentinel-1", "sentinel-2"}:
-        intent.sensors |= {"sentinel-1", "sentinel-2"}
-    for band, words in BAND_WORDS.items():
-        if any(_has(text, w) for w in words if " " in w or len(w) > 3 or w in ("nir", "vv", "vh")):
-            if band in ("red", "green", "blue") and not re.search(rf"\b{band}\b[ -]?(band|channel)s?\b|\bbands?\b[^.]*\b{band}\b", text):
-                continue  # "red" alone is usually a colour word, not a band request
-            intent.bands.add(band)
-    for place in sorted(PLACES, key=len, reverse=True):
-        if _has(text, place):
-            intent.place, intent.region = place, PLACES[place]
+def _sensors(folded: str, words: set[str] | None = None) -> list[str]:
+    found: list[str] = []
+    for pattern, template in SENSOR_PATTERNS:
+        for match in pattern.finditer(folded):
+            name = template.format(*match.groups())
+            if words is not None:
+                words.update(text.tokens(match.group(0)))
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def _bands(folded: str, words: set[str]) -> list[str]:
+    found: list[str] = []
+    for pattern, bands in BAND_WORDS:
+        for match in pattern.finditer(folded):
+            words.update(text.tokens(match.group(0)))
+            for band in bands or (match.group(1),):
+                if band not in found:
+                    found.append(band)
+    if MENTIONS_BANDS.search(folded):
+        for match in COLOUR_BANDS.finditer(folded):
+            words.add(match.group(1))
+            if match.group(1) not in found:
+                found.append(match.group(1))
+    return found
+
+
+def _region(folded: str, words: set[str]) -> tuple[Box | None, str, list[tuple[int, int]]]:
+    match = BBOX.search(folded)
+    if match:
+        min_x, min_y, max_x, max_y = (float(v) for v in match.groups())
+        if -180 <= min_x < max_x <= 180 and -90 <= min_y < max_y <= 90:
+            return (min_x, min_y, max_x, max_y), f"bbox {min_x:g},{min_y:g},{max_x:g},{max_y:g}", [match.span()]
+    best: tuple[float, str, Box] | None = None
+    for name, box in PLACES.items():
+        if re.search(r"\b" + re.escape(name) + r"\b", folded):
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            if best is None or area < best[0]:
+                best = (area, name, box)
+    if best is None:
+        return None, "", []
+    words.update(text.tokens(best[1]))
+    return best[2], best[1].title(), []
+
+
+def _resolution(folded: str) -> tuple[float, list[tuple[int, int]]]:
+    for match in DISTANCE.finditer(folded):
+        window = folded[max(0, match.start() - 40) : match.end() + 25]
+        if not RESOLUTION_CONTEXT.search(window):
+            continue
+        value, unit = float(match.group(1)), match.group(2)
+        metres = value / 100 if unit.startswith("c") else value * 1000 if unit == "km" else value
+        if metres > 0:
+            return metres, [match.span()]
+    if SUB_METRE.search(folded):
+        return 1.0, []
+    return 0.0, []
+
+
+def _latency(folded: str) -> tuple[float, list[tuple[int, int]]]:
+    for match in DURATION.finditer(folded):
+        window = folded[max(0, match.start() - 30) : match.end() + 20]
+        if not LATENCY_CONTEXT.search(window):
+            continue
+        value, unit = float(match.group(1)), match.group(2)
+        ms = value if unit.startswith("m") else value * 1000
+        if ms > 0:
+            return ms, [match.span()]
+    return 0.0, []
+
+
+def _accuracy(folded: str) -> tuple[float, list[tuple[int, int]]]:
+    for match in PERCENT.finditer(folded):
+        window = folded[max(0, match.start() - 30) : match.end() + 30]
+        if QUALITY.search(window):
+            value = float(match.group(1)) / 100
+            if 0 < value <= 1:
+                return value, [match.span()]
+    match = QUALITY_VALUE.search(folded)
+    if match:
+        value = float(match.group(2))
+        if 0 < value <= 1:
+            return value, [match.span(2)]
+    return 0.0, []
+
+
+def _task_scores(folded: str) -> dict[str, float]:
+    scores = {task: sum(w * len(p.findall(folded)) for p, w in cues) for task, cues in TASK_CUES.items()}
+    return {task: s for task, s in scores.items() if s > 0}
+
+
+def parse(prompt: str, structured: Constraints | None = None) -> Intent:
+    """Read `prompt`; `structured` (the request's constraints) adds to and overrides it."""
+    folded = text.fold(prompt)
+    clauses = _clauses(folded)
+    constraints = Constraints()
+    notes: list[str] = []
+    consumed: list[tuple[int, int]] = []
+
+    constraint_words: set[str] = set()
+    constraints.sensors = _sensors(folded, constraint_words)
+    constraints.bands = _bands(folded, constraint_words)
+    constraints.region, constraints.region_name, spans = _region(folded, constraint_words)
+    consumed += spans
+    constraints.max_resolution_m, spans = _resolution(folded)
+    consumed += spans
+    constraints.max_latency_ms, spans = _latency(folded)
+    consumed += spans
+    constraints.min_accuracy, spans = _accuracy(folded)
+    consumed += spans
+    for task, pattern in EXPLICIT_TASKS.items():
+        if pattern.search(folded):
+            constraints.task = task
             break
-    resolution = re.search(rf"{NUMBER}\s*(cm|centimetres?|centimeters?|m|metres?|meters?)\b", text)
-    if resolution and re.search(r"resolution|gsd|pixel|finer|better|at least|or less", text):
-        scale = 0.01 if resolution.group(2).startswith("c") else 1.0
-        intent.max_resolution_m = float(resolution.group(1)) * scale
-    latency = re.search(rf"{NUMBER}\s*(?:ms|milliseconds?)\b", text)
-    if latency:
-        intent.max_latency_ms = float(latency.group(1))
-    accuracy = re.search(rf"(?:accuracy|accurate|iou|f1)[^0-9%]{{0,25}}{NUMBER}\s*(%?)|{NUMBER}\s*%\s*(?:accuracy|accurate|iou)", text)
-    if accuracy:
-        value = float(accuracy.group(1) or accuracy.group(3))
-        intent.min_accuracy = value / 100 if accuracy.group(2) == "%" or accuracy.group(3) or value > 1 else value
-    box = re.search(rf"(?:bbox|box|extent)\D{{0,12}}(-?{NUMBER[1:-1]})\s*,\s*(-?{NUMBER[1:-1]})\s*,\s*(-?{NUMBER[1:-1]})\s*,\s*(-?{NUMBER[1:-1]})", text)
-    if box:
-        values = tuple(float(box.group(i)) for i in range(1, 5))
-        if values[0] < values[2] and values[1] < values[3]:
-            intent.region, intent.place = values, intent.place or "the given bbox"
+
+    negated_words: set[str] = set()
+    for clause in clauses:
+        for pattern, modality in ((SAR_WORDS, "sar"), (OPTICAL_WORDS, "optical")):
+            for match in pattern.finditer(clause):
+                constraint_words.update(text.tokens(match.group(0)))
+                if _negated(clause, match):
+                    negated_words.update(text.tokens(match.group(0)))
+                    constraints.modality = "optical" if modality == "sar" else "sar"
+                elif not constraints.modality:
+                    constraints.modality = modality
+    if any(b in SAR_BANDS for b in constraints.bands) or any(s in SAR_SENSORS for s in constraints.sensors):
+        constraints.modality = constraints.modality or "sar"
+
+    intent = Intent(prompt=prompt, constraints=constraints)
+    if CLOUD_HINTS.search(folded) and not constraints.modality:
+        intent.preferred_modality = "sar"
+        notes.append("clouds or night suggest radar")
+    kept = folded
+    for start, end in sorted(consumed, reverse=True):
+        kept = kept[:start] + " " + kept[end:]
+    scores = _task_scores(kept)
+    if scores and not constraints.task:
+        intent.preferred_task = max(scores, key=lambda t: scores[t])
+    if RASTER_ONLY.search(folded):
+        intent.wants_vectors = False
+    elif VECTOR_WORDS.search(folded):
+        intent.wants_vectors = True
+    intent.wants_preview = not NO_PREVIEW.search(folded)
+
+    if structured is not None:
+        apply_structured(constraints, structured)
+    intent.constraints = constraints
+
+    # Short numbers ("5" of "Landsat 5", "2" of "3-5 m") only add noise; years stay.
+    words = [w for w in text.tokens(kept) if w not in text.STOPWORDS and w not in negated_words and not (w.isdigit() and len(w) < 4)]
+    intent.terms = text.expand(words)
+    intent.model_terms = text.expand([w for w in words if w not in constraint_words])
+    intent.shown = text.display_words(words)
+    intent.notes = describe(constraints, intent.preferred_task) + notes
     return intent
+
+
+def apply_structured(constraints: Constraints, structured: Constraints) -> None:
+    """Structured constraints from the request replace what the prompt said, field by field."""
+    if structured.sensors:
+        constraints.sensors = [s.strip().lower() for s in structured.sensors]
+    if structured.bands:
+        constraints.bands = [b.strip().lower() for b in structured.bands]
+    if structured.task:
+        constraints.task = structured.task
+    if structured.region is not None:
+        constraints.region, constraints.region_name = structured.region, structured.region_name or "the requested region"
+    for name in ("max_resolution_m", "max_latency_ms", "min_accuracy"):
+        value = getattr(structured, name)
+        if value:
+            setattr(constraints, name, value)
+    if structured.modality:
+        constraints.modality = structured.modality
+
+
+def describe(c: Constraints, preferred_task: str = "") -> list[str]:
+    found = []
+    if c.task:
+        found.append(f"task {c.task}")
+    elif preferred_task:
+        found.append(f"task {preferred_task} (suggested by the wording)")
+    if c.sensors:
+        found.append("sensor " + " or ".join(c.sensors))
+    if c.modality == "sar":
+        found.append("radar (SAR) imagery")
+    elif c.modality == "optical":
+        found.append("optical imagery")
+    if c.bands:
+        found.append("bands " + ", ".join(c.bands))
+    if c.region is not None:
+        found.append(f"region {c.region_name or 'as given'}")
+    if c.max_resolution_m:
+        found.append(f"resolution {c.max_resolution_m:g} m or finer")
+    if c.max_latency_ms:
+        found.append(f"latency at most {c.max_latency_ms:g} ms per tile")
+    if c.min_accuracy:
+        found.append(f"accuracy at least {c.min_accuracy:g}")
+    return found
+
+
+def has_band(available: tuple[str, ...] | list[str], wanted: str) -> bool:
+    return any(b in available for b in BAND_FAMILIES.get(wanted, (wanted,)))
+
+
+def sensor_matches(sensor: str, wanted: str) -> bool:
+    """`landsat` (a family) matches `landsat-8`; otherwise names must be equal."""
+    sensor = sensor.lower()
+    return sensor == wanted or ("-" not in wanted and sensor.startswith(wanted + "-"))
+
+
+def sensors_in(text_: str) -> list[str]:
+    """Sensors a free text (a model card) names."""
+    return _sensors(text.fold(text_))
+
+
+def box_overlap(a: Box, b: Box) -> float:
+    """Area of a ∩ b as a fraction of b's area (0 when they only touch)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    area = (b[2] - b[0]) * (b[3] - b[1])
+    return width * height / area if area > 0 else 0.0
+
+
+def finite(value: float) -> bool:
+    return math.isfinite(value)

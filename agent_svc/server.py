@@ -1,39 +1,45 @@
-"""Wiring for the agent: settings -> core catalog client -> planners -> servicer -> serve()."""
+"""Wiring for agent: settings -> core catalog client -> planners -> servicer -> serve()."""
 
 from __future__ import annotations
 
+import logging
 import os
 
-from agent_svc.catalog import CoreCatalog
-from agent_svc.gemini import GeminiSettings
-from agent_svc.service import Agent
+from agent_svc import embeddings
+from agent_svc.agent import Agent
+from agent_svc.catalog_client import CoreCatalog
+from agent_svc.planners.offline import OfflinePlanner
 from agent_svc.servicer import AgentServicer
+from agent_svc.settings import AgentSettings
 from mesh import config, logs
 from mesh.server import MeshServer
 from mesh.services import registration
 
-
-def gemini_settings(env: dict[str, str]) -> GeminiSettings | None:
-    key = env.get("GEMINI_API_KEY", "").strip()
-    if not key:
-        return None
-    return GeminiSettings(
-        api_key=key,
-        model=env.get("CONSTELLATION_GEMINI_MODEL", "gemini-2.5-flash"),
-        base_url=env.get("CONSTELLATION_GEMINI_BASE_URL", ""),
-        attempts=int(env.get("CONSTELLATION_GEMINI_ATTEMPTS", "4")),
-        backoff_s=float(env.get("CONSTELLATION_GEMINI_BACKOFF_S", "1.0")),
-        repairs=int(env.get("CONSTELLATION_GEMINI_REPAIRS", "2")),
-    )
+log = logging.getLogger("agent")
 
 
 def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshServer:
-    env = dict(os.environ if env is None else env)
-    catalog = CoreCatalog(settings.peers["core"])
-    export_uri = env.get("CONSTELLATION_AGENT_EXPORT_URI") or f"file://{settings.home / 'outputs'}"
-    agent = Agent(catalog, export_uri, gemini_settings(env))
-    # The agent answers from core's catalog: it is SERVING only while core answers.
-    return MeshServer(settings, [registration("agent", AgentServicer(agent), health_checks={"core": catalog.check})])
+    env = dict(os.environ) if env is None else env
+    agent_settings = AgentSettings.from_env(settings.peers["core"], settings.home, env)
+    embedder = embeddings.load(agent_settings.embeddings)
+    catalog = CoreCatalog(agent_settings.core_address, agent_settings.catalog_ttl_s, agent_settings.core_timeout_s, embedder)
+    offline = OfflinePlanner(catalog, agent_settings.export_uri)
+    gemini = None
+    if agent_settings.gemini is not None:
+        from agent_svc.planners.gemini import GeminiPlanner  # the SDK loads only when a key is set
+
+        gemini = GeminiPlanner(catalog, agent_settings.gemini, agent_settings.export_uri)
+    log.info(
+        "planners",
+        extra={
+            "default": "gemini" if gemini else "offline",
+            "gemini_model": agent_settings.gemini.model if agent_settings.gemini else None,
+            "core": agent_settings.core_address,
+            "semantic_matching": "bm25+minilm" if embedder else "bm25",
+        },
+    )
+    # The agent cannot answer without core's catalog, so its health follows core's.
+    return MeshServer(settings, [registration("agent", AgentServicer(Agent(offline, gemini)), health_checks={"core": catalog.check})])
 
 
 def main() -> None:
