@@ -11,8 +11,11 @@ The model contract: the entrypoint class is built with no arguments, `load()`
 then `predict(batch)` gets a read-only array (N, bands, H, W) of the input
 dtype (a view of the request bytes; copy it before changing it in place) and
 returns an array (N, *shape) for the first output, or a dict naming every
-output declared in constellation.yaml. predict() may be called from several
-threads, but never concurrently: the batcher runs one batch at a time.
+output declared in constellation.yaml. predict() must be thread-safe (a
+model that only reads its weights is): merged batches run one at a time, but
+a request that fills max_batch_size on its own runs in its own request
+thread, alongside them (numpy, torch and onnxruntime release the GIL, so
+those calls use more cores).
 """
 
 from __future__ import annotations
