@@ -369,7 +369,10 @@ def test_tritonclient_gets_correct_metadata_and_results(ndwi):
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert seen["live"] and seen["ready"]
-    assert seen["metadata"]["versions"] == ["1.0.0"] and seen["metadata"]["outputs"][0]["name"] == "water_probability"
+    metadata = seen["metadata"]  # tritonclient's as_json: protobuf JSON, int64 dims as strings
+    assert metadata["name"] == "ndwi-water" and metadata["versions"] == ["1.0.0"]
+    assert metadata["inputs"] == [{"name": "tiles", "datatype": "FP32", "shape": ["-1", "2", "256", "256"]}]
+    assert metadata["outputs"] == [{"name": "water_probability", "datatype": "FP32", "shape": ["-1", "1", "256", "256"]}]
     assert seen["shape"] == [4, 1, 256, 256] and seen["dtype"] == "float32"
     assert seen["agrees_with_numpy_ndwi"] and seen["max_abs_error"] < 1e-5
 

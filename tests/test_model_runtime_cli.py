@@ -99,3 +99,12 @@ def test_cli_exits_1_when_the_port_is_taken():
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_benchmark_runs_end_to_end():
+    """bench/model_infer.py with tiny rounds: every arm answers (numbers checked against predict() inside)."""
+    result = subprocess.run([sys.executable, "bench/model_infer.py", "--seconds", "0.2", "--rounds", "1", "--models", "ndwi4"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for arm in ("(a) predict() in-process", "(b) plain grpcio", "(c) runtime, our client", "(d) runtime, tritonclient", "(c)/(b)"):
+        assert arm in result.stdout
