@@ -22,7 +22,9 @@ closed loop: it sends the next batch when the previous reply has arrived.
 The servers and the tritonclient process start once; the measurements then
 alternate in --rounds rounds of --seconds/--rounds each, and the figures are
 medians over rounds (ratios: the median of each round's ratio), so load from
-other processes on the machine hits every arm alike.
+other processes on the machine hits every arm alike. Server CPU per batch
+(from /proc) is the figure least moved by such load: the runtime's CPU beside
+predict() compares with the plain server's.
 """
 
 from __future__ import annotations
@@ -109,6 +111,20 @@ def write_model(folder: Path, name: str) -> Path:
     }
     (folder / "constellation.yaml").write_text(yaml.safe_dump(manifest))
     return folder
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def served(pid: int, call: Callable[[], float], cpu_ms: list[float], seconds: float) -> float:
+    """call() -> tiles/s, also appending the server process's CPU ms per batch of TILES to cpu_ms."""
+    before = process_cpu_s(pid)
+    tiles_per_s = call()
+    cpu_ms.append((process_cpu_s(pid) - before) * 1000 / max(tiles_per_s * seconds / TILES, 1))
+    return tiles_per_s
 
 
 def rate(call: Callable[[], object], seconds: float, callers: int = 1) -> float:
@@ -302,12 +318,15 @@ def main() -> None:
                 np.testing.assert_allclose(client.infer(name, batch)["water_probability"], expected, rtol=1e-6, atol=1e-6)
                 triton = Tritonclient(address, name, callers, expected)
                 arms: dict[str, list[float]] = {k: [] for k in ("a", "b", "echo", "c", "d")}
+                cpu: dict[str, list[float]] = {k: [] for k in ("a", "b", "c", "d")}
                 for _ in range(args.rounds):
+                    before = time.process_time()  # only the caller thread is busy during (a)
                     arms["a"].append(rate(predict, slice_s))
-                    arms["b"].append(plain.rate(slice_s, callers))
+                    cpu["a"].append((time.process_time() - before) * 1000 / max(arms["a"][-1] * slice_s / TILES, 1))
+                    arms["b"].append(served(plain.process.pid, lambda: plain.rate(slice_s, callers), cpu["b"], slice_s))
                     arms["echo"].append(echo.rate(slice_s, callers))
-                    arms["c"].append(rate(lambda: client.infer(name, batch), slice_s, callers))
-                    arms["d"].append(triton.rate(slice_s))
+                    arms["c"].append(served(process.pid, lambda: rate(lambda: client.infer(name, batch), slice_s, callers), cpu["c"], slice_s))
+                    arms["d"].append(served(process.pid, lambda: triton.rate(slice_s), cpu["d"], slice_s))
                 client.close()
             finally:
                 if triton is not None:
@@ -319,11 +338,14 @@ def main() -> None:
                 return median([p / q for p, q in zip(arms[x], arms[y], strict=True)])
 
             print(f"{name}:")
-            print(f"  (a) predict() in-process                          {a:7.0f} tiles/s")
-            print(f"  (b) plain grpcio, 8 MiB in / 2 MiB out, no work   {b:7.0f} tiles/s")
+            compute_ms = median(cpu["a"])
+            print(f"  (a) predict() in-process                          {a:7.0f} tiles/s   CPU {compute_ms:5.1f} ms per batch")
+            print(f"  (b) plain grpcio, 8 MiB in / 2 MiB out, no work   {b:7.0f} tiles/s   server CPU {median(cpu['b']):5.1f} ms per batch")
             print(f"      plain grpcio echo, 8 MiB in / 8 MiB out       {e:7.0f} tiles/s")
-            print(f"  (c) runtime, our client (raw_input_contents)      {c:7.0f} tiles/s")
-            print(f"  (d) runtime, tritonclient (own process)           {d:7.0f} tiles/s")
+            print(f"  (c) runtime, our client (raw_input_contents)      {c:7.0f} tiles/s   server CPU {median(cpu['c']):5.1f} ms per batch"
+                  f" ({median(cpu['c']) - compute_ms:+.1f} ms beside predict)")
+            print(f"  (d) runtime, tritonclient (own process)           {d:7.0f} tiles/s   server CPU {median(cpu['d']):5.1f} ms per batch"
+                  f" ({median(cpu['d']) - compute_ms:+.1f} ms beside predict)")
             serial = [1 / (1 / x + 1 / y) for x, y in zip(arms["a"], arms["b"], strict=True)]
             print(f"      serial bound 1/(1/a + 1/b)                    {median(serial):7.0f} tiles/s"
                   "   (one caller waits for each reply: transport and compute add up)")
