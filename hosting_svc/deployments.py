@@ -244,7 +244,7 @@ class Hosting:
         labels = {**labels, images.LABEL_ROLE: "smoke"}
         container = self.engine.run(tag, f"constellation-smoke-{model.id}", port, labels, {}, restart=False)
         try:
-            self._validate(model, f"127.0.0.1:{port}", lambda: bool(self.engine.container_state(container).get("Running")), lambda: self.engine.logs(container))  # type: ignore[union-attr]
+            self._validate(model, f"127.0.0.1:{port}", lambda: self.engine.starting_or_running(container), lambda: self.engine.logs(container))  # type: ignore[union-attr]
         finally:
             self.engine.remove_container(container)
 

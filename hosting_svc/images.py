@@ -120,6 +120,10 @@ class Engine:
         except (NotFound, APIError):
             return ""
 
+    def starting_or_running(self, container_id: str) -> bool:
+        """False once the container has exited (or is gone); a just-created container counts as alive."""
+        return self.container_state(container_id).get("Status", "") in ("created", "running", "restarting")
+
     def container_state(self, container_id: str) -> dict:
         try:
             return self.client.containers.get(container_id).attrs["State"]

@@ -32,7 +32,7 @@ class DockerRuntime:
         return Replica(container_id, f"127.0.0.1:{port}")
 
     def alive(self, model: HostedModel, replica_id: str) -> bool:
-        return bool(self.engine.container_state(replica_id).get("Running"))
+        return self.engine.starting_or_running(replica_id)
 
     def stop(self, model: HostedModel, replica_id: str) -> None:
         self.engine.remove_container(replica_id)
