@@ -148,9 +148,10 @@ def package_and_wait(hosting: HostingUnderTest, folder: Path, name: str) -> tupl
 
 
 def deploy_to_first_inference(hosting: HostingUnderTest, model_id: str, runtime: int) -> float:
+    before = hosting.hosting.store.events(model_id)[-1].sequence  # wait for this deploy's HEALTHY, not an earlier one
     start = time.perf_counter()
     hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=model_id, runtime=runtime))
-    hosting.wait_for(model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), after=hosting.hosting.store.events(model_id)[-1].sequence - 1)
+    hosting.wait_for(model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), after=before)
     address = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id)).endpoints[0].address
     our_client_once(address)
     return time.perf_counter() - start
