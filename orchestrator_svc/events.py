@@ -151,6 +151,10 @@ def run_output_of(entry: EventLogEntry) -> common.RunOutput | None:
     return common.RunOutput(**{key: _metadata_text(metadata, key) for key in OUTPUT_KEYS})
 
 
+# Dagster's own wrappers around the exception a step raised.
+WRAPPER_ERRORS = ("DagsterExecutionStepExecutionError", "RetryRequestedFromPolicy", "RetryRequested", "DagsterUserCodeExecutionError")
+
+
 def failure_message(entry: EventLogEntry) -> str:
     """One line on why a step or run failed: the Failure's description, else the error's message. No traceback."""
     event = entry.dagster_event
@@ -159,11 +163,16 @@ def failure_message(entry: EventLogEntry) -> str:
     if user is not None and user.description:
         return user.description
     error = getattr(data, "error", None)
-    while error is not None and getattr(error, "cause", None) is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
+    while error is not None and getattr(error, "cause", None) is not None and error.cls_name in WRAPPER_ERRORS:
         error = error.cause
-    if error is not None and error.message:
-        return error.message.strip().splitlines()[-1] if error.cls_name else error.message.strip()
-    return ""
+    if error is None or not error.message:
+        return ""
+    message = error.message.strip().splitlines()[0]
+    # SerializableErrorInfo messages read "module.Class: text"; the class is noise to a person.
+    head, _, rest = message.partition(": ")
+    if rest and head.rsplit(".", 1)[-1] == error.cls_name:
+        message = rest
+    return message
 
 
 DEFAULT_MESSAGES = {

@@ -17,9 +17,18 @@ from dagster import DagsterInstance
 from orchestrator_svc.settings import OrchestratorSettings
 
 
+def dagster_postgres_url(url: str) -> str:
+    """dagster-postgres binds parameters the way psycopg2 does (NOTIFY channel, %s), so name that driver:
+    SQLAlchemy 2.1 would otherwise pick psycopg 3 for a bare postgresql:// URL."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 def instance_config(settings: OrchestratorSettings) -> dict:
     if settings.dagster_postgres_url:
-        storage = {"postgres": {"postgres_url": settings.dagster_postgres_url}}
+        storage = {"postgres": {"postgres_url": dagster_postgres_url(settings.dagster_postgres_url)}}
     else:
         storage = {"sqlite": {"base_dir": str(settings.dagster_home)}}
     return {

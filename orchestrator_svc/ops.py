@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import AssetKey, AssetMaterialization, Config, ConfigurableResource, Failure, OpExecutionContext, op
+from dagster import AssetKey, AssetMaterialization, Config, ConfigurableResource, DagsterRunStatus, Failure, OpExecutionContext, op
+from dagster._core.errors import DagsterExecutionInterruptedError
 
 from orchestrator_svc import blocks
 from orchestrator_svc.events import output_metadata, progress_message
@@ -150,6 +151,9 @@ def tile_op(context: OpExecutionContext, config: TileConfig, scene: blocks.Scene
 @op(name="model", description="Run a model endpoint over the tiles (Open Inference Protocol, batched, bounded concurrency).")
 def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, constellation: ConstellationResource) -> Predictions:
     grid, scene = tiles.grid, tiles.scene
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and run.status == DagsterRunStatus.CANCELING:
+        raise _fail("the run is being canceled; not trying the model step again")
     folder = constellation.scratch(context.run_id, context.op.name)
     store = blocks.PredictionStore(folder, grid.count, config.output_channels, grid.size)
     try:
@@ -189,6 +193,9 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
         if error.transient:
             raise  # the RetryPolicy tries again, resuming from the tiles done
         raise _fail(str(error)) from None
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+        # Dagster turns an interrupt inside a step with a RetryPolicy into a retry; a cancel must stop the run.
+        raise _fail("the model step was interrupted: the run is being canceled") from None
     finally:
         store.close()
     return Predictions(tiles, str(folder), tuple(config.bands), config.output_channels, config.output)

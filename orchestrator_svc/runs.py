@@ -242,6 +242,12 @@ class RunManager:
     def _info(self, record) -> RunInfo:  # type: ignore[no-untyped-def]
         run = record.dagster_run
         state = events.RUN_STATES[run.status]
+        if state not in events.TERMINAL_STATES:
+            # Dagster stores the terminal event, then updates the run's status: a reader in between
+            # would see a watcher already told the run ended. The event log decides.
+            ended = self.instance.get_records_for_run(run.run_id, of_type=set(events.TERMINAL_EVENT_TYPES), limit=1)
+            for ending in ended.records:
+                state = events.EVENT_TYPES[ending.event_log_entry.dagster_event.event_type].state  # type: ignore[union-attr]
         info = RunInfo(run.tags[RUN_ID_TAG], state, create_time=record.create_timestamp, start_time=record.start_time, end_time=record.end_time)
         if state == common.RUN_STATE_FAILED:
             info.state_message = self._failure_reason(run.run_id)
