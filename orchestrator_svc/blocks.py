@@ -240,7 +240,7 @@ class Normalizer:
             raise ValueError(f"unknown normalization {mode!r}")
         offsets, scales = [], []
         for band in bands:
-            s = stats[band]
+            s = stats[band] if mode in ("min_max", "z_score") else None
             if mode == "min_max":
                 span = s.maximum - s.minimum
                 offsets.append(s.minimum)

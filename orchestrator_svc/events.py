@@ -131,7 +131,7 @@ def output_metadata(name: str, uri: str, media_type: str, block_id: str) -> dict
 
 def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
+    stamp.FromMicroseconds(round(seconds * 1e6))
     return stamp
 
 

@@ -162,7 +162,7 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
         done = grid.count - len(todo)
         if done:
             context.log.info(f"resuming: {done} of {grid.count} tiles were predicted by an earlier attempt")
-        normalizer = blocks.Normalizer.build(tiles.normalization, config.bands, tiles.stats or {b: None for b in config.bands})
+        normalizer = blocks.Normalizer.build(tiles.normalization, config.bands, tiles.stats)
         expected = [config.output_channels, grid.size, grid.size]
         context.log.info(progress_message(done, grid.count, "tiles"))
         last_report = time.monotonic()
@@ -234,7 +234,7 @@ def export_op(
     reported (AssetMaterialization); if anything fails or the run is canceled part-way, what was uploaded
     is deleted again, so a partial export is never published as if complete."""
     storage = constellation.storage()
-    local = constellation.scratch(context.run_id, context.op.name)
+    local = constellation.scratch(context.run_id, config.block_id)
     prefix = join(config.uri, config.run_id, config.block_id)
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
     if raster is not None and "cog" in config.formats:

@@ -18,7 +18,7 @@ def _timestamp(value: datetime | float | None) -> Timestamp | None:
     if isinstance(value, datetime):
         stamp.FromDatetime(value)
     else:
-        stamp.FromNanoseconds(int(value * 1e9))
+        stamp.FromMicroseconds(round(value * 1e6))
     return stamp
 
 
