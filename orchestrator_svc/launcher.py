@@ -38,7 +38,7 @@ log = logging.getLogger("orchestrator.launcher")
 PID_TAG = "constellation/worker_pid"
 HOST_TAG = "constellation/worker_host"
 START_TAG = "constellation/worker_start_ticks"
-MAX_RSS_TAG = "constellation/worker_max_rss_kb"
+MAX_RSS_TAG = "constellation/worker_peak_rss_kib"  # written by the worker as it exits
 EXIT_TAG = "constellation/worker_exit_code"
 INSTANCE_REF_ENV = "CONSTELLATION_DAGSTER_INSTANCE_REF"
 ACTIVE = (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING, DagsterRunStatus.QUEUED)
@@ -119,15 +119,15 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
         log.info("worker started", extra={"run_id": run.run_id, "pid": child.pid, "log": str(logs)})
 
     def _reap(self, run_id: str, child: subprocess.Popen) -> None:
-        """Wait for our own worker; record its exit code and peak memory; settle a run it left unfinished."""
-        _, status, usage = os.wait4(child.pid, 0)
+        """Wait for our own worker; record its exit code; settle a run it left unfinished."""
+        _, status = os.waitpid(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
         with self._lock:
             self._children.pop(run_id, None)
         if self._disposed.is_set():
             return
         try:
-            self._instance.add_run_tags(run_id, {MAX_RSS_TAG: str(usage.ru_maxrss), EXIT_TAG: str(child.returncode)})
+            self._instance.add_run_tags(run_id, {EXIT_TAG: str(child.returncode)})
             self.settle(run_id, f"its worker process exited with code {child.returncode}")
         except Exception:  # noqa: BLE001 - the instance may be closing with the server
             log.exception("could not settle run after its worker exited", extra={"run_id": run_id})

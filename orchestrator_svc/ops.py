@@ -182,8 +182,11 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
 
                     raw = np.frombuffer(raw, dtype=np.dtype(blocks.NUMPY_DTYPES[datatype]).newbyteorder("<")).astype("<f4").tobytes()
                 view = memoryview(raw)
-                for j, index in enumerate(chunk):
-                    store.write(index, view[j * store.record_bytes : (j + 1) * store.record_bytes])
+                if chunk == list(range(chunk[0], chunk[0] + len(chunk))):
+                    store.write_run(chunk[0], view)
+                else:
+                    for j, index in enumerate(chunk):
+                        store.write(index, view[j * store.record_bytes : (j + 1) * store.record_bytes])
                 done += len(chunk)
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_EVERY_S or done == grid.count:

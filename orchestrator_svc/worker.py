@@ -4,7 +4,9 @@ Opens the instance the launcher names (CONSTELLATION_DAGSTER_INSTANCE_REF),
 rebuilds the run's job from the LaunchRun request stored on the run, and
 executes it with Dagster's execute_run. SIGINT/SIGTERM interrupt the running
 step; Dagster then records RUN_CANCELED (the run was CANCELING) or
-RUN_FAILURE. The run's scratch folder is removed when it ends.
+RUN_FAILURE. The run's scratch folder is removed when it ends, and the
+worker's peak memory is recorded on the run. CONSTELLATION_WORKER_PROFILE=PATH
+writes a cProfile of the execution there (for finding where a run's time goes).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dagster._serdes import deserialize_value
 from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
 
 from orchestrator_svc import jobs, specs
-from orchestrator_svc.launcher import INSTANCE_REF_ENV
+from orchestrator_svc.launcher import INSTANCE_REF_ENV, MAX_RSS_TAG
 from orchestrator_svc.runs import REQUEST_TAG, SETTINGS_TAG
 
 log = logging.getLogger("orchestrator.worker")
@@ -62,12 +64,33 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(settings.work_dir, run.run_id)
         try:
             with capture_interrupts():
-                result = execute_run(InMemoryJob(job), run, instance)
+                if os.environ.get("CONSTELLATION_WORKER_PROFILE"):
+                    import cProfile
+                    prof = cProfile.Profile()
+                    result = prof.runcall(execute_run, InMemoryJob(job), run, instance)
+                    prof.dump_stats(os.environ["CONSTELLATION_WORKER_PROFILE"])
+                else:
+                    result = execute_run(InMemoryJob(job), run, instance)
             log.info("run %s finished: %s", run.run_id, json.dumps({"success": result.success}))
         finally:
             if not args.keep_scratch:
                 shutil.rmtree(work, ignore_errors=True)
+            peak = peak_rss_kib()
+            if peak:
+                instance.add_run_tags(run.run_id, {MAX_RSS_TAG: str(peak)})
     return 0
+
+
+def peak_rss_kib() -> int | None:
+    """This process's peak resident memory since it started this program (VmHWM; unlike ru_maxrss it does not
+    count the parent's memory copied by fork before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":
