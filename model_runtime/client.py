@@ -13,7 +13,7 @@ import numpy as np
 
 from inference import grpc_predict_v2_pb2 as pb
 from model_runtime.manifest import NUMPY_DTYPES
-from model_runtime.wire import decode_response, encode_request
+from model_runtime.wire import ALIGN, decode_response, encode_request
 
 DATATYPES = {np.dtype(v).name: k for k, v in NUMPY_DTYPES.items()}
 OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
@@ -35,7 +35,7 @@ class InferenceClient:
             model_version=version,
             inputs=[pb.ModelInferRequest.InferInputTensor(name="tiles", datatype=DATATYPES[tiles.dtype.name], shape=tiles.shape)],
         )
-        response, raws = self._infer(encode_request(request, [memoryview(tiles).cast("B")]), timeout=timeout)
+        response, raws = self._infer(encode_request(request, [memoryview(tiles).cast("B")], align=ALIGN), timeout=timeout)
         outputs = {}
         for tensor, raw in zip(response.outputs, raws, strict=True):
             dtype = np.dtype(NUMPY_DTYPES[tensor.datatype]).newbyteorder("<")
