@@ -353,22 +353,18 @@ class Hosting:
             self._emit(model, "ready", f"stopped: {reason}")
 
     def _stop_replicas(self, model: HostedModel) -> None:
-        runtime = self.runtimes.get(model.runtime)
-        if runtime is None:
-            return
-        ids = {r.replica_id for r in self._replicas.pop(model.id, [])} | set(runtime.running().get(model.id, []))
-        for replica_id in ids:
-            runtime.stop(model, replica_id)
+        """Stop the model's replicas on every runtime (a redeploy may switch runtimes)."""
+        self._replicas.pop(model.id, None)
+        for runtime in self.runtimes.values():
+            for replica_id in runtime.running().get(model.id, []):
+                runtime.stop(model, replica_id)
 
     # Deleting
 
     def delete(self, model_id: str) -> None:
         model = self.get(model_id)
         with self._lock(model_id):
-            for runtime in self.runtimes.values():
-                for replica_id in runtime.running().get(model.id, []):
-                    runtime.stop(model, replica_id)
-            self._replicas.pop(model.id, None)
+            self._stop_replicas(model)
             if self.engine is not None:
                 for container in self.engine.containers(**{images.LABEL_MODEL: model.id}):
                     container.remove(force=True)

@@ -85,7 +85,12 @@ def fetch(source: Source, destination: Path) -> Path:
         except ImportError:
             raise FailedPrecondition("hf:// sources need huggingface_hub: pip install huggingface_hub") from None
         try:
-            snapshot = snapshot_download(f"{match.group(1)}/{match.group(2)}", revision=match.group(3) or None)
+            snapshot = snapshot_download(
+                f"{match.group(1)}/{match.group(2)}",
+                revision=match.group(3) or None,
+                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                local_files_only=os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes"),
+            )
         except LocalEntryNotFoundError:
             raise FailedPrecondition(
                 f"{source.location} is not in the Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')})"

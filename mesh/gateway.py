@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -37,7 +38,8 @@ def envoy_binary() -> str:
 def envoy_args(config_path: Path) -> list[str]:
     # Several Envoys on one host (tests, benchmarks) need distinct shared-memory ids.
     base_id = config_path.stat().st_ino % 60000
-    return [envoy_binary(), "-c", str(config_path), "--log-level", "warn", "--concurrency", "2", "--base-id", str(base_id)]
+    workers = os.environ.get("CONSTELLATION_GATEWAY_WORKERS", "1")
+    return [envoy_binary(), "-c", str(config_path), "--log-level", "warn", "--concurrency", workers, "--base-id", str(base_id)]
 
 
 def start_envoy(config_path: Path, log_path: Path) -> subprocess.Popen:

@@ -2,13 +2,16 @@
 
 No worker thread: the first caller to find the batcher idle becomes the
 leader. It waits up to `max_queue_delay_ms` for more requests (Triton's
-semantics; 0 means take only what is already queued), takes queued requests
+semantics; 0 means take only what is already queued) or until the queue
+holds `max_batch_size` tiles, whichever comes first, takes queued requests
 from the front up to `max_batch_size` tiles, runs predict once on their
 concatenation and hands every caller its slice; then leadership passes to a
 waiting caller whose request is still queued. Requests that arrive while
 predict runs merge into the next batch. A lone caller runs predict in its own
-thread with no hand-off (thread hand-offs cost milliseconds under the GIL),
-and a request that fills a batch on its own skips the queue.
+thread with no hand-off (thread hand-offs cost milliseconds under the GIL).
+A request that fills a batch on its own skips the queue; one larger than
+`max_batch_size` runs as consecutive predict() calls of at most that many
+tiles, so predict() never sees more than `max_batch_size` tiles.
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ class Batcher:
         self._leading = False
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if batch.shape[0] >= self.max_batch_size:
+        if batch.shape[0] == self.max_batch_size:
             return self._predict(batch)
+        if batch.shape[0] > self.max_batch_size:
+            return self._in_chunks(batch)
         mine = _Request(batch)
         with self._cond:
             self._queue.append(mine)
+            self._cond.notify_all()  # a gathering leader may now have a full batch
         while True:
             with self._cond:
                 while not mine.done and self._leading:
@@ -60,6 +66,10 @@ class Batcher:
         if mine.error is not None:
             raise mine.error
         return mine.result  # type: ignore[return-value]
+
+    def _in_chunks(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        parts = [self._predict(batch[i : i + self.max_batch_size]) for i in range(0, batch.shape[0], self.max_batch_size)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def _queued_tiles(self) -> int:
         return sum(r.batch.shape[0] for r in self._queue)
@@ -86,7 +96,11 @@ class Batcher:
 
     def _run(self, taken: list[_Request]) -> None:
         try:
-            merged = taken[0].batch if len(taken) == 1 else np.concatenate([r.batch for r in taken])
+            if len(taken) == 1:
+                merged = taken[0].batch
+            else:
+                merged = np.concatenate([r.batch for r in taken])
+                merged.flags.writeable = False  # like a single request's zero-copy view
             outputs = self._predict(merged)
             start = 0
             for request in taken:

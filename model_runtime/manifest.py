@@ -38,6 +38,13 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 ENTRYPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 MEMORY = re.compile(r"^\d+(\.\d+)?[kmgKMG]?$")
+FIELDS = {"name", "version", "task", "entrypoint", "input", "outputs", "requirements", "example_input", "resources", "batching"}
+INPUT_FIELDS = {"bands", "tile_size_px", "dtype", "value_range"}
+OUTPUT_FIELDS = {"name", "dtype", "shape"}
+RESOURCE_FIELDS = {"cpu", "memory", "gpu"}
+BATCHING_FIELDS = {"max_batch_size", "max_queue_delay_ms"}
+# pip installs a requirement spelled like an archive (pkg.whl, pkg.tar.gz) from a local file.
+ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz")
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,17 @@ def check_requirement(text: object, where: str) -> list[Problem]:
         return [Problem(where, f"{stripped!r} is not a valid requirement: {error}")]
     if requirement.url:
         return [Problem(where, f"{stripped!r} points at a URL; name a package and version instead")]
+    if requirement.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return [Problem(where, f"{stripped!r} names an archive file, which pip installs from a local path; name the package instead")]
     return []
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _inside(folder: Path, relative: str) -> bool:
@@ -126,7 +143,8 @@ def parse(data: object, folder: Path) -> Manifest:
 
     if not isinstance(data, dict):
         raise ManifestError([Problem("", f"{MANIFEST_FILE} must be a mapping of fields")])
-    name, version, task = data.get("name", ""), str(data.get("version", "")), data.get("task", "")
+    name, task = data.get("name", ""), data.get("task", "")
+    version = "" if data.get("version") is None else str(data["version"])
     if not isinstance(name, str) or not NAME.match(name):
         problem("name", f"{name!r}: lowercase letters, digits, '-' and '_', at most 64")
     if not VERSION.match(version):
@@ -140,8 +158,10 @@ def parse(data: object, folder: Path) -> Manifest:
         problem("entrypoint", f"{entrypoint!r}: write module:Class, e.g. model:WaterModel")
     else:
         module_file = match.group(1).replace(".", "/") + ".py"
-        if not _inside(folder, module_file) or not (folder / module_file).is_file():
-            problem("entrypoint", f"module file {module_file} is not inside the model folder")
+        if not _inside(folder, module_file):
+            problem("entrypoint", f"module file {module_file} is outside the model folder")
+        elif not (folder / module_file).is_file():
+            problem("entrypoint", f"module file {module_file} does not exist in the model folder")
 
     spec = data.get("input") or {}
     bands = spec.get("bands") if isinstance(spec, dict) else None
@@ -154,14 +174,14 @@ def parse(data: object, folder: Path) -> Manifest:
     elif len(set(bands)) != len(bands):
         problem("input.bands", "a band is listed twice")
     tile = spec.get("tile_size_px", 0)
-    if not isinstance(tile, int) or tile < 0 or tile > 8192:
+    if not _is_int(tile) or tile < 0 or tile > 8192:
         problem("input.tile_size_px", "must be an integer between 0 (any size) and 8192")
         tile = 0
     dtype = str(spec.get("dtype", "")).upper()
     if dtype not in NUMPY_DTYPES:
         problem("input.dtype", f"{spec.get('dtype')!r}: one of {', '.join(NUMPY_DTYPES)}")
     value_range = spec.get("value_range", [0.0, 1.0])
-    if not (isinstance(value_range, list) and len(value_range) == 2 and all(isinstance(v, (int, float)) for v in value_range) and value_range[0] <= value_range[1]):
+    if not (isinstance(value_range, list) and len(value_range) == 2 and all(_is_number(v) for v in value_range) and value_range[0] <= value_range[1]):
         problem("input.value_range", "must be [min, max] with min <= max")
         value_range = [0.0, 1.0]
 
@@ -183,7 +203,7 @@ def parse(data: object, folder: Path) -> Manifest:
         seen.add(str(out_name))
         if out_dtype not in NUMPY_DTYPES:
             problem(f"outputs[{i}].dtype", f"{item.get('dtype')!r}: one of {', '.join(NUMPY_DTYPES)}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and (d > 0 or d == -1) for d in shape):
+        if not isinstance(shape, list) or not all(_is_int(d) and (d > 0 or d == -1) for d in shape):
             problem(f"outputs[{i}].shape", "a list of positive dimensions (or -1), without the batch dimension")
             shape = []
         outputs.append(TensorSpec(str(out_name), out_dtype, tuple(shape)))
@@ -203,26 +223,35 @@ def parse(data: object, folder: Path) -> Manifest:
     if not isinstance(resources, dict):
         problem("resources", "must be a mapping {cpu, memory, gpu}")
         resources = {}
-    if "cpu" in resources and not (isinstance(resources["cpu"], (int, float)) and resources["cpu"] > 0):
+    if "cpu" in resources and not (_is_number(resources["cpu"]) and resources["cpu"] > 0):
         problem("resources.cpu", "must be a positive number of cores")
     if "memory" in resources and not MEMORY.match(str(resources["memory"])):
         problem("resources.memory", "must look like 512m or 2g")
-    if "gpu" in resources and not (isinstance(resources["gpu"], int) and resources["gpu"] >= 0):
+    if "gpu" in resources and not (_is_int(resources["gpu"]) and resources["gpu"] >= 0):
         problem("resources.gpu", "must be a whole number of GPUs")
 
     batching = data.get("batching", {}) or {}
-    max_batch = batching.get("max_batch_size", 16) if isinstance(batching, dict) else 16
-    max_delay = batching.get("max_queue_delay_ms", 5) if isinstance(batching, dict) else 5
-    if not isinstance(max_batch, int) or not 1 <= max_batch <= 1024:
+    if not isinstance(batching, dict):
+        problem("batching", "must be a mapping {max_batch_size, max_queue_delay_ms}")
+        batching = {}
+    max_batch = batching.get("max_batch_size", 16)
+    max_delay = batching.get("max_queue_delay_ms", 5)
+    if not _is_int(max_batch) or not 1 <= max_batch <= 1024:
         problem("batching.max_batch_size", "must be between 1 and 1024")
         max_batch = 16
-    if not isinstance(max_delay, (int, float)) or not 0 <= max_delay <= 1000:
+    if not _is_number(max_delay) or not 0 <= max_delay <= 1000:
         problem("batching.max_queue_delay_ms", "must be between 0 and 1000")
         max_delay = 5
 
-    unknown = sorted(set(data) - {"name", "version", "task", "entrypoint", "input", "outputs", "requirements", "example_input", "resources", "batching"})
-    for key in unknown:
-        problem(str(key), "is not a manifest field")
+    for where, mapping, known in (
+        ("", data, FIELDS),
+        ("input", spec, INPUT_FIELDS),
+        ("resources", resources, RESOURCE_FIELDS),
+        ("batching", batching, BATCHING_FIELDS),
+        *((f"outputs[{i}]", item, OUTPUT_FIELDS) for i, item in enumerate(raw_outputs) if isinstance(item, dict)),
+    ):
+        for key in sorted(map(str, set(mapping) - known)):
+            problem(f"{where}.{key}" if where else key, f"is not a manifest field; expected one of {', '.join(sorted(known))}")
 
     if problems:
         raise ManifestError(problems)
@@ -249,7 +278,7 @@ def load_manifest(folder: Path) -> Manifest:
     if not path.is_file():
         raise ManifestError([Problem(MANIFEST_FILE, f"no {MANIFEST_FILE} in {folder}")])
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ManifestError([Problem(MANIFEST_FILE, f"is not valid YAML: {error}")]) from None
     return parse(data, folder)

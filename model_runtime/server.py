@@ -1,9 +1,18 @@
 """The Open Inference Protocol (KServe V2) gRPC server for one model folder.
 
 Tensors travel as `raw_input_contents` / `raw_output_contents` (little-endian,
-row-major): inputs become numpy views of the request bytes without a copy, and
-each output is serialised once. Typed `contents` are accepted too, for clients
-that send them.
+row-major). ModelInfer bypasses protobuf for those payloads (see wire.py):
+inputs become numpy views of the received bytes without a copy, and outputs
+are written into the response with one copy. Typed `contents` are accepted
+too, for clients that send them.
+
+The model contract: the entrypoint class is built with no arguments, `load()`
+(optional) runs once on a background thread while health says NOT_SERVING,
+then `predict(batch)` gets a read-only array (N, bands, H, W) of the input
+dtype (a view of the request bytes; copy it before changing it in place) and
+returns an array (N, *shape) for the first output, or a dict naming every
+output declared in constellation.yaml. predict() may be called from several
+threads, but never concurrently: the batcher runs one batch at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import importlib
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -20,16 +30,18 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inference import grpc_predict_v2_pb2 as pb
-from inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from model_runtime.batching import Batcher
 from model_runtime.manifest import NUMPY_DTYPES, Manifest, load_manifest
 from model_runtime.memory import tune_malloc
+from model_runtime.wire import ALIGN, decode_request, encode_response
 
 log = logging.getLogger("model_runtime")
 
 SERVER_NAME = "constellation-model-runtime"
 SERVER_VERSION = "1.0.0"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+HEALTH_SERVICES = ("", "inference.GRPCInferenceService")  # NOT_SERVING until load() returns
+INPUT_NAME = "tiles"  # the one input tensor, as ModelMetadata names it
 # Which typed-contents field carries each datatype.
 CONTENTS_FIELD = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -79,39 +91,57 @@ class LoadedModel:
             if spec.name not in outputs:
                 raise RuntimeError(f"predict() returned no output named {spec.name!r}")
             value = np.asarray(outputs[spec.name])
-            if value.shape[0] != batch.shape[0]:
-                raise RuntimeError(f"predict() returned {value.shape[0]} rows for a batch of {batch.shape[0]}")
+            if value.ndim == 0 or value.shape[0] != batch.shape[0]:
+                raise RuntimeError(f"predict() returned {spec.name!r} with shape {list(value.shape)} for a batch of {batch.shape[0]}")
+            if len(value.shape) != len(spec.shape) + 1 or any(d not in (-1, s) for d, s in zip(spec.shape, value.shape[1:], strict=False)):
+                raise RuntimeError(f"predict() returned {spec.name!r} with shape {list(value.shape)}; constellation.yaml declares [batch, {', '.join(map(str, spec.shape))}]")
             checked[spec.name] = value.astype(NUMPY_DTYPES[spec.dtype], copy=False)
         return checked
 
 
-def _input_array(request: pb.ModelInferRequest, manifest: Manifest) -> np.ndarray:
+def _input_array(request: pb.ModelInferRequest, raws: list[memoryview], manifest: Manifest) -> np.ndarray:
     if len(request.inputs) != 1:
         raise BadRequest(f"send exactly one input tensor (bands × H × W tiles); got {len(request.inputs)}")
     tensor = request.inputs[0]
+    if tensor.name != INPUT_NAME:
+        raise BadRequest(f"input is named {tensor.name!r}; this model's input is {INPUT_NAME!r} (see ModelMetadata)")
+    if len(raws) > 1:
+        raise BadRequest(f"raw_input_contents has {len(raws)} entries for 1 input; send one entry per input")
     expected_dtype = manifest.dtype
     if tensor.datatype != expected_dtype:
         raise BadRequest(f"input {tensor.name!r} has datatype {tensor.datatype}; the model takes {expected_dtype}")
     shape = tuple(tensor.shape)
     declared = manifest.input_shape
-    if len(shape) != 4 or shape[0] < 1 or any(d != -1 and d != s for d, s in zip(declared, shape[1:], strict=True)):
+    if len(shape) != 4 or min(shape) < 1 or any(d != -1 and d != s for d, s in zip(declared, shape[1:], strict=True)):
         wanted = "×".join("any" if d == -1 else str(d) for d in declared)
         raise BadRequest(f"input {tensor.name!r} has shape {list(shape)}; the model takes [batch, {wanted.replace('×', ', ')}]")
     dtype = np.dtype(NUMPY_DTYPES[expected_dtype]).newbyteorder("<")
     count = int(np.prod(shape))
-    if request.raw_input_contents:
-        raw = request.raw_input_contents[0]
+    if raws:
+        raw = raws[0]
         if len(raw) != count * dtype.itemsize:
             raise BadRequest(f"raw_input_contents[0] holds {len(raw)} bytes; shape {list(shape)} of {expected_dtype} needs {count * dtype.itemsize}")
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)  # read-only: a view of the request bytes
+        if not array.flags.aligned:
+            # The payload sits wherever the sender's framing put it inside the request; numpy
+            # (and most native libraries) run misaligned data at a fraction of their speed, so
+            # one copy into an aligned buffer is the cheaper path. Our client frames aligned
+            # (wire.py), so this is for other clients' frames.
+            array = array.copy()
+            array.flags.writeable = False
+        return array
     field = CONTENTS_FIELD.get(expected_dtype)
-    values = getattr(tensor.contents, field) if field else []
+    if field is None:
+        raise BadRequest(f"{expected_dtype} has no typed contents field in the protocol; send the tensor as raw_input_contents")
+    values = getattr(tensor.contents, field)
     if len(values) != count:
         raise BadRequest(f"input {tensor.name!r} carries {len(values)} values in contents; shape {list(shape)} needs {count}")
-    return np.asarray(values, dtype=dtype).reshape(shape)
+    array = np.asarray(values, dtype=dtype).reshape(shape)
+    array.flags.writeable = False  # the same contract as raw contents
+    return array
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
 
@@ -143,16 +173,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=manifest.name,
             versions=[manifest.version],
             platform="constellation_python",
-            inputs=[tensor(name="tiles", datatype=manifest.dtype, shape=[-1, *manifest.input_shape])],
+            inputs=[tensor(name=INPUT_NAME, datatype=manifest.dtype, shape=[-1, *manifest.input_shape])],
             outputs=[tensor(name=o.name, datatype=o.dtype, shape=[-1, *o.shape]) for o in manifest.outputs],
         )
 
-    def ModelInfer(self, request, context):
+    def ModelInfer(self, message, context):
+        """`message` is (request without its raw payloads, views of them); see wire.py."""
+        request, raws = message
         self._check_model(request.model_name, request.model_version, context)
         if not self.model.ready.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading" if self.model.error is None else "the model failed to load")
+        spec = {o.name: o for o in self.model.manifest.outputs}
+        wanted = [o.name for o in request.outputs] or list(spec)
+        unknown = [n for n in wanted if n not in spec]
+        if unknown:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {', '.join(map(repr, unknown))}; the model has {', '.join(map(repr, spec))}")
         try:
-            batch = _input_array(request, self.model.manifest)
+            batch = _input_array(request, raws, self.model.manifest)
         except BadRequest as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
@@ -160,17 +197,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as error:  # noqa: BLE001 - a model bug: INTERNAL with a short reason, details in the log
             log.exception("predict failed")
             context.abort(grpc.StatusCode.INTERNAL, f"predict failed: {type(error).__name__}: {str(error)[:200]}")
-        wanted = [o.name for o in request.outputs] or list(outputs)
-        unknown = [n for n in wanted if n not in outputs]
-        if unknown:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {', '.join(unknown)}; the model has {', '.join(outputs)}")
         response = pb.ModelInferResponse(model_name=self.model.manifest.name, model_version=self.model.manifest.version, id=request.id)
-        spec = {o.name: o for o in self.model.manifest.outputs}
+        payloads = []
         for name in wanted:
-            value = outputs[name]
+            value = np.ascontiguousarray(outputs[name], dtype=outputs[name].dtype.newbyteorder("<"))
             response.outputs.add(name=name, datatype=spec[name].dtype, shape=value.shape)
-            response.raw_output_contents.append(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
-        return response
+            payloads.append(memoryview(value).cast("B"))
+        return response, payloads
+
+
+def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The generated handlers, except that ModelInfer frames its tensors itself."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        behaviour = getattr(servicer, method.name)
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=decode_request, response_serializer=lambda reply: encode_response(*reply, align=ALIGN)
+            )
+        else:
+            request_type = getattr(pb, method.input_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=request_type.FromString, response_serializer=lambda reply: reply.SerializeToString()
+            )
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 
 class ModelServer:
@@ -179,11 +229,16 @@ class ModelServer:
         self.model = LoadedModel(model_dir, load_manifest(model_dir))
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer"), options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.model), self.server)
+        self.server.add_generic_rpc_handlers((inference_handler(InferenceServicer(self.model)),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        for service in HEALTH_SERVICES:
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.on_load_failure: Callable[[], None] | None = None  # e.g. the CLI exits
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as error:  # grpcio raises RuntimeError("Failed to bind ...")
+            raise OSError(f"could not bind {host}:{port}: {error}") from None
         if self.port == 0:
             raise OSError(f"could not bind {host}:{port}")
 
@@ -193,8 +248,10 @@ class ModelServer:
         def load() -> None:
             self.model.load()
             if self.model.ready.is_set():
-                self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-                self.health.set("inference.GRPCInferenceService", health_pb2.HealthCheckResponse.SERVING)
+                for service in HEALTH_SERVICES:
+                    self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            elif self.on_load_failure is not None:
+                self.on_load_failure()
 
         threading.Thread(target=load, name="load", daemon=True).start()
         return self.port
