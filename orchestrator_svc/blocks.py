@@ -279,6 +279,7 @@ class TileReader:
         self._nodata_needs_zeroing = nodata is not None and (
             bool(np.isnan(nodata)) or any((nodata - o) * s != 0 for o, s in zip(normalizer.offsets, normalizer.scales))
         )
+        self._raw: np.ndarray | None = None  # reused between batches
         self._env = gdal_env()
         self._env.__enter__()
         self._src = rasterio.open(scene.path)
@@ -293,15 +294,19 @@ class TileReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def read(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         """(n, bands, size, size) in the model's dtype; pixels outside the scene and nodata pixels are 0.
 
         Reads each tile in the file's own type (GDAL converting to float is several times slower), then
-        converts and normalises the whole batch in one numpy pass."""
+        converts and normalises the whole batch in one numpy pass. `out` (float32, at least n tiles) is
+        reused instead of allocating; the result is then a view of it."""
         from rasterio.windows import Window
 
         size, bands = self.grid.size, len(self.indexes)
-        raw = np.empty((len(indices), bands, size, size), dtype=self.scene.dtype)
+        shape = (len(indices), bands, size, size)
+        if self._raw is None or self._raw.shape[0] < len(indices):
+            self._raw = np.empty(shape, dtype=self.scene.dtype)
+        raw = self._raw[: len(indices)]
         partial = []
         for k, index in enumerate(indices):
             x, y, w, h = self.grid.extent(index)
@@ -311,7 +316,7 @@ class TileReader:
                 raw[k] = 0
                 raw[k, :, :h, :w] = self._src.read(self.indexes, window=Window(x, y, w, h))
                 partial.append((k, w, h))
-        batch = np.empty(raw.shape, dtype=np.float32)
+        batch = out[: len(indices)] if out is not None else np.empty(shape, dtype=np.float32)
         offsets = np.asarray(self.normalizer.offsets, dtype=np.float32).reshape(bands, 1, 1)
         scales = np.asarray(self.normalizer.scales, dtype=np.float32).reshape(bands, 1, 1)
         if self.normalizer.mode == "none":

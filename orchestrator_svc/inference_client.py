@@ -2,7 +2,11 @@
 
 Tiles travel as one `raw_input_contents` tensor per request (little-endian,
 row-major, batch × bands × size × size) and come back as
-`raw_output_contents`. Requests go round-robin over the model's endpoints,
+`raw_output_contents`. The tensor bytes skip protobuf's Python copies: the
+request is framed with model_runtime.wire (the bytes protobuf would write,
+the payload copied once and 16-byte aligned for the server's numpy) and the
+answer's payload is a view of the received buffer. Any V2 server reads these
+frames. Requests go round-robin over the model's endpoints,
 at most `max_concurrency` in flight, using gRPC's own futures (no thread per
 request). While requests are in flight the caller's next batch is read, so
 reading tiles overlaps inference.
@@ -25,7 +29,10 @@ import numpy as np
 from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mesh.services import channel_options
+from model_runtime import wire
 from orchestrator_svc.blocks import NUMPY_DTYPES
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 TRANSIENT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
@@ -81,6 +88,7 @@ class InferenceClient:
         self._endpoints = list(endpoints)
         self._channels = [grpc.insecure_channel(e, options=options) for e in self._endpoints]
         self._stubs = [v2_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
+        self._infer = [c.unary_unary(MODEL_INFER, request_serializer=bytes, response_deserializer=wire.decode_response) for c in self._channels]
         self._next = itertools.cycle(range(len(self._stubs)))
         self.input_name = "input"
 
@@ -110,37 +118,38 @@ class InferenceClient:
             raise EndpointError(endpoint, None, f"model {self.model_name!r} has no output {self.output_name!r}; it has {', '.join(names)}", transient=False)
         return metadata
 
-    def request(self, batch: np.ndarray, request_id: str = "") -> v2.ModelInferRequest:
+    def frame(self, batch: np.ndarray, request_id: str = "") -> bytes:
+        """The serialised ModelInferRequest for a batch (its bytes are copied once, into the frame)."""
         dtype = np.dtype(NUMPY_DTYPES[self.input_dtype]).newbyteorder("<")
         contiguous = np.ascontiguousarray(batch, dtype=dtype)
         message = v2.ModelInferRequest(model_name=self.model_name, model_version=self.model_version, id=request_id)
         message.inputs.add(name=self.input_name, datatype=self.input_dtype, shape=contiguous.shape)
         if self.output_name:
             message.outputs.add(name=self.output_name)
-        message.raw_input_contents.append(contiguous.tobytes())
-        return message
+        return wire.encode_request(message, [memoryview(contiguous).cast("B")], align=wire.ALIGN)
 
-    def output_of(self, response: v2.ModelInferResponse) -> tuple[bytes, str, list[int]]:
+    def output_of(self, answer: tuple[v2.ModelInferResponse, list[memoryview]]) -> tuple[memoryview, str, list[int]]:
         """(raw bytes, datatype, shape) of the requested output (the first when none was named)."""
+        response, raws = answer
         for i, tensor in enumerate(response.outputs):
             if not self.output_name or tensor.name == self.output_name:
-                if i < len(response.raw_output_contents):
-                    return response.raw_output_contents[i], tensor.datatype, list(tensor.shape)
+                if i < len(raws):
+                    return raws[i], tensor.datatype, list(tensor.shape)
                 values = getattr(tensor.contents, "fp32_contents", [])
-                return np.asarray(values, dtype="<f4").tobytes(), "FP32", list(tensor.shape)
+                return memoryview(np.asarray(values, dtype="<f4").tobytes()), "FP32", list(tensor.shape)
         raise EndpointError("", None, f"the response has no output {self.output_name!r}", transient=False)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """One synchronous request; the output as a numpy array."""
         index = next(self._next)
         try:
-            response = self._stubs[index].ModelInfer(self.request(batch), timeout=self.timeout_s)
+            answer = self._infer[index](self.frame(batch), timeout=self.timeout_s)
         except grpc.RpcError as error:
             raise _error(self._endpoints[index], error) from None
-        raw, datatype, shape = self.output_of(response)
+        raw, datatype, shape = self.output_of(answer)
         return np.frombuffer(raw, dtype=np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")).reshape(shape)
 
-    def run(self, batches: Iterable[tuple[Any, np.ndarray]], max_concurrency: int) -> Iterator[tuple[Any, bytes, str, list[int]]]:
+    def run(self, batches: Iterable[tuple[Any, np.ndarray]], max_concurrency: int) -> Iterator[tuple[Any, memoryview, str, list[int]]]:
         """Send every (key, batch) with at most `max_concurrency` requests in flight; yield (key, raw output,
         datatype, shape) as answers arrive. The first failure cancels what is in flight and is raised."""
         source = iter(batches)
@@ -164,7 +173,7 @@ class InferenceClient:
                     key, batch = upcoming
                     upcoming = None
                     index = next(self._next)
-                    future = self._stubs[index].ModelInfer.future(self.request(batch), timeout=self.timeout_s)
+                    future = self._infer[index].future(self.frame(batch), timeout=self.timeout_s)
                     in_flight[id(future)] = (future, self._endpoints[index])
                     future.add_done_callback(lambda f, key=key: done.put((key, f)))
                     pull()  # read the next batch while these are in flight

@@ -20,12 +20,14 @@ from pathlib import Path
 from dagster import AssetKey, AssetMaterialization, Config, ConfigurableResource, DagsterRunStatus, Failure, OpExecutionContext, op
 from dagster._core.errors import DagsterExecutionInterruptedError
 
+import numpy as np
+
 from orchestrator_svc import blocks
 from orchestrator_svc.events import output_metadata, progress_message
 from orchestrator_svc.inference_client import EndpointError, InferenceClient
 from orchestrator_svc.storage import Storage, StorageError, join
 
-PROGRESS_EVERY_S = 0.25
+PROGRESS_EVERY_S = 1.0  # each progress line is an event-log write
 MEDIA_TYPES = {
     "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
     "geojson": "application/geo+json",
@@ -66,6 +68,50 @@ class Predictions:
     bands: tuple[str, ...]  # the bands the model read (their nodata is the output's nodata)
     channels: int
     name: str  # the model output's name
+
+
+class PredictionWriter:
+    """Writes predictions to the store from a thread of its own, so waiting on the disk never holds up
+    sending the next request. At most `depth` answers wait; the first write error is raised in the caller."""
+
+    def __init__(self, store: blocks.PredictionStore, depth: int = 4) -> None:
+        import queue
+        import threading
+
+        self.store = store
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._drain, name="prediction-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            chunk, raw = item
+            try:
+                if chunk == list(range(chunk[0], chunk[0] + len(chunk))):
+                    self.store.write_run(chunk[0], raw)
+                else:
+                    size = self.store.record_bytes
+                    for j, index in enumerate(chunk):
+                        self.store.write(index, raw[j * size : (j + 1) * size])
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                self.error = error
+
+    def put(self, chunk: list[int], raw: memoryview) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put((chunk, raw))
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
 
 
 # --------------------------------------------------------------------------- configs
@@ -166,27 +212,24 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
         expected = [config.output_channels, grid.size, grid.size]
         context.log.info(progress_message(done, grid.count, "tiles"))
         last_report = time.monotonic()
+        # Two input buffers: a batch's bytes are copied into its request frame when it is sent, and at most
+        # one more batch is read ahead, so the buffer a batch came from is free again by then.
+        buffers = [np.empty((config.batch_size, len(config.bands), grid.size, grid.size), dtype=np.float32) for _ in range(2)]
         with (
             InferenceClient(config.endpoints, config.model_name, config.model_version, input_dtype=config.dtype, output_name=config.output, timeout_s=config.timeout_s) as client,
             blocks.TileReader(scene, grid, config.bands, normalizer, config.dtype) as reader,
+            PredictionWriter(store) as writer,
         ):
             client.describe()
             chunks = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
-            batches = ((chunk, reader.read(chunk)) for chunk in chunks)
+            batches = ((chunk, reader.read(chunk, out=buffers[i % 2])) for i, chunk in enumerate(chunks))
             for chunk, raw, datatype, shape in client.run(batches, config.max_concurrency):
                 per_tile = shape[1:] if len(shape) == 4 else [1, *shape[1:]]
                 if shape[0] != len(chunk) or per_tile != expected:
                     raise _fail(f"model {config.model_name!r} returned {config.output!r} of shape {shape} for {len(chunk)} tiles; expected [{len(chunk)}, {', '.join(map(str, expected))}]")
                 if datatype != "FP32":
-                    import numpy as np
-
-                    raw = np.frombuffer(raw, dtype=np.dtype(blocks.NUMPY_DTYPES[datatype]).newbyteorder("<")).astype("<f4").tobytes()
-                view = memoryview(raw)
-                if chunk == list(range(chunk[0], chunk[0] + len(chunk))):
-                    store.write_run(chunk[0], view)
-                else:
-                    for j, index in enumerate(chunk):
-                        store.write(index, view[j * store.record_bytes : (j + 1) * store.record_bytes])
+                    raw = memoryview(np.frombuffer(raw, dtype=np.dtype(blocks.NUMPY_DTYPES[datatype]).newbyteorder("<")).astype("<f4").tobytes())
+                writer.put(chunk, raw)
                 done += len(chunk)
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_EVERY_S or done == grid.count:
