@@ -149,9 +149,10 @@ class InferenceClient:
         raw, datatype, shape = self.output_of(answer)
         return np.frombuffer(raw, dtype=np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")).reshape(shape)
 
-    def run(self, batches: Iterable[tuple[Any, np.ndarray]], max_concurrency: int) -> Iterator[tuple[Any, memoryview, str, list[int]]]:
+    def run(self, batches: Iterable[tuple[Any, np.ndarray | bytes]], max_concurrency: int) -> Iterator[tuple[Any, memoryview, str, list[int]]]:
         """Send every (key, batch) with at most `max_concurrency` requests in flight; yield (key, raw output,
-        datatype, shape) as answers arrive. The first failure cancels what is in flight and is raised."""
+        datatype, shape) as answers arrive. A batch is a numpy array or a request already made by `frame`.
+        The first failure cancels what is in flight and is raised."""
         source = iter(batches)
         done: queue.Queue = queue.Queue()
         in_flight: dict[Any, tuple[grpc.Future, str]] = {}
@@ -173,7 +174,8 @@ class InferenceClient:
                     key, batch = upcoming
                     upcoming = None
                     index = next(self._next)
-                    future = self._infer[index].future(self.frame(batch), timeout=self.timeout_s)
+                    request = batch if isinstance(batch, bytes) else self.frame(batch)
+                    future = self._infer[index].future(request, timeout=self.timeout_s)
                     in_flight[id(future)] = (future, self._endpoints[index])
                     future.add_done_callback(lambda f, key=key: done.put((key, f)))
                     pull()  # read the next batch while these are in flight

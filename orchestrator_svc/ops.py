@@ -70,6 +70,65 @@ class Predictions:
     name: str  # the model output's name
 
 
+class Prefetcher:
+    """Runs an iterator in a thread of its own, `depth` items ahead of the consumer; its errors reach the consumer."""
+
+    _END = object()
+
+    def __init__(self, source, depth: int = 2) -> None:  # type: ignore[no-untyped-def]
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(source,), name="tile-reader", daemon=True)
+        self._thread.start()
+
+    def _fill(self, source) -> None:  # type: ignore[no-untyped-def]
+        import queue
+
+        try:
+            for item in source:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            item = self._END
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            item = error
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        import queue
+
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)  # short waits keep a cancel (SIGINT) prompt
+            except queue.Empty:
+                continue
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class PredictionWriter:
     """Writes predictions to the store from a thread of its own, so waiting on the disk never holds up
     sending the next request. At most `depth` answers wait; the first write error is raised in the caller."""
@@ -212,9 +271,6 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
         expected = [config.output_channels, grid.size, grid.size]
         context.log.info(progress_message(done, grid.count, "tiles"))
         last_report = time.monotonic()
-        # Two input buffers: a batch's bytes are copied into its request frame when it is sent, and at most
-        # one more batch is read ahead, so the buffer a batch came from is free again by then.
-        buffers = [np.empty((config.batch_size, len(config.bands), grid.size, grid.size), dtype=np.float32) for _ in range(2)]
         with (
             InferenceClient(config.endpoints, config.model_name, config.model_version, input_dtype=config.dtype, output_name=config.output, timeout_s=config.timeout_s) as client,
             blocks.TileReader(scene, grid, config.bands, normalizer, config.dtype) as reader,
@@ -222,19 +278,23 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
         ):
             client.describe()
             chunks = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
-            batches = ((chunk, reader.read(chunk, out=buffers[i % 2])) for i, chunk in enumerate(chunks))
-            for chunk, raw, datatype, shape in client.run(batches, config.max_concurrency):
-                per_tile = shape[1:] if len(shape) == 4 else [1, *shape[1:]]
-                if shape[0] != len(chunk) or per_tile != expected:
-                    raise _fail(f"model {config.model_name!r} returned {config.output!r} of shape {shape} for {len(chunk)} tiles; expected [{len(chunk)}, {', '.join(map(str, expected))}]")
-                if datatype != "FP32":
-                    raw = memoryview(np.frombuffer(raw, dtype=np.dtype(blocks.NUMPY_DTYPES[datatype]).newbyteorder("<")).astype("<f4").tobytes())
-                writer.put(chunk, raw)
-                done += len(chunk)
-                now = time.monotonic()
-                if now - last_report >= PROGRESS_EVERY_S or done == grid.count:
-                    context.log.info(progress_message(done, grid.count, "tiles"))
-                    last_report = now
+            buffer = np.empty((config.batch_size, len(config.bands), grid.size, grid.size), dtype=np.float32)
+            # Tiles are read and framed in a thread of its own (GDAL and numpy release the GIL), so this
+            # thread only sends requests and hands answers to the writer.
+            frames = ((chunk, client.frame(reader.read(chunk, out=buffer))) for chunk in chunks)
+            with Prefetcher(frames) as requests:
+                for chunk, raw, datatype, shape in client.run(requests, config.max_concurrency):
+                    per_tile = shape[1:] if len(shape) == 4 else [1, *shape[1:]]
+                    if shape[0] != len(chunk) or per_tile != expected:
+                        raise _fail(f"model {config.model_name!r} returned {config.output!r} of shape {shape} for {len(chunk)} tiles; expected [{len(chunk)}, {', '.join(map(str, expected))}]")
+                    if datatype != "FP32":
+                        raw = memoryview(np.frombuffer(raw, dtype=np.dtype(blocks.NUMPY_DTYPES[datatype]).newbyteorder("<")).astype("<f4").tobytes())
+                    writer.put(chunk, raw)
+                    done += len(chunk)
+                    now = time.monotonic()
+                    if now - last_report >= PROGRESS_EVERY_S or done == grid.count:
+                        context.log.info(progress_message(done, grid.count, "tiles"))
+                        last_report = now
     except EndpointError as error:
         if error.transient:
             raise  # the RetryPolicy tries again, resuming from the tiles done
