@@ -12,7 +12,10 @@ GeoTIFF scenes (EPSG:32725) window by window, then:
    same tiles (read and normalised beforehand, held in memory) to the same
    endpoint with the same batch size and concurrency. Each pipeline run sits
    between two loop runs (the machine is shared); the figure is the median
-   round. Target: pipeline >= 85% of the loop.
+   round. Target: pipeline >= 85% of the loop. Also shown: CPU per tile
+   (client or worker + endpoint, from /proc and the step's own report), whose
+   ratio is what the throughput ratio tends to on a CPU-bound machine, and a
+   sequential loop (one request at a time).
 2. Event latency: for every event a WatchRun client receives live, its
    receive time minus the time Dagster stamped on the event when writing it
    (same host clock). Target: p95 <= 250 ms.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -66,10 +70,19 @@ def raster_only(request: pb.LaunchRunRequest) -> pb.LaunchRunRequest:
     return out
 
 
-class Watched:
-    """Launch a run and follow it live, noting when each event arrives."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, orch: Orchestrator, request: pb.LaunchRunRequest) -> None:
+
+class Watched:
+    """Launch a run and follow it live, noting when each event arrives (and the endpoint's CPU time when the
+    model step starts and ends)."""
+
+    def __init__(self, orch: Orchestrator, request: pb.LaunchRunRequest, endpoint_pid: int = 0) -> None:
+        self.endpoint_pid = endpoint_pid
+        self.endpoint_cpu: dict[int, float] = {}
         self.run = orch.stub.LaunchRun(request)
         self.watch_from = time.time()
         self.events: list[tuple[c.RunEvent, float]] = []
@@ -79,6 +92,18 @@ class Watched:
     def _follow(self, orch: Orchestrator) -> None:
         for event in orch.stub.WatchRun(pb.WatchRunRequest(run_id=self.run.id), timeout=1800):
             self.events.append((event, time.time()))
+            if self.endpoint_pid and event.block_id == "water" and event.type in (c.RUN_EVENT_TYPE_STEP_STARTED, c.RUN_EVENT_TYPE_STEP_SUCCEEDED):
+                self.endpoint_cpu[event.type] = cpu_seconds(self.endpoint_pid)
+
+    def endpoint_step_cpu(self) -> float:
+        return self.endpoint_cpu[c.RUN_EVENT_TYPE_STEP_SUCCEEDED] - self.endpoint_cpu[c.RUN_EVENT_TYPE_STEP_STARTED]
+
+    def worker_step_cpu(self) -> float:
+        for event, _ in self.events:
+            found = re.search(r"([0-9.]+)s CPU in this worker", event.message)
+            if event.block_id == "water" and found:
+                return float(found.group(1))
+        raise SystemExit("the model step did not report its CPU time")
 
     def finish(self) -> list[tuple[c.RunEvent, float]]:
         self.thread.join()
@@ -95,8 +120,9 @@ class Watched:
         return times["RUN_EVENT_TYPE_STEP_SUCCEEDED"] - times["RUN_EVENT_TYPE_STEP_STARTED"]
 
 
-def tight_loop(scene_path: Path, endpoint: str) -> tuple[float, int]:
-    """tiles/s of a client sending every tile of the scene (in memory, normalised) in batches of BATCH, CONCURRENCY in flight."""
+def tight_loop(scene_path: Path, endpoint: str, endpoint_pid: int = 0, concurrency: int = CONCURRENCY) -> tuple[float, int, float]:
+    """(tiles/s, tiles, client + endpoint CPU seconds per tile) of a client sending every tile of the scene
+    (in memory, normalised) in batches of BATCH, CONCURRENCY in flight."""
     scene = blocks.inspect_scene(str(scene_path), BANDS, ["green", "nir"])
     grid = blocks.TileGrid.for_scene(scene.width, scene.height, TILE, 0)
     normalizer = blocks.Normalizer.build("reflectance", ["green", "nir"], {})
@@ -105,11 +131,14 @@ def tight_loop(scene_path: Path, endpoint: str) -> tuple[float, int]:
     with InferenceClient([endpoint], "ndwi-water", output_name="water_probability") as client:
         client.describe()
         client.infer(batches[0])  # warm the channel
-        start = time.perf_counter()
-        for _ in client.run(enumerate(batches), CONCURRENCY):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        endpoint_start = cpu_seconds(endpoint_pid) if endpoint_pid else 0.0
+        for _ in client.run(enumerate(batches), concurrency):
             pass
-        elapsed = time.perf_counter() - start
-    return grid.count / elapsed, grid.count
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        endpoint_cpu = cpu_seconds(endpoint_pid) - endpoint_start if endpoint_pid else 0.0
+    print(f"    loop ({concurrency} in flight): {grid.count / elapsed:.0f} tiles/s; client {cpu / grid.count * 1000:.2f} ms CPU/tile, endpoint {endpoint_cpu / grid.count * 1000:.2f} ms CPU/tile", flush=True)
+    return grid.count / elapsed, grid.count, (cpu + endpoint_cpu) / grid.count
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -141,21 +170,31 @@ def main() -> int:
         # 1. Throughput, alternating the loop and the pipeline.
         # The machine is shared: each pipeline run sits between two loop runs, and each round's ratio uses
         # the mean of its two loops; the figure is the median round.
-        loop_rates, step_rates, ratios = [], [], []
-        before, tiles = tight_loop(scenes[args.throughput], endpoint.address)
+        loop_rates, step_rates, ratios, cpu_ratios, sequential_rates = [], [], [], [], []
+        pid = endpoint.process.pid  # type: ignore[union-attr]
+        before, tiles, before_cpu = tight_loop(scenes[args.throughput], endpoint.address, pid)
         for i in range(args.rounds):
             request = raster_only(water_request(f"file://{scenes[args.throughput]}", endpoint.address, [f"file://{work}/out-t{i}"], overlap_px=0, batch_size=BATCH, max_concurrency=CONCURRENCY))
-            watched = Watched(orch, request)
+            watched = Watched(orch, request, pid)
             watched.finish()
             latencies += watched.latencies_ms()
             step = tiles / watched.step_seconds("water")
-            after, _ = tight_loop(scenes[args.throughput], endpoint.address)
-            loop = (before + after) / 2
+            step_cpu = (watched.worker_step_cpu() + watched.endpoint_step_cpu()) / tiles
+            print(f"    pipeline: worker {watched.worker_step_cpu() / tiles * 1000:.2f} ms CPU/tile, endpoint {watched.endpoint_step_cpu() / tiles * 1000:.2f} ms CPU/tile", flush=True)
+            after, _, after_cpu = tight_loop(scenes[args.throughput], endpoint.address, pid)
+            loop, loop_cpu = (before + after) / 2, (before_cpu + after_cpu) / 2
             loop_rates.append(loop)
             step_rates.append(step)
             ratios.append(step / loop)
-            print(f"round {i + 1}: tight loop {before:.0f} / {after:.0f} tiles/s, pipeline model step {step:.0f} tiles/s ({tiles} tiles) = {step / loop:.1%}", flush=True)
-            before = after
+            cpu_ratios.append(loop_cpu / step_cpu)
+            print(
+                f"round {i + 1}: tight loop {before:.0f} / {after:.0f} tiles/s, pipeline model step {step:.0f} tiles/s "
+                f"({tiles} tiles) = {step / loop:.1%}; CPU per tile (client + endpoint) loop {loop_cpu * 1000:.2f} ms, "
+                f"pipeline {step_cpu * 1000:.2f} ms = {loop_cpu / step_cpu:.1%}",
+                flush=True,
+            )
+            sequential_rates.append(tight_loop(scenes[args.throughput], endpoint.address, pid, concurrency=1)[0])
+            before, before_cpu = after, after_cpu
 
         # 3. Memory, one worker process per scene size (full pipeline).
         rss_kib = {}
@@ -182,6 +221,9 @@ def main() -> int:
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
     print()
     print(f"inference throughput: pipeline model step {step:.0f} tiles/s vs tight loop {loop:.0f} tiles/s (medians); median round ratio {share:.1%} (target >= 85%)")
+    print(f"  CPU-bound equivalent (loop CPU per tile / pipeline CPU per tile, client + endpoint): median {statistics.median(cpu_ratios):.1%}")
+    sequential = statistics.median(sequential_rates)
+    print(f"  against a sequential tight loop (one request at a time): {sequential:.0f} tiles/s, pipeline = {step / sequential:.1%}")
     print(f"event latency (Dagster write -> WatchRun client), {len(latencies)} events: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms (target p95 <= 250 ms)")
     print(f"peak worker memory: {args.small}^2 {rss_kib[args.small] / 1024:.0f} MiB, {args.large}^2 {rss_kib[args.large] / 1024:.0f} MiB = {ratio:.2f}x (target <= 1.5x)")
     ok = share >= 0.85 and p95 <= 250 and ratio <= 1.5

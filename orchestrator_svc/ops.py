@@ -269,6 +269,7 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
             context.log.info(f"resuming: {done} of {grid.count} tiles were predicted by an earlier attempt")
         normalizer = blocks.Normalizer.build(tiles.normalization, config.bands, tiles.stats)
         expected = [config.output_channels, grid.size, grid.size]
+        started, cpu_started, resumed_at = time.monotonic(), time.process_time(), done
         context.log.info(progress_message(done, grid.count, "tiles"))
         last_report = time.monotonic()
         with (
@@ -295,6 +296,11 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
                     if now - last_report >= PROGRESS_EVERY_S or done == grid.count:
                         context.log.info(progress_message(done, grid.count, "tiles"))
                         last_report = now
+        wall, cpu = time.monotonic() - started, time.process_time() - cpu_started
+        context.log.info(
+            f"inferred {done - resumed_at} tiles in {wall:.2f}s ({(done - resumed_at) / max(wall, 1e-9):.0f} tiles/s), "
+            f"{cpu:.2f}s CPU in this worker"
+        )
     except EndpointError as error:
         if error.transient:
             raise  # the RetryPolicy tries again, resuming from the tiles done
