@@ -240,6 +240,10 @@ def test_model_step_retries_when_the_endpoint_dies_and_comes_back(orchestrator, 
         tmp_path / "undisturbed" / undisturbed.id / "out-0" / "water_probability_polygons.geojson"
     ).read_text()
 
+    first = orchestrator.stub.ListRuns(pb.ListRunsRequest(page_size=1))
+    second = orchestrator.stub.ListRuns(pb.ListRunsRequest(page_size=1, page_token=first.next_page_token))
+    assert [r.id for r in first.runs] == [undisturbed.id] and [r.id for r in second.runs] == [run.id]  # newest first
+
 
 def test_a_permanent_endpoint_failure_fails_the_run_with_its_message(orchestrator, ndwi_endpoint, scene_512, tmp_path):
     request = water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out"])
