@@ -1,16 +1,60 @@
-"""Wiring for orchestrator: until its issue lands, every RPC answers UNIMPLEMENTED and says so."""
+"""Wiring for orchestrator: settings -> Dagster instance -> run manager -> servicer -> serve().
+
+At start-up, runs an earlier orchestrator left active are reconciled: those
+whose worker still runs are adopted, the others are marked failed (or
+canceled, if a cancel was under way). On stop, workers keep running; the next
+start adopts them.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
 from mesh import config, logs
+from mesh.errors import DomainError, Unavailable
 from mesh.server import MeshServer
-from mesh.services import placeholder_registration
+from mesh.services import registration
+from orchestrator_svc import settings as orchestrator_settings
+from orchestrator_svc.instance import open_instance
+from orchestrator_svc.runs import RunManager
+from orchestrator_svc.servicer import OrchestratorServicer
 
-PENDING = "Dagster runs land with the orchestrator issue"
+log = logging.getLogger("orchestrator")
 
 
-def build(settings: config.Settings) -> MeshServer:
-    return MeshServer(settings, [placeholder_registration("orchestrator", PENDING)])
+def translate_error(error: Exception) -> DomainError | None:
+    if isinstance(error, (OperationalError, DBAPIError)):
+        return Unavailable("the Dagster instance's storage does not answer; try again shortly")
+    return None
+
+
+class OrchestratorServer(MeshServer):
+    """MeshServer plus the run manager it must close on stop."""
+
+    runs: RunManager
+
+    def stop(self, grace: float | None = None) -> None:
+        self.runs.stopping.set()
+        super().stop(grace)
+        self.runs.close()
+        self.runs.instance.dispose()
+
+
+def build(settings: config.Settings, env: dict[str, str] | None = None) -> OrchestratorServer:
+    own = orchestrator_settings.load(dict(os.environ) if env is None else env)
+    instance = open_instance(own)
+    runs = RunManager(instance, own)
+    runs.reconcile()
+    server = OrchestratorServer(
+        settings,
+        [registration("orchestrator", OrchestratorServicer(runs), health_checks={"dagster": runs.check_instance})],
+        translate_error=translate_error,
+    )
+    server.runs = runs
+    return server
 
 
 def main() -> None:

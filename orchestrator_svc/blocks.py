@@ -1,0 +1,614 @@
+"""The raster work of each block, as plain functions over files: no Dagster, no gRPC.
+
+Memory stays flat as scenes grow: every pass reads and writes window by
+window. Statistics are computed over row strips of a fixed pixel budget;
+tiles are read one batch at a time; predictions wait on disk, one fixed-size
+record per tile (`PredictionStore`); stitching keeps one tile-row strip in
+memory; vectorising works on row strips and merges polygons across strip
+boundaries; the COG and the preview come from GDAL with a fixed block cache.
+
+Tiling: tiles are `size` px squares whose top-left corners step by
+`size - overlap` px, so neighbours share `overlap` px; the last tile of a
+row or column is moved back to end at the scene's edge (scenes smaller than a
+tile are zero-padded). Blending: MEAN averages every prediction of a pixel;
+CENTER takes each pixel from the tile whose centre is nearest (separable, so
+each tile owns a rectangle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# GDAL's block cache, MiB. Its default is 5% of RAM, which would make memory grow with the scene.
+GDAL_CACHE_MB = 64
+# Pixels per strip when a pass walks a raster in full-width row strips.
+STRIP_PIXELS = 2 * 1024 * 1024
+NUMPY_DTYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}
+NORMALIZATIONS = ("none", "min_max", "z_score", "reflectance")
+BLENDS = ("mean", "center")
+
+
+class RasterError(Exception):
+    """A raster cannot be used: unreadable, or not what the spec says it is."""
+
+
+def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(h, w) True where any band of a (bands, h, w) array holds `nodata`."""
+    if nodata is None:
+        return np.zeros(data.shape[-2:], dtype=bool)
+    hits = np.isnan(data) if np.isnan(nodata) else data == nodata
+    return hits.any(axis=0)
+
+
+def gdal_env(**options: object):  # type: ignore[no-untyped-def]
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_NUM_THREADS="1", **options)
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A georeferenced raster on local disk and the bands a pipeline reads from it."""
+
+    path: str
+    band_names: tuple[str, ...]  # the bands the dataset block selected, in its order
+    band_indexes: tuple[int, ...]  # their 1-based positions in the file
+    width: int
+    height: int
+    crs_wkt: str
+    transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f
+    nodata: float | None
+    dtype: str
+
+    def index_of(self, band: str) -> int:
+        return self.band_indexes[self.band_names.index(band)]
+
+    @property
+    def affine(self):  # type: ignore[no-untyped-def]
+        from affine import Affine
+
+        return Affine(*self.transform)
+
+
+def inspect_scene(path: str, file_bands: Sequence[str], selected: Sequence[str] = ()) -> Scene:
+    """Open the raster header and check it against the catalog's band list. Raises RasterError."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as src:
+            count, width, height = src.count, src.width, src.height
+            crs, transform, nodata, dtypes, driver = src.crs, src.transform, src.nodata, src.dtypes, src.driver
+    except RasterioError as error:
+        raise RasterError(f"cannot be read as a raster: {str(error).splitlines()[0]}") from None
+    if driver not in ("GTiff", "COG"):
+        raise RasterError(f"is a {driver} file; the orchestrator reads GeoTIFF / COG")
+    if count != len(file_bands):
+        raise RasterError(f"has {count} band(s) but the dataset lists {len(file_bands)}: {', '.join(file_bands)}")
+    if crs is None:
+        raise RasterError("has no coordinate reference system; outputs could not be georeferenced")
+    if transform.is_identity:
+        raise RasterError("has no geotransform; outputs could not be georeferenced")
+    if len(set(dtypes)) != 1:
+        raise RasterError(f"mixes band types {sorted(set(dtypes))}")
+    names = list(selected) or list(file_bands)
+    missing = [b for b in names if b not in file_bands]
+    if missing:
+        raise RasterError(f"has no band(s) {', '.join(missing)}; it has {', '.join(file_bands)}")
+    return Scene(
+        path=path,
+        band_names=tuple(names),
+        band_indexes=tuple(list(file_bands).index(b) + 1 for b in names),
+        width=width,
+        height=height,
+        crs_wkt=crs.to_wkt(),
+        transform=tuple(transform)[:6],  # type: ignore[arg-type]
+        nodata=nodata,
+        dtype=dtypes[0],
+    )
+
+
+def row_strips(width: int, height: int, pixels: int = STRIP_PIXELS) -> Iterator[tuple[int, int]]:
+    rows = max(1, pixels // max(1, width))
+    for top in range(0, height, rows):
+        yield top, min(height, top + rows)
+
+
+@dataclass(frozen=True)
+class BandStats:
+    minimum: float
+    maximum: float
+    mean: float
+    std: float
+    valid_pixels: int
+
+
+def band_statistics(scene: Scene, bands: Sequence[str] | None = None) -> dict[str, BandStats]:
+    """Min, max, mean and standard deviation of each band over its valid (non-nodata) pixels, strip by strip."""
+    import rasterio
+    from rasterio.windows import Window
+
+    names = list(bands or scene.band_names)
+    indexes = [scene.index_of(b) for b in names]
+    lo = np.full(len(names), np.inf)
+    hi = np.full(len(names), -np.inf)
+    total = np.zeros(len(names))
+    squares = np.zeros(len(names))
+    counts = np.zeros(len(names), dtype=np.int64)
+    with gdal_env(), rasterio.open(scene.path) as src:
+        for top, bottom in row_strips(scene.width, scene.height):
+            data = src.read(indexes, window=Window(0, top, scene.width, bottom - top)).astype(np.float64)
+            for k in range(len(names)):
+                band = data[k]
+                values = band[~nodata_mask(band[None], scene.nodata)]
+                if values.size:
+                    lo[k] = min(lo[k], values.min())
+                    hi[k] = max(hi[k], values.max())
+                    total[k] += values.sum()
+                    squares[k] += np.square(values).sum()
+                    counts[k] += values.size
+    stats = {}
+    for k, name in enumerate(names):
+        n = int(counts[k])
+        mean = total[k] / n if n else 0.0
+        variance = max(0.0, squares[k] / n - mean * mean) if n else 0.0
+        stats[name] = BandStats(
+            float(lo[k]) if n else 0.0, float(hi[k]) if n else 0.0, float(mean), float(math.sqrt(variance)), n
+        )
+    return stats
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+def axis_starts(length: int, size: int, overlap: int) -> tuple[int, ...]:
+    """Top-left positions of tiles along one axis: a step of size - overlap, the last one flush with the edge."""
+    if length <= size:
+        return (0,)
+    stride = size - overlap
+    starts = list(range(0, length - size, stride))
+    starts.append(length - size)
+    return tuple(starts)
+
+
+def owned_ranges(starts: Sequence[int], size: int, length: int) -> list[tuple[int, int]]:
+    """For CENTER blending: the span of the axis each tile owns (pixels nearer its centre than any other's)."""
+    bounds = [0]
+    for previous, current in zip(starts, starts[1:]):
+        bounds.append((previous + current + size) // 2)
+    bounds.append(length)
+    return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    width: int
+    height: int
+    size: int
+    overlap: int
+    xs: tuple[int, ...]
+    ys: tuple[int, ...]
+
+    @classmethod
+    def for_scene(cls, width: int, height: int, size: int, overlap: int) -> TileGrid:
+        if size <= 0:
+            raise ValueError("tile size must be positive")
+        if overlap < 0 or 2 * overlap >= size:
+            raise ValueError("overlap must be at least 0 and less than half the tile size")
+        return cls(width, height, size, overlap, axis_starts(width, size, overlap), axis_starts(height, size, overlap))
+
+    @property
+    def count(self) -> int:
+        return len(self.xs) * len(self.ys)
+
+    def position(self, index: int) -> tuple[int, int]:
+        """(x, y) of tile `index`, tiles numbered row by row."""
+        row, column = divmod(index, len(self.xs))
+        return self.xs[column], self.ys[row]
+
+    def extent(self, index: int) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of the part of tile `index` inside the scene."""
+        x, y = self.position(index)
+        return x, y, min(self.size, self.width - x), min(self.size, self.height - y)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """value = (x - offset) * scale, per band."""
+
+    mode: str
+    offsets: tuple[float, ...]
+    scales: tuple[float, ...]
+
+    @classmethod
+    def build(cls, mode: str, bands: Sequence[str], stats: dict[str, BandStats]) -> Normalizer:
+        if mode not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {mode!r}")
+        offsets, scales = [], []
+        for band in bands:
+            s = stats[band] if mode in ("min_max", "z_score") else None
+            if mode == "min_max":
+                span = s.maximum - s.minimum
+                offsets.append(s.minimum)
+                scales.append(1.0 / span if span > 0 else 1.0)
+            elif mode == "z_score":
+                offsets.append(s.mean)
+                scales.append(1.0 / s.std if s.std > 0 else 1.0)
+            elif mode == "reflectance":
+                offsets.append(0.0)
+                scales.append(1.0 / 10000.0)
+            else:
+                offsets.append(0.0)
+                scales.append(1.0)
+        return cls(mode, tuple(offsets), tuple(scales))
+
+    def apply(self, data: np.ndarray) -> None:
+        """In place on a (..., bands, h, w) float array."""
+        if self.mode == "none":
+            return
+        shape = (len(self.offsets), 1, 1)
+        data -= np.asarray(self.offsets, dtype=data.dtype).reshape(shape)
+        data *= np.asarray(self.scales, dtype=data.dtype).reshape(shape)
+
+
+class TileReader:
+    """Reads batches of normalised model-input tiles straight from the scene file."""
+
+    def __init__(self, scene: Scene, grid: TileGrid, bands: Sequence[str], normalizer: Normalizer, dtype: str = "FP32") -> None:
+        import rasterio
+
+        self.scene, self.grid, self.normalizer = scene, grid, normalizer
+        self.indexes = [scene.index_of(b) for b in bands]
+        self.dtype = np.dtype(NUMPY_DTYPES[dtype]).newbyteorder("<")
+        nodata = scene.nodata
+        # Nodata pixels are zeroed after normalisation; skip the pass when normalisation already makes them 0.
+        self._nodata_needs_zeroing = nodata is not None and (
+            bool(np.isnan(nodata)) or any((nodata - o) * s != 0 for o, s in zip(normalizer.offsets, normalizer.scales))
+        )
+        self._raw: np.ndarray | None = None  # reused between batches
+        self._env = gdal_env()
+        self._env.__enter__()
+        self._src = rasterio.open(scene.path)
+
+    def close(self) -> None:
+        self._src.close()
+        self._env.__exit__(None, None, None)
+
+    def __enter__(self) -> TileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """(n, bands, size, size) in the model's dtype; pixels outside the scene and nodata pixels are 0.
+
+        Reads each tile in the file's own type (GDAL converting to float is several times slower), then
+        converts and normalises the whole batch in one numpy pass. `out` (float32, at least n tiles) is
+        reused instead of allocating; the result is then a view of it."""
+        from rasterio.windows import Window
+
+        size, bands = self.grid.size, len(self.indexes)
+        shape = (len(indices), bands, size, size)
+        if self._raw is None or self._raw.shape[0] < len(indices):
+            self._raw = np.empty(shape, dtype=self.scene.dtype)
+        raw = self._raw[: len(indices)]
+        partial = []
+        for k, index in enumerate(indices):
+            x, y, w, h = self.grid.extent(index)
+            if w == size and h == size:
+                self._src.read(self.indexes, window=Window(x, y, w, h), out=raw[k])
+            else:
+                raw[k] = 0
+                raw[k, :, :h, :w] = self._src.read(self.indexes, window=Window(x, y, w, h))
+                partial.append((k, w, h))
+        batch = out[: len(indices)] if out is not None else np.empty(shape, dtype=np.float32)
+        offsets = np.asarray(self.normalizer.offsets, dtype=np.float32).reshape(bands, 1, 1)
+        scales = np.asarray(self.normalizer.scales, dtype=np.float32).reshape(bands, 1, 1)
+        if self.normalizer.mode == "none":
+            np.copyto(batch, raw, casting="unsafe")
+        elif not offsets.any():
+            np.multiply(raw, scales, out=batch)
+        else:
+            np.subtract(raw, offsets, out=batch)
+            batch *= scales
+        for k, w, h in partial:
+            batch[k, :, h:, :] = 0
+            batch[k, :, :, w:] = 0
+        if self._nodata_needs_zeroing:
+            invalid = nodata_mask(raw.swapaxes(0, 1), self.scene.nodata)  # (n, size, size)
+            if invalid.any():
+                batch[np.broadcast_to(invalid[:, None], batch.shape)] = 0
+        return batch if self.dtype == batch.dtype else batch.astype(self.dtype)
+
+
+class PredictionStore:
+    """Model outputs on disk: one fixed-size float32 record (channels × size × size) per tile, plus a done flag
+    per tile, so a retried model step resumes where the last attempt stopped."""
+
+    def __init__(self, folder: Path, tiles: int, channels: int, size: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tiles, self.channels, self.size = tiles, channels, size
+        self.record_bytes = channels * size * size * 4
+        self.data_path, self.flags_path = folder / "predictions.f32", folder / "predictions.done"
+        self._data = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._flags = os.open(self.flags_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.fstat(self._flags).st_size != tiles:
+            os.ftruncate(self._flags, 0)
+            os.ftruncate(self._flags, tiles)
+
+    def close(self) -> None:
+        os.close(self._data)
+        os.close(self._flags)
+
+    def done(self) -> list[bool]:
+        return [b == 1 for b in os.pread(self._flags, self.tiles, 0)]
+
+    def write(self, index: int, record: bytes | memoryview) -> None:
+        if len(record) != self.record_bytes:
+            raise ValueError(f"tile {index}: {len(record)} bytes, expected {self.record_bytes}")
+        os.pwrite(self._data, record, index * self.record_bytes)
+        os.pwrite(self._flags, b"\x01", index)
+
+    def write_run(self, first: int, records: bytes | memoryview) -> None:
+        """Consecutive tiles first, first+1, ... in one write."""
+        count, rest = divmod(len(records), self.record_bytes)
+        if rest:
+            raise ValueError(f"{len(records)} bytes is not a whole number of {self.record_bytes}-byte tiles")
+        os.pwrite(self._data, records, first * self.record_bytes)
+        os.pwrite(self._flags, b"\x01" * count, first)
+
+    def read(self, index: int) -> np.ndarray:
+        raw = os.pread(self._data, self.record_bytes, index * self.record_bytes)
+        return np.frombuffer(raw, dtype="<f4").reshape(self.channels, self.size, self.size)
+
+
+# --------------------------------------------------------------------------- stitching
+
+
+@dataclass(frozen=True)
+class RasterFile:
+    """A georeferenced raster a block wrote."""
+
+    path: str
+    name: str
+    width: int
+    height: int
+    count: int
+    crs_wkt: str
+    transform: tuple[float, float, float, float, float, float]
+    nodata: float | None
+
+
+def stitch(
+    store: PredictionStore,
+    grid: TileGrid,
+    scene: Scene,
+    mask_bands: Sequence[str],
+    blend: str,
+    out_path: Path,
+    name: str,
+) -> RasterFile:
+    """Merge tile predictions into one float32 GeoTIFF with the scene's CRS, transform and nodata.
+
+    Works down the scene one tile row at a time with a strip buffer of one tile's height: rows above the
+    next tile row's top are final and are written out (nodata where any of `mask_bands` is nodata).
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    if blend not in BLENDS:
+        raise ValueError(f"unknown blend {blend!r}")
+    size, width, height, channels = grid.size, grid.width, grid.height, store.channels
+    nodata = scene.nodata
+    column_owned = owned_ranges(grid.xs, size, width)
+    row_owned = owned_ranges(grid.ys, size, height)
+    strip_rows = min(size, height)
+    values = np.zeros((channels, strip_rows, width), dtype=np.float64)
+    weights = np.zeros((strip_rows, width), dtype=np.float32)
+    mask_indexes = [scene.index_of(b) for b in mask_bands]
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": channels, "dtype": "float32",
+        "crs": scene.crs_wkt, "transform": scene.affine, "nodata": nodata,
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with gdal_env(), rasterio.open(scene.path) as src, rasterio.open(out_path, "w", **profile) as dst:
+        base = 0
+
+        def flush(upto: int) -> None:
+            nonlocal base
+            rows = upto - base
+            if rows <= 0:
+                return
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = (values[:, :rows] / weights[:rows]).astype(np.float32)
+            if nodata is not None:
+                data = src.read(mask_indexes, window=Window(0, base, width, rows))
+                out[:, nodata_mask(data, nodata)] = np.float32(nodata)
+            dst.write(out, window=Window(0, base, width, rows))
+            values[:, : strip_rows - rows] = values[:, rows:]
+            values[:, strip_rows - rows :] = 0
+            weights[: strip_rows - rows] = weights[rows:]
+            weights[strip_rows - rows :] = 0
+            base = upto
+
+        for row, y in enumerate(grid.ys):
+            flush(y)
+            for column, x in enumerate(grid.xs):
+                index = row * len(grid.xs) + column
+                tile = store.read(index)
+                h, w = min(size, height - y), min(size, width - x)
+                if blend == "mean":
+                    values[:, y - base : y - base + h, x : x + w] += tile[:, :h, :w]
+                    weights[y - base : y - base + h, x : x + w] += 1
+                else:
+                    (x0, x1), (y0, y1) = column_owned[column], row_owned[row]
+                    values[:, y0 - base : y1 - base, x0:x1] = tile[:, y0 - y : y1 - y, x0 - x : x1 - x]
+                    weights[y0 - base : y1 - base, x0:x1] = 1
+        flush(height)
+    return RasterFile(str(out_path), name, width, height, channels, scene.crs_wkt, scene.transform, nodata)
+
+
+# --------------------------------------------------------------------------- vectorising
+
+
+@dataclass(frozen=True)
+class VectorFile:
+    path: str
+    name: str
+    crs: str  # of the coordinates in the file, e.g. "EPSG:4326"
+    features: int
+
+
+def _metres_per_unit(crs) -> tuple[float, bool]:  # type: ignore[no-untyped-def]
+    """(metres per CRS unit, is geographic). Geographic degrees are taken at the equator (111.32 km)."""
+    if crs.is_geographic:
+        return 111_320.0, True
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    return float(factor), False
+
+
+def vectorize(
+    raster: RasterFile,
+    threshold: float,
+    simplify_tolerance_m: float,
+    min_area_m2: float,
+    crs: str,
+    out_path: Path,
+    name: str,
+) -> VectorFile:
+    """Polygons where band 1 > threshold, as a GeoJSON FeatureCollection in `crs` (empty: the raster's CRS).
+
+    Reads row strips; polygons that touch a strip's lower edge wait and are merged with the polygons of the
+    next strip that touch its upper edge, so a shape crossing strips comes out whole. Pixels are
+    4-connected; polygons are built in pixel coordinates (exact unions) and moved into the CRS at the end.
+    """
+    import rasterio
+    import shapely
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.features import shapes
+    from rasterio.warp import transform_geom
+    from rasterio.windows import Window
+    from shapely.geometry import mapping, shape
+
+    source_crs = CRS.from_wkt(raster.crs_wkt)
+    target_crs = CRS.from_user_input(crs) if crs else source_crs
+    unit_m, geographic = _metres_per_unit(source_crs)
+    transform = Affine(*raster.transform)
+    coefficients = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
+    tolerance = simplify_tolerance_m / unit_m if simplify_tolerance_m else 0.0
+    target_name = target_crs.to_string()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+
+    with open(out_path, "w", encoding="utf-8") as out:
+        header: dict = {"type": "FeatureCollection"}
+        epsg = target_crs.to_epsg()
+        if epsg != 4326:  # RFC 7946 GeoJSON is WGS84; name any other CRS the way GeoJSON 2008 did
+            header["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else target_crs.to_wkt()}}
+        out.write(json.dumps(header)[:-1] + ', "features": [\n')
+
+        def emit(polygon) -> None:  # type: ignore[no-untyped-def]
+            nonlocal written
+            geometry = shapely.affinity.affine_transform(polygon, coefficients)
+            if tolerance:
+                geometry = geometry.simplify(tolerance, preserve_topology=True)
+            if geometry.is_empty:
+                return
+            area = geometry.area * unit_m * unit_m
+            if geographic:
+                area *= math.cos(math.radians(geometry.centroid.y))
+            if area < min_area_m2:
+                return
+            geojson = mapping(geometry)
+            if target_crs != source_crs:
+                geojson = transform_geom(source_crs, target_crs, geojson)
+            feature = {"type": "Feature", "id": written + 1, "properties": {"area_m2": round(area, 3)}, "geometry": geojson}
+            out.write((",\n" if written else "") + json.dumps(feature))
+            written += 1
+
+        pending: list = []  # polygons touching the lower edge of the strip before
+        with gdal_env(), rasterio.open(raster.path) as src:
+            for top, bottom in row_strips(raster.width, raster.height):
+                data = src.read(1, window=Window(0, top, raster.width, bottom - top), masked=True)
+                inside = (data.filled(-np.inf) > threshold).astype(np.uint8)
+                found = [
+                    shape(geometry)
+                    for geometry, _ in shapes(inside, mask=inside.astype(bool), connectivity=4, transform=Affine.translation(0, top))
+                ]
+                touching_top = [p for p in found if p.bounds[1] == top] if pending else []
+                rest = [p for p in found if p.bounds[1] != top] if pending else found
+                if pending:
+                    merged = shapely.union_all(pending + touching_top)
+                    parts = list(getattr(merged, "geoms", [merged]))
+                    rest += [p for p in parts if not p.is_empty]
+                pending = []
+                for polygon in rest:
+                    if polygon.bounds[3] == bottom and bottom < raster.height:
+                        pending.append(polygon)
+                    else:
+                        emit(polygon)
+        for polygon in pending:
+            emit(polygon)
+        out.write("\n]}\n")
+    return VectorFile(str(out_path), name, target_name, written)
+
+
+# --------------------------------------------------------------------------- export formats
+
+
+def write_cog(source: Path, target: Path) -> None:
+    """Cloud-Optimized GeoTIFF (deflate, internal overviews) of a GeoTIFF, through GDAL's COG driver."""
+    from rasterio.shutil import copy
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with gdal_env():
+        copy(str(source), str(target), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE="512", OVERVIEW_RESAMPLING="AVERAGE")
+
+
+@dataclass(frozen=True)
+class PreviewColors:
+    low: tuple[int, int, int] = (232, 222, 196)  # land
+    high: tuple[int, int, int] = (24, 96, 200)  # water
+
+
+def write_preview(source: Path, target: Path, max_px: int = 1024, colors: PreviewColors = PreviewColors()) -> tuple[int, int]:
+    """A PNG quick-look of band 1 (values in [0, 1] shade from `low` to `high`; others are stretched to their
+    range); nodata is transparent. Read decimated (from overviews when present), so it costs the same for any scene."""
+    import rasterio
+    from PIL import Image
+    from rasterio.enums import Resampling
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with gdal_env(), rasterio.open(source) as src:
+        scale = max(src.width, src.height) / max_px
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale))) if scale > 1 else (src.height, src.width)
+        data = src.read(1, out_shape=shape, resampling=Resampling.average, masked=True).astype(np.float32)
+    valid = ~np.ma.getmaskarray(data) & np.isfinite(data.filled(np.nan))
+    values = data.filled(0)
+    if valid.any():
+        lo, hi = float(values[valid].min()), float(values[valid].max())
+        if lo < 0 or hi > 1:
+            values = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    values = np.clip(np.nan_to_num(values), 0, 1)[..., None]
+    low, high = np.asarray(colors.low, np.float32), np.asarray(colors.high, np.float32)
+    rgb = (low + (high - low) * values).astype(np.uint8)
+    alpha = np.where(valid, 255, 0).astype(np.uint8)[..., None]
+    Image.fromarray(np.concatenate([rgb, alpha], axis=-1), "RGBA").save(target, optimize=True)
+    return shape

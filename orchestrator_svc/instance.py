@@ -1,0 +1,61 @@
+"""The persistent Dagster instance the orchestrator, its run workers and the Dagster UI share.
+
+`ensure_instance_config` writes $DAGSTER_HOME/dagster.yaml from the settings:
+SQLite storage under DAGSTER_HOME by default, PostgreSQL (dagster-postgres)
+when a URL is configured; the run launcher is ours (a worker process per
+run, see launcher.py), so a run terminated from the Dagster UI is stopped the
+same way CancelRun stops it; telemetry is off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from dagster import DagsterInstance
+
+from orchestrator_svc.settings import OrchestratorSettings
+
+
+def dagster_postgres_url(url: str) -> str:
+    """dagster-postgres binds parameters the way psycopg2 does (NOTIFY channel, %s), so name that driver:
+    SQLAlchemy 2.1 would otherwise pick psycopg 3 for a bare postgresql:// URL."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
+def instance_config(settings: OrchestratorSettings) -> dict:
+    if settings.dagster_postgres_url:
+        storage = {"postgres": {"postgres_url": dagster_postgres_url(settings.dagster_postgres_url)}}
+    else:
+        storage = {"sqlite": {"base_dir": str(settings.dagster_home)}}
+    return {
+        "storage": storage,
+        "run_launcher": {
+            "module": "orchestrator_svc.launcher",
+            "class": "WorkerRunLauncher",
+            "config": {
+                "work_dir": str(settings.work_dir),
+                "cancel_grace_s": settings.cancel_grace_s,
+                "keep_scratch": settings.keep_scratch,
+            },
+        },
+        "telemetry": {"enabled": False},
+    }
+
+
+def ensure_instance_config(settings: OrchestratorSettings) -> Path:
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.dagster_home / "dagster.yaml"
+    text = "# Written by the Constellation orchestrator from its settings; edits are overwritten at start-up.\n"
+    text += yaml.safe_dump(instance_config(settings), sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return settings.dagster_home
+
+
+def open_instance(settings: OrchestratorSettings) -> DagsterInstance:
+    return DagsterInstance.from_config(str(ensure_instance_config(settings)))

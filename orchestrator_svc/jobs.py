@@ -1,0 +1,95 @@
+"""A checked plan, as a Dagster job and its run config.
+
+Each block is one invocation of its kind's op (aliased by the block's id), wired
+by the spec's edges; the blocks' settings are the ops' typed config in the
+run config, so the Dagster UI shows them. The job runs on the in-process
+executor inside the run's worker process; the model step carries the
+RetryPolicy (exponential backoff) for transient endpoint failures.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from dagster import (
+    Backoff,
+    DependencyDefinition,
+    GraphDefinition,
+    JobDefinition,
+    Jitter,
+    NodeInvocation,
+    RetryPolicy,
+    in_process_executor,
+)
+
+from orchestrator_svc.ops import OP_DEFS, ConstellationResource
+from orchestrator_svc.settings import OrchestratorSettings
+from orchestrator_svc.specs import Plan
+
+JOB_NAME = "constellation_pipeline"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The settings a run's job is built with, stored on the run so its worker builds the same job."""
+
+    work_dir: str
+    s3_endpoint_url: str
+    default_batch_size: int
+    default_max_concurrency: int
+    infer_timeout_s: float
+    model_retries: int
+    model_retry_delay_s: float
+
+    @classmethod
+    def of(cls, settings: OrchestratorSettings) -> JobSettings:
+        return cls(
+            str(settings.work_dir), settings.s3_endpoint_url, settings.default_batch_size, settings.default_max_concurrency,
+            settings.infer_timeout_s, settings.model_retries, settings.model_retry_delay_s,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSettings:
+        return cls(**json.loads(text))
+
+
+def model_retry_policy(settings: JobSettings) -> RetryPolicy:
+    return RetryPolicy(
+        max_retries=settings.model_retries,
+        delay=settings.model_retry_delay_s,
+        backoff=Backoff.EXPONENTIAL,
+        jitter=Jitter.PLUS_MINUS,
+    )
+
+
+def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
+    op_names = {b.id: b.op_name for b in plan.blocks}
+    dependencies = {}
+    for block in plan.blocks:
+        invocation = NodeInvocation(
+            OP_DEFS[block.kind].name,
+            alias=block.op_name,
+            tags={"constellation/block_id": block.id},
+            retry_policy=model_retry_policy(settings) if block.kind == "model" else None,
+        )
+        dependencies[invocation] = {name: DependencyDefinition(op_names[source], "result") for name, source in block.inputs.items()}
+    kinds = sorted({b.kind for b in plan.blocks})
+    graph = GraphDefinition(name=JOB_NAME, node_defs=[OP_DEFS[k] for k in kinds], dependencies=dependencies)
+    return graph.to_job(
+        resource_defs={"constellation": ConstellationResource.configure_at_launch()},
+        executor_def=in_process_executor,
+        description="A Constellation pipeline spec (blocks and edges) launched through the orchestrator.",
+    )
+
+
+def run_config(plan: Plan, settings: JobSettings) -> dict:
+    return {
+        "ops": {b.op_name: {"config": b.config} for b in plan.blocks},
+        "resources": {
+            "constellation": {"config": {"work_dir": settings.work_dir, "s3_endpoint_url": settings.s3_endpoint_url}}
+        },
+    }

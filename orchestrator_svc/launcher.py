@@ -1,0 +1,216 @@
+"""A Dagster RunLauncher that runs each run in its own worker process.
+
+The worker (`python -m orchestrator_svc.worker RUN_ID`) opens the same
+instance and executes the run there, so runs never block the server, a crash
+in one cannot take the server down, and runs keep going while the
+orchestrator restarts (workers live in their own session). The worker's pid,
+host and start time go on the run as tags, which is how a restarted
+orchestrator tells a live worker (adopt it: the run resumes being watched)
+from a dead one (the run is marked failed, never left STARTED).
+
+Cancel = Dagster's terminate: the run is marked CANCELING and the worker gets
+SIGINT, which Dagster turns into an interrupt of the running step and a
+RUN_CANCELED event; a worker that has not stopped after `cancel_grace_s` is
+killed and the run marked CANCELED from outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterRunStatus, Field
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+
+log = logging.getLogger("orchestrator.launcher")
+
+PID_TAG = "constellation/worker_pid"
+HOST_TAG = "constellation/worker_host"
+START_TAG = "constellation/worker_start_ticks"
+MAX_RSS_TAG = "constellation/worker_peak_rss_kib"  # written by the worker as it exits
+EXIT_TAG = "constellation/worker_exit_code"
+INSTANCE_REF_ENV = "CONSTELLATION_DAGSTER_INSTANCE_REF"
+ACTIVE = (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING, DagsterRunStatus.QUEUED)
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def worker_alive(run: DagsterRun) -> bool:
+    """Whether the worker recorded on the run still runs on this host (same pid, same start time)."""
+    tags = run.tags
+    if PID_TAG not in tags or tags.get(HOST_TAG) != socket.gethostname():
+        return False
+    return process_start_ticks(int(tags[PID_TAG])) == tags.get(START_TAG)
+
+
+def log_path(work_dir: str, run_id: str) -> Path:
+    return Path(work_dir, "logs", f"{run_id}.log")
+
+
+class WorkerRunLauncher(RunLauncher, ConfigurableClass):
+    def __init__(self, work_dir: str, cancel_grace_s: float = 15.0, keep_scratch: bool = False, inst_data: ConfigurableClassData | None = None) -> None:
+        self._inst_data = inst_data
+        self.work_dir = work_dir
+        self.cancel_grace_s = cancel_grace_s
+        self.keep_scratch = keep_scratch
+        self._children: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._settling = threading.Lock()  # one settle/cancel decision at a time in this process
+        self._disposed = threading.Event()
+        super().__init__()
+
+    # -- ConfigurableClass ---------------------------------------------------
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict:
+        return {
+            "work_dir": Field(str),
+            "cancel_grace_s": Field(float, is_required=False, default_value=15.0),
+            "keep_scratch": Field(bool, is_required=False, default_value=False),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> WorkerRunLauncher:
+        return cls(inst_data=inst_data, **config_value)
+
+    # -- launching -------------------------------------------------------------
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        logs = log_path(self.work_dir, run.run_id)
+        logs.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env[INSTANCE_REF_ENV] = serialize_value(self._instance.get_ref())
+        command = [sys.executable, "-m", "orchestrator_svc.worker", run.run_id]
+        if self.keep_scratch:
+            command.append("--keep-scratch")
+        with open(logs, "ab") as out:
+            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        ticks = process_start_ticks(child.pid) or ""
+        self._instance.add_run_tags(run.run_id, {PID_TAG: str(child.pid), HOST_TAG: socket.gethostname(), START_TAG: ticks})
+        with self._lock:
+            self._children[run.run_id] = child
+        threading.Thread(target=self._reap, args=(run.run_id, child), name=f"reap-{run.run_id}", daemon=True).start()
+        log.info("worker started", extra={"run_id": run.run_id, "pid": child.pid, "log": str(logs)})
+
+    def _reap(self, run_id: str, child: subprocess.Popen) -> None:
+        """Wait for our own worker; record its exit code; settle a run it left unfinished."""
+        _, status = os.waitpid(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        with self._lock:
+            self._children.pop(run_id, None)
+        if self._disposed.is_set():
+            return
+        try:
+            self._instance.add_run_tags(run_id, {EXIT_TAG: str(child.returncode)})
+            self.settle(run_id, f"its worker process exited with code {child.returncode}")
+        except Exception:  # noqa: BLE001 - the instance may be closing with the server
+            log.exception("could not settle run after its worker exited", extra={"run_id": run_id})
+
+    def settle(self, run_id: str, why: str) -> None:
+        """A run whose worker is gone must not stay active: CANCELING becomes CANCELED, anything else FAILED."""
+        with self._settling:
+            run = self._instance.get_run_by_id(run_id)
+            if run is None or run.status not in ACTIVE:
+                return
+            if run.status == DagsterRunStatus.CANCELING:
+                self._instance.report_run_canceled(run, message=f"Run canceled: {why}.")
+            else:
+                self._instance.report_run_failed(run, message=f"The run did not finish: {why} ({log_path(self.work_dir, run_id)}).")
+
+    def watch_adopted(self, run_id: str, poll_s: float = 0.5) -> None:
+        """Follow a live worker this process did not start (after a restart) and settle its run when it goes."""
+
+        def follow() -> None:
+            while not self._disposed.wait(poll_s):
+                run = self._instance.get_run_by_id(run_id)
+                if run is None or run.status not in ACTIVE:
+                    return
+                if not worker_alive(run):
+                    time.sleep(poll_s)  # let a worker that just finished write its last event
+                    self.settle(run_id, "its worker process exited while the orchestrator was not its parent")
+                    return
+
+        threading.Thread(target=follow, name=f"adopt-{run_id}", daemon=True).start()
+
+    # -- terminating -----------------------------------------------------------
+
+    def terminate(self, run_id: str) -> bool:
+        with self._settling:
+            run = self._instance.get_run_by_id(run_id)
+            if run is None or run.status not in ACTIVE:
+                return False
+            if run.status != DagsterRunStatus.CANCELING:
+                self._instance.report_run_canceling(run, message="Canceling the run: its worker is asked to stop.")
+            if not worker_alive(run):
+                self._instance.report_run_canceled(run, message="Run canceled before its worker was running.")
+                return True
+        pid = int(run.tags[PID_TAG])
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        threading.Thread(target=self._escalate, args=(run_id, pid), name=f"cancel-{run_id}", daemon=True).start()
+        return True
+
+    def _escalate(self, run_id: str, pid: int) -> None:
+        deadline = time.monotonic() + self.cancel_grace_s
+        run = self._instance.get_run_by_id(run_id)
+        while time.monotonic() < deadline:
+            run = self._instance.get_run_by_id(run_id)
+            if run is None or run.status not in ACTIVE or not worker_alive(run):
+                break
+            time.sleep(0.2)
+        if run is not None and run.status in ACTIVE and worker_alive(run):
+            log.warning("worker did not stop in time; killing it", extra={"run_id": run_id, "pid": pid})
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for _ in range(50):  # our reaper settles it; this covers a worker another process started
+            run = self._instance.get_run_by_id(run_id)
+            if run is None or run.status not in ACTIVE or not worker_alive(run):
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        self.settle(run_id, "its worker was stopped")
+
+    # -- health ----------------------------------------------------------------
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        if worker_alive(run):
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(WorkerStatus.NOT_FOUND, "no live worker process for this run on this host")
+
+    def dispose(self) -> None:
+        """Stop settling runs from this process (the orchestrator is stopping); workers keep running."""
+        self._disposed.set()

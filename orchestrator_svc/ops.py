@@ -1,0 +1,393 @@
+"""The six block types as Dagster ops with typed config. Each op is a thin shell around `blocks`.
+
+Ops pass small references (paths and metadata) to each other, never pixel
+arrays: rasters and predictions stay on disk under the run's scratch folder
+(`ConstellationResource.work_dir/<run_id>/<op>`), so the IO manager moves a
+few hundred bytes per step whatever the scene's size.
+
+The model op is the one that talks to the network: transient endpoint
+failures are raised as they are, for the job's RetryPolicy to retry (it
+resumes from the tiles already predicted); permanent ones raise
+Failure(allow_retries=False) with the endpoint's message.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the ops' config and input types from real annotations.
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster import AssetKey, AssetMaterialization, Config, ConfigurableResource, DagsterRunStatus, Failure, OpExecutionContext, op
+from dagster._core.errors import DagsterExecutionInterruptedError
+
+import numpy as np
+
+from orchestrator_svc import blocks
+from orchestrator_svc.events import output_metadata, progress_message
+from orchestrator_svc.inference_client import EndpointError, InferenceClient
+from orchestrator_svc.storage import Storage, StorageError, join
+
+PROGRESS_EVERY_S = 1.0  # each progress line is an event-log write
+MEDIA_TYPES = {
+    "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
+    "geojson": "application/geo+json",
+    "png_preview": "image/png",
+}
+
+
+class ConstellationResource(ConfigurableResource):
+    """Where a run keeps scratch files and how it reaches object storage."""
+
+    work_dir: str
+    s3_endpoint_url: str = ""
+
+    def storage(self) -> Storage:
+        return Storage(self.s3_endpoint_url)
+
+    def scratch(self, run_id: str, *parts: str) -> Path:
+        path = Path(self.work_dir, run_id, *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+# --------------------------------------------------------------------------- what flows between ops
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    scene: blocks.Scene
+    grid: blocks.TileGrid
+    normalization: str
+    stats: dict  # band -> blocks.BandStats (only for min_max / z_score)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    tiles: TilePlan
+    folder: str  # holds the PredictionStore
+    bands: tuple[str, ...]  # the bands the model read (their nodata is the output's nodata)
+    channels: int
+    name: str  # the model output's name
+
+
+class Prefetcher:
+    """Runs an iterator in a thread of its own, `depth` items ahead of the consumer; its errors reach the consumer."""
+
+    _END = object()
+
+    def __init__(self, source, depth: int = 2) -> None:  # type: ignore[no-untyped-def]
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(source,), name="tile-reader", daemon=True)
+        self._thread.start()
+
+    def _fill(self, source) -> None:  # type: ignore[no-untyped-def]
+        import queue
+
+        try:
+            for item in source:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            item = self._END
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            item = error
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        import queue
+
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)  # short waits keep a cancel (SIGINT) prompt
+            except queue.Empty:
+                continue
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PredictionWriter:
+    """Writes predictions to the store from a thread of its own, so waiting on the disk never holds up
+    sending the next request. At most `depth` answers wait; the first write error is raised in the caller."""
+
+    def __init__(self, store: blocks.PredictionStore, depth: int = 4) -> None:
+        import queue
+        import threading
+
+        self.store = store
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._drain, name="prediction-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            chunk, raw = item
+            try:
+                if chunk == list(range(chunk[0], chunk[0] + len(chunk))):
+                    self.store.write_run(chunk[0], raw)
+                else:
+                    size = self.store.record_bytes
+                    for j, index in enumerate(chunk):
+                        self.store.write(index, raw[j * size : (j + 1) * size])
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                self.error = error
+
+    def put(self, chunk: list[int], raw: memoryview) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put((chunk, raw))
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
+# --------------------------------------------------------------------------- configs
+
+
+class DatasetConfig(Config):
+    dataset_id: str
+    uri: str
+    file_bands: list[str]
+    bands: list[str] = []
+
+
+class TileConfig(Config):
+    tile_size_px: int
+    overlap_px: int = 0
+    normalization: str = "none"
+
+
+class ModelConfig(Config):
+    model_id: str
+    model_name: str
+    model_version: str = ""
+    endpoints: list[str]
+    bands: list[str]
+    dtype: str = "FP32"
+    output: str
+    output_dtype: str = "FP32"
+    output_channels: int = 1
+    batch_size: int = 8
+    max_concurrency: int = 2
+    timeout_s: float = 60.0
+
+
+class StitchConfig(Config):
+    blend: str = "mean"
+
+
+class VectorizeConfig(Config):
+    threshold: float = 0.5
+    simplify_tolerance_m: float = 0.0
+    min_area_m2: float = 0.0
+    crs: str = ""
+
+
+class ExportConfig(Config):
+    run_id: str  # the mesh's run id (files go under <uri>/<run_id>/<block_id>/)
+    block_id: str
+    uri: str
+    formats: list[str]
+
+
+def _fail(message: str) -> Failure:
+    return Failure(description=message, allow_retries=False)
+
+
+# --------------------------------------------------------------------------- ops
+
+
+@op(name="dataset", description="Ingest a GeoTIFF/COG scene from file:// or s3:// and select its bands.")
+def dataset_op(context: OpExecutionContext, config: DatasetConfig, constellation: ConstellationResource) -> blocks.Scene:
+    storage = constellation.storage()
+    try:
+        path = storage.fetch(config.uri, constellation.scratch(context.run_id, context.op.name))
+        scene = blocks.inspect_scene(str(path), config.file_bands, config.bands)
+    except (StorageError, blocks.RasterError) as error:
+        raise _fail(f"dataset {config.dataset_id!r} ({config.uri}): {error}") from None
+    context.log.info(
+        f"scene {scene.width}x{scene.height} px, bands {', '.join(scene.band_names)}, {scene.dtype}, nodata {scene.nodata}"
+    )
+    return scene
+
+
+@op(name="tile", description="Cut the scene into model-sized tiles (size, overlap, normalisation).")
+def tile_op(context: OpExecutionContext, config: TileConfig, scene: blocks.Scene) -> TilePlan:
+    grid = blocks.TileGrid.for_scene(scene.width, scene.height, config.tile_size_px, config.overlap_px)
+    stats = blocks.band_statistics(scene) if config.normalization in ("min_max", "z_score") else {}
+    context.log.info(
+        f"{grid.count} tiles of {grid.size}px ({len(grid.xs)}x{len(grid.ys)}), overlap {grid.overlap}px, normalization {config.normalization}"
+    )
+    return TilePlan(scene, grid, config.normalization, stats)
+
+
+@op(name="model", description="Run a model endpoint over the tiles (Open Inference Protocol, batched, bounded concurrency).")
+def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, constellation: ConstellationResource) -> Predictions:
+    grid, scene = tiles.grid, tiles.scene
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and run.status == DagsterRunStatus.CANCELING:
+        raise _fail("the run is being canceled; not trying the model step again")
+    folder = constellation.scratch(context.run_id, context.op.name)
+    store = blocks.PredictionStore(folder, grid.count, config.output_channels, grid.size)
+    try:
+        done_flags = store.done()
+        todo = [k for k in range(grid.count) if not done_flags[k]]
+        done = grid.count - len(todo)
+        if done:
+            context.log.info(f"resuming: {done} of {grid.count} tiles were predicted by an earlier attempt")
+        normalizer = blocks.Normalizer.build(tiles.normalization, config.bands, tiles.stats)
+        expected = [config.output_channels, grid.size, grid.size]
+        started, cpu_started, resumed_at = time.monotonic(), time.process_time(), done
+        context.log.info(progress_message(done, grid.count, "tiles"))
+        last_report = time.monotonic()
+        with (
+            InferenceClient(config.endpoints, config.model_name, config.model_version, input_dtype=config.dtype, output_name=config.output, timeout_s=config.timeout_s) as client,
+            blocks.TileReader(scene, grid, config.bands, normalizer, config.dtype) as reader,
+            PredictionWriter(store) as writer,
+        ):
+            client.describe()
+            chunks = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
+            buffer = np.empty((config.batch_size, len(config.bands), grid.size, grid.size), dtype=np.float32)
+            # Tiles are read and framed in a thread of its own (GDAL and numpy release the GIL), so this
+            # thread only sends requests and hands answers to the writer.
+            frames = ((chunk, client.frame(reader.read(chunk, out=buffer))) for chunk in chunks)
+            with Prefetcher(frames) as requests:
+                for chunk, raw, datatype, shape in client.run(requests, config.max_concurrency):
+                    per_tile = shape[1:] if len(shape) == 4 else [1, *shape[1:]]
+                    if shape[0] != len(chunk) or per_tile != expected:
+                        raise _fail(f"model {config.model_name!r} returned {config.output!r} of shape {shape} for {len(chunk)} tiles; expected [{len(chunk)}, {', '.join(map(str, expected))}]")
+                    if datatype != "FP32":
+                        raw = memoryview(np.frombuffer(raw, dtype=np.dtype(blocks.NUMPY_DTYPES[datatype]).newbyteorder("<")).astype("<f4").tobytes())
+                    writer.put(chunk, raw)
+                    done += len(chunk)
+                    now = time.monotonic()
+                    if now - last_report >= PROGRESS_EVERY_S or done == grid.count:
+                        context.log.info(progress_message(done, grid.count, "tiles"))
+                        last_report = now
+        wall, cpu = time.monotonic() - started, time.process_time() - cpu_started
+        context.log.info(
+            f"inferred {done - resumed_at} tiles in {wall:.2f}s ({(done - resumed_at) / max(wall, 1e-9):.0f} tiles/s), "
+            f"{cpu:.2f}s CPU in this worker"
+        )
+    except EndpointError as error:
+        if error.transient:
+            raise  # the RetryPolicy tries again, resuming from the tiles done
+        raise _fail(str(error)) from None
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+        # Dagster turns an interrupt inside a step with a RetryPolicy into a retry; a cancel must stop the run.
+        raise _fail("the model step was interrupted: the run is being canceled") from None
+    finally:
+        store.close()
+    return Predictions(tiles, str(folder), tuple(config.bands), config.output_channels, config.output)
+
+
+@op(name="stitch", description="Merge tile predictions into one raster with the scene's CRS, transform and nodata.")
+def stitch_op(context: OpExecutionContext, config: StitchConfig, predictions: Predictions, constellation: ConstellationResource) -> blocks.RasterFile:
+    grid = predictions.tiles.grid
+    store = blocks.PredictionStore(Path(predictions.folder), grid.count, predictions.channels, grid.size)
+    try:
+        out = constellation.scratch(context.run_id, context.op.name) / f"{predictions.name}.tif"
+        raster = blocks.stitch(store, grid, predictions.tiles.scene, predictions.bands, config.blend, out, predictions.name)
+    finally:
+        store.close()
+    context.log.info(f"stitched {raster.width}x{raster.height} px, {raster.count} band(s), blend {config.blend}")
+    return raster
+
+
+@op(name="vectorize", description="Turn the raster into polygons (threshold, simplification, minimum area, CRS).")
+def vectorize_op(context: OpExecutionContext, config: VectorizeConfig, raster: blocks.RasterFile, constellation: ConstellationResource) -> blocks.VectorFile:
+    out = constellation.scratch(context.run_id, context.op.name) / f"{raster.name}_polygons.geojson"
+    vectors = blocks.vectorize(raster, config.threshold, config.simplify_tolerance_m, config.min_area_m2, config.crs, out, f"{raster.name}_polygons")
+    context.log.info(f"{vectors.features} polygon(s) in {vectors.crs}")
+    return vectors
+
+
+@op(name="export", description="Write COG GeoTIFF, GeoJSON and a PNG preview to file:// or s3://.")
+def export_op(
+    context: OpExecutionContext,
+    config: ExportConfig,
+    constellation: ConstellationResource,
+    raster: blocks.RasterFile | None = None,
+    vectors: blocks.VectorFile | None = None,
+) -> None:
+    """Writes every file locally, uploads them, then writes manifest.json last. Only then are the outputs
+    reported (AssetMaterialization); if anything fails or the run is canceled part-way, what was uploaded
+    is deleted again, so a partial export is never published as if complete."""
+    storage = constellation.storage()
+    local = constellation.scratch(context.run_id, config.block_id)
+    prefix = join(config.uri, config.run_id, config.block_id)
+    files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
+    if raster is not None and "cog" in config.formats:
+        cog = local / f"{raster.name}.tif"
+        blocks.write_cog(Path(raster.path), cog)
+        files.append((cog, raster.name, "cog"))
+    if raster is not None and "png_preview" in config.formats:
+        preview = local / f"{raster.name}_preview.png"
+        source = files[0][0] if files else Path(raster.path)
+        blocks.write_preview(source, preview)
+        files.append((preview, f"{raster.name}_preview", "png_preview"))
+    if vectors is not None and "geojson" in config.formats:
+        files.append((Path(vectors.path), vectors.name, "geojson"))
+
+    published: list[str] = []
+    outputs = []
+    try:
+        for path, name, fmt in files:
+            uri = join(prefix, path.name)
+            storage.put(path, uri, MEDIA_TYPES[fmt])
+            published.append(uri)
+            outputs.append(output_metadata(name, uri, MEDIA_TYPES[fmt], config.block_id))
+        manifest = local / "manifest.json"
+        manifest.write_text(json.dumps({"run_id": config.run_id, "block_id": config.block_id, "outputs": outputs}, indent=2))
+        storage.put(manifest, join(prefix, "manifest.json"), "application/json")
+    except BaseException:
+        for uri in published:
+            try:
+                storage.delete(uri)
+            except StorageError as error:
+                context.log.warning(f"could not remove partial output {uri}: {error}")
+        raise
+    for output in outputs:
+        context.log_event(
+            AssetMaterialization(
+                asset_key=AssetKey(["constellation", config.block_id, output["name"]]),
+                description=f"{output['name']} at {output['uri']}",
+                metadata=output,
+            )
+        )
+    context.log.info(f"exported {len(outputs)} file(s) under {prefix}")
+
+
+OP_DEFS = {"dataset": dataset_op, "tile": tile_op, "model": model_op, "stitch": stitch_op, "vectorize": vectorize_op, "export": export_op}

@@ -1,0 +1,351 @@
+"""Runs: launch, read, list, cancel, reconcile after a restart, and follow their events.
+
+A run is a Dagster run in the persistent instance, tagged as ours and
+carrying the LaunchRun request it came from (so its worker, and a restarted
+orchestrator, can rebuild its job and name its blocks). Nothing about a run
+lives only in this process: GetRun and WatchRun read the instance, so they
+answer the same after a restart.
+
+Following events: one `RunFeed` per watched run polls the run's event log
+(by storage id, every `poll_s`), maps each record once (events.py) and keeps
+the list; every watcher of that run reads the same list, so all see the same
+sequence, and a watcher that leaves only lowers the feed's count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.errors import DagsterRunAlreadyExists
+from dagster._core.event_api import EventLogCursor
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import DagsterRun
+
+from constellation.common.v1 import common_pb2 as common
+from constellation.orchestrator.v1 import orchestrator_pb2 as pb
+from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from mesh.ids import new_id
+from orchestrator_svc import events, jobs, specs
+from orchestrator_svc.launcher import ACTIVE, HOST_TAG, WorkerRunLauncher, worker_alive
+from orchestrator_svc.settings import OrchestratorSettings
+from orchestrator_svc.storage import Storage
+
+log = logging.getLogger("orchestrator.runs")
+
+ORCHESTRATOR_TAG = "constellation/orchestrator"
+RUN_ID_TAG = "constellation/run_id"
+REQUEST_TAG = "constellation/request"
+FINGERPRINT_TAG = "constellation/fingerprint"
+SETTINGS_TAG = "constellation/job_settings"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+RECORDS_PER_QUERY = 1000
+# Dagster run ids must be UUIDs; the mesh's run ids (core's, e.g. run_01J...) map onto them one to one.
+RUN_NAMESPACE = uuid.UUID("6f1c3a52-2f0e-4d0b-9a51-7c0a3e5b9d10")
+
+
+def dagster_run_id(run_id: str) -> str:
+    return str(uuid.uuid5(RUN_NAMESPACE, run_id))
+
+
+@dataclass
+class RunInfo:
+    id: str
+    state: int  # common.RunState
+    state_message: str = ""
+    outputs: list[common.RunOutput] = field(default_factory=list)
+    create_time: datetime | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+def fingerprint(request: pb.LaunchRunRequest) -> str:
+    """Identifies what a LaunchRun asked for, whatever its run_id (for idempotent retries)."""
+    body = pb.LaunchRunRequest()
+    body.CopyFrom(request)
+    body.run_id = ""
+    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+
+
+def block_of_step(run: DagsterRun) -> dict[str, str]:
+    request = specs.request_from_json(run.tags[REQUEST_TAG])
+    return {v: k for k, v in specs._op_names([b.id for b in request.spec.blocks]).items()}  # noqa: SLF001
+
+
+class RunFeed:
+    """A run's RunEvents so far, filled by a poller thread while anyone watches."""
+
+    def __init__(self, instance: DagsterInstance, run_id: str, steps: dict[str, str], poll_s: float, stopping: threading.Event) -> None:
+        self.instance, self.run_id, self.steps, self.poll_s, self.stopping = instance, run_id, steps, poll_s, stopping
+        self.events: list[common.RunEvent] = []
+        self.finished = False
+        self.error: Exception | None = None
+        self.watchers = 0
+        self._state = events.INITIAL_STATE
+        self._cursor: int | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> None:
+        while not self.finished:
+            cursor = EventLogCursor.from_storage_id(self._cursor).to_string() if self._cursor is not None else None
+            connection = self.instance.get_records_for_run(self.run_id, cursor=cursor, limit=RECORDS_PER_QUERY)
+            if not connection.records:
+                return
+            with self._cond:
+                for record in connection.records:
+                    event = events.to_run_event(len(self.events) + 1, record.event_log_entry, self._state, self.steps)
+                    self._state = event.state
+                    self.events.append(event)
+                    self._cursor = record.storage_id
+                    if events.is_terminal(record.event_log_entry):
+                        self.finished = True
+                        break
+                self._cond.notify_all()
+            if not connection.has_more:
+                return
+
+    def _loop(self) -> None:
+        while not self.finished and not self.stopping.is_set():
+            with self._cond:
+                if self.watchers == 0:
+                    self._thread = None
+                    return
+            try:
+                self.poll()
+            except Exception as error:  # noqa: BLE001 - reported to the watchers, who end their streams
+                log.exception("reading the event log failed", extra={"run_id": self.run_id})
+                with self._cond:
+                    self.error = error
+                    self._cond.notify_all()
+                return
+            self.stopping.wait(self.poll_s)
+        with self._cond:
+            self._thread = None
+            self._cond.notify_all()
+
+    def join(self) -> None:
+        with self._cond:
+            self.watchers += 1
+            if self._thread is None and not self.finished:
+                self._thread = threading.Thread(target=self._loop, name=f"feed-{self.run_id}", daemon=True)
+                self._thread.start()
+
+    def leave(self) -> None:
+        with self._cond:
+            self.watchers -= 1
+
+    def follow(self, after_sequence: int, is_active: Callable[[], bool]) -> Iterator[common.RunEvent]:
+        index = after_sequence
+        while True:
+            with self._cond:
+                while len(self.events) <= index and not self.finished and self.error is None:
+                    self._cond.wait(timeout=0.5)
+                    if not is_active() or self.stopping.is_set():
+                        return
+                if self.error is not None:
+                    raise self.error
+                batch = self.events[index:]
+            for event in batch:
+                yield event
+            index += len(batch)
+            if self.finished and index >= len(self.events):
+                return
+
+
+class RunManager:
+    def __init__(self, instance: DagsterInstance, settings: OrchestratorSettings, storage: Storage | None = None, poll_s: float = 0.05) -> None:
+        self.instance = instance
+        self.settings = settings
+        self.storage = storage or Storage(settings.s3_endpoint_url)
+        self.poll_s = poll_s
+        self.stopping = threading.Event()
+        self._feeds: dict[str, RunFeed] = {}
+        self._feeds_lock = threading.Lock()
+
+    @property
+    def launcher(self) -> WorkerRunLauncher:
+        launcher = self.instance.run_launcher
+        if not isinstance(launcher, WorkerRunLauncher):
+            raise RuntimeError(f"the Dagster instance's run launcher is {type(launcher).__name__}, not WorkerRunLauncher")
+        return launcher
+
+    # -- launching -------------------------------------------------------------
+
+    def launch(self, request: pb.LaunchRunRequest) -> RunInfo:
+        run_id = request.run_id or new_id("run")
+        if not specs.RUN_ID.match(run_id):
+            raise InvalidArgument.field("run_id", f"{run_id!r}: letters, digits, '-' and '_', at most 64, starting with a letter or digit")
+        wanted = fingerprint(request)
+        engine_id = dagster_run_id(run_id)
+        existing = self.instance.get_run_by_id(engine_id)
+        if existing is not None:
+            return self._relaunch(existing, wanted)
+        stored = pb.LaunchRunRequest()
+        stored.CopyFrom(request)
+        stored.run_id = run_id
+        plan = specs.build_plan(
+            stored,
+            default_batch_size=self.settings.default_batch_size,
+            default_max_concurrency=self.settings.default_max_concurrency,
+            infer_timeout_s=self.settings.infer_timeout_s,
+        )
+        specs.check_world(plan, self.storage)
+        job_settings = jobs.JobSettings.of(self.settings)
+        job = jobs.build_job(plan, job_settings)
+        tags = {
+            ORCHESTRATOR_TAG: "1",
+            RUN_ID_TAG: run_id,
+            REQUEST_TAG: specs.request_to_json(stored),
+            FINGERPRINT_TAG: wanted,
+            SETTINGS_TAG: job_settings.to_json(),
+        }
+        try:
+            self.instance.create_run_for_job(
+                job, run_id=engine_id, run_config=jobs.run_config(plan, job_settings), tags=tags, status=DagsterRunStatus.NOT_STARTED
+            )
+        except DagsterRunAlreadyExists:
+            return self._relaunch(self.instance.get_run_by_id(engine_id), wanted)  # type: ignore[arg-type]
+        self.instance.launch_run(engine_id, workspace=None)  # type: ignore[arg-type]
+        log.info("run launched", extra={"run_id": run_id, "blocks": len(plan.blocks)})
+        return self.get(run_id)
+
+    def _relaunch(self, run: DagsterRun, wanted: str) -> RunInfo:
+        from mesh.errors import AlreadyExists
+
+        if run.tags.get(FINGERPRINT_TAG) != wanted:
+            raise AlreadyExists(f"run {run.tags.get(RUN_ID_TAG, run.run_id)!r} exists and was launched with a different request")
+        return self.get(run.tags[RUN_ID_TAG])
+
+    # -- reading ---------------------------------------------------------------
+
+    def _run(self, run_id: str) -> DagsterRun:
+        run = self.instance.get_run_by_id(dagster_run_id(run_id)) if run_id else None
+        if run is None or run.tags.get(ORCHESTRATOR_TAG) != "1":
+            raise NotFound(f"no run has id {run_id!r}")
+        return run
+
+    def get(self, run_id: str) -> RunInfo:
+        run = self._run(run_id)
+        record = self.instance.get_run_record_by_id(run.run_id)
+        assert record is not None
+        return self._info(record)
+
+    def _info(self, record) -> RunInfo:  # type: ignore[no-untyped-def]
+        run = record.dagster_run
+        state = events.RUN_STATES[run.status]
+        if state not in events.TERMINAL_STATES:
+            # Dagster stores the terminal event, then updates the run's status: a reader in between
+            # would see a watcher already told the run ended. The event log decides.
+            ended = self.instance.get_records_for_run(run.run_id, of_type=set(events.TERMINAL_EVENT_TYPES), limit=1)
+            for ending in ended.records:
+                state = events.EVENT_TYPES[ending.event_log_entry.dagster_event.event_type].state  # type: ignore[union-attr]
+        info = RunInfo(run.tags[RUN_ID_TAG], state, create_time=record.create_timestamp, start_time=record.start_time, end_time=record.end_time)
+        if state == common.RUN_STATE_FAILED:
+            info.state_message = self._failure_reason(run.run_id)
+        elif state == common.RUN_STATE_CANCELED:
+            info.state_message = self._last_message(run.run_id, DagsterEventType.RUN_CANCELED) or "canceled"
+        if state == common.RUN_STATE_SUCCEEDED:
+            connection = self.instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+            info.outputs = [o for o in (events.run_output_of(r.event_log_entry) for r in connection.records) if o is not None]
+        return info
+
+    def _last_message(self, run_id: str, event_type: DagsterEventType) -> str:
+        connection = self.instance.get_records_for_run(run_id, of_type=event_type, limit=1, ascending=False)
+        for record in connection.records:
+            event = record.event_log_entry.dagster_event
+            return (event.message if event else "") or ""
+        return ""
+
+    def _failure_reason(self, run_id: str) -> str:
+        """The first failed step and why (e.g. the model endpoint's message); else the run's own failure message."""
+        steps = self.instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE, limit=1)
+        for record in steps.records:
+            entry = record.event_log_entry
+            block = block_of_step(self.instance.get_run_by_id(run_id)).get(entry.step_key or "", entry.step_key or "")
+            return f"block {block!r} failed: {events.failure_message(entry)}"
+        return self._last_message(run_id, DagsterEventType.RUN_FAILURE) or "failed"
+
+    def list(self, page_size: int, page_token: str) -> tuple[list[RunInfo], str]:
+        if page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if page_token:
+            try:
+                self._run(page_token)
+            except NotFound:
+                raise InvalidArgument.field("page_token", "is not a token from a previous ListRuns") from None
+        cursor = dagster_run_id(page_token) if page_token else None
+        records = self.instance.get_run_records(filters=RunsFilter(tags={ORCHESTRATOR_TAG: "1"}), limit=size, cursor=cursor)
+        infos = [self._info(r) for r in records]
+        return infos, (infos[-1].id if len(infos) == size else "")
+
+    # -- canceling ---------------------------------------------------------------
+
+    def cancel(self, run_id: str) -> RunInfo:
+        run = self._run(run_id)
+        if run.is_finished:
+            state = common.RunState.Name(events.RUN_STATES[run.status]).removeprefix("RUN_STATE_")
+            raise FailedPrecondition(f"run {run_id!r} has already ended ({state}); there is nothing to cancel")
+        self.launcher.terminate(run.run_id)
+        return self.get(run_id)
+
+    # -- after a restart -----------------------------------------------------------
+
+    def reconcile(self) -> tuple[list[str], list[str]]:
+        """Runs left active by an earlier orchestrator: adopt those whose worker still runs, settle the rest.
+        Returns (resumed run ids, settled run ids)."""
+        resumed, settled = [], []
+        here = socket.gethostname()
+        records = self.instance.get_run_records(filters=RunsFilter(statuses=list(ACTIVE), tags={ORCHESTRATOR_TAG: "1"}))
+        for record in records:
+            run = record.dagster_run
+            if worker_alive(run):
+                self.launcher.watch_adopted(run.run_id)
+                resumed.append(run.run_id)
+            elif run.tags.get(HOST_TAG, here) != here:
+                continue  # another host's worker: that host's orchestrator reconciles it
+            else:
+                self.launcher.settle(run.run_id, "the orchestrator restarted and found no live worker for it")
+                settled.append(run.run_id)
+        if resumed or settled:
+            log.info("reconciled runs", extra={"resumed": resumed, "settled": settled})
+        return resumed, settled
+
+    # -- events ------------------------------------------------------------------
+
+    def watch(self, run_id: str, after_sequence: int, is_active: Callable[[], bool]) -> Iterator[common.RunEvent]:
+        run = self._run(run_id)
+        if after_sequence < 0:
+            raise InvalidArgument.field("after_sequence", "must be 0 (from the start) or a sequence number seen before")
+        with self._feeds_lock:
+            feed = self._feeds.get(run_id)
+            if feed is None or feed.error is not None:
+                feed = RunFeed(self.instance, run.run_id, block_of_step(run), self.poll_s, self.stopping)
+                self._feeds[run_id] = feed
+            feed.join()
+        try:
+            yield from feed.follow(after_sequence, is_active)
+        finally:
+            feed.leave()
+            with self._feeds_lock:
+                if feed.watchers == 0 and self._feeds.get(run_id) is feed:
+                    del self._feeds[run_id]
+
+    def check_instance(self) -> None:
+        self.instance.get_run_records(limit=1)
+
+    def close(self) -> None:
+        self.stopping.set()
+        try:
+            self.launcher.dispose()
+        except RuntimeError:
+            pass

@@ -1,0 +1,97 @@
+"""A run's worker process: `python -m orchestrator_svc.worker RUN_ID` (started by launcher.WorkerRunLauncher).
+
+Opens the instance the launcher names (CONSTELLATION_DAGSTER_INSTANCE_REF),
+rebuilds the run's job from the LaunchRun request stored on the run, and
+executes it with Dagster's execute_run. SIGINT/SIGTERM interrupt the running
+step; Dagster then records RUN_CANCELED (the run was CANCELING) or
+RUN_FAILURE. The run's scratch folder is removed when it ends, and the
+worker's peak memory is recorded on the run. CONSTELLATION_WORKER_PROFILE=PATH
+writes a cProfile of the execution there (for finding where a run's time goes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from dagster import DagsterInstance, DagsterRunStatus
+from dagster._core.definitions.job_base import InMemoryJob
+from dagster._core.execution.api import execute_run
+from dagster._core.instance.ref import InstanceRef
+from dagster._serdes import deserialize_value
+from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
+
+from orchestrator_svc import jobs, specs
+from orchestrator_svc.launcher import INSTANCE_REF_ENV, MAX_RSS_TAG
+from orchestrator_svc.runs import REQUEST_TAG, SETTINGS_TAG
+
+log = logging.getLogger("orchestrator.worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator_svc.worker")
+    parser.add_argument("run_id")
+    parser.add_argument("--keep-scratch", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    setup_interrupt_handlers()  # SIGTERM behaves like SIGINT
+    ref = deserialize_value(os.environ[INSTANCE_REF_ENV], InstanceRef)
+    with DagsterInstance.from_ref(ref) as instance:
+        run = instance.get_run_by_id(args.run_id)
+        if run is None:
+            log.error("no run %s in the instance", args.run_id)
+            return 2
+        if run.status == DagsterRunStatus.CANCELING:
+            instance.report_run_canceled(run, message="Run canceled before it started.")
+            return 0
+        if run.status not in (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING):
+            log.error("run %s is %s; nothing to execute", args.run_id, run.status.value)
+            return 2
+        settings = jobs.JobSettings.from_json(run.tags[SETTINGS_TAG])
+        request = specs.request_from_json(run.tags[REQUEST_TAG])
+        plan = specs.build_plan(
+            request,
+            default_batch_size=settings.default_batch_size,
+            default_max_concurrency=settings.default_max_concurrency,
+            infer_timeout_s=settings.infer_timeout_s,
+        )
+        job = jobs.build_job(plan, settings)
+        work = Path(settings.work_dir, run.run_id)
+        try:
+            with capture_interrupts():
+                if os.environ.get("CONSTELLATION_WORKER_PROFILE"):
+                    import cProfile
+                    prof = cProfile.Profile()
+                    result = prof.runcall(execute_run, InMemoryJob(job), run, instance)
+                    prof.dump_stats(os.environ["CONSTELLATION_WORKER_PROFILE"])
+                else:
+                    result = execute_run(InMemoryJob(job), run, instance)
+            log.info("run %s finished: %s", run.run_id, json.dumps({"success": result.success}))
+        finally:
+            if not args.keep_scratch:
+                shutil.rmtree(work, ignore_errors=True)
+            peak = peak_rss_kib()
+            if peak:
+                instance.add_run_tags(run.run_id, {MAX_RSS_TAG: str(peak)})
+    return 0
+
+
+def peak_rss_kib() -> int | None:
+    """This process's peak resident memory since it started this program (VmHWM; unlike ru_maxrss it does not
+    count the parent's memory copied by fork before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

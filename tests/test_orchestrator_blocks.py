@@ -1,0 +1,232 @@
+"""The blocks' raster work as plain functions (no Dagster, no gRPC): tiling, normalisation, the prediction
+store, stitching (mean and centre blending, nodata, georeferencing), vectorising across strips, COG and preview,
+local storage, the inference client's error sorting, and the export op's all-or-nothing publishing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import rasterio
+from dagster import build_op_context
+from shapely.geometry import shape
+
+from orchestrator_svc import blocks, ops
+from orchestrator_svc.inference_client import is_transient
+from orchestrator_svc.storage import Storage, StorageError, join, parse
+from tests.orchestrator_scenes import BANDS, CRS, NODATA_PATCH_PX, ndwi_probability, write_scene
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory) -> Path:
+    return write_scene(tmp_path_factory.mktemp("blocks") / "scene.tif", 300)
+
+
+def test_tiles_cover_the_scene_and_neighbours_share_the_overlap():
+    assert blocks.axis_starts(100, 256, 16) == (0,)
+    assert blocks.axis_starts(512, 256, 0) == (0, 256)
+    assert blocks.axis_starts(600, 256, 32) == (0, 224, 344)
+    grid = blocks.TileGrid.for_scene(600, 300, 256, 32)
+    assert grid.count == 3 * 2 and grid.position(4) == (224, 44)
+    assert grid.extent(5) == (344, 44, 256, 256)
+    covered = np.zeros((300, 600), dtype=int)
+    for k in range(grid.count):
+        x, y, w, h = grid.extent(k)
+        covered[y : y + h, x : x + w] += 1
+    assert covered.min() >= 1
+    with pytest.raises(ValueError):
+        blocks.TileGrid.for_scene(600, 300, 256, 128)
+
+
+def test_centre_ownership_partitions_each_axis():
+    starts = blocks.axis_starts(600, 256, 32)
+    owned = blocks.owned_ranges(starts, 256, 600)
+    assert owned[0][0] == 0 and owned[-1][1] == 600
+    assert all(a[1] == b[0] for a, b in zip(owned, owned[1:]))
+    assert all(s <= lo and hi <= s + 256 for s, (lo, hi) in zip(starts, owned))
+
+
+def test_normalisation_modes(scene_file):
+    scene = blocks.inspect_scene(str(scene_file), BANDS, ["green", "nir"])
+    assert scene.band_indexes == (2, 4) and scene.nodata == 0 and scene.width == 300
+    stats = blocks.band_statistics(scene)
+    assert stats["nir"].valid_pixels == 300 * 300 - NODATA_PATCH_PX**2
+    data = np.array([[[1000.0]], [[3000.0]]], dtype=np.float32)
+    blocks.Normalizer.build("reflectance", ["green", "nir"], stats).apply(data)
+    np.testing.assert_allclose(data.ravel(), [0.1, 0.3], rtol=1e-6)
+    data = np.array([[[stats["green"].maximum]], [[stats["nir"].minimum]]], dtype=np.float32)
+    blocks.Normalizer.build("min_max", ["green", "nir"], stats).apply(data)
+    np.testing.assert_allclose(data.ravel(), [1.0, 0.0], atol=1e-6)
+    data = np.array([[[stats["green"].mean]], [[stats["nir"].mean]]], dtype=np.float32)
+    blocks.Normalizer.build("z_score", ["green", "nir"], stats).apply(data)
+    np.testing.assert_allclose(data.ravel(), [0.0, 0.0], atol=1e-3)
+
+
+def predict_all(scene: blocks.Scene, grid: blocks.TileGrid, store: blocks.PredictionStore, fn) -> None:  # type: ignore[no-untyped-def]
+    normalizer = blocks.Normalizer.build("reflectance", ["green", "nir"], {})
+    with blocks.TileReader(scene, grid, ["green", "nir"], normalizer) as reader:
+        for k in range(grid.count):
+            store.write(k, fn(k, reader.read([k])[0]).astype("<f4").tobytes())
+
+
+def ndwi_tile(_index: int, tile: np.ndarray) -> np.ndarray:
+    green, nir = tile[0:1], tile[1:2]
+    total = green + nir
+    ndwi = np.divide(green - nir, total, out=np.full_like(total, -1e-6), where=total != 0)
+    return 1.0 / (1.0 + np.exp(-10.0 * ndwi))
+
+
+@pytest.mark.parametrize(("blend", "overlap"), [("mean", 40), ("center", 40), ("mean", 0)])
+def test_stitch_rebuilds_the_scene_with_its_georeferencing(scene_file, tmp_path, blend, overlap):
+    scene = blocks.inspect_scene(str(scene_file), BANDS, ["green", "nir"])
+    grid = blocks.TileGrid.for_scene(scene.width, scene.height, 128, overlap)
+    store = blocks.PredictionStore(tmp_path / "p", grid.count, 1, 128)
+    predict_all(scene, grid, store, ndwi_tile)
+    raster = blocks.stitch(store, grid, scene, ["green", "nir"], blend, tmp_path / "out.tif", "water_probability")
+    expected, nodata = ndwi_probability(scene_file)
+    with rasterio.open(raster.path) as out, rasterio.open(scene_file) as src:
+        assert out.crs == src.crs and out.transform == src.transform and out.nodata == src.nodata
+        got = out.read(1)
+    np.testing.assert_allclose(got[~nodata], expected[~nodata], atol=2e-6)
+    assert np.all(got[nodata] == 0)
+
+
+def test_centre_blend_takes_each_pixel_from_the_nearest_tile(scene_file, tmp_path):
+    scene = blocks.inspect_scene(str(scene_file), BANDS, ["green", "nir"])
+    grid = blocks.TileGrid.for_scene(scene.width, scene.height, 128, 40)
+    store = blocks.PredictionStore(tmp_path / "p", grid.count, 1, 128)
+    predict_all(scene, grid, store, lambda k, tile: np.full((1, 128, 128), k + 1.0))
+    got_center = rasterio.open(blocks.stitch(store, grid, scene, ["green"], "center", tmp_path / "c.tif", "k").path).read(1)
+    got_mean = rasterio.open(blocks.stitch(store, grid, scene, ["green"], "mean", tmp_path / "m.tif", "k").path).read(1)
+    centres_x = np.array(grid.xs) + 64
+    centres_y = np.array(grid.ys) + 64
+    for row, col in [(150, 100), (20, 290), (299, 299), (100, 150)]:
+        nearest = np.argmin(np.abs(centres_y - row)) * len(grid.xs) + np.argmin(np.abs(centres_x - col))
+        assert got_center[row, col] == nearest + 1
+    first_overlap = grid.xs[1] + 1  # covered by tiles 1 and 2 of the first row only
+    assert got_mean[NODATA_PATCH_PX + 1, first_overlap] == pytest.approx(1.5)
+
+
+def test_prediction_store_remembers_finished_tiles(tmp_path):
+    store = blocks.PredictionStore(tmp_path, 4, 2, 8)
+    store.write(2, np.ones((2, 8, 8), "<f4").tobytes())
+    store.close()
+    again = blocks.PredictionStore(tmp_path, 4, 2, 8)
+    assert again.done() == [False, False, True, False]
+    assert again.read(2).sum() == 128
+    with pytest.raises(ValueError):
+        again.write(0, b"short")
+    again.close()
+
+
+def test_vectorize_merges_shapes_across_strips(scene_file, tmp_path, monkeypatch):
+    scene = blocks.inspect_scene(str(scene_file), BANDS, ["green", "nir"])
+    grid = blocks.TileGrid.for_scene(scene.width, scene.height, 128, 0)
+    store = blocks.PredictionStore(tmp_path / "p", grid.count, 1, 128)
+    predict_all(scene, grid, store, ndwi_tile)
+    raster = blocks.stitch(store, grid, scene, ["green", "nir"], "mean", tmp_path / "out.tif", "water")
+    expected, nodata = ndwi_probability(scene_file)
+    water_px = int(((expected > 0.5) & ~nodata).sum())
+    results = {}
+    for strip_rows in (7, 64, 10_000):
+        monkeypatch.setattr(blocks, "STRIP_PIXELS", strip_rows * scene.width)
+        vectors = blocks.vectorize(raster, 0.5, 0, 0, "", tmp_path / f"v{strip_rows}.geojson", "water_polygons")
+        collection = json.loads(Path(vectors.path).read_text())
+        assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32725" and vectors.crs == CRS
+        polygons = [shape(f["geometry"]) for f in collection["features"]]
+        assert sum(p.area for p in polygons) == pytest.approx(water_px * 100.0)
+        results[strip_rows] = sorted(round(p.area) for p in polygons)
+    assert results[7] == results[64] == results[10_000] and len(results[7]) == 2
+    wgs84 = blocks.vectorize(raster, 0.5, 15, 900_000, "EPSG:4326", tmp_path / "w.geojson", "water_polygons")
+    features = json.loads(Path(wgs84.path).read_text())["features"]
+    assert wgs84.crs == "EPSG:4326" and len(features) == 1  # the lake (1.1 km²) stays, the river (0.7 km²) is below the minimum
+    lon, lat = features[0]["geometry"]["coordinates"][0][0]
+    assert -40 < lon < -30 and -10 < lat < 0
+
+
+def test_cog_and_preview(scene_file, tmp_path):
+    scene = blocks.inspect_scene(str(scene_file), BANDS, ["green", "nir"])
+    grid = blocks.TileGrid.for_scene(scene.width, scene.height, 128, 0)
+    store = blocks.PredictionStore(tmp_path / "p", grid.count, 1, 128)
+    predict_all(scene, grid, store, ndwi_tile)
+    raster = blocks.stitch(store, grid, scene, ["green", "nir"], "mean", tmp_path / "out.tif", "water")
+    blocks.write_cog(Path(raster.path), tmp_path / "cog.tif")
+    with rasterio.open(tmp_path / "cog.tif") as cog, rasterio.open(raster.path) as plain:
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and cog.crs == plain.crs
+        assert np.array_equal(cog.read(1), plain.read(1))
+    assert blocks.write_preview(tmp_path / "cog.tif", tmp_path / "p.png", max_px=100) == (100, 100)
+    from PIL import Image
+
+    image = Image.open(tmp_path / "p.png")
+    assert image.mode == "RGBA" and image.size == (100, 100)
+    assert image.getpixel((0, 0))[3] == 0  # nodata corner is transparent
+
+
+def test_unreadable_and_mismatched_rasters(tmp_path, scene_file):
+    junk = tmp_path / "junk.tif"
+    junk.write_text("no")
+    with pytest.raises(blocks.RasterError, match="cannot be read"):
+        blocks.inspect_scene(str(junk), BANDS)
+    with pytest.raises(blocks.RasterError, match="has 4 band"):
+        blocks.inspect_scene(str(scene_file), ["red", "nir"])
+    with pytest.raises(blocks.RasterError, match="no band"):
+        blocks.inspect_scene(str(scene_file), BANDS, ["swir1"])
+
+
+def test_local_storage_publishes_whole_files(tmp_path):
+    storage = Storage()
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x" * 1000)
+    target = f"file://{tmp_path}/deep/er/a.bin"
+    storage.check_writable(f"file://{tmp_path}/deep/er")
+    storage.put(source, target)
+    assert storage.size(target) == 1000 and storage.exists(target)
+    assert [p.name for p in (tmp_path / "deep" / "er").iterdir()] == ["a.bin"]  # no temporary left behind
+    storage.delete(target)
+    assert not storage.exists(target)
+    with pytest.raises(StorageError):
+        parse("http://x/y")
+    assert join("s3://b/p/", "/run/", "f.tif") == "s3://b/p/run/f.tif"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StorageError, match="not a folder"):
+        storage.check_writable(f"file://{tmp_path}/file/sub")
+
+
+def test_endpoint_errors_are_sorted_into_transient_and_permanent():
+    assert is_transient(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+    assert is_transient(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    assert is_transient(grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2")
+    assert not is_transient(grpc.StatusCode.INVALID_ARGUMENT, "input 'tiles' has shape [1, 3, 256, 256]")
+    assert not is_transient(grpc.StatusCode.NOT_FOUND, "no model named 'x'")
+    assert not is_transient(grpc.StatusCode.INTERNAL, "predict failed: ValueError")
+
+
+def test_export_removes_what_it_uploaded_when_it_cannot_finish(tmp_path, scene_file, monkeypatch):
+    raster_path = tmp_path / "water.tif"
+    with rasterio.open(scene_file) as src:
+        profile = src.profile | {"count": 1, "dtype": "float32"}
+        data = src.read(2).astype("float32") / 10000
+    with rasterio.open(raster_path, "w", **profile) as dst:
+        dst.write(data, 1)
+    raster = blocks.RasterFile(str(raster_path), "water", 300, 300, 1, profile["crs"].to_wkt(), tuple(profile["transform"])[:6], 0.0)
+    calls = []
+    real_put = Storage.put
+
+    def failing_put(self, source, uri, content_type="application/octet-stream"):  # type: ignore[no-untyped-def]
+        calls.append(uri)
+        if len(calls) == 2:
+            raise StorageError(f"{uri}: the disk is full")
+        real_put(self, source, uri, content_type)
+
+    monkeypatch.setattr(Storage, "put", failing_put)
+    context = build_op_context(
+        resources={"constellation": ops.ConstellationResource(work_dir=str(tmp_path / "work"))},
+        op_config={"run_id": "run_1", "block_id": "out", "uri": f"file://{tmp_path}/published", "formats": ["cog", "png_preview"]},
+    )
+    with pytest.raises(StorageError, match="disk is full"):
+        ops.export_op(context, raster=raster)
+    assert len(calls) == 2
+    assert not list((tmp_path / "published").rglob("*.*")), "nothing may stay published from a half-done export"

@@ -1,0 +1,318 @@
+"""Real runs: a 4-band GeoTIFF in S3 through a running KServe V2 endpoint, on SQLite and PostgreSQL Dagster
+storage, with outputs checked against numpy; WatchRun order, resume and several watchers; cancel; retry after
+the endpoint dies and comes back; a permanent endpoint failure; an orchestrator restart; the Dagster UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import rasterio
+import requests
+
+from constellation.common.v1 import common_pb2 as c
+from constellation.orchestrator.v1 import orchestrator_pb2 as pb
+from orchestrator_svc.launcher import PID_TAG
+from orchestrator_svc.runs import dagster_run_id
+from orchestrator_svc.storage import parse
+from tests.conftest import rpc_error
+from tests.orchestrator_scenes import CRS, ndwi_probability
+from tests.orchestrator_support import (  # noqa: F401 - fixtures
+    Orchestrator,
+    dagster_storage,
+    ndwi_endpoint,
+    orchestrator,
+    orchestrator_env,
+    s3_server,
+    scene_512,
+    slow_endpoint,
+    water_request,
+)
+from tests.pg import free_port
+
+E = c.RunEventType
+CHAIN = ["scene", "tiles", "water", "mosaic", "polygons"]
+
+
+def names(events) -> list[str]:  # type: ignore[no-untyped-def]
+    return [E.Name(e.type).removeprefix("RUN_EVENT_TYPE_") for e in events]
+
+
+def upload_scene(s3_server, scene: Path, bucket: str) -> str:  # type: ignore[no-untyped-def]
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    client.upload_file(str(scene), bucket, "scenes/olinda.tif")
+    return f"s3://{bucket}/scenes/olinda.tif"
+
+
+def local_copy(s3_server, uri: str, folder: Path) -> Path:  # type: ignore[no-untyped-def]
+    location = parse(uri)
+    if location.scheme == "file":
+        return Path(location.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{abs(hash(uri))}-{Path(location.path).name}"
+    s3_server.client().download_file(location.bucket, location.path, str(target))
+    return target
+
+
+def wait_for_progress(orch: Orchestrator, run_id: str, block_id: str, done: int) -> list[c.RunEvent]:
+    """Follow the run until `block_id` reports at least `done` units; returns the events so far."""
+    seen = []
+    for event in orch.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=60):
+        seen.append(event)
+        if event.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and event.block_id == block_id and event.progress.done >= done:
+            return seen
+        assert event.state not in (c.RUN_STATE_SUCCEEDED, c.RUN_STATE_FAILED, c.RUN_STATE_CANCELED), names(seen)
+    pytest.fail("the stream ended before the progress arrived")
+
+
+def assert_matches_ndwi(path: Path, scene: Path) -> np.ndarray:
+    expected, nodata = ndwi_probability(scene)
+    with rasterio.open(scene) as src:
+        transform, size = src.transform, (src.height, src.width)
+    with rasterio.open(path) as out:
+        assert out.crs.to_string() == CRS
+        assert out.transform == transform
+        assert (out.height, out.width) == size
+        assert out.nodata == 0
+        got = out.read(1)
+    np.testing.assert_allclose(got[~nodata], expected[~nodata], atol=2e-6)
+    assert np.all(got[nodata] == 0)
+    assert np.array_equal(got[~nodata] > 0.5, expected[~nodata] > 0.5)
+    return got
+
+
+def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(tmp_path, s3_server, ndwi_endpoint, scene_512, dagster_storage):
+    env = orchestrator_env(tmp_path / "home", CONSTELLATION_DAGSTER_POSTGRES_URL=dagster_storage)
+    orch = Orchestrator(env)
+    try:
+        bucket = f"scenes-{os.urandom(3).hex()}"
+        scene_uri = upload_scene(s3_server, scene_512, bucket)
+        outputs_local = tmp_path / "results"
+        request = water_request(scene_uri, ndwi_endpoint.address, [f"s3://{bucket}/results", f"file://{outputs_local}"])
+        started = time.monotonic()
+        run = orch.stub.LaunchRun(request)
+        assert time.monotonic() - started < 5, "LaunchRun returns at once"
+        assert run.id.startswith("run_") and run.state in (c.RUN_STATE_QUEUED, c.RUN_STATE_STARTING, c.RUN_STATE_RUNNING)
+
+        # Two watchers from the start and one that leaves after three events.
+        streams: dict[str, list] = {}
+
+        def watch(name: str) -> None:
+            streams[name] = list(orch.stub.WatchRun(pb.WatchRunRequest(run_id=run.id), timeout=90))
+
+        watchers = [threading.Thread(target=watch, args=(n,)) for n in ("a", "b")]
+        for t in watchers:
+            t.start()
+        leaving = orch.stub.WatchRun(pb.WatchRunRequest(run_id=run.id), timeout=90)
+        first = [next(leaving) for _ in range(3)]
+        leaving.cancel()
+        for t in watchers:
+            t.join(90)
+        events = streams["a"]
+        assert [e.SerializeToString() for e in events] == [e.SerializeToString() for e in streams["b"]]
+        assert [e.SerializeToString() for e in first] == [e.SerializeToString() for e in events[:3]]
+
+        # Order: sequence 1..N; starting, started, the chain's steps in order, outputs, then the terminal event.
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert events[0].engine_event_type == "RUN_STARTING" and events[0].state == c.RUN_STATE_STARTING
+        kinds = names(events)
+        assert kinds[-1] == "RUN_SUCCEEDED" and events[-1].state == c.RUN_STATE_SUCCEEDED
+        assert kinds.index("RUN_STARTED") < kinds.index("STEP_STARTED")
+        assert all(e.source == "orchestrator" and e.time.seconds > 0 for e in events)
+        step_order = [(e.block_id, n) for e, n in zip(events, kinds) if n in ("STEP_STARTED", "STEP_SUCCEEDED")]
+        assert [b for b, n in step_order if n == "STEP_STARTED"][:5] == CHAIN
+        for block in CHAIN + ["out-0", "out-1"]:
+            assert step_order.index((block, "STEP_STARTED")) < step_order.index((block, "STEP_SUCCEEDED"))
+        progress = [e.progress for e in events if e.type == E.RUN_EVENT_TYPE_STEP_PROGRESS]
+        assert progress and all(p.unit == "tiles" and p.total == 9 for p in progress)
+        assert [p.done for p in progress] == sorted(p.done for p in progress) and progress[-1].done == 9
+        streamed_outputs = [o for e in events if e.type == E.RUN_EVENT_TYPE_OUTPUT for o in e.outputs]
+        assert len(streamed_outputs) == 6
+
+        # Resume from a cursor: the rest of the same sequence; past the end: nothing.
+        middle = len(events) // 2
+        assert [e.SerializeToString() for e in orch.events(run.id, after=middle)] == [e.SerializeToString() for e in events[middle:]]
+        assert orch.events(run.id, after=len(events)) == []
+
+        done = orch.stub.GetRun(pb.GetRunRequest(id=run.id))
+        assert done.state == c.RUN_STATE_SUCCEEDED and done.end_time.seconds >= done.start_time.seconds > 0
+        assert sorted(o.uri for o in done.outputs) == sorted(o.uri for o in streamed_outputs)
+        assert [r.id for r in orch.stub.ListRuns(pb.ListRunsRequest()).runs] == [run.id]
+
+        # The outputs, in S3 and on disk: georeferenced like the input, equal to numpy's NDWI on the same pixels.
+        by_block = {(o.block_id, o.media_type.split(";")[0]): o for o in done.outputs}
+        assert by_block[("out-0", "image/tiff")].uri.startswith(f"s3://{bucket}/results/{run.id}/out-0/")
+        assert by_block[("out-1", "image/tiff")].uri == f"file://{outputs_local}/{run.id}/out-1/water_probability.tif"
+        rasters = [assert_matches_ndwi(local_copy(s3_server, by_block[(b, "image/tiff")].uri, tmp_path / "dl"), scene_512) for b in ("out-0", "out-1")]
+        assert np.array_equal(rasters[0], rasters[1])
+        cog = local_copy(s3_server, by_block[("out-0", "image/tiff")].uri, tmp_path / "dl")
+        with rasterio.open(cog) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        expected, nodata = ndwi_probability(scene_512)
+        water_m2 = float(((expected > 0.5) & ~nodata).sum()) * 100.0
+        for block in ("out-0", "out-1"):
+            geojson = json.loads(local_copy(s3_server, by_block[(block, "application/geo+json")].uri, tmp_path / "dl").read_text())
+            assert geojson["type"] == "FeatureCollection" and "crs" not in geojson  # WGS84, RFC 7946
+            features = geojson["features"]
+            assert len(features) == 2  # the lake and the river
+            assert abs(sum(f["properties"]["area_m2"] for f in features) - water_m2) < 0.02 * water_m2
+            lon, lat = features[0]["geometry"]["coordinates"][0][0]
+            assert -40 < lon < -30 and -10 < lat < 0  # UTM 25S near 500000 E, 9100000 N
+            png = local_copy(s3_server, by_block[(block, "image/png")].uri, tmp_path / "dl").read_bytes()
+            assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        manifest = json.loads((outputs_local / run.id / "out-1" / "manifest.json").read_text())
+        assert {o["uri"] for o in manifest["outputs"]} == {o.uri for o in done.outputs if o.block_id == "out-1"}
+    finally:
+        orch.stop()
+
+
+def test_launch_is_idempotent_by_run_id(orchestrator, ndwi_endpoint, scene_512, tmp_path):
+    request = water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out"], run_id="run_idem-1")
+    first = orchestrator.stub.LaunchRun(request)
+    again = orchestrator.stub.LaunchRun(request)
+    assert first.id == again.id == "run_idem-1"
+    other = water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/elsewhere"], run_id="run_idem-1")
+    assert rpc_error(orchestrator.stub.LaunchRun, other).code() == grpc.StatusCode.ALREADY_EXISTS
+    assert orchestrator.wait(first.id).state == c.RUN_STATE_SUCCEEDED
+    assert len(orchestrator.stub.ListRuns(pb.ListRunsRequest()).runs) == 1
+
+
+def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slow_endpoint, scene_512, tmp_path):
+    bucket = f"cancel-{os.urandom(3).hex()}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    request = water_request(f"file://{scene_512}", slow_endpoint.address, [f"s3://{bucket}/out", f"file://{tmp_path}/out"], batch_size=1, max_concurrency=1)
+    run = orchestrator.stub.LaunchRun(request)
+    wait_for_progress(orchestrator, run.id, "water", 1)
+    canceling = orchestrator.stub.CancelRun(pb.CancelRunRequest(id=run.id))
+    assert canceling.state in (c.RUN_STATE_CANCELING, c.RUN_STATE_CANCELED)
+    events = orchestrator.events(run.id)
+    kinds = names(events)
+    assert kinds[-1] == "RUN_CANCELED" and events[-1].state == c.RUN_STATE_CANCELED
+    assert "RUN_CANCELING" in kinds and "RUN_SUCCEEDED" not in kinds
+    assert not any(e.type == E.RUN_EVENT_TYPE_OUTPUT for e in events)
+    final = orchestrator.stub.GetRun(pb.GetRunRequest(id=run.id))
+    assert final.state == c.RUN_STATE_CANCELED and not final.outputs
+    assert not (tmp_path / "out").exists()
+    assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert rpc_error(orchestrator.stub.CancelRun, pb.CancelRunRequest(id=run.id)).code() == grpc.StatusCode.FAILED_PRECONDITION
+    dagster_run = orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id))
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(int(dagster_run.tags[PID_TAG]), 0)
+            time.sleep(0.1)
+
+
+def test_model_step_retries_when_the_endpoint_dies_and_comes_back(orchestrator, slow_endpoint, scene_512, tmp_path):
+    request = water_request(f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/disturbed"], batch_size=1, max_concurrency=1)
+    run = orchestrator.stub.LaunchRun(request)
+    wait_for_progress(orchestrator, run.id, "water", 2)
+    slow_endpoint.kill()
+    time.sleep(1.0)
+    slow_endpoint.start()
+    assert orchestrator.wait(run.id).state == c.RUN_STATE_SUCCEEDED
+    events = orchestrator.events(run.id)
+    water = [(n, e.message) for e, n in zip(events, names(events)) if e.block_id == "water"]
+    kinds = [n for n, _ in water]
+    assert "STEP_RETRY" in kinds, kinds
+    retry = kinds.index("STEP_RETRY")
+    assert "UNAVAILABLE" in water[retry][1] or "DEADLINE" in water[retry][1], water[retry][1]
+    assert "STEP_STARTED" in kinds[retry:] and kinds[-1] == "STEP_SUCCEEDED"
+    assert any(m.startswith("resuming:") for _, m in water[retry:]), "the retry resumes from the tiles already predicted"
+
+    undisturbed = orchestrator.stub.LaunchRun(
+        water_request(f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/undisturbed"], batch_size=3, max_concurrency=2)
+    )
+    assert orchestrator.wait(undisturbed.id).state == c.RUN_STATE_SUCCEEDED
+    with rasterio.open(tmp_path / "disturbed" / run.id / "out-0" / "water_probability.tif") as a:
+        with rasterio.open(tmp_path / "undisturbed" / undisturbed.id / "out-0" / "water_probability.tif") as b:
+            assert np.array_equal(a.read(), b.read()) and a.transform == b.transform and a.crs == b.crs
+    assert (tmp_path / "disturbed" / run.id / "out-0" / "water_probability_polygons.geojson").read_text() == (
+        tmp_path / "undisturbed" / undisturbed.id / "out-0" / "water_probability_polygons.geojson"
+    ).read_text()
+
+    first = orchestrator.stub.ListRuns(pb.ListRunsRequest(page_size=1))
+    second = orchestrator.stub.ListRuns(pb.ListRunsRequest(page_size=1, page_token=first.next_page_token))
+    assert [r.id for r in first.runs] == [undisturbed.id] and [r.id for r in second.runs] == [run.id]  # newest first
+
+
+def test_a_permanent_endpoint_failure_fails_the_run_with_its_message(orchestrator, ndwi_endpoint, scene_512, tmp_path):
+    request = water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out"])
+    request.models["ndwi"].model_name = "ndwi-elsewhere"
+    run = orchestrator.stub.LaunchRun(request)
+    final = orchestrator.wait(run.id)
+    assert final.state == c.RUN_STATE_FAILED
+    assert "block 'water' failed" in final.state_message and "no model named 'ndwi-elsewhere'" in final.state_message
+    events = orchestrator.events(run.id)
+    kinds = names(events)
+    assert "STEP_RETRY" not in kinds and kinds[-1] == "RUN_FAILED"
+    failed = next(e for e in events if e.type == E.RUN_EVENT_TYPE_STEP_FAILED)
+    assert failed.block_id == "water" and "NOT_FOUND" in failed.message and "Traceback" not in failed.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_restart_resumes_live_runs_and_fails_orphans(tmp_path, s3_server, slow_endpoint, scene_512):
+    orch = Orchestrator(orchestrator_env(tmp_path / "home"))
+    try:
+        # A run whose worker outlives the orchestrator: the new one adopts it and it finishes.
+        live = orch.stub.LaunchRun(water_request(f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/a"], batch_size=1, max_concurrency=1))
+        wait_for_progress(orch, live.id, "water", 1)
+        orch.restart()
+        assert orch.wait(live.id).state == c.RUN_STATE_SUCCEEDED
+        assert names(orch.events(live.id))[-1] == "RUN_SUCCEEDED"
+
+        # A run whose worker dies while no orchestrator runs: the next one reports it failed, not STARTED.
+        orphan = orch.stub.LaunchRun(water_request(f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/b"], batch_size=1, max_concurrency=1))
+        wait_for_progress(orch, orphan.id, "water", 1)
+        pid = int(orch.server.runs.instance.get_run_by_id(dagster_run_id(orphan.id)).tags[PID_TAG])
+        orch.stop()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        orch.start()
+        final = orch.stub.GetRun(pb.GetRunRequest(id=orphan.id))
+        assert final.state == c.RUN_STATE_FAILED and "no live worker" in final.state_message
+        events = orch.events(orphan.id)
+        assert names(events)[-1] == "RUN_FAILED" and [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert orch.stub.GetRun(pb.GetRunRequest(id=live.id)).state == c.RUN_STATE_SUCCEEDED
+        assert not (tmp_path / "b").exists()
+    finally:
+        orch.stop()
+
+
+def test_dagster_ui_serves_the_same_instance(orchestrator, ndwi_endpoint, scene_512, tmp_path):
+    run = orchestrator.stub.LaunchRun(water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out"]))
+    assert orchestrator.wait(run.id).state == c.RUN_STATE_SUCCEEDED
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator_svc.ui", "--host", "127.0.0.1", "--port", str(port)],
+        env=orchestrator.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        query = '{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }'
+        while True:
+            try:
+                answer = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=5)
+                if answer.ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert ui.poll() is None, ui.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the Dagster UI did not answer"
+            time.sleep(0.5)
+        runs = answer.json()["data"]["runsOrError"]["results"]
+        [found] = [r for r in runs if r["runId"] == dagster_run_id(run.id)]
+        assert found["status"] == "SUCCESS"
+        assert {"key": "constellation/run_id", "value": run.id} in found["tags"]
+    finally:
+        ui.terminate()
+        ui.wait(20)
