@@ -4,7 +4,7 @@
 SQLite storage under DAGSTER_HOME by default, PostgreSQL (dagster-postgres)
 when a URL is configured; the run launcher is ours (a worker process per
 run, see launcher.py), so a run terminated from the Dagster UI is stopped the
-same way CancelRun stops it; telemetry is off.
+same way CancelRun stops it; step stdout/stderr capture and telemetry are off.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def instance_config(settings: OrchestratorSettings) -> dict:
                 "keep_scratch": settings.keep_scratch,
             },
         },
+        # Steps log through Dagster's event log (and the worker's own log file); capturing their stdout and
+        # stderr would add two `tail -F` and two watcher processes per step for output they do not write.
+        "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"},
         "telemetry": {"enabled": False},
     }
 

@@ -44,6 +44,7 @@ class OrchestratorServer(MeshServer):
 
 
 def build(settings: config.Settings, env: dict[str, str] | None = None) -> OrchestratorServer:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Dagster's storage migrations at every start
     own = orchestrator_settings.load(dict(os.environ) if env is None else env)
     instance = open_instance(own)
     runs = RunManager(instance, own)

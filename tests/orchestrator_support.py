@@ -171,8 +171,8 @@ def ndwi_endpoint(tmp_path_factory) -> Iterator[ModelEndpoint]:  # type: ignore[
 
 @pytest.fixture
 def slow_endpoint(tmp_path) -> Iterator[ModelEndpoint]:  # type: ignore[no-untyped-def]
-    """NDWI at 0.25 s per request: slow enough to act on a run mid-step."""
-    endpoint = ModelEndpoint(slow_model_dir(tmp_path / "slow-ndwi", 0.25), tmp_path).start()
+    """NDWI at 0.4 s per request: slow enough to act on a run mid-step (9 tiles one at a time: ~3.6 s)."""
+    endpoint = ModelEndpoint(slow_model_dir(tmp_path / "slow-ndwi", 0.4), tmp_path).start()
     yield endpoint
     endpoint.stop()
 

@@ -202,7 +202,7 @@ def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slo
     assert not any(e.type == E.RUN_EVENT_TYPE_OUTPUT for e in events)
     final = orchestrator.stub.GetRun(pb.GetRunRequest(id=run.id))
     assert final.state == c.RUN_STATE_CANCELED and not final.outputs
-    assert not (tmp_path / "out").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
     assert rpc_error(orchestrator.stub.CancelRun, pb.CancelRunRequest(id=run.id)).code() == grpc.StatusCode.FAILED_PRECONDITION
     dagster_run = orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id))
