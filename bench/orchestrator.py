@@ -40,7 +40,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-import numpy as np  # noqa: E402
 
 from constellation.common.v1 import common_pb2 as c  # noqa: E402
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb  # noqa: E402

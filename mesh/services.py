@@ -1,4 +1,4 @@
-"""The mesh's public services: names, generated stubs, and honest UNIMPLEMENTED placeholders."""
+"""The mesh's public services: names, generated stubs, and client channel options."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from constellation.agent.v1 import agent_pb2, agent_pb2_grpc
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from mesh.errors import Unimplemented
 from mesh.server import Registration
 
 # service -> (full gRPC service name, generated module with the servicer base and add_*_to_server)
@@ -29,26 +28,6 @@ def registration(service: str, servicer: object, **kwargs: object) -> Registrati
     short = full_name.rsplit(".", 1)[-1]
     add = getattr(module, f"add_{short}Servicer_to_server")
     return Registration([full_name], lambda server: add(servicer, server), **kwargs)  # type: ignore[arg-type]
-
-
-def placeholder_registration(service: str, pending: str) -> Registration:
-    """A servicer whose every RPC answers UNIMPLEMENTED, saying what has not landed yet."""
-    full_name, module = SERVICES[service]
-    short = full_name.rsplit(".", 1)[-1]
-    base = getattr(module, f"{short}Servicer")
-    descriptor = next(
-        d.services_by_name[short] for d in (core_pb2.DESCRIPTOR, hosting_pb2.DESCRIPTOR, orchestrator_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
-        if short in d.services_by_name
-    )
-
-    def unimplemented(method: str):  # type: ignore[no-untyped-def]
-        def handler(self, request, context):  # type: ignore[no-untyped-def]
-            raise Unimplemented(f"{short}.{method} is not implemented yet: {pending}")
-
-        return handler
-
-    servicer_class = type(f"Pending{short}", (base,), {m.name: unimplemented(m.name) for m in descriptor.methods})
-    return registration(service, servicer_class())
 
 
 def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, int]]:

@@ -185,18 +185,3 @@ def test_sigterm_lets_in_flight_rpcs_finish_then_exits_cleanly(tmp_path):
         process.wait()
     assert '"msg": "draining"' in process.stderr.read()
 
-
-def test_placeholder_services_answer_unimplemented_with_what_is_pending(tmp_path):
-    from constellation.agent.v1 import agent_pb2, agent_pb2_grpc
-    from mesh.services import placeholder_registration
-
-    settings = config.load("agent", {**service_env(tmp_path), "CONSTELLATION_AGENT_PORT": "0", "CONSTELLATION_AGENT_METRICS_PORT": "0"})
-    server = MeshServer(settings, [placeholder_registration("agent", "planning lands later")])
-    server.start()
-    try:
-        with insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            error = rpc_error(agent_pb2_grpc.AgentServiceStub(channel).Recommend, agent_pb2.RecommendRequest(prompt="water"))
-    finally:
-        server.stop(0)
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert error.details() == "AgentService.Recommend is not implemented yet: planning lands later"
