@@ -39,23 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
 from constellation.hosting.v1 import hosting_pb2  # noqa: E402
+from model_infer import NDWI4  # noqa: E402  (the same 4-band NDWI model the runtime benchmark uses)
 from model_runtime.client import InferenceClient  # noqa: E402
 from model_runtime.memory import tune_malloc  # noqa: E402
 from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402
 
 OPTIONS = [("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)]
-NDWI4 = '''
-import numpy as np
-
-class Ndwi4:
-    """NDWI from 4-band tiles (blue, green, red, nir)."""
-
-    def predict(self, batch):
-        green, nir = batch[:, 1:2], batch[:, 3:4]
-        total = green + nir
-        ndwi = np.divide(green - nir, total, out=np.zeros_like(total), where=total != 0)
-        return 1.0 / (1.0 + np.exp(-10.0 * ndwi, dtype=np.float32))
-'''
 
 
 def make_ndwi4(folder: Path) -> Path:
