@@ -100,13 +100,16 @@ class CoreCatalog:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, what: str, call: Callable[[], T]) -> T:
+    def _call(self, what: str, call: Callable[[], T], lookup: bool = False) -> T:
+        """Core down -> Unavailable; core refusing -> FailedPrecondition, or LookupFailed for a tool call."""
         try:
             return call()
         except grpc.RpcError as error:
             code = error.code()  # type: ignore[attr-defined]
             if code in DOWN:
                 raise Unavailable(f"core at {self.address} does not answer ({what}: {code.name}); try again shortly") from None
+            if lookup:
+                raise LookupFailed(f"{code.name}: {error.details()}") from None  # type: ignore[attr-defined]
             raise FailedPrecondition(f"core refused {what}: {code.name}: {error.details()}") from None  # type: ignore[attr-defined]
 
     def check(self) -> None:
@@ -167,13 +170,7 @@ class CoreCatalog:
         return self._lookup("GetModel", lambda: self._core.GetModel(core_pb2.GetModelRequest(id=model_id), timeout=self.timeout_s))
 
     def _lookup(self, what: str, call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except grpc.RpcError as error:
-            code = error.code()  # type: ignore[attr-defined]
-            if code in DOWN:
-                raise Unavailable(f"core at {self.address} does not answer ({what}: {code.name}); try again shortly") from None
-            raise LookupFailed(f"{code.name}: {error.details()}") from None  # type: ignore[attr-defined]
+        return self._call(what, call, lookup=True)
 
 
 class LookupFailed(Exception):
