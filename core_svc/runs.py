@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
@@ -31,18 +30,15 @@ from core_svc.catalog import Catalog, Page, parse_filter, spec_from_json, spec_t
 from core_svc.domain import RUN_STATES, TERMINAL, Model, Run
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.ids import new_id
+from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target
 from mesh.services import insecure_channel
 
 log = logging.getLogger("core.runs")
 
 E = common.RunEventType
 S = common.RunState
-D = hosting_pb2.DeploymentState
 STATES = {name: convert.run_state_to_proto(name) for name in RUN_STATES}
 STATE_NAMES = {v: k for k, v in STATES.items()}
-# Hosting states a deployment passes through on its own; core waits them out.
-HOSTING_BUSY = (D.DEPLOYMENT_STATE_PACKAGING, D.DEPLOYMENT_STATE_BUILDING, D.DEPLOYMENT_STATE_VALIDATING,
-                D.DEPLOYMENT_STATE_PUSHING, D.DEPLOYMENT_STATE_DEPLOYING)  # fmt: skip
 
 
 def _now() -> datetime:
@@ -494,102 +490,28 @@ class Deployment:
 
     def __init__(self, driver: RunDriver, model: Model, block_id: str) -> None:
         self.driver, self.model, self.block_id = driver, model, block_id
-        self.hosting, self.settings = driver.runs.hosting, driver.settings
-        self.label = _model_label(model)
-        self.deadline = time.monotonic() + self.settings.deploy_timeout_s
-
-    def _call(self, method, request):  # type: ignore[no-untyped-def]
-        try:
-            return method(request, timeout=self.settings.peer_timeout_s, metadata=self.settings.metadata)
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.UNAVAILABLE:
-                raise StageFailed("hosting", f"hosting is unreachable at {self.settings.hosting_address}: {error.details()}") from None
-            raise
-
-    def find(self) -> hosting_pb2.ModelStatus | None:
-        token = ""
-        while True:
-            page = self._call(self.hosting.ListModels, hosting_pb2.ListModelsRequest(page_size=200, page_token=token))
-            for status in page.models:
-                if status.model_name == self.model.name and status.model_version == self.model.version:
-                    return status
-            token = page.next_page_token
-            if not token:
-                return None
 
     def ensure(self) -> hosting_pb2.ModelStatus:
-        status = self.find()
-        if status is not None and status.state in HOSTING_BUSY:
-            self.driver.emit(E.RUN_EVENT_TYPE_DEPLOYMENT, f"{self.label} is {D.Name(status.state)[17:].lower()} on hosting; waiting", "hosting", self.block_id)
-            status = self.follow(status, status.last_updated, (D.DEPLOYMENT_STATE_READY, D.DEPLOYMENT_STATE_HEALTHY, D.DEPLOYMENT_STATE_UNHEALTHY, D.DEPLOYMENT_STATE_FAILED))
-        if status is not None and status.state == D.DEPLOYMENT_STATE_HEALTHY:
-            self.driver.emit(E.RUN_EVENT_TYPE_DEPLOYMENT, f"{self.label} is already serving at {', '.join(e.address for e in status.endpoints)}", "hosting", self.block_id)
-            return status
-        packaged = False
-        if status is None or status.state == D.DEPLOYMENT_STATE_DELETED:
-            status, packaged = self.package(), True
-        try:
-            status = self.deploy(status)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.FAILED_PRECONDITION or packaged:
-                raise StageFailed("hosting", f"{self.label} could not be deployed: {error.details()}") from None
-            status = self.deploy(self.package())  # its last packaging failed or is gone: package it again
-        return status
+        driver, model, catalog = self.driver, self.model, self.driver.runs.catalog
 
-    def package(self) -> hosting_pb2.ModelStatus:
-        request = hosting_pb2.PackageModelRequest(model_name=self.model.name, model_version=self.model.version)
-        source = self.model.source
-        if source.startswith("hf://"):
-            request.hugging_face_id = source
-        elif source.startswith(("https://", "http://", "git@")):
-            url, _, branch = source.partition("#")
-            request.git.CopyFrom(hosting_pb2.GitSource(repo_url=url, branch=branch))
-        else:
-            request.local_path = source.removeprefix("file://")
-        card = self.model.card
-        request.model_card.CopyFrom(common.ModelCard(description=card.description, data_used=card.data_used, license=card.license,
-                                                     dependencies=card.dependencies, metrics=card.metrics))  # fmt: skip
-        self.driver.runs.catalog.set_model_state(self.model.id, "packaging", "")
-        try:
-            status = self._call(self.hosting.PackageModel, request)
-        except grpc.RpcError as error:
-            self.driver.runs.catalog.set_model_state(self.model.id, "failed", error.details())
-            raise StageFailed("hosting", f"{self.label} could not be packaged: {error.details()}") from None
-        status = self.follow(status, status.last_updated, (D.DEPLOYMENT_STATE_READY, D.DEPLOYMENT_STATE_FAILED))
-        if status.state == D.DEPLOYMENT_STATE_FAILED:
-            self.driver.runs.catalog.set_model_state(self.model.id, "failed", status.state_message)
-            raise StageFailed("hosting", f"{self.label} failed to package: {status.state_message}")
-        self.driver.runs.catalog.set_model_state(self.model.id, "ready", "")
-        return status
+        def on_event(kind: str, message: str) -> None:
+            driver.emit(E.RUN_EVENT_TYPE_LOG if kind == "log" else E.RUN_EVENT_TYPE_DEPLOYMENT, message, "hosting", self.block_id)
 
-    def deploy(self, status: hosting_pb2.ModelStatus) -> hosting_pb2.ModelStatus:
-        request = hosting_pb2.DeployModelRequest(model_id=status.model_id, replicas=1)
-        status = self._call(self.hosting.DeployModel, request)
-        status = self.follow(status, status.last_updated, (D.DEPLOYMENT_STATE_HEALTHY, D.DEPLOYMENT_STATE_FAILED))
-        if status.state == D.DEPLOYMENT_STATE_FAILED:
-            raise StageFailed("hosting", f"{self.label} failed to deploy: {status.state_message}")
-        return status
-
-    def follow(self, status: hosting_pb2.ModelStatus, since: Timestamp, until: tuple[int, ...]) -> hosting_pb2.ModelStatus:
-        """Forward hosting's events from `since` on until the model reaches a state in `until`; its status then."""
-        self.driver._check_canceled()  # noqa: SLF001
-        request = hosting_pb2.WatchDeploymentRequest(model_id=status.model_id)
-        remaining = self.deadline - time.monotonic()
-        call = self.hosting.WatchDeployment(request, timeout=max(remaining, 1.0), metadata=self.settings.metadata)
+        deployer = ModelDeployer(
+            driver.runs.hosting,
+            Target(model.name, model.version, model.source, convert.model_to_proto(model).card),
+            DeployHooks(
+                on_event=on_event,
+                on_model_state=lambda state, message: catalog.set_model_state(model.id, state, message),
+                check=driver._check_canceled,  # noqa: SLF001
+                track=driver._stream,  # noqa: SLF001
+            ),
+            hosting_address=driver.settings.hosting_address,
+            metadata=driver.settings.metadata,
+            timeout_s=driver.settings.deploy_timeout_s,
+            peer_timeout_s=driver.settings.peer_timeout_s,
+        )
         try:
-            for update_ in self.driver._stream(call):  # noqa: SLF001 - the driver tracks the streams it may break
-                if update_.time.ToNanoseconds() < since.ToNanoseconds():
-                    continue  # history from before this step
-                if update_.log_line:
-                    self.driver.emit(E.RUN_EVENT_TYPE_LOG, update_.log_line, "hosting", self.block_id)
-                    continue
-                state = D.Name(update_.state)[len("DEPLOYMENT_STATE_"):].lower()
-                self.driver.emit(E.RUN_EVENT_TYPE_DEPLOYMENT, f"{self.label} {state}: {update_.message}", "hosting", self.block_id)
-                if update_.state in until:
-                    return self._call(self.hosting.GetModelStatus, hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
-        except grpc.RpcError as error:
-            self.driver._check_canceled()  # noqa: SLF001 - a cancel breaks the stream on purpose
-            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise StageFailed("hosting", f"{self.label} was not deployed within {self.settings.deploy_timeout_s:.0f} s") from None
-            raise StageFailed("hosting", f"lost {self.label}'s deployment stream: {error.details()}") from None
-        raise StageFailed("hosting", f"{self.label}'s deployment stream ended before it was deployed")
+            return deployer.ensure()
+        except DeployFailed as failure:
+            raise StageFailed("hosting", str(failure)) from None
