@@ -284,3 +284,45 @@ def test_cancel_reaches_the_orchestrator_and_ends_the_stream(local_mesh, tmp_pat
     assert not any(e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED and e.block_id == "water" for e in seen), "the model step was not stopped"
     listed = client.core.ListRuns(core_pb2.ListRunsRequest(filter='state = "canceled"')).runs
     assert run.id in [r.id for r in listed]
+
+
+# --------------------------------------------------------------------------- the same job by hand, with the CLI
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "constellation"), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_cli_does_each_step_by_hand_with_json(local_mesh, tmp_path):
+    env = local_mesh["env"]
+    added = cli(env, "datasets", "add", "olinda-cli", str(SCENE), "--bands", "blue,green,red,nir,swir1,swir2", "--sensor", "landsat-7", "--json")
+    assert added.returncode == 0, added.stderr
+    dataset = json.loads(added.stdout)
+    assert dataset["name"] == "olinda-cli" and dataset["resolution_m"] == pytest.approx(28.5)
+    again = cli(env, "datasets", "add", "olinda-cli", str(SCENE), "--bands", "blue,green,red,nir,swir1,swir2")
+    assert again.returncode == 1 and "ALREADY_EXISTS" in again.stderr and "olinda-cli" in again.stderr
+    wrong = cli(env, "datasets", "add", "olinda-3", str(SCENE), "--bands", "green,nir")
+    assert wrong.returncode == 2 and "6 band(s)" in wrong.stderr
+    registered = cli(env, "models", "register", str(model_variant(tmp_path, "cli-water", (NDWI / "model.py").read_text())), "--json")
+    assert registered.returncode == 0, registered.stderr
+    deployed = cli(env, "models", "deploy", "cli-water", "--runtime", "local", "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    assert json.loads(deployed.stdout)["state"] == "DEPLOYMENT_STATE_HEALTHY"
+    listed = json.loads(cli(env, "models", "list", "--json").stdout)
+    assert next(m for m in listed if m["name"] == "cli-water")["deployment"] == "healthy"
+    planned = cli(env, "plan", "map surface water with cli-water in olinda-cli", "--save", "cli-plan", "--json")
+    assert planned.returncode == 0, planned.stderr
+    pipeline_id = json.loads(planned.stdout)["pipeline_id"]
+    ran = cli(env, "run", pipeline_id, "--json")
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr
+    lines = ran.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["state"] == "succeeded" and len(lines) > 10  # one JSON event per line, then the report
+    fetched = cli(env, "runs", "outputs", report["run_id"], "--dest", str(tmp_path / "out"), "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    assert {Path(r["path"]).suffix for r in json.loads(fetched.stdout)} == {".tif", ".png", ".geojson"}
+    assert all(Path(r["path"]).is_file() for r in json.loads(fetched.stdout))
+    done = cli(env, "runs", "cancel", report["run_id"])
+    assert done.returncode == 1 and "FAILED_PRECONDITION" in done.stderr and "already ended" in done.stderr
+    missing = cli(env, "runs", "watch", "run_nope")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
