@@ -326,3 +326,17 @@ def test_the_cli_does_each_step_by_hand_with_json(local_mesh, tmp_path):
     assert done.returncode == 1 and "FAILED_PRECONDITION" in done.stderr and "already ended" in done.stderr
     missing = cli(env, "runs", "watch", "run_nope")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_the_readme_sdk_example_runs_as_written(local_mesh, capsys):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("The same flow with the SDK:") :]
+    code = section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python\n"))]
+    gateway = mesh_process.read_state(mesh_process.MeshPaths(Path(local_mesh["env"]["CONSTELLATION_HOME"])))["processes"]["gateway"]["address"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        exec(compile(code.replace('Client("localhost:8080")', f'Client("{gateway}")'), "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    assert "succeeded {" in capsys.readouterr().out
