@@ -340,3 +340,30 @@ def test_the_readme_sdk_example_runs_as_written(local_mesh, capsys):
     finally:
         os.chdir(cwd)
     assert "succeeded {" in capsys.readouterr().out
+
+
+def test_a_restarted_core_resumes_the_run_and_its_stream(local_mesh, tmp_path):
+    """Core stops mid-run (SIGTERM, as in an upgrade); a new core picks the run up where the stream left off."""
+    client, env = local_mesh["client"], local_mesh["env"]
+    pipeline = water_pipeline(local_mesh, "slow-restart", model_variant(tmp_path, "steady-water", SLOW_MODEL, tile_size=64), tile=64)
+    run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+    seen: list[c.RunEvent] = []
+    for event in client.core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id)):
+        seen.append(event)
+        if event.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and event.progress.done > 0:
+            break
+    paths = mesh_process.MeshPaths(Path(env["CONSTELLATION_HOME"]))
+    state = mesh_process.read_state(paths)
+    assert mesh_process._stop_pid(state["processes"]["core"]["pid"], 15.0)  # noqa: SLF001
+    with open(paths.logs / "core.log", "ab") as log:
+        core = subprocess.Popen([sys.executable, "-m", "core_svc"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    state["processes"]["core"]["pid"] = core.pid
+    paths.state.write_text(json.dumps(state))  # so the fixture's `down` stops the new core
+    wait_until(lambda: Client(state["processes"]["core"]["address"]).serving(), 60, "the new core")
+    report = watch.follow(client.core, run.id, spec=pipeline.spec)  # through the gateway, from the start
+    assert report.state == "succeeded", report.as_dict()
+    events = list(client.core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id)))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[: len(seen)] == seen, "what was streamed before the restart is replayed unchanged"
+    steps = [e.block_id for e in events if e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED]
+    assert sorted(steps) == sorted({b.id for b in pipeline.spec.blocks}), "every step once: no orchestrator event lost or doubled"
