@@ -162,7 +162,7 @@ def test_onnx_model_is_built_with_onnxruntime_and_answers_like_in_process(hostin
     address = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id)).endpoints[0].address
 
     example = np.load(folder / "example_input.npy")
-    tiles = np.concatenate([example, np.random.default_rng(8).uniform(0, 255, example.shape).astype(np.float32)])
+    tiles = np.concatenate([example, np.random.default_rng(8).integers(0, 256, example.shape, dtype=np.uint8)])
     with InferenceClient(address) as client:
         served = client.infer("water-mlp", tiles, timeout=60)["water_probability"]
     session = onnxruntime.InferenceSession(str(folder / "water_mlp.onnx"), providers=["CPUExecutionProvider"])

@@ -15,6 +15,8 @@ from onnx import numpy_helper
 
 from constellation.hosting.v1 import hosting_pb2
 from model_runtime.client import InferenceClient
+from orchestrator_svc import blocks
+from orchestrator_svc.inference_client import InferenceClient as PipelineClient
 from model_runtime.manifest import load_manifest
 from scripts.make_scenes import make_scene
 from tests.hosting_support import ROOT, STATE, HostingUnderTest
@@ -46,21 +48,22 @@ def card() -> dict:
 
 def scene_digital_numbers() -> np.ndarray:
     with rasterio.open(SCENE) as scene:
-        return scene.read().astype(np.float32)
+        return scene.read()
 
 
 def test_manifest_declares_six_bands_tiles_and_one_probability_channel():
     manifest = load_manifest(WATER_MLP)
     assert manifest.bands == ("blue", "green", "red", "nir", "swir1", "swir2")
-    assert manifest.input_shape == (6, 256, 256) and manifest.dtype == "FP32"
+    assert manifest.input_shape == (6, 256, 256) and manifest.dtype == "UINT8"
     assert manifest.value_range == (0.0, 255.0)
     assert [(o.name, o.dtype, o.shape) for o in manifest.outputs] == [("water_probability", "FP32", (1, 256, 256))]
     assert any(r.startswith("onnxruntime") for r in manifest.requirements)
-    assert np.load(WATER_MLP / manifest.example_input).shape == (1, 6, 256, 256)
+    example = np.load(WATER_MLP / manifest.example_input)
+    assert example.shape == (1, 6, 256, 256) and example.dtype == np.uint8
 
 
 def test_predict_gives_one_probability_per_pixel_and_tiles_do_not_interact(model):
-    tiles = np.random.default_rng(5).uniform(0, 255, size=(3, 6, 256, 256)).astype(np.float32)
+    tiles = np.random.default_rng(5).integers(0, 256, size=(3, 6, 256, 256), dtype=np.uint8)
     tiles.setflags(write=False)  # the runtime hands predict() a read-only view of the request bytes
     out = model.predict(tiles)
     assert out.shape == (3, 1, 256, 256) and out.dtype == np.float32
@@ -70,7 +73,7 @@ def test_predict_gives_one_probability_per_pixel_and_tiles_do_not_interact(model
 
 def test_heldout_accuracy_meets_the_model_card(model, card):
     scene = scene_digital_numbers()
-    green, nir, swir1 = scene[1], scene[3], scene[4]
+    green, nir, swir1 = scene[1].astype(np.float64), scene[3], scene[4]
     truth = ((green - nir) / (green + nir) > 0) & ((green - swir1) / (green + swir1) > 0)  # NDWI > 0 and MNDWI > 0
     water = model.predict(scene[None])[0, 0] > 0.5
     accuracy = float(np.mean(water[HELDOUT_ROWS] == truth[HELDOUT_ROWS]))
@@ -99,7 +102,7 @@ def test_training_reproduces_the_committed_model_and_card(tmp_path, card):
 def test_local_runtime_serves_what_onnxruntime_computes_in_process(model, tmp_path):
     scene = make_scene(2048, tmp_path / "scene.tif")
     with rasterio.open(scene) as src:  # two tiles from the mirrored part of the mosaic
-        tiles = np.stack([src.read(window=rasterio.windows.Window(c, 1024, 256, 256)) for c in (256, 512)]).astype(np.float32)
+        tiles = np.stack([src.read(window=rasterio.windows.Window(c, 1024, 256, 256)) for c in (256, 512)])
     hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
     try:
         status = hosting.package(WATER_MLP, name="water-mlp")
@@ -109,11 +112,26 @@ def test_local_runtime_serves_what_onnxruntime_computes_in_process(model, tmp_pa
         deployed = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=packaged[-1].sequence)
         assert deployed[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), deployed[-1].message
         current = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
-        with InferenceClient(current.endpoints[0].address) as client:
+        address = current.endpoints[0].address
+        with InferenceClient(address) as client:
             served = client.infer("water-mlp", tiles, timeout=60)["water_probability"]
         expected = model.predict(tiles)
         assert served.shape == (2, 1, 256, 256)
         np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
         assert 0.05 < (served > 0.5).mean() < 0.95, "the tiles hold both water and land"
+
+        # The orchestrator's own path: its reader yields float32 digital numbers, its client sends the declared UINT8.
+        bands = list(load_manifest(WATER_MLP).bands)
+        grid = blocks.TileGrid.for_scene(2048, 2048, 256, 0)
+        with (
+            blocks.TileReader(blocks.inspect_scene(str(scene), bands), grid, bands, blocks.Normalizer.build("none", bands, {}), "UINT8") as reader,
+            PipelineClient([address], "water-mlp", input_dtype="UINT8", output_name="water_probability") as pipeline,
+        ):
+            pipeline.describe()
+            indices = [4 * len(grid.xs) + 1, 4 * len(grid.xs) + 2]  # the tiles at row 1024, columns 256 and 512
+            np.testing.assert_array_equal(reader.read(indices), tiles)
+            np.testing.assert_allclose(pipeline.infer(reader.read(indices)), expected, rtol=0, atol=1e-6)
     finally:
+        for hosted in hosting.hosting.list():
+            hosting.hosting.delete(hosted.id)  # stops the model process
         hosting.close()

@@ -51,8 +51,7 @@ class WaterMlp:
         )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 6, H, W) FP32 digital numbers [blue, green, red, nir, swir1, swir2] -> (N, 1, H, W) p(water)."""
+        """(N, 6, H, W) uint8 digital numbers [blue, green, red, nir, swir1, swir2] -> (N, 1, H, W) float32 p(water)."""
         if self._session is None:
             raise RuntimeError("load() has not run")
-        tiles = np.ascontiguousarray(batch, dtype=np.float32)
-        return self._session.run([OUTPUT_NAME], {INPUT_NAME: tiles})[0]
+        return self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})[0]
