@@ -57,10 +57,26 @@ def run_demo(env: dict[str, str], *args: str) -> dict:
     return {**json.loads(result.stdout[start : end + 2]), "stdout": result.stdout}
 
 
+def processes_of(home: Path) -> list[str]:
+    """Command lines of live processes started for the mesh in `home` (services, run workers, model replicas)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (str(home) in cmdline or f"CONSTELLATION_HOME={home}".encode() in environ):
+            found.append(cmdline)
+    return found
+
+
 @pytest.fixture(scope="module")
 def local_mesh(tmp_path_factory):
     """A mesh whose hosting has no Docker engine: models run as local processes."""
-    env = mesh_env(tmp_path_factory.mktemp("local-mesh"), docker=False)
+    home = tmp_path_factory.mktemp("local-mesh")
+    env = mesh_env(home, docker=False)
     state = mesh_process.up(env)
     try:
         with Client(state["processes"]["gateway"]["address"]) as client:
@@ -68,6 +84,7 @@ def local_mesh(tmp_path_factory):
             yield {"env": env, "client": client}
     finally:
         mesh_process.down(env)
+    assert not processes_of(home), f"`constellation down` left processes behind: {processes_of(home)}"
 
 
 def independent_water(path: Path, model: str) -> np.ndarray:
