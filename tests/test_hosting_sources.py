@@ -13,6 +13,7 @@ import yaml
 
 from constellation.hosting.v1 import hosting_pb2
 from hosting_svc import images
+from hosting_svc.runtimes.docker import LABEL_OWNER
 from tests.hosting_support import NDWI, STATE, HostingUnderTest, require_docker
 
 pytestmark = pytest.mark.timeout(900)
@@ -83,11 +84,14 @@ def test_a_restarted_hosting_adopts_serving_replicas_and_removes_orphans(hosting
     hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id))
     hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"))
     engine = docker.from_env()
-    orphan = engine.containers.run(
-        status.image, ["sleep", "300"], detach=True, network_mode="none",
-        labels={images.LABEL_MODEL: "hm_forgotten", images.LABEL_ROLE: "replica"},
-    )
     home = hosting.env["CONSTELLATION_HOME"]
+
+    def replica(owner: str):  # type: ignore[no-untyped-def]
+        labels = {images.LABEL_MODEL: "hm_forgotten", images.LABEL_ROLE: "replica", LABEL_OWNER: owner}
+        return engine.containers.run(status.image, ["sleep", "300"], detach=True, network_mode="none", labels=labels)
+
+    orphan = replica(str(Path(home) / "hosting"))
+    neighbours = replica("/elsewhere/another-mesh/hosting")  # another mesh's hosting on the same engine
     second = HostingUnderTest(Path(home))  # a second hosting on the same state, as after a restart
     try:
         adopted = second.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
@@ -95,5 +99,7 @@ def test_a_restarted_hosting_adopts_serving_replicas_and_removes_orphans(hosting
         assert "adopted 1 running replica" in second.hosting.store.events(status.model_id)[-1].message
         with pytest.raises(docker.errors.NotFound):
             engine.containers.get(orphan.id)
+        assert engine.containers.get(neighbours.id).status in ("created", "running")
     finally:
         second.close()
+        neighbours.remove(force=True)

@@ -19,7 +19,7 @@ class SlowServicer(CoreServicer):
 
 settings = config.load("core")
 logs.configure("core", "INFO")
-server = MeshServer(settings, [registration("core", SlowServicer(None))])  # type: ignore[arg-type]
+server = MeshServer(settings, [registration("core", SlowServicer(None, None))])  # type: ignore[arg-type]
 original_start = server.start
 
 
