@@ -25,7 +25,7 @@ from agent_svc.ranking import RankIndex
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from mesh.errors import FailedPrecondition, Unavailable
-from mesh.services import insecure_channel
+from mesh.services import insecure_channel, with_api_key
 
 log = logging.getLogger("agent.catalog")
 T = TypeVar("T")
@@ -86,14 +86,15 @@ class Validation:
 
 
 class CoreCatalog:
-    def __init__(self, address: str, ttl_s: float = 5.0, timeout_s: float = 10.0, embedder: Embedder | None = None) -> None:
+    def __init__(self, address: str, ttl_s: float = 5.0, timeout_s: float = 10.0, embedder: Embedder | None = None, api_key: str = "") -> None:
         self.address = address
         self.embedder = embedder
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._channel = insecure_channel(address)
-        self._core = core_pb2_grpc.CoreServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        channel = with_api_key(self._channel, api_key)  # core checks it when the mesh has API keys
+        self._core = core_pb2_grpc.CoreServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
 

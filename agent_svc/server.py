@@ -13,7 +13,7 @@ from agent_svc.servicer import AgentServicer
 from agent_svc.settings import AgentSettings
 from mesh import config, logs
 from mesh.server import MeshServer
-from mesh.services import registration
+from mesh.services import registration, service_key
 
 log = logging.getLogger("agent")
 
@@ -22,7 +22,9 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshS
     env = dict(os.environ) if env is None else env
     agent_settings = AgentSettings.from_env(settings.peers["core"], settings.home, env)
     embedder = embeddings.load(agent_settings.embeddings)
-    catalog = CoreCatalog(agent_settings.core_address, agent_settings.catalog_ttl_s, agent_settings.core_timeout_s, embedder)
+    catalog = CoreCatalog(
+        agent_settings.core_address, agent_settings.catalog_ttl_s, agent_settings.core_timeout_s, embedder, service_key(settings.api_keys)
+    )
     offline = OfflinePlanner(catalog, agent_settings.export_uri)
     gemini = None
     if agent_settings.gemini is not None:

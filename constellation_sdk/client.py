@@ -12,21 +12,7 @@ from constellation.agent.v1 import agent_pb2_grpc
 from constellation.core.v1 import core_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2_grpc
-from mesh.services import channel_options
-
-
-class _AuthInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    def __init__(self, api_key: str) -> None:
-        self._header = ("authorization", f"Bearer {api_key}")
-
-    def _with_key(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return details._replace(metadata=[*(details.metadata or ()), self._header])  # type: ignore[attr-defined]
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return continuation(self._with_key(client_call_details), request)
-
-    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return continuation(self._with_key(client_call_details), request)
+from mesh.services import channel_options, with_api_key
 
 
 class Client:
@@ -40,7 +26,7 @@ class Client:
         self.gateway = gateway
         self._channel = grpc.insecure_channel(gateway, options=channel_options())
         api_key = api_key if api_key is not None else os.environ.get("CONSTELLATION_API_KEY", "")
-        channel = grpc.intercept_channel(self._channel, _AuthInterceptor(api_key)) if api_key else self._channel
+        channel = with_api_key(self._channel, api_key)
         self.core = core_pb2_grpc.CoreServiceStub(channel)
         self.hosting = hosting_pb2_grpc.HostingServiceStub(channel)
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)

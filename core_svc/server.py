@@ -15,7 +15,7 @@ from mesh import config, logs
 from mesh.db import create_db_engine
 from mesh.errors import DomainError, Unavailable
 from mesh.server import MeshServer
-from mesh.services import MESH_SERVICE_NAMES, registration
+from mesh.services import MESH_SERVICE_NAMES, registration, service_key
 
 log = logging.getLogger("core")
 
@@ -28,12 +28,12 @@ def translate_error(error: Exception) -> DomainError | None:
 
 def run_settings(settings: config.Settings, env: dict[str, str] | None = None) -> RunSettings:
     env = dict(os.environ if env is None else env)
-    admin_keys = [key for key, role in settings.api_keys.items() if role == "admin"]
+    key = service_key(settings.api_keys)
     return RunSettings(
         hosting_address=settings.peers["hosting"],
         orchestrator_address=settings.peers["orchestrator"],
         # Core calls hosting and orchestrator on the user's behalf; the mesh shares one key list.
-        metadata=(("authorization", f"Bearer {admin_keys[0]}"),) if admin_keys else (),
+        metadata=(("authorization", f"Bearer {key}"),) if key else (),
         deploy_timeout_s=float(env.get("CONSTELLATION_CORE_DEPLOY_TIMEOUT_S", "1800")),
     )
 

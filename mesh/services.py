@@ -39,3 +39,30 @@ def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str
 
 def insecure_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=channel_options())
+
+
+class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call."""
+
+    def __init__(self, api_key: str) -> None:
+        self._header = ("authorization", f"Bearer {api_key}")
+
+    def _with_key(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return details._replace(metadata=[*(details.metadata or ()), self._header])  # type: ignore[attr-defined]
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(client_call_details), request)
+
+
+def with_api_key(channel: grpc.Channel, api_key: str) -> grpc.Channel:
+    """`channel`, presenting `api_key` on every call when there is one."""
+    return grpc.intercept_channel(channel, _KeyInterceptor(api_key)) if api_key else channel
+
+
+def service_key(api_keys: dict[str, str]) -> str:
+    """The key a service presents to its peers when the mesh has API keys: the first admin key
+    (every service reads the same CONSTELLATION_API_KEYS)."""
+    return next((key for key, role in api_keys.items() if role == "admin"), "")

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import rasterio
@@ -190,6 +191,7 @@ def model_variant(tmp_path: Path, name: str, model_code: str, tile_size: int = 2
 
 SLOW_MODEL = '''
 import os, time
+import grpc
 import numpy as np
 
 class NdwiWater:
@@ -403,3 +405,21 @@ def test_a_restarted_core_resumes_the_run_and_its_stream(local_mesh, slow_models
     assert events[: len(seen)] == seen, "what was streamed before the restart is replayed unchanged"
     steps = [e.block_id for e in events if e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED]
     assert sorted(steps) == sorted({b.id for b in pipeline.spec.blocks}), "every step once: no orchestrator event lost or doubled"
+
+
+def test_the_demo_runs_on_a_mesh_with_api_keys(tmp_path):
+    """With CONSTELLATION_API_KEYS set, every hop needs a key: the user's to the gateway, and the services'
+    own to each other (agent -> core, core -> hosting and orchestrator)."""
+    env = {**mesh_env(tmp_path / "home", docker=False), "CONSTELLATION_API_KEYS": "admin-key,reader-key:reader"}
+    try:
+        summary = run_demo({**env, "CONSTELLATION_API_KEY": "admin-key"})
+        assert summary["state"] == "succeeded" and summary["water_pixels"] > 0
+        gateway = mesh_process.read_state(mesh_process.MeshPaths(tmp_path / "home"))["processes"]["gateway"]["address"]
+        with Client(gateway, api_key="reader-key") as reader:
+            assert reader.core.GetRun(core_pb2.GetRunRequest(id=summary["run_id"])).state == c.RUN_STATE_SUCCEEDED
+            pipeline_id = reader.core.GetRun(core_pb2.GetRunRequest(id=summary["run_id"])).pipeline_id
+            with pytest.raises(grpc.RpcError) as denied:
+                reader.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline_id))
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        mesh_process.down(env)
