@@ -44,10 +44,10 @@ lint: node_modules/.installed $(VENV)/.installed
 	else echo "no main branch with protos yet: skipping buf breaking"; fi
 	$(PY) scripts/gen_protos.py --check
 
-gen: $(VENV)/.installed
+gen: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/gen_protos.py
 
-check-gen: $(VENV)/.installed
+check-gen: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/gen_protos.py --check
 
 ## lock: re-resolve requirements.in into requirements.lock (needs uv: pip install uv, or UV=path/to/uv)
