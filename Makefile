@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 UV ?= uv
 
-.PHONY: setup demo up down status test lint gen check-gen lock bench dagster-ui clean
+.PHONY: setup web demo up down status test lint gen check-gen lock bench dagster-ui clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,15 @@ node_modules/.installed: package.json package-lock.json
 
 setup: $(VENV)/.installed node_modules/.installed
 
+## web: build the web console (web/dist), which the gateway serves at its address
+web: node_modules/.installed
+	npm run --silent build
+
 ## demo: start the mesh on embedded defaults and exercise the catalog through the gateway
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed web
 	$(PY) -m constellation_sdk.demo
 
-up: $(VENV)/.installed
+up: $(VENV)/.installed web
 	$(VENV)/bin/constellation up
 
 down: $(VENV)/.installed
@@ -33,8 +37,8 @@ down: $(VENV)/.installed
 status: $(VENV)/.installed
 	$(VENV)/bin/constellation status
 
-## test: the whole suite against real PostgreSQL, SQLite, Envoy, grpcurl and buf
-test: setup
+## test: the whole suite against real PostgreSQL, SQLite, Envoy, grpcurl, buf and headless Chromium (web console)
+test: setup web
 	$(PY) -m pytest
 
 lint: node_modules/.installed $(VENV)/.installed
@@ -63,4 +67,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/gateway_overhead.py
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) node_modules .pytest_cache web/dist test-artifacts

@@ -1,0 +1,64 @@
+import { render } from "preact";
+import { useEffect, useState } from "preact/hooks";
+import type { Model } from "../../gen/ts/constellation/core/v1/core_pb";
+import { type ConsoleConfig, loadConsoleConfig } from "./api";
+import { EMPTY_GRAPH, fromSpec, type Graph } from "./graph";
+import { Agent } from "./ui/Agent";
+import { Catalog, type CatalogData } from "./ui/Catalog";
+import { Boundary } from "./ui/common";
+import { Deployments } from "./ui/Deployments";
+import { Editor } from "./ui/Editor";
+import { Runs } from "./ui/Runs";
+import "./style.css";
+
+const TABS = ["catalog", "agent", "pipeline", "deployments", "runs"] as const;
+type Tab = (typeof TABS)[number];
+
+function App() {
+  const initial = location.hash.slice(1) as Tab;
+  const [tab, setTab] = useState<Tab>(TABS.includes(initial) ? initial : "catalog");
+  const [catalog, setCatalog] = useState<CatalogData>({ datasets: [], models: [] });
+  const [graph, setGraph] = useState<Graph>(EMPTY_GRAPH);
+  const [runId, setRunId] = useState<string | null>(null);
+  const [deployTarget, setDeployTarget] = useState<Model | null>(null);
+  const [config, setConfig] = useState<ConsoleConfig>({ outputsUri: "" });
+
+  useEffect(() => {
+    loadConsoleConfig().then(setConfig);
+  }, []);
+  useEffect(() => {
+    history.replaceState(null, "", `#${tab}`);
+  }, [tab]);
+
+  return (
+    <>
+      <header>
+        <h1>Constellation</h1>
+        <nav>
+          {TABS.map((t) => (
+            <button key={t} class={t === tab ? "tab active" : "tab"} onClick={() => setTab(t)} data-testid={`tab-${t}`}>
+              {t}
+            </button>
+          ))}
+        </nav>
+      </header>
+      <main>
+        <Boundary>
+          {/* The catalog stays mounted so the editor's pickers see what it loaded. */}
+          <div hidden={tab !== "catalog"}>
+            <Catalog onLoaded={setCatalog} onDeploy={(m) => { setDeployTarget(m); setTab("deployments"); }} />
+          </div>
+          {tab === "agent" && <Agent onAccept={(spec) => { setGraph(fromSpec(spec)); setTab("pipeline"); }} />}
+          {tab === "pipeline" && (
+            <Editor graph={graph} onChange={setGraph} catalog={catalog} exportUri={config.outputsUri} onStarted={(run) => { setRunId(run.id); setTab("runs"); }} />
+          )}
+          {tab === "deployments" && <Deployments catalogModel={deployTarget} />}
+          {tab === "runs" && <Runs runId={runId} config={config} onPick={setRunId} />}
+        </Boundary>
+      </main>
+    </>
+  );
+}
+
+window.addEventListener("unhandledrejection", (event) => console.error("unhandled", event.reason));
+render(<App />, document.getElementById("app")!);

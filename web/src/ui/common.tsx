@@ -1,0 +1,58 @@
+import { Component, type ComponentChildren } from "preact";
+import type { ServiceError } from "../errors";
+
+export function ErrorBox({ error, testId = "error" }: { error: ServiceError | null; testId?: string }) {
+  if (!error) return null;
+  return (
+    <div class="error" role="alert" data-testid={testId}>
+      <strong class="error-code">{error.code}</strong> <span class="error-message">{error.message}</span>
+      {error.violations.length > 0 && (
+        <ul>
+          {error.violations.map((v) => (
+            <li key={v.field}>
+              <code class="error-field">{v.field}</code>: {v.description}
+            </li>
+          ))}
+        </ul>
+      )}
+      {error.requestId && <div class="muted">request id {error.requestId}</div>}
+    </div>
+  );
+}
+
+/** Anything a component throws while rendering shows up here instead of a blank page. */
+export class Boundary extends Component<{ children: ComponentChildren }, { failure: string | null }> {
+  state = { failure: null as string | null };
+  componentDidCatch(error: unknown) {
+    this.setState({ failure: error instanceof Error ? `${error.message}\n${error.stack ?? ""}` : String(error) });
+  }
+  render() {
+    if (this.state.failure) {
+      return (
+        <div class="error" role="alert" data-testid="crash">
+          <strong>The console hit a bug.</strong> <button onClick={() => this.setState({ failure: null })}>Try again</button>
+          <pre>{this.state.failure}</pre>
+        </div>
+      );
+    }
+    return this.props.children;
+  }
+}
+
+export function Progress({ done, total, unit }: { done: number; total: number; unit: string }) {
+  const fraction = total > 0 ? Math.min(1, done / total) : 0;
+  return (
+    <div class="progress" title={`${done}${total ? ` of ${total}` : ""} ${unit}`}>
+      <div class={`progress-fill${total > 0 ? "" : " indeterminate"}`} style={{ width: `${total > 0 ? fraction * 100 : 100}%` }} />
+      <span class="progress-label">
+        {done}
+        {total > 0 ? ` / ${total}` : ""} {unit}
+      </span>
+    </div>
+  );
+}
+
+/** "SUCCEEDED" -> "succeeded" for a generated enum (protobuf-es drops the prefix). */
+export function enumLabel(values: Record<number, string>, value: number): string {
+  return (values[value] ?? "UNSPECIFIED").toLowerCase().replace(/_/g, " ");
+}
