@@ -109,7 +109,8 @@ def main() -> int:
             len(core.ListPipelines(core_pb2.ListPipelinesRequest()).pipelines),
         )
         print(f"catalog: {counts[0]} dataset(s), {counts[1]} model(s), {counts[2]} pipeline(s)")
-    print(f"\ntry:  .venv/bin/grpcurl -plaintext {gateway} list")
+    print(f"\nopen: http://{gateway}/   (the web console)")
+    print(f"try:  .venv/bin/grpcurl -plaintext {gateway} list")
     print("stop: make down")
     return 0
 
