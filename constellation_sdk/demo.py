@@ -1,118 +1,121 @@
-"""`make demo`: start the mesh on embedded defaults and walk the catalog through the gateway.
+"""`make demo`: map surface water in a real Landsat 7 scene, from a plain-language goal, through the gateway.
 
-Registers a sample scene and the NDWI water model, builds the water-mapping
-pipeline, validates it, and lists what the catalog holds, all through Envoy
-with the SDK. Running it again reuses what is already registered. (Deploying
-the model and running the pipeline join this flow as the hosting,
-orchestrator and end-to-end issues land.)
+1. starts the mesh on embedded defaults unless one is running (SQLite, local files, offline planner;
+   hosting uses Docker when an engine answers, local processes otherwise);
+2. registers the Olinda scene and every model folder under examples/models;
+3. asks the agent to plan "map surface water in the Olinda scene" and stores the plan as a pipeline;
+4. runs it: core deploys the model, the orchestrator tiles, infers, stitches, vectorizes and exports,
+   and the run's events stream here live;
+5. prints the output files and a summary: tiles, water area, time per stage.
+
+Running it again reuses what is registered and deployed. `--json` prints the summary as JSON.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
 
 import grpc
 
-from constellation.common.v1 import common_pb2
+from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
-from constellation_sdk import Client, mesh_process
+from constellation_sdk import Client, catalog, mesh_process, outputs, watch
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENE_URI = f"file://{ROOT / 'examples' / 'data' / 'L7_ETMs.tif'}"
+SCENE = ROOT / "examples" / "data" / "L7_ETMs.tif"
+MODELS = ROOT / "examples" / "models"
+PROMPT = "map surface water in the Olinda scene"
 
 
-def ensure(create, find):  # type: ignore[no-untyped-def]
-    """Create, or fetch the existing entry when the name is taken."""
-    try:
-        return create()
-    except grpc.RpcError as error:
-        if error.code() != grpc.StatusCode.ALREADY_EXISTS:
-            raise
-        return find()
-
-
-def main() -> int:
-    state = mesh_process.read_state(mesh_process.MeshPaths(mesh_process.config.home_dir()))
-    if not state or not mesh_process.status():
-        print(f"starting the mesh on embedded defaults (SQLite in {mesh_process.config.home_dir()})...")
+def start_mesh() -> str:
+    paths = mesh_process.MeshPaths(mesh_process.config.home_dir())
+    state = mesh_process.read_state(paths)
+    if not state or not all(part["serving"] for part in mesh_process.status().values()):
+        if state:
+            mesh_process.down()
+        print(f"starting the mesh on embedded defaults (state in {paths.home})...", flush=True)
         state = mesh_process.up()
-    gateway = state["processes"]["gateway"]["address"]
-    print(f"gateway: {gateway}")
+    return state["processes"]["gateway"]["address"]
+
+
+def register(client: Client, scene: Path) -> None:
+    dataset = catalog.scene_dataset(
+        scene, "olinda-landsat7", ["blue", "green", "red", "nir", "swir1", "swir2"], sensor="landsat-7",
+        description="Landsat 7 ETM+ over Olinda, Brazil: coast, ocean and rivers", tags=["coast", "water", "sample"],
+    )  # fmt: skip
+    dataset = catalog.ensure_dataset(client.core, dataset)
+    print(f"dataset  {dataset.id}  {dataset.name}: {dataset.sensor}, {len(dataset.bands)} bands, {dataset.resolution_m:g} m")
+    for folder in sorted(p.parent for p in MODELS.glob("*/constellation.yaml")):
+        model = catalog.ensure_model(client.core, catalog.model_from_folder(folder))
+        print(f"model    {model.id}  {model.name}:{model.version} reads {', '.join(model.input.bands)}")
+
+
+def plan(client: Client, prompt: str) -> core_pb2.Pipeline:
+    print(f'\nasking the agent: "{prompt}"')
+    answer = client.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt=prompt))
+    for kind, candidates in (("dataset", answer.recommendation.datasets), ("model", answer.recommendation.models)):
+        for rank, candidate in enumerate(candidates[:3], 1):
+            print(f"  {kind} #{rank} {candidate.name:<22} score {candidate.score:.2f}  {'; '.join(candidate.reasons[:2])}")
+    for reason in answer.rationale:
+        print(f"  plan: [{reason.block_id}] {reason.reason}")
+    check = client.core.ValidatePipeline(core_pb2.ValidatePipelineRequest(spec=answer.spec))
+    if not check.valid:
+        problems = "; ".join(f"{p.field}: {p.description}" for p in check.problems)
+        raise SystemExit(f"the agent's plan does not validate: {problems}")
+    digest = hashlib.sha256(answer.spec.SerializeToString(deterministic=True)).hexdigest()[:8]
+    pipeline = catalog.ensure_pipeline(client.core, f"olinda-water-{digest}", answer.spec, description=prompt)
+    print(f"pipeline {pipeline.id}  {pipeline.name}: {' -> '.join(check.topological_order)}")
+    return pipeline
+
+
+def summarize(report: watch.RunReport) -> dict:
+    summary = report.as_dict()
+    mask = next((o for o in report.run.outputs if o.media_type.startswith("image/tiff")), None)
+    path = outputs.local_path(mask.uri) if mask else None
+    if path is not None and path.exists():
+        summary["water_km2"], summary["water_pixels"] = outputs.mask_area_km2(path)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--scene", type=Path, default=SCENE, help="a 6-band Landsat 7 GeoTIFF (default: the Olinda sample)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
+    parser.add_argument("--live", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when stdout is a terminal)")
+    args = parser.parse_args(argv)
+    gateway = start_mesh()
+    print(f"gateway  {gateway}")
+    print(f"console  http://{gateway}/   (the web console: catalog, agent, pipeline editor, live runs)")
     with Client(gateway) as client:
         client.wait_ready()
-        core = client.core
-        dataset = ensure(
-            lambda: core.CreateDataset(
-                core_pb2.CreateDatasetRequest(
-                    dataset=core_pb2.Dataset(
-                        name="olinda-landsat7",
-                        description="Landsat 7 ETM+ over Olinda, Brazil: coast, ocean and rivers",
-                        uri=SCENE_URI,
-                        sensor="landsat-7",
-                        bands=["blue", "green", "red", "nir", "swir1", "swir2"],
-                        resolution_m=28.5,
-                        tags=["coast", "water", "sample"],
-                    )
-                )
-            ),
-            lambda: core.ListDatasets(core_pb2.ListDatasetsRequest(filter='name = "olinda-landsat7"')).datasets[0],
-        )
-        model = ensure(
-            lambda: core.RegisterModel(
-                core_pb2.RegisterModelRequest(
-                    model=core_pb2.Model(
-                        name="ndwi-water",
-                        version="1.0.0",
-                        task=common_pb2.MODEL_TASK_SEGMENTATION,
-                        source=str(ROOT / "examples" / "models" / "ndwi-water"),
-                        card=common_pb2.ModelCard(description="Surface water from green and NIR (NDWI)", dependencies=["numpy"]),
-                        input=common_pb2.ModelInputSpec(bands=["green", "nir"], tile_size_px=256, dtype="FP32", value_min=0, value_max=1),
-                        outputs=[common_pb2.ModelOutputSpec(name="water_probability", dtype="FP32", shape=[1, 256, 256])],
-                        tags=["water"],
-                    )
-                )
-            ),
-            lambda: core.ListModels(core_pb2.ListModelsRequest(filter='name = "ndwi-water" AND version = "1.0.0"')).models[0],
-        )
-        out = f"file://{mesh_process.config.home_dir() / 'outputs'}"
-        spec = common_pb2.PipelineSpec(
-            blocks=[
-                common_pb2.Block(id="scene", label="Olinda scene", dataset=common_pb2.DatasetBlock(dataset_id=dataset.id, bands=["green", "nir"])),
-                common_pb2.Block(id="tiles", tile=common_pb2.TileBlock(tile_size_px=256, overlap_px=16, normalization=common_pb2.NORMALIZATION_REFLECTANCE)),
-                common_pb2.Block(id="water", model=common_pb2.ModelBlock(model_id=model.id, batch_size=8)),
-                common_pb2.Block(id="mosaic", stitch=common_pb2.StitchBlock(blend=common_pb2.BLEND_MODE_MEAN)),
-                common_pb2.Block(id="polygons", vectorize=common_pb2.VectorizeBlock(threshold=0.5, simplify_tolerance_m=30)),
-                common_pb2.Block(id="export", export=common_pb2.ExportBlock(uri=out)),
-            ],
-            edges=[
-                common_pb2.Edge(source_block_id=s, target_block_id=t)
-                for s, t in [("scene", "tiles"), ("tiles", "water"), ("water", "mosaic"), ("mosaic", "polygons"), ("mosaic", "export"), ("polygons", "export")]
-            ],
-        )
-        check = core.ValidatePipeline(core_pb2.ValidatePipelineRequest(spec=spec))
-        if not check.valid:
-            for problem in check.problems:
-                print(f"  invalid: {problem.field}: {problem.description}", file=sys.stderr)
-            return 1
-        pipeline = ensure(
-            lambda: core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="olinda-water", spec=spec))),
-            lambda: core.ListPipelines(core_pb2.ListPipelinesRequest(filter='name = "olinda-water"')).pipelines[0],
-        )
-        print(f"dataset   {dataset.id}  {dataset.name} ({dataset.sensor}, {len(dataset.bands)} bands, {dataset.resolution_m} m)")
-        print(f"model     {model.id}  {model.name}:{model.version} reads {', '.join(model.input.bands)}")
-        print(f"pipeline  {pipeline.id}  {pipeline.name}: {' -> '.join(check.topological_order)}")
-        counts = (
-            len(core.ListDatasets(core_pb2.ListDatasetsRequest()).datasets),
-            len(core.ListModels(core_pb2.ListModelsRequest()).models),
-            len(core.ListPipelines(core_pb2.ListPipelinesRequest()).pipelines),
-        )
-        print(f"catalog: {counts[0]} dataset(s), {counts[1]} model(s), {counts[2]} pipeline(s)")
-    print(f"\nopen: http://{gateway}/   (the web console)")
-    print(f"try:  .venv/bin/grpcurl -plaintext {gateway} list")
-    print("stop: make down")
-    return 0
+        try:
+            register(client, args.scene)
+            pipeline = plan(client, args.prompt)
+            run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+        except grpc.RpcError as error:
+            raise SystemExit(f"{error.code().name}: {error.details()}") from None
+        print(f"\nrun      {run.id}  (watch again: constellation runs watch {run.id})")
+        blocks = [(b.id, b.WhichOneof("config") or "") for b in pipeline.spec.blocks]
+        with watch.make_view(blocks, args.live) as view:
+            report = watch.follow(client.core, run.id, view.event, pipeline.spec)
+    summary = summarize(report)
+    print(f"\nrun {report.state}" + (f" ({report.failure_source}): {report.run.state_message}" if report.state != "succeeded" else ""))
+    for output in report.run.outputs:
+        print(f"  {output.name:<28} {output.uri}")
+    if report.state == "succeeded":
+        water = f"{summary['water_km2']:.2f} km² of water ({summary['water_pixels']} px)" if "water_km2" in summary else "no local mask to measure"
+        print(f"\n{report.tiles} tiles, {water}")
+        print("time per stage: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.stage_seconds.items()))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    print("\nstop the mesh: make down")
+    return 0 if report.state == "succeeded" else 1
 
 
 if __name__ == "__main__":

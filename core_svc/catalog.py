@@ -319,6 +319,14 @@ class Catalog:
         rows, token = self._list(table, page_size, page_token, filter_text, fields)
         return [_model_from_row(r) for r in rows], token
 
+    def set_model_state(self, model_id: str, state: str, message: str) -> None:
+        """Where the model is in hosting (registered, packaging, ready, failed), as runs learn it."""
+        with self._session() as session:
+            row = session.get(db.ModelRow, model_id)
+            if row is not None:
+                row.state, row.state_message, row.update_time = state, message, _now()
+                session.commit()
+
     def delete_model(self, model_id: str) -> None:
         self._delete(db.ModelRow, model_id, "model")
 

@@ -18,6 +18,7 @@ from core_svc.domain import (
     Pipeline,
     PipelineSpec,
     Problem,
+    Run,
 )
 from mesh.timestamps import to_timestamp
 
@@ -152,4 +153,21 @@ def pipeline_to_proto(pipeline: Pipeline) -> core_pb2.Pipeline:
 def problem_to_proto(problem: Problem) -> common_pb2.PipelineProblem:
     return common_pb2.PipelineProblem(
         field=problem.field, block_id=problem.block_id, edge_index=problem.edge_index, description=problem.description
+    )
+
+
+def run_state_to_proto(state: str) -> int:
+    return _enum_value(common_pb2.RunState, state, "RUN_STATE_")
+
+
+def run_to_proto(run: Run) -> core_pb2.Run:
+    return core_pb2.Run(
+        id=run.id,
+        pipeline_id=run.pipeline_id,
+        state=run_state_to_proto(run.state),  # type: ignore[arg-type]
+        state_message=run.state_message,
+        outputs=[common_pb2.RunOutput(**o) for o in run.outputs],
+        create_time=to_timestamp(run.create_time),
+        start_time=to_timestamp(run.start_time),
+        end_time=to_timestamp(run.end_time),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -78,6 +78,36 @@ class PipelineReferenceRow(Base):
     pipeline_id: Mapped[str] = mapped_column(String(40), ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True)
     ref_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     ref_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+
+class RunRow(Base):
+    """One execution of a pipeline: the spec it ran (a copy), where it is, and how far it got upstream."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    pipeline_id: Mapped[str] = mapped_column(String(40), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    state_message: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict] = mapped_column(JSON)
+    outputs: Mapped[list] = mapped_column(JSON, default=list)
+    # True once the orchestrator accepted the job; `upstream_sequence` is the
+    # last orchestrator event core has stored, so a restarted core resumes after it.
+    launched: Mapped[bool] = mapped_column(Boolean, default=False)
+    upstream_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RunEventRow(Base):
+    """A run's merged event stream: serialized constellation.common.v1.RunEvent, numbered from 1."""
+
+    __tablename__ = "run_events"
+
+    run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 def migrate(engine: Engine) -> None:

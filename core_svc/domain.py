@@ -8,6 +8,8 @@ from datetime import datetime
 BLOCK_KINDS = ("dataset", "tile", "model", "stitch", "vectorize", "export")
 MODEL_TASKS = ("classification", "segmentation", "detection", "regression")
 MODEL_STATES = ("registered", "packaging", "ready", "failed")
+RUN_STATES = ("queued", "starting", "running", "succeeded", "failed", "canceling", "canceled")
+TERMINAL = ("succeeded", "failed", "canceled")
 
 
 @dataclass
@@ -115,3 +117,22 @@ class Problem:
     description: str
     block_id: str = ""
     edge_index: int = -1
+
+
+@dataclass
+class Run:
+    id: str
+    pipeline_id: str
+    state: str  # one of RUN_STATES
+    state_message: str = ""
+    outputs: list[dict] = field(default_factory=list)  # RunOutput fields by name
+    spec: dict = field(default_factory=dict)  # the pipeline spec as it was when the run was queued
+    launched: bool = False
+    upstream_sequence: int = 0
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL

@@ -7,14 +7,13 @@ from google.protobuf import empty_pb2
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from core_svc import convert
 from core_svc.catalog import Catalog
-from mesh.errors import Unimplemented
-
-RUNS_PENDING = "runs are not implemented yet: the run flow (deploy models, launch the orchestrator job) has not landed"
+from core_svc.runs import Runs
 
 
 class CoreServicer(core_pb2_grpc.CoreServiceServicer):
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, runs: Runs) -> None:
         self._catalog = catalog
+        self._runs = runs
 
     def CreateDataset(self, request, context):
         return convert.dataset_to_proto(self._catalog.create_dataset(convert.dataset_from_proto(request.dataset)))
@@ -72,16 +71,17 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
         )
 
     def RunPipeline(self, request, context):
-        raise Unimplemented(RUNS_PENDING)
+        return convert.run_to_proto(self._runs.run_pipeline(request.pipeline_id))
 
     def GetRun(self, request, context):
-        raise Unimplemented(RUNS_PENDING)
+        return convert.run_to_proto(self._runs.get(request.id))
 
     def ListRuns(self, request, context):
-        raise Unimplemented(RUNS_PENDING)
+        runs, token = self._runs.list(request.page_size, request.page_token, request.filter)
+        return core_pb2.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
 
     def WatchRun(self, request, context):
-        raise Unimplemented(RUNS_PENDING)
+        yield from self._runs.watch(request.run_id, request.after_sequence, context.is_active)
 
     def CancelRun(self, request, context):
-        raise Unimplemented(RUNS_PENDING)
+        return convert.run_to_proto(self._runs.cancel(request.id))

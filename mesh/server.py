@@ -56,8 +56,10 @@ class MeshServer:
         registrations: Iterable[Registration],
         reflection_names: Iterable[str] = (),
         translate_error: Callable[[Exception], DomainError | None] | None = None,
+        on_stop: Iterable[Callable[[], None]] = (),
     ) -> None:
         self.settings = settings
+        self.on_stop = list(on_stop)
         self.registrations = list(registrations)
         self.stopping = threading.Event()
         self._server = grpc.server(
@@ -126,6 +128,8 @@ class MeshServer:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("draining", extra={"grace_s": grace})
         self._server.stop(grace).wait()
+        for hook in self.on_stop:
+            hook()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         log.info("stopped")

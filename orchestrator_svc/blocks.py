@@ -73,6 +73,8 @@ class Scene:
     transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f
     nodata: float | None
     dtype: str
+    # 1-based file positions of red, green and blue when the file has all three (for previews); else empty.
+    rgb_indexes: tuple[int, ...] = ()
 
     def index_of(self, band: str) -> int:
         return self.band_indexes[self.band_names.index(band)]
@@ -119,6 +121,7 @@ def inspect_scene(path: str, file_bands: Sequence[str], selected: Sequence[str] 
         transform=tuple(transform)[:6],  # type: ignore[arg-type]
         nodata=nodata,
         dtype=dtypes[0],
+        rgb_indexes=tuple(list(file_bands).index(b) + 1 for b in ("red", "green", "blue")) if {"red", "green", "blue"} <= set(file_bands) else (),
     )
 
 
@@ -392,6 +395,9 @@ class RasterFile:
     crs_wkt: str
     transform: tuple[float, float, float, float, float, float]
     nodata: float | None
+    # The scene it was predicted from and its red, green, blue positions: the preview's backdrop.
+    backdrop_path: str = ""
+    backdrop_bands: tuple[int, ...] = ()
 
 
 def stitch(
@@ -461,7 +467,7 @@ def stitch(
                     values[:, y0 - base : y1 - base, x0:x1] = tile[:, y0 - y : y1 - y, x0 - x : x1 - x]
                     weights[y0 - base : y1 - base, x0:x1] = 1
         flush(height)
-    return RasterFile(str(out_path), name, width, height, channels, scene.crs_wkt, scene.transform, nodata)
+    return RasterFile(str(out_path), name, width, height, channels, scene.crs_wkt, scene.transform, nodata, scene.path, scene.rgb_indexes)
 
 
 # --------------------------------------------------------------------------- vectorising
@@ -584,13 +590,29 @@ def write_cog(source: Path, target: Path) -> None:
 
 @dataclass(frozen=True)
 class PreviewColors:
-    low: tuple[int, int, int] = (232, 222, 196)  # land
+    low: tuple[int, int, int] = (232, 222, 196)  # land, when there is no backdrop
     high: tuple[int, int, int] = (24, 96, 200)  # water
+    overlay: tuple[int, int, int] = (0, 170, 255)  # water over the scene: a cyan no land colour has
+    overlay_alpha: float = 0.7
 
 
-def write_preview(source: Path, target: Path, max_px: int = 1024, colors: PreviewColors = PreviewColors()) -> tuple[int, int]:
-    """A PNG quick-look of band 1 (values in [0, 1] shade from `low` to `high`; others are stretched to their
-    range); nodata is transparent. Read decimated (from overviews when present), so it costs the same for any scene."""
+def _stretch(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each band from its 2nd-98th percentile to 0-255 (a true-colour quick-look of raw digital numbers)."""
+    out = np.zeros(bands.shape, np.float32)
+    for i, band in enumerate(bands):
+        lo, hi = np.percentile(band[valid], (2, 98)) if valid.any() else (0.0, 1.0)
+        out[i] = np.clip((band - lo) / max(hi - lo, 1e-9), 0, 1) * 255
+    return out
+
+
+def write_preview(
+    source: Path, target: Path, max_px: int = 1024, colors: PreviewColors = PreviewColors(), backdrop: str = "", backdrop_bands: Sequence[int] = ()
+) -> tuple[int, int]:
+    """A PNG quick-look of band 1, read decimated (from overviews when present) so it costs the same for any scene.
+
+    With a backdrop (the scene and its red, green, blue positions): the scene in true colour, and the
+    pixels above 0.5 (water) painted over it. Without: values in [0, 1] shade from `low` to `high`
+    (others are stretched to their range). Nodata is transparent either way."""
     import rasterio
     from PIL import Image
     from rasterio.enums import Resampling
@@ -606,9 +628,16 @@ def write_preview(source: Path, target: Path, max_px: int = 1024, colors: Previe
         lo, hi = float(values[valid].min()), float(values[valid].max())
         if lo < 0 or hi > 1:
             values = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    values = np.clip(np.nan_to_num(values), 0, 1)[..., None]
-    low, high = np.asarray(colors.low, np.float32), np.asarray(colors.high, np.float32)
-    rgb = (low + (high - low) * values).astype(np.uint8)
+    values = np.clip(np.nan_to_num(values), 0, 1)
+    if backdrop and len(backdrop_bands) == 3:
+        with gdal_env(), rasterio.open(backdrop) as scene:
+            rgb = scene.read(list(backdrop_bands), out_shape=(3, *shape), resampling=Resampling.average).astype(np.float32)
+        base = np.moveaxis(_stretch(rgb, valid), 0, -1)
+        water = ((values > 0.5) * colors.overlay_alpha)[..., None]
+        rgb_out = (base * (1 - water) + np.asarray(colors.overlay, np.float32) * water).astype(np.uint8)
+    else:
+        low, high = np.asarray(colors.low, np.float32), np.asarray(colors.high, np.float32)
+        rgb_out = (low + (high - low) * values[..., None]).astype(np.uint8)
     alpha = np.where(valid, 255, 0).astype(np.uint8)[..., None]
-    Image.fromarray(np.concatenate([rgb, alpha], axis=-1), "RGBA").save(target, optimize=True)
+    Image.fromarray(np.concatenate([rgb_out, alpha], axis=-1), "RGBA").save(target, optimize=True)
     return shape

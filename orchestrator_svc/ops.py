@@ -356,7 +356,7 @@ def export_op(
     if raster is not None and "png_preview" in config.formats:
         preview = local / f"{raster.name}_preview.png"
         source = files[0][0] if files else Path(raster.path)
-        blocks.write_preview(source, preview)
+        blocks.write_preview(source, preview, backdrop=raster.backdrop_path, backdrop_bands=raster.backdrop_bands)
         files.append((preview, f"{raster.name}_preview", "png_preview"))
     if vectors is not None and "geojson" in config.formats:
         files.append((Path(vectors.path), vectors.name, "geojson"))
