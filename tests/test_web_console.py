@@ -21,9 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from constellation.common.v1 import common_pb2
-from constellation.core.v1 import core_pb2
-from constellation_sdk import Client, mesh_process
+from constellation_sdk import Client, catalog, mesh_process
 from tests.pg import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,14 +87,7 @@ def mesh(tmp_path_factory):
     with Client(gateway) as client:
         client.wait_ready()
         # The model the agent will choose; registering one is the SDK's job, browsing it the console's.
-        client.core.RegisterModel(core_pb2.RegisterModelRequest(model=core_pb2.Model(
-            name="ndwi-water", version="1.0.0", task=common_pb2.MODEL_TASK_SEGMENTATION,
-            source=str(ROOT / "examples" / "models" / "ndwi-water"),
-            card=common_pb2.ModelCard(description="Surface water from green and NIR (NDWI)", dependencies=["numpy"], license="Apache-2.0"),
-            input=common_pb2.ModelInputSpec(bands=["green", "nir"], tile_size_px=256, dtype="FP32", value_min=0, value_max=1),
-            outputs=[common_pb2.ModelOutputSpec(name="water_probability", dtype="FP32", shape=[1, 256, 256])],
-            tags=["water"],
-        )))
+        catalog.ensure_model(client.core, catalog.model_from_folder(ROOT / "examples" / "models" / "ndwi-water"))
     yield {"env": env, "gateway": gateway, "url": f"http://{gateway}/", "home": home}
     mesh_process.down(env)
 
@@ -156,7 +147,7 @@ def test_page_loads_and_renders_the_catalog(page, mesh):
     rendered_ms = page.evaluate("performance.getEntriesByName('catalog-rendered')[0].startTime")
     figure("page load -> first catalog render (through Envoy)", f"{rendered_ms:.0f} ms")
     model_row = page.locator("[data-testid=models] tr[data-model=ndwi-water]")
-    assert "segmentation" in model_row.inner_text() and "Apache-2.0" in model_row.inner_text()
+    assert all(word in model_row.inner_text() for word in ("1.0.0", "segmentation", "registered", "green, nir · 256 px"))
     shot(page, "01-catalog")
 
 
@@ -177,12 +168,14 @@ def test_new_dataset_shows_field_errors_then_appears_in_the_catalog(page):
     form.locator("input[name=bands]").fill("blue, green, red, nir, swir1, swir2")
     form.locator("input[name=resolution]").fill("28.5")
     form.locator("input[name=tags]").fill("water, coast")
+    bbox = catalog.scene_dataset(SCENE, "x", ["blue", "green", "red", "nir", "swir1", "swir2"]).bbox
+    form.locator("input[name=extent]").fill(f"{bbox.min_x}, {bbox.min_y}, {bbox.max_x}, {bbox.max_y}")
     form.locator("input[name=description]").fill("Landsat 7 over Olinda: coast, ocean and rivers")
     form.locator("button[type=submit]").click()
     page.locator("[data-testid=dataset-created]").wait_for()
     row = page.locator("[data-testid=datasets] tr[data-dataset=olinda-console]")
     row.wait_for()
-    assert "28.5 m" in row.inner_text() and "swir2" in row.inner_text()
+    assert "28.5 m" in row.inner_text() and "swir2" in row.inner_text() and "EPSG:4326" in row.inner_text()
     page.fill("[data-testid=catalog-search]", "landsat")
     assert page.locator("[data-testid=datasets] tbody tr[data-dataset]").count() == 1
     assert page.locator("[data-testid=models] tbody tr[data-model]").count() == 0
@@ -276,8 +269,8 @@ def test_run_streams_events_with_progress_and_shows_the_outputs(page, mesh):
 def test_deployment_streams_live_states(page):
     page.click("[data-testid=tab-catalog]")
     page.click("[data-testid=models] tr[data-model=ndwi-water] button")
-    target = page.locator("[data-testid=deploy-target]")
-    target.wait_for()
+    page.locator("[data-testid=deploy-target] button").wait_for()
+    # The run above had core deploy the model through hosting; otherwise it still needs packaging.
     if page.locator("[data-testid=package]").count():
         page.click("[data-testid=package]")
     else:

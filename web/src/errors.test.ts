@@ -19,10 +19,12 @@ describe("service errors", () => {
 
   it("describes a ConnectError with its code, raw message, violations and request id", () => {
     const requestInfo = new BinaryWriter().tag(1, 2).string("req-42").finish();
-    const error = new ConnectError("dataset.uri is invalid", Code.InvalidArgument, undefined, [
+    const error = new ConnectError("dataset.uri is invalid", Code.InvalidArgument);
+    // As the transport adds them from grpc-status-details-bin: type name + bytes.
+    error.details.push(
       { type: "google.rpc.BadRequest", value: badRequest(["dataset.uri", "must be file:// or s3://"]) },
       { type: "google.rpc.RequestInfo", value: requestInfo },
-    ]);
+    );
     const described = describeError(error);
     expect(described).toEqual({ code: "INVALID_ARGUMENT", message: "dataset.uri is invalid", violations: [{ field: "dataset.uri", description: "must be file:// or s3://" }], requestId: "req-42" });
     expect(violationFor(described, "dataset.uri")?.description).toMatch(/s3/);

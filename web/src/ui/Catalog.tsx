@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { useEffect, useState } from "preact/hooks";
-import { ModelTask } from "../../../gen/ts/constellation/common/v1/common_pb";
+import { BoundingBoxSchema, ModelTask } from "../../../gen/ts/constellation/common/v1/common_pb";
 import { type Dataset, DatasetSchema, type Model, ModelState } from "../../../gen/ts/constellation/core/v1/core_pb";
 import { core } from "../api";
 import { describeError, type ServiceError, violationFor } from "../errors";
@@ -35,10 +35,21 @@ function matches(text: string, ...values: (string | string[])[]): boolean {
   return !needle || values.flat().some((v) => v.toLowerCase().includes(needle));
 }
 
+function shorten(text: string, length: number): string {
+  return text.length > length ? `${text.slice(0, length - 1)}…` : text;
+}
+
 function extent(dataset: Dataset): string {
   const b = dataset.bbox;
   if (!b || (b.minX === 0 && b.maxX === 0 && b.minY === 0 && b.maxY === 0)) return "—";
   return `${b.minX.toFixed(3)}, ${b.minY.toFixed(3)} → ${b.maxX.toFixed(3)}, ${b.maxY.toFixed(3)} ${b.crs || "EPSG:4326"}`;
+}
+
+/** "west, south, east, north" in degrees; a typo becomes NaN, which the server names as a bbox problem. */
+function parseExtent(text: string) {
+  if (!text.trim()) return undefined;
+  const [minX, minY, maxX, maxY] = text.split(",").map((s) => (s.trim() ? Number(s) : Number.NaN));
+  return create(BoundingBoxSchema, { minX, minY, maxX, maxY, crs: "EPSG:4326" });
 }
 
 export interface CatalogData {
@@ -121,8 +132,8 @@ export function Catalog({ onLoaded, onDeploy }: { onLoaded: (data: CatalogData) 
                   <td>{enumLabel(ModelTask, m.task)}</td>
                   <td>{enumLabel(ModelState, m.state)}{m.stateMessage && <div class="muted">{m.stateMessage}</div>}</td>
                   <td>{m.input?.bands.join(", ")}{m.input?.tileSizePx ? ` · ${m.input.tileSizePx} px` : ""}</td>
-                  <td>
-                    {m.card?.description}
+                  <td title={m.card?.description}>
+                    {shorten(m.card?.description ?? "", 160)}
                     {m.card && Object.keys(m.card.metrics).length > 0 && (
                       <div class="muted">{Object.entries(m.card.metrics).map(([k, v]) => `${k} ${v}`).join(" · ")}</div>
                     )}
@@ -142,7 +153,7 @@ export function Catalog({ onLoaded, onDeploy }: { onLoaded: (data: CatalogData) 
 }
 
 function NewDataset({ onCreated }: { onCreated: () => void }) {
-  const [form, setForm] = useState({ name: "", uri: "", sensor: "", bands: "", resolution: "", tags: "", description: "" });
+  const [form, setForm] = useState({ name: "", uri: "", sensor: "", bands: "", resolution: "", extent: "", tags: "", description: "" });
   const [error, setError] = useState<ServiceError | null>(null);
   const [created, setCreated] = useState<Dataset | null>(null);
   const [busy, setBusy] = useState(false);
@@ -154,7 +165,7 @@ function NewDataset({ onCreated }: { onCreated: () => void }) {
     try {
       const dataset = create(DatasetSchema, {
         name: form.name.trim(), uri: form.uri.trim(), sensor: form.sensor.trim(), description: form.description,
-        bands: list(form.bands), tags: list(form.tags), resolutionM: Number(form.resolution) || 0,
+        bands: list(form.bands), tags: list(form.tags), resolutionM: Number(form.resolution) || 0, bbox: parseExtent(form.extent),
       });
       setCreated(await core.createDataset({ dataset }));
       setError(null);
@@ -187,6 +198,7 @@ function NewDataset({ onCreated }: { onCreated: () => void }) {
         {field("sensor", "Sensor", "sensor", "landsat-7")}
         {field("bands", "Bands (comma separated)", "bands", "blue, green, red, nir")}
         {field("resolution", "Resolution (m)", "resolution_m", "28.5")}
+        {field("extent", "Extent: west, south, east, north (EPSG:4326)", "bbox", "-35.0, -8.1, -34.8, -7.9")}
         {field("tags", "Tags", "tags", "water, coast")}
         {field("description", "Description", "description")}
       </div>

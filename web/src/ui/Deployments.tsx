@@ -7,7 +7,7 @@ import { ErrorBox, enumLabel } from "./common";
 
 /** Hosting's models; packaging a catalog model; deploying one and following WatchDeployment live. */
 export function Deployments({ catalogModel }: { catalogModel: Model | null }) {
-  const [models, setModels] = useState<ModelStatus[]>([]);
+  const [models, setModels] = useState<ModelStatus[] | null>(null);
   const [watching, setWatching] = useState<string | null>(null);
   const [error, setError] = useState<ServiceError | null>(null);
   const [reloads, setReloads] = useState(0);
@@ -16,7 +16,7 @@ export function Deployments({ catalogModel }: { catalogModel: Model | null }) {
     hosting.listModels({ pageSize: 200 }).then((r) => setModels(r.models), (e) => setError(describeError(e)));
   }, [reloads, watching]);
 
-  const hosted = catalogModel && models.find((m) => m.modelName === catalogModel.name && m.modelVersion === catalogModel.version);
+  const hosted = catalogModel && models?.find((m) => m.modelName === catalogModel.name && m.modelVersion === catalogModel.version);
 
   async function act(call: () => Promise<ModelStatus>) {
     setError(null);
@@ -35,7 +35,7 @@ export function Deployments({ catalogModel }: { catalogModel: Model | null }) {
   return (
     <section>
       <ErrorBox error={error} />
-      {catalogModel && (
+      {catalogModel && models && (
         <div class="card" data-testid="deploy-target">
           <h3>{catalogModel.name} {catalogModel.version}</h3>
           <p class="muted">source <code>{catalogModel.source}</code></p>
@@ -51,7 +51,7 @@ export function Deployments({ catalogModel }: { catalogModel: Model | null }) {
       <table class="grid" data-testid="hosted-models">
         <thead><tr><th>Model</th><th>State</th><th>Image</th><th>Endpoints</th><th></th></tr></thead>
         <tbody>
-          {models.map((m) => (
+          {(models ?? []).map((m) => (
             <tr key={m.modelId} class={m.modelId === watching ? "selected" : ""}>
               <td><strong>{m.modelName}</strong> {m.modelVersion}<div class="muted"><code>{m.modelId}</code></div></td>
               <td>{enumLabel(DeploymentState, m.state)}{m.stateMessage && <div class="muted">{m.stateMessage}</div>}</td>
@@ -63,7 +63,7 @@ export function Deployments({ catalogModel }: { catalogModel: Model | null }) {
               </td>
             </tr>
           ))}
-          {models.length === 0 && <tr><td colSpan={5} class="muted">Hosting holds no models yet: pick one in the catalog and package it.</td></tr>}
+          {models?.length === 0 && <tr><td colSpan={5} class="muted">Hosting holds no models yet: pick one in the catalog and package it.</td></tr>}
         </tbody>
       </table>
       {watching && <DeploymentStream key={watching} modelId={watching} />}

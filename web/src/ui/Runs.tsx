@@ -144,7 +144,7 @@ function RunView({ runId, config }: { runId: string; config: ConsoleConfig }) {
             <tr key={blockId} data-step={blockId}>
               <td><code>{blockId}</code></td>
               <td><span class={`state state-${step.state}`}>{step.state}</span></td>
-              <td><Progress done={step.done} total={step.total} unit={step.unit} /></td>
+              <td><Progress done={step.done} total={step.total} unit={step.unit} complete={step.state === "succeeded"} /></td>
               <td class="muted">{step.message}</td>
             </tr>
           ))}

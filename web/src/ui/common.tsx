@@ -39,15 +39,14 @@ export class Boundary extends Component<{ children: ComponentChildren }, { failu
   }
 }
 
-export function Progress({ done, total, unit }: { done: number; total: number; unit: string }) {
-  const fraction = total > 0 ? Math.min(1, done / total) : 0;
+/** A step's bar: done/total when the step counts, striped while it runs without a total, full once it is done. */
+export function Progress({ done, total, unit, complete = false }: { done: number; total: number; unit: string; complete?: boolean }) {
+  const counted = total > 0;
+  const fraction = counted ? Math.min(1, done / total) : complete ? 1 : 0;
   return (
-    <div class="progress" title={`${done}${total ? ` of ${total}` : ""} ${unit}`}>
-      <div class={`progress-fill${total > 0 ? "" : " indeterminate"}`} style={{ width: `${total > 0 ? fraction * 100 : 100}%` }} />
-      <span class="progress-label">
-        {done}
-        {total > 0 ? ` / ${total}` : ""} {unit}
-      </span>
+    <div class="progress" title={`${done}${counted ? ` of ${total}` : ""} ${unit}`}>
+      <div class={`progress-fill${counted || complete ? "" : " indeterminate"}`} style={{ width: `${counted || complete ? fraction * 100 : 100}%` }} />
+      <span class="progress-label">{counted ? `${done} / ${total} ${unit}` : complete ? "done" : done ? `${done} ${unit}` : ""}</span>
     </div>
   );
 }
