@@ -8,27 +8,22 @@ import { ErrorBox, enumLabel } from "./common";
 
 const MAX_PAGES = 10;
 
-async function allDatasets(filter: string): Promise<Dataset[]> {
-  const found: Dataset[] = [];
+/** Every page of a List call, up to MAX_PAGES. */
+async function allPages<T>(page: (pageToken: string) => Promise<{ items: T[]; nextPageToken: string }>): Promise<T[]> {
+  const found: T[] = [];
   let pageToken = "";
-  for (let page = 0; page < MAX_PAGES; page++) {
-    const response = await core.listDatasets({ pageSize: 500, pageToken, filter });
-    found.push(...response.datasets);
+  for (let n = 0; n < MAX_PAGES; n++) {
+    const response = await page(pageToken);
+    found.push(...response.items);
     if (!(pageToken = response.nextPageToken)) break;
   }
   return found;
 }
 
-async function allModels(filter: string): Promise<Model[]> {
-  const found: Model[] = [];
-  let pageToken = "";
-  for (let page = 0; page < MAX_PAGES; page++) {
-    const response = await core.listModels({ pageSize: 500, pageToken, filter });
-    found.push(...response.models);
-    if (!(pageToken = response.nextPageToken)) break;
-  }
-  return found;
-}
+const allDatasets = (filter: string) =>
+  allPages((pageToken) => core.listDatasets({ pageSize: 500, pageToken, filter }).then((r) => ({ items: r.datasets, nextPageToken: r.nextPageToken })));
+const allModels = (filter: string) =>
+  allPages((pageToken) => core.listModels({ pageSize: 500, pageToken, filter }).then((r) => ({ items: r.models, nextPageToken: r.nextPageToken })));
 
 function matches(text: string, ...values: (string | string[])[]): boolean {
   const needle = text.trim().toLowerCase();
