@@ -30,7 +30,7 @@ from core_svc.catalog import Catalog, Page, parse_filter, spec_from_json, spec_t
 from core_svc.domain import RUN_STATES, TERMINAL, Model, Run
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.ids import new_id
-from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target
+from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target, state_name
 from mesh.services import insecure_channel
 
 log = logging.getLogger("core.runs")
@@ -247,14 +247,14 @@ class Runs:
         run = self.get(run_id)
         if run.ended:
             raise FailedPrecondition(f"run {run_id!r} has already ended ({run.state}); there is nothing to cancel")
-        if run.state != "canceling":
-            self.store.append(run_id, event(E.RUN_EVENT_TYPE_RUN_CANCELING, "canceling", "cancel requested"), state="canceling")
         with self._drivers_lock:
             driver = self._drivers.get(run_id)
-        if driver is not None:
-            driver.cancel()
-        else:  # no driver here (it ended with core's restart); start one to finish the cancel
+        if driver is None:  # no driver here (it ended with a core restart): one finishes the cancel
+            self.store.append(run_id, event(E.RUN_EVENT_TYPE_RUN_CANCELING, "canceling", "cancel requested"), state="canceling")
             self._start_driver(run_id)
+        elif run.state != "canceling":
+            driver.emit(E.RUN_EVENT_TYPE_RUN_CANCELING, "cancel requested", state="canceling")
+            driver.cancel()
         return self.get(run_id)
 
     # Drivers
@@ -305,6 +305,7 @@ class RunDriver:
         self._calls: set[grpc.Future] = set()
         self._calls_lock = threading.Lock()
         self._launched = False
+        self._emit_lock = threading.Lock()
 
     # Control from other threads
 
@@ -334,8 +335,13 @@ class RunDriver:
     # The run's life
 
     def emit(self, type_: int, message: str = "", source: str = "core", block_id: str = "", **changes: object) -> None:
-        state = str(changes.get("state") or self.store.find(self.run_id).state)  # type: ignore[union-attr]
-        self.store.append(self.run_id, event(type_, state, message, source, block_id), **changes)
+        with self._emit_lock:
+            run = self.store.find(self.run_id)
+            assert run is not None
+            if run.ended:
+                return  # nothing follows a run's final event
+            state = str(changes.get("state") or run.state)
+            self.store.append(self.run_id, event(type_, state, message, source, block_id), **changes)
 
     def drive(self) -> None:
         run = self.store.find(self.run_id)
@@ -432,6 +438,58 @@ class RunDriver:
     # Stage 3: the orchestrator's events, into core's stream
 
     def follow(self) -> None:
+        stop_watching = self._watch_deployments()
+        try:
+            self._follow_orchestrator()
+        finally:
+            stop_watching()
+
+    def _watch_deployments(self) -> Callable[[], None]:
+        """While the job runs, hosting's news about the run's models joins the stream (a replica that
+        died and was restarted, a model that turned unhealthy or was deleted)."""
+        run = self.store.find(self.run_id)
+        assert run is not None
+        spec = spec_from_json(run.spec)
+        since = datetime.now(UTC).timestamp() * 1e9
+        calls: list[grpc.Future] = []
+        stopped = threading.Event()
+
+        def watch(model_id: str, block_id: str) -> None:
+            model = self.runs.catalog.find_model(model_id)
+            if model is None:
+                return
+            hooks = DeployHooks(on_event=lambda kind, message: None)
+            finder = ModelDeployer(self.runs.hosting, Target(model.name, model.version, model.source), hooks,
+                                   hosting_address=self.settings.hosting_address, metadata=self.settings.metadata)  # fmt: skip
+            try:
+                status = finder.find()
+                if status is None:
+                    return
+                call = self.runs.hosting.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=status.model_id), metadata=self.settings.metadata)
+                calls.append(call)
+                if stopped.is_set():
+                    call.cancel()
+                for update_ in call:
+                    if update_.time.ToNanoseconds() < since:
+                        continue
+                    kind = E.RUN_EVENT_TYPE_LOG if update_.log_line else E.RUN_EVENT_TYPE_DEPLOYMENT
+                    text = update_.log_line or f"{model.name}:{model.version} {state_name(update_.state)}: {update_.message}"
+                    self.emit(kind, text, "hosting", block_id)
+            except (grpc.RpcError, DeployFailed):
+                return  # hosting's news is a courtesy; the orchestrator's stream decides the run
+
+        for block in spec.blocks:
+            if block.kind == "model":
+                threading.Thread(target=watch, args=(block.config["model_id"], block.id), name=f"watch-{self.run_id}", daemon=True).start()
+
+        def stop() -> None:
+            stopped.set()
+            for call in list(calls):
+                call.cancel()
+
+        return stop
+
+    def _follow_orchestrator(self) -> None:
         give_up = time.monotonic() + self.settings.reconnect_s
         while True:
             run = self.store.find(self.run_id)
@@ -468,7 +526,8 @@ class RunDriver:
         if state in TERMINAL:
             outputs, message = self._final_outputs(upstream)
             changes.update(outputs=outputs, state_message=message, end_time=_now())
-        self.store.append(self.run_id, forwarded, **changes)
+        with self._emit_lock:
+            self.store.append(self.run_id, forwarded, **changes)
         run.state = state
         return state in TERMINAL
 

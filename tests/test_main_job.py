@@ -1,0 +1,286 @@
+"""The main job end to end, through the Envoy gateway, on real processes: `make demo`'s flow on the local
+runtime and on Docker, the quality of what it writes, and the ways a run can go wrong.
+
+Each mesh is `constellation up` in a temp home with free ports (SQLite, local files, offline planner).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.warp import transform_geom
+import yaml
+from shapely.geometry import shape
+
+from constellation.common.v1 import common_pb2 as c
+from constellation.core.v1 import core_pb2
+from constellation.hosting.v1 import hosting_pb2
+from constellation_sdk import Client, catalog, mesh_process, watch
+from tests.pg import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENE = ROOT / "examples" / "data" / "L7_ETMs.tif"
+NDWI = ROOT / "examples" / "models" / "ndwi-water"
+E = c.RunEventType
+
+
+def mesh_env(home: Path, docker: bool) -> dict[str, str]:
+    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_HEALTH_INTERVAL_S": "0.5", "CONSTELLATION_LOG_FORMAT": "json"}
+    for service in mesh_process.SERVICES:
+        env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
+        env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
+    env["CONSTELLATION_GATEWAY_PORT"] = str(free_port())
+    env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port())
+    env["CONSTELLATION_HOSTING_DOCKER"] = "auto" if docker else "off"
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def run_demo(env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "constellation_sdk.demo", "--json", "--no-live"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    print(result.stdout[-4000:])
+    assert result.returncode == 0, f"demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    start, end = result.stdout.index("\n{\n"), result.stdout.rindex("\n}\n")
+    return {**json.loads(result.stdout[start : end + 2]), "stdout": result.stdout}
+
+
+@pytest.fixture(scope="module")
+def local_mesh(tmp_path_factory):
+    """A mesh whose hosting has no Docker engine: models run as local processes."""
+    env = mesh_env(tmp_path_factory.mktemp("local-mesh"), docker=False)
+    state = mesh_process.up(env)
+    try:
+        with Client(state["processes"]["gateway"]["address"]) as client:
+            client.wait_ready()
+            yield {"env": env, "client": client}
+    finally:
+        mesh_process.down(env)
+
+
+def independent_ndwi_water(path: Path) -> np.ndarray:
+    """Water where NDWI = (green - nir) / (green + nir) > 0, straight from the file's digital numbers."""
+    with rasterio.open(path) as scene:
+        green, nir = scene.read(2).astype(np.float64), scene.read(4).astype(np.float64)
+    total = green + nir
+    ndwi = np.divide(green - nir, total, out=np.full_like(total, -1.0), where=total != 0)
+    return ndwi > 0
+
+
+def check_outputs(summary: dict) -> None:
+    files = {Path(o["uri"].removeprefix("file://")).suffix: Path(o["uri"].removeprefix("file://")) for o in summary["outputs"]}
+    assert set(files) == {".tif", ".png", ".geojson"}, summary["outputs"]
+    with rasterio.open(files[".tif"]) as mask, rasterio.open(SCENE) as scene:
+        assert mask.crs == scene.crs and mask.transform == scene.transform and (mask.width, mask.height) == (scene.width, scene.height)
+        assert mask.profile.get("tiled") and mask.overviews(1) is not None
+        water = mask.read(1) > 0.5
+        pixel_m2 = abs(mask.transform.a * mask.transform.e)
+    expected = independent_ndwi_water(SCENE)
+    iou = np.logical_and(water, expected).sum() / np.logical_or(water, expected).sum()
+    assert iou >= 0.99, f"IoU with an independent NDWI is {iou:.4f}"
+    assert summary["water_pixels"] == int(water.sum())
+    polygons = json.loads(files[".geojson"].read_text())
+    # GeoJSON is in WGS 84 (RFC 7946); areas are measured back in the scene's projected CRS.
+    area = sum(shape(transform_geom("EPSG:4326", scene.crs, f["geometry"])).area for f in polygons["features"])
+    mask_area = water.sum() * pixel_m2
+    assert abs(area - mask_area) / mask_area < 0.05, f"GeoJSON {area / 1e6:.2f} km² vs mask {mask_area / 1e6:.2f} km²"
+    from PIL import Image
+
+    preview = np.asarray(Image.open(files[".png"]).convert("RGB")).astype(int)
+    assert preview.shape[:2] == water.shape
+    # Water is painted in the overlay colour; land shows the scene, not a flat fill.
+    assert preview[water].mean(axis=0)[2] > 200 and preview[~water].std() > 10
+
+
+def check_stream(client: Client, run_id: str, runtime: str) -> None:
+    events = list(client.core.WatchRun(core_pb2.WatchRunRequest(run_id=run_id)))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    sources = [e.source for e in events]
+    assert {"core", "hosting", "orchestrator"} <= set(sources)
+    assert sources.index("hosting") < sources.index("orchestrator"), "models are deployed before the job runs"
+    deployments = [e.message for e in events if e.type == E.RUN_EVENT_TYPE_DEPLOYMENT]
+    assert any("healthy" in m or "already serving" in m for m in deployments), deployments
+    progress = [e for e in events if e.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and e.progress.unit == "tiles"]
+    assert progress and progress[-1].progress.done == progress[-1].progress.total > 0
+    assert events[-1].type == E.RUN_EVENT_TYPE_RUN_SUCCEEDED and events[-1].state == c.RUN_STATE_SUCCEEDED
+    status = next(m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models if m.model_name == "ndwi-water")
+    assert status.runtime == (hosting_pb2.RUNTIME_DOCKER if runtime == "docker" else hosting_pb2.RUNTIME_LOCAL)
+
+
+def test_demo_maps_water_on_the_local_runtime(local_mesh):
+    summary = run_demo(local_mesh["env"])
+    assert summary["state"] == "succeeded" and summary["tiles"] > 0
+    assert "km² of water" in summary["stdout"] and "time per stage: deploy" in summary["stdout"]
+    check_outputs(summary)
+    check_stream(local_mesh["client"], summary["run_id"], "local")
+    # Running it again reuses the deployment and the stored pipeline.
+    again = run_demo(local_mesh["env"])
+    assert again["state"] == "succeeded" and again["run_id"] != summary["run_id"]
+    assert again["stage_seconds"]["deploy"] < summary["stage_seconds"]["deploy"]
+
+
+def test_demo_maps_water_on_the_docker_runtime(tmp_path):
+    from tests.hosting_support import require_docker
+
+    require_docker()
+    env = mesh_env(tmp_path / "home", docker=True)
+    try:
+        summary = run_demo(env)
+        check_outputs(summary)
+        state = mesh_process.read_state(mesh_process.MeshPaths(tmp_path / "home"))
+        with Client(state["processes"]["gateway"]["address"]) as client:
+            check_stream(client, summary["run_id"], "docker")
+    finally:
+        mesh_process.down(env)
+
+
+# --------------------------------------------------------------------------- when things go wrong
+
+
+def model_variant(tmp_path: Path, name: str, model_code: str, tile_size: int = 256) -> Path:
+    """A copy of ndwi-water under another name, with its model.py replaced."""
+    folder = tmp_path / name
+    shutil.copytree(NDWI, folder)
+    manifest = yaml.safe_load((folder / "constellation.yaml").read_text())
+    manifest["name"] = name
+    manifest["input"]["tile_size_px"] = tile_size
+    manifest["outputs"][0]["shape"] = [1, tile_size, tile_size]
+    manifest.pop("example_input", None)
+    (folder / "constellation.yaml").write_text(yaml.safe_dump(manifest))
+    (folder / "model.py").write_text(model_code)
+    return folder
+
+
+SLOW_MODEL = '''
+import os, time
+import numpy as np
+
+class NdwiWater:
+    def load(self):
+        pass
+
+    def predict(self, batch):
+        time.sleep(0.4)
+        green, nir = batch[:, 0:1], batch[:, 1:2]
+        total = green + nir
+        ndwi = np.divide(green - nir, total, out=np.zeros_like(total), where=total != 0)
+        return (1.0 / (1.0 + np.exp(-10 * ndwi))).astype(np.float32)
+'''
+
+
+def water_pipeline(mesh: dict, name: str, folder: Path, tile: int = 256) -> core_pb2.Pipeline:
+    client = mesh["client"]
+    dataset = catalog.ensure_dataset(client.core, catalog.scene_dataset(SCENE, "olinda", ["blue", "green", "red", "nir", "swir1", "swir2"], sensor="landsat-7"))
+    model = catalog.ensure_model(client.core, catalog.model_from_folder(folder))
+    out = f"file://{mesh['env']['CONSTELLATION_HOME']}"
+    blocks = [
+        c.Block(id="scene", dataset=c.DatasetBlock(dataset_id=dataset.id, bands=["green", "nir"])),
+        c.Block(id="tiles", tile=c.TileBlock(tile_size_px=tile, normalization=c.NORMALIZATION_REFLECTANCE)),
+        c.Block(id="water", model=c.ModelBlock(model_id=model.id, batch_size=1, max_concurrency=1)),
+        c.Block(id="mosaic", stitch=c.StitchBlock(blend=c.BLEND_MODE_MEAN)),
+        c.Block(id="export", export=c.ExportBlock(uri=out + "/outputs", formats=[c.EXPORT_FORMAT_COG])),
+    ]
+    edges = [c.Edge(source_block_id=a, target_block_id=b) for a, b in [("scene", "tiles"), ("tiles", "water"), ("water", "mosaic"), ("mosaic", "export")]]
+    return catalog.ensure_pipeline(client.core, name, c.PipelineSpec(blocks=blocks, edges=edges))
+
+
+def follow_in_background(client: Client, run_id: str, spec: c.PipelineSpec) -> tuple[threading.Thread, dict, list]:
+    seen: list[c.RunEvent] = []
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(report=watch.follow(client.core, run_id, seen.append, spec)), daemon=True)
+    thread.start()
+    return thread, result, seen
+
+
+def wait_until(predicate, timeout_s: float = 120, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_model_that_fails_to_deploy_fails_the_run_with_hostings_reason(local_mesh, tmp_path):
+    client = local_mesh["client"]
+    broken = model_variant(tmp_path, "broken-water", "raise ImportError('weights file missing: water.bin')\n")
+    pipeline = water_pipeline(local_mesh, "broken", broken)
+    run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+    thread, result, seen = follow_in_background(client, run.id, pipeline.spec)
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "the stream never ended"
+    report = result["report"]
+    assert report.state == "failed" and report.failure_source == "hosting"
+    assert "broken-water:1.0.0 failed to package" in report.run.state_message and "water.bin" in report.run.state_message
+    assert seen[-1].type == E.RUN_EVENT_TYPE_RUN_FAILED and not any(e.source == "orchestrator" for e in seen)
+    model = client.core.ListModels(core_pb2.ListModelsRequest(filter='name = "broken-water"')).models[0]
+    assert model.state == core_pb2.MODEL_STATE_FAILED and "water.bin" in model.state_message
+
+
+def _replica_pid(address: str) -> int:
+    port = address.rsplit(":", 1)[1]
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return int(out.split("pid=")[1].split(",")[0])
+
+
+def test_a_killed_endpoint_is_restarted_and_the_run_finishes_with_both_on_the_stream(local_mesh, tmp_path):
+    client = local_mesh["client"]
+    pipeline = water_pipeline(local_mesh, "slow-kill", model_variant(tmp_path, "slow-water", SLOW_MODEL, tile_size=64), tile=64)
+    run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+    thread, result, seen = follow_in_background(client, run.id, pipeline.spec)
+    wait_until(lambda: any(e.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and e.progress.done > 0 for e in seen), what="inference to start")
+    status = next(m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models if m.model_name == "slow-water")
+    os.kill(_replica_pid(status.endpoints[0].address), signal.SIGKILL)
+    thread.join(timeout=240)
+    assert not thread.is_alive(), "the stream never ended"
+    report = result["report"]
+    messages = [(e.source, e.message) for e in seen]
+    assert any(s == "hosting" and "exited; restarted" in m for s, m in messages), messages[-30:]
+    assert any(e.type == E.RUN_EVENT_TYPE_STEP_RETRY for e in seen) or report.state == "failed", messages[-30:]
+    assert report.state in ("succeeded", "failed")
+    if report.state == "failed":
+        assert report.failure_source == "orchestrator" and "slow-water" in report.run.state_message
+
+
+def test_an_endpoint_deleted_mid_run_fails_the_run_with_a_clear_message(local_mesh, tmp_path):
+    client = local_mesh["client"]
+    pipeline = water_pipeline(local_mesh, "slow-delete", model_variant(tmp_path, "doomed-water", SLOW_MODEL, tile_size=64), tile=64)
+    run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+    thread, result, seen = follow_in_background(client, run.id, pipeline.spec)
+    wait_until(lambda: any(e.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and e.progress.done > 0 for e in seen), what="inference to start")
+    status = next(m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models if m.model_name == "doomed-water")
+    client.hosting.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the stream never ended"
+    report = result["report"]
+    assert report.state == "failed", report.as_dict()
+    assert report.failure_source == "orchestrator" and report.run.state_message, report.as_dict()
+    assert any(e.source == "hosting" and "deleted" in e.message for e in seen)
+    print("failure message:", report.run.state_message)
+
+
+def test_cancel_reaches_the_orchestrator_and_ends_the_stream(local_mesh, tmp_path):
+    client = local_mesh["client"]
+    pipeline = water_pipeline(local_mesh, "slow-cancel", model_variant(tmp_path, "patient-water", SLOW_MODEL, tile_size=64), tile=64)
+    run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+    thread, result, seen = follow_in_background(client, run.id, pipeline.spec)
+    wait_until(lambda: any(e.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and e.progress.done > 0 for e in seen), what="inference to start")
+    canceled = client.core.CancelRun(core_pb2.CancelRunRequest(id=run.id))
+    assert canceled.state == c.RUN_STATE_CANCELING
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the stream never ended"
+    assert result["report"].state == "canceled"
+    assert any(e.type == E.RUN_EVENT_TYPE_RUN_CANCELING for e in seen) and seen[-1].type == E.RUN_EVENT_TYPE_RUN_CANCELED
+    assert not any(e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED and e.block_id == "water" for e in seen), "the model step was not stopped"
+    listed = client.core.ListRuns(core_pb2.ListRunsRequest(filter='state = "canceled"')).runs
+    assert run.id in [r.id for r in listed]
