@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from constellation_sdk import Client, catalog, mesh_process
-from tests.pg import free_port
+from tests.conftest import mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "web" / "dist"
@@ -73,14 +73,8 @@ def test_bundle_is_under_500_kb_gzipped():
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     assert (DIST / "index.html").exists(), "web/dist is missing: run `make web` (make test does)"
-    home = tmp_path_factory.mktemp("console-mesh")
-    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_HEALTH_INTERVAL_S": "0.5", "CONSTELLATION_HOSTING_DOCKER": "off"}
-    for service in mesh_process.SERVICES:
-        env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
-        env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
-    env["CONSTELLATION_GATEWAY_PORT"] = str(free_port())
-    env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port())
-    for name in ("DATABASE_URL", "CONSTELLATION_AGENT_EXPORT_URI", "CONSTELLATION_CONSOLE_WEB_ROOT", "CONSTELLATION_CONSOLE_PORT", "GEMINI_API_KEY"):
+    env = mesh_env(tmp_path_factory.mktemp("console-mesh"))
+    for name in ("CONSTELLATION_AGENT_EXPORT_URI", "CONSTELLATION_CONSOLE_WEB_ROOT", "CONSTELLATION_CONSOLE_PORT", "GEMINI_API_KEY"):
         env.pop(name, None)
     state = mesh_process.up(env)
     gateway = state["processes"]["gateway"]["address"]
@@ -88,7 +82,7 @@ def mesh(tmp_path_factory):
         client.wait_ready()
         # The model the agent will choose; registering one is the SDK's job, browsing it the console's.
         catalog.ensure_model(client.core, catalog.model_from_folder(ROOT / "examples" / "models" / "ndwi-water"))
-    yield {"env": env, "gateway": gateway, "url": f"http://{gateway}/", "home": home}
+    yield {"env": env, "gateway": gateway, "url": f"http://{gateway}/", "home": Path(env["CONSTELLATION_HOME"])}
     mesh_process.down(env)
 
 
