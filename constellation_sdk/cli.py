@@ -1,13 +1,31 @@
-"""The `constellation` command: run the mesh locally and inspect it."""
+"""The `constellation` command: run the mesh locally, and do the main job step by step.
+
+Every command talks to the gateway: $CONSTELLATION_GATEWAY, else the local mesh's (from
+`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY.
+`--json` prints machine-readable output.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
+from pathlib import Path
 
 import click
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from constellation_sdk import mesh_process
+from constellation.agent.v1 import agent_pb2
+from constellation.core.v1 import core_pb2
+from constellation.hosting.v1 import hosting_pb2
+from constellation_sdk import catalog, mesh_process, outputs, watch
+from constellation_sdk.client import Client
+from mesh import config
+from mesh.errors import field_violations
+from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target, state_name
 
 
 @click.group()
@@ -52,3 +70,298 @@ def status(as_json: bool) -> None:
             state = "SERVING" if entry["serving"] else ("NOT_SERVING" if entry["running"] else "STOPPED")
             click.echo(f"{name:<13} {state:<12} {entry['address']:<22} pid {entry['pid']}")
     sys.exit(0 if report and all(e["serving"] for e in report.values()) else 1)
+
+
+# --------------------------------------------------------------------------- the main job, step by step
+
+
+def _gateway() -> str:
+    if os.environ.get("CONSTELLATION_GATEWAY"):
+        return os.environ["CONSTELLATION_GATEWAY"]
+    state = mesh_process.read_state(mesh_process.MeshPaths(config.home_dir()))
+    return state["processes"]["gateway"]["address"] if state else f"localhost:{config.DEFAULT_GATEWAY_PORT}"
+
+
+def _client() -> Client:
+    return Client(_gateway())
+
+
+def _fail(error: grpc.RpcError) -> click.ClickException:
+    message = f"{error.code().name}: {error.details()}"
+    for violation in field_violations(error):
+        message += f"\n  {violation.field}: {violation.description}"
+    return click.ClickException(message)
+
+
+def _emit(as_json: bool, payload, text: str) -> None:  # type: ignore[no-untyped-def]
+    """JSON (protobuf messages in their proto3 JSON form) or the human line."""
+    if as_json:
+        data = json_format.MessageToDict(payload, preserving_proto_field_name=True) if isinstance(payload, Message) else payload
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(text)
+
+
+def rpc(function):  # type: ignore[no-untyped-def]
+    """Turn gRPC errors into one readable line (and a field list), exit code 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return function(*args, **kwargs)
+        except grpc.RpcError as error:
+            raise _fail(error) from None
+
+    return wrapper
+
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+@main.group()
+def datasets() -> None:
+    """Scenes in the catalog."""
+
+
+@datasets.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--bands", required=True, help="Band names in file order, comma separated, e.g. blue,green,red,nir.")
+@click.option("--sensor", default="", help="e.g. landsat-7, sentinel-2.")
+@click.option("--description", default="")
+@click.option("--tag", "tags", multiple=True)
+@JSON
+@rpc
+def datasets_add(name: str, path: Path, bands: str, sensor: str, description: str, tags: tuple[str, ...], as_json: bool) -> None:
+    """Register the GeoTIFF at PATH as dataset NAME (resolution and footprint are read from the file)."""
+    try:
+        dataset = catalog.scene_dataset(path, name, [b.strip() for b in bands.split(",") if b.strip()], sensor, description, list(tags))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--bands") from None
+    with _client() as client:
+        created = client.core.CreateDataset(core_pb2.CreateDatasetRequest(dataset=dataset))
+    _emit(as_json, created, f"{created.id}  {created.name}")
+
+
+@datasets.command("list")
+@click.option("--filter", "filter_text", default="", help='e.g. sensor = "landsat-7" AND band = "nir"')
+@JSON
+@rpc
+def datasets_list(filter_text: str, as_json: bool) -> None:
+    with _client() as client:
+        reply = client.core.ListDatasets(core_pb2.ListDatasetsRequest(filter=filter_text, page_size=1000))
+    lines = [f"{d.id}  {d.name:<24} {d.sensor:<12} {','.join(d.bands)}  {d.resolution_m:g} m" for d in reply.datasets]
+    _emit(as_json, reply, "\n".join(lines) or "no datasets")
+
+
+@main.group()
+def models() -> None:
+    """Models in the catalog, and their deployments on hosting."""
+
+
+@models.command("register")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tag", "tags", multiple=True)
+@JSON
+@rpc
+def models_register(folder: Path, tags: tuple[str, ...], as_json: bool) -> None:
+    """Register the model in FOLDER (its constellation.yaml, README and card.json) in the catalog."""
+    from model_runtime.manifest import ManifestError
+
+    try:
+        model = catalog.model_from_folder(folder, list(tags))
+    except ManifestError as error:
+        raise click.ClickException(f"{folder}: {error}") from None
+    with _client() as client:
+        created = client.core.RegisterModel(core_pb2.RegisterModelRequest(model=model))
+    _emit(as_json, created, f"{created.id}  {created.name}:{created.version}")
+
+
+@models.command("list")
+@JSON
+@rpc
+def models_list(as_json: bool) -> None:
+    """Catalog models with their deployment state on hosting."""
+    with _client() as client:
+        entries = client.core.ListModels(core_pb2.ListModelsRequest(page_size=1000)).models
+        hosted = {(m.model_name, m.model_version): m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000)).models}
+    rows = []
+    for model in entries:
+        status = hosted.get((model.name, model.version))
+        deployment = state_name(status.state) if status else "not packaged"
+        rows.append({"id": model.id, "name": model.name, "version": model.version, "bands": list(model.input.bands), "deployment": deployment,
+                     "endpoints": [e.address for e in status.endpoints] if status else []})  # fmt: skip
+    text = "\n".join(f"{r['id']}  {r['name']}:{r['version']:<8} {','.join(r['bands']):<28} {r['deployment']} {' '.join(r['endpoints'])}" for r in rows)
+    _emit(as_json, rows, text or "no models")
+
+
+def _find_model(client: Client, ref: str) -> core_pb2.Model:
+    """A catalog model by id, NAME or NAME:VERSION (the newest registered when no version is given)."""
+    if ref.startswith("mdl_"):
+        return client.core.GetModel(core_pb2.GetModelRequest(id=ref))
+    name, _, version = ref.partition(":")
+    terms = f'name = "{name}"' + (f' AND version = "{version}"' if version else "")
+    found = client.core.ListModels(core_pb2.ListModelsRequest(filter=terms, page_size=1000)).models
+    if not found:
+        raise click.ClickException(f"no model {ref!r} in the catalog; register it with `constellation models register FOLDER`")
+    return found[-1]
+
+
+@models.command("deploy")
+@click.argument("model_ref", metavar="MODEL")
+@click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default="auto", show_default=True)
+@click.option("--replicas", default=1, show_default=True)
+@JSON
+@rpc
+def models_deploy(model_ref: str, runtime: str, replicas: int, as_json: bool) -> None:
+    """Package MODEL (id, name or name:version) if needed and deploy it, following hosting's events."""
+    runtimes = {"auto": hosting_pb2.RUNTIME_UNSPECIFIED, "docker": hosting_pb2.RUNTIME_DOCKER, "local": hosting_pb2.RUNTIME_LOCAL}
+    with _client() as client:
+        model = _find_model(client, model_ref)
+        hooks = DeployHooks(on_event=lambda kind, message: None if as_json else click.echo(f"  {'  ' if kind == 'log' else ''}{message}"))
+        deployer = ModelDeployer(client.hosting, Target(model.name, model.version, model.source, model.card), hooks,
+                                 hosting_address=client.gateway, runtime=runtimes[runtime], replicas=replicas)  # fmt: skip
+        try:
+            status = deployer.ensure()
+        except DeployFailed as error:
+            raise click.ClickException(str(error)) from None
+    _emit(as_json, status, f"{model.name}:{model.version} serving at {', '.join(e.address for e in status.endpoints)} ({hosting_pb2.Runtime.Name(status.runtime)[8:].lower()})")
+
+
+@models.command("watch")
+@click.argument("model_ref", metavar="MODEL")
+@JSON
+@rpc
+def models_watch(model_ref: str, as_json: bool) -> None:
+    """Replay and follow MODEL's packaging and deployment events (Ctrl-C to stop)."""
+    with _client() as client:
+        model = _find_model(client, model_ref)
+        hosted = [m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000)).models if (m.model_name, m.model_version) == (model.name, model.version)]
+        if not hosted:
+            raise click.ClickException(f"{model.name}:{model.version} is not on hosting yet; deploy it with `constellation models deploy {model.name}`")
+        for event in client.hosting.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=hosted[0].model_id)):
+            _emit(as_json, event, f"{event.sequence:>5} {state_name(event.state):<11} {event.log_line or event.message}")
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--save", "save_as", default="", help="Store the plan as a pipeline with this name.")
+@JSON
+@rpc
+def plan(prompt: str, save_as: str, as_json: bool) -> None:
+    """Ask the agent for a pipeline that does PROMPT, e.g. "map surface water in the Olinda scene"."""
+    with _client() as client:
+        answer = client.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt=prompt))
+        pipeline = None
+        if save_as:
+            pipeline = client.core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name=save_as, description=prompt, spec=answer.spec)))
+    if as_json:
+        data = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+        if pipeline is not None:
+            data["pipeline_id"] = pipeline.id
+        click.echo(json.dumps(data, indent=2))
+        return
+    for kind, candidates in (("dataset", answer.recommendation.datasets), ("model", answer.recommendation.models)):
+        for rank, candidate in enumerate(candidates[:3], 1):
+            click.echo(f"{kind} #{rank} {candidate.name:<24} {candidate.score:.2f}  {'; '.join(candidate.reasons[:2])}")
+    for reason in answer.rationale:
+        click.echo(f"  [{reason.block_id}] {reason.reason}")
+    click.echo(f"saved as pipeline {pipeline.id}; run it with `constellation run {pipeline.id}`" if pipeline else "save it with --save NAME")
+
+
+def _find_pipeline(client: Client, ref: str) -> core_pb2.Pipeline:
+    if ref.startswith("pl_"):
+        return client.core.GetPipeline(core_pb2.GetPipelineRequest(id=ref))
+    found = client.core.ListPipelines(core_pb2.ListPipelinesRequest(filter=f'name = "{ref}"')).pipelines
+    if not found:
+        raise click.ClickException(f"no pipeline {ref!r}; make one with `constellation plan PROMPT --save NAME`")
+    return found[0]
+
+
+def _follow(client: Client, run_id: str, as_json: bool) -> watch.RunReport:
+    run = client.core.GetRun(core_pb2.GetRunRequest(id=run_id))
+    spec = client.core.GetPipeline(core_pb2.GetPipelineRequest(id=run.pipeline_id)).spec
+    if as_json:  # one JSON object per event, then the report
+        report = watch.follow(client.core, run_id, lambda e: click.echo(json_format.MessageToJson(e, preserving_proto_field_name=True, indent=None)), spec)
+        click.echo(json.dumps(report.as_dict()))
+        return report
+    with watch.make_view([(b.id, b.WhichOneof("config") or "") for b in spec.blocks]) as view:
+        report = watch.follow(client.core, run_id, view.event, spec)
+    click.echo(f"run {run_id} {report.state}" + (f" ({report.failure_source}): {report.run.state_message}" if report.state != "succeeded" else ""))
+    for output in report.run.outputs:
+        click.echo(f"  {output.name:<28} {output.uri}")
+    return report
+
+
+@main.command()
+@click.argument("pipeline_ref", metavar="PIPELINE")
+@click.option("--watch/--no-watch", "follow_it", default=True, show_default=True, help="Follow the run's events until it ends.")
+@JSON
+@rpc
+def run(pipeline_ref: str, follow_it: bool, as_json: bool) -> None:
+    """Run PIPELINE (id or name): deploy its models, run the job, and follow it. Exits 1 unless it succeeds."""
+    with _client() as client:
+        pipeline = _find_pipeline(client, pipeline_ref)
+        started = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+        if not follow_it:
+            _emit(as_json, started, f"{started.id}  queued; follow it with `constellation runs watch {started.id}`")
+            return
+        if not as_json:
+            click.echo(f"run {started.id} of {pipeline.name}")
+        report = _follow(client, started.id, as_json)
+    sys.exit(0 if report.state == "succeeded" else 1)
+
+
+@main.group()
+def runs() -> None:
+    """Runs: list, watch, cancel, fetch outputs."""
+
+
+@runs.command("list")
+@click.option("--filter", "filter_text", default="", help='e.g. state = "failed" AND pipeline_id = "pl_..."')
+@JSON
+@rpc
+def runs_list(filter_text: str, as_json: bool) -> None:
+    with _client() as client:
+        reply = client.core.ListRuns(core_pb2.ListRunsRequest(filter=filter_text, page_size=1000))
+    lines = [f"{r.id}  {r.pipeline_id}  {watch.state_name(r.state):<10} {r.state_message[:80]}" for r in reply.runs]
+    _emit(as_json, reply, "\n".join(lines) or "no runs")
+
+
+@runs.command("watch")
+@click.argument("run_id")
+@JSON
+@rpc
+def runs_watch(run_id: str, as_json: bool) -> None:
+    """Replay RUN_ID's events and follow it live until it ends. Exits 1 unless it succeeds."""
+    with _client() as client:
+        report = _follow(client, run_id, as_json)
+    sys.exit(0 if report.state == "succeeded" else 1)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@JSON
+@rpc
+def runs_cancel(run_id: str, as_json: bool) -> None:
+    with _client() as client:
+        canceled = client.core.CancelRun(core_pb2.CancelRunRequest(id=run_id))
+    _emit(as_json, canceled, f"{canceled.id}  {watch.state_name(canceled.state)}")
+
+
+@runs.command("outputs")
+@click.argument("run_id")
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None, help="Copy the files into this folder.")
+@JSON
+@rpc
+def runs_outputs(run_id: str, dest: Path | None, as_json: bool) -> None:
+    """List RUN_ID's output files, or copy them into --dest."""
+    with _client() as client:
+        finished = client.core.GetRun(core_pb2.GetRunRequest(id=run_id))
+    rows = []
+    for output in finished.outputs:
+        local = outputs.fetch(output.uri, dest) if dest is not None else None
+        rows.append({"name": output.name, "uri": output.uri, "media_type": output.media_type, **({"path": str(local)} if local else {})})
+    if not rows:
+        raise click.ClickException(f"run {run_id} is {watch.state_name(finished.state)} and has no outputs")
+    _emit(as_json, rows, "\n".join(f"{r['name']:<28} {r.get('path', r['uri'])}" for r in rows))

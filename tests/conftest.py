@@ -12,7 +12,7 @@ from constellation.core.v1 import core_pb2_grpc
 from core_svc.server import build as build_core
 from mesh import config
 from mesh.services import insecure_channel
-from tests.pg import PostgresCluster, create_database
+from tests.pg import PostgresCluster, create_database, free_port
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +44,9 @@ def service_env(tmp_path, **extra: str) -> dict[str, str]:  # type: ignore[no-un
         "CONSTELLATION_CORE_METRICS_PORT": "0",
         "CONSTELLATION_HEALTH_INTERVAL_S": "0.2",
         "CONSTELLATION_SHUTDOWN_GRACE_S": "2",
+        # Core's peers: closed ports unless a test starts them (never a mesh that happens to run here).
+        "CONSTELLATION_HOSTING_ADDR": f"127.0.0.1:{free_port()}",
+        "CONSTELLATION_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}",
     }
     env.update(extra)
     return env

@@ -272,3 +272,86 @@ def test_cancel_reaches_the_orchestrator_and_ends_the_stream(local_mesh, tmp_pat
     assert not any(e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED and e.block_id == "water" for e in seen), "the model step was not stopped"
     listed = client.core.ListRuns(core_pb2.ListRunsRequest(filter='state = "canceled"')).runs
     assert run.id in [r.id for r in listed]
+
+
+# --------------------------------------------------------------------------- the same job by hand, with the CLI
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "constellation"), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_cli_does_each_step_by_hand_with_json(local_mesh, tmp_path):
+    env = local_mesh["env"]
+    added = cli(env, "datasets", "add", "olinda-cli", str(SCENE), "--bands", "blue,green,red,nir,swir1,swir2", "--sensor", "landsat-7", "--json")
+    assert added.returncode == 0, added.stderr
+    dataset = json.loads(added.stdout)
+    assert dataset["name"] == "olinda-cli" and dataset["resolution_m"] == pytest.approx(28.5)
+    again = cli(env, "datasets", "add", "olinda-cli", str(SCENE), "--bands", "blue,green,red,nir,swir1,swir2")
+    assert again.returncode == 1 and "ALREADY_EXISTS" in again.stderr and "olinda-cli" in again.stderr
+    wrong = cli(env, "datasets", "add", "olinda-3", str(SCENE), "--bands", "green,nir")
+    assert wrong.returncode == 2 and "6 band(s)" in wrong.stderr
+    registered = cli(env, "models", "register", str(model_variant(tmp_path, "cli-water", (NDWI / "model.py").read_text())), "--json")
+    assert registered.returncode == 0, registered.stderr
+    deployed = cli(env, "models", "deploy", "cli-water", "--runtime", "local", "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    assert json.loads(deployed.stdout)["state"] == "DEPLOYMENT_STATE_HEALTHY"
+    listed = json.loads(cli(env, "models", "list", "--json").stdout)
+    assert next(m for m in listed if m["name"] == "cli-water")["deployment"] == "healthy"
+    planned = cli(env, "plan", "map surface water with cli-water in olinda-cli", "--save", "cli-plan", "--json")
+    assert planned.returncode == 0, planned.stderr
+    pipeline_id = json.loads(planned.stdout)["pipeline_id"]
+    ran = cli(env, "run", pipeline_id, "--json")
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr
+    lines = ran.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["state"] == "succeeded" and len(lines) > 10  # one JSON event per line, then the report
+    fetched = cli(env, "runs", "outputs", report["run_id"], "--dest", str(tmp_path / "out"), "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    assert {Path(r["path"]).suffix for r in json.loads(fetched.stdout)} == {".tif", ".png", ".geojson"}
+    assert all(Path(r["path"]).is_file() for r in json.loads(fetched.stdout))
+    done = cli(env, "runs", "cancel", report["run_id"])
+    assert done.returncode == 1 and "FAILED_PRECONDITION" in done.stderr and "already ended" in done.stderr
+    missing = cli(env, "runs", "watch", "run_nope")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_the_readme_sdk_example_runs_as_written(local_mesh, capsys):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("The same flow with the SDK:") :]
+    code = section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python\n"))]
+    gateway = mesh_process.read_state(mesh_process.MeshPaths(Path(local_mesh["env"]["CONSTELLATION_HOME"])))["processes"]["gateway"]["address"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        exec(compile(code.replace('Client("localhost:8080")', f'Client("{gateway}")'), "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    assert "succeeded {" in capsys.readouterr().out
+
+
+def test_a_restarted_core_resumes_the_run_and_its_stream(local_mesh, tmp_path):
+    """Core stops mid-run (SIGTERM, as in an upgrade); a new core picks the run up where the stream left off."""
+    client, env = local_mesh["client"], local_mesh["env"]
+    pipeline = water_pipeline(local_mesh, "slow-restart", model_variant(tmp_path, "steady-water", SLOW_MODEL, tile_size=64), tile=64)
+    run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+    seen: list[c.RunEvent] = []
+    for event in client.core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id)):
+        seen.append(event)
+        if event.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and event.progress.done > 0:
+            break
+    paths = mesh_process.MeshPaths(Path(env["CONSTELLATION_HOME"]))
+    state = mesh_process.read_state(paths)
+    assert mesh_process._stop_pid(state["processes"]["core"]["pid"], 15.0)  # noqa: SLF001
+    with open(paths.logs / "core.log", "ab") as log:
+        core = subprocess.Popen([sys.executable, "-m", "core_svc"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    state["processes"]["core"]["pid"] = core.pid
+    paths.state.write_text(json.dumps(state))  # so the fixture's `down` stops the new core
+    wait_until(lambda: Client(state["processes"]["core"]["address"]).serving(), 60, "the new core")
+    report = watch.follow(client.core, run.id, spec=pipeline.spec)  # through the gateway, from the start
+    assert report.state == "succeeded", report.as_dict()
+    events = list(client.core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id)))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[: len(seen)] == seen, "what was streamed before the restart is replayed unchanged"
+    steps = [e.block_id for e in events if e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED]
+    assert sorted(steps) == sorted({b.id for b in pipeline.spec.blocks}), "every step once: no orchestrator event lost or doubled"

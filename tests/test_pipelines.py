@@ -138,8 +138,41 @@ def test_datasets_and_models_in_use_cannot_be_deleted(core, refs):
     core.DeleteModel(core_pb2.DeleteModelRequest(id=model_id))
 
 
-def test_run_rpcs_answer_unimplemented_honestly(core):
-    error = rpc_error(core.RunPipeline, core_pb2.RunPipelineRequest(pipeline_id="pl_x"))
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED and "not implemented yet" in error.details()
-    stream_error = rpc_error(lambda: list(core.WatchRun(core_pb2.WatchRunRequest(run_id="run_x"))))
-    assert stream_error.code() == grpc.StatusCode.UNIMPLEMENTED
+def test_run_rpcs_validate_their_requests(core):
+    cases = [
+        (core.RunPipeline, core_pb2.RunPipelineRequest(), grpc.StatusCode.INVALID_ARGUMENT, "pipeline_id"),
+        (core.RunPipeline, core_pb2.RunPipelineRequest(pipeline_id="pl_nope"), grpc.StatusCode.NOT_FOUND, "pl_nope"),
+        (core.GetRun, core_pb2.GetRunRequest(id="run_nope"), grpc.StatusCode.NOT_FOUND, "run_nope"),
+        (core.CancelRun, core_pb2.CancelRunRequest(id="run_nope"), grpc.StatusCode.NOT_FOUND, "run_nope"),
+        (core.ListRuns, core_pb2.ListRunsRequest(filter='state = "sleeping"'), grpc.StatusCode.INVALID_ARGUMENT, "sleeping"),
+        (core.ListRuns, core_pb2.ListRunsRequest(filter='owner = "me"'), grpc.StatusCode.INVALID_ARGUMENT, "owner"),
+    ]
+    for call, request, code, mentioned in cases:
+        error = rpc_error(call, request)
+        assert error.code() == code and mentioned in error.details(), (request, error.details())
+    for request, code in [
+        (core_pb2.WatchRunRequest(run_id="run_nope"), grpc.StatusCode.NOT_FOUND),
+        (core_pb2.WatchRunRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (core_pb2.WatchRunRequest(run_id="run_x", after_sequence=-1), grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        assert rpc_error(lambda r=request: list(core.WatchRun(r))).code() == code
+
+
+def test_a_run_whose_hosting_is_unreachable_fails_on_its_stream(core, refs):
+    """The core fixture's peers point at closed ports: the run ends FAILED, saying so, instead of hanging."""
+    pipeline = core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="unreachable", spec=water_spec(*refs))))
+    run = core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+    assert run.state == common_pb2.RUN_STATE_QUEUED and run.pipeline_id == pipeline.id
+    events = list(core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id), timeout=60))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[0].type == common_pb2.RUN_EVENT_TYPE_RUN_QUEUED and events[-1].type == common_pb2.RUN_EVENT_TYPE_RUN_FAILED
+    assert events[-1].source == "hosting" and "hosting is unreachable" in events[-1].message
+    final = core.GetRun(core_pb2.GetRunRequest(id=run.id))
+    assert final.state == common_pb2.RUN_STATE_FAILED and final.state_message.startswith("hosting: hosting is unreachable")
+    assert final.end_time.seconds > 0
+    # Replaying from the middle gives the rest, and nothing more.
+    assert [e.sequence for e in core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id, after_sequence=1))] == [e.sequence for e in events[1:]]
+    listed = core.ListRuns(core_pb2.ListRunsRequest(filter=f'pipeline_id = "{pipeline.id}" AND state = "failed"')).runs
+    assert [r.id for r in listed] == [run.id]
+    error = rpc_error(core.CancelRun, core_pb2.CancelRunRequest(id=run.id))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "already ended" in error.details()

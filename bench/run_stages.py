@@ -1,0 +1,123 @@
+"""The demo's run stage on a large scene, split by stage, on the local and Docker runtimes side by side.
+
+    .venv/bin/python bench/run_stages.py [--size 2048] [--runtimes local,docker] [--runs 2]
+
+For each runtime: a fresh mesh (temp home, free ports, SQLite), the mirrored-mosaic scene from
+scripts/make_scenes.py registered as a dataset, the agent's plan for "map surface water" run
+`--runs` times through the gateway. The first run deploys the model (cold: packaging + start), later
+runs reuse it (warm). Stage times come from the run's own event stream (deploy = run start to job
+launch; ingest = dataset + tile steps; infer = model step; stitch; export = vectorize + export).
+
+Baseline, measured in the same process: NDWI in-process with numpy over the same tiles (read,
+normalize, predict), so `infer tiles/s ÷ in-process tiles/s` is the price of the mesh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from constellation.agent.v1 import agent_pb2  # noqa: E402
+from constellation.core.v1 import core_pb2  # noqa: E402
+from constellation_sdk import Client, catalog, mesh_process, watch  # noqa: E402
+from scripts.make_scenes import make_scene  # noqa: E402
+from tests.pg import free_port  # noqa: E402
+
+BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
+NDWI = ROOT / "examples" / "models" / "ndwi-water"
+
+
+def in_process_tiles_per_s(scene: Path, tile: int = 256, batch: int = 8) -> tuple[float, int]:
+    """Read green and NIR, cut tiles, scale to reflectance, NDWI: the same work the infer stage asks of the model."""
+    import rasterio
+    from rasterio.windows import Window
+
+    sys.path.insert(0, str(NDWI))
+    from model import NdwiWater  # type: ignore[import-not-found]
+
+    model = NdwiWater()
+    started = time.perf_counter()
+    count = 0
+    with rasterio.open(scene) as src:
+        windows = [Window(x, y, tile, tile) for y in range(0, src.height, tile) for x in range(0, src.width, tile)]
+        for i in range(0, len(windows), batch):
+            tiles = np.stack([src.read([2, 4], window=w, boundless=True, fill_value=0) for w in windows[i : i + batch]]).astype(np.float32) / 10000
+            model.predict(tiles)
+            count += len(tiles)
+    return count / (time.perf_counter() - started), count
+
+
+def mesh_env(home: Path, docker: bool) -> dict[str, str]:
+    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_LOG_FORMAT": "json", "CONSTELLATION_HOSTING_DOCKER": "auto" if docker else "off"}
+    for service in mesh_process.SERVICES:
+        env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
+        env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
+    env["CONSTELLATION_GATEWAY_PORT"], env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port()), str(free_port())
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def bench_runtime(runtime: str, scene: Path, runs: int) -> list[watch.RunReport]:
+    home = Path(tempfile.mkdtemp(prefix=f"bench-{runtime}-"))
+    env = mesh_env(home, docker=runtime == "docker")
+    state = mesh_process.up(env)
+    reports = []
+    try:
+        with Client(state["processes"]["gateway"]["address"]) as client:
+            client.wait_ready()
+            dataset = catalog.ensure_dataset(client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"]))
+            model = catalog.ensure_model(client.core, catalog.model_from_folder(NDWI))
+            plan = client.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt="map surface water", dataset_id=dataset.id, model_id=model.id))
+            pipeline = catalog.ensure_pipeline(client.core, "bench", plan.spec)
+            for _ in range(runs):
+                run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+                report = watch.follow(client.core, run.id, spec=pipeline.spec)
+                if report.state != "succeeded":
+                    raise SystemExit(f"{runtime}: run {report.state}: {report.run.state_message}")
+                reports.append(report)
+    finally:
+        mesh_process.down(env)
+    return reports
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--runtimes", default="local,docker")
+    parser.add_argument("--runs", type=int, default=2, help="runs per runtime; the first one deploys the model")
+    args = parser.parse_args()
+    scene = make_scene(args.size, ROOT / "build" / "scenes" / f"olinda-{args.size}.tif")
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    if "docker" in runtimes:
+        from hosting_svc.images import Engine
+
+        if not Engine.available():
+            print("no Docker engine answers: skipping the docker runtime")
+            runtimes.remove("docker")
+    baseline, tiles = in_process_tiles_per_s(scene)
+    print(f"scene {scene.name}: {args.size}x{args.size} px, {tiles} tiles of 256 px; in-process NDWI baseline {baseline:.0f} tiles/s\n")
+    header = f"{'runtime':<8} {'run':<5} {'total s':>8} " + " ".join(f"{s + ' s':>9}" for s in watch.STAGES) + f" {'infer share':>12} {'tiles/s':>8} {'÷ in-proc':>9}"
+    print(header)
+    for runtime in runtimes:
+        for index, report in enumerate(bench_runtime(runtime, scene, args.runs)):
+            stages = report.stage_seconds
+            run_stage = sum(stages.values()) - stages["deploy"]
+            share = stages["infer"] / run_stage if run_stage else 0.0
+            rate = report.tiles / stages["infer"] if stages["infer"] else 0.0
+            label = "cold" if index == 0 else "warm"
+            print(f"{runtime:<8} {label:<5} {sum(stages.values()):>8.2f} " + " ".join(f"{stages[s]:>9.2f}" for s in watch.STAGES)
+                  + f" {share:>12.0%} {rate:>8.0f} {rate / baseline:>9.2f}")  # fmt: skip
+    print("\ninfer share = infer ÷ (ingest + infer + stitch + export); total includes deploy.")
+
+
+if __name__ == "__main__":
+    main()
