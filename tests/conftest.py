@@ -56,7 +56,6 @@ def mesh_env(home, docker: bool = False) -> dict[str, str]:  # type: ignore[no-u
     """Environment for `constellation up` in `home` on free ports (SQLite, local files, offline planner);
     hosting uses Docker only when `docker` (else local processes)."""
     from constellation_sdk import mesh_process
-    from tests.pg import free_port
 
     env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_HEALTH_INTERVAL_S": "0.5", "CONSTELLATION_LOG_FORMAT": "json"}
     for service in mesh_process.SERVICES:

@@ -257,7 +257,10 @@ def test_run_streams_events_with_progress_and_shows_the_outputs(page, mesh):
     assert any(h.endswith(".tif") for h in links) and any(h.endswith(".geojson") for h in links), links
     for href in links:
         assert http_status(href) == 200, href
-    assert "succeeded in" in page.locator("[data-testid=run-summary]").inner_text()
+    summary = page.locator("[data-testid=run-summary]")
+    assert "succeeded in" in summary.inner_text() and " tiles" in summary.inner_text()
+    page.locator("[data-testid=polygon-count]").wait_for()
+    assert int(page.locator("[data-testid=polygon-count]").inner_text().split()[0]) > 0
 
 
 def test_deployment_streams_live_states(page):
@@ -277,3 +280,15 @@ def test_deployment_streams_live_states(page):
     assert states[0] in ("packaging", "deploying", "building", "ready", "healthy"), states
     shot(page, "08-deployment")
     figure("deployment events streamed", f"{len(states)} in {time.monotonic() - started:.1f} s: {' -> '.join(dict.fromkeys(states))}")
+
+
+def test_a_run_can_be_canceled_from_its_page(page):
+    page.click("[data-testid=tab-pipeline]")
+    page.click("[data-testid=run]")
+    page.locator("[data-testid=cancel-run]").click()
+    page.wait_for_function(
+        "['canceled', 'failed', 'succeeded'].includes(document.querySelector('[data-testid=run-state]')?.textContent)", timeout=90_000
+    )
+    shot(page, "09-run-canceled")
+    assert page.locator("[data-testid=run-state]").inner_text() == "canceled", page.locator("[data-testid=run-view]").inner_text()[:3000]
+    assert page.locator("[data-testid=cancel-run]").count() == 0

@@ -5,44 +5,9 @@ import { type RunEvent, RunEventType, type RunOutput, RunState } from "../../../
 import type { Run } from "../../../gen/ts/constellation/core/v1/core_pb";
 import { type ConsoleConfig, core, outputUrl } from "../api";
 import { describeError, type ServiceError } from "../errors";
+import { foldSteps, type Step, TERMINAL } from "../runs";
 import { ErrorBox, enumLabel, Progress } from "./common";
 
-const TERMINAL = new Set([RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELED]);
-
-interface Step {
-  state: string;
-  done: number;
-  total: number;
-  unit: string;
-  message: string;
-}
-
-const STEP_STATES: Partial<Record<RunEventType, string>> = {
-  [RunEventType.STEP_STARTED]: "running",
-  [RunEventType.STEP_SUCCEEDED]: "succeeded",
-  [RunEventType.STEP_FAILED]: "failed",
-  [RunEventType.STEP_RETRY]: "retrying",
-};
-
-/** Per-block step state and progress folded from a run's events. */
-export function foldSteps(events: RunEvent[]): Map<string, Step> {
-  const steps = new Map<string, Step>();
-  for (const event of events) {
-    if (!event.blockId) continue;
-    const step = steps.get(event.blockId) ?? { state: "waiting", done: 0, total: 0, unit: "", message: "" };
-    const state = STEP_STATES[event.type];
-    if (state) step.state = state;
-    if (event.progress && (event.progress.total > 0n || event.progress.done > 0n)) {
-      step.done = Number(event.progress.done);
-      step.total = Number(event.progress.total);
-      step.unit = event.progress.unit;
-    }
-    if (event.type === RunEventType.STEP_SUCCEEDED && step.total > 0) step.done = step.total;
-    if (event.message) step.message = event.message;
-    steps.set(event.blockId, step);
-  }
-  return steps;
-}
 
 function when(run: Run, key: "createTime" | "startTime" | "endTime"): Date | undefined {
   const t = run[key];
@@ -52,9 +17,10 @@ function when(run: Run, key: "createTime" | "startTime" | "endTime"): Date | und
 export function Runs({ runId, config, onPick }: { runId: string | null; config: ConsoleConfig; onPick: (id: string) => void }) {
   const [runs, setRuns] = useState<Run[]>([]);
   const [error, setError] = useState<ServiceError | null>(null);
+  const [settled, setSettled] = useState(0);
   useEffect(() => {
     core.listRuns({ pageSize: 50 }).then((r) => { setRuns(r.runs); setError(null); }, (e) => setError(describeError(e)));
-  }, [runId]);
+  }, [runId, settled]);
   return (
     <section class="runs">
       <aside class="run-list">
@@ -70,12 +36,12 @@ export function Runs({ runId, config, onPick }: { runId: string | null; config: 
           {runs.length === 0 && !error && <li class="muted">No runs yet: start one from the pipeline editor.</li>}
         </ul>
       </aside>
-      {runId ? <RunView key={runId} runId={runId} config={config} /> : <p class="muted">Pick a run.</p>}
+      {runId ? <RunView key={runId} runId={runId} config={config} onSettled={() => setSettled(settled + 1)} /> : <p class="muted">Pick a run.</p>}
     </section>
   );
 }
 
-function RunView({ runId, config }: { runId: string; config: ConsoleConfig }) {
+function RunView({ runId, config, onSettled }: { runId: string; config: ConsoleConfig; onSettled: () => void }) {
   const [run, setRun] = useState<Run | null>(null);
   const [events, setEvents] = useState<RunEvent[]>([]);
   const [error, setError] = useState<ServiceError | null>(null);
@@ -110,7 +76,10 @@ function RunView({ runId, config }: { runId: string; config: ConsoleConfig }) {
           await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
         }
       }
-      if (!abort.signal.aborted) core.getRun({ id: runId }).then(setRun, (e) => setError(describeError(e)));
+      if (!abort.signal.aborted) {
+        core.getRun({ id: runId }).then(setRun, (e) => setError(describeError(e)));
+        onSettled();
+      }
     })();
     return () => abort.abort();
   }, [runId]);
@@ -138,19 +107,24 @@ function RunView({ runId, config }: { runId: string; config: ConsoleConfig }) {
       <ErrorBox error={error} />
       {streamNote && <p class="hint warn">{streamNote}</p>}
       <table class="grid steps" data-testid="steps">
-        <thead><tr><th>Step</th><th>State</th><th>Progress</th><th>Last message</th></tr></thead>
+        <thead><tr><th>Step</th><th>State</th><th>Progress</th><th>Time</th><th>Last message</th></tr></thead>
         <tbody>
-          {[...steps.entries()].map(([blockId, step]) => (
+          {[...steps.entries()].map(([blockId, step]) => {
+            // Once the run is over, a step that never finished stopped with it.
+            const shown = done && !["succeeded", "failed"].includes(step.state) ? "stopped" : step.state;
+            return (
             <tr key={blockId} data-step={blockId}>
               <td><code>{blockId}</code></td>
-              <td><span class={`state state-${step.state}`}>{step.state}</span></td>
-              <td><Progress done={step.done} total={step.total} unit={step.unit} complete={step.state === "succeeded"} /></td>
+              <td><span class={`state state-${shown}`}>{shown}</span></td>
+              <td><Progress done={step.done} total={step.total} unit={step.unit} complete={shown === "succeeded"} stopped={shown !== step.state} /></td>
+              <td>{step.seconds !== undefined ? `${step.seconds.toFixed(1)} s` : ""}</td>
               <td class="muted">{step.message}</td>
             </tr>
-          ))}
+            );
+          })}
         </tbody>
       </table>
-      {done && run && <RunSummary run={run} events={events} outputs={outputs} config={config} />}
+      {done && run && <RunSummary run={run} events={events} steps={steps} outputs={outputs} config={config} />}
       <h3>Events ({events.length})</h3>
       <ol class="events" data-testid="events">
         {events.map((e) => (
@@ -165,18 +139,38 @@ function RunView({ runId, config }: { runId: string; config: ConsoleConfig }) {
   );
 }
 
-function RunSummary({ run, events, outputs, config }: { run: Run; events: RunEvent[]; outputs: RunOutput[]; config: ConsoleConfig }) {
+interface SummaryProps {
+  run: Run;
+  events: RunEvent[];
+  steps: Map<string, Step>;
+  outputs: RunOutput[];
+  config: ConsoleConfig;
+}
+
+function RunSummary({ run, events, steps, outputs, config }: SummaryProps) {
   const started = when(run, "startTime") ?? when(run, "createTime");
   const ended = when(run, "endTime");
   const seconds = started && ended ? ((ended.getTime() - started.getTime()) / 1000).toFixed(1) : undefined;
   const preview = outputs.find((o) => o.mediaType.startsWith("image/png") || o.uri.endsWith(".png"));
   const previewUrl = preview && outputUrl(preview.uri, config);
+  const vectors = outputs.find((o) => o.mediaType.includes("geo+json") || o.uri.endsWith(".geojson"));
+  const vectorsUrl = vectors && outputUrl(vectors.uri, config);
+  const tiles = [...steps.values()].filter((s) => s.unit === "tiles").reduce((sum, s) => Math.max(sum, s.done), 0);
+  const [polygons, setPolygons] = useState<number | null>(null);
+  useEffect(() => {
+    if (!vectorsUrl) return;
+    fetch(vectorsUrl)
+      .then((r) => (r.ok ? r.json() : Promise.reject(new Error(r.statusText))))
+      .then((collection: { features?: unknown[] }) => setPolygons(collection.features?.length ?? 0), () => setPolygons(null));
+  }, [vectorsUrl]);
   return (
     <div class="card" data-testid="run-summary">
       <h3>Summary</h3>
       <p>
         {enumLabel(RunState, run.state)}
         {seconds && <> in {seconds} s</>} · pipeline <code>{run.pipelineId}</code> · {events.length} events · {outputs.length} outputs
+        {tiles > 0 && <> · {tiles} tiles</>}
+        {polygons !== null && <> · <span data-testid="polygon-count">{polygons} polygons</span></>}
       </p>
       {run.stateMessage && <p class={run.state === RunState.FAILED ? "error" : "muted"} data-testid="run-message">{run.stateMessage}</p>}
       {previewUrl && <img class="preview" src={previewUrl} alt={`preview of ${run.id}`} data-testid="preview" />}

@@ -40,12 +40,21 @@ export class Boundary extends Component<{ children: ComponentChildren }, { failu
 }
 
 /** A step's bar: done/total when the step counts, striped while it runs without a total, full once it is done. */
-export function Progress({ done, total, unit, complete = false }: { done: number; total: number; unit: string; complete?: boolean }) {
+interface ProgressProps {
+  done: number;
+  total: number;
+  unit: string;
+  complete?: boolean;
+  stopped?: boolean;
+}
+
+export function Progress({ done, total, unit, complete = false, stopped = false }: ProgressProps) {
   const counted = total > 0;
   const fraction = counted ? Math.min(1, done / total) : complete ? 1 : 0;
+  const striped = !counted && !complete && !stopped;
   return (
     <div class="progress" title={`${done}${counted ? ` of ${total}` : ""} ${unit}`}>
-      <div class={`progress-fill${counted || complete ? "" : " indeterminate"}`} style={{ width: `${counted || complete ? fraction * 100 : 100}%` }} />
+      <div class={`progress-fill${striped ? " indeterminate" : ""}`} style={{ width: `${striped ? 100 : fraction * 100}%` }} />
       <span class="progress-label">{counted ? `${done} / ${total} ${unit}` : complete ? "done" : done ? `${done} ${unit}` : ""}</span>
     </div>
   );
