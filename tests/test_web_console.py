@@ -51,8 +51,8 @@ def report_figures():
         print("\n" + "\n".join(FIGURES) + f"\n[web console] screenshots in {ARTIFACTS}")
 
 
-def test_vitest_graph_editor_and_error_decoding():
-    """The graph editor's model and the BadRequest decoding, in Vitest (web/src/*.test.ts)."""
+def test_vitest_graph_editor_run_steps_and_error_decoding():
+    """Vitest: the graph editor (model and component), run-step folding, BadRequest decoding (web/src/**/*.test.ts[x])."""
     result = subprocess.run(
         [str(ROOT / "node_modules" / ".bin" / "vitest"), "run", "--root", "web", "--reporter", "verbose"],
         cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, "NO_COLOR": "1"},

@@ -5,5 +5,5 @@ export default defineConfig({
   root: __dirname,
   esbuild: { jsx: "automatic", jsxImportSource: "preact" },
   build: { outDir: "dist", emptyOutDir: true, target: "es2022", reportCompressedSize: false },
-  test: { include: ["src/**/*.test.ts"], environment: "node" },
+  test: { include: ["src/**/*.test.{ts,tsx}"], environment: "node" },
 });
