@@ -4,18 +4,23 @@ Envoy cannot serve files, so the gateway supervisor (mesh/gateway.py) runs
 this small HTTP server beside Envoy and Envoy routes every non-gRPC path to
 it: one address serves the page and the API. `/files/<path>` serves only
 regular files under the outputs folder (the local export destination); any
-path that resolves outside it (`..`, symlinks) is a 404. `/console.json`
-tells the page which `file://` prefix maps to `/files/`.
+path that resolves outside it (`..`, symlinks) is a 404. When the mesh has
+API keys (CONSTELLATION_API_KEYS / CONSTELLATION_API_KEY), `/files/` wants one
+too, in the `constellation_api_key` cookie the page sets (an <img> cannot send
+headers). `/console.json` tells the page which `file://` prefix maps to
+`/files/` and whether it needs a key.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import mimetypes
 import os
 import threading
 import urllib.parse
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,6 +43,17 @@ def outputs_dir(env: dict[str, str]) -> Path:
     return (config.home_dir(env) / "outputs").resolve()
 
 
+KEY_COOKIE = "constellation_api_key"
+
+
+def api_keys(env: dict[str, str]) -> set[str]:
+    """The mesh's API keys, whatever their role: reading run outputs is a Get."""
+    keys = set(config.parse_api_keys(env.get("CONSTELLATION_API_KEYS", "")))
+    if env.get("CONSTELLATION_API_KEY"):
+        keys.add(env["CONSTELLATION_API_KEY"])
+    return keys
+
+
 def _inside(root: Path, relative: str) -> Path | None:
     """The regular file at root/relative, or None when it is missing or escapes root."""
     try:
@@ -54,6 +70,7 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     server_version = "constellation-console"
     web_root: Path = WEB_DIST
     files_root: Path = Path("/nonexistent")
+    keys: frozenset[str] = frozenset()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass  # Envoy logs access; keep the supervisor's log for errors.
@@ -67,9 +84,11 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
         if path == "/console.json":
-            body = json.dumps({"outputs_uri": self.files_root.resolve().as_uri()}).encode()
+            body = json.dumps({"outputs_uri": self.files_root.resolve().as_uri(), "auth": bool(self.keys)}).encode()
             return self._send(HTTPStatus.OK, body, "application/json", head, cache="no-store")
         if path.startswith("/files/"):
+            if not self._key_ok():
+                return self._send(HTTPStatus.UNAUTHORIZED, b"an API key is required: set it in the console\n", "text/plain", head)
             found = _inside(self.files_root, path.removeprefix("/files/"))
             if found is None:
                 return self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain", head)
@@ -84,6 +103,16 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         # Vite names assets by content hash; the page itself must always be fresh.
         cache = "public, max-age=31536000, immutable" if path.startswith("/assets/") else "no-cache"
         self._send_file(found, head, cache=cache)
+
+    def _key_ok(self) -> bool:
+        if not self.keys:
+            return True
+        try:
+            morsel = SimpleCookie(self.headers.get("Cookie", "")).get(KEY_COOKIE)
+        except CookieError:
+            return False
+        presented = urllib.parse.unquote(morsel.value) if morsel else ""
+        return any(hmac.compare_digest(presented.encode(), key.encode()) for key in self.keys)
 
     def _send_file(self, path: Path, head: bool, cache: str) -> None:
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -102,9 +131,10 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-def serve(port: int, web_root: Path, files_root: Path) -> ThreadingHTTPServer:
+def serve(port: int, web_root: Path, files_root: Path, keys: set[str] | None = None) -> ThreadingHTTPServer:
     """Start the console server on 127.0.0.1:port (0 picks a free one) in a daemon thread."""
-    handler = type("BoundConsoleHandler", (ConsoleHandler,), {"web_root": web_root, "files_root": files_root})
+    attributes = {"web_root": web_root, "files_root": files_root, "keys": frozenset(keys or ())}
+    handler = type("BoundConsoleHandler", (ConsoleHandler,), attributes)
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="console", daemon=True).start()
@@ -115,4 +145,4 @@ def serve_from_env(env: dict[str, str] | None = None) -> ThreadingHTTPServer:
     env = dict(os.environ) if env is None else env
     web_root = Path(env.get("CONSTELLATION_CONSOLE_WEB_ROOT") or WEB_DIST)
     port = int(env.get("CONSTELLATION_CONSOLE_PORT") or 0)
-    return serve(port, web_root, outputs_dir(env))
+    return serve(port, web_root, outputs_dir(env), api_keys(env))

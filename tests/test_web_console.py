@@ -11,6 +11,7 @@ bundle size) are printed with `-s` and always in the summary's captured output.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from constellation_sdk import Client, catalog, mesh_process
+from mesh import console
 from tests.conftest import mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +88,7 @@ def mesh(tmp_path_factory):
     mesh_process.down(env)
 
 
-def http_status(url: str) -> int:
+def http_status(url: str | urllib.request.Request) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.status
@@ -111,6 +113,28 @@ def test_gateway_serves_outputs_read_only_and_nothing_outside_them(mesh):
         pytest.fail("DELETE succeeded")
     except urllib.error.HTTPError as error:
         assert error.code == 501  # ... and nothing writes
+
+
+def test_outputs_want_an_api_key_when_the_mesh_has_keys(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mask_preview.png").write_bytes(b"\x89PNG")
+    server = console.serve(0, tmp_path / "no-dist", tmp_path / "out", console.api_keys({"CONSTELLATION_API_KEYS": "s3cret:reader"}))
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        def with_cookie(value: str) -> urllib.request.Request:
+            return urllib.request.Request(base + "/files/mask_preview.png", headers={"Cookie": f"{console.KEY_COOKIE}={value}"})
+
+        assert http_status(base + "/files/mask_preview.png") == 401
+        assert http_status(with_cookie("wrong")) == 401
+        assert http_status(with_cookie("s3cret")) == 200
+        with urllib.request.urlopen(base + "/console.json", timeout=10) as response:
+            assert json.load(response) == {"outputs_uri": (tmp_path / "out").resolve().as_uri(), "auth": True}
+        # Without a built page the gateway still answers with what to do, never a blank page.
+        with urllib.request.urlopen(base + "/", timeout=10) as response:
+            assert "make web" in response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")

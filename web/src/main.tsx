@@ -1,7 +1,7 @@
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import type { Model } from "../../gen/ts/constellation/core/v1/core_pb";
-import { type ConsoleConfig, loadConsoleConfig } from "./api";
+import { apiKey, type ConsoleConfig, loadConsoleConfig, setApiKey } from "./api";
 import { EMPTY_GRAPH, fromSpec, type Graph } from "./graph";
 import { Agent } from "./ui/Agent";
 import { Catalog, type CatalogData } from "./ui/Catalog";
@@ -21,7 +21,7 @@ function App() {
   const [graph, setGraph] = useState<Graph>(EMPTY_GRAPH);
   const [runId, setRunId] = useState<string | null>(null);
   const [deployTarget, setDeployTarget] = useState<Model | null>(null);
-  const [config, setConfig] = useState<ConsoleConfig>({ outputsUri: "" });
+  const [config, setConfig] = useState<ConsoleConfig>({ outputsUri: "", auth: false });
 
   useEffect(() => {
     loadConsoleConfig().then(setConfig);
@@ -41,6 +41,7 @@ function App() {
             </button>
           ))}
         </nav>
+        {(config.auth || apiKey()) && <KeyInput />}
       </header>
       <main>
         <Boundary>
@@ -57,6 +58,17 @@ function App() {
         </Boundary>
       </main>
     </>
+  );
+}
+
+/** The mesh's API key for this tab; changing it reloads the page so every screen asks again. */
+function KeyInput() {
+  const [key, setKey] = useState(apiKey());
+  return (
+    <form class="api-key" onSubmit={(e) => { e.preventDefault(); setApiKey(key.trim()); location.reload(); }}>
+      <input type="password" placeholder="API key" value={key} onInput={(e) => setKey(e.currentTarget.value)} data-testid="api-key" />
+      <button type="submit">Use key</button>
+    </form>
   );
 }
 

@@ -15,6 +15,7 @@ export function ErrorBox({ error, testId = "error" }: { error: ServiceError | nu
           ))}
         </ul>
       )}
+      {error.code === "UNAUTHENTICATED" && <div>Enter an API key at the top right.</div>}
       {error.requestId && <div class="muted">request id {error.requestId}</div>}
     </div>
   );
