@@ -306,8 +306,15 @@ def test_deployment_streams_live_states(page):
     figure("deployment events streamed", f"{len(states)} in {time.monotonic() - started:.1f} s: {' -> '.join(dict.fromkeys(states))}")
 
 
-def test_a_run_can_be_canceled_from_its_page(page):
+def test_a_stored_pipeline_opens_in_the_editor_and_its_run_can_be_canceled(page):
     page.click("[data-testid=tab-pipeline]")
+    page.click("button:has-text('Clear')")
+    assert page.locator("[data-testid=canvas] .block").count() == 0
+    page.wait_for_function("document.querySelectorAll('[data-testid=open-pipeline] option').length > 1")
+    stored = page.locator("[data-testid=open-pipeline] option").all_inner_texts()[1:]
+    assert len(stored) == 1 and stored[0].startswith("console-")  # the one the run above saved
+    page.select_option("[data-testid=open-pipeline]", label=stored[0])
+    assert page.locator("[data-testid=canvas] .block").count() == 6 and page.locator("[data-testid=canvas] g.edge").count() == 6
     page.click("[data-testid=run]")
     page.locator("[data-testid=cancel-run]").click()
     page.wait_for_function(

@@ -1,11 +1,11 @@
-import { useRef, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BlendMode, ExportFormat, Normalization, type PipelineProblem } from "../../../gen/ts/constellation/common/v1/common_pb";
-import type { Run } from "../../../gen/ts/constellation/core/v1/core_pb";
+import type { Pipeline, Run } from "../../../gen/ts/constellation/core/v1/core_pb";
 import { core } from "../api";
 import { describeError, type ServiceError } from "../errors";
 import {
-  addBlock, BLOCK_KINDS, type BlockKind, connect, disconnect, type Graph, type GraphBlock, moveBlock, placeProblems,
+  addBlock, BLOCK_KINDS, type BlockKind, connect, disconnect, fromSpec, type Graph, type GraphBlock, moveBlock, placeProblems,
   type PlacedProblems, problemSetting, removeBlock, renameBlock, toSpec, updateBlock,
 } from "../graph";
 import type { CatalogData } from "./Catalog";
@@ -175,6 +175,7 @@ export function Editor({ graph, onChange, catalog, exportUri, onStarted }: Props
             </div>
           ))}
         </div>
+        <OpenPipeline onOpen={(pipeline) => { edit(fromSpec(pipeline.spec!)); setSelected(null); setName(""); setNotice(`Opened ${pipeline.name}; saving creates a new pipeline.`); }} onError={setError} />
         <input placeholder="pipeline name (optional)" value={name} onInput={(e) => setName(e.currentTarget.value)} data-testid="pipeline-name" />
         <button onClick={validate} data-testid="validate">Validate</button>
         <button onClick={saveAndRun} disabled={busy || graph.blocks.length === 0} data-testid="run">{busy ? "Starting…" : "Save and run"}</button>
@@ -274,6 +275,20 @@ export function Editor({ graph, onChange, catalog, exportUri, onStarted }: Props
         </aside>
       </div>
     </section>
+  );
+}
+
+/** A stored pipeline into the editor (pipelines are immutable: saving an edit stores a new one). */
+function OpenPipeline({ onOpen, onError }: { onOpen: (pipeline: Pipeline) => void; onError: (error: ServiceError) => void }) {
+  const [pipelines, setPipelines] = useState<Pipeline[] | null>(null);
+  useEffect(() => {
+    core.listPipelines({ pageSize: 200 }).then((r) => setPipelines(r.pipelines), (e) => onError(describeError(e)));
+  }, []);
+  return (
+    <select value="" onChange={(e) => { const found = pipelines?.find((p) => p.id === e.currentTarget.value); if (found?.spec) onOpen(found); }} data-testid="open-pipeline">
+      <option value="">Open a stored pipeline…</option>
+      {(pipelines ?? []).map((p) => <option key={p.id} value={p.id}>{p.name}</option>)}
+    </select>
   );
 }
 
