@@ -265,6 +265,9 @@ def test_run_streams_events_with_progress_and_shows_the_outputs(page, mesh):
         .map((n) => [n, performance.getEntriesByName(n).at(-1)?.startTime]))""")
     figure("run start (click) -> first streamed event shown", f"{marks['first-run-event'] - marks['run-clicked']:.0f} ms")
     figure("RunPipeline answered -> first streamed event shown", f"{marks['first-run-event'] - marks['run-created']:.0f} ms")
+    # Every block of the pipeline has its row (and bar) from the start.
+    page.wait_for_function("document.querySelectorAll('[data-testid=steps] tr[data-step]').length === 6")
+    page.wait_for_selector("[data-testid=steps] .state-running, [data-testid=steps] .state-succeeded", timeout=120_000)
     shot(page, "06-run-live")
     page.wait_for_function(
         "['succeeded', 'failed', 'canceled'].includes(document.querySelector('[data-testid=run-state]')?.textContent)", timeout=240_000

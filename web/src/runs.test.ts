@@ -28,6 +28,12 @@ describe("folding run events into steps", () => {
     expect(steps.get("infer")!.seconds).toBeUndefined();
   });
 
+  it("lists the pipeline's blocks in its order before any of them has an event", () => {
+    const steps = foldSteps([event(RunEventType.DEPLOYMENT, "infer", 0)], ["scene", "tiles", "infer", "out"]);
+    expect([...steps.keys()]).toEqual(["scene", "tiles", "infer", "out"]);
+    expect([...steps.values()].map((s) => s.state)).toEqual(["waiting", "waiting", "deploying", "waiting"]);
+  });
+
   it("shows a model step as deploying until it starts, and a finished step as complete", () => {
     expect(foldSteps([event(RunEventType.DEPLOYMENT, "infer", 0)]).get("infer")!.state).toBe("deploying");
     const finished = foldSteps([

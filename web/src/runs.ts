@@ -21,12 +21,14 @@ const STEP_STATES: Partial<Record<RunEventType, string>> = {
   [RunEventType.STEP_RETRY]: "retrying",
 };
 
-/** Per-block step state and progress folded from a run's events. */
-export function foldSteps(events: RunEvent[]): Map<string, Step> {
-  const steps = new Map<string, Step>();
+const waiting = (): Step => ({ state: "waiting", done: 0, total: 0, unit: "", message: "" });
+
+/** Per-block step state and progress folded from a run's events; `blockIds` (the pipeline's, in order) start out waiting. */
+export function foldSteps(events: RunEvent[], blockIds: readonly string[] = []): Map<string, Step> {
+  const steps = new Map<string, Step>(blockIds.map((id) => [id, waiting()]));
   for (const event of events) {
     if (!event.blockId) continue;
-    const step = steps.get(event.blockId) ?? { state: "waiting", done: 0, total: 0, unit: "", message: "" };
+    const step = steps.get(event.blockId) ?? waiting();
     const state = STEP_STATES[event.type];
     if (state) step.state = state;
     else if (event.type === RunEventType.DEPLOYMENT && step.state === "waiting") step.state = "deploying";

@@ -46,12 +46,19 @@ function RunView({ runId, config, onSettled }: { runId: string; config: ConsoleC
   const [events, setEvents] = useState<RunEvent[]>([]);
   const [error, setError] = useState<ServiceError | null>(null);
   const [streamNote, setStreamNote] = useState("");
+  const [blockIds, setBlockIds] = useState<string[]>([]);
   const lastSequence = useRef(0n);
 
   useEffect(() => {
     const abort = new AbortController();
     let finished = false;
-    core.getRun({ id: runId }, { signal: abort.signal }).then(setRun, (e) => !abort.signal.aborted && setError(describeError(e)));
+    core.getRun({ id: runId }, { signal: abort.signal })
+      .then((found) => {
+        setRun(found);
+        return core.getPipeline({ id: found.pipelineId }, { signal: abort.signal });
+      })
+      .then((pipeline) => setBlockIds(pipeline.spec?.blocks.map((b) => b.id) ?? []))
+      .catch((e) => !abort.signal.aborted && setError(describeError(e)));
     // Follow the stream; when it drops before the run ends, resume after the last event seen.
     (async () => {
       for (let attempt = 0; attempt < 20 && !abort.signal.aborted && !finished; attempt++) {
@@ -85,7 +92,7 @@ function RunView({ runId, config, onSettled }: { runId: string; config: ConsoleC
   }, [runId]);
 
   const state = events.length ? events[events.length - 1].state : run?.state ?? RunState.UNSPECIFIED;
-  const steps = foldSteps(events);
+  const steps = foldSteps(events, blockIds);
   const done = TERMINAL.has(state);
   const outputs: RunOutput[] = run?.outputs.length ? run.outputs : events.flatMap((e) => e.outputs);
 
@@ -116,7 +123,7 @@ function RunView({ runId, config, onSettled }: { runId: string; config: ConsoleC
             <tr key={blockId} data-step={blockId}>
               <td><code>{blockId}</code></td>
               <td><span class={`state state-${shown}`}>{shown}</span></td>
-              <td><Progress done={step.done} total={step.total} unit={step.unit} complete={shown === "succeeded"} stopped={shown !== step.state} /></td>
+              <td><Progress done={step.done} total={step.total} unit={step.unit} complete={shown === "succeeded"} stopped={shown !== step.state || shown === "waiting"} /></td>
               <td>{step.seconds !== undefined ? `${step.seconds.toFixed(1)} s` : ""}</td>
               <td class="muted">{step.message}</td>
             </tr>
