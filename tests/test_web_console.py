@@ -145,18 +145,28 @@ def test_outputs_want_an_api_key_when_the_mesh_has_keys(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def page(mesh):
+def browser():
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1440, "height": 950})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.crashes = []  # type: ignore[attr-defined]
-        page.on("pageerror", lambda error: page.crashes.append(str(error)))  # type: ignore[attr-defined]
-        yield page
+        yield browser
         browser.close()
+
+
+def new_page(browser):  # type: ignore[no-untyped-def]
+    page = browser.new_page(viewport={"width": 1440, "height": 950})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.crashes = []
+    page.on("pageerror", lambda error: page.crashes.append(str(error)))
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(mesh, browser):
+    page = new_page(browser)
+    yield page
     assert not page.crashes, page.crashes  # type: ignore[attr-defined]
 
 
@@ -333,3 +343,22 @@ def test_a_stored_pipeline_opens_in_the_editor_and_its_run_can_be_canceled(page)
     shot(page, "09-run-canceled")
     assert page.locator("[data-testid=run-state]").inner_text() == "canceled", page.locator("[data-testid=run-view]").inner_text()[:3000]
     assert page.locator("[data-testid=cancel-run]").count() == 0
+
+
+def test_a_mesh_with_api_keys_asks_for_one_and_the_page_then_works(browser, tmp_path):
+    env = {**mesh_env(tmp_path / "home"), "CONSTELLATION_API_KEYS": "console-key:reader"}
+    mesh_process.up(env)
+    try:
+        page = new_page(browser)
+        page.goto(f"http://127.0.0.1:{env['CONSTELLATION_GATEWAY_PORT']}/")
+        error = page.locator("[data-testid=error]").first
+        error.wait_for()
+        assert "UNAUTHENTICATED" in error.inner_text() and "API key" in error.inner_text()
+        shot(page, "10-api-key-needed")
+        page.fill("[data-testid=api-key]", "console-key")
+        page.click("button:has-text('Use key')")
+        page.wait_for_selector("[data-testid=catalog-ready]")
+        assert page.locator("[data-testid=error]").count() == 0
+        assert not page.crashes
+    finally:
+        mesh_process.down(env)
