@@ -43,21 +43,25 @@ def start_mesh() -> str:
     return state["processes"]["gateway"]["address"]
 
 
-def register(client: Client, scene: Path) -> None:
+def register(client: Client, scene: Path) -> dict[str, str]:
+    """Registers the scene and the example models; model ids by name."""
     dataset = catalog.scene_dataset(
         scene, "olinda-landsat7", ["blue", "green", "red", "nir", "swir1", "swir2"], sensor="landsat-7",
         description="Landsat 7 ETM+ over Olinda, Brazil: coast, ocean and rivers", tags=["coast", "water", "sample"],
     )  # fmt: skip
     dataset = catalog.ensure_dataset(client.core, dataset)
     print(f"dataset  {dataset.id}  {dataset.name}: {dataset.sensor}, {len(dataset.bands)} bands, {dataset.resolution_m:g} m")
+    ids = {}
     for folder in sorted(p.parent for p in MODELS.glob("*/constellation.yaml")):
         model = catalog.ensure_model(client.core, catalog.model_from_folder(folder))
+        ids[model.name] = model.id
         print(f"model    {model.id}  {model.name}:{model.version} reads {', '.join(model.input.bands)}")
+    return ids
 
 
-def plan(client: Client, prompt: str) -> core_pb2.Pipeline:
-    print(f'\nasking the agent: "{prompt}"')
-    answer = client.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt=prompt))
+def plan(client: Client, prompt: str, model_id: str = "") -> core_pb2.Pipeline:
+    print(f'\nasking the agent: "{prompt}"' + (" (model fixed by --model)" if model_id else ""))
+    answer = client.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt=prompt, model_id=model_id))
     for kind, candidates in (("dataset", answer.recommendation.datasets), ("model", answer.recommendation.models)):
         for rank, candidate in enumerate(candidates[:3], 1):
             print(f"  {kind} #{rank} {candidate.name:<22} score {candidate.score:.2f}  {'; '.join(candidate.reasons[:2])}")
@@ -73,8 +77,10 @@ def plan(client: Client, prompt: str) -> core_pb2.Pipeline:
     return pipeline
 
 
-def summarize(report: watch.RunReport) -> dict:
+def summarize(report: watch.RunReport, pipeline: core_pb2.Pipeline, client: Client) -> dict:
     summary = report.as_dict()
+    model_ids = [b.model.model_id for b in pipeline.spec.blocks if b.WhichOneof("config") == "model"]
+    summary["models"] = [client.core.GetModel(core_pb2.GetModelRequest(id=i)).name for i in model_ids]
     mask = next((o for o in report.run.outputs if o.media_type.startswith("image/tiff")), None)
     path = outputs.local_path(mask.uri) if mask else None
     if path is not None and path.exists():
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--scene", type=Path, default=SCENE, help="a 6-band Landsat 7 GeoTIFF (default: the Olinda sample)")
+    parser.add_argument("--model", default="", help="use this example model (e.g. ndwi-water) instead of the agent's pick")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
     parser.add_argument("--live", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when stdout is a terminal)")
     args = parser.parse_args(argv)
@@ -95,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     with Client(gateway) as client:
         client.wait_ready()
         try:
-            register(client, args.scene)
-            pipeline = plan(client, args.prompt)
+            models = register(client, args.scene)
+            if args.model and args.model not in models:
+                raise SystemExit(f"--model {args.model}: not one of the example models ({', '.join(models)})")
+            pipeline = plan(client, args.prompt, models.get(args.model, ""))
             run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
         except grpc.RpcError as error:
             raise SystemExit(f"{error.code().name}: {error.details()}") from None
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks = [(b.id, b.WhichOneof("config") or "") for b in pipeline.spec.blocks]
         with watch.make_view(blocks, args.live) as view:
             report = watch.follow(client.core, run.id, view.event, pipeline.spec)
-    summary = summarize(report)
+        summary = summarize(report, pipeline, client)
     print(f"\nrun {report.state}" + (f" ({report.failure_source}): {report.run.state_message}" if report.state != "succeeded" else ""))
     for output in report.run.outputs:
         print(f"  {output.name:<28} {output.uri}")

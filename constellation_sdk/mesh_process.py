@@ -152,6 +152,31 @@ def down(env: dict[str, str] | None = None, grace_s: float = 15.0) -> list[str]:
             clean = _stop_pid(entry["pid"], grace_s)
             stopped.append(name if clean else f"{name} (killed)")
     paths.state.unlink()
+    stopped += _stop_model_replicas(paths.home / "hosting", grace_s)
+    return stopped
+
+
+def _stop_model_replicas(hosting_home: Path, grace_s: float) -> list[str]:
+    """The model endpoints this mesh's hosting started: local processes (pid files) and Docker containers
+    (labelled with hosting's home). They outlive a hosting restart on purpose; `down` ends them too."""
+    stopped = []
+    for pid_file in sorted(hosting_home.glob("local/*/replica-*.pid")):
+        pid = int(pid_file.read_text().split()[0])
+        if _alive(pid):
+            _stop_pid(pid, grace_s)
+            stopped.append(f"model replica pid {pid}")
+        pid_file.unlink(missing_ok=True)
+    try:
+        import docker
+
+        from hosting_svc.runtimes.docker import LABEL_OWNER
+
+        client = docker.from_env(timeout=10)
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL_OWNER}={hosting_home}"}):
+            container.remove(force=True)
+            stopped.append(f"model container {container.name}")
+    except Exception:  # noqa: BLE001 - no engine (or none reachable): there are no containers to stop
+        pass
     return stopped
 
 

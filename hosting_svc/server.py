@@ -29,7 +29,7 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> tuple
         engine = images.Engine()
     runtimes = {"local": LocalRuntime(home / "local")}
     if engine is not None:
-        runtimes["docker"] = DockerRuntime(engine)
+        runtimes["docker"] = DockerRuntime(engine, owner=str(home))
     if modal.configured(env):
         runtimes["modal"] = modal.ModalRuntime(home / "modal")
     hosting = Hosting(

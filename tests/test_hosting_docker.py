@@ -144,6 +144,34 @@ def test_delete_removes_containers_and_image(hosting, engine, tmp_path):
     assert healthy[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY")
 
 
+def test_onnx_model_is_built_with_onnxruntime_and_answers_like_in_process(hosting, engine):
+    import onnxruntime
+
+    from model_runtime.client import InferenceClient
+
+    folder = ROOT / "examples" / "models" / "water-mlp"
+    status = hosting.package(folder, name="water-mlp")
+    ready = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+    assert ready[-1].state == STATE.Value("DEPLOYMENT_STATE_READY"), ready[-1].message
+    built = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
+    assert "onnxruntime==" + onnxruntime.__version__ in built.installed_packages
+    assert engine.images.get(built.image).attrs["Size"] < 400e6
+    hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id, runtime=hosting_pb2.RUNTIME_DOCKER))
+    healthy = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=ready[-1].sequence)
+    assert healthy[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), healthy[-1].message
+    address = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id)).endpoints[0].address
+
+    example = np.load(folder / "example_input.npy")
+    tiles = np.concatenate([example, np.random.default_rng(8).integers(0, 256, example.shape, dtype=np.uint8)])
+    with InferenceClient(address) as client:
+        served = client.infer("water-mlp", tiles, timeout=60)["water_probability"]
+    session = onnxruntime.InferenceSession(str(folder / "water_mlp.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(served, session.run(None, {"tiles": tiles})[0], rtol=0, atol=1e-6)
+    assert 0.05 < (served[0] > 0.5).mean() < 0.95, "the example tile holds both water and land"
+    hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
+    assert labelled(engine, status.model_id) == ([], [])
+
+
 def test_a_new_version_that_never_gets_healthy_rolls_back(hosting, ndwi_ready, tmp_path):
     model_id, _ = ndwi_ready
     status = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id))

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from hosting_svc import images
 from hosting_svc.domain import HostedModel
 from hosting_svc.runtimes import Replica
 
 
+LABEL_OWNER = "constellation.owner"
+
+
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, engine: images.Engine) -> None:
+    def __init__(self, engine: images.Engine, owner: str = "") -> None:
         self.engine = engine
+        # Which hosting's replicas these are (its home folder), so meshes sharing an engine keep apart
+        # and `constellation down` removes only its own.
+        self.owner = owner
 
     def prepare(self, model: HostedModel, log) -> None:  # type: ignore[no-untyped-def]
         """The image was built and validated by PackageModel."""
@@ -23,8 +31,11 @@ class DockerRuntime:
             images.LABEL_VERSION: model.version,
             images.LABEL_ROLE: "replica",
             "constellation.environment": model.environment,
+            LABEL_OWNER: self.owner,
         }
         name = f"constellation-{model.name}-{model.version}-{model.environment}-{index}".replace("+", "-")
+        if self.owner:
+            name += "-" + hashlib.sha256(self.owner.encode()).hexdigest()[:8]
         for stale in self.engine.containers(**{"constellation.replica_name": name}):
             stale.remove(force=True)
         labels["constellation.replica_name"] = name
@@ -42,7 +53,7 @@ class DockerRuntime:
 
     def running(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        for container in self.engine.containers(**{images.LABEL_ROLE: "replica"}):
+        for container in self.engine.containers(**{images.LABEL_ROLE: "replica", LABEL_OWNER: self.owner}):
             found.setdefault(container.labels[images.LABEL_MODEL], []).append(container.id)
         return found
 
