@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import Client, catalog, mesh_process
 from mesh import console
 from tests.conftest import mesh_env
@@ -88,11 +87,7 @@ def mesh(tmp_path_factory):
     try:
         yield {"env": env, "gateway": gateway, "url": f"http://{gateway}/", "home": Path(env["CONSTELLATION_HOME"])}
     finally:
-        # Local replicas outlive hosting by design (it adopts them on restart); stop the ones this mesh started.
-        with Client(gateway) as client:
-            for model in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models:
-                client.hosting.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=model.model_id))
-        mesh_process.down(env)
+        mesh_process.down(env)  # stops the model endpoints its hosting started too
 
 
 def http_status(url: str | urllib.request.Request) -> int:
