@@ -2,10 +2,11 @@ import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import type { Model } from "../../gen/ts/constellation/core/v1/core_pb";
 import { apiKey, type ConsoleConfig, loadConsoleConfig, setApiKey } from "./api";
+import { describeError, type ServiceError } from "./errors";
 import { EMPTY_GRAPH, fromSpec, type Graph } from "./graph";
 import { Agent } from "./ui/Agent";
 import { Catalog, type CatalogData } from "./ui/Catalog";
-import { Boundary } from "./ui/common";
+import { Boundary, ErrorBox } from "./ui/common";
 import { Deployments } from "./ui/Deployments";
 import { Editor } from "./ui/Editor";
 import { Runs } from "./ui/Runs";
@@ -23,8 +24,19 @@ function App() {
   const [deployTarget, setDeployTarget] = useState<Model | null>(null);
   const [config, setConfig] = useState<ConsoleConfig>({ outputsUri: "", auth: false });
 
+  const [stray, setStray] = useState<ServiceError | null>(null);
+
   useEffect(() => {
     loadConsoleConfig().then(setConfig);
+    // An error no screen caught still shows up, at the top, rather than nowhere.
+    const onRejection = (event: PromiseRejectionEvent) => setStray(describeError(event.reason));
+    const onError = (event: ErrorEvent) => setStray(describeError(event.error ?? event.message));
+    window.addEventListener("unhandledrejection", onRejection);
+    window.addEventListener("error", onError);
+    return () => {
+      window.removeEventListener("unhandledrejection", onRejection);
+      window.removeEventListener("error", onError);
+    };
   }, []);
   useEffect(() => {
     history.replaceState(null, "", `#${tab}`);
@@ -44,6 +56,11 @@ function App() {
         {(config.auth || apiKey()) && <KeyInput />}
       </header>
       <main>
+        {stray && (
+          <div onClick={() => setStray(null)} title="click to dismiss">
+            <ErrorBox error={stray} testId="stray-error" />
+          </div>
+        )}
         <Boundary>
           {/* The catalog stays mounted so the editor's pickers see what it loaded. */}
           <div hidden={tab !== "catalog"}>
@@ -72,5 +89,4 @@ function KeyInput() {
   );
 }
 
-window.addEventListener("unhandledrejection", (event) => console.error("unhandled", event.reason));
 render(<App />, document.getElementById("app")!);
