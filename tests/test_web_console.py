@@ -63,6 +63,12 @@ def test_vitest_graph_editor_run_steps_and_error_decoding():
     assert "passed" in result.stdout and "failed" not in result.stdout
 
 
+def test_console_typechecks_against_the_generated_client():
+    """tsc over web/ and gen/ts: a proto change that breaks the console fails here, not in a browser."""
+    result = subprocess.run([str(ROOT / "node_modules" / ".bin" / "tsc"), "-p", "web"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
 def test_bundle_is_under_500_kb_gzipped():
     assert (DIST / "index.html").exists(), "web/dist is missing: run `make web` (make test does)"
     assets = [p for p in (DIST / "assets").iterdir() if p.suffix in (".js", ".css")]
