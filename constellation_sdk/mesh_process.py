@@ -152,7 +152,23 @@ def down(env: dict[str, str] | None = None, grace_s: float = 15.0) -> list[str]:
             clean = _stop_pid(entry["pid"], grace_s)
             stopped.append(name if clean else f"{name} (killed)")
     paths.state.unlink()
+    stopped += _stop_run_workers(paths.home, grace_s)
     stopped += _stop_model_replicas(paths.home / "hosting", grace_s)
+    return stopped
+
+
+def _stop_run_workers(home: Path, grace_s: float) -> list[str]:
+    """The orchestrator's per-run worker processes live in their own sessions (so they survive an
+    orchestrator restart); `down` ends this mesh's, found by their CONSTELLATION_HOME."""
+    stopped = []
+    wanted = f"CONSTELLATION_HOME={home}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"orchestrator_svc.worker" in (proc / "cmdline").read_bytes() and wanted in (proc / "environ").read_bytes().split(b"\0"):
+                _stop_pid(int(proc.name), grace_s)
+                stopped.append(f"run worker pid {proc.name}")
+        except OSError:
+            continue  # it ended meanwhile, or is not ours to read
     return stopped
 
 
