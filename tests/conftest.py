@@ -52,6 +52,17 @@ def service_env(tmp_path, **extra: str) -> dict[str, str]:  # type: ignore[no-un
     return env
 
 
+# Figures tests measure (timings, sizes); printed after the results, since `make test` captures prints.
+MEASURED_FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if MEASURED_FIGURES:
+        terminalreporter.section("measured figures")
+        for line in MEASURED_FIGURES:
+            terminalreporter.write_line(line)
+
+
 def mesh_env(home, docker: bool = False) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Environment for `constellation up` in `home` on free ports (SQLite, local files, offline planner);
     hosting uses Docker only when `docker` (else local processes)."""

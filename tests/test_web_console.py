@@ -5,7 +5,8 @@ The browser tests share one page and run in file order, like a person working
 through the console: catalog -> new dataset -> agent -> editor -> run ->
 deployment. Screenshots of each screen go to test-artifacts/web/ (printed).
 Figures (page load -> first catalog render, run start -> first streamed event,
-bundle size) are printed with `-s` and always in the summary's captured output.
+bundle size) are printed (see them with `-s`) and written to
+test-artifacts/web/figures.txt.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 
 from constellation_sdk import Client, catalog, mesh_process
 from mesh import console
-from tests.conftest import mesh_env
+from tests.conftest import MEASURED_FIGURES, mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "web" / "dist"
@@ -37,20 +38,23 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def figure(name: str, value: str) -> None:
-    """A measured figure, printed so that it shows in the test output and collected for the summary."""
+    """A measured figure: printed after the test results (tests/conftest.py) and kept in figures.txt."""
     line = f"[web console] {name}: {value}"
     print(line)
     FIGURES.append(line)
+    MEASURED_FIGURES.append(line)
 
 
 FIGURES: list[str] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report_figures():
+def keep_figures():
     yield
     if FIGURES:
-        print("\n" + "\n".join(FIGURES) + f"\n[web console] screenshots in {ARTIFACTS}")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "figures.txt").write_text("\n".join(FIGURES) + "\n")
+        MEASURED_FIGURES.append(f"[web console] screenshots and figures.txt in {ARTIFACTS}")
 
 
 def test_vitest_graph_editor_run_steps_and_error_decoding():
