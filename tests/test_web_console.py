@@ -273,7 +273,7 @@ def test_validation_errors_appear_on_the_block_and_edge_they_concern(page):
     assert page.locator("[data-testid=validation]").inner_text().startswith("Valid:")
 
 
-def test_run_streams_events_with_progress_and_shows_the_outputs(page, mesh):
+def test_run_streams_events_with_progress_and_shows_the_outputs(page, browser):
     page.click("[data-testid=run]")
     run_view = page.locator("[data-testid=run-view]")
     error = page.locator(".editor [data-testid=error]")
@@ -310,6 +310,16 @@ def test_run_streams_events_with_progress_and_shows_the_outputs(page, mesh):
     assert "succeeded in" in summary.inner_text() and " tiles" in summary.inner_text()
     page.locator("[data-testid=polygon-count]").wait_for()
     assert int(page.locator("[data-testid=polygon-count]").inner_text().split()[0]) > 0
+
+    # The run's address replays it: a fresh page gets every event again from WatchRun and the same outputs.
+    events_seen = page.locator("[data-testid=event]").count()
+    assert "#runs/run_" in page.url
+    replay = new_page(browser)
+    replay.goto(page.url)
+    replay.wait_for_function(f"document.querySelectorAll('[data-testid=event]').length === {events_seen}")
+    replay.locator("[data-testid=preview]").wait_for()
+    assert replay.locator("[data-testid=run-state]").inner_text() == "succeeded"
+    replay.close()
 
 
 def test_deployment_streams_live_states(page):

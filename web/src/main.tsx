@@ -16,11 +16,12 @@ const TABS = ["catalog", "agent", "pipeline", "deployments", "runs"] as const;
 type Tab = (typeof TABS)[number];
 
 function App() {
-  const initial = location.hash.slice(1) as Tab;
+  // #tab, or #runs/<run id> for a run's page (a link that replays the run's events).
+  const [initial, initialRun] = location.hash.slice(1).split("/") as [Tab, string | undefined];
   const [tab, setTab] = useState<Tab>(TABS.includes(initial) ? initial : "catalog");
   const [catalog, setCatalog] = useState<CatalogData>({ datasets: [], models: [] });
   const [graph, setGraph] = useState<Graph>(EMPTY_GRAPH);
-  const [runId, setRunId] = useState<string | null>(null);
+  const [runId, setRunId] = useState<string | null>(initial === "runs" && initialRun ? initialRun : null);
   const [deployTarget, setDeployTarget] = useState<Model | null>(null);
   const [config, setConfig] = useState<ConsoleConfig>({ outputsUri: "", auth: false });
 
@@ -39,8 +40,8 @@ function App() {
     };
   }, []);
   useEffect(() => {
-    history.replaceState(null, "", `#${tab}`);
-  }, [tab]);
+    history.replaceState(null, "", tab === "runs" && runId ? `#runs/${runId}` : `#${tab}`);
+  }, [tab, runId]);
 
   return (
     <>
