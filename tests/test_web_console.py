@@ -116,15 +116,12 @@ def test_gateway_serves_outputs_read_only_and_nothing_outside_them(mesh):
     base = mesh["url"]
     with urllib.request.urlopen(base + "files/run_x/out/water_preview.png", timeout=10) as response:
         assert response.read() == b"\x89PNG fake" and response.headers["content-type"] == "image/png"
-    for escape in ("files/../secret.txt", "files/%2e%2e/secret.txt", "files/run_x/../../secret.txt", "files/%2fetc%2fpasswd"):
+    (outputs / "link.txt").symlink_to(mesh["home"] / "secret.txt")
+    for escape in ("files/../secret.txt", "files/%2e%2e/secret.txt", "files/run_x/../../secret.txt", "files/%2fetc%2fpasswd", "files/run_x/out/link.txt"):
         assert http_status(base + escape) == 404, escape
-    request = urllib.request.Request(base + "files/run_x/out/water_preview.png", method="DELETE")
-    assert http_status(request.full_url) == 200  # GET still fine ...
-    try:
-        urllib.request.urlopen(request, timeout=10)
-        pytest.fail("DELETE succeeded")
-    except urllib.error.HTTPError as error:
-        assert error.code == 501  # ... and nothing writes
+    for method in ("PUT", "DELETE", "POST"):
+        assert http_status(urllib.request.Request(base + "files/run_x/out/water_preview.png", method=method, data=b"x")) == 501, method
+    assert (outputs / "water_preview.png").read_bytes() == b"\x89PNG fake"
 
 
 def test_outputs_want_an_api_key_when_the_mesh_has_keys(tmp_path):
