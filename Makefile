@@ -24,8 +24,13 @@ setup: $(VENV)/.installed node_modules/.installed
 web: node_modules/.installed
 	npm run --silent build
 
-## demo: start the mesh on embedded defaults and exercise the catalog through the gateway
+## demo: start the mesh on embedded defaults and map surface water in the sample scene, live
+## (models run on Docker when an engine answers and the base image can be made, as local processes otherwise)
 demo: $(VENV)/.installed web
+	@if docker info >/dev/null 2>&1 && ! scripts/make_base_image.sh; then \
+		echo "cannot make the Docker base image (above): models run as local processes"; \
+		export CONSTELLATION_HOSTING_DOCKER=off; \
+	fi; \
 	$(PY) -m constellation_sdk.demo
 
 up: $(VENV)/.installed web

@@ -8,8 +8,9 @@ scripts/make_scenes.py registered as a dataset, the agent's plan for "map surfac
 runs reuse it (warm). Stage times come from the run's own event stream (deploy = run start to job
 launch; ingest = dataset + tile steps; infer = model step; stitch; export = vectorize + export).
 
-Baseline, measured in the same process: NDWI in-process with numpy over the same tiles (read,
-normalize, predict), so `infer tiles/s ÷ in-process tiles/s` is the price of the mesh.
+Baseline, measured in the same process: the same model in-process over the same tiles (read,
+convert, predict), so `infer tiles/s ÷ in-process tiles/s` is the price of the mesh. `--model`
+picks the example model (default water-mlp, the demo's pick; ndwi-water is the other).
 """
 
 from __future__ import annotations
@@ -33,25 +34,29 @@ from scripts.make_scenes import make_scene  # noqa: E402
 from tests.pg import free_port  # noqa: E402
 
 BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
-NDWI = ROOT / "examples" / "models" / "ndwi-water"
+MODELS = ROOT / "examples" / "models"
 
 
-def in_process_tiles_per_s(scene: Path, tile: int = 256, batch: int = 8) -> tuple[float, int]:
-    """Read green and NIR, cut tiles, scale to reflectance, NDWI: the same work the infer stage asks of the model."""
+def in_process_tiles_per_s(scene: Path, folder: Path, tile: int = 256, batch: int = 8) -> tuple[float, int]:
+    """The infer stage's work without the mesh: read the model's bands tile by tile, convert them the way the
+    plan does (FP32 models get reflectance, digital numbers / 10000; UINT8 models the stored values), predict."""
     import rasterio
     from rasterio.windows import Window
 
-    sys.path.insert(0, str(NDWI))
-    from model import NdwiWater  # type: ignore[import-not-found]
+    from model_runtime.manifest import load_manifest
+    from model_runtime.server import LoadedModel
 
-    model = NdwiWater()
+    manifest = load_manifest(folder)
+    model = LoadedModel(folder, manifest)
+    model.load()
+    indexes = [BANDS.index(b) + 1 for b in manifest.bands]
     started = time.perf_counter()
     count = 0
     with rasterio.open(scene) as src:
         windows = [Window(x, y, tile, tile) for y in range(0, src.height, tile) for x in range(0, src.width, tile)]
         for i in range(0, len(windows), batch):
-            tiles = np.stack([src.read([2, 4], window=w, boundless=True, fill_value=0) for w in windows[i : i + batch]]).astype(np.float32) / 10000
-            model.predict(tiles)
+            tiles = np.stack([src.read(indexes, window=w, boundless=True, fill_value=0) for w in windows[i : i + batch]])
+            model.predict(tiles.astype(np.float32) / 10000 if manifest.dtype == "FP32" else tiles.astype(np.uint8))
             count += len(tiles)
     return count / (time.perf_counter() - started), count
 
@@ -66,7 +71,7 @@ def mesh_env(home: Path, docker: bool) -> dict[str, str]:
     return env
 
 
-def bench_runtime(runtime: str, scene: Path, runs: int) -> list[watch.RunReport]:
+def bench_runtime(runtime: str, scene: Path, runs: int, model_name: str) -> list[watch.RunReport]:
     home = Path(tempfile.mkdtemp(prefix=f"bench-{runtime}-"))
     env = mesh_env(home, docker=runtime == "docker")
     state = mesh_process.up(env)
@@ -75,8 +80,11 @@ def bench_runtime(runtime: str, scene: Path, runs: int) -> list[watch.RunReport]
         with Client(state["processes"]["gateway"]["address"]) as client:
             client.wait_ready()
             dataset = catalog.ensure_dataset(client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"]))
-            model = catalog.ensure_model(client.core, catalog.model_from_folder(NDWI))
-            plan = client.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt="map surface water", dataset_id=dataset.id, model_id=model.id))
+            ids = {}
+            for folder in sorted(p.parent for p in MODELS.glob("*/constellation.yaml")):
+                ids[folder.name] = catalog.ensure_model(client.core, catalog.model_from_folder(folder)).id
+            request = agent_pb2.PlanPipelineRequest(prompt="map surface water", dataset_id=dataset.id, model_id=ids.get(model_name, ""))
+            plan = client.agent.PlanPipeline(request)
             pipeline = catalog.ensure_pipeline(client.core, "bench", plan.spec)
             for _ in range(runs):
                 run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
@@ -94,6 +102,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--runtimes", default="local,docker")
     parser.add_argument("--runs", type=int, default=2, help="runs per runtime; the first one deploys the model")
+    parser.add_argument("--model", default="water-mlp", help="the example model to plan with (the demo's agent picks water-mlp)")
     args = parser.parse_args()
     scene = make_scene(args.size, ROOT / "build" / "scenes" / f"olinda-{args.size}.tif")
     runtimes = [r for r in args.runtimes.split(",") if r]
@@ -103,12 +112,12 @@ def main() -> None:
         if not Engine.available():
             print("no Docker engine answers: skipping the docker runtime")
             runtimes.remove("docker")
-    baseline, tiles = in_process_tiles_per_s(scene)
-    print(f"scene {scene.name}: {args.size}x{args.size} px, {tiles} tiles of 256 px; in-process NDWI baseline {baseline:.0f} tiles/s\n")
+    baseline, tiles = in_process_tiles_per_s(scene, MODELS / args.model)
+    print(f"scene {scene.name}: {args.size}x{args.size} px, {tiles} tiles of 256 px; {args.model} in-process baseline {baseline:.0f} tiles/s\n")
     header = f"{'runtime':<8} {'run':<5} {'total s':>8} " + " ".join(f"{s + ' s':>9}" for s in watch.STAGES) + f" {'infer share':>12} {'tiles/s':>8} {'÷ in-proc':>9}"
     print(header)
     for runtime in runtimes:
-        for index, report in enumerate(bench_runtime(runtime, scene, args.runs)):
+        for index, report in enumerate(bench_runtime(runtime, scene, args.runs, args.model)):
             stages = report.stage_seconds
             run_stage = sum(stages.values()) - stages["deploy"]
             share = stages["infer"] / run_stage if run_stage else 0.0

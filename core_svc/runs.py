@@ -98,6 +98,7 @@ class RunStore:
         self._lock = threading.Lock()
         self._next: dict[str, int] = {}
         self.changed = threading.Condition()
+        self.version = 0  # bumped by every append: watchers wait for it to move
 
     def create(self, pipeline_id: str, spec: dict, first: common.RunEvent) -> Run:
         now = _now()
@@ -139,6 +140,7 @@ class RunStore:
                     self._next.pop(run_id, None)
                 raise
         with self.changed:
+            self.version += 1
             self.changed.notify_all()
         return event
 
@@ -231,17 +233,19 @@ class Runs:
         if after < 0:
             raise InvalidArgument.field("after_sequence", "must be 0 (from the start) or a sequence number seen before")
         self.get(run_id)
+        store = self.store
         while is_active() and not self.stopping.is_set():
-            ended = self.get(run_id).ended  # read before the events: the final event is stored with the final state
-            events = self.store.events_after(run_id, after)
+            seen = store.version  # read before the events, so an append after them is not missed
+            ended = self.get(run_id).ended  # likewise: the final event is stored with the final state
+            events = store.events_after(run_id, after)
             if events:
                 yield from events
                 after = events[-1].sequence
                 continue
             if ended:
                 return
-            with self.store.changed:
-                self.store.changed.wait(timeout=0.5)
+            with store.changed:
+                store.changed.wait_for(lambda: store.version != seen, timeout=1.0)
 
     def cancel(self, run_id: str) -> Run:
         run = self.get(run_id)
