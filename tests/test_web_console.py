@@ -222,6 +222,15 @@ def test_new_dataset_shows_field_errors_then_appears_in_the_catalog(page):
 def test_agent_ranks_candidates_with_reasons_and_the_plan_opens_in_the_editor(page):
     page.click("[data-testid=tab-agent]")
     page.fill("[data-testid=goal]", "map surface water in the Olinda scene")
+    # A limit the agent refuses is named at its input.
+    form = page.locator("[data-testid=agent-form]")
+    form.locator("text=Limits (optional)").click()
+    form.locator("input[name=minAccuracy]").fill("1.5")
+    page.click("[data-testid=ask]")
+    assert "[0, 1]" in form.locator("label.invalid:has(input[name=minAccuracy]) .field-error").inner_text()
+    assert "INVALID_ARGUMENT" in page.locator("[data-testid=error]:visible").inner_text()
+    form.locator("input[name=minAccuracy]").fill("")
+    form.locator("input[name=bands]").fill("green, nir")
     page.click("[data-testid=ask]")
     page.locator("[data-testid=plan]").wait_for()
     datasets = page.locator("[data-testid=dataset-candidates]").inner_text()

@@ -3,7 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { type Candidate, Planner, type PlanPipelineResponse, type RecommendResponse } from "../../../gen/ts/constellation/agent/v1/agent_pb";
 import type { PipelineSpec } from "../../../gen/ts/constellation/common/v1/common_pb";
 import { agent } from "../api";
-import { describeError, type ServiceError } from "../errors";
+import { describeError, type ServiceError, violationFor } from "../errors";
 import { ErrorBox, enumLabel } from "./common";
 
 function Candidates({ title, candidates, testId }: { title: string; candidates: Candidate[]; testId: string }) {
@@ -32,8 +32,35 @@ function Candidates({ title, candidates, testId }: { title: string; candidates: 
   );
 }
 
+const LIMITS = [
+  { key: "sensors", label: "Sensors", placeholder: "sentinel-2, landsat-7" },
+  { key: "bands", label: "Bands the dataset must have", placeholder: "green, nir" },
+  { key: "maxResolutionM", label: "Coarsest resolution (m)", placeholder: "30" },
+  { key: "maxLatencyMs", label: "Slowest model latency per tile (ms)", placeholder: "" },
+  { key: "minAccuracy", label: "Lowest model accuracy (0-1)", placeholder: "0.9" },
+] as const;
+type LimitKey = (typeof LIMITS)[number]["key"];
+
+/** Structured constraints from the optional fields; they add to and override what the prompt says. */
+function constraintsFrom(limits: Record<LimitKey, string>) {
+  const list = (text: string) => text.split(",").map((s) => s.trim()).filter(Boolean);
+  const number = (text: string) => (text.trim() ? Number(text) : 0);
+  return {
+    sensors: list(limits.sensors),
+    bands: list(limits.bands),
+    maxResolutionM: number(limits.maxResolutionM),
+    maxLatencyMs: number(limits.maxLatencyMs),
+    minAccuracy: number(limits.minAccuracy),
+  };
+}
+
+const PROTO_NAMES: Record<LimitKey, string> = {
+  sensors: "sensors", bands: "bands", maxResolutionM: "max_resolution_m", maxLatencyMs: "max_latency_ms", minAccuracy: "min_accuracy",
+};
+
 export function Agent({ onAccept }: { onAccept: (spec: PipelineSpec, prompt: string) => void }) {
   const [prompt, setPrompt] = useState("");
+  const [limits, setLimits] = useState<Record<LimitKey, string>>({ sensors: "", bands: "", maxResolutionM: "", maxLatencyMs: "", minAccuracy: "" });
   const [plan, setPlan] = useState<PlanPipelineResponse | null>(null);
   const [ranking, setRanking] = useState<RecommendResponse | null>(null);
   const [error, setError] = useState<ServiceError | null>(null);
@@ -46,14 +73,14 @@ export function Agent({ onAccept }: { onAccept: (spec: PipelineSpec, prompt: str
     setRanking(null);
     setError(null);
     try {
-      const answer = await agent.planPipeline({ prompt });
+      const answer = await agent.planPipeline({ prompt, constraints: constraintsFrom(limits) });
       setPlan(answer);
       setRanking(answer.recommendation ?? null);
     } catch (e) {
       setError(describeError(e));
       // Nothing fits well enough to plan: the ranking still says what comes nearest and why.
       if (e instanceof ConnectError && e.code === Code.FailedPrecondition) {
-        agent.recommend({ prompt }).then(setRanking, () => undefined);
+        agent.recommend({ prompt, constraints: constraintsFrom(limits) }).then(setRanking, () => undefined);
       }
     } finally {
       setBusy(false);
@@ -62,11 +89,26 @@ export function Agent({ onAccept }: { onAccept: (spec: PipelineSpec, prompt: str
 
   return (
     <section>
-      <form class="card" onSubmit={ask}>
+      <form class="card" onSubmit={ask} data-testid="agent-form">
         <label>
           What do you want to find out?
           <textarea rows={2} value={prompt} placeholder="map surface water in the Olinda scene" onInput={(e) => setPrompt(e.currentTarget.value)} data-testid="goal" />
         </label>
+        <details>
+          <summary>Limits (optional)</summary>
+          <div class="form-grid">
+            {LIMITS.map(({ key, label, placeholder }) => {
+              const violation = violationFor(error, `constraints.${PROTO_NAMES[key]}`);
+              return (
+                <label key={key} class={violation ? "invalid" : ""}>
+                  {label}
+                  <input name={key} value={limits[key]} placeholder={placeholder} onInput={(e) => setLimits({ ...limits, [key]: e.currentTarget.value })} />
+                  {violation && <span class="field-error">{violation.description}</span>}
+                </label>
+              );
+            })}
+          </div>
+        </details>
         <button type="submit" disabled={busy} data-testid="ask">{busy ? "Asking…" : "Ask the agent"}</button>
       </form>
       <ErrorBox error={error} />
