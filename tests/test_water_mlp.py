@@ -71,6 +71,16 @@ def test_predict_gives_one_probability_per_pixel_and_tiles_do_not_interact(model
     np.testing.assert_array_equal(model.predict(tiles[1:2]), out[1:2])
 
 
+def test_a_large_batch_runs_in_chunks_with_the_same_answer(model):
+    """Batches above CHUNK_PIXELS run a few tiles at a time (16 tiles at once peaked near 500 MB, over the
+    manifest's 512m container limit); the chunk boundary must not change a pixel."""
+    tiles = np.random.default_rng(6).integers(0, 256, size=(9, 6, 256, 256), dtype=np.uint8)
+    tiles.setflags(write=False)
+    out = model.predict(tiles)
+    assert out.shape == (9, 1, 256, 256)
+    np.testing.assert_array_equal(np.concatenate([model.predict(tiles[i : i + 1]) for i in range(9)]), out)
+
+
 def test_heldout_accuracy_meets_the_model_card(model, card):
     scene = scene_digital_numbers()
     green, nir, swir1 = scene[1].astype(np.float64), scene[3], scene[4]

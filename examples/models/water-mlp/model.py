@@ -17,6 +17,9 @@ import onnxruntime
 
 MODEL_FILE = Path(__file__).resolve().with_name("water_mlp.onnx")
 INPUT_NAME, OUTPUT_NAME = "tiles", "water_probability"
+# Pixels per session run. The hidden layers hold 2 x 32 float32 per pixel, so 16 tiles of 256 px at once
+# peak near 500 MB; chunks of 4 tiles keep the process near 150 MB whatever the batch, at the same speed.
+CHUNK_PIXELS = 4 * 256 * 256
 
 
 def usable_cpus() -> int:
@@ -54,4 +57,10 @@ class WaterMlp:
         """(N, 6, H, W) uint8 digital numbers [blue, green, red, nir, swir1, swir2] -> (N, 1, H, W) float32 p(water)."""
         if self._session is None:
             raise RuntimeError("load() has not run")
-        return self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})[0]
+        step = max(1, CHUNK_PIXELS // (batch.shape[2] * batch.shape[3]))
+        if len(batch) <= step:
+            return self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})[0]
+        out = np.empty((len(batch), 1, *batch.shape[2:]), np.float32)
+        for start in range(0, len(batch), step):
+            out[start : start + step] = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch[start : start + step])})[0]
+        return out
