@@ -128,6 +128,7 @@ export function Editor({ graph, onChange, catalog, exportUri, onStarted }: Props
 
   async function saveAndRun() {
     performance.clearMarks("run-clicked");
+    performance.clearMarks("first-run-event");
     performance.mark("run-clicked");
     setBusy(true);
     try {

@@ -8,7 +8,6 @@ import { describeError, type ServiceError } from "../errors";
 import { foldSteps, type Step, TERMINAL } from "../runs";
 import { ErrorBox, enumLabel, Progress } from "./common";
 
-
 function when(run: Run, key: "createTime" | "startTime" | "endTime"): Date | undefined {
   const t = run[key];
   return t && (t.seconds > 0n || t.nanos > 0) ? timestampDate(t) : undefined;
@@ -66,6 +65,7 @@ function RunView({ runId, config, onSettled }: { runId: string; config: ConsoleC
           for await (const event of core.watchRun({ runId, afterSequence: lastSequence.current }, { signal: abort.signal })) {
             if (event.sequence <= lastSequence.current) continue;
             lastSequence.current = event.sequence;
+            // The first event shown since a run was started here (the editor clears the mark): a measured figure.
             if (!performance.getEntriesByName("first-run-event").length) performance.mark("first-run-event");
             setEvents((seen) => [...seen, event]);
             setStreamNote("");
