@@ -3,10 +3,11 @@ behind the real Envoy: one URL serves the page and the gRPC-web API.
 
 The browser tests share one page and run in file order, like a person working
 through the console: catalog -> new dataset -> agent -> editor -> run ->
-deployment. Screenshots of each screen go to test-artifacts/web/ (printed).
+deployment -> stored pipeline and cancel; a last one uses a mesh with API keys.
+Screenshots of each screen go to test-artifacts/web/ (their paths are printed).
 Figures (page load -> first catalog render, run start -> first streamed event,
-bundle size) are printed (see them with `-s`) and written to
-test-artifacts/web/figures.txt.
+bundle size) are printed after the results in a "measured figures" section and
+written to test-artifacts/web/figures.txt.
 """
 
 from __future__ import annotations
