@@ -412,7 +412,8 @@ class Hosting:
             if all(health) and model.state == "unhealthy":
                 self._emit(model, "healthy", "every replica answers again")
             elif not all(health) and model.state == "healthy":
-                down = [r.address for r, ok in zip(replicas, health, strict=True) if not ok]
+                why = getattr(runtime, "why_down", lambda model, replica_id: "")
+                down = [r.address + (f" ({why(model, r.replica_id)})" if why(model, r.replica_id) else "") for r, ok in zip(replicas, health, strict=True) if not ok]
                 self._emit(model, "unhealthy", f"replica(s) not answering: {', '.join(down)}")
         finally:
             lock.release()

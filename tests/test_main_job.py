@@ -246,11 +246,22 @@ def _replica_pid(address: str) -> int:
     return int(out.split("pid=")[1].split(",")[0])
 
 
-def slow_run_in_inference(mesh: dict, tmp_path: Path, model_name: str):  # type: ignore[no-untyped-def]
-    """A run of a slow copy of NDWI (64 px tiles, 0.4 s a tile), followed in the background, once its model
-    step has answered a tile; with the hosted model's status."""
+@pytest.fixture(scope="module")
+def slow_models(tmp_path_factory) -> Path:
+    """Where the slow model variants live; tests that share a name share one packaging and deployment."""
+    return tmp_path_factory.mktemp("slow-models")
+
+
+def slow_model(folder: Path, name: str) -> Path:
+    """A slow copy of NDWI (64 px tiles, 0.4 s a tile) named `name`, made once per folder."""
+    return folder / name if (folder / name).exists() else model_variant(folder, name, SLOW_MODEL, tile_size=64)
+
+
+def slow_run_in_inference(mesh: dict, folder: Path, model_name: str):  # type: ignore[no-untyped-def]
+    """A run of slow_model(`model_name`), followed in the background, once its model step has answered a
+    tile; with the hosted model's status."""
     client = mesh["client"]
-    pipeline = water_pipeline(mesh, f"run-{model_name}", model_variant(tmp_path, model_name, SLOW_MODEL, tile_size=64), tile=64)
+    pipeline = water_pipeline(mesh, f"run-{model_name}", slow_model(folder, model_name), tile=64)
     run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
     thread, result, seen = follow_in_background(client, run.id, pipeline.spec)
     wait_until(lambda: any(e.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and e.progress.done > 0 for e in seen), what="inference to start")
@@ -258,8 +269,8 @@ def slow_run_in_inference(mesh: dict, tmp_path: Path, model_name: str):  # type:
     return run, thread, result, seen, status
 
 
-def test_a_killed_endpoint_is_restarted_and_the_run_finishes_with_both_on_the_stream(local_mesh, tmp_path):
-    _, thread, result, seen, status = slow_run_in_inference(local_mesh, tmp_path, "slow-water")
+def test_a_killed_endpoint_is_restarted_and_the_run_finishes_with_both_on_the_stream(local_mesh, slow_models):
+    _, thread, result, seen, status = slow_run_in_inference(local_mesh, slow_models, "slow-water")
     os.kill(_replica_pid(status.endpoints[0].address), signal.SIGKILL)
     thread.join(timeout=240)
     assert not thread.is_alive(), "the stream never ended"
@@ -272,9 +283,9 @@ def test_a_killed_endpoint_is_restarted_and_the_run_finishes_with_both_on_the_st
         assert report.failure_source == "orchestrator" and "endpoint" in report.run.state_message
 
 
-def test_an_endpoint_deleted_mid_run_fails_the_run_with_a_clear_message(local_mesh, tmp_path):
+def test_an_endpoint_deleted_mid_run_fails_the_run_with_a_clear_message(local_mesh, slow_models):
     client = local_mesh["client"]
-    _, thread, result, seen, status = slow_run_in_inference(local_mesh, tmp_path, "doomed-water")
+    _, thread, result, seen, status = slow_run_in_inference(local_mesh, slow_models, "doomed-water")
     client.hosting.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
     thread.join(timeout=300)
     assert not thread.is_alive(), "the stream never ended"
@@ -285,9 +296,9 @@ def test_an_endpoint_deleted_mid_run_fails_the_run_with_a_clear_message(local_me
     print("failure message:", report.run.state_message)
 
 
-def test_cancel_reaches_the_orchestrator_and_ends_the_stream(local_mesh, tmp_path):
+def test_cancel_reaches_the_orchestrator_and_ends_the_stream(local_mesh, slow_models):
     client = local_mesh["client"]
-    run, thread, result, seen, _ = slow_run_in_inference(local_mesh, tmp_path, "patient-water")
+    run, thread, result, seen, _ = slow_run_in_inference(local_mesh, slow_models, "slow-water")
     canceled = client.core.CancelRun(core_pb2.CancelRunRequest(id=run.id))
     assert canceled.state == c.RUN_STATE_CANCELING
     thread.join(timeout=120)
@@ -355,10 +366,10 @@ def test_the_readme_sdk_example_runs_as_written(local_mesh, capsys):
     assert "succeeded {" in capsys.readouterr().out
 
 
-def test_a_restarted_core_resumes_the_run_and_its_stream(local_mesh, tmp_path):
+def test_a_restarted_core_resumes_the_run_and_its_stream(local_mesh, slow_models):
     """Core stops mid-run (SIGTERM, as in an upgrade); a new core picks the run up where the stream left off."""
     client, env = local_mesh["client"], local_mesh["env"]
-    pipeline = water_pipeline(local_mesh, "slow-restart", model_variant(tmp_path, "steady-water", SLOW_MODEL, tile_size=64), tile=64)
+    pipeline = water_pipeline(local_mesh, "run-slow-water", slow_model(slow_models, "slow-water"), tile=64)
     run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
     seen: list[c.RunEvent] = []
     for event in client.core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id)):

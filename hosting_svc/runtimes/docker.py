@@ -48,6 +48,16 @@ class DockerRuntime:
     def stop(self, model: HostedModel, replica_id: str) -> None:
         self.engine.remove_container(replica_id)
 
+    def why_down(self, model: HostedModel, replica_id: str) -> str:
+        """What the engine knows about a replica that does not answer: killed for memory, or its exit code."""
+        state = self.engine.container_state(replica_id)
+        if state.get("OOMKilled"):
+            limit = model.manifest.get("resources", {}).get("memory", "")
+            return "killed for running out of memory" + (f" (limit {limit}; raise resources.memory)" if limit else "")
+        if state.get("ExitCode"):
+            return f"last exited with code {state['ExitCode']}"
+        return ""
+
     def logs(self, model: HostedModel, replica_id: str) -> str:
         return self.engine.logs(replica_id)
 
