@@ -25,7 +25,7 @@ const $ = (testId: string) => root.querySelector<HTMLElement>(`[data-testid="${t
 beforeEach(() => {
   // Preact listens for "drop" only where the element has an `ondrop` property, as browsers' do;
   // happy-dom's elements lack the drag ones.
-  for (const name of ["ondrop", "ondragover", "ondragstart"]) if (!(name in HTMLElement.prototype)) Object.defineProperty(HTMLElement.prototype, name, { value: null, writable: true });
+  for (const name of ["ondrop", "ondragover", "ondragstart", "onkeydown"]) if (!(name in HTMLElement.prototype)) Object.defineProperty(HTMLElement.prototype, name, { value: null, writable: true });
   root = document.createElement("div");
   document.body.appendChild(root);
 });
@@ -66,6 +66,20 @@ describe("the graph editor component", () => {
     act(() => $("port-in-tile")!.click());
     expect(current.edges.length).toBe(1);
     expect($("editor-notice")!.textContent).toContain("already feeds");
+  });
+
+  it("removes the selected edge, then the selected block, with the Delete key", () => {
+    let graph = addBlock(EMPTY_GRAPH, "dataset", 0, 0).graph;
+    graph = addBlock(graph, "tile", 200, 0).graph;
+    mount({ ...graph, edges: [{ source: "dataset", target: "tile" }] });
+    const press = () => act(() => void $("canvas")!.dispatchEvent(new KeyboardEvent("keydown", { key: "Delete", bubbles: true })));
+    act(() => void $("edge-0")!.dispatchEvent(new Event("click", { bubbles: true })));
+    press();
+    expect(current.edges).toEqual([]);
+    expect(current.blocks.length).toBe(2);
+    act(() => void $("block-tile")!.dispatchEvent(new Event("pointerdown", { bubbles: true })));
+    press();
+    expect(current.blocks.map((b) => b.id)).toEqual(["dataset"]);
   });
 
   it("edits a block's settings from the inspector", () => {

@@ -147,6 +147,17 @@ export function Editor({ graph, onChange, catalog, exportUri, onStarted }: Props
     }
   }
 
+  function onKeyDown(event: KeyboardEvent) {
+    if ((event.target as HTMLElement).closest("input, select, textarea")) return;
+    if (event.key === "Escape") setConnectingFrom(null);
+    if (event.key !== "Delete" && event.key !== "Backspace") return;
+    if (selected?.block) edit(removeBlock(graph, selected.block));
+    else if (selected?.edge !== undefined) edit(disconnect(graph, selected.edge));
+    else return;
+    setSelected(null);
+    event.preventDefault();
+  }
+
   function onPointerDown(event: PointerEvent, block: GraphBlock) {
     if ((event.target as HTMLElement).closest("button")) return;
     const { x, y } = canvasPoint(event);
@@ -198,6 +209,8 @@ export function Editor({ graph, onChange, catalog, exportUri, onStarted }: Props
           onDrop={onDrop}
           onPointerMove={onPointerMove}
           onPointerUp={() => (dragging.current = null)}
+          onKeyDown={onKeyDown}
+          tabIndex={0}
           data-testid="canvas"
         >
           <div class="canvas-inner" style={{ width: `${width}px`, height: `${height}px` }}>
@@ -272,7 +285,7 @@ export function Editor({ graph, onChange, catalog, exportUri, onStarted }: Props
               <button onClick={() => { edit(disconnect(graph, selected.edge!)); setSelected(null); }}>Remove edge</button>
             </div>
           )}
-          {!selected && <p class="muted">Select a block to edit its settings. Connect blocks by clicking an output port (right), then an input port (left).</p>}
+          {!selected && <p class="muted">Select a block to edit its settings. Connect blocks by clicking an output port (right), then an input port (left). Delete removes the selected block or edge.</p>}
         </aside>
       </div>
     </section>
