@@ -4,7 +4,7 @@
 import { render } from "preact";
 import { useState } from "preact/hooks";
 import { act } from "preact/test-utils";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { addBlock, EMPTY_GRAPH, type Graph } from "../graph";
 import { Editor } from "./Editor";
 
@@ -26,6 +26,8 @@ beforeEach(() => {
   // Preact listens for "drop" only where the element has an `ondrop` property, as browsers' do;
   // happy-dom's elements lack the drag ones.
   for (const name of ["ondrop", "ondragover", "ondragstart", "onkeydown"]) if (!(name in HTMLElement.prototype)) Object.defineProperty(HTMLElement.prototype, name, { value: null, writable: true });
+  // No gateway here: every call fails the way fetch does when nothing listens.
+  vi.stubGlobal("fetch", () => Promise.reject(new TypeError("Failed to fetch")));
   root = document.createElement("div");
   document.body.appendChild(root);
 });
@@ -33,6 +35,7 @@ beforeEach(() => {
 afterEach(() => {
   act(() => render(null, root));
   root.remove();
+  vi.unstubAllGlobals();
 });
 
 describe("the graph editor component", () => {
@@ -98,6 +101,7 @@ describe("the graph editor component", () => {
     for (let i = 0; i < 50 && !root.querySelector('[role="alert"]'); i++) await act(() => new Promise((r) => setTimeout(r, 20)));
     const alert = root.querySelector('[role="alert"]');
     expect(alert?.querySelector(".error-code")?.textContent).toMatch(/^[A-Z_]+$/);
+    expect(alert?.textContent).toContain("Failed to fetch");
     expect($("block-dataset")).not.toBeNull();
   });
 });
