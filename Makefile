@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 UV ?= uv
 
-.PHONY: setup demo up down status test lint gen check-gen lock bench dagster-ui clean
+.PHONY: setup web demo up down status test lint gen check-gen lock bench dagster-ui clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +20,20 @@ node_modules/.installed: package.json package-lock.json
 
 setup: $(VENV)/.installed node_modules/.installed
 
+## web: build the web console (web/dist), which the gateway serves at its address
+web: node_modules/.installed
+	npm run --silent build
+
 ## demo: start the mesh on embedded defaults and map surface water in the sample scene, live
 ## (models run on Docker when an engine answers and the base image can be made, as local processes otherwise)
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed web
 	@if docker info >/dev/null 2>&1 && ! scripts/make_base_image.sh; then \
 		echo "cannot make the Docker base image (above): models run as local processes"; \
 		export CONSTELLATION_HOSTING_DOCKER=off; \
 	fi; \
 	$(PY) -m constellation_sdk.demo
 
-up: $(VENV)/.installed
+up: $(VENV)/.installed web
 	$(VENV)/bin/constellation up
 
 down: $(VENV)/.installed
@@ -38,8 +42,8 @@ down: $(VENV)/.installed
 status: $(VENV)/.installed
 	$(VENV)/bin/constellation status
 
-## test: the whole suite against real PostgreSQL, SQLite, Envoy, grpcurl and buf
-test: setup
+## test: the whole suite against real PostgreSQL, SQLite, Envoy, grpcurl, buf and headless Chromium (web console)
+test: setup web
 	$(PY) -m pytest
 
 lint: node_modules/.installed $(VENV)/.installed
@@ -49,10 +53,10 @@ lint: node_modules/.installed $(VENV)/.installed
 	else echo "no main branch with protos yet: skipping buf breaking"; fi
 	$(PY) scripts/gen_protos.py --check
 
-gen: $(VENV)/.installed
+gen: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/gen_protos.py
 
-check-gen: $(VENV)/.installed
+check-gen: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/gen_protos.py --check
 
 ## lock: re-resolve requirements.in into requirements.lock (needs uv: pip install uv, or UV=path/to/uv)
@@ -68,4 +72,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/gateway_overhead.py
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) node_modules .pytest_cache web/dist test-artifacts

@@ -46,6 +46,7 @@ def up(timeout_s: float) -> None:
         click.echo(f"  {name:<13} {entry['address']:<22} pid {entry['pid']}")
     gateway = state["processes"]["gateway"]["address"]
     click.echo(f"gateway: grpcurl -plaintext {gateway} list   |   Client(gateway=\"{gateway}\")")
+    click.echo(f"console: http://{gateway}/   (build it with `make web`)")
 
 
 @main.command()

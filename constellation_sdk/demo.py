@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     gateway = start_mesh()
     print(f"gateway  {gateway}")
+    print(f"console  http://{gateway}/   (the web console: catalog, agent, pipeline editor, live runs)")
     with Client(gateway) as client:
         client.wait_ready()
         try:

@@ -106,7 +106,7 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
         envoy_config = paths.state.parent / "envoy.yaml"
         envoy_config.write_text(gateway.render_config(gateway_port, admin_port, addresses))
         envoy_log = paths.logs / "envoy.log"
-        envoy = gateway.start_envoy(envoy_config, envoy_log)
+        envoy = gateway.start_envoy(envoy_config, envoy_log, env)
         started.append(envoy)
         state["processes"]["gateway"] = {"pid": envoy.pid, "address": f"127.0.0.1:{gateway_port}", "log": str(envoy_log), "admin_port": admin_port}
         try:

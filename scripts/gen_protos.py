@@ -1,7 +1,8 @@
-"""Generate Python messages, gRPC stubs and .pyi stubs from protos/ into gen/python.
+"""Generate Python messages, gRPC stubs and .pyi stubs from protos/ into gen/python,
+and the web console's TypeScript (buf.gen.yaml, protoc-gen-es) into gen/ts.
 
 Usage: python scripts/gen_protos.py [--out DIR] [--check]
---check generates into a temporary folder and fails when gen/python differs.
+--check generates into a temporary folder and fails when gen/python or gen/ts differs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import filecmp
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +22,8 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 DEFAULT_OUT = ROOT / "gen" / "python"
+TS_OUT = ROOT / "gen" / "ts"
+BUF = ROOT / "node_modules" / ".bin" / "buf"
 
 
 def generate(out: Path) -> None:
@@ -47,6 +51,15 @@ def generate(out: Path) -> None:
             (directory / "__init__.py").touch()
 
 
+def generate_ts(base: Path) -> None:
+    """gen/ts under `base` (buf prepends it to buf.gen.yaml's `out`); the plugin is node_modules' protoc-gen-es."""
+    if not BUF.exists():
+        raise SystemExit("buf is missing: run `npm ci` (make setup does)")
+    result = subprocess.run([str(BUF), "generate", "--output", str(base)], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"buf generate failed:\n{result.stderr}")
+
+
 def differences(left: Path, right: Path) -> list[str]:
     cmp = filecmp.dircmp(left, right, ignore=["__pycache__"])
     found = [f"only in {cmp.left}: {n}" for n in cmp.left_only]
@@ -65,14 +78,17 @@ def main() -> int:
     if not args.check:
         shutil.rmtree(args.out, ignore_errors=True)
         generate(args.out)
+        generate_ts(ROOT)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
-        stale = differences(Path(tmp), args.out) if args.out.exists() else [f"{args.out} is missing"]
+        generate(Path(tmp) / "python")
+        generate_ts(Path(tmp))
+        stale = differences(Path(tmp) / "python", args.out) if args.out.exists() else [f"{args.out} is missing"]
+        stale += differences(Path(tmp) / "gen" / "ts", TS_OUT) if TS_OUT.exists() else [f"{TS_OUT} is missing"]
     if stale:
-        print("gen/python is stale; run `make gen`:", *stale, sep="\n  ", file=sys.stderr)
+        print("generated code is stale; run `make gen`:", *stale, sep="\n  ", file=sys.stderr)
         return 1
-    print("gen/python matches protos/")
+    print("gen/python and gen/ts match protos/")
     return 0
 
 

@@ -52,6 +52,33 @@ def service_env(tmp_path, **extra: str) -> dict[str, str]:  # type: ignore[no-un
     return env
 
 
+# Figures tests measure (timings, sizes); printed after the results, since `make test` captures prints.
+MEASURED_FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if MEASURED_FIGURES:
+        terminalreporter.section("measured figures")
+        for line in MEASURED_FIGURES:
+            terminalreporter.write_line(line)
+
+
+def mesh_env(home, docker: bool = False) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Environment for `constellation up` in `home` on free ports (SQLite, local files, offline planner);
+    hosting uses Docker only when `docker` (else local processes)."""
+    from constellation_sdk import mesh_process
+
+    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_HEALTH_INTERVAL_S": "0.5", "CONSTELLATION_LOG_FORMAT": "json"}
+    for service in mesh_process.SERVICES:
+        env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
+        env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
+    env["CONSTELLATION_GATEWAY_PORT"] = str(free_port())
+    env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port())
+    env["CONSTELLATION_HOSTING_DOCKER"] = "auto" if docker else "off"
+    env.pop("DATABASE_URL", None)
+    return env
+
+
 @pytest.fixture
 def core_server(database_url: str, tmp_path):  # type: ignore[no-untyped-def]
     server = build_core(config.load("core", service_env(tmp_path, DATABASE_URL=database_url)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -18,21 +17,14 @@ import requests
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import Client, mesh_process
-from tests.pg import free_port
+from tests.conftest import mesh_env
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    home = tmp_path_factory.mktemp("mesh")
-    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_HEALTH_INTERVAL_S": "0.5"}
-    for service in mesh_process.SERVICES:
-        env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
-        env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
-    env["CONSTELLATION_GATEWAY_PORT"] = str(free_port())
-    env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port())
-    env.pop("DATABASE_URL", None)
+    env = mesh_env(tmp_path_factory.mktemp("mesh"), docker=True)
     state = mesh_process.up(env)
     yield {"env": env, "gateway": state["processes"]["gateway"]["address"], "state": state}
     mesh_process.down(env)

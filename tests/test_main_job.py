@@ -28,24 +28,12 @@ from constellation.common.v1 import common_pb2 as c
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import Client, catalog, mesh_process, watch
-from tests.pg import free_port
+from tests.conftest import mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENE = ROOT / "examples" / "data" / "L7_ETMs.tif"
 NDWI = ROOT / "examples" / "models" / "ndwi-water"
 E = c.RunEventType
-
-
-def mesh_env(home: Path, docker: bool) -> dict[str, str]:
-    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_HEALTH_INTERVAL_S": "0.5", "CONSTELLATION_LOG_FORMAT": "json"}
-    for service in mesh_process.SERVICES:
-        env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
-        env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
-    env["CONSTELLATION_GATEWAY_PORT"] = str(free_port())
-    env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port())
-    env["CONSTELLATION_HOSTING_DOCKER"] = "auto" if docker else "off"
-    env.pop("DATABASE_URL", None)
-    return env
 
 
 def run_demo(env: dict[str, str], *args: str) -> dict:
