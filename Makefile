@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 UV ?= uv
 
-.PHONY: setup web demo up down status test lint gen check-gen lock bench dagster-ui clean
+.PHONY: setup web console demo up down status test lint gen check-gen lock bench dagster-ui clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,16 +24,21 @@ setup: $(VENV)/.installed node_modules/.installed
 web: node_modules/.installed
 	npm run --silent build
 
+# The console for demo and up: built when npm is here; the mesh runs without it (the page says `make web`).
+console:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory web; \
+	else echo "npm is missing: the web console is not built (apt-get install npm, then make web)"; fi
+
 ## demo: start the mesh on embedded defaults and map surface water in the sample scene, live
 ## (models run on Docker when an engine answers and the base image can be made, as local processes otherwise)
-demo: $(VENV)/.installed web
+demo: $(VENV)/.installed console
 	@if docker info >/dev/null 2>&1 && ! scripts/make_base_image.sh; then \
 		echo "cannot make the Docker base image (above): models run as local processes"; \
 		export CONSTELLATION_HOSTING_DOCKER=off; \
 	fi; \
 	$(PY) -m constellation_sdk.demo
 
-up: $(VENV)/.installed web
+up: $(VENV)/.installed console
 	$(VENV)/bin/constellation up
 
 down: $(VENV)/.installed
