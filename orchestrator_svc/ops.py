@@ -302,6 +302,7 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
             f"{cpu:.2f}s CPU in this worker"
         )
     except EndpointError as error:
+        error.args = (f"{config.model_name}:{config.model_version}: {error}",)  # name the model, not only its address
         if error.transient:
             raise  # the RetryPolicy tries again, resuming from the tiles done
         raise _fail(str(error)) from None

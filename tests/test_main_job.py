@@ -282,7 +282,7 @@ def test_a_killed_endpoint_is_restarted_and_the_run_finishes_with_both_on_the_st
     assert any(e.type == E.RUN_EVENT_TYPE_STEP_RETRY for e in seen) or report.state == "failed", messages[-30:]
     assert report.state in ("succeeded", "failed")
     if report.state == "failed":
-        assert report.failure_source == "orchestrator" and "endpoint" in report.run.state_message
+        assert report.failure_source == "orchestrator" and "slow-water:1.0.0" in report.run.state_message
 
 
 def test_an_endpoint_deleted_mid_run_fails_the_run_with_a_clear_message(local_mesh, slow_models):
@@ -293,7 +293,7 @@ def test_an_endpoint_deleted_mid_run_fails_the_run_with_a_clear_message(local_me
     assert not thread.is_alive(), "the stream never ended"
     report = result["report"]
     assert report.state == "failed", report.as_dict()
-    assert report.failure_source == "orchestrator" and report.run.state_message, report.as_dict()
+    assert report.failure_source == "orchestrator" and "doomed-water:1.0.0" in report.run.state_message, report.as_dict()
     assert any(e.source == "hosting" and "deleted" in e.message for e in seen)
     print("failure message:", report.run.state_message)
 
