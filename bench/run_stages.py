@@ -16,7 +16,6 @@ picks the example model (default water-mlp, the demo's pick; ndwi-water is the o
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from constellation.agent.v1 import agent_pb2  # noqa: E402
 from constellation.core.v1 import core_pb2  # noqa: E402
 from constellation_sdk import Client, catalog, mesh_process, watch  # noqa: E402
 from scripts.make_scenes import make_scene  # noqa: E402
-from tests.pg import free_port  # noqa: E402
+from tests.conftest import mesh_env  # noqa: E402
 
 BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
 MODELS = ROOT / "examples" / "models"
@@ -61,28 +60,16 @@ def in_process_tiles_per_s(scene: Path, folder: Path, tile: int = 256, batch: in
     return count / (time.perf_counter() - started), count
 
 
-def mesh_env(home: Path, docker: bool) -> dict[str, str]:
-    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_LOG_FORMAT": "json", "CONSTELLATION_HOSTING_DOCKER": "auto" if docker else "off"}
-    for service in mesh_process.SERVICES:
-        env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
-        env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
-    env["CONSTELLATION_GATEWAY_PORT"], env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port()), str(free_port())
-    env.pop("DATABASE_URL", None)
-    return env
-
-
 def bench_runtime(runtime: str, scene: Path, runs: int, model_name: str) -> list[watch.RunReport]:
     home = Path(tempfile.mkdtemp(prefix=f"bench-{runtime}-"))
-    env = mesh_env(home, docker=runtime == "docker")
+    env = {**mesh_env(home, docker=runtime == "docker"), "CONSTELLATION_HEALTH_INTERVAL_S": "2"}
     state = mesh_process.up(env)
     reports = []
     try:
         with Client(state["processes"]["gateway"]["address"]) as client:
             client.wait_ready()
             dataset = catalog.ensure_dataset(client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"]))
-            ids = {}
-            for folder in sorted(p.parent for p in MODELS.glob("*/constellation.yaml")):
-                ids[folder.name] = catalog.ensure_model(client.core, catalog.model_from_folder(folder)).id
+            ids = {model.name: model.id for model in catalog.ensure_models(client.core, MODELS)}
             request = agent_pb2.PlanPipelineRequest(prompt="map surface water", dataset_id=dataset.id, model_id=ids.get(model_name, ""))
             plan = client.agent.PlanPipeline(request)
             pipeline = catalog.ensure_pipeline(client.core, "bench", plan.spec)

@@ -95,6 +95,11 @@ def ensure_model(core, model: core_pb2.Model) -> core_pb2.Model:  # type: ignore
     )
 
 
+def ensure_models(core, root: Path) -> list[core_pb2.Model]:  # type: ignore[no-untyped-def]
+    """Register every model folder under `root` (each with a constellation.yaml), reusing entries that exist."""
+    return [ensure_model(core, model_from_folder(manifest.parent)) for manifest in sorted(root.glob("*/constellation.yaml"))]
+
+
 def ensure_pipeline(core, name: str, spec: c.PipelineSpec, description: str = "") -> core_pb2.Pipeline:  # type: ignore[no-untyped-def]
     return ensure(
         lambda: core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name=name, description=description, spec=spec))),

@@ -51,12 +51,10 @@ def register(client: Client, scene: Path) -> dict[str, str]:
     )  # fmt: skip
     dataset = catalog.ensure_dataset(client.core, dataset)
     print(f"dataset  {dataset.id}  {dataset.name}: {dataset.sensor}, {len(dataset.bands)} bands, {dataset.resolution_m:g} m")
-    ids = {}
-    for folder in sorted(p.parent for p in MODELS.glob("*/constellation.yaml")):
-        model = catalog.ensure_model(client.core, catalog.model_from_folder(folder))
-        ids[model.name] = model.id
+    models = catalog.ensure_models(client.core, MODELS)
+    for model in models:
         print(f"model    {model.id}  {model.name}:{model.version} reads {', '.join(model.input.bands)}")
-    return ids
+    return {model.name: model.id for model in models}
 
 
 def plan(client: Client, prompt: str, model_id: str = "") -> core_pb2.Pipeline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -10,18 +11,15 @@ import numpy as np
 
 
 def fetch(uri: str, dest: Path) -> Path:
-    """Copy one output ("file:///..." or "s3://bucket/key") into `dest`; the local path."""
-    dest.mkdir(parents=True, exist_ok=True)
-    parsed = urlparse(uri)
-    target = dest / Path(parsed.path).name
-    if parsed.scheme == "file":
-        shutil.copyfile(parsed.path, target)
-    elif parsed.scheme == "s3":
-        import boto3  # the AWS_* environment (AWS_ENDPOINT_URL for MinIO or moto) says where
+    """Copy one output ("file:///..." or "s3://bucket/key") into `dest`; the local path. Reads through the
+    orchestrator's storage, so S3 endpoints and errors (StorageError) are the same as the pipeline's."""
+    from orchestrator_svc.storage import Storage
 
-        boto3.client("s3").download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
-    else:
-        raise ValueError(f"cannot fetch {uri!r}: only file:// and s3:// outputs are supported")
+    source = Storage(os.environ.get("CONSTELLATION_S3_ENDPOINT_URL", "").strip()).fetch(uri, dest)
+    target = dest / source.name
+    if source.resolve() != target.resolve():  # file:// gives the file itself; s3:// already landed in dest
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
     return target
 
 
