@@ -25,7 +25,7 @@ from constellation_sdk import catalog, mesh_process, outputs, watch
 from constellation_sdk.client import Client
 from mesh import config
 from mesh.errors import field_violations
-from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target, state_name
+from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 
 
 @click.group()
@@ -236,10 +236,10 @@ def models_watch(model_ref: str, as_json: bool) -> None:
     """Replay and follow MODEL's packaging and deployment events (Ctrl-C to stop)."""
     with _client() as client:
         model = _find_model(client, model_ref)
-        hosted = [m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000)).models if (m.model_name, m.model_version) == (model.name, model.version)]
-        if not hosted:
+        hosted = find_hosted(client.hosting, model.name, model.version)
+        if hosted is None:
             raise click.ClickException(f"{model.name}:{model.version} is not on hosting yet; deploy it with `constellation models deploy {model.name}`")
-        for event in client.hosting.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=hosted[0].model_id)):
+        for event in client.hosting.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=hosted.model_id)):
             _emit(as_json, event, f"{event.sequence:>5} {state_name(event.state):<11} {event.log_line or event.message}")
 
 
@@ -358,9 +358,14 @@ def runs_outputs(run_id: str, dest: Path | None, as_json: bool) -> None:
     """List RUN_ID's output files, or copy them into --dest."""
     with _client() as client:
         finished = client.core.GetRun(core_pb2.GetRunRequest(id=run_id))
+    from orchestrator_svc.storage import StorageError
+
     rows = []
     for output in finished.outputs:
-        local = outputs.fetch(output.uri, dest) if dest is not None else None
+        try:
+            local = outputs.fetch(output.uri, dest) if dest is not None else None
+        except StorageError as error:
+            raise click.ClickException(f"{output.name}: {error}") from None
         rows.append({"name": output.name, "uri": output.uri, "media_type": output.media_type, **({"path": str(local)} if local else {})})
     if not rows:
         raise click.ClickException(f"run {run_id} is {watch.state_name(finished.state)} and has no outputs")

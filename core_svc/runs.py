@@ -30,7 +30,7 @@ from core_svc.catalog import Catalog, Page, parse_filter, spec_from_json, spec_t
 from core_svc.domain import RUN_STATES, TERMINAL, Model, Run
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.ids import new_id
-from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target, state_name
+from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 from mesh.services import insecure_channel
 
 log = logging.getLogger("core.runs")
@@ -310,6 +310,9 @@ class RunDriver:
         self._calls_lock = threading.Lock()
         self._launched = False
         self._emit_lock = threading.Lock()
+        # The run's state: every change after this goes through this driver (emit, _forward), under _emit_lock.
+        found = self.store.find(run_id)
+        self._state = found.state if found is not None else None
 
     # Control from other threads
 
@@ -340,12 +343,11 @@ class RunDriver:
 
     def emit(self, type_: int, message: str = "", source: str = "core", block_id: str = "", **changes: object) -> None:
         with self._emit_lock:
-            run = self.store.find(self.run_id)
-            assert run is not None
-            if run.ended:
+            if self._state is None or self._state in TERMINAL:
                 return  # nothing follows a run's final event
-            state = str(changes.get("state") or run.state)
+            state = str(changes.get("state") or self._state)
             self.store.append(self.run_id, event(type_, state, message, source, block_id), **changes)
+            self._state = state
 
     def drive(self) -> None:
         run = self.store.find(self.run_id)
@@ -462,11 +464,8 @@ class RunDriver:
             model = self.runs.catalog.find_model(model_id)
             if model is None:
                 return
-            hooks = DeployHooks(on_event=lambda kind, message: None)
-            finder = ModelDeployer(self.runs.hosting, Target(model.name, model.version, model.source), hooks,
-                                   hosting_address=self.settings.hosting_address, metadata=self.settings.metadata)  # fmt: skip
             try:
-                status = finder.find()
+                status = find_hosted(self.runs.hosting, model.name, model.version, self.settings.metadata, self.settings.peer_timeout_s)
                 if status is None:
                     return
                 call = self.runs.hosting.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=status.model_id), metadata=self.settings.metadata)
@@ -479,7 +478,7 @@ class RunDriver:
                     kind = E.RUN_EVENT_TYPE_LOG if update_.log_line else E.RUN_EVENT_TYPE_DEPLOYMENT
                     text = update_.log_line or f"{model.name}:{model.version} {state_name(update_.state)}: {update_.message}"
                     self.emit(kind, text, "hosting", block_id)
-            except (grpc.RpcError, DeployFailed):
+            except grpc.RpcError:
                 return  # hosting's news is a courtesy; the orchestrator's stream decides the run
 
         for block in spec.blocks:
@@ -504,7 +503,7 @@ class RunDriver:
             try:
                 for upstream in self._stream(self.runs.orchestrator.WatchRun(request, metadata=self.settings.metadata)):
                     give_up = time.monotonic() + self.settings.reconnect_s
-                    if self._forward(upstream, run):
+                    if self._forward(upstream):
                         return
                 return self._upstream_ended_early()
             except grpc.RpcError as error:
@@ -515,12 +514,12 @@ class RunDriver:
                     continue
                 raise StageFailed("orchestrator", f"lost the run's event stream: {error.details()}") from None
 
-    def _forward(self, upstream: common.RunEvent, run: Run) -> bool:
+    def _forward(self, upstream: common.RunEvent) -> bool:
         """Store one orchestrator event as core's next; True when the run ended."""
         forwarded = common.RunEvent()
         forwarded.CopyFrom(upstream)
         forwarded.source = upstream.source or "orchestrator"
-        state = STATE_NAMES.get(upstream.state, run.state)
+        state = STATE_NAMES.get(upstream.state, self._state or "running")
         if state == "queued":  # queued at the orchestrator is still starting for the user
             state = "starting"
         if state in ("starting", "running") and self._canceled.is_set():
@@ -532,7 +531,7 @@ class RunDriver:
             changes.update(outputs=outputs, state_message=message, end_time=_now())
         with self._emit_lock:
             self.store.append(self.run_id, forwarded, **changes)
-        run.state = state
+            self._state = state
         return state in TERMINAL
 
     def _final_outputs(self, upstream: common.RunEvent) -> tuple[list[dict], str]:

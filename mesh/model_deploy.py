@@ -25,6 +25,21 @@ def state_name(state: int) -> str:
     return D.Name(state).removeprefix("DEPLOYMENT_STATE_").lower()
 
 
+def find_hosted(
+    hosting: hosting_pb2_grpc.HostingServiceStub, name: str, version: str, metadata: tuple[tuple[str, str], ...] = (), timeout_s: float = 30.0
+) -> hosting_pb2.ModelStatus | None:
+    """Hosting's status of model `name`:`version`, or None when hosting does not have it."""
+    token = ""
+    while True:
+        page = hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000, page_token=token), timeout=timeout_s, metadata=metadata)
+        for status in page.models:
+            if status.model_name == name and status.model_version == version:
+                return status
+        token = page.next_page_token
+        if not token:
+            return None
+
+
 class DeployFailed(Exception):
     """The model could not be made healthy; the message says why, for a person."""
 
@@ -89,15 +104,12 @@ class ModelDeployer:
             raise
 
     def find(self) -> hosting_pb2.ModelStatus | None:
-        token = ""
-        while True:
-            page = self._call(self.hosting.ListModels, hosting_pb2.ListModelsRequest(page_size=1000, page_token=token))
-            for status in page.models:
-                if status.model_name == self.target.name and status.model_version == self.target.version:
-                    return status
-            token = page.next_page_token
-            if not token:
-                return None
+        try:
+            return find_hosted(self.hosting, self.target.name, self.target.version, self.metadata, self.peer_timeout_s)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                raise DeployFailed(f"hosting is unreachable at {self.hosting_address}: {error.details()}") from None
+            raise
 
     def ensure(self) -> hosting_pb2.ModelStatus:
         """The model's status once healthy; raises DeployFailed with the reason otherwise."""
