@@ -25,7 +25,7 @@ from constellation_sdk import catalog, mesh_process, outputs, watch
 from constellation_sdk.client import Client
 from mesh import config
 from mesh.errors import field_violations
-from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
+from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 
 
 @click.group()
@@ -358,7 +358,7 @@ def runs_outputs(run_id: str, dest: Path | None, as_json: bool) -> None:
     """List RUN_ID's output files, or copy them into --dest."""
     with _client() as client:
         finished = client.core.GetRun(core_pb2.GetRunRequest(id=run_id))
-    from orchestrator_svc.storage import StorageError
+    from clients.storage import StorageError
 
     rows = []
     for output in finished.outputs:

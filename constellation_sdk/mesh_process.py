@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from constellation_sdk.client import Client
-from mesh import config, gateway
+from gateway import supervisor as gateway
+from mesh import config
 
 SERVICES = ("core", "hosting", "orchestrator", "agent")
 

@@ -13,7 +13,7 @@ import numpy as np
 def fetch(uri: str, dest: Path) -> Path:
     """Copy one output ("file:///..." or "s3://bucket/key") into `dest`; the local path. Reads through the
     orchestrator's storage, so S3 endpoints and errors (StorageError) are the same as the pipeline's."""
-    from orchestrator_svc.storage import Storage
+    from clients.storage import Storage
 
     source = Storage(os.environ.get("CONSTELLATION_S3_ENDPOINT_URL", "").strip()).fetch(uri, dest)
     target = dest / source.name

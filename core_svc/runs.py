@@ -30,7 +30,7 @@ from core_svc.catalog import Catalog, Page, parse_filter, spec_from_json, spec_t
 from core_svc.domain import RUN_STATES, TERMINAL, Model, Run
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.ids import new_id
-from mesh.model_deploy import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
+from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 from mesh.services import insecure_channel
 
 log = logging.getLogger("core.runs")

@@ -1,15 +1,27 @@
 """Settings from environment variables, parsed once at start-up.
 
-Every variable has a default that works on a laptop with nothing else
-running; `CONSTELLATION_` prefixes ours, ecosystem names (DATABASE_URL) keep
-theirs.
+Every service has one settings class built on `EnvSettings` (pydantic-settings):
+each field names its environment variable (`validation_alias`) and carries a
+description, and `docs/settings.md` is generated from the classes
+(`python scripts/settings_doc.py`). Every variable has a default that works on
+a laptop with nothing else running; `CONSTELLATION_` prefixes ours, ecosystem
+names (DATABASE_URL, GEMINI_API_KEY) keep theirs. An empty variable counts as
+unset.
+
+This module holds the base class and the bootstrap's own settings
+(`Settings`: ports, home, database, keys, logs, limits), which every service
+reads through `load(service)`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Service name -> (default gRPC port, default metrics port).
 DEFAULT_PORTS: dict[str, tuple[int, int]] = {
@@ -26,55 +38,47 @@ class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+def env_field(name: str, default: Any, description: str, **constraints: Any) -> Any:
+    """A settings field read from the environment variable `name`."""
+    return Field(default, validation_alias=name, description=description, **constraints)
 
 
-def _float(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+def _describe(error: ValidationError, aliases: dict[str, str]) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        name = aliases.get(where, where)
+        problems.append(f"{name}: {item['msg']}, got {item['input']!r}" if "input" in item else f"{name}: {item['msg']}")
+    return "; ".join(problems)
 
 
-def home_dir(env: dict[str, str] | None = None) -> Path:
+class EnvSettings(BaseSettings):
+    """A service's settings: one field per environment variable, immutable once read."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, validate_by_name=True, validate_by_alias=True)
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field name -> environment variable."""
+        return {name: str(f.validation_alias) for name, f in cls.model_fields.items() if isinstance(f.validation_alias, str)}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **values: Any) -> Self:
+        """Read every field from `env` (default: the process environment); `values` (by field name) win.
+        Raises ConfigError naming the variable when a value does not fit."""
+        env = os.environ if env is None else env
+        names = cls.env_names()
+        read = {field: env[var].strip() for field, var in names.items() if env.get(var, "").strip()}
+        try:
+            return cls.model_validate({**read, **values})
+        except ValidationError as error:
+            raise ConfigError(_describe(error, {field: var for field, var in names.items()})) from None
+
+
+def home_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where local state (SQLite database, logs, pids) lives."""
-    env = dict(os.environ) if env is None else env
+    env = os.environ if env is None else env
     return Path(env.get("CONSTELLATION_HOME") or Path.home() / ".constellation").expanduser()
-
-
-@dataclass(frozen=True)
-class Settings:
-    service: str
-    host: str
-    port: int
-    metrics_port: int
-    home: Path
-    database_url: str
-    # API keys that may call the service, each with its role ("admin" or
-    # "reader"). Empty: authentication is off.
-    api_keys: dict[str, str] = field(default_factory=dict)
-    log_level: str = "INFO"
-    log_format: str = "json"
-    max_message_bytes: int = 64 * 1024 * 1024
-    shutdown_grace_s: float = 10.0
-    health_interval_s: float = 2.0
-    max_workers: int = 32
-    # Addresses (host:port) of the other services, for cross-service calls.
-    peers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -91,35 +95,96 @@ def parse_api_keys(raw: str) -> dict[str, str]:
     return keys
 
 
-def load(service: str, env: dict[str, str] | None = None) -> Settings:
-    env = dict(os.environ) if env is None else env
+def _port(service: str, kind: str, default: int) -> Any:
+    return env_field(f"CONSTELLATION_{service.upper()}_{kind}", default, f"{kind.replace('_', ' ').lower()} of {service}", ge=0, le=65535)
+
+
+class Settings(EnvSettings):
+    """The bootstrap's settings, shared by every service (`load(service)` picks that service's ports)."""
+
+    service: str = Field("", description="which service these settings are for (set by load(), not read)")
+    host: str = env_field("CONSTELLATION_HOST", "127.0.0.1", "address every service binds and its peers are found on")
+    home_raw: str = env_field("CONSTELLATION_HOME", "", "local state: SQLite database, logs, pids, outputs (default ~/.constellation)")
+    database_url_raw: str = Field(
+        "", validation_alias="DATABASE_URL", description="SQLAlchemy URL of the service database (default SQLite under the home)", repr=False
+    )
+    api_keys_raw: str = Field(
+        "",
+        validation_alias="CONSTELLATION_API_KEYS",
+        description="`key` or `key:role` (admin or reader), comma separated; empty: authentication is off",
+        repr=False,
+    )
+    api_key_raw: str = Field("", validation_alias="CONSTELLATION_API_KEY", description="one more admin key", repr=False)
+    log_level_raw: str = env_field("CONSTELLATION_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = env_field("CONSTELLATION_LOG_FORMAT", "json", "json (one object a line) or text")
+    max_message_mb: int = env_field("CONSTELLATION_MAX_MESSAGE_MB", 64, "largest gRPC message a service sends or takes, MiB", ge=1)
+    shutdown_grace_s: float = env_field("CONSTELLATION_SHUTDOWN_GRACE_S", 10.0, "how long SIGTERM waits for calls in flight", ge=0)
+    health_interval_s: float = env_field("CONSTELLATION_HEALTH_INTERVAL_S", 2.0, "how often a service checks its dependencies", gt=0)
+    max_workers: int = env_field("CONSTELLATION_MAX_WORKERS", 32, "gRPC worker threads per service", ge=1)
+    core_port: int = _port("core", "PORT", DEFAULT_PORTS["core"][0])
+    hosting_port: int = _port("hosting", "PORT", DEFAULT_PORTS["hosting"][0])
+    orchestrator_port: int = _port("orchestrator", "PORT", DEFAULT_PORTS["orchestrator"][0])
+    agent_port: int = _port("agent", "PORT", DEFAULT_PORTS["agent"][0])
+    core_metrics_port: int = _port("core", "METRICS_PORT", DEFAULT_PORTS["core"][1])
+    hosting_metrics_port: int = _port("hosting", "METRICS_PORT", DEFAULT_PORTS["hosting"][1])
+    orchestrator_metrics_port: int = _port("orchestrator", "METRICS_PORT", DEFAULT_PORTS["orchestrator"][1])
+    agent_metrics_port: int = _port("agent", "METRICS_PORT", DEFAULT_PORTS["agent"][1])
+    core_addr: str = env_field("CONSTELLATION_CORE_ADDR", "", "host:port where peers reach core (default host:core port)")
+    hosting_addr: str = env_field("CONSTELLATION_HOSTING_ADDR", "", "host:port where peers reach hosting")
+    orchestrator_addr: str = env_field("CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator")
+    agent_addr: str = env_field("CONSTELLATION_AGENT_ADDR", "", "host:port where peers reach the agent")
+
+    SERVICES: ClassVar[tuple[str, ...]] = tuple(DEFAULT_PORTS)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.home_raw or Path.home() / ".constellation").expanduser()
+
+    @property
+    def database_url(self) -> str:
+        return self.database_url_raw or f"sqlite:///{self.home / 'core.db'}"
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        """API keys that may call the service, each with its role ("admin" or "reader"). Empty: authentication is off."""
+        keys = parse_api_keys(self.api_keys_raw)
+        if self.api_key_raw:
+            keys[self.api_key_raw] = "admin"
+        return keys
+
+    @property
+    def log_level(self) -> str:
+        return self.log_level_raw.upper()
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+    @property
+    def port(self) -> int:
+        return int(getattr(self, f"{self.service}_port"))
+
+    @property
+    def metrics_port(self) -> int:
+        return int(getattr(self, f"{self.service}_metrics_port"))
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def peers(self) -> dict[str, str]:
+        """Addresses (host:port) of the other services, for cross-service calls."""
+        return {
+            name: getattr(self, f"{name}_addr") or f"{self.host}:{getattr(self, f'{name}_port')}"
+            for name in self.SERVICES
+            if name != self.service
+        }
+
+
+def load(service: str, env: Mapping[str, str] | None = None) -> Settings:
     if service not in DEFAULT_PORTS:
         raise ConfigError(f"unknown service {service!r}")
-    prefix = f"CONSTELLATION_{service.upper()}_"
-    grpc_port, metrics_port = DEFAULT_PORTS[service]
-    home = home_dir(env)
-    api_keys = parse_api_keys(env.get("CONSTELLATION_API_KEYS", ""))
-    if env.get("CONSTELLATION_API_KEY"):
-        api_keys[env["CONSTELLATION_API_KEY"]] = "admin"
-    host = env.get("CONSTELLATION_HOST", "127.0.0.1")
-    peers = {
-        name: env.get(f"CONSTELLATION_{name.upper()}_ADDR", f"{host}:{_int(env, f'CONSTELLATION_{name.upper()}_PORT', ports[0])}")
-        for name, ports in DEFAULT_PORTS.items()
-        if name != service
-    }
-    return Settings(
-        service=service,
-        host=host,
-        port=_int(env, prefix + "PORT", grpc_port),
-        metrics_port=_int(env, prefix + "METRICS_PORT", metrics_port),
-        home=home,
-        database_url=env.get("DATABASE_URL") or f"sqlite:///{home / 'core.db'}",
-        api_keys=api_keys,
-        log_level=env.get("CONSTELLATION_LOG_LEVEL", "INFO").upper(),
-        log_format=env.get("CONSTELLATION_LOG_FORMAT", "json"),
-        max_message_bytes=_int(env, "CONSTELLATION_MAX_MESSAGE_MB", 64) * 1024 * 1024,
-        shutdown_grace_s=_float(env, "CONSTELLATION_SHUTDOWN_GRACE_S", 10.0),
-        health_interval_s=_float(env, "CONSTELLATION_HEALTH_INTERVAL_S", 2.0),
-        max_workers=_int(env, "CONSTELLATION_MAX_WORKERS", 32),
-        peers=peers,
-    )
+    settings = Settings.from_env(env, service=service)
+    settings.api_keys  # noqa: B018 -- a bad role fails at start-up, not at the first call
+    return settings

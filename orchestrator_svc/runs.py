@@ -36,7 +36,7 @@ from mesh.ids import new_id
 from orchestrator_svc import events, jobs, specs
 from orchestrator_svc.launcher import ACTIVE, HOST_TAG, WorkerRunLauncher, worker_alive
 from orchestrator_svc.settings import OrchestratorSettings
-from orchestrator_svc.storage import Storage
+from clients.storage import Storage
 
 log = logging.getLogger("orchestrator.runs")
 

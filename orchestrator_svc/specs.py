@@ -29,7 +29,7 @@ from core_svc.pipelines import validate_spec
 from core_svc.validation import check_bands, check_storage_uri
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 from orchestrator_svc import blocks
-from orchestrator_svc.storage import Storage, StorageError
+from clients.storage import Storage, StorageError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")

@@ -16,7 +16,7 @@ from shapely.geometry import shape
 
 from orchestrator_svc import blocks, ops
 from orchestrator_svc.inference_client import is_transient
-from orchestrator_svc.storage import Storage, StorageError, join, parse
+from clients.storage import Storage, StorageError, join, parse
 from tests.orchestrator_scenes import BANDS, CRS, NODATA_PATCH_PX, ndwi_probability, write_scene
 
 

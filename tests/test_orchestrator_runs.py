@@ -23,7 +23,7 @@ from constellation.common.v1 import common_pb2 as c
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from orchestrator_svc.launcher import PID_TAG
 from orchestrator_svc.runs import dagster_run_id
-from orchestrator_svc.storage import parse
+from clients.storage import parse
 from tests.conftest import rpc_error
 from tests.orchestrator_scenes import CRS, ndwi_probability
 from tests.orchestrator_support import (  # noqa: F401 - fixtures

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from constellation_sdk import Client, catalog, mesh_process
-from mesh import console
+from gateway import console
 from tests.conftest import MEASURED_FIGURES, mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent

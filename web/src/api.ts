@@ -6,7 +6,7 @@ import { CoreService } from "../../gen/ts/constellation/core/v1/core_pb";
 import { HostingService } from "../../gen/ts/constellation/hosting/v1/hosting_pb";
 
 const KEY_STORAGE = "constellation.apiKey";
-const KEY_COOKIE = "constellation_api_key"; // mesh/console.py reads it for /files/
+const KEY_COOKIE = "constellation_api_key"; // gateway/console.py reads it for /files/
 
 export function apiKey(): string {
   return sessionStorage.getItem(KEY_STORAGE) ?? "";

@@ -1,5 +1,5 @@
 """Render envoy/envoy.yaml for a set of ports and run the real Envoy binary on it, with the web console's
-static server (mesh/console.py) beside it."""
+static server (gateway/console.py) beside it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mesh import console
+from gateway import console
 
 ENVOY_CONFIG = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
 CONSOLE_CLUSTER = "console"
@@ -62,7 +62,7 @@ def start_envoy(config_path: Path, log_path: Path, env: dict[str, str] | None = 
     """Start Envoy under a small supervisor (see `supervise`) in its own session."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "mesh.gateway", str(config_path)],
+            [sys.executable, "-m", "gateway.supervisor", str(config_path)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -1,6 +1,6 @@
 """The web console's static side: the built page (web/dist) at `/` and run outputs read-only at `/files/`.
 
-Envoy cannot serve files, so the gateway supervisor (mesh/gateway.py) runs
+Envoy cannot serve files, so the gateway supervisor (gateway/supervisor.py) runs
 this small HTTP server beside Envoy and Envoy routes every non-gRPC path to
 it: one address serves the page and the API. `/files/<path>` serves only
 regular files under the outputs folder (the local export destination); any

@@ -1,0 +1,5 @@
+"""Shared clients: what more than one service (or the SDK) needs to talk to another part of the mesh.
+
+- `hosting`: find, package, deploy and follow a model on the hosting service (core, CLI, SDK);
+- `storage`: read and write `file://` and `s3://` objects (orchestrator, SDK).
+"""
