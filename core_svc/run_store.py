@@ -1,0 +1,155 @@
+"""Run rows and their events in SQL: the only state a run has (see core_svc.runs for the invariant).
+
+Events are serialized RunEvents numbered from 1 per run; appending an event and changing the run's
+row happen in one transaction, so a watcher never sees a state without the event that announced it.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from constellation.common.v1 import common_pb2 as common
+from core_svc import convert, db
+from core_svc.catalog import Page, parse_filter
+from core_svc.domain import RUN_STATES, TERMINAL, Run
+from mesh.errors import InvalidArgument
+from mesh.ids import new_id
+
+# Run state name <-> RunState value.
+STATES: dict[str, common.RunState.ValueType] = {
+    name: common.RunState.ValueType(convert.run_state_to_proto(name)) for name in RUN_STATES
+}
+STATE_NAMES = {value: name for name, value in STATES.items()}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def event(type_: int, state: str, message: str = "", source: str = "core", block_id: str = "") -> common.RunEvent:
+    """A run event as core stores it; the store numbers it and stamps its time."""
+    return common.RunEvent(
+        type=common.RunEventType.ValueType(type_), state=STATES[state], message=message, source=source, block_id=block_id
+    )
+
+
+def _run_from_row(row: db.RunRow) -> Run:
+    return Run(
+        id=row.id, pipeline_id=row.pipeline_id, state=row.state, state_message=row.state_message, outputs=list(row.outputs),
+        spec=row.spec, launched=row.launched, upstream_sequence=row.upstream_sequence, create_time=_aware(row.create_time),
+        start_time=_aware(row.start_time), end_time=_aware(row.end_time),
+    )  # fmt: skip
+
+
+class RunStore:
+    """Run rows and their events. Appending an event and changing the row happen in one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = db.session_factory(engine)
+        self._lock = threading.Lock()
+        self._next: dict[str, int] = {}
+        self._changed = threading.Condition()
+        self.version = 0  # bumped by every append: watchers wait for it to move
+
+    def create(self, pipeline_id: str, spec: dict, first: common.RunEvent) -> Run:
+        created = now()
+        row = db.RunRow(
+            id=new_id("run"), pipeline_id=pipeline_id, state="queued", state_message="", spec=spec, outputs=[],
+            launched=False, upstream_sequence=0, create_time=created,
+        )  # fmt: skip
+        with self._sessions() as session:
+            session.add(row)
+            session.flush()
+            self._add_event(session, row.id, first, created)
+            session.commit()
+            return _run_from_row(row)
+
+    def _add_event(self, session: Session, run_id: str, event: common.RunEvent, when: datetime) -> common.RunEvent:
+        with self._lock:
+            if run_id not in self._next:
+                last = session.scalar(select(func.max(db.RunEventRow.sequence)).where(db.RunEventRow.run_id == run_id))
+                self._next[run_id] = (last or 0) + 1
+            sequence = self._next[run_id]
+            self._next[run_id] += 1
+        event.sequence = sequence
+        if not event.HasField("time"):
+            event.time.FromDatetime(when)
+        session.add(db.RunEventRow(run_id=run_id, sequence=sequence, payload=event.SerializeToString()))
+        return event
+
+    def append(self, run_id: str, event: common.RunEvent, **changes: object) -> common.RunEvent:
+        """Stores `event` as the run's next and applies `changes` to its row, atomically; wakes watchers."""
+        with self._sessions() as session:
+            try:
+                self._add_event(session, run_id, event, now())
+                if changes:
+                    session.execute(update(db.RunRow).where(db.RunRow.id == run_id).values(**changes))
+                session.commit()
+            except Exception:
+                with self._lock:  # the number was not used; read it again from the table next time
+                    self._next.pop(run_id, None)
+                raise
+        with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+        return event
+
+    def wait(self, seen: int, timeout_s: float) -> None:
+        """Blocks until an event is appended after `version` was `seen`, or `timeout_s` passed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version != seen, timeout=timeout_s)
+
+    def wake_watchers(self) -> None:
+        """Wakes everyone in wait(), e.g. to notice core is stopping."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def set(self, run_id: str, **changes: object) -> None:
+        with self._sessions() as session:
+            session.execute(update(db.RunRow).where(db.RunRow.id == run_id).values(**changes))
+            session.commit()
+
+    def find(self, run_id: str) -> Run | None:
+        with self._sessions() as session:
+            row = session.get(db.RunRow, run_id)
+            return _run_from_row(row) if row else None
+
+    def events_after(self, run_id: str, after: int, limit: int = 500) -> list[common.RunEvent]:
+        with self._sessions() as session:
+            payloads = session.scalars(
+                select(db.RunEventRow.payload)
+                .where(db.RunEventRow.run_id == run_id, db.RunEventRow.sequence > after)
+                .order_by(db.RunEventRow.sequence)
+                .limit(limit)
+            )
+            return [common.RunEvent.FromString(p) for p in payloads]
+
+    def active_ids(self) -> list[str]:
+        with self._sessions() as session:
+            active = select(db.RunRow.id).where(db.RunRow.state.not_in(TERMINAL)).order_by(db.RunRow.id)
+            return list(session.scalars(active))
+
+    def list(self, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
+        table = db.RunRow
+
+        def state(value: str) -> object:
+            if value.lower() not in STATES:
+                raise InvalidArgument.field("filter", f"state {value!r} is not one of {', '.join(STATES)}")
+            return table.state == value.lower()
+
+        page = Page(page_size, page_token, filter_text)
+        clauses = parse_filter(filter_text, {"pipeline_id": lambda v: table.pipeline_id == v, "state": state})
+        with self._sessions() as session:
+            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))
+        rows, token = page.finish(rows)
+        return [_run_from_row(r) for r in rows], token
