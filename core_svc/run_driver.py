@@ -24,7 +24,7 @@ from clients.hosting import DeployFailed
 from core_svc import convert
 from core_svc.catalog import Catalog, spec_from_json
 from core_svc.deployments import DeploymentWatch, deploy_model
-from core_svc.domain import TERMINAL, Model, PipelineSpec, Run
+from core_svc.domain import TERMINAL, Model, PipelineSpec
 from core_svc.run_store import STATE_NAMES, STATES, RunStore, event, now
 
 log = logging.getLogger("core.runs")
@@ -135,12 +135,13 @@ class RunDriver:
         try:
             if run.state == "canceling" and not run.launched:
                 raise Canceled
+            spec = spec_from_json(run.spec)  # the run's one conversion of its stored spec; every stage reads this
             if not run.launched:
                 if run.state == "queued":
                     self.emit(E.RUN_EVENT_TYPE_LOG, "deploying the pipeline's models", state="starting", start_time=now())
-                models = self.deploy_models(spec_from_json(run.spec))
-                self.launch(run, models)
-            self.follow()
+                models = self.deploy_models(spec)
+                self.launch(spec, models)
+            self.follow(spec)
         except Canceled:
             self.emit(
                 E.RUN_EVENT_TYPE_RUN_CANCELED, "canceled before the job started",
@@ -198,10 +199,11 @@ class RunDriver:
 
     # Stage 2: the orchestrator accepts the job
 
-    def launch(self, run: Run, models: dict[str, tuple[Model, list[str]]]) -> None:
+    def launch(self, spec: PipelineSpec, models: dict[str, tuple[Model, list[str]]]) -> None:
+        """Hands the job to the orchestrator with every dataset and model resolved. The spec was
+        validated when the run was queued; the orchestrator checks it against what it is given."""
         self._check_canceled()
-        spec = spec_from_json(run.spec)
-        request = orchestrator_pb2.LaunchRunRequest(run_id=run.id, spec=convert.spec_to_proto(spec))
+        request = orchestrator_pb2.LaunchRunRequest(run_id=self.run_id, spec=convert.spec_to_proto(spec))
         for block in spec.blocks:
             if block.kind == "dataset":
                 dataset = self.context.catalog.find_dataset(block.config["dataset_id"])
@@ -211,10 +213,11 @@ class RunDriver:
                     )
                 request.datasets[dataset.id].CopyFrom(orchestrator_pb2.ResolvedDataset(uri=dataset.uri, bands=dataset.bands))
         for model_id, (model, endpoints) in models.items():
+            message = convert.model_to_proto(model)
             request.models[model_id].CopyFrom(
                 orchestrator_pb2.ResolvedModel(
                     model_name=model.name, model_version=model.version, endpoints=endpoints,
-                    input=convert.model_to_proto(model).input, outputs=convert.model_to_proto(model).outputs,
+                    input=message.input, outputs=message.outputs,
                 )
             )  # fmt: skip
         try:
@@ -238,11 +241,9 @@ class RunDriver:
 
     # Stage 3: the orchestrator's events, into core's stream
 
-    def follow(self) -> None:
-        run = self.store.find(self.run_id)
-        assert run is not None
+    def follow(self, spec: PipelineSpec) -> None:
         watch = DeploymentWatch(self.context.hosting, self.context.catalog, self.settings, self.emit, f"watch-{self.run_id}")
-        watch.start(spec_from_json(run.spec))
+        watch.start(spec)
         try:
             self._follow_orchestrator()
         finally:
