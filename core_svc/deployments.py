@@ -21,17 +21,9 @@ from clients.hosting import DeployHooks, ModelDeployer, Target, find_hosted, sta
 from core_svc import convert
 from core_svc.catalog import Catalog
 from core_svc.domain import Model, PipelineSpec
+from core_svc.settings import CoreSettings
 
 E = common.RunEventType
-
-
-class PeerSettings(Protocol):
-    """What calls to hosting need from core's settings."""
-
-    hosting_address: str
-    metadata: tuple[tuple[str, str], ...]
-    deploy_timeout_s: float
-    peer_timeout_s: float
 
 
 class Emit(Protocol):
@@ -43,7 +35,7 @@ class Emit(Protocol):
 def deploy_model(
     hosting: hosting_pb2_grpc.HostingServiceStub,
     catalog: Catalog,
-    settings: PeerSettings,
+    settings: CoreSettings,
     model: Model,
     block_id: str,
     emit: Emit,
@@ -79,7 +71,7 @@ class DeploymentWatch:
     died and was restarted, a model that turned unhealthy or was deleted): one thread per model block."""
 
     def __init__(
-        self, hosting: hosting_pb2_grpc.HostingServiceStub, catalog: Catalog, settings: PeerSettings, emit: Emit, name: str
+        self, hosting: hosting_pb2_grpc.HostingServiceStub, catalog: Catalog, settings: CoreSettings, emit: Emit, name: str
     ) -> None:
         self._hosting, self._catalog, self._settings, self._emit, self._name = hosting, catalog, settings, emit, name
         self._calls: list[grpc.Future] = []

@@ -25,6 +25,7 @@ from core_svc import convert
 from core_svc.catalog import Catalog, spec_from_json
 from core_svc.deployments import DeploymentWatch, deploy_model
 from core_svc.domain import TERMINAL, Model, PipelineSpec
+from core_svc.settings import CoreSettings
 from core_svc.run_store import STATE_NAMES, STATES, RunStore, event, now
 
 log = logging.getLogger("core.runs")
@@ -35,19 +36,6 @@ E = common.RunEventType
 
 
 @dataclass
-class RunSettings:
-    hosting_address: str
-    orchestrator_address: str
-    # Credentials core presents to its peers when the mesh has API keys.
-    metadata: tuple[tuple[str, str], ...] = ()
-    # How long a model may take to package and become healthy.
-    deploy_timeout_s: float = 1800.0
-    # How long core keeps trying to reach the orchestrator when its stream breaks.
-    reconnect_s: float = 120.0
-    peer_timeout_s: float = 30.0
-
-
-@dataclass
 class RunContext:
     """What the drivers of one core share."""
 
@@ -55,7 +43,7 @@ class RunContext:
     catalog: Catalog
     hosting: hosting_pb2_grpc.HostingServiceStub
     orchestrator: orchestrator_pb2_grpc.OrchestratorServiceStub
-    settings: RunSettings
+    settings: CoreSettings
     stopping: threading.Event  # set when core shuts down: drivers stop without ending their runs
 
 

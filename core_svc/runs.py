@@ -27,12 +27,11 @@ from constellation.hosting.v1 import hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2_grpc
 from core_svc.catalog import Catalog, spec_to_json
 from core_svc.domain import Run
-from core_svc.run_driver import RunContext, RunDriver, RunSettings
+from core_svc.run_driver import RunContext, RunDriver
 from core_svc.run_store import RunStore, event
+from core_svc.settings import CoreSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.services import insecure_channel
-
-__all__ = ["RunSettings", "Runs"]
 
 log = logging.getLogger("core.runs")
 
@@ -42,7 +41,7 @@ E = common.RunEventType
 class Runs:
     """RunPipeline, GetRun, ListRuns, WatchRun and CancelRun, with one driver thread per active run."""
 
-    def __init__(self, engine: Engine, catalog: Catalog, settings: RunSettings) -> None:
+    def __init__(self, engine: Engine, catalog: Catalog, settings: CoreSettings) -> None:
         self.catalog, self.settings = catalog, settings
         self.store = RunStore(engine)
         self._hosting_channel = insecure_channel(settings.hosting_address)

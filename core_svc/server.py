@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 
 from sqlalchemy.exc import DBAPIError
 
 from core_svc.catalog import Catalog
 from core_svc.db import migrate
-from core_svc.runs import Runs, RunSettings
+from core_svc.runs import Runs
 from core_svc.servicer import CoreServicer
+from core_svc.settings import CoreSettings
 from mesh import config, logs
 from mesh.db import create_db_engine
 from mesh.errors import DomainError, Unavailable
 from mesh.server import MeshServer
-from mesh.services import MESH_SERVICE_NAMES, registration, service_key
+from mesh.services import MESH_SERVICE_NAMES, registration
 
 log = logging.getLogger("core")
 
@@ -26,23 +27,13 @@ def translate_error(error: Exception) -> DomainError | None:
     return None
 
 
-def run_settings(settings: config.Settings, env: dict[str, str] | None = None) -> RunSettings:
-    env = dict(os.environ if env is None else env)
-    key = service_key(settings.api_keys)
-    return RunSettings(
-        hosting_address=settings.peers["hosting"],
-        orchestrator_address=settings.peers["orchestrator"],
-        # Core calls hosting and orchestrator on the user's behalf; the mesh shares one key list.
-        metadata=(("authorization", f"Bearer {key}"),) if key else (),
-        deploy_timeout_s=float(env.get("CONSTELLATION_CORE_DEPLOY_TIMEOUT_S", "1800")),
-    )
-
-
-def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshServer:
+def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> MeshServer:
+    """Core on the bootstrap's `settings`, with its own read from `env` (default: the process environment)."""
+    core_settings = CoreSettings.load(settings, env)  # a bad value fails here, before the database is touched
     engine = create_db_engine(settings.database_url)
     migrate(engine)
     catalog = Catalog(engine)
-    runs = Runs(engine, catalog, run_settings(settings, env))
+    runs = Runs(engine, catalog, core_settings)
     runs.resume()
     return MeshServer(
         settings,

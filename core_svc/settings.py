@@ -1,0 +1,39 @@
+"""Core's settings, read once at start-up. The bootstrap's (ports, database, keys, logs) are
+`mesh.config.Settings`; this class holds core's own variables and what its runs take from the
+bootstrap (where hosting and the orchestrator are, the key core presents to them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import Field
+
+from mesh import config
+from mesh.config import EnvSettings, env_field
+from mesh.services import service_key
+
+
+class CoreSettings(EnvSettings):
+    deploy_timeout_s: float = env_field(
+        "CONSTELLATION_CORE_DEPLOY_TIMEOUT_S", 1800.0, "how long a run waits for its models to be packaged and healthy, seconds", gt=0
+    )
+    # Not read from the environment: fixed here, or handed over from the bootstrap's settings by load().
+    reconnect_s: float = Field(120.0, description="how long a run keeps trying to reach the orchestrator when its stream breaks", gt=0)
+    peer_timeout_s: float = Field(30.0, description="deadline of one unary call to hosting or the orchestrator, seconds", gt=0)
+    hosting_address: str = Field("", description="host:port of hosting (the bootstrap's peers)")
+    orchestrator_address: str = Field("", description="host:port of the orchestrator (the bootstrap's peers)")
+    metadata: tuple[tuple[str, str], ...] = Field(
+        (), description="credentials core presents to its peers when the mesh has API keys", repr=False
+    )
+
+    @classmethod
+    def load(cls, mesh: config.Settings, env: Mapping[str, str] | None = None) -> CoreSettings:
+        """Core's variables from `env` (default: the process environment), with its peers from `mesh`."""
+        # Core calls hosting and the orchestrator on the user's behalf; the mesh shares one key list.
+        key = service_key(mesh.api_keys)
+        return cls.from_env(
+            env,
+            hosting_address=mesh.peers["hosting"],
+            orchestrator_address=mesh.peers["orchestrator"],
+            metadata=(("authorization", f"Bearer {key}"),) if key else (),
+        )
