@@ -1,16 +1,12 @@
-"""The catalog: datasets, models and pipelines in SQL, with validation and paging."""
+"""The catalog: datasets, models and pipelines in SQL, with validation (filters and pages: core_svc.listing)."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
-import json
-import re
-from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -28,15 +24,15 @@ from core_svc.domain import (
     PipelineSpec,
     Problem,
 )
+from core_svc.listing import FilterFields, Page, parse_filter
 from core_svc.pipelines import validate_spec
 from core_svc.validation import validate_dataset, validate_model
 from mesh.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
+ListedRow = TypeVar("ListedRow", db.DatasetRow, db.ModelRow, db.PipelineRow)
+
 UPDATABLE_DATASET_FIELDS = ("name", "description", "uri", "sensor", "bands", "resolution_m", "bbox", "tags")
-_TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*$')
 
 
 def _now() -> datetime:
@@ -55,53 +51,6 @@ def _index(values: list[str]) -> str:
 def _like_member(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%,{escaped},%"
-
-
-def parse_filter(text: str, fields: dict[str, Callable[[str], object]]) -> list[object]:
-    """`field = "value" AND ...` into SQL clauses, one per term."""
-    if not text.strip():
-        return []
-    clauses = []
-    for term in re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE):
-        match = _TERM.match(term)
-        if not match:
-            raise InvalidArgument.field("filter", f'cannot read {term.strip()!r}: write terms as field = "value", joined by AND')
-        name, value = match.group(1), match.group(2).replace('\\"', '"')
-        if name not in fields:
-            raise InvalidArgument.field("filter", f"cannot filter on {name!r}; filterable fields: {', '.join(fields)}")
-        clauses.append(fields[name](value))
-    return clauses
-
-
-class Page:
-    """Keyset paging over time-ordered ids. Tokens are bound to the filter they were issued for."""
-
-    def __init__(self, page_size: int, page_token: str, filter_text: str) -> None:
-        if page_size < 0:
-            raise InvalidArgument.field("page_size", "must not be negative")
-        self.size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        self.filter_hash = hashlib.sha256(filter_text.strip().encode()).hexdigest()[:16]
-        self.after = ""
-        if page_token:
-            try:
-                token = json.loads(base64.urlsafe_b64decode(page_token.encode()))
-                self.after, token_filter = str(token["after"]), str(token["filter"])
-            except (ValueError, KeyError, TypeError):
-                raise InvalidArgument.field("page_token", "is not a token this server issued; pass next_page_token unchanged") from None
-            if token_filter != self.filter_hash:
-                raise InvalidArgument.field("page_token", "was issued for a different filter; start again without a token")
-
-    def apply(self, statement, id_column):  # type: ignore[no-untyped-def]
-        if self.after:
-            statement = statement.where(id_column > self.after)
-        return statement.order_by(id_column).limit(self.size + 1)
-
-    def finish(self, rows: list) -> tuple[list, str]:
-        if len(rows) <= self.size:
-            return rows, ""
-        rows = rows[: self.size]
-        token = json.dumps({"after": rows[-1].id, "filter": self.filter_hash})
-        return rows, base64.urlsafe_b64encode(token.encode()).decode()
 
 
 def _dataset_from_row(row: db.DatasetRow) -> Dataset:
@@ -304,7 +253,7 @@ class Catalog:
     def list_models(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Model], str]:
         table = db.ModelRow
 
-        def task(value: str) -> object:
+        def task(value: str) -> ColumnElement[bool]:
             if value.lower() not in MODEL_TASKS:
                 raise InvalidArgument.field("filter", f"task {value!r} is not one of {', '.join(MODEL_TASKS)}")
             return table.task == value.lower()
@@ -378,12 +327,13 @@ class Catalog:
 
     # Shared
 
-    def _list(self, table: type, page_size: int, page_token: str, filter_text: str, fields: dict) -> tuple[list, str]:
+    def _list(
+        self, table: type[ListedRow], page_size: int, page_token: str, filter_text: str, fields: FilterFields
+    ) -> tuple[list[ListedRow], str]:
         page = Page(page_size, page_token, filter_text)
         clauses = parse_filter(filter_text, fields)
         with self._session() as session:
-            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))  # type: ignore[attr-defined]
-        return page.finish(rows)
+            return page.fetch(session, select(table).where(*clauses), table.id)
 
     def _find(self, table: type, resource_id: str):  # type: ignore[no-untyped-def]
         with self._session() as session:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from constellation.common.v1 import common_pb2 as common
 from core_svc import convert, db
-from core_svc.catalog import Page, parse_filter
 from core_svc.domain import RUN_STATES, TERMINAL, Run
+from core_svc.listing import Page, parse_filter
 from mesh.errors import InvalidArgument
 from mesh.ids import new_id
 
@@ -142,7 +142,7 @@ class RunStore:
     def list(self, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
         table = db.RunRow
 
-        def state(value: str) -> object:
+        def state(value: str) -> ColumnElement[bool]:
             if value.lower() not in STATES:
                 raise InvalidArgument.field("filter", f"state {value!r} is not one of {', '.join(STATES)}")
             return table.state == value.lower()
@@ -150,6 +150,5 @@ class RunStore:
         page = Page(page_size, page_token, filter_text)
         clauses = parse_filter(filter_text, {"pipeline_id": lambda v: table.pipeline_id == v, "state": state})
         with self._sessions() as session:
-            rows = list(session.scalars(page.apply(select(table).where(*clauses), table.id)))
-        rows, token = page.finish(rows)
+            rows, token = page.fetch(session, select(table).where(*clauses), table.id)
         return [_run_from_row(r) for r in rows], token
