@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent_svc.domain import Catalog, Dataset, Model
 from agent_svc.embeddings import Embedder
 from agent_svc.ranking import RankIndex
+from clients.paging import pages
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from mesh.errors import FailedPrecondition, Unavailable
@@ -136,14 +137,10 @@ class CoreCatalog:
             return self._snapshot
 
     def _list_all(self, what: str, method, request_type, field: str) -> list:  # type: ignore[no-untyped-def]
-        items: list = []
-        token = ""
-        while True:
-            page = self._call(what, lambda: method(request_type(page_size=PAGE_SIZE, page_token=token), timeout=self.timeout_s))
-            items.extend(getattr(page, field))
-            token = page.next_page_token
-            if not token:
-                return items
+        def fetch(token: str):  # type: ignore[no-untyped-def]
+            return self._call(what, lambda: method(request_type(page_size=PAGE_SIZE, page_token=token), timeout=self.timeout_s))
+
+        return [item for page in pages(fetch) for item in getattr(page, field)]
 
     def validate(self, spec: common_pb2.PipelineSpec) -> Validation:
         answer = self._call(

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from constellation.common.v1 import common_pb2 as common
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
+from clients.paging import pages
 
 D = hosting_pb2.DeploymentState
 # States a deployment passes through on its own; callers wait them out.
@@ -29,15 +30,16 @@ def find_hosted(
     hosting: hosting_pb2_grpc.HostingServiceStub, name: str, version: str, metadata: tuple[tuple[str, str], ...] = (), timeout_s: float = 30.0
 ) -> hosting_pb2.ModelStatus | None:
     """Hosting's status of model `name`:`version`, or None when hosting does not have it."""
-    token = ""
-    while True:
-        page = hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000, page_token=token), timeout=timeout_s, metadata=metadata)
+
+    def fetch(token: str) -> hosting_pb2.ListModelsResponse:
+        request = hosting_pb2.ListModelsRequest(page_size=1000, page_token=token)
+        return hosting.ListModels(request, timeout=timeout_s, metadata=metadata)
+
+    for page in pages(fetch):
         for status in page.models:
             if status.model_name == name and status.model_version == version:
                 return status
-        token = page.next_page_token
-        if not token:
-            return None
+    return None
 
 
 class DeployFailed(Exception):
