@@ -1,1 +1,13 @@
-"""Core: the catalog of datasets, models and pipelines, and the runs that tie the mesh together."""
+"""Core: the catalog of datasets, models and pipelines, and the runs that tie the mesh together.
+
+- `server`: wiring: settings -> database -> catalog and runs -> servicer -> serve();
+- `settings`: `CoreSettings`, core's own environment variables (the bootstrap's are mesh.config);
+- `servicer`: CoreService over gRPC, one line per RPC; `convert`: protobuf <-> domain;
+- `domain`: the resources as dataclasses; `validation`: dataset and model checks;
+  `pipelines`: a pipeline spec's wiring rules and validation against the catalog;
+- `db` (tables, Alembic migrations in `migrations/`), `catalog` (datasets, models, pipelines in SQL),
+  `listing` (filters and page tokens of every List RPC);
+- runs: `runs` (the API the servicer calls and the invariant that makes a run survive a restart),
+  `run_store` (run rows and events), `run_driver` (one run's stages: deploy, launch, follow the
+  orchestrator), `deployments` (the run's side of hosting: deploy a model, watch its deployments).
+"""
