@@ -71,7 +71,12 @@ class DeploymentWatch:
     died and was restarted, a model that turned unhealthy or was deleted): one thread per model block."""
 
     def __init__(
-        self, hosting: hosting_pb2_grpc.HostingServiceStub, catalog: Catalog, settings: CoreSettings, emit: Emit, name: str
+        self,
+        hosting: hosting_pb2_grpc.HostingServiceStub,
+        catalog: Catalog,
+        settings: CoreSettings,
+        emit: Emit,
+        name: str,
     ) -> None:
         self._hosting, self._catalog, self._settings, self._emit, self._name = hosting, catalog, settings, emit, name
         self._calls: list[grpc.Future] = []

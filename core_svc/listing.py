@@ -37,7 +37,9 @@ def parse_filter(text: str, fields: FilterFields) -> list[ColumnElement[bool]]:
     for term in re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE):
         match = _TERM.match(term)
         if not match:
-            raise InvalidArgument.field("filter", f'cannot read {term.strip()!r}: write terms as field = "value", joined by AND')
+            raise InvalidArgument.field(
+                "filter", f'cannot read {term.strip()!r}: write terms as field = "value", joined by AND'
+            )
         name, value = match.group(1), match.group(2).replace('\\"', '"')
         if name not in fields:
             raise InvalidArgument.field("filter", f"cannot filter on {name!r}; filterable fields: {', '.join(fields)}")
@@ -59,12 +61,18 @@ class Page:
                 token = json.loads(base64.urlsafe_b64decode(page_token.encode()))
                 self.after, token_filter = str(token["after"]), str(token["filter"])
             except (ValueError, KeyError, TypeError):
-                raise InvalidArgument.field("page_token", "is not a token this server issued; pass next_page_token unchanged") from None
+                raise InvalidArgument.field(
+                    "page_token", "is not a token this server issued; pass next_page_token unchanged"
+                ) from None
             if token_filter != self.filter_hash:
-                raise InvalidArgument.field("page_token", "was issued for a different filter; start again without a token")
+                raise InvalidArgument.field(
+                    "page_token", "was issued for a different filter; start again without a token"
+                )
 
-    def fetch(self, session: Session, statement: Select[RowT], id_column: InstrumentedAttribute[str]) -> tuple[list[RowT], str]:
-        """This page of `statement`'s rows, ordered by `id_column`, and the token of the next page ("" after the last)."""
+    def fetch(
+        self, session: Session, statement: Select[RowT], id_column: InstrumentedAttribute[str]
+    ) -> tuple[list[RowT], str]:
+        """This page of `statement`'s rows in `id_column` order, and the next page's token ("" after the last)."""
         if self.after:
             statement = statement.where(id_column > self.after)
         rows = list(session.scalars(statement.order_by(id_column).limit(self.size + 1)))

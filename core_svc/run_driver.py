@@ -25,14 +25,16 @@ from core_svc import convert
 from core_svc.catalog import Catalog, spec_from_json
 from core_svc.deployments import DeploymentWatch, deploy_model
 from core_svc.domain import TERMINAL, Model, PipelineSpec
-from core_svc.settings import CoreSettings
 from core_svc.run_store import STATE_NAMES, STATES, RunStore, event, now
+from core_svc.settings import CoreSettings
 
 log = logging.getLogger("core.runs")
 
 T = TypeVar("T")
 
 E = common.RunEventType
+# Codes of a broken orchestrator stream that core reconnects after (for up to reconnect_s).
+RECONNECT_ON = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 @dataclass
@@ -126,7 +128,9 @@ class RunDriver:
             spec = spec_from_json(run.spec)  # the run's one conversion of its stored spec; every stage reads this
             if not run.launched:
                 if run.state == "queued":
-                    self.emit(E.RUN_EVENT_TYPE_LOG, "deploying the pipeline's models", state="starting", start_time=now())
+                    self.emit(
+                        E.RUN_EVENT_TYPE_LOG, "deploying the pipeline's models", state="starting", start_time=now()
+                    )
                 models = self.deploy_models(spec)
                 self.launch(spec, models)
             self.follow(spec)
@@ -179,9 +183,8 @@ class RunDriver:
     def _deploy(self, model: Model, block_id: str) -> hosting_pb2.ModelStatus:
         context = self.context
         try:
-            return deploy_model(
-                context.hosting, context.catalog, self.settings, model, block_id, self.emit, self._check_canceled, self._stream
-            )
+            return deploy_model(context.hosting, context.catalog, self.settings, model, block_id,
+                                self.emit, self._check_canceled, self._stream)  # fmt: skip
         except DeployFailed as failure:
             raise StageFailed("hosting", str(failure)) from None
 
@@ -197,9 +200,12 @@ class RunDriver:
                 dataset = self.context.catalog.find_dataset(block.config["dataset_id"])
                 if dataset is None:
                     raise StageFailed(
-                        "core", f"dataset {block.config['dataset_id']!r} was deleted from the catalog after the run was queued"
+                        "core",
+                        f"dataset {block.config['dataset_id']!r} was deleted from the catalog after the run was queued",
                     )
-                request.datasets[dataset.id].CopyFrom(orchestrator_pb2.ResolvedDataset(uri=dataset.uri, bands=dataset.bands))
+                request.datasets[dataset.id].CopyFrom(
+                    orchestrator_pb2.ResolvedDataset(uri=dataset.uri, bands=dataset.bands)
+                )
         for model_id, (model, endpoints) in models.items():
             message = convert.model_to_proto(model)
             request.models[model_id].CopyFrom(
@@ -209,7 +215,9 @@ class RunDriver:
                 )
             )  # fmt: skip
         try:
-            self.context.orchestrator.LaunchRun(request, timeout=self.settings.peer_timeout_s, metadata=self.settings.metadata)
+            self.context.orchestrator.LaunchRun(
+                request, timeout=self.settings.peer_timeout_s, metadata=self.settings.metadata
+            )
         except grpc.RpcError as error:
             raise StageFailed("orchestrator", f"the orchestrator did not accept the job: {error.details()}") from None
         self._launched = True
@@ -221,16 +229,22 @@ class RunDriver:
     def _cancel_upstream(self) -> None:
         try:
             self.context.orchestrator.CancelRun(
-                orchestrator_pb2.CancelRunRequest(id=self.run_id), timeout=self.settings.peer_timeout_s, metadata=self.settings.metadata
+                orchestrator_pb2.CancelRunRequest(id=self.run_id),
+                timeout=self.settings.peer_timeout_s,
+                metadata=self.settings.metadata,
             )
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.FAILED_PRECONDITION:  # it ended meanwhile: its stream says how
-                log.warning("cancel did not reach the orchestrator", extra={"run_id": self.run_id, "error": error.details()})
+                log.warning(
+                    "cancel did not reach the orchestrator", extra={"run_id": self.run_id, "error": error.details()}
+                )
 
     # Stage 3: the orchestrator's events, into core's stream
 
     def follow(self, spec: PipelineSpec) -> None:
-        watch = DeploymentWatch(self.context.hosting, self.context.catalog, self.settings, self.emit, f"watch-{self.run_id}")
+        watch = DeploymentWatch(
+            self.context.hosting, self.context.catalog, self.settings, self.emit, f"watch-{self.run_id}"
+        )
         watch.start(spec)
         try:
             self._follow_orchestrator()
@@ -246,7 +260,8 @@ class RunDriver:
                 return
             request = orchestrator_pb2.WatchRunRequest(run_id=self.run_id, after_sequence=run.upstream_sequence)
             try:
-                for upstream in self._stream(self.context.orchestrator.WatchRun(request, metadata=self.settings.metadata)):
+                stream = self.context.orchestrator.WatchRun(request, metadata=self.settings.metadata)
+                for upstream in self._stream(stream):
                     give_up = time.monotonic() + self.settings.reconnect_s
                     if self._forward(upstream):
                         return
@@ -254,7 +269,7 @@ class RunDriver:
             except grpc.RpcError as error:
                 if self.context.stopping.is_set():
                     return
-                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and time.monotonic() < give_up:
+                if error.code() in RECONNECT_ON and time.monotonic() < give_up:
                     time.sleep(1.0)
                     continue
                 raise StageFailed("orchestrator", f"lost the run's event stream: {error.details()}") from None
@@ -282,7 +297,9 @@ class RunDriver:
     def _final_outputs(self, upstream: common.RunEvent) -> tuple[list[dict], str]:
         try:
             final = self.context.orchestrator.GetRun(
-                orchestrator_pb2.GetRunRequest(id=self.run_id), timeout=self.settings.peer_timeout_s, metadata=self.settings.metadata
+                orchestrator_pb2.GetRunRequest(id=self.run_id),
+                timeout=self.settings.peer_timeout_s,
+                metadata=self.settings.metadata,
             )
             return [output_to_dict(o) for o in final.outputs], final.state_message or upstream.message
         except grpc.RpcError:

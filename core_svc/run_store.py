@@ -39,15 +39,19 @@ def _aware(value: datetime | None) -> datetime | None:
 def event(type_: int, state: str, message: str = "", source: str = "core", block_id: str = "") -> common.RunEvent:
     """A run event as core stores it; the store numbers it and stamps its time."""
     return common.RunEvent(
-        type=common.RunEventType.ValueType(type_), state=STATES[state], message=message, source=source, block_id=block_id
+        type=common.RunEventType.ValueType(type_),
+        state=STATES[state],
+        message=message,
+        source=source,
+        block_id=block_id,
     )
 
 
 def _run_from_row(row: db.RunRow) -> Run:
     return Run(
-        id=row.id, pipeline_id=row.pipeline_id, state=row.state, state_message=row.state_message, outputs=list(row.outputs),
-        spec=row.spec, launched=row.launched, upstream_sequence=row.upstream_sequence, create_time=_aware(row.create_time),
-        start_time=_aware(row.start_time), end_time=_aware(row.end_time),
+        id=row.id, pipeline_id=row.pipeline_id, state=row.state, state_message=row.state_message,
+        outputs=list(row.outputs), spec=row.spec, launched=row.launched, upstream_sequence=row.upstream_sequence,
+        create_time=_aware(row.create_time), start_time=_aware(row.start_time), end_time=_aware(row.end_time),
     )  # fmt: skip
 
 

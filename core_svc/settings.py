@@ -15,11 +15,18 @@ from mesh.services import service_key
 
 class CoreSettings(EnvSettings):
     deploy_timeout_s: float = env_field(
-        "CONSTELLATION_CORE_DEPLOY_TIMEOUT_S", 1800.0, "how long a run waits for its models to be packaged and healthy, seconds", gt=0
+        "CONSTELLATION_CORE_DEPLOY_TIMEOUT_S",
+        1800.0,
+        "how long a run waits for its models to be packaged and healthy, seconds",
+        gt=0,
     )
     # Not read from the environment: fixed here, or handed over from the bootstrap's settings by load().
-    reconnect_s: float = Field(120.0, description="how long a run keeps trying to reach the orchestrator when its stream breaks", gt=0)
-    peer_timeout_s: float = Field(30.0, description="deadline of one unary call to hosting or the orchestrator, seconds", gt=0)
+    reconnect_s: float = Field(
+        120.0, description="how long a run keeps trying to reach the orchestrator when its stream breaks", gt=0
+    )
+    peer_timeout_s: float = Field(
+        30.0, description="deadline of one unary call to hosting or the orchestrator, seconds", gt=0
+    )
     hosting_address: str = Field("", description="host:port of hosting (the bootstrap's peers)")
     orchestrator_address: str = Field("", description="host:port of the orchestrator (the bootstrap's peers)")
     metadata: tuple[tuple[str, str], ...] = Field(
