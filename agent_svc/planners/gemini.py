@@ -250,8 +250,8 @@ class GeminiPlanner:
         return FailedPrecondition(f"Gemini rejected the request (HTTP {error.code}): {detail}")
 
     def _json_call(
-        self, contents: list[types.Content], instruction: str, schema: dict[str, Any], parse, what: str  # type: ignore[no-untyped-def]
-    ):  # type: ignore[no-untyped-def]
+        self, contents: list[types.Content], instruction: str, schema: dict[str, Any], parse, what: str
+    ):
         """Ask for JSON in `schema`; feed `parse`'s complaints back until it accepts or repairs run out."""
         config = types.GenerateContentConfig(
             system_instruction=instruction,
@@ -429,7 +429,7 @@ def _intent_from_reading(query: Query, data: dict[str, Any]) -> tuple[Intent | N
         max_resolution_m=_number(data, "max_resolution_m"),
         max_latency_ms=_number(data, "max_latency_ms"),
         min_accuracy=min(_number(data, "min_accuracy"), 1.0),
-        modality=data.get("modality") if data.get("modality") in ("sar", "optical") else "",
+        modality=str(data.get("modality")) if data.get("modality") in ("sar", "optical") else "",
     )
     prompt_mod.apply_structured(constraints, query.constraints)
     words = [w for k in keywords for w in text.tokens(k) if w not in text.STOPWORDS]  # type: ignore[union-attr]
