@@ -16,6 +16,7 @@ import grpc
 
 from constellation.common.v1 import common_pb2 as c
 from constellation.core.v1 import core_pb2
+from mesh.enums import enum_name
 
 E = c.RunEventType
 TERMINAL = {c.RUN_STATE_SUCCEEDED, c.RUN_STATE_FAILED, c.RUN_STATE_CANCELED}
@@ -29,7 +30,7 @@ def _seconds(stamp) -> float:  # type: ignore[no-untyped-def]
 
 
 def state_name(state: int) -> str:
-    return c.RunState.Name(state).removeprefix("RUN_STATE_").lower()
+    return enum_name(c.RunState, state) or "unspecified"
 
 
 @dataclass

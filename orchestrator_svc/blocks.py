@@ -26,15 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from model_runtime.manifest import NUMPY_DTYPES  # the one datatype table; ops and the inference client read it here
+
 # GDAL's block cache, MiB. Its default is 5% of RAM, which would make memory grow with the scene.
 GDAL_CACHE_MB = 64
 # Pixels per strip when a pass walks a raster in full-width row strips.
 STRIP_PIXELS = 2 * 1024 * 1024
-NUMPY_DTYPES = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}
 NORMALIZATIONS = ("none", "min_max", "z_score", "reflectance")
 BLENDS = ("mean", "center")
 

@@ -49,6 +49,7 @@ from agent_svc.domain import TASKS, BlockReason, Constraints, Intent, Plan, Quer
 from agent_svc.planners.offline import check_pins, no_pair_reason
 from constellation.common.v1 import common_pb2
 from mesh.errors import FailedPrecondition, Unavailable
+from pipeline.kinds import BLOCK_KINDS
 
 log = logging.getLogger("agent.gemini")
 
@@ -67,7 +68,6 @@ def _transport_errors() -> tuple[type[Exception], ...]:
 
 
 TRANSPORT_ERRORS = _transport_errors()
-BLOCK_KINDS = ("dataset", "tile", "model", "stitch", "vectorize", "export")
 
 
 @dataclass(frozen=True)
