@@ -231,6 +231,9 @@ def build_plan(request: pb.LaunchRunRequest, *, default_batch_size: int, default
                 "min_area_m2": config.min_area_m2,
                 "crs": config.crs,
             }
+        elif block.kind == "index":
+            first, second = config.bands()
+            op_config = {"first_band": first, "second_band": second, "name": config.output_name}
         else:  # export
             formats = export_formats(spec, block_id)
             op_config = {"run_id": request.run_id, "block_id": block_id, "uri": config.uri, "formats": formats}

@@ -108,6 +108,23 @@ class ExportConfig(BlockConfig):
 
 
 @dataclass(frozen=True)
+class IndexConfig(BlockConfig):
+    ENUMS: ClassVar[dict[str, EnumType]] = {"preset": common_pb2.SpectralIndex}
+    preset: str = ""  # a name from INDEX_PRESETS, or "" to name the bands
+    first_band: str = ""
+    second_band: str = ""
+
+    def bands(self) -> tuple[str, str]:
+        """(first, second) of (first - second) / (first + second)."""
+        return INDEX_PRESETS.get(self.preset, (self.first_band, self.second_band))
+
+    @property
+    def output_name(self) -> str:
+        """The raster's name: the preset ("ndwi"), else nd_<first>_<second>."""
+        return self.preset or f"nd_{self.first_band}_{self.second_band}"
+
+
+@dataclass(frozen=True)
 class Port:
     name: str  # the orchestrator op's input name
     accepts: frozenset[str]  # data kinds an edge into it may carry
@@ -141,6 +158,7 @@ KINDS: dict[str, BlockKind] = {
         BlockKind("model", "predictions", (_port("tiles"),), ModelConfig, "runs a hosted model over tiles"),
         BlockKind("stitch", "raster", (_port("predictions"),), StitchConfig, "merges tile predictions into a raster"),
         BlockKind("vectorize", "vectors", (_port("raster"),), VectorizeConfig, "turns a mask raster into polygons"),
+        BlockKind("index", "raster", (_port("scene"),), IndexConfig, "band math: a normalized difference of two bands"),
         BlockKind("export", None, (_port("raster"), _port("vectors")), ExportConfig, "writes COG, GeoJSON, PNG"),
     )
 }

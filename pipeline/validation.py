@@ -24,12 +24,13 @@ from pipeline.kinds import (
     KINDS,
     DatasetConfig,
     ExportConfig,
+    IndexConfig,
     ModelConfig,
     TileConfig,
     VectorizeConfig,
     producers,
 )
-from pipeline.rules import check_bands, check_storage_uri
+from pipeline.rules import KNOWN_BANDS, check_bands, check_storage_uri
 from pipeline.spec import Block, DatasetView, ModelView, PipelineSpec, Problem
 
 BLOCK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -49,7 +50,10 @@ def validate_spec(spec: PipelineSpec, find_dataset: FindDataset, find_model: Fin
     """Every problem in `spec`, and (when there are none) a topological order of its blocks."""
     problems: list[Problem] = []
     if not spec.blocks:
-        return [Problem("blocks", "a pipeline needs at least a dataset, tile, model, stitch and export block")], []
+        return [Problem("blocks", (
+            "a pipeline needs at least a dataset and an export block, with tile, model and stitch blocks "
+            "or an index block between them"
+        ))], []
 
     blocks: dict[str, tuple[int, Block]] = {}
     for i, block in enumerate(spec.blocks):
@@ -117,6 +121,8 @@ def validate_spec(spec: PipelineSpec, find_dataset: FindDataset, find_model: Fin
     for block_id, (i, block) in blocks.items():
         problems += _check_wiring(block_id, i, block.kind, inputs[block_id], outputs[block_id], blocks)
         problems += _check_config(block_id, i, block, find_dataset, find_model)
+        if block.kind == "index":
+            problems += _check_index_bands(block_id, i, block, inputs[block_id], blocks, find_dataset)
 
     kinds = {block.kind for _, block in blocks.values()}
     sources_and_sinks = [k.name for k in KINDS.values() if not k.ports or k.produces is None]
@@ -194,10 +200,50 @@ def _check_config(block_id: str, i: int, block: Block, find_dataset: FindDataset
             value = getattr(config, name)
             if not math.isfinite(value) or (name != "threshold" and value < 0):
                 problem(name, "must be a finite number" + (" of at least 0" if name != "threshold" else ""))
+    elif isinstance(config, IndexConfig):
+        if not config.preset:
+            names = (("first_band", config.first_band), ("second_band", config.second_band))
+            for name, band in names:
+                if not band:
+                    problem(name, "is required without a preset: a band name such as green or nir")
+                else:
+                    for v in check_bands([band], name, required=True):
+                        problem(name, v.description)
+            if config.first_band and config.first_band == config.second_band:
+                problem("second_band", f"is the same band as first_band ({config.first_band!r}); the index would be 0")
     elif isinstance(config, ExportConfig):
         for v in check_storage_uri(config.uri, "uri", object_key_required=False):
             problem(v.field, v.description)
     return found
+
+
+def _check_index_bands(
+    block_id: str, i: int, block: Block, ins: list[str], blocks: dict[str, tuple[int, Block]], find_dataset: FindDataset
+) -> list[Problem]:
+    """The two bands of an index must be in the scene its dataset block reads."""
+    if len(ins) != 1 or blocks[ins[0]][1].kind != "dataset":
+        return []  # a wiring problem, reported as such
+    config: IndexConfig = block.settings
+    dataset_block = blocks[ins[0]][1]
+    dataset = find_dataset(dataset_block.settings.dataset_id) if dataset_block.settings.dataset_id else None
+    if dataset is None:
+        return []  # reported at the dataset block
+    available = list(dataset_block.settings.bands) or list(dataset.bands)
+    first, second = config.bands()
+    missing = [b for b in (first, second) if b in KNOWN_BANDS and b not in available]  # unknown ones are reported
+    if not missing:
+        return []
+    provided = f"dataset block {dataset_block.id!r} provides {', '.join(available)}"
+    if config.preset:
+        formula = f"({first} - {second}) / ({first} + {second})"
+        message = f"{config.preset} = {formula} needs band(s) {', '.join(missing)}, but {provided}"
+        return [Problem(f"blocks[{i}].index.preset", message, block_id)]
+    fields = (("first_band", first), ("second_band", second))
+    return [
+        Problem(f"blocks[{i}].index.{name}", f"band {band!r} is not in the scene: {provided}", block_id)
+        for name, band in fields
+        if band in missing
+    ]
 
 
 def _check_bands_reach_models(
