@@ -46,7 +46,9 @@ def _bridge(carried: str, target_kind: str) -> list[str]:
     return sorted(k.name for k in KINDS.values() if carried in k.accepts and k.produces in target.accepts)
 
 
-def validate_spec(spec: PipelineSpec, find_dataset: FindDataset, find_model: FindModel) -> tuple[list[Problem], list[str]]:
+def validate_spec(
+    spec: PipelineSpec, find_dataset: FindDataset, find_model: FindModel
+) -> tuple[list[Problem], list[str]]:
     """Every problem in `spec`, and (when there are none) a topological order of its blocks."""
     problems: list[Problem] = []
     if not spec.blocks:
@@ -154,12 +156,16 @@ def _check_wiring(
             if carried.count(data_kind) > 1:
                 found.append(Problem(where, f"{kind} block {block_id!r} has more than one {data_kind} input", block_id))
     if block_kind.produces is not None and not outs:
-        message = f"the output of {kind} block {block_id!r} is not used; connect it onwards (it must reach an export block)"
+        message = (
+            f"the output of {kind} block {block_id!r} is not used; connect it onwards (it must reach an export block)"
+        )
         found.append(Problem(where, message, block_id))
     return found
 
 
-def _check_config(block_id: str, i: int, block: Block, find_dataset: FindDataset, find_model: FindModel) -> list[Problem]:
+def _check_config(
+    block_id: str, i: int, block: Block, find_dataset: FindDataset, find_model: FindModel
+) -> list[Problem]:
     kind = block.kind
     where = f"blocks[{i}].{kind}"
     found: list[Problem] = []
@@ -179,7 +185,8 @@ def _check_config(block_id: str, i: int, block: Block, find_dataset: FindDataset
         if dataset is not None:
             for j, band in enumerate(config.bands):
                 if band not in dataset.bands:
-                    problem(f"bands[{j}]", f"dataset {dataset.name!r} has no band {band!r}; it has {', '.join(dataset.bands)}")
+                    has = ", ".join(dataset.bands)
+                    problem(f"bands[{j}]", f"dataset {dataset.name!r} has no band {band!r}; it has {has}")
     elif isinstance(config, TileConfig):
         size, overlap = config.tile_size_px, config.overlap_px
         if size < 0 or size > 8192:
@@ -362,7 +369,8 @@ def check_runnable(
             carried = {KINDS[by_id[s][1].kind].produces for s in inputs[block_id]}
             for j, name in enumerate(config.formats):
                 if not name:
-                    found.append(Problem(f"{where}.formats[{j}]", "is unspecified; use COG, GEOJSON or PNG_PREVIEW", block_id))
+                    message = "is unspecified; use COG, GEOJSON or PNG_PREVIEW"
+                    found.append(Problem(f"{where}.formats[{j}]", message, block_id))
                 elif EXPORT_FORMATS[name] not in carried:
                     source = " or ".join(producers(EXPORT_FORMATS[name]))
                     message = f"{name} needs a {source} block's output; connect one to {block_id!r}"

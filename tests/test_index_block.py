@@ -226,7 +226,8 @@ def test_core_runs_an_index_pipeline_without_calling_hosting(core_without_hostin
     dataset = core.CreateDataset(core_pb2.CreateDatasetRequest(
         dataset=core_pb2.Dataset(name="olinda", uri=f"file://{scene_300}", bands=BANDS, resolution_m=10)))
     missing = index_spec(dataset.id, index=c.IndexBlock(preset=c.SPECTRAL_INDEX_MNDWI))
-    error = rpc_error(core.CreatePipeline, core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="x", spec=missing)))
+    create = core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="x", spec=missing))
+    error = rpc_error(core.CreatePipeline, create)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in field_violations(error)] == ["pipeline.spec.blocks[1].index.preset"]
 
