@@ -103,7 +103,8 @@ def validate_spec(
         if carried not in accepts:
             wanted = " or ".join(sorted(accepts)) or "nothing (it is a source)"
             bridge = _bridge(carried, target_kind)
-            hint = f"; put a {' or '.join(bridge)} block between them" if bridge else ""
+            article = "an" if bridge and bridge[0][0] in "aeiou" else "a"
+            hint = f"; put {article} {' or '.join(bridge)} block between them" if bridge else ""
             message = (
                 f"{source_kind} block {edge.source!r} produces {carried}, but {target_kind} block {edge.target!r} "
                 f"takes {wanted}{hint}"

@@ -132,6 +132,13 @@ def test_an_index_feeds_vectorize_and_export_but_not_a_model():
     assert "index block 'ndwi' produces raster, but model block 'm' takes tiles" in found["edges[4]"]
 
 
+def test_a_scene_wired_straight_to_vectorize_is_told_to_add_an_index():
+    spec = index_spec()
+    spec.edges.append(c.Edge(source_block_id="scene", target_block_id="water"))
+    found = problems(spec)
+    assert found["edges[4]"].endswith("takes raster; put an index block between them")
+
+
 def test_export_formats_name_both_raster_producers():
     spec = index_spec(vectorize=False)
     spec.blocks[2].export.formats.append(c.EXPORT_FORMAT_GEOJSON)
