@@ -17,6 +17,7 @@ import grpc
 
 from constellation.common.v1 import common_pb2 as c
 from constellation.core.v1 import core_pb2
+from mesh.enums import enum_name
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -32,8 +33,8 @@ def _seconds(stamp) -> float:
     return stamp.seconds + stamp.nanos / 1e9
 
 
-def state_name(state: c.RunState.ValueType) -> str:
-    return c.RunState.Name(state).removeprefix("RUN_STATE_").lower()
+def state_name(state: int) -> str:
+    return enum_name(c.RunState, state) or "unspecified"
 
 
 @dataclass

@@ -33,6 +33,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from constellation.common.v1 import common_pb2 as common
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
+from mesh.enums import enum_name
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.ids import new_id
 from orchestrator_svc import events, jobs, specs
@@ -298,7 +299,7 @@ class RunManager:
     def cancel(self, run_id: str) -> RunInfo:
         run = self._run(run_id)
         if run.is_finished:
-            state = common.RunState.Name(events.RUN_STATES[run.status]).removeprefix("RUN_STATE_")
+            state = enum_name(common.RunState, events.RUN_STATES[run.status]).upper()
             raise FailedPrecondition(f"run {run_id!r} has already ended ({state}); there is nothing to cancel")
         self.launcher.terminate(run.run_id)
         return self.get(run_id)
