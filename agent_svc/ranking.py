@@ -439,9 +439,9 @@ def rank(
         satisfied = int(ds.shortfalls[best_pair[0]] + ms.shortfalls[best_pair[1]]) == 0
     else:
         satisfied = best_pair is not None and int(pairs.d_misses[best_pair[0]]) == 0
-    for candidate, pin in ((datasets, dataset_only), (models, model_only)):
-        if pin and candidate and candidate[0].id == pin:
-            candidate[0].reasons.insert(0, "pinned by the request")
+    for ranked, pin in ((datasets, dataset_only), (models, model_only)):
+        if pin and ranked and ranked[0].id == pin:
+            ranked[0].reasons.insert(0, "pinned by the request")
     best = (catalog.datasets[best_pair[0]].id, catalog.models[best_pair[1]].id) if best_pair else None
     summary = summarize(intent, datasets, models, satisfied, best_pair is not None, catalog)
     return Recommendation(datasets, models, satisfied, summary, planner, best)

@@ -20,7 +20,7 @@ log = logging.getLogger("agent")
 
 def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshServer:
     env = dict(os.environ) if env is None else env
-    agent_settings = AgentSettings.from_env(settings.peers["core"], settings.home, env)
+    agent_settings = AgentSettings.load(settings.peers["core"], settings.home, env)
     embedder = embeddings.load(agent_settings.embeddings)
     catalog = CoreCatalog(
         agent_settings.core_address, agent_settings.catalog_ttl_s, agent_settings.core_timeout_s, embedder, service_key(settings.api_keys)

@@ -34,7 +34,7 @@ def constraints_from_proto(c: agent_pb2.Constraints) -> Constraints:
 
 
 def recommendation_to_proto(r: Recommendation) -> agent_pb2.RecommendResponse:
-    def candidate(c):  # type: ignore[no-untyped-def]
+    def candidate(c):
         return agent_pb2.Candidate(id=c.id, name=c.name, score=c.score, reasons=c.reasons, shortfalls=c.shortfalls)
 
     return agent_pb2.RecommendResponse(
@@ -50,7 +50,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
 
-    def Recommend(self, request, context):  # type: ignore[no-untyped-def]
+    def Recommend(self, request, context):
         query = Query(
             prompt=request.prompt,
             constraints=constraints_from_proto(request.constraints),
@@ -59,7 +59,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
         return recommendation_to_proto(self._agent.recommend(query))
 
-    def PlanPipeline(self, request, context):  # type: ignore[no-untyped-def]
+    def PlanPipeline(self, request, context):
         query = Query(
             prompt=request.prompt,
             constraints=constraints_from_proto(request.constraints),

@@ -6,68 +6,73 @@ The key is kept out of repr() so a logged settings object cannot leak it.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from agent_svc.planners.gemini import GeminiSettings
-from mesh.config import ConfigError
+from mesh.config import EnvSettings, env_field
+
+PREFIX = "CONSTELLATION_AGENT_"
 
 
-def _number(env: dict[str, str], name: str, default: float, kind: type = float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {raw!r}")
-    return value
+class AgentSettings(EnvSettings):
+    core_address: str = Field("", description="core's host:port (from the bootstrap's peers; not read)")
+    export_uri_raw: str = env_field(
+        PREFIX + "EXPORT_URI", "", "where planned pipelines export: file:///abs/dir or s3://bucket/prefix (default $CONSTELLATION_HOME/outputs)"
+    )
+    home: Path = Field(Path("."), description="the mesh's home (from the bootstrap; not read)")
+    catalog_ttl_s: float = env_field(PREFIX + "CATALOG_TTL_S", 5.0, "how long a snapshot of core's catalog is reused", ge=0)
+    core_timeout_s: float = env_field(PREFIX + "CORE_TIMEOUT_S", 10.0, "deadline of one call to core", ge=0)
+    embeddings: Literal["auto", "off"] = env_field(
+        PREFIX + "EMBEDDINGS", "auto", "auto: MiniLM embeddings when installed, else BM25; off: BM25"
+    )
+    gemini_api_key: str = Field(
+        "", validation_alias="GEMINI_API_KEY", description="turns the Gemini planner on; empty: the offline planner only", repr=False
+    )
+    gemini_model: str = env_field(PREFIX + "GEMINI_MODEL", "gemini-2.5-flash", "Gemini model name")
+    gemini_base_url: str = env_field(PREFIX + "GEMINI_BASE_URL", "", "Gemini API base URL (empty: the SDK's default)")
+    gemini_timeout_s: float = env_field(PREFIX + "GEMINI_TIMEOUT_S", 60.0, "deadline of one Gemini call", ge=0)
+    gemini_attempts: int = env_field(PREFIX + "GEMINI_ATTEMPTS", 4, "tries of a Gemini call on 429/5xx", ge=1)
+    gemini_backoff_s: float = env_field(PREFIX + "GEMINI_BACKOFF_S", 1.0, "first wait between tries; it doubles", ge=0)
+    gemini_max_backoff_s: float = env_field(PREFIX + "GEMINI_MAX_BACKOFF_S", 16.0, "longest wait between tries", ge=0)
+    gemini_max_repairs: int = env_field(PREFIX + "GEMINI_MAX_REPAIRS", 3, "rounds of fixing an invalid plan with Gemini", ge=0)
+    gemini_max_tool_rounds: int = env_field(PREFIX + "GEMINI_MAX_TOOL_ROUNDS", 6, "catalog look-ups Gemini may make per plan", ge=0)
 
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
-def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
-    value = env.get(name, "").strip().lower() or choices[0]
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+    @field_validator("export_uri_raw")
+    @classmethod
+    def _export_uri(cls, value: str) -> str:
+        if value and not value.startswith(("file:///", "s3://")):
+            raise ValueError("must be file:///abs/dir or s3://bucket/prefix")
+        return value
 
+    @property
+    def export_uri(self) -> str:
+        return self.export_uri_raw or f"file://{(self.home / 'outputs').resolve()}"
 
-@dataclass(frozen=True)
-class AgentSettings:
-    core_address: str
-    export_uri: str
-    catalog_ttl_s: float = 5.0
-    core_timeout_s: float = 10.0
-    embeddings: str = "auto"  # "auto": MiniLM embeddings when installed, else BM25; "off": BM25
-    gemini: GeminiSettings | None = field(default=None, repr=False)
+    @property
+    def gemini(self) -> GeminiSettings | None:
+        if not self.gemini_api_key:
+            return None
+        return GeminiSettings(
+            api_key=self.gemini_api_key,
+            model=self.gemini_model,
+            base_url=self.gemini_base_url,
+            timeout_s=self.gemini_timeout_s,
+            attempts=self.gemini_attempts,
+            backoff_s=self.gemini_backoff_s,
+            max_backoff_s=self.gemini_max_backoff_s,
+            max_repairs=self.gemini_max_repairs,
+            max_tool_rounds=self.gemini_max_tool_rounds,
+        )
 
     @classmethod
-    def from_env(cls, core_address: str, home: Path, env: dict[str, str] | None = None) -> AgentSettings:
-        env = dict(os.environ) if env is None else env
-        key = env.get("GEMINI_API_KEY", "").strip()
-        gemini = None
-        if key:
-            gemini = GeminiSettings(
-                api_key=key,
-                model=env.get("CONSTELLATION_AGENT_GEMINI_MODEL", "").strip() or "gemini-2.5-flash",
-                base_url=env.get("CONSTELLATION_AGENT_GEMINI_BASE_URL", "").strip(),
-                timeout_s=_number(env, "CONSTELLATION_AGENT_GEMINI_TIMEOUT_S", 60.0),
-                attempts=max(1, int(_number(env, "CONSTELLATION_AGENT_GEMINI_ATTEMPTS", 4, int))),
-                backoff_s=_number(env, "CONSTELLATION_AGENT_GEMINI_BACKOFF_S", 1.0),
-                max_backoff_s=_number(env, "CONSTELLATION_AGENT_GEMINI_MAX_BACKOFF_S", 16.0),
-                max_repairs=int(_number(env, "CONSTELLATION_AGENT_GEMINI_MAX_REPAIRS", 3, int)),
-                max_tool_rounds=int(_number(env, "CONSTELLATION_AGENT_GEMINI_MAX_TOOL_ROUNDS", 6, int)),
-            )
-        export_uri = env.get("CONSTELLATION_AGENT_EXPORT_URI", "").strip() or f"file://{(home / 'outputs').resolve()}"
-        if not export_uri.startswith(("file:///", "s3://")):
-            raise ConfigError(f"CONSTELLATION_AGENT_EXPORT_URI must be file:///abs/dir or s3://bucket/prefix, got {export_uri!r}")
-        return cls(
-            core_address=core_address,
-            export_uri=export_uri,
-            catalog_ttl_s=_number(env, "CONSTELLATION_AGENT_CATALOG_TTL_S", 5.0),
-            core_timeout_s=_number(env, "CONSTELLATION_AGENT_CORE_TIMEOUT_S", 10.0),
-            embeddings=_choice(env, "CONSTELLATION_AGENT_EMBEDDINGS", ("auto", "off")),
-            gemini=gemini,
-        )
+    def load(cls, core_address: str, home: Path, env: Mapping[str, str] | None = None) -> AgentSettings:
+        return cls.from_env(env, core_address=core_address, home=home)

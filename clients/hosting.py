@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from constellation.common.v1 import common_pb2 as common
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from clients.paging import pages
+from mesh.enums import enum_name
 
 D = hosting_pb2.DeploymentState
 # States a deployment passes through on its own; callers wait them out.
@@ -23,7 +24,7 @@ BUSY = (D.DEPLOYMENT_STATE_PACKAGING, D.DEPLOYMENT_STATE_BUILDING, D.DEPLOYMENT_
 
 
 def state_name(state: int) -> str:
-    return D.Name(state).removeprefix("DEPLOYMENT_STATE_").lower()
+    return enum_name(D, state) or "unspecified"
 
 
 def find_hosted(

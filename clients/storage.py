@@ -72,7 +72,7 @@ class Storage:
     # -- S3 plumbing -------------------------------------------------------
 
     @property
-    def s3(self):  # type: ignore[no-untyped-def]
+    def s3(self):
         if self._client is None:
             import boto3
             from botocore.config import Config
@@ -81,7 +81,7 @@ class Storage:
             self._client = boto3.session.Session().client("s3", endpoint_url=self.s3_endpoint_url or None, config=config)
         return self._client
 
-    def _transfer_config(self):  # type: ignore[no-untyped-def]
+    def _transfer_config(self):
         from boto3.s3.transfer import TransferConfig
 
         return TransferConfig(

@@ -71,7 +71,7 @@ def scene_dataset(path: Path, name: str, bands: list[str], sensor: str = "", des
     )  # fmt: skip
 
 
-def ensure(create, find):  # type: ignore[no-untyped-def]
+def ensure(create, find):
     """Create, or fetch the existing entry when the name is taken (so scripts can run twice)."""
     try:
         return create()
@@ -81,26 +81,26 @@ def ensure(create, find):  # type: ignore[no-untyped-def]
         return find()
 
 
-def ensure_dataset(core, dataset: core_pb2.Dataset) -> core_pb2.Dataset:  # type: ignore[no-untyped-def]
+def ensure_dataset(core, dataset: core_pb2.Dataset) -> core_pb2.Dataset:
     return ensure(
         lambda: core.CreateDataset(core_pb2.CreateDatasetRequest(dataset=dataset)),
         lambda: core.ListDatasets(core_pb2.ListDatasetsRequest(filter=f'name = "{dataset.name}"')).datasets[0],
     )
 
 
-def ensure_model(core, model: core_pb2.Model) -> core_pb2.Model:  # type: ignore[no-untyped-def]
+def ensure_model(core, model: core_pb2.Model) -> core_pb2.Model:
     return ensure(
         lambda: core.RegisterModel(core_pb2.RegisterModelRequest(model=model)),
         lambda: core.ListModels(core_pb2.ListModelsRequest(filter=f'name = "{model.name}" AND version = "{model.version}"')).models[0],
     )
 
 
-def ensure_models(core, root: Path) -> list[core_pb2.Model]:  # type: ignore[no-untyped-def]
+def ensure_models(core, root: Path) -> list[core_pb2.Model]:
     """Register every model folder under `root` (each with a constellation.yaml), reusing entries that exist."""
     return [ensure_model(core, model_from_folder(manifest.parent)) for manifest in sorted(root.glob("*/constellation.yaml"))]
 
 
-def ensure_pipeline(core, name: str, spec: c.PipelineSpec, description: str = "") -> core_pb2.Pipeline:  # type: ignore[no-untyped-def]
+def ensure_pipeline(core, name: str, spec: c.PipelineSpec, description: str = "") -> core_pb2.Pipeline:
     return ensure(
         lambda: core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name=name, description=description, spec=spec))),
         lambda: core.ListPipelines(core_pb2.ListPipelinesRequest(filter=f'name = "{name}"')).pipelines[0],

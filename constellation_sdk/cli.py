@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import catalog, mesh_process, outputs, watch
 from constellation_sdk.client import Client
+from constellation_sdk.settings import ClientSettings
 from mesh import config
 from mesh.errors import field_violations
 from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
@@ -76,8 +76,8 @@ def status(as_json: bool) -> None:
 
 
 def _gateway() -> str:
-    if os.environ.get("CONSTELLATION_GATEWAY"):
-        return os.environ["CONSTELLATION_GATEWAY"]
+    if gateway := ClientSettings.from_env().gateway:
+        return gateway
     state = mesh_process.read_state(mesh_process.MeshPaths(config.home_dir()))
     return state["processes"]["gateway"]["address"] if state else f"localhost:{config.DEFAULT_GATEWAY_PORT}"
 

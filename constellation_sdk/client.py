@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from types import TracebackType
 
 import grpc
@@ -12,8 +11,8 @@ from constellation.agent.v1 import agent_pb2_grpc
 from constellation.core.v1 import core_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2_grpc
+from constellation_sdk.settings import ClientSettings
 from mesh.services import channel_options, with_api_key
-
 
 class Client:
     """`Client("localhost:8080")`: `.core`, `.hosting`, `.orchestrator`, `.agent` are the generated stubs.
@@ -25,7 +24,7 @@ class Client:
     def __init__(self, gateway: str = "localhost:8080", api_key: str | None = None) -> None:
         self.gateway = gateway
         self._channel = grpc.insecure_channel(gateway, options=channel_options())
-        api_key = api_key if api_key is not None else os.environ.get("CONSTELLATION_API_KEY", "")
+        api_key = api_key if api_key is not None else ClientSettings.from_env().api_key
         channel = with_api_key(self._channel, api_key)
         self.core = core_pb2_grpc.CoreServiceStub(channel)
         self.hosting = hosting_pb2_grpc.HostingServiceStub(channel)

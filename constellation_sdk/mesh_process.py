@@ -17,6 +17,7 @@ from pathlib import Path
 
 from constellation_sdk.client import Client
 from gateway import supervisor as gateway
+from gateway.settings import GatewaySettings
 from mesh import config
 
 SERVICES = ("core", "hosting", "orchestrator", "agent")
@@ -102,8 +103,8 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
                 _wait_serving(addresses[service], process, paths.logs / f"{service}.log", timeout_s)
             except (RuntimeError, TimeoutError) as error:
                 raise RuntimeError(f"{service} did not start at {addresses[service]}: {error}") from None
-        gateway_port = int(env.get("CONSTELLATION_GATEWAY_PORT", config.DEFAULT_GATEWAY_PORT))
-        admin_port = int(env.get("CONSTELLATION_GATEWAY_ADMIN_PORT", config.DEFAULT_GATEWAY_ADMIN_PORT))
+        gateway_settings = GatewaySettings.from_env(env)
+        gateway_port, admin_port = gateway_settings.port, gateway_settings.admin_port
         envoy_config = paths.state.parent / "envoy.yaml"
         envoy_config.write_text(gateway.render_config(gateway_port, admin_port, addresses))
         envoy_log = paths.logs / "envoy.log"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+
+from constellation_sdk.settings import ClientSettings
 
 
 def fetch(uri: str, dest: Path) -> Path:
@@ -15,7 +16,7 @@ def fetch(uri: str, dest: Path) -> Path:
     orchestrator's storage, so S3 endpoints and errors (StorageError) are the same as the pipeline's."""
     from clients.storage import Storage
 
-    source = Storage(os.environ.get("CONSTELLATION_S3_ENDPOINT_URL", "").strip()).fetch(uri, dest)
+    source = Storage(ClientSettings.from_env().s3_endpoint_url).fetch(uri, dest)
     target = dest / source.name
     if source.resolve() != target.resolve():  # file:// gives the file itself; s3:// already landed in dest
         dest.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 
 import grpc
 
 from constellation.common.v1 import common_pb2 as c
 from constellation.core.v1 import core_pb2
+from mesh.enums import enum_name
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 E = c.RunEventType
 TERMINAL = {c.RUN_STATE_SUCCEEDED, c.RUN_STATE_FAILED, c.RUN_STATE_CANCELED}
@@ -24,12 +29,12 @@ STAGE_OF_KIND = {"dataset": "ingest", "tile": "ingest", "model": "infer", "stitc
 STAGES = ("deploy", "ingest", "infer", "stitch", "export")
 
 
-def _seconds(stamp) -> float:  # type: ignore[no-untyped-def]
+def _seconds(stamp) -> float:
     return stamp.seconds + stamp.nanos / 1e9
 
 
 def state_name(state: int) -> str:
-    return c.RunState.Name(state).removeprefix("RUN_STATE_").lower()
+    return enum_name(c.RunState, state) or "unspecified"
 
 
 @dataclass
@@ -65,7 +70,7 @@ class RunReport:
 class LineView:
     """Plain lines, for logs and terminals without live redraw: state changes, step ends, progress by quarters."""
 
-    def __init__(self, out=sys.stdout, show_logs: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, out=sys.stdout, show_logs: bool = False) -> None:
         self.out, self.show_logs = out, show_logs
         self._quarter: dict[str, int] = {}
 
@@ -96,7 +101,7 @@ class LineView:
 class BarView:
     """Live bars on a terminal (rich): one per step, the deployment's state above them."""
 
-    def __init__(self, blocks: list[tuple[str, str]]) -> None:
+    def __init__(self, blocks: Sequence[tuple[str, str]]) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
@@ -115,7 +120,7 @@ class BarView:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
-    def _task(self, block_id: str) -> int:
+    def _task(self, block_id: str) -> "TaskID":
         return self.tasks.get(block_id, self.tasks["deploy"])
 
     def event(self, event: c.RunEvent) -> None:
@@ -140,12 +145,12 @@ class BarView:
             p.console.print(f"[red]{event.source}: {event.message}")
 
 
-def make_view(blocks: list[tuple[str, str]], live: bool | None = None) -> LineView | BarView:
+def make_view(blocks: Sequence[tuple[str, str]], live: bool | None = None) -> LineView | BarView:
     """Bars when stdout is a terminal, lines otherwise."""
     return BarView(blocks) if (sys.stdout.isatty() if live is None else live) else LineView()
 
 
-def follow(core, run_id: str, on_event: Callable[[c.RunEvent], None] = lambda e: None, spec: c.PipelineSpec | None = None) -> RunReport:  # type: ignore[no-untyped-def]
+def follow(core, run_id: str, on_event: Callable[[c.RunEvent], None] = lambda e: None, spec: c.PipelineSpec | None = None) -> RunReport:
     """Read the run's events until it ends; the report of what happened."""
     kinds = {b.id: b.WhichOneof("config") or "" for b in spec.blocks} if spec is not None else {}
     after, events, started = 0, 0, time.monotonic()

@@ -21,14 +21,13 @@ from core_svc.domain import (
     ModelCard,
     OutputSpec,
     Pipeline,
-    PipelineSpec,
-    Problem,
 )
 from core_svc.listing import FilterFields, Page, parse_filter
-from core_svc.pipelines import validate_spec
 from core_svc.validation import validate_dataset, validate_model
 from mesh.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
+from pipeline.spec import DatasetView, ModelView, OutputView, PipelineSpec, Problem
+from pipeline.validation import validate_spec
 
 ListedRow = TypeVar("ListedRow", db.DatasetRow, db.ModelRow, db.PipelineRow)
 
@@ -88,13 +87,24 @@ def _model_from_row(row: db.ModelRow) -> Model:
 
 
 def spec_to_json(spec: PipelineSpec) -> dict:
-    return dataclasses.asdict(spec)
+    return spec.to_json()
 
 
 def spec_from_json(data: dict) -> PipelineSpec:
-    from core_svc.domain import Block, Edge
+    return PipelineSpec.from_json(data)
 
-    return PipelineSpec(blocks=[Block(**b) for b in data["blocks"]], edges=[Edge(**e) for e in data["edges"]])
+
+def dataset_view(dataset: Dataset | None) -> DatasetView | None:
+    """What pipeline validation reads of a dataset."""
+    return None if dataset is None else DatasetView(dataset.id, dataset.name, tuple(dataset.bands))
+
+
+def model_view(model: Model | None) -> ModelView | None:
+    """What pipeline validation reads of a model."""
+    if model is None:
+        return None
+    outputs = tuple(OutputView(o.name, o.dtype, tuple(o.shape)) for o in model.outputs)
+    return ModelView(model.id, model.name, tuple(model.input.bands), model.input.tile_size_px, outputs)
 
 
 def _pipeline_from_row(row: db.PipelineRow) -> Pipeline:
@@ -282,7 +292,7 @@ class Catalog:
     # Pipelines
 
     def validate_pipeline(self, spec: PipelineSpec) -> tuple[list[Problem], list[str]]:
-        return validate_spec(spec, self.find_dataset, self.find_model)
+        return validate_spec(spec, lambda i: dataset_view(self.find_dataset(i)), lambda i: model_view(self.find_model(i)))
 
     def create_pipeline(self, pipeline: Pipeline) -> Pipeline:
         violations = [FieldViolation(v.field, v.description) for v in _check_pipeline_fields(pipeline)]
@@ -300,7 +310,7 @@ class Catalog:
             update_time=now,
         )
         references = {
-            ("dataset", b.config["dataset_id"]) if b.kind == "dataset" else ("model", b.config["model_id"])
+            ("dataset", b.settings.dataset_id) if b.kind == "dataset" else ("model", b.settings.model_id)
             for b in pipeline.spec.blocks
             if b.kind in ("dataset", "model")
         }

@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-from google.protobuf import json_format
-
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2
-from core_svc.domain import (
-    Block,
-    BoundingBox,
-    Dataset,
-    Edge,
-    InputSpec,
-    Model,
-    ModelCard,
-    OutputSpec,
-    Pipeline,
-    PipelineSpec,
-    Problem,
-    Run,
-)
+from core_svc.domain import BoundingBox, Dataset, InputSpec, Model, ModelCard, OutputSpec, Pipeline, Run
+from mesh.enums import enum_name, enum_value
 from mesh.timestamps import to_timestamp
-
-
-
-def _enum_suffix(enum_type, value: int, prefix: str) -> str:  # type: ignore[no-untyped-def]
-    """MODEL_TASK_SEGMENTATION -> "segmentation"; the zero value -> ""."""
-    return "" if value == 0 else enum_type.Name(value).removeprefix(prefix).lower()
-
-
-def _enum_value(enum_type, name: str, prefix: str) -> int:  # type: ignore[no-untyped-def]
-    return enum_type.Value(prefix + name.upper()) if name else 0
+from pipeline.convert import spec_from_proto, spec_to_proto
 
 
 def dataset_from_proto(message: core_pb2.Dataset) -> Dataset:
@@ -71,7 +48,7 @@ def model_from_proto(message: core_pb2.Model) -> Model:
         id=message.id,
         name=message.name,
         version=message.version,
-        task=_enum_suffix(common_pb2.ModelTask, message.task, "MODEL_TASK_"),
+        task=enum_name(common_pb2.ModelTask, message.task),
         source=message.source,
         card=ModelCard(card.description, card.data_used, list(card.dependencies), dict(card.metrics), card.license),
         input=InputSpec([b.lower() for b in spec.bands], spec.tile_size_px, spec.dtype.upper(), spec.value_min, spec.value_max),
@@ -85,7 +62,7 @@ def model_to_proto(model: Model) -> core_pb2.Model:
         id=model.id,
         name=model.name,
         version=model.version,
-        task=_enum_value(common_pb2.ModelTask, model.task, "MODEL_TASK_"),
+        task=enum_value(common_pb2.ModelTask, model.task),
         source=model.source,
         card=common_pb2.ModelCard(
             description=model.card.description,
@@ -102,37 +79,12 @@ def model_to_proto(model: Model) -> core_pb2.Model:
             value_max=model.input.value_max,
         ),
         outputs=[common_pb2.ModelOutputSpec(name=o.name, dtype=o.dtype, shape=o.shape, description=o.description) for o in model.outputs],
-        state=_enum_value(core_pb2.ModelState, model.state, "MODEL_STATE_"),
+        state=enum_value(core_pb2.ModelState, model.state),
         state_message=model.state_message,
         tags=model.tags,
         create_time=to_timestamp(model.create_time),
         update_time=to_timestamp(model.update_time),
     )
-
-
-def spec_from_proto(message: common_pb2.PipelineSpec) -> PipelineSpec:
-    blocks = []
-    for block in message.blocks:
-        kind = block.WhichOneof("config") or ""
-        config = (
-            json_format.MessageToDict(
-                getattr(block, kind), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            )
-            if kind
-            else {}
-        )
-        blocks.append(Block(id=block.id, kind=kind, config=config, label=block.label))
-    return PipelineSpec(blocks=blocks, edges=[Edge(e.source_block_id, e.target_block_id) for e in message.edges])
-
-
-def spec_to_proto(spec: PipelineSpec) -> common_pb2.PipelineSpec:
-    message = common_pb2.PipelineSpec()
-    for block in spec.blocks:
-        added = message.blocks.add(id=block.id, label=block.label)
-        if block.kind:
-            json_format.ParseDict(block.config, getattr(added, block.kind))
-    message.edges.extend(common_pb2.Edge(source_block_id=e.source, target_block_id=e.target) for e in spec.edges)
-    return message
 
 
 def pipeline_from_proto(message: core_pb2.Pipeline) -> Pipeline:
@@ -150,14 +102,8 @@ def pipeline_to_proto(pipeline: Pipeline) -> core_pb2.Pipeline:
     )
 
 
-def problem_to_proto(problem: Problem) -> common_pb2.PipelineProblem:
-    return common_pb2.PipelineProblem(
-        field=problem.field, block_id=problem.block_id, edge_index=problem.edge_index, description=problem.description
-    )
-
-
 def run_state_to_proto(state: str) -> int:
-    return _enum_value(common_pb2.RunState, state, "RUN_STATE_")
+    return enum_value(common_pb2.RunState, state)
 
 
 def run_to_proto(run: Run) -> core_pb2.Run:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-BLOCK_KINDS = ("dataset", "tile", "model", "stitch", "vectorize", "export")
+from pipeline.spec import PipelineSpec
+
 MODEL_TASKS = ("classification", "segmentation", "detection", "regression")
 MODEL_STATES = ("registered", "packaging", "ready", "failed")
 RUN_STATES = ("queued", "starting", "running", "succeeded", "failed", "canceling", "canceled")
@@ -80,26 +81,6 @@ class Model:
 
 
 @dataclass
-class Block:
-    id: str
-    kind: str  # one of BLOCK_KINDS; "" when no config is set
-    config: dict = field(default_factory=dict)  # proto field names, enum values by name
-    label: str = ""
-
-
-@dataclass
-class Edge:
-    source: str
-    target: str
-
-
-@dataclass
-class PipelineSpec:
-    blocks: list[Block] = field(default_factory=list)
-    edges: list[Edge] = field(default_factory=list)
-
-
-@dataclass
 class Pipeline:
     id: str = ""
     name: str = ""
@@ -107,16 +88,6 @@ class Pipeline:
     spec: PipelineSpec = field(default_factory=PipelineSpec)
     create_time: datetime | None = None
     update_time: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a pipeline spec; `field` is relative to the spec."""
-
-    field: str
-    description: str
-    block_id: str = ""
-    edge_index: int = -1
 
 
 @dataclass

@@ -8,6 +8,7 @@ from constellation.core.v1 import core_pb2, core_pb2_grpc
 from core_svc import convert
 from core_svc.catalog import Catalog
 from core_svc.runs import Runs
+from pipeline.convert import problem_to_proto
 
 
 class CoreServicer(core_pb2_grpc.CoreServiceServicer):
@@ -67,7 +68,7 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
     def ValidatePipeline(self, request, context):
         problems, order = self._catalog.validate_pipeline(convert.spec_from_proto(request.spec))
         return core_pb2.ValidatePipelineResponse(
-            valid=not problems, problems=[convert.problem_to_proto(p) for p in problems], topological_order=order
+            valid=not problems, problems=[problem_to_proto(p) for p in problems], topological_order=order
         )
 
     def RunPipeline(self, request, context):

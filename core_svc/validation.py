@@ -10,59 +10,14 @@ from urllib.parse import urlparse
 from core_svc.domain import MODEL_TASKS, Dataset, Model
 from mesh.errors import FieldViolation
 from model_runtime import manifest
+from model_runtime.manifest import DATATYPES
+from model_runtime.manifest import NAME as MODEL_NAME
+from model_runtime.manifest import VERSION
+from pipeline.rules import check_bands, check_storage_uri
 
-# Band names the catalog understands: optical bands by colour/wavelength
-# family, thermal, panchromatic and SAR polarisations.
-KNOWN_BANDS = frozenset(
-    {
-        "coastal", "blue", "green", "red", "yellow",
-        "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09",
-        "water_vapor", "cirrus", "swir1", "swir2", "pan",
-        "tir", "tir1", "tir2",
-        "vv", "vh", "hh", "hv",
-    }
-)
-DATATYPES = frozenset(
-    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"}
-)
-MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 TAG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 MAX_NAME = 128
 MAX_DESCRIPTION = 10_000
-
-
-def check_storage_uri(uri: str, field: str, *, object_key_required: bool = True) -> list[FieldViolation]:
-    """`file:///absolute/path` or `s3://bucket/key`."""
-    if not uri:
-        return [FieldViolation(field, "is required: give a file:///absolute/path or s3://bucket/key URI")]
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
-            return [FieldViolation(field, f"{uri!r} is not a file URI with an absolute path, e.g. file:///data/scene.tif")]
-        return []
-    if parsed.scheme == "s3":
-        if not S3_BUCKET.match(parsed.netloc):
-            return [FieldViolation(field, f"{uri!r} does not name a valid S3 bucket")]
-        if object_key_required and not parsed.path.strip("/"):
-            return [FieldViolation(field, f"{uri!r} names a bucket but no object key")]
-        return []
-    return [FieldViolation(field, f"{uri!r} must start with file:// or s3://")]
-
-
-def check_bands(bands: list[str], field: str, *, required: bool) -> list[FieldViolation]:
-    if required and not bands:
-        return [FieldViolation(field, "is required: list the band names in file order, e.g. [\"green\", \"nir\"]")]
-    found = []
-    seen: set[str] = set()
-    for i, band in enumerate(bands):
-        if band not in KNOWN_BANDS:
-            found.append(FieldViolation(f"{field}[{i}]", f"unknown band {band!r}; known bands: {', '.join(sorted(KNOWN_BANDS))}"))
-        elif band in seen:
-            found.append(FieldViolation(f"{field}[{i}]", f"band {band!r} is listed twice"))
-        seen.add(band)
-    return found
 
 
 def _check_name(name: str) -> list[FieldViolation]:

@@ -16,17 +16,16 @@ from __future__ import annotations
 import hmac
 import json
 import mimetypes
-import os
 import threading
 import urllib.parse
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from mesh import config
+from gateway.settings import WEB_DIST, GatewaySettings
 
-WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 NOT_BUILT = b"""<!doctype html><meta charset="utf-8"><title>Constellation</title>
 <body style="font-family:sans-serif;margin:3em">
@@ -35,23 +34,7 @@ Run <code>make web</code> and reload this page.</p></body>
 """
 
 
-def outputs_dir(env: dict[str, str]) -> Path:
-    """Where runs write local results: the agent's file:// export destination, else $CONSTELLATION_HOME/outputs."""
-    export_uri = env.get("CONSTELLATION_AGENT_EXPORT_URI", "").strip()
-    if export_uri.startswith("file:///"):
-        return Path(urllib.parse.unquote(urllib.parse.urlparse(export_uri).path))
-    return (config.home_dir(env) / "outputs").resolve()
-
-
 KEY_COOKIE = "constellation_api_key"
-
-
-def api_keys(env: dict[str, str]) -> set[str]:
-    """The mesh's API keys, whatever their role: reading run outputs is a Get."""
-    keys = set(config.parse_api_keys(env.get("CONSTELLATION_API_KEYS", "")))
-    if env.get("CONSTELLATION_API_KEY"):
-        keys.add(env["CONSTELLATION_API_KEY"])
-    return keys
 
 
 def _inside(root: Path, relative: str) -> Path | None:
@@ -141,8 +124,6 @@ def serve(port: int, web_root: Path, files_root: Path, keys: set[str] | None = N
     return server
 
 
-def serve_from_env(env: dict[str, str] | None = None) -> ThreadingHTTPServer:
-    env = dict(os.environ) if env is None else env
-    web_root = Path(env.get("CONSTELLATION_CONSOLE_WEB_ROOT") or WEB_DIST)
-    port = int(env.get("CONSTELLATION_CONSOLE_PORT") or 0)
-    return serve(port, web_root, outputs_dir(env), api_keys(env))
+def serve_from_env(env: Mapping[str, str] | None = None) -> ThreadingHTTPServer:
+    settings = GatewaySettings.from_env(env)
+    return serve(settings.console_port, settings.web_root, settings.outputs_dir, settings.api_keys)

@@ -3,7 +3,6 @@ static server (gateway/console.py) beside it."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from gateway import console
+from gateway.settings import GatewaySettings
 
 ENVOY_CONFIG = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
 CONSOLE_CLUSTER = "console"
@@ -54,7 +54,7 @@ def envoy_binary() -> str:
 def envoy_args(config_path: Path) -> list[str]:
     # Several Envoys on one host (tests, benchmarks) need distinct shared-memory ids.
     base_id = config_path.stat().st_ino % 60000
-    workers = os.environ.get("CONSTELLATION_GATEWAY_WORKERS", "1")
+    workers = str(GatewaySettings.from_env().workers)
     return [envoy_binary(), "-c", str(config_path), "--log-level", "warn", "--concurrency", workers, "--base-id", str(base_id)]
 
 

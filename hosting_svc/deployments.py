@@ -34,12 +34,10 @@ from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mesh.ids import new_id
-from model_runtime.manifest import NUMPY_DTYPES, ManifestError, load_manifest
+from model_runtime.manifest import NAME, NUMPY_DTYPES, VERSION, ManifestError, load_manifest
 
 log = logging.getLogger("hosting")
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 
 

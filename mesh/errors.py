@@ -111,7 +111,7 @@ def internal_status(request_id: str) -> grpc.Status:
 
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
     """Read BadRequest field violations back out of a client-side RpcError."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     found: list[FieldViolation] = []
     for detail in status.details if status else []:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -78,7 +79,7 @@ class MeshServer:
         self._service_names = ["", *names]
         self._checks = {k: v for r in self.registrations for k, v in r.health_checks.items()}
         self._serving: bool | None = None
-        self._metrics_server = None
+        self._metrics_server: WSGIServer | None = None
         self.port = 0
 
     def start(self) -> int:

@@ -34,6 +34,9 @@ NUMPY_DTYPES = {
     "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
     "FP16": "float16", "FP32": "float32", "FP64": "float64",
 }
+# Open Inference Protocol datatypes: those numpy holds, and BYTES (which a model may name but not take as a tile).
+DATATYPES = frozenset({*NUMPY_DTYPES, "BYTES"})
+# A model's name and version, as the catalog, hosting and model images accept them.
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 ENTRYPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")

@@ -25,6 +25,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 from concurrent import futures
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class LoadedModel:
         self.manifest = manifest
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        self._instance = None
+        self._instance: Any = None  # the model folder's class: nothing is known of it but predict()
         self.batcher: Batcher | None = None
 
     def load(self) -> None:
@@ -87,7 +88,7 @@ class LoadedModel:
             log.exception("model failed to load")
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        result = self._instance.predict(batch)  # type: ignore[union-attr]
+        result = self._instance.predict(batch)
         outputs = result if isinstance(result, dict) else {self.manifest.outputs[0].name: result}
         checked = {}
         for spec in self.manifest.outputs:
@@ -154,7 +155,7 @@ class InferenceServicer:
     def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self.model.ready.is_set())
 
-    def _check_model(self, name: str, version: str, context) -> None:  # type: ignore[no-untyped-def]
+    def _check_model(self, name: str, version: str, context) -> None:
         manifest = self.model.manifest
         if name != manifest.name:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no model named {name!r}; this server serves {manifest.name!r}")
@@ -196,7 +197,7 @@ class InferenceServicer:
         except BadRequest as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
-            outputs = self.model.batcher.infer(batch)  # type: ignore[union-attr]
+            outputs = self.model.batcher.infer(batch)
         except Exception as error:  # noqa: BLE001 - a model bug: INTERNAL with a short reason, details in the log
             log.exception("predict failed")
             context.abort(grpc.StatusCode.INTERNAL, f"predict failed: {type(error).__name__}: {str(error)[:200]}")
@@ -216,7 +217,7 @@ def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         behaviour = getattr(servicer, method.name)
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behaviour, request_deserializer=decode_request, response_serializer=lambda reply: encode_response(*reply, align=ALIGN)
+                behaviour, request_deserializer=decode_request, response_serializer=lambda reply: encode_response(reply[0], reply[1], align=ALIGN)
             )
         else:
             request_type = getattr(pb, method.input_type.name)

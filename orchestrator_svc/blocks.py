@@ -26,15 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from model_runtime.manifest import NUMPY_DTYPES  # the one datatype table; ops and the inference client read it here
+
 # GDAL's block cache, MiB. Its default is 5% of RAM, which would make memory grow with the scene.
 GDAL_CACHE_MB = 64
 # Pixels per strip when a pass walks a raster in full-width row strips.
 STRIP_PIXELS = 2 * 1024 * 1024
-NUMPY_DTYPES = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}
 NORMALIZATIONS = ("none", "min_max", "z_score", "reflectance")
 BLENDS = ("mean", "center")
 
@@ -468,6 +465,46 @@ def stitch(
                     weights[y0 - base : y1 - base, x0:x1] = 1
         flush(height)
     return RasterFile(str(out_path), name, width, height, channels, scene.crs_wkt, scene.transform, nodata, scene.path, scene.rgb_indexes)
+
+
+# --------------------------------------------------------------------------- band math
+
+
+def normalized_difference_values(first: np.ndarray, second: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """(first - second) / (first + second) as float32; NaN where `invalid` or first + second is 0."""
+    a = first.astype(np.float32)
+    b = second.astype(np.float32)
+    total = a + b
+    invalid = invalid | (total == 0) | ~np.isfinite(total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (a - b) / np.where(invalid, np.float32(1), total)
+    out[invalid] = np.nan
+    return out
+
+
+def normalized_difference(
+    scene: Scene, first: str, second: str, out_path: Path, name: str, strip_pixels: int = STRIP_PIXELS
+) -> RasterFile:
+    """One float32 band (first - second) / (first + second) on the scene's grid, written strip by strip.
+
+    Nodata is NaN: where either band is the scene's nodata, or first + second is 0. (The scene's own
+    nodata value could be a valid index value, e.g. 0.)"""
+    import rasterio
+    from rasterio.windows import Window
+
+    indexes = [scene.index_of(first), scene.index_of(second)]
+    profile = {
+        "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": "float32",
+        "crs": scene.crs_wkt, "transform": scene.affine, "nodata": float("nan"),
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+    }  # fmt: skip
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with gdal_env(), rasterio.open(scene.path) as src, rasterio.open(out_path, "w", **profile) as dst:
+        for top, bottom in row_strips(scene.width, scene.height, strip_pixels):
+            window = Window(0, top, scene.width, bottom - top)
+            data = src.read(indexes, window=window)
+            dst.write(normalized_difference_values(data[0], data[1], nodata_mask(data, scene.nodata))[None], window=window)
+    return RasterFile(str(out_path), name, scene.width, scene.height, 1, scene.crs_wkt, scene.transform, float("nan"))
 
 
 # --------------------------------------------------------------------------- vectorising

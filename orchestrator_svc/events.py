@@ -35,8 +35,8 @@ SOURCE = "orchestrator"
 
 @dataclass(frozen=True)
 class EventMapping:
-    type: int  # RunEventType
-    state: int | None  # RunState after the event; None keeps the current one
+    type: common.RunEventType.ValueType
+    state: common.RunState.ValueType | None  # RunState after the event; None keeps the current one
 
 
 T = DagsterEventType
@@ -97,7 +97,7 @@ del T
 
 TERMINAL_EVENT_TYPES = frozenset({DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED})
 
-RUN_STATES: dict[DagsterRunStatus, int] = {
+RUN_STATES: dict[DagsterRunStatus, common.RunState.ValueType] = {
     DagsterRunStatus.QUEUED: S.RUN_STATE_QUEUED,
     DagsterRunStatus.NOT_STARTED: S.RUN_STATE_QUEUED,
     DagsterRunStatus.MANAGED: S.RUN_STATE_RUNNING,
@@ -144,7 +144,7 @@ def _metadata_text(metadata: Mapping, key: str) -> str:
 
 def run_output_of(entry: EventLogEntry) -> common.RunOutput | None:
     event = entry.dagster_event
-    materialization = event.event_specific_data.materialization if event and event.event_specific_data else None
+    materialization = getattr(event.event_specific_data, "materialization", None) if event else None
     metadata = getattr(materialization, "metadata", None) or {}
     if "uri" not in metadata:
         return None
@@ -194,7 +194,8 @@ def _message(entry: EventLogEntry, mapped: EventMapping) -> str:
     return base
 
 
-def to_run_event(sequence: int, entry: EventLogEntry, state: int, block_of_step: Mapping[str, str]) -> common.RunEvent:
+def to_run_event(
+    sequence: int, entry: EventLogEntry, state: common.RunState.ValueType, block_of_step: Mapping[str, str]) -> common.RunEvent:
     """The RunEvent for the `sequence`-th record of a run's log; `state` is the run's state before it."""
     event = entry.dagster_event
     step = entry.step_key or (event.step_key if event else None) or ""

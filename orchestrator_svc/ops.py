@@ -1,4 +1,4 @@
-"""The six block types as Dagster ops with typed config. Each op is a thin shell around `blocks`.
+"""The block kinds as Dagster ops with typed config. Each op is a thin shell around `blocks`.
 
 Ops pass small references (paths and metadata) to each other, never pixel
 arrays: rasters and predictions stay on disk under the run's scratch folder
@@ -215,6 +215,12 @@ class VectorizeConfig(Config):
     crs: str = ""
 
 
+class IndexConfig(Config):
+    first_band: str
+    second_band: str
+    name: str  # the raster's name, e.g. "ndwi"
+
+
 class ExportConfig(Config):
     run_id: str  # the mesh's run id (files go under <uri>/<run_id>/<block_id>/)
     block_id: str
@@ -335,6 +341,18 @@ def vectorize_op(context: OpExecutionContext, config: VectorizeConfig, raster: b
     return vectors
 
 
+@op(name="index", description="Band math: the normalized difference of two bands, as a float32 raster on the scene's grid.")
+def index_op(context: OpExecutionContext, config: IndexConfig, scene: blocks.Scene, constellation: ConstellationResource) -> blocks.RasterFile:
+    out = constellation.scratch(context.run_id, context.op.name) / f"{config.name}.tif"
+    started = time.monotonic()
+    raster = blocks.normalized_difference(scene, config.first_band, config.second_band, out, config.name)
+    context.log.info(
+        f"{config.name} = ({config.first_band} - {config.second_band}) / ({config.first_band} + {config.second_band}): "
+        f"{raster.width}x{raster.height} px in {time.monotonic() - started:.2f}s"
+    )
+    return raster
+
+
 @op(name="export", description="Write COG GeoTIFF, GeoJSON and a PNG preview to file:// or s3://.")
 def export_op(
     context: OpExecutionContext,
@@ -391,4 +409,7 @@ def export_op(
     context.log.info(f"exported {len(outputs)} file(s) under {prefix}")
 
 
-OP_DEFS = {"dataset": dataset_op, "tile": tile_op, "model": model_op, "stitch": stitch_op, "vectorize": vectorize_op, "export": export_op}
+OP_DEFS = {
+    "dataset": dataset_op, "tile": tile_op, "model": model_op, "stitch": stitch_op, "vectorize": vectorize_op,
+    "index": index_op, "export": export_op,
+}  # fmt: skip

@@ -14,6 +14,8 @@ sequence, and a watcher that leaves only lowers the feed's count.
 
 from __future__ import annotations
 
+import builtins
+
 import hashlib
 import logging
 import socket
@@ -31,6 +33,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from constellation.common.v1 import common_pb2 as common
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
+from mesh.enums import enum_name
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.ids import new_id
 from orchestrator_svc import events, jobs, specs
@@ -59,7 +62,7 @@ def dagster_run_id(run_id: str) -> str:
 @dataclass
 class RunInfo:
     id: str
-    state: int  # common.RunState
+    state: common.RunState.ValueType
     state_message: str = ""
     outputs: list[common.RunOutput] = field(default_factory=list)
     create_time: datetime | None = None
@@ -239,7 +242,7 @@ class RunManager:
         assert record is not None
         return self._info(record)
 
-    def _info(self, record) -> RunInfo:  # type: ignore[no-untyped-def]
+    def _info(self, record) -> RunInfo:
         run = record.dagster_run
         state = events.RUN_STATES[run.status]
         if state not in events.TERMINAL_STATES:
@@ -247,7 +250,9 @@ class RunManager:
             # would see a watcher already told the run ended. The event log decides.
             ended = self.instance.get_records_for_run(run.run_id, of_type=set(events.TERMINAL_EVENT_TYPES), limit=1)
             for ending in ended.records:
-                state = events.EVENT_TYPES[ending.event_log_entry.dagster_event.event_type].state  # type: ignore[union-attr]
+                dagster_event = ending.event_log_entry.dagster_event
+                ending_state = events.EVENT_TYPES[dagster_event.event_type].state if dagster_event else None
+                state = state if ending_state is None else ending_state
         info = RunInfo(run.tags[RUN_ID_TAG], state, create_time=record.create_timestamp, start_time=record.start_time, end_time=record.end_time)
         if state == common.RUN_STATE_FAILED:
             info.state_message = self._failure_reason(run.run_id)
@@ -270,11 +275,12 @@ class RunManager:
         steps = self.instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE, limit=1)
         for record in steps.records:
             entry = record.event_log_entry
-            block = block_of_step(self.instance.get_run_by_id(run_id)).get(entry.step_key or "", entry.step_key or "")
+            run = self.instance.get_run_by_id(run_id)
+            block = (block_of_step(run) if run else {}).get(entry.step_key or "", entry.step_key or "")
             return f"block {block!r} failed: {events.failure_message(entry)}"
         return self._last_message(run_id, DagsterEventType.RUN_FAILURE) or "failed"
 
-    def list(self, page_size: int, page_token: str) -> tuple[list[RunInfo], str]:
+    def list(self, page_size: int, page_token: str) -> tuple[builtins.list[RunInfo], str]:
         if page_size < 0:
             raise InvalidArgument.field("page_size", "must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -293,14 +299,14 @@ class RunManager:
     def cancel(self, run_id: str) -> RunInfo:
         run = self._run(run_id)
         if run.is_finished:
-            state = common.RunState.Name(events.RUN_STATES[run.status]).removeprefix("RUN_STATE_")
+            state = enum_name(common.RunState, events.RUN_STATES[run.status]).upper()
             raise FailedPrecondition(f"run {run_id!r} has already ended ({state}); there is nothing to cancel")
         self.launcher.terminate(run.run_id)
         return self.get(run_id)
 
     # -- after a restart -----------------------------------------------------------
 
-    def reconcile(self) -> tuple[list[str], list[str]]:
+    def reconcile(self) -> tuple[builtins.list[str], builtins.list[str]]:
         """Runs left active by an earlier orchestrator: adopt those whose worker still runs, settle the rest.
         Returns (resumed run ids, settled run ids)."""
         resumed, settled = [], []

@@ -9,81 +9,63 @@ and boto3's own resolution of AWS_ENDPOINT_URL / AWS_* credentials.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mesh.config import ConfigError, home_dir
+from pydantic import Field
 
+from mesh.config import EnvSettings, env_field, home_dir
 
-def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+PREFIX = "CONSTELLATION_ORCHESTRATOR_"
 
 
-def _float(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {value}")
-    return value
-
-
-@dataclass(frozen=True)
-class OrchestratorSettings:
-    # DAGSTER_HOME of the instance: dagster.yaml, and SQLite storage unless
-    # `dagster_postgres_url` is set.
-    dagster_home: Path
-    # postgresql://user:pass@host:port/db for dagster-postgres; empty: SQLite.
-    dagster_postgres_url: str
-    # Per-run scratch (downloaded scenes, prediction tiles, stitched rasters).
-    work_dir: Path
-    # S3-compatible endpoint for s3:// URIs; empty lets boto3 resolve it
-    # (AWS_ENDPOINT_URL, then AWS itself).
-    s3_endpoint_url: str
-    # Model step defaults when a ModelBlock leaves batch_size / max_concurrency at 0.
-    default_batch_size: int = 8
-    default_max_concurrency: int = 2
-    # Deadline of one ModelInfer call.
-    infer_timeout_s: float = 60.0
-    # Dagster RetryPolicy of the model step: transient endpoint failures
-    # (UNAVAILABLE, DEADLINE_EXCEEDED) are retried this often, the wait
-    # doubling from `model_retry_delay_s`.
-    model_retries: int = 5
-    model_retry_delay_s: float = 1.0
-    # How long a canceled run's worker gets to stop cleanly before it is killed.
-    cancel_grace_s: float = 15.0
-    # Keep per-run scratch after the run ends (for debugging).
-    keep_scratch: bool = False
-
-
-def load(env: dict[str, str] | None = None) -> OrchestratorSettings:
-    env = dict(os.environ) if env is None else env
-    home = home_dir(env)
-    prefix = "CONSTELLATION_ORCHESTRATOR_"
-    return OrchestratorSettings(
-        dagster_home=Path(env.get(prefix + "DAGSTER_HOME") or home / "dagster").expanduser(),
-        dagster_postgres_url=env.get("CONSTELLATION_DAGSTER_POSTGRES_URL", "").strip(),
-        work_dir=Path(env.get(prefix + "WORK_DIR") or home / "orchestrator").expanduser(),
-        s3_endpoint_url=(env.get("CONSTELLATION_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "").strip(),
-        default_batch_size=_int(env, prefix + "BATCH_SIZE", 8, 1),
-        default_max_concurrency=_int(env, prefix + "MAX_CONCURRENCY", 2, 1),
-        infer_timeout_s=_float(env, prefix + "INFER_TIMEOUT_S", 60.0),
-        model_retries=_int(env, prefix + "MODEL_RETRIES", 5),
-        model_retry_delay_s=_float(env, prefix + "MODEL_RETRY_DELAY_S", 1.0),
-        cancel_grace_s=_float(env, prefix + "CANCEL_GRACE_S", 15.0),
-        keep_scratch=env.get(prefix + "KEEP_SCRATCH", "").strip().lower() in ("1", "true", "yes"),
+class OrchestratorSettings(EnvSettings):
+    home_raw: str = env_field("CONSTELLATION_HOME", "", "local state; the defaults below live under it")
+    dagster_home_raw: str = env_field(
+        PREFIX + "DAGSTER_HOME", "", "DAGSTER_HOME of the instance: dagster.yaml, and SQLite storage unless a PostgreSQL URL is set "
+        "(default $CONSTELLATION_HOME/dagster)"
     )
+    dagster_postgres_url: str = Field(
+        "",
+        validation_alias="CONSTELLATION_DAGSTER_POSTGRES_URL",
+        description="postgresql://user:pass@host:port/db for dagster-postgres; empty: SQLite",
+        repr=False,
+    )
+    work_dir_raw: str = env_field(
+        PREFIX + "WORK_DIR", "", "per-run scratch: downloaded scenes, prediction tiles, stitched rasters (default $CONSTELLATION_HOME/orchestrator)"
+    )
+    s3_endpoint: str = env_field("CONSTELLATION_S3_ENDPOINT_URL", "", "S3-compatible endpoint for s3:// URIs")
+    aws_s3_endpoint: str = env_field("AWS_ENDPOINT_URL_S3", "", "used when CONSTELLATION_S3_ENDPOINT_URL is empty")
+    aws_endpoint: str = env_field("AWS_ENDPOINT_URL", "", "used when both above are empty; all empty: AWS itself")
+    default_batch_size: int = env_field(PREFIX + "BATCH_SIZE", 8, "tiles per ModelInfer call when a model block leaves batch_size at 0", ge=1)
+    default_max_concurrency: int = env_field(
+        PREFIX + "MAX_CONCURRENCY", 2, "ModelInfer calls in flight per model step when a model block leaves max_concurrency at 0", ge=1
+    )
+    infer_timeout_s: float = env_field(PREFIX + "INFER_TIMEOUT_S", 60.0, "deadline of one ModelInfer call", ge=0)
+    model_retries: int = env_field(
+        PREFIX + "MODEL_RETRIES", 5, "retries of a model step after a transient endpoint failure (UNAVAILABLE, DEADLINE_EXCEEDED)", ge=0
+    )
+    model_retry_delay_s: float = env_field(PREFIX + "MODEL_RETRY_DELAY_S", 1.0, "first wait between retries; it doubles each time", ge=0)
+    cancel_grace_s: float = env_field(PREFIX + "CANCEL_GRACE_S", 15.0, "how long a canceled run's worker gets to stop before it is killed", ge=0)
+    keep_scratch: bool = env_field(PREFIX + "KEEP_SCRATCH", False, "keep per-run scratch after the run ends (for debugging)")
+
+    @property
+    def dagster_home(self) -> Path:
+        return Path(self.dagster_home_raw or self._home / "dagster").expanduser()
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.work_dir_raw or self._home / "orchestrator").expanduser()
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        """Empty lets boto3 resolve it."""
+        return self.s3_endpoint or self.aws_s3_endpoint or self.aws_endpoint
+
+    @property
+    def _home(self) -> Path:
+        return home_dir({"CONSTELLATION_HOME": self.home_raw})
+
+
+def load(env: Any = None) -> OrchestratorSettings:
+    return OrchestratorSettings.from_env(env)

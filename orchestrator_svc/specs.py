@@ -2,11 +2,12 @@
 
 Three layers of checks, each reporting every problem it finds:
 1. the resolved inputs (datasets: URI and band names; models: endpoints,
-   input spec, outputs) and the graph itself, with core's own rules
-   (core_svc.pipelines.validate_spec: block types, ids, edges, wiring,
+   input spec, outputs) and the graph itself, with the pipeline package's
+   rules (pipeline.validation.validate_spec: block types, ids, edges, wiring,
    configs, bands reaching models): INVALID_ARGUMENT with field violations;
-2. what the orchestrator adds: a model output stitch can place, export
-   formats its inputs allow, a vectorize CRS PROJ knows;
+2. what must hold to run it (pipeline.validation.check_runnable): a model
+   output stitch can place, export formats its inputs allow, a vectorize CRS
+   PROJ knows;
 3. the world: every scene exists and opens as a georeferenced GeoTIFF with
    the bands the catalog lists, every export destination is writable:
    FAILED_PRECONDITION with google.rpc.PreconditionFailure details (an S3
@@ -22,22 +23,19 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2
 
-from constellation.orchestrator.v1 import orchestrator_pb2 as pb
-from core_svc import convert
-from core_svc.domain import Dataset, InputSpec, Model, OutputSpec
-from core_svc.pipelines import validate_spec
-from core_svc.validation import check_bands, check_storage_uri
-from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
-from orchestrator_svc import blocks
 from clients.storage import Storage, StorageError
+from constellation.orchestrator.v1 import orchestrator_pb2 as pb
+from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+from model_runtime.manifest import NUMPY_DTYPES
+from orchestrator_svc import blocks
+from pipeline.convert import spec_from_proto
+from pipeline.kinds import KINDS
+from pipeline.rules import check_bands, check_storage_uri
+from pipeline.spec import DatasetView, ModelView, OutputView
+from pipeline.validation import DEFAULT_TILE_PX, check_runnable, export_formats, stitchable_channels, tile_size_of, validate_spec
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
-DEFAULT_TILE_PX = 256
-FORMAT_NAMES = {"EXPORT_FORMAT_COG": "cog", "EXPORT_FORMAT_GEOJSON": "geojson", "EXPORT_FORMAT_PNG_PREVIEW": "png_preview"}
-NEEDS = {"cog": "raster", "png_preview": "raster", "geojson": "vectors"}
-INPUT_NAMES = {"tile": "scene", "model": "tiles", "stitch": "predictions", "vectorize": "raster"}
-UPSTREAM_DATA = {"dataset": "scene", "tile": "tiles", "model": "predictions", "stitch": "raster", "vectorize": "vectors"}
 
 
 @dataclass(frozen=True)
@@ -117,8 +115,8 @@ def _check_resolved(request: pb.LaunchRunRequest) -> list[FieldViolation]:
             if not match or not 0 < int(match.group(2)) < 65536:
                 found.append(FieldViolation(f"{where}.endpoints[{i}]", f"{endpoint!r} is not host:port"))
         found += [FieldViolation(f"{where}.input.{v.field}", v.description) for v in check_bands(list(model.input.bands), "bands", required=True)]
-        if model.input.dtype.upper() not in blocks.NUMPY_DTYPES:
-            found.append(FieldViolation(f"{where}.input.dtype", f"{model.input.dtype!r}: one of {', '.join(blocks.NUMPY_DTYPES)}"))
+        if model.input.dtype.upper() not in NUMPY_DTYPES:
+            found.append(FieldViolation(f"{where}.input.dtype", f"{model.input.dtype!r}: one of {', '.join(NUMPY_DTYPES)}"))
         if not 0 <= model.input.tile_size_px <= 8192:
             found.append(FieldViolation(f"{where}.input.tile_size_px", "must be between 0 (any size) and 8192"))
         if not model.outputs:
@@ -126,34 +124,39 @@ def _check_resolved(request: pb.LaunchRunRequest) -> list[FieldViolation]:
         for i, output in enumerate(model.outputs):
             if not output.name:
                 found.append(FieldViolation(f"{where}.outputs[{i}].name", "is required"))
-            if output.dtype.upper() not in blocks.NUMPY_DTYPES:
-                found.append(FieldViolation(f"{where}.outputs[{i}].dtype", f"{output.dtype!r}: one of {', '.join(blocks.NUMPY_DTYPES)}"))
+            if output.dtype.upper() not in NUMPY_DTYPES:
+                found.append(FieldViolation(f"{where}.outputs[{i}].dtype", f"{output.dtype!r}: one of {', '.join(NUMPY_DTYPES)}"))
     return found
 
 
-def _catalog_views(request: pb.LaunchRunRequest) -> tuple[Callable[[str], Dataset | None], Callable[[str], Model | None]]:
-    """Core's find_dataset / find_model, answered from the request's resolved maps."""
+def _catalog_views(request: pb.LaunchRunRequest) -> tuple[Callable[[str], DatasetView | None], Callable[[str], ModelView | None]]:
+    """The catalog views pipeline validation reads, answered from the request's resolved maps."""
 
-    def find_dataset(dataset_id: str) -> Dataset | None:
+    def find_dataset(dataset_id: str) -> DatasetView | None:
         if dataset_id not in request.datasets:
             return None
-        resolved = request.datasets[dataset_id]
-        return Dataset(id=dataset_id, name=dataset_id, uri=resolved.uri, bands=list(resolved.bands))
+        return DatasetView(dataset_id, dataset_id, tuple(request.datasets[dataset_id].bands))
 
-    def find_model(model_id: str) -> Model | None:
+    def find_model(model_id: str) -> ModelView | None:
         if model_id not in request.models:
             return None
         resolved = request.models[model_id]
-        spec = resolved.input
-        return Model(
-            id=model_id,
-            name=resolved.model_name or model_id,
-            version=resolved.model_version,
-            input=InputSpec([b.lower() for b in spec.bands], spec.tile_size_px, spec.dtype.upper(), spec.value_min, spec.value_max),
-            outputs=[OutputSpec(o.name, o.dtype.upper(), list(o.shape), o.description) for o in resolved.outputs],
-        )
+        outputs = tuple(OutputView(o.name, o.dtype.upper(), tuple(o.shape)) for o in resolved.outputs)
+        bands = tuple(b.lower() for b in resolved.input.bands)
+        return ModelView(model_id, resolved.model_name or model_id, bands, resolved.input.tile_size_px, outputs)
 
     return find_dataset, find_model
+
+
+def _crs_known(crs: str) -> bool:
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        CRS.from_user_input(crs)
+    except CRSError:
+        return False
+    return True
 
 
 def _op_names(block_ids: list[str]) -> dict[str, str]:
@@ -169,76 +172,44 @@ def _op_names(block_ids: list[str]) -> dict[str, str]:
     return names
 
 
-def _stitchable_channels(shape: list[int], tile_px: int) -> int | None:
-    """Channels of a per-pixel output ([C, T, T] or [T, T], -1 for any), or None when stitch cannot place it."""
-    dims = list(shape)
-    if len(dims) == 2:
-        dims = [1, *dims]
-    if len(dims) != 3:
-        return None
-    channels, height, width = dims
-    if any(d not in (-1, tile_px) for d in (height, width)):
-        return None
-    return channels if channels > 0 else None
-
-
 def build_plan(request: pb.LaunchRunRequest, *, default_batch_size: int, default_max_concurrency: int, infer_timeout_s: float) -> Plan:
     """Check the request's form and graph (INVALID_ARGUMENT) and configure every block. Touches nothing outside."""
     violations = _check_resolved(request)
-    spec = convert.spec_from_proto(request.spec)
+    spec = spec_from_proto(request.spec)
     find_dataset, find_model = _catalog_views(request)
     problems, order = validate_spec(spec, find_dataset, find_model)
     violations += [FieldViolation(f"spec.{p.field}", p.description) for p in problems]
     if violations:
         raise InvalidArgument(violations)
+    problems = check_runnable(spec, order, find_model, _crs_known)
+    if problems:
+        raise InvalidArgument([FieldViolation(f"spec.{p.field}", p.description) for p in problems])
 
     by_id = {b.id: (i, b) for i, b in enumerate(spec.blocks)}
-    inputs: dict[str, list[str]] = {b.id: [] for b in spec.blocks}
-    for edge in spec.edges:
-        inputs[edge.target].append(edge.source)
-    downstream: dict[str, list[str]] = {b.id: [] for b in spec.blocks}
-    for edge in spec.edges:
-        downstream[edge.source].append(edge.target)
+    inputs = spec.inputs()
     op_names = _op_names([b.id for b in spec.blocks])
-
-    def upstream(block_id: str, kind: str) -> str:
-        return next(s for s in inputs[block_id] if by_id[s][1].kind == kind)
-
     plans: list[BlockPlan] = []
     for block_id in order:
         i, block = by_id[block_id]
-        config, where = block.config, f"spec.blocks[{i}].{block.kind}"
-        wiring = {INPUT_NAMES[block.kind]: inputs[block_id][0]} if block.kind in INPUT_NAMES else {}
+        config = block.settings
+        wiring = {}
+        for source in inputs[block_id]:
+            port = KINDS[block.kind].port_for(KINDS[by_id[source][1].kind].produces or "")
+            assert port is not None  # validate_spec checked every edge
+            wiring[port.name] = source
         if block.kind == "dataset":
-            resolved = request.datasets[config["dataset_id"]]
-            op_config = {"dataset_id": config["dataset_id"], "uri": resolved.uri, "file_bands": list(resolved.bands), "bands": list(config.get("bands", []))}
+            resolved = request.datasets[config.dataset_id]
+            op_config = {"dataset_id": config.dataset_id, "uri": resolved.uri, "file_bands": list(resolved.bands), "bands": list(config.bands)}
         elif block.kind == "tile":
-            size = config.get("tile_size_px", 0)
-            if not size:
-                sizes = {find_model(by_id[m][1].config["model_id"]).input.tile_size_px for m in downstream[block_id]} - {0}  # type: ignore[union-attr]
-                if len(sizes) > 1:
-                    violations.append(FieldViolation(f"{where}.tile_size_px", f"the models it feeds take different tile sizes ({sorted(sizes)}); set one"))
-                size = sizes.pop() if sizes else DEFAULT_TILE_PX
-            mode = config.get("normalization", "NORMALIZATION_UNSPECIFIED").removeprefix("NORMALIZATION_").lower()
-            op_config = {"tile_size_px": size, "overlap_px": config.get("overlap_px", 0), "normalization": "none" if mode == "unspecified" else mode}
-            if 2 * op_config["overlap_px"] >= size:
-                violations.append(FieldViolation(f"{where}.overlap_px", f"must be less than half of the tile size ({size}px)"))
+            size, _ = tile_size_of(spec, block_id, find_model)
+            op_config = {"tile_size_px": size, "overlap_px": config.overlap_px, "normalization": config.normalization or "none"}
         elif block.kind == "model":
-            model = request.models[config["model_id"]]
+            model = request.models[config.model_id]
             tile_block = by_id[inputs[block_id][0]][1]
-            tile_px = tile_block.config.get("tile_size_px", 0) or model.input.tile_size_px or DEFAULT_TILE_PX
+            tile_px = tile_block.settings.tile_size_px or model.input.tile_size_px or DEFAULT_TILE_PX
             output = model.outputs[0]
-            channels = _stitchable_channels(list(output.shape), tile_px)
-            if channels is None and any(by_id[d][1].kind == "stitch" for d in downstream[block_id]):
-                violations.append(
-                    FieldViolation(
-                        f"{where}.model_id",
-                        f"model {model.model_name!r} output {output.name!r} has shape {list(output.shape)}; stitch needs a "
-                        f"per-pixel output [channels, {tile_px}, {tile_px}]",
-                    )
-                )
             op_config = {
-                "model_id": config["model_id"],
+                "model_id": config.model_id,
                 "model_name": model.model_name,
                 "model_version": model.model_version,
                 "endpoints": list(model.endpoints),
@@ -246,46 +217,27 @@ def build_plan(request: pb.LaunchRunRequest, *, default_batch_size: int, default
                 "dtype": model.input.dtype.upper(),
                 "output": output.name,
                 "output_dtype": output.dtype.upper(),
-                "output_channels": channels or 1,
-                "batch_size": config.get("batch_size", 0) or default_batch_size,
-                "max_concurrency": config.get("max_concurrency", 0) or default_max_concurrency,
+                "output_channels": stitchable_channels(list(output.shape), tile_px) or 1,
+                "batch_size": config.batch_size or default_batch_size,
+                "max_concurrency": config.max_concurrency or default_max_concurrency,
                 "timeout_s": infer_timeout_s,
             }
         elif block.kind == "stitch":
-            blend = config.get("blend", "BLEND_MODE_UNSPECIFIED").removeprefix("BLEND_MODE_").lower()
-            op_config = {"blend": "mean" if blend == "unspecified" else blend}
+            op_config = {"blend": config.blend or "mean"}
         elif block.kind == "vectorize":
-            crs = config.get("crs", "")
-            if crs:
-                from rasterio.crs import CRS
-                from rasterio.errors import CRSError
-
-                try:
-                    CRS.from_user_input(crs)
-                except CRSError:
-                    violations.append(FieldViolation(f"{where}.crs", f"{crs!r} is not a coordinate reference system PROJ knows, e.g. EPSG:4326"))
             op_config = {
-                "threshold": float(config.get("threshold", 0.0)),
-                "simplify_tolerance_m": float(config.get("simplify_tolerance_m", 0.0)),
-                "min_area_m2": float(config.get("min_area_m2", 0.0)),
-                "crs": crs,
+                "threshold": config.threshold,
+                "simplify_tolerance_m": config.simplify_tolerance_m,
+                "min_area_m2": config.min_area_m2,
+                "crs": config.crs,
             }
+        elif block.kind == "index":
+            first, second = config.bands()
+            op_config = {"first_band": first, "second_band": second, "name": config.output_name}
         else:  # export
-            carried = {UPSTREAM_DATA[by_id[s][1].kind]: s for s in inputs[block_id]}
-            wiring = dict(carried)
-            formats = [FORMAT_NAMES.get(f, "") for f in config.get("formats", [])]
-            for j, name in enumerate(formats):
-                if not name:
-                    violations.append(FieldViolation(f"{where}.formats[{j}]", "is unspecified; use COG, GEOJSON or PNG_PREVIEW"))
-                elif NEEDS[name] not in carried:
-                    source = "a stitch" if NEEDS[name] == "raster" else "a vectorize"
-                    violations.append(FieldViolation(f"{where}.formats[{j}]", f"{name} needs {source} block's output; connect one to {block_id!r}"))
-            if not formats:
-                formats = [f for f in ("cog", "png_preview", "geojson") if NEEDS[f] in carried]
-            op_config = {"run_id": request.run_id, "block_id": block_id, "uri": config["uri"], "formats": sorted(set(formats), key=formats.index)}
+            formats = export_formats(spec, block_id)
+            op_config = {"run_id": request.run_id, "block_id": block_id, "uri": config.uri, "formats": formats}
         plans.append(BlockPlan(block_id, i, block.kind, op_names[block_id], op_config, wiring))
-    if violations:
-        raise InvalidArgument(violations)
     return Plan(tuple(plans))
 
 

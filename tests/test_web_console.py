@@ -26,6 +26,7 @@ import pytest
 
 from constellation_sdk import Client, catalog, mesh_process
 from gateway import console
+from gateway.settings import GatewaySettings
 from tests.conftest import MEASURED_FIGURES, mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +129,7 @@ def test_gateway_serves_outputs_read_only_and_nothing_outside_them(mesh):
 def test_outputs_want_an_api_key_when_the_mesh_has_keys(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mask_preview.png").write_bytes(b"\x89PNG")
-    server = console.serve(0, tmp_path / "no-dist", tmp_path / "out", console.api_keys({"CONSTELLATION_API_KEYS": "s3cret:reader"}))
+    server = console.serve(0, tmp_path / "no-dist", tmp_path / "out", GatewaySettings.from_env({"CONSTELLATION_API_KEYS": "s3cret:reader"}).api_keys)
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         def with_cookie(value: str) -> urllib.request.Request:

@@ -48,7 +48,9 @@ from agent_svc.catalog_client import CoreCatalog, LookupFailed
 from agent_svc.domain import TASKS, BlockReason, Constraints, Intent, Plan, Query, Recommendation
 from agent_svc.planners.offline import check_pins, no_pair_reason
 from constellation.common.v1 import common_pb2
+from mesh.enums import prefix_of
 from mesh.errors import FailedPrecondition, Unavailable
+from pipeline.kinds import BLOCK_KINDS, KINDS
 
 log = logging.getLogger("agent.gemini")
 
@@ -67,7 +69,6 @@ def _transport_errors() -> tuple[type[Exception], ...]:
 
 
 TRANSPORT_ERRORS = _transport_errors()
-BLOCK_KINDS = ("dataset", "tile", "model", "stitch", "vectorize", "export")
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,13 @@ SPEC_SCHEMA = _obj(
                     ),
                     "model": _obj({"model_id": STRING, "batch_size": INTEGER, "max_concurrency": INTEGER}),
                     "stitch": _obj({"blend": {"type": "STRING", "enum": _enum_names(common_pb2.BlendMode, "BLEND_MODE_")}}),
+                    "index": _obj(
+                        {
+                            "preset": {"type": "STRING", "enum": _enum_names(common_pb2.SpectralIndex, "SPECTRAL_INDEX_")},
+                            "first_band": STRING,
+                            "second_band": STRING,
+                        }
+                    ),
                     "vectorize": _obj({"threshold": NUMBER, "simplify_tolerance_m": NUMBER, "min_area_m2": NUMBER, "crs": STRING}),
                     "export": _obj(
                         {"uri": STRING, "formats": {"type": "ARRAY", "items": {"type": "STRING", "enum": _enum_names(common_pb2.ExportFormat, "EXPORT_FORMAT_")}}}
@@ -192,7 +200,8 @@ READ_INSTRUCTION = (
 )
 PLAN_INSTRUCTION = (
     "You plan Constellation pipelines. A pipeline is a DAG: dataset -> tile -> model -> stitch -> (vectorize) -> "
-    "export. Use only dataset and model ids that exist in core's catalog: look them up with the functions instead "
+    "export; band math that needs no model (water by NDWI or MNDWI, vegetation by NDVI, burns by NBR) is dataset -> "
+    "index -> (vectorize) -> export. Use only dataset and model ids that exist in core's catalog: look them up with the functions instead "
     "of guessing. The dataset must have every band the model reads; the tile size must be 0 or the model's tile "
     "size; overlap must be less than half the tile size; block ids are lowercase letters, digits, '-' and '_'."
 )
@@ -250,8 +259,8 @@ class GeminiPlanner:
         return FailedPrecondition(f"Gemini rejected the request (HTTP {error.code}): {detail}")
 
     def _json_call(
-        self, contents: list[types.Content], instruction: str, schema: dict[str, Any], parse, what: str  # type: ignore[no-untyped-def]
-    ):  # type: ignore[no-untyped-def]
+        self, contents: list[types.Content], instruction: str, schema: dict[str, Any], parse, what: str
+    ):
         """Ask for JSON in `schema`; feed `parse`'s complaints back until it accepts or repairs run out."""
         config = types.GenerateContentConfig(
             system_instruction=instruction,
@@ -429,7 +438,7 @@ def _intent_from_reading(query: Query, data: dict[str, Any]) -> tuple[Intent | N
         max_resolution_m=_number(data, "max_resolution_m"),
         max_latency_ms=_number(data, "max_latency_ms"),
         min_accuracy=min(_number(data, "min_accuracy"), 1.0),
-        modality=data.get("modality") if data.get("modality") in ("sar", "optical") else "",
+        modality=str(data.get("modality")) if data.get("modality") in ("sar", "optical") else "",
     )
     prompt_mod.apply_structured(constraints, query.constraints)
     words = [w for k in keywords for w in text.tokens(k) if w not in text.STOPWORDS]  # type: ignore[union-attr]
@@ -457,12 +466,16 @@ def spec_from_json(data: dict[str, Any]) -> tuple[common_pb2.PipelineSpec, list[
             problems.append(f"blocks[{i}].kind must be one of {', '.join(BLOCK_KINDS)}")
             continue
         block = {"id": raw.get("id", ""), "label": raw.get("label", ""), kind: raw.get(kind) or {}}
-        if kind == "export" and isinstance(block[kind], dict):
-            block[kind] = {**block[kind], "formats": [f if f.startswith("EXPORT_FORMAT_") else f"EXPORT_FORMAT_{f}" for f in block[kind].get("formats") or [] if isinstance(f, str)]}
-        for config_field, prefix in (("normalization", "NORMALIZATION_"), ("blend", "BLEND_MODE_")):
-            config = block[kind]
-            if isinstance(config, dict) and isinstance(config.get(config_field), str) and not config[config_field].startswith(prefix):
-                block[kind] = {**config, config_field: prefix + config[config_field]}
+        for config_field, enum_type in KINDS[kind].config.ENUMS.items():  # enum values may come without their prefix
+            config, prefix = block[kind], prefix_of(enum_type)
+            if not isinstance(config, dict):
+                continue
+            value = config.get(config_field)
+            if isinstance(value, list) or (value is None and kind == "export"):
+                names = [v if v.startswith(prefix) else prefix + v for v in value or [] if isinstance(v, str)]
+                block[kind] = {**config, config_field: names}
+            elif isinstance(value, str) and not value.startswith(prefix):
+                block[kind] = {**config, config_field: prefix + value}
         try:
             json_format.ParseDict(block, spec.blocks.add())
         except json_format.ParseError as error:

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
-import { PipelineProblemSchema, type PipelineSpec } from "../../gen/ts/constellation/common/v1/common_pb";
+import { PipelineProblemSchema, type PipelineSpec, SpectralIndex } from "../../gen/ts/constellation/common/v1/common_pb";
 import { addBlock, connect, disconnect, EMPTY_GRAPH, fromSpec, type Graph, moveBlock, placeProblems, problemSetting, removeBlock, renameBlock, toSpec, updateBlock } from "./graph";
 
 function chain(...kinds: Parameters<typeof addBlock>[1][]): Graph {
@@ -64,6 +64,15 @@ describe("connecting blocks", () => {
 });
 
 describe("specs", () => {
+  it("builds a model-free index pipeline (NDWI by default) that round-trips", () => {
+    const graph = chain("dataset", "index", "vectorize", "export");
+    const spec = toSpec(graph);
+    const index = spec.blocks[1];
+    expect(index.config.case === "index" && index.config.value.preset).toBe(SpectralIndex.NDWI);
+    expect(spec.edges.map((e) => `${e.sourceBlockId}>${e.targetBlockId}`)).toEqual(["dataset>index", "index>vectorize", "vectorize>export"]);
+    expect(fromSpec(spec).blocks.map((b) => b.config)).toEqual(graph.blocks.map((b) => b.config));
+  });
+
   it("round-trips through a PipelineSpec keeping ids, labels, configs and edge order", () => {
     let graph = chain("dataset", "tile", "model", "stitch", "export");
     graph = updateBlock(graph, "model", { label: "Water", config: { case: "model", value: { ...(graph.blocks[2].config.value as object), modelId: "mdl_1", batchSize: 4 } } as never });

@@ -11,11 +11,13 @@ import {
   DatasetBlockSchema,
   EdgeSchema,
   ExportBlockSchema,
+  IndexBlockSchema,
   ModelBlockSchema,
   Normalization,
   type PipelineProblem,
   type PipelineSpec,
   PipelineSpecSchema,
+  SpectralIndex,
   StitchBlockSchema,
   TileBlockSchema,
   VectorizeBlockSchema,
@@ -24,7 +26,8 @@ import {
 export type BlockKind = NonNullable<Block["config"]["case"]>;
 export type BlockConfig = Extract<Block["config"], { case: BlockKind }>;
 
-export const BLOCK_KINDS: readonly BlockKind[] = ["dataset", "tile", "model", "stitch", "vectorize", "export"];
+// The palette's order; the server's pipeline package owns what each kind accepts and produces.
+export const BLOCK_KINDS: readonly BlockKind[] = ["dataset", "tile", "model", "stitch", "index", "vectorize", "export"];
 
 export interface GraphBlock {
   id: string;
@@ -61,6 +64,8 @@ export function defaultConfig(kind: BlockKind, exportUri = ""): BlockConfig {
       return { case: kind, value: create(ModelBlockSchema) };
     case "stitch":
       return { case: kind, value: create(StitchBlockSchema, { blend: BlendMode.MEAN }) };
+    case "index":
+      return { case: kind, value: create(IndexBlockSchema, { preset: SpectralIndex.NDWI }) };
     case "vectorize":
       return { case: kind, value: create(VectorizeBlockSchema, { threshold: 0.5 }) };
     case "export":

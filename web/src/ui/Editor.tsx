@@ -1,6 +1,6 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { BlendMode, ExportFormat, Normalization, type PipelineProblem } from "../../../gen/ts/constellation/common/v1/common_pb";
+import { BlendMode, ExportFormat, Normalization, type PipelineProblem, SpectralIndex } from "../../../gen/ts/constellation/common/v1/common_pb";
 import type { Pipeline, Run } from "../../../gen/ts/constellation/core/v1/core_pb";
 import { core } from "../api";
 import { describeError, type ServiceError } from "../errors";
@@ -31,6 +31,11 @@ const FIELDS: Record<BlockKind, FieldDef[]> = {
     { name: "maxConcurrency", label: "Concurrent requests (0: default)", type: "int" },
   ],
   stitch: [{ name: "blend", label: "Blend", type: "enum", values: BlendMode }],
+  index: [
+    { name: "preset", label: "Index (unspecified: the two bands below)", type: "enum", values: SpectralIndex },
+    { name: "firstBand", label: "First band (first − second) / (first + second)", type: "text" },
+    { name: "secondBand", label: "Second band", type: "text" },
+  ],
   vectorize: [
     { name: "threshold", label: "Threshold", type: "float" },
     { name: "simplifyToleranceM", label: "Simplify tolerance (m)", type: "float" },
@@ -47,6 +52,7 @@ function summary(block: GraphBlock, catalog: CatalogData): string {
     case "model": return catalog.models.find((m) => m.id === v.modelId)?.name ?? String(v.modelId || "no model chosen");
     case "tile": return `${v.tileSizePx || "model"} px, overlap ${v.overlapPx}`;
     case "stitch": return enumLabel(BlendMode, v.blend as number);
+    case "index": return v.preset ? enumLabel(SpectralIndex, v.preset as number) : `(${v.firstBand} − ${v.secondBand}) / (${v.firstBand} + ${v.secondBand})`;
     case "vectorize": return `threshold ${v.threshold}`;
     case "export": return String(v.uri || "no destination");
   }

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$constellation/common/v1/common.proto\x12\x17\x63onstellation.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0b\x42oundingBox\x12\r\n\x05min_x\x18\x01 \x01(\x01\x12\r\n\x05min_y\x18\x02 \x01(\x01\x12\r\n\x05max_x\x18\x03 \x01(\x01\x12\r\n\x05max_y\x18\x04 \x01(\x01\x12\x0b\n\x03\x63rs\x18\x05 \x01(\t\"\xcc\x01\n\tModelCard\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x11\n\tdata_used\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65pendencies\x18\x03 \x03(\t\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.constellation.common.v1.ModelCard.MetricsEntry\x12\x0f\n\x07license\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0eModelInputSpec\x12\r\n\x05\x62\x61nds\x18\x01 \x03(\t\x12\x14\n\x0ctile_size_px\x18\x02 \x01(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x11\n\tvalue_min\x18\x04 \x01(\x01\x12\x11\n\tvalue_max\x18\x05 \x01(\x01\"R\n\x0fModelOutputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"l\n\x0cPipelineSpec\x12.\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x1e.constellation.common.v1.Block\x12,\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x1d.constellation.common.v1.Edge\"\xfe\x02\n\x05\x42lock\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x38\n\x07\x64\x61taset\x18\n \x01(\x0b\x32%.constellation.common.v1.DatasetBlockH\x00\x12\x32\n\x04tile\x18\x0b \x01(\x0b\x32\".constellation.common.v1.TileBlockH\x00\x12\x34\n\x05model\x18\x0c \x01(\x0b\x32#.constellation.common.v1.ModelBlockH\x00\x12\x36\n\x06stitch\x18\r \x01(\x0b\x32$.constellation.common.v1.StitchBlockH\x00\x12<\n\tvectorize\x18\x0e \x01(\x0b\x32\'.constellation.common.v1.VectorizeBlockH\x00\x12\x36\n\x06\x65xport\x18\x0f \x01(\x0b\x32$.constellation.common.v1.ExportBlockH\x00\x42\x08\n\x06\x63onfig\"1\n\x0c\x44\x61tasetBlock\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05\x62\x61nds\x18\x02 \x03(\t\"t\n\tTileBlock\x12\x14\n\x0ctile_size_px\x18\x01 \x01(\x05\x12\x12\n\noverlap_px\x18\x02 \x01(\x05\x12=\n\rnormalization\x18\x03 \x01(\x0e\x32&.constellation.common.v1.Normalization\"K\n\nModelBlock\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\"@\n\x0bStitchBlock\x12\x31\n\x05\x62lend\x18\x01 \x01(\x0e\x32\".constellation.common.v1.BlendMode\"c\n\x0eVectorizeBlock\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x1c\n\x14simplify_tolerance_m\x18\x02 \x01(\x01\x12\x13\n\x0bmin_area_m2\x18\x03 \x01(\x01\x12\x0b\n\x03\x63rs\x18\x04 \x01(\t\"R\n\x0b\x45xportBlock\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x36\n\x07\x66ormats\x18\x02 \x03(\x0e\x32%.constellation.common.v1.ExportFormat\"8\n\x04\x45\x64ge\x12\x17\n\x0fsource_block_id\x18\x01 \x01(\t\x12\x17\n\x0ftarget_block_id\x18\x02 \x01(\t\"[\n\x0fPipelineProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x02 \x01(\t\x12\x12\n\nedge_index\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"L\n\tRunOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x04 \x01(\t\"5\n\x08Progress\x12\x0c\n\x04unit\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"\xe5\x02\n\x08RunEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x04type\x18\x03 \x01(\x0e\x32%.constellation.common.v1.RunEventType\x12\x30\n\x05state\x18\x04 \x01(\x0e\x32!.constellation.common.v1.RunState\x12\x10\n\x08\x62lock_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x33\n\x08progress\x18\x07 \x01(\x0b\x32!.constellation.common.v1.Progress\x12\x33\n\x07outputs\x18\x08 \x03(\x0b\x32\".constellation.common.v1.RunOutput\x12\x0e\n\x06source\x18\t \x01(\t\x12\x19\n\x11\x65ngine_event_type\x18\n \x01(\t*\x98\x01\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_TASK_CLASSIFICATION\x10\x01\x12\x1b\n\x17MODEL_TASK_SEGMENTATION\x10\x02\x12\x18\n\x14MODEL_TASK_DETECTION\x10\x03\x12\x19\n\x15MODEL_TASK_REGRESSION\x10\x04*\x9b\x01\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_NONE\x10\x01\x12\x19\n\x15NORMALIZATION_MIN_MAX\x10\x02\x12\x19\n\x15NORMALIZATION_Z_SCORE\x10\x03\x12\x1d\n\x19NORMALIZATION_REFLECTANCE\x10\x04*S\n\tBlendMode\x12\x1a\n\x16\x42LEND_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42LEND_MODE_MEAN\x10\x01\x12\x15\n\x11\x42LEND_MODE_CENTER\x10\x02*~\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_COG\x10\x01\x12\x19\n\x15\x45XPORT_FORMAT_GEOJSON\x10\x02\x12\x1d\n\x19\x45XPORT_FORMAT_PNG_PREVIEW\x10\x03*\xca\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x16\n\x12RUN_STATE_STARTING\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x17\n\x13RUN_STATE_CANCELING\x10\x06\x12\x16\n\x12RUN_STATE_CANCELED\x10\x07*\xe8\x03\n\x0cRunEventType\x12\x1e\n\x1aRUN_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RUN_EVENT_TYPE_RUN_QUEUED\x10\x01\x12\x1e\n\x1aRUN_EVENT_TYPE_RUN_STARTED\x10\x02\x12 \n\x1cRUN_EVENT_TYPE_RUN_SUCCEEDED\x10\x03\x12\x1d\n\x19RUN_EVENT_TYPE_RUN_FAILED\x10\x04\x12 \n\x1cRUN_EVENT_TYPE_RUN_CANCELING\x10\x05\x12\x1f\n\x1bRUN_EVENT_TYPE_RUN_CANCELED\x10\x06\x12\x1f\n\x1bRUN_EVENT_TYPE_STEP_STARTED\x10\x07\x12!\n\x1dRUN_EVENT_TYPE_STEP_SUCCEEDED\x10\x08\x12\x1e\n\x1aRUN_EVENT_TYPE_STEP_FAILED\x10\t\x12\x1d\n\x19RUN_EVENT_TYPE_STEP_RETRY\x10\n\x12 \n\x1cRUN_EVENT_TYPE_STEP_PROGRESS\x10\x0b\x12\x19\n\x15RUN_EVENT_TYPE_OUTPUT\x10\x0c\x12\x16\n\x12RUN_EVENT_TYPE_LOG\x10\r\x12\x1d\n\x19RUN_EVENT_TYPE_DEPLOYMENT\x10\x0e\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$constellation/common/v1/common.proto\x12\x17\x63onstellation.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0b\x42oundingBox\x12\r\n\x05min_x\x18\x01 \x01(\x01\x12\r\n\x05min_y\x18\x02 \x01(\x01\x12\r\n\x05max_x\x18\x03 \x01(\x01\x12\r\n\x05max_y\x18\x04 \x01(\x01\x12\x0b\n\x03\x63rs\x18\x05 \x01(\t\"\xcc\x01\n\tModelCard\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x11\n\tdata_used\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65pendencies\x18\x03 \x03(\t\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.constellation.common.v1.ModelCard.MetricsEntry\x12\x0f\n\x07license\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0eModelInputSpec\x12\r\n\x05\x62\x61nds\x18\x01 \x03(\t\x12\x14\n\x0ctile_size_px\x18\x02 \x01(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x11\n\tvalue_min\x18\x04 \x01(\x01\x12\x11\n\tvalue_max\x18\x05 \x01(\x01\"R\n\x0fModelOutputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"l\n\x0cPipelineSpec\x12.\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x1e.constellation.common.v1.Block\x12,\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x1d.constellation.common.v1.Edge\"\xb4\x03\n\x05\x42lock\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x38\n\x07\x64\x61taset\x18\n \x01(\x0b\x32%.constellation.common.v1.DatasetBlockH\x00\x12\x32\n\x04tile\x18\x0b \x01(\x0b\x32\".constellation.common.v1.TileBlockH\x00\x12\x34\n\x05model\x18\x0c \x01(\x0b\x32#.constellation.common.v1.ModelBlockH\x00\x12\x36\n\x06stitch\x18\r \x01(\x0b\x32$.constellation.common.v1.StitchBlockH\x00\x12<\n\tvectorize\x18\x0e \x01(\x0b\x32\'.constellation.common.v1.VectorizeBlockH\x00\x12\x36\n\x06\x65xport\x18\x0f \x01(\x0b\x32$.constellation.common.v1.ExportBlockH\x00\x12\x34\n\x05index\x18\x10 \x01(\x0b\x32#.constellation.common.v1.IndexBlockH\x00\x42\x08\n\x06\x63onfig\"1\n\x0c\x44\x61tasetBlock\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05\x62\x61nds\x18\x02 \x03(\t\"t\n\tTileBlock\x12\x14\n\x0ctile_size_px\x18\x01 \x01(\x05\x12\x12\n\noverlap_px\x18\x02 \x01(\x05\x12=\n\rnormalization\x18\x03 \x01(\x0e\x32&.constellation.common.v1.Normalization\"K\n\nModelBlock\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\"@\n\x0bStitchBlock\x12\x31\n\x05\x62lend\x18\x01 \x01(\x0e\x32\".constellation.common.v1.BlendMode\"c\n\x0eVectorizeBlock\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x1c\n\x14simplify_tolerance_m\x18\x02 \x01(\x01\x12\x13\n\x0bmin_area_m2\x18\x03 \x01(\x01\x12\x0b\n\x03\x63rs\x18\x04 \x01(\t\"R\n\x0b\x45xportBlock\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x36\n\x07\x66ormats\x18\x02 \x03(\x0e\x32%.constellation.common.v1.ExportFormat\"m\n\nIndexBlock\x12\x36\n\x06preset\x18\x01 \x01(\x0e\x32&.constellation.common.v1.SpectralIndex\x12\x12\n\nfirst_band\x18\x02 \x01(\t\x12\x13\n\x0bsecond_band\x18\x03 \x01(\t\"8\n\x04\x45\x64ge\x12\x17\n\x0fsource_block_id\x18\x01 \x01(\t\x12\x17\n\x0ftarget_block_id\x18\x02 \x01(\t\"[\n\x0fPipelineProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x02 \x01(\t\x12\x12\n\nedge_index\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"L\n\tRunOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x04 \x01(\t\"5\n\x08Progress\x12\x0c\n\x04unit\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"\xe5\x02\n\x08RunEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x04type\x18\x03 \x01(\x0e\x32%.constellation.common.v1.RunEventType\x12\x30\n\x05state\x18\x04 \x01(\x0e\x32!.constellation.common.v1.RunState\x12\x10\n\x08\x62lock_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x33\n\x08progress\x18\x07 \x01(\x0b\x32!.constellation.common.v1.Progress\x12\x33\n\x07outputs\x18\x08 \x03(\x0b\x32\".constellation.common.v1.RunOutput\x12\x0e\n\x06source\x18\t \x01(\t\x12\x19\n\x11\x65ngine_event_type\x18\n \x01(\t*\x98\x01\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_TASK_CLASSIFICATION\x10\x01\x12\x1b\n\x17MODEL_TASK_SEGMENTATION\x10\x02\x12\x18\n\x14MODEL_TASK_DETECTION\x10\x03\x12\x19\n\x15MODEL_TASK_REGRESSION\x10\x04*\x9b\x01\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_NONE\x10\x01\x12\x19\n\x15NORMALIZATION_MIN_MAX\x10\x02\x12\x19\n\x15NORMALIZATION_Z_SCORE\x10\x03\x12\x1d\n\x19NORMALIZATION_REFLECTANCE\x10\x04*S\n\tBlendMode\x12\x1a\n\x16\x42LEND_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42LEND_MODE_MEAN\x10\x01\x12\x15\n\x11\x42LEND_MODE_CENTER\x10\x02*~\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_COG\x10\x01\x12\x19\n\x15\x45XPORT_FORMAT_GEOJSON\x10\x02\x12\x1d\n\x19\x45XPORT_FORMAT_PNG_PREVIEW\x10\x03*\x93\x01\n\rSpectralIndex\x12\x1e\n\x1aSPECTRAL_INDEX_UNSPECIFIED\x10\x00\x12\x17\n\x13SPECTRAL_INDEX_NDWI\x10\x01\x12\x17\n\x13SPECTRAL_INDEX_NDVI\x10\x02\x12\x18\n\x14SPECTRAL_INDEX_MNDWI\x10\x03\x12\x16\n\x12SPECTRAL_INDEX_NBR\x10\x04*\xca\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x16\n\x12RUN_STATE_STARTING\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x17\n\x13RUN_STATE_CANCELING\x10\x06\x12\x16\n\x12RUN_STATE_CANCELED\x10\x07*\xe8\x03\n\x0cRunEventType\x12\x1e\n\x1aRUN_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RUN_EVENT_TYPE_RUN_QUEUED\x10\x01\x12\x1e\n\x1aRUN_EVENT_TYPE_RUN_STARTED\x10\x02\x12 \n\x1cRUN_EVENT_TYPE_RUN_SUCCEEDED\x10\x03\x12\x1d\n\x19RUN_EVENT_TYPE_RUN_FAILED\x10\x04\x12 \n\x1cRUN_EVENT_TYPE_RUN_CANCELING\x10\x05\x12\x1f\n\x1bRUN_EVENT_TYPE_RUN_CANCELED\x10\x06\x12\x1f\n\x1bRUN_EVENT_TYPE_STEP_STARTED\x10\x07\x12!\n\x1dRUN_EVENT_TYPE_STEP_SUCCEEDED\x10\x08\x12\x1e\n\x1aRUN_EVENT_TYPE_STEP_FAILED\x10\t\x12\x1d\n\x19RUN_EVENT_TYPE_STEP_RETRY\x10\n\x12 \n\x1cRUN_EVENT_TYPE_STEP_PROGRESS\x10\x0b\x12\x19\n\x15RUN_EVENT_TYPE_OUTPUT\x10\x0c\x12\x16\n\x12RUN_EVENT_TYPE_LOG\x10\r\x12\x1d\n\x19RUN_EVENT_TYPE_DEPLOYMENT\x10\x0e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELCARD_METRICSENTRY']._loaded_options = None
   _globals['_MODELCARD_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELTASK']._serialized_start=2222
-  _globals['_MODELTASK']._serialized_end=2374
-  _globals['_NORMALIZATION']._serialized_start=2377
-  _globals['_NORMALIZATION']._serialized_end=2532
-  _globals['_BLENDMODE']._serialized_start=2534
-  _globals['_BLENDMODE']._serialized_end=2617
-  _globals['_EXPORTFORMAT']._serialized_start=2619
-  _globals['_EXPORTFORMAT']._serialized_end=2745
-  _globals['_RUNSTATE']._serialized_start=2748
-  _globals['_RUNSTATE']._serialized_end=2950
-  _globals['_RUNEVENTTYPE']._serialized_start=2953
-  _globals['_RUNEVENTTYPE']._serialized_end=3441
+  _globals['_MODELTASK']._serialized_start=2387
+  _globals['_MODELTASK']._serialized_end=2539
+  _globals['_NORMALIZATION']._serialized_start=2542
+  _globals['_NORMALIZATION']._serialized_end=2697
+  _globals['_BLENDMODE']._serialized_start=2699
+  _globals['_BLENDMODE']._serialized_end=2782
+  _globals['_EXPORTFORMAT']._serialized_start=2784
+  _globals['_EXPORTFORMAT']._serialized_end=2910
+  _globals['_SPECTRALINDEX']._serialized_start=2913
+  _globals['_SPECTRALINDEX']._serialized_end=3060
+  _globals['_RUNSTATE']._serialized_start=3063
+  _globals['_RUNSTATE']._serialized_end=3265
+  _globals['_RUNEVENTTYPE']._serialized_start=3268
+  _globals['_RUNEVENTTYPE']._serialized_end=3756
   _globals['_BOUNDINGBOX']._serialized_start=98
   _globals['_BOUNDINGBOX']._serialized_end=184
   _globals['_MODELCARD']._serialized_start=187
@@ -59,27 +61,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESPEC']._serialized_start=585
   _globals['_PIPELINESPEC']._serialized_end=693
   _globals['_BLOCK']._serialized_start=696
-  _globals['_BLOCK']._serialized_end=1078
-  _globals['_DATASETBLOCK']._serialized_start=1080
-  _globals['_DATASETBLOCK']._serialized_end=1129
-  _globals['_TILEBLOCK']._serialized_start=1131
-  _globals['_TILEBLOCK']._serialized_end=1247
-  _globals['_MODELBLOCK']._serialized_start=1249
-  _globals['_MODELBLOCK']._serialized_end=1324
-  _globals['_STITCHBLOCK']._serialized_start=1326
-  _globals['_STITCHBLOCK']._serialized_end=1390
-  _globals['_VECTORIZEBLOCK']._serialized_start=1392
-  _globals['_VECTORIZEBLOCK']._serialized_end=1491
-  _globals['_EXPORTBLOCK']._serialized_start=1493
-  _globals['_EXPORTBLOCK']._serialized_end=1575
-  _globals['_EDGE']._serialized_start=1577
-  _globals['_EDGE']._serialized_end=1633
-  _globals['_PIPELINEPROBLEM']._serialized_start=1635
-  _globals['_PIPELINEPROBLEM']._serialized_end=1726
-  _globals['_RUNOUTPUT']._serialized_start=1728
-  _globals['_RUNOUTPUT']._serialized_end=1804
-  _globals['_PROGRESS']._serialized_start=1806
-  _globals['_PROGRESS']._serialized_end=1859
-  _globals['_RUNEVENT']._serialized_start=1862
-  _globals['_RUNEVENT']._serialized_end=2219
+  _globals['_BLOCK']._serialized_end=1132
+  _globals['_DATASETBLOCK']._serialized_start=1134
+  _globals['_DATASETBLOCK']._serialized_end=1183
+  _globals['_TILEBLOCK']._serialized_start=1185
+  _globals['_TILEBLOCK']._serialized_end=1301
+  _globals['_MODELBLOCK']._serialized_start=1303
+  _globals['_MODELBLOCK']._serialized_end=1378
+  _globals['_STITCHBLOCK']._serialized_start=1380
+  _globals['_STITCHBLOCK']._serialized_end=1444
+  _globals['_VECTORIZEBLOCK']._serialized_start=1446
+  _globals['_VECTORIZEBLOCK']._serialized_end=1545
+  _globals['_EXPORTBLOCK']._serialized_start=1547
+  _globals['_EXPORTBLOCK']._serialized_end=1629
+  _globals['_INDEXBLOCK']._serialized_start=1631
+  _globals['_INDEXBLOCK']._serialized_end=1740
+  _globals['_EDGE']._serialized_start=1742
+  _globals['_EDGE']._serialized_end=1798
+  _globals['_PIPELINEPROBLEM']._serialized_start=1800
+  _globals['_PIPELINEPROBLEM']._serialized_end=1891
+  _globals['_RUNOUTPUT']._serialized_start=1893
+  _globals['_RUNOUTPUT']._serialized_end=1969
+  _globals['_PROGRESS']._serialized_start=1971
+  _globals['_PROGRESS']._serialized_end=2024
+  _globals['_RUNEVENT']._serialized_start=2027
+  _globals['_RUNEVENT']._serialized_end=2384
 # @@protoc_insertion_point(module_scope)

@@ -128,6 +128,38 @@ EXPORT_FORMAT_PNG_PREVIEW: ExportFormat.ValueType  # 3
 """PNG quick-look of the raster over the scene."""
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
+class _SpectralIndex:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpectralIndexEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpectralIndex.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPECTRAL_INDEX_UNSPECIFIED: _SpectralIndex.ValueType  # 0
+    """No preset: IndexBlock names its two bands."""
+    SPECTRAL_INDEX_NDWI: _SpectralIndex.ValueType  # 1
+    """(green - nir) / (green + nir): open water is above 0 (McFeeters 1996)."""
+    SPECTRAL_INDEX_NDVI: _SpectralIndex.ValueType  # 2
+    """(nir - red) / (nir + red): vegetation."""
+    SPECTRAL_INDEX_MNDWI: _SpectralIndex.ValueType  # 3
+    """(green - swir1) / (green + swir1): water, less confused by built-up land (Xu 2006)."""
+    SPECTRAL_INDEX_NBR: _SpectralIndex.ValueType  # 4
+    """(nir - swir2) / (nir + swir2): normalized burn ratio."""
+
+class SpectralIndex(_SpectralIndex, metaclass=_SpectralIndexEnumTypeWrapper):
+    """A named spectral index: a normalized difference of two bands."""
+
+SPECTRAL_INDEX_UNSPECIFIED: SpectralIndex.ValueType  # 0
+"""No preset: IndexBlock names its two bands."""
+SPECTRAL_INDEX_NDWI: SpectralIndex.ValueType  # 1
+"""(green - nir) / (green + nir): open water is above 0 (McFeeters 1996)."""
+SPECTRAL_INDEX_NDVI: SpectralIndex.ValueType  # 2
+"""(nir - red) / (nir + red): vegetation."""
+SPECTRAL_INDEX_MNDWI: SpectralIndex.ValueType  # 3
+"""(green - swir1) / (green + swir1): water, less confused by built-up land (Xu 2006)."""
+SPECTRAL_INDEX_NBR: SpectralIndex.ValueType  # 4
+"""(nir - swir2) / (nir + swir2): normalized burn ratio."""
+Global___SpectralIndex: _TypeAlias = SpectralIndex  # noqa: Y015
+
 class _RunState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -380,7 +412,8 @@ Global___ModelOutputSpec: _TypeAlias = ModelOutputSpec  # noqa: Y015
 @_typing.final
 class PipelineSpec(_message.Message):
     """A pipeline: a directed acyclic graph of typed blocks. Data flows
-    dataset -> tile -> model -> stitch -> (vectorize) -> export.
+    dataset -> tile -> model -> stitch -> (vectorize) -> export, or, for band
+    math that needs no model, dataset -> index -> (vectorize) -> export.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -419,6 +452,7 @@ class Block(_message.Message):
     STITCH_FIELD_NUMBER: _builtins.int
     VECTORIZE_FIELD_NUMBER: _builtins.int
     EXPORT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique within the spec; lowercase letters, digits, '-' and '_'."""
     label: _builtins.str
@@ -435,6 +469,8 @@ class Block(_message.Message):
     def vectorize(self) -> Global___VectorizeBlock: ...
     @_builtins.property
     def export(self) -> Global___ExportBlock: ...
+    @_builtins.property
+    def index(self) -> Global___IndexBlock: ...
     def __init__(
         self,
         *,
@@ -446,12 +482,13 @@ class Block(_message.Message):
         stitch: Global___StitchBlock | None = ...,
         vectorize: Global___VectorizeBlock | None = ...,
         export: Global___ExportBlock | None = ...,
+        index: Global___IndexBlock | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dataset", b"dataset", "export", b"export", "model", b"model", "stitch", b"stitch", "tile", b"tile", "vectorize", b"vectorize"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dataset", b"dataset", "export", b"export", "index", b"index", "model", b"model", "stitch", b"stitch", "tile", b"tile", "vectorize", b"vectorize"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dataset", b"dataset", "export", b"export", "id", b"id", "label", b"label", "model", b"model", "stitch", b"stitch", "tile", b"tile", "vectorize", b"vectorize"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dataset", b"dataset", "export", b"export", "id", b"id", "index", b"index", "label", b"label", "model", b"model", "stitch", b"stitch", "tile", b"tile", "vectorize", b"vectorize"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["dataset", "tile", "model", "stitch", "vectorize", "export"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["dataset", "tile", "model", "stitch", "vectorize", "export", "index"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_config) -> _WhichOneofReturnType_config | None: ...
 
@@ -628,6 +665,42 @@ class ExportBlock(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportBlock: _TypeAlias = ExportBlock  # noqa: Y015
+
+@_typing.final
+class IndexBlock(_message.Message):
+    """Band math without a model: the normalized difference
+    (first - second) / (first + second) of two bands of a scene, pixel by pixel.
+    Consumes a scene, produces a raster: one float32 band in [-1, 1] on the
+    scene's grid (CRS, transform), with nodata NaN where either band is the
+    scene's nodata or first + second is 0. Both bands must be in the
+    dataset (and in its dataset block's band selection, if it makes one).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRESET_FIELD_NUMBER: _builtins.int
+    FIRST_BAND_FIELD_NUMBER: _builtins.int
+    SECOND_BAND_FIELD_NUMBER: _builtins.int
+    preset: Global___SpectralIndex.ValueType
+    """A named index, which sets both bands; leave it unspecified to name them."""
+    first_band: _builtins.str
+    """With no preset: the band subtracted from, e.g. "green". Ignored with a preset."""
+    second_band: _builtins.str
+    """With no preset: the band subtracted, e.g. "nir". Ignored with a preset."""
+    def __init__(
+        self,
+        *,
+        preset: Global___SpectralIndex.ValueType = ...,
+        first_band: _builtins.str = ...,
+        second_band: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_band", b"first_band", "preset", b"preset", "second_band", b"second_band"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexBlock: _TypeAlias = IndexBlock  # noqa: Y015
 
 @_typing.final
 class Edge(_message.Message):

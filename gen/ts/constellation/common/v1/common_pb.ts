@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file constellation/common/v1/common.proto.
  */
 export const file_constellation_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("CiRjb25zdGVsbGF0aW9uL2NvbW1vbi92MS9jb21tb24ucHJvdG8SF2NvbnN0ZWxsYXRpb24uY29tbW9uLnYxIlYKC0JvdW5kaW5nQm94Eg0KBW1pbl94GAEgASgBEg0KBW1pbl95GAIgASgBEg0KBW1heF94GAMgASgBEg0KBW1heF95GAQgASgBEgsKA2NycxgFIAEoCSLMAQoJTW9kZWxDYXJkEhMKC2Rlc2NyaXB0aW9uGAEgASgJEhEKCWRhdGFfdXNlZBgCIAEoCRIUCgxkZXBlbmRlbmNpZXMYAyADKAkSQAoHbWV0cmljcxgEIAMoCzIvLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk1vZGVsQ2FyZC5NZXRyaWNzRW50cnkSDwoHbGljZW5zZRgFIAEoCRouCgxNZXRyaWNzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASJqCg5Nb2RlbElucHV0U3BlYxINCgViYW5kcxgBIAMoCRIUCgx0aWxlX3NpemVfcHgYAiABKAUSDQoFZHR5cGUYAyABKAkSEQoJdmFsdWVfbWluGAQgASgBEhEKCXZhbHVlX21heBgFIAEoASJSCg9Nb2RlbE91dHB1dFNwZWMSDAoEbmFtZRgBIAEoCRINCgVkdHlwZRgCIAEoCRINCgVzaGFwZRgDIAMoAxITCgtkZXNjcmlwdGlvbhgEIAEoCSJsCgxQaXBlbGluZVNwZWMSLgoGYmxvY2tzGAEgAygLMh4uY29uc3RlbGxhdGlvbi5jb21tb24udjEuQmxvY2sSLAoFZWRnZXMYAiADKAsyHS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5FZGdlIv4CCgVCbG9jaxIKCgJpZBgBIAEoCRINCgVsYWJlbBgCIAEoCRI4CgdkYXRhc2V0GAogASgLMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuRGF0YXNldEJsb2NrSAASMgoEdGlsZRgLIAEoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlRpbGVCbG9ja0gAEjQKBW1vZGVsGAwgASgLMiMuY29uc3RlbGxhdGlvbi5jb21tb24udjEuTW9kZWxCbG9ja0gAEjYKBnN0aXRjaBgNIAEoCzIkLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlN0aXRjaEJsb2NrSAASPAoJdmVjdG9yaXplGA4gASgLMicuY29uc3RlbGxhdGlvbi5jb21tb24udjEuVmVjdG9yaXplQmxvY2tIABI2CgZleHBvcnQYDyABKAsyJC5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5FeHBvcnRCbG9ja0gAQggKBmNvbmZpZyIxCgxEYXRhc2V0QmxvY2sSEgoKZGF0YXNldF9pZBgBIAEoCRINCgViYW5kcxgCIAMoCSJ0CglUaWxlQmxvY2sSFAoMdGlsZV9zaXplX3B4GAEgASgFEhIKCm92ZXJsYXBfcHgYAiABKAUSPQoNbm9ybWFsaXphdGlvbhgDIAEoDjImLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk5vcm1hbGl6YXRpb24iSwoKTW9kZWxCbG9jaxIQCghtb2RlbF9pZBgBIAEoCRISCgpiYXRjaF9zaXplGAIgASgFEhcKD21heF9jb25jdXJyZW5jeRgDIAEoBSJACgtTdGl0Y2hCbG9jaxIxCgVibGVuZBgBIAEoDjIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkJsZW5kTW9kZSJjCg5WZWN0b3JpemVCbG9jaxIRCgl0aHJlc2hvbGQYASABKAESHAoUc2ltcGxpZnlfdG9sZXJhbmNlX20YAiABKAESEwoLbWluX2FyZWFfbTIYAyABKAESCwoDY3JzGAQgASgJIlIKC0V4cG9ydEJsb2NrEgsKA3VyaRgBIAEoCRI2Cgdmb3JtYXRzGAIgAygOMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuRXhwb3J0Rm9ybWF0IjgKBEVkZ2USFwoPc291cmNlX2Jsb2NrX2lkGAEgASgJEhcKD3RhcmdldF9ibG9ja19pZBgCIAEoCSJbCg9QaXBlbGluZVByb2JsZW0SDQoFZmllbGQYASABKAkSEAoIYmxvY2tfaWQYAiABKAkSEgoKZWRnZV9pbmRleBgDIAEoBRITCgtkZXNjcmlwdGlvbhgEIAEoCSJMCglSdW5PdXRwdXQSDAoEbmFtZRgBIAEoCRILCgN1cmkYAiABKAkSEgoKbWVkaWFfdHlwZRgDIAEoCRIQCghibG9ja19pZBgEIAEoCSI1CghQcm9ncmVzcxIMCgR1bml0GAEgASgJEgwKBGRvbmUYAiABKAMSDQoFdG90YWwYAyABKAMi5QIKCFJ1bkV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKBHR5cGUYAyABKA4yJS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5SdW5FdmVudFR5cGUSMAoFc3RhdGUYBCABKA4yIS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5SdW5TdGF0ZRIQCghibG9ja19pZBgFIAEoCRIPCgdtZXNzYWdlGAYgASgJEjMKCHByb2dyZXNzGAcgASgLMiEuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUHJvZ3Jlc3MSMwoHb3V0cHV0cxgIIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1bk91dHB1dBIOCgZzb3VyY2UYCSABKAkSGQoRZW5naW5lX2V2ZW50X3R5cGUYCiABKAkqmAEKCU1vZGVsVGFzaxIaChZNT0RFTF9UQVNLX1VOU1BFQ0lGSUVEEAASHQoZTU9ERUxfVEFTS19DTEFTU0lGSUNBVElPThABEhsKF01PREVMX1RBU0tfU0VHTUVOVEFUSU9OEAISGAoUTU9ERUxfVEFTS19ERVRFQ1RJT04QAxIZChVNT0RFTF9UQVNLX1JFR1JFU1NJT04QBCqbAQoNTm9ybWFsaXphdGlvbhIdChlOT1JNQUxJWkFUSU9OX1VOU1BFQ0lGSUVEEAASFgoSTk9STUFMSVpBVElPTl9OT05FEAESGQoVTk9STUFMSVpBVElPTl9NSU5fTUFYEAISGQoVTk9STUFMSVpBVElPTl9aX1NDT1JFEAMSHQoZTk9STUFMSVpBVElPTl9SRUZMRUNUQU5DRRAEKlMKCUJsZW5kTW9kZRIaChZCTEVORF9NT0RFX1VOU1BFQ0lGSUVEEAASEwoPQkxFTkRfTU9ERV9NRUFOEAESFQoRQkxFTkRfTU9ERV9DRU5URVIQAip+CgxFeHBvcnRGb3JtYXQSHQoZRVhQT1JUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEUVYUE9SVF9GT1JNQVRfQ09HEAESGQoVRVhQT1JUX0ZPUk1BVF9HRU9KU09OEAISHQoZRVhQT1JUX0ZPUk1BVF9QTkdfUFJFVklFVxADKsoBCghSdW5TdGF0ZRIZChVSVU5fU1RBVEVfVU5TUEVDSUZJRUQQABIUChBSVU5fU1RBVEVfUVVFVUVEEAESFgoSUlVOX1NUQVRFX1NUQVJUSU5HEAISFQoRUlVOX1NUQVRFX1JVTk5JTkcQAxIXChNSVU5fU1RBVEVfU1VDQ0VFREVEEAQSFAoQUlVOX1NUQVRFX0ZBSUxFRBAFEhcKE1JVTl9TVEFURV9DQU5DRUxJTkcQBhIWChJSVU5fU1RBVEVfQ0FOQ0VMRUQQByroAwoMUnVuRXZlbnRUeXBlEh4KGlJVTl9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHQoZUlVOX0VWRU5UX1RZUEVfUlVOX1FVRVVFRBABEh4KGlJVTl9FVkVOVF9UWVBFX1JVTl9TVEFSVEVEEAISIAocUlVOX0VWRU5UX1RZUEVfUlVOX1NVQ0NFRURFRBADEh0KGVJVTl9FVkVOVF9UWVBFX1JVTl9GQUlMRUQQBBIgChxSVU5fRVZFTlRfVFlQRV9SVU5fQ0FOQ0VMSU5HEAUSHwobUlVOX0VWRU5UX1RZUEVfUlVOX0NBTkNFTEVEEAYSHwobUlVOX0VWRU5UX1RZUEVfU1RFUF9TVEFSVEVEEAcSIQodUlVOX0VWRU5UX1RZUEVfU1RFUF9TVUNDRUVERUQQCBIeChpSVU5fRVZFTlRfVFlQRV9TVEVQX0ZBSUxFRBAJEh0KGVJVTl9FVkVOVF9UWVBFX1NURVBfUkVUUlkQChIgChxSVU5fRVZFTlRfVFlQRV9TVEVQX1BST0dSRVNTEAsSGQoVUlVOX0VWRU5UX1RZUEVfT1VUUFVUEAwSFgoSUlVOX0VWRU5UX1RZUEVfTE9HEA0SHQoZUlVOX0VWRU5UX1RZUEVfREVQTE9ZTUVOVBAOYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CiRjb25zdGVsbGF0aW9uL2NvbW1vbi92MS9jb21tb24ucHJvdG8SF2NvbnN0ZWxsYXRpb24uY29tbW9uLnYxIlYKC0JvdW5kaW5nQm94Eg0KBW1pbl94GAEgASgBEg0KBW1pbl95GAIgASgBEg0KBW1heF94GAMgASgBEg0KBW1heF95GAQgASgBEgsKA2NycxgFIAEoCSLMAQoJTW9kZWxDYXJkEhMKC2Rlc2NyaXB0aW9uGAEgASgJEhEKCWRhdGFfdXNlZBgCIAEoCRIUCgxkZXBlbmRlbmNpZXMYAyADKAkSQAoHbWV0cmljcxgEIAMoCzIvLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk1vZGVsQ2FyZC5NZXRyaWNzRW50cnkSDwoHbGljZW5zZRgFIAEoCRouCgxNZXRyaWNzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASJqCg5Nb2RlbElucHV0U3BlYxINCgViYW5kcxgBIAMoCRIUCgx0aWxlX3NpemVfcHgYAiABKAUSDQoFZHR5cGUYAyABKAkSEQoJdmFsdWVfbWluGAQgASgBEhEKCXZhbHVlX21heBgFIAEoASJSCg9Nb2RlbE91dHB1dFNwZWMSDAoEbmFtZRgBIAEoCRINCgVkdHlwZRgCIAEoCRINCgVzaGFwZRgDIAMoAxITCgtkZXNjcmlwdGlvbhgEIAEoCSJsCgxQaXBlbGluZVNwZWMSLgoGYmxvY2tzGAEgAygLMh4uY29uc3RlbGxhdGlvbi5jb21tb24udjEuQmxvY2sSLAoFZWRnZXMYAiADKAsyHS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5FZGdlIrQDCgVCbG9jaxIKCgJpZBgBIAEoCRINCgVsYWJlbBgCIAEoCRI4CgdkYXRhc2V0GAogASgLMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuRGF0YXNldEJsb2NrSAASMgoEdGlsZRgLIAEoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlRpbGVCbG9ja0gAEjQKBW1vZGVsGAwgASgLMiMuY29uc3RlbGxhdGlvbi5jb21tb24udjEuTW9kZWxCbG9ja0gAEjYKBnN0aXRjaBgNIAEoCzIkLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlN0aXRjaEJsb2NrSAASPAoJdmVjdG9yaXplGA4gASgLMicuY29uc3RlbGxhdGlvbi5jb21tb24udjEuVmVjdG9yaXplQmxvY2tIABI2CgZleHBvcnQYDyABKAsyJC5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5FeHBvcnRCbG9ja0gAEjQKBWluZGV4GBAgASgLMiMuY29uc3RlbGxhdGlvbi5jb21tb24udjEuSW5kZXhCbG9ja0gAQggKBmNvbmZpZyIxCgxEYXRhc2V0QmxvY2sSEgoKZGF0YXNldF9pZBgBIAEoCRINCgViYW5kcxgCIAMoCSJ0CglUaWxlQmxvY2sSFAoMdGlsZV9zaXplX3B4GAEgASgFEhIKCm92ZXJsYXBfcHgYAiABKAUSPQoNbm9ybWFsaXphdGlvbhgDIAEoDjImLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk5vcm1hbGl6YXRpb24iSwoKTW9kZWxCbG9jaxIQCghtb2RlbF9pZBgBIAEoCRISCgpiYXRjaF9zaXplGAIgASgFEhcKD21heF9jb25jdXJyZW5jeRgDIAEoBSJACgtTdGl0Y2hCbG9jaxIxCgVibGVuZBgBIAEoDjIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkJsZW5kTW9kZSJjCg5WZWN0b3JpemVCbG9jaxIRCgl0aHJlc2hvbGQYASABKAESHAoUc2ltcGxpZnlfdG9sZXJhbmNlX20YAiABKAESEwoLbWluX2FyZWFfbTIYAyABKAESCwoDY3JzGAQgASgJIlIKC0V4cG9ydEJsb2NrEgsKA3VyaRgBIAEoCRI2Cgdmb3JtYXRzGAIgAygOMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuRXhwb3J0Rm9ybWF0Im0KCkluZGV4QmxvY2sSNgoGcHJlc2V0GAEgASgOMiYuY29uc3RlbGxhdGlvbi5jb21tb24udjEuU3BlY3RyYWxJbmRleBISCgpmaXJzdF9iYW5kGAIgASgJEhMKC3NlY29uZF9iYW5kGAMgASgJIjgKBEVkZ2USFwoPc291cmNlX2Jsb2NrX2lkGAEgASgJEhcKD3RhcmdldF9ibG9ja19pZBgCIAEoCSJbCg9QaXBlbGluZVByb2JsZW0SDQoFZmllbGQYASABKAkSEAoIYmxvY2tfaWQYAiABKAkSEgoKZWRnZV9pbmRleBgDIAEoBRITCgtkZXNjcmlwdGlvbhgEIAEoCSJMCglSdW5PdXRwdXQSDAoEbmFtZRgBIAEoCRILCgN1cmkYAiABKAkSEgoKbWVkaWFfdHlwZRgDIAEoCRIQCghibG9ja19pZBgEIAEoCSI1CghQcm9ncmVzcxIMCgR1bml0GAEgASgJEgwKBGRvbmUYAiABKAMSDQoFdG90YWwYAyABKAMi5QIKCFJ1bkV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKBHR5cGUYAyABKA4yJS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5SdW5FdmVudFR5cGUSMAoFc3RhdGUYBCABKA4yIS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5SdW5TdGF0ZRIQCghibG9ja19pZBgFIAEoCRIPCgdtZXNzYWdlGAYgASgJEjMKCHByb2dyZXNzGAcgASgLMiEuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUHJvZ3Jlc3MSMwoHb3V0cHV0cxgIIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1bk91dHB1dBIOCgZzb3VyY2UYCSABKAkSGQoRZW5naW5lX2V2ZW50X3R5cGUYCiABKAkqmAEKCU1vZGVsVGFzaxIaChZNT0RFTF9UQVNLX1VOU1BFQ0lGSUVEEAASHQoZTU9ERUxfVEFTS19DTEFTU0lGSUNBVElPThABEhsKF01PREVMX1RBU0tfU0VHTUVOVEFUSU9OEAISGAoUTU9ERUxfVEFTS19ERVRFQ1RJT04QAxIZChVNT0RFTF9UQVNLX1JFR1JFU1NJT04QBCqbAQoNTm9ybWFsaXphdGlvbhIdChlOT1JNQUxJWkFUSU9OX1VOU1BFQ0lGSUVEEAASFgoSTk9STUFMSVpBVElPTl9OT05FEAESGQoVTk9STUFMSVpBVElPTl9NSU5fTUFYEAISGQoVTk9STUFMSVpBVElPTl9aX1NDT1JFEAMSHQoZTk9STUFMSVpBVElPTl9SRUZMRUNUQU5DRRAEKlMKCUJsZW5kTW9kZRIaChZCTEVORF9NT0RFX1VOU1BFQ0lGSUVEEAASEwoPQkxFTkRfTU9ERV9NRUFOEAESFQoRQkxFTkRfTU9ERV9DRU5URVIQAip+CgxFeHBvcnRGb3JtYXQSHQoZRVhQT1JUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEUVYUE9SVF9GT1JNQVRfQ09HEAESGQoVRVhQT1JUX0ZPUk1BVF9HRU9KU09OEAISHQoZRVhQT1JUX0ZPUk1BVF9QTkdfUFJFVklFVxADKpMBCg1TcGVjdHJhbEluZGV4Eh4KGlNQRUNUUkFMX0lOREVYX1VOU1BFQ0lGSUVEEAASFwoTU1BFQ1RSQUxfSU5ERVhfTkRXSRABEhcKE1NQRUNUUkFMX0lOREVYX05EVkkQAhIYChRTUEVDVFJBTF9JTkRFWF9NTkRXSRADEhYKElNQRUNUUkFMX0lOREVYX05CUhAEKsoBCghSdW5TdGF0ZRIZChVSVU5fU1RBVEVfVU5TUEVDSUZJRUQQABIUChBSVU5fU1RBVEVfUVVFVUVEEAESFgoSUlVOX1NUQVRFX1NUQVJUSU5HEAISFQoRUlVOX1NUQVRFX1JVTk5JTkcQAxIXChNSVU5fU1RBVEVfU1VDQ0VFREVEEAQSFAoQUlVOX1NUQVRFX0ZBSUxFRBAFEhcKE1JVTl9TVEFURV9DQU5DRUxJTkcQBhIWChJSVU5fU1RBVEVfQ0FOQ0VMRUQQByroAwoMUnVuRXZlbnRUeXBlEh4KGlJVTl9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHQoZUlVOX0VWRU5UX1RZUEVfUlVOX1FVRVVFRBABEh4KGlJVTl9FVkVOVF9UWVBFX1JVTl9TVEFSVEVEEAISIAocUlVOX0VWRU5UX1RZUEVfUlVOX1NVQ0NFRURFRBADEh0KGVJVTl9FVkVOVF9UWVBFX1JVTl9GQUlMRUQQBBIgChxSVU5fRVZFTlRfVFlQRV9SVU5fQ0FOQ0VMSU5HEAUSHwobUlVOX0VWRU5UX1RZUEVfUlVOX0NBTkNFTEVEEAYSHwobUlVOX0VWRU5UX1RZUEVfU1RFUF9TVEFSVEVEEAcSIQodUlVOX0VWRU5UX1RZUEVfU1RFUF9TVUNDRUVERUQQCBIeChpSVU5fRVZFTlRfVFlQRV9TVEVQX0ZBSUxFRBAJEh0KGVJVTl9FVkVOVF9UWVBFX1NURVBfUkVUUlkQChIgChxSVU5fRVZFTlRfVFlQRV9TVEVQX1BST0dSRVNTEAsSGQoVUlVOX0VWRU5UX1RZUEVfT1VUUFVUEAwSFgoSUlVOX0VWRU5UX1RZUEVfTE9HEA0SHQoZUlVOX0VWRU5UX1RZUEVfREVQTE9ZTUVOVBAOYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * A rectangular extent. Coordinates are in the units of `crs`: for
@@ -189,7 +189,8 @@ export const ModelOutputSpecSchema: GenMessage<ModelOutputSpec> = /*@__PURE__*/
 
 /**
  * A pipeline: a directed acyclic graph of typed blocks. Data flows
- * dataset -> tile -> model -> stitch -> (vectorize) -> export.
+ * dataset -> tile -> model -> stitch -> (vectorize) -> export, or, for band
+ * math that needs no model, dataset -> index -> (vectorize) -> export.
  *
  * @generated from message constellation.common.v1.PipelineSpec
  */
@@ -271,6 +272,12 @@ export type Block = Message<"constellation.common.v1.Block"> & {
      */
     value: ExportBlock;
     case: "export";
+  } | {
+    /**
+     * @generated from field: constellation.common.v1.IndexBlock index = 16;
+     */
+    value: IndexBlock;
+    case: "index";
   } | { case: undefined; value?: undefined };
 };
 
@@ -468,6 +475,46 @@ export const ExportBlockSchema: GenMessage<ExportBlock> = /*@__PURE__*/
   messageDesc(file_constellation_common_v1_common, 11);
 
 /**
+ * Band math without a model: the normalized difference
+ * (first - second) / (first + second) of two bands of a scene, pixel by pixel.
+ * Consumes a scene, produces a raster: one float32 band in [-1, 1] on the
+ * scene's grid (CRS, transform), with nodata NaN where either band is the
+ * scene's nodata or first + second is 0. Both bands must be in the
+ * dataset (and in its dataset block's band selection, if it makes one).
+ *
+ * @generated from message constellation.common.v1.IndexBlock
+ */
+export type IndexBlock = Message<"constellation.common.v1.IndexBlock"> & {
+  /**
+   * A named index, which sets both bands; leave it unspecified to name them.
+   *
+   * @generated from field: constellation.common.v1.SpectralIndex preset = 1;
+   */
+  preset: SpectralIndex;
+
+  /**
+   * With no preset: the band subtracted from, e.g. "green". Ignored with a preset.
+   *
+   * @generated from field: string first_band = 2;
+   */
+  firstBand: string;
+
+  /**
+   * With no preset: the band subtracted, e.g. "nir". Ignored with a preset.
+   *
+   * @generated from field: string second_band = 3;
+   */
+  secondBand: string;
+};
+
+/**
+ * Describes the message constellation.common.v1.IndexBlock.
+ * Use `create(IndexBlockSchema)` to create a new message.
+ */
+export const IndexBlockSchema: GenMessage<IndexBlock> = /*@__PURE__*/
+  messageDesc(file_constellation_common_v1_common, 12);
+
+/**
  * Data flows from `source_block_id`'s output into `target_block_id`.
  *
  * @generated from message constellation.common.v1.Edge
@@ -489,7 +536,7 @@ export type Edge = Message<"constellation.common.v1.Edge"> & {
  * Use `create(EdgeSchema)` to create a new message.
  */
 export const EdgeSchema: GenMessage<Edge> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 12);
+  messageDesc(file_constellation_common_v1_common, 13);
 
 /**
  * One thing wrong with a pipeline spec, attached to where it is.
@@ -531,7 +578,7 @@ export type PipelineProblem = Message<"constellation.common.v1.PipelineProblem">
  * Use `create(PipelineProblemSchema)` to create a new message.
  */
 export const PipelineProblemSchema: GenMessage<PipelineProblem> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 13);
+  messageDesc(file_constellation_common_v1_common, 14);
 
 /**
  * A file a run produced.
@@ -573,7 +620,7 @@ export type RunOutput = Message<"constellation.common.v1.RunOutput"> & {
  * Use `create(RunOutputSchema)` to create a new message.
  */
 export const RunOutputSchema: GenMessage<RunOutput> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 14);
+  messageDesc(file_constellation_common_v1_common, 15);
 
 /**
  * How far a step has got, in `unit`s.
@@ -606,7 +653,7 @@ export type Progress = Message<"constellation.common.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 15);
+  messageDesc(file_constellation_common_v1_common, 16);
 
 /**
  * One event in a run's life, as streamed by WatchRun.
@@ -681,7 +728,7 @@ export type RunEvent = Message<"constellation.common.v1.RunEvent"> & {
  * Use `create(RunEventSchema)` to create a new message.
  */
 export const RunEventSchema: GenMessage<RunEvent> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 16);
+  messageDesc(file_constellation_common_v1_common, 17);
 
 /**
  * What a model predicts.
@@ -847,6 +894,54 @@ export const ExportFormatSchema: GenEnum<ExportFormat> = /*@__PURE__*/
   enumDesc(file_constellation_common_v1_common, 3);
 
 /**
+ * A named spectral index: a normalized difference of two bands.
+ *
+ * @generated from enum constellation.common.v1.SpectralIndex
+ */
+export enum SpectralIndex {
+  /**
+   * No preset: IndexBlock names its two bands.
+   *
+   * @generated from enum value: SPECTRAL_INDEX_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * (green - nir) / (green + nir): open water is above 0 (McFeeters 1996).
+   *
+   * @generated from enum value: SPECTRAL_INDEX_NDWI = 1;
+   */
+  NDWI = 1,
+
+  /**
+   * (nir - red) / (nir + red): vegetation.
+   *
+   * @generated from enum value: SPECTRAL_INDEX_NDVI = 2;
+   */
+  NDVI = 2,
+
+  /**
+   * (green - swir1) / (green + swir1): water, less confused by built-up land (Xu 2006).
+   *
+   * @generated from enum value: SPECTRAL_INDEX_MNDWI = 3;
+   */
+  MNDWI = 3,
+
+  /**
+   * (nir - swir2) / (nir + swir2): normalized burn ratio.
+   *
+   * @generated from enum value: SPECTRAL_INDEX_NBR = 4;
+   */
+  NBR = 4,
+}
+
+/**
+ * Describes the enum constellation.common.v1.SpectralIndex.
+ */
+export const SpectralIndexSchema: GenEnum<SpectralIndex> = /*@__PURE__*/
+  enumDesc(file_constellation_common_v1_common, 4);
+
+/**
  * Where a run is in its life.
  *
  * @generated from enum constellation.common.v1.RunState
@@ -899,7 +994,7 @@ export enum RunState {
  * Describes the enum constellation.common.v1.RunState.
  */
 export const RunStateSchema: GenEnum<RunState> = /*@__PURE__*/
-  enumDesc(file_constellation_common_v1_common, 4);
+  enumDesc(file_constellation_common_v1_common, 5);
 
 /**
  * The kind of a run event.
@@ -993,5 +1088,5 @@ export enum RunEventType {
  * Describes the enum constellation.common.v1.RunEventType.
  */
 export const RunEventTypeSchema: GenEnum<RunEventType> = /*@__PURE__*/
-  enumDesc(file_constellation_common_v1_common, 5);
+  enumDesc(file_constellation_common_v1_common, 6);
 

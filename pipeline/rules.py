@@ -1,0 +1,62 @@
+"""The band-name and storage-URI rules, shared by catalog resources and pipeline specs.
+
+Each check returns every violation found, with paths relative to what it was
+given ("bands[2]"), so a client can mark every bad field at once.
+"""
+
+from __future__ import annotations
+
+import re
+
+from clients.storage import StorageError, parse
+from mesh.errors import FieldViolation
+
+# Band names the catalog understands: optical bands by colour/wavelength
+# family, thermal, panchromatic and SAR polarisations.
+KNOWN_BANDS = frozenset(
+    {
+        "coastal", "blue", "green", "red", "yellow",
+        "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09",
+        "water_vapor", "cirrus", "swir1", "swir2", "pan",
+        "tir", "tir1", "tir2",
+        "vv", "vh", "hh", "hv",
+    }
+)  # fmt: skip
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def check_storage_uri(uri: str, field: str, *, object_key_required: bool = True) -> list[FieldViolation]:
+    """`file:///absolute/path` or `s3://bucket/key`, as clients.storage reads them."""
+    if not uri:
+        return [FieldViolation(field, "is required: give a file:///absolute/path or s3://bucket/key URI")]
+    try:
+        location = parse(uri)
+    except StorageError:
+        scheme = uri.partition(":")[0].lower()
+        if scheme == "file":
+            return [FieldViolation(field, f"{uri!r} is not a file URI with an absolute path, e.g. file:///data/scene.tif")]
+        if scheme == "s3":
+            return [FieldViolation(field, f"{uri!r} does not name a valid S3 bucket")]
+        return [FieldViolation(field, f"{uri!r} must start with file:// or s3://")]
+    if location.scheme == "s3":
+        if not S3_BUCKET.match(location.bucket):
+            return [FieldViolation(field, f"{uri!r} does not name a valid S3 bucket")]
+        if object_key_required and not location.path.strip("/"):
+            return [FieldViolation(field, f"{uri!r} names a bucket but no object key")]
+    return []
+
+
+def check_bands(bands: list[str], field: str, *, required: bool) -> list[FieldViolation]:
+    """Known band names, none twice."""
+    if required and not bands:
+        return [FieldViolation(field, 'is required: list the band names in file order, e.g. ["green", "nir"]')]
+    found = []
+    seen: set[str] = set()
+    for i, band in enumerate(bands):
+        if band not in KNOWN_BANDS:
+            known = ", ".join(sorted(KNOWN_BANDS))
+            found.append(FieldViolation(f"{field}[{i}]", f"unknown band {band!r}; known bands: {known}"))
+        elif band in seen:
+            found.append(FieldViolation(f"{field}[{i}]", f"band {band!r} is listed twice"))
+        seen.add(band)
+    return found
