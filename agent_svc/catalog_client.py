@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -136,9 +136,12 @@ class CoreCatalog:
             log.info("catalog snapshot", extra={"datasets": len(catalog.datasets), "models": len(catalog.models)})
             return self._snapshot
 
-    def _list_all(self, what: str, method, request_type, field: str) -> list:  # type: ignore[no-untyped-def]
-        def fetch(token: str):  # type: ignore[no-untyped-def]
-            return self._call(what, lambda: method(request_type(page_size=PAGE_SIZE, page_token=token), timeout=self.timeout_s))
+    def _list_all(self, what: str, method: Callable[..., Any], request_type: Callable[..., Any], field: str) -> list:
+        """Every item of core's List RPC `method`, page by page."""
+
+        def fetch(token: str) -> Any:
+            request = request_type(page_size=PAGE_SIZE, page_token=token)
+            return self._call(what, lambda: method(request, timeout=self.timeout_s))
 
         return [item for page in pages(fetch) for item in getattr(page, field)]
 

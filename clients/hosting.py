@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from clients.paging import pages
 from constellation.common.v1 import common_pb2 as common
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
-from clients.paging import pages
 from mesh.enums import enum_name
 
 D = hosting_pb2.DeploymentState

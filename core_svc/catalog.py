@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from sqlalchemy import ColumnElement, delete, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -345,11 +345,11 @@ class Catalog:
         with self._session() as session:
             return page.fetch(session, select(table).where(*clauses), table.id)
 
-    def _find(self, table: type, resource_id: str):  # type: ignore[no-untyped-def]
+    def _find(self, table: type[ListedRow], resource_id: str) -> ListedRow | None:
         with self._session() as session:
             return session.get(table, resource_id)
 
-    def _get(self, table: type, resource_id: str, kind: str):  # type: ignore[no-untyped-def]
+    def _get(self, table: type[ListedRow], resource_id: str, kind: str) -> ListedRow:
         if not resource_id:
             raise InvalidArgument.field("id", f"is required: the id of the {kind}")
         row = self._find(table, resource_id)
@@ -357,7 +357,7 @@ class Catalog:
             raise NotFound(f"no {kind} has id {resource_id!r}")
         return row
 
-    def _delete(self, table: type, resource_id: str, kind: str) -> None:
+    def _delete(self, table: type[ListedRow], resource_id: str, kind: str) -> None:
         if not resource_id:
             raise InvalidArgument.field("id", f"is required: the id of the {kind}")
         with self._session() as session:
@@ -374,7 +374,8 @@ class Catalog:
                     raise FailedPrecondition(
                         f"{kind} {resource_id!r} is used by pipeline(s) {', '.join(users)}; delete those pipelines first"
                     )
-            result = session.execute(delete(table).where(table.id == resource_id))
+            deleted = session.execute(delete(table).where(table.id == resource_id))
+            result = cast(CursorResult, deleted)  # a DELETE's result is a cursor result, which has rowcount
             if result.rowcount == 0:
                 raise NotFound(f"no {kind} has id {resource_id!r}")
             session.commit()

@@ -15,13 +15,14 @@ from typing import Protocol
 
 import grpc
 
+from clients.hosting import DeployHooks, ModelDeployer, Target, find_hosted, state_name
 from constellation.common.v1 import common_pb2 as common
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
-from clients.hosting import DeployHooks, ModelDeployer, Target, find_hosted, state_name
 from core_svc import convert
 from core_svc.catalog import Catalog
-from core_svc.domain import Model, PipelineSpec
+from core_svc.domain import Model
 from core_svc.settings import CoreSettings
+from pipeline.spec import PipelineSpec
 
 E = common.RunEventType
 

@@ -17,16 +17,17 @@ from typing import TypeVar, cast
 
 import grpc
 
+from clients.hosting import DeployFailed
 from constellation.common.v1 import common_pb2 as common
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from clients.hosting import DeployFailed
 from core_svc import convert
-from core_svc.catalog import Catalog, spec_from_json
+from core_svc.catalog import Catalog
 from core_svc.deployments import DeploymentWatch, deploy_model
-from core_svc.domain import TERMINAL, Model, PipelineSpec
+from core_svc.domain import TERMINAL, Model
 from core_svc.run_store import STATE_NAMES, STATES, RunStore, event, now
 from core_svc.settings import CoreSettings
+from pipeline.spec import PipelineSpec
 
 log = logging.getLogger("core.runs")
 
@@ -125,7 +126,8 @@ class RunDriver:
         try:
             if run.state == "canceling" and not run.launched:
                 raise Canceled
-            spec = spec_from_json(run.spec)  # the run's one conversion of its stored spec; every stage reads this
+            # The run's one conversion of its stored spec: every stage below reads this object.
+            spec = PipelineSpec.from_json(run.spec)
             if not run.launched:
                 if run.state == "queued":
                     self.emit(

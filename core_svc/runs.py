@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from constellation.common.v1 import common_pb2 as common
 from constellation.hosting.v1 import hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2_grpc
-from core_svc.catalog import Catalog, spec_to_json
+from core_svc.catalog import Catalog
 from core_svc.domain import Run
 from core_svc.run_driver import RunContext, RunDriver
 from core_svc.run_store import RunStore, event
@@ -69,7 +69,7 @@ class Runs:
             listed = "; ".join(f"{p.field}: {p.description}" for p in problems[:5])
             raise FailedPrecondition(f"pipeline {pipeline.name!r} is no longer valid against the catalog: {listed}")
         queued = event(E.RUN_EVENT_TYPE_RUN_QUEUED, "queued", f"run of pipeline {pipeline.name!r} queued")
-        run = self.store.create(pipeline_id, spec_to_json(pipeline.spec), queued)
+        run = self.store.create(pipeline_id, pipeline.spec.to_json(), queued)
         self._start_driver(run.id)
         return run
 
