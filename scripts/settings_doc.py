@@ -20,6 +20,7 @@ PAGE = ROOT / "docs" / "settings.md"
 # (title, module, class) in the order the page shows them.
 CLASSES = [
     ("Every service (bootstrap)", "mesh.config", "Settings"),
+    ("Core", "core_svc.settings", "CoreSettings"),
     ("Gateway and console", "gateway.settings", "GatewaySettings"),
     ("Orchestrator", "orchestrator_svc.settings", "OrchestratorSettings"),
     ("Agent", "agent_svc.settings", "AgentSettings"),
