@@ -6,12 +6,13 @@ import logging
 import os
 
 from hosting_svc import images
-from hosting_svc.deployments import Hosting, HostingSettings
+from hosting_svc.deployments import Hosting
 from hosting_svc.registry import Registry
-from hosting_svc.runtimes import modal
+from hosting_svc.runtimes import Runtime, modal
 from hosting_svc.runtimes.docker import DockerRuntime
 from hosting_svc.runtimes.local import LocalRuntime
 from hosting_svc.servicer import HostingServicer
+from hosting_svc.settings import HostingSettings
 from hosting_svc.store import Store
 from mesh import config, logs
 from mesh.server import MeshServer
@@ -27,20 +28,20 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> tuple
     engine = None
     if env.get("CONSTELLATION_HOSTING_DOCKER", "auto") != "off" and images.Engine.available():
         engine = images.Engine()
-    runtimes = {"local": LocalRuntime(home / "local")}
+    base_image = env.get("CONSTELLATION_BASE_IMAGE", "constellation/base:bookworm")
+    runtimes: dict[str, Runtime] = {"local": LocalRuntime(home / "local")}
     if engine is not None:
-        runtimes["docker"] = DockerRuntime(engine, owner=str(home))
+        runtimes["docker"] = DockerRuntime(engine, owner=str(home), base_image=base_image, builds=home / "builds")
     if modal.configured(env):
         runtimes["modal"] = modal.ModalRuntime(home / "modal")
     hosting = Hosting(
         store,
         HostingSettings(
             home=home,
-            base_image=env.get("CONSTELLATION_BASE_IMAGE", "constellation/base:bookworm"),
+            base_image=base_image,
             ready_timeout_s=float(env.get("CONSTELLATION_HOSTING_READY_TIMEOUT_S", "60")),
         ),
-        engine,
-        runtimes,  # type: ignore[arg-type]
+        runtimes,
     )
     hosting.reconcile()
     hosting.start_monitor()
