@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from hosting_svc import compose
 from hosting_svc.building import Builder
 from hosting_svc.deploying import Deployer
-from hosting_svc.domain import DeploymentEvent, HostedModel
+from hosting_svc.domain import STATES, DeploymentEvent, HostedModel
 from hosting_svc.journal import Journal
 from hosting_svc.monitor import Monitor
 from hosting_svc.reconcile import reconcile
@@ -26,7 +26,10 @@ from hosting_svc.runtimes import Runtime
 from hosting_svc.settings import HostingSettings
 from hosting_svc.sources import Source
 from hosting_svc.store import Store
-from mesh.errors import FailedPrecondition
+from mesh.errors import FailedPrecondition, InvalidArgument
+from mesh.filters import parse_filter
+
+FILTER_FIELDS = ("name", "version", "state")
 
 
 class Hosting:
@@ -54,8 +57,15 @@ class Hosting:
     def get(self, model_id: str) -> HostedModel:
         return self.journal.get(model_id)
 
-    def list(self) -> list[HostedModel]:
-        return self.store.all()
+    def list(self, filter_text: str = "") -> list[HostedModel]:
+        """Every hosted model in id order, or those matching `filter_text` (see mesh/filters.py):
+        fields name, version and state (a state name such as "healthy")."""
+        wanted = parse_filter(filter_text, FILTER_FIELDS)
+        state = wanted["state"].lower() if "state" in wanted else None
+        if state is not None and state not in STATES:
+            raise InvalidArgument.field("filter", f"state {wanted['state']!r} is not one of {', '.join(STATES)}")
+        models = self.store.all(wanted.get("name"), wanted.get("version"))
+        return [m for m in models if m.state == state] if state is not None else models
 
     def watch(self, model_id: str, after: int, keep_going: Callable[[], bool]) -> Iterator[DeploymentEvent]:
         self.get(model_id)

@@ -97,7 +97,7 @@ class HostingServicer(hosting_pb2_grpc.HostingServiceServicer):
             raise InvalidArgument.field("page_size", "must not be negative")
         if request.page_token and not request.page_token.startswith("hm_"):
             raise InvalidArgument.field("page_token", "is not a token this server issued; pass next_page_token unchanged")
-        models = [m for m in self._hosting.list() if m.id > request.page_token]  # ids sort by creation
+        models = [m for m in self._hosting.list(request.filter) if m.id > request.page_token]  # ids sort by creation
         size = min(request.page_size or 50, 1000)
         page = models[:size]
         token = page[-1].id if len(models) > size else ""

@@ -83,6 +83,34 @@ def test_docker_runtime_refused_without_an_engine(tmp_path):
         hosting.close()
 
 
+def test_list_models_filters_by_name_version_and_state_and_rejects_bad_filters(tmp_path):
+    from clients.hosting import find_hosted
+
+    hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
+    try:
+        for i, (name, version, state) in enumerate([("a", "1.0", "ready"), ("a", "2.0", "healthy"), ("b", "1.0", "failed")]):
+            hosting.hosting.store.save(HostedModel(id=f"hm_{i:03d}", name=name, version=version, state=state))
+
+        def listed(text: str, **paging: object) -> list[tuple[str, str]]:
+            response = hosting.stub.ListModels(hosting_pb2.ListModelsRequest(filter=text, **paging))
+            return [(m.model_name, m.model_version) for m in response.models]
+
+        assert listed("") == [("a", "1.0"), ("a", "2.0"), ("b", "1.0")]
+        assert listed('name = "a"') == [("a", "1.0"), ("a", "2.0")]
+        assert listed('name = "a" AND version = "2.0"') == [("a", "2.0")]
+        assert listed('version = "1.0" and state = "FAILED"') == [("b", "1.0")]
+        assert listed('name = ""') == []
+        first = hosting.stub.ListModels(hosting_pb2.ListModelsRequest(filter='version = "1.0"', page_size=1))
+        assert len(first.models) == 1 and listed('version = "1.0"', page_token=first.next_page_token) == [("b", "1.0")]
+        for bad, says in (('state = "sleeping"', "healthy"), ('colour = "red"', "name, version, state"), ("name = a", 'field = "value"')):
+            error = rpc_error(hosting.stub.ListModels, hosting_pb2.ListModelsRequest(filter=bad))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), (bad, error.details())
+        assert find_hosted(hosting.stub, "a", "2.0").model_version == "2.0"
+        assert find_hosted(hosting.stub, "a", "3.0") is None
+    finally:
+        hosting.close()
+
+
 def test_modal_app_is_generated_from_the_manifest(tmp_path):
     manifest = load_manifest(NDWI)
     model = HostedModel(

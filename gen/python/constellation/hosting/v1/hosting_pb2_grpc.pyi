@@ -48,6 +48,7 @@ class HostingServiceStub:
     follows live until the client leaves.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.ListModelsRequest, _hosting_pb2.ListModelsResponse]
+    """Hosted models in id (creation) order, optionally filtered."""
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.DeleteModelRequest, _empty_pb2.Empty]
     """Stops the model's endpoints and removes images nothing else uses."""
     PullImage: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.PullImageRequest, _hosting_pb2.PullImageResponse]
@@ -74,6 +75,7 @@ class HostingServiceAsyncStub(HostingServiceStub):
     follows live until the client leaves.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_hosting_pb2.ListModelsRequest, _hosting_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Hosted models in id (creation) order, optionally filtered."""
     DeleteModel: _aio.UnaryUnaryMultiCallable[_hosting_pb2.DeleteModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Stops the model's endpoints and removes images nothing else uses."""
     PullImage: _aio.UnaryUnaryMultiCallable[_hosting_pb2.PullImageRequest, _hosting_pb2.PullImageResponse]  # type: ignore[assignment]
@@ -126,7 +128,8 @@ class HostingServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _hosting_pb2.ListModelsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_hosting_pb2.ListModelsResponse, _abc.Awaitable[_hosting_pb2.ListModelsResponse]]: ...
+    ) -> _typing.Union[_hosting_pb2.ListModelsResponse, _abc.Awaitable[_hosting_pb2.ListModelsResponse]]:
+        """Hosted models in id (creation) order, optionally filtered."""
 
     @_abc_1.abstractmethod
     def DeleteModel(
