@@ -81,7 +81,7 @@ class Deployer:
                 for replica in started:
                     with InferenceClient(replica.address, model.name) as client:
                         client.wait_ready(self.settings.ready_timeout_s, lambda r=replica: runtime.alive(model, r.replica_id))
-            except Exception as error:  # a failed rollout is stopped and reported
+            except Exception as error:  # noqa: BLE001 - a failed rollout is stopped and reported
                 tail = runtime.logs(model, started[-1].replica_id) if started else ""
                 for replica in started:
                     runtime.stop(model, replica.replica_id)
@@ -120,15 +120,33 @@ class Deployer:
             for replica_id in runtime.running().get(model.id, []):
                 runtime.stop(model, replica_id)
 
-    def stop_all(self) -> list[HostedModel]:
-        """Stop every serving model's replicas (back to READY, deployable again); returns the models stopped."""
+    def stop_all(self, lock_wait_s: float = 5.0) -> tuple[list[HostedModel], int]:
+        """Stop every replica this hosting runs: serving models go back to READY (deployable again), and any
+        other replica (a rollout or smoke test in progress, an orphan) is stopped too. Returns the models
+        stopped and how many other replicas were."""
         stopped = []
         for model in self.journal.store.all():
             if model.state not in ("healthy", "unhealthy", "deploying"):
                 continue
-            with self.journal.lock(model.id):
+            lock = self.journal.lock(model.id)
+            held = lock.acquire(timeout=lock_wait_s)  # a rollout holds it until ready: it fails once its replicas go
+            try:
+                model = self.journal.get(model.id)
                 self.stop_replicas(model)
-                model.endpoints = []
-                self.journal.emit(model, "ready", "stopped: hosting was asked to stop every endpoint")
-            stopped.append(model)
-        return stopped
+                if model.state in ("healthy", "unhealthy"):
+                    model.endpoints = []
+                    self.journal.emit(model, "ready", "stopped: hosting was asked to stop every endpoint")
+                    stopped.append(model)
+            finally:
+                if held:
+                    lock.release()
+        others = 0
+        for runtime in self.runtimes.values():
+            runtime.discard_trials()
+            for model_id, replica_ids in runtime.running().items():
+                self.replicas.pop(model_id, None)
+                owner = self.journal.store.get(model_id) or HostedModel(id=model_id, name="", version="")
+                for replica_id in replica_ids:
+                    runtime.stop(owner, replica_id)
+                    others += 1
+        return stopped, others

@@ -109,6 +109,10 @@ class Hosting:
             raise FailedPrecondition("no deployed model to export; deploy one or name model_ids")
         return compose.render(chosen)
 
+    def stop_deployments(self) -> tuple[list[HostedModel], int]:
+        """Stop every endpoint (see Deployer.stop_all); the models stopped and the count of other replicas."""
+        return self.deployer.stop_all()
+
     # Life cycle
 
     def reconcile(self) -> None:

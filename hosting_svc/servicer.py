@@ -118,3 +118,7 @@ class HostingServicer(hosting_pb2_grpc.HostingServiceServicer):
 
     def ExportCompose(self, request, context):
         return hosting_pb2.ExportComposeResponse(compose_yaml=self._hosting.export_compose(list(request.model_ids)))
+
+    def StopDeployments(self, request, context):
+        stopped, others = self._hosting.stop_deployments()
+        return hosting_pb2.StopDeploymentsResponse(stopped=[status_to_proto(m) for m in stopped], other_replicas_stopped=others)

@@ -72,6 +72,33 @@ def test_local_runtime_packages_deploys_heals_and_deletes(tmp_path):
         hosting.close()
 
 
+def test_stop_deployments_ends_every_endpoint_and_the_model_can_be_deployed_again(tmp_path):
+    hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
+    try:
+        status = hosting.package()
+        packaged = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+        hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id, replicas=2))
+        deployed = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=packaged[-1].sequence)
+        assert deployed[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), deployed[-1].message
+        pids = [int(e.replica_id.removeprefix("pid:")) for e in deployed[-1].endpoints]
+
+        reply = hosting.stub.StopDeployments(hosting_pb2.StopDeploymentsRequest())
+        assert [m.model_id for m in reply.stopped] == [status.model_id] and reply.other_replicas_stopped == 0
+        assert reply.stopped[0].state == STATE.Value("DEPLOYMENT_STATE_READY") and not reply.stopped[0].endpoints
+        time.sleep(1.0)  # a monitor pass: it must not restart what was stopped
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert not list((tmp_path / "home" / "hosting" / "local").glob("*/replica-*.pid"))
+
+        hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id))
+        again = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=deployed[-1].sequence)
+        assert again[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), again[-1].message
+        hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
+    finally:
+        hosting.close()
+
+
 def test_docker_runtime_refused_without_an_engine(tmp_path):
     hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
     try:

@@ -75,7 +75,7 @@ class DockerRuntime:
         return Replica(container_id, f"127.0.0.1:{port}")
 
     def start_trial(self, model: HostedModel, port: int) -> Replica:
-        labels = {**self._image_labels(model), images.LABEL_ROLE: "smoke"}
+        labels = {**self._image_labels(model), images.LABEL_ROLE: "smoke", LABEL_OWNER: self.owner}
         container_id = self.engine.run(model.image, f"constellation-smoke-{model.id}", port, labels, {}, restart=False)
         return Replica(container_id, f"127.0.0.1:{port}")
 
@@ -105,7 +105,7 @@ class DockerRuntime:
         return found
 
     def discard_trials(self, model_id: str = "") -> None:
-        wanted = {images.LABEL_ROLE: "smoke", **({images.LABEL_MODEL: model_id} if model_id else {})}
+        wanted = {images.LABEL_ROLE: "smoke", LABEL_OWNER: self.owner, **({images.LABEL_MODEL: model_id} if model_id else {})}
         for container in self.engine.containers(**wanted):
             container.remove(force=True)
 

@@ -568,3 +568,46 @@ class ExportComposeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportComposeResponse: _TypeAlias = ExportComposeResponse  # noqa: Y015
+
+@_typing.final
+class StopDeploymentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopDeploymentsRequest: _TypeAlias = StopDeploymentsRequest  # noqa: Y015
+
+@_typing.final
+class StopDeploymentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOPPED_FIELD_NUMBER: _builtins.int
+    OTHER_REPLICAS_STOPPED_FIELD_NUMBER: _builtins.int
+    other_replicas_stopped: _builtins.int
+    """Replicas stopped that belonged to no serving model (a rollout or smoke
+    test cut short, or left by an earlier hosting).
+    """
+    @_builtins.property
+    def stopped(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]:
+        """The models whose endpoints were stopped, in their state afterwards."""
+
+    def __init__(
+        self,
+        *,
+        stopped: _abc.Iterable[Global___ModelStatus] | None = ...,
+        other_replicas_stopped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["other_replicas_stopped", b"other_replicas_stopped", "stopped", b"stopped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopDeploymentsResponse: _TypeAlias = StopDeploymentsResponse  # noqa: Y015
