@@ -515,7 +515,7 @@ def test_aligned_framing_puts_every_payload_on_16_bytes_and_parses_as_the_same_m
 
 
 def test_our_clients_tiles_reach_predict_without_a_copy_and_others_get_an_aligned_copy(tmp_path):
-    from model_runtime.client import InferenceClient
+    from clients.inference import InferenceClient
 
     folder = write_model(
         tmp_path / "zerocopy",
@@ -552,7 +552,7 @@ def test_our_clients_tiles_reach_predict_without_a_copy_and_others_get_an_aligne
 
 
 def test_our_client_gets_the_same_numbers(ndwi):
-    from model_runtime.client import InferenceClient
+    from clients.inference import InferenceClient
 
     _, port = ndwi
     tiles = np.random.default_rng(5).uniform(0.01, 0.6, size=(4, 2, 256, 256)).astype(np.float32)
