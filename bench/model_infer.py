@@ -48,8 +48,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from mesh.services import channel_options  # noqa: E402
+
 TILES, BANDS, SIZE = 8, 4, 256
-GRPC_OPTIONS = [("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)]
+GRPC_OPTIONS = channel_options(1 << 28)
 
 NDWI4 = '''
 import numpy as np

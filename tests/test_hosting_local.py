@@ -19,6 +19,7 @@ from hosting_svc.domain import HostedModel
 from hosting_svc.runtimes.modal import render_app
 from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mesh.services import channel_options
 from model_runtime.manifest import load_manifest
 from tests.conftest import rpc_error
 from tests.hosting_support import NDWI, STATE, HostingUnderTest, require_docker, state_path
@@ -34,7 +35,7 @@ def infer_ndwi(address: str) -> bool:
         inputs=[v2.ModelInferRequest.InferInputTensor(name="tiles", datatype="FP32", shape=tiles.shape)],
         raw_input_contents=[tiles.tobytes()],
     )
-    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 1 << 27), ("grpc.max_send_message_length", 1 << 27)]) as channel:
+    with grpc.insecure_channel(address, options=channel_options(1 << 27)) as channel:
         response = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     out = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
     green, nir = tiles[:, 0:1], tiles[:, 1:2]

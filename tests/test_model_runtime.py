@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inference import grpc_predict_v2_pb2 as pb
 from inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from mesh.services import channel_options
 from model_runtime.manifest import ManifestError, load_manifest
 from model_runtime.server import ModelServer
 from tests.conftest import rpc_error
@@ -46,7 +47,7 @@ def ndwi_probability(tiles: np.ndarray) -> np.ndarray:
 def serve(folder: Path):  # type: ignore[no-untyped-def]
     server = ModelServer(folder, port=0)
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)])
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options(1 << 28))
     return server, channel, port
 
 
