@@ -182,7 +182,7 @@ class InferenceClient:
         message.inputs.add(name=self.input_name, datatype=self.input_dtype, shape=contiguous.shape)
         if self.output_name:
             message.outputs.add(name=self.output_name)
-        return wire.encode_request(message, [memoryview(contiguous).cast("B")], align=wire.ALIGN)
+        return wire.encode_request(message, [contiguous.data.cast("B")], align=wire.ALIGN)
 
     def output_of(self, answer: tuple[v2.ModelInferResponse, list[memoryview]]) -> tuple[memoryview, str, list[int]]:
         """(raw bytes, datatype, shape) of the requested output (the first when none was named)."""
@@ -226,7 +226,7 @@ class InferenceClient:
         tiles = np.ascontiguousarray(tiles, dtype=tiles.dtype.newbyteorder("<"))
         request = v2.ModelInferRequest(model_name=model, model_version=version)
         request.inputs.add(name="tiles", datatype=DATATYPES[tiles.dtype.name], shape=tiles.shape)
-        frame = wire.encode_request(request, [memoryview(tiles).cast("B")], align=wire.ALIGN)
+        frame = wire.encode_request(request, [tiles.data.cast("B")], align=wire.ALIGN)
         return self._infer[next(self._next)](frame, timeout=timeout)
 
     def _infer_named(self, model: str, tiles: np.ndarray, version: str, timeout: float | None) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+from functools import partial
 
 from clients.inference import InferenceClient
 from hosting_svc.domain import IN_PROGRESS, RUNTIMES, Endpoint, HostedModel
@@ -80,7 +81,7 @@ class Deployer:
                     started.append(runtime.start(model, index, free_port()))
                 for replica in started:
                     with InferenceClient(replica.address, model.name) as client:
-                        client.wait_ready(self.settings.ready_timeout_s, lambda r=replica: runtime.alive(model, r.replica_id))
+                        client.wait_ready(self.settings.ready_timeout_s, partial(runtime.alive, model, replica.replica_id))
             except Exception as error:  # noqa: BLE001 - a failed rollout is stopped and reported
                 tail = runtime.logs(model, started[-1].replica_id) if started else ""
                 for replica in started:

@@ -13,7 +13,7 @@ engine call goes through a `Runtime` (runtimes/).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from hosting_svc import compose
 from hosting_svc.building import Builder
@@ -30,6 +30,7 @@ from mesh.errors import FailedPrecondition, InvalidArgument
 from mesh.filters import parse_filter
 
 FILTER_FIELDS = ("name", "version", "state")
+Models = list[HostedModel]  # `list` is also a method of Hosting
 
 
 class Hosting:
@@ -97,7 +98,7 @@ class Hosting:
             self.journal.emit(model, "deleted", f"{model.name}:{model.version} deleted")
             self.store.delete(model.id)
 
-    def export_compose(self, model_ids: list[str]) -> str:
+    def export_compose(self, model_ids: Sequence[str]) -> str:
         if model_ids:
             chosen = [self.get(i) for i in model_ids]
         else:
@@ -109,7 +110,7 @@ class Hosting:
             raise FailedPrecondition("no deployed model to export; deploy one or name model_ids")
         return compose.render(chosen)
 
-    def stop_deployments(self) -> tuple[list[HostedModel], int]:
+    def stop_deployments(self) -> tuple[Models, int]:
         """Stop every endpoint (see Deployer.stop_all); the models stopped and the count of other replicas."""
         return self.deployer.stop_all()
 

@@ -7,9 +7,9 @@ variable. `home` is not read: it is $CONSTELLATION_HOME/hosting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from mesh.config import EnvSettings, env_field
 
@@ -19,7 +19,14 @@ class _ExplicitSettings(EnvSettings):
     variable named like each field without an alias (HOME into `home`)."""
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, **sources: Any) -> tuple[Any, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
 
 

@@ -15,9 +15,9 @@ from typing import Protocol
 
 from hosting_svc.domain import HostedModel
 
-LogLine = Callable[[str], None]
+LogLine = Callable[[str], object]
 # (state, message): a state change to record while building, e.g. ("building", "building on ...").
-StateChange = Callable[[str, str], None]
+StateChange = Callable[[str, str], object]
 
 
 @dataclass
