@@ -30,15 +30,13 @@ def find_hosted(
     hosting: hosting_pb2_grpc.HostingServiceStub, name: str, version: str, metadata: tuple[tuple[str, str], ...] = (), timeout_s: float = 30.0
 ) -> hosting_pb2.ModelStatus | None:
     """Hosting's status of model `name`:`version`, or None when hosting does not have it."""
-    token = ""
-    while True:
-        page = hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000, page_token=token), timeout=timeout_s, metadata=metadata)
-        for status in page.models:
-            if status.model_name == name and status.model_version == version:
-                return status
-        token = page.next_page_token
-        if not token:
-            return None
+    request = hosting_pb2.ListModelsRequest(page_size=1, filter=f"name = {_quoted(name)} AND version = {_quoted(version)}")
+    found = hosting.ListModels(request, timeout=timeout_s, metadata=metadata).models
+    return found[0] if found else None
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 class DeployFailed(Exception):
