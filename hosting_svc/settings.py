@@ -9,28 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from mesh.config import EnvSettings, env_field
 
 
-class _ExplicitSettings(EnvSettings):
-    """Values come only from from_env() or the constructor: pydantic-settings would otherwise also read a
-    variable named like each field without an alias (HOME into `home`)."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-
-class HostingSettings(_ExplicitSettings):
+class HostingSettings(EnvSettings):
     """Where hosting keeps its state, how it builds and checks models, and the credentials it uses."""
 
     home: Path = Field(
@@ -68,7 +51,7 @@ class HostingSettings(_ExplicitSettings):
         return self.docker != "off"
 
 
-class HubSettings(_ExplicitSettings):
+class HubSettings(EnvSettings):
     """The Hugging Face hub's own variables, read at each hf:// fetch (as huggingface_hub itself does),
     so a changed cache or offline switch applies without restarting hosting."""
 
