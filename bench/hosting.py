@@ -40,11 +40,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
 from constellation.hosting.v1 import hosting_pb2  # noqa: E402
 from model_infer import NDWI4  # noqa: E402  (the same 4-band NDWI model the runtime benchmark uses)
-from model_runtime.client import InferenceClient  # noqa: E402
+from clients.inference import InferenceClient  # noqa: E402
+from mesh.services import channel_options  # noqa: E402
 from model_runtime.memory import tune_malloc  # noqa: E402
 from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402
 
-OPTIONS = [("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)]
+OPTIONS = channel_options(1 << 28)
 
 
 def make_ndwi4(folder: Path) -> Path:

@@ -10,7 +10,7 @@ Requests are batches of 8 tiles of 4x256x256 float32 (8 MiB); replies are
       request with 2 MiB of bytes: no protobuf, no numpy, no compute (the
       transport ceiling; "echo" below sends the 8 MiB straight back);
   (c) `python -m model_runtime` in its own process, called with our client
-      (model_runtime.client: raw_input_contents, zero-copy framing);
+      (clients.inference: raw_input_contents, zero-copy framing);
   (d) the same server called with the real tritonclient, in a subprocess
       (its generated inference.* messages collide with ours in one process).
 
@@ -48,8 +48,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from mesh.services import channel_options  # noqa: E402
+
 TILES, BANDS, SIZE = 8, 4, 256
-GRPC_OPTIONS = [("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)]
+GRPC_OPTIONS = channel_options(1 << 28)
 
 NDWI4 = '''
 import numpy as np
@@ -219,7 +221,7 @@ class Plain:
 
 
 def wait_ready(address: str, name: str) -> None:
-    from model_runtime.client import InferenceClient
+    from clients.inference import InferenceClient
 
     deadline = time.monotonic() + 60
     with InferenceClient(address) as client:
@@ -296,7 +298,7 @@ def main() -> None:
         address, name, callers = args.triton_worker
         return triton_worker(address, name, int(callers))
 
-    from model_runtime.client import InferenceClient
+    from clients.inference import InferenceClient
     from model_runtime.memory import tune_malloc
 
     tune_malloc()  # what the runtime does at start; the client side benefits the same way

@@ -38,7 +38,7 @@ import rasterio  # noqa: E402
 from constellation.hosting.v1 import hosting_pb2  # noqa: E402
 from hosting import package_and_wait  # noqa: E402
 from model_infer import TILES, median, rate  # noqa: E402
-from model_runtime.client import InferenceClient  # noqa: E402
+from clients.inference import InferenceClient  # noqa: E402
 from model_runtime.memory import tune_malloc  # noqa: E402
 from scripts.make_scenes import default_folder, make_scene, scene_name  # noqa: E402
 from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402

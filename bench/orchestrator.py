@@ -44,7 +44,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 from constellation.common.v1 import common_pb2 as c  # noqa: E402
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb  # noqa: E402
 from orchestrator_svc import blocks  # noqa: E402
-from orchestrator_svc.inference_client import InferenceClient  # noqa: E402
+from clients.inference import InferenceClient  # noqa: E402
 from orchestrator_svc.launcher import MAX_RSS_TAG  # noqa: E402
 from orchestrator_svc.runs import dagster_run_id  # noqa: E402
 from tests.orchestrator_scenes import BANDS, write_scene  # noqa: E402

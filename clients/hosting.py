@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients.paging import pages
 from constellation.common.v1 import common_pb2 as common
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from mesh.enums import enum_name
@@ -31,16 +30,13 @@ def find_hosted(
     hosting: hosting_pb2_grpc.HostingServiceStub, name: str, version: str, metadata: tuple[tuple[str, str], ...] = (), timeout_s: float = 30.0
 ) -> hosting_pb2.ModelStatus | None:
     """Hosting's status of model `name`:`version`, or None when hosting does not have it."""
+    request = hosting_pb2.ListModelsRequest(page_size=1, filter=f"name = {_quoted(name)} AND version = {_quoted(version)}")
+    found = hosting.ListModels(request, timeout=timeout_s, metadata=metadata).models
+    return found[0] if found else None
 
-    def fetch(token: str) -> hosting_pb2.ListModelsResponse:
-        request = hosting_pb2.ListModelsRequest(page_size=1000, page_token=token)
-        return hosting.ListModels(request, timeout=timeout_s, metadata=metadata)
 
-    for page in pages(fetch):
-        for status in page.models:
-            if status.model_name == name and status.model_version == version:
-                return status
-    return None
+def _quoted(value: str) -> str:
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 class DeployFailed(Exception):

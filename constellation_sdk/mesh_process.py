@@ -15,10 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+from constellation.hosting.v1 import hosting_pb2
+
 from constellation_sdk.client import Client
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
 from mesh import config
+from mesh.services import service_key
 
 SERVICES = ("core", "hosting", "orchestrator", "agent")
 
@@ -150,12 +154,13 @@ def down(env: dict[str, str] | None = None, grace_s: float = 15.0) -> list[str]:
     stopped = []
     for name in ("gateway", *reversed(SERVICES)):
         entry = state["processes"].get(name)
+        if name == "hosting" and entry:
+            stopped += _stop_model_endpoints(entry["address"], entry["pid"], env)
         if entry and _alive(entry["pid"]):
             clean = _stop_pid(entry["pid"], grace_s)
             stopped.append(name if clean else f"{name} (killed)")
     paths.state.unlink()
     stopped += _stop_run_workers(paths.home, grace_s)
-    stopped += _stop_model_replicas(paths.home / "hosting", grace_s)
     return stopped
 
 
@@ -174,27 +179,20 @@ def _stop_run_workers(home: Path, grace_s: float) -> list[str]:
     return stopped
 
 
-def _stop_model_replicas(hosting_home: Path, grace_s: float) -> list[str]:
-    """The model endpoints this mesh's hosting started: local processes (pid files) and Docker containers
-    (labelled with hosting's home). They outlive a hosting restart on purpose; `down` ends them too."""
-    stopped = []
-    for pid_file in sorted(hosting_home.glob("local/*/replica-*.pid")):
-        pid = int(pid_file.read_text().split()[0])
-        if _alive(pid):
-            _stop_pid(pid, grace_s)
-            stopped.append(f"model replica pid {pid}")
-        pid_file.unlink(missing_ok=True)
+def _stop_model_endpoints(address: str, pid: int, env: dict[str, str] | None, timeout_s: float = 120.0) -> list[str]:
+    """Ask hosting to stop the model endpoints it started: they outlive a hosting restart on purpose, so
+    stopping hosting alone would leave them running."""
+    if not _alive(pid):
+        return ["hosting was not running: any model endpoint it started still runs (`constellation up` adopts them)"]
+    settings = config.load("hosting", dict(os.environ if env is None else env))
     try:
-        import docker
-
-        from hosting_svc.runtimes.docker import LABEL_OWNER
-
-        client = docker.from_env(timeout=10)
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL_OWNER}={hosting_home}"}):
-            container.remove(force=True)
-            stopped.append(f"model container {container.name}")
-    except Exception:  # noqa: BLE001 - no engine (or none reachable): there are no containers to stop
-        pass
+        with Client(address, api_key=service_key(settings.api_keys)) as client:
+            reply = client.hosting.StopDeployments(hosting_pb2.StopDeploymentsRequest(), timeout=timeout_s)
+    except grpc.RpcError as error:
+        return [f"model endpoints not stopped: hosting answered {error.code().name}: {error.details()}"]
+    stopped = [f"model endpoints of {m.model_name}:{m.model_version}" for m in reply.stopped]
+    if reply.other_replicas_stopped:
+        stopped.append(f"{reply.other_replicas_stopped} other model replica(s)")
     return stopped
 
 

@@ -53,7 +53,7 @@ class Engine:
         except ImageNotFound:
             raise FailedPrecondition(f"base image {image} is missing: run scripts/make_base_image.sh") from None
 
-    def build(self, context: Path, tag: str, labels: dict[str, str], on_line: Callable[[str], None]) -> str:
+    def build(self, context: Path, tag: str, labels: dict[str, str], on_line: Callable[[str], object]) -> str:
         """Build with the network off; streams log lines; returns the image id."""
         tail: list[str] = []
         image_id = ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from docker.errors import APIError
 
 from hosting_svc import images
 from hosting_svc.domain import HostedModel
+from hosting_svc.settings import HostingSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger("hosting.registry")
@@ -52,9 +52,9 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 
 class Registry:
-    def __init__(self, engine: images.Engine | None, env: dict[str, str] | None = None, attempts: int = 4, backoff_s: float = 0.5) -> None:
+    def __init__(self, engine: images.Engine | None, settings: HostingSettings, attempts: int = 4, backoff_s: float = 0.5) -> None:
         self.engine = engine
-        self.env = dict(os.environ if env is None else env)
+        self.settings = settings
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.secrets = [c["password"] for c in self._all_credentials().values() if c.get("password")]
@@ -64,11 +64,11 @@ class Registry:
 
     def _all_credentials(self) -> dict[str, dict]:
         found: dict[str, dict] = {}
-        path = self.env.get("CONSTELLATION_REGISTRY_AUTH_FILE")
+        path = self.settings.registry_auth_file
         if path and Path(path).is_file():
             found.update(json.loads(Path(path).read_text()))
-        if self.env.get("CONSTELLATION_REGISTRY_USERNAME"):
-            found["*"] = {"username": self.env["CONSTELLATION_REGISTRY_USERNAME"], "password": self.env.get("CONSTELLATION_REGISTRY_PASSWORD", "")}
+        if self.settings.registry_username:
+            found["*"] = {"username": self.settings.registry_username, "password": self.settings.registry_password}
         return found
 
     def credentials(self, registry_host: str) -> dict | None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 
 from hosting_svc import images
-from hosting_svc.deployments import Hosting, HostingSettings
+from hosting_svc.deployments import Hosting
 from hosting_svc.registry import Registry
-from hosting_svc.runtimes import modal
+from hosting_svc.runtimes import Runtime, modal
 from hosting_svc.runtimes.docker import DockerRuntime
 from hosting_svc.runtimes.local import LocalRuntime
 from hosting_svc.servicer import HostingServicer
+from hosting_svc.settings import HostingSettings
 from hosting_svc.store import Store
 from mesh import config, logs
 from mesh.server import MeshServer
@@ -20,33 +21,22 @@ from mesh.services import registration
 log = logging.getLogger("hosting")
 
 
-def build(settings: config.Settings, env: dict[str, str] | None = None) -> tuple[MeshServer, Hosting]:
-    env = dict(os.environ if env is None else env)
-    home = settings.home / "hosting"
-    store = Store(env.get("CONSTELLATION_HOSTING_DATABASE_URL") or f"sqlite:///{home / 'hosting.db'}")
-    engine = None
-    if env.get("CONSTELLATION_HOSTING_DOCKER", "auto") != "off" and images.Engine.available():
-        engine = images.Engine()
-    runtimes = {"local": LocalRuntime(home / "local")}
+def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tuple[MeshServer, Hosting]:
+    own = HostingSettings.from_env(env, home=settings.home / "hosting")
+    home = own.home
+    store = Store(own.database_url)
+    engine = images.Engine() if own.docker_wanted and images.Engine.available() else None
+    runtimes: dict[str, Runtime] = {"local": LocalRuntime(home / "local")}
     if engine is not None:
-        runtimes["docker"] = DockerRuntime(engine, owner=str(home))
-    if modal.configured(env):
+        runtimes["docker"] = DockerRuntime(engine, owner=str(home), base_image=own.base_image, builds=home / "builds")
+    if modal.configured(own):
         runtimes["modal"] = modal.ModalRuntime(home / "modal")
-    hosting = Hosting(
-        store,
-        HostingSettings(
-            home=home,
-            base_image=env.get("CONSTELLATION_BASE_IMAGE", "constellation/base:bookworm"),
-            ready_timeout_s=float(env.get("CONSTELLATION_HOSTING_READY_TIMEOUT_S", "60")),
-        ),
-        engine,
-        runtimes,  # type: ignore[arg-type]
-    )
+    hosting = Hosting(store, own, runtimes)
     hosting.reconcile()
     hosting.start_monitor()
     log.info("runtimes", extra={"runtimes": sorted(runtimes), "docker": engine is not None})
     checks = {"docker": lambda: engine.client.ping()} if engine is not None else {}
-    server = MeshServer(settings, [registration("hosting", HostingServicer(hosting, Registry(engine, env)), health_checks=checks)])
+    server = MeshServer(settings, [registration("hosting", HostingServicer(hosting, Registry(engine, own)), health_checks=checks)])
     return server, hosting
 
 

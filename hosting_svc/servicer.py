@@ -97,7 +97,7 @@ class HostingServicer(hosting_pb2_grpc.HostingServiceServicer):
             raise InvalidArgument.field("page_size", "must not be negative")
         if request.page_token and not request.page_token.startswith("hm_"):
             raise InvalidArgument.field("page_token", "is not a token this server issued; pass next_page_token unchanged")
-        models = [m for m in self._hosting.list() if m.id > request.page_token]  # ids sort by creation
+        models = [m for m in self._hosting.list(request.filter) if m.id > request.page_token]  # ids sort by creation
         size = min(request.page_size or 50, 1000)
         page = models[:size]
         token = page[-1].id if len(models) > size else ""
@@ -118,3 +118,7 @@ class HostingServicer(hosting_pb2_grpc.HostingServiceServicer):
 
     def ExportCompose(self, request, context):
         return hosting_pb2.ExportComposeResponse(compose_yaml=self._hosting.export_compose(list(request.model_ids)))
+
+    def StopDeployments(self, request, context):
+        stopped, others = self._hosting.stop_deployments()
+        return hosting_pb2.StopDeploymentsResponse(stopped=[status_to_proto(m) for m in stopped], other_replicas_stopped=others)

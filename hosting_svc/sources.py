@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hosting_svc.settings import HubSettings
 from mesh.errors import FailedPrecondition, InvalidArgument
 
 HF_ID = re.compile(r"^hf://([A-Za-z0-9][\w.-]*)/([\w.-]+)(?:@([\w./-]+))?$")
@@ -84,16 +85,17 @@ def fetch(source: Source, destination: Path) -> Path:
             from huggingface_hub.errors import LocalEntryNotFoundError
         except ImportError:
             raise FailedPrecondition("hf:// sources need huggingface_hub: pip install huggingface_hub") from None
+        hub = HubSettings.from_env()
         try:
             snapshot = snapshot_download(
                 f"{match.group(1)}/{match.group(2)}",
                 revision=match.group(3) or None,
-                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-                local_files_only=os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes"),
+                cache_dir=hub.cache or None,
+                local_files_only=hub.offline,
             )
         except LocalEntryNotFoundError:
             raise FailedPrecondition(
-                f"{source.location} is not in the Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')})"
+                f"{source.location} is not in the Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE={hub.offline_raw})"
             ) from None
         shutil.copytree(snapshot, destination, ignore=ignore, symlinks=False)
     return destination

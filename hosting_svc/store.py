@@ -88,9 +88,15 @@ class Store:
             row = session.scalar(select(ModelRow).where(ModelRow.name == name, ModelRow.version == version))
             return _decode(row.data) if row else None
 
-    def all(self) -> list[HostedModel]:
+    def all(self, name: str | None = None, version: str | None = None) -> list[HostedModel]:
+        """Every model in id (creation) order; of one name and/or version when given."""
+        statement = select(ModelRow).order_by(ModelRow.id)
+        if name is not None:
+            statement = statement.where(ModelRow.name == name)
+        if version is not None:
+            statement = statement.where(ModelRow.version == version)
         with self._sessions() as session:
-            return [_decode(r.data) for r in session.scalars(select(ModelRow).order_by(ModelRow.id))]
+            return [_decode(r.data) for r in session.scalars(statement)]
 
     def delete(self, model_id: str) -> None:
         with self._lock, self._sessions() as session:

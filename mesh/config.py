@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Service name -> (default gRPC port, default metrics port).
 DEFAULT_PORTS: dict[str, tuple[int, int]] = {
@@ -56,6 +56,19 @@ class EnvSettings(BaseSettings):
     """A service's settings: one field per environment variable, immutable once read."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, validate_by_name=True, validate_by_alias=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Values come only from from_env() or the constructor: pydantic-settings would otherwise also read a
+        variable named like each field that has no alias (HOME into `home`, SERVICE into `service`)."""
+        return (init_settings,)
 
     @classmethod
     def env_names(cls) -> dict[str, str]:

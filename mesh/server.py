@@ -43,11 +43,9 @@ class Registration:
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
+    from mesh.services import channel_options  # here: mesh.services imports this module for Registration
+
+    return [*channel_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)]
 
 
 class MeshServer:

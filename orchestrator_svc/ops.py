@@ -24,7 +24,7 @@ import numpy as np
 
 from orchestrator_svc import blocks
 from orchestrator_svc.events import output_metadata, progress_message
-from orchestrator_svc.inference_client import EndpointError, InferenceClient
+from clients.inference import EndpointError, InferenceClient
 from clients.storage import Storage, StorageError, join
 
 PROGRESS_EVERY_S = 1.0  # each progress line is an event-log write

@@ -22,6 +22,8 @@ CLASSES = [
     ("Every service (bootstrap)", "mesh.config", "Settings"),
     ("Core", "core_svc.settings", "CoreSettings"),
     ("Gateway and console", "gateway.settings", "GatewaySettings"),
+    ("Hosting", "hosting_svc.settings", "HostingSettings"),
+    ("Hosting: the Hugging Face hub (read at each hf:// fetch)", "hosting_svc.settings", "HubSettings"),
     ("Orchestrator", "orchestrator_svc.settings", "OrchestratorSettings"),
     ("Agent", "agent_svc.settings", "AgentSettings"),
     ("SDK and CLI", "constellation_sdk.settings", "ClientSettings"),

@@ -147,7 +147,7 @@ def test_delete_removes_containers_and_image(hosting, engine, tmp_path):
 def test_onnx_model_is_built_with_onnxruntime_and_answers_like_in_process(hosting, engine):
     import onnxruntime
 
-    from model_runtime.client import InferenceClient
+    from clients.inference import InferenceClient
 
     folder = ROOT / "examples" / "models" / "water-mlp"
     status = hosting.package(folder, name="water-mlp")

@@ -19,6 +19,7 @@ from hosting_svc.domain import HostedModel
 from hosting_svc.runtimes.modal import render_app
 from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from mesh.services import channel_options
 from model_runtime.manifest import load_manifest
 from tests.conftest import rpc_error
 from tests.hosting_support import NDWI, STATE, HostingUnderTest, require_docker, state_path
@@ -34,7 +35,7 @@ def infer_ndwi(address: str) -> bool:
         inputs=[v2.ModelInferRequest.InferInputTensor(name="tiles", datatype="FP32", shape=tiles.shape)],
         raw_input_contents=[tiles.tobytes()],
     )
-    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 1 << 27), ("grpc.max_send_message_length", 1 << 27)]) as channel:
+    with grpc.insecure_channel(address, options=channel_options(1 << 27)) as channel:
         response = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     out = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
     green, nir = tiles[:, 0:1], tiles[:, 1:2]
@@ -72,6 +73,33 @@ def test_local_runtime_packages_deploys_heals_and_deletes(tmp_path):
         hosting.close()
 
 
+def test_stop_deployments_ends_every_endpoint_and_the_model_can_be_deployed_again(tmp_path):
+    hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
+    try:
+        status = hosting.package()
+        packaged = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+        hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id, replicas=2))
+        deployed = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=packaged[-1].sequence)
+        assert deployed[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), deployed[-1].message
+        pids = [int(e.replica_id.removeprefix("pid:")) for e in deployed[-1].endpoints]
+
+        reply = hosting.stub.StopDeployments(hosting_pb2.StopDeploymentsRequest())
+        assert [m.model_id for m in reply.stopped] == [status.model_id] and reply.other_replicas_stopped == 0
+        assert reply.stopped[0].state == STATE.Value("DEPLOYMENT_STATE_READY") and not reply.stopped[0].endpoints
+        time.sleep(1.0)  # a monitor pass: it must not restart what was stopped
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert not list((tmp_path / "home" / "hosting" / "local").glob("*/replica-*.pid"))
+
+        hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id))
+        again = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=deployed[-1].sequence)
+        assert again[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), again[-1].message
+        hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
+    finally:
+        hosting.close()
+
+
 def test_docker_runtime_refused_without_an_engine(tmp_path):
     hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
     try:
@@ -79,6 +107,34 @@ def test_docker_runtime_refused_without_an_engine(tmp_path):
         hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"))
         error = rpc_error(hosting.stub.DeployModel, hosting_pb2.DeployModelRequest(model_id=status.model_id, runtime=hosting_pb2.RUNTIME_DOCKER))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "Docker" in error.details()
+    finally:
+        hosting.close()
+
+
+def test_list_models_filters_by_name_version_and_state_and_rejects_bad_filters(tmp_path):
+    from clients.hosting import find_hosted
+
+    hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
+    try:
+        for i, (name, version, state) in enumerate([("a", "1.0", "ready"), ("a", "2.0", "healthy"), ("b", "1.0", "failed")]):
+            hosting.hosting.store.save(HostedModel(id=f"hm_{i:03d}", name=name, version=version, state=state))
+
+        def listed(text: str, **paging: object) -> list[tuple[str, str]]:
+            response = hosting.stub.ListModels(hosting_pb2.ListModelsRequest(filter=text, **paging))
+            return [(m.model_name, m.model_version) for m in response.models]
+
+        assert listed("") == [("a", "1.0"), ("a", "2.0"), ("b", "1.0")]
+        assert listed('name = "a"') == [("a", "1.0"), ("a", "2.0")]
+        assert listed('name = "a" AND version = "2.0"') == [("a", "2.0")]
+        assert listed('version = "1.0" and state = "FAILED"') == [("b", "1.0")]
+        assert listed('name = ""') == []
+        first = hosting.stub.ListModels(hosting_pb2.ListModelsRequest(filter='version = "1.0"', page_size=1))
+        assert len(first.models) == 1 and listed('version = "1.0"', page_token=first.next_page_token) == [("b", "1.0")]
+        for bad, says in (('state = "sleeping"', "healthy"), ('colour = "red"', "name, version, state"), ("name = a", 'field = "value"')):
+            error = rpc_error(hosting.stub.ListModels, hosting_pb2.ListModelsRequest(filter=bad))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), (bad, error.details())
+        assert find_hosted(hosting.stub, "a", "2.0").model_version == "2.0"
+        assert find_hosted(hosting.stub, "a", "3.0") is None
     finally:
         hosting.close()
 

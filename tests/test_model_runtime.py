@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inference import grpc_predict_v2_pb2 as pb
 from inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from mesh.services import channel_options
 from model_runtime.manifest import ManifestError, load_manifest
 from model_runtime.server import ModelServer
 from tests.conftest import rpc_error
@@ -46,7 +47,7 @@ def ndwi_probability(tiles: np.ndarray) -> np.ndarray:
 def serve(folder: Path):  # type: ignore[no-untyped-def]
     server = ModelServer(folder, port=0)
     port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)])
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options(1 << 28))
     return server, channel, port
 
 
@@ -515,7 +516,7 @@ def test_aligned_framing_puts_every_payload_on_16_bytes_and_parses_as_the_same_m
 
 
 def test_our_clients_tiles_reach_predict_without_a_copy_and_others_get_an_aligned_copy(tmp_path):
-    from model_runtime.client import InferenceClient
+    from clients.inference import InferenceClient
 
     folder = write_model(
         tmp_path / "zerocopy",
@@ -552,7 +553,7 @@ def test_our_clients_tiles_reach_predict_without_a_copy_and_others_get_an_aligne
 
 
 def test_our_client_gets_the_same_numbers(ndwi):
-    from model_runtime.client import InferenceClient
+    from clients.inference import InferenceClient
 
     _, port = ndwi
     tiles = np.random.default_rng(5).uniform(0.01, 0.6, size=(4, 2, 256, 256)).astype(np.float32)

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from model_runtime.client import InferenceClient
+from clients.inference import InferenceClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NDWI = ROOT / "examples" / "models" / "ndwi-water"

@@ -15,7 +15,7 @@ from dagster import build_op_context
 from shapely.geometry import shape
 
 from orchestrator_svc import blocks, ops
-from orchestrator_svc.inference_client import is_transient
+from clients.inference import is_transient
 from clients.storage import Storage, StorageError, join, parse
 from tests.orchestrator_scenes import BANDS, CRS, NODATA_PATCH_PX, ndwi_probability, write_scene
 

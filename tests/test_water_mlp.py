@@ -14,9 +14,9 @@ import rasterio
 from onnx import numpy_helper
 
 from constellation.hosting.v1 import hosting_pb2
-from model_runtime.client import InferenceClient
+from clients.inference import InferenceClient
 from orchestrator_svc import blocks
-from orchestrator_svc.inference_client import InferenceClient as PipelineClient
+from clients.inference import InferenceClient as PipelineClient
 from model_runtime.manifest import load_manifest
 from scripts.make_scenes import make_scene
 from tests.hosting_support import ROOT, STATE, HostingUnderTest

@@ -1,12 +1,23 @@
-"""Where model replicas run. Every runtime serves the same Open Inference Protocol server."""
+"""Where model replicas run. Every runtime serves the same Open Inference Protocol server.
+
+A `Runtime` is the only place hosting touches an engine (Docker, local
+processes, Modal): the builder, the deployer, the monitor and the reconciler
+call these methods and nothing below them.
+"""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from hosting_svc.domain import HostedModel
+
+LogLine = Callable[[str], object]
+# (state, message): a state change to record while building, e.g. ("building", "building on ...").
+StateChange = Callable[[str, str], object]
 
 
 @dataclass
@@ -18,13 +29,24 @@ class Replica:
 class Runtime(Protocol):
     name: str
 
-    def prepare(self, model: HostedModel, log) -> None:  # type: ignore[no-untyped-def]
-        """Make what the replicas need (image or venv); may be a no-op."""
+    def build(self, model: HostedModel, wheelhouse: Path, change: StateChange, log: LogLine) -> str:
+        """Make the model's artifact (image or venv) from its folder and wheelhouse; may set model.image and
+        model.installed_packages. Returns what to say while smoke-testing it. Raises images.BuildFailed,
+        FailedPrecondition or RuntimeError with the reason."""
+
+    def prepare(self, model: HostedModel, log: LogLine) -> None:
+        """Make what the replicas need (image or venv) before a deployment; may be a no-op."""
 
     def start(self, model: HostedModel, index: int, port: int) -> Replica: ...
 
+    def start_trial(self, model: HostedModel, port: int) -> Replica:
+        """A throwaway replica for the smoke test: never restarted, removed by stop() or discard_trials()."""
+
     def alive(self, model: HostedModel, replica_id: str) -> bool:
         """Whether the replica's process or container is running (it may still be loading)."""
+
+    def why_down(self, model: HostedModel, replica_id: str) -> str:
+        """What the runtime knows about a replica that does not answer (killed for memory, an exit code); may be ""."""
 
     def stop(self, model: HostedModel, replica_id: str) -> None: ...
 
@@ -33,8 +55,11 @@ class Runtime(Protocol):
     def running(self) -> dict[str, list[str]]:
         """model id -> replica ids this runtime holds now, found by labels or pid files."""
 
+    def discard_trials(self, model_id: str = "") -> None:
+        """Remove smoke-test replicas left behind (by a hosting that died mid-build); of one model, or all."""
+
     def remove(self, model: HostedModel) -> None:
-        """Delete what prepare() made for the model."""
+        """Delete what build() and prepare() made for the model, and any replica of it left."""
 
 
 def free_port() -> int:

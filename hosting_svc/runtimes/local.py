@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hosting_svc import packaging
 from hosting_svc.domain import HostedModel
-from hosting_svc.runtimes import Replica
+from hosting_svc.runtimes import LogLine, Replica, StateChange
 
 
 class LocalRuntime:
@@ -29,7 +29,13 @@ class LocalRuntime:
     def _dir(self, model: HostedModel) -> Path:
         return self.root / model.id
 
-    def prepare(self, model: HostedModel, log) -> None:  # type: ignore[no-untyped-def]
+    def build(self, model: HostedModel, wheelhouse: Path, change: StateChange, log: LogLine) -> str:
+        """The venv the replicas run in, from the same wheelhouse an image would install."""
+        change("building", "no Docker engine: building a venv for the local runtime")
+        self.prepare(model, log)
+        return "smoke-testing a local process"
+
+    def prepare(self, model: HostedModel, log: LogLine) -> None:
         home = self._dir(model)
         venv = home / "venv"
         marker = venv / ".complete"
@@ -71,6 +77,9 @@ class LocalRuntime:
         (home / f"replica-{index}.pid").write_text(f"{process.pid} {port}\n")
         return Replica(f"pid:{process.pid}", f"127.0.0.1:{port}")
 
+    def start_trial(self, model: HostedModel, port: int) -> Replica:
+        return self.start(model, 0, port)
+
     def alive(self, model: HostedModel, replica_id: str) -> bool:
         pid = int(replica_id.removeprefix("pid:"))
         try:
@@ -100,6 +109,9 @@ class LocalRuntime:
             if pid_file.read_text().split()[0] == str(pid):
                 pid_file.unlink()
 
+    def why_down(self, model: HostedModel, replica_id: str) -> str:
+        return ""
+
     def logs(self, model: HostedModel, replica_id: str) -> str:
         logs = sorted(self._dir(model).glob("replica-*.log"))
         return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-30:]) if logs else ""
@@ -115,6 +127,9 @@ class LocalRuntime:
                 continue
             found.setdefault(pid_file.parent.name, []).append(f"pid:{pid}")
         return found
+
+    def discard_trials(self, model_id: str = "") -> None:
+        """A trial is an ordinary process with a pid file: reconcile stops it as an orphan."""
 
     def remove(self, model: HostedModel) -> None:
         shutil.rmtree(self._dir(model), ignore_errors=True)

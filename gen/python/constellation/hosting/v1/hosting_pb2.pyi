@@ -372,17 +372,26 @@ class ListModelsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """0 means the server default (50); at most 1000."""
     page_token: _builtins.str
+    """From a previous next_page_token, with the same filter."""
+    filter: _builtins.str
+    """`field = "value"` terms joined by AND; fields: name, version, state
+    (a DeploymentState without its prefix, e.g. `state = "healthy"`).
+    Empty lists every model.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -559,3 +568,46 @@ class ExportComposeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportComposeResponse: _TypeAlias = ExportComposeResponse  # noqa: Y015
+
+@_typing.final
+class StopDeploymentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopDeploymentsRequest: _TypeAlias = StopDeploymentsRequest  # noqa: Y015
+
+@_typing.final
+class StopDeploymentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOPPED_FIELD_NUMBER: _builtins.int
+    OTHER_REPLICAS_STOPPED_FIELD_NUMBER: _builtins.int
+    other_replicas_stopped: _builtins.int
+    """Replicas stopped that belonged to no serving model (a rollout or smoke
+    test cut short, or left by an earlier hosting).
+    """
+    @_builtins.property
+    def stopped(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]:
+        """The models whose endpoints were stopped, in their state afterwards."""
+
+    def __init__(
+        self,
+        *,
+        stopped: _abc.Iterable[Global___ModelStatus] | None = ...,
+        other_replicas_stopped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["other_replicas_stopped", b"other_replicas_stopped", "stopped", b"stopped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopDeploymentsResponse: _TypeAlias = StopDeploymentsResponse  # noqa: Y015

@@ -82,6 +82,11 @@ class HostingServiceStub:
                 request_serializer=constellation_dot_hosting_dot_v1_dot_hosting__pb2.ExportComposeRequest.SerializeToString,
                 response_deserializer=constellation_dot_hosting_dot_v1_dot_hosting__pb2.ExportComposeResponse.FromString,
                 _registered_method=True)
+        self.StopDeployments = channel.unary_unary(
+                '/constellation.hosting.v1.HostingService/StopDeployments',
+                request_serializer=constellation_dot_hosting_dot_v1_dot_hosting__pb2.StopDeploymentsRequest.SerializeToString,
+                response_deserializer=constellation_dot_hosting_dot_v1_dot_hosting__pb2.StopDeploymentsResponse.FromString,
+                _registered_method=True)
 
 
 class HostingServiceServicer:
@@ -119,7 +124,8 @@ class HostingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Hosted models in id (creation) order, optionally filtered.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -145,6 +151,15 @@ class HostingServiceServicer:
 
     def ExportCompose(self, request, context):
         """A compose file that runs the chosen deployed models.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopDeployments(self, request, context):
+        """Stops every endpoint this hosting runs (its replicas outlive a hosting
+        restart on purpose); serving models go back to READY and can be deployed
+        again. `constellation down` calls it before it stops hosting.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,6 +212,11 @@ def add_HostingServiceServicer_to_server(servicer, server):
                     servicer.ExportCompose,
                     request_deserializer=constellation_dot_hosting_dot_v1_dot_hosting__pb2.ExportComposeRequest.FromString,
                     response_serializer=constellation_dot_hosting_dot_v1_dot_hosting__pb2.ExportComposeResponse.SerializeToString,
+            ),
+            'StopDeployments': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopDeployments,
+                    request_deserializer=constellation_dot_hosting_dot_v1_dot_hosting__pb2.StopDeploymentsRequest.FromString,
+                    response_serializer=constellation_dot_hosting_dot_v1_dot_hosting__pb2.StopDeploymentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +464,33 @@ class HostingService:
             '/constellation.hosting.v1.HostingService/ExportCompose',
             constellation_dot_hosting_dot_v1_dot_hosting__pb2.ExportComposeRequest.SerializeToString,
             constellation_dot_hosting_dot_v1_dot_hosting__pb2.ExportComposeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopDeployments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/constellation.hosting.v1.HostingService/StopDeployments',
+            constellation_dot_hosting_dot_v1_dot_hosting__pb2.StopDeploymentsRequest.SerializeToString,
+            constellation_dot_hosting_dot_v1_dot_hosting__pb2.StopDeploymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

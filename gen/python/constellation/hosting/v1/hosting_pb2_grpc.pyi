@@ -48,12 +48,18 @@ class HostingServiceStub:
     follows live until the client leaves.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.ListModelsRequest, _hosting_pb2.ListModelsResponse]
+    """Hosted models in id (creation) order, optionally filtered."""
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.DeleteModelRequest, _empty_pb2.Empty]
     """Stops the model's endpoints and removes images nothing else uses."""
     PullImage: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.PullImageRequest, _hosting_pb2.PullImageResponse]
     PushImage: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.PushImageRequest, _hosting_pb2.PushImageResponse]
     ExportCompose: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.ExportComposeRequest, _hosting_pb2.ExportComposeResponse]
     """A compose file that runs the chosen deployed models."""
+    StopDeployments: _grpc.UnaryUnaryMultiCallable[_hosting_pb2.StopDeploymentsRequest, _hosting_pb2.StopDeploymentsResponse]
+    """Stops every endpoint this hosting runs (its replicas outlive a hosting
+    restart on purpose); serving models go back to READY and can be deployed
+    again. `constellation down` calls it before it stops hosting.
+    """
 
 @_typing.type_check_only
 class HostingServiceAsyncStub(HostingServiceStub):
@@ -74,12 +80,18 @@ class HostingServiceAsyncStub(HostingServiceStub):
     follows live until the client leaves.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_hosting_pb2.ListModelsRequest, _hosting_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Hosted models in id (creation) order, optionally filtered."""
     DeleteModel: _aio.UnaryUnaryMultiCallable[_hosting_pb2.DeleteModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Stops the model's endpoints and removes images nothing else uses."""
     PullImage: _aio.UnaryUnaryMultiCallable[_hosting_pb2.PullImageRequest, _hosting_pb2.PullImageResponse]  # type: ignore[assignment]
     PushImage: _aio.UnaryUnaryMultiCallable[_hosting_pb2.PushImageRequest, _hosting_pb2.PushImageResponse]  # type: ignore[assignment]
     ExportCompose: _aio.UnaryUnaryMultiCallable[_hosting_pb2.ExportComposeRequest, _hosting_pb2.ExportComposeResponse]  # type: ignore[assignment]
     """A compose file that runs the chosen deployed models."""
+    StopDeployments: _aio.UnaryUnaryMultiCallable[_hosting_pb2.StopDeploymentsRequest, _hosting_pb2.StopDeploymentsResponse]  # type: ignore[assignment]
+    """Stops every endpoint this hosting runs (its replicas outlive a hosting
+    restart on purpose); serving models go back to READY and can be deployed
+    again. `constellation down` calls it before it stops hosting.
+    """
 
 class HostingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Packages model sources into validated images and runs them as Open
@@ -126,7 +138,8 @@ class HostingServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _hosting_pb2.ListModelsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_hosting_pb2.ListModelsResponse, _abc.Awaitable[_hosting_pb2.ListModelsResponse]]: ...
+    ) -> _typing.Union[_hosting_pb2.ListModelsResponse, _abc.Awaitable[_hosting_pb2.ListModelsResponse]]:
+        """Hosted models in id (creation) order, optionally filtered."""
 
     @_abc_1.abstractmethod
     def DeleteModel(
@@ -157,5 +170,16 @@ class HostingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hosting_pb2.ExportComposeResponse, _abc.Awaitable[_hosting_pb2.ExportComposeResponse]]:
         """A compose file that runs the chosen deployed models."""
+
+    @_abc_1.abstractmethod
+    def StopDeployments(
+        self,
+        request: _hosting_pb2.StopDeploymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hosting_pb2.StopDeploymentsResponse, _abc.Awaitable[_hosting_pb2.StopDeploymentsResponse]]:
+        """Stops every endpoint this hosting runs (its replicas outlive a hosting
+        restart on purpose); serving models go back to READY and can be deployed
+        again. `constellation down` calls it before it stops hosting.
+        """
 
 def add_HostingServiceServicer_to_server(servicer: HostingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,15 +1,23 @@
-"""An Open Inference Protocol (KServe V2) gRPC client for the model step.
+"""The mesh's one Open Inference Protocol (KServe V2) gRPC client, for numpy tiles.
 
-Tiles travel as one `raw_input_contents` tensor per request (little-endian,
-row-major, batch × bands × size × size) and come back as
-`raw_output_contents`. The tensor bytes skip protobuf's Python copies: the
-request is framed with model_runtime.wire (the bytes protobuf would write,
-the payload copied once and 16-byte aligned for the server's numpy) and the
-answer's payload is a view of the received buffer. Any V2 server reads these
-frames. Requests go round-robin over the model's endpoints,
-at most `max_concurrency` in flight, using gRPC's own futures (no thread per
-request). While requests are in flight the caller's next batch is read, so
-reading tiles overlaps inference.
+    with InferenceClient("127.0.0.1:8001") as client:
+        outputs = client.infer("ndwi-water", tiles)    # {"water_probability": ndarray}
+
+    with InferenceClient(endpoints, "ndwi-water", output_name="water_probability") as client:
+        client.describe()                              # learns the input's name, checks the output
+        for key, raw, datatype, shape in client.run(batches, max_concurrency=8): ...
+
+Hosting (readiness, smoke test, health), the orchestrator's model step, the
+SDK, the benches and the tests all use it. Tiles travel as one
+`raw_input_contents` tensor per request (little-endian, row-major,
+batch x bands x size x size) and come back as `raw_output_contents`. The
+tensor bytes skip protobuf's Python copies: the request is framed with
+model_runtime.wire (the bytes protobuf would write, the payload copied once
+and 16-byte aligned for the server's numpy) and the answer's payload is a
+view of the received buffer. Any V2 server reads these frames. Requests go
+round-robin over the endpoints, at most `max_concurrency` in flight, using
+gRPC's own futures (no thread per request). While requests are in flight
+the caller's next batch is read, so reading tiles overlaps inference.
 
 Errors are sorted into transient (the endpoint is down, overloaded or slow:
 worth retrying) and permanent (the endpoint rejects the request: retrying
@@ -20,17 +28,19 @@ from __future__ import annotations
 
 import itertools
 import queue
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, overload
 
 import grpc
 import numpy as np
-
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
+
 from mesh.services import channel_options
 from model_runtime import wire
-from orchestrator_svc.blocks import NUMPY_DTYPES
+from model_runtime.manifest import NUMPY_DTYPES
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -39,6 +49,22 @@ TRANSIENT_CODES = frozenset(
 )
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 POLL_S = 0.1  # how often a waiting caller wakes up (so signals such as a cancel are handled promptly)
+# numpy dtype name -> V2 datatype ("float32" -> "FP32")
+DATATYPES = {np.dtype(v).name: k for k, v in NUMPY_DTYPES.items()}
+
+
+def options() -> list[tuple[str, int]]:
+    """Channel options for a model endpoint: large messages, and quick reconnects to a restarted replica."""
+    return [
+        *channel_options(MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+
+
+def _numpy_dtype(datatype: str) -> np.dtype:
+    return np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
 
 
 class EndpointError(Exception):
@@ -65,30 +91,29 @@ def _error(endpoint: str, error: grpc.RpcError) -> EndpointError:
 
 
 class InferenceClient:
+    """A client of one model's endpoints (or of any model on one endpoint, through `infer(model, tiles)`)."""
+
     def __init__(
         self,
-        endpoints: Sequence[str],
-        model_name: str,
+        endpoints: str | Sequence[str],
+        model_name: str = "",
         model_version: str = "",
         *,
         input_dtype: str = "FP32",
         output_name: str = "",
         timeout_s: float = 60.0,
     ) -> None:
+        endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not endpoints:
             raise ValueError("at least one endpoint")
         self.model_name, self.model_version = model_name, model_version
         self.input_dtype, self.output_name, self.timeout_s = input_dtype, output_name, timeout_s
-        options = [
-            *channel_options(MAX_MESSAGE_BYTES),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ]
-        self._endpoints = list(endpoints)
-        self._channels = [grpc.insecure_channel(e, options=options) for e in self._endpoints]
+        self._endpoints = endpoints
+        self._channels = [grpc.insecure_channel(e, options=options()) for e in self._endpoints]
         self._stubs = [v2_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
-        self._infer = [c.unary_unary(MODEL_INFER, request_serializer=bytes, response_deserializer=wire.decode_response) for c in self._channels]
+        self._infer = [
+            c.unary_unary(MODEL_INFER, request_serializer=bytes, response_deserializer=wire.decode_response) for c in self._channels
+        ]
         self._next = itertools.cycle(range(len(self._stubs)))
         self.input_name = "input"
 
@@ -101,6 +126,35 @@ class InferenceClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # Readiness and health (the first endpoint)
+
+    def ready(self, timeout_s: float = 1.0) -> bool:
+        """Whether the first endpoint says ModelReady for the client's model."""
+        try:
+            request = v2.ModelReadyRequest(name=self.model_name, version=self.model_version)
+            return bool(self._stubs[0].ModelReady(request, timeout=timeout_s).ready)
+        except grpc.RpcError:
+            return False
+
+    def wait_ready(self, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
+        """Until the first endpoint says ModelReady; raises TimeoutError, or RuntimeError once `alive()` is false."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.ready():
+                return
+            if not alive():
+                raise RuntimeError("the model server exited")
+            time.sleep(0.1)
+        raise TimeoutError(f"not ready after {timeout_s:.0f}s")
+
+    def serving(self, timeout_s: float = 1.0) -> bool:
+        """Whether the first endpoint's gRPC health service answers SERVING."""
+        try:
+            reply = health_pb2_grpc.HealthStub(self._channels[0]).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def describe(self) -> v2.ModelMetadataResponse:
         """The model's metadata from the first endpoint; learns the input tensor's name and checks the output."""
@@ -115,18 +169,20 @@ class InferenceClient:
             self.input_name = metadata.inputs[0].name
         names = [o.name for o in metadata.outputs]
         if self.output_name and names and self.output_name not in names:
-            raise EndpointError(endpoint, None, f"model {self.model_name!r} has no output {self.output_name!r}; it has {', '.join(names)}", transient=False)
+            message = f"model {self.model_name!r} has no output {self.output_name!r}; it has {', '.join(names)}"
+            raise EndpointError(endpoint, None, message, transient=False)
         return metadata
+
+    # Inference
 
     def frame(self, batch: np.ndarray, request_id: str = "") -> bytes:
         """The serialised ModelInferRequest for a batch (its bytes are copied once, into the frame)."""
-        dtype = np.dtype(NUMPY_DTYPES[self.input_dtype]).newbyteorder("<")
-        contiguous = np.ascontiguousarray(batch, dtype=dtype)
+        contiguous = np.ascontiguousarray(batch, dtype=_numpy_dtype(self.input_dtype))
         message = v2.ModelInferRequest(model_name=self.model_name, model_version=self.model_version, id=request_id)
         message.inputs.add(name=self.input_name, datatype=self.input_dtype, shape=contiguous.shape)
         if self.output_name:
             message.outputs.add(name=self.output_name)
-        return wire.encode_request(message, [memoryview(contiguous).cast("B")], align=wire.ALIGN)
+        return wire.encode_request(message, [contiguous.data.cast("B")], align=wire.ALIGN)
 
     def output_of(self, answer: tuple[v2.ModelInferResponse, list[memoryview]]) -> tuple[memoryview, str, list[int]]:
         """(raw bytes, datatype, shape) of the requested output (the first when none was named)."""
@@ -139,24 +195,57 @@ class InferenceClient:
                 return memoryview(np.asarray(values, dtype="<f4").tobytes()), "FP32", list(tensor.shape)
         raise EndpointError("", None, f"the response has no output {self.output_name!r}", transient=False)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """One synchronous request; the output as a numpy array."""
+    @overload
+    def infer(self, batch: np.ndarray, /) -> np.ndarray: ...
+
+    @overload
+    def infer(self, model: str, tiles: np.ndarray, version: str = "", timeout: float | None = None) -> dict[str, np.ndarray]: ...
+
+    def infer(
+        self, model: str | np.ndarray, tiles: np.ndarray | None = None, version: str = "", timeout: float | None = None
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """One synchronous request. `infer(batch)`: the client's model, its chosen output as an array.
+        `infer(model, tiles)`: any model on the endpoint, named, with every output by name; the tiles'
+        own dtype is sent."""
+        if isinstance(model, str):
+            assert tiles is not None, "infer(model, tiles) needs the tiles"
+            return self._infer_named(model, tiles, version, timeout)
         index = next(self._next)
         try:
-            answer = self._infer[index](self.frame(batch), timeout=self.timeout_s)
+            answer = self._infer[index](self.frame(model), timeout=self.timeout_s)
         except grpc.RpcError as error:
             raise _error(self._endpoints[index], error) from None
         raw, datatype, shape = self.output_of(answer)
-        return np.frombuffer(raw, dtype=np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")).reshape(shape)
+        return np.frombuffer(raw, dtype=_numpy_dtype(datatype)).reshape(shape)
 
-    def run(self, batches: Iterable[tuple[Any, np.ndarray | bytes]], max_concurrency: int) -> Iterator[tuple[Any, memoryview, str, list[int]]]:
+    def infer_raw(
+        self, model: str, tiles: np.ndarray, version: str = "", timeout: float | None = None
+    ) -> tuple[v2.ModelInferResponse, list[memoryview]]:
+        """One request to the named model with the tiles (in their own dtype) as input "tiles": the response,
+        and a view of each output's bytes. Raises grpc.RpcError as the endpoint answered."""
+        tiles = np.ascontiguousarray(tiles, dtype=tiles.dtype.newbyteorder("<"))
+        request = v2.ModelInferRequest(model_name=model, model_version=version)
+        request.inputs.add(name="tiles", datatype=DATATYPES[tiles.dtype.name], shape=tiles.shape)
+        frame = wire.encode_request(request, [tiles.data.cast("B")], align=wire.ALIGN)
+        return self._infer[next(self._next)](frame, timeout=timeout)
+
+    def _infer_named(self, model: str, tiles: np.ndarray, version: str, timeout: float | None) -> dict[str, np.ndarray]:
+        response, raws = self.infer_raw(model, tiles, version, timeout)
+        return {
+            tensor.name: np.frombuffer(raw, dtype=_numpy_dtype(tensor.datatype)).reshape(tuple(tensor.shape))
+            for tensor, raw in zip(response.outputs, raws, strict=True)
+        }
+
+    def run(
+        self, batches: Iterable[tuple[Any, np.ndarray | bytes]], max_concurrency: int
+    ) -> Iterator[tuple[Any, memoryview, str, list[int]]]:
         """Send every (key, batch) with at most `max_concurrency` requests in flight; yield (key, raw output,
         datatype, shape) as answers arrive. A batch is a numpy array or a request already made by `frame`.
         The first failure cancels what is in flight and is raised."""
         source = iter(batches)
         done: queue.Queue = queue.Queue()
         in_flight: dict[Any, tuple[grpc.Future, str]] = {}
-        upcoming: tuple[Any, np.ndarray] | None = None
+        upcoming: tuple[Any, np.ndarray | bytes] | None = None
         exhausted = False
 
         def pull() -> None:

@@ -1,0 +1,53 @@
+"""Every state change of a hosted model, persisted as an event before anyone sees it.
+
+The builder, the deployer, the monitor and the reconciler all change models
+through one `Journal`: it saves the model, appends its next event (the store
+keeps sequence numbers gap-free) and holds one lock per model, so a rollout,
+a delete and a health check never act on the same model at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from hosting_svc.domain import DeploymentEvent, HostedModel
+from hosting_svc.store import Store
+from mesh.errors import InvalidArgument, NotFound
+
+log = logging.getLogger("hosting")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Journal:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def emit(self, model: HostedModel, state: str | None = None, message: str = "", log_line: str = "") -> DeploymentEvent:
+        """Save the model (in `state`, when given) and append its next event."""
+        if state is not None and state != model.state:
+            model.state = state
+            model.state_message = message
+        model.last_updated = now()
+        self.store.save(model)
+        event = self.store.append_event(model, message, log_line)
+        log.info("deployment event", extra={"model_id": model.id, "state": model.state, "event_message": message})
+        return event
+
+    def lock(self, model_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(model_id, threading.Lock())
+
+    def get(self, model_id: str) -> HostedModel:
+        if not model_id:
+            raise InvalidArgument.field("model_id", "is required")
+        model = self.store.get(model_id)
+        if model is None:
+            raise NotFound(f"no hosted model has id {model_id!r}")
+        return model

@@ -1,0 +1,63 @@
+"""Hosting's own settings, on top of mesh.config's `Settings` (ports, home, keys, logs).
+
+Read once at start-up by server.build(); every field names its environment
+variable. `home` is not read: it is $CONSTELLATION_HOME/hosting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from mesh.config import EnvSettings, env_field
+
+
+class HostingSettings(EnvSettings):
+    """Where hosting keeps its state, how it builds and checks models, and the credentials it uses."""
+
+    home: Path = Field(
+        Path("~/.constellation/hosting").expanduser(),
+        description="hosting's state: database, sources, wheelhouse, builds, venvs (set to $CONSTELLATION_HOME/hosting, not read)",
+    )
+    database_url_raw: str = Field(
+        "",
+        validation_alias="CONSTELLATION_HOSTING_DATABASE_URL",
+        description="SQLAlchemy URL of hosting's database (default SQLite under hosting's home)",
+        repr=False,
+    )
+    docker: str = env_field("CONSTELLATION_HOSTING_DOCKER", "auto", "off: never use Docker; anything else: use the engine when it answers")
+    base_image: str = env_field("CONSTELLATION_BASE_IMAGE", "constellation/base:bookworm", "image every model image builds on")
+    ready_timeout_s: float = env_field(
+        "CONSTELLATION_HOSTING_READY_TIMEOUT_S", 60.0, "how long a new replica or smoke test may take to say ModelReady, s", gt=0
+    )
+    monitor_interval_s: float = Field(1.0, description="how often the monitor checks every replica's health, s (not read)", gt=0)
+    registry_username: str = env_field("CONSTELLATION_REGISTRY_USERNAME", "", "user for pushing and pulling images, on any registry")
+    registry_password: str = Field(
+        "", validation_alias="CONSTELLATION_REGISTRY_PASSWORD", description="password of CONSTELLATION_REGISTRY_USERNAME", repr=False
+    )
+    registry_auth_file: str = env_field(
+        "CONSTELLATION_REGISTRY_AUTH_FILE", "", 'JSON file of credentials per registry host: {"host:port": {"username", "password"}}'
+    )
+    modal_token_id: str = Field("", validation_alias="MODAL_TOKEN_ID", description="Modal token id; with its secret, enables the modal runtime")
+    modal_token_secret: str = Field("", validation_alias="MODAL_TOKEN_SECRET", description="Modal token secret", repr=False)
+
+    @property
+    def database_url(self) -> str:
+        return self.database_url_raw or f"sqlite:///{self.home / 'hosting.db'}"
+
+    @property
+    def docker_wanted(self) -> bool:
+        return self.docker != "off"
+
+
+class HubSettings(EnvSettings):
+    """The Hugging Face hub's own variables, read at each hf:// fetch (as huggingface_hub itself does),
+    so a changed cache or offline switch applies without restarting hosting."""
+
+    cache: str = Field("", validation_alias="HF_HUB_CACHE", description="Hugging Face cache folder (default the hub's own)")
+    offline_raw: str = Field("", validation_alias="HF_HUB_OFFLINE", description="1, true or yes: use the cache only")
+
+    @property
+    def offline(self) -> bool:
+        return self.offline_raw in ("1", "true", "yes")
