@@ -1,9 +1,10 @@
 """List RPCs' filter and page token, one way for every resource core lists (datasets, models,
 pipelines, runs).
 
-A filter is `field = "value"` terms joined by AND. Pages are keyset pages over ids, which sort by
-creation time (mesh.ids); a page token is opaque to clients and bound to the filter it was issued for,
-so a token reused with another filter is refused instead of silently skipping rows.
+A filter is `field = "value"` terms joined by AND (read by mesh.filters); each term becomes a SQL
+clause. Pages are keyset pages over ids, which sort by creation time (mesh.ids); a page token is opaque
+to clients and bound to the filter it was issued for, so a token reused with another filter is refused
+instead of silently skipping rows.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -19,10 +19,10 @@ from sqlalchemy import ColumnElement, Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mesh.errors import InvalidArgument
+from mesh.filters import filter_terms
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-_TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*$')
 
 RowT = TypeVar("RowT")
 # Filterable field -> the SQL clause for one value of it.
@@ -30,21 +30,9 @@ FilterFields = Mapping[str, Callable[[str], ColumnElement[bool]]]
 
 
 def parse_filter(text: str, fields: FilterFields) -> list[ColumnElement[bool]]:
-    """`field = "value" AND ...` into SQL clauses, one per term."""
-    if not text.strip():
-        return []
-    clauses = []
-    for term in re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE):
-        match = _TERM.match(term)
-        if not match:
-            raise InvalidArgument.field(
-                "filter", f'cannot read {term.strip()!r}: write terms as field = "value", joined by AND'
-            )
-        name, value = match.group(1), match.group(2).replace('\\"', '"')
-        if name not in fields:
-            raise InvalidArgument.field("filter", f"cannot filter on {name!r}; filterable fields: {', '.join(fields)}")
-        clauses.append(fields[name](value))
-    return clauses
+    """`field = "value" AND ...` into SQL clauses, one per term: a field named twice must match both values
+    (`tag = "water" AND tag = "s2"`). Terms are read by mesh.filters, as every List RPC of the mesh reads them."""
+    return [fields[name](value) for name, value in filter_terms(text, fields)]
 
 
 class Page:

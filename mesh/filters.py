@@ -19,7 +19,12 @@ _TERM = re.compile(r'^\s*([a-z_]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*$')
 
 def parse_filter(text: str, fields: Collection[str]) -> dict[str, str]:
     """field -> wanted value, for each term of `text` (empty: no filter). A field named twice keeps the last."""
-    terms: dict[str, str] = {}
+    return dict(filter_terms(text, fields))
+
+
+def filter_terms(text: str, fields: Collection[str]) -> list[tuple[str, str]]:
+    """(field, wanted value) for each term of `text`, in order (empty: no filter)."""
+    terms: list[tuple[str, str]] = []
     if not text.strip():
         return terms
     for term in re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE):
@@ -29,5 +34,5 @@ def parse_filter(text: str, fields: Collection[str]) -> dict[str, str]:
         name, value = match.group(1), match.group(2).replace('\\"', '"')
         if name not in fields:
             raise InvalidArgument.field("filter", f"cannot filter on {name!r}; filterable fields: {', '.join(fields)}")
-        terms[name] = value
+        terms.append((name, value))
     return terms
