@@ -18,7 +18,9 @@ NO_KEY = (
 def check_query(query: Query) -> None:
     found: list[FieldViolation] = []
     if not query.prompt.strip():
-        found.append(FieldViolation("prompt", "is required: describe the goal in 1-4000 characters, e.g. 'map surface water'"))
+        found.append(
+            FieldViolation("prompt", "is required: describe the goal in 1-4000 characters, e.g. 'map surface water'")
+        )
     elif len(query.prompt) > MAX_PROMPT_CHARS:
         found.append(FieldViolation("prompt", f"is {len(query.prompt)} characters; at most {MAX_PROMPT_CHARS}"))
     if not 0 <= query.max_results <= MAX_RESULTS:
@@ -27,14 +29,21 @@ def check_query(query: Query) -> None:
     for name in ("max_resolution_m", "max_latency_ms", "min_accuracy"):
         value = getattr(c, name)
         if not math.isfinite(value) or value < 0:
-            found.append(FieldViolation(f"constraints.{name}", "must be a finite number of at least 0 (0 means no limit)"))
+            found.append(
+                FieldViolation(f"constraints.{name}", "must be a finite number of at least 0 (0 means no limit)")
+            )
     if math.isfinite(c.min_accuracy) and c.min_accuracy > 1:
         found.append(FieldViolation("constraints.min_accuracy", "is a fraction in [0, 1], e.g. 0.9 for 90%"))
     if c.region is not None:
         min_x, min_y, max_x, max_y = c.region
-        if not all(math.isfinite(v) for v in c.region) or not (-180 <= min_x < max_x <= 180 and -90 <= min_y < max_y <= 90):
+        if not all(math.isfinite(v) for v in c.region) or not (
+            -180 <= min_x < max_x <= 180 and -90 <= min_y < max_y <= 90
+        ):
             found.append(
-                FieldViolation("constraints.region", "must be an EPSG:4326 box with min_x < max_x in [-180, 180] and min_y < max_y in [-90, 90]")
+                FieldViolation(
+                    "constraints.region",
+                    "must be an EPSG:4326 box with min_x < max_x in [-180, 180] and min_y < max_y in [-90, 90]",
+                )
             )
     for i, name in enumerate(c.sensors):
         if not name.strip():

@@ -87,7 +87,14 @@ class Validation:
 
 
 class CoreCatalog:
-    def __init__(self, address: str, ttl_s: float = 5.0, timeout_s: float = 10.0, embedder: Embedder | None = None, api_key: str = "") -> None:
+    def __init__(
+        self,
+        address: str,
+        ttl_s: float = 5.0,
+        timeout_s: float = 10.0,
+        embedder: Embedder | None = None,
+        api_key: str = "",
+    ) -> None:
         self.address = address
         self.embedder = embedder
         self.ttl_s = ttl_s
@@ -109,7 +116,9 @@ class CoreCatalog:
         except grpc.RpcError as error:
             code = error.code()  # type: ignore[attr-defined]
             if code in DOWN:
-                raise Unavailable(f"core at {self.address} does not answer ({what}: {code.name}); try again shortly") from None
+                raise Unavailable(
+                    f"core at {self.address} does not answer ({what}: {code.name}); try again shortly"
+                ) from None
             if lookup:
                 raise LookupFailed(f"{code.name}: {error.details()}") from None  # type: ignore[attr-defined]
             raise FailedPrecondition(f"core refused {what}: {code.name}: {error.details()}") from None  # type: ignore[attr-defined]
@@ -127,7 +136,9 @@ class CoreCatalog:
                 return current
             datasets = self._list_all("ListDatasets", self._core.ListDatasets, core_pb2.ListDatasetsRequest, "datasets")
             models = self._list_all("ListModels", self._core.ListModels, core_pb2.ListModelsRequest, "models")
-            catalog = Catalog(tuple(dataset_from_proto(d) for d in datasets), tuple(model_from_proto(m) for m in models))
+            catalog = Catalog(
+                tuple(dataset_from_proto(d) for d in datasets), tuple(model_from_proto(m) for m in models)
+            )
             if current is not None and current.catalog == catalog:
                 index = current.index  # nothing changed: keep the index, skip the rebuild
             else:
@@ -150,25 +161,44 @@ class CoreCatalog:
             "ValidatePipeline",
             lambda: self._core.ValidatePipeline(core_pb2.ValidatePipelineRequest(spec=spec), timeout=self.timeout_s),
         )
-        return Validation(answer.valid, [f"{p.field}: {p.description}" if p.field else p.description for p in answer.problems])
+        return Validation(
+            answer.valid, [f"{p.field}: {p.description}" if p.field else p.description for p in answer.problems]
+        )
 
     # Look-ups for Gemini's function calls. They go to core each time, so the
     # model sees what core holds now; a NOT_FOUND or a bad filter comes back
     # as a message the model can act on, not an error of the RPC.
 
     def find_datasets(self, filter_text: str, limit: int = 20) -> list[core_pb2.Dataset]:
-        return list(self._lookup("ListDatasets", lambda: self._core.ListDatasets(
-            core_pb2.ListDatasetsRequest(page_size=limit, filter=filter_text), timeout=self.timeout_s)).datasets)
+        return list(
+            self._lookup(
+                "ListDatasets",
+                lambda: self._core.ListDatasets(
+                    core_pb2.ListDatasetsRequest(page_size=limit, filter=filter_text), timeout=self.timeout_s
+                ),
+            ).datasets
+        )
 
     def find_models(self, filter_text: str, limit: int = 20) -> list[core_pb2.Model]:
-        return list(self._lookup("ListModels", lambda: self._core.ListModels(
-            core_pb2.ListModelsRequest(page_size=limit, filter=filter_text), timeout=self.timeout_s)).models)
+        return list(
+            self._lookup(
+                "ListModels",
+                lambda: self._core.ListModels(
+                    core_pb2.ListModelsRequest(page_size=limit, filter=filter_text), timeout=self.timeout_s
+                ),
+            ).models
+        )
 
     def get_dataset(self, dataset_id: str) -> core_pb2.Dataset:
-        return self._lookup("GetDataset", lambda: self._core.GetDataset(core_pb2.GetDatasetRequest(id=dataset_id), timeout=self.timeout_s))
+        return self._lookup(
+            "GetDataset",
+            lambda: self._core.GetDataset(core_pb2.GetDatasetRequest(id=dataset_id), timeout=self.timeout_s),
+        )
 
     def get_model(self, model_id: str) -> core_pb2.Model:
-        return self._lookup("GetModel", lambda: self._core.GetModel(core_pb2.GetModelRequest(id=model_id), timeout=self.timeout_s))
+        return self._lookup(
+            "GetModel", lambda: self._core.GetModel(core_pb2.GetModelRequest(id=model_id), timeout=self.timeout_s)
+        )
 
     def _lookup(self, what: str, call: Callable[[], T]) -> T:
         return self._call(what, call, lookup=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from constellation.common.v1 import common_pb2
 from agent_svc.domain import BlockReason, Dataset, Intent, Model
+from constellation.common.v1 import common_pb2
 
 REFLECTANCE_SENSORS = ("sentinel-2", "landsat")
 PER_PIXEL_TASKS = ("segmentation", "regression")
@@ -32,16 +32,23 @@ def _normalization(dataset: Dataset, model: Model, sar: bool) -> tuple[int, str]
             f"{dataset.sensor} digital numbers / 10000 give reflectance in [0, 1], the range {model.name} expects",
         )
     if unit_range:
-        return common_pb2.NORMALIZATION_MIN_MAX, f"scaled to [0, 1] by the scene's range, the range {model.name} expects"
+        return (
+            common_pb2.NORMALIZATION_MIN_MAX,
+            f"scaled to [0, 1] by the scene's range, the range {model.name} expects",
+        )
     return common_pb2.NORMALIZATION_NONE, f"{model.name} takes values as stored"
 
 
-def build_spec(dataset: Dataset, model: Model, intent: Intent, export_base: str, sar: bool = False) -> tuple[common_pb2.PipelineSpec, list[BlockReason]]:
+def build_spec(
+    dataset: Dataset, model: Model, intent: Intent, export_base: str, sar: bool = False
+) -> tuple[common_pb2.PipelineSpec, list[BlockReason]]:
     tile = model.tile_size_px
     per_pixel = model.task in PER_PIXEL_TASKS
     overlap = tile // 16 if per_pixel and tile >= 64 else 0
     normalization, why_normalization = _normalization(dataset, model, sar)
-    vectorize = intent.wants_vectors if intent.wants_vectors is not None else model.task in ("segmentation", "detection")
+    vectorize = (
+        intent.wants_vectors if intent.wants_vectors is not None else model.task in ("segmentation", "detection")
+    )
     formats = [common_pb2.EXPORT_FORMAT_COG]
     if vectorize:
         formats.append(common_pb2.EXPORT_FORMAT_GEOJSON)
@@ -51,17 +58,25 @@ def build_spec(dataset: Dataset, model: Model, intent: Intent, export_base: str,
     batch = 16 if tile and tile <= 256 else 8 if tile and tile <= 512 else 4
 
     blocks = [
-        common_pb2.Block(id="scene", label=f"Read {dataset.name}", dataset=common_pb2.DatasetBlock(dataset_id=dataset.id, bands=list(model.bands))),
+        common_pb2.Block(
+            id="scene",
+            label=f"Read {dataset.name}",
+            dataset=common_pb2.DatasetBlock(dataset_id=dataset.id, bands=list(model.bands)),
+        ),
         common_pb2.Block(
             id="tiles",
             label=f"Cut {tile or 'model-sized'} px tiles",
             tile=common_pb2.TileBlock(tile_size_px=tile, overlap_px=overlap, normalization=normalization),
         ),
-        common_pb2.Block(id="infer", label=f"Run {model.name}", model=common_pb2.ModelBlock(model_id=model.id, batch_size=batch)),
+        common_pb2.Block(
+            id="infer", label=f"Run {model.name}", model=common_pb2.ModelBlock(model_id=model.id, batch_size=batch)
+        ),
         common_pb2.Block(
             id="mosaic",
             label="Stitch predictions",
-            stitch=common_pb2.StitchBlock(blend=common_pb2.BLEND_MODE_MEAN if overlap else common_pb2.BLEND_MODE_CENTER),
+            stitch=common_pb2.StitchBlock(
+                blend=common_pb2.BLEND_MODE_MEAN if overlap else common_pb2.BLEND_MODE_CENTER
+            ),
         ),
     ]
     edges = [("scene", "tiles"), ("tiles", "infer"), ("infer", "mosaic")]
@@ -71,13 +86,18 @@ def build_spec(dataset: Dataset, model: Model, intent: Intent, export_base: str,
                 id="polygons",
                 label="Vectorise the mask",
                 vectorize=common_pb2.VectorizeBlock(
-                    threshold=0.5, simplify_tolerance_m=resolution, min_area_m2=4 * resolution * resolution, crs="EPSG:4326"
+                    threshold=0.5,
+                    simplify_tolerance_m=resolution,
+                    min_area_m2=4 * resolution * resolution,
+                    crs="EPSG:4326",
                 ),
             )
         )
         edges += [("mosaic", "polygons"), ("polygons", "out")]
     uri = export_uri(export_base, dataset, model)
-    blocks.append(common_pb2.Block(id="out", label="Export results", export=common_pb2.ExportBlock(uri=uri, formats=formats)))
+    blocks.append(
+        common_pb2.Block(id="out", label="Export results", export=common_pb2.ExportBlock(uri=uri, formats=formats))
+    )
     edges.append(("mosaic", "out"))
     spec = common_pb2.PipelineSpec(
         blocks=blocks, edges=[common_pb2.Edge(source_block_id=s, target_block_id=t) for s, t in edges]
@@ -93,7 +113,11 @@ def build_spec(dataset: Dataset, model: Model, intent: Intent, export_base: str,
         BlockReason(
             "tiles",
             f"{tile} px tiles because {model.name} takes {tile} px"
-            + (f"; {overlap} px overlap so per-pixel predictions have context at tile edges" if overlap else "; no overlap, as it predicts per tile")
+            + (
+                f"; {overlap} px overlap so per-pixel predictions have context at tile edges"
+                if overlap
+                else "; no overlap, as it predicts per tile"
+            )
             + f"; {why_normalization}"
             if tile
             else f"tiles of the model's own size; {why_normalization}",
@@ -105,7 +129,9 @@ def build_spec(dataset: Dataset, model: Model, intent: Intent, export_base: str,
         ),
         BlockReason(
             "mosaic",
-            "overlapping predictions are averaged" if overlap else "each pixel comes from the tile whose centre is nearest",
+            "overlapping predictions are averaged"
+            if overlap
+            else "each pixel comes from the tile whose centre is nearest",
         ),
     ]
     if vectorize:

@@ -59,7 +59,9 @@ SAR_BANDS = frozenset({"vv", "vh", "hh", "hv"})
 SAR_WORDS = re.compile(r"\b(sar|radar|backscatter|c[\s-]band|l[\s-]band|synthetic aperture|polari[sz]ations?)\b")
 OPTICAL_WORDS = re.compile(r"\b(optical|multi[\s-]?spectral)\b")
 NEGATION = re.compile(r"\b(not|no|won'?t|can'?t|cannot|without|avoid|isn'?t|doesn'?t|useless|never)\b")
-CLOUD_HINTS = re.compile(r"\b(cloudy|overcast|cloud[\s-]penetrating|through (the )?clouds?|all[\s-]weather|at night|night[\s-]?time)\b")
+CLOUD_HINTS = re.compile(
+    r"\b(cloudy|overcast|cloud[\s-]penetrating|through (the )?clouds?|all[\s-]weather|at night|night[\s-]?time)\b"
+)
 
 TASK_CUES: dict[str, list[tuple[re.Pattern[str], float]]] = {
     "detection": [
@@ -90,7 +92,9 @@ EXPLICIT_TASKS = {
     "regression": re.compile(r"\bregression\b"),
 }
 VECTOR_WORDS = re.compile(r"\b(polygons?|vectors?|vectori[sz]\w*|geojson|shapefiles?|qgis|outlines?|footprints?)\b")
-RASTER_ONLY = re.compile(r"\b(raster only|only (the|a) raster|just (the|a) raster|no vectors?|no polygons?|without (vectors?|polygons?))\b")
+RASTER_ONLY = re.compile(
+    r"\b(raster only|only (the|a) raster|just (the|a) raster|no vectors?|no polygons?|without (vectors?|polygons?))\b"
+)
 NO_PREVIEW = re.compile(r"\b(no (png|preview|quick[\s-]?look)s?)\b")
 
 NUMBER = r"(\d+(?:\.\d+)?)"
@@ -99,13 +103,22 @@ BBOX = re.compile(
     r"(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)"
 )
 DISTANCE = re.compile(NUMBER + r"\s*(cm|centimet(?:er|re)s?|m|met(?:er|re)s?|km)\b")
-RESOLUTION_CONTEXT = re.compile(r"resolution|gsd|pixel|better|finer|sharper|at least|or less|at most|no coarser|max|sampl")
+RESOLUTION_CONTEXT = re.compile(
+    r"resolution|gsd|pixel|better|finer|sharper|at least|or less|at most|no coarser|max|sampl"
+)
 SUB_METRE = re.compile(r"\bsub[\s-]?met(er|re)\b")
-DURATION = re.compile(NUMBER + r"\s*(ms|milliseconds?|msec|s|secs?|seconds?)\b(\s*(per|a|each|/)\s*(tile|chip|patch|image|inference|request))?")
-LATENCY_CONTEXT = re.compile(r"latenc|per tile|each tile|a tile|under|below|less than|faster|within|at most|max|quick|fast")
+DURATION = re.compile(
+    NUMBER
+    + r"\s*(ms|milliseconds?|msec|s|secs?|seconds?)\b(\s*(per|a|each|/)\s*(tile|chip|patch|image|inference|request))?"
+)
+LATENCY_CONTEXT = re.compile(
+    r"latenc|per tile|each tile|a tile|under|below|less than|faster|within|at most|max|quick|fast"
+)
 PERCENT = re.compile(NUMBER + r"\s*(%|percent)")
 QUALITY = re.compile(r"\b(accura\w*|iou|f1|precision|recall|map|r2|score|miou|dice)\b")
-QUALITY_VALUE = re.compile(r"\b(accuracy|iou|miou|f1|precision|recall|map|r2|dice)\b[^\d%]{0,25}(0?\.\d+|1\.0|0|1)\b(?!\s*%)")
+QUALITY_VALUE = re.compile(
+    r"\b(accuracy|iou|miou|f1|precision|recall|map|r2|dice)\b[^\d%]{0,25}(0?\.\d+|1\.0|0|1)\b(?!\s*%)"
+)
 
 
 def _negated(clause: str, match: re.Match[str]) -> bool:
@@ -266,7 +279,11 @@ def parse(prompt: str, structured: Constraints | None = None) -> Intent:
     intent.constraints = constraints
 
     # Short numbers ("5" of "Landsat 5", "2" of "3-5 m") only add noise; years stay.
-    words = [w for w in text.tokens(kept) if w not in text.STOPWORDS and w not in negated_words and not (w.isdigit() and len(w) < 4)]
+    words = [
+        w
+        for w in text.tokens(kept)
+        if w not in text.STOPWORDS and w not in negated_words and not (w.isdigit() and len(w) < 4)
+    ]
     intent.terms = text.expand(words)
     intent.model_terms = text.expand([w for w in words if w not in constraint_words])
     intent.shown = text.display_words(words)
@@ -283,7 +300,10 @@ def apply_structured(constraints: Constraints, structured: Constraints) -> None:
     if structured.task:
         constraints.task = structured.task
     if structured.region is not None:
-        constraints.region, constraints.region_name = structured.region, structured.region_name or "the requested region"
+        constraints.region, constraints.region_name = (
+            structured.region,
+            structured.region_name or "the requested region",
+        )
     for name in ("max_resolution_m", "max_latency_ms", "min_accuracy"):
         value = getattr(structured, name)
         if value:

@@ -27,7 +27,18 @@ from agent_svc.embeddings import Embedder
 
 # Model card metric names read as latency (ms per tile) and as quality in [0, 1], in order of preference.
 LATENCY_METRICS = ("latency_ms", "p50_latency_ms", "latency_ms_per_tile", "median_latency_ms")
-QUALITY_METRICS = ("accuracy", "heldout_accuracy", "overall_accuracy", "iou", "heldout_iou", "miou", "f1", "dice", "map", "r2")
+QUALITY_METRICS = (
+    "accuracy",
+    "heldout_accuracy",
+    "overall_accuracy",
+    "iou",
+    "heldout_iou",
+    "miou",
+    "f1",
+    "dice",
+    "map",
+    "r2",
+)
 PAIR_CANDIDATES = 10
 SAR_BANDS = prompt_mod.SAR_BANDS
 
@@ -89,12 +100,21 @@ class RankIndex:
         code = {name: i if i < 63 else 63 for i, name in enumerate(sensors)}  # code 63 never matches
         self.d_sensor_code = np.array([code[s] for s in self.d_sensor.tolist()], dtype=np.int64)
         self.m_sensor_mask = np.array(
-            [sum(1 << code[s] for s in sensors if code[s] < 63 and any(prompt_mod.sensor_matches(s, t) for t in trained)) for trained in self.m_trained_on],
+            [
+                sum(
+                    1 << code[s]
+                    for s in sensors
+                    if code[s] < 63 and any(prompt_mod.sensor_matches(s, t) for t in trained)
+                )
+                for trained in self.m_trained_on
+            ],
             dtype=np.int64,
         )
         if embedder is not None:
             self.d_vectors = embedder.encode([" ".join([d.name, d.description, d.sensor, *d.tags]) for d in ds])
-            self.m_vectors = embedder.encode([" ".join([m.name, m.task, m.description, m.data_used, *m.tags]) for m in ms])
+            self.m_vectors = embedder.encode(
+                [" ".join([m.name, m.task, m.description, m.data_used, *m.tags]) for m in ms]
+            )
         self.d_by_id = {d.id: i for i, d in enumerate(ds)}
         self.m_by_id = {m.id: i for i, m in enumerate(ms)}
 
@@ -218,7 +238,9 @@ class Joint:
 NO_PARTNER = 1 << 30
 
 
-def _pair_matrix(index: RankIndex, ds: Scored, ms: Scored, d_idx: np.ndarray, m_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pair_matrix(
+    index: RankIndex, ds: Scored, ms: Scored, d_idx: np.ndarray, m_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Misses and scores of every (d_idx[i], m_idx[j]) pair; incompatible pairs get NO_PARTNER misses and score -1."""
     d_bits = index.d_bits[d_idx][:, None]
     m_bits = index.m_bits[m_idx][None, :]
@@ -234,7 +256,9 @@ def _better(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) -> n
     return (m1 < m2) | ((m1 == m2) & (s1 > s2))
 
 
-def joint(index: RankIndex, ds: Scored, ms: Scored, dataset_only: int | None = None, model_only: int | None = None) -> Joint:
+def joint(
+    index: RankIndex, ds: Scored, ms: Scored, dataset_only: int | None = None, model_only: int | None = None
+) -> Joint:
     """Pairs searched: every dataset with the leading models, and the leading datasets with every model.
 
     An entry's score is that of the best pair it is in, so both lists are
@@ -447,7 +471,9 @@ def rank(
     return Recommendation(datasets, models, satisfied, summary, planner, best)
 
 
-def _effective(partner: np.ndarray, misses: np.ndarray, score: np.ndarray, own: Scored) -> tuple[np.ndarray, np.ndarray]:
+def _effective(
+    partner: np.ndarray, misses: np.ndarray, score: np.ndarray, own: Scored
+) -> tuple[np.ndarray, np.ndarray]:
     """Pair misses and score; an entry with no compatible partner counts one more miss than its own."""
     alone = partner < 0
     misses = np.where(alone, own.shortfalls + 1, misses)
@@ -473,7 +499,12 @@ def _top(misses: np.ndarray, score: np.ndarray, limit: int) -> np.ndarray:
 
 
 def summarize(
-    intent: Intent, datasets: list[Candidate], models: list[Candidate], satisfied: bool, compatible: bool, catalog: Catalog
+    intent: Intent,
+    datasets: list[Candidate],
+    models: list[Candidate],
+    satisfied: bool,
+    compatible: bool,
+    catalog: Catalog,
 ) -> str:
     understood = "; ".join(intent.notes) if intent.notes else "no explicit constraints"
     if not catalog.datasets or not catalog.models:

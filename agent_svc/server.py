@@ -23,7 +23,11 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshS
     agent_settings = AgentSettings.load(settings.peers["core"], settings.home, env)
     embedder = embeddings.load(agent_settings.embeddings)
     catalog = CoreCatalog(
-        agent_settings.core_address, agent_settings.catalog_ttl_s, agent_settings.core_timeout_s, embedder, service_key(settings.api_keys)
+        agent_settings.core_address,
+        agent_settings.catalog_ttl_s,
+        agent_settings.core_timeout_s,
+        embedder,
+        service_key(settings.api_keys),
     )
     offline = OfflinePlanner(catalog, agent_settings.export_uri)
     gemini = None
@@ -41,7 +45,9 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshS
         },
     )
     # The agent cannot answer without core's catalog, so its health follows core's.
-    return MeshServer(settings, [registration("agent", AgentServicer(Agent(offline, gemini)), health_checks={"core": catalog.check})])
+    return MeshServer(
+        settings, [registration("agent", AgentServicer(Agent(offline, gemini)), health_checks={"core": catalog.check})]
+    )
 
 
 def main() -> None:

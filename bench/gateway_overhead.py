@@ -102,7 +102,9 @@ def main() -> None:
         unused = f"127.0.0.1:{free_port()}"
         config = work / "envoy.yaml"
         config.write_text(
-            gateway.render_config(gateway_port, admin_port, {"core": direct, "hosting": unused, "orchestrator": unused, "agent": unused})
+            gateway.render_config(
+                gateway_port, admin_port, {"core": direct, "hosting": unused, "orchestrator": unused, "agent": unused}
+            )
         )
         envoy = gateway.start_envoy(config, work / "envoy.log")
         gateway.wait_ready(admin_port, process=envoy)
@@ -114,8 +116,12 @@ def main() -> None:
                 stub.CreateDataset(
                     core_pb2.CreateDatasetRequest(
                         dataset=core_pb2.Dataset(
-                            name=f"scene-{i:03d}", uri=f"s3://scenes/{i}.tif", sensor="sentinel-2",
-                            bands=["blue", "green", "red", "nir"], resolution_m=10, tags=["bench"],
+                            name=f"scene-{i:03d}",
+                            uri=f"s3://scenes/{i}.tif",
+                            sensor="sentinel-2",
+                            bands=["blue", "green", "red", "nir"],
+                            resolution_m=10,
+                            tags=["bench"],
                         )
                     )
                 ).id
@@ -125,7 +131,9 @@ def main() -> None:
             "GetDataset": core_pb2.GetDatasetRequest(id=ids[100]),
             "ListDatasets(50)": core_pb2.ListDatasetsRequest(page_size=50),
         }
-        print(f"core at {direct}, envoy at {via_gateway}; {args.concurrency} client threads, {args.seconds:.0f}s per RPC and path")
+        print(
+            f"core at {direct}, envoy at {via_gateway}; {args.concurrency} client threads, {args.seconds:.0f}s per RPC and path"
+        )
         print(f"{'rpc':<18}{'path':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
         for name, request in cases.items():
             call = name.split("(")[0]

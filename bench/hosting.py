@@ -38,9 +38,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-from constellation.hosting.v1 import hosting_pb2  # noqa: E402
 from model_infer import NDWI4  # noqa: E402  (the same 4-band NDWI model the runtime benchmark uses)
+
 from clients.inference import InferenceClient  # noqa: E402
+from constellation.hosting.v1 import hosting_pb2  # noqa: E402
 from mesh.services import channel_options  # noqa: E402
 from model_runtime.memory import tune_malloc  # noqa: E402
 from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402
@@ -52,10 +53,19 @@ def make_ndwi4(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "model.py").write_text(NDWI4)
     manifest = {
-        "name": "ndwi4", "version": "1.0.0", "task": "segmentation", "entrypoint": "model:Ndwi4",
-        "input": {"bands": ["blue", "green", "red", "nir"], "tile_size_px": 256, "dtype": "FP32", "value_range": [0, 1]},
+        "name": "ndwi4",
+        "version": "1.0.0",
+        "task": "segmentation",
+        "entrypoint": "model:Ndwi4",
+        "input": {
+            "bands": ["blue", "green", "red", "nir"],
+            "tile_size_px": 256,
+            "dtype": "FP32",
+            "value_range": [0, 1],
+        },
         "outputs": [{"name": "water_probability", "dtype": "FP32", "shape": [1, 256, 256]}],
-        "requirements": ["numpy>=1.26"], "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0},
+        "requirements": ["numpy>=1.26"],
+        "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0},
     }
     (folder / "constellation.yaml").write_text(yaml.safe_dump(manifest))
     return folder
@@ -101,7 +111,9 @@ def our_client(address: str, seconds: float, concurrency: int = 1) -> float:
 def plain_grpcio(seconds: float, concurrency: int = 1) -> float:
     """The transport ceiling: same request and response sizes, raw bytes, no protobuf, no compute."""
     reply = np.zeros((8, 1, 256, 256), np.float32).tobytes()
-    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: reply)})
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: reply)}
+    )
     server = grpc.server(futures.ThreadPoolExecutor(4), options=OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -116,7 +128,12 @@ def plain_grpcio(seconds: float, concurrency: int = 1) -> float:
 
 
 def triton(address: str, seconds: float) -> float:
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "triton_loop.py"), address, "ndwi4", str(seconds)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "triton_loop.py"), address, "ndwi4", str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
     return float(result.stdout.strip())
@@ -128,7 +145,9 @@ def package_and_wait(hosting: HostingUnderTest, folder: Path, name: str) -> tupl
     after = hosting.hosting.store.events(existing.id)[-1].sequence if existing else 0
     start = time.perf_counter()
     status = hosting.package(folder, name=name)
-    events = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=after)
+    events = hosting.wait_for(
+        status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=after
+    )
     total = time.perf_counter() - start
     if events[-1].state != STATE.Value("DEPLOYMENT_STATE_READY"):
         raise RuntimeError(events[-1].message)
@@ -170,10 +189,14 @@ def main() -> None:
         with open(folder / "model.py", "a") as code:
             code.write("\n# a code-only change\n")
         again, build, _ = package_and_wait(hosting, folder, "ndwi4")
-        print(f"2. first package {first:.1f} s (build {first_build:.1f} s); after a code-only change: package {again:.1f} s, build {build:.1f} s (target <= 15 s)")
+        print(
+            f"2. first package {first:.1f} s (build {first_build:.1f} s); after a code-only change: package {again:.1f} s, build {build:.1f} s (target <= 15 s)"
+        )
 
         times = [deploy_to_first_inference(hosting, model_id, hosting_pb2.RUNTIME_DOCKER) for _ in range(args.deploys)]
-        print(f"3. docker: deploy to first inference median {statistics.median(times):.2f} s over {len(times)} (min {min(times):.2f}, max {max(times):.2f}; target <= 3 s)")
+        print(
+            f"3. docker: deploy to first inference median {statistics.median(times):.2f} s over {len(times)} (min {min(times):.2f}, max {max(times):.2f}; target <= 3 s)"
+        )
         address = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id)).endpoints[0].address
 
         figures = {
@@ -184,14 +207,18 @@ def main() -> None:
             "plain grpcio, 2 callers": plain_grpcio(args.seconds, 2),
             "runtime in docker, our client, 2 callers": our_client(address, args.seconds, 2),
         }
-        local_times = [deploy_to_first_inference(hosting, model_id, hosting_pb2.RUNTIME_LOCAL) for _ in range(min(3, args.deploys))]
+        local_times = [
+            deploy_to_first_inference(hosting, model_id, hosting_pb2.RUNTIME_LOCAL) for _ in range(min(3, args.deploys))
+        ]
         print(f"   local: deploy to first inference median {statistics.median(local_times):.2f} s")
         local = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id)).endpoints[0].address
         figures["runtime on local runtime, our client"] = our_client(local, args.seconds)
         print("4. ModelInfer, batches of 8 x 256x256x4 float32 (tiles/s):")
         ceiling, in_proc = figures["plain grpcio, same bytes, no compute"], figures["predict() in-process"]
         for label, value in figures.items():
-            print(f"   {label:<40} {value:8.0f}   {value / ceiling:5.2f} of plain grpcio   {value / in_proc:5.2f} of in-process")
+            print(
+                f"   {label:<40} {value:8.0f}   {value / ceiling:5.2f} of plain grpcio   {value / in_proc:5.2f} of in-process"
+            )
         for label, baseline in (
             ("runtime in docker, our client", "plain grpcio, same bytes, no compute"),
             ("runtime in docker, tritonclient", "plain grpcio, same bytes, no compute"),

@@ -106,10 +106,19 @@ def write_model(folder: Path, name: str) -> Path:
     folder.mkdir(parents=True)
     (folder / "model.py").write_text(code)
     manifest = {
-        "name": name, "version": "1.0.0", "task": "segmentation", "entrypoint": f"model:{class_name}",
-        "input": {"bands": ["blue", "green", "red", "nir"], "tile_size_px": SIZE, "dtype": "FP32", "value_range": [0, 1]},
+        "name": name,
+        "version": "1.0.0",
+        "task": "segmentation",
+        "entrypoint": f"model:{class_name}",
+        "input": {
+            "bands": ["blue", "green", "red", "nir"],
+            "tile_size_px": SIZE,
+            "dtype": "FP32",
+            "value_range": [0, 1],
+        },
         "outputs": [{"name": "water_probability", "dtype": "FP32", "shape": [1, SIZE, SIZE]}],
-        "requirements": ["numpy>=1.26"], "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0},
+        "requirements": ["numpy>=1.26"],
+        "batching": {"max_batch_size": 32, "max_queue_delay_ms": 0},
     }
     (folder / "constellation.yaml").write_text(yaml.safe_dump(manifest))
     return folder
@@ -165,7 +174,8 @@ def serve_plain(reply_bytes: int) -> None:
 
     reply = bytes(reply_bytes) if reply_bytes >= 0 else None
     handler = grpc.method_handlers_generic_handler(
-        "bench.Plain", {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: reply if reply is not None else request)}
+        "bench.Plain",
+        {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: reply if reply is not None else request)},
     )
     server = grpc.server(futures.ThreadPoolExecutor(16), options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((handler,))
@@ -263,7 +273,10 @@ class Tritonclient:
     def __init__(self, address: str, name: str, callers: int, expected: np.ndarray) -> None:
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--triton-worker", address, name, str(callers)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.expected = float(expected.astype(np.float64).sum())
         self.size = expected.size
@@ -285,7 +298,9 @@ class Tritonclient:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=6.0, help="per measured arm, split over the rounds (default 6)")
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="per measured arm, split over the rounds (default 6)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--callers", type=int, default=1, help="concurrent closed-loop callers (default 1)")
     parser.add_argument("--models", default="ndwi4,ndwi4-smooth", help=f"comma-separated, from {', '.join(MODELS)}")
@@ -303,21 +318,27 @@ def main() -> None:
 
     tune_malloc()  # what the runtime does at start; the client side benefits the same way
     slice_s, callers = args.seconds / args.rounds, args.callers
-    print(f"ModelInfer, batches of {TILES} tiles of {BANDS}x{SIZE}x{SIZE} float32 ({tiles().nbytes >> 20} MiB), {callers} caller(s), "
-          f"{args.rounds} rounds of {slice_s:g} s per arm, {os.cpu_count()} CPU(s); medians over rounds")
+    print(
+        f"ModelInfer, batches of {TILES} tiles of {BANDS}x{SIZE}x{SIZE} float32 ({tiles().nbytes >> 20} MiB), {callers} caller(s), "
+        f"{args.rounds} rounds of {slice_s:g} s per arm, {os.cpu_count()} CPU(s); medians over rounds"
+    )
     plain, echo = Plain(TILES * 1 * SIZE * SIZE * 4), Plain(-1)
     work = tempfile.TemporaryDirectory(prefix="constellation-bench-infer-")
     try:
         for name in args.models.split(","):
             folder = write_model(Path(work.name) / name, name)
             predict, expected = in_process_model(folder, name)
-            process, address = start_server([sys.executable, "-m", "model_runtime", "--model-dir", str(folder), "--port", "0"])
+            process, address = start_server(
+                [sys.executable, "-m", "model_runtime", "--model-dir", str(folder), "--port", "0"]
+            )
             triton = None
             try:
                 wait_ready(address, name)
                 client = InferenceClient(address)
                 batch = tiles()
-                np.testing.assert_allclose(client.infer(name, batch)["water_probability"], expected, rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(
+                    client.infer(name, batch)["water_probability"], expected, rtol=1e-6, atol=1e-6
+                )
                 triton = Tritonclient(address, name, callers, expected)
                 arms: dict[str, list[float]] = {k: [] for k in ("a", "b", "echo", "c", "d")}
                 cpu: dict[str, list[float]] = {k: [] for k in ("a", "b", "c", "d")}
@@ -327,7 +348,14 @@ def main() -> None:
                     cpu["a"].append((time.process_time() - before) * 1000 / max(arms["a"][-1] * slice_s / TILES, 1))
                     arms["b"].append(served(plain.process.pid, lambda: plain.rate(slice_s, callers), cpu["b"], slice_s))
                     arms["echo"].append(echo.rate(slice_s, callers))
-                    arms["c"].append(served(process.pid, lambda: rate(lambda: client.infer(name, batch), slice_s, callers), cpu["c"], slice_s))
+                    arms["c"].append(
+                        served(
+                            process.pid,
+                            lambda: rate(lambda: client.infer(name, batch), slice_s, callers),
+                            cpu["c"],
+                            slice_s,
+                        )
+                    )
                     arms["d"].append(served(process.pid, lambda: triton.rate(slice_s), cpu["d"], slice_s))
                 client.close()
             finally:
@@ -341,19 +369,31 @@ def main() -> None:
 
             print(f"{name}:")
             compute_ms = median(cpu["a"])
-            print(f"  (a) predict() in-process                          {a:7.0f} tiles/s   CPU {compute_ms:5.1f} ms per batch")
-            print(f"  (b) plain grpcio, 8 MiB in / 2 MiB out, no work   {b:7.0f} tiles/s   server CPU {median(cpu['b']):5.1f} ms per batch")
+            print(
+                f"  (a) predict() in-process                          {a:7.0f} tiles/s   CPU {compute_ms:5.1f} ms per batch"
+            )
+            print(
+                f"  (b) plain grpcio, 8 MiB in / 2 MiB out, no work   {b:7.0f} tiles/s   server CPU {median(cpu['b']):5.1f} ms per batch"
+            )
             print(f"      plain grpcio echo, 8 MiB in / 8 MiB out       {e:7.0f} tiles/s")
-            print(f"  (c) runtime, our client (raw_input_contents)      {c:7.0f} tiles/s   server CPU {median(cpu['c']):5.1f} ms per batch"
-                  f" ({median(cpu['c']) - compute_ms:+.1f} ms beside predict)")
-            print(f"  (d) runtime, tritonclient (own process)           {d:7.0f} tiles/s   server CPU {median(cpu['d']):5.1f} ms per batch"
-                  f" ({median(cpu['d']) - compute_ms:+.1f} ms beside predict)")
+            print(
+                f"  (c) runtime, our client (raw_input_contents)      {c:7.0f} tiles/s   server CPU {median(cpu['c']):5.1f} ms per batch"
+                f" ({median(cpu['c']) - compute_ms:+.1f} ms beside predict)"
+            )
+            print(
+                f"  (d) runtime, tritonclient (own process)           {d:7.0f} tiles/s   server CPU {median(cpu['d']):5.1f} ms per batch"
+                f" ({median(cpu['d']) - compute_ms:+.1f} ms beside predict)"
+            )
             serial = [1 / (1 / x + 1 / y) for x, y in zip(arms["a"], arms["b"], strict=True)]
-            print(f"      serial bound 1/(1/a + 1/b)                    {median(serial):7.0f} tiles/s"
-                  "   (one caller waits for each reply: transport and compute add up)")
-            print(f"      (c)/(b) {ratio('c', 'b'):.2f}  (c)/(a) {ratio('c', 'a'):.2f}  (d)/(b) {ratio('d', 'b'):.2f}  (d)/(a) {ratio('d', 'a'):.2f}"
-                  f"  (c)/echo {ratio('c', 'echo'):.2f}  (d)/echo {ratio('d', 'echo'):.2f}"
-                  f"  (c)/serial {median([c / x for c, x in zip(arms['c'], serial, strict=True)]):.2f}")
+            print(
+                f"      serial bound 1/(1/a + 1/b)                    {median(serial):7.0f} tiles/s"
+                "   (one caller waits for each reply: transport and compute add up)"
+            )
+            print(
+                f"      (c)/(b) {ratio('c', 'b'):.2f}  (c)/(a) {ratio('c', 'a'):.2f}  (d)/(b) {ratio('d', 'b'):.2f}  (d)/(a) {ratio('d', 'a'):.2f}"
+                f"  (c)/echo {ratio('c', 'echo'):.2f}  (d)/echo {ratio('d', 'echo'):.2f}"
+                f"  (c)/serial {median([c / x for c, x in zip(arms['c'], serial, strict=True)]):.2f}"
+            )
     finally:
         plain.close()
         echo.close()

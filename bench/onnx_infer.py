@@ -31,14 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-import docker  # noqa: E402
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
-
-from constellation.hosting.v1 import hosting_pb2  # noqa: E402
 from hosting import package_and_wait  # noqa: E402
 from model_infer import TILES, median, rate  # noqa: E402
+
+import docker  # noqa: E402
 from clients.inference import InferenceClient  # noqa: E402
+from constellation.hosting.v1 import hosting_pb2  # noqa: E402
 from model_runtime.memory import tune_malloc  # noqa: E402
 from scripts.make_scenes import default_folder, make_scene, scene_name  # noqa: E402
 from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402
@@ -68,7 +68,9 @@ def in_process_model():  # type: ignore[no-untyped-def]
 def deploy(hosting: HostingUnderTest, model_id: str, runtime: int) -> str:
     before = hosting.hosting.store.events(model_id)[-1].sequence
     hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=model_id, runtime=runtime))
-    events = hosting.wait_for(model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=before)
+    events = hosting.wait_for(
+        model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=before
+    )
     if events[-1].state != STATE.Value("DEPLOYMENT_STATE_HEALTHY"):
         raise RuntimeError(events[-1].message)
     return hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id)).endpoints[0].address
@@ -85,7 +87,9 @@ def docker_answers() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="per arm, split over the rounds")
-    parser.add_argument("--rounds", type=int, default=10, help="short rounds keep the arms' conditions alike on a busy machine")
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="short rounds keep the arms' conditions alike on a busy machine"
+    )
     parser.add_argument("--callers", type=int, default=1, help="closed-loop callers per served arm")
     parser.add_argument("--no-docker", action="store_true", help="skip the Docker runtime even if an engine answers")
     args = parser.parse_args()
@@ -98,7 +102,12 @@ def main() -> None:
     expected = model.predict(batch)
     work = Path(tempfile.mkdtemp(prefix="constellation-bench-onnx-"))
     # One hosting service per runtime, so both deployments stay up and the arms can alternate.
-    hostings = {"local runtime": (HostingUnderTest(work / "local", CONSTELLATION_HOSTING_DOCKER="off"), hosting_pb2.RUNTIME_LOCAL)}
+    hostings = {
+        "local runtime": (
+            HostingUnderTest(work / "local", CONSTELLATION_HOSTING_DOCKER="off"),
+            hosting_pb2.RUNTIME_LOCAL,
+        )
+    }
     if use_docker:
         hostings["docker"] = (HostingUnderTest(work / "docker"), hosting_pb2.RUNTIME_DOCKER)
     clients: dict[str, InferenceClient] = {}
@@ -107,7 +116,9 @@ def main() -> None:
             seconds_to_ready, build_s, model_id = package_and_wait(hosting, WATER_MLP, NAME)
             clients[label] = InferenceClient(deploy(hosting, model_id, runtime))
             print(f"{label}: packaged in {seconds_to_ready:.1f} s (build {build_s:.1f} s), deployed")
-            if not np.allclose(clients[label].infer(NAME, batch, timeout=60)["water_probability"], expected, rtol=0, atol=1e-6):
+            if not np.allclose(
+                clients[label].infer(NAME, batch, timeout=60)["water_probability"], expected, rtol=0, atol=1e-6
+            ):
                 raise RuntimeError(f"{label} answers differently from in-process onnxruntime")
 
         arms = {"in-process onnxruntime": lambda: model.predict(batch)}
@@ -120,11 +131,17 @@ def main() -> None:
                 figures[label].append(rate(call, args.seconds / args.rounds, callers))
 
         baseline = figures["in-process onnxruntime"]
-        print(f"ModelInfer, batches of {TILES} x 6x256x256 uint8, {args.callers} caller(s), median of {args.rounds} rounds (tiles/s):")
+        print(
+            f"ModelInfer, batches of {TILES} x 6x256x256 uint8, {args.callers} caller(s), median of {args.rounds} rounds (tiles/s):"
+        )
         for label, values in figures.items():
             ratios = [v / b for v, b in zip(values, baseline)]
             ratio = median(ratios)
-            verdict = "" if label.startswith("in-process") else f" (rounds {min(ratios):.2f}-{max(ratios):.2f})   [{'ok' if ratio >= 0.8 else 'MISSES TARGET'}: >= 0.80]"
+            verdict = (
+                ""
+                if label.startswith("in-process")
+                else f" (rounds {min(ratios):.2f}-{max(ratios):.2f})   [{'ok' if ratio >= 0.8 else 'MISSES TARGET'}: >= 0.80]"
+            )
             print(f"   {label:<28} {median(values):8.1f}   {ratio:5.2f} of in-process{verdict}")
     finally:
         for client in clients.values():

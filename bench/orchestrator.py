@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
 
+from clients.inference import InferenceClient  # noqa: E402
 from constellation.common.v1 import common_pb2 as c  # noqa: E402
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb  # noqa: E402
 from orchestrator_svc import blocks  # noqa: E402
-from clients.inference import InferenceClient  # noqa: E402
 from orchestrator_svc.launcher import MAX_RSS_TAG  # noqa: E402
 from orchestrator_svc.runs import dagster_run_id  # noqa: E402
 from tests.orchestrator_scenes import BANDS, write_scene  # noqa: E402
@@ -91,7 +91,11 @@ class Watched:
     def _follow(self, orch: Orchestrator) -> None:
         for event in orch.stub.WatchRun(pb.WatchRunRequest(run_id=self.run.id), timeout=1800):
             self.events.append((event, time.time()))
-            if self.endpoint_pid and event.block_id == "water" and event.type in (c.RUN_EVENT_TYPE_STEP_STARTED, c.RUN_EVENT_TYPE_STEP_SUCCEEDED):
+            if (
+                self.endpoint_pid
+                and event.block_id == "water"
+                and event.type in (c.RUN_EVENT_TYPE_STEP_STARTED, c.RUN_EVENT_TYPE_STEP_SUCCEEDED)
+            ):
                 self.endpoint_cpu[event.type] = cpu_seconds(self.endpoint_pid)
 
     def endpoint_step_cpu(self) -> float:
@@ -112,14 +116,24 @@ class Watched:
         return self.events
 
     def latencies_ms(self) -> list[float]:
-        return [(received - e.time.ToNanoseconds() / 1e9) * 1000 for e, received in self.events if e.time.ToNanoseconds() / 1e9 >= self.watch_from]
+        return [
+            (received - e.time.ToNanoseconds() / 1e9) * 1000
+            for e, received in self.events
+            if e.time.ToNanoseconds() / 1e9 >= self.watch_from
+        ]
 
     def step_seconds(self, block_id: str) -> float:
-        times = {c.RunEventType.Name(e.type): e.time.ToNanoseconds() / 1e9 for e, _ in self.events if e.block_id == block_id and e.type in (c.RUN_EVENT_TYPE_STEP_STARTED, c.RUN_EVENT_TYPE_STEP_SUCCEEDED)}
+        times = {
+            c.RunEventType.Name(e.type): e.time.ToNanoseconds() / 1e9
+            for e, _ in self.events
+            if e.block_id == block_id and e.type in (c.RUN_EVENT_TYPE_STEP_STARTED, c.RUN_EVENT_TYPE_STEP_SUCCEEDED)
+        }
         return times["RUN_EVENT_TYPE_STEP_SUCCEEDED"] - times["RUN_EVENT_TYPE_STEP_STARTED"]
 
 
-def tight_loop(scene_path: Path, endpoint: str, endpoint_pid: int = 0, concurrency: int = CONCURRENCY) -> tuple[float, int, float]:
+def tight_loop(
+    scene_path: Path, endpoint: str, endpoint_pid: int = 0, concurrency: int = CONCURRENCY
+) -> tuple[float, int, float]:
     """(tiles/s, tiles, client + endpoint CPU seconds per tile) of a client sending every tile of the scene
     (in memory, normalised) in batches of BATCH, CONCURRENCY in flight."""
     scene = blocks.inspect_scene(str(scene_path), BANDS, ["green", "nir"])
@@ -136,7 +150,10 @@ def tight_loop(scene_path: Path, endpoint: str, endpoint_pid: int = 0, concurren
             pass
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         endpoint_cpu = cpu_seconds(endpoint_pid) - endpoint_start if endpoint_pid else 0.0
-    print(f"    loop ({concurrency} in flight): {grid.count / elapsed:.0f} tiles/s; client {cpu / grid.count * 1000:.2f} ms CPU/tile, endpoint {endpoint_cpu / grid.count * 1000:.2f} ms CPU/tile", flush=True)
+    print(
+        f"    loop ({concurrency} in flight): {grid.count / elapsed:.0f} tiles/s; client {cpu / grid.count * 1000:.2f} ms CPU/tile, endpoint {endpoint_cpu / grid.count * 1000:.2f} ms CPU/tile",
+        flush=True,
+    )
     return grid.count / elapsed, grid.count, (cpu + endpoint_cpu) / grid.count
 
 
@@ -159,10 +176,17 @@ def main() -> int:
     for size in sorted({args.small, args.large, args.throughput}):
         started = time.monotonic()
         scenes[size] = write_scene(work / f"scene-{size}.tif", size, rows_per_write=256)
-        print(f"scene {size}x{size}x4 uint16 written in {time.monotonic() - started:.1f}s ({scenes[size].stat().st_size / 2**20:.0f} MiB)", flush=True)
+        print(
+            f"scene {size}x{size}x4 uint16 written in {time.monotonic() - started:.1f}s ({scenes[size].stat().st_size / 2**20:.0f} MiB)",
+            flush=True,
+        )
 
     endpoint = ModelEndpoint(NDWI_DIR, work).start()
-    env = orchestrator_env(work / "home", CONSTELLATION_ORCHESTRATOR_BATCH_SIZE=str(BATCH), CONSTELLATION_ORCHESTRATOR_MAX_CONCURRENCY=str(CONCURRENCY))
+    env = orchestrator_env(
+        work / "home",
+        CONSTELLATION_ORCHESTRATOR_BATCH_SIZE=str(BATCH),
+        CONSTELLATION_ORCHESTRATOR_MAX_CONCURRENCY=str(CONCURRENCY),
+    )
     orch = Orchestrator(env)
     latencies: list[float] = []
     try:
@@ -173,13 +197,25 @@ def main() -> int:
         pid = endpoint.process.pid  # type: ignore[union-attr]
         before, tiles, before_cpu = tight_loop(scenes[args.throughput], endpoint.address, pid)
         for i in range(args.rounds):
-            request = raster_only(water_request(f"file://{scenes[args.throughput]}", endpoint.address, [f"file://{work}/out-t{i}"], overlap_px=0, batch_size=BATCH, max_concurrency=CONCURRENCY))
+            request = raster_only(
+                water_request(
+                    f"file://{scenes[args.throughput]}",
+                    endpoint.address,
+                    [f"file://{work}/out-t{i}"],
+                    overlap_px=0,
+                    batch_size=BATCH,
+                    max_concurrency=CONCURRENCY,
+                )
+            )
             watched = Watched(orch, request, pid)
             watched.finish()
             latencies += watched.latencies_ms()
             step = tiles / watched.step_seconds("water")
             step_cpu = (watched.worker_step_cpu() + watched.endpoint_step_cpu()) / tiles
-            print(f"    pipeline: worker {watched.worker_step_cpu() / tiles * 1000:.2f} ms CPU/tile, endpoint {watched.endpoint_step_cpu() / tiles * 1000:.2f} ms CPU/tile", flush=True)
+            print(
+                f"    pipeline: worker {watched.worker_step_cpu() / tiles * 1000:.2f} ms CPU/tile, endpoint {watched.endpoint_step_cpu() / tiles * 1000:.2f} ms CPU/tile",
+                flush=True,
+            )
             after, _, after_cpu = tight_loop(scenes[args.throughput], endpoint.address, pid)
             loop, loop_cpu = (before + after) / 2, (before_cpu + after_cpu) / 2
             loop_rates.append(loop)
@@ -199,7 +235,14 @@ def main() -> int:
         rss_kib = {}
         for size in (args.small, args.large):
             started = time.monotonic()
-            request = water_request(f"file://{scenes[size]}", endpoint.address, [f"file://{work}/out-{size}"], overlap_px=16, batch_size=BATCH, max_concurrency=CONCURRENCY)
+            request = water_request(
+                f"file://{scenes[size]}",
+                endpoint.address,
+                [f"file://{work}/out-{size}"],
+                overlap_px=16,
+                batch_size=BATCH,
+                max_concurrency=CONCURRENCY,
+            )
             watched = Watched(orch, request)
             watched.finish()
             latencies += watched.latencies_ms()
@@ -209,8 +252,14 @@ def main() -> int:
                 assert time.monotonic() < deadline, "the launcher did not record the worker's peak memory"
                 time.sleep(0.1)
             rss_kib[size] = int(instance.get_run_by_id(dagster_run_id(watched.run.id)).tags[MAX_RSS_TAG])
-            steps = ", ".join(f"{b} {watched.step_seconds(b):.1f}s" for b in ("scene", "tiles", "water", "mosaic", "polygons", "out-0"))
-            print(f"{size}x{size}: run {time.monotonic() - started:.1f}s ({steps}); worker peak RSS {rss_kib[size] / 1024:.0f} MiB", flush=True)
+            steps = ", ".join(
+                f"{b} {watched.step_seconds(b):.1f}s"
+                for b in ("scene", "tiles", "water", "mosaic", "polygons", "out-0")
+            )
+            print(
+                f"{size}x{size}: run {time.monotonic() - started:.1f}s ({steps}); worker peak RSS {rss_kib[size] / 1024:.0f} MiB",
+                flush=True,
+            )
     finally:
         orch.stop()
         endpoint.stop()
@@ -219,12 +268,22 @@ def main() -> int:
     ratio = rss_kib[args.large] / rss_kib[args.small]
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
     print()
-    print(f"inference throughput: pipeline model step {step:.0f} tiles/s vs tight loop {loop:.0f} tiles/s (medians); median round ratio {share:.1%} (target >= 85%)")
-    print(f"  CPU-bound equivalent (loop CPU per tile / pipeline CPU per tile, client + endpoint): median {statistics.median(cpu_ratios):.1%}")
+    print(
+        f"inference throughput: pipeline model step {step:.0f} tiles/s vs tight loop {loop:.0f} tiles/s (medians); median round ratio {share:.1%} (target >= 85%)"
+    )
+    print(
+        f"  CPU-bound equivalent (loop CPU per tile / pipeline CPU per tile, client + endpoint): median {statistics.median(cpu_ratios):.1%}"
+    )
     sequential = statistics.median(sequential_rates)
-    print(f"  against a sequential tight loop (one request at a time): {sequential:.0f} tiles/s, pipeline = {step / sequential:.1%}")
-    print(f"event latency (Dagster write -> WatchRun client), {len(latencies)} events: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms (target p95 <= 250 ms)")
-    print(f"peak worker memory: {args.small}^2 {rss_kib[args.small] / 1024:.0f} MiB, {args.large}^2 {rss_kib[args.large] / 1024:.0f} MiB = {ratio:.2f}x (target <= 1.5x)")
+    print(
+        f"  against a sequential tight loop (one request at a time): {sequential:.0f} tiles/s, pipeline = {step / sequential:.1%}"
+    )
+    print(
+        f"event latency (Dagster write -> WatchRun client), {len(latencies)} events: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms (target p95 <= 250 ms)"
+    )
+    print(
+        f"peak worker memory: {args.small}^2 {rss_kib[args.small] / 1024:.0f} MiB, {args.large}^2 {rss_kib[args.large] / 1024:.0f} MiB = {ratio:.2f}x (target <= 1.5x)"
+    )
     ok = share >= 0.85 and p95 <= 250 and ratio <= 1.5
     print("all targets met" if ok else "TARGET MISSED")
     return 0 if ok else 1

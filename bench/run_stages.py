@@ -54,7 +54,9 @@ def in_process_tiles_per_s(scene: Path, folder: Path, tile: int = 256, batch: in
     with rasterio.open(scene) as src:
         windows = [Window(x, y, tile, tile) for y in range(0, src.height, tile) for x in range(0, src.width, tile)]
         for i in range(0, len(windows), batch):
-            tiles = np.stack([src.read(indexes, window=w, boundless=True, fill_value=0) for w in windows[i : i + batch]])
+            tiles = np.stack(
+                [src.read(indexes, window=w, boundless=True, fill_value=0) for w in windows[i : i + batch]]
+            )
             model.predict(tiles.astype(np.float32) / 10000 if manifest.dtype == "FP32" else tiles.astype(np.uint8))
             count += len(tiles)
     return count / (time.perf_counter() - started), count
@@ -68,9 +70,13 @@ def bench_runtime(runtime: str, scene: Path, runs: int, model_name: str) -> list
     try:
         with Client(state["processes"]["gateway"]["address"]) as client:
             client.wait_ready()
-            dataset = catalog.ensure_dataset(client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"]))
+            dataset = catalog.ensure_dataset(
+                client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"])
+            )
             ids = {model.name: model.id for model in catalog.ensure_models(client.core, MODELS)}
-            request = agent_pb2.PlanPipelineRequest(prompt="map surface water", dataset_id=dataset.id, model_id=ids.get(model_name, ""))
+            request = agent_pb2.PlanPipelineRequest(
+                prompt="map surface water", dataset_id=dataset.id, model_id=ids.get(model_name, "")
+            )
             plan = client.agent.PlanPipeline(request)
             pipeline = catalog.ensure_pipeline(client.core, "bench", plan.spec)
             for _ in range(runs):
@@ -89,7 +95,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--runtimes", default="local,docker")
     parser.add_argument("--runs", type=int, default=2, help="runs per runtime; the first one deploys the model")
-    parser.add_argument("--model", default="water-mlp", help="the example model to plan with (the demo's agent picks water-mlp)")
+    parser.add_argument(
+        "--model", default="water-mlp", help="the example model to plan with (the demo's agent picks water-mlp)"
+    )
     args = parser.parse_args()
     scene = make_scene(args.size, ROOT / "build" / "scenes" / f"olinda-{args.size}.tif")
     runtimes = [r for r in args.runtimes.split(",") if r]
@@ -100,8 +108,14 @@ def main() -> None:
             print("no Docker engine answers: skipping the docker runtime")
             runtimes.remove("docker")
     baseline, tiles = in_process_tiles_per_s(scene, MODELS / args.model)
-    print(f"scene {scene.name}: {args.size}x{args.size} px, {tiles} tiles of 256 px; {args.model} in-process baseline {baseline:.0f} tiles/s\n")
-    header = f"{'runtime':<8} {'run':<5} {'total s':>8} " + " ".join(f"{s + ' s':>9}" for s in watch.STAGES) + f" {'infer share':>12} {'tiles/s':>8} {'÷ in-proc':>9}"
+    print(
+        f"scene {scene.name}: {args.size}x{args.size} px, {tiles} tiles of 256 px; {args.model} in-process baseline {baseline:.0f} tiles/s\n"
+    )
+    header = (
+        f"{'runtime':<8} {'run':<5} {'total s':>8} "
+        + " ".join(f"{s + ' s':>9}" for s in watch.STAGES)
+        + f" {'infer share':>12} {'tiles/s':>8} {'÷ in-proc':>9}"
+    )
     print(header)
     for runtime in runtimes:
         for index, report in enumerate(bench_runtime(runtime, scene, args.runs, args.model)):

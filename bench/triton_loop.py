@@ -1,6 +1,6 @@
 """tritonclient's side of bench/hosting.py (its own process: its inference.* messages clash with ours).
 
-    python bench/triton_loop.py HOST:PORT MODEL SECONDS  -> prints tiles/s
+python bench/triton_loop.py HOST:PORT MODEL SECONDS  -> prints tiles/s
 """
 
 import sys

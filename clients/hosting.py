@@ -27,10 +27,16 @@ def state_name(state: int) -> str:
 
 
 def find_hosted(
-    hosting: hosting_pb2_grpc.HostingServiceStub, name: str, version: str, metadata: tuple[tuple[str, str], ...] = (), timeout_s: float = 30.0
+    hosting: hosting_pb2_grpc.HostingServiceStub,
+    name: str,
+    version: str,
+    metadata: tuple[tuple[str, str], ...] = (),
+    timeout_s: float = 30.0,
 ) -> hosting_pb2.ModelStatus | None:
     """Hosting's status of model `name`:`version`, or None when hosting does not have it."""
-    request = hosting_pb2.ListModelsRequest(page_size=1, filter=f"name = {_quoted(name)} AND version = {_quoted(version)}")
+    request = hosting_pb2.ListModelsRequest(
+        page_size=1, filter=f"name = {_quoted(name)} AND version = {_quoted(version)}"
+    )
     found = hosting.ListModels(request, timeout=timeout_s, metadata=metadata).models
     return found[0] if found else None
 
@@ -116,11 +122,18 @@ class ModelDeployer:
         status = self.find()
         if status is not None and status.state in BUSY:
             self.hooks.on_event("state", f"{label} is {state_name(status.state)} on hosting; waiting for it")
-            settled = (D.DEPLOYMENT_STATE_READY, D.DEPLOYMENT_STATE_HEALTHY, D.DEPLOYMENT_STATE_UNHEALTHY, D.DEPLOYMENT_STATE_FAILED)
+            settled = (
+                D.DEPLOYMENT_STATE_READY,
+                D.DEPLOYMENT_STATE_HEALTHY,
+                D.DEPLOYMENT_STATE_UNHEALTHY,
+                D.DEPLOYMENT_STATE_FAILED,
+            )
             status = self.follow(status, status.last_updated, settled)
         wanted = self.runtime in (hosting_pb2.RUNTIME_UNSPECIFIED, status.runtime) if status is not None else False
         if status is not None and status.state == D.DEPLOYMENT_STATE_HEALTHY and wanted:
-            self.hooks.on_event("state", f"{label} is already serving at {', '.join(e.address for e in status.endpoints)}")
+            self.hooks.on_event(
+                "state", f"{label} is already serving at {', '.join(e.address for e in status.endpoints)}"
+            )
             return status
         packaged = False
         if status is None or status.state == D.DEPLOYMENT_STATE_DELETED:
@@ -134,7 +147,9 @@ class ModelDeployer:
 
     def package(self) -> hosting_pb2.ModelStatus:
         label, source = self.target.label, self.target.source
-        request = hosting_pb2.PackageModelRequest(model_name=self.target.name, model_version=self.target.version, model_card=self.target.card)
+        request = hosting_pb2.PackageModelRequest(
+            model_name=self.target.name, model_version=self.target.version, model_card=self.target.card
+        )
         if source.startswith("hf://"):
             request.hugging_face_id = source
         elif source.startswith(("https://", "http://", "git@")):
@@ -163,12 +178,16 @@ class ModelDeployer:
             raise DeployFailed(f"{self.target.label} failed to deploy: {status.state_message}")
         return status
 
-    def follow(self, status: hosting_pb2.ModelStatus, since: Timestamp, until: tuple[int, ...]) -> hosting_pb2.ModelStatus:
+    def follow(
+        self, status: hosting_pb2.ModelStatus, since: Timestamp, until: tuple[int, ...]
+    ) -> hosting_pb2.ModelStatus:
         """Report hosting's events from `since` on until the model reaches a state in `until`; its status then."""
         label = self.target.label
         self.hooks.check()
         request = hosting_pb2.WatchDeploymentRequest(model_id=status.model_id)
-        call = self.hosting.WatchDeployment(request, timeout=max(self.deadline - time.monotonic(), 1.0), metadata=self.metadata)
+        call = self.hosting.WatchDeployment(
+            request, timeout=max(self.deadline - time.monotonic(), 1.0), metadata=self.metadata
+        )
         try:
             for event in self.hooks.track(call):
                 if event.time.ToNanoseconds() < since.ToNanoseconds():
@@ -178,7 +197,9 @@ class ModelDeployer:
                     continue
                 self.hooks.on_event("state", f"{label} {state_name(event.state)}: {event.message}")
                 if event.state in until:
-                    return self._call(self.hosting.GetModelStatus, hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
+                    return self._call(
+                        self.hosting.GetModelStatus, hosting_pb2.GetModelStatusRequest(model_id=status.model_id)
+                    )
         except grpc.RpcError as error:
             self.hooks.check()  # a cancel breaks the stream on purpose
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -35,9 +35,9 @@ from typing import Any, overload
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
-
 from mesh.services import channel_options
 from model_runtime import wire
 from model_runtime.manifest import NUMPY_DTYPES
@@ -45,7 +45,12 @@ from model_runtime.manifest import NUMPY_DTYPES
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 TRANSIENT_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
 )
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 POLL_S = 0.1  # how often a waiting caller wakes up (so signals such as a cancel are handled promptly)
@@ -112,7 +117,8 @@ class InferenceClient:
         self._channels = [grpc.insecure_channel(e, options=options()) for e in self._endpoints]
         self._stubs = [v2_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
         self._infer = [
-            c.unary_unary(MODEL_INFER, request_serializer=bytes, response_deserializer=wire.decode_response) for c in self._channels
+            c.unary_unary(MODEL_INFER, request_serializer=bytes, response_deserializer=wire.decode_response)
+            for c in self._channels
         ]
         self._next = itertools.cycle(range(len(self._stubs)))
         self.input_name = "input"
@@ -151,7 +157,9 @@ class InferenceClient:
     def serving(self, timeout_s: float = 1.0) -> bool:
         """Whether the first endpoint's gRPC health service answers SERVING."""
         try:
-            reply = health_pb2_grpc.HealthStub(self._channels[0]).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            reply = health_pb2_grpc.HealthStub(self._channels[0]).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
         except grpc.RpcError:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -199,7 +207,9 @@ class InferenceClient:
     def infer(self, batch: np.ndarray, /) -> np.ndarray: ...
 
     @overload
-    def infer(self, model: str, tiles: np.ndarray, version: str = "", timeout: float | None = None) -> dict[str, np.ndarray]: ...
+    def infer(
+        self, model: str, tiles: np.ndarray, version: str = "", timeout: float | None = None
+    ) -> dict[str, np.ndarray]: ...
 
     def infer(
         self, model: str | np.ndarray, tiles: np.ndarray | None = None, version: str = "", timeout: float | None = None
@@ -282,7 +292,9 @@ class InferenceClient:
                 except grpc.RpcError as error:
                     raise _error(endpoint, error) from None
                 except grpc.FutureCancelledError:
-                    raise EndpointError(endpoint, grpc.StatusCode.CANCELLED, "request cancelled", transient=True) from None
+                    raise EndpointError(
+                        endpoint, grpc.StatusCode.CANCELLED, "request cancelled", transient=True
+                    ) from None
                 yield (key, *self.output_of(response))
         finally:
             for future, _ in in_flight.values():

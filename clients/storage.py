@@ -78,7 +78,9 @@ class Storage:
             from botocore.config import Config
 
             config = Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60)
-            self._client = boto3.session.Session().client("s3", endpoint_url=self.s3_endpoint_url or None, config=config)
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=self.s3_endpoint_url or None, config=config
+            )
         return self._client
 
     def _transfer_config(self):
@@ -89,15 +91,19 @@ class Storage:
         )
 
     def _s3_error(self, error: Exception, what: str) -> StorageError:
-        from botocore.exceptions import ClientError, EndpointConnectionError, ConnectionClosedError
+        from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
         if isinstance(error, ClientError):
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
                 return StorageError(f"{what}: not found", missing=True)
-            return StorageError(f"{what}: {code or 'error'}: {error.response.get('Error', {}).get('Message', '')}".rstrip(": "))
+            return StorageError(
+                f"{what}: {code or 'error'}: {error.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+            )
         if isinstance(error, (EndpointConnectionError, ConnectionClosedError)):
-            return StorageError(f"{what}: the S3 endpoint {self.s3_endpoint_url or '(default)'} does not answer", unreachable=True)
+            return StorageError(
+                f"{what}: the S3 endpoint {self.s3_endpoint_url or '(default)'} does not answer", unreachable=True
+            )
         return StorageError(f"{what}: {type(error).__name__}: {error}")
 
     # -- the interface -------------------------------------------------------
@@ -149,7 +155,11 @@ class Storage:
             return
         try:
             self.s3.upload_file(
-                str(source), location.bucket, location.path, ExtraArgs={"ContentType": content_type}, Config=self._transfer_config()
+                str(source),
+                location.bucket,
+                location.path,
+                ExtraArgs={"ContentType": content_type},
+                Config=self._transfer_config(),
             )
         except Exception as error:  # noqa: BLE001
             raise self._s3_error(error, uri) from None

@@ -1,10 +1,10 @@
 """Python SDK for Constellation: typed stubs for every service behind one gateway address.
 
-    from constellation_sdk import Client, core_pb2
+from constellation_sdk import Client, core_pb2
 
-    with Client("localhost:8080") as client:
-        dataset = client.core.CreateDataset(core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(
-            name="olinda", uri="file:///data/L7_ETMs.tif", bands=["blue", "green", "red", "nir", "swir1", "swir2"])))
+with Client("localhost:8080") as client:
+    dataset = client.core.CreateDataset(core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(
+        name="olinda", uri="file:///data/L7_ETMs.tif", bands=["blue", "green", "red", "nir", "swir1", "swir2"])))
 """
 
 from constellation.agent.v1 import agent_pb2

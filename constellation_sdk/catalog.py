@@ -43,15 +43,20 @@ def model_from_folder(folder: Path, tags: list[str] | None = None) -> core_pb2.M
         source=str(folder),
         card=card,
         input=c.ModelInputSpec(
-            bands=list(manifest.bands), tile_size_px=manifest.tile_size_px, dtype=manifest.dtype,
-            value_min=manifest.value_range[0], value_max=manifest.value_range[1],
+            bands=list(manifest.bands),
+            tile_size_px=manifest.tile_size_px,
+            dtype=manifest.dtype,
+            value_min=manifest.value_range[0],
+            value_max=manifest.value_range[1],
         ),  # fmt: skip
         outputs=[c.ModelOutputSpec(name=o.name, dtype=o.dtype, shape=list(o.shape)) for o in manifest.outputs],
         tags=sorted(set(tags or [])),
     )
 
 
-def scene_dataset(path: Path, name: str, bands: list[str], sensor: str = "", description: str = "", tags: list[str] | None = None) -> core_pb2.Dataset:
+def scene_dataset(
+    path: Path, name: str, bands: list[str], sensor: str = "", description: str = "", tags: list[str] | None = None
+) -> core_pb2.Dataset:
     """A catalog Dataset for a GeoTIFF: resolution and footprint (EPSG:4326) read from the file."""
     import rasterio
     from rasterio.warp import transform_bounds
@@ -60,7 +65,9 @@ def scene_dataset(path: Path, name: str, bands: list[str], sensor: str = "", des
     with rasterio.open(path) as raster:
         if len(bands) != raster.count:
             raise ValueError(f"{path.name} has {raster.count} band(s) but {len(bands)} band name(s) were given")
-        resolution = abs(raster.transform.a) * (raster.crs.linear_units_factor[1] if raster.crs and raster.crs.is_projected else 1.0)
+        resolution = abs(raster.transform.a) * (
+            raster.crs.linear_units_factor[1] if raster.crs and raster.crs.is_projected else 1.0
+        )
         bbox = None
         if raster.crs is not None:
             west, south, east, north = transform_bounds(raster.crs, "EPSG:4326", *raster.bounds)
@@ -91,17 +98,23 @@ def ensure_dataset(core, dataset: core_pb2.Dataset) -> core_pb2.Dataset:
 def ensure_model(core, model: core_pb2.Model) -> core_pb2.Model:
     return ensure(
         lambda: core.RegisterModel(core_pb2.RegisterModelRequest(model=model)),
-        lambda: core.ListModels(core_pb2.ListModelsRequest(filter=f'name = "{model.name}" AND version = "{model.version}"')).models[0],
+        lambda: core.ListModels(
+            core_pb2.ListModelsRequest(filter=f'name = "{model.name}" AND version = "{model.version}"')
+        ).models[0],
     )
 
 
 def ensure_models(core, root: Path) -> list[core_pb2.Model]:
     """Register every model folder under `root` (each with a constellation.yaml), reusing entries that exist."""
-    return [ensure_model(core, model_from_folder(manifest.parent)) for manifest in sorted(root.glob("*/constellation.yaml"))]
+    return [
+        ensure_model(core, model_from_folder(manifest.parent)) for manifest in sorted(root.glob("*/constellation.yaml"))
+    ]
 
 
 def ensure_pipeline(core, name: str, spec: c.PipelineSpec, description: str = "") -> core_pb2.Pipeline:
     return ensure(
-        lambda: core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name=name, description=description, spec=spec))),
+        lambda: core.CreatePipeline(
+            core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name=name, description=description, spec=spec))
+        ),
         lambda: core.ListPipelines(core_pb2.ListPipelinesRequest(filter=f'name = "{name}"')).pipelines[0],
     )

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
@@ -25,7 +26,6 @@ from constellation_sdk.client import Client
 from constellation_sdk.settings import ClientSettings
 from mesh import config
 from mesh.errors import field_violations
-from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 
 
 @click.group()
@@ -34,7 +34,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds to wait for each part to answer.")
+@click.option(
+    "--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds to wait for each part to answer."
+)
 def up(timeout_s: float) -> None:
     """Start core, hosting, orchestrator, agent and the Envoy gateway in the background."""
     try:
@@ -45,7 +47,7 @@ def up(timeout_s: float) -> None:
     for name, entry in state["processes"].items():
         click.echo(f"  {name:<13} {entry['address']:<22} pid {entry['pid']}")
     gateway = state["processes"]["gateway"]["address"]
-    click.echo(f"gateway: grpcurl -plaintext {gateway} list   |   Client(gateway=\"{gateway}\")")
+    click.echo(f'gateway: grpcurl -plaintext {gateway} list   |   Client(gateway="{gateway}")')
     click.echo(f"console: http://{gateway}/   (build it with `make web`)")
 
 
@@ -96,7 +98,11 @@ def _fail(error: grpc.RpcError) -> click.ClickException:
 def _emit(as_json: bool, payload, text: str) -> None:  # type: ignore[no-untyped-def]
     """JSON (protobuf messages in their proto3 JSON form) or the human line."""
     if as_json:
-        data = json_format.MessageToDict(payload, preserving_proto_field_name=True) if isinstance(payload, Message) else payload
+        data = (
+            json_format.MessageToDict(payload, preserving_proto_field_name=True)
+            if isinstance(payload, Message)
+            else payload
+        )
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(text)
@@ -132,10 +138,14 @@ def datasets() -> None:
 @click.option("--tag", "tags", multiple=True)
 @JSON
 @rpc
-def datasets_add(name: str, path: Path, bands: str, sensor: str, description: str, tags: tuple[str, ...], as_json: bool) -> None:
+def datasets_add(
+    name: str, path: Path, bands: str, sensor: str, description: str, tags: tuple[str, ...], as_json: bool
+) -> None:
     """Register the GeoTIFF at PATH as dataset NAME (resolution and footprint are read from the file)."""
     try:
-        dataset = catalog.scene_dataset(path, name, [b.strip() for b in bands.split(",") if b.strip()], sensor, description, list(tags))
+        dataset = catalog.scene_dataset(
+            path, name, [b.strip() for b in bands.split(",") if b.strip()], sensor, description, list(tags)
+        )
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--bands") from None
     with _client() as client:
@@ -184,14 +194,20 @@ def models_list(as_json: bool) -> None:
     """Catalog models with their deployment state on hosting."""
     with _client() as client:
         entries = client.core.ListModels(core_pb2.ListModelsRequest(page_size=1000)).models
-        hosted = {(m.model_name, m.model_version): m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000)).models}
+        hosted = {
+            (m.model_name, m.model_version): m
+            for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000)).models
+        }
     rows = []
     for model in entries:
         status = hosted.get((model.name, model.version))
         deployment = state_name(status.state) if status else "not packaged"
         rows.append({"id": model.id, "name": model.name, "version": model.version, "bands": list(model.input.bands), "deployment": deployment,
                      "endpoints": [e.address for e in status.endpoints] if status else []})  # fmt: skip
-    text = "\n".join(f"{r['id']}  {r['name']}:{r['version']:<8} {','.join(r['bands']):<28} {r['deployment']} {' '.join(r['endpoints'])}" for r in rows)
+    text = "\n".join(
+        f"{r['id']}  {r['name']}:{r['version']:<8} {','.join(r['bands']):<28} {r['deployment']} {' '.join(r['endpoints'])}"
+        for r in rows
+    )
     _emit(as_json, rows, text or "no models")
 
 
@@ -203,7 +219,9 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
     terms = f'name = "{name}"' + (f' AND version = "{version}"' if version else "")
     found = client.core.ListModels(core_pb2.ListModelsRequest(filter=terms, page_size=1000)).models
     if not found:
-        raise click.ClickException(f"no model {ref!r} in the catalog; register it with `constellation models register FOLDER`")
+        raise click.ClickException(
+            f"no model {ref!r} in the catalog; register it with `constellation models register FOLDER`"
+        )
     return found[-1]
 
 
@@ -215,17 +233,29 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
 @rpc
 def models_deploy(model_ref: str, runtime: str, replicas: int, as_json: bool) -> None:
     """Package MODEL (id, name or name:version) if needed and deploy it, following hosting's events."""
-    runtimes = {"auto": hosting_pb2.RUNTIME_UNSPECIFIED, "docker": hosting_pb2.RUNTIME_DOCKER, "local": hosting_pb2.RUNTIME_LOCAL}
+    runtimes = {
+        "auto": hosting_pb2.RUNTIME_UNSPECIFIED,
+        "docker": hosting_pb2.RUNTIME_DOCKER,
+        "local": hosting_pb2.RUNTIME_LOCAL,
+    }
     with _client() as client:
         model = _find_model(client, model_ref)
-        hooks = DeployHooks(on_event=lambda kind, message: None if as_json else click.echo(f"  {'  ' if kind == 'log' else ''}{message}"))
+        hooks = DeployHooks(
+            on_event=lambda kind, message: (
+                None if as_json else click.echo(f"  {'  ' if kind == 'log' else ''}{message}")
+            )
+        )
         deployer = ModelDeployer(client.hosting, Target(model.name, model.version, model.source, model.card), hooks,
                                  hosting_address=client.gateway, runtime=runtimes[runtime], replicas=replicas)  # fmt: skip
         try:
             status = deployer.ensure()
         except DeployFailed as error:
             raise click.ClickException(str(error)) from None
-    _emit(as_json, status, f"{model.name}:{model.version} serving at {', '.join(e.address for e in status.endpoints)} ({hosting_pb2.Runtime.Name(status.runtime)[8:].lower()})")
+    _emit(
+        as_json,
+        status,
+        f"{model.name}:{model.version} serving at {', '.join(e.address for e in status.endpoints)} ({hosting_pb2.Runtime.Name(status.runtime)[8:].lower()})",
+    )
 
 
 @models.command("watch")
@@ -238,9 +268,13 @@ def models_watch(model_ref: str, as_json: bool) -> None:
         model = _find_model(client, model_ref)
         hosted = find_hosted(client.hosting, model.name, model.version)
         if hosted is None:
-            raise click.ClickException(f"{model.name}:{model.version} is not on hosting yet; deploy it with `constellation models deploy {model.name}`")
+            raise click.ClickException(
+                f"{model.name}:{model.version} is not on hosting yet; deploy it with `constellation models deploy {model.name}`"
+            )
         for event in client.hosting.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=hosted.model_id)):
-            _emit(as_json, event, f"{event.sequence:>5} {state_name(event.state):<11} {event.log_line or event.message}")
+            _emit(
+                as_json, event, f"{event.sequence:>5} {state_name(event.state):<11} {event.log_line or event.message}"
+            )
 
 
 @main.command()
@@ -254,7 +288,11 @@ def plan(prompt: str, save_as: str, as_json: bool) -> None:
         answer = client.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt=prompt))
         pipeline = None
         if save_as:
-            pipeline = client.core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name=save_as, description=prompt, spec=answer.spec)))
+            pipeline = client.core.CreatePipeline(
+                core_pb2.CreatePipelineRequest(
+                    pipeline=core_pb2.Pipeline(name=save_as, description=prompt, spec=answer.spec)
+                )
+            )
     if as_json:
         data = json_format.MessageToDict(answer, preserving_proto_field_name=True)
         if pipeline is not None:
@@ -266,7 +304,11 @@ def plan(prompt: str, save_as: str, as_json: bool) -> None:
             click.echo(f"{kind} #{rank} {candidate.name:<24} {candidate.score:.2f}  {'; '.join(candidate.reasons[:2])}")
     for reason in answer.rationale:
         click.echo(f"  [{reason.block_id}] {reason.reason}")
-    click.echo(f"saved as pipeline {pipeline.id}; run it with `constellation run {pipeline.id}`" if pipeline else "save it with --save NAME")
+    click.echo(
+        f"saved as pipeline {pipeline.id}; run it with `constellation run {pipeline.id}`"
+        if pipeline
+        else "save it with --save NAME"
+    )
 
 
 def _find_pipeline(client: Client, ref: str) -> core_pb2.Pipeline:
@@ -282,12 +324,20 @@ def _follow(client: Client, run_id: str, as_json: bool) -> watch.RunReport:
     run = client.core.GetRun(core_pb2.GetRunRequest(id=run_id))
     spec = client.core.GetPipeline(core_pb2.GetPipelineRequest(id=run.pipeline_id)).spec
     if as_json:  # one JSON object per event, then the report
-        report = watch.follow(client.core, run_id, lambda e: click.echo(json_format.MessageToJson(e, preserving_proto_field_name=True, indent=None)), spec)
+        report = watch.follow(
+            client.core,
+            run_id,
+            lambda e: click.echo(json_format.MessageToJson(e, preserving_proto_field_name=True, indent=None)),
+            spec,
+        )
         click.echo(json.dumps(report.as_dict()))
         return report
     with watch.make_view([(b.id, b.WhichOneof("config") or "") for b in spec.blocks]) as view:
         report = watch.follow(client.core, run_id, view.event, spec)
-    click.echo(f"run {run_id} {report.state}" + (f" ({report.failure_source}): {report.run.state_message}" if report.state != "succeeded" else ""))
+    click.echo(
+        f"run {run_id} {report.state}"
+        + (f" ({report.failure_source}): {report.run.state_message}" if report.state != "succeeded" else "")
+    )
     for output in report.run.outputs:
         click.echo(f"  {output.name:<28} {output.uri}")
     return report
@@ -295,7 +345,9 @@ def _follow(client: Client, run_id: str, as_json: bool) -> watch.RunReport:
 
 @main.command()
 @click.argument("pipeline_ref", metavar="PIPELINE")
-@click.option("--watch/--no-watch", "follow_it", default=True, show_default=True, help="Follow the run's events until it ends.")
+@click.option(
+    "--watch/--no-watch", "follow_it", default=True, show_default=True, help="Follow the run's events until it ends."
+)
 @JSON
 @rpc
 def run(pipeline_ref: str, follow_it: bool, as_json: bool) -> None:
@@ -351,7 +403,9 @@ def runs_cancel(run_id: str, as_json: bool) -> None:
 
 @runs.command("outputs")
 @click.argument("run_id")
-@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None, help="Copy the files into this folder.")
+@click.option(
+    "--dest", type=click.Path(file_okay=False, path_type=Path), default=None, help="Copy the files into this folder."
+)
 @JSON
 @rpc
 def runs_outputs(run_id: str, dest: Path | None, as_json: bool) -> None:
@@ -366,7 +420,14 @@ def runs_outputs(run_id: str, dest: Path | None, as_json: bool) -> None:
             local = outputs.fetch(output.uri, dest) if dest is not None else None
         except StorageError as error:
             raise click.ClickException(f"{output.name}: {error}") from None
-        rows.append({"name": output.name, "uri": output.uri, "media_type": output.media_type, **({"path": str(local)} if local else {})})
+        rows.append(
+            {
+                "name": output.name,
+                "uri": output.uri,
+                "media_type": output.media_type,
+                **({"path": str(local)} if local else {}),
+            }
+        )
     if not rows:
         raise click.ClickException(f"run {run_id} is {watch.state_name(finished.state)} and has no outputs")
     _emit(as_json, rows, "\n".join(f"{r['name']:<28} {r.get('path', r['uri'])}" for r in rows))

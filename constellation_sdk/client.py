@@ -14,6 +14,7 @@ from constellation.orchestrator.v1 import orchestrator_pb2_grpc
 from constellation_sdk.settings import ClientSettings
 from mesh.services import channel_options, with_api_key
 
+
 class Client:
     """`Client("localhost:8080")`: `.core`, `.hosting`, `.orchestrator`, `.agent` are the generated stubs.
 
@@ -49,5 +50,7 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -50,7 +50,9 @@ def register(client: Client, scene: Path) -> dict[str, str]:
         description="Landsat 7 ETM+ over Olinda, Brazil: coast, ocean and rivers", tags=["coast", "water", "sample"],
     )  # fmt: skip
     dataset = catalog.ensure_dataset(client.core, dataset)
-    print(f"dataset  {dataset.id}  {dataset.name}: {dataset.sensor}, {len(dataset.bands)} bands, {dataset.resolution_m:g} m")
+    print(
+        f"dataset  {dataset.id}  {dataset.name}: {dataset.sensor}, {len(dataset.bands)} bands, {dataset.resolution_m:g} m"
+    )
     models = catalog.ensure_models(client.core, MODELS)
     for model in models:
         print(f"model    {model.id}  {model.name}:{model.version} reads {', '.join(model.input.bands)}")
@@ -62,7 +64,9 @@ def plan(client: Client, prompt: str, model_id: str = "") -> core_pb2.Pipeline:
     answer = client.agent.PlanPipeline(agent_pb2.PlanPipelineRequest(prompt=prompt, model_id=model_id))
     for kind, candidates in (("dataset", answer.recommendation.datasets), ("model", answer.recommendation.models)):
         for rank, candidate in enumerate(candidates[:3], 1):
-            print(f"  {kind} #{rank} {candidate.name:<22} score {candidate.score:.2f}  {'; '.join(candidate.reasons[:2])}")
+            print(
+                f"  {kind} #{rank} {candidate.name:<22} score {candidate.score:.2f}  {'; '.join(candidate.reasons[:2])}"
+            )
     for reason in answer.rationale:
         print(f"  plan: [{reason.block_id}] {reason.reason}")
     check = client.core.ValidatePipeline(core_pb2.ValidatePipelineRequest(spec=answer.spec))
@@ -89,10 +93,19 @@ def summarize(report: watch.RunReport, pipeline: core_pb2.Pipeline, client: Clie
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=PROMPT)
-    parser.add_argument("--scene", type=Path, default=SCENE, help="a 6-band Landsat 7 GeoTIFF (default: the Olinda sample)")
-    parser.add_argument("--model", default="", help="use this example model (e.g. ndwi-water) instead of the agent's pick")
+    parser.add_argument(
+        "--scene", type=Path, default=SCENE, help="a 6-band Landsat 7 GeoTIFF (default: the Olinda sample)"
+    )
+    parser.add_argument(
+        "--model", default="", help="use this example model (e.g. ndwi-water) instead of the agent's pick"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
-    parser.add_argument("--live", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when stdout is a terminal)")
+    parser.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: when stdout is a terminal)",
+    )
     args = parser.parse_args(argv)
     gateway = start_mesh()
     print(f"gateway  {gateway}")
@@ -112,13 +125,23 @@ def main(argv: list[str] | None = None) -> int:
         with watch.make_view(blocks, args.live) as view:
             report = watch.follow(client.core, run.id, view.event, pipeline.spec)
         summary = summarize(report, pipeline, client)
-    print(f"\nrun {report.state}" + (f" ({report.failure_source}): {report.run.state_message}" if report.state != "succeeded" else ""))
+    print(
+        f"\nrun {report.state}"
+        + (f" ({report.failure_source}): {report.run.state_message}" if report.state != "succeeded" else "")
+    )
     for output in report.run.outputs:
         print(f"  {output.name:<28} {output.uri}")
     if report.state == "succeeded":
-        water = f"{summary['water_km2']:.2f} km² of water ({summary['water_pixels']} px)" if "water_km2" in summary else "no local mask to measure"
+        water = (
+            f"{summary['water_km2']:.2f} km² of water ({summary['water_pixels']} px)"
+            if "water_km2" in summary
+            else "no local mask to measure"
+        )
         print(f"\n{report.tiles} tiles, {water}")
-        print("time per stage: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.stage_seconds.items()))
+        print(
+            "time per stage: "
+            + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.stage_seconds.items())
+        )
     if args.json:
         print(json.dumps(summary, indent=2))
     print("\nstop the mesh: make down")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from constellation.hosting.v1 import hosting_pb2
 
+from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk.client import Client
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
@@ -85,7 +85,9 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
     paths = MeshPaths(config.home_dir(env))
     existing = read_state(paths)
     if existing and any(_alive(p["pid"]) for p in existing["processes"].values()):
-        raise RuntimeError(f"a mesh is already running from {paths.home} (see `constellation status`); stop it with `constellation down`")
+        raise RuntimeError(
+            f"a mesh is already running from {paths.home} (see `constellation status`); stop it with `constellation down`"
+        )
     paths.logs.mkdir(parents=True, exist_ok=True)
     paths.state.parent.mkdir(parents=True, exist_ok=True)
     state: dict = {"home": str(paths.home), "processes": {}}
@@ -97,7 +99,11 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
             log_path = paths.logs / f"{service}.log"
             with open(log_path, "ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", f"{service}_svc"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    [sys.executable, "-m", f"{service}_svc"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             started.append(process)
             addresses[service] = settings.address
@@ -114,7 +120,12 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
         envoy_log = paths.logs / "envoy.log"
         envoy = gateway.start_envoy(envoy_config, envoy_log, env)
         started.append(envoy)
-        state["processes"]["gateway"] = {"pid": envoy.pid, "address": f"127.0.0.1:{gateway_port}", "log": str(envoy_log), "admin_port": admin_port}
+        state["processes"]["gateway"] = {
+            "pid": envoy.pid,
+            "address": f"127.0.0.1:{gateway_port}",
+            "log": str(envoy_log),
+            "admin_port": admin_port,
+        }
         try:
             gateway.wait_ready(admin_port, timeout_s, envoy)
         except (RuntimeError, TimeoutError) as error:
@@ -171,7 +182,9 @@ def _stop_run_workers(home: Path, grace_s: float) -> list[str]:
     wanted = f"CONSTELLATION_HOME={home}".encode()
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if b"orchestrator_svc.worker" in (proc / "cmdline").read_bytes() and wanted in (proc / "environ").read_bytes().split(b"\0"):
+            if b"orchestrator_svc.worker" in (proc / "cmdline").read_bytes() and wanted in (
+                proc / "environ"
+            ).read_bytes().split(b"\0"):
                 _stop_pid(int(proc.name), grace_s)
                 stopped.append(f"run worker pid {proc.name}")
         except OSError:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 E = c.RunEventType
 TERMINAL = {c.RUN_STATE_SUCCEEDED, c.RUN_STATE_FAILED, c.RUN_STATE_CANCELED}
 # Which stage each block kind's step belongs to.
-STAGE_OF_KIND = {"dataset": "ingest", "tile": "ingest", "model": "infer", "stitch": "stitch", "vectorize": "export", "export": "export"}
+STAGE_OF_KIND = {
+    "dataset": "ingest",
+    "tile": "ingest",
+    "model": "infer",
+    "stitch": "stitch",
+    "vectorize": "export",
+    "export": "export",
+}
 STAGES = ("deploy", "ingest", "infer", "stitch", "export")
 
 
@@ -59,7 +66,10 @@ class RunReport:
             "state": self.state,
             "state_message": self.run.state_message,
             "failure_source": self.failure_source,
-            "outputs": [{"name": o.name, "uri": o.uri, "media_type": o.media_type, "block_id": o.block_id} for o in self.run.outputs],
+            "outputs": [
+                {"name": o.name, "uri": o.uri, "media_type": o.media_type, "block_id": o.block_id}
+                for o in self.run.outputs
+            ],
             "tiles": self.tiles,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "step_seconds": {k: round(v, 3) for k, v in self.step_seconds.items()},
@@ -120,7 +130,7 @@ class BarView:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
-    def _task(self, block_id: str) -> "TaskID":
+    def _task(self, block_id: str) -> TaskID:
         return self.tasks.get(block_id, self.tasks["deploy"])
 
     def event(self, event: c.RunEvent) -> None:
@@ -134,7 +144,12 @@ class BarView:
         elif event.type == E.RUN_EVENT_TYPE_STEP_STARTED:
             p.start_task(self._task(event.block_id))
         elif event.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and event.progress.total:
-            p.update(self._task(event.block_id), total=event.progress.total, completed=event.progress.done, note=event.progress.unit)
+            p.update(
+                self._task(event.block_id),
+                total=event.progress.total,
+                completed=event.progress.done,
+                note=event.progress.unit,
+            )
         elif event.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED:
             task = self._task(event.block_id)
             total = p.tasks[task].total or 1
@@ -150,7 +165,9 @@ def make_view(blocks: Sequence[tuple[str, str]], live: bool | None = None) -> Li
     return BarView(blocks) if (sys.stdout.isatty() if live is None else live) else LineView()
 
 
-def follow(core, run_id: str, on_event: Callable[[c.RunEvent], None] = lambda e: None, spec: c.PipelineSpec | None = None) -> RunReport:
+def follow(
+    core, run_id: str, on_event: Callable[[c.RunEvent], None] = lambda e: None, spec: c.PipelineSpec | None = None
+) -> RunReport:
     """Read the run's events until it ends; the report of what happened."""
     kinds = {b.id: b.WhichOneof("config") or "" for b in spec.blocks} if spec is not None else {}
     after, events, started = 0, 0, time.monotonic()
@@ -171,14 +188,21 @@ def follow(core, run_id: str, on_event: Callable[[c.RunEvent], None] = lambda e:
                     launched = at
                 if event.type == E.RUN_EVENT_TYPE_STEP_STARTED:
                     step_start[event.block_id] = at
-                elif event.type in (E.RUN_EVENT_TYPE_STEP_SUCCEEDED, E.RUN_EVENT_TYPE_STEP_FAILED) and event.block_id in step_start:
+                elif (
+                    event.type in (E.RUN_EVENT_TYPE_STEP_SUCCEEDED, E.RUN_EVENT_TYPE_STEP_FAILED)
+                    and event.block_id in step_start
+                ):
                     steps[event.block_id] = at - step_start[event.block_id]
                 elif event.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and event.progress.unit == "tiles":
                     tiles[event.block_id] = max(tiles.get(event.block_id, 0), int(event.progress.total))
                 if event.type == E.RUN_EVENT_TYPE_RUN_FAILED:
                     failure_source = event.source
                 on_event(event)
-                if event.state in TERMINAL and event.type in (E.RUN_EVENT_TYPE_RUN_SUCCEEDED, E.RUN_EVENT_TYPE_RUN_FAILED, E.RUN_EVENT_TYPE_RUN_CANCELED):
+                if event.state in TERMINAL and event.type in (
+                    E.RUN_EVENT_TYPE_RUN_SUCCEEDED,
+                    E.RUN_EVENT_TYPE_RUN_FAILED,
+                    E.RUN_EVENT_TYPE_RUN_CANCELED,
+                ):
                     ended = True
             ended = True  # the stream ends only when the run has
         except grpc.RpcError as error:

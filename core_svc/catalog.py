@@ -174,7 +174,9 @@ class Catalog:
         row = self._find(db.DatasetRow, dataset_id)
         return _dataset_from_row(row) if row else None
 
-    def list_datasets(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Dataset], str]:
+    def list_datasets(
+        self, page_size: int = 0, page_token: str = "", filter_text: str = ""
+    ) -> tuple[list[Dataset], str]:
         table = db.DatasetRow
         fields = {
             "name": lambda v: table.name == v,
@@ -193,7 +195,8 @@ class Catalog:
         unknown = [p for p in paths if p not in UPDATABLE_DATASET_FIELDS]
         if unknown:
             raise InvalidArgument.field(
-                "update_mask", f"cannot update {', '.join(unknown)}; updatable fields: {', '.join(UPDATABLE_DATASET_FIELDS)}"
+                "update_mask",
+                f"cannot update {', '.join(unknown)}; updatable fields: {', '.join(UPDATABLE_DATASET_FIELDS)}",
             )
         with self._session() as session:
             row = session.get(db.DatasetRow, dataset.id)
@@ -292,7 +295,9 @@ class Catalog:
     # Pipelines
 
     def validate_pipeline(self, spec: PipelineSpec) -> tuple[list[Problem], list[str]]:
-        return validate_spec(spec, lambda i: dataset_view(self.find_dataset(i)), lambda i: model_view(self.find_model(i)))
+        return validate_spec(
+            spec, lambda i: dataset_view(self.find_dataset(i)), lambda i: model_view(self.find_model(i))
+        )
 
     def create_pipeline(self, pipeline: Pipeline) -> Pipeline:
         violations = [FieldViolation(v.field, v.description) for v in _check_pipeline_fields(pipeline)]
@@ -327,7 +332,9 @@ class Catalog:
     def get_pipeline(self, pipeline_id: str) -> Pipeline:
         return _pipeline_from_row(self._get(db.PipelineRow, pipeline_id, "pipeline"))
 
-    def list_pipelines(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Pipeline], str]:
+    def list_pipelines(
+        self, page_size: int = 0, page_token: str = "", filter_text: str = ""
+    ) -> tuple[list[Pipeline], str]:
         table = db.PipelineRow
         rows, token = self._list(table, page_size, page_token, filter_text, {"name": lambda v: table.name == v})
         return [_pipeline_from_row(r) for r in rows], token

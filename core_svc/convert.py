@@ -20,7 +20,9 @@ def dataset_from_proto(message: core_pb2.Dataset) -> Dataset:
         sensor=message.sensor,
         bands=list(message.bands),
         resolution_m=message.resolution_m,
-        bbox=BoundingBox(box.min_x, box.min_y, box.max_x, box.max_y, box.crs or "EPSG:4326") if message.HasField("bbox") else None,
+        bbox=BoundingBox(box.min_x, box.min_y, box.max_x, box.max_y, box.crs or "EPSG:4326")
+        if message.HasField("bbox")
+        else None,
         tags=list(message.tags),
     )
 
@@ -35,7 +37,9 @@ def dataset_to_proto(dataset: Dataset) -> core_pb2.Dataset:
         sensor=dataset.sensor,
         bands=dataset.bands,
         resolution_m=dataset.resolution_m,
-        bbox=common_pb2.BoundingBox(min_x=box.min_x, min_y=box.min_y, max_x=box.max_x, max_y=box.max_y, crs=box.crs) if box else None,
+        bbox=common_pb2.BoundingBox(min_x=box.min_x, min_y=box.min_y, max_x=box.max_x, max_y=box.max_y, crs=box.crs)
+        if box
+        else None,
         tags=dataset.tags,
         create_time=to_timestamp(dataset.create_time),
         update_time=to_timestamp(dataset.update_time),
@@ -51,7 +55,9 @@ def model_from_proto(message: core_pb2.Model) -> Model:
         task=enum_name(common_pb2.ModelTask, message.task),
         source=message.source,
         card=ModelCard(card.description, card.data_used, list(card.dependencies), dict(card.metrics), card.license),
-        input=InputSpec([b.lower() for b in spec.bands], spec.tile_size_px, spec.dtype.upper(), spec.value_min, spec.value_max),
+        input=InputSpec(
+            [b.lower() for b in spec.bands], spec.tile_size_px, spec.dtype.upper(), spec.value_min, spec.value_max
+        ),
         outputs=[OutputSpec(o.name, o.dtype.upper(), list(o.shape), o.description) for o in message.outputs],
         tags=list(message.tags),
     )
@@ -78,7 +84,10 @@ def model_to_proto(model: Model) -> core_pb2.Model:
             value_min=model.input.value_min,
             value_max=model.input.value_max,
         ),
-        outputs=[common_pb2.ModelOutputSpec(name=o.name, dtype=o.dtype, shape=o.shape, description=o.description) for o in model.outputs],
+        outputs=[
+            common_pb2.ModelOutputSpec(name=o.name, dtype=o.dtype, shape=o.shape, description=o.description)
+            for o in model.outputs
+        ],
         state=enum_value(core_pb2.ModelState, model.state),
         state_message=model.state_message,
         tags=model.tags,
@@ -88,7 +97,9 @@ def model_to_proto(model: Model) -> core_pb2.Model:
 
 
 def pipeline_from_proto(message: core_pb2.Pipeline) -> Pipeline:
-    return Pipeline(id=message.id, name=message.name, description=message.description, spec=spec_from_proto(message.spec))
+    return Pipeline(
+        id=message.id, name=message.name, description=message.description, spec=spec_from_proto(message.spec)
+    )
 
 
 def pipeline_to_proto(pipeline: Pipeline) -> core_pb2.Pipeline:

@@ -7,7 +7,20 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -75,7 +88,9 @@ class PipelineReferenceRow(Base):
     __tablename__ = "pipeline_references"
     __table_args__ = (Index("ix_pipeline_references_ref", "ref_kind", "ref_id"),)
 
-    pipeline_id: Mapped[str] = mapped_column(String(40), ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True)
+    pipeline_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True
+    )
     ref_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     ref_id: Mapped[str] = mapped_column(String(40), primary_key=True)
 

@@ -24,7 +24,9 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
 
     def ListDatasets(self, request, context):
         datasets, token = self._catalog.list_datasets(request.page_size, request.page_token, request.filter)
-        return core_pb2.ListDatasetsResponse(datasets=[convert.dataset_to_proto(d) for d in datasets], next_page_token=token)
+        return core_pb2.ListDatasetsResponse(
+            datasets=[convert.dataset_to_proto(d) for d in datasets], next_page_token=token
+        )
 
     def UpdateDataset(self, request, context):
         dataset = convert.dataset_from_proto(request.dataset)
@@ -59,7 +61,9 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
 
     def ListPipelines(self, request, context):
         pipelines, token = self._catalog.list_pipelines(request.page_size, request.page_token, request.filter)
-        return core_pb2.ListPipelinesResponse(pipelines=[convert.pipeline_to_proto(p) for p in pipelines], next_page_token=token)
+        return core_pb2.ListPipelinesResponse(
+            pipelines=[convert.pipeline_to_proto(p) for p in pipelines], next_page_token=token
+        )
 
     def DeletePipeline(self, request, context):
         self._catalog.delete_pipeline(request.id)

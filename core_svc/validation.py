@@ -10,9 +10,8 @@ from urllib.parse import urlparse
 from core_svc.domain import MODEL_TASKS, Dataset, Model
 from mesh.errors import FieldViolation
 from model_runtime import manifest
-from model_runtime.manifest import DATATYPES
+from model_runtime.manifest import DATATYPES, VERSION
 from model_runtime.manifest import NAME as MODEL_NAME
-from model_runtime.manifest import VERSION
 from pipeline.rules import check_bands, check_storage_uri
 
 TAG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
@@ -47,7 +46,9 @@ def validate_dataset(dataset: Dataset) -> list[FieldViolation]:
     if not math.isfinite(dataset.resolution_m) or dataset.resolution_m < 0:
         found.append(FieldViolation("resolution_m", "must be a positive number of metres per pixel (0 if unknown)"))
     if dataset.sensor and not TAG.match(dataset.sensor):
-        found.append(FieldViolation("sensor", f"{dataset.sensor!r}: use a lowercase name such as sentinel-2 or landsat-7"))
+        found.append(
+            FieldViolation("sensor", f"{dataset.sensor!r}: use a lowercase name such as sentinel-2 or landsat-7")
+        )
     box = dataset.bbox
     if box is not None:
         values = (box.min_x, box.min_y, box.max_x, box.max_y)
@@ -58,7 +59,9 @@ def validate_dataset(dataset: Dataset) -> list[FieldViolation]:
         elif box.crs in ("", "EPSG:4326") and not (
             -180 <= box.min_x and box.max_x <= 180 and -90 <= box.min_y and box.max_y <= 90
         ):
-            found.append(FieldViolation("bbox", "EPSG:4326 longitudes must lie in [-180, 180] and latitudes in [-90, 90]"))
+            found.append(
+                FieldViolation("bbox", "EPSG:4326 longitudes must lie in [-180, 180] and latitudes in [-90, 90]")
+            )
     found += _check_tags(dataset.tags)
     return found
 
@@ -84,7 +87,12 @@ def check_requirement(text: str, field: str) -> list[FieldViolation]:
 def validate_model(model: Model) -> list[FieldViolation]:
     found: list[FieldViolation] = []
     if not MODEL_NAME.match(model.name):
-        found.append(FieldViolation("name", f"{model.name!r}: lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 64"))
+        found.append(
+            FieldViolation(
+                "name",
+                f"{model.name!r}: lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 64",
+            )
+        )
     if not VERSION.match(model.version):
         found.append(FieldViolation("version", f"{model.version!r}: a version such as 1.0.0 is required"))
     if model.task not in MODEL_TASKS:
@@ -107,7 +115,9 @@ def validate_model(model: Model) -> list[FieldViolation]:
             found.append(FieldViolation(f"outputs[{i}].name", f"{output.name!r} is used twice"))
         names.add(output.name)
         if output.dtype not in DATATYPES:
-            found.append(FieldViolation(f"outputs[{i}].dtype", f"{output.dtype!r}: one of {', '.join(sorted(DATATYPES))}"))
+            found.append(
+                FieldViolation(f"outputs[{i}].dtype", f"{output.dtype!r}: one of {', '.join(sorted(DATATYPES))}")
+            )
         if any(d < -1 or d == 0 for d in output.shape):
             found.append(FieldViolation(f"outputs[{i}].shape", "dimensions are positive, or -1 for variable"))
     for i, dependency in enumerate(model.card.dependencies):

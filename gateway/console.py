@@ -26,7 +26,6 @@ from pathlib import Path
 
 from gateway.settings import WEB_DIST, GatewaySettings
 
-
 NOT_BUILT = b"""<!doctype html><meta charset="utf-8"><title>Constellation</title>
 <body style="font-family:sans-serif;margin:3em">
 <h1>Constellation</h1><p>The gateway is up, but the web console is not built.
@@ -71,7 +70,9 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.OK, body, "application/json", head, cache="no-store")
         if path.startswith("/files/"):
             if not self._key_ok():
-                return self._send(HTTPStatus.UNAUTHORIZED, b"an API key is required: set it in the console\n", "text/plain", head)
+                return self._send(
+                    HTTPStatus.UNAUTHORIZED, b"an API key is required: set it in the console\n", "text/plain", head
+                )
             found = _inside(self.files_root, path.removeprefix("/files/"))
             if found is None:
                 return self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain", head)
@@ -101,9 +102,19 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if path.suffix in (".geojson",):
             media_type = "application/geo+json"
-        self._send(HTTPStatus.OK, b"" if head else path.read_bytes(), media_type, head, cache=cache, length=path.stat().st_size)
+        self._send(
+            HTTPStatus.OK, b"" if head else path.read_bytes(), media_type, head, cache=cache, length=path.stat().st_size
+        )
 
-    def _send(self, status: HTTPStatus, body: bytes, media_type: str, head: bool, cache: str = "no-cache", length: int | None = None) -> None:
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        media_type: str,
+        head: bool,
+        cache: str = "no-cache",
+        length: int | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", media_type)
         self.send_header("Content-Length", str(len(body) if length is None else length))

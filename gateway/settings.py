@@ -7,22 +7,37 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mesh.config import DEFAULT_GATEWAY_ADMIN_PORT, DEFAULT_GATEWAY_PORT, EnvSettings, env_field, home_dir, parse_api_keys
+from mesh.config import (
+    DEFAULT_GATEWAY_ADMIN_PORT,
+    DEFAULT_GATEWAY_PORT,
+    EnvSettings,
+    env_field,
+    home_dir,
+    parse_api_keys,
+)
 
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
 class GatewaySettings(EnvSettings):
-    port: int = env_field("CONSTELLATION_GATEWAY_PORT", DEFAULT_GATEWAY_PORT, "gRPC, gRPC-web and the console", ge=0, le=65535)
-    admin_port: int = env_field("CONSTELLATION_GATEWAY_ADMIN_PORT", DEFAULT_GATEWAY_ADMIN_PORT, "Envoy's admin port", ge=0, le=65535)
+    port: int = env_field(
+        "CONSTELLATION_GATEWAY_PORT", DEFAULT_GATEWAY_PORT, "gRPC, gRPC-web and the console", ge=0, le=65535
+    )
+    admin_port: int = env_field(
+        "CONSTELLATION_GATEWAY_ADMIN_PORT", DEFAULT_GATEWAY_ADMIN_PORT, "Envoy's admin port", ge=0, le=65535
+    )
     workers: int = env_field("CONSTELLATION_GATEWAY_WORKERS", 1, "Envoy worker threads (--concurrency)", ge=1)
-    console_port: int = env_field("CONSTELLATION_CONSOLE_PORT", 0, "the console's static server on 127.0.0.1 (0: a free port)", ge=0)
+    console_port: int = env_field(
+        "CONSTELLATION_CONSOLE_PORT", 0, "the console's static server on 127.0.0.1 (0: a free port)", ge=0
+    )
     web_root_raw: str = env_field("CONSTELLATION_CONSOLE_WEB_ROOT", "", "the built console (default web/dist)")
     export_uri: str = env_field(
         "CONSTELLATION_AGENT_EXPORT_URI", "", "the agent's export destination: a file:/// one is what /files/ serves"
     )
     home_raw: str = env_field("CONSTELLATION_HOME", "", "local state; /files/ serves its outputs/ by default")
-    api_keys_raw: str = Field("", validation_alias="CONSTELLATION_API_KEYS", description="the mesh's API keys", repr=False)
+    api_keys_raw: str = Field(
+        "", validation_alias="CONSTELLATION_API_KEYS", description="the mesh's API keys", repr=False
+    )
     api_key_raw: str = Field("", validation_alias="CONSTELLATION_API_KEY", description="one more admin key", repr=False)
 
     @property

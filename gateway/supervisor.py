@@ -25,12 +25,16 @@ def point_console_cluster(config_text: str, port: int) -> str:
     config = yaml.safe_load(config_text)
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"] == CONSOLE_CLUSTER:
-            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+                "socket_address"
+            ]
             address["address"], address["port_value"] = "127.0.0.1", port
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def render_config(gateway_port: int, admin_port: int, service_addresses: dict[str, str], template: Path = ENVOY_CONFIG) -> str:
+def render_config(
+    gateway_port: int, admin_port: int, service_addresses: dict[str, str], template: Path = ENVOY_CONFIG
+) -> str:
     """envoy.yaml with the listener, admin and each cluster pointed at the given ports."""
     config = yaml.safe_load(template.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -55,7 +59,17 @@ def envoy_args(config_path: Path) -> list[str]:
     # Several Envoys on one host (tests, benchmarks) need distinct shared-memory ids.
     base_id = config_path.stat().st_ino % 60000
     workers = str(GatewaySettings.from_env().workers)
-    return [envoy_binary(), "-c", str(config_path), "--log-level", "warn", "--concurrency", workers, "--base-id", str(base_id)]
+    return [
+        envoy_binary(),
+        "-c",
+        str(config_path),
+        "--log-level",
+        "warn",
+        "--concurrency",
+        workers,
+        "--base-id",
+        str(base_id),
+    ]
 
 
 def start_envoy(config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

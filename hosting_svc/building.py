@@ -77,7 +77,9 @@ class Builder:
     def package(self, name: str, version: str, source: Source, card: dict) -> HostedModel:
         violations = []
         if not NAME.match(name):
-            violations.append(FieldViolation("model_name", f"{name!r}: lowercase letters, digits, '-' and '_', at most 64"))
+            violations.append(
+                FieldViolation("model_name", f"{name!r}: lowercase letters, digits, '-' and '_', at most 64")
+            )
         if not VERSION.match(version):
             violations.append(FieldViolation("model_version", f"{version!r}: a version such as 1.0.0 is required"))
         if violations:
@@ -108,7 +110,11 @@ class Builder:
         staging.rename(final)
         model = existing or HostedModel(id=model_id, name=name, version=version)
         model.source, model.card = source.describe(), card
-        model.manifest = {**dataclasses.asdict(manifest), "folder": str(final), "digest": packaging.manifest_digest(final)}
+        model.manifest = {
+            **dataclasses.asdict(manifest),
+            "folder": str(final),
+            "digest": packaging.manifest_digest(final),
+        }
         model.runtime = model.runtime or self.runtime.name
         model.endpoints, model.image, model.image_digest, model.installed_packages = [], "", "", []
         self.journal.emit(model, "packaging", f"validated constellation.yaml of {name}:{version}")
@@ -127,7 +133,10 @@ class Builder:
                 model.manifest["wheelhouse"] = str(wheelhouse)
                 runtime = self.runtime
                 validating = runtime.build(
-                    model, wheelhouse, lambda state, message: emit(model, state, message), lambda line: emit(model, log_line=line)
+                    model,
+                    wheelhouse,
+                    lambda state, message: emit(model, state, message),
+                    lambda line: emit(model, log_line=line),
                 )
                 emit(model, "validating", validating)
                 self._validate(model, runtime)

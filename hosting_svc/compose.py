@@ -13,13 +13,27 @@ def render(models: list[HostedModel], first_host_port: int = 18001) -> str:
     port = first_host_port
     for model in models:
         replicas = max(model.replicas, 1)
-        published = f"127.0.0.1:{port}-{port + replicas - 1}:{MODEL_PORT}" if replicas > 1 else f"127.0.0.1:{port}:{MODEL_PORT}"
+        published = (
+            f"127.0.0.1:{port}-{port + replicas - 1}:{MODEL_PORT}" if replicas > 1 else f"127.0.0.1:{port}:{MODEL_PORT}"
+        )
         port += replicas
         resources = model.manifest.get("resources", {})
-        limits = {k: v for k, v in (("cpus", str(resources.get("cpu", "")) or None), ("memory", resources.get("memory"))) if v}
+        limits = {
+            k: v for k, v in (("cpus", str(resources.get("cpu", "")) or None), ("memory", resources.get("memory"))) if v
+        }
         services[f"{model.name}-{model.version}".replace(".", "-").replace("+", "-")] = {
             "image": model.image,
-            "command": ["python", "-m", "model_runtime", "--model-dir", "/opt/model", "--host", "0.0.0.0", "--port", str(MODEL_PORT)],
+            "command": [
+                "python",
+                "-m",
+                "model_runtime",
+                "--model-dir",
+                "/opt/model",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(MODEL_PORT),
+            ],
             "ports": [published],
             "networks": ["models"],
             "restart": "unless-stopped",

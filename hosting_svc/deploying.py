@@ -35,7 +35,9 @@ def runtime_unavailable(runtime: str) -> str:
 
 
 class Deployer:
-    def __init__(self, journal: Journal, settings: HostingSettings, runtimes: dict[str, Runtime], default_runtime: str) -> None:
+    def __init__(
+        self, journal: Journal, settings: HostingSettings, runtimes: dict[str, Runtime], default_runtime: str
+    ) -> None:
         self.journal = journal
         self.settings = settings
         self.runtimes = runtimes
@@ -61,7 +63,9 @@ class Deployer:
         if model.state not in ("ready", "healthy", "unhealthy", "failed") or not model.manifest.get("wheelhouse"):
             raise FailedPrecondition(f"{label} is {model.state}; package it successfully first")
         if runtime == "docker" and not model.image:
-            raise FailedPrecondition(f"{label} has no image (it was packaged without Docker); package it again with Docker running")
+            raise FailedPrecondition(
+                f"{label} has no image (it was packaged without Docker); package it again with Docker running"
+            )
         model.runtime, model.environment, model.replicas = runtime, environment, replicas
         self.journal.emit(model, "deploying", f"starting {replicas} replica(s) on {runtime} in {environment}")
         threading.Thread(target=self._deploy, args=(model.id,), name=f"deploy-{model.name}", daemon=True).start()
@@ -81,7 +85,9 @@ class Deployer:
                     started.append(runtime.start(model, index, free_port()))
                 for replica in started:
                     with InferenceClient(replica.address, model.name) as client:
-                        client.wait_ready(self.settings.ready_timeout_s, partial(runtime.alive, model, replica.replica_id))
+                        client.wait_ready(
+                            self.settings.ready_timeout_s, partial(runtime.alive, model, replica.replica_id)
+                        )
             except Exception as error:  # noqa: BLE001 - a failed rollout is stopped and reported
                 tail = runtime.logs(model, started[-1].replica_id) if started else ""
                 for replica in started:
@@ -91,7 +97,10 @@ class Deployer:
                 kept = f"; traffic stays on {previous.name}:{previous.version}" if previous else ""
                 emit(model, "failed", f"deployment never became healthy: {error}{kept}", log_line=tail[-2000:])
                 if previous:
-                    emit(previous, message=f"{model.name}:{model.version} failed to deploy; {previous.version} keeps serving")
+                    emit(
+                        previous,
+                        message=f"{model.name}:{model.version} failed to deploy; {previous.version} keeps serving",
+                    )
                 return
             self.replicas[model.id] = started
             model.endpoints = [Endpoint(r.address, r.replica_id[:12], True) for r in started]

@@ -105,7 +105,9 @@ class Hosting:
             chosen = [m for m in self.store.all() if m.state in ("healthy", "unhealthy")]
         without_image = [m.id for m in chosen if not m.image]
         if without_image:
-            raise FailedPrecondition(f"no image for {', '.join(without_image)}: only Docker-packaged models can be exported")
+            raise FailedPrecondition(
+                f"no image for {', '.join(without_image)}: only Docker-packaged models can be exported"
+            )
         if not chosen:
             raise FailedPrecondition("no deployed model to export; deploy one or name model_ids")
         return compose.render(chosen)

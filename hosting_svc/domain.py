@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 STATES = (
-    "packaging", "building", "validating", "ready", "pushing",
-    "deploying", "healthy", "unhealthy", "failed", "deleted",
+    "packaging",
+    "building",
+    "validating",
+    "ready",
+    "pushing",
+    "deploying",
+    "healthy",
+    "unhealthy",
+    "failed",
+    "deleted",
 )
 IN_PROGRESS = ("packaging", "building", "validating", "pushing", "deploying")
 RUNTIMES = ("docker", "local", "modal")

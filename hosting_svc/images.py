@@ -11,9 +11,9 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import docker
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
+import docker
 from mesh.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger("hosting.images")
@@ -59,7 +59,14 @@ class Engine:
         image_id = ""
         try:
             for chunk in self.client.api.build(
-                path=str(context), tag=tag, labels=labels, network_mode="none", rm=True, forcerm=True, decode=True, pull=False
+                path=str(context),
+                tag=tag,
+                labels=labels,
+                network_mode="none",
+                rm=True,
+                forcerm=True,
+                decode=True,
+                pull=False,
             ):
                 if "stream" in chunk:
                     for line in chunk["stream"].splitlines():
@@ -95,7 +102,17 @@ class Engine:
             "name": name,
             "detach": True,
             "network_mode": "host",
-            "command": ["python", "-m", "model_runtime", "--model-dir", "/opt/model", "--host", "127.0.0.1", "--port", str(port)],
+            "command": [
+                "python",
+                "-m",
+                "model_runtime",
+                "--model-dir",
+                "/opt/model",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             "environment": {"MODEL_PORT": str(port)},
             "labels": labels,
             "user": "10001",

@@ -29,7 +29,9 @@ class Journal:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
-    def emit(self, model: HostedModel, state: str | None = None, message: str = "", log_line: str = "") -> DeploymentEvent:
+    def emit(
+        self, model: HostedModel, state: str | None = None, message: str = "", log_line: str = ""
+    ) -> DeploymentEvent:
         """Save the model (in `state`, when given) and append its next event."""
         if state is not None and state != model.state:
             model.state = state

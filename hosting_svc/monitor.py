@@ -27,7 +27,11 @@ def serving(address: str) -> bool:
 
 class Monitor:
     def __init__(
-        self, journal: Journal, settings: HostingSettings, runtimes: dict[str, Runtime], replicas: dict[str, list[Replica]]
+        self,
+        journal: Journal,
+        settings: HostingSettings,
+        runtimes: dict[str, Runtime],
+        replicas: dict[str, list[Replica]],
     ) -> None:
         self.journal = journal
         self.settings = settings
@@ -66,7 +70,9 @@ class Monitor:
                     replicas[i] = replica = runtime.start(model, i, port)
                     self.journal.emit(model, log_line=f"replica {i} exited; restarted it on {replica.address}")
                 health.append(serving(replica.address))
-            model.endpoints = [Endpoint(r.address, r.replica_id[:12], ok) for r, ok in zip(replicas, health, strict=True)]
+            model.endpoints = [
+                Endpoint(r.address, r.replica_id[:12], ok) for r, ok in zip(replicas, health, strict=True)
+            ]
             if all(health) and model.state == "unhealthy":
                 self.journal.emit(model, "healthy", "every replica answers again")
             elif not all(health) and model.state == "healthy":

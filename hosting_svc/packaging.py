@@ -67,16 +67,39 @@ def download_wheelhouse(requirements: list[str], cache_root: Path, log) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     (target / "requirements.txt").write_text("\n".join(requirements) + "\n")
     command = [
-        sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input",
-        "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-        "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-        "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64",
-        "--find-links", str(cache_root / "all"),
-        "-d", str(target), "-r", str(target / "requirements.txt"),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "--platform",
+        "manylinux2014_x86_64",
+        "--platform",
+        "manylinux_2_17_x86_64",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--platform",
+        "linux_x86_64",
+        "--find-links",
+        str(cache_root / "all"),
+        "-d",
+        str(target),
+        "-r",
+        str(target / "requirements.txt"),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
-        lines = [l for l in (result.stdout + result.stderr).splitlines() if l.strip() and not l.startswith("WARNING: Location")]
+        lines = [
+            l
+            for l in (result.stdout + result.stderr).splitlines()
+            if l.strip() and not l.startswith("WARNING: Location")
+        ]
         raise DependencyError(_conflict_summary(lines), lines[-20:])
     # Keep every wheel in one shared folder too, so later sets resolve offline.
     shared = cache_root / "all"

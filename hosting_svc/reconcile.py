@@ -41,7 +41,9 @@ def reconcile(journal: Journal, runtimes: dict[str, Runtime], replicas: dict[str
             journal.emit(model, message=f"adopted {len(found)} running replica(s) after a hosting restart")
         elif model.state in ("healthy", "unhealthy", "deploying", "pushing"):
             model.endpoints = []
-            journal.emit(model, "failed", f"hosting restarted while {model.state} and no replica is running; deploy again")
+            journal.emit(
+                model, "failed", f"hosting restarted while {model.state} and no replica is running; deploy again"
+            )
     for name, running in held.items():
         for model_id, replica_ids in running.items():
             owner = known.get(model_id)

@@ -52,7 +52,9 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 
 class Registry:
-    def __init__(self, engine: images.Engine | None, settings: HostingSettings, attempts: int = 4, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self, engine: images.Engine | None, settings: HostingSettings, attempts: int = 4, backoff_s: float = 0.5
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.attempts = attempts
@@ -88,7 +90,9 @@ class Registry:
                 text = scrub(str(error), self.secrets)
                 lowered = text.lower()
                 if "unauthorized" in lowered or "authentication required" in lowered or "no basic auth" in lowered:
-                    raise Unauthenticated(f"{what}: the registry refused the credentials (set CONSTELLATION_REGISTRY_USERNAME/PASSWORD or CONSTELLATION_REGISTRY_AUTH_FILE)") from None
+                    raise Unauthenticated(
+                        f"{what}: the registry refused the credentials (set CONSTELLATION_REGISTRY_USERNAME/PASSWORD or CONSTELLATION_REGISTRY_AUTH_FILE)"
+                    ) from None
                 if "denied" in lowered or "forbidden" in lowered:
                     raise PermissionDenied(f"{what}: the registry denied access to this repository") from None
                 if "not found" in lowered or "manifest unknown" in lowered:
@@ -103,7 +107,9 @@ class Registry:
         if not model.image:
             raise FailedPrecondition(f"{model.name}:{model.version} has no image to push; package it with Docker first")
         if not repository or not REFERENCE.match(repository) or ":" in repository.split("/")[-1]:
-            raise InvalidArgument.field("repository", f"{repository!r}: write registry/prefix, e.g. 127.0.0.1:5000/constellation")
+            raise InvalidArgument.field(
+                "repository", f"{repository!r}: write registry/prefix, e.g. 127.0.0.1:5000/constellation"
+            )
         engine = self._engine()
         target = f"{repository.rstrip('/')}/{model.name}"
         auth = self.credentials(repository.split("/")[0])
@@ -130,10 +136,12 @@ class Registry:
         auth = self.credentials(repository.split("/")[0])
         pulled = self._retry(f"pull {repository}:{tag}", lambda: engine.pull(repository, tag, auth))
         digests = pulled.attrs.get("RepoDigests", [])  # type: ignore[attr-defined]
-        found = next((d.split("@", 1)[1] for d in digests if d.startswith(repository)), digests[0].split("@", 1)[1] if digests else "")
+        found = next(
+            (d.split("@", 1)[1] for d in digests if d.startswith(repository)),
+            digests[0].split("@", 1)[1] if digests else "",
+        )
         return f"{repository}:{tag}", found
 
 
 class RegistryError(Exception):
     """An error line in the engine's push stream."""
-

@@ -36,7 +36,9 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tu
     hosting.start_monitor()
     log.info("runtimes", extra={"runtimes": sorted(runtimes), "docker": engine is not None})
     checks = {"docker": lambda: engine.client.ping()} if engine is not None else {}
-    server = MeshServer(settings, [registration("hosting", HostingServicer(hosting, Registry(engine, own)), health_checks=checks)])
+    server = MeshServer(
+        settings, [registration("hosting", HostingServicer(hosting, Registry(engine, own)), health_checks=checks)]
+    )
     return server, hosting
 
 

@@ -12,8 +12,11 @@ from hosting_svc.sources import Source
 from mesh.errors import InvalidArgument
 from mesh.timestamps import to_timestamp
 
-RUNTIME_NAMES = {hosting_pb2.RUNTIME_DOCKER: "docker", hosting_pb2.RUNTIME_LOCAL: "local", hosting_pb2.RUNTIME_MODAL: "modal"}
-
+RUNTIME_NAMES = {
+    hosting_pb2.RUNTIME_DOCKER: "docker",
+    hosting_pb2.RUNTIME_LOCAL: "local",
+    hosting_pb2.RUNTIME_MODAL: "modal",
+}
 
 
 def _state(name: str) -> int:
@@ -96,7 +99,9 @@ class HostingServicer(hosting_pb2_grpc.HostingServiceServicer):
         if request.page_size < 0:
             raise InvalidArgument.field("page_size", "must not be negative")
         if request.page_token and not request.page_token.startswith("hm_"):
-            raise InvalidArgument.field("page_token", "is not a token this server issued; pass next_page_token unchanged")
+            raise InvalidArgument.field(
+                "page_token", "is not a token this server issued; pass next_page_token unchanged"
+            )
         models = [m for m in self._hosting.list(request.filter) if m.id > request.page_token]  # ids sort by creation
         size = min(request.page_size or 50, 1000)
         page = models[:size]
@@ -109,7 +114,9 @@ class HostingServicer(hosting_pb2_grpc.HostingServiceServicer):
 
     def PushImage(self, request, context):
         model = self._hosting.get(request.model_id)
-        image, digest = self._registry.push(model, request.repository, lambda message: self._hosting.note(model, message))
+        image, digest = self._registry.push(
+            model, request.repository, lambda message: self._hosting.note(model, message)
+        )
         return hosting_pb2.PushImageResponse(image=image, image_digest=digest)
 
     def PullImage(self, request, context):
@@ -121,4 +128,6 @@ class HostingServicer(hosting_pb2_grpc.HostingServiceServicer):
 
     def StopDeployments(self, request, context):
         stopped, others = self._hosting.stop_deployments()
-        return hosting_pb2.StopDeploymentsResponse(stopped=[status_to_proto(m) for m in stopped], other_replicas_stopped=others)
+        return hosting_pb2.StopDeploymentsResponse(
+            stopped=[status_to_proto(m) for m in stopped], other_replicas_stopped=others
+        )

@@ -26,21 +26,41 @@ class HostingSettings(EnvSettings):
         description="SQLAlchemy URL of hosting's database (default SQLite under hosting's home)",
         repr=False,
     )
-    docker: str = env_field("CONSTELLATION_HOSTING_DOCKER", "auto", "off: never use Docker; anything else: use the engine when it answers")
-    base_image: str = env_field("CONSTELLATION_BASE_IMAGE", "constellation/base:bookworm", "image every model image builds on")
-    ready_timeout_s: float = env_field(
-        "CONSTELLATION_HOSTING_READY_TIMEOUT_S", 60.0, "how long a new replica or smoke test may take to say ModelReady, s", gt=0
+    docker: str = env_field(
+        "CONSTELLATION_HOSTING_DOCKER", "auto", "off: never use Docker; anything else: use the engine when it answers"
     )
-    monitor_interval_s: float = Field(1.0, description="how often the monitor checks every replica's health, s (not read)", gt=0)
-    registry_username: str = env_field("CONSTELLATION_REGISTRY_USERNAME", "", "user for pushing and pulling images, on any registry")
+    base_image: str = env_field(
+        "CONSTELLATION_BASE_IMAGE", "constellation/base:bookworm", "image every model image builds on"
+    )
+    ready_timeout_s: float = env_field(
+        "CONSTELLATION_HOSTING_READY_TIMEOUT_S",
+        60.0,
+        "how long a new replica or smoke test may take to say ModelReady, s",
+        gt=0,
+    )
+    monitor_interval_s: float = Field(
+        1.0, description="how often the monitor checks every replica's health, s (not read)", gt=0
+    )
+    registry_username: str = env_field(
+        "CONSTELLATION_REGISTRY_USERNAME", "", "user for pushing and pulling images, on any registry"
+    )
     registry_password: str = Field(
-        "", validation_alias="CONSTELLATION_REGISTRY_PASSWORD", description="password of CONSTELLATION_REGISTRY_USERNAME", repr=False
+        "",
+        validation_alias="CONSTELLATION_REGISTRY_PASSWORD",
+        description="password of CONSTELLATION_REGISTRY_USERNAME",
+        repr=False,
     )
     registry_auth_file: str = env_field(
-        "CONSTELLATION_REGISTRY_AUTH_FILE", "", 'JSON file of credentials per registry host: {"host:port": {"username", "password"}}'
+        "CONSTELLATION_REGISTRY_AUTH_FILE",
+        "",
+        'JSON file of credentials per registry host: {"host:port": {"username", "password"}}',
     )
-    modal_token_id: str = Field("", validation_alias="MODAL_TOKEN_ID", description="Modal token id; with its secret, enables the modal runtime")
-    modal_token_secret: str = Field("", validation_alias="MODAL_TOKEN_SECRET", description="Modal token secret", repr=False)
+    modal_token_id: str = Field(
+        "", validation_alias="MODAL_TOKEN_ID", description="Modal token id; with its secret, enables the modal runtime"
+    )
+    modal_token_secret: str = Field(
+        "", validation_alias="MODAL_TOKEN_SECRET", description="Modal token secret", repr=False
+    )
 
     @property
     def database_url(self) -> str:
@@ -55,7 +75,9 @@ class HubSettings(EnvSettings):
     """The Hugging Face hub's own variables, read at each hf:// fetch (as huggingface_hub itself does),
     so a changed cache or offline switch applies without restarting hosting."""
 
-    cache: str = Field("", validation_alias="HF_HUB_CACHE", description="Hugging Face cache folder (default the hub's own)")
+    cache: str = Field(
+        "", validation_alias="HF_HUB_CACHE", description="Hugging Face cache folder (default the hub's own)"
+    )
     offline_raw: str = Field("", validation_alias="HF_HUB_OFFLINE", description="1, true or yes: use the cache only")
 
     @property

@@ -39,12 +39,16 @@ def check_source(source: Source) -> None:
             raise InvalidArgument.field("local_path", f"{source.location} is not a folder")
     elif source.kind == "git":
         if not re.match(r"^(https?|ssh|git|file)://", source.location) and not Path(source.location).is_absolute():
-            raise InvalidArgument.field("git.repo_url", f"{source.location!r} is not a git URL (https://, ssh://, git://, file://)")
+            raise InvalidArgument.field(
+                "git.repo_url", f"{source.location!r} is not a git URL (https://, ssh://, git://, file://)"
+            )
         if source.subdirectory and (source.subdirectory.startswith("/") or ".." in Path(source.subdirectory).parts):
             raise InvalidArgument.field("git.subdirectory", "must be a relative path inside the repository")
     elif source.kind == "hf":
         if not HF_ID.match(source.location):
-            raise InvalidArgument.field("hugging_face_id", f"{source.location!r}: write hf://org/name or hf://org/name@revision")
+            raise InvalidArgument.field(
+                "hugging_face_id", f"{source.location!r}: write hf://org/name or hf://org/name@revision"
+            )
     else:
         raise InvalidArgument.field("source", "set one of git, local_path or hugging_face_id")
 
@@ -66,15 +70,22 @@ def fetch(source: Source, destination: Path) -> Path:
             command += ["--branch", source.branch]
         result = subprocess.run(
             [*command, source.location, str(clone)],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
         )
         if result.returncode != 0:
             shutil.rmtree(clone, ignore_errors=True)
-            raise FailedPrecondition(f"git clone of {source.location} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}")
+            raise FailedPrecondition(
+                f"git clone of {source.location} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}"
+            )
         folder = clone / source.subdirectory if source.subdirectory else clone
         if not folder.is_dir():
             shutil.rmtree(clone, ignore_errors=True)
-            raise InvalidArgument.field("git.subdirectory", f"{source.subdirectory!r} is not a folder in the repository")
+            raise InvalidArgument.field(
+                "git.subdirectory", f"{source.subdirectory!r} is not a folder in the repository"
+            )
         shutil.copytree(folder, destination, ignore=ignore, symlinks=True)
         shutil.rmtree(clone, ignore_errors=True)
     else:

@@ -110,7 +110,10 @@ class Store:
         now = datetime.now(UTC)
         with self._lock, self._sessions() as session:
             last = session.scalar(
-                select(EventRow.sequence).where(EventRow.model_id == model.id).order_by(EventRow.sequence.desc()).limit(1)
+                select(EventRow.sequence)
+                .where(EventRow.model_id == model.id)
+                .order_by(EventRow.sequence.desc())
+                .limit(1)
             )
             created = DeploymentEvent(
                 sequence=(last or 0) + 1,
@@ -140,10 +143,20 @@ class Store:
     def events(self, model_id: str, after: int = 0) -> list[DeploymentEvent]:
         with self._sessions() as session:
             rows = session.scalars(
-                select(EventRow).where(EventRow.model_id == model_id, EventRow.sequence > after).order_by(EventRow.sequence)
+                select(EventRow)
+                .where(EventRow.model_id == model_id, EventRow.sequence > after)
+                .order_by(EventRow.sequence)
             )
             return [
-                DeploymentEvent(r.sequence, _aware(r.time), r.model_id, r.state, r.message, r.log_line, [Endpoint(**e) for e in r.endpoints])
+                DeploymentEvent(
+                    r.sequence,
+                    _aware(r.time),
+                    r.model_id,
+                    r.state,
+                    r.message,
+                    r.log_line,
+                    [Endpoint(**e) for e in r.endpoints],
+                )
                 for r in rows
             ]
 

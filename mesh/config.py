@@ -48,14 +48,18 @@ def _describe(error: ValidationError, aliases: dict[str, str]) -> str:
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"])
         name = aliases.get(where, where)
-        problems.append(f"{name}: {item['msg']}, got {item['input']!r}" if "input" in item else f"{name}: {item['msg']}")
+        problems.append(
+            f"{name}: {item['msg']}, got {item['input']!r}" if "input" in item else f"{name}: {item['msg']}"
+        )
     return "; ".join(problems)
 
 
 class EnvSettings(BaseSettings):
     """A service's settings: one field per environment variable, immutable once read."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, validate_by_name=True, validate_by_alias=True)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", env_ignore_empty=True, validate_by_name=True, validate_by_alias=True
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -73,7 +77,9 @@ class EnvSettings(BaseSettings):
     @classmethod
     def env_names(cls) -> dict[str, str]:
         """Field name -> environment variable."""
-        return {name: str(f.validation_alias) for name, f in cls.model_fields.items() if isinstance(f.validation_alias, str)}
+        return {
+            name: str(f.validation_alias) for name, f in cls.model_fields.items() if isinstance(f.validation_alias, str)
+        }
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **values: Any) -> Self:
@@ -109,7 +115,13 @@ def parse_api_keys(raw: str) -> dict[str, str]:
 
 
 def _port(service: str, kind: str, default: int) -> Any:
-    return env_field(f"CONSTELLATION_{service.upper()}_{kind}", default, f"{kind.replace('_', ' ').lower()} of {service}", ge=0, le=65535)
+    return env_field(
+        f"CONSTELLATION_{service.upper()}_{kind}",
+        default,
+        f"{kind.replace('_', ' ').lower()} of {service}",
+        ge=0,
+        le=65535,
+    )
 
 
 class Settings(EnvSettings):
@@ -117,9 +129,14 @@ class Settings(EnvSettings):
 
     service: str = Field("", description="which service these settings are for (set by load(), not read)")
     host: str = env_field("CONSTELLATION_HOST", "127.0.0.1", "address every service binds and its peers are found on")
-    home_raw: str = env_field("CONSTELLATION_HOME", "", "local state: SQLite database, logs, pids, outputs (default ~/.constellation)")
+    home_raw: str = env_field(
+        "CONSTELLATION_HOME", "", "local state: SQLite database, logs, pids, outputs (default ~/.constellation)"
+    )
     database_url_raw: str = Field(
-        "", validation_alias="DATABASE_URL", description="SQLAlchemy URL of the service database (default SQLite under the home)", repr=False
+        "",
+        validation_alias="DATABASE_URL",
+        description="SQLAlchemy URL of the service database (default SQLite under the home)",
+        repr=False,
     )
     api_keys_raw: str = Field(
         "",
@@ -130,9 +147,15 @@ class Settings(EnvSettings):
     api_key_raw: str = Field("", validation_alias="CONSTELLATION_API_KEY", description="one more admin key", repr=False)
     log_level_raw: str = env_field("CONSTELLATION_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = env_field("CONSTELLATION_LOG_FORMAT", "json", "json (one object a line) or text")
-    max_message_mb: int = env_field("CONSTELLATION_MAX_MESSAGE_MB", 64, "largest gRPC message a service sends or takes, MiB", ge=1)
-    shutdown_grace_s: float = env_field("CONSTELLATION_SHUTDOWN_GRACE_S", 10.0, "how long SIGTERM waits for calls in flight", ge=0)
-    health_interval_s: float = env_field("CONSTELLATION_HEALTH_INTERVAL_S", 2.0, "how often a service checks its dependencies", gt=0)
+    max_message_mb: int = env_field(
+        "CONSTELLATION_MAX_MESSAGE_MB", 64, "largest gRPC message a service sends or takes, MiB", ge=1
+    )
+    shutdown_grace_s: float = env_field(
+        "CONSTELLATION_SHUTDOWN_GRACE_S", 10.0, "how long SIGTERM waits for calls in flight", ge=0
+    )
+    health_interval_s: float = env_field(
+        "CONSTELLATION_HEALTH_INTERVAL_S", 2.0, "how often a service checks its dependencies", gt=0
+    )
     max_workers: int = env_field("CONSTELLATION_MAX_WORKERS", 32, "gRPC worker threads per service", ge=1)
     core_port: int = _port("core", "PORT", DEFAULT_PORTS["core"][0])
     hosting_port: int = _port("hosting", "PORT", DEFAULT_PORTS["hosting"][0])
@@ -142,9 +165,13 @@ class Settings(EnvSettings):
     hosting_metrics_port: int = _port("hosting", "METRICS_PORT", DEFAULT_PORTS["hosting"][1])
     orchestrator_metrics_port: int = _port("orchestrator", "METRICS_PORT", DEFAULT_PORTS["orchestrator"][1])
     agent_metrics_port: int = _port("agent", "METRICS_PORT", DEFAULT_PORTS["agent"][1])
-    core_addr: str = env_field("CONSTELLATION_CORE_ADDR", "", "host:port where peers reach core (default host:core port)")
+    core_addr: str = env_field(
+        "CONSTELLATION_CORE_ADDR", "", "host:port where peers reach core (default host:core port)"
+    )
     hosting_addr: str = env_field("CONSTELLATION_HOSTING_ADDR", "", "host:port where peers reach hosting")
-    orchestrator_addr: str = env_field("CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator")
+    orchestrator_addr: str = env_field(
+        "CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator"
+    )
     agent_addr: str = env_field("CONSTELLATION_AGENT_ADDR", "", "host:port where peers reach the agent")
 
     SERVICES: ClassVar[tuple[str, ...]] = tuple(DEFAULT_PORTS)

@@ -29,7 +29,7 @@ def prefix_of(enum_type: EnumType) -> str:
 
 
 def short_name(full_name: str, prefix: str) -> str:
-    """"NORMALIZATION_MIN_MAX" -> "min_max" for prefix "NORMALIZATION_"; the *_UNSPECIFIED value and "" -> ""."""
+    """ "NORMALIZATION_MIN_MAX" -> "min_max" for prefix "NORMALIZATION_"; the *_UNSPECIFIED value and "" -> ""."""
     if not full_name:
         return ""
     short = full_name.removeprefix(prefix).lower()

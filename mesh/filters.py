@@ -30,7 +30,9 @@ def filter_terms(text: str, fields: Collection[str]) -> list[tuple[str, str]]:
     for term in re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE):
         match = _TERM.match(term)
         if not match:
-            raise InvalidArgument.field("filter", f'cannot read {term.strip()!r}: write terms as field = "value", joined by AND')
+            raise InvalidArgument.field(
+                "filter", f'cannot read {term.strip()!r}: write terms as field = "value", joined by AND'
+            )
         name, value = match.group(1), match.group(2).replace('\\"', '"')
         if name not in fields:
             raise InvalidArgument.field("filter", f"cannot filter on {name!r}; filterable fields: {', '.join(fields)}")

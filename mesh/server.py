@@ -14,9 +14,9 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterable
-from wsgiref.simple_server import WSGIServer
 from concurrent import futures
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -102,7 +102,9 @@ class MeshServer:
             try:
                 check()
             except Exception as error:  # noqa: BLE001 - any failure means the dependency is down
-                failures.append(f"{name}: {error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+                failures.append(
+                    f"{name}: {error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                )
         serving = not failures and not self.stopping.is_set()
         if serving != self._serving:
             if serving:

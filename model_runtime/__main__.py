@@ -26,11 +26,32 @@ log = logging.getLogger("model_runtime")
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
-    parser = argparse.ArgumentParser(prog="python -m model_runtime", description="Serve a model folder over the Open Inference Protocol (gRPC).")
-    parser.add_argument("--model-dir", type=Path, default=env.get("CONSTELLATION_MODEL_DIR"), help="folder holding constellation.yaml [CONSTELLATION_MODEL_DIR]")
-    parser.add_argument("--host", default=env.get("CONSTELLATION_MODEL_HOST", "127.0.0.1"), help="address to bind [CONSTELLATION_MODEL_HOST, 127.0.0.1]")
-    parser.add_argument("--port", type=int, default=int(env.get("CONSTELLATION_MODEL_PORT", "8001")), help="port; 0 picks a free one [CONSTELLATION_MODEL_PORT, 8001]")
-    parser.add_argument("--workers", type=int, default=int(env.get("CONSTELLATION_MODEL_WORKERS", "16")), help="gRPC worker threads [CONSTELLATION_MODEL_WORKERS, 16]")
+    parser = argparse.ArgumentParser(
+        prog="python -m model_runtime", description="Serve a model folder over the Open Inference Protocol (gRPC)."
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=env.get("CONSTELLATION_MODEL_DIR"),
+        help="folder holding constellation.yaml [CONSTELLATION_MODEL_DIR]",
+    )
+    parser.add_argument(
+        "--host",
+        default=env.get("CONSTELLATION_MODEL_HOST", "127.0.0.1"),
+        help="address to bind [CONSTELLATION_MODEL_HOST, 127.0.0.1]",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(env.get("CONSTELLATION_MODEL_PORT", "8001")),
+        help="port; 0 picks a free one [CONSTELLATION_MODEL_PORT, 8001]",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("CONSTELLATION_MODEL_WORKERS", "16")),
+        help="gRPC worker threads [CONSTELLATION_MODEL_WORKERS, 16]",
+    )
     args = parser.parse_args(argv)
     if args.model_dir is None:
         parser.error("--model-dir (or CONSTELLATION_MODEL_DIR) is required")

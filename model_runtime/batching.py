@@ -68,7 +68,9 @@ class Batcher:
         return mine.result  # type: ignore[return-value]
 
     def _in_chunks(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        parts = [self._predict(batch[i : i + self.max_batch_size]) for i in range(0, batch.shape[0], self.max_batch_size)]
+        parts = [
+            self._predict(batch[i : i + self.max_batch_size]) for i in range(0, batch.shape[0], self.max_batch_size)
+        ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def _queued_tiles(self) -> int:

@@ -30,9 +30,18 @@ import yaml
 MANIFEST_FILE = "constellation.yaml"
 TASKS = ("classification", "segmentation", "detection", "regression")
 NUMPY_DTYPES = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
-    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
 }
 # Open Inference Protocol datatypes: those numpy holds, and BYTES (which a model may name but not take as a tile).
 DATATYPES = frozenset({*NUMPY_DTYPES, "BYTES"})
@@ -41,7 +50,18 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 ENTRYPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 MEMORY = re.compile(r"^\d+(\.\d+)?[kmgKMG]?$")
-FIELDS = {"name", "version", "task", "entrypoint", "input", "outputs", "requirements", "example_input", "resources", "batching"}
+FIELDS = {
+    "name",
+    "version",
+    "task",
+    "entrypoint",
+    "input",
+    "outputs",
+    "requirements",
+    "example_input",
+    "resources",
+    "batching",
+}
 INPUT_FIELDS = {"bands", "tile_size_px", "dtype", "value_range"}
 OUTPUT_FIELDS = {"name", "dtype", "shape"}
 RESOURCE_FIELDS = {"cpu", "memory", "gpu"}
@@ -119,7 +139,12 @@ def check_requirement(text: object, where: str) -> list[Problem]:
     if requirement.url:
         return [Problem(where, f"{stripped!r} points at a URL; name a package and version instead")]
     if requirement.name.lower().endswith(ARCHIVE_SUFFIXES):
-        return [Problem(where, f"{stripped!r} names an archive file, which pip installs from a local path; name the package instead")]
+        return [
+            Problem(
+                where,
+                f"{stripped!r} names an archive file, which pip installs from a local path; name the package instead",
+            )
+        ]
     return []
 
 
@@ -184,7 +209,12 @@ def parse(data: object, folder: Path) -> Manifest:
     if dtype not in NUMPY_DTYPES:
         problem("input.dtype", f"{spec.get('dtype')!r}: one of {', '.join(NUMPY_DTYPES)}")
     value_range = spec.get("value_range", [0.0, 1.0])
-    if not (isinstance(value_range, list) and len(value_range) == 2 and all(_is_number(v) for v in value_range) and value_range[0] <= value_range[1]):
+    if not (
+        isinstance(value_range, list)
+        and len(value_range) == 2
+        and all(_is_number(v) for v in value_range)
+        and value_range[0] <= value_range[1]
+    ):
         problem("input.value_range", "must be [min, max] with min <= max")
         value_range = [0.0, 1.0]
 
@@ -254,7 +284,10 @@ def parse(data: object, folder: Path) -> Manifest:
         *((f"outputs[{i}]", item, OUTPUT_FIELDS) for i, item in enumerate(raw_outputs) if isinstance(item, dict)),
     ):
         for key in sorted(map(str, set(mapping) - known)):
-            problem(f"{where}.{key}" if where else key, f"is not a manifest field; expected one of {', '.join(sorted(known))}")
+            problem(
+                f"{where}.{key}" if where else key,
+                f"is not a manifest field; expected one of {', '.join(sorted(known))}",
+            )
 
     if problems:
         raise ManifestError(problems)

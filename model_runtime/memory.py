@@ -30,5 +30,9 @@ def tune_malloc(mmap_threshold: int = 128 << 20, trim_threshold: int = 512 << 20
         return False
     return all(
         mallopt(param, value) == 1
-        for param, value in ((M_MMAP_THRESHOLD, mmap_threshold), (M_TRIM_THRESHOLD, trim_threshold), (M_TOP_PAD, top_pad))
+        for param, value in (
+            (M_MMAP_THRESHOLD, mmap_threshold),
+            (M_TRIM_THRESHOLD, trim_threshold),
+            (M_TOP_PAD, top_pad),
+        )
     )

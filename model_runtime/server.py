@@ -25,9 +25,9 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -48,9 +48,17 @@ HEALTH_SERVICES = ("", "inference.GRPCInferenceService")  # NOT_SERVING until lo
 INPUT_NAME = "tiles"  # the one input tensor, as ModelMetadata names it
 # Which typed-contents field carries each datatype.
 CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
 }
 
 
@@ -73,7 +81,9 @@ class LoadedModel:
         try:
             sys.path.insert(0, str(self.folder))
             loaded = sys.modules.get(self.manifest.module)
-            if loaded is not None and not Path(getattr(loaded, "__file__", "/")).resolve().is_relative_to(self.folder.resolve()):
+            if loaded is not None and not Path(getattr(loaded, "__file__", "/")).resolve().is_relative_to(
+                self.folder.resolve()
+            ):
                 del sys.modules[self.manifest.module]  # same module name from another model folder (in-process tests)
             module = importlib.import_module(self.manifest.module)
             instance = getattr(module, self.manifest.class_name)()
@@ -96,9 +106,15 @@ class LoadedModel:
                 raise RuntimeError(f"predict() returned no output named {spec.name!r}")
             value = np.asarray(outputs[spec.name])
             if value.ndim == 0 or value.shape[0] != batch.shape[0]:
-                raise RuntimeError(f"predict() returned {spec.name!r} with shape {list(value.shape)} for a batch of {batch.shape[0]}")
-            if len(value.shape) != len(spec.shape) + 1 or any(d not in (-1, s) for d, s in zip(spec.shape, value.shape[1:], strict=False)):
-                raise RuntimeError(f"predict() returned {spec.name!r} with shape {list(value.shape)}; constellation.yaml declares [batch, {', '.join(map(str, spec.shape))}]")
+                raise RuntimeError(
+                    f"predict() returned {spec.name!r} with shape {list(value.shape)} for a batch of {batch.shape[0]}"
+                )
+            if len(value.shape) != len(spec.shape) + 1 or any(
+                d not in (-1, s) for d, s in zip(spec.shape, value.shape[1:], strict=False)
+            ):
+                raise RuntimeError(
+                    f"predict() returned {spec.name!r} with shape {list(value.shape)}; constellation.yaml declares [batch, {', '.join(map(str, spec.shape))}]"
+                )
             checked[spec.name] = value.astype(NUMPY_DTYPES[spec.dtype], copy=False)
         return checked
 
@@ -118,13 +134,17 @@ def _input_array(request: pb.ModelInferRequest, raws: list[memoryview], manifest
     declared = manifest.input_shape
     if len(shape) != 4 or min(shape) < 1 or any(d != -1 and d != s for d, s in zip(declared, shape[1:], strict=True)):
         wanted = "×".join("any" if d == -1 else str(d) for d in declared)
-        raise BadRequest(f"input {tensor.name!r} has shape {list(shape)}; the model takes [batch, {wanted.replace('×', ', ')}]")
+        raise BadRequest(
+            f"input {tensor.name!r} has shape {list(shape)}; the model takes [batch, {wanted.replace('×', ', ')}]"
+        )
     dtype = np.dtype(NUMPY_DTYPES[expected_dtype]).newbyteorder("<")
     count = int(np.prod(shape))
     if raws:
         raw = raws[0]
         if len(raw) != count * dtype.itemsize:
-            raise BadRequest(f"raw_input_contents[0] holds {len(raw)} bytes; shape {list(shape)} of {expected_dtype} needs {count * dtype.itemsize}")
+            raise BadRequest(
+                f"raw_input_contents[0] holds {len(raw)} bytes; shape {list(shape)} of {expected_dtype} needs {count * dtype.itemsize}"
+            )
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)  # read-only: a view of the request bytes
         if not array.flags.aligned:
             # The payload sits wherever the sender's framing put it inside the request; numpy
@@ -136,10 +156,14 @@ def _input_array(request: pb.ModelInferRequest, raws: list[memoryview], manifest
         return array
     field = CONTENTS_FIELD.get(expected_dtype)
     if field is None:
-        raise BadRequest(f"{expected_dtype} has no typed contents field in the protocol; send the tensor as raw_input_contents")
+        raise BadRequest(
+            f"{expected_dtype} has no typed contents field in the protocol; send the tensor as raw_input_contents"
+        )
     values = getattr(tensor.contents, field)
     if len(values) != count:
-        raise BadRequest(f"input {tensor.name!r} carries {len(values)} values in contents; shape {list(shape)} needs {count}")
+        raise BadRequest(
+            f"input {tensor.name!r} carries {len(values)} values in contents; shape {list(shape)} needs {count}"
+        )
     array = np.asarray(values, dtype=dtype).reshape(shape)
     array.flags.writeable = False  # the same contract as raw contents
     return array
@@ -160,7 +184,9 @@ class InferenceServicer:
         if name != manifest.name:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no model named {name!r}; this server serves {manifest.name!r}")
         if version and version != manifest.version:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {version!r}; it serves {manifest.version!r}")
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {version!r}; it serves {manifest.version!r}"
+            )
 
     def ModelReady(self, request, context):
         self._check_model(request.name, request.version, context)
@@ -186,12 +212,18 @@ class InferenceServicer:
         request, raws = message
         self._check_model(request.model_name, request.model_version, context)
         if not self.model.ready.is_set():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading" if self.model.error is None else "the model failed to load")
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the model is still loading" if self.model.error is None else "the model failed to load",
+            )
         spec = {o.name: o for o in self.model.manifest.outputs}
         wanted = [o.name for o in request.outputs] or list(spec)
         unknown = [n for n in wanted if n not in spec]
         if unknown:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {', '.join(map(repr, unknown))}; the model has {', '.join(map(repr, spec))}")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown output(s) {', '.join(map(repr, unknown))}; the model has {', '.join(map(repr, spec))}",
+            )
         try:
             batch = _input_array(request, raws, self.model.manifest)
         except BadRequest as error:
@@ -201,7 +233,9 @@ class InferenceServicer:
         except Exception as error:  # noqa: BLE001 - a model bug: INTERNAL with a short reason, details in the log
             log.exception("predict failed")
             context.abort(grpc.StatusCode.INTERNAL, f"predict failed: {type(error).__name__}: {str(error)[:200]}")
-        response = pb.ModelInferResponse(model_name=self.model.manifest.name, model_version=self.model.manifest.version, id=request.id)
+        response = pb.ModelInferResponse(
+            model_name=self.model.manifest.name, model_version=self.model.manifest.version, id=request.id
+        )
         payloads = []
         for name in wanted:
             value = np.ascontiguousarray(outputs[name], dtype=outputs[name].dtype.newbyteorder("<"))
@@ -217,12 +251,16 @@ def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         behaviour = getattr(servicer, method.name)
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behaviour, request_deserializer=decode_request, response_serializer=lambda reply: encode_response(reply[0], reply[1], align=ALIGN)
+                behaviour,
+                request_deserializer=decode_request,
+                response_serializer=lambda reply: encode_response(reply[0], reply[1], align=ALIGN),
             )
         else:
             request_type = getattr(pb, method.input_type.name)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behaviour, request_deserializer=request_type.FromString, response_serializer=lambda reply: reply.SerializeToString()
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=lambda reply: reply.SerializeToString(),
             )
     return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
@@ -231,8 +269,14 @@ class ModelServer:
     def __init__(self, model_dir: Path, host: str = "127.0.0.1", port: int = 8001, workers: int = 16) -> None:
         tune_malloc()
         self.model = LoadedModel(model_dir, load_manifest(model_dir))
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer"), options=options)
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer"), options=options
+        )
         self.server.add_generic_rpc_handlers((inference_handler(InferenceServicer(self.model)),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -118,7 +118,9 @@ def inspect_scene(path: str, file_bands: Sequence[str], selected: Sequence[str] 
         transform=tuple(transform)[:6],  # type: ignore[arg-type]
         nodata=nodata,
         dtype=dtypes[0],
-        rgb_indexes=tuple(list(file_bands).index(b) + 1 for b in ("red", "green", "blue")) if {"red", "green", "blue"} <= set(file_bands) else (),
+        rgb_indexes=tuple(list(file_bands).index(b) + 1 for b in ("red", "green", "blue"))
+        if {"red", "green", "blue"} <= set(file_bands)
+        else (),
     )
 
 
@@ -268,7 +270,9 @@ class Normalizer:
 class TileReader:
     """Reads batches of normalised model-input tiles straight from the scene file."""
 
-    def __init__(self, scene: Scene, grid: TileGrid, bands: Sequence[str], normalizer: Normalizer, dtype: str = "FP32") -> None:
+    def __init__(
+        self, scene: Scene, grid: TileGrid, bands: Sequence[str], normalizer: Normalizer, dtype: str = "FP32"
+    ) -> None:
         import rasterio
 
         self.scene, self.grid, self.normalizer = scene, grid, normalizer
@@ -425,9 +429,18 @@ def stitch(
     weights = np.zeros((strip_rows, width), dtype=np.float32)
     mask_indexes = [scene.index_of(b) for b in mask_bands]
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": channels, "dtype": "float32",
-        "crs": scene.crs_wkt, "transform": scene.affine, "nodata": nodata,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": channels,
+        "dtype": "float32",
+        "crs": scene.crs_wkt,
+        "transform": scene.affine,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "BIGTIFF": "IF_SAFER",
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with gdal_env(), rasterio.open(scene.path) as src, rasterio.open(out_path, "w", **profile) as dst:
@@ -464,7 +477,18 @@ def stitch(
                     values[:, y0 - base : y1 - base, x0:x1] = tile[:, y0 - y : y1 - y, x0 - x : x1 - x]
                     weights[y0 - base : y1 - base, x0:x1] = 1
         flush(height)
-    return RasterFile(str(out_path), name, width, height, channels, scene.crs_wkt, scene.transform, nodata, scene.path, scene.rgb_indexes)
+    return RasterFile(
+        str(out_path),
+        name,
+        width,
+        height,
+        channels,
+        scene.crs_wkt,
+        scene.transform,
+        nodata,
+        scene.path,
+        scene.rgb_indexes,
+    )
 
 
 # --------------------------------------------------------------------------- band math
@@ -503,7 +527,9 @@ def normalized_difference(
         for top, bottom in row_strips(scene.width, scene.height, strip_pixels):
             window = Window(0, top, scene.width, bottom - top)
             data = src.read(indexes, window=window)
-            dst.write(normalized_difference_values(data[0], data[1], nodata_mask(data, scene.nodata))[None], window=window)
+            dst.write(
+                normalized_difference_values(data[0], data[1], nodata_mask(data, scene.nodata))[None], window=window
+            )
     return RasterFile(str(out_path), name, scene.width, scene.height, 1, scene.crs_wkt, scene.transform, float("nan"))
 
 
@@ -564,7 +590,10 @@ def vectorize(
         header: dict = {"type": "FeatureCollection"}
         epsg = target_crs.to_epsg()
         if epsg != 4326:  # RFC 7946 GeoJSON is WGS84; name any other CRS the way GeoJSON 2008 did
-            header["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else target_crs.to_wkt()}}
+            header["crs"] = {
+                "type": "name",
+                "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else target_crs.to_wkt()},
+            }
         out.write(json.dumps(header)[:-1] + ', "features": [\n')
 
         def to_target(coords: np.ndarray) -> np.ndarray:
@@ -590,7 +619,12 @@ def vectorize(
             if target_crs != source_crs:
                 geometry = shapely.transform(geometry, to_target)
             geojson = mapping(geometry)
-            feature = {"type": "Feature", "id": written + 1, "properties": {"area_m2": round(area, 3)}, "geometry": geojson}
+            feature = {
+                "type": "Feature",
+                "id": written + 1,
+                "properties": {"area_m2": round(area, 3)},
+                "geometry": geojson,
+            }
             out.write((",\n" if written else "") + json.dumps(feature))
             written += 1
 
@@ -601,7 +635,9 @@ def vectorize(
                 inside = (data.filled(-np.inf) > threshold).astype(np.uint8)
                 found = [
                     shape(geometry)
-                    for geometry, _ in shapes(inside, mask=inside.astype(bool), connectivity=4, transform=Affine.translation(0, top))
+                    for geometry, _ in shapes(
+                        inside, mask=inside.astype(bool), connectivity=4, transform=Affine.translation(0, top)
+                    )
                 ]
                 touching_top = [p for p in found if p.bounds[1] == top] if pending else []
                 rest = [p for p in found if p.bounds[1] != top] if pending else found
@@ -630,7 +666,15 @@ def write_cog(source: Path, target: Path) -> None:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with gdal_env():
-        copy(str(source), str(target), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE="512", OVERVIEW_RESAMPLING="AVERAGE")
+        copy(
+            str(source),
+            str(target),
+            driver="COG",
+            COMPRESS="DEFLATE",
+            PREDICTOR="YES",
+            BLOCKSIZE="512",
+            OVERVIEW_RESAMPLING="AVERAGE",
+        )
 
 
 @dataclass(frozen=True)
@@ -651,7 +695,12 @@ def _stretch(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def write_preview(
-    source: Path, target: Path, max_px: int = 1024, colors: PreviewColors = PreviewColors(), backdrop: str = "", backdrop_bands: Sequence[int] = ()
+    source: Path,
+    target: Path,
+    max_px: int = 1024,
+    colors: PreviewColors = PreviewColors(),
+    backdrop: str = "",
+    backdrop_bands: Sequence[int] = (),
 ) -> tuple[int, int]:
     """A PNG quick-look of band 1, read decimated (from overviews when present) so it costs the same for any scene.
 
@@ -665,7 +714,11 @@ def write_preview(
     target.parent.mkdir(parents=True, exist_ok=True)
     with gdal_env(), rasterio.open(source) as src:
         scale = max(src.width, src.height) / max_px
-        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale))) if scale > 1 else (src.height, src.width)
+        shape = (
+            (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+            if scale > 1
+            else (src.height, src.width)
+        )
         data = src.read(1, out_shape=shape, resampling=Resampling.average, masked=True).astype(np.float32)
     valid = ~np.ma.getmaskarray(data) & np.isfinite(data.filled(np.nan))
     values = data.filled(0)
@@ -676,7 +729,9 @@ def write_preview(
     values = np.clip(np.nan_to_num(values), 0, 1)
     if backdrop and len(backdrop_bands) == 3:
         with gdal_env(), rasterio.open(backdrop) as scene:
-            rgb = scene.read(list(backdrop_bands), out_shape=(3, *shape), resampling=Resampling.average).astype(np.float32)
+            rgb = scene.read(list(backdrop_bands), out_shape=(3, *shape), resampling=Resampling.average).astype(
+                np.float32
+            )
         base = np.moveaxis(_stretch(rgb, valid), 0, -1)
         water = ((values > 0.5) * colors.overlay_alpha)[..., None]
         rgb_out = (base * (1 - water) + np.asarray(colors.overlay, np.float32) * water).astype(np.uint8)

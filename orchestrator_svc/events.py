@@ -95,7 +95,9 @@ EVENT_TYPES: dict[DagsterEventType, EventMapping] = {
 }
 del T
 
-TERMINAL_EVENT_TYPES = frozenset({DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED})
+TERMINAL_EVENT_TYPES = frozenset(
+    {DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED}
+)
 
 RUN_STATES: dict[DagsterRunStatus, common.RunState.ValueType] = {
     DagsterRunStatus.QUEUED: S.RUN_STATE_QUEUED,
@@ -152,7 +154,12 @@ def run_output_of(entry: EventLogEntry) -> common.RunOutput | None:
 
 
 # Dagster's own wrappers around the exception a step raised.
-WRAPPER_ERRORS = ("DagsterExecutionStepExecutionError", "RetryRequestedFromPolicy", "RetryRequested", "DagsterUserCodeExecutionError")
+WRAPPER_ERRORS = (
+    "DagsterExecutionStepExecutionError",
+    "RetryRequestedFromPolicy",
+    "RetryRequested",
+    "DagsterUserCodeExecutionError",
+)
 
 
 def failure_message(entry: EventLogEntry) -> str:
@@ -195,18 +202,23 @@ def _message(entry: EventLogEntry, mapped: EventMapping) -> str:
 
 
 def to_run_event(
-    sequence: int, entry: EventLogEntry, state: common.RunState.ValueType, block_of_step: Mapping[str, str]) -> common.RunEvent:
+    sequence: int, entry: EventLogEntry, state: common.RunState.ValueType, block_of_step: Mapping[str, str]
+) -> common.RunEvent:
     """The RunEvent for the `sequence`-th record of a run's log; `state` is the run's state before it."""
     event = entry.dagster_event
     step = entry.step_key or (event.step_key if event else None) or ""
     block_id = block_of_step.get(step, step)
-    message = common.RunEvent(sequence=sequence, time=_timestamp(entry.timestamp), state=state, block_id=block_id, source=SOURCE)
+    message = common.RunEvent(
+        sequence=sequence, time=_timestamp(entry.timestamp), state=state, block_id=block_id, source=SOURCE
+    )
     if event is None:
         message.engine_event_type = LOG_MESSAGE
         found = PROGRESS.match(entry.user_message or "")
         if found and block_id:
             message.type = E.RUN_EVENT_TYPE_STEP_PROGRESS
-            message.progress.CopyFrom(common.Progress(unit=found.group(3), done=int(found.group(1)), total=int(found.group(2))))
+            message.progress.CopyFrom(
+                common.Progress(unit=found.group(3), done=int(found.group(1)), total=int(found.group(2)))
+            )
         else:
             message.type = E.RUN_EVENT_TYPE_LOG
         message.message = entry.user_message or ""

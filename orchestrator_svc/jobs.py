@@ -16,8 +16,8 @@ from dagster import (
     Backoff,
     DependencyDefinition,
     GraphDefinition,
-    JobDefinition,
     Jitter,
+    JobDefinition,
     NodeInvocation,
     RetryPolicy,
     in_process_executor,
@@ -45,8 +45,13 @@ class JobSettings:
     @classmethod
     def of(cls, settings: OrchestratorSettings) -> JobSettings:
         return cls(
-            str(settings.work_dir), settings.s3_endpoint_url, settings.default_batch_size, settings.default_max_concurrency,
-            settings.infer_timeout_s, settings.model_retries, settings.model_retry_delay_s,
+            str(settings.work_dir),
+            settings.s3_endpoint_url,
+            settings.default_batch_size,
+            settings.default_max_concurrency,
+            settings.infer_timeout_s,
+            settings.model_retries,
+            settings.model_retry_delay_s,
         )
 
     def to_json(self) -> str:
@@ -76,7 +81,9 @@ def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
             tags={"constellation/block_id": block.id},
             retry_policy=model_retry_policy(settings) if block.kind == "model" else None,
         )
-        dependencies[invocation] = {name: DependencyDefinition(op_names[source], "result") for name, source in block.inputs.items()}
+        dependencies[invocation] = {
+            name: DependencyDefinition(op_names[source], "result") for name, source in block.inputs.items()
+        }
     kinds = sorted({b.kind for b in plan.blocks})
     graph = GraphDefinition(name=JOB_NAME, node_defs=[OP_DEFS[k] for k in kinds], dependencies=dependencies)
     return graph.to_job(

@@ -41,7 +41,13 @@ START_TAG = "constellation/worker_start_ticks"
 MAX_RSS_TAG = "constellation/worker_peak_rss_kib"  # written by the worker as it exits
 EXIT_TAG = "constellation/worker_exit_code"
 INSTANCE_REF_ENV = "CONSTELLATION_DAGSTER_INSTANCE_REF"
-ACTIVE = (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING, DagsterRunStatus.QUEUED)
+ACTIVE = (
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+    DagsterRunStatus.QUEUED,
+)
 
 
 def process_start_ticks(pid: int) -> str | None:
@@ -69,7 +75,13 @@ def log_path(work_dir: str, run_id: str) -> Path:
 
 
 class WorkerRunLauncher(RunLauncher, ConfigurableClass):
-    def __init__(self, work_dir: str, cancel_grace_s: float = 15.0, keep_scratch: bool = False, inst_data: ConfigurableClassData | None = None) -> None:
+    def __init__(
+        self,
+        work_dir: str,
+        cancel_grace_s: float = 15.0,
+        keep_scratch: bool = False,
+        inst_data: ConfigurableClassData | None = None,
+    ) -> None:
         self._inst_data = inst_data
         self.work_dir = work_dir
         self.cancel_grace_s = cancel_grace_s
@@ -110,9 +122,13 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
         if self.keep_scratch:
             command.append("--keep-scratch")
         with open(logs, "ab") as out:
-            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            child = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         ticks = process_start_ticks(child.pid) or ""
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(child.pid), HOST_TAG: socket.gethostname(), START_TAG: ticks})
+        self._instance.add_run_tags(
+            run.run_id, {PID_TAG: str(child.pid), HOST_TAG: socket.gethostname(), START_TAG: ticks}
+        )
         with self._lock:
             self._children[run.run_id] = child
         threading.Thread(target=self._reap, args=(run.run_id, child), name=f"reap-{run.run_id}", daemon=True).start()
@@ -141,7 +157,9 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
             if run.status == DagsterRunStatus.CANCELING:
                 self._instance.report_run_canceled(run, message=f"Run canceled: {why}.")
             else:
-                self._instance.report_run_failed(run, message=f"The run did not finish: {why} ({log_path(self.work_dir, run_id)}).")
+                self._instance.report_run_failed(
+                    run, message=f"The run did not finish: {why} ({log_path(self.work_dir, run_id)})."
+                )
 
     def watch_adopted(self, run_id: str, poll_s: float = 0.5) -> None:
         """Follow a live worker this process did not start (after a restart) and settle its run when it goes."""

@@ -17,15 +17,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import AssetKey, AssetMaterialization, Config, ConfigurableResource, DagsterRunStatus, Failure, OpExecutionContext, op
+import numpy as np
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    Config,
+    ConfigurableResource,
+    DagsterRunStatus,
+    Failure,
+    OpExecutionContext,
+    op,
+)
 from dagster._core.errors import DagsterExecutionInterruptedError
 
-import numpy as np
-
-from orchestrator_svc import blocks
-from orchestrator_svc.events import output_metadata, progress_message
 from clients.inference import EndpointError, InferenceClient
 from clients.storage import Storage, StorageError, join
+from orchestrator_svc import blocks
+from orchestrator_svc.events import output_metadata, progress_message
 
 PROGRESS_EVERY_S = 1.0  # each progress line is an event-log write
 MEDIA_TYPES = {
@@ -236,7 +244,9 @@ def _fail(message: str) -> Failure:
 
 
 @op(name="dataset", description="Ingest a GeoTIFF/COG scene from file:// or s3:// and select its bands.")
-def dataset_op(context: OpExecutionContext, config: DatasetConfig, constellation: ConstellationResource) -> blocks.Scene:
+def dataset_op(
+    context: OpExecutionContext, config: DatasetConfig, constellation: ConstellationResource
+) -> blocks.Scene:
     storage = constellation.storage()
     try:
         path = storage.fetch(config.uri, constellation.scratch(context.run_id, context.op.name))
@@ -259,8 +269,13 @@ def tile_op(context: OpExecutionContext, config: TileConfig, scene: blocks.Scene
     return TilePlan(scene, grid, config.normalization, stats)
 
 
-@op(name="model", description="Run a model endpoint over the tiles (Open Inference Protocol, batched, bounded concurrency).")
-def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, constellation: ConstellationResource) -> Predictions:
+@op(
+    name="model",
+    description="Run a model endpoint over the tiles (Open Inference Protocol, batched, bounded concurrency).",
+)
+def model_op(
+    context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, constellation: ConstellationResource
+) -> Predictions:
     grid, scene = tiles.grid, tiles.scene
     run = context.instance.get_run_by_id(context.run_id)
     if run is not None and run.status == DagsterRunStatus.CANCELING:
@@ -279,7 +294,14 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
         context.log.info(progress_message(done, grid.count, "tiles"))
         last_report = time.monotonic()
         with (
-            InferenceClient(config.endpoints, config.model_name, config.model_version, input_dtype=config.dtype, output_name=config.output, timeout_s=config.timeout_s) as client,
+            InferenceClient(
+                config.endpoints,
+                config.model_name,
+                config.model_version,
+                input_dtype=config.dtype,
+                output_name=config.output,
+                timeout_s=config.timeout_s,
+            ) as client,
             blocks.TileReader(scene, grid, config.bands, normalizer, config.dtype) as reader,
             PredictionWriter(store) as writer,
         ):
@@ -293,9 +315,15 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
                 for chunk, raw, datatype, shape in client.run(requests, config.max_concurrency):
                     per_tile = shape[1:] if len(shape) == 4 else [1, *shape[1:]]
                     if shape[0] != len(chunk) or per_tile != expected:
-                        raise _fail(f"model {config.model_name!r} returned {config.output!r} of shape {shape} for {len(chunk)} tiles; expected [{len(chunk)}, {', '.join(map(str, expected))}]")
+                        raise _fail(
+                            f"model {config.model_name!r} returned {config.output!r} of shape {shape} for {len(chunk)} tiles; expected [{len(chunk)}, {', '.join(map(str, expected))}]"
+                        )
                     if datatype != "FP32":
-                        raw = memoryview(np.frombuffer(raw, dtype=np.dtype(blocks.NUMPY_DTYPES[datatype]).newbyteorder("<")).astype("<f4").tobytes())
+                        raw = memoryview(
+                            np.frombuffer(raw, dtype=np.dtype(blocks.NUMPY_DTYPES[datatype]).newbyteorder("<"))
+                            .astype("<f4")
+                            .tobytes()
+                        )
                     writer.put(chunk, raw)
                     done += len(chunk)
                     now = time.monotonic()
@@ -321,12 +349,16 @@ def model_op(context: OpExecutionContext, config: ModelConfig, tiles: TilePlan, 
 
 
 @op(name="stitch", description="Merge tile predictions into one raster with the scene's CRS, transform and nodata.")
-def stitch_op(context: OpExecutionContext, config: StitchConfig, predictions: Predictions, constellation: ConstellationResource) -> blocks.RasterFile:
+def stitch_op(
+    context: OpExecutionContext, config: StitchConfig, predictions: Predictions, constellation: ConstellationResource
+) -> blocks.RasterFile:
     grid = predictions.tiles.grid
     store = blocks.PredictionStore(Path(predictions.folder), grid.count, predictions.channels, grid.size)
     try:
         out = constellation.scratch(context.run_id, context.op.name) / f"{predictions.name}.tif"
-        raster = blocks.stitch(store, grid, predictions.tiles.scene, predictions.bands, config.blend, out, predictions.name)
+        raster = blocks.stitch(
+            store, grid, predictions.tiles.scene, predictions.bands, config.blend, out, predictions.name
+        )
     finally:
         store.close()
     context.log.info(f"stitched {raster.width}x{raster.height} px, {raster.count} band(s), blend {config.blend}")
@@ -334,15 +366,33 @@ def stitch_op(context: OpExecutionContext, config: StitchConfig, predictions: Pr
 
 
 @op(name="vectorize", description="Turn the raster into polygons (threshold, simplification, minimum area, CRS).")
-def vectorize_op(context: OpExecutionContext, config: VectorizeConfig, raster: blocks.RasterFile, constellation: ConstellationResource) -> blocks.VectorFile:
+def vectorize_op(
+    context: OpExecutionContext,
+    config: VectorizeConfig,
+    raster: blocks.RasterFile,
+    constellation: ConstellationResource,
+) -> blocks.VectorFile:
     out = constellation.scratch(context.run_id, context.op.name) / f"{raster.name}_polygons.geojson"
-    vectors = blocks.vectorize(raster, config.threshold, config.simplify_tolerance_m, config.min_area_m2, config.crs, out, f"{raster.name}_polygons")
+    vectors = blocks.vectorize(
+        raster,
+        config.threshold,
+        config.simplify_tolerance_m,
+        config.min_area_m2,
+        config.crs,
+        out,
+        f"{raster.name}_polygons",
+    )
     context.log.info(f"{vectors.features} polygon(s) in {vectors.crs}")
     return vectors
 
 
-@op(name="index", description="Band math: the normalized difference of two bands, as a float32 raster on the scene's grid.")
-def index_op(context: OpExecutionContext, config: IndexConfig, scene: blocks.Scene, constellation: ConstellationResource) -> blocks.RasterFile:
+@op(
+    name="index",
+    description="Band math: the normalized difference of two bands, as a float32 raster on the scene's grid.",
+)
+def index_op(
+    context: OpExecutionContext, config: IndexConfig, scene: blocks.Scene, constellation: ConstellationResource
+) -> blocks.RasterFile:
     out = constellation.scratch(context.run_id, context.op.name) / f"{config.name}.tif"
     started = time.monotonic()
     raster = blocks.normalized_difference(scene, config.first_band, config.second_band, out, config.name)
@@ -389,7 +439,9 @@ def export_op(
             published.append(uri)
             outputs.append(output_metadata(name, uri, MEDIA_TYPES[fmt], config.block_id))
         manifest = local / "manifest.json"
-        manifest.write_text(json.dumps({"run_id": config.run_id, "block_id": config.block_id, "outputs": outputs}, indent=2))
+        manifest.write_text(
+            json.dumps({"run_id": config.run_id, "block_id": config.block_id, "outputs": outputs}, indent=2)
+        )
         storage.put(manifest, join(prefix, "manifest.json"), "application/json")
     except BaseException:
         for uri in published:

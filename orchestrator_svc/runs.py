@@ -15,7 +15,6 @@ sequence, and a watcher that leaves only lowers the feed's count.
 from __future__ import annotations
 
 import builtins
-
 import hashlib
 import logging
 import socket
@@ -31,6 +30,7 @@ from dagster._core.event_api import EventLogCursor
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun
 
+from clients.storage import Storage
 from constellation.common.v1 import common_pb2 as common
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.enums import enum_name
@@ -39,7 +39,6 @@ from mesh.ids import new_id
 from orchestrator_svc import events, jobs, specs
 from orchestrator_svc.launcher import ACTIVE, HOST_TAG, WorkerRunLauncher, worker_alive
 from orchestrator_svc.settings import OrchestratorSettings
-from clients.storage import Storage
 
 log = logging.getLogger("orchestrator.runs")
 
@@ -86,7 +85,9 @@ def block_of_step(run: DagsterRun) -> dict[str, str]:
 class RunFeed:
     """A run's RunEvents so far, filled by a poller thread while anyone watches."""
 
-    def __init__(self, instance: DagsterInstance, run_id: str, steps: dict[str, str], poll_s: float, stopping: threading.Event) -> None:
+    def __init__(
+        self, instance: DagsterInstance, run_id: str, steps: dict[str, str], poll_s: float, stopping: threading.Event
+    ) -> None:
         self.instance, self.run_id, self.steps, self.poll_s, self.stopping = instance, run_id, steps, poll_s, stopping
         self.events: list[common.RunEvent] = []
         self.finished = False
@@ -165,7 +166,13 @@ class RunFeed:
 
 
 class RunManager:
-    def __init__(self, instance: DagsterInstance, settings: OrchestratorSettings, storage: Storage | None = None, poll_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        instance: DagsterInstance,
+        settings: OrchestratorSettings,
+        storage: Storage | None = None,
+        poll_s: float = 0.05,
+    ) -> None:
         self.instance = instance
         self.settings = settings
         self.storage = storage or Storage(settings.s3_endpoint_url)
@@ -178,7 +185,9 @@ class RunManager:
     def launcher(self) -> WorkerRunLauncher:
         launcher = self.instance.run_launcher
         if not isinstance(launcher, WorkerRunLauncher):
-            raise RuntimeError(f"the Dagster instance's run launcher is {type(launcher).__name__}, not WorkerRunLauncher")
+            raise RuntimeError(
+                f"the Dagster instance's run launcher is {type(launcher).__name__}, not WorkerRunLauncher"
+            )
         return launcher
 
     # -- launching -------------------------------------------------------------
@@ -186,7 +195,9 @@ class RunManager:
     def launch(self, request: pb.LaunchRunRequest) -> RunInfo:
         run_id = request.run_id or new_id("run")
         if not specs.RUN_ID.match(run_id):
-            raise InvalidArgument.field("run_id", f"{run_id!r}: letters, digits, '-' and '_', at most 64, starting with a letter or digit")
+            raise InvalidArgument.field(
+                "run_id", f"{run_id!r}: letters, digits, '-' and '_', at most 64, starting with a letter or digit"
+            )
         wanted = fingerprint(request)
         engine_id = dagster_run_id(run_id)
         existing = self.instance.get_run_by_id(engine_id)
@@ -213,7 +224,11 @@ class RunManager:
         }
         try:
             self.instance.create_run_for_job(
-                job, run_id=engine_id, run_config=jobs.run_config(plan, job_settings), tags=tags, status=DagsterRunStatus.NOT_STARTED
+                job,
+                run_id=engine_id,
+                run_config=jobs.run_config(plan, job_settings),
+                tags=tags,
+                status=DagsterRunStatus.NOT_STARTED,
             )
         except DagsterRunAlreadyExists:
             return self._relaunch(self.instance.get_run_by_id(engine_id), wanted)  # type: ignore[arg-type]
@@ -225,7 +240,9 @@ class RunManager:
         from mesh.errors import AlreadyExists
 
         if run.tags.get(FINGERPRINT_TAG) != wanted:
-            raise AlreadyExists(f"run {run.tags.get(RUN_ID_TAG, run.run_id)!r} exists and was launched with a different request")
+            raise AlreadyExists(
+                f"run {run.tags.get(RUN_ID_TAG, run.run_id)!r} exists and was launched with a different request"
+            )
         return self.get(run.tags[RUN_ID_TAG])
 
     # -- reading ---------------------------------------------------------------
@@ -253,14 +270,22 @@ class RunManager:
                 dagster_event = ending.event_log_entry.dagster_event
                 ending_state = events.EVENT_TYPES[dagster_event.event_type].state if dagster_event else None
                 state = state if ending_state is None else ending_state
-        info = RunInfo(run.tags[RUN_ID_TAG], state, create_time=record.create_timestamp, start_time=record.start_time, end_time=record.end_time)
+        info = RunInfo(
+            run.tags[RUN_ID_TAG],
+            state,
+            create_time=record.create_timestamp,
+            start_time=record.start_time,
+            end_time=record.end_time,
+        )
         if state == common.RUN_STATE_FAILED:
             info.state_message = self._failure_reason(run.run_id)
         elif state == common.RUN_STATE_CANCELED:
             info.state_message = self._last_message(run.run_id, DagsterEventType.RUN_CANCELED) or "canceled"
         if state == common.RUN_STATE_SUCCEEDED:
             connection = self.instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-            info.outputs = [o for o in (events.run_output_of(r.event_log_entry) for r in connection.records) if o is not None]
+            info.outputs = [
+                o for o in (events.run_output_of(r.event_log_entry) for r in connection.records) if o is not None
+            ]
         return info
 
     def _last_message(self, run_id: str, event_type: DagsterEventType) -> str:
@@ -290,7 +315,9 @@ class RunManager:
             except NotFound:
                 raise InvalidArgument.field("page_token", "is not a token from a previous ListRuns") from None
         cursor = dagster_run_id(page_token) if page_token else None
-        records = self.instance.get_run_records(filters=RunsFilter(tags={ORCHESTRATOR_TAG: "1"}), limit=size, cursor=cursor)
+        records = self.instance.get_run_records(
+            filters=RunsFilter(tags={ORCHESTRATOR_TAG: "1"}), limit=size, cursor=cursor
+        )
         infos = [self._info(r) for r in records]
         return infos, (infos[-1].id if len(infos) == size else "")
 

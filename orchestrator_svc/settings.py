@@ -22,8 +22,10 @@ PREFIX = "CONSTELLATION_ORCHESTRATOR_"
 class OrchestratorSettings(EnvSettings):
     home_raw: str = env_field("CONSTELLATION_HOME", "", "local state; the defaults below live under it")
     dagster_home_raw: str = env_field(
-        PREFIX + "DAGSTER_HOME", "", "DAGSTER_HOME of the instance: dagster.yaml, and SQLite storage unless a PostgreSQL URL is set "
-        "(default $CONSTELLATION_HOME/dagster)"
+        PREFIX + "DAGSTER_HOME",
+        "",
+        "DAGSTER_HOME of the instance: dagster.yaml, and SQLite storage unless a PostgreSQL URL is set "
+        "(default $CONSTELLATION_HOME/dagster)",
     )
     dagster_postgres_url: str = Field(
         "",
@@ -32,22 +34,38 @@ class OrchestratorSettings(EnvSettings):
         repr=False,
     )
     work_dir_raw: str = env_field(
-        PREFIX + "WORK_DIR", "", "per-run scratch: downloaded scenes, prediction tiles, stitched rasters (default $CONSTELLATION_HOME/orchestrator)"
+        PREFIX + "WORK_DIR",
+        "",
+        "per-run scratch: downloaded scenes, prediction tiles, stitched rasters (default $CONSTELLATION_HOME/orchestrator)",
     )
     s3_endpoint: str = env_field("CONSTELLATION_S3_ENDPOINT_URL", "", "S3-compatible endpoint for s3:// URIs")
     aws_s3_endpoint: str = env_field("AWS_ENDPOINT_URL_S3", "", "used when CONSTELLATION_S3_ENDPOINT_URL is empty")
     aws_endpoint: str = env_field("AWS_ENDPOINT_URL", "", "used when both above are empty; all empty: AWS itself")
-    default_batch_size: int = env_field(PREFIX + "BATCH_SIZE", 8, "tiles per ModelInfer call when a model block leaves batch_size at 0", ge=1)
+    default_batch_size: int = env_field(
+        PREFIX + "BATCH_SIZE", 8, "tiles per ModelInfer call when a model block leaves batch_size at 0", ge=1
+    )
     default_max_concurrency: int = env_field(
-        PREFIX + "MAX_CONCURRENCY", 2, "ModelInfer calls in flight per model step when a model block leaves max_concurrency at 0", ge=1
+        PREFIX + "MAX_CONCURRENCY",
+        2,
+        "ModelInfer calls in flight per model step when a model block leaves max_concurrency at 0",
+        ge=1,
     )
     infer_timeout_s: float = env_field(PREFIX + "INFER_TIMEOUT_S", 60.0, "deadline of one ModelInfer call", ge=0)
     model_retries: int = env_field(
-        PREFIX + "MODEL_RETRIES", 5, "retries of a model step after a transient endpoint failure (UNAVAILABLE, DEADLINE_EXCEEDED)", ge=0
+        PREFIX + "MODEL_RETRIES",
+        5,
+        "retries of a model step after a transient endpoint failure (UNAVAILABLE, DEADLINE_EXCEEDED)",
+        ge=0,
     )
-    model_retry_delay_s: float = env_field(PREFIX + "MODEL_RETRY_DELAY_S", 1.0, "first wait between retries; it doubles each time", ge=0)
-    cancel_grace_s: float = env_field(PREFIX + "CANCEL_GRACE_S", 15.0, "how long a canceled run's worker gets to stop before it is killed", ge=0)
-    keep_scratch: bool = env_field(PREFIX + "KEEP_SCRATCH", False, "keep per-run scratch after the run ends (for debugging)")
+    model_retry_delay_s: float = env_field(
+        PREFIX + "MODEL_RETRY_DELAY_S", 1.0, "first wait between retries; it doubles each time", ge=0
+    )
+    cancel_grace_s: float = env_field(
+        PREFIX + "CANCEL_GRACE_S", 15.0, "how long a canceled run's worker gets to stop before it is killed", ge=0
+    )
+    keep_scratch: bool = env_field(
+        PREFIX + "KEEP_SCRATCH", False, "keep per-run scratch after the run ends (for debugging)"
+    )
 
     @property
     def dagster_home(self) -> Path:

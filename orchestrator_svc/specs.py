@@ -32,7 +32,14 @@ from pipeline.convert import spec_from_proto
 from pipeline.kinds import KINDS
 from pipeline.rules import check_bands, check_storage_uri
 from pipeline.spec import DatasetView, ModelView, OutputView
-from pipeline.validation import DEFAULT_TILE_PX, check_runnable, export_formats, stitchable_channels, tile_size_of, validate_spec
+from pipeline.validation import (
+    DEFAULT_TILE_PX,
+    check_runnable,
+    export_formats,
+    stitchable_channels,
+    tile_size_of,
+    validate_spec,
+)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
@@ -59,7 +66,9 @@ class PreconditionsFailed(FailedPrecondition):
     def details(self) -> list[any_pb2.Any]:
         failure = error_details_pb2.PreconditionFailure(
             violations=[
-                error_details_pb2.PreconditionFailure.Violation(type=p.type, subject=p.subject, description=p.description)
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=p.type, subject=p.subject, description=p.description
+                )
                 for p in self.problems
             ]
         )
@@ -103,20 +112,32 @@ def _check_resolved(request: pb.LaunchRunRequest) -> list[FieldViolation]:
     for key, dataset in sorted(request.datasets.items()):
         where = _key("datasets", key)
         found += [FieldViolation(f"{where}.{v.field}", v.description) for v in check_storage_uri(dataset.uri, "uri")]
-        found += [FieldViolation(f"{where}.{v.field}", v.description) for v in check_bands(list(dataset.bands), "bands", required=True)]
+        found += [
+            FieldViolation(f"{where}.{v.field}", v.description)
+            for v in check_bands(list(dataset.bands), "bands", required=True)
+        ]
     for key, model in sorted(request.models.items()):
         where = _key("models", key)
         if not model.model_name:
-            found.append(FieldViolation(f"{where}.model_name", "is required: the name the endpoint serves the model under"))
+            found.append(
+                FieldViolation(f"{where}.model_name", "is required: the name the endpoint serves the model under")
+            )
         if not model.endpoints:
-            found.append(FieldViolation(f"{where}.endpoints", "is required: at least one host:port of a running model endpoint"))
+            found.append(
+                FieldViolation(f"{where}.endpoints", "is required: at least one host:port of a running model endpoint")
+            )
         for i, endpoint in enumerate(model.endpoints):
             match = ENDPOINT.match(endpoint)
             if not match or not 0 < int(match.group(2)) < 65536:
                 found.append(FieldViolation(f"{where}.endpoints[{i}]", f"{endpoint!r} is not host:port"))
-        found += [FieldViolation(f"{where}.input.{v.field}", v.description) for v in check_bands(list(model.input.bands), "bands", required=True)]
+        found += [
+            FieldViolation(f"{where}.input.{v.field}", v.description)
+            for v in check_bands(list(model.input.bands), "bands", required=True)
+        ]
         if model.input.dtype.upper() not in NUMPY_DTYPES:
-            found.append(FieldViolation(f"{where}.input.dtype", f"{model.input.dtype!r}: one of {', '.join(NUMPY_DTYPES)}"))
+            found.append(
+                FieldViolation(f"{where}.input.dtype", f"{model.input.dtype!r}: one of {', '.join(NUMPY_DTYPES)}")
+            )
         if not 0 <= model.input.tile_size_px <= 8192:
             found.append(FieldViolation(f"{where}.input.tile_size_px", "must be between 0 (any size) and 8192"))
         if not model.outputs:
@@ -125,11 +146,15 @@ def _check_resolved(request: pb.LaunchRunRequest) -> list[FieldViolation]:
             if not output.name:
                 found.append(FieldViolation(f"{where}.outputs[{i}].name", "is required"))
             if output.dtype.upper() not in NUMPY_DTYPES:
-                found.append(FieldViolation(f"{where}.outputs[{i}].dtype", f"{output.dtype!r}: one of {', '.join(NUMPY_DTYPES)}"))
+                found.append(
+                    FieldViolation(f"{where}.outputs[{i}].dtype", f"{output.dtype!r}: one of {', '.join(NUMPY_DTYPES)}")
+                )
     return found
 
 
-def _catalog_views(request: pb.LaunchRunRequest) -> tuple[Callable[[str], DatasetView | None], Callable[[str], ModelView | None]]:
+def _catalog_views(
+    request: pb.LaunchRunRequest,
+) -> tuple[Callable[[str], DatasetView | None], Callable[[str], ModelView | None]]:
     """The catalog views pipeline validation reads, answered from the request's resolved maps."""
 
     def find_dataset(dataset_id: str) -> DatasetView | None:
@@ -172,7 +197,9 @@ def _op_names(block_ids: list[str]) -> dict[str, str]:
     return names
 
 
-def build_plan(request: pb.LaunchRunRequest, *, default_batch_size: int, default_max_concurrency: int, infer_timeout_s: float) -> Plan:
+def build_plan(
+    request: pb.LaunchRunRequest, *, default_batch_size: int, default_max_concurrency: int, infer_timeout_s: float
+) -> Plan:
     """Check the request's form and graph (INVALID_ARGUMENT) and configure every block. Touches nothing outside."""
     violations = _check_resolved(request)
     spec = spec_from_proto(request.spec)
@@ -199,10 +226,19 @@ def build_plan(request: pb.LaunchRunRequest, *, default_batch_size: int, default
             wiring[port.name] = source
         if block.kind == "dataset":
             resolved = request.datasets[config.dataset_id]
-            op_config = {"dataset_id": config.dataset_id, "uri": resolved.uri, "file_bands": list(resolved.bands), "bands": list(config.bands)}
+            op_config = {
+                "dataset_id": config.dataset_id,
+                "uri": resolved.uri,
+                "file_bands": list(resolved.bands),
+                "bands": list(config.bands),
+            }
         elif block.kind == "tile":
             size, _ = tile_size_of(spec, block_id, find_model)
-            op_config = {"tile_size_px": size, "overlap_px": config.overlap_px, "normalization": config.normalization or "none"}
+            op_config = {
+                "tile_size_px": size,
+                "overlap_px": config.overlap_px,
+                "normalization": config.normalization or "none",
+            }
         elif block.kind == "model":
             model = request.models[config.model_id]
             tile_block = by_id[inputs[block_id][0]][1]

@@ -19,14 +19,18 @@ from orchestrator_svc.instance import ensure_instance_config
 
 
 def command(host: str, port: int) -> list[str]:
-    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or shutil.which("dagster-webserver")
+    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or shutil.which(
+        "dagster-webserver"
+    )
     if webserver is None:
         raise SystemExit("dagster-webserver is not installed (it is in requirements.lock)")
     return [webserver, "-h", host, "-p", str(port), "-m", "orchestrator_svc.definitions"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator_svc.ui", description="Open the Dagster UI on the orchestrator's instance.")
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator_svc.ui", description="Open the Dagster UI on the orchestrator's instance."
+    )
     parser.add_argument("--host", default=os.environ.get("CONSTELLATION_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("CONSTELLATION_DAGSTER_UI_PORT", "3000")))
     args = parser.parse_args(argv)

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             with capture_interrupts():
                 if os.environ.get("CONSTELLATION_WORKER_PROFILE"):
                     import cProfile
+
                     prof = cProfile.Profile()
                     result = prof.runcall(execute_run, InMemoryJob(job), run, instance)
                     prof.dump_stats(os.environ["CONSTELLATION_WORKER_PROFILE"])

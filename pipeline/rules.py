@@ -34,7 +34,9 @@ def check_storage_uri(uri: str, field: str, *, object_key_required: bool = True)
     except StorageError:
         scheme = uri.partition(":")[0].lower()
         if scheme == "file":
-            return [FieldViolation(field, f"{uri!r} is not a file URI with an absolute path, e.g. file:///data/scene.tif")]
+            return [
+                FieldViolation(field, f"{uri!r} is not a file URI with an absolute path, e.g. file:///data/scene.tif")
+            ]
         if scheme == "s3":
             return [FieldViolation(field, f"{uri!r} does not name a valid S3 bucket")]
         return [FieldViolation(field, f"{uri!r} must start with file:// or s3://")]

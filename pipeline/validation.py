@@ -52,10 +52,15 @@ def validate_spec(
     """Every problem in `spec`, and (when there are none) a topological order of its blocks."""
     problems: list[Problem] = []
     if not spec.blocks:
-        return [Problem("blocks", (
-            "a pipeline needs at least a dataset and an export block, with tile, model and stitch blocks "
-            "or an index block between them"
-        ))], []
+        return [
+            Problem(
+                "blocks",
+                (
+                    "a pipeline needs at least a dataset and an export block, with tile, model and stitch blocks "
+                    "or an index block between them"
+                ),
+            )
+        ], []
 
     blocks: dict[str, tuple[int, Block]] = {}
     for i, block in enumerate(spec.blocks):

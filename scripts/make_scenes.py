@@ -58,13 +58,21 @@ def make_scene(size: int, path: Path, source: Path = SOURCE) -> Path:
         transform: Affine = src.transform
     rows, cols = mirrored_index(size, data.shape[1]), mirrored_index(size, data.shape[2])
     profile.update(
-        width=size, height=size, transform=transform, tiled=True, blockxsize=BLOCK_PX, blockysize=BLOCK_PX,
-        compress="deflate", predictor=2, interleave="pixel", BIGTIFF="IF_SAFER",
+        width=size,
+        height=size,
+        transform=transform,
+        tiled=True,
+        blockxsize=BLOCK_PX,
+        blockysize=BLOCK_PX,
+        compress="deflate",
+        predictor=2,
+        interleave="pixel",
+        BIGTIFF="IF_SAFER",
     )
     partial = path.with_name(path.name + ".partial")
     with rasterio.open(partial, "w", **profile) as dst:
         for top in range(0, size, STRIP_ROWS):
-            strip = data[:, rows[top:top + STRIP_ROWS]][:, :, cols]
+            strip = data[:, rows[top : top + STRIP_ROWS]][:, :, cols]
             dst.write(strip, window=rasterio.windows.Window(0, top, size, strip.shape[1]))
     partial.replace(path)
     return path
@@ -72,8 +80,12 @@ def make_scene(size: int, path: Path, source: Path = SOURCE) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=default_folder(), help="folder for the scenes (default: %(default)s)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="edge lengths in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=default_folder(), help="folder for the scenes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=list(SIZES), help="edge lengths in pixels (default: %(default)s)"
+    )
     args = parser.parse_args()
     for size in args.sizes:
         path = args.out / scene_name(size)

@@ -1,7 +1,7 @@
 """Write docs/settings.md from the settings classes: every environment variable the mesh reads, its default and meaning.
 
-    python scripts/settings_doc.py           # rewrite the page
-    python scripts/settings_doc.py --check   # exit 1 when the page is stale (make lint)
+python scripts/settings_doc.py           # rewrite the page
+python scripts/settings_doc.py --check   # exit 1 when the page is stale (make lint)
 """
 
 from __future__ import annotations
@@ -48,7 +48,15 @@ def render() -> str:
     for title, module, name in CLASSES:
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, EnvSettings), f"{module}.{name} is not an EnvSettings"
-        lines += ["", f"## {title}", "", f"`{module}.{name}`", "", "| variable | default | meaning |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            f"`{module}.{name}`",
+            "",
+            "| variable | default | meaning |",
+            "| --- | --- | --- |",
+        ]
         for field_name, variable in cls.env_names().items():
             field = cls.model_fields[field_name]
             lines.append(f"| `{variable}` | {_default(field)} | {(field.description or '').replace('|', '/')} |")

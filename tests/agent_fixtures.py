@@ -37,12 +37,20 @@ def load_catalog(core: core_pb2_grpc.CoreServiceStub, path: Path = DATA / "agent
     data = yaml.safe_load(path.read_text())
     ids: dict[str, str] = {}
     for d in data["datasets"]:
-        box = common_pb2.BoundingBox(min_x=d["bbox"][0], min_y=d["bbox"][1], max_x=d["bbox"][2], max_y=d["bbox"][3], crs="EPSG:4326")
+        box = common_pb2.BoundingBox(
+            min_x=d["bbox"][0], min_y=d["bbox"][1], max_x=d["bbox"][2], max_y=d["bbox"][3], crs="EPSG:4326"
+        )
         created = core.CreateDataset(
             core_pb2.CreateDatasetRequest(
                 dataset=core_pb2.Dataset(
-                    name=d["name"], description=d["description"], uri=d["uri"], sensor=d["sensor"], bands=d["bands"],
-                    resolution_m=d["resolution_m"], bbox=box, tags=d["tags"],
+                    name=d["name"],
+                    description=d["description"],
+                    uri=d["uri"],
+                    sensor=d["sensor"],
+                    bands=d["bands"],
+                    resolution_m=d["resolution_m"],
+                    bbox=box,
+                    tags=d["tags"],
                 )
             )
         )
@@ -52,9 +60,19 @@ def load_catalog(core: core_pb2_grpc.CoreServiceStub, path: Path = DATA / "agent
         registered = core.RegisterModel(
             core_pb2.RegisterModelRequest(
                 model=core_pb2.Model(
-                    name=m["name"], version="1.0.0", task=TASKS[m["task"]], source=f"/srv/models/{m['name']}",
-                    card=common_pb2.ModelCard(description=m["description"], data_used=m["data_used"], metrics=m["metrics"], license="Apache-2.0"),
-                    input=common_pb2.ModelInputSpec(bands=m["bands"], tile_size_px=tile, dtype="FP32", value_min=0, value_max=1),
+                    name=m["name"],
+                    version="1.0.0",
+                    task=TASKS[m["task"]],
+                    source=f"/srv/models/{m['name']}",
+                    card=common_pb2.ModelCard(
+                        description=m["description"],
+                        data_used=m["data_used"],
+                        metrics=m["metrics"],
+                        license="Apache-2.0",
+                    ),
+                    input=common_pb2.ModelInputSpec(
+                        bands=m["bands"], tile_size_px=tile, dtype="FP32", value_min=0, value_max=1
+                    ),
                     outputs=[common_pb2.ModelOutputSpec(name="prediction", dtype="FP32", shape=[1, tile, tile])],
                     tags=m["tags"],
                 )
@@ -138,7 +156,13 @@ def json_reply(data: Any) -> Reply:
 
 def call_reply(name: str, args: dict[str, Any]) -> Reply:
     return {
-        "candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": name, "args": args}}]}, "finishReason": "STOP", "index": 0}],
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"functionCall": {"name": name, "args": args}}]},
+                "finishReason": "STOP",
+                "index": 0,
+            }
+        ],
         "modelVersion": "fake-gemini",
     }
 
@@ -214,7 +238,9 @@ class FakeGemini:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gemini", daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gemini", daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:

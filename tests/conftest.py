@@ -68,7 +68,12 @@ def mesh_env(home, docker: bool = False) -> dict[str, str]:  # type: ignore[no-u
     hosting uses Docker only when `docker` (else local processes)."""
     from constellation_sdk import mesh_process
 
-    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_HEALTH_INTERVAL_S": "0.5", "CONSTELLATION_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "CONSTELLATION_HOME": str(home),
+        "CONSTELLATION_HEALTH_INTERVAL_S": "0.5",
+        "CONSTELLATION_LOG_FORMAT": "json",
+    }
     for service in mesh_process.SERVICES:
         env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
         env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"

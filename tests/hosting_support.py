@@ -6,10 +6,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import docker
 import grpc
 import pytest
 
+import docker
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from hosting_svc.server import build
 from mesh import config
@@ -41,7 +41,9 @@ class HostingUnderTest:
             **env,
         }
         self.server, self.hosting = build(config.load("hosting", self.env), self.env)
-        self.hosting.settings = type(self.hosting.settings)(**{**self.hosting.settings.__dict__, "monitor_interval_s": 0.3})
+        self.hosting.settings = type(self.hosting.settings)(
+            **{**self.hosting.settings.__dict__, "monitor_interval_s": 0.3}
+        )
         port = self.server.start()
         self.channel = insecure_channel(f"127.0.0.1:{port}")
         self.stub = hosting_pb2_grpc.HostingServiceStub(self.channel)
@@ -52,13 +54,19 @@ class HostingUnderTest:
         self.server.stop(0)
 
     def package(self, folder: Path = NDWI, name: str = "ndwi-water", version: str = "1.0.0") -> hosting_pb2.ModelStatus:
-        return self.stub.PackageModel(hosting_pb2.PackageModelRequest(model_name=name, model_version=version, local_path=str(folder)))
+        return self.stub.PackageModel(
+            hosting_pb2.PackageModelRequest(model_name=name, model_version=version, local_path=str(folder))
+        )
 
-    def wait_for(self, model_id: str, *states: int, after: int = 0, timeout_s: float = 300) -> list[hosting_pb2.DeploymentEvent]:
+    def wait_for(
+        self, model_id: str, *states: int, after: int = 0, timeout_s: float = 300
+    ) -> list[hosting_pb2.DeploymentEvent]:
         """Events from `after` until one reaches any of `states`; fails on timeout."""
         seen = []
         deadline = time.monotonic() + timeout_s
-        stream = self.stub.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=model_id, after_sequence=after), timeout=timeout_s)
+        stream = self.stub.WatchDeployment(
+            hosting_pb2.WatchDeploymentRequest(model_id=model_id, after_sequence=after), timeout=timeout_s
+        )
         try:
             for event in stream:
                 seen.append(event)
@@ -71,7 +79,9 @@ class HostingUnderTest:
                 raise
         finally:
             stream.cancel()
-        pytest.fail(f"never reached {[STATE.Name(s) for s in states]}; saw {[(STATE.Name(e.state), e.message) for e in seen if not e.log_line]}")
+        pytest.fail(
+            f"never reached {[STATE.Name(s) for s in states]}; saw {[(STATE.Name(e.state), e.message) for e in seen if not e.log_line]}"
+        )
 
 
 def state_path(events: list[hosting_pb2.DeploymentEvent]) -> list[str]:

@@ -47,16 +47,27 @@ def scene_window(size: int, top: int, bottom: int, seed: int = 7) -> np.ndarray:
     return dn
 
 
-def write_scene(path: Path, size: int, *, rows_per_write: int = 512, seed: int = 7, compress: str | None = None) -> Path:
+def write_scene(
+    path: Path, size: int, *, rows_per_write: int = 512, seed: int = 7, compress: str | None = None
+) -> Path:
     import rasterio
     from affine import Affine
     from rasterio.windows import Window
 
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint16", "crs": CRS,
-        "transform": Affine(PIXEL_M, 0.0, ORIGIN[0], 0.0, -PIXEL_M, ORIGIN[1]), "nodata": NODATA,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": CRS,
+        "transform": Affine(PIXEL_M, 0.0, ORIGIN[0], 0.0, -PIXEL_M, ORIGIN[1]),
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "BIGTIFF": "IF_SAFER",
     }
     if compress:
         profile["compress"] = compress

@@ -42,7 +42,9 @@ class S3Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(workdir / "moto.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -51,13 +53,21 @@ class S3Server:
                 break
             except requests.RequestException:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start: {(workdir / 'moto.log').read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"moto server did not start: {(workdir / 'moto.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.1)
 
     def client(self):  # type: ignore[no-untyped-def]
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def stop(self) -> None:
         self.process.terminate()
@@ -69,8 +79,16 @@ class S3Server:
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:  # type: ignore[no-untyped-def]
     """moto's S3 on 127.0.0.1; the AWS_* variables point boto3 (here and in run workers) at it."""
     server = S3Server(tmp_path_factory.mktemp("moto"))
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=server.url)
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=server.url,
+    )
     try:
         yield server
     finally:
@@ -88,7 +106,11 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:  # type: ignore[no-untype
 def slow_model_dir(folder: Path, delay_s: float) -> Path:
     """The NDWI sample model, `delay_s` slower per predict() call, in its own folder (same name and I/O)."""
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = (NDWI_DIR / "constellation.yaml").read_text().replace("entrypoint: model:NdwiWater", "entrypoint: slow_model:SlowNdwiWater")
+    manifest = (
+        (NDWI_DIR / "constellation.yaml")
+        .read_text()
+        .replace("entrypoint: model:NdwiWater", "entrypoint: slow_model:SlowNdwiWater")
+    )
     manifest = "\n".join(line for line in manifest.splitlines() if not line.startswith("example_input"))
     (folder / "constellation.yaml").write_text(manifest + "\n")
     (folder / "slow_model.py").write_text(
@@ -127,8 +149,20 @@ class ModelEndpoint:
         self.starts += 1
         log = open(self.workdir / f"endpoint-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "model_runtime", "--model-dir", str(self.model_dir), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "model_runtime",
+                "--model-dir",
+                str(self.model_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         log.close()
         channel = grpc.insecure_channel(self.address)
@@ -240,7 +274,7 @@ class Orchestrator:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def dagster_storage(request) -> str:  # type: ignore[no-untyped-def]
-    """"" for SQLite under the temp home, else the URL of a fresh PostgreSQL database."""
+    """ "" for SQLite under the temp home, else the URL of a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return ""
     return create_database(request.getfixturevalue("postgres_admin_url"))
@@ -271,11 +305,21 @@ def water_request(
 ) -> pb.LaunchRunRequest:
     """dataset -> tile -> model -> stitch -> (vectorize) -> one export per URI, over the NDWI model."""
     blocks = [
-        c.Block(id="scene", label="Ingest the scene", dataset=c.DatasetBlock(dataset_id="scene-1", bands=["green", "nir"])),
-        c.Block(id="tiles", tile=c.TileBlock(tile_size_px=256, overlap_px=overlap_px, normalization=c.NORMALIZATION_REFLECTANCE)),
-        c.Block(id="water", model=c.ModelBlock(model_id="ndwi", batch_size=batch_size, max_concurrency=max_concurrency)),
+        c.Block(
+            id="scene", label="Ingest the scene", dataset=c.DatasetBlock(dataset_id="scene-1", bands=["green", "nir"])
+        ),
+        c.Block(
+            id="tiles",
+            tile=c.TileBlock(tile_size_px=256, overlap_px=overlap_px, normalization=c.NORMALIZATION_REFLECTANCE),
+        ),
+        c.Block(
+            id="water", model=c.ModelBlock(model_id="ndwi", batch_size=batch_size, max_concurrency=max_concurrency)
+        ),
         c.Block(id="mosaic", stitch=c.StitchBlock(blend=blend)),
-        c.Block(id="polygons", vectorize=c.VectorizeBlock(threshold=0.5, simplify_tolerance_m=5, min_area_m2=0, crs=vector_crs)),
+        c.Block(
+            id="polygons",
+            vectorize=c.VectorizeBlock(threshold=0.5, simplify_tolerance_m=5, min_area_m2=0, crs=vector_crs),
+        ),
     ]
     edges = [("scene", "tiles"), ("tiles", "water"), ("water", "mosaic"), ("mosaic", "polygons")]
     for i, uri in enumerate(export_uris):
@@ -290,7 +334,9 @@ def water_request(
                 model_name="ndwi-water",
                 model_version="1.0.0",
                 endpoints=[endpoint],
-                input=c.ModelInputSpec(bands=["green", "nir"], tile_size_px=256, dtype="FP32", value_min=0, value_max=1),
+                input=c.ModelInputSpec(
+                    bands=["green", "nir"], tile_size_px=256, dtype="FP32", value_min=0, value_max=1
+                ),
                 outputs=[c.ModelOutputSpec(name="water_probability", dtype="FP32", shape=[1, 256, 256])],
             )
         },

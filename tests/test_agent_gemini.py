@@ -49,12 +49,25 @@ def water_spec(ids: dict[str, str], dataset: str = "l8-lake-victoria-2023", mode
     """The spec as Gemini would return it in SPEC_SCHEMA's shape (block kinds, enum names without prefixes)."""
     return {
         "blocks": [
-            {"id": "scene", "label": "Lake Victoria", "kind": "dataset", "dataset": {"dataset_id": ids[dataset], "bands": ["green", "nir"]}},
-            {"id": "tiles", "kind": "tile", "tile": {"tile_size_px": 256, "overlap_px": 16, "normalization": "REFLECTANCE"}},
+            {
+                "id": "scene",
+                "label": "Lake Victoria",
+                "kind": "dataset",
+                "dataset": {"dataset_id": ids[dataset], "bands": ["green", "nir"]},
+            },
+            {
+                "id": "tiles",
+                "kind": "tile",
+                "tile": {"tile_size_px": 256, "overlap_px": 16, "normalization": "REFLECTANCE"},
+            },
             {"id": "water", "kind": "model", "model": {"model_id": ids[model], "batch_size": 8}},
             {"id": "mosaic", "kind": "stitch", "stitch": {"blend": "MEAN"}},
             {"id": "polygons", "kind": "vectorize", "vectorize": {"threshold": 0.5, "simplify_tolerance_m": 30}},
-            {"id": "out", "kind": "export", "export": {"uri": "file:///tmp/constellation-agent-test/water", "formats": ["COG", "GEOJSON"]}},
+            {
+                "id": "out",
+                "kind": "export",
+                "export": {"uri": "file:///tmp/constellation-agent-test/water", "formats": ["COG", "GEOJSON"]},
+            },
         ],
         "edges": [
             {"source_block_id": "scene", "target_block_id": "tiles"},
@@ -95,8 +108,14 @@ def gemini_agent(catalog_core, fake, tmp_path):  # type: ignore[no-untyped-def]
     running.stop()
 
 
-def test_normal_plan_uses_structured_output_and_returns_a_valid_spec(gemini_agent: RunningAgent, fake: FakeGemini, catalog_core):
-    fake.script = [json_reply(WATER_READING), text_reply("I have what I need."), json_reply(water_spec(catalog_core.ids))]
+def test_normal_plan_uses_structured_output_and_returns_a_valid_spec(
+    gemini_agent: RunningAgent, fake: FakeGemini, catalog_core
+):
+    fake.script = [
+        json_reply(WATER_READING),
+        text_reply("I have what I need."),
+        json_reply(water_spec(catalog_core.ids)),
+    ]
     answer = plan(gemini_agent.stub, "map the water of Lake Victoria", planner=agent_pb2.PLANNER_GEMINI)
 
     assert answer.planner == agent_pb2.PLANNER_GEMINI and answer.recommendation.planner == agent_pb2.PLANNER_GEMINI
@@ -116,7 +135,9 @@ def test_normal_plan_uses_structured_output_and_returns_a_valid_spec(gemini_agen
     assert declared == {"search_datasets", "search_models", "get_dataset", "get_model"}
 
 
-def test_function_calls_reach_core_and_their_answers_go_back(gemini_agent: RunningAgent, fake: FakeGemini, catalog_core):
+def test_function_calls_reach_core_and_their_answers_go_back(
+    gemini_agent: RunningAgent, fake: FakeGemini, catalog_core
+):
     lake = catalog_core.ids["l8-lake-victoria-2023"]
     fake.script = [
         json_reply(WATER_READING),
@@ -138,14 +159,19 @@ def test_function_calls_reach_core_and_their_answers_go_back(gemini_agent: Runni
     # core's ListModels with task = "segmentation" AND tag = "water": exactly the water segmentation models
     assert sorted(m["name"] for m in first[0]["response"]["models"]) == ["ndwi-water", "sar-flood-unet", "unet-water"]
     second = function_responses(fake.requests[3])[-1]
-    assert second["response"]["dataset"]["name"] == "l8-lake-victoria-2023" and second["response"]["dataset"]["sensor"] == "landsat-8"
+    assert (
+        second["response"]["dataset"]["name"] == "l8-lake-victoria-2023"
+        and second["response"]["dataset"]["sensor"] == "landsat-8"
+    )
     third = function_responses(fake.requests[4])[-1]
     assert "NOT_FOUND" in third["response"]["error"]
     # the spec call carries the whole conversation, tool answers included
     assert len(function_responses(fake.requests[5])) == 3
 
 
-def test_malformed_json_and_an_invalid_spec_are_repaired_through_the_loop(gemini_agent: RunningAgent, fake: FakeGemini, catalog_core):
+def test_malformed_json_and_an_invalid_spec_are_repaired_through_the_loop(
+    gemini_agent: RunningAgent, fake: FakeGemini, catalog_core
+):
     broken = water_spec(catalog_core.ids)
     broken["blocks"][0]["dataset"]["dataset_id"] = "ds_made_up"
     fake.script = [
@@ -166,8 +192,10 @@ def test_malformed_json_and_an_invalid_spec_are_repaired_through_the_loop(gemini
 
 
 def test_repairs_run_out_as_failed_precondition(gemini_agent: RunningAgent, fake: FakeGemini):
-    fake.responder = lambda request: json_reply(WATER_READING) if request.phase == "reading" else (
-        text_reply("no tools needed") if request.phase == "tools" else text_reply("{]")
+    fake.responder = lambda request: (
+        json_reply(WATER_READING)
+        if request.phase == "reading"
+        else (text_reply("no tools needed") if request.phase == "tools" else text_reply("{]"))
     )
     error = rpc_error(plan, gemini_agent.stub, "map water", planner=agent_pb2.PLANNER_GEMINI)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "after 2 repairs" in error.details()
@@ -204,7 +232,10 @@ def test_gemini_answers_when_no_planner_is_named_and_a_key_is_set(gemini_agent: 
     answer = recommend(gemini_agent.stub, "map the water of Lake Victoria")
     assert answer.planner == agent_pb2.PLANNER_GEMINI and "read by Gemini" in answer.summary
     # the offline planner stays available by name
-    assert recommend(gemini_agent.stub, "map water", planner=agent_pb2.PLANNER_OFFLINE).planner == agent_pb2.PLANNER_OFFLINE
+    assert (
+        recommend(gemini_agent.stub, "map water", planner=agent_pb2.PLANNER_OFFLINE).planner
+        == agent_pb2.PLANNER_OFFLINE
+    )
     assert len(fake.requests) == 1
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_svc import catalog_client
 from constellation.agent.v1 import agent_pb2
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh.errors import field_violations
 from tests.agent_fixtures import DATA, RunningAgent, agent_env, catalog_core, plan, recommend, start_agent  # noqa: F401
 from tests.conftest import rpc_error
@@ -38,13 +38,20 @@ def agent(catalog_core, tmp_path_factory):  # type: ignore[no-untyped-def]
 def constraints_of(entry: dict) -> agent_pb2.Constraints:
     raw = entry.get("constraints") or {}
     c = agent_pb2.Constraints(
-        sensors=raw.get("sensors", []), bands=raw.get("bands", []), max_resolution_m=raw.get("max_resolution_m", 0),
-        max_latency_ms=raw.get("max_latency_ms", 0), min_accuracy=raw.get("min_accuracy", 0),
+        sensors=raw.get("sensors", []),
+        bands=raw.get("bands", []),
+        max_resolution_m=raw.get("max_resolution_m", 0),
+        max_latency_ms=raw.get("max_latency_ms", 0),
+        min_accuracy=raw.get("min_accuracy", 0),
     )
     if "task" in raw:
         c.task = TASK_ENUM[raw["task"]]
     if "region" in raw:
-        c.region.CopyFrom(common_pb2.BoundingBox(min_x=raw["region"][0], min_y=raw["region"][1], max_x=raw["region"][2], max_y=raw["region"][3]))
+        c.region.CopyFrom(
+            common_pb2.BoundingBox(
+                min_x=raw["region"][0], min_y=raw["region"][1], max_x=raw["region"][2], max_y=raw["region"][3]
+            )
+        )
     return c
 
 
@@ -132,7 +139,9 @@ def test_impossible_request_is_an_answer_with_nearest_alternatives(agent: Runnin
 
 def test_structured_constraints_override_the_prompt(agent: RunningAgent, catalog_core):
     # The prompt names Sentinel-2; the structured constraint asks for Sentinel-1 and wins.
-    answer = recommend(agent.stub, "flooding seen by Sentinel-2", constraints=agent_pb2.Constraints(sensors=["sentinel-1"]))
+    answer = recommend(
+        agent.stub, "flooding seen by Sentinel-2", constraints=agent_pb2.Constraints(sensors=["sentinel-1"])
+    )
     assert answer.datasets[0].name.startswith("s1-") and "sensor sentinel-1, as asked" in answer.datasets[0].reasons
     slow = recommend(agent.stub, "building footprints in Seattle", constraints=agent_pb2.Constraints(max_latency_ms=40))
     assert slow.models[0].name == "building-yolo"
@@ -146,11 +155,15 @@ def test_pinned_dataset_and_model_are_used(agent: RunningAgent, catalog_core):
     assert answer.spec.blocks[2].model.model_id == ids["unet-water"]
     missing = rpc_error(plan, agent.stub, "water", dataset_id="ds_missing")
     assert missing.code() == grpc.StatusCode.NOT_FOUND and "ds_missing" in missing.details()
-    clash = rpc_error(plan, agent.stub, "water", dataset_id=ids["s1-bangladesh-floods-2024"], model_id=ids["ndwi-water"])
+    clash = rpc_error(
+        plan, agent.stub, "water", dataset_id=ids["s1-bangladesh-floods-2024"], model_id=ids["ndwi-water"]
+    )
     assert clash.code() == grpc.StatusCode.FAILED_PRECONDITION and "lacks green, nir" in clash.details()
 
 
-@pytest.mark.parametrize("prompt, problem", [("", "is required"), ("   ", "is required"), ("x" * 4001, "4001 characters")])
+@pytest.mark.parametrize(
+    "prompt, problem", [("", "is required"), ("   ", "is required"), ("x" * 4001, "4001 characters")]
+)
 def test_empty_or_over_long_prompt_is_invalid_argument(agent: RunningAgent, prompt: str, problem: str):
     for call in (recommend, plan):
         error = rpc_error(call, agent.stub, prompt)
@@ -165,7 +178,9 @@ def test_prompt_of_exactly_4000_characters_is_accepted(agent: RunningAgent):
 
 
 def test_bad_constraints_are_invalid_argument_with_field_violations(agent: RunningAgent):
-    bad = agent_pb2.Constraints(min_accuracy=1.5, max_latency_ms=-1, region=common_pb2.BoundingBox(min_x=10, min_y=0, max_x=5, max_y=1))
+    bad = agent_pb2.Constraints(
+        min_accuracy=1.5, max_latency_ms=-1, region=common_pb2.BoundingBox(min_x=10, min_y=0, max_x=5, max_y=1)
+    )
     error = rpc_error(recommend, agent.stub, "water", constraints=bad, max_results=500)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = {v.field for v in field_violations(error)}
@@ -201,7 +216,9 @@ def test_empty_catalog_says_so_and_cannot_plan(tmp_path):
     from mesh import config
     from tests.conftest import service_env
 
-    core = build_core(config.load("core", service_env(tmp_path / "core", DATABASE_URL=f"sqlite:///{tmp_path / 'core.db'}")))
+    core = build_core(
+        config.load("core", service_env(tmp_path / "core", DATABASE_URL=f"sqlite:///{tmp_path / 'core.db'}"))
+    )
     core.start()
     agent = start_agent(agent_env(tmp_path, f"127.0.0.1:{core.port}"))
     try:
@@ -231,7 +248,9 @@ def test_core_down_is_unavailable_and_health_not_serving(tmp_path):
 
 
 def test_health_is_serving_when_core_answers(agent: RunningAgent):
-    health = health_pb2_grpc.HealthStub(agent.channel).Check(health_pb2.HealthCheckRequest(service="constellation.agent.v1.AgentService"))
+    health = health_pb2_grpc.HealthStub(agent.channel).Check(
+        health_pb2.HealthCheckRequest(service="constellation.agent.v1.AgentService")
+    )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 

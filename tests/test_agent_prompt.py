@@ -77,8 +77,16 @@ def test_place_and_sensor_words_do_not_steer_model_matching():
 
 
 def test_stemming_and_bm25():
-    assert [text.stem(w) for w in ("ships", "shipping", "burned", "cities", "glass")] == ["ship", "ship", "burn", "city", "glass"]
-    index = text.TextIndex([text.terms("ships in the harbour"), text.terms("forest loss"), text.terms("ship ship ship")])
+    assert [text.stem(w) for w in ("ships", "shipping", "burned", "cities", "glass")] == [
+        "ship",
+        "ship",
+        "burn",
+        "city",
+        "glass",
+    ]
+    index = text.TextIndex(
+        [text.terms("ships in the harbour"), text.terms("forest loss"), text.terms("ship ship ship")]
+    )
     relevance = index.relevance(text.expand(["vessel"]))
     assert relevance[1] == 0 and relevance.max() == 1.0
 
@@ -86,14 +94,40 @@ def test_stemming_and_bm25():
 def catalog() -> Catalog:
     return Catalog(
         (
-            Dataset("d1", "s2-delta", "Sentinel-2 over the delta", "sentinel-2", ("blue", "green", "red", "nir", "swir1"), 10, (3, 51, 7, 53)),
+            Dataset(
+                "d1",
+                "s2-delta",
+                "Sentinel-2 over the delta",
+                "sentinel-2",
+                ("blue", "green", "red", "nir", "swir1"),
+                10,
+                (3, 51, 7, 53),
+            ),
             Dataset("d2", "s1-delta", "Sentinel-1 over the delta", "sentinel-1", ("vv", "vh"), 10, (3, 51, 7, 53)),
         ),
         (
-            Model("m1", "water-fast", "1", "segmentation", "surface water", bands=("green", "nir"), tile_size_px=256, value_max=1,
-                  metrics=(("iou", 0.8), ("latency_ms", 5.0))),
-            Model("m2", "water-sar", "1", "segmentation", "flood water from radar", bands=("vv", "vh"), tile_size_px=512, value_max=1,
-                  metrics=(("iou", 0.9), ("latency_ms", 50.0))),
+            Model(
+                "m1",
+                "water-fast",
+                "1",
+                "segmentation",
+                "surface water",
+                bands=("green", "nir"),
+                tile_size_px=256,
+                value_max=1,
+                metrics=(("iou", 0.8), ("latency_ms", 5.0)),
+            ),
+            Model(
+                "m2",
+                "water-sar",
+                "1",
+                "segmentation",
+                "flood water from radar",
+                bands=("vv", "vh"),
+                tile_size_px=512,
+                value_max=1,
+                metrics=(("iou", 0.9), ("latency_ms", 50.0)),
+            ),
         ),
     )
 
@@ -119,7 +153,9 @@ def test_unmet_constraints_are_shortfalls_and_unsatisfied():
 
 def test_spec_follows_the_model_and_the_sensor():
     data = catalog()
-    spec, rationale = planning.build_spec(data.datasets[0], data.models[0], prompt.parse("water polygons"), "s3://bucket/out")
+    spec, rationale = planning.build_spec(
+        data.datasets[0], data.models[0], prompt.parse("water polygons"), "s3://bucket/out"
+    )
     kinds = [b.WhichOneof("config") for b in spec.blocks]
     assert kinds == ["dataset", "tile", "model", "stitch", "vectorize", "export"]
     assert list(spec.blocks[0].dataset.bands) == ["green", "nir"] and spec.blocks[1].tile.tile_size_px == 256

@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def secured(tmp_path):
-    env = service_env(tmp_path, CONSTELLATION_API_KEYS="admin-secret,reader-secret:reader", DATABASE_URL=f"sqlite:///{tmp_path}/c.db")
+    env = service_env(
+        tmp_path, CONSTELLATION_API_KEYS="admin-secret,reader-secret:reader", DATABASE_URL=f"sqlite:///{tmp_path}/c.db"
+    )
     server = build_core(config.load("core", env))
     server.start()
     channel = insecure_channel(f"127.0.0.1:{server.port}")
@@ -62,13 +64,19 @@ def test_health_and_reflection_stay_open_without_a_key(secured):
     stub = reflection_pb2_grpc.ServerReflectionStub(secured)
     [answer] = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answer.list_services_response.service}
-    assert {"constellation.core.v1.CoreService", "constellation.hosting.v1.HostingService", "grpc.health.v1.Health"} <= names
+    assert {
+        "constellation.core.v1.CoreService",
+        "constellation.hosting.v1.HostingService",
+        "grpc.health.v1.Health",
+    } <= names
 
 
 def test_request_id_is_echoed_and_attached_to_errors(core):
     call = core.ListDatasets.with_call(core_pb2.ListDatasetsRequest(), metadata=[("x-request-id", "req-123")])
     assert ("x-request-id", "req-123") in call[1].initial_metadata()
-    error = rpc_error(core.GetDataset, core_pb2.GetDatasetRequest(id="ds_missing"), metadata=[("x-request-id", "req-456")])
+    error = rpc_error(
+        core.GetDataset, core_pb2.GetDatasetRequest(id="ds_missing"), metadata=[("x-request-id", "req-456")]
+    )
     status = rpc_status.from_call(error)
     assert any(d.type_url.endswith("google.rpc.RequestInfo") and b"req-456" in d.value for d in status.details)
 
@@ -84,7 +92,11 @@ def test_bugs_become_internal_with_a_request_id_and_no_traceback(tmp_path, caplo
     server.start()
     try:
         with insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            error = rpc_error(core_pb2_grpc.CoreServiceStub(channel).GetDataset, core_pb2.GetDatasetRequest(id="x"), metadata=[("x-request-id", "bug-1")])
+            error = rpc_error(
+                core_pb2_grpc.CoreServiceStub(channel).GetDataset,
+                core_pb2.GetDatasetRequest(id="x"),
+                metadata=[("x-request-id", "bug-1")],
+            )
     finally:
         server.stop(0)
     assert error.code() == grpc.StatusCode.INTERNAL
@@ -120,7 +132,9 @@ def test_metrics_count_rpcs_by_code_and_time_them(tmp_path):
         server.stop(0)
     assert counter(after, "ListDatasets", "OK") - counter(before, "ListDatasets", "OK") == 3
     assert counter(after, "GetDataset", "NOT_FOUND") - counter(before, "GetDataset", "NOT_FOUND") == 1
-    assert 'constellation_grpc_request_duration_seconds_bucket{le="0.005",method="ListDatasets",service="core"}' in after
+    assert (
+        'constellation_grpc_request_duration_seconds_bucket{le="0.005",method="ListDatasets",service="core"}' in after
+    )
 
 
 def wait_for_health(channel: grpc.Channel, wanted: int, timeout_s: float = 15.0) -> None:
@@ -162,14 +176,20 @@ def test_health_follows_the_database_down_and_back(tmp_path):
 def test_sigterm_lets_in_flight_rpcs_finish_then_exits_cleanly(tmp_path):
     env = {**os.environ, **service_env(tmp_path), "SLOW_SECONDS": "1.5", "CONSTELLATION_SHUTDOWN_GRACE_S": "10"}
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "helpers" / "slow_server.py")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(ROOT / "tests" / "helpers" / "slow_server.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         port = int(process.stdout.readline())
         channel = insecure_channel(f"127.0.0.1:{port}")
         core = core_pb2_grpc.CoreServiceStub(channel)
         result: dict = {}
-        slow = threading.Thread(target=lambda: result.update(reply=core.GetDataset(core_pb2.GetDatasetRequest(id="ds_1"), timeout=10)))
+        slow = threading.Thread(
+            target=lambda: result.update(reply=core.GetDataset(core_pb2.GetDatasetRequest(id="ds_1"), timeout=10))
+        )
         slow.start()
         time.sleep(0.4)  # the slow call is in flight
         process.send_signal(signal.SIGTERM)
@@ -184,4 +204,3 @@ def test_sigterm_lets_in_flight_rpcs_finish_then_exits_cleanly(tmp_path):
         process.kill()
         process.wait()
     assert '"msg": "draining"' in process.stderr.read()
-

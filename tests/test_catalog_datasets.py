@@ -60,7 +60,9 @@ def test_duplicate_name_is_already_exists_and_keeps_the_first(core):
 
 def test_missing_and_empty_ids(core):
     assert rpc_error(core.GetDataset, core_pb2.GetDatasetRequest(id="ds_nope")).code() == grpc.StatusCode.NOT_FOUND
-    assert rpc_error(core.DeleteDataset, core_pb2.DeleteDatasetRequest(id="ds_nope")).code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        rpc_error(core.DeleteDataset, core_pb2.DeleteDatasetRequest(id="ds_nope")).code() == grpc.StatusCode.NOT_FOUND
+    )
     error = rpc_error(core.GetDataset, core_pb2.GetDatasetRequest(id=""))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in field_violations(error)] == ["id"]
@@ -80,7 +82,11 @@ def test_missing_and_empty_ids(core):
         ({"bands": ["green", "infrared"]}, "dataset.bands[1]", "unknown band 'infrared'"),
         ({"bands": ["green", "green"]}, "dataset.bands[1]", "twice"),
         ({"resolution_m": -10.0}, "dataset.resolution_m", "positive"),
-        ({"bbox": common_pb2.BoundingBox(min_x=10, min_y=0, max_x=5, max_y=1)}, "dataset.bbox", "min_x must be below max_x"),
+        (
+            {"bbox": common_pb2.BoundingBox(min_x=10, min_y=0, max_x=5, max_y=1)},
+            "dataset.bbox",
+            "min_x must be below max_x",
+        ),
         ({"bbox": common_pb2.BoundingBox(min_x=0, min_y=0, max_x=200, max_y=1)}, "dataset.bbox", "[-180, 180]"),
         ({"tags": ["Has Space"]}, "dataset.tags[0]", "not a tag"),
     ],
@@ -174,7 +180,9 @@ def test_update_rejects_bad_masks_values_and_name_clashes(core):
     create(core, name="taken")
 
     def update(patch: core_pb2.Dataset, paths: list[str]) -> grpc.RpcError:
-        return rpc_error(core.UpdateDataset, core_pb2.UpdateDatasetRequest(dataset=patch, update_mask=FieldMask(paths=paths)))
+        return rpc_error(
+            core.UpdateDataset, core_pb2.UpdateDatasetRequest(dataset=patch, update_mask=FieldMask(paths=paths))
+        )
 
     unknown = update(core_pb2.Dataset(id=created.id), ["create_time"])
     assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT

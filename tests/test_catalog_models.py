@@ -26,7 +26,10 @@ def test_name_and_version_are_unique_together(core):
     register(core)
     assert rpc_error(register, core).code() == grpc.StatusCode.ALREADY_EXISTS
     second = register(core, version="1.1.0")
-    assert [m.version for m in core.ListModels(core_pb2.ListModelsRequest(filter='name = "ndwi-water"')).models] == ["1.0.0", "1.1.0"]
+    assert [m.version for m in core.ListModels(core_pb2.ListModelsRequest(filter='name = "ndwi-water"')).models] == [
+        "1.0.0",
+        "1.1.0",
+    ]
     assert second.version == "1.1.0"
 
 
@@ -42,7 +45,10 @@ def test_name_and_version_are_unique_together(core):
         ({"input": common_pb2.ModelInputSpec(bands=["green"], dtype="FLOAT")}, "model.input.dtype"),
         ({"outputs": []}, "model.outputs"),
         ({"outputs": [common_pb2.ModelOutputSpec(name="mask", dtype="FP32", shape=[0])]}, "model.outputs[0].shape"),
-        ({"card": common_pb2.ModelCard(dependencies=["numpy @ https://example.org/numpy.whl"])}, "model.card.dependencies[0]"),
+        (
+            {"card": common_pb2.ModelCard(dependencies=["numpy @ https://example.org/numpy.whl"])},
+            "model.card.dependencies[0]",
+        ),
         ({"card": common_pb2.ModelCard(dependencies=["--index-url https://evil"])}, "model.card.dependencies[0]"),
     ],
 )
@@ -54,14 +60,20 @@ def test_invalid_models_name_the_field(core, overrides, field):
 
 
 def test_sources_of_every_kind_are_accepted(core):
-    for i, source in enumerate(["/srv/models/a", "file:///srv/models/b", "https://git.example.org/m.git#main", "hf://org/tiny@abc123"]):
+    for i, source in enumerate(
+        ["/srv/models/a", "file:///srv/models/b", "https://git.example.org/m.git#main", "hf://org/tiny@abc123"]
+    ):
         assert register(core, version=f"0.{i}", source=source).source == source
 
 
 def test_filter_by_task_and_band(core):
     register(core)
-    register(core, name="landcover", task=common_pb2.MODEL_TASK_CLASSIFICATION,
-             input=common_pb2.ModelInputSpec(bands=["red", "nir", "swir1"], dtype="FP32"))
+    register(
+        core,
+        name="landcover",
+        task=common_pb2.MODEL_TASK_CLASSIFICATION,
+        input=common_pb2.ModelInputSpec(bands=["red", "nir", "swir1"], dtype="FP32"),
+    )
 
     def names(text: str) -> list[str]:
         return [m.name for m in core.ListModels(core_pb2.ListModelsRequest(filter=text)).models]

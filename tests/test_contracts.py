@@ -40,7 +40,9 @@ def test_buf_lint_would_catch_a_bad_contract(tmp_path):
         'syntax = "proto3";\npackage constellation.bad.v1;\nenum Colour { RED = 0; }\nmessage thing { string Name = 1; }\n'
     )
     (tmp_path / "buf.yaml").write_text((ROOT / "buf.yaml").read_text())
-    result = subprocess.run([str(ROOT / "node_modules" / ".bin" / "buf"), "lint"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(ROOT / "node_modules" / ".bin" / "buf"), "lint"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode != 0
     assert "ENUM_ZERO_VALUE_SUFFIX" in result.stdout or "_UNSPECIFIED" in result.stdout
 
@@ -75,7 +77,14 @@ def test_inference_proto_is_wire_identical_to_kserve_v2(message, field):
 def test_inference_service_methods():
     service = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"
-    assert {m.name for m in service.methods} == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"}
+    assert {m.name for m in service.methods} == {
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+    }
 
 
 def test_envoy_accepts_its_config():

@@ -51,7 +51,13 @@ def test_grpcurl_lists_every_service_through_the_gateway(mesh):
 
 
 def test_grpcurl_json_round_trip(mesh):
-    dataset = {"name": "grpcurl-scene", "uri": "s3://scenes/olinda.tif", "sensor": "landsat-7", "bands": ["green", "nir"], "resolution_m": 28.5}
+    dataset = {
+        "name": "grpcurl-scene",
+        "uri": "s3://scenes/olinda.tif",
+        "sensor": "landsat-7",
+        "bands": ["green", "nir"],
+        "resolution_m": 28.5,
+    }
     created = grpcurl(mesh, "constellation.core.v1.CoreService/CreateDataset", data={"dataset": dataset})
     assert created.returncode == 0, created.stderr
     dataset_id = json.loads(created.stdout)["id"]
@@ -61,20 +67,32 @@ def test_grpcurl_json_round_trip(mesh):
 
 
 def test_grpcurl_invalid_request_names_the_field(mesh):
-    bad = grpcurl(mesh, "constellation.core.v1.CoreService/CreateDataset", data={"dataset": {"name": "x", "uri": "ftp://x", "bands": ["red"]}})
+    bad = grpcurl(
+        mesh,
+        "constellation.core.v1.CoreService/CreateDataset",
+        data={"dataset": {"name": "x", "uri": "ftp://x", "bands": ["red"]}},
+    )
     assert bad.returncode != 0
     assert "Code: InvalidArgument" in bad.stderr
     assert '"field":"dataset.uri"' in bad.stderr.replace(" ", "")
 
 
-def grpc_web(mesh, method: str, message, *, text: bool = False, headers: dict | None = None) -> tuple[requests.Response, list[bytes], dict]:  # type: ignore[no-untyped-def]
+def grpc_web(
+    mesh, method: str, message, *, text: bool = False, headers: dict | None = None
+) -> tuple[requests.Response, list[bytes], dict]:  # type: ignore[no-untyped-def]
     """One gRPC-web call over HTTP/1.1; returns the response, its data frames and its trailers."""
     body = b"\x00" + struct.pack(">I", message.ByteSize()) + message.SerializeToString()
     content_type = "application/grpc-web-text" if text else "application/grpc-web+proto"
     response = requests.post(
         f"http://{mesh['gateway']}/{method}",
         data=base64.b64encode(body) if text else body,
-        headers={"content-type": content_type, "accept": content_type, "x-grpc-web": "1", "x-user-agent": "grpc-web-python-test", **(headers or {})},
+        headers={
+            "content-type": content_type,
+            "accept": content_type,
+            "x-grpc-web": "1",
+            "x-user-agent": "grpc-web-python-test",
+            **(headers or {}),
+        },
         timeout=10,
     )
     payload = response.content
@@ -96,18 +114,24 @@ def grpc_web(mesh, method: str, message, *, text: bool = False, headers: dict | 
 
 
 def test_grpc_web_reaches_core(mesh):
-    request = core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(name="web-scene", uri="file:///data/web.tif", bands=["red", "nir"]))
+    request = core_pb2.CreateDatasetRequest(
+        dataset=core_pb2.Dataset(name="web-scene", uri="file:///data/web.tif", bands=["red", "nir"])
+    )
     response, [frame], trailers = grpc_web(mesh, "constellation.core.v1.CoreService/CreateDataset", request)
     assert response.status_code == 200 and trailers["grpc-status"] == "0"
     created = core_pb2.Dataset.FromString(frame)
     assert created.id.startswith("ds_") and list(created.bands) == ["red", "nir"]
 
-    _, [frame], trailers = grpc_web(mesh, "constellation.core.v1.CoreService/GetDataset", core_pb2.GetDatasetRequest(id=created.id), text=True)
+    _, [frame], trailers = grpc_web(
+        mesh, "constellation.core.v1.CoreService/GetDataset", core_pb2.GetDatasetRequest(id=created.id), text=True
+    )
     assert trailers["grpc-status"] == "0" and core_pb2.Dataset.FromString(frame) == created
 
 
 def test_grpc_web_errors_arrive_as_status_trailers(mesh):
-    response, frames, trailers = grpc_web(mesh, "constellation.core.v1.CoreService/GetDataset", core_pb2.GetDatasetRequest(id="ds_missing"))
+    response, frames, trailers = grpc_web(
+        mesh, "constellation.core.v1.CoreService/GetDataset", core_pb2.GetDatasetRequest(id="ds_missing")
+    )
     status = trailers.get("grpc-status") or response.headers.get("grpc-status")
     message = trailers.get("grpc-message") or response.headers.get("grpc-message", "")
     assert status == str(grpc.StatusCode.NOT_FOUND.value[0]) and not frames
@@ -130,7 +154,12 @@ def test_cors_preflight_from_a_browser_origin(mesh):
     allowed = preflight.headers["access-control-allow-headers"]
     for header in ("x-grpc-web", "content-type", "authorization"):
         assert header in allowed
-    response, _, trailers = grpc_web(mesh, "constellation.core.v1.CoreService/ListDatasets", core_pb2.ListDatasetsRequest(), headers={"origin": origin})
+    response, _, trailers = grpc_web(
+        mesh,
+        "constellation.core.v1.CoreService/ListDatasets",
+        core_pb2.ListDatasetsRequest(),
+        headers={"origin": origin},
+    )
     assert response.headers["access-control-allow-origin"] == origin
     assert "grpc-status" in response.headers["access-control-expose-headers"]
     assert trailers["grpc-status"] == "0"
@@ -141,7 +170,9 @@ def test_sdk_client_through_the_gateway(mesh):
         client.wait_ready()
         assert client.serving()
         created = client.core.CreateDataset(
-            core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(name="sdk-scene", uri="file:///data/sdk.tif", bands=["green"]))
+            core_pb2.CreateDatasetRequest(
+                dataset=core_pb2.Dataset(name="sdk-scene", uri="file:///data/sdk.tif", bands=["green"])
+            )
         )
         listed = client.core.ListDatasets(core_pb2.ListDatasetsRequest(filter='name = "sdk-scene"'))
         assert [d.id for d in listed.datasets] == [created.id]
@@ -152,7 +183,9 @@ def test_sdk_client_through_the_gateway(mesh):
 
 
 def test_cli_status_reports_every_part_serving(mesh):
-    result = subprocess.run([str(BIN / "constellation"), "status", "--json"], env=mesh["env"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [str(BIN / "constellation"), "status", "--json"], env=mesh["env"], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"core", "hosting", "orchestrator", "agent", "gateway"}

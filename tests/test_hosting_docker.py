@@ -43,7 +43,9 @@ def hosting(engine, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ndwi_ready(hosting):
     status = hosting.package()
-    events = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+    events = hosting.wait_for(
+        status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED")
+    )
     assert events[-1].state == STATE.Value("DEPLOYMENT_STATE_READY"), events[-1].message
     return status.model_id, events
 
@@ -56,7 +58,12 @@ def labelled(engine, model_id: str) -> tuple[list, list]:
 
 
 def triton(address: str) -> dict:
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "triton_check.py"), address, "ndwi-water"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "triton_check.py"), address, "ndwi-water"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -77,8 +84,17 @@ def test_packaging_streams_every_state_and_records_the_image(hosting, ndwi_ready
 
 def test_deploy_two_replicas_answer_tritonclient_then_delete_leaves_nothing(hosting, ndwi_ready, engine, tmp_path):
     model_id, events = ndwi_ready
-    hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=model_id, environment="staging", replicas=2, runtime=hosting_pb2.RUNTIME_DOCKER))
-    deployed = hosting.wait_for(model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=events[-1].sequence)
+    hosting.stub.DeployModel(
+        hosting_pb2.DeployModelRequest(
+            model_id=model_id, environment="staging", replicas=2, runtime=hosting_pb2.RUNTIME_DOCKER
+        )
+    )
+    deployed = hosting.wait_for(
+        model_id,
+        STATE.Value("DEPLOYMENT_STATE_HEALTHY"),
+        STATE.Value("DEPLOYMENT_STATE_FAILED"),
+        after=events[-1].sequence,
+    )
     assert state_path(deployed) == ["DEPLOYING", "HEALTHY"], deployed[-1].message
     status = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id))
     assert len(status.endpoints) == 2 and status.environment == "staging" and status.deployed_at.seconds > 0
@@ -94,13 +110,17 @@ def test_deploy_two_replicas_answer_tritonclient_then_delete_leaves_nothing(host
 
     compose = hosting.stub.ExportCompose(hosting_pb2.ExportComposeRequest(model_ids=[model_id])).compose_yaml
     (tmp_path / "compose.yaml").write_text(compose)
-    checked = subprocess.run(["docker-compose", "-f", str(tmp_path / "compose.yaml"), "config"], capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(
+        ["docker-compose", "-f", str(tmp_path / "compose.yaml"), "config"], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stderr
     service = yaml.safe_load(checked.stdout)["services"]["ndwi-water-1-0-0"]
     assert service["deploy"]["replicas"] == 2 and service["healthcheck"]["test"][-1] == "/opt/runtime/healthcheck.py"
 
     listed = hosting.stub.ListModels(hosting_pb2.ListModelsRequest())
-    assert [m.model_id for m in listed.models] == [model_id] and listed.models[0].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY")
+    assert [m.model_id for m in listed.models] == [model_id] and listed.models[0].state == STATE.Value(
+        "DEPLOYMENT_STATE_HEALTHY"
+    )
 
     # Resume: replaying after a cursor gives exactly the later events.
     full = hosting.wait_for(model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"))
@@ -151,15 +171,26 @@ def test_onnx_model_is_built_with_onnxruntime_and_answers_like_in_process(hostin
 
     folder = ROOT / "examples" / "models" / "water-mlp"
     status = hosting.package(folder, name="water-mlp")
-    ready = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+    ready = hosting.wait_for(
+        status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED")
+    )
     assert ready[-1].state == STATE.Value("DEPLOYMENT_STATE_READY"), ready[-1].message
     built = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
     assert "onnxruntime==" + onnxruntime.__version__ in built.installed_packages
     assert engine.images.get(built.image).attrs["Size"] < 400e6
-    hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id, runtime=hosting_pb2.RUNTIME_DOCKER))
-    healthy = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=ready[-1].sequence)
+    hosting.stub.DeployModel(
+        hosting_pb2.DeployModelRequest(model_id=status.model_id, runtime=hosting_pb2.RUNTIME_DOCKER)
+    )
+    healthy = hosting.wait_for(
+        status.model_id,
+        STATE.Value("DEPLOYMENT_STATE_HEALTHY"),
+        STATE.Value("DEPLOYMENT_STATE_FAILED"),
+        after=ready[-1].sequence,
+    )
     assert healthy[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), healthy[-1].message
-    address = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id)).endpoints[0].address
+    address = (
+        hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id)).endpoints[0].address
+    )
 
     example = np.load(folder / "example_input.npy")
     tiles = np.concatenate([example, np.random.default_rng(8).integers(0, 256, example.shape, dtype=np.uint8)])
@@ -183,11 +214,15 @@ def test_a_new_version_that_never_gets_healthy_rolls_back(hosting, ndwi_ready, t
     folder = tmp_path / "ndwi-1.1.0"
     shutil.copytree(NDWI, folder)
     manifest = yaml.safe_load((folder / "constellation.yaml").read_text())
-    (folder / "constellation.yaml").write_text(yaml.safe_dump({**manifest, "version": "1.1.0", "resources": {"memory": "8m"}}))
+    (folder / "constellation.yaml").write_text(
+        yaml.safe_dump({**manifest, "version": "1.1.0", "resources": {"memory": "8m"}})
+    )
     new = hosting.package(folder, version="1.1.0")
     hosting.wait_for(new.model_id, STATE.Value("DEPLOYMENT_STATE_READY"))
     hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=new.model_id, environment=env))
-    failed = hosting.wait_for(new.model_id, STATE.Value("DEPLOYMENT_STATE_FAILED"), STATE.Value("DEPLOYMENT_STATE_HEALTHY"), timeout_s=120)
+    failed = hosting.wait_for(
+        new.model_id, STATE.Value("DEPLOYMENT_STATE_FAILED"), STATE.Value("DEPLOYMENT_STATE_HEALTHY"), timeout_s=120
+    )
     assert failed[-1].state == STATE.Value("DEPLOYMENT_STATE_FAILED")
     assert "traffic stays on ndwi-water:1.0.0" in failed[-1].message
     old = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id))
@@ -207,7 +242,10 @@ def write_broken(tmp_path: Path, **changes) -> Path:  # type: ignore[no-untyped-
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"requirements": ["numpy>=1.26", "--extra-index-url https://example.org/simple"]}, "constellation.yaml.requirements[1]"),
+        (
+            {"requirements": ["numpy>=1.26", "--extra-index-url https://example.org/simple"]},
+            "constellation.yaml.requirements[1]",
+        ),
         ({"requirements": ["numpy @ https://example.org/numpy.whl"]}, "constellation.yaml.requirements[0]"),
         ({"entrypoint": "../../etc:Model"}, "constellation.yaml.entrypoint"),
         ({"input": {"bands": ["green", "nir"], "dtype": "FLOAT32"}}, "constellation.yaml.input.dtype"),
@@ -226,7 +264,9 @@ def test_bad_manifests_are_rejected_before_anything_is_built(hosting, engine, tm
 def test_conflicting_requirements_fail_naming_the_pair(hosting, tmp_path):
     folder = write_broken(tmp_path, name="conflicted", requirements=["numpy==1.26.4"])
     status = hosting.package(folder, name="conflicted")
-    events = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_FAILED"), STATE.Value("DEPLOYMENT_STATE_READY"))
+    events = hosting.wait_for(
+        status.model_id, STATE.Value("DEPLOYMENT_STATE_FAILED"), STATE.Value("DEPLOYMENT_STATE_READY")
+    )
     assert events[-1].state == STATE.Value("DEPLOYMENT_STATE_FAILED")
     assert "numpy==1.26.4" in events[-1].message and "numpy==" + np.__version__ in events[-1].message
     hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
@@ -236,7 +276,9 @@ def test_deploy_errors_are_clear(hosting, ndwi_ready):
     model_id, _ = ndwi_ready
     missing = rpc_error(hosting.stub.DeployModel, hosting_pb2.DeployModelRequest(model_id="hm_missing"))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
-    modal = rpc_error(hosting.stub.DeployModel, hosting_pb2.DeployModelRequest(model_id=model_id, runtime=hosting_pb2.RUNTIME_MODAL))
+    modal = rpc_error(
+        hosting.stub.DeployModel, hosting_pb2.DeployModelRequest(model_id=model_id, runtime=hosting_pb2.RUNTIME_MODAL)
+    )
     assert modal.code() == grpc.StatusCode.FAILED_PRECONDITION and "MODAL_TOKEN_ID" in modal.details()
     replicas = rpc_error(hosting.stub.DeployModel, hosting_pb2.DeployModelRequest(model_id=model_id, replicas=99))
     assert [v.field for v in field_violations(replicas)] == ["replicas"]
@@ -244,11 +286,20 @@ def test_deploy_errors_are_clear(hosting, ndwi_ready):
 
 def test_hosting_killed_mid_build_reconciles_on_restart(engine, tmp_path):
     home = tmp_path / "home"
-    env = {**os.environ, "CONSTELLATION_HOME": str(home), "CONSTELLATION_HOSTING_METRICS_PORT": "0", "CONSTELLATION_LOG_FORMAT": "text"}
+    env = {
+        **os.environ,
+        "CONSTELLATION_HOME": str(home),
+        "CONSTELLATION_HOSTING_METRICS_PORT": "0",
+        "CONSTELLATION_LOG_FORMAT": "text",
+    }
 
     def start() -> tuple[subprocess.Popen, str]:
         port = str(_free_port())
-        process = subprocess.Popen([sys.executable, "-m", "hosting_svc"], env={**env, "CONSTELLATION_HOSTING_PORT": port}, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hosting_svc"],
+            env={**env, "CONSTELLATION_HOSTING_PORT": port},
+            stderr=subprocess.DEVNULL,
+        )
         address = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -267,7 +318,9 @@ def test_hosting_killed_mid_build_reconciles_on_restart(engine, tmp_path):
 
     with insecure_channel(address) as channel:
         stub = hosting_pb2_grpc.HostingServiceStub(channel)
-        status = stub.PackageModel(hosting_pb2.PackageModelRequest(model_name="interrupted", model_version="1.0.0", local_path=str(folder)))
+        status = stub.PackageModel(
+            hosting_pb2.PackageModelRequest(model_name="interrupted", model_version="1.0.0", local_path=str(folder))
+        )
         for event in stub.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=status.model_id), timeout=300):
             if event.state in (STATE.Value("DEPLOYMENT_STATE_BUILDING"), STATE.Value("DEPLOYMENT_STATE_VALIDATING")):
                 break
@@ -279,10 +332,16 @@ def test_hosting_killed_mid_build_reconciles_on_restart(engine, tmp_path):
             stub = hosting_pb2_grpc.HostingServiceStub(channel)
             after = stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
             assert after.state == STATE.Value("DEPLOYMENT_STATE_FAILED") and "hosting restarted" in after.state_message
-            smoke = engine.containers.list(all=True, filters={"label": [f"{images.LABEL_MODEL}={status.model_id}", f"{images.LABEL_ROLE}=smoke"]})
+            smoke = engine.containers.list(
+                all=True, filters={"label": [f"{images.LABEL_MODEL}={status.model_id}", f"{images.LABEL_ROLE}=smoke"]}
+            )
             assert smoke == []
-            stub.PackageModel(hosting_pb2.PackageModelRequest(model_name="interrupted", model_version="1.0.0", local_path=str(folder)))
-            for event in stub.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=status.model_id), timeout=300):
+            stub.PackageModel(
+                hosting_pb2.PackageModelRequest(model_name="interrupted", model_version="1.0.0", local_path=str(folder))
+            )
+            for event in stub.WatchDeployment(
+                hosting_pb2.WatchDeploymentRequest(model_id=status.model_id), timeout=300
+            ):
                 if event.state == STATE.Value("DEPLOYMENT_STATE_READY") and not event.log_line:
                     break
             stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))

@@ -46,11 +46,18 @@ def test_local_runtime_packages_deploys_heals_and_deletes(tmp_path):
     hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
     try:
         status = hosting.package()
-        packaged = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+        packaged = hosting.wait_for(
+            status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED")
+        )
         assert state_path(packaged) == ["PACKAGING", "BUILDING", "VALIDATING", "READY"], packaged[-1].message
         assert any("venv" in e.message for e in packaged if e.state == STATE.Value("DEPLOYMENT_STATE_BUILDING"))
         hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id))
-        deployed = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=packaged[-1].sequence)
+        deployed = hosting.wait_for(
+            status.model_id,
+            STATE.Value("DEPLOYMENT_STATE_HEALTHY"),
+            STATE.Value("DEPLOYMENT_STATE_FAILED"),
+            after=packaged[-1].sequence,
+        )
         assert deployed[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), deployed[-1].message
         current = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
         assert current.runtime == hosting_pb2.RUNTIME_LOCAL and current.image == ""
@@ -59,7 +66,9 @@ def test_local_runtime_packages_deploys_heals_and_deletes(tmp_path):
 
         pid = int(current.endpoints[0].replica_id.removeprefix("pid:"))
         os.kill(pid, signal.SIGKILL)
-        healed = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), after=deployed[-1].sequence, timeout_s=60)
+        healed = hosting.wait_for(
+            status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), after=deployed[-1].sequence, timeout_s=60
+        )
         assert state_path(healed)[-2:] == ["UNHEALTHY", "HEALTHY"]
         assert any("restarted" in e.log_line for e in healed)
         assert infer_ndwi(address)
@@ -77,9 +86,16 @@ def test_stop_deployments_ends_every_endpoint_and_the_model_can_be_deployed_agai
     hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
     try:
         status = hosting.package()
-        packaged = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+        packaged = hosting.wait_for(
+            status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED")
+        )
         hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id, replicas=2))
-        deployed = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=packaged[-1].sequence)
+        deployed = hosting.wait_for(
+            status.model_id,
+            STATE.Value("DEPLOYMENT_STATE_HEALTHY"),
+            STATE.Value("DEPLOYMENT_STATE_FAILED"),
+            after=packaged[-1].sequence,
+        )
         assert deployed[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), deployed[-1].message
         pids = [int(e.replica_id.removeprefix("pid:")) for e in deployed[-1].endpoints]
 
@@ -93,7 +109,12 @@ def test_stop_deployments_ends_every_endpoint_and_the_model_can_be_deployed_agai
         assert not list((tmp_path / "home" / "hosting" / "local").glob("*/replica-*.pid"))
 
         hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id))
-        again = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=deployed[-1].sequence)
+        again = hosting.wait_for(
+            status.model_id,
+            STATE.Value("DEPLOYMENT_STATE_HEALTHY"),
+            STATE.Value("DEPLOYMENT_STATE_FAILED"),
+            after=deployed[-1].sequence,
+        )
         assert again[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), again[-1].message
         hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
     finally:
@@ -105,7 +126,10 @@ def test_docker_runtime_refused_without_an_engine(tmp_path):
     try:
         status = hosting.package()
         hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"))
-        error = rpc_error(hosting.stub.DeployModel, hosting_pb2.DeployModelRequest(model_id=status.model_id, runtime=hosting_pb2.RUNTIME_DOCKER))
+        error = rpc_error(
+            hosting.stub.DeployModel,
+            hosting_pb2.DeployModelRequest(model_id=status.model_id, runtime=hosting_pb2.RUNTIME_DOCKER),
+        )
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "Docker" in error.details()
     finally:
         hosting.close()
@@ -116,7 +140,9 @@ def test_list_models_filters_by_name_version_and_state_and_rejects_bad_filters(t
 
     hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
     try:
-        for i, (name, version, state) in enumerate([("a", "1.0", "ready"), ("a", "2.0", "healthy"), ("b", "1.0", "failed")]):
+        for i, (name, version, state) in enumerate(
+            [("a", "1.0", "ready"), ("a", "2.0", "healthy"), ("b", "1.0", "failed")]
+        ):
             hosting.hosting.store.save(HostedModel(id=f"hm_{i:03d}", name=name, version=version, state=state))
 
         def listed(text: str, **paging: object) -> list[tuple[str, str]]:
@@ -130,7 +156,11 @@ def test_list_models_filters_by_name_version_and_state_and_rejects_bad_filters(t
         assert listed('name = ""') == []
         first = hosting.stub.ListModels(hosting_pb2.ListModelsRequest(filter='version = "1.0"', page_size=1))
         assert len(first.models) == 1 and listed('version = "1.0"', page_token=first.next_page_token) == [("b", "1.0")]
-        for bad, says in (('state = "sleeping"', "healthy"), ('colour = "red"', "name, version, state"), ("name = a", 'field = "value"')):
+        for bad, says in (
+            ('state = "sleeping"', "healthy"),
+            ('colour = "red"', "name, version, state"),
+            ("name = a", 'field = "value"'),
+        ):
             error = rpc_error(hosting.stub.ListModels, hosting_pb2.ListModelsRequest(filter=bad))
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), (bad, error.details())
         assert find_hosted(hosting.stub, "a", "2.0").model_version == "2.0"
@@ -142,12 +172,17 @@ def test_list_models_filters_by_name_version_and_state_and_rejects_bad_filters(t
 def test_modal_app_is_generated_from_the_manifest(tmp_path):
     manifest = load_manifest(NDWI)
     model = HostedModel(
-        id="hm_1", name="ndwi-water", version="1.0.0", replicas=2,
+        id="hm_1",
+        name="ndwi-water",
+        version="1.0.0",
+        replicas=2,
         manifest={"requirements": list(manifest.requirements), "resources": {"cpu": 2, "memory": "1g", "gpu": 1}},
     )
     source = render_app(model, tmp_path / "app")
     tree = ast.parse(source)  # valid Python
-    calls = {node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    calls = {
+        node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
     assert {"App", "pip_install", "add_local_dir", "function", "forward", "from_name"} <= calls
     assert "'numpy>=1.26'" in source and "'grpcio==" in source
     assert "gpu='any'" in source and "memory=1024" in source and "min_containers=2" in source
@@ -166,7 +201,7 @@ def registry(tmp_path_factory):
         f"""version: 0.1
 storage:
   filesystem:
-    rootdirectory: {root / 'data'}
+    rootdirectory: {root / "data"}
   delete:
     enabled: true
 http:
@@ -174,10 +209,12 @@ http:
 auth:
   htpasswd:
     realm: constellation-test
-    path: {root / 'htpasswd'}
+    path: {root / "htpasswd"}
 """
     )
-    process = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 20
     import urllib.error
     import urllib.request
@@ -205,15 +242,24 @@ def test_push_delete_pull_round_trip_with_auth_and_no_leaked_secret(registry, tm
     try:
         status = hosting.package()
         ready = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"))
-        pushed = hosting.stub.PushImage(hosting_pb2.PushImageRequest(model_id=status.model_id, repository=f"{registry['address']}/constellation"))
-        assert pushed.image == f"{registry['address']}/constellation/ndwi-water:1.0.0" and pushed.image_digest.startswith("sha256:")
+        pushed = hosting.stub.PushImage(
+            hosting_pb2.PushImageRequest(model_id=status.model_id, repository=f"{registry['address']}/constellation")
+        )
+        assert (
+            pushed.image == f"{registry['address']}/constellation/ndwi-water:1.0.0"
+            and pushed.image_digest.startswith("sha256:")
+        )
         engine.images.remove(pushed.image)
         assert not engine.images.list(name=f"{registry['address']}/constellation/ndwi-water")
         pulled = hosting.stub.PullImage(hosting_pb2.PullImageRequest(image=pushed.image))
         assert pulled.image_digest == pushed.image_digest
         assert engine.images.get(pushed.image)
 
-        wrong = HostingUnderTest(tmp_path / "wrong", CONSTELLATION_REGISTRY_USERNAME=registry["user"], CONSTELLATION_REGISTRY_PASSWORD="not-the-password")
+        wrong = HostingUnderTest(
+            tmp_path / "wrong",
+            CONSTELLATION_REGISTRY_USERNAME=registry["user"],
+            CONSTELLATION_REGISTRY_PASSWORD="not-the-password",
+        )
         try:
             refused = rpc_error(wrong.stub.PullImage, hosting_pb2.PullImageRequest(image=pushed.image))
             assert refused.code() == grpc.StatusCode.UNAUTHENTICATED, refused.details()
@@ -222,9 +268,11 @@ def test_push_delete_pull_round_trip_with_auth_and_no_leaked_secret(registry, tm
             wrong.close()
 
         events = hosting.hosting.store.events(status.model_id)
-        every_message = " ".join(e.message + e.log_line for e in events) + " ".join(r.getMessage() for r in caplog.records)
+        every_message = " ".join(e.message + e.log_line for e in events) + " ".join(
+            r.getMessage() for r in caplog.records
+        )
         assert registry["password"] not in every_message
-        assert any("pushing" in e.message for e in events[len(ready):])
+        assert any("pushing" in e.message for e in events[len(ready) :])
         engine.images.remove(pushed.image)
     finally:
         hosting.hosting.delete(status.model_id)

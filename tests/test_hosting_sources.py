@@ -6,11 +6,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import docker
 import grpc
 import pytest
 import yaml
 
+import docker
 from constellation.hosting.v1 import hosting_pb2
 from hosting_svc import images
 from hosting_svc.runtimes.docker import LABEL_OWNER
@@ -37,7 +37,9 @@ def versioned_copy(folder, version: str):  # type: ignore[no-untyped-def]
 
 
 def ready(hosting: HostingUnderTest, status: hosting_pb2.ModelStatus) -> hosting_pb2.ModelStatus:
-    events = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+    events = hosting.wait_for(
+        status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED")
+    )
     assert events[-1].state == STATE.Value("DEPLOYMENT_STATE_READY"), events[-1].message
     return hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
 
@@ -51,13 +53,20 @@ def test_package_from_a_git_repository_branch_and_subdirectory(hosting, tmp_path
     subprocess.run([*git, "commit", "-qm", "model"], check=True)
     status = hosting.stub.PackageModel(
         hosting_pb2.PackageModelRequest(
-            model_name="ndwi-water", model_version="2.0.0",
+            model_name="ndwi-water",
+            model_version="2.0.0",
             git=hosting_pb2.GitSource(repo_url=f"file://{repo}", branch="release", subdirectory="models/ndwi"),
         )
     )
     assert ready(hosting, status).image == "constellation/ndwi-water:2.0.0"
     with pytest.raises(grpc.RpcError) as error:
-        hosting.stub.PackageModel(hosting_pb2.PackageModelRequest(model_name="ndwi-water", model_version="2.0.0", git=hosting_pb2.GitSource(repo_url=f"file://{repo}", branch="no-such-branch")))
+        hosting.stub.PackageModel(
+            hosting_pb2.PackageModelRequest(
+                model_name="ndwi-water",
+                model_version="2.0.0",
+                git=hosting_pb2.GitSource(repo_url=f"file://{repo}", branch="no-such-branch"),
+            )
+        )
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "git clone" in error.value.details()
 
 
@@ -71,11 +80,15 @@ def test_package_from_the_hugging_face_cache_offline(hosting, tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     status = hosting.stub.PackageModel(
-        hosting_pb2.PackageModelRequest(model_name="ndwi-water", model_version="3.0.0", hugging_face_id="hf://constellation-tests/tiny-ndwi@main")
+        hosting_pb2.PackageModelRequest(
+            model_name="ndwi-water", model_version="3.0.0", hugging_face_id="hf://constellation-tests/tiny-ndwi@main"
+        )
     )
     assert ready(hosting, status).image == "constellation/ndwi-water:3.0.0"
     with pytest.raises(grpc.RpcError) as error:
-        hosting.stub.PackageModel(hosting_pb2.PackageModelRequest(model_name="x", model_version="1", hugging_face_id="hf://nobody/absent"))
+        hosting.stub.PackageModel(
+            hosting_pb2.PackageModelRequest(model_name="x", model_version="1", hugging_face_id="hf://nobody/absent")
+        )
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "cache" in error.value.details()
 
 

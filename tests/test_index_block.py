@@ -41,8 +41,14 @@ def numpy_index(scene: Path, first: str, second: str) -> tuple[np.ndarray, np.nd
         return (a - b) / (a + b), nodata
 
 
-def index_spec(dataset_id: str = "scene-1", *, index: c.IndexBlock | None = None, export_uri: str = "file:///tmp/out",
-               vectorize: bool = True, dataset_bands: list[str] | None = None) -> c.PipelineSpec:
+def index_spec(
+    dataset_id: str = "scene-1",
+    *,
+    index: c.IndexBlock | None = None,
+    export_uri: str = "file:///tmp/out",
+    vectorize: bool = True,
+    dataset_bands: list[str] | None = None,
+) -> c.PipelineSpec:
     """dataset -> index -> (vectorize) -> export."""
     blocks_ = [
         c.Block(id="scene", dataset=c.DatasetBlock(dataset_id=dataset_id, bands=dataset_bands or [])),
@@ -111,17 +117,23 @@ def test_the_bands_an_index_needs_must_be_in_the_scene():
     selected = problems(index_spec(index=c.IndexBlock(preset=c.SPECTRAL_INDEX_MNDWI), dataset_bands=["green", "nir"]))
     assert "needs band(s) swir1" in selected["blocks[1].index.preset"]
     named = problems(index_spec(index=c.IndexBlock(first_band="swir2", second_band="nir")))
-    assert named == {"blocks[1].index.first_band": "band 'swir2' is not in the scene: dataset block 'scene' provides "
-                     "blue, green, red, nir"}
+    assert named == {
+        "blocks[1].index.first_band": "band 'swir2' is not in the scene: dataset block 'scene' provides "
+        "blue, green, red, nir"
+    }
 
 
 def test_index_band_names_are_checked():
     found = problems(index_spec(index=c.IndexBlock(first_band="nir")))
     assert found == {"blocks[1].index.second_band": "is required without a preset: a band name such as green or nir"}
-    assert "unknown band 'nir2'" in problems(index_spec(index=c.IndexBlock(first_band="nir2", second_band="red")))[
-        "blocks[1].index.first_band"]
-    assert "same band" in problems(index_spec(index=c.IndexBlock(first_band="red", second_band="red")))[
-        "blocks[1].index.second_band"]
+    assert (
+        "unknown band 'nir2'"
+        in problems(index_spec(index=c.IndexBlock(first_band="nir2", second_band="red")))["blocks[1].index.first_band"]
+    )
+    assert (
+        "same band"
+        in problems(index_spec(index=c.IndexBlock(first_band="red", second_band="red")))["blocks[1].index.second_band"]
+    )
 
 
 def test_an_index_feeds_vectorize_and_export_but_not_a_model():
@@ -230,8 +242,11 @@ def core_without_hosting(tmp_path, orchestrator) -> Iterator[tuple[core_pb2_grpc
 
 def test_core_runs_an_index_pipeline_without_calling_hosting(core_without_hosting, tmp_path, scene_300):
     core, hosting = core_without_hosting
-    dataset = core.CreateDataset(core_pb2.CreateDatasetRequest(
-        dataset=core_pb2.Dataset(name="olinda", uri=f"file://{scene_300}", bands=BANDS, resolution_m=10)))
+    dataset = core.CreateDataset(
+        core_pb2.CreateDatasetRequest(
+            dataset=core_pb2.Dataset(name="olinda", uri=f"file://{scene_300}", bands=BANDS, resolution_m=10)
+        )
+    )
     missing = index_spec(dataset.id, index=c.IndexBlock(preset=c.SPECTRAL_INDEX_MNDWI))
     create = core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="x", spec=missing))
     error = rpc_error(core.CreatePipeline, create)
@@ -243,7 +258,9 @@ def test_core_runs_an_index_pipeline_without_calling_hosting(core_without_hostin
     run = core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
     deadline = time.monotonic() + 90
     while (run := core.GetRun(core_pb2.GetRunRequest(id=run.id))).state not in (
-        c.RUN_STATE_SUCCEEDED, c.RUN_STATE_FAILED, c.RUN_STATE_CANCELED
+        c.RUN_STATE_SUCCEEDED,
+        c.RUN_STATE_FAILED,
+        c.RUN_STATE_CANCELED,
     ):
         assert time.monotonic() < deadline, "the run did not finish"
         time.sleep(0.1)

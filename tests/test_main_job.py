@@ -20,8 +20,8 @@ import grpc
 import numpy as np
 import pytest
 import rasterio
-from rasterio.warp import transform_geom
 import yaml
+from rasterio.warp import transform_geom
 from shapely.geometry import shape
 
 from constellation.common.v1 import common_pb2 as c
@@ -38,7 +38,12 @@ E = c.RunEventType
 
 def run_demo(env: dict[str, str], *args: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-m", "constellation_sdk.demo", "--json", "--no-live", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "constellation_sdk.demo", "--json", "--no-live", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     print(result.stdout[-4000:])
     assert result.returncode == 0, f"demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -89,10 +94,17 @@ def independent_water(path: Path, model: str) -> np.ndarray:
 
 
 def check_outputs(summary: dict) -> None:
-    files = {Path(o["uri"].removeprefix("file://")).suffix: Path(o["uri"].removeprefix("file://")) for o in summary["outputs"]}
+    files = {
+        Path(o["uri"].removeprefix("file://")).suffix: Path(o["uri"].removeprefix("file://"))
+        for o in summary["outputs"]
+    }
     assert set(files) == {".tif", ".png", ".geojson"}, summary["outputs"]
     with rasterio.open(files[".tif"]) as mask, rasterio.open(SCENE) as scene:
-        assert mask.crs == scene.crs and mask.transform == scene.transform and (mask.width, mask.height) == (scene.width, scene.height)
+        assert (
+            mask.crs == scene.crs
+            and mask.transform == scene.transform
+            and (mask.width, mask.height) == (scene.width, scene.height)
+        )
         assert mask.profile.get("tiled") and mask.overviews(1) is not None
         water = mask.read(1) > 0.5
         pixel_m2 = abs(mask.transform.a * mask.transform.e)
@@ -177,7 +189,7 @@ def model_variant(tmp_path: Path, name: str, model_code: str, tile_size: int = 2
     return folder
 
 
-SLOW_MODEL = '''
+SLOW_MODEL = """
 import os, time
 import grpc
 import numpy as np
@@ -192,12 +204,15 @@ class NdwiWater:
         total = green + nir
         ndwi = np.divide(green - nir, total, out=np.zeros_like(total), where=total != 0)
         return (1.0 / (1.0 + np.exp(-10 * ndwi))).astype(np.float32)
-'''
+"""
 
 
 def water_pipeline(mesh: dict, name: str, folder: Path, tile: int = 256) -> core_pb2.Pipeline:
     client = mesh["client"]
-    dataset = catalog.ensure_dataset(client.core, catalog.scene_dataset(SCENE, "olinda", ["blue", "green", "red", "nir", "swir1", "swir2"], sensor="landsat-7"))
+    dataset = catalog.ensure_dataset(
+        client.core,
+        catalog.scene_dataset(SCENE, "olinda", ["blue", "green", "red", "nir", "swir1", "swir2"], sensor="landsat-7"),
+    )
     model = catalog.ensure_model(client.core, catalog.model_from_folder(folder))
     out = f"file://{mesh['env']['CONSTELLATION_HOME']}"
     blocks = [
@@ -207,14 +222,19 @@ def water_pipeline(mesh: dict, name: str, folder: Path, tile: int = 256) -> core
         c.Block(id="mosaic", stitch=c.StitchBlock(blend=c.BLEND_MODE_MEAN)),
         c.Block(id="export", export=c.ExportBlock(uri=out + "/outputs", formats=[c.EXPORT_FORMAT_COG])),
     ]
-    edges = [c.Edge(source_block_id=a, target_block_id=b) for a, b in [("scene", "tiles"), ("tiles", "water"), ("water", "mosaic"), ("mosaic", "export")]]
+    edges = [
+        c.Edge(source_block_id=a, target_block_id=b)
+        for a, b in [("scene", "tiles"), ("tiles", "water"), ("water", "mosaic"), ("mosaic", "export")]
+    ]
     return catalog.ensure_pipeline(client.core, name, c.PipelineSpec(blocks=blocks, edges=edges))
 
 
 def follow_in_background(client: Client, run_id: str, spec: c.PipelineSpec) -> tuple[threading.Thread, dict, list]:
     seen: list[c.RunEvent] = []
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(report=watch.follow(client.core, run_id, seen.append, spec)), daemon=True)
+    thread = threading.Thread(
+        target=lambda: result.update(report=watch.follow(client.core, run_id, seen.append, spec)), daemon=True
+    )
     thread.start()
     return thread, result, seen
 
@@ -236,7 +256,9 @@ def test_a_model_that_fails_to_deploy_fails_the_run_with_hostings_reason(local_m
     assert not thread.is_alive(), "the stream never ended"
     report = result["report"]
     assert report.state == "failed" and report.failure_source == "hosting"
-    assert "broken-water:1.0.0 failed to package" in report.run.state_message and "water.bin" in report.run.state_message
+    assert (
+        "broken-water:1.0.0 failed to package" in report.run.state_message and "water.bin" in report.run.state_message
+    )
     assert seen[-1].type == E.RUN_EVENT_TYPE_RUN_FAILED and not any(e.source == "orchestrator" for e in seen)
     model = client.core.ListModels(core_pb2.ListModelsRequest(filter='name = "broken-water"')).models[0]
     assert model.state == core_pb2.MODEL_STATE_FAILED and "water.bin" in model.state_message
@@ -266,8 +288,13 @@ def slow_run_in_inference(mesh: dict, folder: Path, model_name: str):  # type: i
     pipeline = water_pipeline(mesh, f"run-{model_name}", slow_model(folder, model_name), tile=64)
     run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
     thread, result, seen = follow_in_background(client, run.id, pipeline.spec)
-    wait_until(lambda: any(e.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and e.progress.done > 0 for e in seen), what="inference to start")
-    status = next(m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models if m.model_name == model_name)
+    wait_until(
+        lambda: any(e.type == E.RUN_EVENT_TYPE_STEP_PROGRESS and e.progress.done > 0 for e in seen),
+        what="inference to start",
+    )
+    status = next(
+        m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models if m.model_name == model_name
+    )
     return run, thread, result, seen, status
 
 
@@ -293,7 +320,9 @@ def test_an_endpoint_deleted_mid_run_fails_the_run_with_a_clear_message(local_me
     assert not thread.is_alive(), "the stream never ended"
     report = result["report"]
     assert report.state == "failed", report.as_dict()
-    assert report.failure_source == "orchestrator" and "doomed-water:1.0.0" in report.run.state_message, report.as_dict()
+    assert report.failure_source == "orchestrator" and "doomed-water:1.0.0" in report.run.state_message, (
+        report.as_dict()
+    )
     assert any(e.source == "hosting" and "deleted" in e.message for e in seen)
     print("failure message:", report.run.state_message)
 
@@ -306,8 +335,12 @@ def test_cancel_reaches_the_orchestrator_and_ends_the_stream(local_mesh, slow_mo
     thread.join(timeout=120)
     assert not thread.is_alive(), "the stream never ended"
     assert result["report"].state == "canceled"
-    assert any(e.type == E.RUN_EVENT_TYPE_RUN_CANCELING for e in seen) and seen[-1].type == E.RUN_EVENT_TYPE_RUN_CANCELED
-    assert not any(e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED and e.block_id == "water" for e in seen), "the model step was not stopped"
+    assert (
+        any(e.type == E.RUN_EVENT_TYPE_RUN_CANCELING for e in seen) and seen[-1].type == E.RUN_EVENT_TYPE_RUN_CANCELED
+    )
+    assert not any(e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED and e.block_id == "water" for e in seen), (
+        "the model step was not stopped"
+    )
     listed = client.core.ListRuns(core_pb2.ListRunsRequest(filter='state = "canceled"')).runs
     assert run.id in [r.id for r in listed]
 
@@ -316,12 +349,29 @@ def test_cancel_reaches_the_orchestrator_and_ends_the_stream(local_mesh, slow_mo
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "constellation"), *args], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "constellation"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_the_cli_does_each_step_by_hand_with_json(local_mesh, tmp_path):
     env = local_mesh["env"]
-    added = cli(env, "datasets", "add", "olinda-cli", str(SCENE), "--bands", "blue,green,red,nir,swir1,swir2", "--sensor", "landsat-7", "--json")
+    added = cli(
+        env,
+        "datasets",
+        "add",
+        "olinda-cli",
+        str(SCENE),
+        "--bands",
+        "blue,green,red,nir,swir1,swir2",
+        "--sensor",
+        "landsat-7",
+        "--json",
+    )
     assert added.returncode == 0, added.stderr
     dataset = json.loads(added.stdout)
     assert dataset["name"] == "olinda-cli" and dataset["resolution_m"] == pytest.approx(28.5)
@@ -329,7 +379,9 @@ def test_the_cli_does_each_step_by_hand_with_json(local_mesh, tmp_path):
     assert again.returncode == 1 and "ALREADY_EXISTS" in again.stderr and "olinda-cli" in again.stderr
     wrong = cli(env, "datasets", "add", "olinda-3", str(SCENE), "--bands", "green,nir")
     assert wrong.returncode == 2 and "6 band(s)" in wrong.stderr
-    registered = cli(env, "models", "register", str(model_variant(tmp_path, "cli-water", (NDWI / "model.py").read_text())), "--json")
+    registered = cli(
+        env, "models", "register", str(model_variant(tmp_path, "cli-water", (NDWI / "model.py").read_text())), "--json"
+    )
     assert registered.returncode == 0, registered.stderr
     deployed = cli(env, "models", "deploy", "cli-water", "--runtime", "local", "--json")
     assert deployed.returncode == 0, deployed.stderr
@@ -358,7 +410,9 @@ def test_the_readme_sdk_example_runs_as_written(local_mesh, capsys):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("The same flow with the SDK:") :]
     code = section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python\n"))]
-    gateway = mesh_process.read_state(mesh_process.MeshPaths(Path(local_mesh["env"]["CONSTELLATION_HOME"])))["processes"]["gateway"]["address"]
+    gateway = mesh_process.read_state(mesh_process.MeshPaths(Path(local_mesh["env"]["CONSTELLATION_HOME"])))[
+        "processes"
+    ]["gateway"]["address"]
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
@@ -382,7 +436,9 @@ def test_a_restarted_core_resumes_the_run_and_its_stream(local_mesh, slow_models
     state = mesh_process.read_state(paths)
     assert mesh_process._stop_pid(state["processes"]["core"]["pid"], 15.0)  # noqa: SLF001
     with open(paths.logs / "core.log", "ab") as log:
-        core = subprocess.Popen([sys.executable, "-m", "core_svc"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        core = subprocess.Popen(
+            [sys.executable, "-m", "core_svc"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     state["processes"]["core"]["pid"] = core.pid
     paths.state.write_text(json.dumps(state))  # so the fixture's `down` stops the new core
     wait_until(lambda: Client(state["processes"]["core"]["address"]).serving(), 60, "the new core")
@@ -392,7 +448,9 @@ def test_a_restarted_core_resumes_the_run_and_its_stream(local_mesh, slow_models
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert events[: len(seen)] == seen, "what was streamed before the restart is replayed unchanged"
     steps = [e.block_id for e in events if e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED]
-    assert sorted(steps) == sorted({b.id for b in pipeline.spec.blocks}), "every step once: no orchestrator event lost or doubled"
+    assert sorted(steps) == sorted({b.id for b in pipeline.spec.blocks}), (
+        "every step once: no orchestrator event lost or doubled"
+    )
 
 
 def test_the_demo_runs_on_a_mesh_with_api_keys(tmp_path):

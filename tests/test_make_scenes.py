@@ -24,9 +24,11 @@ def test_2048_scene_is_a_georeferenced_mirrored_mosaic_of_the_source(tmp_path):
 
     _, height, width = source.shape
     np.testing.assert_array_equal(data[:, :height, :width], source)
-    np.testing.assert_array_equal(data[:, :height, width:2 * width], source[:, :, ::-1])  # mirrored at the right edge
-    np.testing.assert_array_equal(data[:, height:2 * height, :width], source[:, ::-1, :])  # and at the bottom edge
-    np.testing.assert_array_equal(data[:, 2 * height:3 * height, 2 * width:3 * width], source)  # period of two copies
+    np.testing.assert_array_equal(data[:, :height, width : 2 * width], source[:, :, ::-1])  # mirrored at the right edge
+    np.testing.assert_array_equal(data[:, height : 2 * height, :width], source[:, ::-1, :])  # and at the bottom edge
+    np.testing.assert_array_equal(
+        data[:, 2 * height : 3 * height, 2 * width : 3 * width], source
+    )  # period of two copies
     assert data[:, -1, -1].tolist() in source.reshape(6, -1).T.tolist()
 
 

@@ -68,7 +68,9 @@ def ndwi():
     server.stop(0)
 
 
-def infer_request(tiles: np.ndarray, *, raw: bool = True, name: str = "ndwi-water", datatype: str = "FP32", input_name: str = "tiles") -> pb.ModelInferRequest:
+def infer_request(
+    tiles: np.ndarray, *, raw: bool = True, name: str = "ndwi-water", datatype: str = "FP32", input_name: str = "tiles"
+) -> pb.ModelInferRequest:
     tensor = pb.ModelInferRequest.InferInputTensor(name=input_name, datatype=datatype, shape=tiles.shape)
     request = pb.ModelInferRequest(model_name=name, id="req-1", inputs=[tensor])
     if raw:
@@ -86,7 +88,10 @@ def write_model(folder: Path, code: str, **manifest) -> Path:  # type: ignore[no
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.py").write_text(textwrap.dedent(code))
     data = {
-        "name": "test-model", "version": "0.1.0", "task": "segmentation", "entrypoint": "model:Model",
+        "name": "test-model",
+        "version": "0.1.0",
+        "task": "segmentation",
+        "entrypoint": "model:Model",
         "input": {"bands": ["red"], "tile_size_px": 4, "dtype": "FP32", "value_range": [0, 1]},
         "outputs": [{"name": "out", "dtype": "FP32", "shape": [1, 4, 4]}],
     }
@@ -118,7 +123,10 @@ def test_metadata_and_liveness(ndwi):
     assert (metadata.outputs[0].name, list(metadata.outputs[0].shape)) == ("water_probability", [-1, 1, 256, 256])
     assert (metadata.inputs[0].name, metadata.platform) == ("tiles", "constellation_python")
     assert rpc_error(stub.ModelMetadata, pb.ModelMetadataRequest(name="other")).code() == grpc.StatusCode.NOT_FOUND
-    assert rpc_error(stub.ModelMetadata, pb.ModelMetadataRequest(name="ndwi-water", version="9")).code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        rpc_error(stub.ModelMetadata, pb.ModelMetadataRequest(name="ndwi-water", version="9")).code()
+        == grpc.StatusCode.NOT_FOUND
+    )
     server = stub.ServerMetadata(pb.ServerMetadataRequest())
     assert server.name == "constellation-model-runtime" and server.version
 
@@ -129,7 +137,11 @@ def test_metadata_and_liveness(ndwi):
         (np.zeros((1, 3, 256, 256), np.float32), {}, "shape [1, 3, 256, 256]"),
         (np.zeros((1, 2, 128, 128), np.float32), {}, "the model takes [batch, 2, 256, 256]"),
         (np.zeros((1, 2, 256, 256), np.float32), {"datatype": "FP64"}, "datatype FP64"),
-        (np.zeros((1, 2, 256, 256), np.float32), {"input_name": "image"}, "input is named 'image'; this model's input is 'tiles'"),
+        (
+            np.zeros((1, 2, 256, 256), np.float32),
+            {"input_name": "image"},
+            "input is named 'image'; this model's input is 'tiles'",
+        ),
         (np.zeros((0, 2, 256, 256), np.float32), {}, "shape [0, 2, 256, 256]"),
     ],
 )
@@ -145,7 +157,10 @@ def test_truncated_raw_contents_and_unknown_model(ndwi):
     request.raw_input_contents[0] = request.raw_input_contents[0][:100]
     error = rpc_error(stub.ModelInfer, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "100 bytes" in error.details()
-    assert rpc_error(stub.ModelInfer, infer_request(np.zeros((1, 2, 256, 256), np.float32), name="nope")).code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        rpc_error(stub.ModelInfer, infer_request(np.zeros((1, 2, 256, 256), np.float32), name="nope")).code()
+        == grpc.StatusCode.NOT_FOUND
+    )
 
 
 def test_unknown_requested_output_and_extra_raw_contents_are_invalid_argument(ndwi):
@@ -153,7 +168,11 @@ def test_unknown_requested_output_and_extra_raw_contents_are_invalid_argument(nd
     request = infer_request(np.zeros((1, 2, 256, 256), np.float32))
     request.outputs.add(name="cloud_mask")
     error = rpc_error(stub.ModelInfer, request)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "'cloud_mask'" in error.details() and "'water_probability'" in error.details()
+    assert (
+        error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "'cloud_mask'" in error.details()
+        and "'water_probability'" in error.details()
+    )
     request = infer_request(np.zeros((1, 2, 256, 256), np.float32))
     request.raw_input_contents.append(b"\0" * 16)
     error = rpc_error(stub.ModelInfer, request)
@@ -161,15 +180,22 @@ def test_unknown_requested_output_and_extra_raw_contents_are_invalid_argument(nd
 
 
 def test_typed_contents_for_a_datatype_without_a_contents_field_say_to_send_raw(tmp_path):
-    folder = write_model(tmp_path / "half", "class Model:\n    def predict(self, batch):\n        return batch\n",
-                         input={"bands": ["red"], "tile_size_px": 4, "dtype": "FP16"}, outputs=[{"name": "out", "dtype": "FP16", "shape": [1, 4, 4]}])
+    folder = write_model(
+        tmp_path / "half",
+        "class Model:\n    def predict(self, batch):\n        return batch\n",
+        input={"bands": ["red"], "tile_size_px": 4, "dtype": "FP16"},
+        outputs=[{"name": "out", "dtype": "FP16", "shape": [1, 4, 4]}],
+    )
     server, channel, _ = serve(folder)
     try:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         wait_ready(stub, "test-model")
         tiles = np.ones((1, 1, 4, 4), np.float16)
         error = rpc_error(stub.ModelInfer, infer_request(tiles, raw=False, name="test-model", datatype="FP16"))
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "send the tensor as raw_input_contents" in error.details()
+        assert (
+            error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "send the tensor as raw_input_contents" in error.details()
+        )
         response = stub.ModelInfer(infer_request(tiles, name="test-model", datatype="FP16"))
         assert response.outputs[0].datatype == "FP16" and response.raw_output_contents[0] == tiles.tobytes()
     finally:
@@ -181,7 +207,9 @@ def test_requests_over_8_mib_work(ndwi):
     stub, _ = ndwi
     tiles = np.random.default_rng(2).uniform(0.01, 0.6, size=(20, 2, 256, 256)).astype(np.float32)  # 10 MiB
     assert tiles.nbytes > 8 * 1024 * 1024
-    np.testing.assert_allclose(output(stub.ModelInfer(infer_request(tiles))), ndwi_probability(tiles), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        output(stub.ModelInfer(infer_request(tiles))), ndwi_probability(tiles), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_health_is_not_serving_until_the_model_has_loaded(tmp_path):
@@ -275,13 +303,19 @@ def test_concurrent_small_requests_are_batched_into_one_predict(tmp_path):
 
 
 def test_a_predict_returning_the_wrong_shape_is_internal_and_names_it(tmp_path):
-    folder = write_model(tmp_path / "wrong", "class Model:\n    def predict(self, batch):\n        return batch[:, :, :2]\n")
+    folder = write_model(
+        tmp_path / "wrong", "class Model:\n    def predict(self, batch):\n        return batch[:, :, :2]\n"
+    )
     server, channel, _ = serve(folder)
     try:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         wait_ready(stub, "test-model")
         error = rpc_error(stub.ModelInfer, infer_request(np.zeros((1, 1, 4, 4), np.float32), name="test-model"))
-        assert error.code() == grpc.StatusCode.INTERNAL and "'out' with shape [1, 1, 2, 4]" in error.details() and "[batch, 1, 4, 4]" in error.details()
+        assert (
+            error.code() == grpc.StatusCode.INTERNAL
+            and "'out' with shape [1, 1, 2, 4]" in error.details()
+            and "[batch, 1, 4, 4]" in error.details()
+        )
     finally:
         channel.close()
         server.stop(0)
@@ -321,7 +355,9 @@ def test_a_full_batch_does_not_wait_for_the_queue_delay(tmp_path):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         wait_ready(stub, "test-model")
         start = time.perf_counter()
-        stub.ModelInfer(infer_request(np.ones((4, 1, 4, 4), np.float32), name="test-model"))  # one request that fills a batch
+        stub.ModelInfer(
+            infer_request(np.ones((4, 1, 4, 4), np.float32), name="test-model")
+        )  # one request that fills a batch
         assert time.perf_counter() - start < 0.5
         tile = infer_request(np.ones((1, 1, 4, 4), np.float32), name="test-model")
         elapsed = concurrently([lambda: stub.ModelInfer(tile)] * 4)  # four that fill one together
@@ -346,7 +382,9 @@ def test_a_request_larger_than_max_batch_size_runs_in_chunks(tmp_path):
 
 
 def test_predict_always_gets_a_read_only_batch(tmp_path):
-    folder = write_model(tmp_path / "readonly", RECORDING_MODEL, batching={"max_batch_size": 8, "max_queue_delay_ms": 100})
+    folder = write_model(
+        tmp_path / "readonly", RECORDING_MODEL, batching={"max_batch_size": 8, "max_queue_delay_ms": 100}
+    )
     server, channel, _ = serve(folder)
     try:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -365,7 +403,9 @@ def test_tritonclient_gets_correct_metadata_and_results(ndwi):
     _, port = ndwi
     result = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "helpers" / "triton_check.py"), f"127.0.0.1:{port}", "ndwi-water"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
@@ -373,7 +413,9 @@ def test_tritonclient_gets_correct_metadata_and_results(ndwi):
     metadata = seen["metadata"]  # tritonclient's as_json: protobuf JSON, int64 dims as strings
     assert metadata["name"] == "ndwi-water" and metadata["versions"] == ["1.0.0"]
     assert metadata["inputs"] == [{"name": "tiles", "datatype": "FP32", "shape": ["-1", "2", "256", "256"]}]
-    assert metadata["outputs"] == [{"name": "water_probability", "datatype": "FP32", "shape": ["-1", "1", "256", "256"]}]
+    assert metadata["outputs"] == [
+        {"name": "water_probability", "datatype": "FP32", "shape": ["-1", "1", "256", "256"]}
+    ]
     assert seen["shape"] == [4, 1, 256, 256] and seen["dtype"] == "float32"
     assert seen["agrees_with_numpy_ndwi"] and seen["max_abs_error"] < 1e-5
 
@@ -386,7 +428,10 @@ def test_the_sample_manifest_is_valid():
 
 
 BASE = {
-    "name": "m", "version": "1.0", "task": "segmentation", "entrypoint": "model:Model",
+    "name": "m",
+    "version": "1.0",
+    "task": "segmentation",
+    "entrypoint": "model:Model",
     "input": {"bands": ["green"], "tile_size_px": 8, "dtype": "FP32", "value_range": [0, 1]},
     "outputs": [{"name": "out", "dtype": "FP32", "shape": [1, 8, 8]}],
 }
@@ -436,22 +481,51 @@ def test_bad_manifests_name_the_field(tmp_path, change, field):
 
 
 def test_every_problem_is_reported_at_once_with_its_field(tmp_path):
-    (tmp_path / "constellation.yaml").write_text(yaml.safe_dump({
-        "name": "Bad Name", "version": "", "task": "painting", "entrypoint": "/abs/model:Model",
-        "input": {"bands": ["green", "green"], "tile_size_px": -1, "dtype": "float", "value_range": [1, 0]},
-        "outputs": [{"name": "a", "dtype": "FP32", "shape": [1]}, {"name": "a", "dtype": "XX", "shape": [0], "colour": 1}],
-        "requirements": ["numpy>=1.26", "--extra-index-url https://evil.example"],
-        "example_input": "/etc/passwd", "resources": {"cpu": 0, "memory": "lots", "gpu": 0.5},
-        "batching": {"max_batch_size": 0, "max_queue_delay_ms": -1},
-    }))
+    (tmp_path / "constellation.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "Bad Name",
+                "version": "",
+                "task": "painting",
+                "entrypoint": "/abs/model:Model",
+                "input": {"bands": ["green", "green"], "tile_size_px": -1, "dtype": "float", "value_range": [1, 0]},
+                "outputs": [
+                    {"name": "a", "dtype": "FP32", "shape": [1]},
+                    {"name": "a", "dtype": "XX", "shape": [0], "colour": 1},
+                ],
+                "requirements": ["numpy>=1.26", "--extra-index-url https://evil.example"],
+                "example_input": "/etc/passwd",
+                "resources": {"cpu": 0, "memory": "lots", "gpu": 0.5},
+                "batching": {"max_batch_size": 0, "max_queue_delay_ms": -1},
+            }
+        )
+    )
     with pytest.raises(ManifestError) as raised:
         load_manifest(tmp_path)
     fields = [p.field for p in raised.value.problems]
-    assert sorted(fields) == sorted([
-        "name", "version", "task", "entrypoint", "input.bands", "input.tile_size_px", "input.dtype", "input.value_range",
-        "outputs[1].name", "outputs[1].dtype", "outputs[1].shape", "outputs[1].colour", "requirements[1]", "example_input",
-        "resources.cpu", "resources.memory", "resources.gpu", "batching.max_batch_size", "batching.max_queue_delay_ms",
-    ])
+    assert sorted(fields) == sorted(
+        [
+            "name",
+            "version",
+            "task",
+            "entrypoint",
+            "input.bands",
+            "input.tile_size_px",
+            "input.dtype",
+            "input.value_range",
+            "outputs[1].name",
+            "outputs[1].dtype",
+            "outputs[1].shape",
+            "outputs[1].colour",
+            "requirements[1]",
+            "example_input",
+            "resources.cpu",
+            "resources.memory",
+            "resources.gpu",
+            "batching.max_batch_size",
+            "batching.max_queue_delay_ms",
+        ]
+    )
     assert all(p.description for p in raised.value.problems)
     assert "requirements[1]: '--extra-index-url https://evil.example' is a pip option" in str(raised.value)
 
@@ -486,7 +560,9 @@ def test_zero_copy_framing_is_byte_identical_to_protobuf():
     assert framed == request.SerializeToString()
     decoded, raws = wire.decode_request(framed)
     assert decoded == head and bytes(raws[0]) == tiles.tobytes()
-    response = pb.ModelInferResponse(model_name="m", outputs=[pb.ModelInferResponse.InferOutputTensor(name="o", datatype="FP32", shape=[2])])
+    response = pb.ModelInferResponse(
+        model_name="m", outputs=[pb.ModelInferResponse.InferOutputTensor(name="o", datatype="FP32", shape=[2])]
+    )
     response.raw_output_contents.append(b"\x00\x00\x80?\x00\x00\x00@")
     head_only = pb.ModelInferResponse()
     head_only.CopyFrom(response)
@@ -500,7 +576,10 @@ def test_aligned_framing_puts_every_payload_on_16_bytes_and_parses_as_the_same_m
     from model_runtime import wire
 
     tiles = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
-    request = pb.ModelInferRequest(model_name="m" * name_length, inputs=[pb.ModelInferRequest.InferInputTensor(name="tiles", datatype="FP32", shape=tiles.shape)])
+    request = pb.ModelInferRequest(
+        model_name="m" * name_length,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="tiles", datatype="FP32", shape=tiles.shape)],
+    )
     payloads = [memoryview(tiles).cast("B"), memoryview(tiles[:1]).cast("B")]
     frame = wire.encode_request(request, payloads, align=16)
     parsed = pb.ModelInferRequest.FromString(frame)  # upstream protobuf skips the padding as an unknown field

@@ -14,9 +14,9 @@ import rasterio
 from dagster import build_op_context
 from shapely.geometry import shape
 
-from orchestrator_svc import blocks, ops
 from clients.inference import is_transient
 from clients.storage import Storage, StorageError, join, parse
+from orchestrator_svc import blocks, ops
 from tests.orchestrator_scenes import BANDS, CRS, NODATA_PATCH_PX, ndwi_probability, write_scene
 
 
@@ -99,7 +99,9 @@ def test_centre_blend_takes_each_pixel_from_the_nearest_tile(scene_file, tmp_pat
     grid = blocks.TileGrid.for_scene(scene.width, scene.height, 128, 40)
     store = blocks.PredictionStore(tmp_path / "p", grid.count, 1, 128)
     predict_all(scene, grid, store, lambda k, tile: np.full((1, 128, 128), k + 1.0))
-    got_center = rasterio.open(blocks.stitch(store, grid, scene, ["green"], "center", tmp_path / "c.tif", "k").path).read(1)
+    got_center = rasterio.open(
+        blocks.stitch(store, grid, scene, ["green"], "center", tmp_path / "c.tif", "k").path
+    ).read(1)
     got_mean = rasterio.open(blocks.stitch(store, grid, scene, ["green"], "mean", tmp_path / "m.tif", "k").path).read(1)
     centres_x = np.array(grid.xs) + 64
     centres_y = np.array(grid.ys) + 64
@@ -142,7 +144,9 @@ def test_vectorize_merges_shapes_across_strips(scene_file, tmp_path, monkeypatch
     assert results[7] == results[64] == results[10_000] and len(results[7]) == 2
     wgs84 = blocks.vectorize(raster, 0.5, 15, 900_000, "EPSG:4326", tmp_path / "w.geojson", "water_polygons")
     features = json.loads(Path(wgs84.path).read_text())["features"]
-    assert wgs84.crs == "EPSG:4326" and len(features) == 1  # the lake (1.1 km²) stays, the river (0.7 km²) is below the minimum
+    assert (
+        wgs84.crs == "EPSG:4326" and len(features) == 1
+    )  # the lake (1.1 km²) stays, the river (0.7 km²) is below the minimum
     lon, lat = features[0]["geometry"]["coordinates"][0][0]
     assert -40 < lon < -30 and -10 < lat < 0
 
@@ -211,7 +215,9 @@ def test_export_removes_what_it_uploaded_when_it_cannot_finish(tmp_path, scene_f
         data = src.read(2).astype("float32") / 10000
     with rasterio.open(raster_path, "w", **profile) as dst:
         dst.write(data, 1)
-    raster = blocks.RasterFile(str(raster_path), "water", 300, 300, 1, profile["crs"].to_wkt(), tuple(profile["transform"])[:6], 0.0)
+    raster = blocks.RasterFile(
+        str(raster_path), "water", 300, 300, 1, profile["crs"].to_wkt(), tuple(profile["transform"])[:6], 0.0
+    )
     calls = []
     real_put = Storage.put
 
@@ -224,7 +230,12 @@ def test_export_removes_what_it_uploaded_when_it_cannot_finish(tmp_path, scene_f
     monkeypatch.setattr(Storage, "put", failing_put)
     context = build_op_context(
         resources={"constellation": ops.ConstellationResource(work_dir=str(tmp_path / "work"))},
-        op_config={"run_id": "run_1", "block_id": "out", "uri": f"file://{tmp_path}/published", "formats": ["cog", "png_preview"]},
+        op_config={
+            "run_id": "run_1",
+            "block_id": "out",
+            "uri": f"file://{tmp_path}/published",
+            "formats": ["cog", "png_preview"],
+        },
     )
     with pytest.raises(StorageError, match="disk is full"):
         ops.export_op(context, raster=raster)

@@ -63,7 +63,9 @@ def test_missing_dataset_is_invalid(orchestrator, valid):
 def test_missing_model_is_invalid(orchestrator, valid):
     valid.spec.blocks[2].model.model_id = "unknown-model"
     error = refused(orchestrator, valid, grpc.StatusCode.INVALID_ARGUMENT)
-    assert any(v.field == "spec.blocks[2].model.model_id" and "unknown-model" in v.description for v in field_violations(error))
+    assert any(
+        v.field == "spec.blocks[2].model.model_id" and "unknown-model" in v.description for v in field_violations(error)
+    )
 
 
 def test_incompatible_edge_is_invalid_and_says_what_fits(orchestrator, valid):
@@ -161,7 +163,9 @@ def test_bad_run_ids_page_tokens_and_unknown_runs(orchestrator, valid, tmp_path)
     valid.run_id = "not a valid id!"
     assert rpc_error(orchestrator.stub.LaunchRun, valid).code() == grpc.StatusCode.INVALID_ARGUMENT
     assert rpc_error(orchestrator.stub.GetRun, pb.GetRunRequest(id="run_nope")).code() == grpc.StatusCode.NOT_FOUND
-    assert rpc_error(orchestrator.stub.CancelRun, pb.CancelRunRequest(id="run_nope")).code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        rpc_error(orchestrator.stub.CancelRun, pb.CancelRunRequest(id="run_nope")).code() == grpc.StatusCode.NOT_FOUND
+    )
     watch = orchestrator.stub.WatchRun(pb.WatchRunRequest(run_id="run_nope"))
     with pytest.raises(grpc.RpcError) as raised:
         list(watch)

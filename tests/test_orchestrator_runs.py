@@ -19,11 +19,11 @@ import pytest
 import rasterio
 import requests
 
+from clients.storage import parse
 from constellation.common.v1 import common_pb2 as c
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from orchestrator_svc.launcher import PID_TAG
 from orchestrator_svc.runs import dagster_run_id
-from clients.storage import parse
 from tests.conftest import rpc_error
 from tests.orchestrator_scenes import CRS, ndwi_probability
 from tests.orchestrator_support import (  # noqa: F401 - fixtures
@@ -91,7 +91,9 @@ def assert_matches_ndwi(path: Path, scene: Path) -> np.ndarray:
     return got
 
 
-def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(tmp_path, s3_server, ndwi_endpoint, scene_512, dagster_storage):
+def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(
+    tmp_path, s3_server, ndwi_endpoint, scene_512, dagster_storage
+):
     env = orchestrator_env(tmp_path / "home", CONSTELLATION_DAGSTER_POSTGRES_URL=dagster_storage)
     orch = Orchestrator(env)
     try:
@@ -102,7 +104,11 @@ def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(tmp_path, s3_server, nd
         started = time.monotonic()
         run = orch.stub.LaunchRun(request)
         assert time.monotonic() - started < 5, "LaunchRun returns at once"
-        assert run.id.startswith("run_") and run.state in (c.RUN_STATE_QUEUED, c.RUN_STATE_STARTING, c.RUN_STATE_RUNNING)
+        assert run.id.startswith("run_") and run.state in (
+            c.RUN_STATE_QUEUED,
+            c.RUN_STATE_STARTING,
+            c.RUN_STATE_RUNNING,
+        )
 
         # Two watchers from the start and one that leaves after three events.
         streams: dict[str, list] = {}
@@ -141,7 +147,9 @@ def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(tmp_path, s3_server, nd
 
         # Resume from a cursor: the rest of the same sequence; past the end: nothing.
         middle = len(events) // 2
-        assert [e.SerializeToString() for e in orch.events(run.id, after=middle)] == [e.SerializeToString() for e in events[middle:]]
+        assert [e.SerializeToString() for e in orch.events(run.id, after=middle)] == [
+            e.SerializeToString() for e in events[middle:]
+        ]
         assert orch.events(run.id, after=len(events)) == []
 
         done = orch.stub.GetRun(pb.GetRunRequest(id=run.id))
@@ -153,7 +161,10 @@ def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(tmp_path, s3_server, nd
         by_block = {(o.block_id, o.media_type.split(";")[0]): o for o in done.outputs}
         assert by_block[("out-0", "image/tiff")].uri.startswith(f"s3://{bucket}/results/{run.id}/out-0/")
         assert by_block[("out-1", "image/tiff")].uri == f"file://{outputs_local}/{run.id}/out-1/water_probability.tif"
-        rasters = [assert_matches_ndwi(local_copy(s3_server, by_block[(b, "image/tiff")].uri, tmp_path / "dl"), scene_512) for b in ("out-0", "out-1")]
+        rasters = [
+            assert_matches_ndwi(local_copy(s3_server, by_block[(b, "image/tiff")].uri, tmp_path / "dl"), scene_512)
+            for b in ("out-0", "out-1")
+        ]
         assert np.array_equal(rasters[0], rasters[1])
         cog = local_copy(s3_server, by_block[("out-0", "image/tiff")].uri, tmp_path / "dl")
         with rasterio.open(cog) as src:
@@ -161,7 +172,9 @@ def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(tmp_path, s3_server, nd
         expected, nodata = ndwi_probability(scene_512)
         water_m2 = float(((expected > 0.5) & ~nodata).sum()) * 100.0
         for block in ("out-0", "out-1"):
-            geojson = json.loads(local_copy(s3_server, by_block[(block, "application/geo+json")].uri, tmp_path / "dl").read_text())
+            geojson = json.loads(
+                local_copy(s3_server, by_block[(block, "application/geo+json")].uri, tmp_path / "dl").read_text()
+            )
             assert geojson["type"] == "FeatureCollection" and "crs" not in geojson  # WGS84, RFC 7946
             features = geojson["features"]
             assert len(features) == 2  # the lake and the river
@@ -177,11 +190,15 @@ def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(tmp_path, s3_server, nd
 
 
 def test_launch_is_idempotent_by_run_id(orchestrator, ndwi_endpoint, scene_512, tmp_path):
-    request = water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out"], run_id="run_idem-1")
+    request = water_request(
+        f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out"], run_id="run_idem-1"
+    )
     first = orchestrator.stub.LaunchRun(request)
     again = orchestrator.stub.LaunchRun(request)
     assert first.id == again.id == "run_idem-1"
-    other = water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/elsewhere"], run_id="run_idem-1")
+    other = water_request(
+        f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/elsewhere"], run_id="run_idem-1"
+    )
     assert rpc_error(orchestrator.stub.LaunchRun, other).code() == grpc.StatusCode.ALREADY_EXISTS
     assert orchestrator.wait(first.id).state == c.RUN_STATE_SUCCEEDED
     assert len(orchestrator.stub.ListRuns(pb.ListRunsRequest()).runs) == 1
@@ -190,7 +207,13 @@ def test_launch_is_idempotent_by_run_id(orchestrator, ndwi_endpoint, scene_512, 
 def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slow_endpoint, scene_512, tmp_path):
     bucket = f"cancel-{os.urandom(3).hex()}"
     s3_server.client().create_bucket(Bucket=bucket)
-    request = water_request(f"file://{scene_512}", slow_endpoint.address, [f"s3://{bucket}/out", f"file://{tmp_path}/out"], batch_size=1, max_concurrency=1)
+    request = water_request(
+        f"file://{scene_512}",
+        slow_endpoint.address,
+        [f"s3://{bucket}/out", f"file://{tmp_path}/out"],
+        batch_size=1,
+        max_concurrency=1,
+    )
     run = orchestrator.stub.LaunchRun(request)
     wait_for_progress(orchestrator, run.id, "water", 1)
     canceling = orchestrator.stub.CancelRun(pb.CancelRunRequest(id=run.id))
@@ -204,7 +227,10 @@ def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slo
     assert final.state == c.RUN_STATE_CANCELED and not final.outputs
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
-    assert rpc_error(orchestrator.stub.CancelRun, pb.CancelRunRequest(id=run.id)).code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        rpc_error(orchestrator.stub.CancelRun, pb.CancelRunRequest(id=run.id)).code()
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
     dagster_run = orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id))
     with pytest.raises(ProcessLookupError):
         for _ in range(50):
@@ -213,7 +239,9 @@ def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slo
 
 
 def test_model_step_retries_when_the_endpoint_dies_and_comes_back(orchestrator, slow_endpoint, scene_512, tmp_path):
-    request = water_request(f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/disturbed"], batch_size=1, max_concurrency=1)
+    request = water_request(
+        f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/disturbed"], batch_size=1, max_concurrency=1
+    )
     run = orchestrator.stub.LaunchRun(request)
     wait_for_progress(orchestrator, run.id, "water", 2)
     slow_endpoint.kill()
@@ -227,10 +255,18 @@ def test_model_step_retries_when_the_endpoint_dies_and_comes_back(orchestrator, 
     retry = kinds.index("STEP_RETRY")
     assert "UNAVAILABLE" in water[retry][1] or "DEADLINE" in water[retry][1], water[retry][1]
     assert "STEP_STARTED" in kinds[retry:] and kinds[-1] == "STEP_SUCCEEDED"
-    assert any(m.startswith("resuming:") for _, m in water[retry:]), "the retry resumes from the tiles already predicted"
+    assert any(m.startswith("resuming:") for _, m in water[retry:]), (
+        "the retry resumes from the tiles already predicted"
+    )
 
     undisturbed = orchestrator.stub.LaunchRun(
-        water_request(f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/undisturbed"], batch_size=3, max_concurrency=2)
+        water_request(
+            f"file://{scene_512}",
+            slow_endpoint.address,
+            [f"file://{tmp_path}/undisturbed"],
+            batch_size=3,
+            max_concurrency=2,
+        )
     )
     assert orchestrator.wait(undisturbed.id).state == c.RUN_STATE_SUCCEEDED
     with rasterio.open(tmp_path / "disturbed" / run.id / "out-0" / "water_probability.tif") as a:
@@ -264,14 +300,22 @@ def test_restart_resumes_live_runs_and_fails_orphans(tmp_path, s3_server, slow_e
     orch = Orchestrator(orchestrator_env(tmp_path / "home"))
     try:
         # A run whose worker outlives the orchestrator: the new one adopts it and it finishes.
-        live = orch.stub.LaunchRun(water_request(f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/a"], batch_size=1, max_concurrency=1))
+        live = orch.stub.LaunchRun(
+            water_request(
+                f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/a"], batch_size=1, max_concurrency=1
+            )
+        )
         wait_for_progress(orch, live.id, "water", 1)
         orch.restart()
         assert orch.wait(live.id).state == c.RUN_STATE_SUCCEEDED
         assert names(orch.events(live.id))[-1] == "RUN_SUCCEEDED"
 
         # A run whose worker dies while no orchestrator runs: the next one reports it failed, not STARTED.
-        orphan = orch.stub.LaunchRun(water_request(f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/b"], batch_size=1, max_concurrency=1))
+        orphan = orch.stub.LaunchRun(
+            water_request(
+                f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/b"], batch_size=1, max_concurrency=1
+            )
+        )
         wait_for_progress(orch, orphan.id, "water", 1)
         pid = int(orch.server.runs.instance.get_run_by_id(dagster_run_id(orphan.id)).tags[PID_TAG])
         orch.stop()
@@ -289,16 +333,20 @@ def test_restart_resumes_live_runs_and_fails_orphans(tmp_path, s3_server, slow_e
 
 
 def test_dagster_ui_serves_the_same_instance(orchestrator, ndwi_endpoint, scene_512, tmp_path):
-    run = orchestrator.stub.LaunchRun(water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out"]))
+    run = orchestrator.stub.LaunchRun(
+        water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out"])
+    )
     assert orchestrator.wait(run.id).state == c.RUN_STATE_SUCCEEDED
     port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "orchestrator_svc.ui", "--host", "127.0.0.1", "--port", str(port)],
-        env=orchestrator.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=orchestrator.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 90
-        query = '{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }'
+        query = "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
         while True:
             try:
                 answer = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=5)

@@ -31,8 +31,12 @@ def test_export_formats_cover_the_enum():
 
 @pytest.mark.parametrize(
     "enum_type, number, name",
-    [(c.ModelTask, c.MODEL_TASK_SEGMENTATION, "segmentation"), (c.Normalization, c.NORMALIZATION_MIN_MAX, "min_max"),
-     (hosting_pb2.DeploymentState, hosting_pb2.DEPLOYMENT_STATE_READY, "ready"), (c.RunState, 0, "")],
+    [
+        (c.ModelTask, c.MODEL_TASK_SEGMENTATION, "segmentation"),
+        (c.Normalization, c.NORMALIZATION_MIN_MAX, "min_max"),
+        (hosting_pb2.DeploymentState, hosting_pb2.DEPLOYMENT_STATE_READY, "ready"),
+        (c.RunState, 0, ""),
+    ],
 )
 def test_enum_names_round_trip(enum_type, number, name):
     assert enum_name(enum_type, number) == name and enum_value(enum_type, name) == number

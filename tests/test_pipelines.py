@@ -33,7 +33,9 @@ def test_valid_pipeline_round_trips_and_orders_its_blocks(core, refs):
     assert pipeline.id.startswith("pl_")
     assert core.GetPipeline(core_pb2.GetPipelineRequest(id=pipeline.id)).spec == spec
     assert [p.name for p in core.ListPipelines(core_pb2.ListPipelinesRequest()).pipelines] == ["water"]
-    again = rpc_error(core.CreatePipeline, core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="water", spec=spec)))
+    again = rpc_error(
+        core.CreatePipeline, core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="water", spec=spec))
+    )
     assert again.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
@@ -89,7 +91,11 @@ def test_missing_references_and_bad_settings_are_placed_on_their_blocks(core, re
 
 def test_model_must_receive_its_bands_and_tile_size(core, refs):
     dataset_id, _ = refs
-    swir_model = register(core, name="swir-only", input=common_pb2.ModelInputSpec(bands=["swir1", "swir2"], tile_size_px=128, dtype="FP32"))
+    swir_model = register(
+        core,
+        name="swir-only",
+        input=common_pb2.ModelInputSpec(bands=["swir1", "swir2"], tile_size_px=128, dtype="FP32"),
+    )
     spec = water_spec(dataset_id, swir_model.id)
     problems = problems_of(core, spec)
     band_problem = next(p for p in problems if p.block_id == "water")
@@ -118,7 +124,9 @@ def test_empty_spec(core):
 
 def test_create_pipeline_rejects_invalid_specs_with_field_paths(core, refs):
     spec = water_spec(refs[0], "mdl_missing")
-    error = rpc_error(core.CreatePipeline, core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="broken", spec=spec)))
+    error = rpc_error(
+        core.CreatePipeline, core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="broken", spec=spec))
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "pipeline.spec.blocks[2].model.model_id" in [v.field for v in field_violations(error)]
     assert core.ListPipelines(core_pb2.ListPipelinesRequest()).pipelines == []
@@ -126,7 +134,9 @@ def test_create_pipeline_rejects_invalid_specs_with_field_paths(core, refs):
 
 def test_datasets_and_models_in_use_cannot_be_deleted(core, refs):
     dataset_id, model_id = refs
-    pipeline = core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="water", spec=water_spec(*refs))))
+    pipeline = core.CreatePipeline(
+        core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="water", spec=water_spec(*refs)))
+    )
     for call, request in [
         (core.DeleteDataset, core_pb2.DeleteDatasetRequest(id=dataset_id)),
         (core.DeleteModel, core_pb2.DeleteModelRequest(id=model_id)),
@@ -144,7 +154,12 @@ def test_run_rpcs_validate_their_requests(core):
         (core.RunPipeline, core_pb2.RunPipelineRequest(pipeline_id="pl_nope"), grpc.StatusCode.NOT_FOUND, "pl_nope"),
         (core.GetRun, core_pb2.GetRunRequest(id="run_nope"), grpc.StatusCode.NOT_FOUND, "run_nope"),
         (core.CancelRun, core_pb2.CancelRunRequest(id="run_nope"), grpc.StatusCode.NOT_FOUND, "run_nope"),
-        (core.ListRuns, core_pb2.ListRunsRequest(filter='state = "sleeping"'), grpc.StatusCode.INVALID_ARGUMENT, "sleeping"),
+        (
+            core.ListRuns,
+            core_pb2.ListRunsRequest(filter='state = "sleeping"'),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "sleeping",
+        ),
         (core.ListRuns, core_pb2.ListRunsRequest(filter='owner = "me"'), grpc.StatusCode.INVALID_ARGUMENT, "owner"),
     ]
     for call, request, code, mentioned in cases:
@@ -160,18 +175,27 @@ def test_run_rpcs_validate_their_requests(core):
 
 def test_a_run_whose_hosting_is_unreachable_fails_on_its_stream(core, refs):
     """The core fixture's peers point at closed ports: the run ends FAILED, saying so, instead of hanging."""
-    pipeline = core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="unreachable", spec=water_spec(*refs))))
+    pipeline = core.CreatePipeline(
+        core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="unreachable", spec=water_spec(*refs)))
+    )
     run = core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
     assert run.state == common_pb2.RUN_STATE_QUEUED and run.pipeline_id == pipeline.id
     events = list(core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id), timeout=60))
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
-    assert events[0].type == common_pb2.RUN_EVENT_TYPE_RUN_QUEUED and events[-1].type == common_pb2.RUN_EVENT_TYPE_RUN_FAILED
+    assert (
+        events[0].type == common_pb2.RUN_EVENT_TYPE_RUN_QUEUED
+        and events[-1].type == common_pb2.RUN_EVENT_TYPE_RUN_FAILED
+    )
     assert events[-1].source == "hosting" and "hosting is unreachable" in events[-1].message
     final = core.GetRun(core_pb2.GetRunRequest(id=run.id))
-    assert final.state == common_pb2.RUN_STATE_FAILED and final.state_message.startswith("hosting: hosting is unreachable")
+    assert final.state == common_pb2.RUN_STATE_FAILED and final.state_message.startswith(
+        "hosting: hosting is unreachable"
+    )
     assert final.end_time.seconds > 0
     # Replaying from the middle gives the rest, and nothing more.
-    assert [e.sequence for e in core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id, after_sequence=1))] == [e.sequence for e in events[1:]]
+    assert [e.sequence for e in core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id, after_sequence=1))] == [
+        e.sequence for e in events[1:]
+    ]
     listed = core.ListRuns(core_pb2.ListRunsRequest(filter=f'pipeline_id = "{pipeline.id}" AND state = "failed"')).runs
     assert [r.id for r in listed] == [run.id]
     error = rpc_error(core.CancelRun, core_pb2.CancelRunRequest(id=run.id))

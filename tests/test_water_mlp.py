@@ -13,11 +13,11 @@ import pytest
 import rasterio
 from onnx import numpy_helper
 
-from constellation.hosting.v1 import hosting_pb2
 from clients.inference import InferenceClient
-from orchestrator_svc import blocks
 from clients.inference import InferenceClient as PipelineClient
+from constellation.hosting.v1 import hosting_pb2
 from model_runtime.manifest import load_manifest
+from orchestrator_svc import blocks
 from scripts.make_scenes import make_scene
 from tests.hosting_support import ROOT, STATE, HostingUnderTest
 
@@ -115,10 +115,19 @@ def test_local_runtime_serves_what_onnxruntime_computes_in_process(model, tmp_pa
     hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
     try:
         status = hosting.package(WATER_MLP, name="water-mlp")
-        packaged = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED"))
+        packaged = hosting.wait_for(
+            status.model_id, STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_STATE_FAILED")
+        )
         assert packaged[-1].state == STATE.Value("DEPLOYMENT_STATE_READY"), packaged[-1].message
-        hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id, runtime=hosting_pb2.RUNTIME_LOCAL))
-        deployed = hosting.wait_for(status.model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"), STATE.Value("DEPLOYMENT_STATE_FAILED"), after=packaged[-1].sequence)
+        hosting.stub.DeployModel(
+            hosting_pb2.DeployModelRequest(model_id=status.model_id, runtime=hosting_pb2.RUNTIME_LOCAL)
+        )
+        deployed = hosting.wait_for(
+            status.model_id,
+            STATE.Value("DEPLOYMENT_STATE_HEALTHY"),
+            STATE.Value("DEPLOYMENT_STATE_FAILED"),
+            after=packaged[-1].sequence,
+        )
         assert deployed[-1].state == STATE.Value("DEPLOYMENT_STATE_HEALTHY"), deployed[-1].message
         current = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
         address = current.endpoints[0].address
@@ -133,7 +142,13 @@ def test_local_runtime_serves_what_onnxruntime_computes_in_process(model, tmp_pa
         bands = list(load_manifest(WATER_MLP).bands)
         grid = blocks.TileGrid.for_scene(2048, 2048, 256, 0)
         with (
-            blocks.TileReader(blocks.inspect_scene(str(scene), bands), grid, bands, blocks.Normalizer.build("none", bands, {}), "UINT8") as reader,
+            blocks.TileReader(
+                blocks.inspect_scene(str(scene), bands),
+                grid,
+                bands,
+                blocks.Normalizer.build("none", bands, {}),
+                "UINT8",
+            ) as reader,
             PipelineClient([address], "water-mlp", input_dtype="UINT8", output_name="water_probability") as pipeline,
         ):
             pipeline.describe()

@@ -63,7 +63,11 @@ def test_vitest_graph_editor_run_steps_and_error_decoding():
     """Vitest: the graph editor (model and component), run-step folding, BadRequest decoding (web/src/**/*.test.ts[x])."""
     result = subprocess.run(
         [str(ROOT / "node_modules" / ".bin" / "vitest"), "run", "--root", "web", "--reporter", "verbose"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, "NO_COLOR": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "passed" in result.stdout and "failed" not in result.stdout
@@ -71,7 +75,13 @@ def test_vitest_graph_editor_run_steps_and_error_decoding():
 
 def test_console_typechecks_against_the_generated_client():
     """tsc over web/ and gen/ts: a proto change that breaks the console fails here, not in a browser."""
-    result = subprocess.run([str(ROOT / "node_modules" / ".bin" / "tsc"), "-p", "web"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [str(ROOT / "node_modules" / ".bin" / "tsc"), "-p", "web"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
@@ -80,7 +90,10 @@ def test_bundle_is_under_500_kb_gzipped():
     assets = [p for p in (DIST / "assets").iterdir() if p.suffix in (".js", ".css")]
     sizes = {p.name: len(gzip.compress(p.read_bytes(), compresslevel=9)) for p in assets}
     total = sum(sizes.values())
-    figure("bundle gzipped", f"{total / 1024:.1f} kB ({', '.join(f'{n} {s / 1024:.1f} kB' for n, s in sorted(sizes.items()))})")
+    figure(
+        "bundle gzipped",
+        f"{total / 1024:.1f} kB ({', '.join(f'{n} {s / 1024:.1f} kB' for n, s in sorted(sizes.items()))})",
+    )
     assert 10_000 < total < 500 * 1024
 
 
@@ -88,7 +101,12 @@ def test_bundle_is_under_500_kb_gzipped():
 def mesh(tmp_path_factory):
     assert (DIST / "index.html").exists(), "web/dist is missing: run `make web` (make test does)"
     env = mesh_env(tmp_path_factory.mktemp("console-mesh"))
-    for name in ("CONSTELLATION_AGENT_EXPORT_URI", "CONSTELLATION_CONSOLE_WEB_ROOT", "CONSTELLATION_CONSOLE_PORT", "GEMINI_API_KEY"):
+    for name in (
+        "CONSTELLATION_AGENT_EXPORT_URI",
+        "CONSTELLATION_CONSOLE_WEB_ROOT",
+        "CONSTELLATION_CONSOLE_PORT",
+        "GEMINI_API_KEY",
+    ):
         env.pop(name, None)
     state = mesh_process.up(env)
     gateway = state["processes"]["gateway"]["address"]
@@ -119,21 +137,38 @@ def test_gateway_serves_outputs_read_only_and_nothing_outside_them(mesh):
     with urllib.request.urlopen(base + "files/run_x/out/water_preview.png", timeout=10) as response:
         assert response.read() == b"\x89PNG fake" and response.headers["content-type"] == "image/png"
     (outputs / "link.txt").symlink_to(mesh["home"] / "secret.txt")
-    for escape in ("files/../secret.txt", "files/%2e%2e/secret.txt", "files/run_x/../../secret.txt", "files/%2fetc%2fpasswd", "files/run_x/out/link.txt"):
+    for escape in (
+        "files/../secret.txt",
+        "files/%2e%2e/secret.txt",
+        "files/run_x/../../secret.txt",
+        "files/%2fetc%2fpasswd",
+        "files/run_x/out/link.txt",
+    ):
         assert http_status(base + escape) == 404, escape
     for method in ("PUT", "DELETE", "POST"):
-        assert http_status(urllib.request.Request(base + "files/run_x/out/water_preview.png", method=method, data=b"x")) == 501, method
+        assert (
+            http_status(urllib.request.Request(base + "files/run_x/out/water_preview.png", method=method, data=b"x"))
+            == 501
+        ), method
     assert (outputs / "water_preview.png").read_bytes() == b"\x89PNG fake"
 
 
 def test_outputs_want_an_api_key_when_the_mesh_has_keys(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mask_preview.png").write_bytes(b"\x89PNG")
-    server = console.serve(0, tmp_path / "no-dist", tmp_path / "out", GatewaySettings.from_env({"CONSTELLATION_API_KEYS": "s3cret:reader"}).api_keys)
+    server = console.serve(
+        0,
+        tmp_path / "no-dist",
+        tmp_path / "out",
+        GatewaySettings.from_env({"CONSTELLATION_API_KEYS": "s3cret:reader"}).api_keys,
+    )
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
+
         def with_cookie(value: str) -> urllib.request.Request:
-            return urllib.request.Request(base + "/files/mask_preview.png", headers={"Cookie": f"{console.KEY_COOKIE}={value}"})
+            return urllib.request.Request(
+                base + "/files/mask_preview.png", headers={"Cookie": f"{console.KEY_COOKIE}={value}"}
+            )
 
         assert http_status(base + "/files/mask_preview.png") == 401
         assert http_status(with_cookie("wrong")) == 401
@@ -186,7 +221,9 @@ def test_page_loads_and_renders_the_catalog(page, mesh):
     rendered_ms = page.evaluate("performance.getEntriesByName('catalog-rendered')[0].startTime")
     figure("page load -> first catalog render (through Envoy)", f"{rendered_ms:.0f} ms")
     model_row = page.locator("[data-testid=models] tr[data-model=ndwi-water]")
-    assert all(word in model_row.inner_text() for word in ("1.0.0", "segmentation", "registered", "green, nir · 256 px"))
+    assert all(
+        word in model_row.inner_text() for word in ("1.0.0", "segmentation", "registered", "green, nir · 256 px")
+    )
     shot(page, "01-catalog")
 
 
@@ -242,7 +279,10 @@ def test_agent_ranks_candidates_with_reasons_and_the_plan_opens_in_the_editor(pa
     shot(page, "03-agent")
     page.click("[data-testid=accept-plan]")
     page.locator("[data-testid=canvas]").wait_for()
-    kinds = {page.locator(f"[data-testid=canvas] .block.kind-{k}").count() for k in ("dataset", "tile", "model", "stitch", "export")}
+    kinds = {
+        page.locator(f"[data-testid=canvas] .block.kind-{k}").count()
+        for k in ("dataset", "tile", "model", "stitch", "export")
+    }
     assert kinds == {1}, "the plan's dataset, tile, model, stitch and export blocks are on the canvas"
     assert page.locator("[data-testid=canvas] g.edge").count() >= 4
     page.click("[data-testid=validate]")
@@ -252,7 +292,10 @@ def test_agent_ranks_candidates_with_reasons_and_the_plan_opens_in_the_editor(pa
 
 def test_validation_errors_appear_on_the_block_and_edge_they_concern(page):
     def block_ids() -> set[str]:
-        return {t.removeprefix("block-") for t in page.locator("[data-testid=canvas] .block").evaluate_all("(bs) => bs.map((b) => b.dataset.testid)")}
+        return {
+            t.removeprefix("block-")
+            for t in page.locator("[data-testid=canvas] .block").evaluate_all("(bs) => bs.map((b) => b.dataset.testid)")
+        }
 
     before = block_ids()
     page.drag_and_drop("[data-testid=palette-model]", "[data-testid=canvas]", target_position={"x": 520, "y": 380})
@@ -260,7 +303,9 @@ def test_validation_errors_appear_on_the_block_and_edge_they_concern(page):
     [added] = block_ids() - before
     new_block = page.locator(f"[data-testid=block-{added}]")
     # Wire the scene straight into the new model block: models take tiles, not scenes.
-    scene_id = page.locator("[data-testid=canvas] .block.kind-dataset").get_attribute("data-testid").removeprefix("block-")
+    scene_id = (
+        page.locator("[data-testid=canvas] .block.kind-dataset").get_attribute("data-testid").removeprefix("block-")
+    )
     page.click(f"[data-testid=port-out-{scene_id}]")
     page.click(f"[data-testid=port-in-{added}]")
     edge_index = page.locator("[data-testid=canvas] g.edge").count() - 1
@@ -285,25 +330,38 @@ def test_run_streams_events_with_progress_and_shows_the_outputs(page, browser):
     page.click("[data-testid=run]")
     run_view = page.locator("[data-testid=run-view]")
     error = page.locator(".editor [data-testid=error]")
-    page.wait_for_function("document.querySelector('[data-testid=run-view]') || document.querySelector('.editor [data-testid=error]')")
+    page.wait_for_function(
+        "document.querySelector('[data-testid=run-view]') || document.querySelector('.editor [data-testid=error]')"
+    )
     if error.count() and "UNIMPLEMENTED" in error.inner_text():
         shot(page, "06-run-unimplemented")
-        pytest.skip("CoreService.RunPipeline answers UNIMPLEMENTED on this branch; the console shows it: " + error.inner_text().splitlines()[0])
+        pytest.skip(
+            "CoreService.RunPipeline answers UNIMPLEMENTED on this branch; the console shows it: "
+            + error.inner_text().splitlines()[0]
+        )
     run_view.wait_for()
     page.locator("[data-testid=event]").first.wait_for()
     marks = page.evaluate("""() => Object.fromEntries(['run-clicked', 'run-created', 'first-run-event']
         .map((n) => [n, performance.getEntriesByName(n).at(-1)?.startTime]))""")
-    figure("run start (click) -> first streamed event shown", f"{marks['first-run-event'] - marks['run-clicked']:.0f} ms")
-    figure("RunPipeline answered -> first streamed event shown", f"{marks['first-run-event'] - marks['run-created']:.0f} ms")
+    figure(
+        "run start (click) -> first streamed event shown", f"{marks['first-run-event'] - marks['run-clicked']:.0f} ms"
+    )
+    figure(
+        "RunPipeline answered -> first streamed event shown",
+        f"{marks['first-run-event'] - marks['run-created']:.0f} ms",
+    )
     # Every block of the pipeline has its row (and bar) from the start.
     page.wait_for_function("document.querySelectorAll('[data-testid=steps] tr[data-step]').length === 6")
     page.wait_for_selector("[data-testid=steps] .state-running, [data-testid=steps] .state-succeeded", timeout=120_000)
     shot(page, "06-run-live")
     page.wait_for_function(
-        "['succeeded', 'failed', 'canceled'].includes(document.querySelector('[data-testid=run-state]')?.textContent)", timeout=240_000
+        "['succeeded', 'failed', 'canceled'].includes(document.querySelector('[data-testid=run-state]')?.textContent)",
+        timeout=240_000,
     )
     shot(page, "07-run-finished")
-    assert page.locator("[data-testid=run-state]").inner_text() == "succeeded", page.locator("[data-testid=run-view]").inner_text()[:3000]
+    assert page.locator("[data-testid=run-state]").inner_text() == "succeeded", page.locator(
+        "[data-testid=run-view]"
+    ).inner_text()[:3000]
     assert page.locator("[data-testid=steps] .progress").count() >= 4
     sources = page.locator("[data-testid=event]").all_inner_texts()
     assert any("[orchestrator]" in s for s in sources)
@@ -342,11 +400,16 @@ def test_deployment_streams_live_states(page):
     stream = page.locator("[data-testid=deployment-stream]")
     stream.wait_for()
     started = time.monotonic()
-    page.wait_for_function("document.querySelectorAll('[data-testid=deployment-stream] li').length >= 2", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelectorAll('[data-testid=deployment-stream] li').length >= 2", timeout=60_000
+    )
     states = stream.locator("li strong").all_inner_texts()
     assert states[0] in ("packaging", "deploying", "building", "ready", "healthy"), states
     shot(page, "08-deployment")
-    figure("deployment events streamed", f"{len(states)} in {time.monotonic() - started:.1f} s: {' -> '.join(dict.fromkeys(states))}")
+    figure(
+        "deployment events streamed",
+        f"{len(states)} in {time.monotonic() - started:.1f} s: {' -> '.join(dict.fromkeys(states))}",
+    )
 
 
 def test_a_stored_pipeline_opens_in_the_editor_and_its_run_can_be_canceled(page):
@@ -357,14 +420,20 @@ def test_a_stored_pipeline_opens_in_the_editor_and_its_run_can_be_canceled(page)
     stored = page.locator("[data-testid=open-pipeline] option").all_inner_texts()[1:]
     assert len(stored) == 1 and stored[0].startswith("console-")  # the one the run above saved
     page.select_option("[data-testid=open-pipeline]", label=stored[0])
-    assert page.locator("[data-testid=canvas] .block").count() == 6 and page.locator("[data-testid=canvas] g.edge").count() == 6
+    assert (
+        page.locator("[data-testid=canvas] .block").count() == 6
+        and page.locator("[data-testid=canvas] g.edge").count() == 6
+    )
     page.click("[data-testid=run]")
     page.locator("[data-testid=cancel-run]").click()
     page.wait_for_function(
-        "['canceled', 'failed', 'succeeded'].includes(document.querySelector('[data-testid=run-state]')?.textContent)", timeout=90_000
+        "['canceled', 'failed', 'succeeded'].includes(document.querySelector('[data-testid=run-state]')?.textContent)",
+        timeout=90_000,
     )
     shot(page, "09-run-canceled")
-    assert page.locator("[data-testid=run-state]").inner_text() == "canceled", page.locator("[data-testid=run-view]").inner_text()[:3000]
+    assert page.locator("[data-testid=run-state]").inner_text() == "canceled", page.locator(
+        "[data-testid=run-view]"
+    ).inner_text()[:3000]
     assert page.locator("[data-testid=cancel-run]").count() == 0
 
 

@@ -106,11 +106,24 @@ READING_SCHEMA = _obj(
     {
         "task": {"type": "STRING", "enum": ["", *TASKS], "description": "the model task the goal needs, or empty"},
         "sensors": {**STRINGS, "description": "sensors the user names, lowercase like sentinel-2, landsat-8"},
-        "bands": {**STRINGS, "description": "bands the user requires: blue, green, red, nir, swir, rededge, tir, vv, vh, ..."},
-        "modality": {"type": "STRING", "enum": ["", "sar", "optical"], "description": "only if the user insists on radar or optical"},
+        "bands": {
+            **STRINGS,
+            "description": "bands the user requires: blue, green, red, nir, swir, rededge, tir, vv, vh, ...",
+        },
+        "modality": {
+            "type": "STRING",
+            "enum": ["", "sar", "optical"],
+            "description": "only if the user insists on radar or optical",
+        },
         "place": {**STRING, "description": "the named place, or empty"},
-        "bbox": _obj({"min_x": NUMBER, "min_y": NUMBER, "max_x": NUMBER, "max_y": NUMBER}, description="lon/lat box of the place, if any"),
-        "max_resolution_m": {**NUMBER, "description": "coarsest acceptable ground sample distance in metres; 0 if not said"},
+        "bbox": _obj(
+            {"min_x": NUMBER, "min_y": NUMBER, "max_x": NUMBER, "max_y": NUMBER},
+            description="lon/lat box of the place, if any",
+        ),
+        "max_resolution_m": {
+            **NUMBER,
+            "description": "coarsest acceptable ground sample distance in metres; 0 if not said",
+        },
         "max_latency_ms": {**NUMBER, "description": "slowest acceptable model latency per tile in ms; 0 if not said"},
         "min_accuracy": {**NUMBER, "description": "lowest acceptable accuracy/IoU/F1 in [0, 1]; 0 if not said"},
         "keywords": {**STRINGS, "description": "what to look for in catalog text: the phenomenon, objects, synonyms"},
@@ -133,27 +146,51 @@ SPEC_SCHEMA = _obj(
                         {
                             "tile_size_px": INTEGER,
                             "overlap_px": INTEGER,
-                            "normalization": {"type": "STRING", "enum": _enum_names(common_pb2.Normalization, "NORMALIZATION_")},
+                            "normalization": {
+                                "type": "STRING",
+                                "enum": _enum_names(common_pb2.Normalization, "NORMALIZATION_"),
+                            },
                         }
                     ),
                     "model": _obj({"model_id": STRING, "batch_size": INTEGER, "max_concurrency": INTEGER}),
-                    "stitch": _obj({"blend": {"type": "STRING", "enum": _enum_names(common_pb2.BlendMode, "BLEND_MODE_")}}),
+                    "stitch": _obj(
+                        {"blend": {"type": "STRING", "enum": _enum_names(common_pb2.BlendMode, "BLEND_MODE_")}}
+                    ),
                     "index": _obj(
                         {
-                            "preset": {"type": "STRING", "enum": _enum_names(common_pb2.SpectralIndex, "SPECTRAL_INDEX_")},
+                            "preset": {
+                                "type": "STRING",
+                                "enum": _enum_names(common_pb2.SpectralIndex, "SPECTRAL_INDEX_"),
+                            },
                             "first_band": STRING,
                             "second_band": STRING,
                         }
                     ),
-                    "vectorize": _obj({"threshold": NUMBER, "simplify_tolerance_m": NUMBER, "min_area_m2": NUMBER, "crs": STRING}),
+                    "vectorize": _obj(
+                        {"threshold": NUMBER, "simplify_tolerance_m": NUMBER, "min_area_m2": NUMBER, "crs": STRING}
+                    ),
                     "export": _obj(
-                        {"uri": STRING, "formats": {"type": "ARRAY", "items": {"type": "STRING", "enum": _enum_names(common_pb2.ExportFormat, "EXPORT_FORMAT_")}}}
+                        {
+                            "uri": STRING,
+                            "formats": {
+                                "type": "ARRAY",
+                                "items": {
+                                    "type": "STRING",
+                                    "enum": _enum_names(common_pb2.ExportFormat, "EXPORT_FORMAT_"),
+                                },
+                            },
+                        }
                     ),
                 },
                 ["id", "kind"],
             ),
         },
-        "edges": {"type": "ARRAY", "items": _obj({"source_block_id": STRING, "target_block_id": STRING}, ["source_block_id", "target_block_id"])},
+        "edges": {
+            "type": "ARRAY",
+            "items": _obj(
+                {"source_block_id": STRING, "target_block_id": STRING}, ["source_block_id", "target_block_id"]
+            ),
+        },
         "rationale": {"type": "ARRAY", "items": _obj({"block_id": STRING, "reason": STRING}, ["block_id", "reason"])},
     },
     ["blocks", "edges", "rationale"],
@@ -226,7 +263,9 @@ class GeminiPlanner:
         key = self.settings.api_key
         return message.replace(key, "[redacted]") if key else message
 
-    def _generate(self, contents: list[types.Content], config: types.GenerateContentConfig) -> types.GenerateContentResponse:
+    def _generate(
+        self, contents: list[types.Content], config: types.GenerateContentConfig
+    ) -> types.GenerateContentResponse:
         """One generateContent call, retried with exponential backoff on 408/429/5xx and transport errors."""
         last = ""
         for attempt in range(1, self.settings.attempts + 1):
@@ -241,7 +280,10 @@ class GeminiPlanner:
             if attempt < self.settings.attempts:
                 delay = min(self.settings.max_backoff_s, self.settings.backoff_s * 2 ** (attempt - 1))
                 delay *= 0.5 + random.random() / 2  # jitter, so concurrent agents do not retry in step
-                log.warning("gemini call failed; retrying", extra={"attempt": attempt, "error": last, "delay_s": round(delay, 3)})
+                log.warning(
+                    "gemini call failed; retrying",
+                    extra={"attempt": attempt, "error": last, "delay_s": round(delay, 3)},
+                )
                 time.sleep(delay)
         raise Unavailable(
             f"Gemini ({self.settings.model}) did not answer after {self.settings.attempts} attempts (last: {last}); "
@@ -258,9 +300,7 @@ class GeminiPlanner:
         detail = self._redact(str(error.message or error.status or ""))[:300]
         return FailedPrecondition(f"Gemini rejected the request (HTTP {error.code}): {detail}")
 
-    def _json_call(
-        self, contents: list[types.Content], instruction: str, schema: dict[str, Any], parse, what: str
-    ):
+    def _json_call(self, contents: list[types.Content], instruction: str, schema: dict[str, Any], parse, what: str):
         """Ask for JSON in `schema`; feed `parse`'s complaints back until it accepts or repairs run out."""
         config = types.GenerateContentConfig(
             system_instruction=instruction,
@@ -283,13 +323,22 @@ class GeminiPlanner:
                     result, problems = parse(data)
                     if not problems:
                         return result
-            log.info("gemini answer not usable; asking for a repair", extra={"what": what, "attempt": attempt + 1, "problems": len(problems)})
+            log.info(
+                "gemini answer not usable; asking for a repair",
+                extra={"what": what, "attempt": attempt + 1, "problems": len(problems)},
+            )
             contents = [
                 *contents,
                 types.Content(role="model", parts=[types.Part(text=answer or "(empty)")]),
                 types.Content(
                     role="user",
-                    parts=[types.Part(text="That answer cannot be used:\n- " + "\n- ".join(problems) + "\nReturn a corrected answer, JSON only, in the same schema.")],
+                    parts=[
+                        types.Part(
+                            text="That answer cannot be used:\n- "
+                            + "\n- ".join(problems)
+                            + "\nReturn a corrected answer, JSON only, in the same schema."
+                        )
+                    ],
                 ),
             ]
         raise FailedPrecondition(
@@ -302,7 +351,9 @@ class GeminiPlanner:
 
     def read(self, query: Query) -> Intent:
         contents = [types.Content(role="user", parts=[types.Part(text=query.prompt)])]
-        return self._json_call(contents, READ_INSTRUCTION, READING_SCHEMA, lambda d: _intent_from_reading(query, d), "prompt reading")
+        return self._json_call(
+            contents, READ_INSTRUCTION, READING_SCHEMA, lambda d: _intent_from_reading(query, d), "prompt reading"
+        )
 
     def recommend(self, query: Query) -> Recommendation:
         intent = self.read(query)
@@ -315,7 +366,9 @@ class GeminiPlanner:
         intent = self.read(query)
         snapshot = self.catalog.snapshot()
         check_pins(snapshot, query)
-        recommendation = ranking.rank(snapshot.index, intent, query.max_results, query.dataset_id, query.model_id, planner=self.name)
+        recommendation = ranking.rank(
+            snapshot.index, intent, query.max_results, query.dataset_id, query.model_id, planner=self.name
+        )
         if recommendation.best_pair is None:
             raise FailedPrecondition(f"cannot build a pipeline: {no_pair_reason(snapshot, query, recommendation)}")
 
@@ -324,7 +377,11 @@ class GeminiPlanner:
         contents.append(
             types.Content(
                 role="user",
-                parts=[types.Part(text="Now return the pipeline as JSON in the schema: blocks, edges, and one rationale entry per block.")],
+                parts=[
+                    types.Part(
+                        text="Now return the pipeline as JSON in the schema: blocks, edges, and one rationale entry per block."
+                    )
+                ],
             )
         )
 
@@ -367,7 +424,9 @@ class GeminiPlanner:
                 contents = [*contents, content]
             if not calls:
                 return contents
-            parts = [types.Part.from_function_response(name=call.name or "", response=self._run_tool(call)) for call in calls]
+            parts = [
+                types.Part.from_function_response(name=call.name or "", response=self._run_tool(call)) for call in calls
+            ]
             contents = [*contents, types.Content(role="user", parts=parts)]
         return contents
 
@@ -386,7 +445,9 @@ class GeminiPlanner:
                 return {"model": _brief_model(self.catalog.get_model(args.get("id", "")))}
         except LookupFailed as error:
             return {"error": str(error)}
-        return {"error": f"no function named {call.name!r}; use search_datasets, search_models, get_dataset or get_model"}
+        return {
+            "error": f"no function named {call.name!r}; use search_datasets, search_models, get_dataset or get_model"
+        }
 
 
 def _text_of(response: types.GenerateContentResponse) -> str:

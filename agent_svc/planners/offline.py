@@ -25,7 +25,9 @@ def no_pair_reason(snapshot: Snapshot, query: Query, recommendation: Recommendat
         missing = [b for b in m.bands if b not in d.bands]
         return f"model {m.name!r} reads bands {', '.join(m.bands)}, but dataset {d.name!r} lacks {', '.join(missing)}"
     pinned = f"the pinned {'dataset' if query.dataset_id else 'model'} " if (query.dataset_id or query.model_id) else ""
-    return f"no model in the catalog reads only bands that {pinned or 'a leading dataset '}has; {recommendation.summary}"
+    return (
+        f"no model in the catalog reads only bands that {pinned or 'a leading dataset '}has; {recommendation.summary}"
+    )
 
 
 def annotate(rationale: list[BlockReason], recommendation: Recommendation) -> list[BlockReason]:
@@ -34,7 +36,9 @@ def annotate(rationale: list[BlockReason], recommendation: Recommendation) -> li
         return rationale
     notes = {"scene": recommendation.datasets[0].shortfalls, "infer": recommendation.models[0].shortfalls}
     return [
-        BlockReason(r.block_id, r.reason + (f" (falls short: {'; '.join(notes[r.block_id])})" if notes.get(r.block_id) else ""))
+        BlockReason(
+            r.block_id, r.reason + (f" (falls short: {'; '.join(notes[r.block_id])})" if notes.get(r.block_id) else "")
+        )
         for r in rationale
     ]
 
@@ -67,7 +71,11 @@ class OfflinePlanner:
             index = snapshot.index
             d, m = index.d_by_id[dataset_id], index.m_by_id[model_id]
             spec, rationale = planning.build_spec(
-                snapshot.catalog.datasets[d], snapshot.catalog.models[m], intent, self.export_base, sar=bool(index.d_sar[d])
+                snapshot.catalog.datasets[d],
+                snapshot.catalog.models[m],
+                intent,
+                self.export_base,
+                sar=bool(index.d_sar[d]),
             )
             validation = self.catalog.validate(spec)
             if validation.valid:

@@ -22,7 +22,9 @@ LABEL_OWNER = "constellation.owner"
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, engine: images.Engine, owner: str = "", base_image: str = "", builds: Path | None = None) -> None:
+    def __init__(
+        self, engine: images.Engine, owner: str = "", base_image: str = "", builds: Path | None = None
+    ) -> None:
         self.engine = engine
         # Which hosting's replicas these are (its home folder), so meshes sharing an engine keep apart
         # and `constellation down` removes only its own.
@@ -71,7 +73,9 @@ class DockerRuntime:
         for stale in self.engine.containers(**{"constellation.replica_name": name}):
             stale.remove(force=True)
         labels["constellation.replica_name"] = name
-        container_id = self.engine.run(model.image, name, port, labels, model.manifest.get("resources", {}), restart=True)
+        container_id = self.engine.run(
+            model.image, name, port, labels, model.manifest.get("resources", {}), restart=True
+        )
         return Replica(container_id, f"127.0.0.1:{port}")
 
     def start_trial(self, model: HostedModel, port: int) -> Replica:
@@ -105,7 +109,11 @@ class DockerRuntime:
         return found
 
     def discard_trials(self, model_id: str = "") -> None:
-        wanted = {images.LABEL_ROLE: "smoke", LABEL_OWNER: self.owner, **({images.LABEL_MODEL: model_id} if model_id else {})}
+        wanted = {
+            images.LABEL_ROLE: "smoke",
+            LABEL_OWNER: self.owner,
+            **({images.LABEL_MODEL: model_id} if model_id else {}),
+        }
         for container in self.engine.containers(**wanted):
             container.remove(force=True)
 

@@ -45,9 +45,19 @@ class LocalRuntime:
             log("creating venv for the local runtime")
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
             result = subprocess.run(
-                [str(venv / "bin" / "pip"), "install", "--no-index", "--disable-pip-version-check", "--find-links", str(wheelhouse),
-                 "-r", str(wheelhouse / "requirements.txt")],
-                capture_output=True, text=True, timeout=600,
+                [
+                    str(venv / "bin" / "pip"),
+                    "install",
+                    "--no-index",
+                    "--disable-pip-version-check",
+                    "--find-links",
+                    str(wheelhouse),
+                    "-r",
+                    str(wheelhouse / "requirements.txt"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             if result.returncode != 0:
                 raise RuntimeError("pip install failed: " + (result.stdout + result.stderr).strip().splitlines()[-1])
@@ -71,8 +81,23 @@ class LocalRuntime:
         }
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                [str(home / "venv" / "bin" / "python"), "-m", "model_runtime", "--model-dir", str(home / "model"), "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=home,
+                [
+                    str(home / "venv" / "bin" / "python"),
+                    "-m",
+                    "model_runtime",
+                    "--model-dir",
+                    str(home / "model"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=home,
             )
         (home / f"replica-{index}.pid").write_text(f"{process.pid} {port}\n")
         return Replica(f"pid:{process.pid}", f"127.0.0.1:{port}")

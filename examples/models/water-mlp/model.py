@@ -62,5 +62,7 @@ class WaterMlp:
             return self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})[0]
         out = np.empty((len(batch), 1, *batch.shape[2:]), np.float32)
         for start in range(0, len(batch), step):
-            out[start : start + step] = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch[start : start + step])})[0]
+            out[start : start + step] = self._session.run(
+                [OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch[start : start + step])}
+            )[0]
         return out

@@ -102,7 +102,7 @@ def train(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
     for _ in range(EPOCHS):
         order = rng.permutation(len(y))
         for start in range(0, len(y), BATCH_PX):
-            batch = order[start:start + BATCH_PX]
+            batch = order[start : start + BATCH_PX]
             step += 1
             for p, g, m, v in zip(params, gradients(params, x[batch], y[batch]), first, second):
                 m *= beta1
@@ -145,7 +145,9 @@ def to_onnx(params: list[np.ndarray]):  # type: ignore[no-untyped-def]
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 1, "height", "width"])],
         initializers,
     )
-    model = helper.make_model(graph, producer_name="constellation water-mlp train.py", opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(
+        graph, producer_name="constellation water-mlp train.py", opset_imports=[helper.make_opsetid("", OPSET)]
+    )
     model.ir_version = 8
     return model
 
@@ -203,11 +205,13 @@ def main(out: Path = HERE) -> dict:
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
 
     row, col = EXAMPLE_WINDOW
-    np.save(out / "example_input.npy", scene[None, :, row:row + 256, col:col + 256].astype(np.uint8))
+    np.save(out / "example_input.npy", scene[None, :, row : row + 256, col : col + 256].astype(np.uint8))
     return card
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for water_mlp.onnx, card.json, example_input.npy")
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder for water_mlp.onnx, card.json, example_input.npy"
+    )
     print(json.dumps(main(parser.parse_args().out), indent=2))
