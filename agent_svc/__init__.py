@@ -1,1 +1,4 @@
-"""Agent: ranked datasets and models, and a pipeline spec core validates, for a plain-language goal (see docs/architecture.md)."""
+"""Agent: ranked datasets and models, and a pipeline spec core validates, for a plain-language goal.
+
+See docs/architecture.md.
+"""

@@ -138,7 +138,8 @@ def build_spec(
         rationale.append(
             BlockReason(
                 "polygons",
-                f"the prompt asks for polygons or the task yields a mask: pixels above 0.5 become polygons, simplified to "
+                "the prompt asks for polygons or the task yields a mask: pixels above 0.5 become polygons, "
+                "simplified to "
                 f"{resolution:g} m (one pixel) and dropping areas under four pixels, in EPSG:4326",
             )
         )

@@ -517,7 +517,10 @@ def summarize(
         )
     d, m = datasets[0], models[0]
     if satisfied:
-        return f"Read the prompt as: {understood}. Best fit: dataset {d.name} with model {m.name}; both meet every constraint."
+        return (
+            f"Read the prompt as: {understood}. Best fit: dataset {d.name} with model {m.name}; both meet "
+            "every constraint."
+        )
     misses = [f"{d.name}: {'; '.join(d.shortfalls)}" for d in datasets[:1] if d.shortfalls]
     misses += [f"{m.name}: {'; '.join(m.shortfalls)}" for m in models[:1] if m.shortfalls]
     return (

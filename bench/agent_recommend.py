@@ -315,7 +315,8 @@ def main() -> None:
 
     matcher = "BM25 + MiniLM" if embedder else "BM25"
     print(
-        f"offline Recommend, domain only ({matcher}; prompt reading + ranking on an in-memory snapshot; N datasets + N models)"
+        f"offline Recommend, domain only ({matcher}; prompt reading + ranking on an in-memory snapshot; N "
+        "datasets + N models)"
     )
     results = {}
     for n in (int(v) for v in args.sizes.split(",")):

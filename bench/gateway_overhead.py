@@ -132,7 +132,8 @@ def main() -> None:
             "ListDatasets(50)": core_pb2.ListDatasetsRequest(page_size=50),
         }
         print(
-            f"core at {direct}, envoy at {via_gateway}; {args.concurrency} client threads, {args.seconds:.0f}s per RPC and path"
+            f"core at {direct}, envoy at {via_gateway}; {args.concurrency} client threads, {args.seconds:.0f}s "
+            "per RPC and path"
         )
         print(f"{'rpc':<18}{'path':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
         for name, request in cases.items():

@@ -190,12 +190,14 @@ def main() -> None:
             code.write("\n# a code-only change\n")
         again, build, _ = package_and_wait(hosting, folder, "ndwi4")
         print(
-            f"2. first package {first:.1f} s (build {first_build:.1f} s); after a code-only change: package {again:.1f} s, build {build:.1f} s (target <= 15 s)"
+            f"2. first package {first:.1f} s (build {first_build:.1f} s); after a code-only change: package "
+            f"{again:.1f} s, build {build:.1f} s (target <= 15 s)"
         )
 
         times = [deploy_to_first_inference(hosting, model_id, hosting_pb2.RUNTIME_DOCKER) for _ in range(args.deploys)]
         print(
-            f"3. docker: deploy to first inference median {statistics.median(times):.2f} s over {len(times)} (min {min(times):.2f}, max {max(times):.2f}; target <= 3 s)"
+            f"3. docker: deploy to first inference median {statistics.median(times):.2f} s over {len(times)} (min "
+            f"{min(times):.2f}, max {max(times):.2f}; target <= 3 s)"
         )
         address = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id)).endpoints[0].address
 
@@ -217,7 +219,8 @@ def main() -> None:
         ceiling, in_proc = figures["plain grpcio, same bytes, no compute"], figures["predict() in-process"]
         for label, value in figures.items():
             print(
-                f"   {label:<40} {value:8.0f}   {value / ceiling:5.2f} of plain grpcio   {value / in_proc:5.2f} of in-process"
+                f"   {label:<40} {value:8.0f}   {value / ceiling:5.2f} of plain grpcio   {value / in_proc:5.2f} "
+                "of in-process"
             )
         for label, baseline in (
             ("runtime in docker, our client", "plain grpcio, same bytes, no compute"),

@@ -319,7 +319,8 @@ def main() -> None:
     tune_malloc()  # what the runtime does at start; the client side benefits the same way
     slice_s, callers = args.seconds / args.rounds, args.callers
     print(
-        f"ModelInfer, batches of {TILES} tiles of {BANDS}x{SIZE}x{SIZE} float32 ({tiles().nbytes >> 20} MiB), {callers} caller(s), "
+        f"ModelInfer, batches of {TILES} tiles of {BANDS}x{SIZE}x{SIZE} float32 ({tiles().nbytes >> 20} MiB), "
+        f"{callers} caller(s), "
         f"{args.rounds} rounds of {slice_s:g} s per arm, {os.cpu_count()} CPU(s); medians over rounds"
     )
     plain, echo = Plain(TILES * 1 * SIZE * SIZE * 4), Plain(-1)
@@ -351,12 +352,14 @@ def main() -> None:
                     arms["c"].append(
                         served(
                             process.pid,
-                            lambda: rate(lambda: client.infer(name, batch), slice_s, callers),
+                            lambda: rate(lambda: client.infer(name, batch), slice_s, callers),  # noqa: B023 -- called in this iteration
                             cpu["c"],
                             slice_s,
                         )
                     )
-                    arms["d"].append(served(process.pid, lambda: triton.rate(slice_s), cpu["d"], slice_s))
+                    arms["d"].append(
+                        served(process.pid, lambda: triton.rate(slice_s), cpu["d"], slice_s)  # noqa: B023 -- called here
+                    )
                 client.close()
             finally:
                 if triton is not None:
@@ -365,23 +368,27 @@ def main() -> None:
             a, b, e, c, d = (median(arms[k]) for k in ("a", "b", "echo", "c", "d"))
 
             def ratio(x: str, y: str) -> float:
-                return median([p / q for p, q in zip(arms[x], arms[y], strict=True)])
+                return median([p / q for p, q in zip(arms[x], arms[y], strict=True)])  # noqa: B023 -- used in this iteration
 
             print(f"{name}:")
             compute_ms = median(cpu["a"])
             print(
-                f"  (a) predict() in-process                          {a:7.0f} tiles/s   CPU {compute_ms:5.1f} ms per batch"
+                f"  (a) predict() in-process                          {a:7.0f} tiles/s   CPU {compute_ms:5.1f} ms "
+                "per batch"
             )
             print(
-                f"  (b) plain grpcio, 8 MiB in / 2 MiB out, no work   {b:7.0f} tiles/s   server CPU {median(cpu['b']):5.1f} ms per batch"
+                f"  (b) plain grpcio, 8 MiB in / 2 MiB out, no work   {b:7.0f} tiles/s   server CPU "
+                f"{median(cpu['b']):5.1f} ms per batch"
             )
             print(f"      plain grpcio echo, 8 MiB in / 8 MiB out       {e:7.0f} tiles/s")
             print(
-                f"  (c) runtime, our client (raw_input_contents)      {c:7.0f} tiles/s   server CPU {median(cpu['c']):5.1f} ms per batch"
+                f"  (c) runtime, our client (raw_input_contents)      {c:7.0f} tiles/s   server CPU "
+                f"{median(cpu['c']):5.1f} ms per batch"
                 f" ({median(cpu['c']) - compute_ms:+.1f} ms beside predict)"
             )
             print(
-                f"  (d) runtime, tritonclient (own process)           {d:7.0f} tiles/s   server CPU {median(cpu['d']):5.1f} ms per batch"
+                f"  (d) runtime, tritonclient (own process)           {d:7.0f} tiles/s   server CPU "
+                f"{median(cpu['d']):5.1f} ms per batch"
                 f" ({median(cpu['d']) - compute_ms:+.1f} ms beside predict)"
             )
             serial = [1 / (1 / x + 1 / y) for x, y in zip(arms["a"], arms["b"], strict=True)]
@@ -390,7 +397,8 @@ def main() -> None:
                 "   (one caller waits for each reply: transport and compute add up)"
             )
             print(
-                f"      (c)/(b) {ratio('c', 'b'):.2f}  (c)/(a) {ratio('c', 'a'):.2f}  (d)/(b) {ratio('d', 'b'):.2f}  (d)/(a) {ratio('d', 'a'):.2f}"
+                f"      (c)/(b) {ratio('c', 'b'):.2f}  (c)/(a) {ratio('c', 'a'):.2f}  (d)/(b) "
+                f"{ratio('d', 'b'):.2f}  (d)/(a) {ratio('d', 'a'):.2f}"
                 f"  (c)/echo {ratio('c', 'echo'):.2f}  (d)/echo {ratio('d', 'echo'):.2f}"
                 f"  (c)/serial {median([c / x for c, x in zip(arms['c'], serial, strict=True)]):.2f}"
             )

@@ -132,15 +132,17 @@ def main() -> None:
 
         baseline = figures["in-process onnxruntime"]
         print(
-            f"ModelInfer, batches of {TILES} x 6x256x256 uint8, {args.callers} caller(s), median of {args.rounds} rounds (tiles/s):"
+            f"ModelInfer, batches of {TILES} x 6x256x256 uint8, {args.callers} caller(s), median of {args.rounds} "
+            "rounds (tiles/s):"
         )
         for label, values in figures.items():
-            ratios = [v / b for v, b in zip(values, baseline)]
+            ratios = [v / b for v, b in zip(values, baseline, strict=True)]
             ratio = median(ratios)
             verdict = (
                 ""
                 if label.startswith("in-process")
-                else f" (rounds {min(ratios):.2f}-{max(ratios):.2f})   [{'ok' if ratio >= 0.8 else 'MISSES TARGET'}: >= 0.80]"
+                else f" (rounds {min(ratios):.2f}-{max(ratios):.2f})   "
+                f"[{'ok' if ratio >= 0.8 else 'MISSES TARGET'}: >= 0.80]"
             )
             print(f"   {label:<28} {median(values):8.1f}   {ratio:5.2f} of in-process{verdict}")
     finally:

@@ -151,7 +151,8 @@ def tight_loop(
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         endpoint_cpu = cpu_seconds(endpoint_pid) - endpoint_start if endpoint_pid else 0.0
     print(
-        f"    loop ({concurrency} in flight): {grid.count / elapsed:.0f} tiles/s; client {cpu / grid.count * 1000:.2f} ms CPU/tile, endpoint {endpoint_cpu / grid.count * 1000:.2f} ms CPU/tile",
+        f"    loop ({concurrency} in flight): {grid.count / elapsed:.0f} tiles/s; client "
+        f"{cpu / grid.count * 1000:.2f} ms CPU/tile, endpoint {endpoint_cpu / grid.count * 1000:.2f} ms CPU/tile",
         flush=True,
     )
     return grid.count / elapsed, grid.count, (cpu + endpoint_cpu) / grid.count
@@ -177,7 +178,8 @@ def main() -> int:
         started = time.monotonic()
         scenes[size] = write_scene(work / f"scene-{size}.tif", size, rows_per_write=256)
         print(
-            f"scene {size}x{size}x4 uint16 written in {time.monotonic() - started:.1f}s ({scenes[size].stat().st_size / 2**20:.0f} MiB)",
+            f"scene {size}x{size}x4 uint16 written in {time.monotonic() - started:.1f}s "
+            f"({scenes[size].stat().st_size / 2**20:.0f} MiB)",
             flush=True,
         )
 
@@ -213,7 +215,8 @@ def main() -> int:
             step = tiles / watched.step_seconds("water")
             step_cpu = (watched.worker_step_cpu() + watched.endpoint_step_cpu()) / tiles
             print(
-                f"    pipeline: worker {watched.worker_step_cpu() / tiles * 1000:.2f} ms CPU/tile, endpoint {watched.endpoint_step_cpu() / tiles * 1000:.2f} ms CPU/tile",
+                f"    pipeline: worker {watched.worker_step_cpu() / tiles * 1000:.2f} ms CPU/tile, endpoint "
+                f"{watched.endpoint_step_cpu() / tiles * 1000:.2f} ms CPU/tile",
                 flush=True,
             )
             after, _, after_cpu = tight_loop(scenes[args.throughput], endpoint.address, pid)
@@ -257,7 +260,8 @@ def main() -> int:
                 for b in ("scene", "tiles", "water", "mosaic", "polygons", "out-0")
             )
             print(
-                f"{size}x{size}: run {time.monotonic() - started:.1f}s ({steps}); worker peak RSS {rss_kib[size] / 1024:.0f} MiB",
+                f"{size}x{size}: run {time.monotonic() - started:.1f}s ({steps}); worker peak RSS "
+                f"{rss_kib[size] / 1024:.0f} MiB",
                 flush=True,
             )
     finally:
@@ -269,20 +273,25 @@ def main() -> int:
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
     print()
     print(
-        f"inference throughput: pipeline model step {step:.0f} tiles/s vs tight loop {loop:.0f} tiles/s (medians); median round ratio {share:.1%} (target >= 85%)"
+        f"inference throughput: pipeline model step {step:.0f} tiles/s vs tight loop {loop:.0f} tiles/s "
+        f"(medians); median round ratio {share:.1%} (target >= 85%)"
     )
     print(
-        f"  CPU-bound equivalent (loop CPU per tile / pipeline CPU per tile, client + endpoint): median {statistics.median(cpu_ratios):.1%}"
+        "  CPU-bound equivalent (loop CPU per tile / pipeline CPU per tile, client + endpoint): median "
+        f"{statistics.median(cpu_ratios):.1%}"
     )
     sequential = statistics.median(sequential_rates)
     print(
-        f"  against a sequential tight loop (one request at a time): {sequential:.0f} tiles/s, pipeline = {step / sequential:.1%}"
+        f"  against a sequential tight loop (one request at a time): {sequential:.0f} tiles/s, pipeline = "
+        f"{step / sequential:.1%}"
     )
     print(
-        f"event latency (Dagster write -> WatchRun client), {len(latencies)} events: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms (target p95 <= 250 ms)"
+        f"event latency (Dagster write -> WatchRun client), {len(latencies)} events: p50 {p50:.0f} ms, p95 "
+        f"{p95:.0f} ms, max {max(latencies):.0f} ms (target p95 <= 250 ms)"
     )
     print(
-        f"peak worker memory: {args.small}^2 {rss_kib[args.small] / 1024:.0f} MiB, {args.large}^2 {rss_kib[args.large] / 1024:.0f} MiB = {ratio:.2f}x (target <= 1.5x)"
+        f"peak worker memory: {args.small}^2 {rss_kib[args.small] / 1024:.0f} MiB, {args.large}^2 "
+        f"{rss_kib[args.large] / 1024:.0f} MiB = {ratio:.2f}x (target <= 1.5x)"
     )
     ok = share >= 0.85 and p95 <= 250 and ratio <= 1.5
     print("all targets met" if ok else "TARGET MISSED")

@@ -109,7 +109,8 @@ def main() -> None:
             runtimes.remove("docker")
     baseline, tiles = in_process_tiles_per_s(scene, MODELS / args.model)
     print(
-        f"scene {scene.name}: {args.size}x{args.size} px, {tiles} tiles of 256 px; {args.model} in-process baseline {baseline:.0f} tiles/s\n"
+        f"scene {scene.name}: {args.size}x{args.size} px, {tiles} tiles of 256 px; {args.model} in-process "
+        f"baseline {baseline:.0f} tiles/s\n"
     )
     header = (
         f"{'runtime':<8} {'run':<5} {'total s':>8} "
@@ -124,8 +125,11 @@ def main() -> None:
             share = stages["infer"] / run_stage if run_stage else 0.0
             rate = report.tiles / stages["infer"] if stages["infer"] else 0.0
             label = "cold" if index == 0 else "warm"
-            print(f"{runtime:<8} {label:<5} {sum(stages.values()):>8.2f} " + " ".join(f"{stages[s]:>9.2f}" for s in watch.STAGES)
-                  + f" {share:>12.0%} {rate:>8.0f} {rate / baseline:>9.2f}")  # fmt: skip
+            print(
+                f"{runtime:<8} {label:<5} {sum(stages.values()):>8.2f} "
+                + " ".join(f"{stages[s]:>9.2f}" for s in watch.STAGES)
+                + f" {share:>12.0%} {rate:>8.0f} {rate / baseline:>9.2f}"
+            )
     print("\ninfer share = infer ÷ (ingest + infer + stitch + export); total includes deploy.")
 
 

@@ -175,7 +175,8 @@ class Storage:
             raise self._s3_error(error, uri) from None
 
     def check_writable(self, prefix: str) -> None:
-        """Raise StorageError unless objects can be written under `prefix` (the bucket exists / the folder can be made)."""
+        """Raise StorageError unless objects can be written under `prefix`
+        (the bucket exists / the folder can be made)."""
         location = parse(prefix)
         if location.scheme == "file":
             path = Path(location.path)
@@ -208,7 +209,8 @@ class Storage:
         return location.path if location.scheme == "file" else f"/vsis3/{location.bucket}/{location.path}"
 
     def gdal_options(self, uri: str) -> dict:
-        """rasterio.Env keyword arguments so GDAL reads `uri` from the same server, with the same credentials, as boto3."""
+        """rasterio.Env keyword arguments so GDAL reads `uri` from the same server,
+        with the same credentials, as boto3."""
         if parse(uri).scheme != "s3":
             return {}
         from rasterio.session import AWSSession

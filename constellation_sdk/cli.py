@@ -202,10 +202,19 @@ def models_list(as_json: bool) -> None:
     for model in entries:
         status = hosted.get((model.name, model.version))
         deployment = state_name(status.state) if status else "not packaged"
-        rows.append({"id": model.id, "name": model.name, "version": model.version, "bands": list(model.input.bands), "deployment": deployment,
-                     "endpoints": [e.address for e in status.endpoints] if status else []})  # fmt: skip
+        rows.append(
+            {
+                "id": model.id,
+                "name": model.name,
+                "version": model.version,
+                "bands": list(model.input.bands),
+                "deployment": deployment,
+                "endpoints": [e.address for e in status.endpoints] if status else [],
+            }
+        )
     text = "\n".join(
-        f"{r['id']}  {r['name']}:{r['version']:<8} {','.join(r['bands']):<28} {r['deployment']} {' '.join(r['endpoints'])}"
+        f"{r['id']}  {r['name']}:{r['version']:<8} {','.join(r['bands']):<28} {r['deployment']} "
+        f"{' '.join(r['endpoints'])}"
         for r in rows
     )
     _emit(as_json, rows, text or "no models")
@@ -245,8 +254,14 @@ def models_deploy(model_ref: str, runtime: str, replicas: int, as_json: bool) ->
                 None if as_json else click.echo(f"  {'  ' if kind == 'log' else ''}{message}")
             )
         )
-        deployer = ModelDeployer(client.hosting, Target(model.name, model.version, model.source, model.card), hooks,
-                                 hosting_address=client.gateway, runtime=runtimes[runtime], replicas=replicas)  # fmt: skip
+        deployer = ModelDeployer(
+            client.hosting,
+            Target(model.name, model.version, model.source, model.card),
+            hooks,
+            hosting_address=client.gateway,
+            runtime=runtimes[runtime],
+            replicas=replicas,
+        )
         try:
             status = deployer.ensure()
         except DeployFailed as error:
@@ -254,7 +269,8 @@ def models_deploy(model_ref: str, runtime: str, replicas: int, as_json: bool) ->
     _emit(
         as_json,
         status,
-        f"{model.name}:{model.version} serving at {', '.join(e.address for e in status.endpoints)} ({hosting_pb2.Runtime.Name(status.runtime)[8:].lower()})",
+        f"{model.name}:{model.version} serving at {', '.join(e.address for e in status.endpoints)} "
+        f"({hosting_pb2.Runtime.Name(status.runtime)[8:].lower()})",
     )
 
 
@@ -269,7 +285,8 @@ def models_watch(model_ref: str, as_json: bool) -> None:
         hosted = find_hosted(client.hosting, model.name, model.version)
         if hosted is None:
             raise click.ClickException(
-                f"{model.name}:{model.version} is not on hosting yet; deploy it with `constellation models deploy {model.name}`"
+                f"{model.name}:{model.version} is not on hosting yet; deploy it with `constellation models deploy "
+                f"{model.name}`"
             )
         for event in client.hosting.WatchDeployment(hosting_pb2.WatchDeploymentRequest(model_id=hosted.model_id)):
             _emit(

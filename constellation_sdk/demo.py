@@ -51,7 +51,8 @@ def register(client: Client, scene: Path) -> dict[str, str]:
     )  # fmt: skip
     dataset = catalog.ensure_dataset(client.core, dataset)
     print(
-        f"dataset  {dataset.id}  {dataset.name}: {dataset.sensor}, {len(dataset.bands)} bands, {dataset.resolution_m:g} m"
+        f"dataset  {dataset.id}  {dataset.name}: {dataset.sensor}, {len(dataset.bands)} bands, "
+        f"{dataset.resolution_m:g} m"
     )
     models = catalog.ensure_models(client.core, MODELS)
     for model in models:

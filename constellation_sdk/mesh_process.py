@@ -86,7 +86,8 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
     existing = read_state(paths)
     if existing and any(_alive(p["pid"]) for p in existing["processes"].values()):
         raise RuntimeError(
-            f"a mesh is already running from {paths.home} (see `constellation status`); stop it with `constellation down`"
+            f"a mesh is already running from {paths.home} (see `constellation status`); stop it with "
+            "`constellation down`"
         )
     paths.logs.mkdir(parents=True, exist_ok=True)
     paths.state.parent.mkdir(parents=True, exist_ok=True)

@@ -99,8 +99,14 @@ class LineView:
             if quarter > self._quarter.get(event.block_id, -1):
                 self._quarter[event.block_id] = quarter
                 line = f"{where}{event.progress.done}/{event.progress.total} {event.progress.unit}"
-        elif event.type in (E.RUN_EVENT_TYPE_DEPLOYMENT, E.RUN_EVENT_TYPE_STEP_STARTED, E.RUN_EVENT_TYPE_STEP_SUCCEEDED,
-                            E.RUN_EVENT_TYPE_STEP_FAILED, E.RUN_EVENT_TYPE_STEP_RETRY, E.RUN_EVENT_TYPE_OUTPUT) or kind.startswith("run_"):  # fmt: skip
+        elif event.type in (
+            E.RUN_EVENT_TYPE_DEPLOYMENT,
+            E.RUN_EVENT_TYPE_STEP_STARTED,
+            E.RUN_EVENT_TYPE_STEP_SUCCEEDED,
+            E.RUN_EVENT_TYPE_STEP_FAILED,
+            E.RUN_EVENT_TYPE_STEP_RETRY,
+            E.RUN_EVENT_TYPE_OUTPUT,
+        ) or kind.startswith("run_"):
             line = f"{where}{kind}: {event.message}"
         elif self.show_logs and event.type == E.RUN_EVENT_TYPE_LOG:
             line = f"{where}{event.source}: {event.message}"
@@ -115,9 +121,13 @@ class BarView:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+            SpinnerColumn(),
+            TextColumn("{task.description:<22}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
-        )  # fmt: skip
+        )
         self.tasks = {
             block_id: self.progress.add_task(f"{block_id} ({kind})", total=None, start=False, note="")
             for block_id, kind in [("deploy", "models"), *blocks]

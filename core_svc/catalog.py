@@ -379,7 +379,8 @@ class Catalog:
                 )
                 if users:
                     raise FailedPrecondition(
-                        f"{kind} {resource_id!r} is used by pipeline(s) {', '.join(users)}; delete those pipelines first"
+                        f"{kind} {resource_id!r} is used by pipeline(s) {', '.join(users)}; delete those "
+                        "pipelines first"
                     )
             deleted = session.execute(delete(table).where(table.id == resource_id))
             result = cast(CursorResult, deleted)  # a DELETE's result is a cursor result, which has rowcount

@@ -1,1 +1,2 @@
-"""The gateway: Envoy's supervisor (`supervisor`) and the static server for the web console and run outputs (`console`)."""
+"""The gateway: Envoy's supervisor (`supervisor`), the static server for the web console and
+run outputs (`console`), and their settings (`settings`)."""

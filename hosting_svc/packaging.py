@@ -96,9 +96,9 @@ def download_wheelhouse(requirements: list[str], cache_root: Path, log) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         lines = [
-            l
-            for l in (result.stdout + result.stderr).splitlines()
-            if l.strip() and not l.startswith("WARNING: Location")
+            line
+            for line in (result.stdout + result.stderr).splitlines()
+            if line.strip() and not line.startswith("WARNING: Location")
         ]
         raise DependencyError(_conflict_summary(lines), lines[-20:])
     # Keep every wheel in one shared folder too, so later sets resolve offline.

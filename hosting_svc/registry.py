@@ -91,7 +91,8 @@ class Registry:
                 lowered = text.lower()
                 if "unauthorized" in lowered or "authentication required" in lowered or "no basic auth" in lowered:
                     raise Unauthenticated(
-                        f"{what}: the registry refused the credentials (set CONSTELLATION_REGISTRY_USERNAME/PASSWORD or CONSTELLATION_REGISTRY_AUTH_FILE)"
+                        f"{what}: the registry refused the credentials (set "
+                        "CONSTELLATION_REGISTRY_USERNAME/PASSWORD or CONSTELLATION_REGISTRY_AUTH_FILE)"
                     ) from None
                 if "denied" in lowered or "forbidden" in lowered:
                     raise PermissionDenied(f"{what}: the registry denied access to this repository") from None

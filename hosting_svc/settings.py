@@ -18,7 +18,8 @@ class HostingSettings(EnvSettings):
 
     home: Path = Field(
         Path("~/.constellation/hosting").expanduser(),
-        description="hosting's state: database, sources, wheelhouse, builds, venvs (set to $CONSTELLATION_HOME/hosting, not read)",
+        description="hosting's state: database, sources, wheelhouse, builds, venvs (set to "
+        "$CONSTELLATION_HOME/hosting, not read)",
     )
     database_url_raw: str = Field(
         "",

@@ -78,7 +78,8 @@ def fetch(source: Source, destination: Path) -> Path:
         if result.returncode != 0:
             shutil.rmtree(clone, ignore_errors=True)
             raise FailedPrecondition(
-                f"git clone of {source.location} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}"
+                f"git clone of {source.location} failed: "
+                f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}"
             )
         folder = clone / source.subdirectory if source.subdirectory else clone
         if not folder.is_dir():
@@ -106,7 +107,8 @@ def fetch(source: Source, destination: Path) -> Path:
             )
         except LocalEntryNotFoundError:
             raise FailedPrecondition(
-                f"{source.location} is not in the Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE={hub.offline_raw})"
+                f"{source.location} is not in the Hugging Face cache and the hub cannot be reached "
+                f"(HF_HUB_OFFLINE={hub.offline_raw})"
             ) from None
         shutil.copytree(snapshot, destination, ignore=ignore, symlinks=False)
     return destination

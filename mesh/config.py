@@ -186,7 +186,8 @@ class Settings(EnvSettings):
 
     @property
     def api_keys(self) -> dict[str, str]:
-        """API keys that may call the service, each with its role ("admin" or "reader"). Empty: authentication is off."""
+        """API keys that may call the service, each with its role ("admin" or "reader").
+        Empty: authentication is off."""
         keys = parse_api_keys(self.api_keys_raw)
         if self.api_key_raw:
             keys[self.api_key_raw] = "admin"

@@ -113,7 +113,8 @@ class LoadedModel:
                 d not in (-1, s) for d, s in zip(spec.shape, value.shape[1:], strict=False)
             ):
                 raise RuntimeError(
-                    f"predict() returned {spec.name!r} with shape {list(value.shape)}; constellation.yaml declares [batch, {', '.join(map(str, spec.shape))}]"
+                    f"predict() returned {spec.name!r} with shape {list(value.shape)}; constellation.yaml "
+                    f"declares [batch, {', '.join(map(str, spec.shape))}]"
                 )
             checked[spec.name] = value.astype(NUMPY_DTYPES[spec.dtype], copy=False)
         return checked
@@ -143,7 +144,8 @@ def _input_array(request: pb.ModelInferRequest, raws: list[memoryview], manifest
         raw = raws[0]
         if len(raw) != count * dtype.itemsize:
             raise BadRequest(
-                f"raw_input_contents[0] holds {len(raw)} bytes; shape {list(shape)} of {expected_dtype} needs {count * dtype.itemsize}"
+                f"raw_input_contents[0] holds {len(raw)} bytes; shape {list(shape)} of {expected_dtype} needs "
+                f"{count * dtype.itemsize}"
             )
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)  # read-only: a view of the request bytes
         if not array.flags.aligned:

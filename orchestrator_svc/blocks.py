@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +191,7 @@ def axis_starts(length: int, size: int, overlap: int) -> tuple[int, ...]:
 def owned_ranges(starts: Sequence[int], size: int, length: int) -> list[tuple[int, int]]:
     """For CENTER blending: the span of the axis each tile owns (pixels nearer its centre than any other's)."""
     bounds = [0]
-    for previous, current in zip(starts, starts[1:]):
+    for previous, current in pairwise(starts):
         bounds.append((previous + current + size) // 2)
     bounds.append(length)
     return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]
@@ -281,7 +282,8 @@ class TileReader:
         nodata = scene.nodata
         # Nodata pixels are zeroed after normalisation; skip the pass when normalisation already makes them 0.
         self._nodata_needs_zeroing = nodata is not None and (
-            bool(np.isnan(nodata)) or any((nodata - o) * s != 0 for o, s in zip(normalizer.offsets, normalizer.scales))
+            bool(np.isnan(nodata))
+            or any((nodata - o) * s != 0 for o, s in zip(normalizer.offsets, normalizer.scales, strict=True))
         )
         self._raw: np.ndarray | None = None  # reused between batches
         self._env = gdal_env()

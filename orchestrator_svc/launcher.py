@@ -51,7 +51,8 @@ ACTIVE = (
 
 
 def process_start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None if it is gone or a zombie."""
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat);
+    None if it is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

@@ -254,7 +254,8 @@ def dataset_op(
     except (StorageError, blocks.RasterError) as error:
         raise _fail(f"dataset {config.dataset_id!r} ({config.uri}): {error}") from None
     context.log.info(
-        f"scene {scene.width}x{scene.height} px, bands {', '.join(scene.band_names)}, {scene.dtype}, nodata {scene.nodata}"
+        f"scene {scene.width}x{scene.height} px, bands {', '.join(scene.band_names)}, {scene.dtype}, nodata "
+        f"{scene.nodata}"
     )
     return scene
 
@@ -264,7 +265,8 @@ def tile_op(context: OpExecutionContext, config: TileConfig, scene: blocks.Scene
     grid = blocks.TileGrid.for_scene(scene.width, scene.height, config.tile_size_px, config.overlap_px)
     stats = blocks.band_statistics(scene) if config.normalization in ("min_max", "z_score") else {}
     context.log.info(
-        f"{grid.count} tiles of {grid.size}px ({len(grid.xs)}x{len(grid.ys)}), overlap {grid.overlap}px, normalization {config.normalization}"
+        f"{grid.count} tiles of {grid.size}px ({len(grid.xs)}x{len(grid.ys)}), overlap {grid.overlap}px, "
+        f"normalization {config.normalization}"
     )
     return TilePlan(scene, grid, config.normalization, stats)
 
@@ -316,7 +318,8 @@ def model_op(
                     per_tile = shape[1:] if len(shape) == 4 else [1, *shape[1:]]
                     if shape[0] != len(chunk) or per_tile != expected:
                         raise _fail(
-                            f"model {config.model_name!r} returned {config.output!r} of shape {shape} for {len(chunk)} tiles; expected [{len(chunk)}, {', '.join(map(str, expected))}]"
+                            f"model {config.model_name!r} returned {config.output!r} of shape {shape} for "
+                            f"{len(chunk)} tiles; expected [{len(chunk)}, {', '.join(map(str, expected))}]"
                         )
                     if datatype != "FP32":
                         raw = memoryview(

@@ -158,8 +158,7 @@ class RunFeed:
                 if self.error is not None:
                     raise self.error
                 batch = self.events[index:]
-            for event in batch:
-                yield event
+            yield from batch
             index += len(batch)
             if self.finished and index >= len(self.events):
                 return

@@ -36,7 +36,8 @@ class OrchestratorSettings(EnvSettings):
     work_dir_raw: str = env_field(
         PREFIX + "WORK_DIR",
         "",
-        "per-run scratch: downloaded scenes, prediction tiles, stitched rasters (default $CONSTELLATION_HOME/orchestrator)",
+        "per-run scratch: downloaded scenes, prediction tiles, stitched rasters (default "
+        "$CONSTELLATION_HOME/orchestrator)",
     )
     s3_endpoint: str = env_field("CONSTELLATION_S3_ENDPOINT_URL", "", "S3-compatible endpoint for s3:// URIs")
     aws_s3_endpoint: str = env_field("AWS_ENDPOINT_URL_S3", "", "used when CONSTELLATION_S3_ENDPOINT_URL is empty")

@@ -80,7 +80,8 @@ class HostingUnderTest:
         finally:
             stream.cancel()
         pytest.fail(
-            f"never reached {[STATE.Name(s) for s in states]}; saw {[(STATE.Name(e.state), e.message) for e in seen if not e.log_line]}"
+            f"never reached {[STATE.Name(s) for s in states]}; saw "
+            f"{[(STATE.Name(e.state), e.message) for e in seen if not e.log_line]}"
         )
 
 

@@ -233,7 +233,8 @@ def orchestrator_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 class Orchestrator:
-    """An orchestrator server in this process and a stub talking to it; `restart()` builds a new server on the same instance."""
+    """An orchestrator server in this process and a stub talking to it;
+    `restart()` builds a new server on the same instance."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env

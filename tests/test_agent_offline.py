@@ -98,9 +98,11 @@ def test_labelled_prompts_rank_the_right_dataset_and_model_first_and_every_plan_
 
     rates = {k: hit / total for k, (hit, total) in hits.items()}
     print(
-        f"\noffline planner on {len(prompts)} labelled prompts of {name}: top-1 dataset {hits['dataset'][0]}/{hits['dataset'][1]} "
+        f"\noffline planner on {len(prompts)} labelled prompts of {name}: top-1 dataset "
+        f"{hits['dataset'][0]}/{hits['dataset'][1]} "
         f"({rates['dataset']:.1%}), top-1 model {hits['model'][0]}/{hits['model'][1]} ({rates['model']:.1%}), "
-        f"satisfied flag {hits['satisfied'][0]}/{hits['satisfied'][1]} ({rates['satisfied']:.1%}); {plans} plans, all valid"
+        f"satisfied flag {hits['satisfied'][0]}/{hits['satisfied'][1]} ({rates['satisfied']:.1%}); {plans} plans, "
+        "all valid"
     )
     for miss in misses:
         print("  miss", miss)

@@ -37,7 +37,8 @@ def test_buf_lint_would_catch_a_bad_contract(tmp_path):
     module = tmp_path / "protos" / "constellation" / "bad" / "v1"
     module.mkdir(parents=True)
     (module / "bad.proto").write_text(
-        'syntax = "proto3";\npackage constellation.bad.v1;\nenum Colour { RED = 0; }\nmessage thing { string Name = 1; }\n'
+        'syntax = "proto3";\npackage constellation.bad.v1;\nenum Colour { RED = 0; }\nmessage thing { string Name '
+        "= 1; }\n"
     )
     (tmp_path / "buf.yaml").write_text((ROOT / "buf.yaml").read_text())
     result = subprocess.run(

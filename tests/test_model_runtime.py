@@ -531,7 +531,10 @@ def test_every_problem_is_reported_at_once_with_its_field(tmp_path):
 
 
 def test_manifest_module_imports_without_grpc():
-    code = "import sys; import model_runtime.manifest; assert not [m for m in sys.modules if m.startswith(('grpc', 'inference', 'numpy'))]"
+    code = (
+        "import sys; import model_runtime.manifest; assert not [m for m in sys.modules if "
+        "m.startswith(('grpc', 'inference', 'numpy'))]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=30)
 
 

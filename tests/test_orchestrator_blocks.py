@@ -5,6 +5,7 @@ local storage, the inference client's error sorting, and the export op's all-or-
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import grpc
@@ -45,8 +46,8 @@ def test_centre_ownership_partitions_each_axis():
     starts = blocks.axis_starts(600, 256, 32)
     owned = blocks.owned_ranges(starts, 256, 600)
     assert owned[0][0] == 0 and owned[-1][1] == 600
-    assert all(a[1] == b[0] for a, b in zip(owned, owned[1:]))
-    assert all(s <= lo and hi <= s + 256 for s, (lo, hi) in zip(starts, owned))
+    assert all(a[1] == b[0] for a, b in pairwise(owned))
+    assert all(s <= lo and hi <= s + 256 for s, (lo, hi) in zip(starts, owned, strict=True))
 
 
 def test_normalisation_modes(scene_file):

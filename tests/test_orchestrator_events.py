@@ -137,7 +137,8 @@ def test_export_materialization_becomes_an_output_event():
 
 def test_failures_carry_the_reason_without_a_traceback():
     error = SerializableErrorInfo(
-        "orchestrator_svc.inference_client.EndpointError: model endpoint 127.0.0.1:1 answered NOT_FOUND: no model named 'x'\n",
+        "orchestrator_svc.inference_client.EndpointError: model endpoint 127.0.0.1:1 answered NOT_FOUND: no model "
+        "named 'x'\n",
         ["Traceback (most recent call last):\n", "..."],
         "EndpointError",
     )
@@ -168,7 +169,8 @@ def test_failures_carry_the_reason_without_a_traceback():
         [],
         "RetryRequestedFromPolicy",
         cause=SerializableErrorInfo(
-            "orchestrator_svc.inference_client.EndpointError: model endpoint 127.0.0.1:1 answered UNAVAILABLE: Socket closed\n",
+            "orchestrator_svc.inference_client.EndpointError: model endpoint 127.0.0.1:1 answered UNAVAILABLE: "
+            "Socket closed\n",
             [],
             "EndpointError",
         ),

@@ -135,7 +135,9 @@ def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(
         assert kinds[-1] == "RUN_SUCCEEDED" and events[-1].state == c.RUN_STATE_SUCCEEDED
         assert kinds.index("RUN_STARTED") < kinds.index("STEP_STARTED")
         assert all(e.source == "orchestrator" and e.time.seconds > 0 for e in events)
-        step_order = [(e.block_id, n) for e, n in zip(events, kinds) if n in ("STEP_STARTED", "STEP_SUCCEEDED")]
+        step_order = [
+            (e.block_id, n) for e, n in zip(events, kinds, strict=True) if n in ("STEP_STARTED", "STEP_SUCCEEDED")
+        ]
         assert [b for b, n in step_order if n == "STEP_STARTED"][:5] == CHAIN
         for block in CHAIN + ["out-0", "out-1"]:
             assert step_order.index((block, "STEP_STARTED")) < step_order.index((block, "STEP_SUCCEEDED"))
@@ -249,7 +251,7 @@ def test_model_step_retries_when_the_endpoint_dies_and_comes_back(orchestrator, 
     slow_endpoint.start()
     assert orchestrator.wait(run.id).state == c.RUN_STATE_SUCCEEDED
     events = orchestrator.events(run.id)
-    water = [(n, e.message) for e, n in zip(events, names(events)) if e.block_id == "water"]
+    water = [(n, e.message) for e, n in zip(events, names(events), strict=True) if e.block_id == "water"]
     kinds = [n for n, _ in water]
     assert "STEP_RETRY" in kinds, kinds
     retry = kinds.index("STEP_RETRY")

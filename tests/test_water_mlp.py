@@ -1,4 +1,5 @@
-"""water-mlp, the learned example model: shapes, held-out accuracy against its card, reproducible training, served = in-process."""
+"""water-mlp, the learned example model: shapes, held-out accuracy against its card,
+reproducible training, served = in-process."""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def keep_figures():
 
 
 def test_vitest_graph_editor_run_steps_and_error_decoding():
-    """Vitest: the graph editor (model and component), run-step folding, BadRequest decoding (web/src/**/*.test.ts[x])."""
+    """Vitest: the graph editor (model and component), run-step folding, BadRequest decoding
+    (web/src/**/*.test.ts[x])."""
     result = subprocess.run(
         [str(ROOT / "node_modules" / ".bin" / "vitest"), "run", "--root", "web", "--reporter", "verbose"],
         cwd=ROOT,

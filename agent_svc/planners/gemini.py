@@ -212,7 +212,8 @@ TOOLS = types.Tool(
         ),
         types.FunctionDeclaration(
             name="search_models",
-            description="List models in the catalog, optionally only those with a task (segmentation, detection, classification, regression), an input band, a tag or a name.",
+            description="List models in the catalog, optionally only those with a task (segmentation, detection, "
+            "classification, regression), an input band, a tag or a name.",
             parameters_json_schema={
                 "type": "object",
                 "properties": {k: {"type": "string"} for k in FILTER_PARAMS["search_models"]},
@@ -238,7 +239,8 @@ READ_INSTRUCTION = (
 PLAN_INSTRUCTION = (
     "You plan Constellation pipelines. A pipeline is a DAG: dataset -> tile -> model -> stitch -> (vectorize) -> "
     "export; band math that needs no model (water by NDWI or MNDWI, vegetation by NDVI, burns by NBR) is dataset -> "
-    "index -> (vectorize) -> export. Use only dataset and model ids that exist in core's catalog: look them up with the functions instead "
+    "index -> (vectorize) -> export. Use only dataset and model ids that exist in core's catalog: look them up "
+    "with the functions instead "
     "of guessing. The dataset must have every band the model reads; the tile size must be 0 or the model's tile "
     "size; overlap must be less than half the tile size; block ids are lowercase letters, digits, '-' and '_'."
 )
@@ -379,7 +381,8 @@ class GeminiPlanner:
                 role="user",
                 parts=[
                     types.Part(
-                        text="Now return the pipeline as JSON in the schema: blocks, edges, and one rationale entry per block."
+                        text="Now return the pipeline as JSON in the schema: blocks, edges, and one rationale "
+                        "entry per block."
                     )
                 ],
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def row_split(height: int) -> tuple[np.ndarray, np.ndarray]:
 def init_weights(rng: np.random.Generator) -> list[np.ndarray]:
     sizes = (len(BANDS), *HIDDEN, 1)
     params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in pairwise(sizes):
         params.append(rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_in, fan_out)))
         params.append(np.zeros(fan_out))
     return params
@@ -104,7 +105,7 @@ def train(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
         for start in range(0, len(y), BATCH_PX):
             batch = order[start : start + BATCH_PX]
             step += 1
-            for p, g, m, v in zip(params, gradients(params, x[batch], y[batch]), first, second):
+            for p, g, m, v in zip(params, gradients(params, x[batch], y[batch]), first, second, strict=True):
                 m *= beta1
                 m += (1 - beta1) * g
                 v *= beta2
