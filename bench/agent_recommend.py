@@ -174,7 +174,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def time_domain(n: int, rounds: int, embedder=None) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+def time_domain(n: int, rounds: int, embedder=None) -> tuple[float, float, float]:
     catalog = synthetic_catalog(n)
     started = time.perf_counter()
     index = ranking.RankIndex(catalog, embedder)
@@ -191,7 +191,7 @@ def time_domain(n: int, rounds: int, embedder=None) -> tuple[float, float, float
     return percentile(samples, 0.5), percentile(samples, 0.95), build_s
 
 
-def accuracy(name: str, embedder=None) -> dict[str, tuple[int, int]]:  # type: ignore[no-untyped-def]
+def accuracy(name: str, embedder=None) -> dict[str, tuple[int, int]]:
     index = ranking.RankIndex(labelled_catalog(), embedder)
     hits = {"dataset": [0, 0], "model": [0, 0], "satisfied": [0, 0]}
     for entry in prompts(name):

@@ -43,7 +43,7 @@ def wait_serving(address: str, timeout_s: float = 30) -> None:
             time.sleep(0.1)
 
 
-def load(address: str, call: str, request, seconds: float, concurrency: int) -> list[float]:  # type: ignore[no-untyped-def]
+def load(address: str, call: str, request, seconds: float, concurrency: int) -> list[float]:
     """Run `concurrency` closed-loop clients for `seconds`; returns every latency in seconds."""
     channel = insecure_channel(address)
     method = getattr(core_pb2_grpc.CoreServiceStub(channel), call)

@@ -75,7 +75,7 @@ def tiles() -> np.ndarray:
     return np.random.default_rng(0).uniform(0.01, 0.6, size=(8, 4, 256, 256)).astype(np.float32)
 
 
-def rate(call, seconds: float, concurrency: int = 1) -> float:  # type: ignore[no-untyped-def]
+def rate(call, seconds: float, concurrency: int = 1) -> float:
     """Tiles/s of `concurrency` closed-loop callers, each sending batches of 8."""
     call()
     counts = [0] * concurrency
@@ -96,8 +96,8 @@ def rate(call, seconds: float, concurrency: int = 1) -> float:  # type: ignore[n
 
 def in_process(folder: Path, seconds: float) -> float:
     spec = importlib.util.spec_from_file_location("ndwi4_model", folder / "model.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     model, batch = module.Ndwi4(), tiles()
     return rate(lambda: model.predict(batch), seconds)
 

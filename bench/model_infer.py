@@ -161,8 +161,8 @@ def rate(call: Callable[[], object], seconds: float, callers: int = 1) -> float:
 def in_process_model(folder: Path, name: str) -> tuple[Callable[[], object], np.ndarray]:
     """predict() on the benchmark batch in this process, and its result."""
     spec = importlib.util.spec_from_file_location(f"bench_{name.replace('-', '_')}", folder / "model.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     model, batch = getattr(module, MODELS[name][0])(), tiles()
     batch.flags.writeable = False  # what the runtime hands predict()
     return (lambda: model.predict(batch)), model.predict(batch)
@@ -191,10 +191,10 @@ def start_server(command: list[str]) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        line = process.stderr.readline()  # type: ignore[union-attr]
+        line = process.stderr.readline()
         match = re.search(r"serving .*?on (127\.0\.0\.1:\d+)", line)
         if match:
-            threading.Thread(target=process.stderr.read, daemon=True).start()  # type: ignore[union-attr]
+            threading.Thread(target=process.stderr.read, daemon=True).start()
             return process, match.group(1)
         if not line and process.poll() is not None:
             break
@@ -282,9 +282,9 @@ class Tritonclient:
         self.size = expected.size
 
     def rate(self, seconds: float) -> float:
-        self.process.stdin.write(f"{seconds}\n")  # type: ignore[union-attr]
-        self.process.stdin.flush()  # type: ignore[union-attr]
-        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        self.process.stdin.write(f"{seconds}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"the tritonclient process exited with {self.process.wait()}")
         tiles_per_s, checksum = map(float, line.split())
@@ -292,7 +292,7 @@ class Tritonclient:
         return tiles_per_s
 
     def close(self) -> None:
-        self.process.stdin.close()  # type: ignore[union-attr]
+        self.process.stdin.close()
         self.process.wait(timeout=30)
 
 

@@ -56,10 +56,10 @@ def scene_tiles() -> np.ndarray:
         return np.stack([scene.read(window=w) for w in windows])
 
 
-def in_process_model():  # type: ignore[no-untyped-def]
+def in_process_model():
     spec = importlib.util.spec_from_file_location("water_mlp_model", WATER_MLP / "model.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     model = module.WaterMlp()
     model.load()
     return model

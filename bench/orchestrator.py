@@ -196,7 +196,7 @@ def main() -> int:
         # The machine is shared: each pipeline run sits between two loop runs, and each round's ratio uses
         # the mean of its two loops; the figure is the median round.
         loop_rates, step_rates, ratios, cpu_ratios, sequential_rates = [], [], [], [], []
-        pid = endpoint.process.pid  # type: ignore[union-attr]
+        pid = endpoint.process.pid
         before, tiles, before_cpu = tight_loop(scenes[args.throughput], endpoint.address, pid)
         for i in range(args.rounds):
             request = raster_only(

@@ -94,7 +94,7 @@ class Core:
 
 
 @pytest.fixture(scope="module")
-def catalog_core(tmp_path_factory) -> Iterator[Core]:  # type: ignore[no-untyped-def]
+def catalog_core(tmp_path_factory) -> Iterator[Core]:
     """Core on SQLite holding the labelled catalog, shared by a test module (agent tests only read it)."""
     tmp = tmp_path_factory.mktemp("agent-core")
     server = build_core(config.load("core", service_env(tmp, DATABASE_URL=f"sqlite:///{tmp / 'core.db'}")))

@@ -8,7 +8,7 @@ from constellation.core.v1 import core_pb2
 LANDSAT_BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
 
 
-def ndwi_model(**overrides) -> core_pb2.Model:  # type: ignore[no-untyped-def]
+def ndwi_model(**overrides) -> core_pb2.Model:
     fields = {
         "name": "ndwi-water",
         "version": "1.0.0",
@@ -31,11 +31,11 @@ def ndwi_model(**overrides) -> core_pb2.Model:  # type: ignore[no-untyped-def]
     return core_pb2.Model(**fields)
 
 
-def register(core, **overrides) -> core_pb2.Model:  # type: ignore[no-untyped-def]
+def register(core, **overrides) -> core_pb2.Model:
     return core.RegisterModel(core_pb2.RegisterModelRequest(model=ndwi_model(**overrides)))
 
 
-def add_dataset(core, name: str = "olinda", bands: list[str] | None = None) -> core_pb2.Dataset:  # type: ignore[no-untyped-def]
+def add_dataset(core, name: str = "olinda", bands: list[str] | None = None) -> core_pb2.Dataset:
     return core.CreateDataset(
         core_pb2.CreateDatasetRequest(
             dataset=core_pb2.Dataset(

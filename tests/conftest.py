@@ -31,13 +31,13 @@ def postgres_admin_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'core.db'}"
     return create_database(request.getfixturevalue("postgres_admin_url"))
 
 
-def service_env(tmp_path, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def service_env(tmp_path, **extra: str) -> dict[str, str]:
     env = {
         "CONSTELLATION_HOME": str(tmp_path / "home"),
         "CONSTELLATION_CORE_PORT": "0",
@@ -56,14 +56,14 @@ def service_env(tmp_path, **extra: str) -> dict[str, str]:  # type: ignore[no-un
 MEASURED_FIGURES: list[str] = []
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+def pytest_terminal_summary(terminalreporter) -> None:
     if MEASURED_FIGURES:
         terminalreporter.section("measured figures")
         for line in MEASURED_FIGURES:
             terminalreporter.write_line(line)
 
 
-def mesh_env(home, docker: bool = False) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def mesh_env(home, docker: bool = False) -> dict[str, str]:
     """Environment for `constellation up` in `home` on free ports (SQLite, local files, offline planner);
     hosting uses Docker only when `docker` (else local processes)."""
     from constellation_sdk import mesh_process
@@ -85,7 +85,7 @@ def mesh_env(home, docker: bool = False) -> dict[str, str]:  # type: ignore[no-u
 
 
 @pytest.fixture
-def core_server(database_url: str, tmp_path):  # type: ignore[no-untyped-def]
+def core_server(database_url: str, tmp_path):
     server = build_core(config.load("core", service_env(tmp_path, DATABASE_URL=database_url)))
     server.start()
     yield server
@@ -93,13 +93,13 @@ def core_server(database_url: str, tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def core(core_server) -> Iterator[core_pb2_grpc.CoreServiceStub]:  # type: ignore[no-untyped-def]
+def core(core_server) -> Iterator[core_pb2_grpc.CoreServiceStub]:
     channel = insecure_channel(f"127.0.0.1:{core_server.port}")
     yield core_pb2_grpc.CoreServiceStub(channel)
     channel.close()
 
 
-def rpc_error(call, *args, **kwargs) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
     """Call and return the RpcError it raises; fails the test if it succeeds."""
     try:
         call(*args, **kwargs)

@@ -58,7 +58,7 @@ class S3Server:
                     ) from None
                 time.sleep(0.1)
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         import boto3
 
         return boto3.client(
@@ -76,7 +76,7 @@ class S3Server:
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> Iterator[S3Server]:  # type: ignore[no-untyped-def]
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """moto's S3 on 127.0.0.1; the AWS_* variables point boto3 (here and in run workers) at it."""
     server = S3Server(tmp_path_factory.mktemp("moto"))
     saved = {
@@ -197,14 +197,14 @@ class ModelEndpoint:
 
 
 @pytest.fixture(scope="module")
-def ndwi_endpoint(tmp_path_factory) -> Iterator[ModelEndpoint]:  # type: ignore[no-untyped-def]
+def ndwi_endpoint(tmp_path_factory) -> Iterator[ModelEndpoint]:
     endpoint = ModelEndpoint(NDWI_DIR, tmp_path_factory.mktemp("endpoint")).start()
     yield endpoint
     endpoint.stop()
 
 
 @pytest.fixture
-def slow_endpoint(tmp_path) -> Iterator[ModelEndpoint]:  # type: ignore[no-untyped-def]
+def slow_endpoint(tmp_path) -> Iterator[ModelEndpoint]:
     """NDWI at 0.4 s per request: slow enough to act on a run mid-step (9 tiles one at a time: ~3.6 s)."""
     endpoint = ModelEndpoint(slow_model_dir(tmp_path / "slow-ndwi", 0.4), tmp_path).start()
     yield endpoint
@@ -274,7 +274,7 @@ class Orchestrator:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def dagster_storage(request) -> str:  # type: ignore[no-untyped-def]
+def dagster_storage(request) -> str:
     """ "" for SQLite under the temp home, else the URL of a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return ""
@@ -282,7 +282,7 @@ def dagster_storage(request) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def orchestrator(tmp_path, s3_server) -> Iterator[Orchestrator]:  # type: ignore[no-untyped-def]
+def orchestrator(tmp_path, s3_server) -> Iterator[Orchestrator]:
     """On SQLite; tests that need both storages build their own from `dagster_storage`."""
     orch = Orchestrator(orchestrator_env(tmp_path / "home"))
     yield orch

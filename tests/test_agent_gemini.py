@@ -91,7 +91,7 @@ def fake():
 
 
 @pytest.fixture
-def gemini_agent(catalog_core, fake, tmp_path):  # type: ignore[no-untyped-def]
+def gemini_agent(catalog_core, fake, tmp_path):
     env = agent_env(
         tmp_path,
         catalog_core.address,
@@ -151,7 +151,7 @@ def test_function_calls_reach_core_and_their_answers_go_back(
     assert answer.spec.blocks[2].model.model_id == catalog_core.ids["ndwi-water"]
     assert fake.phases() == ["reading", "tools", "tools", "tools", "tools", "spec"]
 
-    def function_responses(request) -> list[dict]:  # type: ignore[no-untyped-def]
+    def function_responses(request) -> list[dict]:
         return [p["functionResponse"] for c in request.body["contents"] for p in c["parts"] if "functionResponse" in p]
 
     first = function_responses(fake.requests[2])

@@ -29,7 +29,7 @@ FLOORS = {"agent_prompts.yaml": 0.9, "agent_prompts_holdout.yaml": 0.8}
 
 
 @pytest.fixture(scope="module")
-def agent(catalog_core, tmp_path_factory):  # type: ignore[no-untyped-def]
+def agent(catalog_core, tmp_path_factory):
     running = start_agent(agent_env(tmp_path_factory.mktemp("agent"), catalog_core.address))
     yield running
     running.stop()
@@ -55,7 +55,7 @@ def constraints_of(entry: dict) -> agent_pb2.Constraints:
     return c
 
 
-def as_list(value) -> list[str]:  # type: ignore[no-untyped-def]
+def as_list(value) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 

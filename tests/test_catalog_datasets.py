@@ -12,7 +12,7 @@ from mesh.errors import field_violations
 from tests.conftest import rpc_error
 
 
-def dataset(name: str = "olinda", **overrides) -> core_pb2.Dataset:  # type: ignore[no-untyped-def]
+def dataset(name: str = "olinda", **overrides) -> core_pb2.Dataset:
     fields = {
         "name": name,
         "description": "Landsat 7 ETM+ over Olinda",
@@ -27,7 +27,7 @@ def dataset(name: str = "olinda", **overrides) -> core_pb2.Dataset:  # type: ign
     return core_pb2.Dataset(**fields)
 
 
-def create(core, **kwargs) -> core_pb2.Dataset:  # type: ignore[no-untyped-def]
+def create(core, **kwargs) -> core_pb2.Dataset:
     return core.CreateDataset(core_pb2.CreateDatasetRequest(dataset=dataset(**kwargs)))
 
 

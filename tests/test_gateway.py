@@ -79,7 +79,7 @@ def test_grpcurl_invalid_request_names_the_field(mesh):
 
 def grpc_web(
     mesh, method: str, message, *, text: bool = False, headers: dict | None = None
-) -> tuple[requests.Response, list[bytes], dict]:  # type: ignore[no-untyped-def]
+) -> tuple[requests.Response, list[bytes], dict]:
     """One gRPC-web call over HTTP/1.1; returns the response, its data frames and its trailers."""
     body = b"\x00" + struct.pack(">I", message.ByteSize()) + message.SerializeToString()
     content_type = "application/grpc-web-text" if text else "application/grpc-web+proto"

@@ -231,7 +231,7 @@ def test_a_new_version_that_never_gets_healthy_rolls_back(hosting, ndwi_ready, t
     hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=new.model_id))
 
 
-def write_broken(tmp_path: Path, **changes) -> Path:  # type: ignore[no-untyped-def]
+def write_broken(tmp_path: Path, **changes) -> Path:
     folder = tmp_path / "broken"
     shutil.copytree(NDWI, folder)
     manifest = yaml.safe_load((folder / "constellation.yaml").read_text())

@@ -29,7 +29,7 @@ def hosting(tmp_path_factory):
     under_test.close()
 
 
-def versioned_copy(folder, version: str):  # type: ignore[no-untyped-def]
+def versioned_copy(folder, version: str):
     shutil.copytree(NDWI, folder)
     manifest = yaml.safe_load((folder / "constellation.yaml").read_text())
     (folder / "constellation.yaml").write_text(yaml.safe_dump({**manifest, "version": version}))
@@ -99,7 +99,7 @@ def test_a_restarted_hosting_adopts_serving_replicas_and_removes_orphans(hosting
     engine = docker.from_env()
     home = hosting.env["CONSTELLATION_HOME"]
 
-    def replica(owner: str):  # type: ignore[no-untyped-def]
+    def replica(owner: str):
         labels = {images.LABEL_MODEL: "hm_forgotten", images.LABEL_ROLE: "replica", LABEL_OWNER: owner}
         return engine.containers.run(status.image, ["sleep", "300"], detach=True, network_mode="none", labels=labels)
 

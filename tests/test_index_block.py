@@ -211,7 +211,7 @@ class RecordingHosting:
         calls = self.calls
 
         class Handler(grpc.GenericRpcHandler):
-            def service(self, handler_call_details):  # type: ignore[no-untyped-def]
+            def service(self, handler_call_details):
                 calls.append(handler_call_details.method)
                 return None  # UNIMPLEMENTED
 

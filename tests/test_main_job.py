@@ -239,7 +239,7 @@ def follow_in_background(client: Client, run_id: str, spec: c.PipelineSpec) -> t
     return thread, result, seen
 
 
-def wait_until(predicate, timeout_s: float = 120, what: str = "") -> None:  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout_s: float = 120, what: str = "") -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -281,7 +281,7 @@ def slow_model(folder: Path, name: str) -> Path:
     return folder / name if (folder / name).exists() else model_variant(folder, name, SLOW_MODEL, tile_size=64)
 
 
-def slow_run_in_inference(mesh: dict, folder: Path, model_name: str):  # type: ignore[no-untyped-def]
+def slow_run_in_inference(mesh: dict, folder: Path, model_name: str):
     """A run of slow_model(`model_name`), followed in the background, once its model step has answered a
     tile; with the hosted model's status."""
     client = mesh["client"]

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 NDWI = ROOT / "examples" / "models" / "ndwi-water"
 
 
-def in_process_ndwi():  # type: ignore[no-untyped-def]
+def in_process_ndwi():
     """The sample model loaded straight from its file, the way predict() runs without a server."""
     spec = importlib.util.spec_from_file_location("ndwi_in_process", NDWI / "model.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     model = module.NdwiWater()
     model.load()
     return model
@@ -44,14 +44,14 @@ def ndwi_probability(tiles: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-10 * (green - nir) / (green + nir)))).astype(np.float32)
 
 
-def serve(folder: Path):  # type: ignore[no-untyped-def]
+def serve(folder: Path):
     server = ModelServer(folder, port=0)
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options(1 << 28))
     return server, channel, port
 
 
-def wait_ready(stub, name: str, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+def wait_ready(stub, name: str, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while not stub.ModelReady(pb.ModelReadyRequest(name=name)).ready:
         assert time.monotonic() < deadline, "model never became ready"
@@ -84,7 +84,7 @@ def output(response: pb.ModelInferResponse, index: int = 0) -> np.ndarray:
     return np.frombuffer(response.raw_output_contents[index], dtype=np.float32).reshape(response.outputs[index].shape)
 
 
-def write_model(folder: Path, code: str, **manifest) -> Path:  # type: ignore[no-untyped-def]
+def write_model(folder: Path, code: str, **manifest) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.py").write_text(textwrap.dedent(code))
     data = {
@@ -334,11 +334,11 @@ class Model:
 """
 
 
-def recorded(server, name: str) -> list:  # type: ignore[no-untyped-def]
+def recorded(server, name: str) -> list:
     return getattr(sys.modules[type(server.model._instance).__module__], name)
 
 
-def concurrently(calls: list) -> float:  # type: ignore[no-untyped-def]
+def concurrently(calls: list) -> float:
     threads = [threading.Thread(target=call) for call in calls]
     start = time.perf_counter()
     for t in threads:

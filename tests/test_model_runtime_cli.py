@@ -36,7 +36,7 @@ def serving_port(process: subprocess.Popen, timeout_s: float = 30) -> int:
     """The port from the 'serving NAME:VERSION on HOST:PORT' log line."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        line = process.stderr.readline()  # type: ignore[union-attr]
+        line = process.stderr.readline()
         match = re.search(r"serving \S+ on 127\.0\.0\.1:(\d+)", line)
         if match:
             return int(match.group(1))

@@ -66,7 +66,7 @@ def test_normalisation_modes(scene_file):
     np.testing.assert_allclose(data.ravel(), [0.0, 0.0], atol=1e-3)
 
 
-def predict_all(scene: blocks.Scene, grid: blocks.TileGrid, store: blocks.PredictionStore, fn) -> None:  # type: ignore[no-untyped-def]
+def predict_all(scene: blocks.Scene, grid: blocks.TileGrid, store: blocks.PredictionStore, fn) -> None:
     normalizer = blocks.Normalizer.build("reflectance", ["green", "nir"], {})
     with blocks.TileReader(scene, grid, ["green", "nir"], normalizer) as reader:
         for k in range(grid.count):
@@ -222,7 +222,7 @@ def test_export_removes_what_it_uploaded_when_it_cannot_finish(tmp_path, scene_f
     calls = []
     real_put = Storage.put
 
-    def failing_put(self, source, uri, content_type="application/octet-stream"):  # type: ignore[no-untyped-def]
+    def failing_put(self, source, uri, content_type="application/octet-stream"):
         calls.append(uri)
         if len(calls) == 2:
             raise StorageError(f"{uri}: the disk is full")

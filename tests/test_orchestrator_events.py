@@ -42,7 +42,7 @@ def entry(
     message: str = "",
     data=None,
     timestamp: float = 1795520000.25,
-) -> EventLogEntry:  # type: ignore[no-untyped-def]
+) -> EventLogEntry:
     dagster_event = None
     if event_type is not None:
         dagster_event = DagsterEvent(

@@ -21,7 +21,7 @@ from tests.orchestrator_support import orchestrator, s3_server, scene_512, water
 ENDPOINT = "127.0.0.1:9"  # never called: every request here is refused before a run starts
 
 
-def refused(orchestrator, request: pb.LaunchRunRequest, code: grpc.StatusCode) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+def refused(orchestrator, request: pb.LaunchRunRequest, code: grpc.StatusCode) -> grpc.RpcError:
     error = rpc_error(orchestrator.stub.LaunchRun, request)
     assert error.code() == code, error.details()
     assert "Traceback" not in error.details()
@@ -30,7 +30,7 @@ def refused(orchestrator, request: pb.LaunchRunRequest, code: grpc.StatusCode) -
 
 
 def preconditions(error: grpc.RpcError) -> list[tuple[str, str]]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     found = []
     for detail in status.details:
         if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
@@ -41,7 +41,7 @@ def preconditions(error: grpc.RpcError) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def valid(scene_512, tmp_path) -> pb.LaunchRunRequest:  # type: ignore[no-untyped-def]
+def valid(scene_512, tmp_path) -> pb.LaunchRunRequest:
     return water_request(f"file://{scene_512}", ENDPOINT, [f"file://{tmp_path}/out"])
 
 

@@ -43,18 +43,18 @@ E = c.RunEventType
 CHAIN = ["scene", "tiles", "water", "mosaic", "polygons"]
 
 
-def names(events) -> list[str]:  # type: ignore[no-untyped-def]
+def names(events) -> list[str]:
     return [E.Name(e.type).removeprefix("RUN_EVENT_TYPE_") for e in events]
 
 
-def upload_scene(s3_server, scene: Path, bucket: str) -> str:  # type: ignore[no-untyped-def]
+def upload_scene(s3_server, scene: Path, bucket: str) -> str:
     client = s3_server.client()
     client.create_bucket(Bucket=bucket)
     client.upload_file(str(scene), bucket, "scenes/olinda.tif")
     return f"s3://{bucket}/scenes/olinda.tif"
 
 
-def local_copy(s3_server, uri: str, folder: Path) -> Path:  # type: ignore[no-untyped-def]
+def local_copy(s3_server, uri: str, folder: Path) -> Path:
     location = parse(uri)
     if location.scheme == "file":
         return Path(location.path)

@@ -17,7 +17,7 @@ def refs(core):
     return add_dataset(core).id, register(core).id
 
 
-def validate(core, spec):  # type: ignore[no-untyped-def]
+def validate(core, spec):
     return core.ValidatePipeline(core_pb2.ValidatePipelineRequest(spec=spec))
 
 
@@ -39,7 +39,7 @@ def test_valid_pipeline_round_trips_and_orders_its_blocks(core, refs):
     assert again.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
-def problems_of(core, spec) -> list[common_pb2.PipelineProblem]:  # type: ignore[no-untyped-def]
+def problems_of(core, spec) -> list[common_pb2.PipelineProblem]:
     answer = validate(core, spec)
     assert not answer.valid and not answer.topological_order
     return list(answer.problems)

@@ -27,16 +27,16 @@ SCENE = ROOT / "examples" / "data" / "L7_ETMs.tif"
 HELDOUT_ROWS = slice(224, 288)  # the card's held-out block
 
 
-def load_module(name: str, path: Path):  # type: ignore[no-untyped-def]
+def load_module(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    spec.loader.exec_module(module)
     return module
 
 
 @pytest.fixture(scope="module")
-def model():  # type: ignore[no-untyped-def]
+def model():
     instance = load_module("water_mlp_model", WATER_MLP / "model.py").WaterMlp()
     instance.load()
     return instance

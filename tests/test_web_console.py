@@ -195,7 +195,7 @@ def browser():
         browser.close()
 
 
-def new_page(browser):  # type: ignore[no-untyped-def]
+def new_page(browser):
     page = browser.new_page(viewport={"width": 1440, "height": 950})
     page.set_default_timeout(TIMEOUT_MS)
     page.crashes = []
@@ -207,10 +207,10 @@ def new_page(browser):  # type: ignore[no-untyped-def]
 def page(mesh, browser):
     page = new_page(browser)
     yield page
-    assert not page.crashes, page.crashes  # type: ignore[attr-defined]
+    assert not page.crashes, page.crashes
 
 
-def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+def shot(page, name: str) -> None:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"[web console] screenshot {path}")

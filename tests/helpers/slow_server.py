@@ -19,7 +19,7 @@ class SlowServicer(CoreServicer):
 
 settings = config.load("core")
 logs.configure("core", "INFO")
-server = MeshServer(settings, [registration("core", SlowServicer(None, None))])  # type: ignore[arg-type]
+server = MeshServer(settings, [registration("core", SlowServicer(None, None))])
 original_start = server.start
 
 
@@ -29,6 +29,6 @@ def start() -> int:
     return port
 
 
-server.start = start  # type: ignore[method-assign]
+server.start = start
 server.serve_forever()
 sys.exit(0)

@@ -122,7 +122,7 @@ def fold_standardization(params: list[np.ndarray], mean: np.ndarray, std: np.nda
     return folded
 
 
-def to_onnx(params: list[np.ndarray]):  # type: ignore[no-untyped-def]
+def to_onnx(params: list[np.ndarray]):
     """A per-pixel MLP as 1x1 convolutions: (N, 6, H, W) uint8 digital numbers -> (N, 1, H, W) float p(water).
 
     The input stays uint8 on the wire (a quarter of the bytes of float32) and is cast inside the graph."""
