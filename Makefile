@@ -73,13 +73,7 @@ format: $(VENV)/.installed
 gen: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/gen_protos.py
 
-check-## format: apply ruff's formatting and safe fixes, and regenerate docs/settings.md
-format: $(VENV)/.installed
-	$(VENV)/bin/ruff format .
-	$(VENV)/bin/ruff check --fix .
-	$(PY) scripts/settings_doc.py
-
-gen: $(VENV)/.installed node_modules/.installed
+check-gen: $(VENV)/.installed node_modules/.installed
 	$(PY) scripts/gen_protos.py --check
 
 ## lock: re-resolve requirements.in into requirements.lock (needs uv: pip install uv, or UV=path/to/uv)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from agent_svc.planners.gemini import GeminiSettings
-from mesh.config import EnvSettings, env_field
+from mesh.config import EnvSettings, env_field, secret_field
 
 PREFIX = "CONSTELLATION_AGENT_"
 
@@ -33,12 +33,7 @@ class AgentSettings(EnvSettings):
     embeddings: Literal["auto", "off"] = env_field(
         PREFIX + "EMBEDDINGS", "auto", "auto: MiniLM embeddings when installed, else BM25; off: BM25"
     )
-    gemini_api_key: str = Field(
-        "",
-        validation_alias="GEMINI_API_KEY",
-        description="turns the Gemini planner on; empty: the offline planner only",
-        repr=False,
-    )
+    gemini_api_key: str = secret_field("GEMINI_API_KEY", "turns the Gemini planner on; empty: the offline planner only")
     gemini_model: str = env_field(PREFIX + "GEMINI_MODEL", "gemini-2.5-flash", "Gemini model name")
     gemini_base_url: str = env_field(PREFIX + "GEMINI_BASE_URL", "", "Gemini API base URL (empty: the SDK's default)")
     gemini_timeout_s: float = env_field(PREFIX + "GEMINI_TIMEOUT_S", 60.0, "deadline of one Gemini call", ge=0)

@@ -31,12 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
+import docker  # noqa: E402
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
 from hosting import package_and_wait  # noqa: E402
 from model_infer import TILES, median, rate  # noqa: E402
 
-import docker  # noqa: E402
 from clients.inference import InferenceClient  # noqa: E402
 from constellation.hosting.v1 import hosting_pb2  # noqa: E402
 from model_runtime.memory import tune_malloc  # noqa: E402

@@ -5,8 +5,6 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
-from pydantic import Field
-
 from mesh.config import (
     DEFAULT_GATEWAY_ADMIN_PORT,
     DEFAULT_GATEWAY_PORT,
@@ -14,6 +12,7 @@ from mesh.config import (
     env_field,
     home_dir,
     parse_api_keys,
+    secret_field,
 )
 
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
@@ -35,10 +34,8 @@ class GatewaySettings(EnvSettings):
         "CONSTELLATION_AGENT_EXPORT_URI", "", "the agent's export destination: a file:/// one is what /files/ serves"
     )
     home_raw: str = env_field("CONSTELLATION_HOME", "", "local state; /files/ serves its outputs/ by default")
-    api_keys_raw: str = Field(
-        "", validation_alias="CONSTELLATION_API_KEYS", description="the mesh's API keys", repr=False
-    )
-    api_key_raw: str = Field("", validation_alias="CONSTELLATION_API_KEY", description="one more admin key", repr=False)
+    api_keys_raw: str = secret_field("CONSTELLATION_API_KEYS", "the mesh's API keys")
+    api_key_raw: str = secret_field("CONSTELLATION_API_KEY", "one more admin key")
 
     @property
     def web_root(self) -> Path:

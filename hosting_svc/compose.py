@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import yaml
 
+import model_runtime
 from hosting_svc.domain import HostedModel
 from hosting_svc.packaging import MODEL_PORT
 
@@ -23,17 +24,7 @@ def render(models: list[HostedModel], first_host_port: int = 18001) -> str:
         }
         services[f"{model.name}-{model.version}".replace(".", "-").replace("+", "-")] = {
             "image": model.image,
-            "command": [
-                "python",
-                "-m",
-                "model_runtime",
-                "--model-dir",
-                "/opt/model",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(MODEL_PORT),
-            ],
+            "command": model_runtime.command("0.0.0.0", MODEL_PORT),
             "ports": [published],
             "networks": ["models"],
             "restart": "unless-stopped",

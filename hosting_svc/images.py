@@ -11,9 +11,10 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
-import docker
+import model_runtime
 from mesh.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger("hosting.images")
@@ -102,17 +103,7 @@ class Engine:
             "name": name,
             "detach": True,
             "network_mode": "host",
-            "command": [
-                "python",
-                "-m",
-                "model_runtime",
-                "--model-dir",
-                "/opt/model",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            "command": model_runtime.command("127.0.0.1", port),
             "environment": {"MODEL_PORT": str(port)},
             "labels": labels,
             "user": "10001",

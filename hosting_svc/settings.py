@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mesh.config import EnvSettings, env_field
+from mesh.config import EnvSettings, env_field, secret_field
 
 
 class HostingSettings(EnvSettings):
@@ -21,11 +21,9 @@ class HostingSettings(EnvSettings):
         description="hosting's state: database, sources, wheelhouse, builds, venvs (set to "
         "$CONSTELLATION_HOME/hosting, not read)",
     )
-    database_url_raw: str = Field(
-        "",
-        validation_alias="CONSTELLATION_HOSTING_DATABASE_URL",
-        description="SQLAlchemy URL of hosting's database (default SQLite under hosting's home)",
-        repr=False,
+    database_url_raw: str = secret_field(
+        "CONSTELLATION_HOSTING_DATABASE_URL",
+        "SQLAlchemy URL of hosting's database (default SQLite under hosting's home)",
     )
     docker: str = env_field(
         "CONSTELLATION_HOSTING_DOCKER", "auto", "off: never use Docker; anything else: use the engine when it answers"
@@ -45,11 +43,8 @@ class HostingSettings(EnvSettings):
     registry_username: str = env_field(
         "CONSTELLATION_REGISTRY_USERNAME", "", "user for pushing and pulling images, on any registry"
     )
-    registry_password: str = Field(
-        "",
-        validation_alias="CONSTELLATION_REGISTRY_PASSWORD",
-        description="password of CONSTELLATION_REGISTRY_USERNAME",
-        repr=False,
+    registry_password: str = secret_field(
+        "CONSTELLATION_REGISTRY_PASSWORD", "password of CONSTELLATION_REGISTRY_USERNAME"
     )
     registry_auth_file: str = env_field(
         "CONSTELLATION_REGISTRY_AUTH_FILE",
@@ -59,9 +54,7 @@ class HostingSettings(EnvSettings):
     modal_token_id: str = Field(
         "", validation_alias="MODAL_TOKEN_ID", description="Modal token id; with its secret, enables the modal runtime"
     )
-    modal_token_secret: str = Field(
-        "", validation_alias="MODAL_TOKEN_SECRET", description="Modal token secret", repr=False
-    )
+    modal_token_secret: str = secret_field("MODAL_TOKEN_SECRET", "Modal token secret")
 
     @property
     def database_url(self) -> str:

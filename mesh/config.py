@@ -43,6 +43,11 @@ def env_field(name: str, default: Any, description: str, **constraints: Any) -> 
     return Field(default, validation_alias=name, description=description, **constraints)
 
 
+def secret_field(name: str, description: str) -> Any:
+    """A settings field read from `name` that never shows in repr() or logs (keys, passwords, URLs with them)."""
+    return Field("", validation_alias=name, description=description, repr=False)
+
+
 def _describe(error: ValidationError, aliases: dict[str, str]) -> str:
     problems = []
     for item in error.errors():
@@ -132,19 +137,13 @@ class Settings(EnvSettings):
     home_raw: str = env_field(
         "CONSTELLATION_HOME", "", "local state: SQLite database, logs, pids, outputs (default ~/.constellation)"
     )
-    database_url_raw: str = Field(
-        "",
-        validation_alias="DATABASE_URL",
-        description="SQLAlchemy URL of the service database (default SQLite under the home)",
-        repr=False,
+    database_url_raw: str = secret_field(
+        "DATABASE_URL", "SQLAlchemy URL of the service database (default SQLite under the home)"
     )
-    api_keys_raw: str = Field(
-        "",
-        validation_alias="CONSTELLATION_API_KEYS",
-        description="`key` or `key:role` (admin or reader), comma separated; empty: authentication is off",
-        repr=False,
+    api_keys_raw: str = secret_field(
+        "CONSTELLATION_API_KEYS", "`key` or `key:role` (admin or reader), comma separated; empty: authentication is off"
     )
-    api_key_raw: str = Field("", validation_alias="CONSTELLATION_API_KEY", description="one more admin key", repr=False)
+    api_key_raw: str = secret_field("CONSTELLATION_API_KEY", "one more admin key")
     log_level_raw: str = env_field("CONSTELLATION_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = env_field("CONSTELLATION_LOG_FORMAT", "json", "json (one object a line) or text")
     max_message_mb: int = env_field(

@@ -12,9 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from mesh.config import EnvSettings, env_field, home_dir
+from mesh.config import EnvSettings, env_field, home_dir, secret_field
 
 PREFIX = "CONSTELLATION_ORCHESTRATOR_"
 
@@ -27,11 +25,8 @@ class OrchestratorSettings(EnvSettings):
         "DAGSTER_HOME of the instance: dagster.yaml, and SQLite storage unless a PostgreSQL URL is set "
         "(default $CONSTELLATION_HOME/dagster)",
     )
-    dagster_postgres_url: str = Field(
-        "",
-        validation_alias="CONSTELLATION_DAGSTER_POSTGRES_URL",
-        description="postgresql://user:pass@host:port/db for dagster-postgres; empty: SQLite",
-        repr=False,
+    dagster_postgres_url: str = secret_field(
+        "CONSTELLATION_DAGSTER_POSTGRES_URL", "postgresql://user:pass@host:port/db for dagster-postgres; empty: SQLite"
     )
     work_dir_raw: str = env_field(
         PREFIX + "WORK_DIR",

@@ -6,10 +6,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import docker
 import grpc
 import pytest
 
-import docker
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from hosting_svc.server import build
 from mesh import config

@@ -6,11 +6,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import docker
 import grpc
 import pytest
 import yaml
 
-import docker
 from constellation.hosting.v1 import hosting_pb2
 from hosting_svc import images
 from hosting_svc.runtimes.docker import LABEL_OWNER

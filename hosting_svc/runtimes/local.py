@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import model_runtime
 from hosting_svc import packaging
 from hosting_svc.domain import HostedModel
 from hosting_svc.runtimes import LogLine, Replica, StateChange
@@ -81,17 +82,7 @@ class LocalRuntime:
         }
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                [
-                    str(home / "venv" / "bin" / "python"),
-                    "-m",
-                    "model_runtime",
-                    "--model-dir",
-                    str(home / "model"),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
+                model_runtime.command("127.0.0.1", port, str(home / "model"), str(home / "venv" / "bin" / "python")),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
