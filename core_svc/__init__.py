@@ -3,8 +3,8 @@
 - `server`: wiring: settings -> database -> catalog and runs -> servicer -> serve();
 - `settings`: `CoreSettings`, core's own environment variables (the bootstrap's are mesh.config);
 - `servicer`: CoreService over gRPC, one line per RPC; `convert`: protobuf <-> domain;
-- `domain`: the resources as dataclasses; `validation`: dataset and model checks;
-  `pipelines`: a pipeline spec's wiring rules and validation against the catalog;
+- `domain`: the resources as dataclasses; `validation`: dataset and model checks (pipeline specs are
+  validated by the `pipeline` package against views of the catalog, in `catalog`);
 - `db` (tables, Alembic migrations in `migrations/`), `catalog` (datasets, models, pipelines in SQL),
   `listing` (filters and page tokens of every List RPC);
 - runs: `runs` (the API the servicer calls and the invariant that makes a run survive a restart),

@@ -2,8 +2,8 @@
 
 Common ground for core (which stores and validates specs), the orchestrator
 (which runs them) and the agent (which plans them). It imports only generated
-code, the bootstrap (mesh.errors, mesh.enums), clients.storage and
-model_runtime; never a service.
+code, the bootstrap (mesh.errors, mesh.enums) and clients.storage; never a
+service.
 
     kinds       the table of block kinds: ports, produced data, typed configs
     spec        PipelineSpec, Block, Edge, Problem; the dataset/model views validation reads
