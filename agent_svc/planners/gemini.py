@@ -41,6 +41,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 
 from agent_svc import prompt as prompt_mod
 from agent_svc import ranking, text
@@ -82,10 +83,6 @@ class GeminiSettings:
     max_backoff_s: float = 16.0
     max_repairs: int = 3
     max_tool_rounds: int = 6
-
-
-def _enum_names(enum: Any, prefix: str) -> list[str]:
-    return [n for n in enum.keys() if n != f"{prefix}UNSPECIFIED"]
 
 
 def _obj(properties: dict[str, Any], required: list[str] | None = None, description: str = "") -> dict[str, Any]:
@@ -132,6 +129,33 @@ READING_SCHEMA = _obj(
     ["keywords"],
 )
 
+_SCALARS = {
+    FieldDescriptor.TYPE_STRING: STRING,
+    FieldDescriptor.TYPE_BOOL: {"type": "BOOLEAN"},
+    FieldDescriptor.TYPE_FLOAT: NUMBER,
+    FieldDescriptor.TYPE_DOUBLE: NUMBER,
+    FieldDescriptor.TYPE_INT32: INTEGER,
+    FieldDescriptor.TYPE_INT64: INTEGER,
+    FieldDescriptor.TYPE_UINT32: INTEGER,
+    FieldDescriptor.TYPE_UINT64: INTEGER,
+}
+
+
+def _config_schema(kind: str) -> dict[str, Any]:
+    """The JSON schema of a block kind's config, read from its proto message (the contract), so a new kind
+    needs nothing here."""
+    message = common_pb2.Block.DESCRIPTOR.fields_by_name[kind].message_type
+    properties: dict[str, Any] = {}
+    for proto_field in message.fields:
+        if proto_field.type == FieldDescriptor.TYPE_ENUM:
+            names = [v.name for v in proto_field.enum_type.values if v.number != 0]
+            schema: dict[str, Any] = {"type": "STRING", "enum": names}
+        else:
+            schema = _SCALARS[proto_field.type]
+        properties[proto_field.name] = {"type": "ARRAY", "items": schema} if proto_field.is_repeated else schema
+    return _obj(properties)
+
+
 SPEC_SCHEMA = _obj(
     {
         "blocks": {
@@ -141,46 +165,7 @@ SPEC_SCHEMA = _obj(
                     "id": STRING,
                     "label": STRING,
                     "kind": {"type": "STRING", "enum": list(BLOCK_KINDS)},
-                    "dataset": _obj({"dataset_id": STRING, "bands": STRINGS}),
-                    "tile": _obj(
-                        {
-                            "tile_size_px": INTEGER,
-                            "overlap_px": INTEGER,
-                            "normalization": {
-                                "type": "STRING",
-                                "enum": _enum_names(common_pb2.Normalization, "NORMALIZATION_"),
-                            },
-                        }
-                    ),
-                    "model": _obj({"model_id": STRING, "batch_size": INTEGER, "max_concurrency": INTEGER}),
-                    "stitch": _obj(
-                        {"blend": {"type": "STRING", "enum": _enum_names(common_pb2.BlendMode, "BLEND_MODE_")}}
-                    ),
-                    "index": _obj(
-                        {
-                            "preset": {
-                                "type": "STRING",
-                                "enum": _enum_names(common_pb2.SpectralIndex, "SPECTRAL_INDEX_"),
-                            },
-                            "first_band": STRING,
-                            "second_band": STRING,
-                        }
-                    ),
-                    "vectorize": _obj(
-                        {"threshold": NUMBER, "simplify_tolerance_m": NUMBER, "min_area_m2": NUMBER, "crs": STRING}
-                    ),
-                    "export": _obj(
-                        {
-                            "uri": STRING,
-                            "formats": {
-                                "type": "ARRAY",
-                                "items": {
-                                    "type": "STRING",
-                                    "enum": _enum_names(common_pb2.ExportFormat, "EXPORT_FORMAT_"),
-                                },
-                            },
-                        }
-                    ),
+                    **{kind: _config_schema(kind) for kind in BLOCK_KINDS},
                 },
                 ["id", "kind"],
             ),
