@@ -114,14 +114,14 @@ class CoreCatalog:
         try:
             return call()
         except grpc.RpcError as error:
-            code = error.code()  # type: ignore[attr-defined]
+            code = error.code()
             if code in DOWN:
                 raise Unavailable(
                     f"core at {self.address} does not answer ({what}: {code.name}); try again shortly"
                 ) from None
             if lookup:
-                raise LookupFailed(f"{code.name}: {error.details()}") from None  # type: ignore[attr-defined]
-            raise FailedPrecondition(f"core refused {what}: {code.name}: {error.details()}") from None  # type: ignore[attr-defined]
+                raise LookupFailed(f"{code.name}: {error.details()}") from None
+            raise FailedPrecondition(f"core refused {what}: {code.name}: {error.details()}") from None
 
     def check(self) -> None:
         """Health check: raises when core does not answer SERVING."""

@@ -100,7 +100,7 @@ class ModelDeployer:
         self.runtime, self.replicas = runtime, replicas
         self.deadline = time.monotonic() + timeout_s
 
-    def _call(self, method, request):  # type: ignore[no-untyped-def]
+    def _call(self, method, request):
         try:
             return method(request, timeout=self.peer_timeout_s, metadata=self.metadata)
         except grpc.RpcError as error:

@@ -175,7 +175,7 @@ class Engine:
         self.client.images.get(image).tag(repository, tag)
         yield from self.client.api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True)
 
-    def pull(self, repository: str, tag: str, auth: dict | None):  # type: ignore[no-untyped-def]
+    def pull(self, repository: str, tag: str, auth: dict | None):
         return self.client.images.pull(repository, tag=tag, auth_config=auth)
 
 

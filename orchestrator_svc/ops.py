@@ -83,7 +83,7 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, source, depth: int = 2) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, source, depth: int = 2) -> None:
         import queue
         import threading
 
@@ -92,7 +92,7 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._fill, args=(source,), name="tile-reader", daemon=True)
         self._thread.start()
 
-    def _fill(self, source) -> None:  # type: ignore[no-untyped-def]
+    def _fill(self, source) -> None:
         import queue
 
         try:
@@ -115,7 +115,7 @@ class Prefetcher:
             except queue.Full:
                 continue
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         import queue
 
         while True:
