@@ -22,7 +22,7 @@ BUSY = (D.DEPLOYMENT_STATE_PACKAGING, D.DEPLOYMENT_STATE_BUILDING, D.DEPLOYMENT_
         D.DEPLOYMENT_STATE_PUSHING, D.DEPLOYMENT_STATE_DEPLOYING)  # fmt: skip
 
 
-def state_name(state: int) -> str:
+def state_name(state: hosting_pb2.DeploymentState.ValueType) -> str:
     return enum_name(D, state) or "unspecified"
 
 
