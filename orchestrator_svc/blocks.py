@@ -242,12 +242,13 @@ class Normalizer:
             raise ValueError(f"unknown normalization {mode!r}")
         offsets, scales = [], []
         for band in bands:
-            s = stats[band] if mode in ("min_max", "z_score") else None
             if mode == "min_max":
+                s = stats[band]
                 span = s.maximum - s.minimum
                 offsets.append(s.minimum)
                 scales.append(1.0 / span if span > 0 else 1.0)
             elif mode == "z_score":
+                s = stats[band]
                 offsets.append(s.mean)
                 scales.append(1.0 / s.std if s.std > 0 else 1.0)
             elif mode == "reflectance":
