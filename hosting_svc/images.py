@@ -11,9 +11,9 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from docker.client import DockerClient, from_env
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
-import docker
 from mesh.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger("hosting.images")
@@ -34,7 +34,7 @@ class BuildFailed(Exception):
 class Engine:
     def __init__(self, base_url: str | None = None) -> None:
         try:
-            self.client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+            self.client = DockerClient(base_url=base_url) if base_url else from_env()
             self.client.ping()
         except DockerException as error:
             raise Unavailable(f"the Docker engine does not answer: {error}") from None
@@ -42,7 +42,7 @@ class Engine:
     @staticmethod
     def available(base_url: str | None = None) -> bool:
         try:
-            (docker.DockerClient(base_url=base_url) if base_url else docker.from_env()).ping()
+            (DockerClient(base_url=base_url) if base_url else from_env()).ping()
             return True
         except DockerException:
             return False
