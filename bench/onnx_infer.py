@@ -31,17 +31,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from hosting import package_and_wait  # noqa: E402
-from model_infer import TILES, median, rate  # noqa: E402
+import numpy as np  # noqa: E402 - after the sys.path set-up above
+import rasterio  # noqa: E402 - after the sys.path set-up above
+from hosting import package_and_wait  # noqa: E402 - after the sys.path set-up above
+from model_infer import TILES, median, rate  # noqa: E402 - after the sys.path set-up above
 
-import docker  # noqa: E402
-from clients.inference import InferenceClient  # noqa: E402
-from constellation.hosting.v1 import hosting_pb2  # noqa: E402
-from model_runtime.memory import tune_malloc  # noqa: E402
-from scripts.make_scenes import default_folder, make_scene, scene_name  # noqa: E402
-from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402
+import docker  # noqa: E402 - after the sys.path set-up above
+from clients.inference import InferenceClient  # noqa: E402 - after the sys.path set-up above
+from constellation.hosting.v1 import hosting_pb2  # noqa: E402 - after the sys.path set-up above
+from model_runtime.memory import tune_malloc  # noqa: E402 - after the sys.path set-up above
+from scripts.make_scenes import default_folder, make_scene, scene_name  # noqa: E402 - after the sys.path set-up above
+from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402 - after the sys.path set-up above
 
 WATER_MLP = ROOT / "examples" / "models" / "water-mlp"
 NAME = "water-mlp"

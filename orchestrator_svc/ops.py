@@ -106,7 +106,7 @@ class Prefetcher:
                 if self._stop.is_set():
                     return
             item = self._END
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+        except BaseException as error:  # handed to the consumer
             item = error
         while not self._stop.is_set():
             try:
@@ -163,7 +163,7 @@ class PredictionWriter:
                     size = self.store.record_bytes
                     for j, index in enumerate(chunk):
                         self.store.write(index, raw[j * size : (j + 1) * size])
-            except BaseException as error:  # noqa: BLE001 - handed to the caller
+            except BaseException as error:  # handed to the caller
                 self.error = error
 
     def put(self, chunk: list[int], raw: memoryview) -> None:
