@@ -42,7 +42,8 @@ DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 def dataset_from_proto(d: core_pb2.Dataset) -> Dataset:
     box = d.bbox if d.HasField("bbox") else None
-    usable_box = box is not None and box.crs in ("", "EPSG:4326") and box.min_x < box.max_x and box.min_y < box.max_y
+    if box is None or box.crs not in ("", "EPSG:4326") or not (box.min_x < box.max_x and box.min_y < box.max_y):
+        box = None  # absent, or not a usable lon/lat box
     return Dataset(
         id=d.id,
         name=d.name,
@@ -50,7 +51,7 @@ def dataset_from_proto(d: core_pb2.Dataset) -> Dataset:
         sensor=d.sensor,
         bands=tuple(d.bands),
         resolution_m=d.resolution_m,
-        bbox=(box.min_x, box.min_y, box.max_x, box.max_y) if usable_box else None,
+        bbox=(box.min_x, box.min_y, box.max_x, box.max_y) if box is not None else None,
         tags=tuple(d.tags),
         uri=d.uri,
     )
@@ -114,14 +115,14 @@ class CoreCatalog:
         try:
             return call()
         except grpc.RpcError as error:
-            code = error.code()  # type: ignore[attr-defined]
+            code = error.code()
             if code in DOWN:
                 raise Unavailable(
                     f"core at {self.address} does not answer ({what}: {code.name}); try again shortly"
                 ) from None
             if lookup:
-                raise LookupFailed(f"{code.name}: {error.details()}") from None  # type: ignore[attr-defined]
-            raise FailedPrecondition(f"core refused {what}: {code.name}: {error.details()}") from None  # type: ignore[attr-defined]
+                raise LookupFailed(f"{code.name}: {error.details()}") from None
+            raise FailedPrecondition(f"core refused {what}: {code.name}: {error.details()}") from None
 
     def check(self) -> None:
         """Health check: raises when core does not answer SERVING."""

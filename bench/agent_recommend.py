@@ -33,10 +33,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_svc import prompt as prompt_mod  # noqa: E402
-from agent_svc import ranking  # noqa: E402
-from agent_svc.domain import Catalog, Constraints, Dataset, Model  # noqa: E402
-from agent_svc.gazetteer import PLACES  # noqa: E402
+from agent_svc import prompt as prompt_mod
+from agent_svc import ranking
+from agent_svc.domain import Catalog, Constraints, Dataset, Model
+from agent_svc.gazetteer import PLACES
 
 DATA = ROOT / "tests" / "data"
 SENSORS = {

@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-from constellation.core.v1 import core_pb2, core_pb2_grpc  # noqa: E402
-from constellation_sdk.client import Client  # noqa: E402
-from gateway import supervisor as gateway  # noqa: E402
-from mesh.services import insecure_channel  # noqa: E402
-from tests.pg import free_port  # noqa: E402
+from constellation.core.v1 import core_pb2, core_pb2_grpc
+from constellation_sdk.client import Client
+from gateway import supervisor as gateway
+from mesh.services import insecure_channel
+from tests.pg import free_port
 
 ROUNDS = 3
 

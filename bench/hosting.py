@@ -40,11 +40,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
 from model_infer import NDWI4  # noqa: E402  (the same 4-band NDWI model the runtime benchmark uses)
 
-from clients.inference import InferenceClient  # noqa: E402
-from constellation.hosting.v1 import hosting_pb2  # noqa: E402
-from mesh.services import channel_options  # noqa: E402
-from model_runtime.memory import tune_malloc  # noqa: E402
-from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402
+from clients.inference import InferenceClient
+from constellation.hosting.v1 import hosting_pb2
+from mesh.services import channel_options
+from model_runtime.memory import tune_malloc
+from tests.hosting_support import STATE, HostingUnderTest, require_docker
 
 OPTIONS = channel_options(1 << 28)
 

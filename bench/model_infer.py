@@ -45,10 +45,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np
+import yaml
 
-from mesh.services import channel_options  # noqa: E402
+from mesh.services import channel_options
 
 TILES, BANDS, SIZE = 8, 4, 256
 GRPC_OPTIONS = channel_options(1 << 28)

@@ -31,17 +31,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-import docker  # noqa: E402
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from hosting import package_and_wait  # noqa: E402
-from model_infer import TILES, median, rate  # noqa: E402
+import docker
+import numpy as np
+import rasterio
+from hosting import package_and_wait
+from model_infer import TILES, median, rate
 
-from clients.inference import InferenceClient  # noqa: E402
-from constellation.hosting.v1 import hosting_pb2  # noqa: E402
-from model_runtime.memory import tune_malloc  # noqa: E402
-from scripts.make_scenes import default_folder, make_scene, scene_name  # noqa: E402
-from tests.hosting_support import STATE, HostingUnderTest, require_docker  # noqa: E402
+from clients.inference import InferenceClient
+from constellation.hosting.v1 import hosting_pb2
+from model_runtime.memory import tune_malloc
+from scripts.make_scenes import default_folder, make_scene, scene_name
+from tests.hosting_support import STATE, HostingUnderTest, require_docker
 
 WATER_MLP = ROOT / "examples" / "models" / "water-mlp"
 NAME = "water-mlp"

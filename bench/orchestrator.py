@@ -41,14 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
 
-from clients.inference import InferenceClient  # noqa: E402
-from constellation.common.v1 import common_pb2 as c  # noqa: E402
-from constellation.orchestrator.v1 import orchestrator_pb2 as pb  # noqa: E402
-from orchestrator_svc import blocks  # noqa: E402
-from orchestrator_svc.launcher import MAX_RSS_TAG  # noqa: E402
-from orchestrator_svc.runs import dagster_run_id  # noqa: E402
-from tests.orchestrator_scenes import BANDS, write_scene  # noqa: E402
-from tests.orchestrator_support import NDWI_DIR, ModelEndpoint, Orchestrator, orchestrator_env, water_request  # noqa: E402
+from clients.inference import InferenceClient
+from constellation.common.v1 import common_pb2 as c
+from constellation.orchestrator.v1 import orchestrator_pb2 as pb
+from orchestrator_svc import blocks
+from orchestrator_svc.launcher import MAX_RSS_TAG
+from orchestrator_svc.runs import dagster_run_id
+from tests.orchestrator_scenes import BANDS, write_scene
+from tests.orchestrator_support import NDWI_DIR, ModelEndpoint, Orchestrator, orchestrator_env, water_request
 
 BATCH, CONCURRENCY, TILE = 8, 2, 256
 

@@ -26,11 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from constellation.agent.v1 import agent_pb2  # noqa: E402
-from constellation.core.v1 import core_pb2  # noqa: E402
-from constellation_sdk import Client, catalog, mesh_process, watch  # noqa: E402
-from scripts.make_scenes import make_scene  # noqa: E402
-from tests.conftest import mesh_env  # noqa: E402
+from constellation.agent.v1 import agent_pb2
+from constellation.core.v1 import core_pb2
+from constellation_sdk import Client, catalog, mesh_process, watch
+from scripts.make_scenes import make_scene
+from tests.conftest import mesh_env
 
 BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
 MODELS = ROOT / "examples" / "models"

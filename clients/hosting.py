@@ -22,7 +22,7 @@ BUSY = (D.DEPLOYMENT_STATE_PACKAGING, D.DEPLOYMENT_STATE_BUILDING, D.DEPLOYMENT_
         D.DEPLOYMENT_STATE_PUSHING, D.DEPLOYMENT_STATE_DEPLOYING)  # fmt: skip
 
 
-def state_name(state: int) -> str:
+def state_name(state: hosting_pb2.DeploymentState.ValueType) -> str:
     return enum_name(D, state) or "unspecified"
 
 
@@ -100,7 +100,7 @@ class ModelDeployer:
         self.runtime, self.replicas = runtime, replicas
         self.deadline = time.monotonic() + timeout_s
 
-    def _call(self, method, request):  # type: ignore[no-untyped-def]
+    def _call(self, method, request):
         try:
             return method(request, timeout=self.peer_timeout_s, metadata=self.metadata)
         except grpc.RpcError as error:

@@ -118,7 +118,7 @@ class Storage:
             return path.stat().st_size
         try:
             return int(self.s3.head_object(Bucket=location.bucket, Key=location.path)["ContentLength"])
-        except Exception as error:  # noqa: BLE001 - translated to StorageError
+        except Exception as error:  # translated to StorageError
             raise self._s3_error(error, uri) from None
 
     def fetch(self, uri: str, scratch: Path) -> Path:
@@ -132,7 +132,7 @@ class Storage:
         partial = target.with_name(target.name + ".part")
         try:
             self.s3.download_file(location.bucket, location.path, str(partial), Config=self._transfer_config())
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             partial.unlink(missing_ok=True)
             raise self._s3_error(error, uri) from None
         partial.replace(target)
@@ -161,7 +161,7 @@ class Storage:
                 ExtraArgs={"ContentType": content_type},
                 Config=self._transfer_config(),
             )
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise self._s3_error(error, uri) from None
 
     def delete(self, uri: str) -> None:
@@ -171,7 +171,7 @@ class Storage:
             return
         try:
             self.s3.delete_object(Bucket=location.bucket, Key=location.path)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise self._s3_error(error, uri) from None
 
     def check_writable(self, prefix: str) -> None:
@@ -190,7 +190,7 @@ class Storage:
             return
         try:
             self.s3.head_bucket(Bucket=location.bucket)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise self._s3_error(error, f"s3://{location.bucket}") from None
 
     def exists(self, uri: str) -> bool:
@@ -221,7 +221,7 @@ class Storage:
         if parsed.netloc and not parsed.netloc.endswith("amazonaws.com"):
             endpoint = parsed.netloc
             options["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
-        credentials = self.s3._request_signer._credentials  # noqa: SLF001 - boto3 exposes no public getter
+        credentials = self.s3._request_signer._credentials  # boto3 exposes no public getter
         region = self.s3.meta.region_name or "us-east-1"
         if credentials is None:
             options["session"] = AWSSession(aws_unsigned=True, region_name=region, endpoint_url=endpoint)

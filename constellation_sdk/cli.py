@@ -95,7 +95,7 @@ def _fail(error: grpc.RpcError) -> click.ClickException:
     return click.ClickException(message)
 
 
-def _emit(as_json: bool, payload, text: str) -> None:  # type: ignore[no-untyped-def]
+def _emit(as_json: bool, payload, text: str) -> None:
     """JSON (protobuf messages in their proto3 JSON form) or the human line."""
     if as_json:
         data = (
@@ -108,11 +108,11 @@ def _emit(as_json: bool, payload, text: str) -> None:  # type: ignore[no-untyped
         click.echo(text)
 
 
-def rpc(function):  # type: ignore[no-untyped-def]
+def rpc(function):
     """Turn gRPC errors into one readable line (and a field list), exit code 1."""
 
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except grpc.RpcError as error:

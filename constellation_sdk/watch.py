@@ -40,7 +40,7 @@ def _seconds(stamp) -> float:
     return stamp.seconds + stamp.nanos / 1e9
 
 
-def state_name(state: int) -> str:
+def state_name(state: c.RunState.ValueType) -> str:
     return enum_name(c.RunState, state) or "unspecified"
 
 

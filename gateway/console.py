@@ -54,13 +54,13 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     files_root: Path = Path("/nonexistent")
     keys: frozenset[str] = frozenset()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:  # the base class's name
         pass  # Envoy logs access; keep the supervisor's log for errors.
 
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:  # http.server's naming
         self._serve(head=True)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._serve(head=False)
 
     def _serve(self, head: bool) -> None:

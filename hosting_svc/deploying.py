@@ -88,7 +88,7 @@ class Deployer:
                         client.wait_ready(
                             self.settings.ready_timeout_s, partial(runtime.alive, model, replica.replica_id)
                         )
-            except Exception as error:  # noqa: BLE001 - a failed rollout is stopped and reported
+            except Exception as error:  # a failed rollout is stopped and reported
                 tail = runtime.logs(model, started[-1].replica_id) if started else ""
                 for replica in started:
                     runtime.stop(model, replica.replica_id)

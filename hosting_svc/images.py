@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import docker
+from docker.client import DockerClient, from_env
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
 import model_runtime
@@ -35,7 +35,7 @@ class BuildFailed(Exception):
 class Engine:
     def __init__(self, base_url: str | None = None) -> None:
         try:
-            self.client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+            self.client = DockerClient(base_url=base_url) if base_url else from_env()
             self.client.ping()
         except DockerException as error:
             raise Unavailable(f"the Docker engine does not answer: {error}") from None
@@ -43,7 +43,7 @@ class Engine:
     @staticmethod
     def available(base_url: str | None = None) -> bool:
         try:
-            (docker.DockerClient(base_url=base_url) if base_url else docker.from_env()).ping()
+            (DockerClient(base_url=base_url) if base_url else from_env()).ping()
             return True
         except DockerException:
             return False
@@ -166,7 +166,7 @@ class Engine:
         self.client.images.get(image).tag(repository, tag)
         yield from self.client.api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True)
 
-    def pull(self, repository: str, tag: str, auth: dict | None):  # type: ignore[no-untyped-def]
+    def pull(self, repository: str, tag: str, auth: dict | None):
         return self.client.images.pull(repository, tag=tag, auth_config=auth)
 
 

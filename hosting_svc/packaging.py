@@ -51,7 +51,7 @@ def requirements_for(model_requirements: list[str]) -> list[str]:
     return [*runtime_requirements(), *model_requirements]
 
 
-def download_wheelhouse(requirements: list[str], cache_root: Path, log) -> Path:  # type: ignore[no-untyped-def]
+def download_wheelhouse(requirements: list[str], cache_root: Path, log) -> Path:
     """`pip download` every wheel the image needs into a folder keyed by the requirement set.
 
     The build itself then runs with the network off, installing only from

@@ -19,7 +19,7 @@ RUNTIME_NAMES = {
 }
 
 
-def _state(name: str) -> int:
+def _state(name: str) -> hosting_pb2.DeploymentState.ValueType:
     return hosting_pb2.DeploymentState.Value(f"DEPLOYMENT_STATE_{name.upper()}")
 
 

@@ -160,7 +160,7 @@ class Store:
                 for r in rows
             ]
 
-    def follow(self, model_id: str, after: int, keep_going) -> Iterator[DeploymentEvent]:  # type: ignore[no-untyped-def]
+    def follow(self, model_id: str, after: int, keep_going) -> Iterator[DeploymentEvent]:
         """Events after `after`, then new ones as they are written, while keep_going() is true."""
         while keep_going():
             batch = self.events(model_id, after)

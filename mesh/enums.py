@@ -9,22 +9,27 @@ value (`*_UNSPECIFIED`) is "".
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
+
+from google.protobuf.descriptor import EnumDescriptor
+
+_V = TypeVar("_V", bound=int)
 
 
-class EnumType(Protocol):
-    """What protobuf's generated enum wrappers offer (EnumTypeWrapper)."""
+class EnumType(Protocol[_V]):
+    """What protobuf's generated enum wrappers offer (mypy-protobuf's _EnumTypeWrapper[X.ValueType])."""
 
-    DESCRIPTOR: object
+    @property
+    def DESCRIPTOR(self) -> EnumDescriptor: ...
 
-    def Name(self, number: int) -> str: ...
+    def Name(self, number: _V) -> str: ...
 
-    def Value(self, name: str) -> int: ...
+    def Value(self, name: str | bytes) -> _V: ...
 
 
-def prefix_of(enum_type: EnumType) -> str:
+def prefix_of(enum_type: EnumType[_V]) -> str:
     """ModelTask -> "MODEL_TASK_"."""
-    name: str = enum_type.DESCRIPTOR.name  # type: ignore[attr-defined]  # EnumDescriptor.name; Protocol keeps it opaque
+    name: str = enum_type.DESCRIPTOR.name
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper() + "_"
 
 
@@ -36,11 +41,11 @@ def short_name(full_name: str, prefix: str) -> str:
     return "" if short == "unspecified" else short
 
 
-def enum_name(enum_type: EnumType, value: int) -> str:
+def enum_name(enum_type: EnumType[_V], value: _V) -> str:
     """The lowercase name of `value`: common_pb2.ModelTask, 2 -> "segmentation"; 0 -> ""."""
     return short_name(enum_type.Name(value), prefix_of(enum_type)) if value else ""
 
 
-def enum_value(enum_type: EnumType, name: str) -> int:
+def enum_value(enum_type: EnumType[_V], name: str) -> _V:
     """The number of lowercase `name`: common_pb2.ModelTask, "segmentation" -> 2; "" -> 0. Raises ValueError."""
-    return enum_type.Value(prefix_of(enum_type) + name.upper()) if name else 0
+    return enum_type.Value(prefix_of(enum_type) + name.upper()) if name else cast(_V, 0)  # 0: every enum's UNSPECIFIED

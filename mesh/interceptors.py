@@ -119,7 +119,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
                 if denial:
                     context.abort(*denial)
                 return behaviour(request, context)
-            except Exception as error:  # noqa: BLE001 - mapped, never leaked
+            except Exception as error:  # mapped, never leaked
                 self._fail(error, context, request_id)
             finally:
                 self._finish(method, started, context)
@@ -136,7 +136,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
                 if denial:
                     context.abort(*denial)
                 yield from behaviour(request, context)
-            except Exception as error:  # noqa: BLE001 - mapped, never leaked
+            except Exception as error:  # mapped, never leaked
                 self._fail(error, context, request_id)
             finally:
                 self._finish(method, started, context)

@@ -101,7 +101,7 @@ class MeshServer:
         for name, check in self._checks.items():
             try:
                 check()
-            except Exception as error:  # noqa: BLE001 - any failure means the dependency is down
+            except Exception as error:  # any failure means the dependency is down
                 failures.append(
                     f"{name}: {error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 )

@@ -48,12 +48,12 @@ class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIn
         self._header = ("authorization", f"Bearer {api_key}")
 
     def _with_key(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return details._replace(metadata=[*(details.metadata or ()), self._header])  # type: ignore[attr-defined]
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(self, continuation, client_call_details, request):
         return continuation(self._with_key(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_stream(self, continuation, client_call_details, request):
         return continuation(self._with_key(client_call_details), request)
 
 

@@ -109,7 +109,7 @@ class Batcher:
                 end = start + request.batch.shape[0]
                 request.result = {name: value[start:end] for name, value in outputs.items()}
                 start = end
-        except BaseException as error:  # noqa: BLE001 - handed to every caller in the batch
+        except BaseException as error:  # handed to every caller in the batch
             for request in taken:
                 request.error = error
         with self._cond:

@@ -93,7 +93,7 @@ class LoadedModel:
             self.batcher = Batcher(self.predict, self.manifest.max_batch_size, self.manifest.max_queue_delay_ms)
             self.ready.set()
             log.info("model loaded: %s %s", self.manifest.name, self.manifest.version)
-        except BaseException as error:  # noqa: BLE001 - reported through health and ModelReady
+        except BaseException as error:  # reported through health and ModelReady
             self.error = error
             log.exception("model failed to load")
 
@@ -232,7 +232,7 @@ class InferenceServicer:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
             outputs = self.model.batcher.infer(batch)
-        except Exception as error:  # noqa: BLE001 - a model bug: INTERNAL with a short reason, details in the log
+        except Exception as error:  # a model bug: INTERNAL with a short reason, details in the log
             log.exception("predict failed")
             context.abort(grpc.StatusCode.INTERNAL, f"predict failed: {type(error).__name__}: {str(error)[:200]}")
         response = pb.ModelInferResponse(

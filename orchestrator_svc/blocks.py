@@ -49,7 +49,7 @@ def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
     return hits.any(axis=0)
 
 
-def gdal_env(**options: object):  # type: ignore[no-untyped-def]
+def gdal_env(**options: object):
     import rasterio
 
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_NUM_THREADS="1", **options)
@@ -78,7 +78,7 @@ class Scene:
         return self.band_indexes[self.band_names.index(band)]
 
     @property
-    def affine(self):  # type: ignore[no-untyped-def]
+    def affine(self):
         from affine import Affine
 
         return Affine(*self.transform)
@@ -116,7 +116,7 @@ def inspect_scene(path: str, file_bands: Sequence[str], selected: Sequence[str] 
         width=width,
         height=height,
         crs_wkt=crs.to_wkt(),
-        transform=tuple(transform)[:6],  # type: ignore[arg-type]
+        transform=tuple(transform)[:6],
         nodata=nodata,
         dtype=dtypes[0],
         rgb_indexes=tuple(list(file_bands).index(b) + 1 for b in ("red", "green", "blue"))
@@ -243,12 +243,13 @@ class Normalizer:
             raise ValueError(f"unknown normalization {mode!r}")
         offsets, scales = [], []
         for band in bands:
-            s = stats[band] if mode in ("min_max", "z_score") else None
             if mode == "min_max":
+                s = stats[band]
                 span = s.maximum - s.minimum
                 offsets.append(s.minimum)
                 scales.append(1.0 / span if span > 0 else 1.0)
             elif mode == "z_score":
+                s = stats[band]
                 offsets.append(s.mean)
                 scales.append(1.0 / s.std if s.std > 0 else 1.0)
             elif mode == "reflectance":
@@ -546,7 +547,7 @@ class VectorFile:
     features: int
 
 
-def _metres_per_unit(crs) -> tuple[float, bool]:  # type: ignore[no-untyped-def]
+def _metres_per_unit(crs) -> tuple[float, bool]:
     """(metres per CRS unit, is geographic). Geographic degrees are taken at the equator (111.32 km)."""
     if crs.is_geographic:
         return 111_320.0, True
@@ -603,7 +604,7 @@ def vectorize(
             xs, ys = warp_transform(source_crs, target_crs, coords[:, 0], coords[:, 1])
             return np.column_stack([xs, ys])
 
-        def emit(polygon) -> None:  # type: ignore[no-untyped-def]
+        def emit(polygon) -> None:
             nonlocal written
             geometry = shapely.affinity.affine_transform(polygon, coefficients)
             if tolerance:

@@ -146,7 +146,7 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
         try:
             self._instance.add_run_tags(run_id, {EXIT_TAG: str(child.returncode)})
             self.settle(run_id, f"its worker process exited with code {child.returncode}")
-        except Exception:  # noqa: BLE001 - the instance may be closing with the server
+        except Exception:  # the instance may be closing with the server
             log.exception("could not settle run after its worker exited", extra={"run_id": run_id})
 
     def settle(self, run_id: str, why: str) -> None:

@@ -83,7 +83,7 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, source, depth: int = 2) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, source, depth: int = 2) -> None:
         import queue
         import threading
 
@@ -92,7 +92,7 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._fill, args=(source,), name="tile-reader", daemon=True)
         self._thread.start()
 
-    def _fill(self, source) -> None:  # type: ignore[no-untyped-def]
+    def _fill(self, source) -> None:
         import queue
 
         try:
@@ -106,7 +106,7 @@ class Prefetcher:
                 if self._stop.is_set():
                     return
             item = self._END
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+        except BaseException as error:  # handed to the consumer
             item = error
         while not self._stop.is_set():
             try:
@@ -115,7 +115,7 @@ class Prefetcher:
             except queue.Full:
                 continue
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         import queue
 
         while True:
@@ -163,7 +163,7 @@ class PredictionWriter:
                     size = self.store.record_bytes
                     for j, index in enumerate(chunk):
                         self.store.write(index, raw[j * size : (j + 1) * size])
-            except BaseException as error:  # noqa: BLE001 - handed to the caller
+            except BaseException as error:  # handed to the caller
                 self.error = error
 
     def put(self, chunk: list[int], raw: memoryview) -> None:

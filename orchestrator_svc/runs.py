@@ -79,7 +79,7 @@ def fingerprint(request: pb.LaunchRunRequest) -> str:
 
 def block_of_step(run: DagsterRun) -> dict[str, str]:
     request = specs.request_from_json(run.tags[REQUEST_TAG])
-    return {v: k for k, v in specs._op_names([b.id for b in request.spec.blocks]).items()}  # noqa: SLF001
+    return {v: k for k, v in specs._op_names([b.id for b in request.spec.blocks]).items()}
 
 
 class RunFeed:
@@ -125,7 +125,7 @@ class RunFeed:
                     return
             try:
                 self.poll()
-            except Exception as error:  # noqa: BLE001 - reported to the watchers, who end their streams
+            except Exception as error:  # reported to the watchers, who end their streams
                 log.exception("reading the event log failed", extra={"run_id": self.run_id})
                 with self._cond:
                     self.error = error

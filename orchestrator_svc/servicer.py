@@ -25,7 +25,7 @@ def _timestamp(value: datetime | float | None) -> Timestamp | None:
 def run_to_proto(info: RunInfo) -> pb.Run:
     return pb.Run(
         id=info.id,
-        state=info.state,  # type: ignore[arg-type]
+        state=info.state,
         state_message=info.state_message,
         outputs=info.outputs,
         create_time=_timestamp(info.create_time),

@@ -41,7 +41,7 @@ INDEX_PRESETS = {
 class BlockConfig:
     """Base of the typed block configs: fields named as in the proto, enum values by lowercase name ("" unset)."""
 
-    ENUMS: ClassVar[dict[str, EnumType]] = {}  # field name -> its proto enum type
+    ENUMS: ClassVar[dict[str, EnumType[Any]]] = {}  # field name -> its proto enum type
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
@@ -73,7 +73,7 @@ class DatasetConfig(BlockConfig):
 
 @dataclass(frozen=True)
 class TileConfig(BlockConfig):
-    ENUMS: ClassVar[dict[str, EnumType]] = {"normalization": common_pb2.Normalization}
+    ENUMS: ClassVar[dict[str, EnumType[Any]]] = {"normalization": common_pb2.Normalization}
     tile_size_px: int = 0  # 0: the model's tile size
     overlap_px: int = 0
     normalization: str = ""  # "", "none", "min_max", "z_score", "reflectance"
@@ -88,7 +88,7 @@ class ModelConfig(BlockConfig):
 
 @dataclass(frozen=True)
 class StitchConfig(BlockConfig):
-    ENUMS: ClassVar[dict[str, EnumType]] = {"blend": common_pb2.BlendMode}
+    ENUMS: ClassVar[dict[str, EnumType[Any]]] = {"blend": common_pb2.BlendMode}
     blend: str = ""  # "", "mean", "center"
 
 
@@ -102,14 +102,14 @@ class VectorizeConfig(BlockConfig):
 
 @dataclass(frozen=True)
 class ExportConfig(BlockConfig):
-    ENUMS: ClassVar[dict[str, EnumType]] = {"formats": common_pb2.ExportFormat}
+    ENUMS: ClassVar[dict[str, EnumType[Any]]] = {"formats": common_pb2.ExportFormat}
     uri: str = ""
     formats: tuple[str, ...] = ()  # names from EXPORT_FORMATS; "" for an unspecified entry; empty: all that fit
 
 
 @dataclass(frozen=True)
 class IndexConfig(BlockConfig):
-    ENUMS: ClassVar[dict[str, EnumType]] = {"preset": common_pb2.SpectralIndex}
+    ENUMS: ClassVar[dict[str, EnumType[Any]]] = {"preset": common_pb2.SpectralIndex}
     preset: str = ""  # a name from INDEX_PRESETS, or "" to name the bands
     first_band: str = ""
     second_band: str = ""

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-from mesh.config import EnvSettings  # noqa: E402 -- after the path set-up above
+from mesh.config import EnvSettings
 
 PAGE = ROOT / "docs" / "settings.md"
 # (title, module, class) in the order the page shows them.

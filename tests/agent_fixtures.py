@@ -217,7 +217,7 @@ class FakeGemini:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 length = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 recorded = Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body)

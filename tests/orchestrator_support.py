@@ -40,7 +40,7 @@ class S3Server:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(workdir / "moto.log", "wb")  # noqa: SIM115
+        self.log = open(workdir / "moto.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self.log,
@@ -147,7 +147,7 @@ class ModelEndpoint:
 
     def start(self) -> ModelEndpoint:
         self.starts += 1
-        log = open(self.workdir / f"endpoint-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115
+        log = open(self.workdir / f"endpoint-{self.port}-{self.starts}.log", "wb")
         self.process = subprocess.Popen(
             [
                 sys.executable,

@@ -14,7 +14,7 @@ import pytest
 
 from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
-from tests.agent_fixtures import (  # noqa: F401
+from tests.agent_fixtures import (  # noqa: F401 - fixtures, pytest passes them by name
     FakeGemini,
     RunningAgent,
     agent_env,

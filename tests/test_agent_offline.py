@@ -15,7 +15,7 @@ from constellation.agent.v1 import agent_pb2
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2
 from mesh.errors import field_violations
-from tests.agent_fixtures import DATA, RunningAgent, agent_env, catalog_core, plan, recommend, start_agent  # noqa: F401
+from tests.agent_fixtures import DATA, RunningAgent, agent_env, catalog_core, plan, recommend, start_agent  # noqa: F401 - fixtures, pytest passes them by name
 from tests.conftest import rpc_error
 
 PROMPTS = yaml.safe_load((DATA / "agent_prompts.yaml").read_text())["prompts"]

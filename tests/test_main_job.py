@@ -434,7 +434,7 @@ def test_a_restarted_core_resumes_the_run_and_its_stream(local_mesh, slow_models
             break
     paths = mesh_process.MeshPaths(Path(env["CONSTELLATION_HOME"]))
     state = mesh_process.read_state(paths)
-    assert mesh_process._stop_pid(state["processes"]["core"]["pid"], 15.0)  # noqa: SLF001
+    assert mesh_process._stop_pid(state["processes"]["core"]["pid"], 15.0)
     with open(paths.logs / "core.log", "ab") as log:
         core = subprocess.Popen(
             [sys.executable, "-m", "core_svc"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
