@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
-from model_infer import NDWI4  # noqa: E402  (the same 4-band NDWI model the runtime benchmark uses)
+from model_infer import NDWI4  # the same 4-band NDWI model the runtime benchmark uses
 
 from clients.inference import InferenceClient
 from constellation.hosting.v1 import hosting_pb2

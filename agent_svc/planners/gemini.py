@@ -145,9 +145,11 @@ def _config_schema(kind: str) -> dict[str, Any]:
     """The JSON schema of a block kind's config, read from its proto message (the contract), so a new kind
     needs nothing here."""
     message = common_pb2.Block.DESCRIPTOR.fields_by_name[kind].message_type
+    if message is None:
+        raise ValueError(f"Block.{kind} is not a message")
     properties: dict[str, Any] = {}
     for proto_field in message.fields:
-        if proto_field.type == FieldDescriptor.TYPE_ENUM:
+        if proto_field.enum_type is not None:
             names = [v.name for v in proto_field.enum_type.values if v.number != 0]
             schema: dict[str, Any] = {"type": "STRING", "enum": names}
         else:
