@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import grpc
@@ -18,6 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
+from clients.paging import ResponseT, pages
 from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
@@ -82,6 +85,24 @@ def _gateway() -> str:
         return gateway
     state = mesh_process.read_state(mesh_process.MeshPaths(config.home_dir()))
     return state["processes"]["gateway"]["address"] if state else f"localhost:{config.DEFAULT_GATEWAY_PORT}"
+
+
+PAGE_SIZE = 500
+RequestT = TypeVar("RequestT", bound=Message)
+
+
+def _page(request_type: Callable[..., RequestT], filter_text: str, token: str) -> RequestT:
+    return request_type(filter=filter_text, page_size=PAGE_SIZE, page_token=token)
+
+
+def _every(fetch: Callable[[str], ResponseT]) -> list[ResponseT]:
+    """Every page of a List call: listings show everything, not the first page."""
+    return list(pages(fetch))
+
+
+def _catalog_models(client: Client, filter_text: str) -> list[core_pb2.Model]:
+    found = _every(lambda token: client.core.ListModels(_page(core_pb2.ListModelsRequest, filter_text, token)))
+    return [model for page in found for model in page.models]
 
 
 def _client() -> Client:
@@ -159,7 +180,8 @@ def datasets_add(
 @rpc
 def datasets_list(filter_text: str, as_json: bool) -> None:
     with _client() as client:
-        reply = client.core.ListDatasets(core_pb2.ListDatasetsRequest(filter=filter_text, page_size=1000))
+        found = _every(lambda token: client.core.ListDatasets(_page(core_pb2.ListDatasetsRequest, filter_text, token)))
+        reply = core_pb2.ListDatasetsResponse(datasets=[d for page in found for d in page.datasets])
     lines = [f"{d.id}  {d.name:<24} {d.sensor:<12} {','.join(d.bands)}  {d.resolution_m:g} m" for d in reply.datasets]
     _emit(as_json, reply, "\n".join(lines) or "no datasets")
 
@@ -193,10 +215,15 @@ def models_register(folder: Path, tags: tuple[str, ...], as_json: bool) -> None:
 def models_list(as_json: bool) -> None:
     """Catalog models with their deployment state on hosting."""
     with _client() as client:
-        entries = client.core.ListModels(core_pb2.ListModelsRequest(page_size=1000)).models
+        entries = [
+            m
+            for p in _every(lambda t: client.core.ListModels(_page(core_pb2.ListModelsRequest, "", t)))
+            for m in p.models
+        ]
         hosted = {
             (m.model_name, m.model_version): m
-            for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest(page_size=1000)).models
+            for page in _every(lambda t: client.hosting.ListModels(_page(hosting_pb2.ListModelsRequest, "", t)))
+            for m in page.models
         }
     rows = []
     for model in entries:
@@ -226,7 +253,7 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
         return client.core.GetModel(core_pb2.GetModelRequest(id=ref))
     name, _, version = ref.partition(":")
     terms = f'name = "{name}"' + (f' AND version = "{version}"' if version else "")
-    found = client.core.ListModels(core_pb2.ListModelsRequest(filter=terms, page_size=1000)).models
+    found = _catalog_models(client, terms)
     if not found:
         raise click.ClickException(
             f"no model {ref!r} in the catalog; register it with `constellation models register FOLDER`"
@@ -392,7 +419,8 @@ def runs() -> None:
 @rpc
 def runs_list(filter_text: str, as_json: bool) -> None:
     with _client() as client:
-        reply = client.core.ListRuns(core_pb2.ListRunsRequest(filter=filter_text, page_size=1000))
+        found = _every(lambda token: client.core.ListRuns(_page(core_pb2.ListRunsRequest, filter_text, token)))
+        reply = core_pb2.ListRunsResponse(runs=[r for page in found for r in page.runs])
     lines = [f"{r.id}  {r.pipeline_id}  {watch.state_name(r.state):<10} {r.state_message[:80]}" for r in reply.runs]
     _emit(as_json, reply, "\n".join(lines) or "no runs")
 
