@@ -109,6 +109,17 @@ def test_tags_and_bands_are_bounded(core):
     assert field_violations(error) == [FieldViolation("dataset.bands", "has 65 entries; at most 64")]
 
 
+def test_descriptions_and_labels_are_bounded(core):
+    card = common_pb2.ModelCard(description="d" * 10_001)
+    error = rpc_error(core.RegisterModel, core_pb2.RegisterModelRequest(model=ndwi_model(card=card)))
+    assert [v.field for v in field_violations(error)] == ["model.card.description"]
+    spec = water_spec(add_dataset(core).id, register(core).id)
+    spec.blocks[0].label = "l" * 129
+    pipeline = core_pb2.Pipeline(name="long", description="d" * 10_001, spec=spec)
+    error = rpc_error(core.CreatePipeline, core_pb2.CreatePipelineRequest(pipeline=pipeline))
+    assert [v.field for v in field_violations(error)] == ["pipeline.description", "pipeline.spec.blocks[0].label"]
+
+
 def test_unknown_enum_numbers_are_refused_at_the_door(core):
     # On main: RegisterModel(task=5) gave INTERNAL; a stitch.blend of 99 was stored and every run failed.
     error = rpc_error(core.RegisterModel, core_pb2.RegisterModelRequest(model=ndwi_model(task=5)))
