@@ -97,7 +97,9 @@ RASTER_ONLY = re.compile(
 )
 NO_PREVIEW = re.compile(r"\b(no (png|preview|quick[\s-]?look)s?)\b")
 
-NUMBER = r"(\d+(?:\.\d+)?)"
+# A number starts where no digit precedes it, and its digits are taken atomically: without both, a run of
+# digits that is not followed by a unit is retried from every position and every length (quadratic).
+NUMBER = r"(?<!\d)(\d++(?:\.\d++)?)"
 BBOX = re.compile(
     r"\b(?:bbox|bounding box|extent|box|area|region|within|inside|between|covering|lon/lat|coordinates)\b[^\d-]{0,20}"
     r"(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)"

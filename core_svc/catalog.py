@@ -23,7 +23,7 @@ from core_svc.domain import (
     Pipeline,
 )
 from core_svc.listing import FilterFields, Page, parse_filter
-from core_svc.validation import validate_dataset, validate_model
+from core_svc.validation import MAX_DESCRIPTION, MAX_NAME, validate_dataset, validate_model
 from mesh.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
 from pipeline.spec import DatasetView, ModelView, OutputView, PipelineSpec, Problem
@@ -397,8 +397,11 @@ class Catalog:
 
 
 def _check_pipeline_fields(pipeline: Pipeline) -> list[FieldViolation]:
+    found = []
     if not pipeline.name.strip():
-        return [FieldViolation("name", "is required")]
-    if len(pipeline.name) > 128:
-        return [FieldViolation("name", "at most 128 characters")]
-    return []
+        found.append(FieldViolation("name", "is required"))
+    elif len(pipeline.name) > MAX_NAME:
+        found.append(FieldViolation("name", f"at most {MAX_NAME} characters"))
+    if len(pipeline.description) > MAX_DESCRIPTION:
+        found.append(FieldViolation("description", f"at most {MAX_DESCRIPTION} characters"))
+    return found

@@ -120,6 +120,9 @@ def validate_model(model: Model) -> list[FieldViolation]:
             )
         if any(d < -1 or d == 0 for d in output.shape):
             found.append(FieldViolation(f"outputs[{i}].shape", "dimensions are positive, or -1 for variable"))
+    for name in ("description", "data_used"):
+        if len(getattr(model.card, name)) > MAX_DESCRIPTION:
+            found.append(FieldViolation(f"card.{name}", f"at most {MAX_DESCRIPTION} characters"))
     for i, dependency in enumerate(model.card.dependencies):
         found += check_requirement(dependency, f"card.dependencies[{i}]")
     found += _check_tags(model.tags)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Service name -> (default gRPC port, default metrics port).
@@ -155,7 +155,21 @@ class Settings(EnvSettings):
     health_interval_s: float = env_field(
         "CONSTELLATION_HEALTH_INTERVAL_S", 2.0, "how often a service checks its dependencies", gt=0
     )
-    max_workers: int = env_field("CONSTELLATION_MAX_WORKERS", 32, "gRPC worker threads per service", ge=1)
+    max_request_mb: int = env_field(
+        "CONSTELLATION_MAX_REQUEST_MB",
+        4,
+        "largest request a service takes, MiB (model endpoints' tensors do not pass through services)",
+        ge=1,
+    )
+    max_workers: int = env_field("CONSTELLATION_MAX_WORKERS", 32, "gRPC worker threads per service", ge=2)
+    max_streams: int = env_field(
+        "CONSTELLATION_MAX_STREAMS",
+        0,
+        "streaming calls (Watch*) a service serves at once, each holding a worker thread; more get "
+        "RESOURCE_EXHAUSTED. Below CONSTELLATION_MAX_WORKERS, so unary calls and health checks keep threads; "
+        "0: three quarters of them",
+        ge=0,
+    )
     core_port: int = _port("core", "PORT", DEFAULT_PORTS["core"][0])
     hosting_port: int = _port("hosting", "PORT", DEFAULT_PORTS["hosting"][0])
     orchestrator_port: int = _port("orchestrator", "PORT", DEFAULT_PORTS["orchestrator"][0])
@@ -174,6 +188,15 @@ class Settings(EnvSettings):
     agent_addr: str = env_field("CONSTELLATION_AGENT_ADDR", "", "host:port where peers reach the agent")
 
     SERVICES: ClassVar[tuple[str, ...]] = tuple(DEFAULT_PORTS)
+
+    @model_validator(mode="after")
+    def _streams_leave_workers(self) -> Self:
+        if self.max_streams and self.max_streams >= self.max_workers:
+            raise ValueError(
+                f"CONSTELLATION_MAX_STREAMS ({self.max_streams}) must be below CONSTELLATION_MAX_WORKERS "
+                f"({self.max_workers}): streams hold their thread, and health checks need one"
+            )
+        return self
 
     @property
     def home(self) -> Path:
@@ -199,6 +222,15 @@ class Settings(EnvSettings):
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+    @property
+    def stream_limit(self) -> int:
+        """Streams served at once: max_streams, or three quarters of the worker threads."""
+        return self.max_streams or max(1, self.max_workers * 3 // 4)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_request_mb * 1024 * 1024
 
     @property
     def port(self) -> int:

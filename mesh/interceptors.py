@@ -1,22 +1,32 @@
-"""One server interceptor for every service: request ids, auth, metrics, logs, error mapping.
+"""One server interceptor for every service: request ids, auth, request bounds, stream slots, metrics, logs,
+error mapping.
 
 Health and reflection stay open when API keys are configured, so load
 balancers and grpcurl can always see whether and what a server serves.
+
+Before a servicer sees a request, the interceptor answers INVALID_ARGUMENT for
+a body that does not decode (grpc itself would log a traceback and answer
+INTERNAL) and for one that breaks `mesh.limits`. Streaming calls hold a worker
+thread for as long as they are open, so at most `max_streams` run at once and
+the rest get RESOURCE_EXHAUSTED: the threads above that cap stay free for
+unary calls, health checks among them.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import grpc
 from prometheus_client import Counter, Histogram
 
-from mesh.errors import DomainError, internal_status, to_status
+from mesh.errors import DomainError, InvalidArgument, internal_status, to_status
+from mesh.limits import check_request
 from mesh.logs import request_id_var
 
 log = logging.getLogger("mesh.rpc")
@@ -40,6 +50,30 @@ def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     return {k.lower(): v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
 
 
+class _UndecodableBody:
+    """What the lenient deserializer hands on instead of raising, so the call can answer INVALID_ARGUMENT."""
+
+    def __init__(self, message_name: str, size: int) -> None:
+        self.message_name = message_name
+        self.size = size
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    message_type = getattr(deserializer, "__self__", None)  # generated stubs pass <Message>.FromString
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    message_name = descriptor.full_name if descriptor is not None else "request message"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # any decoding failure is the caller's, not ours
+            return _UndecodableBody(message_name, len(data))
+
+    return deserialize
+
+
 def _presented_key(metadata: dict[str, str]) -> str:
     auth = metadata.get("authorization", "")
     if auth.lower().startswith("bearer "):
@@ -53,9 +87,12 @@ class MeshInterceptor(grpc.ServerInterceptor):
         service: str,
         api_keys: dict[str, str],
         translate: Callable[[Exception], DomainError | None] | None = None,
+        max_streams: int = 24,
     ) -> None:
         self.service = service
         self.api_keys = api_keys
+        self.max_streams = max_streams
+        self._stream_slots = threading.BoundedSemaphore(max_streams)
         # Turns an adapter's exception (e.g. a dropped database connection)
         # into a domain error; None leaves it an internal error.
         self.translate = translate or (lambda error: None)
@@ -69,13 +106,16 @@ class MeshInterceptor(grpc.ServerInterceptor):
         denial = None if method.startswith(OPEN_PREFIXES) else self._authorize(method, metadata)
         request_id = metadata.get("x-request-id") or uuid.uuid4().hex
         short_method = method.rsplit("/", 1)[-1]
+        handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=self._unary(handler.unary_unary, short_method, request_id, denial))
         if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary, short_method, request_id, denial))
+            stream_unary = self._unary(handler.stream_unary, short_method, request_id, denial, streaming=True)
+            return handler._replace(stream_unary=stream_unary)
         if handler.unary_stream:
             return handler._replace(unary_stream=self._stream(handler.unary_stream, short_method, request_id, denial))
-        return handler._replace(stream_stream=self._stream(handler.stream_stream, short_method, request_id, denial))
+        stream_stream = self._stream(handler.stream_stream, short_method, request_id, denial, streaming=True)
+        return handler._replace(stream_stream=stream_stream)
 
     def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
         if not self.api_keys:
@@ -98,6 +138,29 @@ class MeshInterceptor(grpc.ServerInterceptor):
         RPC_LATENCY.labels(self.service, method).observe(elapsed)
         log.info("rpc", extra={"method": method, "code": code.name, "duration_ms": round(elapsed * 1000, 3)})
 
+    def _take_stream_slot(self, context: grpc.ServicerContext) -> bool:
+        """True once this call holds one of the `max_streams` slots; aborts with RESOURCE_EXHAUSTED if none is free."""
+        if not self._stream_slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.service} already serves {self.max_streams} streams, its limit; close one or retry later",
+            )
+        return True
+
+    def _checked(self, request: Any, method: str) -> Any:
+        """`request`, when it decoded and keeps within mesh.limits; raises InvalidArgument otherwise."""
+        if isinstance(request, _UndecodableBody):
+            log.warning("undecodable request body", extra={"method": method, "bytes": request.size})
+            raise InvalidArgument([], message=f"request body is not a valid {request.message_name}")
+        violations = check_request(request)
+        if violations:
+            raise InvalidArgument(violations)
+        return request
+
+    def _requests(self, requests: Iterable[Any], method: str) -> Iterator[Any]:
+        for request in requests:
+            yield self._checked(request, method)
+
     def _fail(self, error: Exception, context: grpc.ServicerContext, request_id: str) -> NoReturn:
         """Abort the RPC for `error` (always raises). A servicer's own context.abort() passes through."""
         if not isinstance(error, DomainError):
@@ -110,35 +173,50 @@ class MeshInterceptor(grpc.ServerInterceptor):
         context.abort_with_status(internal_status(request_id))
         raise AssertionError("unreachable")  # abort_with_status always raises
 
-    def _unary(self, behaviour: Callable, method: str, request_id: str, denial: tuple | None) -> Callable:
+    def _unary(
+        self, behaviour: Callable, method: str, request_id: str, denial: tuple | None, streaming: bool = False
+    ) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             token = request_id_var.set(request_id)
             started = time.perf_counter()
+            slot = False
             try:
                 context.send_initial_metadata((("x-request-id", request_id),))
                 if denial:
                     context.abort(*denial)
-                return behaviour(request, context)
+                if streaming:
+                    slot = self._take_stream_slot(context)
+                    return behaviour(self._requests(request, method), context)
+                return behaviour(self._checked(request, method), context)
             except Exception as error:  # mapped, never leaked
                 self._fail(error, context, request_id)
             finally:
+                if slot:
+                    self._stream_slots.release()
                 self._finish(method, started, context)
                 request_id_var.reset(token)
 
         return run
 
-    def _stream(self, behaviour: Callable, method: str, request_id: str, denial: tuple | None) -> Callable:
+    def _stream(
+        self, behaviour: Callable, method: str, request_id: str, denial: tuple | None, streaming: bool = False
+    ) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             request_id_var.set(request_id)
             started = time.perf_counter()
+            slot = False
             try:
                 context.send_initial_metadata((("x-request-id", request_id),))
                 if denial:
                     context.abort(*denial)
-                yield from behaviour(request, context)
+                slot = self._take_stream_slot(context)
+                requests = self._requests(request, method) if streaming else self._checked(request, method)
+                yield from behaviour(requests, context)
             except Exception as error:  # mapped, never leaked
                 self._fail(error, context, request_id)
             finally:
+                if slot:
+                    self._stream_slots.release()
                 self._finish(method, started, context)
                 request_id_var.set("")  # a generator may be closed from another context: no reset(token)
 

@@ -2,8 +2,9 @@
 
 It gives each service: grpc.health.v1 health that reflects its dependencies,
 server reflection, the mesh interceptor (request ids, auth, metrics, logs,
-error mapping), a Prometheus metrics port, raised message limits for
-multi-MiB tensors, and graceful shutdown on SIGTERM: health turns
+error mapping, request bounds, a cap on open streams), a Prometheus metrics
+port, message limits (requests up to `max_request_mb`, responses up to
+`max_message_mb`), and graceful shutdown on SIGTERM: health turns
 NOT_SERVING, new RPCs are refused, in-flight RPCs get `shutdown_grace_s` to
 finish, and streams learn of the shutdown through `stopping`.
 """
@@ -43,9 +44,12 @@ class Registration:
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
-    from mesh.services import channel_options  # here: mesh.services imports this module for Registration
-
-    return [*channel_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)]
+    """Responses up to max_message_bytes; requests up to max_request_bytes (larger ones: RESOURCE_EXHAUSTED)."""
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 class MeshServer:
@@ -63,7 +67,9 @@ class MeshServer:
         self.stopping = threading.Event()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service),
-            interceptors=[MeshInterceptor(settings.service, settings.api_keys, translate_error)],
+            interceptors=[
+                MeshInterceptor(settings.service, settings.api_keys, translate_error, max_streams=settings.stream_limit)
+            ],
             options=grpc_options(settings),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -34,6 +34,7 @@ from pipeline.rules import KNOWN_BANDS, check_bands, check_storage_uri
 from pipeline.spec import Block, DatasetView, ModelView, PipelineSpec, Problem
 
 BLOCK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MAX_LABEL_CHARS = 128
 DEFAULT_TILE_PX = 256
 
 FindDataset = Callable[[str], DatasetView | None]
@@ -65,6 +66,9 @@ def validate_spec(
     blocks: dict[str, tuple[int, Block]] = {}
     for i, block in enumerate(spec.blocks):
         where = f"blocks[{i}]"
+        if len(block.label) > MAX_LABEL_CHARS:
+            message = f"is {len(block.label)} characters; at most {MAX_LABEL_CHARS}"
+            problems.append(Problem(f"{where}.label", message, block.id))
         if not BLOCK_ID.match(block.id):
             message = f"{block.id!r} is not a block id: lowercase letters, digits, '-' and '_'"
             problems.append(Problem(f"{where}.id", message, block.id))
