@@ -240,6 +240,15 @@ def _fail(message: str) -> Failure:
     return Failure(description=message, allow_retries=False)
 
 
+def _scratch_file(folder: Path, name: str) -> Path:
+    """`folder/name`, for a name that comes from the spec or a model (an output's name): refused unless it stays
+    a plain file of `folder`, so an output named `../../x` cannot write outside the run's scratch folder."""
+    path = folder / name
+    if not name or path.resolve().parent != folder.resolve():
+        raise _fail(f"{name[:80]!r} cannot name a file: use letters, digits, '_', '.' and '-'")
+    return path
+
+
 # --------------------------------------------------------------------------- ops
 
 
@@ -358,7 +367,7 @@ def stitch_op(
     grid = predictions.tiles.grid
     store = blocks.PredictionStore(Path(predictions.folder), grid.count, predictions.channels, grid.size)
     try:
-        out = constellation.scratch(context.run_id, context.op.name) / f"{predictions.name}.tif"
+        out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{predictions.name}.tif")
         raster = blocks.stitch(
             store, grid, predictions.tiles.scene, predictions.bands, config.blend, out, predictions.name
         )
@@ -375,7 +384,7 @@ def vectorize_op(
     raster: blocks.RasterFile,
     constellation: ConstellationResource,
 ) -> blocks.VectorFile:
-    out = constellation.scratch(context.run_id, context.op.name) / f"{raster.name}_polygons.geojson"
+    out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{raster.name}_polygons.geojson")
     vectors = blocks.vectorize(
         raster,
         config.threshold,
@@ -396,7 +405,7 @@ def vectorize_op(
 def index_op(
     context: OpExecutionContext, config: IndexConfig, scene: blocks.Scene, constellation: ConstellationResource
 ) -> blocks.RasterFile:
-    out = constellation.scratch(context.run_id, context.op.name) / f"{config.name}.tif"
+    out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{config.name}.tif")
     started = time.monotonic()
     raster = blocks.normalized_difference(scene, config.first_band, config.second_band, out, config.name)
     context.log.info(
@@ -422,11 +431,11 @@ def export_op(
     prefix = join(config.uri, config.run_id, config.block_id)
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
     if raster is not None and "cog" in config.formats:
-        cog = local / f"{raster.name}.tif"
+        cog = _scratch_file(local, f"{raster.name}.tif")
         blocks.write_cog(Path(raster.path), cog)
         files.append((cog, raster.name, "cog"))
     if raster is not None and "png_preview" in config.formats:
-        preview = local / f"{raster.name}_preview.png"
+        preview = _scratch_file(local, f"{raster.name}_preview.png")
         source = files[0][0] if files else Path(raster.path)
         blocks.write_preview(source, preview, backdrop=raster.backdrop_path, backdrop_bands=raster.backdrop_bands)
         files.append((preview, f"{raster.name}_preview", "png_preview"))
