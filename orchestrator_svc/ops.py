@@ -31,6 +31,7 @@ from dagster import (
 from dagster._core.errors import DagsterExecutionInterruptedError
 
 from clients.inference import EndpointError, InferenceClient
+from clients.roots import Purpose, StorageRoots
 from clients.storage import Storage, StorageError, join
 from orchestrator_svc import blocks
 from orchestrator_svc.events import output_metadata, progress_message
@@ -44,13 +45,30 @@ MEDIA_TYPES = {
 
 
 class ConstellationResource(ConfigurableResource):
-    """Where a run keeps scratch files and how it reaches object storage."""
+    """Where a run keeps scratch files, how it reaches object storage, and where it may read and write
+    (the roots LaunchRun checked the run against, checked again right before each read and write, since a
+    symlink may have changed since)."""
 
     work_dir: str
     s3_endpoint_url: str = ""
+    confined: bool = False  # False: a run launched before the roots were stored with it
+    data_roots: list[str] = []
+    export_roots: list[str] = []
+    s3_buckets: list[str] = []
 
     def storage(self) -> Storage:
         return Storage(self.s3_endpoint_url)
+
+    def refusal(self, uri: str, purpose: Purpose) -> str | None:
+        if not self.confined:
+            return None
+        roots = StorageRoots(
+            data_roots_raw=",".join(self.data_roots),
+            export_roots_raw=",".join(self.export_roots),
+            s3_buckets_raw=",".join(self.s3_buckets),
+        )
+        refusal = roots.refusal(uri, purpose)
+        return f"{uri} {refusal}" if refusal else None
 
     def scratch(self, run_id: str, *parts: str) -> Path:
         path = Path(self.work_dir, run_id, *parts)
@@ -240,6 +258,12 @@ def _fail(message: str) -> Failure:
     return Failure(description=message, allow_retries=False)
 
 
+def _confine(constellation: ConstellationResource, uri: str, purpose: Purpose, what: str = "") -> None:
+    refusal = constellation.refusal(uri, purpose)
+    if refusal:
+        raise _fail(what + refusal)
+
+
 def _scratch_file(folder: Path, name: str) -> Path:
     """`folder/name`, for a name that comes from the spec or a model (an output's name): refused unless it stays
     a plain file of `folder`, so an output named `../../x` cannot write outside the run's scratch folder."""
@@ -257,6 +281,7 @@ def dataset_op(
     context: OpExecutionContext, config: DatasetConfig, constellation: ConstellationResource
 ) -> blocks.Scene:
     storage = constellation.storage()
+    _confine(constellation, config.uri, "data", f"dataset {config.dataset_id!r}: ")
     try:
         path = storage.fetch(config.uri, constellation.scratch(context.run_id, context.op.name))
         scene = blocks.inspect_scene(str(path), config.file_bands, config.bands)
@@ -427,6 +452,7 @@ def export_op(
     reported (AssetMaterialization); if anything fails or the run is canceled part-way, what was uploaded
     is deleted again, so a partial export is never published as if complete."""
     storage = constellation.storage()
+    _confine(constellation, config.uri, "export")
     local = constellation.scratch(context.run_id, config.block_id)
     prefix = join(config.uri, config.run_id, config.block_id)
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
@@ -447,6 +473,7 @@ def export_op(
     try:
         for path, name, fmt in files:
             uri = join(prefix, path.name)
+            _confine(constellation, uri, "export")  # a link planted under the prefix since is caught here
             storage.put(path, uri, MEDIA_TYPES[fmt])
             published.append(uri)
             outputs.append(output_metadata(name, uri, MEDIA_TYPES[fmt], config.block_id))
@@ -454,6 +481,7 @@ def export_op(
         manifest.write_text(
             json.dumps({"run_id": config.run_id, "block_id": config.block_id, "outputs": outputs}, indent=2)
         )
+        _confine(constellation, join(prefix, "manifest.json"), "export")
         storage.put(manifest, join(prefix, "manifest.json"), "application/json")
     except BaseException:
         for uri in published:

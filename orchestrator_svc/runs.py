@@ -216,7 +216,7 @@ class RunManager:
             roots=self.roots,
         )
         specs.check_world(plan, self.storage)
-        job_settings = jobs.JobSettings.of(self.settings)
+        job_settings = jobs.JobSettings.of(self.settings, self.roots)
         job = jobs.build_job(plan, job_settings)
         tags = {
             ORCHESTRATOR_TAG: "1",

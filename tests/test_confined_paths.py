@@ -229,9 +229,30 @@ def test_a_run_inside_the_roots_exports_under_them(orchestrator, places):
     scene = write_scene(places["data"] / "scene.tif", 64)
     run = launch_index(orchestrator, f"file://{scene}", f"file://{places['exports']}", run_id="inside")
     done = orchestrator.wait(run.id)
-    assert done.state == c.RUN_STATE_SUCCEEDED, done.message
+    assert done.state == c.RUN_STATE_SUCCEEDED, done.state_message
     written = sorted(p.name for p in (places["exports"] / "inside" / "out").iterdir())
     assert written == ["manifest.json", "ndwi.tif"]
+
+
+def test_an_export_through_a_link_under_the_export_root_writes_nothing_outside(orchestrator, places, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (places["exports"] / "linked").symlink_to(elsewhere)  # the run's folder under the prefix leads out of the root
+    scene = write_scene(places["data"] / "scene.tif", 64)
+    run = launch_index(orchestrator, f"file://{scene}", f"file://{places['exports']}", run_id="linked")
+    done = orchestrator.wait(run.id)
+    assert done.state == c.RUN_STATE_FAILED and "CONSTELLATION_EXPORT_ROOTS" in done.state_message, done.state_message
+    assert not list(elsewhere.rglob("*"))
+
+
+def test_a_scene_swapped_for_a_link_after_launch_is_not_read(orchestrator, places):
+    scene = write_scene(places["data"] / "scene.tif", 64)
+    run = launch_index(orchestrator, f"file://{scene}", f"file://{places['exports']}", run_id="swapped")
+    scene.unlink()  # the worker starts in a process of its own, well after LaunchRun answers
+    scene.symlink_to("/etc/passwd")
+    done = orchestrator.wait(run.id)
+    assert done.state == c.RUN_STATE_FAILED and "CONSTELLATION_DATA_ROOTS" in done.state_message, done.state_message
+    assert not any(word in done.state_message.lower() for word in HOST_WORDS), done.state_message
 
 
 # --------------------------------------------------------------------------- the settings
