@@ -128,7 +128,8 @@ class Storage:
             self.size(uri)
             return Path(location.path)
         scratch.mkdir(parents=True, exist_ok=True)
-        target = scratch / Path(location.path).name
+        name = Path(location.path).name
+        target = scratch / (name if name not in ("", "..") else "object")  # never a key's way out of scratch
         partial = target.with_name(target.name + ".part")
         try:
             self.s3.download_file(location.bucket, location.path, str(partial), Config=self._transfer_config())

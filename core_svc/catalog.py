@@ -11,6 +11,7 @@ from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from clients.roots import StorageRoots
 from core_svc import db
 from core_svc.domain import (
     MODEL_TASKS,
@@ -123,8 +124,9 @@ def _prefixed(prefix: str, violations: list[FieldViolation]) -> list[FieldViolat
 
 
 class Catalog:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, roots: StorageRoots) -> None:
         self.engine = engine
+        self.roots = roots  # where dataset scenes and export destinations may lie
         self._sessions = db.session_factory(engine)
 
     def _session(self) -> Session:
@@ -141,7 +143,7 @@ class Catalog:
 
     def create_dataset(self, dataset: Dataset) -> Dataset:
         dataset = dataclasses.replace(dataset, sensor=dataset.sensor.lower(), bands=[b.lower() for b in dataset.bands])
-        violations = validate_dataset(dataset)
+        violations = validate_dataset(dataset, self.roots)
         if violations:
             raise InvalidArgument(_prefixed("dataset", violations))
         now = _now()
@@ -206,7 +208,7 @@ class Catalog:
             for path in paths:
                 setattr(merged, path, getattr(dataset, path))
             merged.sensor, merged.bands = merged.sensor.lower(), [b.lower() for b in merged.bands]
-            violations = validate_dataset(merged)
+            violations = validate_dataset(merged, self.roots)
             if violations:
                 raise InvalidArgument(_prefixed("dataset", violations))
             if "name" in paths and merged.name != row.name:
@@ -296,7 +298,10 @@ class Catalog:
 
     def validate_pipeline(self, spec: PipelineSpec) -> tuple[list[Problem], list[str]]:
         return validate_spec(
-            spec, lambda i: dataset_view(self.find_dataset(i)), lambda i: model_view(self.find_model(i))
+            spec,
+            lambda i: dataset_view(self.find_dataset(i)),
+            lambda i: model_view(self.find_model(i)),
+            roots=self.roots,
         )
 
     def create_pipeline(self, pipeline: Pipeline) -> Pipeline:

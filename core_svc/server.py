@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from sqlalchemy.exc import DBAPIError
 
+from clients.roots import StorageRoots
 from core_svc.catalog import Catalog
 from core_svc.db import migrate
 from core_svc.runs import Runs
@@ -30,9 +31,10 @@ def translate_error(error: Exception) -> DomainError | None:
 def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> MeshServer:
     """Core on the bootstrap's `settings`, with its own read from `env` (default: the process environment)."""
     core_settings = CoreSettings.load(settings, env)  # a bad value fails here, before the database is touched
+    roots = StorageRoots.from_env(env, home_raw=settings.home_raw)
     engine = create_db_engine(settings.database_url)
     migrate(engine)
-    catalog = Catalog(engine)
+    catalog = Catalog(engine, roots)
     runs = Runs(engine, catalog, core_settings)
     runs.resume()
     return MeshServer(

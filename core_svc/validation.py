@@ -7,10 +7,11 @@ import math
 import re
 from urllib.parse import urlparse
 
+from clients.roots import StorageRoots
 from core_svc.domain import MODEL_TASKS, Dataset, Model
 from mesh.errors import FieldViolation
 from model_runtime import manifest
-from model_runtime.manifest import DATATYPES, VERSION
+from model_runtime.manifest import DATATYPES, VERSION, check_output_name
 from model_runtime.manifest import NAME as MODEL_NAME
 from pipeline.rules import check_bands, check_storage_uri
 
@@ -37,11 +38,11 @@ def _check_tags(tags: list[str]) -> list[FieldViolation]:
     ]
 
 
-def validate_dataset(dataset: Dataset) -> list[FieldViolation]:
+def validate_dataset(dataset: Dataset, roots: StorageRoots) -> list[FieldViolation]:
     found = _check_name(dataset.name)
     if len(dataset.description) > MAX_DESCRIPTION:
         found.append(FieldViolation("description", f"at most {MAX_DESCRIPTION} characters"))
-    found += check_storage_uri(dataset.uri, "uri")
+    found += check_storage_uri(dataset.uri, "uri", roots=roots, purpose="data")
     found += check_bands(dataset.bands, "bands", required=True)
     if not math.isfinite(dataset.resolution_m) or dataset.resolution_m < 0:
         found.append(FieldViolation("resolution_m", "must be a positive number of metres per pixel (0 if unknown)"))
@@ -109,8 +110,9 @@ def validate_model(model: Model) -> list[FieldViolation]:
         found.append(FieldViolation("outputs", "name at least one output tensor"))
     names: set[str] = set()
     for i, output in enumerate(model.outputs):
-        if not output.name:
-            found.append(FieldViolation(f"outputs[{i}].name", "is required"))
+        name_problem = check_output_name(output.name)
+        if name_problem:
+            found.append(FieldViolation(f"outputs[{i}].name", name_problem))
         elif output.name in names:
             found.append(FieldViolation(f"outputs[{i}].name", f"{output.name!r} is used twice"))
         names.add(output.name)

@@ -48,6 +48,8 @@ DATATYPES = frozenset({*NUMPY_DTYPES, "BYTES"})
 # A model's name and version, as the catalog, hosting and model images accept them.
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+# An output tensor's name: it names files (the stitched raster, its exports), so never a path.
+OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENTRYPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 MEMORY = re.compile(r"^\d+(\.\d+)?[kmgKMG]?$")
 FIELDS = {
@@ -148,6 +150,18 @@ def check_requirement(text: object, where: str) -> list[Problem]:
     return []
 
 
+def check_output_name(name: str) -> str | None:
+    """Why `name` cannot name a model output, or None when it can."""
+    if not name:
+        return "is required"
+    if not OUTPUT_NAME.match(name) or ".." in name:
+        return (
+            f"{name[:80]!r} is not an output name: letters, digits, '_', '.' and '-', starting with a letter or "
+            "digit, at most 64, no '..'"
+        )
+    return None
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -229,8 +243,9 @@ def parse(data: object, folder: Path) -> Manifest:
             problem(f"outputs[{i}]", "must be a mapping {name, dtype, shape}")
             continue
         out_name, out_dtype, shape = item.get("name", ""), str(item.get("dtype", "")).upper(), item.get("shape", [])
-        if not isinstance(out_name, str) or not out_name:
-            problem(f"outputs[{i}].name", "is required")
+        name_problem = check_output_name(out_name) if isinstance(out_name, str) else "is required"
+        if name_problem:
+            problem(f"outputs[{i}].name", name_problem)
         elif out_name in seen:
             problem(f"outputs[{i}].name", f"{out_name!r} is used twice")
         seen.add(str(out_name))

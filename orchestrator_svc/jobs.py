@@ -10,7 +10,7 @@ RetryPolicy (exponential backoff) for transient endpoint failures.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from dagster import (
     Backoff,
@@ -23,6 +23,7 @@ from dagster import (
     in_process_executor,
 )
 
+from clients.roots import StorageRoots
 from orchestrator_svc.ops import OP_DEFS, ConstellationResource
 from orchestrator_svc.settings import OrchestratorSettings
 from orchestrator_svc.specs import Plan
@@ -41,9 +42,12 @@ class JobSettings:
     infer_timeout_s: float
     model_retries: int
     model_retry_delay_s: float
+    # The allowed roots (clients.roots) the ops check again right before they read a scene or write an export;
+    # None on runs launched before they were stored.
+    roots: dict[str, list[str]] | None = field(default=None)
 
     @classmethod
-    def of(cls, settings: OrchestratorSettings) -> JobSettings:
+    def of(cls, settings: OrchestratorSettings, roots: StorageRoots) -> JobSettings:
         return cls(
             str(settings.work_dir),
             settings.s3_endpoint_url,
@@ -52,6 +56,11 @@ class JobSettings:
             settings.infer_timeout_s,
             settings.model_retries,
             settings.model_retry_delay_s,
+            {
+                "data_roots": [str(p) for p in roots.data_roots],
+                "export_roots": [str(p) for p in roots.export_roots],
+                "s3_buckets": sorted(roots.s3_buckets),
+            },
         )
 
     def to_json(self) -> str:
@@ -97,6 +106,13 @@ def run_config(plan: Plan, settings: JobSettings) -> dict:
     return {
         "ops": {b.op_name: {"config": b.config} for b in plan.blocks},
         "resources": {
-            "constellation": {"config": {"work_dir": settings.work_dir, "s3_endpoint_url": settings.s3_endpoint_url}}
+            "constellation": {
+                "config": {
+                    "work_dir": settings.work_dir,
+                    "s3_endpoint_url": settings.s3_endpoint_url,
+                    "confined": settings.roots is not None,
+                    **(settings.roots or {}),
+                }
+            }
         },
     }

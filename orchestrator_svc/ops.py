@@ -31,6 +31,7 @@ from dagster import (
 from dagster._core.errors import DagsterExecutionInterruptedError
 
 from clients.inference import EndpointError, InferenceClient
+from clients.roots import Purpose, StorageRoots
 from clients.storage import Storage, StorageError, join
 from orchestrator_svc import blocks
 from orchestrator_svc.events import output_metadata, progress_message
@@ -44,13 +45,30 @@ MEDIA_TYPES = {
 
 
 class ConstellationResource(ConfigurableResource):
-    """Where a run keeps scratch files and how it reaches object storage."""
+    """Where a run keeps scratch files, how it reaches object storage, and where it may read and write
+    (the roots LaunchRun checked the run against, checked again right before each read and write, since a
+    symlink may have changed since)."""
 
     work_dir: str
     s3_endpoint_url: str = ""
+    confined: bool = False  # False: a run launched before the roots were stored with it
+    data_roots: list[str] = []
+    export_roots: list[str] = []
+    s3_buckets: list[str] = []
 
     def storage(self) -> Storage:
         return Storage(self.s3_endpoint_url)
+
+    def refusal(self, uri: str, purpose: Purpose) -> str | None:
+        if not self.confined:
+            return None
+        roots = StorageRoots(
+            data_roots_raw=",".join(self.data_roots),
+            export_roots_raw=",".join(self.export_roots),
+            s3_buckets_raw=",".join(self.s3_buckets),
+        )
+        refusal = roots.refusal(uri, purpose)
+        return f"{uri} {refusal}" if refusal else None
 
     def scratch(self, run_id: str, *parts: str) -> Path:
         path = Path(self.work_dir, run_id, *parts)
@@ -240,6 +258,21 @@ def _fail(message: str) -> Failure:
     return Failure(description=message, allow_retries=False)
 
 
+def _confine(constellation: ConstellationResource, uri: str, purpose: Purpose, what: str = "") -> None:
+    refusal = constellation.refusal(uri, purpose)
+    if refusal:
+        raise _fail(what + refusal)
+
+
+def _scratch_file(folder: Path, name: str) -> Path:
+    """`folder/name`, for a name that comes from the spec or a model (an output's name): refused unless it stays
+    a plain file of `folder`, so an output named `../../x` cannot write outside the run's scratch folder."""
+    path = folder / name
+    if not name or path.resolve().parent != folder.resolve():
+        raise _fail(f"{name[:80]!r} cannot name a file: use letters, digits, '_', '.' and '-'")
+    return path
+
+
 # --------------------------------------------------------------------------- ops
 
 
@@ -248,6 +281,7 @@ def dataset_op(
     context: OpExecutionContext, config: DatasetConfig, constellation: ConstellationResource
 ) -> blocks.Scene:
     storage = constellation.storage()
+    _confine(constellation, config.uri, "data", f"dataset {config.dataset_id!r}: ")
     try:
         path = storage.fetch(config.uri, constellation.scratch(context.run_id, context.op.name))
         scene = blocks.inspect_scene(str(path), config.file_bands, config.bands)
@@ -358,7 +392,7 @@ def stitch_op(
     grid = predictions.tiles.grid
     store = blocks.PredictionStore(Path(predictions.folder), grid.count, predictions.channels, grid.size)
     try:
-        out = constellation.scratch(context.run_id, context.op.name) / f"{predictions.name}.tif"
+        out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{predictions.name}.tif")
         raster = blocks.stitch(
             store, grid, predictions.tiles.scene, predictions.bands, config.blend, out, predictions.name
         )
@@ -375,7 +409,7 @@ def vectorize_op(
     raster: blocks.RasterFile,
     constellation: ConstellationResource,
 ) -> blocks.VectorFile:
-    out = constellation.scratch(context.run_id, context.op.name) / f"{raster.name}_polygons.geojson"
+    out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{raster.name}_polygons.geojson")
     vectors = blocks.vectorize(
         raster,
         config.threshold,
@@ -396,7 +430,7 @@ def vectorize_op(
 def index_op(
     context: OpExecutionContext, config: IndexConfig, scene: blocks.Scene, constellation: ConstellationResource
 ) -> blocks.RasterFile:
-    out = constellation.scratch(context.run_id, context.op.name) / f"{config.name}.tif"
+    out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{config.name}.tif")
     started = time.monotonic()
     raster = blocks.normalized_difference(scene, config.first_band, config.second_band, out, config.name)
     context.log.info(
@@ -418,15 +452,16 @@ def export_op(
     reported (AssetMaterialization); if anything fails or the run is canceled part-way, what was uploaded
     is deleted again, so a partial export is never published as if complete."""
     storage = constellation.storage()
+    _confine(constellation, config.uri, "export")
     local = constellation.scratch(context.run_id, config.block_id)
     prefix = join(config.uri, config.run_id, config.block_id)
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
     if raster is not None and "cog" in config.formats:
-        cog = local / f"{raster.name}.tif"
+        cog = _scratch_file(local, f"{raster.name}.tif")
         blocks.write_cog(Path(raster.path), cog)
         files.append((cog, raster.name, "cog"))
     if raster is not None and "png_preview" in config.formats:
-        preview = local / f"{raster.name}_preview.png"
+        preview = _scratch_file(local, f"{raster.name}_preview.png")
         source = files[0][0] if files else Path(raster.path)
         blocks.write_preview(source, preview, backdrop=raster.backdrop_path, backdrop_bands=raster.backdrop_bands)
         files.append((preview, f"{raster.name}_preview", "png_preview"))
@@ -438,6 +473,7 @@ def export_op(
     try:
         for path, name, fmt in files:
             uri = join(prefix, path.name)
+            _confine(constellation, uri, "export")  # a link planted under the prefix since is caught here
             storage.put(path, uri, MEDIA_TYPES[fmt])
             published.append(uri)
             outputs.append(output_metadata(name, uri, MEDIA_TYPES[fmt], config.block_id))
@@ -445,6 +481,7 @@ def export_op(
         manifest.write_text(
             json.dumps({"run_id": config.run_id, "block_id": config.block_id, "outputs": outputs}, indent=2)
         )
+        _confine(constellation, join(prefix, "manifest.json"), "export")
         storage.put(manifest, join(prefix, "manifest.json"), "application/json")
     except BaseException:
         for uri in published:

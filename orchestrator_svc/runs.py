@@ -30,6 +30,7 @@ from dagster._core.event_api import EventLogCursor
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun
 
+from clients.roots import StorageRoots
 from clients.storage import Storage
 from constellation.common.v1 import common_pb2 as common
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
@@ -169,11 +170,13 @@ class RunManager:
         self,
         instance: DagsterInstance,
         settings: OrchestratorSettings,
+        roots: StorageRoots,
         storage: Storage | None = None,
         poll_s: float = 0.05,
     ) -> None:
         self.instance = instance
         self.settings = settings
+        self.roots = roots  # where scenes and export destinations may lie; checked again here at LaunchRun
         self.storage = storage or Storage(settings.s3_endpoint_url)
         self.poll_s = poll_s
         self.stopping = threading.Event()
@@ -210,9 +213,10 @@ class RunManager:
             default_batch_size=self.settings.default_batch_size,
             default_max_concurrency=self.settings.default_max_concurrency,
             infer_timeout_s=self.settings.infer_timeout_s,
+            roots=self.roots,
         )
         specs.check_world(plan, self.storage)
-        job_settings = jobs.JobSettings.of(self.settings)
+        job_settings = jobs.JobSettings.of(self.settings, self.roots)
         job = jobs.build_job(plan, job_settings)
         tags = {
             ORCHESTRATOR_TAG: "1",

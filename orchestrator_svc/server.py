@@ -13,6 +13,7 @@ import os
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from clients.roots import StorageRoots
 from mesh import config, logs
 from mesh.errors import DomainError, Unavailable
 from mesh.server import MeshServer
@@ -45,9 +46,10 @@ class OrchestratorServer(MeshServer):
 
 def build(settings: config.Settings, env: dict[str, str] | None = None) -> OrchestratorServer:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Dagster's storage migrations at every start
-    own = orchestrator_settings.load(dict(os.environ) if env is None else env)
+    env = dict(os.environ) if env is None else env
+    own = orchestrator_settings.load(env)
     instance = open_instance(own)
-    runs = RunManager(instance, own)
+    runs = RunManager(instance, own, StorageRoots.from_env(env))
     runs.reconcile()
     server = OrchestratorServer(
         settings,

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2
 
+from clients.roots import StorageRoots
 from clients.storage import Storage, StorageError
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
-from model_runtime.manifest import NUMPY_DTYPES
+from model_runtime.manifest import NUMPY_DTYPES, check_output_name
 from orchestrator_svc import blocks
 from pipeline.convert import spec_from_proto
 from pipeline.kinds import KINDS
@@ -107,11 +108,14 @@ def _key(name: str, key: str) -> str:
     return f'{name}["{key}"]'
 
 
-def _check_resolved(request: pb.LaunchRunRequest) -> list[FieldViolation]:
+def _check_resolved(request: pb.LaunchRunRequest, roots: StorageRoots | None) -> list[FieldViolation]:
     found: list[FieldViolation] = []
     for key, dataset in sorted(request.datasets.items()):
         where = _key("datasets", key)
-        found += [FieldViolation(f"{where}.{v.field}", v.description) for v in check_storage_uri(dataset.uri, "uri")]
+        found += [
+            FieldViolation(f"{where}.{v.field}", v.description)
+            for v in check_storage_uri(dataset.uri, "uri", roots=roots, purpose="data")
+        ]
         found += [
             FieldViolation(f"{where}.{v.field}", v.description)
             for v in check_bands(list(dataset.bands), "bands", required=True)
@@ -143,8 +147,9 @@ def _check_resolved(request: pb.LaunchRunRequest) -> list[FieldViolation]:
         if not model.outputs:
             found.append(FieldViolation(f"{where}.outputs", "name at least one output tensor"))
         for i, output in enumerate(model.outputs):
-            if not output.name:
-                found.append(FieldViolation(f"{where}.outputs[{i}].name", "is required"))
+            name_problem = check_output_name(output.name)
+            if name_problem:
+                found.append(FieldViolation(f"{where}.outputs[{i}].name", name_problem))
             if output.dtype.upper() not in NUMPY_DTYPES:
                 found.append(
                     FieldViolation(f"{where}.outputs[{i}].dtype", f"{output.dtype!r}: one of {', '.join(NUMPY_DTYPES)}")
@@ -198,13 +203,20 @@ def _op_names(block_ids: list[str]) -> dict[str, str]:
 
 
 def build_plan(
-    request: pb.LaunchRunRequest, *, default_batch_size: int, default_max_concurrency: int, infer_timeout_s: float
+    request: pb.LaunchRunRequest,
+    *,
+    default_batch_size: int,
+    default_max_concurrency: int,
+    infer_timeout_s: float,
+    roots: StorageRoots | None,
 ) -> Plan:
-    """Check the request's form and graph (INVALID_ARGUMENT) and configure every block. Touches nothing outside."""
-    violations = _check_resolved(request)
+    """Check the request's form and graph (INVALID_ARGUMENT) and configure every block. Touches nothing outside.
+    With `roots`, every scene and export destination must lie under them (LaunchRun; a worker rebuilding the plan
+    of a run launched that way passes None)."""
+    violations = _check_resolved(request, roots)
     spec = spec_from_proto(request.spec)
     find_dataset, find_model = _catalog_views(request)
-    problems, order = validate_spec(spec, find_dataset, find_model)
+    problems, order = validate_spec(spec, find_dataset, find_model, roots=roots)
     violations += [FieldViolation(f"spec.{p.field}", p.description) for p in problems]
     if violations:
         raise InvalidArgument(violations)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from clients.roots import Purpose, StorageRoots
 from clients.storage import StorageError, parse
 from mesh.errors import FieldViolation
 
@@ -25,8 +26,17 @@ KNOWN_BANDS = frozenset(
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def check_storage_uri(uri: str, field: str, *, object_key_required: bool = True) -> list[FieldViolation]:
-    """`file:///absolute/path` or `s3://bucket/key`, as clients.storage reads them."""
+def check_storage_uri(
+    uri: str,
+    field: str,
+    *,
+    object_key_required: bool = True,
+    roots: StorageRoots | None = None,
+    purpose: Purpose = "data",
+) -> list[FieldViolation]:
+    """`file:///absolute/path` or `s3://bucket/key`, as clients.storage reads them; with `roots`, also under an
+    allowed root for `purpose` (a dataset's scene or an export destination). Without `roots` only the form is
+    checked: every service that stores or uses a URI passes its roots."""
     if not uri:
         return [FieldViolation(field, "is required: give a file:///absolute/path or s3://bucket/key URI")]
     try:
@@ -45,7 +55,8 @@ def check_storage_uri(uri: str, field: str, *, object_key_required: bool = True)
             return [FieldViolation(field, f"{uri!r} does not name a valid S3 bucket")]
         if object_key_required and not location.path.strip("/"):
             return [FieldViolation(field, f"{uri!r} names a bucket but no object key")]
-    return []
+    refusal = roots.refusal(uri, purpose) if roots is not None else None
+    return [FieldViolation(field, f"{uri!r} {refusal}")] if refusal else []
 
 
 def check_bands(bands: list[str], field: str, *, required: bool) -> list[FieldViolation]:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from graphlib import CycleError, TopologicalSorter
 
+from clients.roots import StorageRoots
 from pipeline.kinds import (
     BLOCK_KINDS,
     EXPORT_FORMATS,
@@ -48,9 +49,10 @@ def _bridge(carried: str, target_kind: str) -> list[str]:
 
 
 def validate_spec(
-    spec: PipelineSpec, find_dataset: FindDataset, find_model: FindModel
+    spec: PipelineSpec, find_dataset: FindDataset, find_model: FindModel, *, roots: StorageRoots | None = None
 ) -> tuple[list[Problem], list[str]]:
-    """Every problem in `spec`, and (when there are none) a topological order of its blocks."""
+    """Every problem in `spec`, and (when there are none) a topological order of its blocks. With `roots`, every
+    export URI must lie under an allowed export root (clients.roots); the services always pass theirs."""
     problems: list[Problem] = []
     if not spec.blocks:
         return [
@@ -132,7 +134,7 @@ def validate_spec(
 
     for block_id, (i, block) in blocks.items():
         problems += _check_wiring(block_id, i, block.kind, inputs[block_id], outputs[block_id], blocks)
-        problems += _check_config(block_id, i, block, find_dataset, find_model)
+        problems += _check_config(block_id, i, block, find_dataset, find_model, roots)
         if block.kind == "index":
             problems += _check_index_bands(block_id, i, block, inputs[block_id], blocks, find_dataset)
 
@@ -174,7 +176,7 @@ def _check_wiring(
 
 
 def _check_config(
-    block_id: str, i: int, block: Block, find_dataset: FindDataset, find_model: FindModel
+    block_id: str, i: int, block: Block, find_dataset: FindDataset, find_model: FindModel, roots: StorageRoots | None
 ) -> list[Problem]:
     kind = block.kind
     where = f"blocks[{i}].{kind}"
@@ -229,7 +231,7 @@ def _check_config(
             if config.first_band and config.first_band == config.second_band:
                 problem("second_band", f"is the same band as first_band ({config.first_band!r}); the index would be 0")
     elif isinstance(config, ExportConfig):
-        for v in check_storage_uri(config.uri, "uri", object_key_required=False):
+        for v in check_storage_uri(config.uri, "uri", object_key_required=False, roots=roots, purpose="export"):
             problem(v.field, v.description)
     return found
 

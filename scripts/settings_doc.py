@@ -21,6 +21,7 @@ PAGE = ROOT / "docs" / "settings.md"
 CLASSES = [
     ("Every service (bootstrap)", "mesh.config", "Settings"),
     ("Core", "core_svc.settings", "CoreSettings"),
+    ("Core and orchestrator: where scenes and exports may lie", "clients.roots", "StorageRoots"),
     ("Gateway and console", "gateway.settings", "GatewaySettings"),
     ("Hosting", "hosting_svc.settings", "HostingSettings"),
     ("Hosting: the Hugging Face hub (read at each hf:// fetch)", "hosting_svc.settings", "HubSettings"),

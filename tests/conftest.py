@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,6 +15,28 @@ from core_svc.server import build as build_core
 from mesh import config
 from mesh.services import insecure_channel
 from tests.pg import PostgresCluster, create_database, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+# The places the suite's services may read scenes from and export to (clients.roots): the temporary folders tests
+# make, /data (where the catalog tests' scenes are said to live, never read) and the sample scenes; any bucket.
+TEST_STORAGE_ROOTS = {
+    "CONSTELLATION_DATA_ROOTS": f"{tempfile.gettempdir()},/data,{ROOT / 'examples' / 'data'}",
+    "CONSTELLATION_EXPORT_ROOTS": tempfile.gettempdir(),
+    "CONSTELLATION_S3_BUCKETS": "*",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def storage_roots() -> Iterator[None]:
+    """Every service a test starts, in this process or as a child, reads its roots from this environment."""
+    saved = {key: os.environ.get(key) for key in TEST_STORAGE_ROOTS}
+    os.environ.update(TEST_STORAGE_ROOTS)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def test_auth_rejects_missing_and_wrong_keys_and_enforces_roles(secured):
     assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
     assert core.ListDatasets(listing, metadata=[("authorization", "Bearer admin-secret")]).datasets == []
     assert core.ListDatasets(listing, metadata=[("x-api-key", "reader-secret")]).datasets == []
-    create = core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(name="a", uri="file:///a.tif", bands=["red"]))
+    create = core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(name="a", uri="file:///data/a.tif", bands=["red"]))
     denied = rpc_error(core.CreateDataset, create, metadata=[("authorization", "Bearer reader-secret")])
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED and "CreateDataset needs an admin key" in denied.details()
     assert core.CreateDataset(create, metadata=[("authorization", "Bearer admin-secret")]).name == "a"
