@@ -89,7 +89,8 @@ class Builder:
             raise FailedPrecondition(f"{name}:{version} is already {existing.state}; watch it or wait")
         model_id = existing.id if existing else new_id("hm")
         staging = self.settings.home / "sources" / f"{model_id}.staging"
-        folder = fetch(source, staging)  # raises InvalidArgument / FailedPrecondition: nothing stored yet
+        # raises InvalidArgument / PermissionDenied / FailedPrecondition / Unavailable: nothing stored yet
+        folder = fetch(source, staging, self.settings)
         try:
             manifest = load_manifest(folder)
         except ManifestError as error:

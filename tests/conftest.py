@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,6 +15,8 @@ from core_svc.server import build as build_core
 from mesh import config
 from mesh.services import insecure_channel
 from tests.pg import PostgresCluster, create_database, free_port
+
+EXAMPLE_MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +84,7 @@ def mesh_env(home, docker: bool = False) -> dict[str, str]:
     env["CONSTELLATION_GATEWAY_PORT"] = str(free_port())
     env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port())
     env["CONSTELLATION_HOSTING_DOCKER"] = "auto" if docker else "off"
+    env["CONSTELLATION_HOSTING_MODEL_ROOTS"] = f"{EXAMPLE_MODELS},{tempfile.gettempdir()}"  # and tests' folders
     env.pop("DATABASE_URL", None)
     return env
 
