@@ -253,3 +253,27 @@ def test_registry_credentials_go_only_to_their_own_registry(tmp_path):
         home=tmp_path / "hosting",
     )
     assert Registry(None, anywhere).credentials("attacker.example") is None
+
+
+def test_repackaging_a_deployed_model_stops_its_replicas_and_down_finds_none_left(tmp_path):
+    hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
+    try:
+        status = hosting.package()
+        first = hosting.wait_for(status.model_id, READY, FAILED)
+        hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id))
+        deployed = hosting.wait_for(status.model_id, HEALTHY, FAILED, after=first[-1].sequence)
+        assert deployed[-1].state == HEALTHY, deployed[-1].message
+        pid = int(deployed[-1].endpoints[0].replica_id.removeprefix("pid:"))
+
+        again = hosting.package()
+        assert again.model_id == status.model_id
+        repackaged = hosting.wait_for(status.model_id, READY, FAILED, after=deployed[-1].sequence)
+        assert repackaged[-1].state == READY, repackaged[-1].message
+        assert any("stopped its 1 running replica" in e.message for e in repackaged)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        reply = hosting.stub.StopDeployments(hosting_pb2.StopDeploymentsRequest())
+        assert reply.other_replicas_stopped == 0 and not hosting.hosting.deployer.replicas
+        assert not list((tmp_path / "home" / "hosting" / "local").glob("*/replica-*.pid"))
+    finally:
+        hosting.close()
