@@ -4,7 +4,7 @@ Model code is untrusted: a model's `load()` and `predict()` run in a bubblewrap 
 
 - on a root file system of its own: the system folders (/usr, /lib, /etc, read-only), Python's
   installation, and the model's venv, runtime and folder (read-only, at /opt/venv, /opt/runtime,
-  /opt/model); nothing else of the host (no home folders, no hosting state), a private /tmp;
+  /opt/model); nothing else of the host (no home folders, no hosting state), a private 64 MiB /tmp;
 - in new pid, ipc, uts and network namespaces: it sees only a loopback of its own. It listens on a
   Unix socket in a folder shared with the host, and `relay.py` (outside, hosting's code) forwards
   127.0.0.1:PORT to it, so hosting, the monitor and the orchestrator reach it as before, and the
@@ -27,6 +27,7 @@ from pathlib import Path
 
 SANDBOX_UID = 10001  # the user model images run as
 SOCKET_DIR = "/run/model"
+TMP_BYTES = 64 << 20  # the private /tmp, as in model containers
 
 
 def available() -> bool:
@@ -83,6 +84,8 @@ def command(binds: dict[str, Path], writable: str, argv: list[str], env: dict[st
         "/proc",
         "--dev",
         "/dev",
+        "--size",
+        str(TMP_BYTES),
         "--tmpfs",
         "/tmp",
     ]
