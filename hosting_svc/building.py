@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -64,10 +65,17 @@ def smoke_test(client: InferenceClient, folder: Path, manifest: Manifest) -> lis
 
 
 class Builder:
-    def __init__(self, journal: Journal, settings: HostingSettings, runtimes: dict[str, Runtime]) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        settings: HostingSettings,
+        runtimes: dict[str, Runtime],
+        stop_replicas: Callable[[HostedModel], int] = lambda model: 0,
+    ) -> None:
         self.journal = journal
         self.settings = settings
         self.runtimes = runtimes
+        self.stop_replicas = stop_replicas  # the deployer's: re-packaging stops what serves the old artifact
 
     @property
     def runtime(self) -> Runtime:
@@ -89,7 +97,8 @@ class Builder:
             raise FailedPrecondition(f"{name}:{version} is already {existing.state}; watch it or wait")
         model_id = existing.id if existing else new_id("hm")
         staging = self.settings.home / "sources" / f"{model_id}.staging"
-        folder = fetch(source, staging)  # raises InvalidArgument / FailedPrecondition: nothing stored yet
+        # raises InvalidArgument / PermissionDenied / FailedPrecondition / Unavailable: nothing stored yet
+        folder = fetch(source, staging, self.settings)
         try:
             manifest = load_manifest(folder)
         except ManifestError as error:
@@ -105,6 +114,10 @@ class Builder:
         if mismatches:
             shutil.rmtree(staging, ignore_errors=True)
             raise InvalidArgument(mismatches)
+        stopped = 0
+        if existing is not None:  # its replicas serve what is being replaced: stopped, never left behind
+            with self.journal.lock(model_id):
+                stopped = self.stop_replicas(existing)
         final = self.settings.home / "sources" / model_id
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -117,7 +130,8 @@ class Builder:
         }
         model.runtime = model.runtime or self.runtime.name
         model.endpoints, model.image, model.image_digest, model.installed_packages = [], "", "", []
-        self.journal.emit(model, "packaging", f"validated constellation.yaml of {name}:{version}")
+        replaced = f"; stopped its {stopped} running replica(s)" if stopped else ""
+        self.journal.emit(model, "packaging", f"validated constellation.yaml of {name}:{version}{replaced}")
         threading.Thread(target=self._package, args=(model.id,), name=f"package-{name}", daemon=True).start()
         return model
 

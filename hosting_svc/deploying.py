@@ -123,12 +123,15 @@ class Deployer:
             model.endpoints = []
             self.journal.emit(model, "ready", f"stopped: {reason}")
 
-    def stop_replicas(self, model: HostedModel) -> None:
-        """Stop the model's replicas on every runtime (a redeploy may switch runtimes)."""
+    def stop_replicas(self, model: HostedModel) -> int:
+        """Stop the model's replicas on every runtime (a redeploy may switch runtimes); returns how many."""
         self.replicas.pop(model.id, None)
+        stopped = 0
         for runtime in self.runtimes.values():
             for replica_id in runtime.running().get(model.id, []):
                 runtime.stop(model, replica_id)
+                stopped += 1
+        return stopped
 
     def stop_all(self, lock_wait_s: float = 5.0) -> tuple[list[HostedModel], int]:
         """Stop every replica this hosting runs: serving models go back to READY (deployable again), and any

@@ -40,6 +40,7 @@ class Hosting:
         self.journal = Journal(store)
         self.builder = Builder(self.journal, settings, runtimes)
         self.deployer = Deployer(self.journal, settings, runtimes, self.builder.runtime.name)
+        self.builder.stop_replicas = self.deployer.stop_replicas
         self.monitor = Monitor(self.journal, settings, runtimes, self.deployer.replicas)
         self.settings = settings
 

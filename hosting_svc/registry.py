@@ -1,9 +1,12 @@
 """Pushing and pulling model images, with credentials that never reach a log or a status message.
 
-Credentials come from CONSTELLATION_REGISTRY_USERNAME / _PASSWORD, or from
-the JSON file named by CONSTELLATION_REGISTRY_AUTH_FILE:
+Credentials come from CONSTELLATION_REGISTRY_USERNAME / _PASSWORD, for the
+one registry named by CONSTELLATION_REGISTRY_HOST, or from the JSON file named
+by CONSTELLATION_REGISTRY_AUTH_FILE:
 `{"127.0.0.1:5000": {"username": "...", "password": "..."}}` (per registry
-host). Transient failures (connection refused, 5xx) are retried with backoff.
+host). A registry is sent only its own credentials, never another's (a push
+or pull naming any other host goes without). Transient failures (connection
+refused, 5xx) are retried with backoff.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class Registry:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.secrets = [c["password"] for c in self._all_credentials().values() if c.get("password")]
+        if settings.registry_username and not settings.registry_host:
+            log.warning("CONSTELLATION_REGISTRY_USERNAME is set without CONSTELLATION_REGISTRY_HOST: not used")
         scrubber = SecretScrubber(self.secrets)
         for handler in logging.getLogger().handlers:
             handler.addFilter(scrubber)
@@ -70,12 +75,17 @@ class Registry:
         if path and Path(path).is_file():
             found.update(json.loads(Path(path).read_text()))
         if self.settings.registry_username:
-            found["*"] = {"username": self.settings.registry_username, "password": self.settings.registry_password}
+            if self.settings.registry_host:
+                found[self.settings.registry_host.lower()] = {
+                    "username": self.settings.registry_username,
+                    "password": self.settings.registry_password,
+                }
         return found
 
     def credentials(self, registry_host: str) -> dict | None:
-        every = self._all_credentials()
-        return every.get(registry_host) or every.get("*")
+        """The credentials configured for exactly this host (host:port), or None."""
+        every = {host.lower(): value for host, value in self._all_credentials().items()}
+        return every.get(registry_host.lower())
 
     def _engine(self) -> images.Engine:
         if self.engine is None:

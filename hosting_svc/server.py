@@ -26,7 +26,7 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tu
     home = own.home
     store = Store(own.database_url)
     engine = images.Engine() if own.docker_wanted and images.Engine.available() else None
-    runtimes: dict[str, Runtime] = {"local": LocalRuntime(home / "local")}
+    runtimes: dict[str, Runtime] = {"local": LocalRuntime(home / "local", own.allow_unconfined)}
     if engine is not None:
         runtimes["docker"] = DockerRuntime(engine, owner=str(home), base_image=own.base_image, builds=home / "builds")
     if modal.configured(own):

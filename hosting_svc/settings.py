@@ -37,11 +37,42 @@ class HostingSettings(EnvSettings):
         "how long a new replica or smoke test may take to say ModelReady, s",
         gt=0,
     )
+    allow_unconfined: bool = env_field(
+        "CONSTELLATION_HOSTING_ALLOW_UNCONFINED",
+        False,
+        "true: without bubblewrap, run local model processes unconfined with hosting's rights (logs a warning)",
+    )
+    model_roots_raw: str = env_field(
+        "CONSTELLATION_HOSTING_MODEL_ROOTS",
+        "",
+        "comma-separated folders local model sources (and file:// git sources) must be under "
+        "(default $CONSTELLATION_HOME/models and, in a source checkout, its examples/models)",
+    )
+    source_max_bytes: int = env_field(
+        "CONSTELLATION_HOSTING_SOURCE_MAX_BYTES", 2 << 30, "largest model source hosting copies, bytes", gt=0
+    )
+    source_max_files: int = env_field(
+        "CONSTELLATION_HOSTING_SOURCE_MAX_FILES", 10_000, "most files in a model source hosting copies", gt=0
+    )
+    git_hosts_raw: str = env_field(
+        "CONSTELLATION_HOSTING_GIT_HOSTS",
+        "",
+        "comma-separated hosts (host or host:port) git sources may be cloned from; default none "
+        "(file:// under the model roots only)",
+    )
+    git_timeout_s: float = env_field(
+        "CONSTELLATION_HOSTING_GIT_TIMEOUT_S", 120.0, "longest a git clone may take, s", gt=0
+    )
     monitor_interval_s: float = Field(
         1.0, description="how often the monitor checks every replica's health, s (not read)", gt=0
     )
+    registry_host: str = env_field(
+        "CONSTELLATION_REGISTRY_HOST",
+        "",
+        "registry (host:port) CONSTELLATION_REGISTRY_USERNAME/PASSWORD are sent to; no other registry gets them",
+    )
     registry_username: str = env_field(
-        "CONSTELLATION_REGISTRY_USERNAME", "", "user for pushing and pulling images, on any registry"
+        "CONSTELLATION_REGISTRY_USERNAME", "", "user for pushing and pulling images on CONSTELLATION_REGISTRY_HOST"
     )
     registry_password: str = secret_field(
         "CONSTELLATION_REGISTRY_PASSWORD", "password of CONSTELLATION_REGISTRY_USERNAME"
@@ -63,6 +94,21 @@ class HostingSettings(EnvSettings):
     @property
     def docker_wanted(self) -> bool:
         return self.docker != "off"
+
+    @property
+    def model_roots(self) -> list[Path]:
+        """Folders local model sources must be under (resolved)."""
+        if self.model_roots_raw.strip():
+            return [Path(p.strip()).expanduser().resolve() for p in self.model_roots_raw.split(",") if p.strip()]
+        roots = [(self.home.parent / "models").resolve()]
+        examples = Path(__file__).resolve().parent.parent / "examples" / "models"
+        if examples.is_dir():  # a source checkout: `make demo` registers these
+            roots.append(examples)
+        return roots
+
+    @property
+    def git_hosts(self) -> set[str]:
+        return {h.strip().lower() for h in self.git_hosts_raw.split(",") if h.strip()}
 
 
 class HubSettings(EnvSettings):

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--host",
         default=env.get("CONSTELLATION_MODEL_HOST", "127.0.0.1"),
-        help="address to bind [CONSTELLATION_MODEL_HOST, 127.0.0.1]",
+        help="address to bind, or unix:/path for a Unix socket [CONSTELLATION_MODEL_HOST, 127.0.0.1]",
     )
     parser.add_argument(
         "--port",

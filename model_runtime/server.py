@@ -285,12 +285,14 @@ class ModelServer:
         for service in HEALTH_SERVICES:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.on_load_failure: Callable[[], None] | None = None  # e.g. the CLI exits
+        # host "unix:/path" listens on a Unix socket (hosting's confined local processes have no network)
+        address = host if host.startswith("unix:") else f"{host}:{port}"
         try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
+            self.port = self.server.add_insecure_port(address)
         except RuntimeError as error:  # grpcio raises RuntimeError("Failed to bind ...")
-            raise OSError(f"could not bind {host}:{port}: {error}") from None
+            raise OSError(f"could not bind {address}: {error}") from None
         if self.port == 0:
-            raise OSError(f"could not bind {host}:{port}")
+            raise OSError(f"could not bind {address}")
 
     def start(self) -> int:
         self.server.start()

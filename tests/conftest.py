@@ -17,6 +17,7 @@ from mesh.services import insecure_channel
 from tests.pg import PostgresCluster, create_database, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_MODELS = ROOT / "examples" / "models"
 # The places the suite's services may read scenes from and export to (clients.roots): the temporary folders tests
 # make, /data (where the catalog tests' scenes are said to live, never read) and the sample scenes; any bucket.
 TEST_STORAGE_ROOTS = {
@@ -104,6 +105,7 @@ def mesh_env(home, docker: bool = False) -> dict[str, str]:
     env["CONSTELLATION_GATEWAY_PORT"] = str(free_port())
     env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port())
     env["CONSTELLATION_HOSTING_DOCKER"] = "auto" if docker else "off"
+    env["CONSTELLATION_HOSTING_MODEL_ROOTS"] = f"{EXAMPLE_MODELS},{tempfile.gettempdir()}"  # and tests' folders
     env.pop("DATABASE_URL", None)
     return env
 

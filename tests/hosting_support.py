@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from mesh.services import insecure_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 NDWI = ROOT / "examples" / "models" / "ndwi-water"
+# model sources hosting accepts in tests: the examples and pytest's temporary folders
+MODEL_ROOTS = f"{ROOT / 'examples' / 'models'},{tempfile.gettempdir()}"
 STATE = hosting_pb2.DeploymentState
 
 
@@ -38,6 +41,7 @@ class HostingUnderTest:
             "CONSTELLATION_HOSTING_PORT": "0",
             "CONSTELLATION_HOSTING_METRICS_PORT": "0",
             "CONSTELLATION_HOSTING_READY_TIMEOUT_S": "10",
+            "CONSTELLATION_HOSTING_MODEL_ROOTS": MODEL_ROOTS,
             **env,
         }
         self.server, self.hosting = build(config.load("hosting", self.env), self.env)

@@ -21,7 +21,7 @@ from hosting_svc import images
 from mesh.errors import field_violations
 from mesh.services import insecure_channel
 from tests.conftest import rpc_error
-from tests.hosting_support import NDWI, ROOT, STATE, HostingUnderTest, require_docker, state_path
+from tests.hosting_support import MODEL_ROOTS, NDWI, ROOT, STATE, HostingUnderTest, require_docker, state_path
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -290,6 +290,7 @@ def test_hosting_killed_mid_build_reconciles_on_restart(engine, tmp_path):
         **os.environ,
         "CONSTELLATION_HOME": str(home),
         "CONSTELLATION_HOSTING_METRICS_PORT": "0",
+        "CONSTELLATION_HOSTING_MODEL_ROOTS": MODEL_ROOTS,
         "CONSTELLATION_LOG_FORMAT": "text",
     }
 

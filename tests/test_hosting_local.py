@@ -235,6 +235,7 @@ def test_push_delete_pull_round_trip_with_auth_and_no_leaked_secret(registry, tm
     caplog.set_level(logging.DEBUG)
     hosting = HostingUnderTest(
         tmp_path / "home",
+        CONSTELLATION_REGISTRY_HOST=registry["address"],
         CONSTELLATION_REGISTRY_USERNAME=registry["user"],
         CONSTELLATION_REGISTRY_PASSWORD=registry["password"],
     )
@@ -257,6 +258,7 @@ def test_push_delete_pull_round_trip_with_auth_and_no_leaked_secret(registry, tm
 
         wrong = HostingUnderTest(
             tmp_path / "wrong",
+            CONSTELLATION_REGISTRY_HOST=registry["address"],
             CONSTELLATION_REGISTRY_USERNAME=registry["user"],
             CONSTELLATION_REGISTRY_PASSWORD="not-the-password",
         )

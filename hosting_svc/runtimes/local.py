@@ -3,10 +3,16 @@
 Each model gets a venv built from the same wheelhouse as its image, and a
 copy of the runtime and model folder. Processes start in their own session so
 they outlive a hosting restart; pid files let the next hosting adopt them.
+
+Model code is untrusted: each replica (and smoke test) runs confined by
+bubblewrap (see sandbox.py) behind a relay on its port; the pid recorded is
+the relay's. Without bwrap the runtime refuses to run model code unless
+CONSTELLATION_HOSTING_ALLOW_UNCONFINED says otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -18,20 +24,39 @@ from pathlib import Path
 import model_runtime
 from hosting_svc import packaging
 from hosting_svc.domain import HostedModel
-from hosting_svc.runtimes import LogLine, Replica, StateChange
+from hosting_svc.runtimes import LogLine, Replica, StateChange, sandbox
+from mesh.errors import FailedPrecondition
+
+log = logging.getLogger("hosting")
+
+RELAY = Path(__file__).with_name("relay.py")
+UNCONFINED_REFUSED = (
+    "the local runtime runs model code confined by bubblewrap, which is not installed here: install it "
+    "(apt-get install bubblewrap), or set CONSTELLATION_HOSTING_ALLOW_UNCONFINED=true to run model code "
+    "with hosting's own rights"
+)
 
 
 class LocalRuntime:
     name = "local"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, allow_unconfined: bool = False, confine: bool | None = None) -> None:
         self.root = root
+        self.confine = sandbox.available() if confine is None else confine
+        self.allow_unconfined = allow_unconfined
+        if not self.confine and allow_unconfined:
+            log.warning("bubblewrap is not installed: local model processes run unconfined, with hosting's rights")
+
+    def _check_confinement(self) -> None:
+        if not self.confine and not self.allow_unconfined:
+            raise FailedPrecondition(UNCONFINED_REFUSED)
 
     def _dir(self, model: HostedModel) -> Path:
         return self.root / model.id
 
     def build(self, model: HostedModel, wheelhouse: Path, change: StateChange, log: LogLine) -> str:
         """The venv the replicas run in, from the same wheelhouse an image would install."""
+        self._check_confinement()
         change("building", "no Docker engine: building a venv for the local runtime")
         self.prepare(model, log)
         return "smoke-testing a local process"
@@ -65,33 +90,72 @@ class LocalRuntime:
             check = subprocess.run([str(venv / "bin" / "pip"), "check"], capture_output=True, text=True, timeout=120)
             if check.returncode != 0:
                 raise RuntimeError(f"pip check failed: {check.stdout.strip()}")
+            sandbox.make_readable(venv)
             marker.touch()
         packaging.copy_runtime(home / "runtime")
         model_copy = home / "model"
         shutil.rmtree(model_copy, ignore_errors=True)
-        shutil.copytree(model.manifest["folder"], model_copy)
+        shutil.copytree(model.manifest["folder"], model_copy, symlinks=True)
+        sandbox.make_readable(home / "runtime", model_copy)
 
     def start(self, model: HostedModel, index: int, port: int) -> Replica:
+        self._check_confinement()
         home = self._dir(model)
         log_path = home / f"replica-{index}.log"
-        env = {
-            "PATH": f"{home / 'venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONPATH": str(home / "runtime"),
-            "PYTHONUNBUFFERED": "1",
-            "MODEL_PORT": str(port),
-        }
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                model_runtime.command("127.0.0.1", port, str(home / "model"), str(home / "venv" / "bin" / "python")),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=home,
-            )
+        with open(log_path, "ab") as log_file:
+            if self.confine:
+                process = self._start_confined(home, index, port, log_file)
+            else:
+                process = subprocess.Popen(
+                    model_runtime.command(
+                        "127.0.0.1", port, str(home / "model"), str(home / "venv" / "bin" / "python")
+                    ),
+                    env={
+                        "PATH": f"{home / 'venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+                        "PYTHONPATH": str(home / "runtime"),
+                        "PYTHONUNBUFFERED": "1",
+                        "MODEL_PORT": str(port),
+                    },
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=home,
+                )
         (home / f"replica-{index}.pid").write_text(f"{process.pid} {port}\n")
         return Replica(f"pid:{process.pid}", f"127.0.0.1:{port}")
+
+    def _start_confined(self, home: Path, index: int, port: int, log_file) -> subprocess.Popen:
+        """The relay on 127.0.0.1:port, which starts the sandboxed model server on its Unix socket."""
+        venv = home / "venv"
+        socket_dir = sandbox.socket_folder(home / f"run-{index}")
+        prefix = sandbox.python_prefix(venv)
+        folders = {
+            str(prefix): prefix,
+            "/opt/venv": venv,
+            "/opt/runtime": home / "runtime",
+            "/opt/model": home / "model",
+            sandbox.SOCKET_DIR: socket_dir,
+        }
+        env = {
+            "PATH": "/opt/venv/bin:/usr/bin:/bin",
+            "PYTHONPATH": "/opt/runtime",
+            "PYTHONUNBUFFERED": "1",
+            "HOME": "/tmp",
+            "MODEL_PORT": str(port),
+        }
+        socket = f"unix:{sandbox.SOCKET_DIR}/model.sock"
+        serve = model_runtime.command(socket, port, "/opt/model", "/opt/venv/bin/python")
+        inner = sandbox.command(folders, sandbox.SOCKET_DIR, serve, env)
+        return subprocess.Popen(
+            [sys.executable, str(RELAY), str(port), str(socket_dir), "--", *inner],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=home,
+        )
 
     def start_trial(self, model: HostedModel, port: int) -> Replica:
         return self.start(model, 0, port)
