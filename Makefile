@@ -32,9 +32,14 @@ console:
 ## demo: start the mesh on embedded defaults and map surface water in the sample scene, live
 ## (models run on Docker when an engine answers and the base image can be made, as local processes otherwise)
 demo: $(VENV)/.installed console
-	@if docker info >/dev/null 2>&1 && ! scripts/make_base_image.sh; then \
+	@local=; if ! docker info >/dev/null 2>&1; then local=1; \
+	elif ! scripts/make_base_image.sh; then \
 		echo "cannot make the Docker base image (above): models run as local processes"; \
-		export CONSTELLATION_HOSTING_DOCKER=off; \
+		export CONSTELLATION_HOSTING_DOCKER=off; local=1; \
+	fi; \
+	if [ -n "$$local" ] && ! command -v bwrap >/dev/null; then \
+		echo "models run as local processes here, confined by bubblewrap, which is missing: apt-get install bubblewrap"; \
+		exit 1; \
 	fi; \
 	$(PY) -m constellation_sdk.demo
 
