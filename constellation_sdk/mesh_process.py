@@ -122,7 +122,7 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
             warnings.warn(
                 "CONSTELLATION_GATEWAY_ADMIN_PORT is deprecated and ignored: Envoy's admin interface is the "
                 f"Unix socket {admin.SOCKET_NAME} in {paths.state.parent}",
-                DeprecationWarning,
+                FutureWarning,  # shown to whoever runs `constellation up`
                 stacklevel=2,
             )
         # Gateway limits may not let through more than a service takes.

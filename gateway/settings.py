@@ -54,6 +54,12 @@ class GatewaySettings(EnvSettings):
         "requests per second one API key (x-api-key or authorization) may make (a burst of as many); 0: no limit",
         ge=0,
     )
+    max_connections: int = env_field(
+        "CONSTELLATION_GATEWAY_MAX_CONNECTIONS",
+        4096,
+        "client connections the gateway holds at once; more are closed on accept",
+        ge=1,
+    )
     max_request_mb: float = env_field(
         "CONSTELLATION_GATEWAY_MAX_REQUEST_MB",
         4.0,

@@ -54,6 +54,8 @@ def render_config(
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = gateway_port
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    [connections] = config["overload_manager"]["resource_monitors"]
+    connections["typed_config"]["max_active_downstream_connections"] = settings.max_connections
     _apply_limits(manager, gateway_port, settings)
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"] == CONSOLE_CLUSTER:

@@ -1,6 +1,7 @@
 """The gateway's limits at the door, against a real mesh behind the real Envoy: the admin interface only on a
 0600 Unix socket, Host names checked, CORS only for the gateway's own origins, request sizes capped, per-address
-and per-key rate limits, idle streams closed. Every request goes to 127.0.0.1; every loop is bounded."""
+and per-key rate limits, idle streams and surplus connections closed. Every request goes to 127.0.0.1; every loop
+is bounded."""
 
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
 from tests.conftest import mesh_env
+from tests.pg import free_port
 
 PER_ADDRESS_PER_S = 40
 PER_KEY_PER_S = 10
 MAX_REQUEST_MB = 1
 STREAM_IDLE_TIMEOUT_S = 2
+MAX_CONNECTIONS = 20
 UNUSED_ADDRESSES = {service: "127.0.0.1:1" for service in mesh_process.SERVICES}
 
 
@@ -40,8 +43,12 @@ def mesh(tmp_path_factory):
         "CONSTELLATION_GATEWAY_RATE_LIMIT_PER_KEY": str(PER_KEY_PER_S),
         "CONSTELLATION_GATEWAY_MAX_REQUEST_MB": str(MAX_REQUEST_MB),
         "CONSTELLATION_GATEWAY_STREAM_IDLE_TIMEOUT_S": str(STREAM_IDLE_TIMEOUT_S),
+        "CONSTELLATION_GATEWAY_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        # Deprecated: the admin interface stays on its socket all the same.
+        "CONSTELLATION_GATEWAY_ADMIN_PORT": str(free_port()),
     }
-    state = mesh_process.up(env)
+    with pytest.warns(FutureWarning, match="CONSTELLATION_GATEWAY_ADMIN_PORT is deprecated"):
+        state = mesh_process.up(env)
     gateway_entry = state["processes"]["gateway"]
     yield {
         "env": env,
@@ -246,3 +253,31 @@ def test_watch_routes_keep_their_own_idle_timeout():
         watches = [r for r in routes if r["match"].get("path", "").endswith(("/WatchRun", "/WatchDeployment"))]
         assert len(watches) == 3
         assert all(r["route"]["idle_timeout"] == expected and r["route"]["timeout"] == "0s" for r in watches)
+
+
+def answered(connection: socket.socket) -> bool:
+    try:
+        return connection.recv(12).startswith(b"HTTP/1.1")
+    except OSError:
+        return False
+
+
+def test_connections_over_the_limit_are_closed(mesh, fresh_buckets):
+    connections = [
+        socket.create_connection(("127.0.0.1", mesh["port"]), timeout=5) for _ in range(MAX_CONNECTIONS + 10)
+    ]
+    try:
+        time.sleep(0.5)
+        request = f"GET /no-such-page HTTP/1.1\r\nHost: 127.0.0.1:{mesh['port']}\r\n\r\n".encode()
+        for connection in connections:
+            try:
+                connection.sendall(request)
+            except OSError:
+                pass  # already closed by the gateway
+        answers = [answered(connection) for connection in connections]
+    finally:
+        for connection in connections:
+            connection.close()
+    assert MAX_CONNECTIONS - 2 <= answers.count(True) <= MAX_CONNECTIONS, answers
+    time.sleep(0.5)
+    assert health_check(mesh["gateway"]) == grpc.StatusCode.OK
