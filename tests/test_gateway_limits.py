@@ -11,6 +11,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -113,6 +114,11 @@ def test_envoy_admin_is_a_0600_unix_socket_and_no_tcp_port(mesh):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert admin.request(path, "GET", "/ready") == (200, "LIVE\n")
+    # What compose's health check and a person debugging run:
+    cli = subprocess.run(
+        [sys.executable, "-m", "gateway.admin", str(path), "/ready"], capture_output=True, text=True, timeout=30
+    )
+    assert (cli.returncode, cli.stdout) == (0, "LIVE\n"), cli.stderr
     assert listening_tcp_ports(envoy_pid(mesh["supervisor_pid"])) == {mesh["port"]}
 
 
