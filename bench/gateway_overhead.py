@@ -27,7 +27,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from constellation_sdk.client import Client
+from gateway import admin
 from gateway import supervisor as gateway
+from gateway.settings import GatewaySettings
 from mesh.services import insecure_channel
 from tests.pg import free_port
 
@@ -84,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="constellation-bench-"))
-    core_port, gateway_port, admin_port = free_port(), free_port(), free_port()
+    core_port, gateway_port = free_port(), free_port()
     env = {
         **os.environ,
         "CONSTELLATION_HOME": str(work),
@@ -101,13 +103,18 @@ def main() -> None:
         wait_serving(direct)
         unused = f"127.0.0.1:{free_port()}"
         config = work / "envoy.yaml"
+        admin_socket = admin.socket_path(work)
         config.write_text(
             gateway.render_config(
-                gateway_port, admin_port, {"core": direct, "hosting": unused, "orchestrator": unused, "agent": unused}
+                gateway_port,
+                admin_socket,
+                {"core": direct, "hosting": unused, "orchestrator": unused, "agent": unused},
+                # The bench measures the proxy, not the door's rate limits.
+                GatewaySettings(rate_limit_per_address=0, rate_limit_per_key=0),
             )
         )
         envoy = gateway.start_envoy(config, work / "envoy.log")
-        gateway.wait_ready(admin_port, process=envoy)
+        gateway.wait_ready(admin_socket, process=envoy)
         via_gateway = f"127.0.0.1:{gateway_port}"
 
         with insecure_channel(direct) as channel:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import grpc
 
 from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk.client import Client
+from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
 from mesh import config
@@ -91,6 +93,7 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
         )
     paths.logs.mkdir(parents=True, exist_ok=True)
     paths.state.parent.mkdir(parents=True, exist_ok=True)
+    paths.state.parent.chmod(0o700)  # it holds Envoy's admin socket
     state: dict = {"home": str(paths.home), "processes": {}}
     started: list[subprocess.Popen] = []
     try:
@@ -115,9 +118,21 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
             except (RuntimeError, TimeoutError) as error:
                 raise RuntimeError(f"{service} did not start at {addresses[service]}: {error}") from None
         gateway_settings = GatewaySettings.from_env(env)
-        gateway_port, admin_port = gateway_settings.port, gateway_settings.admin_port
+        if gateway_settings.admin_port:
+            warnings.warn(
+                "CONSTELLATION_GATEWAY_ADMIN_PORT is deprecated and ignored: Envoy's admin interface is the "
+                f"Unix socket {admin.SOCKET_NAME} in {paths.state.parent}",
+                FutureWarning,  # shown to whoever runs `constellation up`
+                stacklevel=2,
+            )
+        # Gateway limits may not let through more than a service takes.
+        gateway_settings = gateway_settings.model_copy(
+            update={"max_request_mb": min(gateway_settings.max_request_mb, config.load("core", env).max_message_mb)}
+        )
+        gateway_port, admin_socket = gateway_settings.port, admin.socket_path(paths.state.parent)
+        admin_socket.unlink(missing_ok=True)  # a stale one from a gateway that died stops Envoy's bind
         envoy_config = paths.state.parent / "envoy.yaml"
-        envoy_config.write_text(gateway.render_config(gateway_port, admin_port, addresses))
+        envoy_config.write_text(gateway.render_config(gateway_port, admin_socket, addresses, gateway_settings))
         envoy_log = paths.logs / "envoy.log"
         envoy = gateway.start_envoy(envoy_config, envoy_log, env)
         started.append(envoy)
@@ -125,10 +140,10 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
             "pid": envoy.pid,
             "address": f"127.0.0.1:{gateway_port}",
             "log": str(envoy_log),
-            "admin_port": admin_port,
+            "admin_socket": str(admin_socket),
         }
         try:
-            gateway.wait_ready(admin_port, timeout_s, envoy)
+            gateway.wait_ready(admin_socket, timeout_s, envoy)
         except (RuntimeError, TimeoutError) as error:
             raise RuntimeError(f"envoy did not start: {error}; log tail:\n{_tail(envoy_log)}") from None
     except BaseException:

@@ -14,6 +14,7 @@ COPY pyproject.toml /app/
 COPY mesh /app/mesh
 COPY gen /app/gen
 COPY constellation_sdk /app/constellation_sdk
+COPY gateway /app/gateway
 COPY core_svc /app/core_svc
 COPY hosting_svc /app/hosting_svc
 COPY orchestrator_svc /app/orchestrator_svc

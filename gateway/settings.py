@@ -1,4 +1,5 @@
-"""The gateway's settings: Envoy's ports and workers, and what the console's static server serves."""
+"""The gateway's settings: Envoy's ports, workers and limits at the door, and what the console's static server
+serves."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import urllib.parse
 from pathlib import Path
 
 from mesh.config import (
-    DEFAULT_GATEWAY_ADMIN_PORT,
     DEFAULT_GATEWAY_PORT,
     EnvSettings,
     env_field,
@@ -23,7 +23,63 @@ class GatewaySettings(EnvSettings):
         "CONSTELLATION_GATEWAY_PORT", DEFAULT_GATEWAY_PORT, "gRPC, gRPC-web and the console", ge=0, le=65535
     )
     admin_port: int = env_field(
-        "CONSTELLATION_GATEWAY_ADMIN_PORT", DEFAULT_GATEWAY_ADMIN_PORT, "Envoy's admin port", ge=0, le=65535
+        "CONSTELLATION_GATEWAY_ADMIN_PORT",
+        0,
+        "deprecated and ignored: Envoy's admin is the Unix socket run/envoy-admin.sock (0600) under "
+        "CONSTELLATION_HOME; `python -m gateway.admin` talks to it",
+        ge=0,
+        le=65535,
+    )
+    hosts_raw: str = env_field(
+        "CONSTELLATION_GATEWAY_HOSTS",
+        "",
+        "Host names the gateway answers besides localhost, 127.0.0.1 and [::1] (each with and without its port), "
+        "comma separated, e.g. `mesh.example.org,mesh.example.org:443`; any other Host gets 403",
+    )
+    cors_origins_raw: str = env_field(
+        "CONSTELLATION_GATEWAY_CORS_ORIGINS",
+        "",
+        "origins allowed to call the gateway from a browser besides its own (http://localhost:PORT, "
+        "http://127.0.0.1:PORT), comma separated, e.g. `http://localhost:5173` for the Vite dev server",
+    )
+    rate_limit_per_address: int = env_field(
+        "CONSTELLATION_GATEWAY_RATE_LIMIT_PER_ADDRESS",
+        500,
+        "requests per second one client address may make (a burst of as many); 0: no limit",
+        ge=0,
+    )
+    rate_limit_per_key: int = env_field(
+        "CONSTELLATION_GATEWAY_RATE_LIMIT_PER_KEY",
+        500,
+        "requests per second one API key (x-api-key or authorization) may make (a burst of as many); 0: no limit",
+        ge=0,
+    )
+    max_connections: int = env_field(
+        "CONSTELLATION_GATEWAY_MAX_CONNECTIONS",
+        4096,
+        "client connections the gateway holds at once; more are closed on accept",
+        ge=1,
+    )
+    max_request_mb: float = env_field(
+        "CONSTELLATION_GATEWAY_MAX_REQUEST_MB",
+        4.0,
+        "largest request body the gateway lets through, MiB (never more than CONSTELLATION_MAX_MESSAGE_MB); "
+        "larger ones get HTTP 413 or gRPC RESOURCE_EXHAUSTED",
+        gt=0,
+    )
+    stream_idle_timeout_s: float = env_field(
+        "CONSTELLATION_GATEWAY_STREAM_IDLE_TIMEOUT_S",
+        300.0,
+        "a request or stream with no traffic either way for this long is closed (Watch streams: "
+        "CONSTELLATION_GATEWAY_WATCH_IDLE_TIMEOUT_S)",
+        gt=0,
+    )
+    watch_idle_timeout_s: float = env_field(
+        "CONSTELLATION_GATEWAY_WATCH_IDLE_TIMEOUT_S",
+        0.0,
+        "a Watch stream with no event for this long is closed (the client sees INTERNAL: RST_STREAM); 0: never, "
+        "as services send no heartbeat (keepalives close the streams of clients that are gone)",
+        ge=0,
     )
     workers: int = env_field("CONSTELLATION_GATEWAY_WORKERS", 1, "Envoy worker threads (--concurrency)", ge=1)
     console_port: int = env_field(
@@ -47,6 +103,14 @@ class GatewaySettings(EnvSettings):
         if self.export_uri.startswith("file:///"):
             return Path(urllib.parse.unquote(urllib.parse.urlparse(self.export_uri).path))
         return (home_dir({"CONSTELLATION_HOME": self.home_raw}) / "outputs").resolve()
+
+    @property
+    def hosts(self) -> list[str]:
+        return [host.strip().lower() for host in self.hosts_raw.split(",") if host.strip()]
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins_raw.split(",") if origin.strip()]
 
     @property
     def api_keys(self) -> set[str]:

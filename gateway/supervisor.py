@@ -8,16 +8,23 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
-from gateway import console
+from gateway import admin, console
 from gateway.settings import GatewaySettings
 
 ENVOY_CONFIG = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
 CONSOLE_CLUSTER = "console"
+# Server-streaming routes: no route timeout, their own idle timeout.
+WATCH_SUFFIXES = ("/WatchRun", "/WatchDeployment")
+# Rate limit descriptor key -> the action that fills it per request: the peer's address, or an API key header.
+RATE_LIMIT_ACTIONS = {
+    "remote_address": {"remote_address": {}},
+    "api_key": {"request_headers": {"header_name": "x-api-key", "descriptor_key": "api_key"}},
+    "authorization": {"request_headers": {"header_name": "authorization", "descriptor_key": "authorization"}},
+}
 
 
 def point_console_cluster(config_text: str, port: int) -> str:
@@ -33,12 +40,23 @@ def point_console_cluster(config_text: str, port: int) -> str:
 
 
 def render_config(
-    gateway_port: int, admin_port: int, service_addresses: dict[str, str], template: Path = ENVOY_CONFIG
+    gateway_port: int,
+    admin_socket: Path,
+    service_addresses: dict[str, str],
+    settings: GatewaySettings | None = None,
+    template: Path = ENVOY_CONFIG,
 ) -> str:
-    """envoy.yaml with the listener, admin and each cluster pointed at the given ports."""
+    """envoy.yaml with the listener and each cluster pointed at the given ports, the admin interface on the
+    Unix socket `admin_socket` (0600), and the Host names, CORS origins and limits of `settings`."""
+    settings = settings or GatewaySettings()
     config = yaml.safe_load(template.read_text())
-    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = gateway_port
+    config["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"]["port_value"] = gateway_port
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    [connections] = config["overload_manager"]["resource_monitors"]
+    connections["typed_config"]["max_active_downstream_connections"] = settings.max_connections
+    _apply_limits(manager, gateway_port, settings)
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"] == CONSOLE_CLUSTER:
             continue  # the supervisor points it at the console server it starts
@@ -46,6 +64,53 @@ def render_config(
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         address["address"], address["port_value"] = host, int(port)
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def own_hosts(gateway_port: int, settings: GatewaySettings) -> list[str]:
+    """The Host values the gateway answers: loopback names with and without its port, then the configured ones."""
+    loopback = ["localhost", "127.0.0.1", "[::1]"]
+    return [*(f"{name}:{gateway_port}" for name in loopback), *loopback, *settings.hosts]
+
+
+def own_origins(gateway_port: int, settings: GatewaySettings) -> list[str]:
+    """The browser origins CORS answers: the gateway's own (the console is same-origin), then the configured ones."""
+    return [f"http://localhost:{gateway_port}", f"http://127.0.0.1:{gateway_port}", *settings.cors_origins]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _bucket(per_second: int) -> dict:
+    return {"max_tokens": per_second, "tokens_per_fill": per_second, "fill_interval": "1s"}
+
+
+def _apply_limits(manager: dict, gateway_port: int, settings: GatewaySettings) -> None:
+    """Host names, CORS origins, rate limits, the request size limit and idle timeouts, in the connection manager."""
+    manager["stream_idle_timeout"] = _duration(settings.stream_idle_timeout_s)
+    [mesh_host] = [host for host in manager["route_config"]["virtual_hosts"] if host["name"] == "mesh"]
+    mesh_host["domains"] = list(dict.fromkeys(own_hosts(gateway_port, settings)))
+    cors = mesh_host["typed_per_filter_config"]["envoy.filters.http.cors"]
+    cors["allow_origin_string_match"] = [{"exact": origin} for origin in own_origins(gateway_port, settings)]
+    for route in mesh_host["routes"]:
+        if route["match"].get("path", "").endswith(WATCH_SUFFIXES):
+            route["route"]["idle_timeout"] = _duration(settings.watch_idle_timeout_s)
+    filters = {entry["name"]: entry["typed_config"] for entry in manager["http_filters"]}
+    filters["envoy.filters.http.buffer"]["max_request_bytes"] = int(settings.max_request_mb * 1024 * 1024)
+    limits = {
+        "remote_address": settings.rate_limit_per_address,
+        "api_key": settings.rate_limit_per_key,
+        "authorization": settings.rate_limit_per_key,
+    }
+    rate_limit = filters["envoy.filters.http.local_ratelimit"]
+    rate_limit["descriptors"] = [
+        {"entries": [{"key": key}], "token_bucket": _bucket(per_second)}
+        for key, per_second in limits.items()
+        if per_second
+    ]
+    rate_limit["rate_limits"] = [
+        {"actions": [RATE_LIMIT_ACTIONS[key]]} for key, per_second in limits.items() if per_second
+    ]
 
 
 def envoy_binary() -> str:
@@ -105,19 +170,19 @@ def supervise(config_path: Path) -> int:
     return envoy.wait()
 
 
-def wait_ready(admin_port: int, timeout_s: float = 20.0, process: subprocess.Popen | None = None) -> None:
+def wait_ready(admin_socket: Path, timeout_s: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until Envoy's admin socket answers /ready with 200 (its listeners are up)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"envoy exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as response:
-                if response.status == 200:
-                    return
+            if admin.request(admin_socket, "GET", "/ready", timeout_s=1.0)[0] == 200:
+                return
         except OSError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"envoy was not ready on admin port {admin_port} within {timeout_s:.0f}s")
+    raise TimeoutError(f"envoy was not ready on its admin socket {admin_socket} within {timeout_s:.0f}s")
 
 
 if __name__ == "__main__":

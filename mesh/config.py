@@ -31,7 +31,6 @@ DEFAULT_PORTS: dict[str, tuple[int, int]] = {
     "agent": (50054, 9104),
 }
 DEFAULT_GATEWAY_PORT = 8080
-DEFAULT_GATEWAY_ADMIN_PORT = 9901
 
 
 class ConfigError(ValueError):

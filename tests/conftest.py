@@ -103,7 +103,6 @@ def mesh_env(home, docker: bool = False) -> dict[str, str]:
         env[f"CONSTELLATION_{service.upper()}_PORT"] = str(free_port())
         env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
     env["CONSTELLATION_GATEWAY_PORT"] = str(free_port())
-    env["CONSTELLATION_GATEWAY_ADMIN_PORT"] = str(free_port())
     env["CONSTELLATION_HOSTING_DOCKER"] = "auto" if docker else "off"
     env["CONSTELLATION_HOSTING_MODEL_ROOTS"] = f"{EXAMPLE_MODELS},{tempfile.gettempdir()}"  # and tests' folders
     env.pop("DATABASE_URL", None)

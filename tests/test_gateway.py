@@ -25,6 +25,8 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     env = mesh_env(tmp_path_factory.mktemp("mesh"), docker=True)
+    # The console's dev server (`npm run dev`) is another origin: CORS answers it only when configured.
+    env["CONSTELLATION_GATEWAY_CORS_ORIGINS"] = "http://localhost:5173"
     state = mesh_process.up(env)
     yield {"env": env, "gateway": state["processes"]["gateway"]["address"], "state": state}
     mesh_process.down(env)
