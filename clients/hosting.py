@@ -91,7 +91,7 @@ class ModelDeployer:
         metadata: tuple[tuple[str, str], ...] = (),
         timeout_s: float = 1800.0,
         peer_timeout_s: float = 30.0,
-        runtime: int = hosting_pb2.RUNTIME_UNSPECIFIED,
+        runtime: hosting_pb2.Runtime.ValueType = hosting_pb2.RUNTIME_UNSPECIFIED,
         replicas: int = 1,
     ) -> None:
         self.hosting, self.target, self.hooks = hosting, target, hooks
@@ -171,7 +171,7 @@ class ModelDeployer:
         return status
 
     def deploy(self, status: hosting_pb2.ModelStatus) -> hosting_pb2.ModelStatus:
-        request = hosting_pb2.DeployModelRequest(model_id=status.model_id, replicas=self.replicas, runtime=self.runtime)  # type: ignore[arg-type]
+        request = hosting_pb2.DeployModelRequest(model_id=status.model_id, replicas=self.replicas, runtime=self.runtime)
         status = self._call(self.hosting.DeployModel, request)
         status = self.follow(status, status.last_updated, (D.DEPLOYMENT_STATE_HEALTHY, D.DEPLOYMENT_STATE_FAILED))
         if status.state == D.DEPLOYMENT_STATE_FAILED:

@@ -113,7 +113,7 @@ def pipeline_to_proto(pipeline: Pipeline) -> core_pb2.Pipeline:
     )
 
 
-def run_state_to_proto(state: str) -> int:
+def run_state_to_proto(state: str) -> common_pb2.RunState.ValueType:
     return enum_value(common_pb2.RunState, state)
 
 
@@ -121,7 +121,7 @@ def run_to_proto(run: Run) -> core_pb2.Run:
     return core_pb2.Run(
         id=run.id,
         pipeline_id=run.pipeline_id,
-        state=run_state_to_proto(run.state),  # type: ignore[arg-type]
+        state=run_state_to_proto(run.state),
         state_message=run.state_message,
         outputs=[common_pb2.RunOutput(**o) for o in run.outputs],
         create_time=to_timestamp(run.create_time),

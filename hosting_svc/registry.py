@@ -146,7 +146,7 @@ class Registry:
         repository, tag = match.group("repo"), match.group("tag") or "latest"
         auth = self.credentials(repository.split("/")[0])
         pulled = self._retry(f"pull {repository}:{tag}", lambda: engine.pull(repository, tag, auth))
-        digests = pulled.attrs.get("RepoDigests", [])  # type: ignore[attr-defined]
+        digests = pulled.attrs.get("RepoDigests", [])  # type: ignore[attr-defined]  # engine.pull returns docker's untyped Image
         found = next(
             (d.split("@", 1)[1] for d in digests if d.startswith(repository)),
             digests[0].split("@", 1)[1] if digests else "",

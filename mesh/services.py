@@ -8,7 +8,7 @@ from constellation.agent.v1 import agent_pb2, agent_pb2_grpc
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from mesh.server import Registration
+from mesh.server import HealthCheck, Registration
 
 # service -> (full gRPC service name, generated module with the servicer base and add_*_to_server)
 SERVICES = {
@@ -23,11 +23,11 @@ SERVICES = {
 MESH_SERVICE_NAMES = [name for name, _ in SERVICES.values()]
 
 
-def registration(service: str, servicer: object, **kwargs: object) -> Registration:
+def registration(service: str, servicer: object, health_checks: dict[str, HealthCheck] | None = None) -> Registration:
     full_name, module = SERVICES[service]
     short = full_name.rsplit(".", 1)[-1]
     add = getattr(module, f"add_{short}Servicer_to_server")
-    return Registration([full_name], lambda server: add(servicer, server), **kwargs)  # type: ignore[arg-type]
+    return Registration([full_name], lambda server: add(servicer, server), health_checks or {})
 
 
 def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, int]]:

@@ -65,7 +65,9 @@ class Batcher:
             self._run(taken)
         if mine.error is not None:
             raise mine.error
-        return mine.result  # type: ignore[return-value]
+        if mine.result is None:
+            raise RuntimeError("a batch ended with neither a result nor an error")
+        return mine.result
 
     def _in_chunks(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         parts = [

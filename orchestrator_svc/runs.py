@@ -35,7 +35,7 @@ from clients.storage import Storage
 from constellation.common.v1 import common_pb2 as common
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.enums import enum_name
-from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
 from orchestrator_svc import events, jobs, specs
 from orchestrator_svc.launcher import ACTIVE, HOST_TAG, WorkerRunLauncher, worker_alive
@@ -234,8 +234,14 @@ class RunManager:
                 status=DagsterRunStatus.NOT_STARTED,
             )
         except DagsterRunAlreadyExists:
-            return self._relaunch(self.instance.get_run_by_id(engine_id), wanted)  # type: ignore[arg-type]
-        self.instance.launch_run(engine_id, workspace=None)  # type: ignore[arg-type]
+            existing = self.instance.get_run_by_id(engine_id)
+            if existing is None:  # deleted between the two calls
+                raise Unavailable(
+                    f"run {wanted!r} vanished from the Dagster instance while launching; try again"
+                ) from None
+            return self._relaunch(existing, wanted)
+        # No code location serves these jobs (the worker builds them), so there is no workspace to pass.
+        self.instance.launch_run(engine_id, workspace=None)  # type: ignore[arg-type]  # Dagster allows None here
         log.info("run launched", extra={"run_id": run_id, "blocks": len(plan.blocks)})
         return self.get(run_id)
 

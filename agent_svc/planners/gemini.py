@@ -46,7 +46,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from agent_svc import prompt as prompt_mod
 from agent_svc import ranking, text
 from agent_svc.catalog_client import CoreCatalog, LookupFailed
-from agent_svc.domain import TASKS, BlockReason, Constraints, Intent, Plan, Query, Recommendation
+from agent_svc.domain import TASKS, BlockReason, Box, Constraints, Intent, Plan, Query, Recommendation
 from agent_svc.planners.offline import check_pins, no_pair_reason
 from constellation.common.v1 import common_pb2
 from mesh.enums import prefix_of
@@ -463,17 +463,20 @@ def _number(data: dict[str, Any], name: str) -> float:
 def _intent_from_reading(query: Query, data: dict[str, Any]) -> tuple[Intent | None, list[str]]:
     """Gemini's reading -> an Intent; the request's structured constraints still override it."""
     problems = []
-    keywords = data.get("keywords")
-    if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+    raw_keywords = data.get("keywords")
+    keywords: list[str] = []
+    if isinstance(raw_keywords, list) and all(isinstance(k, str) for k in raw_keywords):
+        keywords = raw_keywords
+    else:
         problems.append("keywords must be a list of strings")
     task = data.get("task") or ""
     if task not in ("", *TASKS):
         problems.append(f"task must be one of {', '.join(TASKS)} or empty")
-    box = None
+    box: Box | None = None
     raw_box = data.get("bbox")
     if isinstance(raw_box, dict) and raw_box:
         try:
-            box = tuple(float(raw_box[k]) for k in ("min_x", "min_y", "max_x", "max_y"))
+            box = (float(raw_box["min_x"]), float(raw_box["min_y"]), float(raw_box["max_x"]), float(raw_box["max_y"]))
         except (KeyError, TypeError, ValueError):
             problems.append("bbox needs numbers min_x, min_y, max_x, max_y")
         else:
@@ -484,7 +487,7 @@ def _intent_from_reading(query: Query, data: dict[str, Any]) -> tuple[Intent | N
     constraints = Constraints(
         sensors=[str(s).lower() for s in data.get("sensors") or []],
         bands=[str(b).lower() for b in data.get("bands") or []],
-        region=box,  # type: ignore[arg-type]
+        region=box,
         region_name=str(data.get("place") or "") if box else "",
         max_resolution_m=_number(data, "max_resolution_m"),
         max_latency_ms=_number(data, "max_latency_ms"),
@@ -492,7 +495,7 @@ def _intent_from_reading(query: Query, data: dict[str, Any]) -> tuple[Intent | N
         modality=str(data.get("modality")) if data.get("modality") in ("sar", "optical") else "",
     )
     prompt_mod.apply_structured(constraints, query.constraints)
-    words = [w for k in keywords for w in text.tokens(k) if w not in text.STOPWORDS]  # type: ignore[union-attr]
+    words = [w for k in keywords for w in text.tokens(k) if w not in text.STOPWORDS]
     place_words = set(text.tokens(constraints.region_name))
     intent = Intent(prompt=query.prompt, constraints=constraints, preferred_task=task if not constraints.task else "")
     intent.terms = text.expand(words + sorted(place_words))
