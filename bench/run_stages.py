@@ -65,6 +65,7 @@ def in_process_tiles_per_s(scene: Path, folder: Path, tile: int = 256, batch: in
 def bench_runtime(runtime: str, scene: Path, runs: int, model_name: str) -> list[watch.RunReport]:
     home = Path(tempfile.mkdtemp(prefix=f"bench-{runtime}-"))
     env = {**mesh_env(home, docker=runtime == "docker"), "CONSTELLATION_HEALTH_INTERVAL_S": "2"}
+    env["CONSTELLATION_DATA_ROOTS"] += f",{scene.parent}"  # the generated scenes live under build/scenes
     state = mesh_process.up(env)
     reports = []
     try:

@@ -95,6 +95,7 @@ def mesh_env(home, docker: bool = False) -> dict[str, str]:
 
     env = {
         **os.environ,
+        **TEST_STORAGE_ROOTS,
         "CONSTELLATION_HOME": str(home),
         "CONSTELLATION_HEALTH_INTERVAL_S": "0.5",
         "CONSTELLATION_LOG_FORMAT": "json",

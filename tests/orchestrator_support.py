@@ -25,6 +25,7 @@ from inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mesh import config
 from mesh.services import insecure_channel
 from orchestrator_svc.server import build
+from tests.conftest import TEST_STORAGE_ROOTS
 from tests.orchestrator_scenes import BANDS, write_scene
 from tests.pg import create_database, free_port
 
@@ -215,7 +216,7 @@ def slow_endpoint(tmp_path) -> Iterator[ModelEndpoint]:
 
 
 def orchestrator_env(home: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, **TEST_STORAGE_ROOTS}
     env.update(
         {
             "CONSTELLATION_HOME": str(home),
