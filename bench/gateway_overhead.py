@@ -31,6 +31,7 @@ from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
 from mesh.services import insecure_channel
+from tests.conftest import TEST_STORAGE_ROOTS
 from tests.pg import free_port
 
 ROUNDS = 3
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="per RPC and path, split over alternating rounds")
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
+    os.environ.update(TEST_STORAGE_ROOTS)  # the catalog entries it makes name scenes under the test roots
 
     work = Path(tempfile.mkdtemp(prefix="constellation-bench-"))
     core_port, gateway_port = free_port(), free_port()
