@@ -13,10 +13,15 @@ Each method gets three kinds of input:
   cleared or repeated, so the fuzzing reaches past the first check;
 - garbage bodies: random bytes and valid encodings with bytes flipped, cut or inserted.
 
+Every call goes through the gateway with grpc's default client limits, so an answer whose trailers a client
+would refuse (RESOURCE_EXHAUSTED "metadata size") counts as lost, like UNKNOWN or INTERNAL. Streams are read for
+STREAM_DEADLINE_S; DEADLINE_EXCEEDED is how a healthy stream ends here. Reflection (a bidirectional stream for
+grpcurl, served by grpc itself) is not fuzzed.
+
 One mesh (`constellation up`, local runtime, one admin key, no gateway rate limit) serves the whole module. Its
-catalog holds a dataset whose scene does not exist and a model whose source does not exist, so a run fails fast
-and nothing ever packages or deploys a real model. Examples are derandomized: CI sees the same calls each time.
-Streams are read for STREAM_DEADLINE_S; DEADLINE_EXCEEDED is how a healthy stream ends here.
+catalog holds a dataset whose scene does not exist and a model whose source does not exist, and hosting takes
+sources only from a folder of the test's own (an empty and a broken model folder), so a run fails fast and
+nothing ever packages or deploys a real model. Examples are derandomized: CI makes the same calls each time.
 """
 
 from __future__ import annotations
@@ -508,8 +513,8 @@ class FuzzMesh:
 
 
 def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
-    """A dataset, a model and a pipeline that refer to nothing real, one failed run, and a valid request for
-    each method the mutated examples start from."""
+    """A dataset, a model and a pipeline that refer to nothing real, a run of it (which fails), and a valid
+    request for each method the mutated examples start from."""
 
     def call(method: str, request: Message) -> Message:
         rpc = channel.unary_unary(
@@ -627,6 +632,7 @@ def fuzz_mesh(tmp_path_factory):
     channel = grpc.insecure_channel(state["processes"]["gateway"]["address"], options=channel_options())
     try:
         valid = seed_catalog(channel, model_root)
+        assert set(valid) == {str(method) for method in MUTATED}
         yield FuzzMesh(state, mesh_pids(state), channel, valid, Counter(), started)
     finally:
         channel.close()
@@ -656,10 +662,10 @@ def test_random_requests_get_a_deliberate_answer(fuzz_mesh, method):
     assert_mesh_alive(fuzz_mesh, method)
 
 
+# The methods whose mutated examples start from a valid request (seed_catalog writes them).
 MUTATED = [
-    method
-    for method in METHODS
-    if str(method) in (
+    BY_NAME[name]
+    for name in (
         "core.v1.CoreService/CreateDataset", "core.v1.CoreService/GetDataset", "core.v1.CoreService/ListDatasets",
         "core.v1.CoreService/UpdateDataset", "core.v1.CoreService/RegisterModel", "core.v1.CoreService/ListModels",
         "core.v1.CoreService/CreatePipeline", "core.v1.CoreService/ValidatePipeline",
@@ -719,6 +725,10 @@ def test_every_service_still_serves_after_the_fuzzing(fuzz_mesh):
         for name in ("", full_name):
             assert health(processes[service]["address"], name) == serving, f"{service} {name!r}"
     assert not fuzz_mesh.dead(), f"mesh processes gone after the fuzzing: {fuzz_mesh.dead()}"
+    # Nothing real ran: every run the fuzzing started names a model whose source does not exist, or no scene.
+    list_runs = fuzz_mesh.callable_for(BY_NAME["core.v1.CoreService/ListRuns"])
+    runs = list_runs(core_pb2.ListRunsRequest(page_size=1000).SerializeToString(), timeout=10, metadata=METADATA).runs
+    assert runs and not [run.id for run in runs if run.state == c.RUN_STATE_SUCCEEDED]
     calls = sum(fuzz_mesh.codes.values())
     codes = ", ".join(f"{code.name} {n}" for code, n in fuzz_mesh.codes.most_common())
     MEASURED_FIGURES.append(
@@ -735,4 +745,3 @@ def test_every_method_is_fuzzed():
         count = len(descriptor_pool.Default().FindServiceByName(full_name).methods)
         assert count == sum(m.path.startswith(f"/{full_name}/") for m in METHODS) > 0, service
     assert {"grpc.health.v1.Health/Check", "grpc.health.v1.Health/Watch"} <= names
-    assert len(MUTATED) == 22  # every name in MUTATED is a method
