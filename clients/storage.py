@@ -46,7 +46,10 @@ class Location:
 
 
 def parse(uri: str) -> Location:
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: "s3://[bucket/key"
+        raise StorageError(f"{uri!r} is not a valid URI") from None
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
             raise StorageError(f"{uri!r} is not a file URI with an absolute path")

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 from clients.roots import StorageRoots
 from core_svc.domain import MODEL_TASKS, Dataset, Model
-from mesh.errors import FieldViolation
+from mesh.errors import FieldViolation, shorten
 from model_runtime import manifest
 from model_runtime.manifest import DATATYPES, VERSION, check_output_name
 from model_runtime.manifest import NAME as MODEL_NAME
@@ -70,7 +70,10 @@ def validate_dataset(dataset: Dataset, roots: StorageRoots) -> list[FieldViolati
 def check_model_source(source: str) -> list[FieldViolation]:
     if not source:
         return [FieldViolation("source", "is required: a model folder, a git repository URL or hf://org/name@revision")]
-    parsed = urlparse(source)
+    try:
+        parsed = urlparse(source)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: "https://[host/repo.git"
+        return [FieldViolation("source", f"{shorten(source)!r} is not a folder path or URL")]
     if source.startswith("/") or parsed.scheme == "file":
         return check_storage_uri(source if parsed.scheme else f"file://{source}", "source")
     if parsed.scheme in ("https", "http", "ssh", "git") and parsed.netloc:

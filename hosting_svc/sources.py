@@ -49,6 +49,11 @@ def under_roots(path: Path, settings: HostingSettings) -> bool:
 
 def check_source(source: Source, settings: HostingSettings) -> None:
     outside = "is outside the folders hosting accepts model sources from (CONSTELLATION_HOSTING_MODEL_ROOTS)"
+    location_field = {"local": "local_path", "git": "git.repo_url", "hf": "hugging_face_id"}.get(source.kind, "source")
+    for field, value in ((location_field, source.location), ("git.branch", source.branch),
+                         ("git.subdirectory", source.subdirectory)):  # fmt: skip
+        if "\x00" in value:  # no path or URL holds one, and os.path would raise on it
+            raise InvalidArgument.field(field, "must not contain a NUL character")
     if source.kind == "local":
         path = Path(source.location)
         if not path.is_absolute():
@@ -64,11 +69,14 @@ def check_source(source: Source, settings: HostingSettings) -> None:
             )
         if source.subdirectory and (source.subdirectory.startswith("/") or ".." in Path(source.subdirectory).parts):
             raise InvalidArgument.field("git.subdirectory", "must be a relative path inside the repository")
-        local = git_local_path(source.location)
+        try:
+            local, host = git_local_path(source.location), git_host(source.location)
+        except ValueError:  # urllib's, e.g. for an unclosed IPv6 bracket: "https://[host/repo.git"
+            raise InvalidArgument.field("git.repo_url", "is not a valid URL") from None
         if local is not None:
             if not under_roots(local, settings):
                 raise PermissionDenied(f"git.repo_url {outside}")
-        elif git_host(source.location) not in settings.git_hosts:
+        elif host not in settings.git_hosts:
             raise PermissionDenied(
                 "git.repo_url: hosting clones only from the hosts in CONSTELLATION_HOSTING_GIT_HOSTS"
             )

@@ -4,11 +4,16 @@ Domain code raises these; it never imports grpc. The server interceptor maps
 them with `to_status`, attaching google.rpc error details (BadRequest field
 violations for INVALID_ARGUMENT) so clients can point at the offending field.
 
-A status travels in HTTP/2 trailers, which proxies cap (Envoy resets a stream
+A status travels in HTTP/2 trailers, which clients and proxies cap (a grpc
+client refuses trailers over 8 KiB unless it sets grpc.max_metadata_size, and
+then sees RESOURCE_EXHAUSTED instead of the answer; Envoy resets a stream
 whose headers pass 60 KiB), and messages often quote what the caller sent.
 So `shorten` cuts any echoed value to SHORT_VALUE_CHARS, and `to_status` caps
-the message at MAX_STATUS_MESSAGE_BYTES and the details at
-MAX_STATUS_DETAILS_BYTES whatever a raiser wrote.
+what goes on the wire whatever a raiser wrote: the message at
+MAX_STATUS_MESSAGE_BYTES once percent-encoded as grpc-message (a byte outside
+printable ASCII takes three), the details at MAX_STATUS_DETAILS_BYTES
+serialized (grpc-status-details-bin is their base64, with the message again).
+Together they stay under 7 KiB of trailers.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 SHORT_VALUE_CHARS = 100
-MAX_STATUS_MESSAGE_BYTES = 2048
-MAX_STATUS_DETAILS_BYTES = 8192
-MAX_VIOLATION_CHARS = 512  # each field path and description in BadRequest details
+MAX_STATUS_MESSAGE_BYTES = 1024  # as grpc-message, percent-encoded
+MAX_STATUS_DETAILS_BYTES = 3072  # serialized; 4 KiB in base64
+MAX_VIOLATION_BYTES = 512  # each field path and description in BadRequest details, UTF-8
 
 
 def shorten(value: str, limit: int = SHORT_VALUE_CHARS) -> str:
@@ -36,6 +41,24 @@ def _cap_bytes(text: str, limit: int) -> str:
     if len(data) <= limit:
         return text
     return data[: limit - len("…".encode())].decode(errors="ignore") + "…"
+
+
+def _percent_encoded_bytes(char: str) -> int:
+    """What `char` takes in grpc-message: printable ASCII but '%' as is, any other byte of its UTF-8 as %XX."""
+    return sum(1 if 0x20 <= byte <= 0x7E and byte != 0x25 else 3 for byte in char.encode())
+
+
+def _cap_message(text: str, limit: int) -> str:
+    """`text` cut, ending in "…", so that it takes at most `limit` bytes as grpc-message."""
+    if len(text) * 12 <= limit or sum(map(_percent_encoded_bytes, text)) <= limit:  # 12: 4 UTF-8 bytes, each %XX
+        return text
+    budget, kept = limit - _percent_encoded_bytes("…"), 0
+    for char in text:
+        budget -= _percent_encoded_bytes(char)
+        if budget < 0:
+            break
+        kept += 1
+    return text[:kept] + "…"
 
 
 @dataclass(frozen=True)
@@ -75,7 +98,8 @@ class InvalidArgument(DomainError):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=shorten(v.field, MAX_VIOLATION_CHARS), description=shorten(v.description, MAX_VIOLATION_CHARS)
+                    field=_cap_bytes(v.field, MAX_VIOLATION_BYTES),
+                    description=_cap_bytes(v.description, MAX_VIOLATION_BYTES),
                 )
                 for v in self.violations
             ]
@@ -145,7 +169,7 @@ def to_status(error: DomainError, request_id: str = "") -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(info)
         details.append(packed)
-    message = _cap_bytes(error.message, MAX_STATUS_MESSAGE_BYTES)
+    message = _cap_message(error.message, MAX_STATUS_MESSAGE_BYTES)
     status = status_pb2.Status(code=error.code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
 

@@ -184,7 +184,7 @@ def _crs_known(crs: str) -> bool:
 
     try:
         CRS.from_user_input(crs)
-    except CRSError:
+    except (CRSError, ValueError):  # rasterio parses "EPSG:<code>" with int(): "EPSG:43I6" is a ValueError
         return False
     return True
 

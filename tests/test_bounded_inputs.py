@@ -5,12 +5,14 @@ Timings asserted here are guards against quadratic blow-ups (seconds on main), n
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 import time
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from constellation.agent.v1 import agent_pb2
@@ -30,6 +32,8 @@ from mesh.services import insecure_channel
 from tests.agent_fixtures import agent_env, catalog_core, start_agent  # noqa: F401 - fixtures, pytest passes them by name
 from tests.catalog_data import add_dataset, ndwi_model, register, water_spec
 from tests.conftest import MEASURED_FIGURES, rpc_error, service_env
+
+GRPC_DEFAULT_MAX_METADATA_BYTES = 8192  # grpc.max_metadata_size: what a client accepts unless it sets more
 
 
 def _elapsed(call, *args, **kwargs) -> tuple[grpc.RpcError, float]:
@@ -76,6 +80,45 @@ def test_status_message_and_details_are_capped_whatever_the_raiser_wrote():
     assert len(status.details.encode()) <= MAX_STATUS_MESSAGE_BYTES and status.details.endswith("…")
     packed = dict(status.trailing_metadata)["grpc-status-details-bin"]
     assert len(packed) <= MAX_STATUS_MESSAGE_BYTES + MAX_STATUS_DETAILS_BYTES + 256
+
+
+def trailer_bytes(status: grpc.Status) -> int:
+    """What `status` takes in HTTP/2 trailers as grpc sends them (HPACK counts 32 bytes per entry besides the
+    name and value): grpc-message percent-encoded (every byte outside printable ASCII, and '%', as three),
+    -bin values in base64."""
+    message = status.details.encode()
+    size = 32 + len("grpc-status") + 2 + 32 + len("grpc-message")
+    size += sum(1 if 0x20 <= byte <= 0x7E and byte != 0x25 else 3 for byte in message)
+    for key, value in status.trailing_metadata:
+        size += 32 + len(key) + (len(base64.b64encode(value)) if key.endswith("-bin") else len(value))
+    return size
+
+
+def test_statuses_fit_the_trailers_a_grpc_client_accepts_whatever_the_raiser_wrote():
+    # Found by fuzzing (tests/test_fuzz_rpcs.py): a message echoing non-ASCII input was capped at 2 KiB of UTF-8,
+    # 6 KiB once percent-encoded, and with 8 KiB of details (11 KiB in base64) the trailers passed the 8 KiB grpc
+    # clients accept by default: the client saw RESOURCE_EXHAUSTED instead of the answer.
+    for text in ("x", "é", "%", "\x00", "🛰"):
+        violations = [FieldViolation(f"bands[{i}]", text * 5000) for i in range(1000)]
+        status = to_status(InvalidArgument(violations, message=text * 100_000), request_id="r" * 128)
+        assert trailer_bytes(status) <= GRPC_DEFAULT_MAX_METADATA_BYTES - 1024, text
+        assert status.details.endswith("…") and len(field_violations_of(status)) > 1, text
+
+
+def field_violations_of(status: grpc.Status) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    packed = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    bad_request = error_details_pb2.BadRequest()
+    assert packed.details[0].Unpack(bad_request)
+    return list(bad_request.field_violations)
+
+
+def test_an_error_echoing_non_ascii_input_reaches_the_client(core):
+    # Found by fuzzing: on main this request got RESOURCE_EXHAUSTED ("received metadata size exceeds soft limit")
+    # from the client's own grpc, never the INVALID_ARGUMENT core answered.
+    dataset = core_pb2.Dataset(name="d", uri="é" * 5000, bands=["é" * 100] * 30)
+    error = rpc_error(core.CreateDataset, core_pb2.CreateDatasetRequest(dataset=dataset))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert [v.field for v in field_violations(error)][:2] == ["dataset.uri", "dataset.bands[0]"]
 
 
 def test_oversize_specs_are_refused_before_they_are_expanded(core):

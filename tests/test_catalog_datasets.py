@@ -78,6 +78,9 @@ def test_missing_and_empty_ids(core):
         ({"uri": "file://relative/scene.tif"}, "dataset.uri", "absolute path"),
         ({"uri": "s3://Bad_Bucket/key.tif"}, "dataset.uri", "bucket"),
         ({"uri": "s3://bucket"}, "dataset.uri", "object key"),
+        # urllib raises ValueError on an unclosed IPv6 bracket, which was INTERNAL (found by fuzzing)
+        ({"uri": "s3://[bucket/key.tif"}, "dataset.uri", "bucket"),
+        ({"uri": "file://[::1/scene.tif"}, "dataset.uri", "absolute path"),
         ({"bands": []}, "dataset.bands", "required"),
         ({"bands": ["green", "infrared"]}, "dataset.bands[1]", "unknown band 'infrared'"),
         ({"bands": ["green", "green"]}, "dataset.bands[1]", "twice"),

@@ -41,6 +41,7 @@ def test_name_and_version_are_unique_together(core):
         ({"task": common_pb2.MODEL_TASK_UNSPECIFIED}, "model.task"),
         ({"source": ""}, "model.source"),
         ({"source": "relative/folder"}, "model.source"),
+        ({"source": "https://[::1/repo.git"}, "model.source"),  # urllib's ValueError was INTERNAL (fuzzing)
         ({"input": common_pb2.ModelInputSpec(bands=["green", "ultraviolet"], dtype="FP32")}, "model.input.bands[1]"),
         ({"input": common_pb2.ModelInputSpec(bands=["green"], dtype="FLOAT")}, "model.input.dtype"),
         ({"outputs": []}, "model.outputs"),

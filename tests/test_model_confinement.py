@@ -231,6 +231,28 @@ def test_git_sources_only_from_allowed_hosts_and_within_a_timeout(tmp_path):
             connection.close()
 
 
+def test_sources_that_are_neither_a_path_nor_a_url_are_invalid(tmp_path):
+    """Found by tests/test_fuzz_rpcs.py: a NUL in a path and an unclosed IPv6 bracket in a URL raised ValueError
+    in os.path and urllib, which was INTERNAL."""
+    hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
+    with_branch = git_request(f"file://{NDWI}")
+    with_branch.git.branch = "main\x00"
+    try:
+        for field, details, request in (
+            ("local_path", "NUL", hosting_pb2.PackageModelRequest(
+                model_name="ndwi-water", model_version="1.0.0", local_path=f"{NDWI}\x00/x")),
+            ("git.repo_url", "NUL", git_request(f"file://{NDWI}\x00")),
+            ("git.branch", "NUL", with_branch),
+            ("git.repo_url", "not a valid URL", git_request("https://[::1/ndwi.git")),
+            ("git.repo_url", "not a valid URL", git_request("file://[::1/ndwi")),
+        ):  # fmt: skip
+            error = rpc_error(hosting.stub.PackageModel, request)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, error.details())
+            assert error.details().startswith(field) and details in error.details(), error.details()
+    finally:
+        hosting.close()
+
+
 def test_registry_credentials_go_only_to_their_own_registry(tmp_path):
     auth_file = tmp_path / "auth.json"
     auth_file.write_text(json.dumps({"other.example:5000": {"username": "o", "password": "other-pass"}}))

@@ -84,6 +84,23 @@ def test_bad_uris_and_endpoints_are_invalid(orchestrator, valid):
     assert {'datasets["scene-1"].uri', 'models["ndwi"].endpoints[0]', "spec.blocks[5].export.uri"} <= fields
 
 
+def test_uris_urllib_cannot_split_are_invalid(orchestrator, valid):
+    """Found by tests/test_fuzz_rpcs.py: urllib raises ValueError on an unclosed IPv6 bracket (was INTERNAL)."""
+    valid.datasets["scene-1"].uri = "s3://[bucket/scene.tif"
+    valid.spec.blocks[5].export.uri = "file://[::1/out"
+    error = refused(orchestrator, valid, grpc.StatusCode.INVALID_ARGUMENT)
+    assert {'datasets["scene-1"].uri', "spec.blocks[5].export.uri"} <= {v.field for v in field_violations(error)}
+
+
+@pytest.mark.parametrize("crs", ["EPSG:43I6", "EPSG:\x00326", "EPSG:"])
+def test_an_output_crs_rasterio_cannot_parse_is_invalid(orchestrator, valid, crs):
+    """Found by tests/test_fuzz_rpcs.py: rasterio reads "EPSG:<code>" with int(), a ValueError (was INTERNAL)."""
+    valid.spec.blocks[4].vectorize.crs = crs
+    error = refused(orchestrator, valid, grpc.StatusCode.INVALID_ARGUMENT)
+    [violation] = field_violations(error)
+    assert violation.field == "spec.blocks[4].vectorize.crs" and "PROJ knows" in violation.description
+
+
 def test_model_output_stitch_cannot_place_is_invalid(orchestrator, valid):
     valid.models["ndwi"].outputs[0].shape[:] = [10]  # a classifier's scores per tile
     error = refused(orchestrator, valid, grpc.StatusCode.INVALID_ARGUMENT)
