@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
 import time
 import uuid
@@ -81,6 +82,15 @@ def _presented_key(metadata: dict[str, str]) -> str:
     return metadata.get("x-api-key", "").strip()
 
 
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(presented: str) -> str:
+    """The caller's x-request-id when it is a plain token of at most 128 characters (it goes into every log line
+    and error detail), else a fresh one."""
+    return presented if REQUEST_ID.match(presented) else uuid.uuid4().hex
+
+
 class MeshInterceptor(grpc.ServerInterceptor):
     def __init__(
         self,
@@ -104,7 +114,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
         method = details.method
         metadata = _metadata(details)
         denial = None if method.startswith(OPEN_PREFIXES) else self._authorize(method, metadata)
-        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id(metadata.get("x-request-id", ""))
         short_method = method.rsplit("/", 1)[-1]
         handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:

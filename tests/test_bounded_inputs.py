@@ -14,6 +14,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from constellation.agent.v1 import agent_pb2
 from constellation.common.v1 import common_pb2
@@ -278,3 +279,23 @@ def test_stream_cap_must_leave_worker_threads():
     with pytest.raises(config.ConfigError, match="CONSTELLATION_MAX_STREAMS"):
         config.load("core", {"CONSTELLATION_MAX_WORKERS": "8", "CONSTELLATION_MAX_STREAMS": "8"})
     assert config.load("core", {"CONSTELLATION_MAX_WORKERS": "8"}).stream_limit == 6
+
+
+def test_an_oversize_request_id_is_replaced_not_echoed(core):
+    """A caller's x-request-id goes into every log line and error detail: only a short plain token is kept."""
+    error = rpc_error(
+        core.GetDataset, core_pb2.GetDatasetRequest(id="ds_missing"), metadata=[("x-request-id", "r" * 7000)]
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    (request_info,) = [d for d in rpc_status_details(error) if d.type_url.endswith("google.rpc.RequestInfo")]
+    assert b"r" * 200 not in request_info.value and len(request_info.value) < 200
+    kept = rpc_error(
+        core.GetDataset, core_pb2.GetDatasetRequest(id="ds_missing"), metadata=[("x-request-id", "req-789")]
+    )
+    assert any(b"req-789" in d.value for d in rpc_status_details(kept))
+
+
+def rpc_status_details(error: grpc.RpcError) -> list:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    return list(status.details)
