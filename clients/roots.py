@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import field_validator
 
 from clients.storage import StorageError, parse
-from mesh.config import EnvSettings, env_field, home_dir
+from mesh.config import EnvSettings, comma_list, env_field, home_path
 
 # The sample scenes that ship beside the code (the repository's examples/data), allowed by default so
 # `make demo` and the README's examples work from a checkout.
@@ -30,7 +30,7 @@ Purpose = Literal["data", "export"]
 
 
 def _paths(raw: str) -> tuple[Path, ...]:
-    return tuple(Path(part.strip()).expanduser() for part in raw.split(",") if part.strip())
+    return tuple(Path(part).expanduser() for part in comma_list(raw))
 
 
 def _resolved(path: str) -> Path | None:
@@ -73,16 +73,15 @@ class StorageRoots(EnvSettings):
 
     @property
     def data_roots(self) -> tuple[Path, ...]:
-        home = home_dir({"CONSTELLATION_HOME": self.home_raw})
-        return _paths(self.data_roots_raw) or (home / "data", SAMPLE_DATA)
+        return _paths(self.data_roots_raw) or (home_path(self.home_raw) / "data", SAMPLE_DATA)
 
     @property
     def export_roots(self) -> tuple[Path, ...]:
-        return _paths(self.export_roots_raw) or (home_dir({"CONSTELLATION_HOME": self.home_raw}) / "outputs",)
+        return _paths(self.export_roots_raw) or (home_path(self.home_raw) / "outputs",)
 
     @property
     def s3_buckets(self) -> frozenset[str]:
-        return frozenset(part.strip() for part in self.s3_buckets_raw.split(",") if part.strip())
+        return frozenset(comma_list(self.s3_buckets_raw))
 
     def roots(self, purpose: Purpose) -> tuple[Path, ...]:
         return self.data_roots if purpose == "data" else self.export_roots

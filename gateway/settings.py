@@ -9,8 +9,9 @@ from pathlib import Path
 from mesh.config import (
     DEFAULT_GATEWAY_PORT,
     EnvSettings,
+    comma_list,
     env_field,
-    home_dir,
+    home_path,
     parse_api_keys,
     secret_field,
 )
@@ -102,20 +103,17 @@ class GatewaySettings(EnvSettings):
         """Where runs write local results: the agent's file:// export destination, else $CONSTELLATION_HOME/outputs."""
         if self.export_uri.startswith("file:///"):
             return Path(urllib.parse.unquote(urllib.parse.urlparse(self.export_uri).path))
-        return (home_dir({"CONSTELLATION_HOME": self.home_raw}) / "outputs").resolve()
+        return (home_path(self.home_raw) / "outputs").resolve()
 
     @property
     def hosts(self) -> list[str]:
-        return [host.strip().lower() for host in self.hosts_raw.split(",") if host.strip()]
+        return [host.lower() for host in comma_list(self.hosts_raw)]
 
     @property
     def cors_origins(self) -> list[str]:
-        return [origin.strip().rstrip("/") for origin in self.cors_origins_raw.split(",") if origin.strip()]
+        return [origin.rstrip("/") for origin in comma_list(self.cors_origins_raw)]
 
     @property
     def api_keys(self) -> set[str]:
         """The mesh's API keys, whatever their role: reading run outputs is a Get."""
-        keys = set(parse_api_keys(self.api_keys_raw))
-        if self.api_key_raw:
-            keys.add(self.api_key_raw)
-        return keys
+        return set(parse_api_keys(self.api_keys_raw, self.api_key_raw))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mesh.config import EnvSettings, env_field, secret_field
+from mesh.config import EnvSettings, comma_list, env_field, secret_field
 
 
 class HostingSettings(EnvSettings):
@@ -99,7 +99,7 @@ class HostingSettings(EnvSettings):
     def model_roots(self) -> list[Path]:
         """Folders local model sources must be under (resolved)."""
         if self.model_roots_raw.strip():
-            return [Path(p.strip()).expanduser().resolve() for p in self.model_roots_raw.split(",") if p.strip()]
+            return [Path(p).expanduser().resolve() for p in comma_list(self.model_roots_raw)]
         roots = [(self.home.parent / "models").resolve()]
         examples = Path(__file__).resolve().parent.parent / "examples" / "models"
         if examples.is_dir():  # a source checkout: `make demo` registers these
@@ -108,7 +108,7 @@ class HostingSettings(EnvSettings):
 
     @property
     def git_hosts(self) -> set[str]:
-        return {h.strip().lower() for h in self.git_hosts_raw.split(",") if h.strip()}
+        return {h.lower() for h in comma_list(self.git_hosts_raw)}
 
 
 class HubSettings(EnvSettings):

@@ -98,23 +98,34 @@ class EnvSettings(BaseSettings):
             raise ConfigError(_describe(error, {field: var for field, var in names.items()})) from None
 
 
+def comma_list(raw: str) -> list[str]:
+    """The items of a comma-separated setting, stripped, empty ones dropped."""
+    return [item for item in (part.strip() for part in raw.split(",")) if item]
+
+
+def home_path(raw: str) -> Path:
+    """The mesh's home from the value of CONSTELLATION_HOME ("" for the default, ~/.constellation)."""
+    return Path(raw or Path.home() / ".constellation").expanduser()
+
+
 def home_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where local state (SQLite database, logs, pids) lives."""
     env = os.environ if env is None else env
-    return Path(env.get("CONSTELLATION_HOME") or Path.home() / ".constellation").expanduser()
+    return home_path(env.get("CONSTELLATION_HOME", ""))
 
 
-def parse_api_keys(raw: str) -> dict[str, str]:
-    """`key` or `key:role`, comma separated; a key without a role is an admin."""
+def parse_api_keys(raw: str, extra_admin_key: str = "") -> dict[str, str]:
+    """`key` or `key:role`, comma separated (CONSTELLATION_API_KEYS); a key without a role is an admin, and so is
+    `extra_admin_key` (CONSTELLATION_API_KEY) when set."""
     keys: dict[str, str] = {}
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
+    for item in comma_list(raw):
         key, _, role = item.partition(":")
         role = role or "admin"
         if role not in ("admin", "reader"):
             raise ConfigError(f"CONSTELLATION_API_KEYS: role must be admin or reader, got {role!r}")
         keys[key] = role
+    if extra_admin_key:
+        keys[extra_admin_key] = "admin"
     return keys
 
 
@@ -199,7 +210,7 @@ class Settings(EnvSettings):
 
     @property
     def home(self) -> Path:
-        return Path(self.home_raw or Path.home() / ".constellation").expanduser()
+        return home_path(self.home_raw)
 
     @property
     def database_url(self) -> str:
@@ -209,10 +220,7 @@ class Settings(EnvSettings):
     def api_keys(self) -> dict[str, str]:
         """API keys that may call the service, each with its role ("admin" or "reader").
         Empty: authentication is off."""
-        keys = parse_api_keys(self.api_keys_raw)
-        if self.api_key_raw:
-            keys[self.api_key_raw] = "admin"
-        return keys
+        return parse_api_keys(self.api_keys_raw, self.api_key_raw)
 
     @property
     def log_level(self) -> str:

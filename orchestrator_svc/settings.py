@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mesh.config import EnvSettings, env_field, home_dir, secret_field
+from mesh.config import EnvSettings, env_field, home_path, secret_field
 
 PREFIX = "CONSTELLATION_ORCHESTRATOR_"
 
@@ -78,7 +78,7 @@ class OrchestratorSettings(EnvSettings):
 
     @property
     def _home(self) -> Path:
-        return home_dir({"CONSTELLATION_HOME": self.home_raw})
+        return home_path(self.home_raw)
 
 
 def load(env: Any = None) -> OrchestratorSettings:
