@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
-from clients.paging import ResponseT, pages
+from clients.paging import pages
 from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
@@ -95,13 +95,8 @@ def _page(request_type: Callable[..., RequestT], filter_text: str, token: str) -
     return request_type(filter=filter_text, page_size=PAGE_SIZE, page_token=token)
 
 
-def _every(fetch: Callable[[str], ResponseT]) -> list[ResponseT]:
-    """Every page of a List call: listings show everything, not the first page."""
-    return list(pages(fetch))
-
-
 def _catalog_models(client: Client, filter_text: str) -> list[core_pb2.Model]:
-    found = _every(lambda token: client.core.ListModels(_page(core_pb2.ListModelsRequest, filter_text, token)))
+    found = pages(lambda token: client.core.ListModels(_page(core_pb2.ListModelsRequest, filter_text, token)))
     return [model for page in found for model in page.models]
 
 
@@ -180,7 +175,7 @@ def datasets_add(
 @rpc
 def datasets_list(filter_text: str, as_json: bool) -> None:
     with _client() as client:
-        found = _every(lambda token: client.core.ListDatasets(_page(core_pb2.ListDatasetsRequest, filter_text, token)))
+        found = pages(lambda token: client.core.ListDatasets(_page(core_pb2.ListDatasetsRequest, filter_text, token)))
         reply = core_pb2.ListDatasetsResponse(datasets=[d for page in found for d in page.datasets])
     lines = [f"{d.id}  {d.name:<24} {d.sensor:<12} {','.join(d.bands)}  {d.resolution_m:g} m" for d in reply.datasets]
     _emit(as_json, reply, "\n".join(lines) or "no datasets")
@@ -215,14 +210,10 @@ def models_register(folder: Path, tags: tuple[str, ...], as_json: bool) -> None:
 def models_list(as_json: bool) -> None:
     """Catalog models with their deployment state on hosting."""
     with _client() as client:
-        entries = [
-            m
-            for p in _every(lambda t: client.core.ListModels(_page(core_pb2.ListModelsRequest, "", t)))
-            for m in p.models
-        ]
+        entries = _catalog_models(client, "")
         hosted = {
             (m.model_name, m.model_version): m
-            for page in _every(lambda t: client.hosting.ListModels(_page(hosting_pb2.ListModelsRequest, "", t)))
+            for page in pages(lambda t: client.hosting.ListModels(_page(hosting_pb2.ListModelsRequest, "", t)))
             for m in page.models
         }
     rows = []
@@ -419,7 +410,7 @@ def runs() -> None:
 @rpc
 def runs_list(filter_text: str, as_json: bool) -> None:
     with _client() as client:
-        found = _every(lambda token: client.core.ListRuns(_page(core_pb2.ListRunsRequest, filter_text, token)))
+        found = pages(lambda token: client.core.ListRuns(_page(core_pb2.ListRunsRequest, filter_text, token)))
         reply = core_pb2.ListRunsResponse(runs=[r for page in found for r in page.runs])
     lines = [f"{r.id}  {r.pipeline_id}  {watch.state_name(r.state):<10} {r.state_message[:80]}" for r in reply.runs]
     _emit(as_json, reply, "\n".join(lines) or "no runs")
