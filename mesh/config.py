@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Self
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mesh.identity import canonical_role
+
 # Service name -> (default gRPC port, default metrics port).
 DEFAULT_PORTS: dict[str, tuple[int, int]] = {
     "core": (50051, 9101),
@@ -120,10 +122,10 @@ def parse_api_keys(raw: str, extra_admin_key: str = "") -> dict[str, str]:
     keys: dict[str, str] = {}
     for item in comma_list(raw):
         key, _, role = item.partition(":")
-        role = role or "admin"
-        if role not in ("admin", "reader"):
-            raise ConfigError(f"CONSTELLATION_API_KEYS: role must be admin or reader, got {role!r}")
-        keys[key] = role
+        try:
+            keys[key] = canonical_role(role or "admin")
+        except ValueError as error:
+            raise ConfigError(f"CONSTELLATION_API_KEYS: {error}") from None
     if extra_admin_key:
         keys[extra_admin_key] = "admin"
     return keys
@@ -151,7 +153,9 @@ class Settings(EnvSettings):
         "DATABASE_URL", "SQLAlchemy URL of the service database (default SQLite under the home)"
     )
     api_keys_raw: str = secret_field(
-        "CONSTELLATION_API_KEYS", "`key` or `key:role` (admin or reader), comma separated; empty: authentication is off"
+        "CONSTELLATION_API_KEYS",
+        "`key` or `key:role` (viewer, editor or admin; reader means viewer), comma separated; empty: "
+        "authentication is off",
     )
     api_key_raw: str = secret_field("CONSTELLATION_API_KEY", "one more admin key")
     log_level_raw: str = env_field("CONSTELLATION_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
@@ -218,7 +222,7 @@ class Settings(EnvSettings):
 
     @property
     def api_keys(self) -> dict[str, str]:
-        """API keys that may call the service, each with its role ("admin" or "reader").
+        """API keys that may call the service, each with its role (viewer, editor or admin).
         Empty: authentication is off."""
         return parse_api_keys(self.api_keys_raw, self.api_key_raw)
 

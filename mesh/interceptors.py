@@ -14,6 +14,7 @@ unary calls, health checks among them.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -26,6 +27,7 @@ from typing import Any, NoReturn
 import grpc
 from prometheus_client import Counter, Histogram
 
+from mesh import identity
 from mesh.errors import DomainError, InvalidArgument, internal_status, to_status
 from mesh.limits import check_request
 from mesh.logs import request_id_var
@@ -33,7 +35,7 @@ from mesh.logs import request_id_var
 log = logging.getLogger("mesh.rpc")
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-# Methods a "reader" key may call: everything that does not change state.
+# Methods a viewer may call: everything that does not change state.
 READ_METHOD_PREFIXES = ("Get", "List", "Watch", "Validate", "Recommend", "Plan")
 
 RPC_REQUESTS = Counter(
@@ -113,33 +115,45 @@ class MeshInterceptor(grpc.ServerInterceptor):
             return None
         method = details.method
         metadata = _metadata(details)
-        denial = None if method.startswith(OPEN_PREFIXES) else self._authorize(method, metadata)
+        caller, denial = (None, None) if method.startswith(OPEN_PREFIXES) else self._authorize(method, metadata)
         request_id = _request_id(metadata.get("x-request-id", ""))
         short_method = method.rsplit("/", 1)[-1]
         handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, short_method, request_id, denial))
+            unary_unary = self._unary(handler.unary_unary, short_method, request_id, caller, denial)
+            return handler._replace(unary_unary=unary_unary)
         if handler.stream_unary:
-            stream_unary = self._unary(handler.stream_unary, short_method, request_id, denial, streaming=True)
+            stream_unary = self._unary(handler.stream_unary, short_method, request_id, caller, denial, streaming=True)
             return handler._replace(stream_unary=stream_unary)
         if handler.unary_stream:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream, short_method, request_id, denial))
-        stream_stream = self._stream(handler.stream_stream, short_method, request_id, denial, streaming=True)
+            unary_stream = self._stream(handler.unary_stream, short_method, request_id, caller, denial)
+            return handler._replace(unary_stream=unary_stream)
+        stream_stream = self._stream(handler.stream_stream, short_method, request_id, caller, denial, streaming=True)
         return handler._replace(stream_stream=stream_stream)
 
-    def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
+    def _authorize(
+        self, method: str, metadata: dict[str, str]
+    ) -> tuple[identity.Identity | None, tuple[grpc.StatusCode, str] | None]:
+        """The caller's identity, or why the call is refused."""
         if not self.api_keys:
-            return None
+            return identity.ANONYMOUS_ADMIN, None
         presented = _presented_key(metadata)
         if not presented:
-            return grpc.StatusCode.UNAUTHENTICATED, "missing credentials: send 'authorization: Bearer <api key>'"
+            return None, (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing credentials: send 'authorization: Bearer <api key>'",
+            )
         role = next((r for k, r in self.api_keys.items() if hmac.compare_digest(k.encode(), presented.encode())), None)
         if role is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid"
+            return None, (grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid")
+        caller = identity.Identity(f"key:{hashlib.sha256(presented.encode()).hexdigest()[:12]}", role)
         name = method.rsplit("/", 1)[-1]
-        if role == "reader" and not name.startswith(READ_METHOD_PREFIXES):
-            return grpc.StatusCode.PERMISSION_DENIED, f"this API key may only read; {name} needs an admin key"
-        return None
+        if not caller.at_least("editor") and not name.startswith(READ_METHOD_PREFIXES):
+            return caller, (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this API key may only read; {name} needs an editor key",
+            )
+        return caller, None
 
     def _finish(self, method: str, started: float, context: grpc.ServicerContext) -> None:
         code = context.code() or grpc.StatusCode.OK
@@ -184,10 +198,17 @@ class MeshInterceptor(grpc.ServerInterceptor):
         raise AssertionError("unreachable")  # abort_with_status always raises
 
     def _unary(
-        self, behaviour: Callable, method: str, request_id: str, denial: tuple | None, streaming: bool = False
+        self,
+        behaviour: Callable,
+        method: str,
+        request_id: str,
+        caller: identity.Identity | None,
+        denial: tuple | None,
+        streaming: bool = False,
     ) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             token = request_id_var.set(request_id)
+            caller_token = identity.set_current(caller)
             started = time.perf_counter()
             slot = False
             try:
@@ -204,15 +225,23 @@ class MeshInterceptor(grpc.ServerInterceptor):
                 if slot:
                     self._stream_slots.release()
                 self._finish(method, started, context)
+                identity.reset_current(caller_token)
                 request_id_var.reset(token)
 
         return run
 
     def _stream(
-        self, behaviour: Callable, method: str, request_id: str, denial: tuple | None, streaming: bool = False
+        self,
+        behaviour: Callable,
+        method: str,
+        request_id: str,
+        caller: identity.Identity | None,
+        denial: tuple | None,
+        streaming: bool = False,
     ) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             request_id_var.set(request_id)
+            identity.set_current(caller)
             started = time.perf_counter()
             slot = False
             try:
@@ -229,5 +258,6 @@ class MeshInterceptor(grpc.ServerInterceptor):
                     self._stream_slots.release()
                 self._finish(method, started, context)
                 request_id_var.set("")  # a generator may be closed from another context: no reset(token)
+                identity.set_current(None)
 
         return run

@@ -54,7 +54,9 @@ def test_auth_rejects_missing_and_wrong_keys_and_enforces_roles(secured):
     assert core.ListDatasets(listing, metadata=[("x-api-key", "reader-secret")]).datasets == []
     create = core_pb2.CreateDatasetRequest(dataset=core_pb2.Dataset(name="a", uri="file:///data/a.tif", bands=["red"]))
     denied = rpc_error(core.CreateDataset, create, metadata=[("authorization", "Bearer reader-secret")])
-    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED and "CreateDataset needs an admin key" in denied.details()
+    assert (
+        denied.code() == grpc.StatusCode.PERMISSION_DENIED and "CreateDataset needs an editor key" in denied.details()
+    )
     assert core.CreateDataset(create, metadata=[("authorization", "Bearer admin-secret")]).name == "a"
 
 
