@@ -1,7 +1,8 @@
 """The `constellation` command: run the mesh locally, and do the main job step by step.
 
 Every command talks to the gateway: $CONSTELLATION_GATEWAY, else the local mesh's (from
-`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY.
+`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY, else from the local
+mesh's generated $CONSTELLATION_HOME/credentials/admin.key.
 `--json` prints machine-readable output.
 """
 
@@ -27,7 +28,7 @@ from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import catalog, mesh_process, outputs, watch
 from constellation_sdk.client import Client
 from constellation_sdk.settings import ClientSettings
-from mesh import config
+from mesh import config, credentials
 from mesh.errors import field_violations
 
 
@@ -44,14 +45,24 @@ def up(timeout_s: float) -> None:
     """Start core, hosting, orchestrator, agent and the Envoy gateway in the background."""
     try:
         state = mesh_process.up(timeout_s=timeout_s)
-    except RuntimeError as error:
+    except (RuntimeError, config.ConfigError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"mesh running (state and logs in {state['home']})")
     for name, entry in state["processes"].items():
         click.echo(f"  {name:<13} {entry['address']:<22} pid {entry['pid']}")
     gateway = state["processes"]["gateway"]["address"]
     click.echo(f'gateway: grpcurl -plaintext {gateway} list   |   Client(gateway="{gateway}")')
-    click.echo(f"console: http://{gateway}/   (build it with `make web`)")
+    for line in mesh_process.announce_credentials(state):
+        click.echo(line)
+
+
+@main.command("login-link")
+def login_link() -> None:
+    """Print a fresh one-time link that logs a browser into the local mesh's console."""
+    try:
+        click.echo(mesh_process.login_link())
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command()
@@ -101,7 +112,10 @@ def _catalog_models(client: Client, filter_text: str) -> list[core_pb2.Model]:
 
 
 def _client() -> Client:
-    return Client(_gateway())
+    try:
+        return Client(_gateway())
+    except credentials.CredentialError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _fail(error: grpc.RpcError) -> click.ClickException:

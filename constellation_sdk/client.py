@@ -18,14 +18,15 @@ from mesh.services import channel_options, with_api_key
 class Client:
     """`Client("localhost:8080")`: `.core`, `.hosting`, `.orchestrator`, `.agent` are the generated stubs.
 
-    The API key comes from `api_key` or CONSTELLATION_API_KEY, and travels as
+    The API key is `api_key`, else CONSTELLATION_API_KEY, else the local mesh's generated admin key
+    ($CONSTELLATION_HOME/credentials/admin.key, made by `constellation up`) when readable; it travels as
     `authorization: Bearer <key>`.
     """
 
     def __init__(self, gateway: str = "localhost:8080", api_key: str | None = None) -> None:
+        api_key = api_key if api_key is not None else ClientSettings.from_env().key()
         self.gateway = gateway
         self._channel = grpc.insecure_channel(gateway, options=channel_options())
-        api_key = api_key if api_key is not None else ClientSettings.from_env().api_key
         channel = with_api_key(self._channel, api_key)
         self.core = core_pb2_grpc.CoreServiceStub(channel)
         self.hosting = hosting_pb2_grpc.HostingServiceStub(channel)

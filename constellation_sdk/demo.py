@@ -32,15 +32,18 @@ MODELS = ROOT / "examples" / "models"
 PROMPT = "map surface water in the Olinda scene"
 
 
-def start_mesh() -> str:
+def start_mesh() -> dict:
     paths = mesh_process.MeshPaths(mesh_process.config.home_dir())
     state = mesh_process.read_state(paths)
     if not state or not all(part["serving"] for part in mesh_process.status().values()):
         if state:
             mesh_process.down()
         print(f"starting the mesh on embedded defaults (state in {paths.home})...", flush=True)
-        state = mesh_process.up()
-    return state["processes"]["gateway"]["address"]
+        try:
+            state = mesh_process.up()
+        except (RuntimeError, mesh_process.config.ConfigError) as error:
+            raise SystemExit(str(error)) from None
+    return state
 
 
 def register(client: Client, scene: Path) -> dict[str, str]:
@@ -108,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         help="progress bars (default: when stdout is a terminal)",
     )
     args = parser.parse_args(argv)
-    gateway = start_mesh()
+    state = start_mesh()
+    gateway = state["processes"]["gateway"]["address"]
     print(f"gateway  {gateway}")
-    print(f"console  http://{gateway}/   (the web console: catalog, agent, pipeline editor, live runs)")
+    for line in mesh_process.announce_credentials(state):
+        print(line)
     with Client(gateway) as client:
         client.wait_ready()
         try:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mesh import credentials
 from mesh.identity import canonical_role
 
 # Service name -> (default gRPC port, default metrics port).
@@ -131,6 +132,34 @@ def parse_api_keys(raw: str, extra_admin_key: str = "") -> dict[str, str]:
     return keys
 
 
+def auth_field() -> Any:
+    return env_field(
+        "CONSTELLATION_AUTH",
+        "on",
+        "on: every call but health and reflection needs an API key: those in CONSTELLATION_API_KEYS, else the "
+        "generated $CONSTELLATION_HOME/credentials/admin.key; off: anyone who reaches a port may call anything "
+        "(a WARNING at every start)",
+    )
+
+
+def generated_admin_key(auth: str, configured_keys: dict[str, str], home: Path) -> str:
+    """The generated admin key a part of the mesh accepts: "" when authentication is off or keys are configured;
+    raises ConfigError when it needs one and there is none, or the file is not private."""
+    if auth == "off" or configured_keys:
+        return ""
+    try:
+        key = credentials.read_admin_key(home)
+    except credentials.CredentialError as error:
+        raise ConfigError(str(error)) from None
+    if key is None:
+        raise ConfigError(
+            f"no API key: {credentials.admin_key_path(home)} does not exist and CONSTELLATION_API_KEYS is empty. "
+            "Start the mesh with `constellation up` (it makes the key), or set CONSTELLATION_API_KEYS, or set "
+            "CONSTELLATION_AUTH=off to run without authentication"
+        )
+    return key
+
+
 def _port(service: str, kind: str, default: int) -> Any:
     return env_field(
         f"CONSTELLATION_{service.upper()}_{kind}",
@@ -154,10 +183,16 @@ class Settings(EnvSettings):
     )
     api_keys_raw: str = secret_field(
         "CONSTELLATION_API_KEYS",
-        "`key` or `key:role` (viewer, editor or admin; reader means viewer), comma separated; empty: "
-        "authentication is off",
+        "`key` or `key:role` (viewer, editor or admin; reader means viewer), comma separated; empty: the "
+        "generated admin key (see CONSTELLATION_AUTH)",
     )
     api_key_raw: str = secret_field("CONSTELLATION_API_KEY", "one more admin key")
+    auth: Literal["on", "off"] = auth_field()
+    generated_admin_key: str = Field(
+        default="",
+        repr=False,
+        description="the key in $CONSTELLATION_HOME/credentials/admin.key (set by load(), not read)",
+    )
     log_level_raw: str = env_field("CONSTELLATION_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = env_field("CONSTELLATION_LOG_FORMAT", "json", "json (one object a line) or text")
     max_message_mb: int = env_field(
@@ -221,10 +256,17 @@ class Settings(EnvSettings):
         return self.database_url_raw or f"sqlite:///{self.home / 'core.db'}"
 
     @property
-    def api_keys(self) -> dict[str, str]:
-        """API keys that may call the service, each with its role (viewer, editor or admin).
-        Empty: authentication is off."""
+    def configured_api_keys(self) -> dict[str, str]:
+        """The operator's keys (CONSTELLATION_API_KEYS, CONSTELLATION_API_KEY), each with its role."""
         return parse_api_keys(self.api_keys_raw, self.api_key_raw)
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        """API keys that may call the service, each with its role (viewer, editor or admin): the configured ones,
+        else the generated admin key. Empty: authentication is off."""
+        if self.auth == "off":
+            return {}
+        return self.configured_api_keys or ({self.generated_admin_key: "admin"} if self.generated_admin_key else {})
 
     @property
     def log_level(self) -> str:
@@ -269,5 +311,15 @@ def load(service: str, env: Mapping[str, str] | None = None) -> Settings:
     if service not in DEFAULT_PORTS:
         raise ConfigError(f"unknown service {service!r}")
     settings = Settings.from_env(env, service=service)
-    settings.api_keys  # noqa: B018 -- a bad role fails at start-up, not at the first call
-    return settings
+    # A bad role, or no key with authentication on, fails at start-up, not at the first call.
+    generated = generated_admin_key(settings.auth, settings.configured_api_keys, settings.home)
+    return settings.model_copy(update={"generated_admin_key": generated}) if generated else settings
+
+
+def load_or_exit(service: str) -> Settings:
+    """load(service) from the process environment for a service's main: a setting that does not fit (or a missing
+    key) ends the process with the message, not a traceback."""
+    try:
+        return load(service)
+    except ConfigError as error:
+        raise SystemExit(f"{service} cannot start: {error}") from None

@@ -30,6 +30,11 @@ from mesh.interceptors import MeshInterceptor
 
 log = logging.getLogger("mesh.server")
 
+AUTH_OFF_WARNING = (
+    "authentication is off (CONSTELLATION_AUTH=off): anyone who can reach this port may call every method; "
+    "unset it to require the mesh's API keys"
+)
+
 HealthCheck = Callable[[], None]
 """Raises (any exception) when a dependency is unreachable."""
 
@@ -96,6 +101,8 @@ class MeshServer:
         if self.settings.metrics_port:
             self._metrics_server, _ = start_http_server(self.settings.metrics_port, addr=self.settings.host)
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
+        if self.settings.auth == "off":
+            log.warning(AUTH_OFF_WARNING)
         log.info(
             "serving",
             extra={"address": f"{self.settings.host}:{self.port}", "metrics_port": self.settings.metrics_port},
