@@ -130,6 +130,11 @@ def http_status(url: str | urllib.request.Request) -> int:
         return error.code
 
 
+def keyed(url: str) -> urllib.request.Request:
+    """A request for `url` with the suite's key in the cookie the console sets for /files/."""
+    return urllib.request.Request(url, headers={"Cookie": f"{console.KEY_COOKIE}={TEST_API_KEY}"})
+
+
 def test_gateway_serves_outputs_read_only_and_nothing_outside_them(mesh):
     outputs = mesh["home"] / "outputs" / "run_x" / "out"
     outputs.mkdir(parents=True)
@@ -137,10 +142,6 @@ def test_gateway_serves_outputs_read_only_and_nothing_outside_them(mesh):
     (mesh["home"] / "secret.txt").write_text("not for the browser")
     base = mesh["url"]
     assert http_status(base + "files/run_x/out/water_preview.png") == 401  # no key
-
-    def keyed(url: str) -> urllib.request.Request:
-        return urllib.request.Request(url, headers={"Cookie": f"{console.KEY_COOKIE}={TEST_API_KEY}"})
-
     with urllib.request.urlopen(keyed(base + "files/run_x/out/water_preview.png"), timeout=10) as response:
         assert response.read() == b"\x89PNG fake" and response.headers["content-type"] == "image/png"
     (outputs / "link.txt").symlink_to(mesh["home"] / "secret.txt")
@@ -388,7 +389,7 @@ def test_run_streams_events_with_progress_and_shows_the_outputs(page, browser):
     links = page.locator("[data-testid=outputs] a").evaluate_all("(as) => as.map((a) => a.href)")
     assert any(h.endswith(".tif") for h in links) and any(h.endswith(".geojson") for h in links), links
     for href in links:
-        assert http_status(href) == 200, href
+        assert http_status(keyed(href)) == 200, href
     summary = page.locator("[data-testid=run-summary]")
     assert "succeeded in" in summary.inner_text() and " tiles" in summary.inner_text()
     page.locator("[data-testid=polygon-count]").wait_for()
