@@ -30,8 +30,7 @@ from constellation_sdk.client import Client
 from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
-from mesh.services import insecure_channel
-from tests.conftest import TEST_STORAGE_ROOTS
+from tests.conftest import TEST_AUTH, TEST_STORAGE_ROOTS, key_channel
 from tests.pg import free_port
 
 ROUNDS = 3
@@ -48,7 +47,7 @@ def wait_serving(address: str, timeout_s: float = 30) -> None:
 
 def load(address: str, call: str, request, seconds: float, concurrency: int) -> list[float]:
     """Run `concurrency` closed-loop clients for `seconds`; returns every latency in seconds."""
-    channel = insecure_channel(address)
+    channel = key_channel(address)
     method = getattr(core_pb2_grpc.CoreServiceStub(channel), call)
     method(request)  # warm the connection
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -85,7 +84,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="per RPC and path, split over alternating rounds")
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    os.environ.update(TEST_STORAGE_ROOTS)  # the catalog entries it makes name scenes under the test roots
+    # The catalog entries it makes name scenes under the test roots; core wants the suite's key (both paths send it).
+    os.environ.update({**TEST_STORAGE_ROOTS, **TEST_AUTH})
 
     work = Path(tempfile.mkdtemp(prefix="constellation-bench-"))
     core_port, gateway_port = free_port(), free_port()
@@ -119,7 +119,7 @@ def main() -> None:
         gateway.wait_ready(admin_socket, process=envoy)
         via_gateway = f"127.0.0.1:{gateway_port}"
 
-        with insecure_channel(direct) as channel:
+        with key_channel(direct) as channel:
             stub = core_pb2_grpc.CoreServiceStub(channel)
             ids = [
                 stub.CreateDataset(
