@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from mesh.config import Settings
+from mesh.config import ConfigError, Settings
 from mesh.errors import DomainError
 from mesh.interceptors import MeshInterceptor
 
@@ -66,6 +66,11 @@ class MeshServer:
         translate_error: Callable[[Exception], DomainError | None] | None = None,
         on_stop: Iterable[Callable[[], None]] = (),
     ) -> None:
+        if settings.auth == "on" and not settings.api_keys:
+            # Empty keys would let every caller in: only CONSTELLATION_AUTH=off may mean that.
+            raise ConfigError(
+                "authentication is on but the settings hold no API key: read them with mesh.config.load()"
+            )
         self.settings = settings
         self.on_stop = list(on_stop)
         self.registrations = list(registrations)

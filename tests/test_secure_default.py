@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from constellation_sdk import Client, mesh_process
 from constellation_sdk.settings import ClientSettings
+from gateway import console
 from gateway.settings import GatewaySettings
 from mesh import config, credentials
+from mesh.server import MeshServer
 from mesh.services import SERVICES
 from tests.conftest import TEST_API_KEY, mesh_env, rpc_error, service_env
 from tests.test_web_console import browser, new_page  # noqa: F401 -- the browser fixture, used below
@@ -259,3 +262,44 @@ def test_auth_off_is_explicit_logged_and_shown(tmp_path):
             assert json.load(response)["auth_off"] is True
     finally:
         mesh_process.down(env)
+
+
+def test_a_server_never_runs_open_by_accident(tmp_path):
+    """Settings read without load() hold no generated key: a server refuses them rather than letting everyone in."""
+    with pytest.raises(config.ConfigError, match="no API key"):
+        MeshServer(config.Settings.from_env(without_keys(service_env(tmp_path)), service="core"), [])
+
+
+def post_login(base: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(base + "/login", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_the_console_trades_a_login_token_for_the_key_once(tmp_path):
+    home = tmp_path / "home"
+    key, _ = credentials.ensure(home)
+    server = console.serve(0, tmp_path / "no-dist", tmp_path, {key}, login_key=key, home=home)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        token = credentials.issue_login_token(home, ttl_s=60)
+        assert post_login(base, b"not json")[0] == 400
+        assert post_login(base, b'{"token": 7}')[0] == 400
+        assert post_login(base, json.dumps({"token": "x" * 2000}).encode())[0] == 400  # over the body limit
+        wrong = post_login(base, json.dumps({"token": "guess"}).encode())
+        assert wrong[0] == 401 and "constellation login-link" in wrong[1]["error"]
+        assert post_login(base, json.dumps({"token": token}).encode()) == (200, {"api_key": key})
+        assert post_login(base, json.dumps({"token": token}).encode())[0] == 401  # used
+    finally:
+        server.shutdown()
+        server.server_close()
+    operator = console.serve(0, tmp_path / "no-dist", tmp_path, {"operator"})  # configured keys: no login links
+    try:
+        status, body = post_login(f"http://127.0.0.1:{operator.server_address[1]}", b'{"token": "t"}')
+        assert status == 404 and "type one" in body["error"]
+    finally:
+        operator.shutdown()
+        operator.server_close()
