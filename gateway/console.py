@@ -159,7 +159,7 @@ class _TlsConsoleServer(ThreadingHTTPServer):
         names = dict(wrapped.getpeercert() or {}).get("subjectAltName", ())
         if ("URI", SPIFFE_PREFIX + "gateway") in names:
             wrapped.settimeout(None)
-            super().finish_request(wrapped, client_address)  # type: ignore[arg-type]
+            super().finish_request(wrapped, client_address)
         wrapped.close()
 
 

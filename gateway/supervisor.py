@@ -113,9 +113,7 @@ def upstream_tls(tls: TlsFiles, peer: str, alpn: str) -> dict:
                 "tls_certificates": [_certificate(tls)],
                 "validation_context": {
                     "trusted_ca": {"filename": str(tls.ca)},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "URI", "matcher": {"exact": SPIFFE_PREFIX + peer}}
-                    ],
+                    "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": SPIFFE_PREFIX + peer}}],
                 },
             },
         },

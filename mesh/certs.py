@@ -136,10 +136,14 @@ def _issue(
 ) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if name == "client" else [
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        ExtendedKeyUsageOID.CLIENT_AUTH,
-    ]
+    usages = (
+        [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if name == "client"
+        else [
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        ]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(name))
@@ -151,9 +155,7 @@ def _issue(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans(name, hosts)), critical=False)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     _write(folder / f"{name}.key", _key_pem(key), 0o600)
