@@ -34,6 +34,7 @@ from mesh.services import SERVICES, insecure_channel
 from mesh.tls import IDENTITIES, TlsFiles
 from model_runtime.server import ModelServer, ServerTls
 from tests.conftest import EXAMPLE_MODELS, mesh_env, rpc_error, service_env
+from tests.test_main_job import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -167,6 +168,16 @@ def test_a_tls_mesh_runs_a_job_through_the_gateway_with_the_sdk(tls_mesh, tmp_pa
     assert report.state == "succeeded", report.as_dict()
     written = [Path(o.uri.removeprefix("file://")) for o in report.run.outputs]
     assert written and all(path.is_file() and path.stat().st_size > 0 for path in written)
+
+
+@pytest.mark.slow
+def test_the_demo_deploys_a_model_and_maps_water_on_a_tls_mesh(tls_mesh):
+    """Core packages and deploys the model on hosting and launches the run on the orchestrator, all over mTLS."""
+    summary = run_demo(tls_mesh["env"], "--model", "ndwi-water")
+    assert summary["state"] == "succeeded", summary
+    assert f"https://{tls_mesh['gateway']}/" in summary["stdout"]
+    hosting_log = Path(tls_mesh["state"]["processes"]["hosting"]["log"]).read_text()
+    assert "PERMISSION_DENIED" not in hosting_log
 
 
 def test_a_plaintext_connection_to_a_tls_service_fails(tls_mesh):
