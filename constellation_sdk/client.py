@@ -39,7 +39,6 @@ class Client:
         else:
             credentials = TlsFiles(folder, "client").channel_credentials()
             self._channel = grpc.secure_channel(gateway, credentials, options=channel_options())
-        self.tls_dir = folder
         api_key = api_key if api_key is not None else settings.api_key
         channel = with_api_key(self._channel, api_key)
         self.core = core_pb2_grpc.CoreServiceStub(channel)

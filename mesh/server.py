@@ -69,7 +69,7 @@ class MeshServer:
         self.on_stop = list(on_stop)
         self.registrations = list(registrations)
         self.stopping = threading.Event()
-        self.tls = TlsFiles(settings.tls_dir, settings.service).check() if settings.tls_dir else None
+        self.tls = TlsFiles(settings.tls_dir, settings.service) if settings.tls_dir else None
         interceptors: list[grpc.ServerInterceptor] = [
             MeshInterceptor(settings.service, settings.api_keys, translate_error, max_streams=settings.stream_limit)
         ]
