@@ -266,6 +266,29 @@ def test_grpc_web_and_the_console_over_https(tls_mesh):
     assert page.status_code == 200 and "outputs_uri" in page.json()
 
 
+def test_the_console_loads_over_https_in_chromium_and_reads_the_catalog(tls_mesh):
+    """The page and its gRPC-web calls over the gateway's TLS (the browser negotiates h2 by ALPN). Chromium is told
+    to accept the certificate: trusting a CA needs an NSS database; the other tests verify the chain."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_web_console import CHROMIUM, DIST
+
+    assert (DIST / "index.html").exists(), "web/dist is missing: run `make web` (make test does)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(ignore_https_errors=True)
+            page.set_default_timeout(30_000)
+            crashes: list[str] = []
+            page.on("pageerror", lambda error: crashes.append(str(error)))
+            response = page.goto(f"https://{tls_mesh['gateway']}/")
+            assert response is not None and response.ok and response.url.startswith("https://")
+            page.wait_for_selector("[data-testid=catalog-ready]")
+            assert page.locator("[data-testid=error]").count() == 0 and not crashes
+        finally:
+            browser.close()
+
+
 def test_the_console_server_takes_only_the_gateway(tls_mesh):
     server = console.serve(0, tls_mesh["home"], tls_mesh["home"], tls=TlsFiles(tls_mesh["certs"], "gateway"))
     url = f"https://127.0.0.1:{server.server_address[1]}/console.json"
