@@ -14,6 +14,7 @@ from agent_svc.settings import AgentSettings
 from mesh import config, logs
 from mesh.server import MeshServer
 from mesh.services import registration, service_key
+from mesh.tls import files
 
 log = logging.getLogger("agent")
 
@@ -28,6 +29,7 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshS
         agent_settings.core_timeout_s,
         embedder,
         service_key(settings.api_keys),
+        files(settings.tls_dir, "agent"),
     )
     offline = OfflinePlanner(catalog, agent_settings.export_uri)
     gemini = None

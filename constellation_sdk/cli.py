@@ -1,7 +1,8 @@
 """The `constellation` command: run the mesh locally, and do the main job step by step.
 
 Every command talks to the gateway: $CONSTELLATION_GATEWAY, else the local mesh's (from
-`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY.
+`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY; TLS
+from $CONSTELLATION_TLS_DIR, else the local mesh's certificates when it runs with TLS.
 `--json` prints machine-readable output.
 """
 
@@ -27,7 +28,7 @@ from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import catalog, mesh_process, outputs, watch
 from constellation_sdk.client import Client
 from constellation_sdk.settings import ClientSettings
-from mesh import config
+from mesh import certs, config
 from mesh.errors import field_violations
 
 
@@ -40,18 +41,50 @@ def main() -> None:
 @click.option(
     "--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds to wait for each part to answer."
 )
-def up(timeout_s: float) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Run everything with TLS: the gateway serves HTTPS and gRPC over TLS, services talk mTLS (makes the "
+    "certificates in $CONSTELLATION_HOME/certs when they are missing).",
+)
+def up(timeout_s: float, tls: bool) -> None:
     """Start core, hosting, orchestrator, agent and the Envoy gateway in the background."""
     try:
-        state = mesh_process.up(timeout_s=timeout_s)
-    except RuntimeError as error:
+        state = mesh_process.up(timeout_s=timeout_s, tls=tls)
+    except (RuntimeError, ValueError) as error:  # ValueError: settings or certificates that do not fit
         raise click.ClickException(str(error)) from None
     click.echo(f"mesh running (state and logs in {state['home']})")
     for name, entry in state["processes"].items():
         click.echo(f"  {name:<13} {entry['address']:<22} pid {entry['pid']}")
     gateway = state["processes"]["gateway"]["address"]
-    click.echo(f'gateway: grpcurl -plaintext {gateway} list   |   Client(gateway="{gateway}")')
-    click.echo(f"console: http://{gateway}/   (build it with `make web`)")
+    if state["tls_dir"]:
+        ca = Path(state["tls_dir"]) / "ca.crt"
+        click.echo(f'gateway: grpcurl -cacert {ca} {gateway} list   |   Client("{gateway}", tls_dir="{ca.parent}")')
+        click.echo(f"console: https://{gateway}/   (trust {ca} in the browser; build it with `make web`)")
+    else:
+        click.echo(f'gateway: grpcurl -plaintext {gateway} list   |   Client(gateway="{gateway}")')
+        click.echo(f"console: http://{gateway}/   (build it with `make web`)")
+
+
+@main.command("certs")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write them [default: $CONSTELLATION_TLS_DIR, else $CONSTELLATION_HOME/certs].",
+)
+@click.option("--host", "hosts", multiple=True, help="Another name or address services are dialled by (repeatable).")
+@click.option("--rotate", is_flag=True, help="Renew every certificate, not only those that expire within 30 days.")
+def certs_command(folder: Path | None, hosts: tuple[str, ...], rotate: bool) -> None:
+    """Make the mesh's CA and a certificate for each service, the gateway and `client`.
+
+    Running it again keeps the CA and renews what expires within 30 days or lacks a --host name;
+    restart the mesh afterwards (`constellation down && constellation up --tls`)."""
+    folder = folder or config.tls_dir(ClientSettings.from_env().tls_dir_raw) or config.home_dir() / "certs"
+    for issued in certs.issue(folder, hosts, rotate=rotate):
+        click.echo(f"  {issued.name:<13} {issued.action:<8} valid until {issued.not_after:%Y-%m-%d}")
+    click.echo(f"certificates in {folder} (CA: {folder / 'ca.crt'})")
 
 
 @main.command()
@@ -101,7 +134,10 @@ def _catalog_models(client: Client, filter_text: str) -> list[core_pb2.Model]:
 
 
 def _client() -> Client:
-    return Client(_gateway())
+    if ClientSettings.from_env().tls_dir_raw:
+        return Client(_gateway())
+    state = mesh_process.read_state(mesh_process.MeshPaths(config.home_dir()))
+    return Client(_gateway(), tls_dir=mesh_process.tls_dir_of(state))
 
 
 def _fail(error: grpc.RpcError) -> click.ClickException:

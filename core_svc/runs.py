@@ -31,7 +31,7 @@ from core_svc.run_driver import RunContext, RunDriver
 from core_svc.run_store import RunStore, event
 from core_svc.settings import CoreSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from mesh.services import insecure_channel
+from mesh.services import peer_channel
 
 log = logging.getLogger("core.runs")
 
@@ -44,8 +44,8 @@ class Runs:
     def __init__(self, engine: Engine, catalog: Catalog, settings: CoreSettings) -> None:
         self.catalog, self.settings = catalog, settings
         self.store = RunStore(engine)
-        self._hosting_channel = insecure_channel(settings.hosting_address)
-        self._orchestrator_channel = insecure_channel(settings.orchestrator_address)
+        self._hosting_channel = peer_channel(settings.hosting_address, settings.tls)
+        self._orchestrator_channel = peer_channel(settings.orchestrator_address, settings.tls)
         self.stopping = threading.Event()
         self._context = RunContext(
             store=self.store,

@@ -11,6 +11,7 @@ from pydantic import Field
 from mesh import config
 from mesh.config import EnvSettings, env_field
 from mesh.services import service_key
+from mesh.tls import TlsFiles, files
 
 
 class CoreSettings(EnvSettings):
@@ -29,6 +30,9 @@ class CoreSettings(EnvSettings):
     )
     hosting_address: str = Field("", description="host:port of hosting (the bootstrap's peers)")
     orchestrator_address: str = Field("", description="host:port of the orchestrator (the bootstrap's peers)")
+    tls: TlsFiles | None = Field(
+        None, description="core's certificate for mTLS to its peers (the bootstrap's CONSTELLATION_TLS_DIR)"
+    )
     metadata: tuple[tuple[str, str], ...] = Field(
         (), description="credentials core presents to its peers when the mesh has API keys", repr=False
     )
@@ -42,5 +46,6 @@ class CoreSettings(EnvSettings):
             env,
             hosting_address=mesh.peers["hosting"],
             orchestrator_address=mesh.peers["orchestrator"],
+            tls=files(mesh.tls_dir, "core"),
             metadata=(("authorization", f"Bearer {key}"),) if key else (),
         )

@@ -1,5 +1,13 @@
 """Render envoy/envoy.yaml for a set of ports and run the real Envoy binary on it, with the web console's
-static server (gateway/console.py) beside it."""
+static server (gateway/console.py) beside it.
+
+With the mesh's certificates (CONSTELLATION_TLS_DIR) the rendered config adds
+TLS: the listener serves HTTPS and gRPC over TLS with gateway.crt, offering
+ALPN h2 and http/1.1 (gRPC, gRPC-web and the console on one port), and asks
+clients for a certificate only when CONSTELLATION_GATEWAY_REQUIRE_CLIENT_CERT
+is set; every cluster (services and console) is called with mTLS, presenting
+gateway.crt and accepting only the certificate whose SAN URI names that
+cluster's identity, so Envoy's health checks run over mTLS too."""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import yaml
 
 from gateway import admin, console
 from gateway.settings import GatewaySettings
+from mesh.tls import SPIFFE_PREFIX, TlsFiles
 
 ENVOY_CONFIG = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
 CONSOLE_CLUSTER = "console"
@@ -57,13 +66,58 @@ def render_config(
     [connections] = config["overload_manager"]["resource_monitors"]
     connections["typed_config"]["max_active_downstream_connections"] = settings.max_connections
     _apply_limits(manager, gateway_port, settings)
+    tls = TlsFiles(settings.tls_dir, "gateway").check() if settings.tls_dir else None
+    if tls is not None:
+        listener["filter_chains"][0]["transport_socket"] = downstream_tls(tls, settings.require_client_cert)
     for cluster in config["static_resources"]["clusters"]:
+        if tls is not None:
+            # The console server runs in the gateway supervisor and serves with the gateway's own certificate.
+            peer, alpn = ("gateway", "http/1.1") if cluster["name"] == CONSOLE_CLUSTER else (cluster["name"], "h2")
+            cluster["transport_socket"] = upstream_tls(tls, peer, alpn)
         if cluster["name"] == CONSOLE_CLUSTER:
             continue  # the supervisor points it at the console server it starts
         host, _, port = service_addresses[cluster["name"]].rpartition(":")
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         address["address"], address["port_value"] = host, int(port)
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def _certificate(tls: TlsFiles) -> dict:
+    return {"certificate_chain": {"filename": str(tls.cert)}, "private_key": {"filename": str(tls.key)}}
+
+
+def downstream_tls(tls: TlsFiles, require_client_cert: bool) -> dict:
+    """The listener's TLS: the gateway's certificate, ALPN h2 and http/1.1; client certificates of the mesh's CA
+    required when `require_client_cert`, else not asked for (a browser would prompt for one)."""
+    common: dict = {"alpn_protocols": ["h2", "http/1.1"], "tls_certificates": [_certificate(tls)]}
+    if require_client_cert:
+        common["validation_context"] = {"trusted_ca": {"filename": str(tls.ca)}}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": require_client_cert,
+            "common_tls_context": common,
+        },
+    }
+
+
+def upstream_tls(tls: TlsFiles, peer: str, alpn: str) -> dict:
+    """mTLS to a cluster: present the gateway's certificate, accept only `peer`'s (by its SPIFFE URI)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": [alpn],
+                "tls_certificates": [_certificate(tls)],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(tls.ca)},
+                    "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": SPIFFE_PREFIX + peer}}],
+                },
+            },
+        },
+    }
 
 
 def own_hosts(gateway_port: int, settings: GatewaySettings) -> list[str]:
@@ -74,7 +128,8 @@ def own_hosts(gateway_port: int, settings: GatewaySettings) -> list[str]:
 
 def own_origins(gateway_port: int, settings: GatewaySettings) -> list[str]:
     """The browser origins CORS answers: the gateway's own (the console is same-origin), then the configured ones."""
-    return [f"http://localhost:{gateway_port}", f"http://127.0.0.1:{gateway_port}", *settings.cors_origins]
+    scheme = "https" if settings.tls_dir else "http"
+    return [f"{scheme}://localhost:{gateway_port}", f"{scheme}://127.0.0.1:{gateway_port}", *settings.cors_origins]
 
 
 def _duration(seconds: float) -> str:

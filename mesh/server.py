@@ -1,6 +1,8 @@
 """The one server bootstrap every Constellation service runs on.
 
-It gives each service: grpc.health.v1 health that reflects its dependencies,
+It gives each service: mTLS when CONSTELLATION_TLS_DIR names the mesh's
+certificates (`mesh.tls`; callers checked against `mesh.peers`), else plaintext
+with a warning; grpc.health.v1 health that reflects its dependencies,
 server reflection, the mesh interceptor (request ids, auth, metrics, logs,
 error mapping, request bounds, a cap on open streams), a Prometheus metrics
 port, message limits (requests up to `max_request_mb`, responses up to
@@ -27,6 +29,8 @@ from prometheus_client import start_http_server
 from mesh.config import Settings
 from mesh.errors import DomainError
 from mesh.interceptors import MeshInterceptor
+from mesh.peers import PeerInterceptor
+from mesh.tls import TlsFiles
 
 log = logging.getLogger("mesh.server")
 
@@ -65,11 +69,15 @@ class MeshServer:
         self.on_stop = list(on_stop)
         self.registrations = list(registrations)
         self.stopping = threading.Event()
+        self.tls = TlsFiles(settings.tls_dir, settings.service) if settings.tls_dir else None
+        interceptors: list[grpc.ServerInterceptor] = [
+            MeshInterceptor(settings.service, settings.api_keys, translate_error, max_streams=settings.stream_limit)
+        ]
+        if self.tls is not None:
+            interceptors.append(PeerInterceptor())  # inside the mesh interceptor: denials get request ids and logs
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service),
-            interceptors=[
-                MeshInterceptor(settings.service, settings.api_keys, translate_error, max_streams=settings.stream_limit)
-            ],
+            interceptors=interceptors,
             options=grpc_options(settings),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -88,7 +96,15 @@ class MeshServer:
 
     def start(self) -> int:
         """Bind and start; returns the bound port (useful when settings.port is 0)."""
-        self.port = self._server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.tls is not None:
+            self.port = self._server.add_secure_port(address, self.tls.server_credentials())
+        else:
+            log.warning(
+                "serving plaintext gRPC: no CONSTELLATION_TLS_DIR, so calls are unencrypted and peers unverified "
+                "(for development on loopback; `constellation up --tls` runs the mesh with mTLS)"
+            )
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")
         self._check_health()
@@ -98,7 +114,11 @@ class MeshServer:
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
         log.info(
             "serving",
-            extra={"address": f"{self.settings.host}:{self.port}", "metrics_port": self.settings.metrics_port},
+            extra={
+                "address": f"{self.settings.host}:{self.port}",
+                "metrics_port": self.settings.metrics_port,
+                "tls": "mtls" if self.tls else "plaintext",
+            },
         )
         return self.port
 

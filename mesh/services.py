@@ -9,6 +9,7 @@ from constellation.core.v1 import core_pb2, core_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from mesh.server import HealthCheck, Registration
+from mesh.tls import TlsFiles
 
 # service -> (full gRPC service name, generated module with the servicer base and add_*_to_server)
 SERVICES = {
@@ -39,6 +40,13 @@ def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str
 
 def insecure_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=channel_options())
+
+
+def peer_channel(address: str, tls: TlsFiles | None) -> grpc.Channel:
+    """A channel to a peer service: mTLS presenting `tls` (the caller's own certificate), or plaintext without."""
+    if tls is None:
+        return insecure_channel(address)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=channel_options())
 
 
 class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
