@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from constellation.agent.v1 import agent_pb2_grpc
-from constellation.core.v1 import core_pb2_grpc
+from constellation.core.v1 import core_pb2_grpc, identity_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2_grpc
 from constellation_sdk.settings import ClientSettings
@@ -16,7 +16,8 @@ from mesh.services import channel_options, with_api_key
 
 
 class Client:
-    """`Client("localhost:8080")`: `.core`, `.hosting`, `.orchestrator`, `.agent` are the generated stubs.
+    """`Client("localhost:8080")`: `.core`, `.identity`, `.hosting`, `.orchestrator`, `.agent` are the generated
+    stubs.
 
     The API key comes from `api_key` or CONSTELLATION_API_KEY, and travels as
     `authorization: Bearer <key>`.
@@ -28,6 +29,7 @@ class Client:
         api_key = api_key if api_key is not None else ClientSettings.from_env().api_key
         channel = with_api_key(self._channel, api_key)
         self.core = core_pb2_grpc.CoreServiceStub(channel)
+        self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
         self.hosting = hosting_pb2_grpc.HostingServiceStub(channel)
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(channel)

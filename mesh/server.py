@@ -2,7 +2,8 @@
 
 It gives each service: grpc.health.v1 health that reflects its dependencies,
 server reflection, the mesh interceptor (request ids, auth, metrics, logs,
-error mapping, request bounds, a cap on open streams), a Prometheus metrics
+error mapping, request bounds, a cap on open streams; API keys checked by
+`mesh.auth`, user keys by core or by asking core), a Prometheus metrics
 port, message limits (requests up to `max_request_mb`, responses up to
 `max_message_mb`), and graceful shutdown on SIGTERM: health turns
 NOT_SERVING, new RPCs are refused, in-flight RPCs get `shutdown_grace_s` to
@@ -24,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from mesh.auth import Authenticator, KeyLookup, RemoteKeys
 from mesh.config import Settings
 from mesh.errors import DomainError
 from mesh.interceptors import MeshInterceptor
@@ -60,15 +62,21 @@ class MeshServer:
         reflection_names: Iterable[str] = (),
         translate_error: Callable[[Exception], DomainError | None] | None = None,
         on_stop: Iterable[Callable[[], None]] = (),
+        user_keys: KeyLookup | None = None,
     ) -> None:
         self.settings = settings
         self.on_stop = list(on_stop)
+        if user_keys is None and "core" in settings.peers:  # core checks its own database: it passes user_keys
+            remote = RemoteKeys(settings.peers["core"], settings.service_key, settings.auth_cache_s)
+            user_keys = remote
+            self.on_stop.append(remote.close)
+        authenticator = Authenticator(settings.api_keys, settings.service_key, user_keys)
         self.registrations = list(registrations)
         self.stopping = threading.Event()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service),
             interceptors=[
-                MeshInterceptor(settings.service, settings.api_keys, translate_error, max_streams=settings.stream_limit)
+                MeshInterceptor(settings.service, authenticator, translate_error, max_streams=settings.stream_limit)
             ],
             options=grpc_options(settings),
         )
