@@ -143,7 +143,7 @@ def user_to_proto(user: User) -> identity_pb2.User:
     )
 
 
-def role_from_proto(role: int) -> str:
+def role_from_proto(role: identity_pb2.Role.ValueType) -> str:
     """A user's role ("" when unset); a service's role is not one a user can have."""
     name = ROLE_FROM_PROTO.get(role, "")
     return name if name in ROLES else ""
