@@ -376,3 +376,35 @@ def test_a_run_calls_hosting_and_the_orchestrator_as_the_user_who_started_it(mes
     assert ivan.id in calls_logged(logs / "orchestrator.log", "LaunchRun")
     assert ivan.id in calls_logged(logs / "orchestrator.log", "WatchRun")
     assert ivan.id in calls_logged(logs / "hosting.log", "ListModels")
+
+
+def test_the_cli_manages_users_and_keys(mesh, monkeypatch):
+    from click.testing import CliRunner
+
+    from constellation_sdk import cli
+
+    monkeypatch.setenv("CONSTELLATION_GATEWAY", mesh["processes"]["gateway"]["address"])
+
+    def constellation(*args: str, key: str = ROOT_KEY) -> str:
+        monkeypatch.setenv("CONSTELLATION_API_KEY", key)
+        result = CliRunner().invoke(cli.main, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    created = json.loads(constellation("users", "create", "judy", "--role", "editor", "--json"))
+    assert (created["name"], created["role"]) == ("judy", "ROLE_EDITOR")
+    made = constellation("keys", "create", "--user", "judy", "--expires-in", "30d", "--description", "laptop")
+    key = made.split()[0]
+    assert key.startswith("cst_") and "not shown again" in made
+    assert constellation("whoami", key=key).split()[:2] == ["judy", "editor"]
+    [listed] = json.loads(constellation("keys", "list", "--json", key=key))["api_keys"]
+    assert listed["description"] == "laptop" and "expire_time" in listed and key not in json.dumps(listed)
+    assert "judy" in constellation("users", "list")
+    assert "viewer" in constellation("users", "update", "judy", "--role", "viewer")
+    assert "disabled" in constellation("users", "disable", "judy")
+    denied = CliRunner().invoke(cli.main, ["whoami"], env={"CONSTELLATION_API_KEY": key})
+    assert denied.exit_code == 1 and "UNAUTHENTICATED" in denied.output and "disabled" in denied.output
+    constellation("users", "update", "judy", "--enable")
+    assert "revoked" in constellation("keys", "revoke", listed["id"], key=key)
+    assert "revoked" in constellation("keys", "list", "--user", "judy", "--all")
+    assert constellation("keys", "list", "--user", "judy") == "no keys\n"
