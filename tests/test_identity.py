@@ -77,8 +77,9 @@ def test_the_role_table_has_a_row_for_every_method_and_no_other():
 
 
 @pytest.fixture
-def secured_core(tmp_path):
-    env = service_env(tmp_path, CONSTELLATION_API_KEYS=f"{ROOT_KEY}", DATABASE_URL=f"sqlite:///{tmp_path}/c.db")
+def secured_core(tmp_path, database_url):
+    """Core on SQLite and on PostgreSQL, with one admin key in the settings."""
+    env = service_env(tmp_path, CONSTELLATION_API_KEYS=ROOT_KEY, DATABASE_URL=database_url)
     server = build_core(config.load("core", env))
     server.start()
     channel = insecure_channel(f"127.0.0.1:{server.port}")
@@ -93,6 +94,24 @@ def test_a_method_missing_from_the_role_table_is_refused(secured_core, monkeypat
     monkeypatch.delitem(roles.METHOD_ROLES["constellation.core.v1.CoreService"], "ListDatasets")
     refused = rpc_error(stub.ListDatasets, core_pb2.ListDatasetsRequest(), metadata=bearer(ROOT_KEY))
     assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and "role table" in refused.details()
+
+
+def test_core_checks_user_keys_in_its_database(secured_core):
+    accounts = identity_pb2_grpc.IdentityServiceStub(secured_core)
+    root = bearer(ROOT_KEY)
+    user = accounts.CreateUser(
+        identity_pb2.CreateUserRequest(user=identity_pb2.User(name="kim", role=identity_pb2.ROLE_EDITOR)), metadata=root
+    )
+    made = accounts.CreateApiKey(identity_pb2.CreateApiKeyRequest(user_id=user.id), metadata=root)
+    who = accounts.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(made.key))
+    assert (who.subject, who.role, who.name) == (user.id, identity_pb2.ROLE_EDITOR, "kim")
+    tampered = made.key[:-1] + ("0" if made.key[-1] != "0" else "1")
+    for wrong in (tampered, f"cst_{'0' * 16}_{made.key[-64:]}", "cst_short"):
+        refused = rpc_error(accounts.WhoAmI, identity_pb2.WhoAmIRequest(), metadata=bearer(wrong))
+        assert refused.code() == grpc.StatusCode.UNAUTHENTICATED and refused.details() == "the API key is not valid"
+    accounts.RevokeApiKey(identity_pb2.RevokeApiKeyRequest(id=made.api_key.id), metadata=root)
+    revoked = rpc_error(accounts.WhoAmI, identity_pb2.WhoAmIRequest(), metadata=bearer(made.key))
+    assert revoked.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in revoked.details()
 
 
 # --------------------------------------------------------------------------- a service's checks, without core
