@@ -127,8 +127,14 @@ class RemoteKeys:
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:
                 return error.details() or "the API key is not valid"
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(
+                    f"core, which checks API keys, did not answer ({error.code().name}); try again shortly"
+                ) from None
+            # Core refused the check itself: typically services that do not share one CONSTELLATION_SERVICE_KEY.
             raise Unavailable(
-                f"core, which checks API keys, did not answer ({error.code().name}); try again shortly"
+                f"core refused this service's key check ({error.code().name}); every service needs the same "
+                "CONSTELLATION_SERVICE_KEY"
             ) from None
         return Identity(who.subject, ROLE_FROM_PROTO.get(who.role, "viewer"), who.name)
 
