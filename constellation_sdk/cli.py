@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 from clients.paging import pages
 from constellation.agent.v1 import agent_pb2
-from constellation.core.v1 import core_pb2
+from constellation.core.v1 import core_pb2, identity_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import catalog, mesh_process, outputs, watch
 from constellation_sdk.client import Client
@@ -503,3 +503,170 @@ def runs_outputs(run_id: str, dest: Path | None, as_json: bool) -> None:
     if not rows:
         raise click.ClickException(f"run {run_id} is {watch.state_name(finished.state)} and has no outputs")
     _emit(as_json, rows, "\n".join(f"{r['name']:<28} {r.get('path', r['uri'])}" for r in rows))
+
+
+# --------------------------------------------------------------------------- users, keys, whoami
+
+ROLE_CHOICE = click.Choice(["viewer", "editor", "admin"])
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _role_name(role: int) -> str:
+    return identity_pb2.Role.Name(role).removeprefix("ROLE_").lower()  # type: ignore[arg-type]
+
+
+def _seconds(text: str) -> int:
+    """'30d', '12h', '90m', '3600s' or '3600' as seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 90m or 3600s", param_hint="--expires-in")
+    return int(number) * DURATION_UNITS[unit]
+
+
+def _find_user(client: Client, ref: str) -> identity_pb2.User:
+    """A user by id or name."""
+    if ref.startswith("usr_"):
+        return client.identity.GetUser(identity_pb2.GetUserRequest(id=ref))
+    found = pages(
+        lambda token: client.identity.ListUsers(identity_pb2.ListUsersRequest(page_size=PAGE_SIZE, page_token=token))
+    )
+    for user in (u for page in found for u in page.users):
+        if user.name == ref:
+            return user
+    raise click.ClickException(f"no user is named {ref!r}; see `constellation users list`")
+
+
+def _user_line(user: identity_pb2.User) -> str:
+    return f"{user.id}  {user.name:<24} {_role_name(user.role):<7} {'disabled' if user.disabled else ''}".rstrip()
+
+
+@main.group()
+def users() -> None:
+    """People who may call the mesh, each with a role (admins only)."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--role", type=ROLE_CHOICE, default="viewer", show_default=True)
+@JSON
+@rpc
+def users_create(name: str, role: str, as_json: bool) -> None:
+    """Add user NAME; give them a key with `constellation keys create --user NAME`."""
+    user = identity_pb2.User(name=name, role=identity_pb2.Role.Value(f"ROLE_{role.upper()}"))
+    with _client() as client:
+        created = client.identity.CreateUser(identity_pb2.CreateUserRequest(user=user))
+    _emit(as_json, created, _user_line(created))
+
+
+@users.command("list")
+@JSON
+@rpc
+def users_list(as_json: bool) -> None:
+    with _client() as client:
+        found = pages(
+            lambda token: client.identity.ListUsers(
+                identity_pb2.ListUsersRequest(page_size=PAGE_SIZE, page_token=token)
+            )
+        )
+        reply = identity_pb2.ListUsersResponse(users=[u for page in found for u in page.users])
+    _emit(as_json, reply, "\n".join(_user_line(u) for u in reply.users) or "no users")
+
+
+def _update_user(ref: str, as_json: bool, role: str | None = None, disabled: bool | None = None) -> None:
+    with _client() as client:
+        user = _find_user(client, ref)
+        request = identity_pb2.UpdateUserRequest(user=identity_pb2.User(id=user.id))
+        if role is not None:
+            request.user.role = identity_pb2.Role.Value(f"ROLE_{role.upper()}")
+            request.update_mask.paths.append("role")
+        if disabled is not None:
+            request.user.disabled = disabled
+            request.update_mask.paths.append("disabled")
+        updated = client.identity.UpdateUser(request)
+    _emit(as_json, updated, _user_line(updated))
+
+
+@users.command("update")
+@click.argument("user_ref", metavar="USER")
+@click.option("--role", type=ROLE_CHOICE, default=None)
+@click.option("--enable/--disable", "enabled", default=None, help="Let the user's keys work again, or stop them.")
+@JSON
+@rpc
+def users_update(user_ref: str, role: str | None, enabled: bool | None, as_json: bool) -> None:
+    """Change USER's (id or name) role, or enable/disable them."""
+    if role is None and enabled is None:
+        raise click.UsageError("say what to change: --role, --enable or --disable")
+    _update_user(user_ref, as_json, role, None if enabled is None else not enabled)
+
+
+@users.command("disable")
+@click.argument("user_ref", metavar="USER")
+@JSON
+@rpc
+def users_disable(user_ref: str, as_json: bool) -> None:
+    """Stop every key of USER (id or name) from working; `users update USER --enable` undoes it."""
+    _update_user(user_ref, as_json, disabled=True)
+
+
+def _key_line(key: identity_pb2.ApiKey) -> str:
+    state = "revoked" if key.HasField("revoke_time") else ""
+    if not state and key.HasField("expire_time"):
+        state = f"expires {key.expire_time.ToDatetime():%Y-%m-%d %H:%M} UTC"
+    return f"{key.id}  {key.user_id}  {key.description:<20} {state}".rstrip()
+
+
+@main.group()
+def keys() -> None:
+    """API keys: your own, or (admins) anyone's. A key is shown once, when it is made."""
+
+
+@keys.command("create")
+@click.option("--user", "user_ref", default="", help="Whose key (id or name; admins only). Default: yours.")
+@click.option("--expires-in", "expires_in", default="", help="e.g. 30d, 12h, 90m. Default: never.")
+@click.option("--description", default="", help="For people, e.g. 'laptop'.")
+@JSON
+@rpc
+def keys_create(user_ref: str, expires_in: str, description: str, as_json: bool) -> None:
+    """Make an API key and print it, once: the mesh keeps only a hash of it."""
+    ttl_s = _seconds(expires_in) if expires_in else 0
+    with _client() as client:
+        user_id = _find_user(client, user_ref).id if user_ref else ""
+        made = client.identity.CreateApiKey(
+            identity_pb2.CreateApiKeyRequest(user_id=user_id, ttl_seconds=ttl_s, description=description)
+        )
+    _emit(as_json, made, f"{made.key}\n(key id {made.api_key.id}; it is not shown again)")
+
+
+@keys.command("list")
+@click.option("--user", "user_ref", default="", help="Whose keys (id or name; admins only). Default: yours.")
+@click.option("--all", "include_inactive", is_flag=True, help="Also revoked and expired keys.")
+@JSON
+@rpc
+def keys_list(user_ref: str, include_inactive: bool, as_json: bool) -> None:
+    with _client() as client:
+        user_id = _find_user(client, user_ref).id if user_ref else ""
+        reply = client.identity.ListApiKeys(
+            identity_pb2.ListApiKeysRequest(user_id=user_id, include_inactive=include_inactive)
+        )
+    _emit(as_json, reply, "\n".join(_key_line(k) for k in reply.api_keys) or "no keys")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@JSON
+@rpc
+def keys_revoke(key_id: str, as_json: bool) -> None:
+    """Stop the key KEY_ID (its public id, from `keys list`) from working."""
+    with _client() as client:
+        revoked = client.identity.RevokeApiKey(identity_pb2.RevokeApiKeyRequest(id=key_id))
+    _emit(as_json, revoked, f"{revoked.id}  revoked")
+
+
+@main.command()
+@JSON
+@rpc
+def whoami(as_json: bool) -> None:
+    """Who the mesh takes you for (your key's user and role)."""
+    with _client() as client:
+        me = client.identity.WhoAmI(identity_pb2.WhoAmIRequest())
+    _emit(as_json, me, f"{me.name or me.subject}  {_role_name(me.role)}  ({me.subject})")

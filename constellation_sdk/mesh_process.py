@@ -26,7 +26,6 @@ from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
 from mesh import certs, config
-from mesh.services import service_key
 
 SERVICES = ("core", "hosting", "orchestrator", "agent")
 log = logging.getLogger("constellation.mesh")
@@ -253,7 +252,7 @@ def _stop_model_endpoints(
         return ["hosting was not running: any model endpoint it started still runs (`constellation up` adopts them)"]
     settings = config.load("hosting", dict(os.environ if env is None else env))
     try:
-        with Client(address, api_key=service_key(settings.api_keys), tls_dir=tls_dir) as client:
+        with Client(address, api_key=settings.service_key, tls_dir=tls_dir) as client:
             reply = client.hosting.StopDeployments(hosting_pb2.StopDeploymentsRequest(), timeout=timeout_s)
     except grpc.RpcError as error:
         return [f"model endpoints not stopped: hosting answered {error.code().name}: {error.details()}"]

@@ -15,6 +15,8 @@ reads through `load(service)`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -170,6 +172,19 @@ class Settings(EnvSettings):
         "the mesh's certificates (`constellation certs`): services serve mTLS and call each other with their own "
         "certificate, and accept only the peers mesh/peers.py lists; empty: plaintext, no peer identities",
     )
+    service_key_raw: str = secret_field(
+        "CONSTELLATION_SERVICE_KEY",
+        "the key services present to each other (identity `service`; the same on every service); empty: the "
+        "home's credentials/service.key, else one derived from the first admin key",
+    )
+    auth_cache_s: float = env_field(
+        "CONSTELLATION_AUTH_CACHE_S",
+        5.0,
+        "how long hosting, the orchestrator and the agent remember core's answer about a user's API key, "
+        "seconds: a revoked or expired key, or a disabled user, stops working there within this time; 0: ask "
+        "core at every call",
+        ge=0,
+    )
     log_level_raw: str = env_field("CONSTELLATION_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = env_field("CONSTELLATION_LOG_FORMAT", "json", "json (one object a line) or text")
     max_message_mb: int = env_field(
@@ -242,6 +257,19 @@ class Settings(EnvSettings):
     def tls_dir(self) -> Path | None:
         """The certificates folder; None: plaintext."""
         return tls_dir(self.tls_dir_raw)
+
+    @property
+    def service_key(self) -> str:
+        """The key services present to each other (read at start-up): CONSTELLATION_SERVICE_KEY, else the home's
+        credentials/service.key, else one derived from the first admin key, so that a mesh configured only
+        with CONSTELLATION_API_KEYS still agrees on it; "" when there is none (authentication off)."""
+        if self.service_key_raw:
+            return self.service_key_raw
+        stored = self.home / "credentials" / "service.key"
+        if stored.is_file():
+            return stored.read_text().strip()
+        admin = next((key for key, role in self.api_keys.items() if role == "admin"), "")
+        return hmac.new(admin.encode(), b"constellation service key", hashlib.sha256).hexdigest() if admin else ""
 
     @property
     def log_level(self) -> str:

@@ -30,6 +30,8 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 PUBLIC = frozenset({"gateway", "client"})
 CORE = frozenset({"core"})
 AGENT = frozenset({"agent"})
+# Services that check a user's API key with core (mesh.auth.RemoteKeys).
+KEY_CHECKERS = frozenset({"hosting", "orchestrator", "agent"})
 
 # service -> method -> the peers that may call it. Every method of every mesh service has a row
 # (tests/test_tls.py fails when a proto grows one without it): a new method is closed until someone decides.
@@ -54,6 +56,17 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "ListRuns": PUBLIC,
         "WatchRun": PUBLIC,
         "CancelRun": PUBLIC,
+    },
+    "constellation.core.v1.IdentityService": {
+        "CreateUser": PUBLIC,
+        "GetUser": PUBLIC,
+        "ListUsers": PUBLIC,
+        "UpdateUser": PUBLIC,
+        "CreateApiKey": PUBLIC,
+        "ListApiKeys": PUBLIC,
+        "RevokeApiKey": PUBLIC,
+        "WhoAmI": PUBLIC,
+        "Authenticate": KEY_CHECKERS,
     },
     "constellation.hosting.v1.HostingService": {
         # What core's run driver uses to find, package and deploy a run's models (clients.hosting).

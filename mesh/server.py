@@ -4,7 +4,8 @@ It gives each service: mTLS when CONSTELLATION_TLS_DIR names the mesh's
 certificates (`mesh.tls`; callers checked against `mesh.peers`), else plaintext
 with a warning; grpc.health.v1 health that reflects its dependencies,
 server reflection, the mesh interceptor (request ids, auth, metrics, logs,
-error mapping, request bounds, a cap on open streams), a Prometheus metrics
+error mapping, request bounds, a cap on open streams; API keys checked by
+`mesh.auth`, user keys by core or by asking core), a Prometheus metrics
 port, message limits (requests up to `max_request_mb`, responses up to
 `max_message_mb`), and graceful shutdown on SIGTERM: health turns
 NOT_SERVING, new RPCs are refused, in-flight RPCs get `shutdown_grace_s` to
@@ -26,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from mesh.auth import Authenticator, KeyLookup, RemoteKeys
 from mesh.config import Settings
 from mesh.errors import DomainError
 from mesh.interceptors import MeshInterceptor
@@ -64,14 +66,26 @@ class MeshServer:
         reflection_names: Iterable[str] = (),
         translate_error: Callable[[Exception], DomainError | None] | None = None,
         on_stop: Iterable[Callable[[], None]] = (),
+        user_keys: KeyLookup | None = None,
     ) -> None:
         self.settings = settings
         self.on_stop = list(on_stop)
+        self.tls = TlsFiles(settings.tls_dir, settings.service) if settings.tls_dir else None
+        if user_keys is None and "core" in settings.peers:  # core checks its own database: it passes user_keys
+            core = settings.peers["core"]
+            channel = (
+                grpc.secure_channel(core, self.tls.channel_credentials())
+                if self.tls is not None
+                else grpc.insecure_channel(core)
+            )
+            remote = RemoteKeys(channel, settings.service_key, settings.auth_cache_s)
+            user_keys = remote
+            self.on_stop.append(remote.close)
+        authenticator = Authenticator(settings.api_keys, settings.service_key, user_keys)
         self.registrations = list(registrations)
         self.stopping = threading.Event()
-        self.tls = TlsFiles(settings.tls_dir, settings.service) if settings.tls_dir else None
         interceptors: list[grpc.ServerInterceptor] = [
-            MeshInterceptor(settings.service, settings.api_keys, translate_error, max_streams=settings.stream_limit)
+            MeshInterceptor(settings.service, authenticator, translate_error, max_streams=settings.stream_limit)
         ]
         if self.tls is not None:
             interceptors.append(PeerInterceptor())  # inside the mesh interceptor: denials get request ids and logs
