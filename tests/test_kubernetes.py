@@ -42,6 +42,7 @@ from gateway import admin, supervisor
 from hosting_svc.domain import HostedModel
 from hosting_svc.runtimes import kubernetes as kube
 from hosting_svc.settings import HostingSettings
+from mesh.config import ConfigError
 from orchestrator_svc.instance import instance_config
 from orchestrator_svc.k8s_launcher import DAGSTER_HOME, K8sWorkerRunLauncher, launcher_config
 from orchestrator_svc.settings import OrchestratorSettings
@@ -53,6 +54,18 @@ DOCS = ROOT / "docs" / "kubernetes.md"
 
 
 # --------------------------------------------------------------------------- deploy/kubernetes
+
+
+def unreachable_kubeconfig(folder: Path) -> Path:
+    """A kubeconfig whose cluster is a closed port: clients load it, and any call to it is refused."""
+    path = folder / "kubeconfig"
+    cluster = {"name": "none", "cluster": {"server": "https://127.0.0.1:1"}}
+    context = {"name": "none", "context": {"cluster": "none", "user": "none"}}
+    config = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster], "contexts": [context]}
+    path.write_text(
+        yaml.safe_dump({**config, "users": [{"name": "none", "user": {"token": "unused"}}], "current-context": "none"})
+    )
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -191,19 +204,7 @@ def test_deploy_kubernetes_prints_the_overlay_and_apply_fails_clearly_without_a_
     printed = CliRunner().invoke(cli, ["deploy", "kubernetes", "--overlay", "production"])
     assert printed.exit_code == 0, printed.output
     assert list(yaml.safe_load_all(printed.output)) == list(yaml.safe_load_all(manifests.render("production")))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:1"}}],
-                "users": [{"name": "none", "user": {"token": "unused"}}],
-                "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
-                "current-context": "none",
-            }
-        )
-    )
+    kubeconfig = unreachable_kubeconfig(tmp_path)
     applied = CliRunner().invoke(
         cli, ["deploy", "kubernetes", "--overlay", "dev", "--apply"], env={"KUBECONFIG": str(kubeconfig)}
     )
@@ -503,17 +504,21 @@ def test_each_transition_sends_what_the_docs_say(mode: str, isvc_validator: json
 
 def test_a_replace_carries_the_resource_version_it_read() -> None:
     runtime, server = _runtime("kserve")
-    runtime.start(_model("1.0.0"), 0, 0)
-    [path] = server.objects
-    server.objects[path]["metadata"]["resourceVersion"] = "changed-by-someone-else"
-    with pytest.raises(ApiException) as caught:
-        runtime._put(
-            copy.deepcopy(
-                {**server.objects[path], "metadata": {**server.objects[path]["metadata"], "resourceVersion": "1"}}
-            ),
-            kube.inference_service(_model("1.0.0"), runtime.settings),
-        )
-    assert caught.value.status == 409
+    model = _model()
+    runtime.start(model, 0, 0)
+    [read] = [o["metadata"]["resourceVersion"] for o in server.objects.values()]
+    server.writes.clear()
+    runtime.start(model, 0, 0)  # scale: a PUT guarded by what it read, so a concurrent change gets 409
+    [(method, _, body)] = server.writes
+    assert method == "PUT" and body["metadata"]["resourceVersion"] == read
+
+
+def test_hosting_without_cluster_credentials_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ConfigError, match="CONSTELLATION_HOSTING_KUBERNETES=kserve needs a cluster"):
+        kube.api_client(_settings("kserve"))
+    assert kube.api_client(_settings("off")) is None
 
 
 def test_long_names_stay_within_kserves_limits() -> None:
@@ -558,19 +563,7 @@ def test_the_instance_runs_on_dagster_k8s_with_a_config_it_accepts() -> None:
 def test_a_run_job_is_built_by_dagster_k8s_and_valid_kubernetes(tmp_path: Path) -> None:
     settings = _orchestrator_settings()
     config = process_config(K8sWorkerRunLauncher.config_type(), launcher_config(settings)).value
-    kubeconfig = tmp_path / "kubeconfig"  # the launcher loads a config at start; nothing is sent
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-                "users": [{"name": "u", "user": {"token": "unused"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
+    kubeconfig = unreachable_kubeconfig(tmp_path)  # the launcher loads a config at start; nothing is sent
     with DagsterInstance.ephemeral() as instance:
         launcher = K8sWorkerRunLauncher(
             **{**config, "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}

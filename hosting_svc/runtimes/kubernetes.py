@@ -37,6 +37,7 @@ from hosting_svc import packaging
 from hosting_svc.domain import HostedModel
 from hosting_svc.runtimes import LogLine, Replica, StateChange
 from hosting_svc.settings import HostingSettings
+from mesh.config import ConfigError
 from mesh.errors import FailedPrecondition
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -524,8 +525,8 @@ class KubernetesRuntime:
 
 
 def api_client(settings: HostingSettings) -> ApiClient | None:
-    """A client for the cluster hosting runs in (its service account), or kubeconfig outside one; None when
-    the kubernetes runtime is off."""
+    """A client for the cluster hosting runs in (its service account), or kubeconfig's outside one; None when
+    the kubernetes runtime is off. Raises ConfigError when neither is there."""
     if settings.kubernetes == "off":
         return None
     from kubernetes import config as kube_config
@@ -533,5 +534,11 @@ def api_client(settings: HostingSettings) -> ApiClient | None:
     try:
         kube_config.load_incluster_config()
     except kube_config.ConfigException:
-        kube_config.load_kube_config()
+        try:
+            kube_config.load_kube_config()
+        except (kube_config.ConfigException, OSError) as error:
+            raise ConfigError(
+                f"CONSTELLATION_HOSTING_KUBERNETES={settings.kubernetes} needs a cluster: no in-cluster service "
+                f"account and no usable kubeconfig ({error})"
+            ) from None
     return ApiClient()
