@@ -277,7 +277,7 @@ def state_of(obj: dict | None) -> tuple[str, str]:
             return "healthy", ""
         return "deploying", available.get("message", "waiting for replicas")
     model_status = status.get("modelStatus") or {}
-    state = TRANSITION_STATES[model_status.get("transitionStatus", "")]
+    state = TRANSITION_STATES.get(model_status.get("transitionStatus", ""), "deploying")  # a newer KServe's value
     ready = conditions.get("Ready", {})
     if state == "failed":
         failure = model_status.get("lastFailureInfo") or {}
