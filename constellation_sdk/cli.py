@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from clients.paging import pages
 from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2, identity_pb2
 from constellation.hosting.v1 import hosting_pb2
-from constellation_sdk import catalog, mesh_process, outputs, watch
+from constellation_sdk import catalog, manifests, mesh_process, outputs, watch
 from constellation_sdk.client import Client
 from constellation_sdk.settings import ClientSettings
 from mesh import certs, config
@@ -108,6 +109,24 @@ def status(as_json: bool) -> None:
             state = "SERVING" if entry["serving"] else ("NOT_SERVING" if entry["running"] else "STOPPED")
             click.echo(f"{name:<13} {state:<12} {entry['address']:<22} pid {entry['pid']}")
     sys.exit(0 if report and all(e["serving"] for e in report.values()) else 1)
+
+
+@main.group()
+def deploy() -> None:
+    """Deploy the mesh onto a platform: kubernetes."""
+
+
+@deploy.command("kubernetes")
+@click.option("--overlay", type=click.Choice(manifests.OVERLAYS), default="dev", show_default=True)
+@click.option("--apply", "apply_", is_flag=True, help="Apply them with `kubectl apply -f -` (needs a cluster).")
+def deploy_kubernetes(overlay: str, apply_: bool) -> None:
+    """Print the mesh's manifests for OVERLAY (kubectl kustomize deploy/kubernetes/overlays/OVERLAY), or apply
+    them to the cluster of kubectl's current context. docs/kubernetes.md says what each overlay holds."""
+    try:
+        rendered = manifests.render(overlay)
+        click.echo(manifests.apply(rendered) if apply_ else rendered, nl=not rendered.endswith("\n"))
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        raise click.ClickException(str(error)) from None
 
 
 # --------------------------------------------------------------------------- the main job, step by step
@@ -290,7 +309,9 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
 
 @models.command("deploy")
 @click.argument("model_ref", metavar="MODEL")
-@click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default="auto", show_default=True)
+@click.option(
+    "--runtime", type=click.Choice(["auto", "docker", "local", "kubernetes"]), default="auto", show_default=True
+)
 @click.option("--replicas", default=1, show_default=True)
 @JSON
 @rpc
@@ -300,6 +321,7 @@ def models_deploy(model_ref: str, runtime: str, replicas: int, as_json: bool) ->
         "auto": hosting_pb2.RUNTIME_UNSPECIFIED,
         "docker": hosting_pb2.RUNTIME_DOCKER,
         "local": hosting_pb2.RUNTIME_LOCAL,
+        "kubernetes": hosting_pb2.RUNTIME_KUBERNETES,
     }
     with _client() as client:
         model = _find_model(client, model_ref)

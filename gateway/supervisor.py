@@ -11,6 +11,7 @@ cluster's identity, so Envoy's health checks run over mTLS too."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import signal
 import subprocess
@@ -54,13 +55,16 @@ def render_config(
     service_addresses: dict[str, str],
     settings: GatewaySettings | None = None,
     template: Path = ENVOY_CONFIG,
+    listen_host: str = "127.0.0.1",
 ) -> str:
-    """envoy.yaml with the listener and each cluster pointed at the given ports, the admin interface on the
+    """envoy.yaml with the listener on listen_host:gateway_port and each cluster pointed at the given
+    addresses (a host name, such as a Kubernetes Service's, is resolved by DNS), the admin interface on the
     Unix socket `admin_socket` (0600), and the Host names, CORS origins and limits of `settings`."""
     settings = settings or GatewaySettings()
     config = yaml.safe_load(template.read_text())
     config["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
     listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"]["address"] = listen_host
     listener["address"]["socket_address"]["port_value"] = gateway_port
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     [connections] = config["overload_manager"]["resource_monitors"]
@@ -79,6 +83,8 @@ def render_config(
         host, _, port = service_addresses[cluster["name"]].rpartition(":")
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         address["address"], address["port_value"] = host, int(port)
+        if not _is_ip(host):
+            cluster["type"] = "STRICT_DNS"  # every address the name resolves to is an endpoint
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -118,6 +124,14 @@ def upstream_tls(tls: TlsFiles, peer: str, alpn: str) -> dict:
             },
         },
     }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def own_hosts(gateway_port: int, settings: GatewaySettings) -> list[str]:
