@@ -33,6 +33,7 @@ PROMPT = "map surface water in the Olinda scene"
 
 
 def start_mesh() -> dict:
+    """The running local mesh's state, after starting one if none serves."""
     paths = mesh_process.MeshPaths(mesh_process.config.home_dir())
     state = mesh_process.read_state(paths)
     if not state or not all(part["serving"] for part in mesh_process.status().values()):
@@ -41,7 +42,7 @@ def start_mesh() -> dict:
         print(f"starting the mesh on embedded defaults (state in {paths.home})...", flush=True)
         try:
             state = mesh_process.up()
-        except (RuntimeError, mesh_process.config.ConfigError) as error:
+        except (RuntimeError, ValueError) as error:  # ValueError: settings that do not fit
             raise SystemExit(str(error)) from None
     return state
 
@@ -112,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     state = start_mesh()
-    gateway = state["processes"]["gateway"]["address"]
+    gateway, tls_dir = state["processes"]["gateway"]["address"], mesh_process.tls_dir_of(state)
     print(f"gateway  {gateway}")
     for line in mesh_process.announce_credentials(state):
         print(line)
-    with Client(gateway) as client:
+    with Client(gateway, tls_dir=tls_dir) as client:
         client.wait_ready()
         try:
             models = register(client, args.scene)

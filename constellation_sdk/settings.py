@@ -18,6 +18,12 @@ class ClientSettings(EnvSettings):
         "$CONSTELLATION_HOME/credentials/admin.key)",
     )
     home_raw: str = env_field("CONSTELLATION_HOME", "", "the local mesh's home, where its generated admin key is")
+    tls_dir_raw: str = env_field(
+        "CONSTELLATION_TLS_DIR",
+        "",
+        "the mesh's certificates: connect with TLS trusting its ca.crt, presenting client.crt when it is there "
+        "(default: the local mesh's when it runs with TLS, else plaintext)",
+    )
     s3_endpoint_url: str = env_field(
         "CONSTELLATION_S3_ENDPOINT_URL", "", "S3-compatible endpoint for fetching s3:// outputs"
     )

@@ -27,6 +27,7 @@ from core_svc.deployments import DeploymentWatch, deploy_model
 from core_svc.domain import TERMINAL, Model
 from core_svc.run_store import STATE_NAMES, STATES, RunStore, event, now
 from core_svc.settings import CoreSettings
+from mesh.services import on_behalf_metadata
 from pipeline.spec import PipelineSpec
 
 log = logging.getLogger("core.runs")
@@ -71,14 +72,20 @@ class RunDriver:
 
     def __init__(self, context: RunContext, run_id: str) -> None:
         self.context, self.run_id = context, run_id
-        self.store, self.settings = context.store, context.settings
+        self.store = context.store
+        found = self.store.find(run_id)
+        # Hosting and the orchestrator check the role of the user who started the run, named explicitly here:
+        # a driver's thread is not the call that started it (and may be a restarted core's).
+        started_by = found.started_by if found is not None else None
+        self.settings = context.settings.model_copy(
+            update={"metadata": context.settings.metadata + on_behalf_metadata(started_by)}
+        )
         self._canceled = threading.Event()
         self._calls: set[grpc.Future] = set()
         self._calls_lock = threading.Lock()
         self._launched = False
         self._emit_lock = threading.Lock()
         # The run's state: every change after this goes through this driver (emit, _forward), under _emit_lock.
-        found = self.store.find(run_id)
         self._state = found.state if found is not None else None
 
     # Control from other threads

@@ -13,7 +13,10 @@ prefix maps to `/files/`, whether it needs a key and whether authentication is
 off. `POST /login` takes `{"token": ...}` from a login link
 (`http://…/?login=<token>`, made by `constellation up` / `login-link`) and,
 once per token and before it expires, answers `{"api_key": ...}`: the
-generated admin key, which the page then keeps as if it had been typed.
+generated admin key, which the page then keeps as if it had been typed. With
+the mesh's certificates (CONSTELLATION_TLS_DIR) it serves HTTPS with the
+gateway's certificate and takes only connections presenting that same
+certificate: Envoy's, the one hop that reaches it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import hmac
 import json
 import logging
 import mimetypes
+import socket
+import ssl
 import threading
 import urllib.parse
 from http import HTTPStatus
@@ -31,6 +36,7 @@ from pathlib import Path
 
 from gateway.settings import WEB_DIST, GatewaySettings
 from mesh import credentials
+from mesh.tls import SPIFFE_PREFIX, TlsFiles
 
 log = logging.getLogger("gateway.console")
 
@@ -179,17 +185,51 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+def gateway_only_context(tls: TlsFiles) -> ssl.SSLContext:
+    """Serve with the gateway's certificate; require a client certificate from the mesh's CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class _TlsConsoleServer(ThreadingHTTPServer):
+    """HTTPS whose handshake runs in the connection's own thread (a slow peer never stalls accept), and that serves
+    only the peer whose certificate names the gateway."""
+
+    context: ssl.SSLContext
+
+    def finish_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: object) -> None:
+        assert isinstance(request, socket.socket)
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            wrapped = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # no certificate of the mesh's CA, or a broken handshake: nothing to serve
+        names = dict(wrapped.getpeercert() or {}).get("subjectAltName", ())
+        if ("URI", SPIFFE_PREFIX + "gateway") in names:
+            wrapped.settimeout(None)
+            super().finish_request(wrapped, client_address)
+        wrapped.close()
+
+
 def serve(
     port: int,
     web_root: Path,
     files_root: Path,
     keys: set[str] | None = None,
+    tls: TlsFiles | None = None,
     auth_off: bool = False,
     login_key: str = "",
     home: Path | None = None,
 ) -> ThreadingHTTPServer:
-    """Start the console server on 127.0.0.1:port (0 picks a free one) in a daemon thread. `/files/` wants one of
-    `keys` when there are any; login links hand out `login_key`, redeeming tokens kept under `home`."""
+    """Start the console server on 127.0.0.1:port (0 picks a free one) in a daemon thread; HTTPS for the gateway
+    only with `tls`. `/files/` wants one of `keys` when there are any; login links hand out `login_key`, redeeming
+    tokens kept under `home`."""
     attributes = {
         "web_root": web_root,
         "files_root": files_root,
@@ -199,7 +239,12 @@ def serve(
         "home": home,
     }
     handler = type("BoundConsoleHandler", (ConsoleHandler,), attributes)
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server: ThreadingHTTPServer
+    if tls is not None:
+        server = _TlsConsoleServer(("127.0.0.1", port), handler)
+        server.context = gateway_only_context(tls.check())
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="console", daemon=True).start()
     return server
@@ -212,6 +257,7 @@ def serve_settings(settings: GatewaySettings) -> ThreadingHTTPServer:
         settings.web_root,
         settings.outputs_dir,
         settings.api_keys,
+        TlsFiles(settings.tls_dir, "gateway") if settings.tls_dir else None,
         auth_off=settings.auth == "off",
         login_key=settings.generated_admin_key,
         home=settings.home,
