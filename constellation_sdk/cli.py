@@ -209,7 +209,7 @@ def rpc(function):
 
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-MINE = click.option("--mine", is_flag=True, help="Only what you own (what your key created or started).")
+MINE = click.option("--mine", is_flag=True, help="Only what you own (what you created or started).")
 
 
 @main.group()
