@@ -18,6 +18,7 @@ from constellation.common.v1 import common_pb2 as common
 from core_svc import convert, db
 from core_svc.domain import RUN_STATES, TERMINAL, Run
 from core_svc.listing import Page, parse_filter
+from core_svc.ownership import owner_wanted
 from mesh.errors import InvalidArgument
 from mesh.identity import Identity
 from mesh.ids import new_id
@@ -55,6 +56,7 @@ def _run_from_row(row: db.RunRow) -> Run:
         outputs=list(row.outputs), spec=row.spec, launched=row.launched, upstream_sequence=row.upstream_sequence,
         create_time=_aware(row.create_time), start_time=_aware(row.start_time), end_time=_aware(row.end_time),
         started_by=Identity(**row.started_by) if row.started_by else None,
+        owner=row.owner,
     )  # fmt: skip
 
 
@@ -68,12 +70,13 @@ class RunStore:
         self._changed = threading.Condition()
         self.version = 0  # bumped by every append: watchers wait for it to move
 
-    def create(self, pipeline_id: str, spec: dict, first: common.RunEvent, started_by: Identity | None) -> Run:
+    def create(self, pipeline_id: str, spec: dict, first: common.RunEvent, started_by: Identity) -> Run:
+        """A queued run started by `started_by`, who owns it (its `owner` is their subject)."""
         created = now()
         row = db.RunRow(
             id=new_id("run"), pipeline_id=pipeline_id, state="queued", state_message="", spec=spec, outputs=[],
             launched=False, upstream_sequence=0, create_time=created,
-            started_by=dataclasses.asdict(started_by) if started_by else None,
+            started_by=dataclasses.asdict(started_by), owner=started_by.subject,
         )  # fmt: skip
         with self._sessions() as session:
             session.add(row)
@@ -147,7 +150,7 @@ class RunStore:
             active = select(db.RunRow.id).where(db.RunRow.state.not_in(TERMINAL)).order_by(db.RunRow.id)
             return list(session.scalars(active))
 
-    def list(self, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
+    def list(self, caller: Identity, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
         table = db.RunRow
 
         def state(value: str) -> ColumnElement[bool]:
@@ -156,7 +159,12 @@ class RunStore:
             return table.state == value.lower()
 
         page = Page(page_size, page_token, filter_text)
-        clauses = parse_filter(filter_text, {"pipeline_id": lambda v: table.pipeline_id == v, "state": state})
+        fields = {
+            "pipeline_id": lambda v: table.pipeline_id == v,
+            "state": state,
+            "owner": lambda v: table.owner == owner_wanted(v, caller),
+        }
+        clauses = parse_filter(filter_text, fields)
         with self._sessions() as session:
             rows, token = page.fetch(session, select(table).where(*clauses), table.id)
         return [_run_from_row(r) for r in rows], token
