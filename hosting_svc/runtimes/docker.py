@@ -26,7 +26,7 @@ from hosting_svc.runtimes import DEFAULT_LIMITS, LogLine, ModelLimits, Replica, 
 log = logging.getLogger("hosting")
 
 LABEL_OWNER = "constellation.owner"
-SMOKE_PORT = 8001  # inside the smoke test's container, which has a network of its own
+SMOKE_PORT = 8001  # inside the smoke test's container, on its own loopback (it has no network)
 
 
 class DockerRuntime:
