@@ -216,6 +216,7 @@ class RunManager:
             default_max_concurrency=self.settings.default_max_concurrency,
             infer_timeout_s=self.settings.infer_timeout_s,
             roots=self.roots,
+            model_host_allowed=self.settings.model_host_allowed,
         )
         specs.check_world(plan, self.storage)
         job_settings = jobs.JobSettings.of(self.settings, self.roots)
