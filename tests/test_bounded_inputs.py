@@ -284,7 +284,7 @@ def test_health_serves_with_200_watch_streams_open_at_the_default_settings(tmp_p
     settings = config.load("core", env)
     server = build_core(settings)
     server.start()
-    channel = insecure_channel(f"127.0.0.1:{server.port}")
+    channel = key_channel(f"127.0.0.1:{server.port}")
     streams = []
     try:
         core = core_pb2_grpc.CoreServiceStub(channel)
