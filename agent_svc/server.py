@@ -53,6 +53,6 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshS
 
 
 def main() -> None:
-    settings = config.load("agent")
+    settings = config.load_or_exit("agent")
     logs.configure("agent", settings.log_level, settings.log_format)
     build(settings).serve_forever()

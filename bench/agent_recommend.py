@@ -38,7 +38,7 @@ from agent_svc import prompt as prompt_mod
 from agent_svc import ranking
 from agent_svc.domain import Catalog, Constraints, Dataset, Model
 from agent_svc.gazetteer import PLACES
-from tests.conftest import TEST_STORAGE_ROOTS
+from tests.conftest import TEST_AUTH, TEST_STORAGE_ROOTS, key_channel
 
 DATA = ROOT / "tests" / "data"
 SENSORS = {
@@ -216,7 +216,6 @@ def time_grpc(n: int, rounds: int) -> tuple[float, float]:
     from constellation.core.v1 import core_pb2, core_pb2_grpc
     from core_svc.server import build as build_core
     from mesh import config
-    from mesh.services import insecure_channel
 
     tasks = {"classification": 1, "segmentation": 2, "detection": 3, "regression": 4}
     catalog = synthetic_catalog(n)
@@ -230,11 +229,12 @@ def time_grpc(n: int, rounds: int) -> tuple[float, float]:
             "DATABASE_URL": f"sqlite:///{tmp}/core.db",
             "CONSTELLATION_AGENT_CATALOG_TTL_S": "3600",
             "CONSTELLATION_LOG_LEVEL": "WARNING",
+            **TEST_AUTH,
         }
         core = build_core(config.load("core", env))
         core.start()
         env["CONSTELLATION_CORE_ADDR"] = f"127.0.0.1:{core.port}"
-        core_channel = insecure_channel(env["CONSTELLATION_CORE_ADDR"])
+        core_channel = key_channel(env["CONSTELLATION_CORE_ADDR"])
         stub = core_pb2_grpc.CoreServiceStub(core_channel)
         for d in catalog.datasets:
             box = common_pb2.BoundingBox(min_x=d.bbox[0], min_y=d.bbox[1], max_x=d.bbox[2], max_y=d.bbox[3])
@@ -273,7 +273,7 @@ def time_grpc(n: int, rounds: int) -> tuple[float, float]:
             )
         agent = build_agent(config.load("agent", env), env)
         agent.start()
-        agent_channel = insecure_channel(f"127.0.0.1:{agent.port}")
+        agent_channel = key_channel(f"127.0.0.1:{agent.port}")
         client = agent_pb2_grpc.AgentServiceStub(agent_channel)
         entries = prompts()
         started = time.perf_counter()

@@ -33,8 +33,7 @@ from constellation_sdk.client import Client
 from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
-from mesh.services import insecure_channel
-from tests.conftest import TEST_STORAGE_ROOTS
+from tests.conftest import TEST_AUTH, TEST_STORAGE_ROOTS, key_channel
 from tests.pg import free_port
 
 ROUNDS = 3
@@ -55,7 +54,7 @@ def load(
     request,
     seconds: float,
     concurrency: int,
-    connect: Callable[[str], grpc.Channel] = insecure_channel,
+    connect: Callable[[str], grpc.Channel] = key_channel,
 ) -> list[float]:
     """Run `concurrency` closed-loop clients on one channel (from `connect`) for `seconds`; every latency in s."""
     channel = connect(address)
@@ -95,7 +94,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="per RPC and path, split over alternating rounds")
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    os.environ.update(TEST_STORAGE_ROOTS)  # the catalog entries it makes name scenes under the test roots
+    # The catalog entries it makes name scenes under the test roots; core wants the suite's key (both paths send it).
+    os.environ.update({**TEST_STORAGE_ROOTS, **TEST_AUTH})
 
     work = Path(tempfile.mkdtemp(prefix="constellation-bench-"))
     core_port, gateway_port = free_port(), free_port()
@@ -129,7 +129,7 @@ def main() -> None:
         gateway.wait_ready(admin_socket, process=envoy)
         via_gateway = f"127.0.0.1:{gateway_port}"
 
-        with insecure_channel(direct) as channel:
+        with key_channel(direct) as channel:
             stub = core_pb2_grpc.CoreServiceStub(channel)
             ids = [
                 stub.CreateDataset(

@@ -30,7 +30,7 @@ from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
 from constellation_sdk import Client, catalog, mesh_process, watch
 from scripts.make_scenes import make_scene
-from tests.conftest import mesh_env
+from tests.conftest import TEST_API_KEY, mesh_env
 
 BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
 MODELS = ROOT / "examples" / "models"
@@ -69,7 +69,7 @@ def bench_runtime(runtime: str, scene: Path, runs: int, model_name: str) -> list
     state = mesh_process.up(env)
     reports = []
     try:
-        with Client(state["processes"]["gateway"]["address"]) as client:
+        with Client(state["processes"]["gateway"]["address"], api_key=TEST_API_KEY) as client:
             client.wait_ready()
             dataset = catalog.ensure_dataset(
                 client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"])

@@ -1,8 +1,9 @@
 """The `constellation` command: run the mesh locally, and do the main job step by step.
 
 Every command talks to the gateway: $CONSTELLATION_GATEWAY, else the local mesh's (from
-`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY; TLS
-from $CONSTELLATION_TLS_DIR, else the local mesh's certificates when it runs with TLS.
+`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY, else from the local
+mesh's generated $CONSTELLATION_HOME/credentials/admin.key; TLS from $CONSTELLATION_TLS_DIR, else the local mesh's
+certificates when it runs with TLS.
 `--json` prints machine-readable output.
 """
 
@@ -31,7 +32,7 @@ from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import catalog, manifests, mesh_process, outputs, watch
 from constellation_sdk.client import Client
 from constellation_sdk.settings import ClientSettings
-from mesh import certs, config
+from mesh import certs, config, credentials
 from mesh.errors import field_violations
 
 
@@ -63,10 +64,20 @@ def up(timeout_s: float, tls: bool) -> None:
     if state["tls_dir"]:
         ca = Path(state["tls_dir"]) / "ca.crt"
         click.echo(f'gateway: grpcurl -cacert {ca} {gateway} list   |   Client("{gateway}", tls_dir="{ca.parent}")')
-        click.echo(f"console: https://{gateway}/   (trust {ca} in the browser; build it with `make web`)")
+        click.echo(f"console: trust {ca} in the browser")
     else:
         click.echo(f'gateway: grpcurl -plaintext {gateway} list   |   Client(gateway="{gateway}")')
-        click.echo(f"console: http://{gateway}/   (build it with `make web`)")
+    for line in mesh_process.announce_credentials(state):
+        click.echo(line)
+
+
+@main.command("login-link")
+def login_link() -> None:
+    """Print a fresh one-time link that logs a browser into the local mesh's console."""
+    try:
+        click.echo(mesh_process.login_link())
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command("certs")
@@ -169,10 +180,13 @@ def _catalog_models(client: Client, filter_text: str) -> list[core_pb2.Model]:
 
 
 def _client() -> Client:
-    if ClientSettings.from_env().tls_dir_raw:
-        return Client(_gateway())
-    state = mesh_process.read_state(mesh_process.MeshPaths(config.home_dir()))
-    return Client(_gateway(), tls_dir=mesh_process.tls_dir_of(state))
+    try:
+        if ClientSettings.from_env().tls_dir_raw:
+            return Client(_gateway())
+        state = mesh_process.read_state(mesh_process.MeshPaths(config.home_dir()))
+        return Client(_gateway(), tls_dir=mesh_process.tls_dir_of(state))
+    except credentials.CredentialError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _fail(error: grpc.RpcError) -> click.ClickException:

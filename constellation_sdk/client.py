@@ -22,7 +22,8 @@ class Client:
     """`Client("localhost:8080")`: `.core`, `.identity`, `.audit`, `.hosting`, `.orchestrator`, `.agent` are the
     generated stubs.
 
-    The API key comes from `api_key` or CONSTELLATION_API_KEY, and travels as
+    The API key is `api_key`, else CONSTELLATION_API_KEY, else the local mesh's generated admin key
+    ($CONSTELLATION_HOME/credentials/admin.key, made by `constellation up`) when readable; it travels as
     `authorization: Bearer <key>`. With a certificates folder (`tls_dir`, else
     CONSTELLATION_TLS_DIR; `constellation certs` makes one) the channel is TLS
     trusting its `ca.crt`, presenting `client.crt` when the folder has it (a
@@ -32,15 +33,15 @@ class Client:
     def __init__(
         self, gateway: str = "localhost:8080", api_key: str | None = None, tls_dir: Path | str | None = None
     ) -> None:
-        self.gateway = gateway
         settings = ClientSettings.from_env()
+        api_key = api_key if api_key is not None else settings.key()
+        self.gateway = gateway
         folder = Path(tls_dir) if tls_dir is not None else tls_dir_of(settings.tls_dir_raw)
         if folder is None:
             self._channel = grpc.insecure_channel(gateway, options=channel_options())
         else:
             credentials = TlsFiles(folder, "client").channel_credentials()
             self._channel = grpc.secure_channel(gateway, credentials, options=channel_options())
-        api_key = api_key if api_key is not None else settings.api_key
         channel = with_api_key(self._channel, api_key)
         self.core = core_pb2_grpc.CoreServiceStub(channel)
         self.identity = identity_pb2_grpc.IdentityServiceStub(channel)

@@ -40,7 +40,10 @@ def start_mesh() -> dict:
         if state:
             mesh_process.down()
         print(f"starting the mesh on embedded defaults (state in {paths.home})...", flush=True)
-        state = mesh_process.up()
+        try:
+            state = mesh_process.up()
+        except (RuntimeError, ValueError) as error:  # ValueError: settings that do not fit
+            raise SystemExit(str(error)) from None
     return state
 
 
@@ -112,10 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     state = start_mesh()
     gateway, tls_dir = state["processes"]["gateway"]["address"], mesh_process.tls_dir_of(state)
     print(f"gateway  {gateway}")
-    print(
-        f"console  http{'s' if tls_dir else ''}://{gateway}/   (the web console: catalog, agent, pipeline editor, "
-        "live runs)"
-    )
+    for line in mesh_process.announce_credentials(state):
+        print(line)
     with Client(gateway, tls_dir=tls_dir) as client:
         client.wait_ready()
         try:

@@ -2,7 +2,9 @@
 
 State lives in $CONSTELLATION_HOME (default ~/.constellation): run/mesh.json
 names every process (and the certificates folder when the mesh runs TLS),
-logs/ holds their output, certs/ the certificates `up --tls` makes.
+logs/ holds their output, certs/ the certificates `up --tls` makes, credentials/
+the generated admin key (made by `up` when no key is configured and
+authentication is on).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from constellation_sdk.client import Client
 from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
-from mesh import certs, config
+from mesh import certs, config, credentials
 
 SERVICES = ("core", "hosting", "orchestrator", "agent")
 log = logging.getLogger("constellation.mesh")
@@ -129,7 +131,12 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0, tls: bool = F
     paths.state.parent.mkdir(parents=True, exist_ok=True)
     paths.state.parent.chmod(0o700)  # it holds Envoy's admin socket
     tls_dir = _tls_setup(env, paths, tls)
-    state: dict = {"home": str(paths.home), "tls_dir": str(tls_dir) if tls_dir else "", "processes": {}}
+    state: dict = {
+        "home": str(paths.home),
+        "tls_dir": str(tls_dir) if tls_dir else "",
+        "processes": {},
+        "auth": ensure_credentials(env, paths.home),
+    }
     started: list[subprocess.Popen] = []
     try:
         addresses = {}
@@ -187,6 +194,76 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0, tls: bool = F
         raise
     paths.state.write_text(json.dumps(state, indent=2))
     return state
+
+
+def ensure_credentials(env: dict[str, str], home: Path) -> dict:
+    """Make the generated credentials when the mesh needs them (authentication on, no key configured). Returns how
+    the mesh authenticates: mode `generated` (with `admin_key_file` and whether `up` just `created` it),
+    `configured` or `off`."""
+    settings = config.Settings.from_env(env)
+    if settings.auth == "off":
+        return {"mode": "off"}
+    if settings.configured_api_keys:
+        return {"mode": "configured"}
+    try:
+        _, created = credentials.ensure(home)
+    except credentials.CredentialError as error:
+        raise RuntimeError(str(error)) from None
+    return {"mode": "generated", "admin_key_file": str(credentials.admin_key_path(home)), "created": created}
+
+
+def console_url(state: dict) -> str:
+    """The web console of a running mesh: https when it runs with TLS."""
+    return f"{'https' if tls_dir_of(state) else 'http'}://{state['processes']['gateway']['address']}/"
+
+
+def login_link(env: dict[str, str] | None = None) -> str:
+    """A fresh one-time link that logs a browser into the local mesh's console (`?login=<token>`)."""
+    env = dict(os.environ if env is None else env)
+    paths = MeshPaths(config.home_dir(env))
+    state = read_state(paths)
+    if not state:
+        raise RuntimeError(f"no mesh runs from {paths.home}; start one with `constellation up`")
+    console = console_url(state)
+    try:
+        settings = GatewaySettings.load(env)
+    except config.ConfigError as error:
+        raise RuntimeError(str(error)) from None
+    if settings.auth == "off":
+        raise RuntimeError(f"authentication is off (CONSTELLATION_AUTH=off): the console needs no login, {console}")
+    if not settings.generated_admin_key:
+        raise RuntimeError(f"this mesh uses the keys in CONSTELLATION_API_KEYS: open {console} and type one")
+    return f"{console}?login={credentials.issue_login_token(paths.home, settings.login_ttl_s)}"
+
+
+def announce_credentials(state: dict, env: dict[str, str] | None = None) -> list[str]:
+    """What `up` and the demo tell the user about credentials: the admin key once (only when `up` made it), where
+    it is kept, and a one-time console login link."""
+    auth = state.get("auth", {})
+    console = console_url(state)
+    if auth.get("mode") == "off":
+        return [
+            "WARNING: authentication is off (CONSTELLATION_AUTH=off): anyone who can reach the ports may call "
+            "every method",
+            f"console: {console}",
+        ]
+    if auth.get("mode") == "configured":
+        return [f"console: {console}   (type one of the keys in CONSTELLATION_API_KEYS)"]
+    if auth.get("mode") != "generated":  # a mesh started before credentials were generated
+        return [f"console: {console}"]
+    key_file = Path(auth["admin_key_file"])
+    if auth.get("created"):
+        lines = [
+            f"admin API key (shown this once; kept in {key_file}, mode 0600): {credentials.read_key(key_file)}",
+        ]
+    else:
+        lines = [f"admin API key: in {key_file} (the CLI and SDK read it from there)"]
+    ttl_h = GatewaySettings.from_env(env).login_ttl_s / 3600
+    lines.append(
+        f"console: {login_link(env)}   (logs one browser in, once, within {ttl_h:g} h; "
+        "`constellation login-link` makes another)"
+    )
+    return lines
 
 
 def _stop_pid(pid: int, grace_s: float) -> bool:
@@ -250,7 +327,10 @@ def _stop_model_endpoints(
     stopping hosting alone would leave them running."""
     if not _alive(pid):
         return ["hosting was not running: any model endpoint it started still runs (`constellation up` adopts them)"]
-    settings = config.load("hosting", dict(os.environ if env is None else env))
+    try:
+        settings = config.load("hosting", dict(os.environ if env is None else env))
+    except config.ConfigError as error:
+        return [f"model endpoints not stopped: {error}"]
     try:
         with Client(address, api_key=settings.service_key, tls_dir=tls_dir) as client:
             reply = client.hosting.StopDeployments(hosting_pb2.StopDeploymentsRequest(), timeout=timeout_s)

@@ -60,6 +60,6 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> Me
 
 
 def main() -> None:
-    settings = config.load("core")
+    settings = config.load_or_exit("core")
     logs.configure("core", settings.log_level, settings.log_format)
     build(settings).serve_forever()

@@ -1,36 +1,44 @@
-"""The web console's static side: the built page (web/dist) at `/` and run outputs read-only at `/files/`.
+"""The web console's static side: the built page (web/dist) at `/`, run outputs read-only at `/files/`, and the
+one-time login link's exchange at `POST /login`.
 
 Envoy cannot serve files, so the gateway supervisor (gateway/supervisor.py) runs
 this small HTTP server beside Envoy and Envoy routes every non-gRPC path to
 it: one address serves the page and the API. `/files/<path>` serves only
 regular files under the outputs folder (the local export destination); any
-path that resolves outside it (`..`, symlinks) is a 404. When the mesh has
-API keys (CONSTELLATION_API_KEYS / CONSTELLATION_API_KEY), `/files/` wants one
-too, in the `constellation_api_key` cookie the page sets (an <img> cannot send
-headers). `/console.json` tells the page which `file://` prefix maps to
-`/files/` and whether it needs a key. With the mesh's certificates
-(CONSTELLATION_TLS_DIR) it serves HTTPS with the gateway's certificate and
-takes only connections presenting that same certificate: Envoy's, the one hop
-that reaches it.
+path that resolves outside it (`..`, symlinks) is a 404. Unless authentication
+is off, `/files/` wants one of the mesh's keys (the configured ones, else the
+generated admin key) in the `constellation_api_key` cookie the page sets (an
+<img> cannot send headers). `/console.json` tells the page which `file://`
+prefix maps to `/files/`, whether it needs a key and whether authentication is
+off. `POST /login` takes `{"token": ...}` from a login link
+(`http://…/?login=<token>`, made by `constellation up` / `login-link`) and,
+once per token and before it expires, answers `{"api_key": ...}`: the
+generated admin key, which the page then keeps as if it had been typed. With
+the mesh's certificates (CONSTELLATION_TLS_DIR) it serves HTTPS with the
+gateway's certificate and takes only connections presenting that same
+certificate: Envoy's, the one hop that reaches it.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import mimetypes
 import socket
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Mapping
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from gateway.settings import WEB_DIST, GatewaySettings
+from mesh import credentials
 from mesh.tls import SPIFFE_PREFIX, TlsFiles
+
+log = logging.getLogger("gateway.console")
 
 NOT_BUILT = b"""<!doctype html><meta charset="utf-8"><title>Constellation</title>
 <body style="font-family:sans-serif;margin:3em">
@@ -40,6 +48,11 @@ Run <code>make web</code> and reload this page.</p></body>
 
 
 KEY_COOKIE = "constellation_api_key"
+MAX_LOGIN_BODY_BYTES = 1024
+LOGIN_REFUSED = (
+    "this login link is not valid: it was used already, has expired or was never made here; "
+    "run `constellation login-link` for a new one"
+)
 
 
 def _inside(root: Path, relative: str) -> Path | None:
@@ -59,6 +72,10 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     web_root: Path = WEB_DIST
     files_root: Path = Path("/nonexistent")
     keys: frozenset[str] = frozenset()
+    auth_off = False
+    # The generated admin key a login link hands out, and the home its tokens are kept in ("" / None: no links).
+    login_key = ""
+    home: Path | None = None
 
     def log_message(self, format: str, *args: object) -> None:  # the base class's name
         pass  # Envoy logs access; keep the supervisor's log for errors.
@@ -69,11 +86,48 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
+    def do_POST(self) -> None:
+        if urllib.parse.urlparse(self.path).path != "/login":
+            return self._send(HTTPStatus.NOT_IMPLEMENTED, b"only POST /login\n", "text/plain", head=False)
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the token as a JSON body with its length"})
+        if not 0 < length <= MAX_LOGIN_BODY_BYTES:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": f"the body must be 1 to {MAX_LOGIN_BODY_BYTES} bytes"})
+        try:
+            body = json.loads(self.rfile.read(length))
+            token = body["token"] if isinstance(body, dict) and isinstance(body.get("token"), str) else None
+        except (ValueError, UnicodeDecodeError):
+            token = None
+        if token is None:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": 'the body must be {"token": "<login token>"}'})
+        if not self.login_key or self.home is None:
+            return self._json(
+                HTTPStatus.NOT_FOUND,
+                {"error": "login links are off: this mesh uses configured API keys; type one in the console"},
+            )
+        try:
+            redeemed = credentials.redeem_login_token(self.home, token)
+        except (OSError, credentials.CredentialError, ValueError):
+            log.exception("login tokens unreadable")
+            redeemed = False
+        if not redeemed:
+            return self._json(HTTPStatus.UNAUTHORIZED, {"error": LOGIN_REFUSED})
+        return self._json(HTTPStatus.OK, {"api_key": self.login_key})
+
+    def _json(self, status: HTTPStatus, body: dict) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json", head=False, cache="no-store")
+
     def _serve(self, head: bool) -> None:
         path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
         if path == "/console.json":
-            body = json.dumps({"outputs_uri": self.files_root.resolve().as_uri(), "auth": bool(self.keys)}).encode()
-            return self._send(HTTPStatus.OK, body, "application/json", head, cache="no-store")
+            config = {
+                "outputs_uri": self.files_root.resolve().as_uri(),
+                "auth": bool(self.keys),
+                "auth_off": self.auth_off,
+            }
+            return self._send(HTTPStatus.OK, json.dumps(config).encode(), "application/json", head, cache="no-store")
         if path.startswith("/files/"):
             if not self._key_ok():
                 return self._send(
@@ -164,11 +218,26 @@ class _TlsConsoleServer(ThreadingHTTPServer):
 
 
 def serve(
-    port: int, web_root: Path, files_root: Path, keys: set[str] | None = None, tls: TlsFiles | None = None
+    port: int,
+    web_root: Path,
+    files_root: Path,
+    keys: set[str] | None = None,
+    tls: TlsFiles | None = None,
+    auth_off: bool = False,
+    login_key: str = "",
+    home: Path | None = None,
 ) -> ThreadingHTTPServer:
     """Start the console server on 127.0.0.1:port (0 picks a free one) in a daemon thread; HTTPS for the gateway
-    only with `tls`."""
-    attributes = {"web_root": web_root, "files_root": files_root, "keys": frozenset(keys or ())}
+    only with `tls`. `/files/` wants one of `keys` when there are any; login links hand out `login_key`, redeeming
+    tokens kept under `home`."""
+    attributes = {
+        "web_root": web_root,
+        "files_root": files_root,
+        "keys": frozenset(keys or ()),
+        "auth_off": auth_off,
+        "login_key": login_key,
+        "home": home,
+    }
     handler = type("BoundConsoleHandler", (ConsoleHandler,), attributes)
     server: ThreadingHTTPServer
     if tls is not None:
@@ -181,7 +250,15 @@ def serve(
     return server
 
 
-def serve_from_env(env: Mapping[str, str] | None = None) -> ThreadingHTTPServer:
-    settings = GatewaySettings.from_env(env)
-    tls = TlsFiles(settings.tls_dir, "gateway") if settings.tls_dir else None
-    return serve(settings.console_port, settings.web_root, settings.outputs_dir, settings.api_keys, tls)
+def serve_settings(settings: GatewaySettings) -> ThreadingHTTPServer:
+    """The console server `settings` describe (from GatewaySettings.load(), which reads the generated key)."""
+    return serve(
+        settings.console_port,
+        settings.web_root,
+        settings.outputs_dir,
+        settings.api_keys,
+        TlsFiles(settings.tls_dir, "gateway") if settings.tls_dir else None,
+        auth_off=settings.auth == "off",
+        login_key=settings.generated_admin_key,
+        home=settings.home,
+    )

@@ -4,13 +4,19 @@ serves."""
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from mesh.config import (
     DEFAULT_GATEWAY_PORT,
     EnvSettings,
+    auth_field,
     comma_list,
     env_field,
+    generated_admin_key,
     home_path,
     parse_api_keys,
     secret_field,
@@ -106,6 +112,27 @@ class GatewaySettings(EnvSettings):
     home_raw: str = env_field("CONSTELLATION_HOME", "", "local state; /files/ serves its outputs/ by default")
     api_keys_raw: str = secret_field("CONSTELLATION_API_KEYS", "the mesh's API keys")
     api_key_raw: str = secret_field("CONSTELLATION_API_KEY", "one more admin key")
+    auth: Literal["on", "off"] = auth_field()
+    login_ttl_s: float = env_field(
+        "CONSTELLATION_CONSOLE_LOGIN_TTL_S",
+        3600.0,
+        "how long a console login link (`constellation up`, `constellation login-link`) stays valid, seconds; "
+        "each link works once",
+        gt=0,
+    )
+    generated_admin_key: str = Field(
+        default="",
+        repr=False,
+        description="the key in $CONSTELLATION_HOME/credentials/admin.key (set by load(), not read)",
+    )
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
+        """from_env(env) with the generated admin key when no key is configured; raises ConfigError when
+        authentication is on and there is no key at all."""
+        settings = cls.from_env(env)
+        generated = generated_admin_key(settings.auth, settings.configured_api_keys, settings.home)
+        return settings.model_copy(update={"generated_admin_key": generated}) if generated else settings
 
     @property
     def web_root(self) -> Path:
@@ -116,7 +143,7 @@ class GatewaySettings(EnvSettings):
         """Where runs write local results: the agent's file:// export destination, else $CONSTELLATION_HOME/outputs."""
         if self.export_uri.startswith("file:///"):
             return Path(urllib.parse.unquote(urllib.parse.urlparse(self.export_uri).path))
-        return (home_path(self.home_raw) / "outputs").resolve()
+        return (self.home / "outputs").resolve()
 
     @property
     def tls_dir(self) -> Path | None:
@@ -131,6 +158,17 @@ class GatewaySettings(EnvSettings):
         return [origin.rstrip("/") for origin in comma_list(self.cors_origins_raw)]
 
     @property
+    def home(self) -> Path:
+        return home_path(self.home_raw)
+
+    @property
+    def configured_api_keys(self) -> dict[str, str]:
+        return parse_api_keys(self.api_keys_raw, self.api_key_raw)
+
+    @property
     def api_keys(self) -> set[str]:
-        """The mesh's API keys, whatever their role: reading run outputs is a Get."""
-        return set(parse_api_keys(self.api_keys_raw, self.api_key_raw))
+        """The keys the console's /files/ accepts, whatever their role (reading run outputs is a Get): the
+        configured ones, else the generated admin key; empty when authentication is off."""
+        if self.auth == "off":
+            return set()
+        return set(self.configured_api_keys) or ({self.generated_admin_key} if self.generated_admin_key else set())

@@ -12,6 +12,7 @@ cluster's identity, so Envoy's health checks run over mTLS too."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,10 @@ import yaml
 
 from gateway import admin, console
 from gateway.settings import GatewaySettings
+from mesh.config import ConfigError
 from mesh.tls import SPIFFE_PREFIX, TlsFiles
+
+log = logging.getLogger("gateway")
 
 ENVOY_CONFIG = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
 CONSOLE_CLUSTER = "console"
@@ -227,7 +231,17 @@ def supervise(config_path: Path) -> int:
     supervisor stays as its parent for as long as it runs. It also runs the
     web console's static server, which Envoy routes non-gRPC paths to.
     """
-    console_server = console.serve_from_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = GatewaySettings.load()
+    except ConfigError as error:
+        raise SystemExit(f"gateway cannot start: {error}") from None
+    console_server = console.serve_settings(settings)
+    if settings.auth == "off":
+        log.warning(
+            "authentication is off (CONSTELLATION_AUTH=off): anyone who can reach the gateway may call every method "
+            "and read run outputs; unset it to require the mesh's API keys"
+        )
     config_path.write_text(point_console_cluster(config_path.read_text(), console_server.server_address[1]))
     envoy = subprocess.Popen(envoy_args(config_path), stdin=subprocess.DEVNULL)
 

@@ -49,7 +49,7 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tu
 
 
 def main() -> None:
-    settings = config.load("hosting")
+    settings = config.load_or_exit("hosting")
     logs.configure("hosting", settings.log_level, settings.log_format)
     server, hosting = build(settings)
     try:

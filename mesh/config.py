@@ -20,11 +20,12 @@ import hmac
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mesh import credentials
 from mesh.identity import canonical_role
 from mesh.tls import TlsError, TlsFiles
 
@@ -139,6 +140,34 @@ def parse_api_keys(raw: str, extra_admin_key: str = "") -> dict[str, str]:
     return keys
 
 
+def auth_field() -> Any:
+    return env_field(
+        "CONSTELLATION_AUTH",
+        "on",
+        "on: every call but health and reflection needs an API key: those in CONSTELLATION_API_KEYS, else the "
+        "generated $CONSTELLATION_HOME/credentials/admin.key; off: anyone who reaches a port may call anything "
+        "(a WARNING at every start)",
+    )
+
+
+def generated_admin_key(auth: str, configured_keys: dict[str, str], home: Path) -> str:
+    """The generated admin key a part of the mesh accepts: "" when authentication is off or keys are configured;
+    raises ConfigError when it needs one and there is none, or the file is not private."""
+    if auth == "off" or configured_keys:
+        return ""
+    try:
+        key = credentials.read_admin_key(home)
+    except credentials.CredentialError as error:
+        raise ConfigError(str(error)) from None
+    if key is None:
+        raise ConfigError(
+            f"no API key: {credentials.admin_key_path(home)} does not exist and CONSTELLATION_API_KEYS is empty. "
+            "Start the mesh with `constellation up` (it makes the key), or set CONSTELLATION_API_KEYS, or set "
+            "CONSTELLATION_AUTH=off to run without authentication"
+        )
+    return key
+
+
 def _port(service: str, kind: str, default: int) -> Any:
     return env_field(
         f"CONSTELLATION_{service.upper()}_{kind}",
@@ -162,10 +191,16 @@ class Settings(EnvSettings):
     )
     api_keys_raw: str = secret_field(
         "CONSTELLATION_API_KEYS",
-        "`key` or `key:role` (viewer, editor or admin; reader means viewer), comma separated; empty: "
-        "authentication is off",
+        "`key` or `key:role` (viewer, editor or admin; reader means viewer), comma separated; empty: the "
+        "generated admin key (see CONSTELLATION_AUTH)",
     )
     api_key_raw: str = secret_field("CONSTELLATION_API_KEY", "one more admin key")
+    auth: Literal["on", "off"] = auth_field()
+    generated_admin_key: str = Field(
+        default="",
+        repr=False,
+        description="the key in $CONSTELLATION_HOME/credentials/admin.key (set by load(), not read)",
+    )
     tls_dir_raw: str = env_field(
         "CONSTELLATION_TLS_DIR",
         "",
@@ -248,10 +283,17 @@ class Settings(EnvSettings):
         return self.database_url_raw or f"sqlite:///{self.home / 'core.db'}"
 
     @property
-    def api_keys(self) -> dict[str, str]:
-        """API keys that may call the service, each with its role (viewer, editor or admin).
-        Empty: authentication is off."""
+    def configured_api_keys(self) -> dict[str, str]:
+        """The operator's keys (CONSTELLATION_API_KEYS, CONSTELLATION_API_KEY), each with its role."""
         return parse_api_keys(self.api_keys_raw, self.api_key_raw)
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        """API keys that may call the service, each with its role (viewer, editor or admin): the configured ones,
+        else the generated admin key. Empty: authentication is off."""
+        if self.auth == "off":
+            return {}
+        return self.configured_api_keys or ({self.generated_admin_key: "admin"} if self.generated_admin_key else {})
 
     @property
     def tls_dir(self) -> Path | None:
@@ -261,13 +303,17 @@ class Settings(EnvSettings):
     @property
     def service_key(self) -> str:
         """The key services present to each other (read at start-up): CONSTELLATION_SERVICE_KEY, else the home's
-        credentials/service.key, else one derived from the first admin key, so that a mesh configured only
-        with CONSTELLATION_API_KEYS still agrees on it; "" when there is none (authentication off)."""
+        credentials/service.key (made by `constellation up`; refused unless private), else one derived from the
+        first admin key, so that a mesh configured only with CONSTELLATION_API_KEYS still agrees on it; "" when
+        there is none (authentication off)."""
         if self.service_key_raw:
             return self.service_key_raw
-        stored = self.home / "credentials" / "service.key"
-        if stored.is_file():
-            return stored.read_text().strip()
+        try:
+            stored = credentials.read_key(credentials.service_key_path(self.home))
+        except credentials.CredentialError as error:
+            raise ConfigError(str(error)) from None
+        if stored:
+            return stored
         admin = next((key for key, role in self.api_keys.items() if role == "admin"), "")
         return hmac.new(admin.encode(), b"constellation service key", hashlib.sha256).hexdigest() if admin else ""
 
@@ -314,10 +360,23 @@ def load(service: str, env: Mapping[str, str] | None = None) -> Settings:
     if service not in DEFAULT_PORTS:
         raise ConfigError(f"unknown service {service!r}")
     settings = Settings.from_env(env, service=service)
-    settings.api_keys  # noqa: B018 -- a bad role fails at start-up, not at the first call
     if settings.tls_dir is not None:
         try:
             TlsFiles(settings.tls_dir, service).check()
         except TlsError as error:
             raise ConfigError(f"CONSTELLATION_TLS_DIR: {error}") from None
+    # A bad role, no key with authentication on, or a credential file others could read fails at start-up, not at
+    # the first call.
+    generated = generated_admin_key(settings.auth, settings.configured_api_keys, settings.home)
+    settings = settings.model_copy(update={"generated_admin_key": generated}) if generated else settings
+    settings.service_key  # noqa: B018
     return settings
+
+
+def load_or_exit(service: str) -> Settings:
+    """load(service) from the process environment for a service's main: a setting that does not fit (or a missing
+    key) ends the process with the message, not a traceback."""
+    try:
+        return load(service)
+    except ConfigError as error:
+        raise SystemExit(f"{service} cannot start: {error}") from None

@@ -30,13 +30,18 @@ from prometheus_client import start_http_server
 
 from mesh.audit import AuditLog, AuditSink, CoreAuditSink
 from mesh.auth import Authenticator, KeyLookup, RemoteKeys
-from mesh.config import Settings
+from mesh.config import ConfigError, Settings
 from mesh.errors import DomainError
 from mesh.interceptors import MeshInterceptor
 from mesh.peers import PeerInterceptor
 from mesh.tls import TlsFiles
 
 log = logging.getLogger("mesh.server")
+
+AUTH_OFF_WARNING = (
+    "authentication is off (CONSTELLATION_AUTH=off): anyone who can reach this port may call every method; "
+    "unset it to require the mesh's API keys"
+)
 
 HealthCheck = Callable[[], None]
 """Raises (any exception) when a dependency is unreachable."""
@@ -71,6 +76,11 @@ class MeshServer:
         user_keys: KeyLookup | None = None,
         audit_sink: AuditSink | None = None,
     ) -> None:
+        if settings.auth == "on" and not settings.api_keys:
+            # Empty keys would let every caller in: only CONSTELLATION_AUTH=off may mean that.
+            raise ConfigError(
+                "authentication is on but the settings hold no API key: read them with mesh.config.load()"
+            )
         self.settings = settings
         self.on_stop = list(on_stop)
         self.tls = TlsFiles(settings.tls_dir, settings.service) if settings.tls_dir else None
@@ -141,6 +151,8 @@ class MeshServer:
         if self.settings.metrics_port:
             self._metrics_server, _ = start_http_server(self.settings.metrics_port, addr=self.settings.host)
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
+        if self.settings.auth == "off":
+            log.warning(AUTH_OFF_WARNING)
         log.info(
             "serving",
             extra={

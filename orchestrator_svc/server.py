@@ -61,6 +61,6 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> Orche
 
 
 def main() -> None:
-    settings = config.load("orchestrator")
+    settings = config.load_or_exit("orchestrator")
     logs.configure("orchestrator", settings.log_level, settings.log_format)
     build(settings).serve_forever()

@@ -20,8 +20,7 @@ from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from core_svc.server import build as build_core
 from mesh import config
-from mesh.services import insecure_channel
-from tests.conftest import service_env
+from tests.conftest import key_channel, service_env
 
 DATA = Path(__file__).parent / "data"
 TASKS = {
@@ -99,7 +98,7 @@ def catalog_core(tmp_path_factory) -> Iterator[Core]:
     tmp = tmp_path_factory.mktemp("agent-core")
     server = build_core(config.load("core", service_env(tmp, DATABASE_URL=f"sqlite:///{tmp / 'core.db'}")))
     server.start()
-    channel = insecure_channel(f"127.0.0.1:{server.port}")
+    channel = key_channel(f"127.0.0.1:{server.port}")
     stub = core_pb2_grpc.CoreServiceStub(channel)
     yield Core(server, stub, load_catalog(stub))
     channel.close()
@@ -133,7 +132,7 @@ class RunningAgent:
 def start_agent(env: dict[str, str]) -> RunningAgent:
     server = build_agent(config.load("agent", env), env)
     server.start()
-    channel = insecure_channel(f"127.0.0.1:{server.port}")
+    channel = key_channel(f"127.0.0.1:{server.port}")
     return RunningAgent(server, agent_pb2_grpc.AgentServiceStub(channel), channel)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from constellation.core.v1 import core_pb2_grpc
 from core_svc.server import build as build_core
 from mesh import config
-from mesh.services import insecure_channel
+from mesh.services import insecure_channel, with_api_key
 from tests.pg import PostgresCluster, create_database, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +28,23 @@ TEST_STORAGE_ROOTS = {
 }
 
 
+# The suite's meshes are secured with this admin key (never authentication off, unless a test is about that):
+# services started from service_env() or mesh_env() accept it, and in this process the SDK's Client presents it,
+# as it reads CONSTELLATION_API_KEY. Tests about the generated credential (tests/test_secure_default.py) drop it.
+TEST_API_KEY = f"suite-admin-{secrets.token_urlsafe(16)}"
+TEST_AUTH = {"CONSTELLATION_API_KEY": TEST_API_KEY}
+
+
+def key_channel(address: str) -> grpc.Channel:
+    """A channel to one service of the suite's, presenting TEST_API_KEY."""
+    return with_api_key(insecure_channel(address), TEST_API_KEY)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def storage_roots() -> Iterator[None]:
-    """Every service a test starts, in this process or as a child, reads its roots from this environment."""
-    saved = {key: os.environ.get(key) for key in TEST_STORAGE_ROOTS}
-    os.environ.update(TEST_STORAGE_ROOTS)
+def suite_environment() -> Iterator[None]:
+    """Every service a test starts, in this process or as a child, reads its roots and key from this environment."""
+    saved = {key: os.environ.get(key) for key in {**TEST_STORAGE_ROOTS, **TEST_AUTH}}
+    os.environ.update({**TEST_STORAGE_ROOTS, **TEST_AUTH})
     yield
     for key, value in saved.items():
         if value is None:
@@ -72,6 +85,7 @@ def service_env(tmp_path, **extra: str) -> dict[str, str]:
         # Core's peers: closed ports unless a test starts them (never a mesh that happens to run here).
         "CONSTELLATION_HOSTING_ADDR": f"127.0.0.1:{free_port()}",
         "CONSTELLATION_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}",
+        **TEST_AUTH,
     }
     env.update(extra)
     return env
@@ -89,13 +103,14 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 def mesh_env(home, docker: bool = False) -> dict[str, str]:
-    """Environment for `constellation up` in `home` on free ports (SQLite, local files, offline planner);
-    hosting uses Docker only when `docker` (else local processes)."""
+    """Environment for `constellation up` in `home` on free ports (SQLite, local files, offline planner, the
+    suite's TEST_API_KEY); hosting uses Docker only when `docker` (else local processes)."""
     from constellation_sdk import mesh_process
 
     env = {
         **os.environ,
         **TEST_STORAGE_ROOTS,
+        **TEST_AUTH,
         "CONSTELLATION_HOME": str(home),
         "CONSTELLATION_HEALTH_INTERVAL_S": "0.5",
         "CONSTELLATION_LOG_FORMAT": "json",
@@ -120,9 +135,9 @@ def core_server(database_url: str, tmp_path):
 
 @pytest.fixture
 def core(core_server) -> Iterator[core_pb2_grpc.CoreServiceStub]:
-    channel = insecure_channel(f"127.0.0.1:{core_server.port}")
-    yield core_pb2_grpc.CoreServiceStub(channel)
-    channel.close()
+    core_channel = key_channel(f"127.0.0.1:{core_server.port}")
+    yield core_pb2_grpc.CoreServiceStub(core_channel)
+    core_channel.close()
 
 
 def rpc_error(call, *args, **kwargs) -> grpc.RpcError:

@@ -14,7 +14,7 @@ import pytest
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from hosting_svc.server import build
 from mesh import config
-from mesh.services import insecure_channel
+from tests.conftest import TEST_AUTH, key_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 NDWI = ROOT / "examples" / "models" / "ndwi-water"
@@ -42,6 +42,7 @@ class HostingUnderTest:
             "CONSTELLATION_HOSTING_METRICS_PORT": "0",
             "CONSTELLATION_HOSTING_READY_TIMEOUT_S": "10",
             "CONSTELLATION_HOSTING_MODEL_ROOTS": MODEL_ROOTS,
+            **TEST_AUTH,
             **env,
         }
         self.server, self.hosting = build(config.load("hosting", self.env), self.env)
@@ -49,7 +50,7 @@ class HostingUnderTest:
             **{**self.hosting.settings.__dict__, "monitor_interval_s": 0.3}
         )
         port = self.server.start()
-        self.channel = insecure_channel(f"127.0.0.1:{port}")
+        self.channel = key_channel(f"127.0.0.1:{port}")
         self.stub = hosting_pb2_grpc.HostingServiceStub(self.channel)
 
     def close(self) -> None:

@@ -23,9 +23,9 @@ from constellation.orchestrator.v1 import orchestrator_pb2_grpc as pb_grpc
 from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mesh import config
-from mesh.services import insecure_channel
+from mesh.services import insecure_channel, with_api_key
 from orchestrator_svc.server import build
-from tests.conftest import TEST_STORAGE_ROOTS
+from tests.conftest import TEST_AUTH, TEST_STORAGE_ROOTS
 from tests.orchestrator_scenes import BANDS, write_scene
 from tests.pg import create_database, free_port
 
@@ -216,7 +216,7 @@ def slow_endpoint(tmp_path) -> Iterator[ModelEndpoint]:
 
 
 def orchestrator_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, **TEST_STORAGE_ROOTS}
+    env = {**os.environ, **TEST_STORAGE_ROOTS, **TEST_AUTH}
     env.update(
         {
             "CONSTELLATION_HOME": str(home),
@@ -245,9 +245,11 @@ class Orchestrator:
         self.start()
 
     def start(self) -> None:
-        self.server = build(config.load("orchestrator", self.env), self.env)
+        settings = config.load("orchestrator", self.env)
+        self.server = build(settings, self.env)
         port = self.server.start()
-        self.channel = insecure_channel(f"127.0.0.1:{port}")
+        # The tests stand in for core, the orchestrator's caller: they present the mesh's service key.
+        self.channel = with_api_key(insecure_channel(f"127.0.0.1:{port}"), settings.service_key)
         self.stub = pb_grpc.OrchestratorServiceStub(self.channel)
 
     def stop(self) -> None:

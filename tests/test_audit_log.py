@@ -32,7 +32,7 @@ from mesh import config
 from mesh.db import create_db_engine
 from mesh.errors import field_violations
 from mesh.identity import Identity
-from mesh.services import SERVED_BY, SERVICES, channel_options, insecure_channel
+from mesh.services import SERVED_BY, SERVICES, channel_options, insecure_channel, with_api_key
 from tests.conftest import mesh_env, rpc_error, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,10 +179,11 @@ def test_the_audit_log_records_exactly_the_methods_that_change_something():
 
 @pytest.fixture
 def audit_core(tmp_path, database_url) -> Iterator[audit_pb2_grpc.AuditServiceStub]:
-    """Core with authentication off: every caller is an admin."""
-    server = build_core(config.load("core", service_env(tmp_path, DATABASE_URL=database_url)))
+    """Core, called with the mesh's service key as hosting and the orchestrator send their records."""
+    settings = config.load("core", service_env(tmp_path, DATABASE_URL=database_url))
+    server = build_core(settings)
     server.start()
-    with insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    with with_api_key(insecure_channel(f"127.0.0.1:{server.port}"), settings.service_key) as channel:
         yield audit_pb2_grpc.AuditServiceStub(channel)
     server.stop(0)
 

@@ -24,7 +24,7 @@ from core_svc.servicer import CoreServicer
 from mesh import config
 from mesh.server import MeshServer
 from mesh.services import insecure_channel, registration
-from tests.conftest import rpc_error, service_env
+from tests.conftest import key_channel, rpc_error, service_env
 from tests.pg import PostgresCluster, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_bugs_become_internal_with_a_request_id_and_no_traceback(tmp_path, caplo
     server = MeshServer(settings, [registration("core", BrokenServicer(None, None))])
     server.start()
     try:
-        with insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with key_channel(f"127.0.0.1:{server.port}") as channel:
             error = rpc_error(
                 core_pb2_grpc.CoreServiceStub(channel).GetDataset,
                 core_pb2.GetDatasetRequest(id="x"),
@@ -124,7 +124,7 @@ def test_metrics_count_rpcs_by_code_and_time_them(tmp_path):
     server.start()
     try:
         before = scrape(port)
-        with insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with key_channel(f"127.0.0.1:{server.port}") as channel:
             core = core_pb2_grpc.CoreServiceStub(channel)
             for _ in range(3):
                 core.ListDatasets(core_pb2.ListDatasetsRequest())
@@ -157,7 +157,7 @@ def test_health_follows_the_database_down_and_back(tmp_path):
         env = service_env(tmp_path, DATABASE_URL=cluster.admin_url)
         server = build_core(config.load("core", env))
         server.start()
-        channel = insecure_channel(f"127.0.0.1:{server.port}")
+        channel = key_channel(f"127.0.0.1:{server.port}")
         core = core_pb2_grpc.CoreServiceStub(channel)
         try:
             wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
@@ -186,7 +186,7 @@ def test_sigterm_lets_in_flight_rpcs_finish_then_exits_cleanly(tmp_path):
     )
     try:
         port = int(process.stdout.readline())
-        channel = insecure_channel(f"127.0.0.1:{port}")
+        channel = key_channel(f"127.0.0.1:{port}")
         core = core_pb2_grpc.CoreServiceStub(channel)
         result: dict = {}
         slow = threading.Thread(

@@ -29,10 +29,9 @@ from mesh.errors import (
     field_violations,
     to_status,
 )
-from mesh.services import insecure_channel
 from tests.agent_fixtures import agent_env, catalog_core, start_agent  # noqa: F401 - fixtures, pytest passes them by name
 from tests.catalog_data import add_dataset, ndwi_model, register, water_spec
-from tests.conftest import MEASURED_FIGURES, rpc_error, service_env
+from tests.conftest import MEASURED_FIGURES, TEST_AUTH, key_channel, rpc_error, service_env
 
 GRPC_DEFAULT_MAX_METADATA_BYTES = 8192  # grpc.max_metadata_size: what a client accepts unless it sets more
 
@@ -187,7 +186,7 @@ def test_unknown_enum_numbers_are_refused_at_the_door(core):
 
 def test_garbage_body_is_invalid_argument_with_one_warning_line(core_server, caplog):
     caplog.set_level(logging.INFO)
-    with insecure_channel(f"127.0.0.1:{core_server.port}") as channel:
+    with key_channel(f"127.0.0.1:{core_server.port}") as channel:
         call = channel.unary_unary("/constellation.core.v1.CoreService/GetDataset")  # raw bytes both ways
         error = rpc_error(call, b"\x0a\xff\xff\xff\x0f", timeout=10)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -234,7 +233,7 @@ def test_open_streams_are_capped_and_health_still_answers(tmp_path, silent_peer)
     )
     server = build_core(config.load("core", env))
     server.start()
-    channel = insecure_channel(f"127.0.0.1:{server.port}")
+    channel = key_channel(f"127.0.0.1:{server.port}")
     streams = []
     try:
         core = core_pb2_grpc.CoreServiceStub(channel)
@@ -285,7 +284,7 @@ def test_health_serves_with_200_watch_streams_open_at_the_default_settings(tmp_p
     settings = config.load("core", env)
     server = build_core(settings)
     server.start()
-    channel = insecure_channel(f"127.0.0.1:{server.port}")
+    channel = key_channel(f"127.0.0.1:{server.port}")
     streams = []
     try:
         core = core_pb2_grpc.CoreServiceStub(channel)
@@ -316,7 +315,7 @@ def test_health_serves_with_200_watch_streams_open_at_the_default_settings(tmp_p
 def test_stream_cap_must_leave_worker_threads():
     with pytest.raises(config.ConfigError, match="CONSTELLATION_MAX_STREAMS"):
         config.load("core", {"CONSTELLATION_MAX_WORKERS": "8", "CONSTELLATION_MAX_STREAMS": "8"})
-    assert config.load("core", {"CONSTELLATION_MAX_WORKERS": "8"}).stream_limit == 6
+    assert config.load("core", {**TEST_AUTH, "CONSTELLATION_MAX_WORKERS": "8"}).stream_limit == 6
 
 
 def test_an_oversize_request_id_is_replaced_not_echoed(core):

@@ -21,10 +21,9 @@ from core_svc.server import build as build_core
 from mesh import config
 from mesh.config import ConfigError
 from mesh.errors import field_violations
-from mesh.services import insecure_channel
 from model_runtime.manifest import ManifestError, parse
 from orchestrator_svc.ops import _scratch_file
-from tests.conftest import rpc_error, service_env
+from tests.conftest import key_channel, rpc_error, service_env
 from tests.orchestrator_scenes import BANDS, write_scene
 from tests.orchestrator_support import Orchestrator, orchestrator_env, water_request
 
@@ -55,7 +54,7 @@ def core(tmp_path, places, monkeypatch) -> Iterator[core_pb2_grpc.CoreServiceStu
         monkeypatch.setenv(key, value)  # core reads its own settings from the process environment
     server = build_core(config.load("core", service_env(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'core.db'}")))
     server.start()
-    channel = insecure_channel(f"127.0.0.1:{server.port}")
+    channel = key_channel(f"127.0.0.1:{server.port}")
     yield core_pb2_grpc.CoreServiceStub(channel)
     channel.close()
     server.stop(0)

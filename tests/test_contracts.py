@@ -99,4 +99,14 @@ def test_docker_compose_accepts_compose_yaml():
     result = run(compose, "-f", "compose.yaml", "config", "-q")
     assert result.returncode == 0, result.stderr
     services = run(compose, "-f", "compose.yaml", "config", "--services").stdout.split()
-    assert set(services) == {"postgres", "s3", "core", "hosting", "orchestrator", "dagster-ui", "agent", "gateway"}
+    assert set(services) == {
+        "postgres",
+        "s3",
+        "credentials",
+        "core",
+        "hosting",
+        "orchestrator",
+        "dagster-ui",
+        "agent",
+        "gateway",
+    }

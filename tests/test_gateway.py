@@ -17,7 +17,7 @@ import requests
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import Client, mesh_process
-from tests.conftest import mesh_env
+from tests.conftest import TEST_API_KEY, mesh_env
 
 BIN = Path(sys.executable).parent
 
@@ -33,7 +33,7 @@ def mesh(tmp_path_factory):
 
 
 def grpcurl(mesh, *args: str, data: dict | None = None) -> subprocess.CompletedProcess:
-    command = [shutil.which("grpcurl") or str(BIN / "grpcurl"), "-plaintext"]
+    command = [shutil.which("grpcurl") or str(BIN / "grpcurl"), "-plaintext", "-H", f"x-api-key: {TEST_API_KEY}"]
     if data is not None:
         command += ["-d", json.dumps(data)]
     return subprocess.run([*command, mesh["gateway"], *args], capture_output=True, text=True, timeout=30)
@@ -95,6 +95,7 @@ def grpc_web(
             "accept": content_type,
             "x-grpc-web": "1",
             "x-user-agent": "grpc-web-python-test",
+            "x-api-key": TEST_API_KEY,
             **(headers or {}),
         },
         timeout=10,

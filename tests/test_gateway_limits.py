@@ -26,7 +26,7 @@ from constellation_sdk import mesh_process
 from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
-from tests.conftest import mesh_env
+from tests.conftest import key_channel, mesh_env
 from tests.pg import free_port
 
 PER_ADDRESS_PER_S = 40
@@ -214,7 +214,7 @@ def grpc_web_health(session: requests.Session, mesh, service: str = "") -> tuple
 
 def test_a_request_over_the_size_limit_is_refused(mesh, fresh_buckets):
     limit = MAX_REQUEST_MB * 1024 * 1024
-    with grpc.insecure_channel(mesh["gateway"]) as channel:
+    with key_channel(mesh["gateway"]) as channel:
         core = core_pb2_grpc.CoreServiceStub(channel)
         created = core.CreateDataset(
             core_pb2.CreateDatasetRequest(

@@ -19,8 +19,7 @@ import yaml
 from constellation.hosting.v1 import hosting_pb2
 from hosting_svc import images
 from mesh.errors import field_violations
-from mesh.services import insecure_channel
-from tests.conftest import rpc_error
+from tests.conftest import key_channel, rpc_error
 from tests.hosting_support import MODEL_ROOTS, NDWI, ROOT, STATE, HostingUnderTest, require_docker, state_path
 
 pytestmark = pytest.mark.timeout(900)
@@ -318,7 +317,7 @@ def test_hosting_killed_mid_build_reconciles_on_restart(engine, tmp_path):
         address = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with insecure_channel(address) as channel:
+            with key_channel(address) as channel:
                 try:
                     grpc.channel_ready_future(channel).result(timeout=1)
                     return process, address
@@ -331,7 +330,7 @@ def test_hosting_killed_mid_build_reconciles_on_restart(engine, tmp_path):
     process, address = start()
     from constellation.hosting.v1 import hosting_pb2_grpc
 
-    with insecure_channel(address) as channel:
+    with key_channel(address) as channel:
         stub = hosting_pb2_grpc.HostingServiceStub(channel)
         status = stub.PackageModel(
             hosting_pb2.PackageModelRequest(model_name="interrupted", model_version="1.0.0", local_path=str(folder))
@@ -343,7 +342,7 @@ def test_hosting_killed_mid_build_reconciles_on_restart(engine, tmp_path):
     process.wait()
     process, address = start()
     try:
-        with insecure_channel(address) as channel:
+        with key_channel(address) as channel:
             stub = hosting_pb2_grpc.HostingServiceStub(channel)
             after = stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
             assert after.state == STATE.Value("DEPLOYMENT_STATE_FAILED") and "hosting restarted" in after.state_message

@@ -21,12 +21,11 @@ from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from core_svc.server import build as build_core
 from mesh import config
 from mesh.errors import field_violations
-from mesh.services import insecure_channel
 from orchestrator_svc import blocks
 from pipeline.convert import spec_from_proto
 from pipeline.spec import DatasetView
 from pipeline.validation import validate_spec
-from tests.conftest import rpc_error, service_env
+from tests.conftest import key_channel, rpc_error, service_env
 from tests.orchestrator_scenes import BANDS, CRS, NODATA, write_scene
 from tests.orchestrator_support import Orchestrator, orchestrator, orchestrator_env, s3_server  # noqa: F401 - fixtures
 
@@ -231,7 +230,7 @@ def core_without_hosting(tmp_path, orchestrator) -> Iterator[tuple[core_pb2_grpc
     )
     server = build_core(config.load("core", env))
     server.start()
-    channel = insecure_channel(f"127.0.0.1:{server.port}")
+    channel = key_channel(f"127.0.0.1:{server.port}")
     try:
         yield core_pb2_grpc.CoreServiceStub(channel), hosting
     finally:

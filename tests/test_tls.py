@@ -32,10 +32,10 @@ from constellation_sdk import Client, catalog, mesh_process, watch
 from core_svc.server import build as build_core
 from gateway import console
 from mesh import certs, config, peers
-from mesh.services import SERVICES, insecure_channel
+from mesh.services import SERVICES, insecure_channel, with_api_key
 from mesh.tls import IDENTITIES, TlsFiles
 from model_runtime.server import ModelServer, ServerTls
-from tests.conftest import EXAMPLE_MODELS, mesh_env, rpc_error, service_env
+from tests.conftest import EXAMPLE_MODELS, TEST_API_KEY, mesh_env, rpc_error, service_env
 from tests.test_main_job import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,15 +209,22 @@ def test_a_certificate_from_another_ca_is_refused(tls_mesh, tmp_path):
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def service_key(tls_mesh) -> str:
+    """The mesh's service key: with it a caller passes the role check of internal methods, so what refuses it
+    below is the peer rule of its certificate."""
+    return config.load("core", tls_mesh["env"]).service_key
+
+
 def test_the_client_certificate_may_not_launch_an_orchestrator_run(tls_mesh):
-    with Client(tls_mesh["orchestrator"], tls_dir=tls_mesh["certs"]) as direct:
+    key = service_key(tls_mesh)
+    with Client(tls_mesh["orchestrator"], api_key=key, tls_dir=tls_mesh["certs"]) as direct:
         assert direct.serving()  # health is open to any peer of the mesh's CA
         denied = rpc_error(direct.orchestrator.LaunchRun, orchestrator_pb2.LaunchRunRequest(), timeout=10)
         assert direct.orchestrator.ListRuns(orchestrator_pb2.ListRunsRequest(), timeout=10) is not None
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "peer 'client' may not call LaunchRun" in denied.details() and "allows core" in denied.details()
     # Nor may the gateway: users start runs through core's RunPipeline.
-    with Client(tls_mesh["gateway"], tls_dir=tls_mesh["certs"]) as client:
+    with Client(tls_mesh["gateway"], api_key=key, tls_dir=tls_mesh["certs"]) as client:
         denied = rpc_error(client.orchestrator.CancelRun, orchestrator_pb2.CancelRunRequest(id="r"), timeout=10)
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED and "peer 'gateway'" in denied.details()
 
@@ -225,7 +232,7 @@ def test_the_client_certificate_may_not_launch_an_orchestrator_run(tls_mesh):
 def test_a_service_certificate_may_call_only_what_its_rule_lists(tls_mesh):
     agent = TlsFiles(tls_mesh["certs"], "agent")
     with grpc.secure_channel(tls_mesh["core"], agent.channel_credentials()) as channel:
-        core = core_pb2_grpc.CoreServiceStub(channel)
+        core = core_pb2_grpc.CoreServiceStub(with_api_key(channel, service_key(tls_mesh)))
         assert core.ListDatasets(core_pb2.ListDatasetsRequest(), timeout=10) is not None
         denied = rpc_error(core.DeleteDataset, core_pb2.DeleteDatasetRequest(id="ds_x"), timeout=10)
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED and "peer 'agent'" in denied.details()
@@ -276,7 +283,12 @@ def test_grpc_web_and_the_console_over_https(tls_mesh):
     response = requests.post(
         f"https://{tls_mesh['gateway']}/constellation.core.v1.CoreService/ListDatasets",
         data=body,
-        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "origin": origin},
+        headers={
+            "content-type": "application/grpc-web+proto",
+            "x-grpc-web": "1",
+            "origin": origin,
+            "x-api-key": TEST_API_KEY,
+        },
         verify=ca,
         timeout=10,
     )
@@ -301,6 +313,7 @@ def test_the_console_loads_over_https_in_chromium_and_reads_the_catalog(tls_mesh
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:
             page = browser.new_page(ignore_https_errors=True)
+            page.add_init_script(f"sessionStorage.setItem('constellation.apiKey', {json.dumps(TEST_API_KEY)})")
             page.set_default_timeout(30_000)
             crashes: list[str] = []
             page.on("pageerror", lambda error: crashes.append(str(error)))

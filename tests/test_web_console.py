@@ -3,7 +3,8 @@ behind the real Envoy: one URL serves the page and the gRPC-web API.
 
 The browser tests share one page and run in file order, like a person working
 through the console: catalog -> new dataset -> agent -> editor -> run ->
-deployment -> stored pipeline and cancel; a last one uses a mesh with API keys.
+deployment -> stored pipeline and cancel (the page holds the suite's key, as if typed in); the last ones use a
+mesh with configured API keys and a fresh mesh's one-time login link.
 Screenshots of each screen go to test-artifacts/web/ (their paths are printed).
 Figures (page load -> first catalog render, run start -> first streamed event,
 bundle size) are printed after the results in a "measured figures" section and
@@ -27,7 +28,7 @@ import pytest
 from constellation_sdk import Client, catalog, mesh_process
 from gateway import console
 from gateway.settings import GatewaySettings
-from tests.conftest import MEASURED_FIGURES, mesh_env
+from tests.conftest import MEASURED_FIGURES, TEST_API_KEY, mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "web" / "dist"
@@ -129,13 +130,19 @@ def http_status(url: str | urllib.request.Request) -> int:
         return error.code
 
 
+def keyed(url: str) -> urllib.request.Request:
+    """A request for `url` with the suite's key in the cookie the console sets for /files/."""
+    return urllib.request.Request(url, headers={"Cookie": f"{console.KEY_COOKIE}={TEST_API_KEY}"})
+
+
 def test_gateway_serves_outputs_read_only_and_nothing_outside_them(mesh):
     outputs = mesh["home"] / "outputs" / "run_x" / "out"
     outputs.mkdir(parents=True)
     (outputs / "water_preview.png").write_bytes(b"\x89PNG fake")
     (mesh["home"] / "secret.txt").write_text("not for the browser")
     base = mesh["url"]
-    with urllib.request.urlopen(base + "files/run_x/out/water_preview.png", timeout=10) as response:
+    assert http_status(base + "files/run_x/out/water_preview.png") == 401  # no key
+    with urllib.request.urlopen(keyed(base + "files/run_x/out/water_preview.png"), timeout=10) as response:
         assert response.read() == b"\x89PNG fake" and response.headers["content-type"] == "image/png"
     (outputs / "link.txt").symlink_to(mesh["home"] / "secret.txt")
     for escape in (
@@ -145,7 +152,7 @@ def test_gateway_serves_outputs_read_only_and_nothing_outside_them(mesh):
         "files/%2fetc%2fpasswd",
         "files/run_x/out/link.txt",
     ):
-        assert http_status(base + escape) == 404, escape
+        assert http_status(keyed(base + escape)) == 404, escape
     for method in ("PUT", "DELETE", "POST"):
         assert (
             http_status(urllib.request.Request(base + "files/run_x/out/water_preview.png", method=method, data=b"x"))
@@ -175,7 +182,11 @@ def test_outputs_want_an_api_key_when_the_mesh_has_keys(tmp_path):
         assert http_status(with_cookie("wrong")) == 401
         assert http_status(with_cookie("s3cret")) == 200
         with urllib.request.urlopen(base + "/console.json", timeout=10) as response:
-            assert json.load(response) == {"outputs_uri": (tmp_path / "out").resolve().as_uri(), "auth": True}
+            assert json.load(response) == {
+                "outputs_uri": (tmp_path / "out").resolve().as_uri(),
+                "auth": True,
+                "auth_off": False,
+            }
         # Without a built page the gateway still answers with what to do, never a blank page.
         with urllib.request.urlopen(base + "/", timeout=10) as response:
             assert "make web" in response.read().decode()
@@ -195,8 +206,14 @@ def browser():
         browser.close()
 
 
-def new_page(browser):
+def new_page(browser, api_key: str | None = TEST_API_KEY):
+    """A tab; with `api_key`, holding it as the console keeps a typed key (web/src/api.ts setApiKey)."""
     page = browser.new_page(viewport={"width": 1440, "height": 950})
+    if api_key:
+        page.add_init_script(
+            f"sessionStorage.setItem('constellation.apiKey', {json.dumps(api_key)});"
+            f"document.cookie = '{console.KEY_COOKIE}={api_key}; path=/files; SameSite=Strict';"
+        )
     page.set_default_timeout(TIMEOUT_MS)
     page.crashes = []
     page.on("pageerror", lambda error: page.crashes.append(str(error)))
@@ -372,7 +389,7 @@ def test_run_streams_events_with_progress_and_shows_the_outputs(page, browser):
     links = page.locator("[data-testid=outputs] a").evaluate_all("(as) => as.map((a) => a.href)")
     assert any(h.endswith(".tif") for h in links) and any(h.endswith(".geojson") for h in links), links
     for href in links:
-        assert http_status(href) == 200, href
+        assert http_status(keyed(href)) == 200, href
     summary = page.locator("[data-testid=run-summary]")
     assert "succeeded in" in summary.inner_text() and " tiles" in summary.inner_text()
     page.locator("[data-testid=polygon-count]").wait_for()
@@ -442,7 +459,7 @@ def test_a_mesh_with_api_keys_asks_for_one_and_the_page_then_works(browser, tmp_
     env = {**mesh_env(tmp_path / "home"), "CONSTELLATION_API_KEYS": "console-key:reader"}
     mesh_process.up(env)
     try:
-        page = new_page(browser)
+        page = new_page(browser, api_key=None)
         page.goto(f"http://127.0.0.1:{env['CONSTELLATION_GATEWAY_PORT']}/")
         error = page.locator("[data-testid=error]").first
         error.wait_for()

@@ -37,15 +37,47 @@ export interface ConsoleConfig {
   outputsUri: string;
   // The mesh wants an API key.
   auth: boolean;
+  // Authentication is turned off (CONSTELLATION_AUTH=off): anyone who reaches the gateway may do anything.
+  authOff: boolean;
 }
 
 export async function loadConsoleConfig(): Promise<ConsoleConfig> {
   try {
     const response = await fetch("/console.json", { cache: "no-store" });
-    const body = (await response.json()) as { outputs_uri?: string; auth?: boolean };
-    return { outputsUri: body.outputs_uri ?? "", auth: Boolean(body.auth) };
+    const body = (await response.json()) as { outputs_uri?: string; auth?: boolean; auth_off?: boolean };
+    return { outputsUri: body.outputs_uri ?? "", auth: Boolean(body.auth), authOff: Boolean(body.auth_off) };
   } catch {
-    return { outputsUri: "", auth: false };
+    return { outputsUri: "", auth: false, authOff: false };
+  }
+}
+
+/**
+ * A login link (`/?login=<one-time token>`, from `constellation up` or `constellation login-link`): the token
+ * leaves the address bar at once (history.replaceState), is exchanged at POST /login for the mesh's API key, and
+ * the key is kept as a typed one would be. Returns why the link did not work, or null (no link, or it worked).
+ */
+export async function loginFromLink(): Promise<string | null> {
+  const params = new URLSearchParams(location.search);
+  const token = params.get("login");
+  if (token === null) return null;
+  params.delete("login");
+  const query = params.toString();
+  history.replaceState(null, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+  try {
+    const response = await fetch("/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token }),
+      cache: "no-store",
+    });
+    const body = (await response.json().catch(() => ({}))) as { api_key?: string; error?: string };
+    if (!response.ok || typeof body.api_key !== "string") {
+      return body.error ?? `the login link did not work (HTTP ${response.status})`;
+    }
+    setApiKey(body.api_key);
+    return null;
+  } catch (error) {
+    return `the login link did not work: ${String(error)}`;
   }
 }
 

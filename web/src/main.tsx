@@ -1,7 +1,7 @@
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import type { Model } from "../../gen/ts/constellation/core/v1/core_pb";
-import { apiKey, type ConsoleConfig, loadConsoleConfig, setApiKey } from "./api";
+import { apiKey, type ConsoleConfig, loadConsoleConfig, loginFromLink, setApiKey } from "./api";
 import { describeError, type ServiceError } from "./errors";
 import { EMPTY_GRAPH, fromSpec, type Graph } from "./graph";
 import { Agent } from "./ui/Agent";
@@ -15,7 +15,7 @@ import "./style.css";
 const TABS = ["catalog", "agent", "pipeline", "deployments", "runs"] as const;
 type Tab = (typeof TABS)[number];
 
-function App() {
+function App({ loginError }: { loginError: string | null }) {
   // #tab, or #runs/<run id> for a run's page (a link that replays the run's events).
   const [initial, initialRun] = location.hash.slice(1).split("/") as [Tab, string | undefined];
   const [tab, setTab] = useState<Tab>(TABS.includes(initial) ? initial : "catalog");
@@ -23,7 +23,7 @@ function App() {
   const [graph, setGraph] = useState<Graph>(EMPTY_GRAPH);
   const [runId, setRunId] = useState<string | null>(initial === "runs" && initialRun ? initialRun : null);
   const [deployTarget, setDeployTarget] = useState<Model | null>(null);
-  const [config, setConfig] = useState<ConsoleConfig>({ outputsUri: "", auth: false });
+  const [config, setConfig] = useState<ConsoleConfig>({ outputsUri: "", auth: false, authOff: false });
 
   const [stray, setStray] = useState<ServiceError | null>(null);
 
@@ -57,6 +57,16 @@ function App() {
         {(config.auth || apiKey()) && <KeyInput />}
       </header>
       <main>
+        {config.authOff && (
+          <div class="error" role="alert" data-testid="auth-off">
+            Authentication is off (CONSTELLATION_AUTH=off): anyone who can reach this gateway may do anything.
+          </div>
+        )}
+        {loginError && (
+          <div class="error" role="alert" data-testid="login-error">
+            <strong class="error-code">login link refused</strong> <span class="error-message">{loginError}</span>
+          </div>
+        )}
         {stray && (
           <div onClick={() => setStray(null)} title="click to dismiss">
             <ErrorBox error={stray} testId="stray-error" />
@@ -90,4 +100,5 @@ function KeyInput() {
   );
 }
 
-render(<App />, document.getElementById("app")!);
+// A login link is exchanged for the key before any screen calls the mesh.
+loginFromLink().then((loginError) => render(<App loginError={loginError} />, document.getElementById("app")!));
