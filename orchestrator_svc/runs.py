@@ -213,6 +213,7 @@ class RunManager:
             default_batch_size=self.settings.default_batch_size,
             default_max_concurrency=self.settings.default_max_concurrency,
             infer_timeout_s=self.settings.infer_timeout_s,
+            infer_wait_s=self.settings.infer_wait_s,
             roots=self.roots,
         )
         specs.check_world(plan, self.storage)
