@@ -36,7 +36,9 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def event(type_: int, state: str, message: str = "", source: str = "core", block_id: str = "") -> common.RunEvent:
+def event(
+    type_: int, state: str, message: str = "", source: str = "core", block_id: str = "", queue_position: int = 0
+) -> common.RunEvent:
     """A run event as core stores it; the store numbers it and stamps its time."""
     return common.RunEvent(
         type=common.RunEventType.ValueType(type_),
@@ -44,6 +46,7 @@ def event(type_: int, state: str, message: str = "", source: str = "core", block
         message=message,
         source=source,
         block_id=block_id,
+        queue_position=queue_position,
     )
 
 
@@ -142,6 +145,14 @@ class RunStore:
         with self._sessions() as session:
             active = select(db.RunRow.id).where(db.RunRow.state.not_in(TERMINAL)).order_by(db.RunRow.id)
             return list(session.scalars(active))
+
+    def queued_ids(self) -> list[str]:
+        """Runs still waiting for a place, in submission order."""
+        with self._sessions() as session:
+            queued = (
+                select(db.RunRow.id).where(db.RunRow.state == "queued").order_by(db.RunRow.create_time, db.RunRow.id)
+            )
+            return list(session.scalars(queued))
 
     def list(self, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
         table = db.RunRow

@@ -28,6 +28,7 @@ from constellation.orchestrator.v1 import orchestrator_pb2_grpc
 from core_svc.catalog import Catalog
 from core_svc.domain import Run
 from core_svc.run_driver import RunContext, RunDriver
+from core_svc.run_queue import RunQueue
 from core_svc.run_store import RunStore, event
 from core_svc.settings import CoreSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -39,7 +40,8 @@ E = common.RunEventType
 
 
 class Runs:
-    """RunPipeline, GetRun, ListRuns, WatchRun and CancelRun, with one driver thread per active run."""
+    """RunPipeline, GetRun, ListRuns, WatchRun and CancelRun, with one driver thread per active run;
+    at most `max_running_runs` of them past the queue (core_svc.run_queue)."""
 
     def __init__(self, engine: Engine, catalog: Catalog, settings: CoreSettings) -> None:
         self.catalog, self.settings = catalog, settings
@@ -47,7 +49,9 @@ class Runs:
         self._hosting_channel = insecure_channel(settings.hosting_address)
         self._orchestrator_channel = insecure_channel(settings.orchestrator_address)
         self.stopping = threading.Event()
+        self.queue = RunQueue(settings.max_running_runs)
         self._context = RunContext(
+            queue=self.queue,
             store=self.store,
             catalog=catalog,
             hosting=hosting_pb2_grpc.HostingServiceStub(self._hosting_channel),
@@ -70,6 +74,7 @@ class Runs:
             raise FailedPrecondition(f"pipeline {pipeline.name!r} is no longer valid against the catalog: {listed}")
         queued = event(E.RUN_EVENT_TYPE_RUN_QUEUED, "queued", f"run of pipeline {pipeline.name!r} queued")
         run = self.store.create(pipeline_id, pipeline.spec.to_json(), queued)
+        self.queue.enter(run.id)
         self._start_driver(run.id)
         return run
 
@@ -116,6 +121,7 @@ class Runs:
         elif run.state != "canceling":
             driver.emit(E.RUN_EVENT_TYPE_RUN_CANCELING, "cancel requested", state="canceling")
             driver.cancel()
+            self.queue.wake()  # a driver waiting for its turn ends the run now
         return self.get(run_id)
 
     # Drivers
@@ -132,12 +138,15 @@ class Runs:
         try:
             driver.drive()
         finally:
+            self.queue.leave(driver.run_id)
             with self._drivers_lock:
                 self._drivers.pop(driver.run_id, None)
 
     def resume(self) -> builtins.list[str]:
         """Start drivers for runs a previous core left unfinished."""
         ids = self.store.active_ids()
+        for run_id in self.store.queued_ids():  # before any driver starts, so they keep their order
+            self.queue.enter(run_id)
         for run_id in ids:
             self._start_driver(run_id)
         if ids:
@@ -146,6 +155,7 @@ class Runs:
 
     def close(self) -> None:
         self.stopping.set()
+        self.queue.wake()
         with self._drivers_lock:
             drivers = list(self._drivers.values())
         for driver in drivers:

@@ -20,6 +20,13 @@ class CoreSettings(EnvSettings):
         "how long a run waits for its models to be packaged and healthy, seconds",
         gt=0,
     )
+    max_running_runs: int = env_field(
+        "CONSTELLATION_CORE_MAX_RUNNING_RUNS",
+        4,
+        "runs deployed and run at once; later runs wait in submission order, their place in the queue on "
+        "WatchRun (RUN_QUEUED events)",
+        ge=1,
+    )
     # Not read from the environment: fixed here, or handed over from the bootstrap's settings by load().
     reconnect_s: float = Field(
         120.0, description="how long a run keeps trying to reach the orchestrator when its stream breaks", gt=0
