@@ -15,7 +15,7 @@
     example_input: example_input.npy  # optional, (N, bands, H, W); used by the smoke test
     resources: {cpu: 1, memory: 512m, gpu: 0}
     batching: {max_batch_size: 16, max_queue_delay_ms: 5}
-    # optional: max_parallel_batches (predict calls at once; default one per resources.cpu) and
+    # optional: max_parallel_batches (predict calls at once; default 1) and
     # max_queued_tiles (tiles admitted at once; default from resources.memory): see model_runtime.admission
 
 `load_manifest` returns every problem at once, each with the field it concerns.
@@ -307,7 +307,7 @@ def parse(data: object, folder: Path) -> Manifest:
         max_delay = 5
     max_parallel = batching.get("max_parallel_batches", 0)
     if not _is_int(max_parallel) or not 0 <= max_parallel <= 64:
-        problem("batching.max_parallel_batches", "must be between 1 and 64 (0 or absent: one per resources.cpu)")
+        problem("batching.max_parallel_batches", "must be between 1 and 64 (0 or absent: 1)")
         max_parallel = 0
     max_queued = batching.get("max_queued_tiles", 0)
     if not _is_int(max_queued) or not 0 <= max_queued <= 65536:
