@@ -64,8 +64,9 @@ def output_digests(run: core_pb2.Run) -> dict[str, str]:
 class MemoryPeak:
     """The most memory any replica of the model held while it ran (see the module docstring)."""
 
-    def __init__(self, runtime: str, ports: list[int], every_s: float = 0.5) -> None:
-        self.runtime, self.ports, self.every_s = runtime, ports, every_s
+    def __init__(self, runtime: str, replicas: list[tuple[int, str]], every_s: float = 0.5) -> None:
+        self.runtime, self.every_s = runtime, every_s
+        self.ports = [port for port, _ in replicas]
         self.peak_bytes = 0
         self.restarts = 0
         self.oom_killed = False
@@ -76,13 +77,7 @@ class MemoryPeak:
             import docker
 
             engine = docker.from_env()
-            wanted = {str(p) for p in ports}
-            self._containers = [
-                c
-                for c in engine.containers.list()
-                if c.labels.get("constellation.role") == "replica"
-                and any(b and b[0]["HostPort"] in wanted for b in c.ports.values())
-            ]
+            self._containers = [engine.containers.get(replica_id) for _, replica_id in replicas]
             self._start_counts = {c.id: c.attrs["RestartCount"] for c in self._containers}
 
     def __enter__(self) -> MemoryPeak:
@@ -221,9 +216,10 @@ def tear_down(setup: Setup) -> None:
     mesh_process.down(setup.env)
 
 
-def endpoint_ports(setup: Setup) -> list[int]:
+def replicas(setup: Setup) -> list[tuple[int, str]]:
+    """(port, replica id) of each of the model's replicas: the replica id is the container's on Docker."""
     status = setup.client.hosting.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=hosted_id(setup)))
-    return [int(e.address.rsplit(":", 1)[1]) for e in status.endpoints]
+    return [(int(e.address.rsplit(":", 1)[1]), e.replica_id) for e in status.endpoints]
 
 
 def hosted_id(setup: Setup) -> str:
@@ -249,7 +245,7 @@ def scale(setup: Setup, replicas: int, timeout_s: float = 300) -> None:
 
 def batch(setup: Setup, runs: int, during=None) -> Batch:
     """`runs` runs submitted at once; `during(setup)` (if given) runs in this thread while they do."""
-    with MemoryPeak(setup.runtime, endpoint_ports(setup)) as memory, ThreadPoolExecutor(runs) as pool:
+    with MemoryPeak(setup.runtime, replicas(setup)) as memory, ThreadPoolExecutor(runs) as pool:
         started = time.monotonic()
         futures = [pool.submit(one_run, setup.client, setup.pipeline) for _ in range(runs)]
         if during is not None:

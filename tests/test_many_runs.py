@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bench.load import Batch, Setup, batch, endpoint_ports, set_up, tear_down
+from bench.load import Batch, Setup, batch, replicas, set_up, tear_down
 from model_runtime.manifest import load_manifest, memory_bytes
 from scripts.make_scenes import make_scene
 from tests.conftest import EXAMPLE_MODELS, MEASURED_FIGURES
@@ -68,9 +68,9 @@ def test_a_replica_killed_in_the_middle_of_eight_runs_costs_no_run(mesh):
 
     def kill_once_inference_runs(setup: Setup) -> None:
         time.sleep(setup.alone_s)  # the first runs are inferring by now
-        port = endpoint_ports(setup)[0]
+        port, replica_id = replicas(setup)[0]
         if setup.runtime == "docker":
-            subprocess.run(["docker", "kill", container_on(port)], check=True, capture_output=True)
+            subprocess.run(["docker", "kill", replica_id], check=True, capture_output=True)
         else:
             os.kill(replica_process(port), signal.SIGKILL)
         killed.append(time.monotonic())
@@ -82,10 +82,3 @@ def test_a_replica_killed_in_the_middle_of_eight_runs_costs_no_run(mesh):
     assert result.identical == RUNS
     assert not result.oom_killed
 
-
-def container_on(port: int) -> str:
-    out = subprocess.run(
-        ["docker", "ps", "--filter", f"publish={port}", "--format", "{{.ID}}"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return out.split()[0]
