@@ -26,7 +26,8 @@ from clients.paging import pages
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from mesh.errors import FailedPrecondition, Unavailable
-from mesh.services import insecure_channel, with_api_key
+from mesh.services import peer_channel, with_service_key
+from mesh.tls import TlsFiles
 
 log = logging.getLogger("agent.catalog")
 T = TypeVar("T")
@@ -94,14 +95,16 @@ class CoreCatalog:
         ttl_s: float = 5.0,
         timeout_s: float = 10.0,
         embedder: Embedder | None = None,
-        api_key: str = "",
+        service_key: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
         self.address = address
         self.embedder = embedder
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
-        self._channel = insecure_channel(address)
-        channel = with_api_key(self._channel, api_key)  # core checks it when the mesh has API keys
+        self._channel = peer_channel(address, tls)  # mTLS as the agent when the mesh has certificates
+        # The service key, and the user whose Recommend or PlanPipeline is being served (core checks their role).
+        channel = with_service_key(self._channel, service_key)
         self._core = core_pb2_grpc.CoreServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
         self._lock = threading.Lock()

@@ -13,7 +13,8 @@ from agent_svc.servicer import AgentServicer
 from agent_svc.settings import AgentSettings
 from mesh import config, logs
 from mesh.server import MeshServer
-from mesh.services import registration, service_key
+from mesh.services import registration
+from mesh.tls import files
 
 log = logging.getLogger("agent")
 
@@ -27,7 +28,8 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> MeshS
         agent_settings.catalog_ttl_s,
         agent_settings.core_timeout_s,
         embedder,
-        service_key(settings.api_keys),
+        settings.service_key,
+        files(settings.tls_dir, "agent"),
     )
     offline = OfflinePlanner(catalog, agent_settings.export_uri)
     gemini = None

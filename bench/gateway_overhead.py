@@ -20,10 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
+
+import grpc
 
 from constellation.core.v1 import core_pb2, core_pb2_grpc
 from constellation_sdk.client import Client
@@ -46,9 +49,16 @@ def wait_serving(address: str, timeout_s: float = 30) -> None:
             time.sleep(0.1)
 
 
-def load(address: str, call: str, request, seconds: float, concurrency: int) -> list[float]:
-    """Run `concurrency` closed-loop clients for `seconds`; returns every latency in seconds."""
-    channel = insecure_channel(address)
+def load(
+    address: str,
+    call: str,
+    request,
+    seconds: float,
+    concurrency: int,
+    connect: Callable[[str], grpc.Channel] = insecure_channel,
+) -> list[float]:
+    """Run `concurrency` closed-loop clients on one channel (from `connect`) for `seconds`; every latency in s."""
+    channel = connect(address)
     method = getattr(core_pb2_grpc.CoreServiceStub(channel), call)
     method(request)  # warm the connection
     latencies: list[list[float]] = [[] for _ in range(concurrency)]

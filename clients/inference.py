@@ -123,14 +123,22 @@ class InferenceClient:
         input_dtype: str = "FP32",
         output_name: str = "",
         timeout_s: float = 60.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`credentials`: TLS to endpoints that serve it (model_runtime --tls-cert; e.g.
+        `mesh.tls.TlsFiles(folder, "orchestrator").channel_credentials()` for mTLS); None: plaintext."""
         endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not endpoints:
             raise ValueError("at least one endpoint")
         self.model_name, self.model_version = model_name, model_version
         self.input_dtype, self.output_name, self.timeout_s = input_dtype, output_name, timeout_s
         self._endpoints = endpoints
-        self._channels = [grpc.insecure_channel(e, options=options()) for e in self._endpoints]
+        self._channels = [
+            grpc.secure_channel(e, credentials, options=options())
+            if credentials is not None
+            else grpc.insecure_channel(e, options=options())
+            for e in self._endpoints
+        ]
         self._stubs = [v2_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
         self._infer = [
             c.unary_unary(MODEL_INFER, request_serializer=bytes, response_deserializer=wire.decode_response)

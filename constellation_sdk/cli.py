@@ -1,7 +1,8 @@
 """The `constellation` command: run the mesh locally, and do the main job step by step.
 
 Every command talks to the gateway: $CONSTELLATION_GATEWAY, else the local mesh's (from
-`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY.
+`constellation up`), else localhost:8080. The API key comes from $CONSTELLATION_API_KEY; TLS
+from $CONSTELLATION_TLS_DIR, else the local mesh's certificates when it runs with TLS.
 `--json` prints machine-readable output.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,12 +24,12 @@ from google.protobuf.message import Message
 from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 from clients.paging import pages
 from constellation.agent.v1 import agent_pb2
-from constellation.core.v1 import core_pb2
+from constellation.core.v1 import core_pb2, identity_pb2
 from constellation.hosting.v1 import hosting_pb2
-from constellation_sdk import catalog, mesh_process, outputs, watch
+from constellation_sdk import catalog, manifests, mesh_process, outputs, watch
 from constellation_sdk.client import Client
 from constellation_sdk.settings import ClientSettings
-from mesh import config
+from mesh import certs, config
 from mesh.errors import field_violations
 
 
@@ -40,18 +42,50 @@ def main() -> None:
 @click.option(
     "--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds to wait for each part to answer."
 )
-def up(timeout_s: float) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Run everything with TLS: the gateway serves HTTPS and gRPC over TLS, services talk mTLS (makes the "
+    "certificates in $CONSTELLATION_HOME/certs when they are missing).",
+)
+def up(timeout_s: float, tls: bool) -> None:
     """Start core, hosting, orchestrator, agent and the Envoy gateway in the background."""
     try:
-        state = mesh_process.up(timeout_s=timeout_s)
-    except RuntimeError as error:
+        state = mesh_process.up(timeout_s=timeout_s, tls=tls)
+    except (RuntimeError, ValueError) as error:  # ValueError: settings or certificates that do not fit
         raise click.ClickException(str(error)) from None
     click.echo(f"mesh running (state and logs in {state['home']})")
     for name, entry in state["processes"].items():
         click.echo(f"  {name:<13} {entry['address']:<22} pid {entry['pid']}")
     gateway = state["processes"]["gateway"]["address"]
-    click.echo(f'gateway: grpcurl -plaintext {gateway} list   |   Client(gateway="{gateway}")')
-    click.echo(f"console: http://{gateway}/   (build it with `make web`)")
+    if state["tls_dir"]:
+        ca = Path(state["tls_dir"]) / "ca.crt"
+        click.echo(f'gateway: grpcurl -cacert {ca} {gateway} list   |   Client("{gateway}", tls_dir="{ca.parent}")')
+        click.echo(f"console: https://{gateway}/   (trust {ca} in the browser; build it with `make web`)")
+    else:
+        click.echo(f'gateway: grpcurl -plaintext {gateway} list   |   Client(gateway="{gateway}")')
+        click.echo(f"console: http://{gateway}/   (build it with `make web`)")
+
+
+@main.command("certs")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write them [default: $CONSTELLATION_TLS_DIR, else $CONSTELLATION_HOME/certs].",
+)
+@click.option("--host", "hosts", multiple=True, help="Another name or address services are dialled by (repeatable).")
+@click.option("--rotate", is_flag=True, help="Renew every certificate, not only those that expire within 30 days.")
+def certs_command(folder: Path | None, hosts: tuple[str, ...], rotate: bool) -> None:
+    """Make the mesh's CA and a certificate for each service, the gateway and `client`.
+
+    Running it again keeps the CA and renews what expires within 30 days or lacks a --host name;
+    restart the mesh afterwards (`constellation down && constellation up --tls`)."""
+    folder = folder or config.tls_dir(ClientSettings.from_env().tls_dir_raw) or config.home_dir() / "certs"
+    for issued in certs.issue(folder, hosts, rotate=rotate):
+        click.echo(f"  {issued.name:<13} {issued.action:<8} valid until {issued.not_after:%Y-%m-%d}")
+    click.echo(f"certificates in {folder} (CA: {folder / 'ca.crt'})")
 
 
 @main.command()
@@ -75,6 +109,24 @@ def status(as_json: bool) -> None:
             state = "SERVING" if entry["serving"] else ("NOT_SERVING" if entry["running"] else "STOPPED")
             click.echo(f"{name:<13} {state:<12} {entry['address']:<22} pid {entry['pid']}")
     sys.exit(0 if report and all(e["serving"] for e in report.values()) else 1)
+
+
+@main.group()
+def deploy() -> None:
+    """Deploy the mesh onto a platform: kubernetes."""
+
+
+@deploy.command("kubernetes")
+@click.option("--overlay", type=click.Choice(manifests.OVERLAYS), default="dev", show_default=True)
+@click.option("--apply", "apply_", is_flag=True, help="Apply them with `kubectl apply -f -` (needs a cluster).")
+def deploy_kubernetes(overlay: str, apply_: bool) -> None:
+    """Print the mesh's manifests for OVERLAY (kubectl kustomize deploy/kubernetes/overlays/OVERLAY), or apply
+    them to the cluster of kubectl's current context. docs/kubernetes.md says what each overlay holds."""
+    try:
+        rendered = manifests.render(overlay)
+        click.echo(manifests.apply(rendered) if apply_ else rendered, nl=not rendered.endswith("\n"))
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        raise click.ClickException(str(error)) from None
 
 
 # --------------------------------------------------------------------------- the main job, step by step
@@ -101,7 +153,10 @@ def _catalog_models(client: Client, filter_text: str) -> list[core_pb2.Model]:
 
 
 def _client() -> Client:
-    return Client(_gateway())
+    if ClientSettings.from_env().tls_dir_raw:
+        return Client(_gateway())
+    state = mesh_process.read_state(mesh_process.MeshPaths(config.home_dir()))
+    return Client(_gateway(), tls_dir=mesh_process.tls_dir_of(state))
 
 
 def _fail(error: grpc.RpcError) -> click.ClickException:
@@ -254,7 +309,9 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
 
 @models.command("deploy")
 @click.argument("model_ref", metavar="MODEL")
-@click.option("--runtime", type=click.Choice(["auto", "docker", "local"]), default="auto", show_default=True)
+@click.option(
+    "--runtime", type=click.Choice(["auto", "docker", "local", "kubernetes"]), default="auto", show_default=True
+)
 @click.option("--replicas", default=1, show_default=True)
 @JSON
 @rpc
@@ -264,6 +321,7 @@ def models_deploy(model_ref: str, runtime: str, replicas: int, as_json: bool) ->
         "auto": hosting_pb2.RUNTIME_UNSPECIFIED,
         "docker": hosting_pb2.RUNTIME_DOCKER,
         "local": hosting_pb2.RUNTIME_LOCAL,
+        "kubernetes": hosting_pb2.RUNTIME_KUBERNETES,
     }
     with _client() as client:
         model = _find_model(client, model_ref)
@@ -467,3 +525,170 @@ def runs_outputs(run_id: str, dest: Path | None, as_json: bool) -> None:
     if not rows:
         raise click.ClickException(f"run {run_id} is {watch.state_name(finished.state)} and has no outputs")
     _emit(as_json, rows, "\n".join(f"{r['name']:<28} {r.get('path', r['uri'])}" for r in rows))
+
+
+# --------------------------------------------------------------------------- users, keys, whoami
+
+ROLE_CHOICE = click.Choice(["viewer", "editor", "admin"])
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _role_name(role: int) -> str:
+    return identity_pb2.Role.Name(role).removeprefix("ROLE_").lower()  # type: ignore[arg-type]
+
+
+def _seconds(text: str) -> int:
+    """'30d', '12h', '90m', '3600s' or '3600' as seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 90m or 3600s", param_hint="--expires-in")
+    return int(number) * DURATION_UNITS[unit]
+
+
+def _find_user(client: Client, ref: str) -> identity_pb2.User:
+    """A user by id or name."""
+    if ref.startswith("usr_"):
+        return client.identity.GetUser(identity_pb2.GetUserRequest(id=ref))
+    found = pages(
+        lambda token: client.identity.ListUsers(identity_pb2.ListUsersRequest(page_size=PAGE_SIZE, page_token=token))
+    )
+    for user in (u for page in found for u in page.users):
+        if user.name == ref:
+            return user
+    raise click.ClickException(f"no user is named {ref!r}; see `constellation users list`")
+
+
+def _user_line(user: identity_pb2.User) -> str:
+    return f"{user.id}  {user.name:<24} {_role_name(user.role):<7} {'disabled' if user.disabled else ''}".rstrip()
+
+
+@main.group()
+def users() -> None:
+    """People who may call the mesh, each with a role (admins only)."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--role", type=ROLE_CHOICE, default="viewer", show_default=True)
+@JSON
+@rpc
+def users_create(name: str, role: str, as_json: bool) -> None:
+    """Add user NAME; give them a key with `constellation keys create --user NAME`."""
+    user = identity_pb2.User(name=name, role=identity_pb2.Role.Value(f"ROLE_{role.upper()}"))
+    with _client() as client:
+        created = client.identity.CreateUser(identity_pb2.CreateUserRequest(user=user))
+    _emit(as_json, created, _user_line(created))
+
+
+@users.command("list")
+@JSON
+@rpc
+def users_list(as_json: bool) -> None:
+    with _client() as client:
+        found = pages(
+            lambda token: client.identity.ListUsers(
+                identity_pb2.ListUsersRequest(page_size=PAGE_SIZE, page_token=token)
+            )
+        )
+        reply = identity_pb2.ListUsersResponse(users=[u for page in found for u in page.users])
+    _emit(as_json, reply, "\n".join(_user_line(u) for u in reply.users) or "no users")
+
+
+def _update_user(ref: str, as_json: bool, role: str | None = None, disabled: bool | None = None) -> None:
+    with _client() as client:
+        user = _find_user(client, ref)
+        request = identity_pb2.UpdateUserRequest(user=identity_pb2.User(id=user.id))
+        if role is not None:
+            request.user.role = identity_pb2.Role.Value(f"ROLE_{role.upper()}")
+            request.update_mask.paths.append("role")
+        if disabled is not None:
+            request.user.disabled = disabled
+            request.update_mask.paths.append("disabled")
+        updated = client.identity.UpdateUser(request)
+    _emit(as_json, updated, _user_line(updated))
+
+
+@users.command("update")
+@click.argument("user_ref", metavar="USER")
+@click.option("--role", type=ROLE_CHOICE, default=None)
+@click.option("--enable/--disable", "enabled", default=None, help="Let the user's keys work again, or stop them.")
+@JSON
+@rpc
+def users_update(user_ref: str, role: str | None, enabled: bool | None, as_json: bool) -> None:
+    """Change USER's (id or name) role, or enable/disable them."""
+    if role is None and enabled is None:
+        raise click.UsageError("say what to change: --role, --enable or --disable")
+    _update_user(user_ref, as_json, role, None if enabled is None else not enabled)
+
+
+@users.command("disable")
+@click.argument("user_ref", metavar="USER")
+@JSON
+@rpc
+def users_disable(user_ref: str, as_json: bool) -> None:
+    """Stop every key of USER (id or name) from working; `users update USER --enable` undoes it."""
+    _update_user(user_ref, as_json, disabled=True)
+
+
+def _key_line(key: identity_pb2.ApiKey) -> str:
+    state = "revoked" if key.HasField("revoke_time") else ""
+    if not state and key.HasField("expire_time"):
+        state = f"expires {key.expire_time.ToDatetime():%Y-%m-%d %H:%M} UTC"
+    return f"{key.id}  {key.user_id}  {key.description:<20} {state}".rstrip()
+
+
+@main.group()
+def keys() -> None:
+    """API keys: your own, or (admins) anyone's. A key is shown once, when it is made."""
+
+
+@keys.command("create")
+@click.option("--user", "user_ref", default="", help="Whose key (id or name; admins only). Default: yours.")
+@click.option("--expires-in", "expires_in", default="", help="e.g. 30d, 12h, 90m. Default: never.")
+@click.option("--description", default="", help="For people, e.g. 'laptop'.")
+@JSON
+@rpc
+def keys_create(user_ref: str, expires_in: str, description: str, as_json: bool) -> None:
+    """Make an API key and print it, once: the mesh keeps only a hash of it."""
+    ttl_s = _seconds(expires_in) if expires_in else 0
+    with _client() as client:
+        user_id = _find_user(client, user_ref).id if user_ref else ""
+        made = client.identity.CreateApiKey(
+            identity_pb2.CreateApiKeyRequest(user_id=user_id, ttl_seconds=ttl_s, description=description)
+        )
+    _emit(as_json, made, f"{made.key}\n(key id {made.api_key.id}; it is not shown again)")
+
+
+@keys.command("list")
+@click.option("--user", "user_ref", default="", help="Whose keys (id or name; admins only). Default: yours.")
+@click.option("--all", "include_inactive", is_flag=True, help="Also revoked and expired keys.")
+@JSON
+@rpc
+def keys_list(user_ref: str, include_inactive: bool, as_json: bool) -> None:
+    with _client() as client:
+        user_id = _find_user(client, user_ref).id if user_ref else ""
+        reply = client.identity.ListApiKeys(
+            identity_pb2.ListApiKeysRequest(user_id=user_id, include_inactive=include_inactive)
+        )
+    _emit(as_json, reply, "\n".join(_key_line(k) for k in reply.api_keys) or "no keys")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@JSON
+@rpc
+def keys_revoke(key_id: str, as_json: bool) -> None:
+    """Stop the key KEY_ID (its public id, from `keys list`) from working."""
+    with _client() as client:
+        revoked = client.identity.RevokeApiKey(identity_pb2.RevokeApiKeyRequest(id=key_id))
+    _emit(as_json, revoked, f"{revoked.id}  revoked")
+
+
+@main.command()
+@JSON
+@rpc
+def whoami(as_json: bool) -> None:
+    """Who the mesh takes you for (your key's user and role)."""
+    with _client() as client:
+        me = client.identity.WhoAmI(identity_pb2.WhoAmIRequest())
+    _emit(as_json, me, f"{me.name or me.subject}  {_role_name(me.role)}  ({me.subject})")

@@ -32,7 +32,8 @@ MODELS = ROOT / "examples" / "models"
 PROMPT = "map surface water in the Olinda scene"
 
 
-def start_mesh() -> str:
+def start_mesh() -> dict:
+    """The running local mesh's state, after starting one if none serves."""
     paths = mesh_process.MeshPaths(mesh_process.config.home_dir())
     state = mesh_process.read_state(paths)
     if not state or not all(part["serving"] for part in mesh_process.status().values()):
@@ -40,7 +41,7 @@ def start_mesh() -> str:
             mesh_process.down()
         print(f"starting the mesh on embedded defaults (state in {paths.home})...", flush=True)
         state = mesh_process.up()
-    return state["processes"]["gateway"]["address"]
+    return state
 
 
 def register(client: Client, scene: Path) -> dict[str, str]:
@@ -108,10 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         help="progress bars (default: when stdout is a terminal)",
     )
     args = parser.parse_args(argv)
-    gateway = start_mesh()
+    state = start_mesh()
+    gateway, tls_dir = state["processes"]["gateway"]["address"], mesh_process.tls_dir_of(state)
     print(f"gateway  {gateway}")
-    print(f"console  http://{gateway}/   (the web console: catalog, agent, pipeline editor, live runs)")
-    with Client(gateway) as client:
+    print(
+        f"console  http{'s' if tls_dir else ''}://{gateway}/   (the web console: catalog, agent, pipeline editor, "
+        "live runs)"
+    )
+    with Client(gateway, tls_dir=tls_dir) as client:
         client.wait_ready()
         try:
             models = register(client, args.scene)

@@ -1,12 +1,14 @@
 """Start, stop and inspect a local mesh: the four services and Envoy as background processes.
 
 State lives in $CONSTELLATION_HOME (default ~/.constellation): run/mesh.json
-names every process, logs/ holds their output.
+names every process (and the certificates folder when the mesh runs TLS),
+logs/ holds their output, certs/ the certificates `up --tls` makes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,10 +25,10 @@ from constellation_sdk.client import Client
 from gateway import admin
 from gateway import supervisor as gateway
 from gateway.settings import GatewaySettings
-from mesh import config
-from mesh.services import service_key
+from mesh import certs, config
 
 SERVICES = ("core", "hosting", "orchestrator", "agent")
+log = logging.getLogger("constellation.mesh")
 
 
 @dataclass
@@ -40,6 +42,15 @@ class MeshPaths:
     @property
     def logs(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def certs(self) -> Path:
+        return self.home / "certs"
+
+
+def tls_dir_of(state: dict | None) -> Path | None:
+    """The certificates folder a running mesh uses (None: plaintext)."""
+    return Path(state["tls_dir"]) if state and state.get("tls_dir") else None
 
 
 def _alive(pid: int) -> bool:
@@ -69,9 +80,11 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _wait_serving(address: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+def _wait_serving(
+    address: str, process: subprocess.Popen, log_path: Path, timeout_s: float, tls_dir: Path | None
+) -> None:
     deadline = time.monotonic() + timeout_s
-    with Client(address) as client:
+    with Client(address, tls_dir=tls_dir) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"exited with code {process.returncode}; log tail:\n{_tail(log_path)}")
@@ -81,8 +94,29 @@ def _wait_serving(address: str, process: subprocess.Popen, log_path: Path, timeo
     raise TimeoutError(f"not SERVING after {timeout_s:.0f}s; log tail:\n{_tail(log_path)}")
 
 
-def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
-    """Start the mesh in the background and wait until every part answers. Returns the state."""
+def _tls_setup(env: dict[str, str], paths: MeshPaths, tls: bool) -> Path | None:
+    """The certificates folder the mesh will use (made or renewed when `tls` asks for it), set in `env`; None and a
+    warning for plaintext."""
+    folder = config.tls_dir(env.get("CONSTELLATION_TLS_DIR", ""))
+    if folder is None and tls:
+        folder = paths.certs
+    if folder is None:
+        log.warning(
+            "the mesh serves plaintext on loopback: calls are unencrypted and services do not verify their peers; "
+            "`constellation up --tls` (or CONSTELLATION_TLS_DIR) runs it with TLS and mTLS"
+        )
+        return None
+    if tls:
+        certs.issue(folder)  # keeps the CA and every certificate that is still good
+    env["CONSTELLATION_TLS_DIR"] = str(folder)
+    return folder
+
+
+def up(env: dict[str, str] | None = None, timeout_s: float = 60.0, tls: bool = False) -> dict:
+    """Start the mesh in the background and wait until every part answers. Returns the state.
+
+    `tls`: make the certificates in $CONSTELLATION_HOME/certs if they are missing (or renew those that expire
+    soon) and run everything with TLS; CONSTELLATION_TLS_DIR names a folder of certificates made beforehand."""
     env = dict(os.environ if env is None else env)
     paths = MeshPaths(config.home_dir(env))
     existing = read_state(paths)
@@ -94,7 +128,8 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
     paths.logs.mkdir(parents=True, exist_ok=True)
     paths.state.parent.mkdir(parents=True, exist_ok=True)
     paths.state.parent.chmod(0o700)  # it holds Envoy's admin socket
-    state: dict = {"home": str(paths.home), "processes": {}}
+    tls_dir = _tls_setup(env, paths, tls)
+    state: dict = {"home": str(paths.home), "tls_dir": str(tls_dir) if tls_dir else "", "processes": {}}
     started: list[subprocess.Popen] = []
     try:
         addresses = {}
@@ -114,7 +149,7 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0) -> dict:
             state["processes"][service] = {"pid": process.pid, "address": settings.address, "log": str(log_path)}
         for service, process in zip(SERVICES, started, strict=True):
             try:
-                _wait_serving(addresses[service], process, paths.logs / f"{service}.log", timeout_s)
+                _wait_serving(addresses[service], process, paths.logs / f"{service}.log", timeout_s, tls_dir)
             except (RuntimeError, TimeoutError) as error:
                 raise RuntimeError(f"{service} did not start at {addresses[service]}: {error}") from None
         gateway_settings = GatewaySettings.from_env(env)
@@ -182,7 +217,7 @@ def down(env: dict[str, str] | None = None, grace_s: float = 15.0) -> list[str]:
     for name in ("gateway", *reversed(SERVICES)):
         entry = state["processes"].get(name)
         if name == "hosting" and entry:
-            stopped += _stop_model_endpoints(entry["address"], entry["pid"], env)
+            stopped += _stop_model_endpoints(entry["address"], entry["pid"], env, tls_dir_of(state))
         if entry and _alive(entry["pid"]):
             clean = _stop_pid(entry["pid"], grace_s)
             stopped.append(name if clean else f"{name} (killed)")
@@ -208,14 +243,16 @@ def _stop_run_workers(home: Path, grace_s: float) -> list[str]:
     return stopped
 
 
-def _stop_model_endpoints(address: str, pid: int, env: dict[str, str] | None, timeout_s: float = 120.0) -> list[str]:
+def _stop_model_endpoints(
+    address: str, pid: int, env: dict[str, str] | None, tls_dir: Path | None, timeout_s: float = 120.0
+) -> list[str]:
     """Ask hosting to stop the model endpoints it started: they outlive a hosting restart on purpose, so
     stopping hosting alone would leave them running."""
     if not _alive(pid):
         return ["hosting was not running: any model endpoint it started still runs (`constellation up` adopts them)"]
     settings = config.load("hosting", dict(os.environ if env is None else env))
     try:
-        with Client(address, api_key=service_key(settings.api_keys)) as client:
+        with Client(address, api_key=settings.service_key, tls_dir=tls_dir) as client:
             reply = client.hosting.StopDeployments(hosting_pb2.StopDeploymentsRequest(), timeout=timeout_s)
     except grpc.RpcError as error:
         return [f"model endpoints not stopped: hosting answered {error.code().name}: {error.details()}"]
@@ -236,7 +273,7 @@ def status(env: dict[str, str] | None = None) -> dict[str, dict]:
         alive = _alive(entry["pid"])
         serving = False
         if alive:
-            with Client(entry["address"]) as client:
+            with Client(entry["address"], tls_dir=tls_dir_of(state)) as client:
                 serving = client.serving(timeout_s=2.0)
         report[name] = {**entry, "running": alive, "serving": serving}
     return report

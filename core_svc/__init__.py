@@ -2,7 +2,9 @@
 
 - `server`: wiring: settings -> database -> catalog and runs -> servicer -> serve();
 - `settings`: `CoreSettings`, core's own environment variables (the bootstrap's are mesh.config);
-- `servicer`: CoreService over gRPC, one line per RPC; `convert`: protobuf <-> domain;
+- `servicer`: CoreService and IdentityService over gRPC, one line per RPC; `convert`: protobuf <-> domain;
+- `accounts`: users and their API keys (stored as a key id and the sha256 of the secret), and the check of a
+  user key that every service's interceptor relies on (directly here, through `Authenticate` elsewhere);
 - `domain`: the resources as dataclasses; `validation`: dataset and model checks (pipeline specs are
   validated by the `pipeline` package against views of the catalog, in `catalog`);
 - `db` (tables, Alembic migrations in `migrations/`), `catalog` (datasets, models, pipelines in SQL),

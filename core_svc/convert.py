@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from constellation.common.v1 import common_pb2
-from constellation.core.v1 import core_pb2
+from constellation.core.v1 import core_pb2, identity_pb2
+from core_svc.accounts import ApiKey, User
 from core_svc.domain import BoundingBox, Dataset, InputSpec, Model, ModelCard, OutputSpec, Pipeline, Run
+from mesh.auth import ROLE_FROM_PROTO, ROLE_TO_PROTO
 from mesh.enums import enum_name, enum_value
+from mesh.identity import ROLES
 from mesh.timestamps import to_timestamp
 from pipeline.convert import spec_from_proto, spec_to_proto
 
@@ -127,4 +130,32 @@ def run_to_proto(run: Run) -> core_pb2.Run:
         create_time=to_timestamp(run.create_time),
         start_time=to_timestamp(run.start_time),
         end_time=to_timestamp(run.end_time),
+    )
+
+
+def user_to_proto(user: User) -> identity_pb2.User:
+    return identity_pb2.User(
+        id=user.id,
+        name=user.name,
+        role=ROLE_TO_PROTO[user.role],
+        disabled=user.disabled,
+        create_time=to_timestamp(user.create_time),
+    )
+
+
+def role_from_proto(role: identity_pb2.Role.ValueType) -> str:
+    """A user's role ("" when unset); a service's role is not one a user can have."""
+    name = ROLE_FROM_PROTO.get(role, "")
+    return name if name in ROLES else ""
+
+
+def api_key_to_proto(key: ApiKey) -> identity_pb2.ApiKey:
+    return identity_pb2.ApiKey(
+        id=key.id,
+        user_id=key.user_id,
+        description=key.description,
+        create_time=to_timestamp(key.create_time),
+        expire_time=to_timestamp(key.expire_time),
+        revoke_time=to_timestamp(key.revoke_time),
+        last_used_time=to_timestamp(key.last_used_time),
     )

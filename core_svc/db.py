@@ -110,6 +110,8 @@ class RunRow(Base):
     # last orchestrator event core has stored, so a restarted core resumes after it.
     launched: Mapped[bool] = mapped_column(Boolean, default=False)
     upstream_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    # Who ran it ({"subject", "role", "name"}): the driver calls hosting and the orchestrator on their behalf.
+    started_by: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -123,6 +125,31 @@ class RunEventRow(Base):
     run_id: Mapped[str] = mapped_column(String(40), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKeyRow(Base):
+    """A user's API key: its public id and the sha256 of its secret, never the secret (core_svc.accounts)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(40), ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoke_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 def migrate(engine: Engine) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mesh.identity import Identity
 from pipeline.spec import PipelineSpec
 
 MODEL_TASKS = ("classification", "segmentation", "detection", "regression")
@@ -103,6 +104,7 @@ class Run:
     create_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
+    started_by: Identity | None = None  # None for runs from before users existed, or a mesh without keys
 
     @property
     def ended(self) -> bool:

@@ -28,6 +28,7 @@ from core_svc.domain import TERMINAL, Model
 from core_svc.run_queue import RunQueue
 from core_svc.run_store import STATE_NAMES, STATES, RunStore, event, now
 from core_svc.settings import CoreSettings
+from mesh.services import on_behalf_metadata
 from pipeline.spec import PipelineSpec
 
 log = logging.getLogger("core.runs")
@@ -48,8 +49,8 @@ class RunContext:
     hosting: hosting_pb2_grpc.HostingServiceStub
     orchestrator: orchestrator_pb2_grpc.OrchestratorServiceStub
     settings: CoreSettings
-    stopping: threading.Event
-    queue: RunQueue  # set when core shuts down: drivers stop without ending their runs
+    stopping: threading.Event  # set when core shuts down: drivers stop without ending their runs
+    queue: RunQueue  # the places for running runs (core_svc.run_queue)
 
 
 def output_to_dict(output: common.RunOutput) -> dict:
@@ -73,14 +74,20 @@ class RunDriver:
 
     def __init__(self, context: RunContext, run_id: str) -> None:
         self.context, self.run_id = context, run_id
-        self.store, self.settings = context.store, context.settings
+        self.store = context.store
+        found = self.store.find(run_id)
+        # Hosting and the orchestrator check the role of the user who started the run, named explicitly here:
+        # a driver's thread is not the call that started it (and may be a restarted core's).
+        started_by = found.started_by if found is not None else None
+        self.settings = context.settings.model_copy(
+            update={"metadata": context.settings.metadata + on_behalf_metadata(started_by)}
+        )
         self._canceled = threading.Event()
         self._calls: set[grpc.Future] = set()
         self._calls_lock = threading.Lock()
         self._launched = False
         self._emit_lock = threading.Lock()
         # The run's state: every change after this goes through this driver (emit, _forward), under _emit_lock.
-        found = self.store.find(run_id)
         self._state = found.state if found is not None else None
 
     # Control from other threads

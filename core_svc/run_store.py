@@ -6,6 +6,7 @@ row happen in one transaction, so a watcher never sees a state without the event
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime
 
@@ -18,6 +19,7 @@ from core_svc import convert, db
 from core_svc.domain import RUN_STATES, TERMINAL, Run
 from core_svc.listing import Page, parse_filter
 from mesh.errors import InvalidArgument
+from mesh.identity import Identity
 from mesh.ids import new_id
 
 # Run state name <-> RunState value.
@@ -55,6 +57,7 @@ def _run_from_row(row: db.RunRow) -> Run:
         id=row.id, pipeline_id=row.pipeline_id, state=row.state, state_message=row.state_message,
         outputs=list(row.outputs), spec=row.spec, launched=row.launched, upstream_sequence=row.upstream_sequence,
         create_time=_aware(row.create_time), start_time=_aware(row.start_time), end_time=_aware(row.end_time),
+        started_by=Identity(**row.started_by) if row.started_by else None,
     )  # fmt: skip
 
 
@@ -68,11 +71,12 @@ class RunStore:
         self._changed = threading.Condition()
         self.version = 0  # bumped by every append: watchers wait for it to move
 
-    def create(self, pipeline_id: str, spec: dict, first: common.RunEvent) -> Run:
+    def create(self, pipeline_id: str, spec: dict, first: common.RunEvent, started_by: Identity | None) -> Run:
         created = now()
         row = db.RunRow(
             id=new_id("run"), pipeline_id=pipeline_id, state="queued", state_message="", spec=spec, outputs=[],
             launched=False, upstream_sequence=0, create_time=created,
+            started_by=dataclasses.asdict(started_by) if started_by else None,
         )  # fmt: skip
         with self._sessions() as session:
             session.add(row)

@@ -32,7 +32,8 @@ from core_svc.run_queue import RunQueue
 from core_svc.run_store import RunStore, event
 from core_svc.settings import CoreSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from mesh.services import insecure_channel
+from mesh.identity import Identity
+from mesh.services import peer_channel
 
 log = logging.getLogger("core.runs")
 
@@ -46,8 +47,8 @@ class Runs:
     def __init__(self, engine: Engine, catalog: Catalog, settings: CoreSettings) -> None:
         self.catalog, self.settings = catalog, settings
         self.store = RunStore(engine)
-        self._hosting_channel = insecure_channel(settings.hosting_address)
-        self._orchestrator_channel = insecure_channel(settings.orchestrator_address)
+        self._hosting_channel = peer_channel(settings.hosting_address, settings.tls)
+        self._orchestrator_channel = peer_channel(settings.orchestrator_address, settings.tls)
         self.stopping = threading.Event()
         self.queue = RunQueue(settings.max_running_runs)
         self._context = RunContext(
@@ -64,7 +65,7 @@ class Runs:
 
     # RPCs
 
-    def run_pipeline(self, pipeline_id: str) -> Run:
+    def run_pipeline(self, pipeline_id: str, started_by: Identity | None) -> Run:
         if not pipeline_id:
             raise InvalidArgument.field("pipeline_id", "is required: the id of a stored pipeline (see ListPipelines)")
         pipeline = self.catalog.get_pipeline(pipeline_id)
@@ -73,7 +74,7 @@ class Runs:
             listed = "; ".join(f"{p.field}: {p.description}" for p in problems[:5])
             raise FailedPrecondition(f"pipeline {pipeline.name!r} is no longer valid against the catalog: {listed}")
         queued = event(E.RUN_EVENT_TYPE_RUN_QUEUED, "queued", f"run of pipeline {pipeline.name!r} queued")
-        run = self.store.create(pipeline_id, pipeline.spec.to_json(), queued)
+        run = self.store.create(pipeline_id, pipeline.spec.to_json(), queued, started_by)
         self.queue.enter(run.id)
         self._start_driver(run.id)
         return run

@@ -1,4 +1,4 @@
-"""Wiring for core: settings -> database -> catalog -> servicer -> serve()."""
+"""Wiring for core: settings -> database -> catalog, runs, accounts -> servicers -> serve()."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from sqlalchemy.exc import DBAPIError
 
 from clients.roots import StorageRoots
+from core_svc.accounts import Accounts
 from core_svc.catalog import Catalog
 from core_svc.db import migrate
 from core_svc.runs import Runs
-from core_svc.servicer import CoreServicer
+from core_svc.servicer import CoreServicer, IdentityServicer
 from core_svc.settings import CoreSettings
 from mesh import config, logs
 from mesh.db import create_db_engine
@@ -35,16 +36,21 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> Me
     engine = create_db_engine(settings.database_url)
     migrate(engine)
     catalog = Catalog(engine, roots)
+    accounts = Accounts(engine)
     runs = Runs(engine, catalog, core_settings)
     runs.resume()
     return MeshServer(
         settings,
-        [registration("core", CoreServicer(catalog, runs), health_checks={"database": catalog.check_database})],
+        [
+            registration("core", CoreServicer(catalog, runs), health_checks={"database": catalog.check_database}),
+            registration("identity", IdentityServicer(accounts)),
+        ],
         # Core answers reflection for the whole gateway, so `grpcurl list`
         # through Envoy shows every service of the mesh.
         reflection_names=MESH_SERVICE_NAMES,
         translate_error=translate_error,
         on_stop=[runs.close],
+        user_keys=accounts.authenticate,  # core checks user keys in its own database
     )
 
 

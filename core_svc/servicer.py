@@ -1,13 +1,17 @@
-"""CoreService over gRPC: translates protobuf to the catalog's domain and back."""
+"""CoreService and IdentityService over gRPC: translate protobuf to the catalog's and accounts' domain and back."""
 
 from __future__ import annotations
 
 from google.protobuf import empty_pb2
 
-from constellation.core.v1 import core_pb2, core_pb2_grpc
+from constellation.core.v1 import core_pb2, core_pb2_grpc, identity_pb2, identity_pb2_grpc
 from core_svc import convert
+from core_svc.accounts import Accounts
 from core_svc.catalog import Catalog
 from core_svc.runs import Runs
+from mesh import identity
+from mesh.auth import principal_to_proto
+from mesh.errors import InvalidArgument
 from pipeline.convert import problem_to_proto
 
 
@@ -76,7 +80,7 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
         )
 
     def RunPipeline(self, request, context):
-        return convert.run_to_proto(self._runs.run_pipeline(request.pipeline_id))
+        return convert.run_to_proto(self._runs.run_pipeline(request.pipeline_id, identity.current()))
 
     def GetRun(self, request, context):
         return convert.run_to_proto(self._runs.get(request.id))
@@ -90,3 +94,51 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
 
     def CancelRun(self, request, context):
         return convert.run_to_proto(self._runs.cancel(request.id))
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+
+    def CreateUser(self, request, context):
+        role = convert.role_from_proto(request.user.role)
+        return convert.user_to_proto(self._accounts.create_user(request.user.name, role))
+
+    def GetUser(self, request, context):
+        return convert.user_to_proto(self._accounts.get_user(request.id))
+
+    def ListUsers(self, request, context):
+        users, token = self._accounts.list_users(request.page_size, request.page_token)
+        return identity_pb2.ListUsersResponse(users=[convert.user_to_proto(u) for u in users], next_page_token=token)
+
+    def UpdateUser(self, request, context):
+        paths = set(request.update_mask.paths) or ({"role"} if request.user.role else set())
+        unknown = paths - {"role", "disabled"}
+        if unknown:
+            raise InvalidArgument.field("update_mask", f"may name 'role' and 'disabled', not {sorted(unknown)}")
+        role = convert.role_from_proto(request.user.role) if "role" in paths else None
+        disabled = request.user.disabled if "disabled" in paths else None
+        return convert.user_to_proto(self._accounts.update_user(request.user.id, role, disabled))
+
+    def CreateApiKey(self, request, context):
+        key, text = self._accounts.create_key(_caller(), request.user_id, request.ttl_seconds, request.description)
+        return identity_pb2.CreateApiKeyResponse(api_key=convert.api_key_to_proto(key), key=text)
+
+    def ListApiKeys(self, request, context):
+        keys = self._accounts.list_keys(_caller(), request.user_id, request.include_inactive)
+        return identity_pb2.ListApiKeysResponse(api_keys=[convert.api_key_to_proto(k) for k in keys])
+
+    def RevokeApiKey(self, request, context):
+        return convert.api_key_to_proto(self._accounts.revoke_key(_caller(), request.id))
+
+    def WhoAmI(self, request, context):
+        return principal_to_proto(_caller())
+
+    def Authenticate(self, request, context):
+        return principal_to_proto(self._accounts.authenticate(request.api_key))
+
+
+def _caller() -> identity.Identity:
+    caller = identity.current()
+    assert caller is not None  # the interceptor sets it for every call it lets through
+    return caller

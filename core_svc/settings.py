@@ -10,7 +10,7 @@ from pydantic import Field
 
 from mesh import config
 from mesh.config import EnvSettings, env_field
-from mesh.services import service_key
+from mesh.tls import TlsFiles, files
 
 
 class CoreSettings(EnvSettings):
@@ -36,18 +36,22 @@ class CoreSettings(EnvSettings):
     )
     hosting_address: str = Field("", description="host:port of hosting (the bootstrap's peers)")
     orchestrator_address: str = Field("", description="host:port of the orchestrator (the bootstrap's peers)")
+    tls: TlsFiles | None = Field(
+        None, description="core's certificate for mTLS to its peers (the bootstrap's CONSTELLATION_TLS_DIR)"
+    )
     metadata: tuple[tuple[str, str], ...] = Field(
-        (), description="credentials core presents to its peers when the mesh has API keys", repr=False
+        (), description="the service key core presents to its peers when the mesh has keys", repr=False
     )
 
     @classmethod
     def load(cls, mesh: config.Settings, env: Mapping[str, str] | None = None) -> CoreSettings:
         """Core's variables from `env` (default: the process environment), with its peers from `mesh`."""
-        # Core calls hosting and the orchestrator on the user's behalf; the mesh shares one key list.
-        key = service_key(mesh.api_keys)
+        # Core calls hosting and the orchestrator with the service key, on behalf of a run's user (run_driver).
+        key = mesh.service_key
         return cls.from_env(
             env,
             hosting_address=mesh.peers["hosting"],
             orchestrator_address=mesh.peers["orchestrator"],
+            tls=files(mesh.tls_dir, "core"),
             metadata=(("authorization", f"Bearer {key}"),) if key else (),
         )

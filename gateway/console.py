@@ -8,7 +8,10 @@ path that resolves outside it (`..`, symlinks) is a 404. When the mesh has
 API keys (CONSTELLATION_API_KEYS / CONSTELLATION_API_KEY), `/files/` wants one
 too, in the `constellation_api_key` cookie the page sets (an <img> cannot send
 headers). `/console.json` tells the page which `file://` prefix maps to
-`/files/` and whether it needs a key.
+`/files/` and whether it needs a key. With the mesh's certificates
+(CONSTELLATION_TLS_DIR) it serves HTTPS with the gateway's certificate and
+takes only connections presenting that same certificate: Envoy's, the one hop
+that reaches it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import hmac
 import json
 import mimetypes
+import socket
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -25,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from gateway.settings import WEB_DIST, GatewaySettings
+from mesh.tls import SPIFFE_PREFIX, TlsFiles
 
 NOT_BUILT = b"""<!doctype html><meta charset="utf-8"><title>Constellation</title>
 <body style="font-family:sans-serif;margin:3em">
@@ -125,11 +131,51 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-def serve(port: int, web_root: Path, files_root: Path, keys: set[str] | None = None) -> ThreadingHTTPServer:
-    """Start the console server on 127.0.0.1:port (0 picks a free one) in a daemon thread."""
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+def gateway_only_context(tls: TlsFiles) -> ssl.SSLContext:
+    """Serve with the gateway's certificate; require a client certificate from the mesh's CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class _TlsConsoleServer(ThreadingHTTPServer):
+    """HTTPS whose handshake runs in the connection's own thread (a slow peer never stalls accept), and that serves
+    only the peer whose certificate names the gateway."""
+
+    context: ssl.SSLContext
+
+    def finish_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: object) -> None:
+        assert isinstance(request, socket.socket)
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            wrapped = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # no certificate of the mesh's CA, or a broken handshake: nothing to serve
+        names = dict(wrapped.getpeercert() or {}).get("subjectAltName", ())
+        if ("URI", SPIFFE_PREFIX + "gateway") in names:
+            wrapped.settimeout(None)
+            super().finish_request(wrapped, client_address)
+        wrapped.close()
+
+
+def serve(
+    port: int, web_root: Path, files_root: Path, keys: set[str] | None = None, tls: TlsFiles | None = None
+) -> ThreadingHTTPServer:
+    """Start the console server on 127.0.0.1:port (0 picks a free one) in a daemon thread; HTTPS for the gateway
+    only with `tls`."""
     attributes = {"web_root": web_root, "files_root": files_root, "keys": frozenset(keys or ())}
     handler = type("BoundConsoleHandler", (ConsoleHandler,), attributes)
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server: ThreadingHTTPServer
+    if tls is not None:
+        server = _TlsConsoleServer(("127.0.0.1", port), handler)
+        server.context = gateway_only_context(tls.check())
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="console", daemon=True).start()
     return server
@@ -137,4 +183,5 @@ def serve(port: int, web_root: Path, files_root: Path, keys: set[str] | None = N
 
 def serve_from_env(env: Mapping[str, str] | None = None) -> ThreadingHTTPServer:
     settings = GatewaySettings.from_env(env)
-    return serve(settings.console_port, settings.web_root, settings.outputs_dir, settings.api_keys)
+    tls = TlsFiles(settings.tls_dir, "gateway") if settings.tls_dir else None
+    return serve(settings.console_port, settings.web_root, settings.outputs_dir, settings.api_keys, tls)

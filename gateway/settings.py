@@ -14,6 +14,7 @@ from mesh.config import (
     home_path,
     parse_api_keys,
     secret_field,
+    tls_dir,
 )
 
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
@@ -82,6 +83,18 @@ class GatewaySettings(EnvSettings):
         "as services send no heartbeat (keepalives close the streams of clients that are gone)",
         ge=0,
     )
+    tls_dir_raw: str = env_field(
+        "CONSTELLATION_TLS_DIR",
+        "",
+        "the mesh's certificates: the gateway serves HTTPS and gRPC over TLS with gateway.crt (ALPN h2, http/1.1) "
+        "and calls services and the console with mTLS; empty: plaintext",
+    )
+    require_client_cert: bool = env_field(
+        "CONSTELLATION_GATEWAY_REQUIRE_CLIENT_CERT",
+        False,
+        "with TLS, also require clients to present a certificate from the mesh's CA (mTLS at the door; browsers "
+        "then need client.crt installed)",
+    )
     workers: int = env_field("CONSTELLATION_GATEWAY_WORKERS", 1, "Envoy worker threads (--concurrency)", ge=1)
     console_port: int = env_field(
         "CONSTELLATION_CONSOLE_PORT", 0, "the console's static server on 127.0.0.1 (0: a free port)", ge=0
@@ -104,6 +117,10 @@ class GatewaySettings(EnvSettings):
         if self.export_uri.startswith("file:///"):
             return Path(urllib.parse.unquote(urllib.parse.urlparse(self.export_uri).path))
         return (home_path(self.home_raw) / "outputs").resolve()
+
+    @property
+    def tls_dir(self) -> Path | None:
+        return tls_dir(self.tls_dir_raw)
 
     @property
     def hosts(self) -> list[str]:

@@ -1,8 +1,17 @@
 """Render envoy/envoy.yaml for a set of ports and run the real Envoy binary on it, with the web console's
-static server (gateway/console.py) beside it."""
+static server (gateway/console.py) beside it.
+
+With the mesh's certificates (CONSTELLATION_TLS_DIR) the rendered config adds
+TLS: the listener serves HTTPS and gRPC over TLS with gateway.crt, offering
+ALPN h2 and http/1.1 (gRPC, gRPC-web and the console on one port), and asks
+clients for a certificate only when CONSTELLATION_GATEWAY_REQUIRE_CLIENT_CERT
+is set; every cluster (services and console) is called with mTLS, presenting
+gateway.crt and accepting only the certificate whose SAN URI names that
+cluster's identity, so Envoy's health checks run over mTLS too."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import signal
 import subprocess
@@ -14,6 +23,7 @@ import yaml
 
 from gateway import admin, console
 from gateway.settings import GatewaySettings
+from mesh.tls import SPIFFE_PREFIX, TlsFiles
 
 ENVOY_CONFIG = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
 CONSOLE_CLUSTER = "console"
@@ -45,25 +55,83 @@ def render_config(
     service_addresses: dict[str, str],
     settings: GatewaySettings | None = None,
     template: Path = ENVOY_CONFIG,
+    listen_host: str = "127.0.0.1",
 ) -> str:
-    """envoy.yaml with the listener and each cluster pointed at the given ports, the admin interface on the
+    """envoy.yaml with the listener on listen_host:gateway_port and each cluster pointed at the given
+    addresses (a host name, such as a Kubernetes Service's, is resolved by DNS), the admin interface on the
     Unix socket `admin_socket` (0600), and the Host names, CORS origins and limits of `settings`."""
     settings = settings or GatewaySettings()
     config = yaml.safe_load(template.read_text())
     config["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
     listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"]["address"] = listen_host
     listener["address"]["socket_address"]["port_value"] = gateway_port
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     [connections] = config["overload_manager"]["resource_monitors"]
     connections["typed_config"]["max_active_downstream_connections"] = settings.max_connections
     _apply_limits(manager, gateway_port, settings)
+    tls = TlsFiles(settings.tls_dir, "gateway").check() if settings.tls_dir else None
+    if tls is not None:
+        listener["filter_chains"][0]["transport_socket"] = downstream_tls(tls, settings.require_client_cert)
     for cluster in config["static_resources"]["clusters"]:
+        if tls is not None:
+            # The console server runs in the gateway supervisor and serves with the gateway's own certificate.
+            peer, alpn = ("gateway", "http/1.1") if cluster["name"] == CONSOLE_CLUSTER else (cluster["name"], "h2")
+            cluster["transport_socket"] = upstream_tls(tls, peer, alpn)
         if cluster["name"] == CONSOLE_CLUSTER:
             continue  # the supervisor points it at the console server it starts
         host, _, port = service_addresses[cluster["name"]].rpartition(":")
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         address["address"], address["port_value"] = host, int(port)
+        if not _is_ip(host):
+            cluster["type"] = "STRICT_DNS"  # every address the name resolves to is an endpoint
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def _certificate(tls: TlsFiles) -> dict:
+    return {"certificate_chain": {"filename": str(tls.cert)}, "private_key": {"filename": str(tls.key)}}
+
+
+def downstream_tls(tls: TlsFiles, require_client_cert: bool) -> dict:
+    """The listener's TLS: the gateway's certificate, ALPN h2 and http/1.1; client certificates of the mesh's CA
+    required when `require_client_cert`, else not asked for (a browser would prompt for one)."""
+    common: dict = {"alpn_protocols": ["h2", "http/1.1"], "tls_certificates": [_certificate(tls)]}
+    if require_client_cert:
+        common["validation_context"] = {"trusted_ca": {"filename": str(tls.ca)}}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": require_client_cert,
+            "common_tls_context": common,
+        },
+    }
+
+
+def upstream_tls(tls: TlsFiles, peer: str, alpn: str) -> dict:
+    """mTLS to a cluster: present the gateway's certificate, accept only `peer`'s (by its SPIFFE URI)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": [alpn],
+                "tls_certificates": [_certificate(tls)],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(tls.ca)},
+                    "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": SPIFFE_PREFIX + peer}}],
+                },
+            },
+        },
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def own_hosts(gateway_port: int, settings: GatewaySettings) -> list[str]:
@@ -74,7 +142,8 @@ def own_hosts(gateway_port: int, settings: GatewaySettings) -> list[str]:
 
 def own_origins(gateway_port: int, settings: GatewaySettings) -> list[str]:
     """The browser origins CORS answers: the gateway's own (the console is same-origin), then the configured ones."""
-    return [f"http://localhost:{gateway_port}", f"http://127.0.0.1:{gateway_port}", *settings.cors_origins]
+    scheme = "https" if settings.tls_dir else "http"
+    return [f"{scheme}://localhost:{gateway_port}", f"{scheme}://127.0.0.1:{gateway_port}", *settings.cors_origins]
 
 
 def _duration(seconds: float) -> str:

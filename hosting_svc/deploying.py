@@ -31,6 +31,8 @@ def runtime_unavailable(runtime: str) -> str:
         return "the Docker engine does not answer here; start dockerd or deploy with the local runtime"
     if runtime == "modal":
         return "the Modal runtime needs MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in hosting's environment"
+    if runtime == "kubernetes":
+        return "the kubernetes runtime is off: set CONSTELLATION_HOSTING_KUBERNETES to kserve or deployment"
     return f"runtime {runtime} is not available"
 
 
@@ -62,7 +64,7 @@ class Deployer:
             raise FailedPrecondition(f"{label} is {model.state}; wait for it to finish")
         if model.state not in ("ready", "healthy", "unhealthy", "failed") or not model.manifest.get("wheelhouse"):
             raise FailedPrecondition(f"{label} is {model.state}; package it successfully first")
-        if runtime == "docker" and not model.image:
+        if runtime in ("docker", "kubernetes") and not model.image:
             raise FailedPrecondition(
                 f"{label} has no image (it was packaged without Docker); package it again with Docker running"
             )
@@ -79,9 +81,10 @@ class Deployer:
             previous = self._live_sibling(model)
             started: list[Replica] = []
             try:
-                self.stop_replicas(model)
+                # A runtime that scales itself changes its object in place (scale, canary); others start afresh.
+                self.stop_replicas(model, keep=runtime.name if runtime.scales_itself else "")
                 runtime.prepare(model, lambda line: emit(model, log_line=line))
-                for index in range(model.replicas):
+                for index in range(1 if runtime.scales_itself else model.replicas):
                     started.append(runtime.start(model, index, free_port()))
                 for replica in started:
                     with InferenceClient(replica.address, model.name) as client:
@@ -123,11 +126,14 @@ class Deployer:
             model.endpoints = []
             self.journal.emit(model, "ready", f"stopped: {reason}")
 
-    def stop_replicas(self, model: HostedModel) -> int:
-        """Stop the model's replicas on every runtime (a redeploy may switch runtimes); returns how many."""
+    def stop_replicas(self, model: HostedModel, keep: str = "") -> int:
+        """Stop the model's replicas on every runtime but `keep` (a redeploy may switch runtimes); returns how
+        many."""
         self.replicas.pop(model.id, None)
         stopped = 0
         for runtime in self.runtimes.values():
+            if runtime.name == keep:
+                continue
             for replica_id in runtime.running().get(model.id, []):
                 runtime.stop(model, replica_id)
                 stopped += 1

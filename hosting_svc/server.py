@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from hosting_svc import images
 from hosting_svc.deployments import Hosting
 from hosting_svc.registry import Registry
-from hosting_svc.runtimes import Runtime, modal
+from hosting_svc.runtimes import Runtime, kubernetes, modal
 from hosting_svc.runtimes.docker import DockerRuntime
 from hosting_svc.runtimes.local import LocalRuntime
 from hosting_svc.servicer import HostingServicer
@@ -31,6 +31,9 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tu
         runtimes["docker"] = DockerRuntime(engine, owner=str(home), base_image=own.base_image, builds=home / "builds")
     if modal.configured(own):
         runtimes["modal"] = modal.ModalRuntime(home / "modal")
+    kube_client = kubernetes.api_client(own)
+    if kube_client is not None:
+        runtimes["kubernetes"] = kubernetes.KubernetesRuntime(own, kube_client)
     hosting = Hosting(store, own, runtimes)
     hosting.reconcile()
     hosting.start_monitor()

@@ -16,6 +16,7 @@ RUNTIME_NAMES = {
     hosting_pb2.RUNTIME_DOCKER: "docker",
     hosting_pb2.RUNTIME_LOCAL: "local",
     hosting_pb2.RUNTIME_MODAL: "modal",
+    hosting_pb2.RUNTIME_KUBERNETES: "kubernetes",
 }
 
 

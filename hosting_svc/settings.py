@@ -82,6 +82,43 @@ class HostingSettings(EnvSettings):
         "",
         'JSON file of credentials per registry host: {"host:port": {"username", "password"}}',
     )
+    kubernetes: str = env_field(
+        "CONSTELLATION_HOSTING_KUBERNETES",
+        "off",
+        "off; kserve: deploy models as KServe InferenceServices (Standard mode) on the cluster hosting runs in; "
+        "deployment: as plain Deployments and Services (clusters without KServe)",
+        pattern="^(off|kserve|deployment)$",
+    )
+    kubernetes_namespace: str = env_field(
+        "CONSTELLATION_HOSTING_KUBERNETES_NAMESPACE", "constellation-models", "namespace model replicas run in"
+    )
+    kubernetes_service_account: str = env_field(
+        "CONSTELLATION_HOSTING_KUBERNETES_SERVICE_ACCOUNT",
+        "constellation-model",
+        "service account of model pods (its token is never mounted)",
+    )
+    kubernetes_max_replicas: int = env_field(
+        "CONSTELLATION_HOSTING_KUBERNETES_MAX_REPLICAS",
+        4,
+        "autoscaling ceiling as a multiple of a deployment's replicas (1: no autoscaling)",
+        ge=1,
+        le=16,
+    )
+    kubernetes_cpu_target: int = env_field(
+        "CONSTELLATION_HOSTING_KUBERNETES_CPU_TARGET",
+        70,
+        "CPU utilization (% of the request) the autoscaler keeps a CPU model's replicas at",
+        ge=10,
+        le=100,
+    )
+    kubernetes_canary_percent: int = env_field(
+        "CONSTELLATION_HOSTING_KUBERNETES_CANARY_PERCENT",
+        10,
+        "share of traffic a new version gets while it proves healthy beside the serving one (kserve); "
+        "100: replace at once",
+        ge=1,
+        le=100,
+    )
     modal_token_id: str = Field(
         "", validation_alias="MODAL_TOKEN_ID", description="Modal token id; with its secret, enables the modal runtime"
     )

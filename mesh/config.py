@@ -15,6 +15,8 @@ reads through `load(service)`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +26,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mesh.identity import canonical_role
+from mesh.tls import TlsError, TlsFiles
 
 # Service name -> (default gRPC port, default metrics port).
 DEFAULT_PORTS: dict[str, tuple[int, int]] = {
@@ -116,6 +119,11 @@ def home_dir(env: Mapping[str, str] | None = None) -> Path:
     return home_path(env.get("CONSTELLATION_HOME", ""))
 
 
+def tls_dir(raw: str) -> Path | None:
+    """The certificates folder from the value of CONSTELLATION_TLS_DIR; None (plaintext) when it is empty."""
+    return Path(raw).expanduser() if raw else None
+
+
 def parse_api_keys(raw: str, extra_admin_key: str = "") -> dict[str, str]:
     """`key` or `key:role`, comma separated (CONSTELLATION_API_KEYS); a key without a role is an admin, and so is
     `extra_admin_key` (CONSTELLATION_API_KEY) when set."""
@@ -158,6 +166,25 @@ class Settings(EnvSettings):
         "authentication is off",
     )
     api_key_raw: str = secret_field("CONSTELLATION_API_KEY", "one more admin key")
+    tls_dir_raw: str = env_field(
+        "CONSTELLATION_TLS_DIR",
+        "",
+        "the mesh's certificates (`constellation certs`): services serve mTLS and call each other with their own "
+        "certificate, and accept only the peers mesh/peers.py lists; empty: plaintext, no peer identities",
+    )
+    service_key_raw: str = secret_field(
+        "CONSTELLATION_SERVICE_KEY",
+        "the key services present to each other (identity `service`; the same on every service); empty: the "
+        "home's credentials/service.key, else one derived from the first admin key",
+    )
+    auth_cache_s: float = env_field(
+        "CONSTELLATION_AUTH_CACHE_S",
+        5.0,
+        "how long hosting, the orchestrator and the agent remember core's answer about a user's API key, "
+        "seconds: a revoked or expired key, or a disabled user, stops working there within this time; 0: ask "
+        "core at every call",
+        ge=0,
+    )
     log_level_raw: str = env_field("CONSTELLATION_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = env_field("CONSTELLATION_LOG_FORMAT", "json", "json (one object a line) or text")
     max_message_mb: int = env_field(
@@ -227,6 +254,24 @@ class Settings(EnvSettings):
         return parse_api_keys(self.api_keys_raw, self.api_key_raw)
 
     @property
+    def tls_dir(self) -> Path | None:
+        """The certificates folder; None: plaintext."""
+        return tls_dir(self.tls_dir_raw)
+
+    @property
+    def service_key(self) -> str:
+        """The key services present to each other (read at start-up): CONSTELLATION_SERVICE_KEY, else the home's
+        credentials/service.key, else one derived from the first admin key, so that a mesh configured only
+        with CONSTELLATION_API_KEYS still agrees on it; "" when there is none (authentication off)."""
+        if self.service_key_raw:
+            return self.service_key_raw
+        stored = self.home / "credentials" / "service.key"
+        if stored.is_file():
+            return stored.read_text().strip()
+        admin = next((key for key, role in self.api_keys.items() if role == "admin"), "")
+        return hmac.new(admin.encode(), b"constellation service key", hashlib.sha256).hexdigest() if admin else ""
+
+    @property
     def log_level(self) -> str:
         return self.log_level_raw.upper()
 
@@ -270,4 +315,9 @@ def load(service: str, env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"unknown service {service!r}")
     settings = Settings.from_env(env, service=service)
     settings.api_keys  # noqa: B018 -- a bad role fails at start-up, not at the first call
+    if settings.tls_dir is not None:
+        try:
+            TlsFiles(settings.tls_dir, service).check()
+        except TlsError as error:
+            raise ConfigError(f"CONSTELLATION_TLS_DIR: {error}") from None
     return settings

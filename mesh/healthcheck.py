@@ -1,6 +1,8 @@
 """`python -m mesh.healthcheck HOST:PORT [SERVICE]`: exit 0 when the server answers SERVING.
 
 Used by container health checks (compose.yaml), where no grpcurl is installed.
+With CONSTELLATION_TLS_DIR set it connects over mTLS, presenting the `client`
+certificate of that folder (health is open to any peer of the mesh's CA).
 """
 
 import sys
@@ -8,13 +10,17 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mesh.config import Settings
+from mesh.services import peer_channel
+from mesh.tls import files
+
 
 def main() -> int:
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     service = sys.argv[2] if len(sys.argv) > 2 else ""
-    with grpc.insecure_channel(sys.argv[1]) as channel:
+    with peer_channel(sys.argv[1], files(Settings.from_env().tls_dir, "client")) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
         except grpc.RpcError as error:

@@ -44,6 +44,24 @@ class Identity:
 
 # Authentication off (an explicit setting): every caller acts as this admin.
 ANONYMOUS_ADMIN = Identity("anonymous", "admin", "anonymous")
+# A peer that presented the mesh's service key (every service shares one).
+SERVICE_IDENTITY = Identity("service:mesh", SERVICE_ROLE, "mesh")
+
+
+def on_behalf_value(who: Identity) -> str:
+    """ON_BEHALF_HEADER's value for `who`: "role;subject;name" (user names and subjects hold no ';')."""
+    return f"{who.role};{who.subject};{who.name}"
+
+
+def from_on_behalf(value: str) -> Identity:
+    """The user a service acts for, from ON_BEHALF_HEADER; ValueError when the value is not one on_behalf_value
+    makes for a user (a service cannot claim to act for a service)."""
+    role, _, rest = value.partition(";")
+    subject, _, name = rest.partition(";")
+    if not subject or len(value) > 512:
+        raise ValueError(f"{ON_BEHALF_HEADER} must be 'role;subject;name'")
+    return Identity(subject, canonical_role(role), name)
+
 
 _current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("identity", default=None)
 

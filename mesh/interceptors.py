@@ -14,8 +14,6 @@ unary calls, health checks among them.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import threading
@@ -27,16 +25,15 @@ from typing import Any, NoReturn
 import grpc
 from prometheus_client import Counter, Histogram
 
-from mesh import identity
-from mesh.errors import DomainError, InvalidArgument, internal_status, to_status
+from mesh import identity, roles
+from mesh.auth import Authenticator
+from mesh.errors import DomainError, InvalidArgument, PermissionDenied, Unauthenticated, internal_status, to_status
 from mesh.limits import check_request
 from mesh.logs import request_id_var
 
 log = logging.getLogger("mesh.rpc")
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-# Methods a viewer may call: everything that does not change state.
-READ_METHOD_PREFIXES = ("Get", "List", "Watch", "Validate", "Recommend", "Plan")
 
 RPC_REQUESTS = Counter(
     "constellation_grpc_requests_total", "RPCs handled, by final status code.", ["service", "method", "code"]
@@ -97,12 +94,12 @@ class MeshInterceptor(grpc.ServerInterceptor):
     def __init__(
         self,
         service: str,
-        api_keys: dict[str, str],
+        authenticator: Authenticator,
         translate: Callable[[Exception], DomainError | None] | None = None,
         max_streams: int = 24,
     ) -> None:
         self.service = service
-        self.api_keys = api_keys
+        self.authenticator = authenticator
         self.max_streams = max_streams
         self._stream_slots = threading.BoundedSemaphore(max_streams)
         # Turns an adapter's exception (e.g. a dropped database connection)
@@ -131,36 +128,38 @@ class MeshInterceptor(grpc.ServerInterceptor):
         stream_stream = self._stream(handler.stream_stream, short_method, request_id, caller, denial, streaming=True)
         return handler._replace(stream_stream=stream_stream)
 
-    def _authorize(
-        self, method: str, metadata: dict[str, str]
-    ) -> tuple[identity.Identity | None, tuple[grpc.StatusCode, str] | None]:
-        """The caller's identity, or why the call is refused."""
-        if not self.api_keys:
-            return identity.ANONYMOUS_ADMIN, None
+    def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[identity.Identity | None, DomainError | None]:
+        """Who the call is for, or why it is refused: the key (mesh.auth), the user a service acts for, the role
+        the method needs (mesh.roles)."""
+        if not self.authenticator.enabled:
+            unlisted = roles.required_role(method) is None  # fails closed even then
+            return identity.ANONYMOUS_ADMIN, PermissionDenied(roles.unlisted(method)) if unlisted else None
         presented = _presented_key(metadata)
         if not presented:
-            return None, (
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing credentials: send 'authorization: Bearer <api key>'",
-            )
-        role = next((r for k, r in self.api_keys.items() if hmac.compare_digest(k.encode(), presented.encode())), None)
-        if role is None:
-            return None, (grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid")
-        caller = identity.Identity(f"key:{hashlib.sha256(presented.encode()).hexdigest()[:12]}", role)
-        name = method.rsplit("/", 1)[-1]
-        if not caller.at_least("editor") and not name.startswith(READ_METHOD_PREFIXES):
-            return caller, (
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this API key may only read; {name} needs an editor key",
-            )
-        return caller, None
+            return None, Unauthenticated("missing credentials: send 'authorization: Bearer <api key>'")
+        try:
+            caller = self.authenticator.authenticate(presented)
+            acting = self.authenticator.acting_for(caller, metadata.get(identity.ON_BEHALF_HEADER, ""))
+        except DomainError as refusal:
+            return None, refusal
+        denial = roles.denial(method, caller, acting)
+        return acting, PermissionDenied(denial) if denial else None
 
     def _finish(self, method: str, started: float, context: grpc.ServicerContext) -> None:
         code = context.code() or grpc.StatusCode.OK
         elapsed = time.perf_counter() - started
         RPC_REQUESTS.labels(self.service, method, code.name).inc()
         RPC_LATENCY.labels(self.service, method).observe(elapsed)
-        log.info("rpc", extra={"method": method, "code": code.name, "duration_ms": round(elapsed * 1000, 3)})
+        caller = identity.current()
+        log.info(
+            "rpc",
+            extra={
+                "method": method,
+                "code": code.name,
+                "duration_ms": round(elapsed * 1000, 3),
+                "caller": caller.subject if caller else "",
+            },
+        )
 
     def _take_stream_slot(self, context: grpc.ServicerContext) -> bool:
         """True once this call holds one of the `max_streams` slots; aborts with RESOURCE_EXHAUSTED if none is free."""
@@ -203,7 +202,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
         method: str,
         request_id: str,
         caller: identity.Identity | None,
-        denial: tuple | None,
+        denial: DomainError | None,
         streaming: bool = False,
     ) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
@@ -214,7 +213,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
             try:
                 context.send_initial_metadata((("x-request-id", request_id),))
                 if denial:
-                    context.abort(*denial)
+                    raise denial
                 if streaming:
                     slot = self._take_stream_slot(context)
                     return behaviour(self._requests(request, method), context)
@@ -236,7 +235,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
         method: str,
         request_id: str,
         caller: identity.Identity | None,
-        denial: tuple | None,
+        denial: DomainError | None,
         streaming: bool = False,
     ) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -247,7 +246,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
             try:
                 context.send_initial_metadata((("x-request-id", request_id),))
                 if denial:
-                    context.abort(*denial)
+                    raise denial
                 slot = self._take_stream_slot(context)
                 requests = self._requests(request, method) if streaming else self._checked(request, method)
                 yield from behaviour(requests, context)

@@ -1,8 +1,11 @@
 """The one server bootstrap every Constellation service runs on.
 
-It gives each service: grpc.health.v1 health that reflects its dependencies,
+It gives each service: mTLS when CONSTELLATION_TLS_DIR names the mesh's
+certificates (`mesh.tls`; callers checked against `mesh.peers`), else plaintext
+with a warning; grpc.health.v1 health that reflects its dependencies,
 server reflection, the mesh interceptor (request ids, auth, metrics, logs,
-error mapping, request bounds, a cap on open streams), a Prometheus metrics
+error mapping, request bounds, a cap on open streams; API keys checked by
+`mesh.auth`, user keys by core or by asking core), a Prometheus metrics
 port, message limits (requests up to `max_request_mb`, responses up to
 `max_message_mb`), and graceful shutdown on SIGTERM: health turns
 NOT_SERVING, new RPCs are refused, in-flight RPCs get `shutdown_grace_s` to
@@ -24,9 +27,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from mesh.auth import Authenticator, KeyLookup, RemoteKeys
 from mesh.config import Settings
 from mesh.errors import DomainError
 from mesh.interceptors import MeshInterceptor
+from mesh.peers import PeerInterceptor
+from mesh.tls import TlsFiles
 
 log = logging.getLogger("mesh.server")
 
@@ -60,16 +66,32 @@ class MeshServer:
         reflection_names: Iterable[str] = (),
         translate_error: Callable[[Exception], DomainError | None] | None = None,
         on_stop: Iterable[Callable[[], None]] = (),
+        user_keys: KeyLookup | None = None,
     ) -> None:
         self.settings = settings
         self.on_stop = list(on_stop)
+        self.tls = TlsFiles(settings.tls_dir, settings.service) if settings.tls_dir else None
+        if user_keys is None and "core" in settings.peers:  # core checks its own database: it passes user_keys
+            core = settings.peers["core"]
+            channel = (
+                grpc.secure_channel(core, self.tls.channel_credentials())
+                if self.tls is not None
+                else grpc.insecure_channel(core)
+            )
+            remote = RemoteKeys(channel, settings.service_key, settings.auth_cache_s)
+            user_keys = remote
+            self.on_stop.append(remote.close)
+        authenticator = Authenticator(settings.api_keys, settings.service_key, user_keys)
         self.registrations = list(registrations)
         self.stopping = threading.Event()
+        interceptors: list[grpc.ServerInterceptor] = [
+            MeshInterceptor(settings.service, authenticator, translate_error, max_streams=settings.stream_limit)
+        ]
+        if self.tls is not None:
+            interceptors.append(PeerInterceptor())  # inside the mesh interceptor: denials get request ids and logs
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=settings.service),
-            interceptors=[
-                MeshInterceptor(settings.service, settings.api_keys, translate_error, max_streams=settings.stream_limit)
-            ],
+            interceptors=interceptors,
             options=grpc_options(settings),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -88,7 +110,15 @@ class MeshServer:
 
     def start(self) -> int:
         """Bind and start; returns the bound port (useful when settings.port is 0)."""
-        self.port = self._server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.tls is not None:
+            self.port = self._server.add_secure_port(address, self.tls.server_credentials())
+        else:
+            log.warning(
+                "serving plaintext gRPC: no CONSTELLATION_TLS_DIR, so calls are unencrypted and peers unverified "
+                "(for development on loopback; `constellation up --tls` runs the mesh with mTLS)"
+            )
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")
         self._check_health()
@@ -98,7 +128,11 @@ class MeshServer:
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
         log.info(
             "serving",
-            extra={"address": f"{self.settings.host}:{self.port}", "metrics_port": self.settings.metrics_port},
+            extra={
+                "address": f"{self.settings.host}:{self.port}",
+                "metrics_port": self.settings.metrics_port,
+                "tls": "mtls" if self.tls else "plaintext",
+            },
         )
         return self.port
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import grpc
 
 from constellation.agent.v1 import agent_pb2, agent_pb2_grpc
-from constellation.core.v1 import core_pb2, core_pb2_grpc
+from constellation.core.v1 import core_pb2, core_pb2_grpc, identity_pb2, identity_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from mesh import identity
 from mesh.server import HealthCheck, Registration
+from mesh.tls import TlsFiles
 
 # service -> (full gRPC service name, generated module with the servicer base and add_*_to_server)
 SERVICES = {
     "core": (core_pb2.DESCRIPTOR.services_by_name["CoreService"].full_name, core_pb2_grpc),
+    "identity": (identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name, identity_pb2_grpc),
     "hosting": (hosting_pb2.DESCRIPTOR.services_by_name["HostingService"].full_name, hosting_pb2_grpc),
     "orchestrator": (
         orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name,
@@ -21,6 +24,8 @@ SERVICES = {
     "agent": (agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name, agent_pb2_grpc),
 }
 MESH_SERVICE_NAMES = [name for name, _ in SERVICES.values()]
+# The process that serves each service (by default the one of the same name).
+SERVED_BY = {"identity": "core"}
 
 
 def registration(service: str, servicer: object, health_checks: dict[str, HealthCheck] | None = None) -> Registration:
@@ -41,14 +46,26 @@ def insecure_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=channel_options())
 
 
-class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <key>` to every call."""
+def peer_channel(address: str, tls: TlsFiles | None) -> grpc.Channel:
+    """A channel to a peer service: mTLS presenting `tls` (the caller's own certificate), or plaintext without."""
+    if tls is None:
+        return insecure_channel(address)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=channel_options())
 
-    def __init__(self, api_key: str) -> None:
+
+class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call and, for a service's channel, the user whose call is being
+    served (identity.current()) in ON_BEHALF_HEADER, so the peer checks that user's role."""
+
+    def __init__(self, api_key: str, on_behalf: bool) -> None:
         self._header = ("authorization", f"Bearer {api_key}")
+        self._on_behalf = on_behalf
 
     def _with_key(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return details._replace(metadata=[*(details.metadata or ()), self._header])
+        metadata = [*(details.metadata or ()), self._header]
+        if self._on_behalf:
+            metadata += on_behalf_metadata(identity.current())
+        return details._replace(metadata=metadata)
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         return continuation(self._with_key(client_call_details), request)
@@ -59,10 +76,17 @@ class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIn
 
 def with_api_key(channel: grpc.Channel, api_key: str) -> grpc.Channel:
     """`channel`, presenting `api_key` on every call when there is one."""
-    return grpc.intercept_channel(channel, _KeyInterceptor(api_key)) if api_key else channel
+    return grpc.intercept_channel(channel, _KeyInterceptor(api_key, on_behalf=False)) if api_key else channel
 
 
-def service_key(api_keys: dict[str, str]) -> str:
-    """The key a service presents to its peers when the mesh has API keys: the first admin key
-    (every service reads the same CONSTELLATION_API_KEYS)."""
-    return next((key for key, role in api_keys.items() if role == "admin"), "")
+def with_service_key(channel: grpc.Channel, service_key: str) -> grpc.Channel:
+    """`channel` for a service calling a peer: the service key on every call, and the user it serves, if any."""
+    return grpc.intercept_channel(channel, _KeyInterceptor(service_key, on_behalf=True)) if service_key else channel
+
+
+def on_behalf_metadata(who: identity.Identity | None) -> tuple[tuple[str, str], ...]:
+    """ON_BEHALF_HEADER for `who` when it is a user (not a service, not the anonymous caller of a mesh without
+    keys). Background work passes the identity it stored; a served call's is identity.current()."""
+    if who is None or who.role not in identity.ROLES or who == identity.ANONYMOUS_ADMIN:
+        return ()
+    return ((identity.ON_BEHALF_HEADER, identity.on_behalf_value(who)),)

@@ -26,6 +26,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,8 +283,31 @@ def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files to serve with: the endpoint's key pair, and the CA its clients' certificates must come from (mTLS;
+    without one, any client may connect over TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+
 class ModelServer:
-    def __init__(self, model_dir: Path, host: str = "127.0.0.1", port: int = 8001, workers: int = 16) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 8001,
+        workers: int = 16,
+        tls: ServerTls | None = None,
+    ) -> None:
         tune_malloc()
         self.model = LoadedModel(model_dir, load_manifest(model_dir))
         options = [
@@ -303,7 +327,10 @@ class ModelServer:
         # host "unix:/path" listens on a Unix socket (hosting's confined local processes have no network)
         address = host if host.startswith("unix:") else f"{host}:{port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            if tls is not None:
+                self.port = self.server.add_secure_port(address, tls.credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
         except RuntimeError as error:  # grpcio raises RuntimeError("Failed to bind ...")
             raise OSError(f"could not bind {address}: {error}") from None
         if self.port == 0:

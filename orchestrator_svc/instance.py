@@ -3,7 +3,8 @@
 `ensure_instance_config` writes $DAGSTER_HOME/dagster.yaml from the settings:
 SQLite storage under DAGSTER_HOME by default, PostgreSQL (dagster-postgres)
 when a URL is configured; the run launcher is ours (a worker process per
-run, see launcher.py), so a run terminated from the Dagster UI is stopped the
+run, see launcher.py), or on Kubernetes dagster-k8s's running our worker in
+a Job per run (k8s_launcher.py), so a run terminated from the Dagster UI is stopped the
 same way CancelRun stops it; step stdout/stderr capture and telemetry are off.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 
+from orchestrator_svc.k8s_launcher import launcher_config
 from orchestrator_svc.settings import OrchestratorSettings
 
 
@@ -31,9 +33,14 @@ def instance_config(settings: OrchestratorSettings) -> dict:
         storage = {"postgres": {"postgres_url": dagster_postgres_url(settings.dagster_postgres_url)}}
     else:
         storage = {"sqlite": {"base_dir": str(settings.dagster_home)}}
-    return {
-        "storage": storage,
-        "run_launcher": {
+    if settings.run_launcher == "k8s":
+        launcher = {
+            "module": "orchestrator_svc.k8s_launcher",
+            "class": "K8sWorkerRunLauncher",
+            "config": launcher_config(settings),
+        }
+    else:
+        launcher = {
             "module": "orchestrator_svc.launcher",
             "class": "WorkerRunLauncher",
             "config": {
@@ -41,7 +48,10 @@ def instance_config(settings: OrchestratorSettings) -> dict:
                 "cancel_grace_s": settings.cancel_grace_s,
                 "keep_scratch": settings.keep_scratch,
             },
-        },
+        }
+    return {
+        "storage": storage,
+        "run_launcher": launcher,
         # Steps log through Dagster's event log (and the worker's own log file); capturing their stdout and
         # stderr would add two `tail -F` and two watcher processes per step for output they do not write.
         "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"},

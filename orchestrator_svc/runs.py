@@ -38,6 +38,7 @@ from mesh.enums import enum_name
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
 from orchestrator_svc import events, jobs, specs
+from orchestrator_svc.k8s_launcher import K8sWorkerRunLauncher
 from orchestrator_svc.launcher import ACTIVE, HOST_TAG, WorkerRunLauncher, worker_alive
 from orchestrator_svc.settings import OrchestratorSettings
 
@@ -184,11 +185,12 @@ class RunManager:
         self._feeds_lock = threading.Lock()
 
     @property
-    def launcher(self) -> WorkerRunLauncher:
+    def launcher(self) -> WorkerRunLauncher | K8sWorkerRunLauncher:
         launcher = self.instance.run_launcher
-        if not isinstance(launcher, WorkerRunLauncher):
+        if not isinstance(launcher, (WorkerRunLauncher, K8sWorkerRunLauncher)):
             raise RuntimeError(
-                f"the Dagster instance's run launcher is {type(launcher).__name__}, not WorkerRunLauncher"
+                f"the Dagster instance's run launcher is {type(launcher).__name__}, not one of ours "
+                "(WorkerRunLauncher, K8sWorkerRunLauncher)"
             )
         return launcher
 
@@ -351,13 +353,21 @@ class RunManager:
         records = self.instance.get_run_records(filters=RunsFilter(statuses=list(ACTIVE), tags={ORCHESTRATOR_TAG: "1"}))
         for record in records:
             run = record.dagster_run
-            if worker_alive(run):
-                self.launcher.watch_adopted(run.run_id)
+            launcher = self.launcher
+            if isinstance(launcher, K8sWorkerRunLauncher):  # a Job per run: its status says whether it runs
+                if launcher.job_alive(run):
+                    launcher.watch_adopted(run.run_id)
+                    resumed.append(run.run_id)
+                else:
+                    launcher.settle(run.run_id, "the orchestrator restarted and found its Job gone")
+                    settled.append(run.run_id)
+            elif worker_alive(run):
+                launcher.watch_adopted(run.run_id)
                 resumed.append(run.run_id)
             elif run.tags.get(HOST_TAG, here) != here:
                 continue  # another host's worker: that host's orchestrator reconciles it
             else:
-                self.launcher.settle(run.run_id, "the orchestrator restarted and found no live worker for it")
+                launcher.settle(run.run_id, "the orchestrator restarted and found no live worker for it")
                 settled.append(run.run_id)
         if resumed or settled:
             log.info("reconciled runs", extra={"resumed": resumed, "settled": settled})

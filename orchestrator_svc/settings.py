@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mesh.config import EnvSettings, env_field, home_path, secret_field
+from pydantic import model_validator
+
+from mesh.config import EnvSettings, comma_list, env_field, home_path, secret_field
 
 PREFIX = "CONSTELLATION_ORCHESTRATOR_"
 
@@ -71,6 +73,54 @@ class OrchestratorSettings(EnvSettings):
     keep_scratch: bool = env_field(
         PREFIX + "KEEP_SCRATCH", False, "keep per-run scratch after the run ends (for debugging)"
     )
+
+    run_launcher: str = env_field(
+        "CONSTELLATION_DAGSTER_RUN_LAUNCHER",
+        "worker",
+        "worker: each run in a worker process beside the orchestrator; k8s: each run in a Kubernetes Job "
+        "(dagster-k8s), on the cluster the orchestrator runs in",
+        pattern="^(worker|k8s)$",
+    )
+    k8s_image: str = env_field(
+        "CONSTELLATION_DAGSTER_K8S_IMAGE", "", "image of run Jobs (the mesh image); required with k8s"
+    )
+    k8s_namespace: str = env_field("CONSTELLATION_DAGSTER_K8S_NAMESPACE", "default", "namespace of run Jobs")
+    k8s_service_account: str = env_field(
+        "CONSTELLATION_DAGSTER_K8S_SERVICE_ACCOUNT", "", "service account of run Jobs (empty: the namespace's default)"
+    )
+    k8s_instance_config_map: str = env_field(
+        "CONSTELLATION_DAGSTER_K8S_INSTANCE_CONFIG_MAP",
+        "constellation-dagster-instance",
+        "ConfigMap holding the dagster.yaml run Jobs open (storage on CONSTELLATION_DAGSTER_POSTGRES_URL)",
+    )
+    k8s_env_config_maps_raw: str = env_field(
+        "CONSTELLATION_DAGSTER_K8S_ENV_CONFIG_MAPS",
+        "",
+        "ConfigMaps whose keys become run Jobs' environment, comma separated",
+    )
+    k8s_env_secrets_raw: str = env_field(
+        "CONSTELLATION_DAGSTER_K8S_ENV_SECRETS",
+        "",
+        "Secrets whose keys become run Jobs' environment (database URL, S3 credentials), comma separated",
+    )
+    k8s_run_cpu: str = env_field("CONSTELLATION_DAGSTER_K8S_RUN_CPU", "1", "CPU a run Job requests (and its limit)")
+    k8s_run_memory: str = env_field(
+        "CONSTELLATION_DAGSTER_K8S_RUN_MEMORY", "2Gi", "memory a run Job requests (and its limit)"
+    )
+
+    @model_validator(mode="after")
+    def _k8s_needs_image(self) -> OrchestratorSettings:
+        if self.run_launcher == "k8s" and not self.k8s_image:
+            raise ValueError("CONSTELLATION_DAGSTER_K8S_IMAGE must name the run Jobs' image when the launcher is k8s")
+        return self
+
+    @property
+    def k8s_env_config_maps(self) -> list[str]:
+        return comma_list(self.k8s_env_config_maps_raw)
+
+    @property
+    def k8s_env_secrets(self) -> list[str]:
+        return comma_list(self.k8s_env_secrets_raw)
 
     @property
     def dagster_home(self) -> Path:

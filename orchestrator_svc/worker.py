@@ -1,6 +1,7 @@
 """A run's worker process: `python -m orchestrator_svc.worker RUN_ID` (started by launcher.WorkerRunLauncher).
 
-Opens the instance the launcher names (CONSTELLATION_DAGSTER_INSTANCE_REF),
+Opens the instance the launcher names (CONSTELLATION_DAGSTER_INSTANCE_REF; in a
+Kubernetes Job, DAGSTER_HOME's),
 rebuilds the run's job from the LaunchRun request stored on the run, and
 executes it with Dagster's execute_run. SIGINT/SIGTERM interrupt the running
 step; Dagster then records RUN_CANCELED (the run was CANCELING) or
@@ -40,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     setup_interrupt_handlers()  # SIGTERM behaves like SIGINT
-    ref = deserialize_value(os.environ[INSTANCE_REF_ENV], InstanceRef)
-    with DagsterInstance.from_ref(ref) as instance:
+    with open_instance() as instance:
         run = instance.get_run_by_id(args.run_id)
         if run is None:
             log.error("no run %s in the instance", args.run_id)
@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             if peak:
                 instance.add_run_tags(run.run_id, {MAX_RSS_TAG: str(peak)})
     return 0
+
+
+def open_instance() -> DagsterInstance:
+    """The instance the launcher names, or (a Kubernetes Job, which carries no credential) DAGSTER_HOME's,
+    mounted by dagster-k8s (k8s_launcher.py)."""
+    ref = os.environ.get(INSTANCE_REF_ENV)
+    return DagsterInstance.from_ref(deserialize_value(ref, InstanceRef)) if ref else DagsterInstance.get()
 
 
 def peak_rss_kib() -> int | None:

@@ -2,7 +2,7 @@
 UNKNOWN or INTERNAL (or UNIMPLEMENTED from a method that exists), keep a unary call past its deadline, stop a
 service's health from being SERVING, or end a process.
 
-The methods and their request messages come from the generated descriptors (the four services of
+The methods and their request messages come from the generated descriptors (the services of
 `mesh.services.SERVICES` and grpc.health.v1.Health), so a method added later is fuzzed without a change here.
 Each method gets three kinds of input:
 
@@ -46,16 +46,22 @@ from hypothesis import strategies as st
 
 from constellation.agent.v1 import agent_pb2
 from constellation.common.v1 import common_pb2 as c
-from constellation.core.v1 import core_pb2
+from constellation.core.v1 import core_pb2, identity_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation.orchestrator.v1 import orchestrator_pb2
 from constellation_sdk import mesh_process
-from mesh.services import SERVICES, channel_options
+from mesh.identity import SERVICE_ROLE
+from mesh.roles import required_role
+from mesh.services import SERVED_BY, SERVICES, channel_options
 from tests.catalog_data import LANDSAT_BANDS, ndwi_model, water_spec
 from tests.conftest import MEASURED_FIGURES, mesh_env
 
 ADMIN_KEY = "fuzz-admin-key"
 METADATA = (("authorization", f"Bearer {ADMIN_KEY}"),)
+# Internal methods (mesh.roles: Authenticate, LaunchRun) are fuzzed with the service key, so the fuzzing gets
+# past their role check.
+SERVICE_KEY = "fuzz-service-key"
+SERVICE_METADATA = (("authorization", f"Bearer {SERVICE_KEY}"),)
 UNARY_DEADLINE_S = 15.0  # a unary call still unanswered after this is a finding, not a pass
 STREAM_DEADLINE_S = 1.0
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED}
@@ -489,12 +495,13 @@ class FuzzMesh:
 
     def call(self, method: Method, body: bytes) -> tuple[grpc.StatusCode, str]:
         rpc = self.callable_for(method)
+        metadata = SERVICE_METADATA if required_role(method.path) == SERVICE_ROLE else METADATA
         try:
             if method.streaming:
-                for _ in rpc(body, timeout=STREAM_DEADLINE_S, metadata=METADATA):
+                for _ in rpc(body, timeout=STREAM_DEADLINE_S, metadata=metadata):
                     pass
             else:
-                rpc(body, timeout=UNARY_DEADLINE_S, metadata=METADATA)
+                rpc(body, timeout=UNARY_DEADLINE_S, metadata=metadata)
             code, details = grpc.StatusCode.OK, ""
         except grpc.RpcError as error:
             code, details = error.code(), error.details() or ""
@@ -555,6 +562,8 @@ def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
         region=c.BoundingBox(min_x=-35.0, min_y=-8.0, max_x=-34.9, max_y=-7.95), max_resolution_m=30,
     )  # fmt: skip
     prompt = "map surface water around Olinda from Landsat 7"
+    user = identity_pb2.User(name="fuzz-user", role=identity_pb2.ROLE_EDITOR)
+    user_id = call("core.v1.IdentityService/CreateUser", identity_pb2.CreateUserRequest(user=user)).id
     launch = orchestrator_pb2.LaunchRunRequest(
         spec=index_spec,
         datasets={dataset_id: orchestrator_pb2.ResolvedDataset(uri=missing_scene, bands=LANDSAT_BANDS)},
@@ -566,6 +575,15 @@ def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
         },
     )  # fmt: skip
     return {
+        "core.v1.IdentityService/CreateUser": identity_pb2.CreateUserRequest(
+            user=identity_pb2.User(name="fuzz-other", role=identity_pb2.ROLE_VIEWER)
+        ),
+        "core.v1.IdentityService/UpdateUser": identity_pb2.UpdateUserRequest(
+            user=identity_pb2.User(id=user_id, role=identity_pb2.ROLE_VIEWER)
+        ),
+        "core.v1.IdentityService/CreateApiKey": identity_pb2.CreateApiKeyRequest(
+            user_id=user_id, ttl_seconds=3600, description="fuzz"
+        ),
         "core.v1.CoreService/CreateDataset": core_pb2.CreateDatasetRequest(
             dataset=core_pb2.Dataset(name="fuzz-other", uri=missing_scene, bands=["red", "nir"], tags=["t"])
         ),
@@ -623,6 +641,7 @@ def fuzz_mesh(tmp_path_factory):
     env = {
         **mesh_env(home),
         "CONSTELLATION_API_KEYS": f"{ADMIN_KEY}:admin",
+        "CONSTELLATION_SERVICE_KEY": SERVICE_KEY,
         "CONSTELLATION_HOSTING_MODEL_ROOTS": str(model_root),
         "CONSTELLATION_GATEWAY_RATE_LIMIT_PER_ADDRESS": "0",
         "CONSTELLATION_GATEWAY_RATE_LIMIT_PER_KEY": "0",
@@ -666,6 +685,8 @@ def test_random_requests_get_a_deliberate_answer(fuzz_mesh, method):
 MUTATED = [
     BY_NAME[name]
     for name in (
+        "core.v1.IdentityService/CreateUser", "core.v1.IdentityService/UpdateUser",
+        "core.v1.IdentityService/CreateApiKey",
         "core.v1.CoreService/CreateDataset", "core.v1.CoreService/GetDataset", "core.v1.CoreService/ListDatasets",
         "core.v1.CoreService/UpdateDataset", "core.v1.CoreService/RegisterModel", "core.v1.CoreService/ListModels",
         "core.v1.CoreService/CreatePipeline", "core.v1.CoreService/ValidatePipeline",
@@ -723,7 +744,8 @@ def test_every_service_still_serves_after_the_fuzzing(fuzz_mesh):
     assert health(processes["gateway"]["address"], "") == serving
     for service, (full_name, _) in SERVICES.items():
         for name in ("", full_name):
-            assert health(processes[service]["address"], name) == serving, f"{service} {name!r}"
+            address = processes[SERVED_BY.get(service, service)]["address"]
+            assert health(address, name) == serving, f"{service} {name!r}"
     assert not fuzz_mesh.dead(), f"mesh processes gone after the fuzzing: {fuzz_mesh.dead()}"
     # Nothing real ran: every run the fuzzing started names a model whose source does not exist, or no scene.
     list_runs = fuzz_mesh.callable_for(BY_NAME["core.v1.CoreService/ListRuns"])

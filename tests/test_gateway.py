@@ -44,6 +44,7 @@ def test_grpcurl_lists_every_service_through_the_gateway(mesh):
     assert listed.returncode == 0, listed.stderr
     assert set(listed.stdout.split()) == {
         "constellation.core.v1.CoreService",
+        "constellation.core.v1.IdentityService",
         "constellation.hosting.v1.HostingService",
         "constellation.orchestrator.v1.OrchestratorService",
         "constellation.agent.v1.AgentService",

@@ -81,4 +81,3 @@ def test_a_replica_killed_in_the_middle_of_eight_runs_costs_no_run(mesh):
     assert result.succeeded == RUNS, result.failures
     assert result.identical == RUNS
     assert not result.oom_killed
-

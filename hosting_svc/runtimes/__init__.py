@@ -1,7 +1,7 @@
 """Where model replicas run. Every runtime serves the same Open Inference Protocol server.
 
 A `Runtime` is the only place hosting touches an engine (Docker, local
-processes, Modal): the builder, the deployer, the monitor and the reconciler
+processes, Modal, Kubernetes): the builder, the deployer, the monitor and the reconciler
 call these methods and nothing below them.
 """
 
@@ -28,6 +28,9 @@ class Replica:
 
 class Runtime(Protocol):
     name: str
+    # True: one start() per deployment and the engine runs and scales the replicas (Kubernetes); False: one
+    # start() per replica.
+    scales_itself: bool
 
     def build(self, model: HostedModel, wheelhouse: Path, change: StateChange, log: LogLine) -> str:
         """Make the model's artifact (image or venv) from its folder and wheelhouse; may set model.image and

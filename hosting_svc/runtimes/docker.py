@@ -21,6 +21,7 @@ LABEL_OWNER = "constellation.owner"
 
 class DockerRuntime:
     name = "docker"
+    scales_itself = False
 
     def __init__(
         self, engine: images.Engine, owner: str = "", base_image: str = "", builds: Path | None = None

@@ -39,6 +39,7 @@ UNCONFINED_REFUSED = (
 
 class LocalRuntime:
     name = "local"
+    scales_itself = False
 
     def __init__(self, root: Path, allow_unconfined: bool = False, confine: bool | None = None) -> None:
         self.root = root

@@ -81,6 +81,7 @@ def configured(settings: HostingSettings) -> bool:
 
 class ModalRuntime:
     name = "modal"
+    scales_itself = False
 
     def __init__(self, root: Path) -> None:
         self.root = root

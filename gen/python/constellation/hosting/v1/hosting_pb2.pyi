@@ -70,6 +70,8 @@ class _RuntimeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Runtime.Value
     RUNTIME_DOCKER: _Runtime.ValueType  # 1
     RUNTIME_LOCAL: _Runtime.ValueType  # 2
     RUNTIME_MODAL: _Runtime.ValueType  # 3
+    RUNTIME_KUBERNETES: _Runtime.ValueType  # 4
+    """A KServe InferenceService (or a plain Deployment and Service) on the Kubernetes cluster hosting runs in."""
 
 class Runtime(_Runtime, metaclass=_RuntimeEnumTypeWrapper):
     """Where a model's endpoints run."""
@@ -79,6 +81,8 @@ RUNTIME_UNSPECIFIED: Runtime.ValueType  # 0
 RUNTIME_DOCKER: Runtime.ValueType  # 1
 RUNTIME_LOCAL: Runtime.ValueType  # 2
 RUNTIME_MODAL: Runtime.ValueType  # 3
+RUNTIME_KUBERNETES: Runtime.ValueType  # 4
+"""A KServe InferenceService (or a plain Deployment and Service) on the Kubernetes cluster hosting runs in."""
 Global___Runtime: _TypeAlias = Runtime  # noqa: Y015
 
 @_typing.final
