@@ -150,13 +150,15 @@ class RunStore:
             active = select(db.RunRow.id).where(db.RunRow.state.not_in(TERMINAL)).order_by(db.RunRow.id)
             return list(session.scalars(active))
 
-    def queued_ids(self) -> list[str]:
-        """Runs still waiting for a place, in submission order."""
+    def queued(self) -> list[tuple[str, str]]:
+        """(run id, subject of the user who started it or "") of the runs still waiting for a place, in
+        submission order."""
+        table = db.RunRow
         with self._sessions() as session:
-            queued = (
-                select(db.RunRow.id).where(db.RunRow.state == "queued").order_by(db.RunRow.create_time, db.RunRow.id)
+            rows = session.execute(
+                select(table.id, table.started_by).where(table.state == "queued").order_by(table.create_time, table.id)
             )
-            return list(session.scalars(queued))
+            return [(run_id, (started_by or {}).get("subject", "")) for run_id, started_by in rows]
 
     def list(self, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
         table = db.RunRow

@@ -50,7 +50,7 @@ class Runs:
         self._hosting_channel = peer_channel(settings.hosting_address, settings.tls)
         self._orchestrator_channel = peer_channel(settings.orchestrator_address, settings.tls)
         self.stopping = threading.Event()
-        self.queue = RunQueue(settings.max_running_runs)
+        self.queue = RunQueue(settings.max_running_runs, settings.max_running_runs_per_user)
         self._context = RunContext(
             queue=self.queue,
             store=self.store,
@@ -75,7 +75,7 @@ class Runs:
             raise FailedPrecondition(f"pipeline {pipeline.name!r} is no longer valid against the catalog: {listed}")
         queued = event(E.RUN_EVENT_TYPE_RUN_QUEUED, "queued", f"run of pipeline {pipeline.name!r} queued")
         run = self.store.create(pipeline_id, pipeline.spec.to_json(), queued, started_by)
-        self.queue.enter(run.id)
+        self.queue.enter(run.id, started_by.subject if started_by else "")
         self._start_driver(run.id)
         return run
 
@@ -146,8 +146,8 @@ class Runs:
     def resume(self) -> builtins.list[str]:
         """Start drivers for runs a previous core left unfinished."""
         ids = self.store.active_ids()
-        for run_id in self.store.queued_ids():  # before any driver starts, so they keep their order
-            self.queue.enter(run_id)
+        for run_id, user in self.store.queued():  # before any driver starts, so they keep their order
+            self.queue.enter(run_id, user)
         for run_id in ids:
             self._start_driver(run_id)
         if ids:

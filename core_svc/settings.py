@@ -27,6 +27,13 @@ class CoreSettings(EnvSettings):
         "WatchRun (RUN_QUEUED events)",
         ge=1,
     )
+    max_running_runs_per_user: int = env_field(
+        "CONSTELLATION_CORE_MAX_RUNNING_RUNS_PER_USER",
+        0,
+        "of those, at most this many of one user's (the user who started the run); a later run of another "
+        "user starts first while one user is at it. 0: no limit of its own",
+        ge=0,
+    )
     # Not read from the environment: fixed here, or handed over from the bootstrap's settings by load().
     reconnect_s: float = Field(
         120.0, description="how long a run keeps trying to reach the orchestrator when its stream breaks", gt=0

@@ -176,3 +176,35 @@ def test_runs_beyond_the_limit_wait_and_start_in_submission_order():
     assert started[2:] == ["c"]
     queue.enter("e")
     assert queue.wait_turn("resumed", lambda _: None, lambda: False)  # never queued: takes a place at once
+
+
+def test_one_users_batch_leaves_a_place_for_another_user():
+    queue = RunQueue(limit=3, per_user=2)
+    for run_id in ("a1", "a2", "a3", "a4"):
+        queue.enter(run_id, "user-a")
+    queue.enter("b1", "user-b")
+    positions: dict[str, list[int]] = {}
+    started: list[str] = []
+
+    def drive(run_id: str) -> None:
+        if queue.wait_turn(run_id, positions.setdefault(run_id, []).append, lambda: False):
+            started.append(run_id)
+
+    threads = {}
+    for run_id in ("a1", "a2", "a3", "a4", "b1"):
+        threads[run_id] = threading.Thread(target=drive, args=(run_id,), daemon=True)
+        threads[run_id].start()
+        time.sleep(0.05)  # drivers start in submission order here, so the test reads plainly
+    threads["b1"].join(2)
+    # user-a holds its two places; b1, submitted last, took the third ahead of a3 and a4
+    assert sorted(started) == ["a1", "a2", "b1"]
+    assert positions["a3"][-1] == 0 and positions["a4"][-1] == 1  # next once one of user-a's runs ends
+    queue.leave("a1")
+    threads["a3"].join(2)
+    assert started[-1] == "a3" and threads["a4"].is_alive()
+    queue.leave("b1")  # a place is free, but user-a is at its two again
+    time.sleep(0.2)
+    assert threads["a4"].is_alive()
+    queue.leave("a2")
+    threads["a4"].join(2)
+    assert started[-1] == "a4"
