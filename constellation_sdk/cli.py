@@ -9,10 +9,12 @@ from $CONSTELLATION_TLS_DIR, else the local mesh's certificates when it runs wit
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,7 +26,7 @@ from google.protobuf.message import Message
 from clients.hosting import DeployFailed, DeployHooks, ModelDeployer, Target, find_hosted, state_name
 from clients.paging import pages
 from constellation.agent.v1 import agent_pb2
-from constellation.core.v1 import core_pb2, identity_pb2
+from constellation.core.v1 import audit_pb2, core_pb2, identity_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import catalog, manifests, mesh_process, outputs, watch
 from constellation_sdk.client import Client
@@ -147,6 +149,20 @@ def _page(request_type: Callable[..., RequestT], filter_text: str, token: str) -
     return request_type(filter=filter_text, page_size=PAGE_SIZE, page_token=token)
 
 
+def _term(field: str, value: str) -> str:
+    """One `field = "value"` filter term."""
+    return f'{field} = "{value.replace(chr(34), chr(92) + chr(34))}"'
+
+
+def _and(*terms: str) -> str:
+    return " AND ".join(term for term in terms if term)
+
+
+def _mine(filter_text: str, mine: bool) -> str:
+    """`filter_text`, narrowed to what the caller owns when `mine`."""
+    return _and(filter_text, _term("owner", "me") if mine else "")
+
+
 def _catalog_models(client: Client, filter_text: str) -> list[core_pb2.Model]:
     found = pages(lambda token: client.core.ListModels(_page(core_pb2.ListModelsRequest, filter_text, token)))
     return [model for page in found for model in page.models]
@@ -193,6 +209,7 @@ def rpc(function):
 
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+MINE = click.option("--mine", is_flag=True, help="Only what you own (what you created or started).")
 
 
 @main.group()
@@ -226,13 +243,18 @@ def datasets_add(
 
 @datasets.command("list")
 @click.option("--filter", "filter_text", default="", help='e.g. sensor = "landsat-7" AND band = "nir"')
+@MINE
 @JSON
 @rpc
-def datasets_list(filter_text: str, as_json: bool) -> None:
+def datasets_list(filter_text: str, mine: bool, as_json: bool) -> None:
+    filter_text = _mine(filter_text, mine)
     with _client() as client:
         found = pages(lambda token: client.core.ListDatasets(_page(core_pb2.ListDatasetsRequest, filter_text, token)))
         reply = core_pb2.ListDatasetsResponse(datasets=[d for page in found for d in page.datasets])
-    lines = [f"{d.id}  {d.name:<24} {d.sensor:<12} {','.join(d.bands)}  {d.resolution_m:g} m" for d in reply.datasets]
+    lines = [
+        f"{d.id}  {d.name:<24} {d.sensor:<12} {','.join(d.bands)}  {d.resolution_m:g} m  {d.owner or '-'}"
+        for d in reply.datasets
+    ]
     _emit(as_json, reply, "\n".join(lines) or "no datasets")
 
 
@@ -260,12 +282,13 @@ def models_register(folder: Path, tags: tuple[str, ...], as_json: bool) -> None:
 
 
 @models.command("list")
+@MINE
 @JSON
 @rpc
-def models_list(as_json: bool) -> None:
+def models_list(mine: bool, as_json: bool) -> None:
     """Catalog models with their deployment state on hosting."""
     with _client() as client:
-        entries = _catalog_models(client, "")
+        entries = _catalog_models(client, _mine("", mine))
         hosted = {
             (m.model_name, m.model_version): m
             for page in pages(lambda t: client.hosting.ListModels(_page(hosting_pb2.ListModelsRequest, "", t)))
@@ -283,6 +306,7 @@ def models_list(as_json: bool) -> None:
                 "bands": list(model.input.bands),
                 "deployment": deployment,
                 "endpoints": [e.address for e in status.endpoints] if status else [],
+                "owner": model.owner,
             }
         )
     text = "\n".join(
@@ -464,13 +488,18 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--filter", "filter_text", default="", help='e.g. state = "failed" AND pipeline_id = "pl_..."')
+@MINE
 @JSON
 @rpc
-def runs_list(filter_text: str, as_json: bool) -> None:
+def runs_list(filter_text: str, mine: bool, as_json: bool) -> None:
+    filter_text = _mine(filter_text, mine)
     with _client() as client:
         found = pages(lambda token: client.core.ListRuns(_page(core_pb2.ListRunsRequest, filter_text, token)))
         reply = core_pb2.ListRunsResponse(runs=[r for page in found for r in page.runs])
-    lines = [f"{r.id}  {r.pipeline_id}  {watch.state_name(r.state):<10} {r.state_message[:80]}" for r in reply.runs]
+    lines = [
+        f"{r.id}  {r.pipeline_id}  {watch.state_name(r.state):<10} {r.owner or '-':<18} {r.state_message[:80]}"
+        for r in reply.runs
+    ]
     _emit(as_json, reply, "\n".join(lines) or "no runs")
 
 
@@ -692,3 +721,49 @@ def whoami(as_json: bool) -> None:
     with _client() as client:
         me = client.identity.WhoAmI(identity_pb2.WhoAmIRequest())
     _emit(as_json, me, f"{me.name or me.subject}  {_role_name(me.role)}  ({me.subject})")
+
+
+# --------------------------------------------------------------------------- the audit log
+
+
+def _since(value: str) -> datetime:
+    """A time from `--since`: a duration back from now (30m, 12h, 7d) or an ISO 8601 time (UTC unless it says)."""
+    text = value.strip()
+    if text[-1:] in DURATION_UNITS and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * DURATION_UNITS[text[-1]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter("give a duration such as 30m, 12h, 7d, or a time such as 2026-01-31T12:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.option("--user", "subject", default="", help='Only calls by this subject, e.g. "key:3f2a9c01b2d4".')
+@click.option("--method", default="", help="Only calls of this method, e.g. DeleteDataset.")
+@click.option("--outcome", default="", help="Only calls that ended so, e.g. OK or PERMISSION_DENIED.")
+@click.option("--since", default="", help="Only calls since then: 30m, 12h, 7d, or an ISO 8601 time.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="At most this many.")
+@JSON
+@rpc
+def audit(subject: str, method: str, outcome: str, since: str, limit: int, as_json: bool) -> None:
+    """The audit log, newest first: every mutating call on the mesh, who made it and how it ended (admins only)."""
+    wanted = (("subject", subject), ("method", method), ("outcome", outcome))
+    terms = [_term(field, value) for field, value in wanted if value]
+    request = audit_pb2.ListAuditEventsRequest(filter=_and(*terms), page_size=min(limit, PAGE_SIZE))
+    if since:
+        request.start_time.FromDatetime(_since(since))
+
+    def fetch(token: str) -> audit_pb2.ListAuditEventsResponse:
+        request.page_token = token
+        return client.audit.ListAuditEvents(request)
+
+    with _client() as client:
+        found = itertools.islice((e for page in pages(fetch) for e in page.events), limit)
+        reply = audit_pb2.ListAuditEventsResponse(events=list(found))
+    lines = [
+        f"{e.time.ToDatetime(tzinfo=UTC):%Y-%m-%d %H:%M:%S}  {e.service:<12} {e.method:<20} {e.target_id or '-':<32} "
+        f"{e.subject or '-':<18} {e.role or '-':<7} {e.outcome:<18} {e.request_id}"
+        for e in reply.events
+    ]
+    _emit(as_json, reply, "\n".join(lines) or "no audit records")

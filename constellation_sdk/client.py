@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from constellation.agent.v1 import agent_pb2_grpc
-from constellation.core.v1 import core_pb2_grpc, identity_pb2_grpc
+from constellation.core.v1 import audit_pb2_grpc, core_pb2_grpc, identity_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2_grpc
 from constellation_sdk.settings import ClientSettings
@@ -19,8 +19,8 @@ from mesh.tls import TlsFiles
 
 
 class Client:
-    """`Client("localhost:8080")`: `.core`, `.identity`, `.hosting`, `.orchestrator`, `.agent` are the generated
-    stubs.
+    """`Client("localhost:8080")`: `.core`, `.identity`, `.audit`, `.hosting`, `.orchestrator`, `.agent` are the
+    generated stubs.
 
     The API key comes from `api_key` or CONSTELLATION_API_KEY, and travels as
     `authorization: Bearer <key>`. With a certificates folder (`tls_dir`, else
@@ -44,6 +44,7 @@ class Client:
         channel = with_api_key(self._channel, api_key)
         self.core = core_pb2_grpc.CoreServiceStub(channel)
         self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(channel)
         self.hosting = hosting_pb2_grpc.HostingServiceStub(channel)
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(channel)

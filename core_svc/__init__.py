@@ -2,7 +2,10 @@
 
 - `server`: wiring: settings -> database -> catalog and runs -> servicer -> serve();
 - `settings`: `CoreSettings`, core's own environment variables (the bootstrap's are mesh.config);
-- `servicer`: CoreService and IdentityService over gRPC, one line per RPC; `convert`: protobuf <-> domain;
+- `servicer`: CoreService, IdentityService and AuditService over gRPC, one line per RPC; `convert`: protobuf <->
+  domain;
+- `ownership`: who may change, delete, run or cancel what (owners on every dataset, model, pipeline and run);
+- `audit`: the audit log's store (core's own records, the batches other services send, ListAuditEvents, retention);
 - `accounts`: users and their API keys (stored as a key id and the sha256 of the secret), and the check of a
   user key that every service's interceptor relies on (directly here, through `Authenticate` elsewhere);
 - `domain`: the resources as dataclasses; `validation`: dataset and model checks (pipeline specs are

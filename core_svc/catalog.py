@@ -24,8 +24,10 @@ from core_svc.domain import (
     Pipeline,
 )
 from core_svc.listing import FilterFields, Page, parse_filter
+from core_svc.ownership import check_may_change, check_may_create, owner_wanted
 from core_svc.validation import MAX_DESCRIPTION, MAX_NAME, validate_dataset, validate_model
 from mesh.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
+from mesh.identity import Identity
 from mesh.ids import new_id
 from pipeline.spec import DatasetView, ModelView, OutputView, PipelineSpec, Problem
 from pipeline.validation import validate_spec
@@ -66,6 +68,7 @@ def _dataset_from_row(row: db.DatasetRow) -> Dataset:
         tags=list(row.tags),
         create_time=_aware(row.create_time),
         update_time=_aware(row.update_time),
+        owner=row.owner,
     )
 
 
@@ -84,6 +87,7 @@ def _model_from_row(row: db.ModelRow) -> Model:
         tags=list(row.tags),
         create_time=_aware(row.create_time),
         update_time=_aware(row.update_time),
+        owner=row.owner,
     )
 
 
@@ -116,6 +120,7 @@ def _pipeline_from_row(row: db.PipelineRow) -> Pipeline:
         spec=spec_from_json(row.spec),
         create_time=_aware(row.create_time),
         update_time=_aware(row.update_time),
+        owner=row.owner,
     )
 
 
@@ -141,7 +146,8 @@ class Catalog:
 
     # Datasets
 
-    def create_dataset(self, dataset: Dataset) -> Dataset:
+    def create_dataset(self, dataset: Dataset, caller: Identity) -> Dataset:
+        check_may_create(caller, "dataset")
         dataset = dataclasses.replace(dataset, sensor=dataset.sensor.lower(), bands=[b.lower() for b in dataset.bands])
         violations = validate_dataset(dataset, self.roots)
         if violations:
@@ -161,6 +167,7 @@ class Catalog:
             tags_index=_index(dataset.tags),
             create_time=now,
             update_time=now,
+            owner=caller.subject,
         )
         with self._session() as session:
             if session.scalar(select(db.DatasetRow.id).where(db.DatasetRow.name == dataset.name)):
@@ -177,7 +184,7 @@ class Catalog:
         return _dataset_from_row(row) if row else None
 
     def list_datasets(
-        self, page_size: int = 0, page_token: str = "", filter_text: str = ""
+        self, caller: Identity, page_size: int = 0, page_token: str = "", filter_text: str = ""
     ) -> tuple[list[Dataset], str]:
         table = db.DatasetRow
         fields = {
@@ -186,10 +193,10 @@ class Catalog:
             "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
             "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
         }
-        rows, token = self._list(table, page_size, page_token, filter_text, fields)
+        rows, token = self._list(table, caller, page_size, page_token, filter_text, fields)
         return [_dataset_from_row(r) for r in rows], token
 
-    def update_dataset(self, dataset: Dataset, paths: list[str]) -> Dataset:
+    def update_dataset(self, dataset: Dataset, paths: list[str], caller: Identity) -> Dataset:
         if not dataset.id:
             raise InvalidArgument.field("dataset.id", "is required: the id of the dataset to update")
         if not paths:  # AIP-134: no mask means every field the caller set
@@ -204,6 +211,7 @@ class Catalog:
             row = session.get(db.DatasetRow, dataset.id)
             if row is None:
                 raise NotFound(f"no dataset has id {dataset.id!r}")
+            check_may_change(caller, "dataset", row.id, row.owner)
             merged = _dataset_from_row(row)
             for path in paths:
                 setattr(merged, path, getattr(dataset, path))
@@ -222,12 +230,13 @@ class Catalog:
             self._commit(session, f"a dataset named {merged.name!r} already exists")
             return _dataset_from_row(row)
 
-    def delete_dataset(self, dataset_id: str) -> None:
-        self._delete(db.DatasetRow, dataset_id, "dataset")
+    def delete_dataset(self, dataset_id: str, caller: Identity) -> None:
+        self._delete(db.DatasetRow, dataset_id, "dataset", caller)
 
     # Models
 
-    def register_model(self, model: Model) -> Model:
+    def register_model(self, model: Model, caller: Identity) -> Model:
+        check_may_create(caller, "model")
         violations = validate_model(model)
         if violations:
             raise InvalidArgument(_prefixed("model", violations))
@@ -248,6 +257,7 @@ class Catalog:
             tags_index=_index(model.tags),
             create_time=now,
             update_time=now,
+            owner=caller.subject,
         )
         conflict = f"model {model.name!r} version {model.version!r} is already registered"
         with self._session() as session:
@@ -265,7 +275,9 @@ class Catalog:
         row = self._find(db.ModelRow, model_id)
         return _model_from_row(row) if row else None
 
-    def list_models(self, page_size: int = 0, page_token: str = "", filter_text: str = "") -> tuple[list[Model], str]:
+    def list_models(
+        self, caller: Identity, page_size: int = 0, page_token: str = "", filter_text: str = ""
+    ) -> tuple[list[Model], str]:
         table = db.ModelRow
 
         def task(value: str) -> ColumnElement[bool]:
@@ -280,7 +292,7 @@ class Catalog:
             "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
             "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
         }
-        rows, token = self._list(table, page_size, page_token, filter_text, fields)
+        rows, token = self._list(table, caller, page_size, page_token, filter_text, fields)
         return [_model_from_row(r) for r in rows], token
 
     def set_model_state(self, model_id: str, state: str, message: str) -> None:
@@ -291,8 +303,8 @@ class Catalog:
                 row.state, row.state_message, row.update_time = state, message, _now()
                 session.commit()
 
-    def delete_model(self, model_id: str) -> None:
-        self._delete(db.ModelRow, model_id, "model")
+    def delete_model(self, model_id: str, caller: Identity) -> None:
+        self._delete(db.ModelRow, model_id, "model", caller)
 
     # Pipelines
 
@@ -304,7 +316,8 @@ class Catalog:
             roots=self.roots,
         )
 
-    def create_pipeline(self, pipeline: Pipeline) -> Pipeline:
+    def create_pipeline(self, pipeline: Pipeline, caller: Identity) -> Pipeline:
+        check_may_create(caller, "pipeline")
         violations = [FieldViolation(v.field, v.description) for v in _check_pipeline_fields(pipeline)]
         problems, _ = self.validate_pipeline(pipeline.spec)
         violations += [FieldViolation(f"spec.{p.field}", p.description) for p in problems]
@@ -318,6 +331,7 @@ class Catalog:
             spec=spec_to_json(pipeline.spec),
             create_time=now,
             update_time=now,
+            owner=caller.subject,
         )
         references = {
             ("dataset", b.settings.dataset_id) if b.kind == "dataset" else ("model", b.settings.model_id)
@@ -338,22 +352,30 @@ class Catalog:
         return _pipeline_from_row(self._get(db.PipelineRow, pipeline_id, "pipeline"))
 
     def list_pipelines(
-        self, page_size: int = 0, page_token: str = "", filter_text: str = ""
+        self, caller: Identity, page_size: int = 0, page_token: str = "", filter_text: str = ""
     ) -> tuple[list[Pipeline], str]:
         table = db.PipelineRow
-        rows, token = self._list(table, page_size, page_token, filter_text, {"name": lambda v: table.name == v})
+        fields = {"name": lambda v: table.name == v}
+        rows, token = self._list(table, caller, page_size, page_token, filter_text, fields)
         return [_pipeline_from_row(r) for r in rows], token
 
-    def delete_pipeline(self, pipeline_id: str) -> None:
-        self._delete(db.PipelineRow, pipeline_id, "pipeline")
+    def delete_pipeline(self, pipeline_id: str, caller: Identity) -> None:
+        self._delete(db.PipelineRow, pipeline_id, "pipeline", caller)
 
     # Shared
 
     def _list(
-        self, table: type[ListedRow], page_size: int, page_token: str, filter_text: str, fields: FilterFields
+        self,
+        table: type[ListedRow],
+        caller: Identity,
+        page_size: int,
+        page_token: str,
+        filter_text: str,
+        fields: FilterFields,
     ) -> tuple[list[ListedRow], str]:
         page = Page(page_size, page_token, filter_text)
-        clauses = parse_filter(filter_text, fields)
+        owner = {"owner": lambda v: table.owner == owner_wanted(v, caller)}
+        clauses = parse_filter(filter_text, {**fields, **owner})
         with self._session() as session:
             return page.fetch(session, select(table).where(*clauses), table.id)
 
@@ -369,10 +391,14 @@ class Catalog:
             raise NotFound(f"no {kind} has id {resource_id!r}")
         return row
 
-    def _delete(self, table: type[ListedRow], resource_id: str, kind: str) -> None:
+    def _delete(self, table: type[ListedRow], resource_id: str, kind: str, caller: Identity) -> None:
         if not resource_id:
             raise InvalidArgument.field("id", f"is required: the id of the {kind}")
         with self._session() as session:
+            row = session.get(table, resource_id)
+            if row is None:
+                raise NotFound(f"no {kind} has id {resource_id!r}")
+            check_may_change(caller, kind, resource_id, row.owner)
             if kind in ("dataset", "model"):
                 users = list(
                     session.scalars(

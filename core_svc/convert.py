@@ -46,6 +46,7 @@ def dataset_to_proto(dataset: Dataset) -> core_pb2.Dataset:
         tags=dataset.tags,
         create_time=to_timestamp(dataset.create_time),
         update_time=to_timestamp(dataset.update_time),
+        owner=dataset.owner,
     )
 
 
@@ -96,6 +97,7 @@ def model_to_proto(model: Model) -> core_pb2.Model:
         tags=model.tags,
         create_time=to_timestamp(model.create_time),
         update_time=to_timestamp(model.update_time),
+        owner=model.owner,
     )
 
 
@@ -113,6 +115,7 @@ def pipeline_to_proto(pipeline: Pipeline) -> core_pb2.Pipeline:
         spec=spec_to_proto(pipeline.spec),
         create_time=to_timestamp(pipeline.create_time),
         update_time=to_timestamp(pipeline.update_time),
+        owner=pipeline.owner,
     )
 
 
@@ -130,6 +133,7 @@ def run_to_proto(run: Run) -> core_pb2.Run:
         create_time=to_timestamp(run.create_time),
         start_time=to_timestamp(run.start_time),
         end_time=to_timestamp(run.end_time),
+        owner=run.owner,
     )
 
 

@@ -48,6 +48,8 @@ class DatasetRow(Base):
     tags_index: Mapped[str] = mapped_column(Text, default=",")
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The creator's subject; "" for rows from before owners (core_svc.ownership).
+    owner: Mapped[str] = mapped_column(String(256), default="", index=True)
 
 
 class ModelRow(Base):
@@ -69,6 +71,8 @@ class ModelRow(Base):
     tags_index: Mapped[str] = mapped_column(Text, default=",")
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The creator's subject; "" for rows from before owners (core_svc.ownership).
+    owner: Mapped[str] = mapped_column(String(256), default="", index=True)
 
 
 class PipelineRow(Base):
@@ -80,6 +84,8 @@ class PipelineRow(Base):
     spec: Mapped[dict] = mapped_column(JSON)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The creator's subject; "" for rows from before owners (core_svc.ownership).
+    owner: Mapped[str] = mapped_column(String(256), default="", index=True)
 
 
 class PipelineReferenceRow(Base):
@@ -115,6 +121,8 @@ class RunRow(Base):
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Who started it (not necessarily the pipeline's owner); "" for rows from before owners.
+    owner: Mapped[str] = mapped_column(String(256), default="", index=True)
 
 
 class RunEventRow(Base):
@@ -150,6 +158,24 @@ class ApiKeyRow(Base):
     expire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoke_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditEventRow(Base):
+    """One mutating call on a service of the mesh (constellation.core.v1.AuditEvent); ids sort by `time`."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    service: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(128), index=True)
+    target_id: Mapped[str] = mapped_column(String(128), default="")
+    subject: Mapped[str] = mapped_column(String(256), index=True)
+    role: Mapped[str] = mapped_column(String(16), default="")
+    request_id: Mapped[str] = mapped_column(String(128), default="")
+    outcome: Mapped[str] = mapped_column(String(32), index=True)
+    peer: Mapped[str] = mapped_column(String(256), default="")
+    forwarded_for: Mapped[str] = mapped_column(String(256), default="")
 
 
 def migrate(engine: Engine) -> None:

@@ -36,6 +36,7 @@ class Dataset:
     tags: list[str] = field(default_factory=list)
     create_time: datetime | None = None
     update_time: datetime | None = None
+    owner: str = ""  # the creator's subject; "" for rows from before owners (core_svc.ownership)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Model:
     tags: list[str] = field(default_factory=list)
     create_time: datetime | None = None
     update_time: datetime | None = None
+    owner: str = ""  # the creator's subject; "" for rows from before owners (core_svc.ownership)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Pipeline:
     spec: PipelineSpec = field(default_factory=PipelineSpec)
     create_time: datetime | None = None
     update_time: datetime | None = None
+    owner: str = ""
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Run:
     start_time: datetime | None = None
     end_time: datetime | None = None
     started_by: Identity | None = None  # None for runs from before users existed, or a mesh without keys
+    owner: str = ""  # who started it (not necessarily the pipeline's owner)
 
     @property
     def ended(self) -> bool:

@@ -58,12 +58,18 @@ class Page:
                 )
 
     def fetch(
-        self, session: Session, statement: Select[RowT], id_column: InstrumentedAttribute[str]
+        self,
+        session: Session,
+        statement: Select[RowT],
+        id_column: InstrumentedAttribute[str],
+        newest_first: bool = False,
     ) -> tuple[list[RowT], str]:
-        """This page of `statement`'s rows in `id_column` order, and the next page's token ("" after the last)."""
+        """This page of `statement`'s rows in `id_column` order (descending when `newest_first`), and the next
+        page's token ("" after the last)."""
         if self.after:
-            statement = statement.where(id_column > self.after)
-        rows = list(session.scalars(statement.order_by(id_column).limit(self.size + 1)))
+            statement = statement.where(id_column < self.after if newest_first else id_column > self.after)
+        order = id_column.desc() if newest_first else id_column
+        rows = list(session.scalars(statement.order_by(order).limit(self.size + 1)))
         if len(rows) <= self.size:
             return rows, ""
         rows = rows[: self.size]

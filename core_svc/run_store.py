@@ -18,6 +18,7 @@ from constellation.common.v1 import common_pb2 as common
 from core_svc import convert, db
 from core_svc.domain import RUN_STATES, TERMINAL, Run
 from core_svc.listing import Page, parse_filter
+from core_svc.ownership import owner_wanted
 from mesh.errors import InvalidArgument
 from mesh.identity import Identity
 from mesh.ids import new_id
@@ -58,6 +59,7 @@ def _run_from_row(row: db.RunRow) -> Run:
         outputs=list(row.outputs), spec=row.spec, launched=row.launched, upstream_sequence=row.upstream_sequence,
         create_time=_aware(row.create_time), start_time=_aware(row.start_time), end_time=_aware(row.end_time),
         started_by=Identity(**row.started_by) if row.started_by else None,
+        owner=row.owner,
     )  # fmt: skip
 
 
@@ -71,12 +73,13 @@ class RunStore:
         self._changed = threading.Condition()
         self.version = 0  # bumped by every append: watchers wait for it to move
 
-    def create(self, pipeline_id: str, spec: dict, first: common.RunEvent, started_by: Identity | None) -> Run:
+    def create(self, pipeline_id: str, spec: dict, first: common.RunEvent, started_by: Identity) -> Run:
+        """A queued run started by `started_by`, who owns it (its `owner` is their subject)."""
         created = now()
         row = db.RunRow(
             id=new_id("run"), pipeline_id=pipeline_id, state="queued", state_message="", spec=spec, outputs=[],
             launched=False, upstream_sequence=0, create_time=created,
-            started_by=dataclasses.asdict(started_by) if started_by else None,
+            started_by=dataclasses.asdict(started_by), owner=started_by.subject,
         )  # fmt: skip
         with self._sessions() as session:
             session.add(row)
@@ -151,16 +154,15 @@ class RunStore:
             return list(session.scalars(active))
 
     def queued(self) -> list[tuple[str, str]]:
-        """(run id, subject of the user who started it or "") of the runs still waiting for a place, in
-        submission order."""
+        """(run id, owner) of the runs still waiting for a place, in submission order."""
         table = db.RunRow
         with self._sessions() as session:
             rows = session.execute(
-                select(table.id, table.started_by).where(table.state == "queued").order_by(table.create_time, table.id)
+                select(table.id, table.owner).where(table.state == "queued").order_by(table.create_time, table.id)
             )
-            return [(run_id, (started_by or {}).get("subject", "")) for run_id, started_by in rows]
+            return [(run_id, owner or "") for run_id, owner in rows]
 
-    def list(self, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
+    def list(self, caller: Identity, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
         table = db.RunRow
 
         def state(value: str) -> ColumnElement[bool]:
@@ -169,7 +171,12 @@ class RunStore:
             return table.state == value.lower()
 
         page = Page(page_size, page_token, filter_text)
-        clauses = parse_filter(filter_text, {"pipeline_id": lambda v: table.pipeline_id == v, "state": state})
+        fields = {
+            "pipeline_id": lambda v: table.pipeline_id == v,
+            "state": state,
+            "owner": lambda v: table.owner == owner_wanted(v, caller),
+        }
+        clauses = parse_filter(filter_text, fields)
         with self._sessions() as session:
             rows, token = page.fetch(session, select(table).where(*clauses), table.id)
         return [_run_from_row(r) for r in rows], token

@@ -27,6 +27,7 @@ from constellation.hosting.v1 import hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2_grpc
 from core_svc.catalog import Catalog
 from core_svc.domain import Run
+from core_svc.ownership import check_may_change, check_may_create
 from core_svc.run_driver import RunContext, RunDriver
 from core_svc.run_queue import RunQueue
 from core_svc.run_store import RunStore, event
@@ -65,7 +66,9 @@ class Runs:
 
     # RPCs
 
-    def run_pipeline(self, pipeline_id: str, started_by: Identity | None) -> Run:
+    def run_pipeline(self, pipeline_id: str, caller: Identity) -> Run:
+        """Queues a run owned by `caller` (any editor may run any pipeline) and starts its driver."""
+        check_may_create(caller, "run")
         if not pipeline_id:
             raise InvalidArgument.field("pipeline_id", "is required: the id of a stored pipeline (see ListPipelines)")
         pipeline = self.catalog.get_pipeline(pipeline_id)
@@ -74,8 +77,10 @@ class Runs:
             listed = "; ".join(f"{p.field}: {p.description}" for p in problems[:5])
             raise FailedPrecondition(f"pipeline {pipeline.name!r} is no longer valid against the catalog: {listed}")
         queued = event(E.RUN_EVENT_TYPE_RUN_QUEUED, "queued", f"run of pipeline {pipeline.name!r} queued")
-        run = self.store.create(pipeline_id, pipeline.spec.to_json(), queued, started_by)
-        self.queue.enter(run.id, started_by.subject if started_by else "")
+        # Who started it is stored on the row (its owner, and whom the driver's calls to hosting and the
+        # orchestrator are for): the driver works in threads of its own, outside the caller's call.
+        run = self.store.create(pipeline_id, pipeline.spec.to_json(), queued, caller)
+        self.queue.enter(run.id, caller.subject)
         self._start_driver(run.id)
         return run
 
@@ -87,8 +92,8 @@ class Runs:
             raise NotFound(f"no run has id {run_id!r}")
         return run
 
-    def list(self, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
-        return self.store.list(page_size, page_token, filter_text)
+    def list(self, caller: Identity, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
+        return self.store.list(caller, page_size, page_token, filter_text)
 
     def watch(self, run_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[common.RunEvent]:
         if not run_id:
@@ -109,8 +114,9 @@ class Runs:
                 return
             store.wait(seen, timeout_s=1.0)
 
-    def cancel(self, run_id: str) -> Run:
+    def cancel(self, run_id: str, caller: Identity) -> Run:
         run = self.get(run_id)
+        check_may_change(caller, "run", run.id, run.owner)
         if run.ended:
             raise FailedPrecondition(f"run {run_id!r} has already ended ({run.state}); there is nothing to cancel")
         with self._drivers_lock:

@@ -9,10 +9,11 @@ from sqlalchemy.exc import DBAPIError
 
 from clients.roots import StorageRoots
 from core_svc.accounts import Accounts
+from core_svc.audit import AuditStore
 from core_svc.catalog import Catalog
 from core_svc.db import migrate
 from core_svc.runs import Runs
-from core_svc.servicer import CoreServicer, IdentityServicer
+from core_svc.servicer import AuditServicer, CoreServicer, IdentityServicer
 from core_svc.settings import CoreSettings
 from mesh import config, logs
 from mesh.db import create_db_engine
@@ -39,11 +40,14 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> Me
     accounts = Accounts(engine)
     runs = Runs(engine, catalog, core_settings)
     runs.resume()
+    audit = AuditStore(engine, core_settings.audit_retention_days)
+    audit.start_pruning()
     return MeshServer(
         settings,
         [
             registration("core", CoreServicer(catalog, runs), health_checks={"database": catalog.check_database}),
             registration("identity", IdentityServicer(accounts)),
+            registration("audit", AuditServicer(audit)),
         ],
         # Core answers reflection for the whole gateway, so `grpcurl list`
         # through Envoy shows every service of the mesh.
@@ -51,6 +55,7 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> Me
         translate_error=translate_error,
         on_stop=[runs.close],
         user_keys=accounts.authenticate,  # core checks user keys in its own database
+        audit_sink=audit,  # core's own records go straight to its database
     )
 
 

@@ -1,12 +1,14 @@
-"""CoreService and IdentityService over gRPC: translate protobuf to the catalog's and accounts' domain and back."""
+"""CoreService, IdentityService and AuditService over gRPC: translate protobuf to core's domain (catalog, runs,
+accounts, audit log) and back, with the caller's identity (mesh.identity) for the domain's ownership rules."""
 
 from __future__ import annotations
 
 from google.protobuf import empty_pb2
 
-from constellation.core.v1 import core_pb2, core_pb2_grpc, identity_pb2, identity_pb2_grpc
+from constellation.core.v1 import audit_pb2, audit_pb2_grpc, core_pb2, core_pb2_grpc, identity_pb2, identity_pb2_grpc
 from core_svc import convert
 from core_svc.accounts import Accounts
+from core_svc.audit import AuditStore
 from core_svc.catalog import Catalog
 from core_svc.runs import Runs
 from mesh import identity
@@ -21,13 +23,15 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
         self._runs = runs
 
     def CreateDataset(self, request, context):
-        return convert.dataset_to_proto(self._catalog.create_dataset(convert.dataset_from_proto(request.dataset)))
+        return convert.dataset_to_proto(
+            self._catalog.create_dataset(convert.dataset_from_proto(request.dataset), _caller())
+        )
 
     def GetDataset(self, request, context):
         return convert.dataset_to_proto(self._catalog.get_dataset(request.id))
 
     def ListDatasets(self, request, context):
-        datasets, token = self._catalog.list_datasets(request.page_size, request.page_token, request.filter)
+        datasets, token = self._catalog.list_datasets(_caller(), request.page_size, request.page_token, request.filter)
         return core_pb2.ListDatasetsResponse(
             datasets=[convert.dataset_to_proto(d) for d in datasets], next_page_token=token
         )
@@ -35,42 +39,44 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
     def UpdateDataset(self, request, context):
         dataset = convert.dataset_from_proto(request.dataset)
         dataset.id = request.dataset.id
-        updated = self._catalog.update_dataset(dataset, list(request.update_mask.paths))
+        updated = self._catalog.update_dataset(dataset, list(request.update_mask.paths), _caller())
         return convert.dataset_to_proto(updated)
 
     def DeleteDataset(self, request, context):
-        self._catalog.delete_dataset(request.id)
+        self._catalog.delete_dataset(request.id, _caller())
         return empty_pb2.Empty()
 
     def RegisterModel(self, request, context):
-        return convert.model_to_proto(self._catalog.register_model(convert.model_from_proto(request.model)))
+        return convert.model_to_proto(self._catalog.register_model(convert.model_from_proto(request.model), _caller()))
 
     def GetModel(self, request, context):
         return convert.model_to_proto(self._catalog.get_model(request.id))
 
     def ListModels(self, request, context):
-        models, token = self._catalog.list_models(request.page_size, request.page_token, request.filter)
+        models, token = self._catalog.list_models(_caller(), request.page_size, request.page_token, request.filter)
         return core_pb2.ListModelsResponse(models=[convert.model_to_proto(m) for m in models], next_page_token=token)
 
     def DeleteModel(self, request, context):
-        self._catalog.delete_model(request.id)
+        self._catalog.delete_model(request.id, _caller())
         return empty_pb2.Empty()
 
     def CreatePipeline(self, request, context):
-        pipeline = self._catalog.create_pipeline(convert.pipeline_from_proto(request.pipeline))
+        pipeline = self._catalog.create_pipeline(convert.pipeline_from_proto(request.pipeline), _caller())
         return convert.pipeline_to_proto(pipeline)
 
     def GetPipeline(self, request, context):
         return convert.pipeline_to_proto(self._catalog.get_pipeline(request.id))
 
     def ListPipelines(self, request, context):
-        pipelines, token = self._catalog.list_pipelines(request.page_size, request.page_token, request.filter)
+        pipelines, token = self._catalog.list_pipelines(
+            _caller(), request.page_size, request.page_token, request.filter
+        )
         return core_pb2.ListPipelinesResponse(
             pipelines=[convert.pipeline_to_proto(p) for p in pipelines], next_page_token=token
         )
 
     def DeletePipeline(self, request, context):
-        self._catalog.delete_pipeline(request.id)
+        self._catalog.delete_pipeline(request.id, _caller())
         return empty_pb2.Empty()
 
     def ValidatePipeline(self, request, context):
@@ -80,20 +86,20 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
         )
 
     def RunPipeline(self, request, context):
-        return convert.run_to_proto(self._runs.run_pipeline(request.pipeline_id, identity.current()))
+        return convert.run_to_proto(self._runs.run_pipeline(request.pipeline_id, _caller()))
 
     def GetRun(self, request, context):
         return convert.run_to_proto(self._runs.get(request.id))
 
     def ListRuns(self, request, context):
-        runs, token = self._runs.list(request.page_size, request.page_token, request.filter)
+        runs, token = self._runs.list(_caller(), request.page_size, request.page_token, request.filter)
         return core_pb2.ListRunsResponse(runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
 
     def WatchRun(self, request, context):
         yield from self._runs.watch(request.run_id, request.after_sequence, context.is_active)
 
     def CancelRun(self, request, context):
-        return convert.run_to_proto(self._runs.cancel(request.id))
+        return convert.run_to_proto(self._runs.cancel(request.id, _caller()))
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
@@ -136,6 +142,26 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     def Authenticate(self, request, context):
         return principal_to_proto(self._accounts.authenticate(request.api_key))
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, store: AuditStore) -> None:
+        self._store = store
+
+    def ListAuditEvents(self, request, context):
+        events, token = self._store.list(
+            _caller(),
+            request.page_size,
+            request.page_token,
+            request.filter,
+            request.start_time if request.HasField("start_time") else None,
+            request.end_time if request.HasField("end_time") else None,
+        )
+        return audit_pb2.ListAuditEventsResponse(events=events, next_page_token=token)
+
+    def RecordAuditEvents(self, request, context):
+        recorded = self._store.record_from_service(_caller(), list(request.events))
+        return audit_pb2.RecordAuditEventsResponse(recorded=recorded)
 
 
 def _caller() -> identity.Identity:

@@ -34,6 +34,12 @@ class CoreSettings(EnvSettings):
         "user starts first while one user is at it. 0: no limit of its own",
         ge=0,
     )
+    audit_retention_days: int = env_field(
+        "CONSTELLATION_AUDIT_RETENTION_DAYS",
+        90,
+        "how long the audit log keeps a record, days; older ones are deleted (at start-up and hourly)",
+        ge=1,
+    )
     # Not read from the environment: fixed here, or handed over from the bootstrap's settings by load().
     reconnect_s: float = Field(
         120.0, description="how long a run keeps trying to reach the orchestrator when its stream breaks", gt=0

@@ -1,5 +1,5 @@
 """One server interceptor for every service: request ids, auth, request bounds, stream slots, metrics, logs,
-error mapping.
+error mapping, the audit log.
 
 Health and reflection stay open when API keys are configured, so load
 balancers and grpcurl can always see whether and what a server serves.
@@ -10,6 +10,10 @@ INTERNAL) and for one that breaks `mesh.limits`. Streaming calls hold a worker
 thread for as long as they are open, so at most `max_streams` run at once and
 the rest get RESOURCE_EXHAUSTED: the threads above that cap stay free for
 unary calls, health checks among them.
+
+Every mutating call (any method but reads, health and reflection) is handed to
+the service's audit log once it has finished, with its outcome: one hook,
+`_audit_hook`, that queues a record and never blocks the call (mesh.audit).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from mesh import identity, roles
+from mesh.audit import AUDIT_INTAKE, AuditLog, audited, event_for_call
 from mesh.auth import Authenticator
 from mesh.errors import DomainError, InvalidArgument, PermissionDenied, Unauthenticated, internal_status, to_status
 from mesh.limits import check_request
@@ -44,6 +49,10 @@ RPC_LATENCY = Histogram(
     ["service", "method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+
+# Records a finished call in the audit log: (request, response or None, context).
+AuditHook = Callable[[Any, Any, grpc.ServicerContext], None]
 
 
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
@@ -97,9 +106,11 @@ class MeshInterceptor(grpc.ServerInterceptor):
         authenticator: Authenticator,
         translate: Callable[[Exception], DomainError | None] | None = None,
         max_streams: int = 24,
+        audit: AuditLog | None = None,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
+        self.audit = audit
         self.max_streams = max_streams
         self._stream_slots = threading.BoundedSemaphore(max_streams)
         # Turns an adapter's exception (e.g. a dropped database connection)
@@ -116,17 +127,50 @@ class MeshInterceptor(grpc.ServerInterceptor):
         request_id = _request_id(metadata.get("x-request-id", ""))
         short_method = method.rsplit("/", 1)[-1]
         handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
+        audit = self._audit_hook(method, metadata)
         if handler.unary_unary:
-            unary_unary = self._unary(handler.unary_unary, short_method, request_id, caller, denial)
+            unary_unary = self._unary(handler.unary_unary, short_method, request_id, caller, denial, audit)
             return handler._replace(unary_unary=unary_unary)
         if handler.stream_unary:
-            stream_unary = self._unary(handler.stream_unary, short_method, request_id, caller, denial, streaming=True)
+            stream_unary = self._unary(
+                handler.stream_unary, short_method, request_id, caller, denial, audit, streaming=True
+            )
             return handler._replace(stream_unary=stream_unary)
         if handler.unary_stream:
-            unary_stream = self._stream(handler.unary_stream, short_method, request_id, caller, denial)
+            unary_stream = self._stream(handler.unary_stream, short_method, request_id, caller, denial, audit)
             return handler._replace(unary_stream=unary_stream)
-        stream_stream = self._stream(handler.stream_stream, short_method, request_id, caller, denial, streaming=True)
+        stream_stream = self._stream(
+            handler.stream_stream, short_method, request_id, caller, denial, audit, streaming=True
+        )
         return handler._replace(stream_stream=stream_stream)
+
+    def _audit_hook(self, method: str, metadata: dict[str, str]) -> AuditHook | None:
+        """What records a finished call of `method` in the audit log: None for reads, health and reflection, or
+        when the service keeps no audit log. It runs while the call's identity and request id are still set."""
+        short = method.rsplit("/", 1)[-1]
+        if self.audit is None or method.startswith(OPEN_PREFIXES) or not audited(method):
+            return None
+        audit = self.audit
+
+        def record(request: Any, response: Any, context: grpc.ServicerContext) -> None:
+            code = context.code() or grpc.StatusCode.OK
+            if method == AUDIT_INTAKE and code == grpc.StatusCode.OK:
+                return
+            caller, request_id, forwarded = (
+                identity.current(),
+                request_id_var.get(),
+                metadata.get("x-forwarded-for", ""),
+            )
+            try:
+                event = event_for_call(
+                    self.service, short, caller, request_id, code.name, context.peer(), forwarded, request, response
+                )
+            except Exception:  # the audit log must never change a call's answer
+                log.exception("audit record not made", extra={"method": short})
+                return
+            audit.record(event)
+
+        return record
 
     def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[identity.Identity | None, DomainError | None]:
         """Who the call is for, or why it is refused: the key (mesh.auth), the user a service acts for, the role
@@ -203,6 +247,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
         request_id: str,
         caller: identity.Identity | None,
         denial: DomainError | None,
+        audit: AuditHook | None,
         streaming: bool = False,
     ) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
@@ -210,20 +255,25 @@ class MeshInterceptor(grpc.ServerInterceptor):
             caller_token = identity.set_current(caller)
             started = time.perf_counter()
             slot = False
+            response = None
             try:
                 context.send_initial_metadata((("x-request-id", request_id),))
                 if denial:
                     raise denial
                 if streaming:
                     slot = self._take_stream_slot(context)
-                    return behaviour(self._requests(request, method), context)
-                return behaviour(self._checked(request, method), context)
+                    response = behaviour(self._requests(request, method), context)
+                else:
+                    response = behaviour(self._checked(request, method), context)
+                return response
             except Exception as error:  # mapped, never leaked
                 self._fail(error, context, request_id)
             finally:
                 if slot:
                     self._stream_slots.release()
                 self._finish(method, started, context)
+                if audit is not None:
+                    audit(request, response, context)
                 identity.reset_current(caller_token)
                 request_id_var.reset(token)
 
@@ -236,6 +286,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
         request_id: str,
         caller: identity.Identity | None,
         denial: DomainError | None,
+        audit: AuditHook | None,
         streaming: bool = False,
     ) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -256,6 +307,8 @@ class MeshInterceptor(grpc.ServerInterceptor):
                 if slot:
                     self._stream_slots.release()
                 self._finish(method, started, context)
+                if audit is not None:
+                    audit(request, None, context)
                 request_id_var.set("")  # a generator may be closed from another context: no reset(token)
                 identity.set_current(None)
 

@@ -32,6 +32,8 @@ CORE = frozenset({"core"})
 AGENT = frozenset({"agent"})
 # Services that check a user's API key with core (mesh.auth.RemoteKeys).
 KEY_CHECKERS = frozenset({"hosting", "orchestrator", "agent"})
+# Services that send the records of their calls to core's audit log (mesh.audit.CoreAuditSink).
+AUDIT_SENDERS = frozenset({"hosting", "orchestrator", "agent"})
 
 # service -> method -> the peers that may call it. Every method of every mesh service has a row
 # (tests/test_tls.py fails when a proto grows one without it): a new method is closed until someone decides.
@@ -67,6 +69,10 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "RevokeApiKey": PUBLIC,
         "WhoAmI": PUBLIC,
         "Authenticate": KEY_CHECKERS,
+    },
+    "constellation.core.v1.AuditService": {
+        "ListAuditEvents": PUBLIC,
+        "RecordAuditEvents": AUDIT_SENDERS,
     },
     "constellation.hosting.v1.HostingService": {
         # What core's run driver uses to find, package and deploy a run's models (clients.hosting).

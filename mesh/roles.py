@@ -48,6 +48,11 @@ METHOD_ROLES: dict[str, dict[str, str]] = {
         "WhoAmI": VIEWER,
         "Authenticate": SERVICE,
     },
+    "constellation.core.v1.AuditService": {
+        "ListAuditEvents": ADMIN,
+        # Hosting, the orchestrator and the agent send the records of their calls (mesh.audit.CoreAuditSink).
+        "RecordAuditEvents": SERVICE,
+    },
     "constellation.hosting.v1.HostingService": {
         "PackageModel": EDITOR,
         "DeployModel": EDITOR,

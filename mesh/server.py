@@ -5,7 +5,8 @@ certificates (`mesh.tls`; callers checked against `mesh.peers`), else plaintext
 with a warning; grpc.health.v1 health that reflects its dependencies,
 server reflection, the mesh interceptor (request ids, auth, metrics, logs,
 error mapping, request bounds, a cap on open streams; API keys checked by
-`mesh.auth`, user keys by core or by asking core), a Prometheus metrics
+`mesh.auth`, user keys by core or by asking core; the audit log of its mutating
+calls, which core keeps and the others send to core), a Prometheus metrics
 port, message limits (requests up to `max_request_mb`, responses up to
 `max_message_mb`), and graceful shutdown on SIGTERM: health turns
 NOT_SERVING, new RPCs are refused, in-flight RPCs get `shutdown_grace_s` to
@@ -27,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from mesh.audit import AuditLog, AuditSink, CoreAuditSink
 from mesh.auth import Authenticator, KeyLookup, RemoteKeys
 from mesh.config import Settings
 from mesh.errors import DomainError
@@ -67,25 +69,27 @@ class MeshServer:
         translate_error: Callable[[Exception], DomainError | None] | None = None,
         on_stop: Iterable[Callable[[], None]] = (),
         user_keys: KeyLookup | None = None,
+        audit_sink: AuditSink | None = None,
     ) -> None:
         self.settings = settings
         self.on_stop = list(on_stop)
         self.tls = TlsFiles(settings.tls_dir, settings.service) if settings.tls_dir else None
-        if user_keys is None and "core" in settings.peers:  # core checks its own database: it passes user_keys
-            core = settings.peers["core"]
-            channel = (
-                grpc.secure_channel(core, self.tls.channel_credentials())
-                if self.tls is not None
-                else grpc.insecure_channel(core)
-            )
-            remote = RemoteKeys(channel, settings.service_key, settings.auth_cache_s)
+        # Core checks user keys in its own database and keeps the audit log there: it passes both. The other
+        # services ask core.
+        if user_keys is None and "core" in settings.peers:
+            remote = RemoteKeys(self._core_channel(), settings.service_key, settings.auth_cache_s)
             user_keys = remote
             self.on_stop.append(remote.close)
+        if audit_sink is None and "core" in settings.peers:
+            audit_sink = CoreAuditSink(self._core_channel(), settings.service_key)
+        self.audit = AuditLog(settings.service, audit_sink) if audit_sink is not None else None
         authenticator = Authenticator(settings.api_keys, settings.service_key, user_keys)
         self.registrations = list(registrations)
         self.stopping = threading.Event()
         interceptors: list[grpc.ServerInterceptor] = [
-            MeshInterceptor(settings.service, authenticator, translate_error, max_streams=settings.stream_limit)
+            MeshInterceptor(
+                settings.service, authenticator, translate_error, max_streams=settings.stream_limit, audit=self.audit
+            )
         ]
         if self.tls is not None:
             interceptors.append(PeerInterceptor())  # inside the mesh interceptor: denials get request ids and logs
@@ -108,6 +112,15 @@ class MeshServer:
         self._metrics_server: WSGIServer | None = None
         self.port = 0
 
+    def _core_channel(self) -> grpc.Channel:
+        """A channel of this service's own to core: mTLS with its certificate, or plaintext."""
+        core = self.settings.peers["core"]
+        return (
+            grpc.secure_channel(core, self.tls.channel_credentials())
+            if self.tls is not None
+            else grpc.insecure_channel(core)
+        )
+
     def start(self) -> int:
         """Bind and start; returns the bound port (useful when settings.port is 0)."""
         address = f"{self.settings.host}:{self.settings.port}"
@@ -122,6 +135,8 @@ class MeshServer:
         if self.port == 0:
             raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")
         self._check_health()
+        if self.audit is not None:
+            self.audit.start()
         self._server.start()
         if self.settings.metrics_port:
             self._metrics_server, _ = start_http_server(self.settings.metrics_port, addr=self.settings.host)
@@ -169,6 +184,8 @@ class MeshServer:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("draining", extra={"grace_s": grace})
         self._server.stop(grace).wait()
+        if self.audit is not None:
+            self.audit.close()  # after the calls in flight, so their records are written too
         for hook in self.on_stop:
             hook()
         if self._metrics_server is not None:

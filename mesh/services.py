@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from constellation.agent.v1 import agent_pb2, agent_pb2_grpc
-from constellation.core.v1 import core_pb2, core_pb2_grpc, identity_pb2, identity_pb2_grpc
+from constellation.core.v1 import audit_pb2, audit_pb2_grpc, core_pb2, core_pb2_grpc, identity_pb2, identity_pb2_grpc
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from mesh import identity
@@ -16,6 +16,7 @@ from mesh.tls import TlsFiles
 SERVICES = {
     "core": (core_pb2.DESCRIPTOR.services_by_name["CoreService"].full_name, core_pb2_grpc),
     "identity": (identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name, identity_pb2_grpc),
+    "audit": (audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name, audit_pb2_grpc),
     "hosting": (hosting_pb2.DESCRIPTOR.services_by_name["HostingService"].full_name, hosting_pb2_grpc),
     "orchestrator": (
         orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name,
@@ -25,7 +26,7 @@ SERVICES = {
 }
 MESH_SERVICE_NAMES = [name for name, _ in SERVICES.values()]
 # The process that serves each service (by default the one of the same name).
-SERVED_BY = {"identity": "core"}
+SERVED_BY = {"identity": "core", "audit": "core"}
 
 
 def registration(service: str, servicer: object, health_checks: dict[str, HealthCheck] | None = None) -> Registration:

@@ -40,13 +40,14 @@ import pytest
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from constellation.agent.v1 import agent_pb2
 from constellation.common.v1 import common_pb2 as c
-from constellation.core.v1 import core_pb2, identity_pb2
+from constellation.core.v1 import audit_pb2, core_pb2, identity_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation.orchestrator.v1 import orchestrator_pb2
 from constellation_sdk import mesh_process
@@ -564,6 +565,7 @@ def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
     prompt = "map surface water around Olinda from Landsat 7"
     user = identity_pb2.User(name="fuzz-user", role=identity_pb2.ROLE_EDITOR)
     user_id = call("core.v1.IdentityService/CreateUser", identity_pb2.CreateUserRequest(user=user)).id
+    audit_time = Timestamp(seconds=int(time.time()) - 60)
     launch = orchestrator_pb2.LaunchRunRequest(
         spec=index_spec,
         datasets={dataset_id: orchestrator_pb2.ResolvedDataset(uri=missing_scene, bands=LANDSAT_BANDS)},
@@ -608,6 +610,24 @@ def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
         "core.v1.CoreService/ListRuns": core_pb2.ListRunsRequest(filter=f'pipeline_id = "{pipeline_id}"'),
         "core.v1.CoreService/WatchRun": core_pb2.WatchRunRequest(run_id=run_id, after_sequence=1),
         "core.v1.CoreService/CancelRun": core_pb2.CancelRunRequest(id=run_id),
+        "core.v1.AuditService/ListAuditEvents": audit_pb2.ListAuditEventsRequest(
+            page_size=10, filter='method = "CreateDataset" AND outcome = "OK"', start_time=audit_time
+        ),
+        "core.v1.AuditService/RecordAuditEvents": audit_pb2.RecordAuditEventsRequest(
+            events=[
+                audit_pb2.AuditEvent(
+                    time=audit_time,
+                    service="hosting",
+                    method="DeployModel",
+                    target_id="hm_0",
+                    subject="key:fuzz",
+                    role="admin",
+                    request_id="fuzz-1",
+                    outcome="NOT_FOUND",
+                    peer="ipv4:127.0.0.1:1",
+                )
+            ]
+        ),  # fmt: skip
         "hosting.v1.HostingService/PackageModel": hosting_pb2.PackageModelRequest(
             model_name="fuzz-model",
             model_version="1.0.0",
@@ -692,6 +712,7 @@ MUTATED = [
         "core.v1.CoreService/CreatePipeline", "core.v1.CoreService/ValidatePipeline",
         "core.v1.CoreService/ListPipelines", "core.v1.CoreService/RunPipeline", "core.v1.CoreService/GetRun",
         "core.v1.CoreService/ListRuns", "core.v1.CoreService/WatchRun", "core.v1.CoreService/CancelRun",
+        "core.v1.AuditService/ListAuditEvents", "core.v1.AuditService/RecordAuditEvents",
         "hosting.v1.HostingService/PackageModel", "hosting.v1.HostingService/DeployModel",
         "hosting.v1.HostingService/ListModels", "hosting.v1.HostingService/PullImage",
         "orchestrator.v1.OrchestratorService/LaunchRun", "agent.v1.AgentService/Recommend",

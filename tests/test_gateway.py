@@ -45,6 +45,7 @@ def test_grpcurl_lists_every_service_through_the_gateway(mesh):
     assert set(listed.stdout.split()) == {
         "constellation.core.v1.CoreService",
         "constellation.core.v1.IdentityService",
+        "constellation.core.v1.AuditService",
         "constellation.hosting.v1.HostingService",
         "constellation.orchestrator.v1.OrchestratorService",
         "constellation.agent.v1.AgentService",

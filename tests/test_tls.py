@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -24,7 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.inference import InferenceClient
 from constellation.common.v1 import common_pb2 as c
-from constellation.core.v1 import core_pb2, core_pb2_grpc
+from constellation.core.v1 import audit_pb2, core_pb2, core_pb2_grpc
+from constellation.hosting.v1 import hosting_pb2
 from constellation.orchestrator.v1 import orchestrator_pb2
 from constellation_sdk import Client, catalog, mesh_process, watch
 from core_svc.server import build as build_core
@@ -227,6 +229,27 @@ def test_a_service_certificate_may_call_only_what_its_rule_lists(tls_mesh):
         assert core.ListDatasets(core_pb2.ListDatasetsRequest(), timeout=10) is not None
         denied = rpc_error(core.DeleteDataset, core_pb2.DeleteDatasetRequest(id="ds_x"), timeout=10)
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED and "peer 'agent'" in denied.details()
+
+
+def test_hosting_and_the_orchestrator_send_their_audit_records_to_core_over_mtls(tls_mesh):
+    with Client(tls_mesh["gateway"], tls_dir=tls_mesh["certs"]) as client:
+        refused = rpc_error(client.orchestrator.CancelRun, orchestrator_pb2.CancelRunRequest(id="run_tls_audit"))
+        missing = rpc_error(client.hosting.DeleteModel, hosting_pb2.DeleteModelRequest(model_id="hm_tls_audit"))
+        wanted = {"orchestrator": (refused, "run_tls_audit"), "hosting": (missing, "hm_tls_audit")}
+        targets = {(service, target) for service, (_, target) in wanted.items()}
+        found: dict[str, audit_pb2.AuditEvent] = {}
+        deadline = time.monotonic() + 20
+        while len(found) < 2 and time.monotonic() < deadline:  # the services send their records in batches
+            events = client.audit.ListAuditEvents(audit_pb2.ListAuditEventsRequest(page_size=1000), timeout=10).events
+            found = {e.service: e for e in events if (e.service, e.target_id) in targets}
+            time.sleep(0.2)
+    assert set(found) == {"orchestrator", "hosting"}
+    for service, (error, _) in wanted.items():
+        request_id = dict(error.initial_metadata())["x-request-id"]
+        assert (found[service].outcome, found[service].request_id) == (error.code().name, request_id)
+    assert found["orchestrator"].outcome == "PERMISSION_DENIED"  # the gateway may not cancel orchestrator runs
+    for service in ("hosting", "orchestrator"):
+        assert "audit records not written" not in Path(tls_mesh["state"]["processes"][service]["log"]).read_text()
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess:

@@ -69,6 +69,7 @@ class Dataset(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Assigned by the server, e.g. "ds_01J..."."""
     name: _builtins.str
@@ -80,6 +81,10 @@ class Dataset(_message.Message):
     """Instrument, lowercase, e.g. "sentinel-2", "landsat-7"."""
     resolution_m: _builtins.float
     """Ground sample distance in metres per pixel."""
+    owner: _builtins.str
+    """Output only. The subject of whoever created it (see AuditEvent.subject);
+    empty for datasets from before owners existed, which only admins change.
+    """
     @_builtins.property
     def bands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Band names in file order, lowercase, e.g. ["blue", "green", "red", "nir"]."""
@@ -112,10 +117,11 @@ class Dataset(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bbox", b"bbox", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "bbox", b"bbox", "create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "resolution_m", b"resolution_m", "sensor", b"sensor", "tags", b"tags", "update_time", b"update_time", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "bbox", b"bbox", "create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "owner", b"owner", "resolution_m", b"resolution_m", "sensor", b"sensor", "tags", b"tags", "update_time", b"update_time", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,7 +181,8 @@ class ListDatasetsRequest(_message.Message):
     """From a previous response's next_page_token; empty for the first page."""
     filter: _builtins.str
     """Conjunction of `field = "value"` terms joined by AND; fields: name,
-    sensor, tag, band. Example: `sensor = "sentinel-2" AND tag = "water"`.
+    sensor, tag, band, owner (`owner = "me"`: the caller's own). Example:
+    `sensor = "sentinel-2" AND tag = "water"`.
     """
     def __init__(
         self,
@@ -284,6 +291,7 @@ class Model(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Assigned by the server, e.g. "mdl_01J..."."""
     name: _builtins.str
@@ -299,6 +307,10 @@ class Model(_message.Message):
     """Output only."""
     state_message: _builtins.str
     """Output only. Why the model is in its state, e.g. a build failure."""
+    owner: _builtins.str
+    """Output only. The subject of whoever registered it (see AuditEvent.subject);
+    empty for models from before owners existed, which only admins change.
+    """
     @_builtins.property
     def card(self) -> _common_pb2.ModelCard: ...
     @_builtins.property
@@ -331,10 +343,11 @@ class Model(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "create_time", b"create_time", "input", b"input", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "create_time", b"create_time", "id", b"id", "input", b"input", "name", b"name", "outputs", b"outputs", "source", b"source", "state", b"state", "state_message", b"state_message", "tags", b"tags", "task", b"task", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "create_time", b"create_time", "id", b"id", "input", b"input", "name", b"name", "outputs", b"outputs", "owner", b"owner", "source", b"source", "state", b"state", "state_message", b"state_message", "tags", b"tags", "task", b"task", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,7 +406,8 @@ class ListModelsRequest(_message.Message):
     page_token: _builtins.str
     filter: _builtins.str
     """`field = "value"` terms joined by AND; fields: name, version, task
-    (e.g. `task = "segmentation"`), tag, band.
+    (e.g. `task = "segmentation"`), tag, band, owner (`owner = "me"`: the
+    caller's own).
     """
     def __init__(
         self,
@@ -464,11 +478,16 @@ class Pipeline(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. e.g. "pl_01J..."."""
     name: _builtins.str
     """Unique in the catalog."""
     description: _builtins.str
+    owner: _builtins.str
+    """Output only. The subject of whoever created it (see AuditEvent.subject);
+    empty for pipelines from before owners existed, which only admins change.
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.PipelineSpec: ...
     @_builtins.property
@@ -488,10 +507,11 @@ class Pipeline(_message.Message):
         spec: _common_pb2.PipelineSpec | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "owner", b"owner", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,7 +566,9 @@ class ListPipelinesRequest(_message.Message):
     page_size: _builtins.int
     page_token: _builtins.str
     filter: _builtins.str
-    """`name = "value"`."""
+    """`field = "value"` terms joined by AND; fields: name, owner (`owner =
+    "me"`: the caller's own).
+    """
     def __init__(
         self,
         *,
@@ -668,6 +690,7 @@ class Run(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. e.g. "run_01J..."."""
     pipeline_id: _builtins.str
@@ -675,6 +698,11 @@ class Run(_message.Message):
     """Output only."""
     state_message: _builtins.str
     """Output only. Why the run is in its state, e.g. the failing step's error."""
+    owner: _builtins.str
+    """Output only. The subject of whoever started it, whoever owns the pipeline
+    (see AuditEvent.subject); empty for runs from before owners existed,
+    which only admins cancel.
+    """
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RunOutput]:
         """Output only."""
@@ -702,10 +730,11 @@ class Run(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "id", b"id", "outputs", b"outputs", "pipeline_id", b"pipeline_id", "start_time", b"start_time", "state", b"state", "state_message", b"state_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "id", b"id", "outputs", b"outputs", "owner", b"owner", "pipeline_id", b"pipeline_id", "start_time", b"start_time", "state", b"state", "state_message", b"state_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -759,7 +788,9 @@ class ListRunsRequest(_message.Message):
     page_size: _builtins.int
     page_token: _builtins.str
     filter: _builtins.str
-    """`pipeline_id = "..."` and/or `state = "succeeded"`."""
+    """`field = "value"` terms joined by AND; fields: pipeline_id, state (e.g.
+    `state = "succeeded"`), owner (`owner = "me"`: the caller's own runs).
+    """
     def __init__(
         self,
         *,

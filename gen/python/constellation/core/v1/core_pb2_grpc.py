@@ -30,6 +30,11 @@ if _version_not_supported:
 class CoreServiceStub:
     """The catalog (datasets, models, pipelines) and the runs that tie the mesh's
     services together.
+
+    Every dataset, model, pipeline and run has an `owner`. Viewers read
+    everything; editors create, and change, delete or cancel only what they own
+    (they may run any pipeline: the run is theirs); admins change everything.
+    Anything else is PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -138,6 +143,11 @@ class CoreServiceStub:
 class CoreServiceServicer:
     """The catalog (datasets, models, pipelines) and the runs that tie the mesh's
     services together.
+
+    Every dataset, model, pipeline and run has an `owner`. Viewers read
+    everything; editors create, and change, delete or cancel only what they own
+    (they may run any pipeline: the run is theirs); admins change everything.
+    Anything else is PERMISSION_DENIED.
     """
 
     def CreateDataset(self, request, context):
@@ -370,6 +380,11 @@ def add_CoreServiceServicer_to_server(servicer, server):
 class CoreService:
     """The catalog (datasets, models, pipelines) and the runs that tie the mesh's
     services together.
+
+    Every dataset, model, pipeline and run has an `owner`. Viewers read
+    everything; editors create, and change, delete or cancel only what they own
+    (they may run any pipeline: the run is theirs); admins change everything.
+    Anything else is PERMISSION_DENIED.
     """
 
     @staticmethod

@@ -31,6 +31,11 @@ GRPC_VERSION: str
 class CoreServiceStub:
     """The catalog (datasets, models, pipelines) and the runs that tie the mesh's
     services together.
+
+    Every dataset, model, pipeline and run has an `owner`. Viewers read
+    everything; editors create, and change, delete or cancel only what they own
+    (they may run any pipeline: the run is theirs); admins change everything.
+    Anything else is PERMISSION_DENIED.
     """
 
     @_typing.overload
@@ -70,6 +75,11 @@ class CoreServiceStub:
 class CoreServiceAsyncStub(CoreServiceStub):
     """The catalog (datasets, models, pipelines) and the runs that tie the mesh's
     services together.
+
+    Every dataset, model, pipeline and run has an `owner`. Viewers read
+    everything; editors create, and change, delete or cancel only what they own
+    (they may run any pipeline: the run is theirs); admins change everything.
+    Anything else is PERMISSION_DENIED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -105,6 +115,11 @@ class CoreServiceAsyncStub(CoreServiceStub):
 class CoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The catalog (datasets, models, pipelines) and the runs that tie the mesh's
     services together.
+
+    Every dataset, model, pipeline and run has an `owner`. Viewers read
+    everything; editors create, and change, delete or cancel only what they own
+    (they may run any pipeline: the run is theirs); admins change everything.
+    Anything else is PERMISSION_DENIED.
     """
 
     @_abc_1.abstractmethod
