@@ -148,6 +148,7 @@ class Batch:
     oom_killed: bool
     restarts: int
     queued_events: int  # RUN_QUEUED events with a place in core's queue, over all runs
+    retried_runs: int  # runs whose model step waited for an endpoint and sent requests again
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -168,18 +169,26 @@ class Setup:
     alone_digests: dict[str, str] = field(default_factory=dict)
 
 
-def one_run(client: Client, pipeline: core_pb2.Pipeline) -> tuple[watch.RunReport, float, int]:
-    """(report, submission-to-end seconds, RUN_QUEUED events with a place) of one run."""
+@dataclass
+class Lone:
+    report: watch.RunReport
+    seconds: float  # submission to end
+    queued: int  # RUN_QUEUED events with a place in core's queue
+    retried: bool  # its model step waited for an endpoint and sent requests again, or was retried
+
+
+def one_run(client: Client, pipeline: core_pb2.Pipeline) -> Lone:
     started = time.monotonic()
-    queued = 0
+    queued, retried = 0, False
 
     def count(event: c.RunEvent) -> None:
-        nonlocal queued
+        nonlocal queued, retried
         queued += event.type == c.RUN_EVENT_TYPE_RUN_QUEUED and event.message.startswith("waiting for a place")
+        retried |= event.type == c.RUN_EVENT_TYPE_STEP_RETRY or "retrying in" in event.message
 
     run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
     report = watch.follow(client.core, run.id, spec=pipeline.spec, on_event=count)
-    return report, time.monotonic() - started, queued
+    return Lone(report, time.monotonic() - started, queued, retried)
 
 
 def set_up(runtime: str, scene: Path, home: Path | None = None, **env_extra: str) -> Setup:
@@ -200,10 +209,10 @@ def set_up(runtime: str, scene: Path, home: Path | None = None, **env_extra: str
         pipeline = catalog.ensure_pipeline(client.core, "load", plan.spec)
         setup = Setup(env, client, runtime, pipeline, ids[MODEL])
         for _ in range(2):  # cold (deploys the model), then warm: the baseline
-            report, seconds, _ = one_run(client, pipeline)
-            if report.state != "succeeded":
-                raise RuntimeError(f"{runtime}: the lone run {report.state}: {report.run.state_message}")
-        setup.alone_s, setup.alone_digests = seconds, output_digests(report.run)
+            lone = one_run(client, pipeline)
+            if lone.report.state != "succeeded":
+                raise RuntimeError(f"{runtime}: the lone run {lone.report.state}: {lone.report.run.state_message}")
+        setup.alone_s, setup.alone_digests = lone.seconds, output_digests(lone.report.run)
         return setup
     except BaseException:
         client.close()
@@ -252,18 +261,23 @@ def batch(setup: Setup, runs: int, during=None) -> Batch:
             during(setup)
         results = [f.result() for f in futures]
         wall = time.monotonic() - started
-    ok = [r for r, _, _ in results if r.state == "succeeded"]
+    ok = [lone.report for lone in results if lone.report.state == "succeeded"]
     return Batch(
         runs=runs,
         succeeded=len(ok),
         identical=sum(output_digests(r.run) == setup.alone_digests for r in ok),
         wall_s=wall,
-        latencies_s=[s for _, s, _ in results],
+        latencies_s=[lone.seconds for lone in results],
         peak_bytes=memory.peak_bytes,
         oom_killed=memory.oom_killed,
         restarts=memory.restarts,
-        queued_events=sum(q for _, _, q in results),
-        failures=[f"{r.run.id}: {r.state}: {r.run.state_message}" for r, _, _ in results if r.state != "succeeded"],
+        queued_events=sum(lone.queued for lone in results),
+        retried_runs=sum(lone.retried for lone in results),
+        failures=[
+            f"{lone.report.run.id}: {lone.report.state}: {lone.report.run.state_message}"
+            for lone in results
+            if lone.report.state != "succeeded"
+        ],
     )
 
 

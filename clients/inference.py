@@ -44,6 +44,7 @@ from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mesh.services import channel_options
 from model_runtime import wire
+from model_runtime.admission import PUSHBACK_HEADER  # the server's retry hint
 from model_runtime.manifest import NUMPY_DTYPES
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -58,7 +59,6 @@ TRANSIENT_CODES = frozenset(
 )
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0  # run(): backoff of a transient failure without a server hint
-PUSHBACK_HEADER = "grpc-retry-pushback-ms"  # the server's retry hint (model_runtime.admission)
 POLL_S = 0.1  # how often a waiting caller wakes up (so signals such as a cancel are handled promptly)
 # numpy dtype name -> V2 datatype ("float32" -> "FP32")
 DATATYPES = {np.dtype(v).name: k for k, v in NUMPY_DTYPES.items()}
