@@ -52,23 +52,23 @@ class Limits:
     max_queued_tiles: int
 
     @classmethod
-    def of(cls, manifest: Manifest, tile_px: int = 0) -> Limits:
-        """The manifest's limits, derived where it leaves them at 0 (`tile_px` for models of any tile size)."""
+    def of(cls, manifest: Manifest) -> Limits:
+        """The manifest's limits, derived where it leaves them at 0."""
         parallel = manifest.max_parallel_batches or 1
         queued = manifest.max_queued_tiles
         if not queued:
             memory = memory_bytes(str(manifest.resources.get("memory", "")))
             floor = 2 * manifest.max_batch_size
             if memory:
-                queued = max(floor, int(memory * MEMORY_SHARE // (2 * tile_bytes(manifest, tile_px))))
+                queued = max(floor, int(memory * MEMORY_SHARE // (2 * tile_bytes(manifest))))
             else:
                 queued = 8 * manifest.max_batch_size
         return cls(parallel, queued)
 
 
-def tile_bytes(manifest: Manifest, tile_px: int = 0) -> int:
-    """One tile's input and outputs, as declared (free dimensions at `tile_px`, default 256)."""
-    side = manifest.tile_size_px or tile_px or 256
+def tile_bytes(manifest: Manifest) -> int:
+    """One tile's input and outputs, as declared (a model of any tile size counted at 256 px)."""
+    side = manifest.tile_size_px or 256
     size = np.dtype(NUMPY_DTYPES[manifest.dtype]).itemsize * len(manifest.bands) * side * side
     for output in manifest.outputs:
         count = math.prod(side if d == -1 else d for d in output.shape)
