@@ -175,8 +175,11 @@ class Builder:
                     problems = smoke_test(client, folder, manifest)
                 except (TimeoutError, RuntimeError, grpc.RpcError) as error:
                     detail = error.details() if isinstance(error, grpc.RpcError) else str(error)
+                    why = runtime.why_down(model, replica.replica_id)
                     tail = runtime.logs(model, replica.replica_id)[-2000:]
-                    raise RuntimeError(f"smoke test failed: {detail}; log tail:\n{tail}") from None
+                    raise RuntimeError(
+                        f"smoke test failed: {detail}{f': {why}' if why else ''}; log tail:\n{tail}"
+                    ) from None
         finally:
             runtime.stop(model, replica.replica_id)
         if problems:

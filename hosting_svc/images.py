@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from docker.client import DockerClient, from_env
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
+from docker.types import Ulimit
+from docker.utils.socket import STDOUT, frames_iter
 
 import model_runtime
 from mesh.errors import FailedPrecondition, Unavailable
@@ -24,6 +29,31 @@ LABEL_NAME = "constellation.model_name"
 LABEL_VERSION = "constellation.model_version"
 LABEL_MANIFEST = "constellation.manifest_digest"
 LABEL_ROLE = "constellation.role"  # "smoke" for smoke-test containers, "replica" for deployments
+
+
+TMP_BYTES = 64 << 20  # a container's /tmp, its only writable folder
+PIDS_LIMIT = 256  # processes and threads per container
+CPU_GRACE_S = 5  # between the CPU time limit's SIGXCPU and its SIGKILL
+# Runs in a model container by `docker exec` (the image's python): its stdin and stdout joined to 127.0.0.1:PORT.
+EXEC_BRIDGE = """
+import os, socket, sys, threading
+model = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def send():
+    while data := os.read(0, 65536):
+        model.sendall(data)
+    model.shutdown(socket.SHUT_WR)
+threading.Thread(target=send, daemon=True).start()
+while data := model.recv(65536):
+    os.write(1, data)
+"""
+
+
+@dataclass(frozen=True)
+class ContainerLimits:
+    memory_bytes: int  # memory limit, swap included
+    open_files: int
+    cpus: float = 0.0  # CPU quota in cores; 0: none
+    cpu_s: int = 0  # CPU time of each process (RLIMIT_CPU); 0: none
 
 
 class BuildFailed(Exception):
@@ -97,12 +127,22 @@ class Engine:
         output = self.client.containers.run(image, ["cat", path], remove=True, network_mode="none", user="10001")
         return output.decode()
 
-    def run(self, image: str, name: str, port: int, labels: dict[str, str], resources: dict, restart: bool) -> str:
-        """A hardened container on the host network serving on 127.0.0.1:port. Returns its id."""
+    def run(
+        self,
+        image: str,
+        name: str,
+        port: int,
+        labels: dict[str, str],
+        limits: ContainerLimits,
+        restart: bool,
+        host_network: bool = True,
+    ) -> str:
+        """A hardened container serving on 127.0.0.1:port: of the host's network, or of its own (no network,
+        reached through `ExecForwarder`). Returns its id."""
         kwargs: dict = {
             "name": name,
             "detach": True,
-            "network_mode": "host",
+            "network_mode": "host" if host_network else "none",
             "command": model_runtime.command("127.0.0.1", port),
             "environment": {"MODEL_PORT": str(port)},
             "labels": labels,
@@ -110,17 +150,27 @@ class Engine:
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "read_only": True,
-            "tmpfs": {"/tmp": "rw,noexec,nosuid,size=64m"},
-            "pids_limit": 256,
+            "tmpfs": {"/tmp": f"rw,noexec,nosuid,size={TMP_BYTES}"},
+            "pids_limit": PIDS_LIMIT,
+            "mem_limit": limits.memory_bytes,
+            "memswap_limit": limits.memory_bytes,
+            "ulimits": [
+                Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files),
+                Ulimit(name="fsize", soft=TMP_BYTES, hard=TMP_BYTES),
+                Ulimit(name="core", soft=0, hard=0),
+                *([Ulimit(name="cpu", soft=limits.cpu_s, hard=limits.cpu_s + CPU_GRACE_S)] if limits.cpu_s else []),
+            ],
         }
         if restart:
             kwargs["restart_policy"] = {"Name": "unless-stopped"}
-        if resources.get("cpu"):
-            kwargs["nano_cpus"] = int(float(resources["cpu"]) * 1e9)
-        if resources.get("memory"):
-            kwargs["mem_limit"] = str(resources["memory"])
+        if limits.cpus:
+            kwargs["nano_cpus"] = int(limits.cpus * 1e9)
         container = self.client.containers.run(image, **kwargs)
         return container.id
+
+    def forward(self, container_id: str, port: int) -> ExecForwarder:
+        """127.0.0.1:<a free port> on the host, forwarded to 127.0.0.1:port inside a container without a network."""
+        return ExecForwarder(self.client, container_id, port)
 
     def logs(self, container_id: str, lines: int = 30) -> str:
         try:
@@ -168,6 +218,59 @@ class Engine:
 
     def pull(self, repository: str, tag: str, auth: dict | None):
         return self.client.images.pull(repository, tag=tag, auth_config=auth)
+
+
+class ExecForwarder:
+    """A host port into a container that has no network: each connection runs EXEC_BRIDGE in the container
+    (`docker exec`, as the image's user) and copies bytes both ways. For the smoke test, which makes a few
+    connections; `close()` stops accepting."""
+
+    def __init__(self, client: DockerClient, container_id: str, port: int) -> None:
+        self.client, self.container_id, self.container_port = client, container_id, port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, name="exec-forward", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._forward, args=(connection,), name="exec-forward", daemon=True).start()
+
+    def _forward(self, connection: socket.socket) -> None:
+        try:
+            exec_id = self.client.api.exec_create(
+                self.container_id, ["python", "-c", EXEC_BRIDGE, str(self.container_port)], stdin=True, stderr=False
+            )["Id"]
+            stream = self.client.api.exec_start(exec_id, socket=True)
+        except (APIError, NotFound):  # the container is gone or stopping: the caller sees UNAVAILABLE
+            connection.close()
+            return
+        raw = getattr(stream, "_sock", stream)  # the socket under docker's SocketIO: writes go to exec's stdin
+
+        def send() -> None:
+            try:
+                while data := connection.recv(1 << 16):
+                    raw.sendall(data)
+                raw.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        threading.Thread(target=send, name="exec-forward", daemon=True).start()
+        try:
+            for stream_id, data in frames_iter(stream, tty=False):
+                if stream_id == STDOUT:
+                    connection.sendall(data)
+        except OSError:
+            pass
+        finally:
+            connection.close()
+            stream.close()
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def _summarise_build_error(tail: list[str]) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from hosting_svc import images
 from hosting_svc.deployments import Hosting
 from hosting_svc.registry import Registry
-from hosting_svc.runtimes import Runtime, kubernetes, modal
+from hosting_svc.runtimes import ModelLimits, Runtime, kubernetes, modal
 from hosting_svc.runtimes.docker import DockerRuntime
 from hosting_svc.runtimes.local import LocalRuntime
 from hosting_svc.servicer import HostingServicer
@@ -26,9 +26,12 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tu
     home = own.home
     store = Store(own.database_url)
     engine = images.Engine() if own.docker_wanted and images.Engine.available() else None
-    runtimes: dict[str, Runtime] = {"local": LocalRuntime(home / "local", own.allow_unconfined)}
+    limits = ModelLimits(own.model_memory, own.sandbox_max_processes, own.model_max_open_files, own.smoke_cpu_s)
+    runtimes: dict[str, Runtime] = {"local": LocalRuntime(home / "local", own.allow_unconfined, limits=limits)}
     if engine is not None:
-        runtimes["docker"] = DockerRuntime(engine, owner=str(home), base_image=own.base_image, builds=home / "builds")
+        runtimes["docker"] = DockerRuntime(
+            engine, owner=str(home), base_image=own.base_image, builds=home / "builds", limits=limits
+        )
     if modal.configured(own):
         runtimes["modal"] = modal.ModalRuntime(home / "modal")
     kube_client = kubernetes.api_client(own)

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field
 
 from mesh.config import EnvSettings, comma_list, env_field, secret_field
+from model_runtime.manifest import MEMORY
 
 
 class HostingSettings(EnvSettings):
@@ -41,6 +42,29 @@ class HostingSettings(EnvSettings):
         "CONSTELLATION_HOSTING_ALLOW_UNCONFINED",
         False,
         "true: without bubblewrap, run local model processes unconfined with hosting's rights (logs a warning)",
+    )
+    model_memory: str = env_field(
+        "CONSTELLATION_HOSTING_MODEL_MEMORY",
+        "2g",
+        "memory a model may use when its constellation.yaml names no resources.memory (512m, 2g): the container's "
+        "memory limit, the local sandbox's data limit",
+        pattern=MEMORY.pattern,
+    )
+    sandbox_max_processes: int = env_field(
+        "CONSTELLATION_HOSTING_SANDBOX_MAX_PROCESSES",
+        1024,
+        "processes and threads all local model sandboxes (uid 10001) may run together (RLIMIT_NPROC); each "
+        "container has its own limit of 256",
+        gt=0,
+    )
+    model_max_open_files: int = env_field(
+        "CONSTELLATION_HOSTING_MODEL_MAX_OPEN_FILES", 1024, "open files per model process (RLIMIT_NOFILE)", gt=0
+    )
+    smoke_cpu_s: int = env_field(
+        "CONSTELLATION_HOSTING_SMOKE_CPU_S",
+        300,
+        "CPU time a smoke test's model process may use before it is killed (RLIMIT_CPU), s",
+        gt=0,
     )
     model_roots_raw: str = env_field(
         "CONSTELLATION_HOSTING_MODEL_ROOTS",

@@ -54,6 +54,7 @@ VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENTRYPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 MEMORY = re.compile(r"^\d+(\.\d+)?[kmgKMG]?$")
+MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}  # binary, as Docker reads 512m
 FIELDS = {
     "name",
     "version",
@@ -347,6 +348,14 @@ def parse(data: object, folder: Path) -> Manifest:
         max_parallel_batches=max_parallel,
         max_queued_tiles=max_queued,
     )
+
+
+def memory_bytes(memory: str) -> int:
+    """A memory size as constellation.yaml writes it (512m, 2g, 1.5g) in bytes."""
+    if not MEMORY.match(memory):
+        raise ValueError(f"{memory!r} is not a memory size such as 512m or 2g")
+    unit = memory[-1].lower() if memory[-1].isalpha() else ""
+    return int(float(memory[: len(memory) - len(unit)]) * MEMORY_UNITS[unit])
 
 
 def load_manifest(folder: Path) -> Manifest:

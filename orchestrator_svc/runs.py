@@ -217,6 +217,7 @@ class RunManager:
             infer_timeout_s=self.settings.infer_timeout_s,
             infer_wait_s=self.settings.infer_wait_s,
             roots=self.roots,
+            model_host_allowed=self.settings.model_host_allowed,
         )
         specs.check_world(plan, self.storage)
         job_settings = jobs.JobSettings.of(self.settings, self.roots)

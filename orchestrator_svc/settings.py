@@ -70,6 +70,12 @@ class OrchestratorSettings(EnvSettings):
     cancel_grace_s: float = env_field(
         PREFIX + "CANCEL_GRACE_S", 15.0, "how long a canceled run's worker gets to stop before it is killed", ge=0
     )
+    model_hosts_raw: str = env_field(
+        PREFIX + "MODEL_HOSTS",
+        "127.0.0.1,localhost",
+        "comma-separated hosts LaunchRun's model endpoints may be on; .suffix allows every host ending in it "
+        "(hosting's local and Docker replicas listen on 127.0.0.1; Kubernetes replicas need .svc, Modal its host)",
+    )
     keep_scratch: bool = env_field(
         PREFIX + "KEEP_SCRATCH", False, "keep per-run scratch after the run ends (for debugging)"
     )
@@ -121,6 +127,12 @@ class OrchestratorSettings(EnvSettings):
     @property
     def k8s_env_secrets(self) -> list[str]:
         return comma_list(self.k8s_env_secrets_raw)
+
+    def model_host_allowed(self, host: str) -> bool:
+        """Whether a model endpoint may be on `host`: one of MODEL_HOSTS, or under one of its .suffixes."""
+        host = host.strip("[]").lower()
+        allowed = [entry.lower() for entry in comma_list(self.model_hosts_raw)]
+        return any(host == entry or (entry.startswith(".") and host.endswith(entry)) for entry in allowed)
 
     @property
     def dagster_home(self) -> Path:

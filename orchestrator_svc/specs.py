@@ -26,7 +26,7 @@ from google.rpc import error_details_pb2
 from clients.roots import StorageRoots
 from clients.storage import Storage, StorageError
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
-from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable, shorten
 from model_runtime.manifest import NUMPY_DTYPES, check_output_name
 from orchestrator_svc import blocks
 from pipeline.convert import spec_from_proto
@@ -108,7 +108,9 @@ def _key(name: str, key: str) -> str:
     return f'{name}["{key}"]'
 
 
-def _check_resolved(request: pb.LaunchRunRequest, roots: StorageRoots | None) -> list[FieldViolation]:
+def _check_resolved(
+    request: pb.LaunchRunRequest, roots: StorageRoots | None, model_host_allowed: Callable[[str], bool] | None
+) -> list[FieldViolation]:
     found: list[FieldViolation] = []
     for key, dataset in sorted(request.datasets.items()):
         where = _key("datasets", key)
@@ -133,7 +135,15 @@ def _check_resolved(request: pb.LaunchRunRequest, roots: StorageRoots | None) ->
         for i, endpoint in enumerate(model.endpoints):
             match = ENDPOINT.match(endpoint)
             if not match or not 0 < int(match.group(2)) < 65536:
-                found.append(FieldViolation(f"{where}.endpoints[{i}]", f"{endpoint!r} is not host:port"))
+                found.append(FieldViolation(f"{where}.endpoints[{i}]", f"{shorten(endpoint)!r} is not host:port"))
+            elif model_host_allowed is not None and not model_host_allowed(match.group(1)):
+                found.append(
+                    FieldViolation(
+                        f"{where}.endpoints[{i}]",
+                        f"{shorten(endpoint)!r}: model endpoints must be on one of the hosts in "
+                        "CONSTELLATION_ORCHESTRATOR_MODEL_HOSTS",
+                    )
+                )
         found += [
             FieldViolation(f"{where}.input.{v.field}", v.description)
             for v in check_bands(list(model.input.bands), "bands", required=True)
@@ -210,11 +220,12 @@ def build_plan(
     infer_timeout_s: float,
     infer_wait_s: float,
     roots: StorageRoots | None,
+    model_host_allowed: Callable[[str], bool] | None = None,
 ) -> Plan:
     """Check the request's form and graph (INVALID_ARGUMENT) and configure every block. Touches nothing outside.
-    With `roots`, every scene and export destination must lie under them (LaunchRun; a worker rebuilding the plan
-    of a run launched that way passes None)."""
-    violations = _check_resolved(request, roots)
+    With `roots`, every scene and export destination must lie under them, and with `model_host_allowed` every model
+    endpoint on an allowed host (LaunchRun; a worker rebuilding the plan of a run launched that way passes None)."""
+    violations = _check_resolved(request, roots, model_host_allowed)
     spec = spec_from_proto(request.spec)
     find_dataset, find_model = _catalog_views(request)
     problems, order = validate_spec(spec, find_dataset, find_model, roots=roots)

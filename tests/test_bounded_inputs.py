@@ -275,6 +275,44 @@ def test_open_streams_are_capped_and_health_still_answers(tmp_path, silent_peer)
         server.stop(0)
 
 
+def test_health_serves_with_200_watch_streams_open_at_the_default_settings(tmp_path, silent_peer):
+    """Issue 12: 32 idle Watch streams took every worker thread and health stopped answering. With the default
+    worker and stream settings, 200 callers each holding a WatchRun open leave health and unary calls answering;
+    the streams past the cap are told RESOURCE_EXHAUSTED at once instead of waiting for a thread."""
+    env = service_env(
+        tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'core.db'}", CONSTELLATION_HOSTING_ADDR=silent_peer
+    )
+    settings = config.load("core", env)
+    server = build_core(settings)
+    server.start()
+    channel = insecure_channel(f"127.0.0.1:{server.port}")
+    streams = []
+    try:
+        core = core_pb2_grpc.CoreServiceStub(channel)
+        spec = water_spec(add_dataset(core).id, register(core).id)
+        pipeline = core.CreatePipeline(core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="w", spec=spec)))
+        run = core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+        streams = [core.WatchRun(core_pb2.WatchRunRequest(run_id=run.id), timeout=120) for _ in range(200)]
+        time.sleep(1)  # every call reaches the server (on main they queued for a thread, health behind them)
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        served, refused = 0, 0
+        for stream in streams:
+            try:
+                next(stream)
+                served += 1
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+                refused += 1
+        assert served == settings.stream_limit and refused == 200 - served
+        assert core.GetRun(core_pb2.GetRunRequest(id=run.id), timeout=3).id == run.id
+    finally:
+        for stream in streams:
+            stream.cancel()
+        channel.close()
+        server.stop(0)
+
+
 def test_stream_cap_must_leave_worker_threads():
     with pytest.raises(config.ConfigError, match="CONSTELLATION_MAX_STREAMS"):
         config.load("core", {"CONSTELLATION_MAX_WORKERS": "8", "CONSTELLATION_MAX_STREAMS": "8"})

@@ -227,6 +227,7 @@ def test_a_request_over_the_size_limit_is_refused(mesh, fresh_buckets):
     # RESOURCE_EXHAUSTED); over it never leaves the gateway.
     assert health_check(mesh["gateway"], service="x" * (limit - 1024)) == grpc.StatusCode.INVALID_ARGUMENT
     assert health_check(mesh["gateway"], service="x" * (limit + 1024)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert health_check(mesh["gateway"], service="x" * (60 << 20)) == grpc.StatusCode.RESOURCE_EXHAUSTED  # issue 12
     upload = requests.post(f"http://{mesh['gateway']}/files/x", data=b"x" * (limit + 1024), timeout=10)
     assert upload.status_code == 413
     with requests.Session() as session:

@@ -203,6 +203,19 @@ def test_onnx_model_is_built_with_onnxruntime_and_answers_like_in_process(hostin
     assert labelled(engine, status.model_id) == ([], [])
 
 
+NEVER_LOADS_AS_A_REPLICA = """
+import resource
+
+
+def _load_in_smoke_tests_only(self):
+    if resource.getrlimit(resource.RLIMIT_CPU)[0] == resource.RLIM_INFINITY:
+        raise RuntimeError("this version loads only in its smoke test")
+
+
+NdwiWater.load = _load_in_smoke_tests_only
+"""
+
+
 def test_a_new_version_that_never_gets_healthy_rolls_back(hosting, ndwi_ready, tmp_path):
     model_id, _ = ndwi_ready
     status = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id))
@@ -210,13 +223,14 @@ def test_a_new_version_that_never_gets_healthy_rolls_back(hosting, ndwi_ready, t
         hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=model_id))
         hosting.wait_for(model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"))
     env = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id)).environment
-    # 1.1.0 passes its smoke test but cannot start under its own memory limit.
+    # 1.1.0 passes its smoke test but its replicas never load: it fails where there is no CPU time limit, which
+    # only smoke tests have. (A memory limit too small to start no longer passes the smoke test, which has it too.)
     folder = tmp_path / "ndwi-1.1.0"
     shutil.copytree(NDWI, folder)
     manifest = yaml.safe_load((folder / "constellation.yaml").read_text())
-    (folder / "constellation.yaml").write_text(
-        yaml.safe_dump({**manifest, "version": "1.1.0", "resources": {"memory": "8m"}})
-    )
+    (folder / "constellation.yaml").write_text(yaml.safe_dump({**manifest, "version": "1.1.0"}))
+    with open(folder / "model.py", "a") as model_code:
+        model_code.write(NEVER_LOADS_AS_A_REPLICA)
     new = hosting.package(folder, version="1.1.0")
     hosting.wait_for(new.model_id, STATE.Value("DEPLOYMENT_STATE_READY"))
     hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=new.model_id, environment=env))

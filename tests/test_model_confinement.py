@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -17,13 +18,14 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from constellation.hosting.v1 import hosting_pb2
 from hosting_svc.registry import Registry
 from hosting_svc.runtimes import sandbox
 from hosting_svc.settings import HostingSettings
 from tests.conftest import rpc_error
-from tests.hosting_support import NDWI, STATE, HostingUnderTest
+from tests.hosting_support import NDWI, STATE, HostingUnderTest, require_docker
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -31,7 +33,7 @@ READY, FAILED = STATE.Value("DEPLOYMENT_STATE_READY"), STATE.Value("DEPLOYMENT_S
 HEALTHY = STATE.Value("DEPLOYMENT_STATE_HEALTHY")
 
 PROBING_MODEL = """
-import json, os, socket
+import json, os, resource, socket
 import numpy as np
 
 def readable(path):
@@ -42,9 +44,24 @@ def readable(path):
     except OSError:
         return False
 
-def connects(port):
+def writes(path, size=1):
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
+        return True
+    except OSError:
+        return False
+
+def connects(host, port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+def resolves(name):
+    try:
+        socket.getaddrinfo(name, 443)
         return True
     except OSError:
         return False
@@ -55,6 +72,19 @@ def home_entries():
     except OSError:
         return []
 
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return line.split()[1]
+
+def first_line(*paths):
+    for path in paths:
+        try:
+            return open(path).read().strip()
+        except OSError:
+            pass
+    return ""
+
 class NdwiWater:
     def load(self):
         facts = {
@@ -62,10 +92,26 @@ class NdwiWater:
             "can_read_etc_shadow": readable("/etc/shadow"),
             "can_read_host_secret": readable(SECRET),
             "root_home_entries": home_entries(),
-            "can_reach_host_loopback": connects(PORT),
+            "can_reach_host_loopback": connects("127.0.0.1", PORT),
+            "can_reach_internet": connects("1.1.1.1", 53),
+            "can_resolve_names": resolves("example.org"),
             "interfaces": sorted(name for _, name in socket.if_nameindex()),
+            "can_write_tmp": writes("/tmp/probe"),
+            "can_write_65_mib_in_tmp": writes("/tmp/big", 65 << 20),
+            "can_write_model_folder": writes("/opt/model/x"),
+            "can_write_root": writes("/probe"),
+            "capabilities": status("CapEff"),
+            "no_new_privs": status("NoNewPrivs"),
+            "limits": {
+                name: resource.getrlimit(getattr(resource, "RLIMIT_" + name.upper()))[1]
+                for name in ("data", "nproc", "nofile", "fsize", "cpu", "core")
+            },
+            "memory_limit": first_line("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max"),
+            "pids_limit": first_line("/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max"),
         }
         print("CONFINEMENT " + json.dumps(facts), flush=True)
+        if FAIL:  # the smoke test then fails, with this line in its message's log tail
+            raise RuntimeError("CONFINEMENT " + json.dumps(facts))
 
     def predict(self, batch):
         return np.zeros((batch.shape[0], 1, batch.shape[2], batch.shape[3]), np.float32)
@@ -97,26 +143,57 @@ def listener():
     server.close()
 
 
-def test_local_model_code_runs_unprivileged_without_host_files_or_network(tmp_path, listener):
+def probe(tmp_path: Path, listener: socket.socket, fail: bool) -> Path:
+    """A model whose load() reports what it can reach (and fails with the report when `fail`)."""
     secret = tmp_path / "host-secret.txt"
     secret.write_text("not for models")
     ignored = [Path(sys.base_prefix).parts[2]] if Path(sys.base_prefix).is_relative_to("/root") else []
-    code = f"SECRET = {str(secret)!r}\nPORT = {listener.getsockname()[1]}\nIGNORED = {ignored!r}\n" + PROBING_MODEL
-    folder = variant(tmp_path / "probe", "probe", code)
+    code = (
+        f"SECRET = {str(secret)!r}\nPORT = {listener.getsockname()[1]}\nIGNORED = {ignored!r}\nFAIL = {fail}\n"
+        + PROBING_MODEL
+    )
+    return variant(tmp_path / "probe", "probe", code)
+
+
+def reported(text: str) -> list[dict]:
+    """Each CONFINEMENT report in a log, in order."""
+    return [json.loads(part.splitlines()[0]) for part in text.split("CONFINEMENT ")[1:] if part.startswith("{")]
+
+
+def assert_confined(facts: dict) -> None:
+    """What model code may not do on any runtime."""
+    assert facts["uid"] == sandbox.SANDBOX_UID, facts
+    assert not facts["can_read_etc_shadow"] and not facts["can_read_host_secret"], facts
+    assert facts["root_home_entries"] == [], facts
+    assert not facts["can_reach_host_loopback"] and facts["interfaces"] == ["lo"], facts
+    assert not facts["can_reach_internet"] and not facts["can_resolve_names"], facts
+    assert facts["can_write_tmp"] and not facts["can_write_65_mib_in_tmp"], facts
+    assert not facts["can_write_model_folder"] and not facts["can_write_root"], facts
+    assert int(facts["capabilities"], 16) == 0 and facts["no_new_privs"] == "1", facts
+    limits = facts["limits"]
+    assert limits["nofile"] == 1024 and limits["fsize"] == 64 << 20 and limits["core"] == 0, facts
+    assert limits["cpu"] == 300 + 5, facts  # the smoke test's CPU time (hard limit: SIGXCPU at 300 s, SIGKILL at 305)
+
+
+def test_local_model_code_runs_unprivileged_without_host_files_or_network(tmp_path, listener):
+    folder = probe(tmp_path, listener, fail=False)
     hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_DOCKER="off")
     try:
         status = hosting.package(folder, name="probe")
         assert packaged(hosting, status).state == READY
-        log = (tmp_path / "home" / "hosting" / "local" / status.model_id / "replica-0.log").read_text()
-        facts = json.loads(log.split("CONFINEMENT ", 1)[1].splitlines()[0])
-        assert facts["uid"] != 0, facts
-        assert not facts["can_read_etc_shadow"] and not facts["can_read_host_secret"], facts
-        assert facts["root_home_entries"] == [], facts
-        assert not facts["can_reach_host_loopback"] and facts["interfaces"] == ["lo"], facts
+        log = tmp_path / "home" / "hosting" / "local" / status.model_id / "replica-0.log"
+        [facts] = reported(log.read_text())
+        assert_confined(facts)
+        assert facts["limits"]["data"] == (512 << 20) + sandbox.RUNTIME_RESERVE_BYTES, facts  # resources.memory
+        assert facts["limits"]["nproc"] == 1024, facts
+        assert not list((tmp_path / "home").rglob("*.sock")), "no socket (nor any file) of the model's on the host"
 
         hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=status.model_id))
         deployed = hosting.wait_for(status.model_id, HEALTHY, FAILED, after=0)
         assert deployed[-1].state == HEALTHY, deployed[-1].message  # served through the relay
+        _, replica = reported(log.read_text())
+        assert replica["limits"]["cpu"] == resource.RLIM_INFINITY, "a replica has no CPU time limit"
+        assert replica["limits"]["data"] == facts["limits"]["data"], replica
         hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
     finally:
         hosting.close()
@@ -304,4 +381,147 @@ def test_repackaging_a_deployed_model_stops_its_replicas_and_down_finds_none_lef
         assert not list((tmp_path / "home" / "hosting" / "local").glob("*/replica-*.pid"))
         assert any("stopped its 1 running replica" in e.message for e in repackaged)
     finally:
+        hosting.close()
+
+
+MEMORY_HOG = """
+import numpy as np
+
+class NdwiWater:
+    def load(self):
+        self.hoard = np.ones(3 << 30, np.uint8)  # 3 GiB, every page touched
+
+    def predict(self, batch):
+        return np.zeros((batch.shape[0], 1, batch.shape[2], batch.shape[3]), np.float32)
+"""
+
+FORK_BOMB = """
+import os, time
+import numpy as np
+
+class NdwiWater:
+    def load(self):
+        while True:  # until fork fails; each child waits (a quiet bomb: the machine is shared)
+            if os.fork() == 0:
+                time.sleep(600)
+                os._exit(0)
+
+    def predict(self, batch):
+        return np.zeros((batch.shape[0], 1, batch.shape[2], batch.shape[3]), np.float32)
+"""
+
+CPU_SPINNER = """
+import numpy as np
+
+class NdwiWater:
+    def load(self):
+        while True:
+            pass
+
+    def predict(self, batch):
+        return np.zeros((batch.shape[0], 1, batch.shape[2], batch.shape[3]), np.float32)
+"""
+
+
+def hostile(folder: Path, code: str, memory: str = "") -> Path:
+    folder = variant(folder, "hostile", code)
+    if memory:
+        manifest = yaml.safe_load((folder / "constellation.yaml").read_text())
+        manifest["resources"]["memory"] = memory
+        (folder / "constellation.yaml").write_text(yaml.safe_dump(manifest))
+    return folder
+
+
+def left_behind(home: Path) -> list[str]:
+    """Processes started for models of this hosting (relays, sandboxes and whatever runs in them)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(home) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
+
+
+def uid_tasks(uid: int) -> int:
+    """Tasks (processes and threads) of a uid: what RLIMIT_NPROC counts."""
+    count = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and proc.stat().st_uid == uid:
+                count += len(list((proc / "task").iterdir()))
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("code", "memory", "env", "why"),
+    [
+        (MEMORY_HOG, "256m", {}, "ran out of memory (limit 256m; raise resources.memory)"),
+        (FORK_BOMB, "", {"CONSTELLATION_HOSTING_SANDBOX_MAX_PROCESSES": "200"}, "hit the process limit (200"),
+        (CPU_SPINNER, "", {"CONSTELLATION_HOSTING_SMOKE_CPU_S": "3"}, "killed by SIGXCPU (its CPU time limit)"),
+    ],
+    ids=["memory", "fork-bomb", "cpu"],
+)
+def test_local_model_past_its_limits_fails_packaging_and_leaves_the_host_unharmed(tmp_path, code, memory, env, why):
+    home = tmp_path / "home"
+    hosting = HostingUnderTest(
+        home, CONSTELLATION_HOSTING_DOCKER="off", CONSTELLATION_HOSTING_READY_TIMEOUT_S="60", **env
+    )
+    try:
+        event = packaged(hosting, hosting.package(hostile(tmp_path / "hostile", code, memory), name="hostile"))
+        assert event.state == FAILED and "smoke test failed" in event.message and why in event.message, event.message
+        deadline = time.monotonic() + 10
+        while left_behind(home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left_behind(home), "the sandbox and everything in it end with the smoke test"
+        assert uid_tasks(sandbox.SANDBOX_UID) < 200 or not env, "the bomb's children are gone"
+        health = health_pb2_grpc.HealthStub(hosting.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        hosting.close()
+
+
+@pytest.fixture(scope="module")
+def docker_engine():
+    return require_docker()
+
+
+def test_docker_smoke_test_runs_model_code_without_network_root_or_writable_files(tmp_path, listener, docker_engine):
+    hosting = HostingUnderTest(tmp_path / "home")
+    try:
+        event = packaged(hosting, hosting.package(probe(tmp_path, listener, fail=True), name="probe"))
+        assert event.state == FAILED and "CONFINEMENT" in event.message, event.message
+        facts = reported(event.message)[0]  # printed, then raised
+        assert_confined(facts)
+        assert int(facts["memory_limit"]) == 512 << 20, facts  # resources.memory of the model
+        assert facts["pids_limit"] == "256", facts
+    finally:
+        for model in hosting.hosting.list():
+            hosting.hosting.delete(model.id)
+        hosting.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("code", "memory", "why"),
+    [
+        (MEMORY_HOG, "256m", "killed for running out of memory (limit 256m; raise resources.memory)"),
+        (FORK_BOMB, "", "hit the process limit (256 processes and threads)"),
+    ],
+    ids=["memory", "fork-bomb"],
+)
+def test_docker_model_past_its_limits_fails_packaging(tmp_path, docker_engine, code, memory, why):
+    hosting = HostingUnderTest(tmp_path / "home", CONSTELLATION_HOSTING_READY_TIMEOUT_S="30")
+    try:
+        event = packaged(hosting, hosting.package(hostile(tmp_path / "hostile", code, memory), name="hostile"))
+        assert event.state == FAILED and "smoke test failed" in event.message and why in event.message, event.message
+        smoke = docker_engine.containers.list(all=True, filters={"label": "constellation.role=smoke"})
+        assert not [c for c in smoke if c.labels.get("constellation.owner") == str(tmp_path / "home" / "hosting")]
+    finally:
+        for model in hosting.hosting.list():
+            hosting.hosting.delete(model.id)
         hosting.close()

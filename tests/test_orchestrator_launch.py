@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 from constellation.common.v1 import common_pb2 as c
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.errors import field_violations
+from orchestrator_svc import settings as orchestrator_settings
 from tests.conftest import rpc_error
 from tests.orchestrator_scenes import write_scene
 from tests.orchestrator_support import orchestrator, s3_server, scene_512, water_request  # noqa: F401 - fixtures
@@ -82,6 +83,24 @@ def test_bad_uris_and_endpoints_are_invalid(orchestrator, valid):
     error = refused(orchestrator, valid, grpc.StatusCode.INVALID_ARGUMENT)
     fields = {v.field for v in field_violations(error)}
     assert {'datasets["scene-1"].uri', 'models["ndwi"].endpoints[0]', "spec.blocks[5].export.uri"} <= fields
+
+
+@pytest.mark.parametrize("endpoint", ["10.0.0.5:8001", "example.org:443", "[::ffff:7f00:1]:8001", "169.254.169.254:80"])
+def test_model_endpoints_only_on_the_allowed_hosts(orchestrator, valid, endpoint):
+    """Issue 12: LaunchRun sent tensors to any host:port. Only CONSTELLATION_ORCHESTRATOR_MODEL_HOSTS (default the
+    loopback, where hosting's replicas listen) may serve a model."""
+    valid.models["ndwi"].endpoints[:] = [ENDPOINT, endpoint]
+    error = refused(orchestrator, valid, grpc.StatusCode.INVALID_ARGUMENT)
+    [violation] = field_violations(error)
+    assert violation.field == 'models["ndwi"].endpoints[1]', violation
+    assert "CONSTELLATION_ORCHESTRATOR_MODEL_HOSTS" in violation.description
+
+
+def test_model_hosts_may_name_a_domain_suffix():
+    settings = orchestrator_settings.load({"CONSTELLATION_ORCHESTRATOR_MODEL_HOSTS": "127.0.0.1,.svc"})
+    assert settings.model_host_allowed("ndwi-water-predictor.models.svc")
+    assert settings.model_host_allowed("127.0.0.1") and not settings.model_host_allowed("localhost")
+    assert not settings.model_host_allowed("svc") and not settings.model_host_allowed("evil.svc.example.org")
 
 
 def test_uris_urllib_cannot_split_are_invalid(orchestrator, valid):

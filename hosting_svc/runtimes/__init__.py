@@ -14,10 +14,39 @@ from pathlib import Path
 from typing import Protocol
 
 from hosting_svc.domain import HostedModel
+from model_runtime.manifest import memory_bytes
 
 LogLine = Callable[[str], object]
 # (state, message): a state change to record while building, e.g. ("building", "building on ...").
 StateChange = Callable[[str, str], object]
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one model's code may use, from hosting's settings; constellation.yaml's resources.memory comes first."""
+
+    memory: str = "2g"  # when the manifest names none
+    sandbox_processes: int = 1024  # the local runtime's RLIMIT_NPROC (all sandboxes together)
+    open_files: int = 1024
+    smoke_cpu_s: int = 300  # CPU time of a smoke test's model process
+
+    def memory_for(self, model: HostedModel) -> str:
+        return str(model.manifest.get("resources", {}).get("memory") or self.memory)
+
+    def memory_bytes(self, model: HostedModel) -> int:
+        return memory_bytes(self.memory_for(model))
+
+
+DEFAULT_LIMITS = ModelLimits()
+
+
+def limit_reached(log_tail: str, memory: str, processes: int) -> str:
+    """Which limit a model's log shows it ran into (allocations and forks that failed), or ""."""
+    if "MemoryError" in log_tail:
+        return f"ran out of memory (limit {memory}; raise resources.memory)"
+    if "Resource temporarily unavailable" in log_tail or "can't start new thread" in log_tail:
+        return f"hit the process limit ({processes} processes and threads)"
+    return ""
 
 
 @dataclass

@@ -1,22 +1,32 @@
 """Replicas as hardened containers on the host network, each bound to 127.0.0.1:port.
 
 Images are built here too: the model folder and its wheelhouse become a build
-context (packaging.py, pure) that the engine builds with the network off.
+context (packaging.py, pure) that the engine builds with the network off. The
+smoke test, the first time the model's code runs, has no network either: its
+container's network is `none`, and hosting reaches the model server through an
+`images.ExecForwarder` (a host port, one `docker exec` per connection).
+
+Every container is non-root (uid 10001), read-only but a 64 MiB /tmp, with all
+capabilities dropped, no-new-privileges, at most 256 processes and threads, and
+the model's memory (resources.memory, or CONSTELLATION_HOSTING_MODEL_MEMORY);
+smoke tests also have a CPU time limit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import signal
 from pathlib import Path
 
 from hosting_svc import images, packaging
 from hosting_svc.domain import HostedModel
-from hosting_svc.runtimes import LogLine, Replica, StateChange
+from hosting_svc.runtimes import DEFAULT_LIMITS, LogLine, ModelLimits, Replica, StateChange, limit_reached
 
 log = logging.getLogger("hosting")
 
 LABEL_OWNER = "constellation.owner"
+SMOKE_PORT = 8001  # inside the smoke test's container, on its own loopback (it has no network)
 
 
 class DockerRuntime:
@@ -24,9 +34,16 @@ class DockerRuntime:
     scales_itself = False
 
     def __init__(
-        self, engine: images.Engine, owner: str = "", base_image: str = "", builds: Path | None = None
+        self,
+        engine: images.Engine,
+        owner: str = "",
+        base_image: str = "",
+        builds: Path | None = None,
+        limits: ModelLimits = DEFAULT_LIMITS,
     ) -> None:
         self.engine = engine
+        self.limits = limits
+        self.forwarders: dict[str, images.ExecForwarder] = {}  # smoke test container id -> its forwarder
         # Which hosting's replicas these are (its home folder), so meshes sharing an engine keep apart
         # and `constellation down` removes only its own.
         self.owner = owner
@@ -74,28 +91,40 @@ class DockerRuntime:
         for stale in self.engine.containers(**{"constellation.replica_name": name}):
             stale.remove(force=True)
         labels["constellation.replica_name"] = name
-        container_id = self.engine.run(
-            model.image, name, port, labels, model.manifest.get("resources", {}), restart=True
-        )
+        container_id = self.engine.run(model.image, name, port, labels, self._limits(model), restart=True)
         return Replica(container_id, f"127.0.0.1:{port}")
 
+    def _limits(self, model: HostedModel, cpu_s: int = 0) -> images.ContainerLimits:
+        cpus = float(model.manifest.get("resources", {}).get("cpu") or 0)
+        return images.ContainerLimits(self.limits.memory_bytes(model), self.limits.open_files, cpus, cpu_s)
+
     def start_trial(self, model: HostedModel, port: int) -> Replica:
+        """Without a network, reached through a forwarder on a free host port (`port` is not used)."""
         labels = {**self._image_labels(model), images.LABEL_ROLE: "smoke", LABEL_OWNER: self.owner}
-        container_id = self.engine.run(model.image, f"constellation-smoke-{model.id}", port, labels, {}, restart=False)
-        return Replica(container_id, f"127.0.0.1:{port}")
+        limits = self._limits(model, cpu_s=self.limits.smoke_cpu_s)
+        name = f"constellation-smoke-{model.id}"
+        container_id = self.engine.run(model.image, name, SMOKE_PORT, labels, limits, restart=False, host_network=False)
+        forwarder = self.forwarders[container_id] = self.engine.forward(container_id, SMOKE_PORT)
+        return Replica(container_id, f"127.0.0.1:{forwarder.port}")
 
     def alive(self, model: HostedModel, replica_id: str) -> bool:
         return self.engine.starting_or_running(replica_id)
 
     def stop(self, model: HostedModel, replica_id: str) -> None:
+        if forwarder := self.forwarders.pop(replica_id, None):
+            forwarder.close()
         self.engine.remove_container(replica_id)
 
     def why_down(self, model: HostedModel, replica_id: str) -> str:
-        """What the engine knows about a replica that does not answer: killed for memory, or its exit code."""
+        """Why a replica does not answer: killed for memory, a limit its log shows, or its exit code."""
         state = self.engine.container_state(replica_id)
         if state.get("OOMKilled"):
-            limit = model.manifest.get("resources", {}).get("memory", "")
-            return "killed for running out of memory" + (f" (limit {limit}; raise resources.memory)" if limit else "")
+            return f"killed for running out of memory (limit {self.limits.memory_for(model)}; raise resources.memory)"
+        reached = limit_reached(self.engine.logs(replica_id), self.limits.memory_for(model), images.PIDS_LIMIT)
+        if reached:
+            return reached
+        if state.get("ExitCode") == 128 + signal.SIGXCPU:
+            return "killed at its CPU time limit"
         if state.get("ExitCode"):
             return f"last exited with code {state['ExitCode']}"
         return ""
@@ -116,6 +145,8 @@ class DockerRuntime:
             **({images.LABEL_MODEL: model_id} if model_id else {}),
         }
         for container in self.engine.containers(**wanted):
+            if forwarder := self.forwarders.pop(container.id, None):
+                forwarder.close()
             container.remove(force=True)
 
     def remove(self, model: HostedModel) -> None:

@@ -5,9 +5,10 @@ copy of the runtime and model folder. Processes start in their own session so
 they outlive a hosting restart; pid files let the next hosting adopt them.
 
 Model code is untrusted: each replica (and smoke test) runs confined by
-bubblewrap (see sandbox.py) behind a relay on its port; the pid recorded is
-the relay's. Without bwrap the runtime refuses to run model code unless
-CONSTELLATION_HOSTING_ALLOW_UNCONFINED says otherwise.
+bubblewrap and within resource limits (see sandbox.py) behind a relay on its
+port; the pid recorded is the relay's, and the relay's last log line says how
+the sandbox ended (why_down reads it). Without bwrap the runtime refuses to run
+model code unless CONSTELLATION_HOSTING_ALLOW_UNCONFINED says otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import model_runtime
 from hosting_svc import packaging
 from hosting_svc.domain import HostedModel
-from hosting_svc.runtimes import LogLine, Replica, StateChange, sandbox
+from hosting_svc.runtimes import DEFAULT_LIMITS, LogLine, ModelLimits, Replica, StateChange, limit_reached, sandbox
 from mesh.errors import FailedPrecondition
 
 log = logging.getLogger("hosting")
@@ -41,8 +42,15 @@ class LocalRuntime:
     name = "local"
     scales_itself = False
 
-    def __init__(self, root: Path, allow_unconfined: bool = False, confine: bool | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        allow_unconfined: bool = False,
+        confine: bool | None = None,
+        limits: ModelLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.root = root
+        self.limits = limits
         self.confine = sandbox.available() if confine is None else confine
         self.allow_unconfined = allow_unconfined
         if not self.confine and allow_unconfined:
@@ -99,13 +107,16 @@ class LocalRuntime:
         shutil.copytree(model.manifest["folder"], model_copy, symlinks=True)
         sandbox.make_readable(home / "runtime", model_copy)
 
-    def start(self, model: HostedModel, index: int, port: int) -> Replica:
+    def start(self, model: HostedModel, index: int, port: int, cpu_s: int = 0) -> Replica:
         self._check_confinement()
         home = self._dir(model)
         log_path = home / f"replica-{index}.log"
         with open(log_path, "ab") as log_file:
             if self.confine:
-                process = self._start_confined(home, index, port, log_file)
+                limits = sandbox.Limits(
+                    self.limits.memory_bytes(model), self.limits.sandbox_processes, self.limits.open_files, cpu_s
+                )
+                process = self._start_confined(home, port, limits, log_file)
             else:
                 process = subprocess.Popen(
                     model_runtime.command(
@@ -126,17 +137,15 @@ class LocalRuntime:
         (home / f"replica-{index}.pid").write_text(f"{process.pid} {port}\n")
         return Replica(f"pid:{process.pid}", f"127.0.0.1:{port}")
 
-    def _start_confined(self, home: Path, index: int, port: int, log_file) -> subprocess.Popen:
+    def _start_confined(self, home: Path, port: int, limits: sandbox.Limits, log_file) -> subprocess.Popen:
         """The relay on 127.0.0.1:port, which starts the sandboxed model server on its Unix socket."""
         venv = home / "venv"
-        socket_dir = sandbox.socket_folder(home / f"run-{index}")
         prefix = sandbox.python_prefix(venv)
         folders = {
             str(prefix): prefix,
             "/opt/venv": venv,
             "/opt/runtime": home / "runtime",
             "/opt/model": home / "model",
-            sandbox.SOCKET_DIR: socket_dir,
         }
         env = {
             "PATH": "/opt/venv/bin:/usr/bin:/bin",
@@ -145,11 +154,10 @@ class LocalRuntime:
             "HOME": "/tmp",
             "MODEL_PORT": str(port),
         }
-        socket = f"unix:{sandbox.SOCKET_DIR}/model.sock"
-        serve = model_runtime.command(socket, port, "/opt/model", "/opt/venv/bin/python")
-        inner = sandbox.command(folders, sandbox.SOCKET_DIR, serve, env)
+        serve = model_runtime.command(f"unix:{sandbox.SOCKET}", port, "/opt/model", "/opt/venv/bin/python")
+        inner = sandbox.command(folders, serve, env, limits)
         return subprocess.Popen(
-            [sys.executable, str(RELAY), str(port), str(socket_dir), "--", *inner],
+            [sys.executable, str(RELAY), str(port), sandbox.SOCKET, "--", *inner],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -159,7 +167,7 @@ class LocalRuntime:
         )
 
     def start_trial(self, model: HostedModel, port: int) -> Replica:
-        return self.start(model, 0, port)
+        return self.start(model, 0, port, cpu_s=self.limits.smoke_cpu_s)
 
     def alive(self, model: HostedModel, replica_id: str) -> bool:
         pid = int(replica_id.removeprefix("pid:"))
@@ -191,7 +199,11 @@ class LocalRuntime:
                 pid_file.unlink()
 
     def why_down(self, model: HostedModel, replica_id: str) -> str:
-        return ""
+        """The relay's last line when the sandbox ended (a limit's signal, an exit code), or what ran out."""
+        tail = self.logs(model, replica_id)
+        last = tail.rstrip().rpartition("\n")[2]
+        reached = limit_reached(tail, self.limits.memory_for(model), self.limits.sandbox_processes)
+        return reached or (last if last.startswith("model sandbox ") else "")
 
     def logs(self, model: HostedModel, replica_id: str) -> str:
         logs = sorted(self._dir(model).glob("replica-*.log"))

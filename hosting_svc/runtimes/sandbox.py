@@ -4,17 +4,26 @@ Model code is untrusted: a model's `load()` and `predict()` run in a bubblewrap 
 
 - on a root file system of its own: the system folders (/usr, /lib, /etc, read-only), Python's
   installation, and the model's venv, runtime and folder (read-only, at /opt/venv, /opt/runtime,
-  /opt/model); nothing else of the host (no home folders, no hosting state), a private 64 MiB /tmp;
-- in new pid, ipc, uts and network namespaces: it sees only a loopback of its own. It listens on a
-  Unix socket in a folder shared with the host, and `relay.py` (outside, hosting's code) forwards
-  127.0.0.1:PORT to it, so hosting, the monitor and the orchestrator reach it as before, and the
-  model reaches nothing (not the other services on the host's loopback, not the internet);
+  /opt/model); nothing else of the host (no home folders, no hosting state). The one writable place
+  is a private 64 MiB /tmp, so model code cannot write to the host's disk at all;
+- in new pid, ipc, uts and network namespaces: it sees only a loopback of its own. The model server
+  listens on a Unix socket in that /tmp, and `relay.py` (outside, hosting's code) forwards
+  127.0.0.1:PORT to it through /proc/PID/root, so hosting, the monitor and the orchestrator reach it
+  as before, and the model reaches nothing (not the other services on the host's loopback, not the
+  internet);
 - as an unprivileged user: when hosting runs as root, bwrap (which needs no user namespace then)
   sets the sandbox up and `setpriv` inside it becomes uid/gid 10001 (as in model images) with no
   capabilities and no_new_privs before the model server starts. Root inside a bwrap user namespace
   would still be root towards the files it sees, and bwrap started as 10001 could not reach hosting's
   home (often under a 0700 folder). Run as another user, bwrap makes a user namespace and the model
-  runs as that user.
+  runs as that user;
+- within resource limits (`Limits`, set by `prlimit` right before the model server starts, so they
+  bind the model and everything it starts): writable memory (RLIMIT_DATA), processes and threads
+  (RLIMIT_NPROC), open files, file size, no core dumps, and CPU time for smoke tests. These are
+  rlimits, not a cgroup: they need no privilege or delegated cgroup tree (hosts with cgroup v1, or
+  v2 without delegation, as in CI), and they hold because the sandbox has no capabilities to raise
+  them. RLIMIT_NPROC counts every task of the sandbox's uid, so it bounds all local model processes
+  together; it is set only when hosting runs as root, where uid 10001 is the models' alone.
 
 What the sandbox user reads must be readable by others, which `make_readable` ensures.
 """
@@ -23,15 +32,47 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 SANDBOX_UID = 10001  # the user model images run as
-SOCKET_DIR = "/run/model"
+SOCKET = "/tmp/model.sock"  # inside the sandbox; the relay reaches it as /proc/PID/root/tmp/model.sock
 TMP_BYTES = 64 << 20  # the private /tmp, as in model containers
+CPU_GRACE_S = 5  # between the CPU time limit's SIGXCPU and its SIGKILL
+# What a model server reserves beyond the memory its model uses: glibc arenas (MALLOC_ARENA_MAX of them,
+# each grown with model_runtime.memory's 64 MiB top pad), thread stacks (8 MiB each), Python and its
+# libraries. RLIMIT_DATA counts these reservations, while a container's memory limit counts pages used.
+RUNTIME_RESERVE_BYTES = 768 << 20
+MALLOC_ARENAS = 4  # fixed, so the reserve does not grow with the machine's cores
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The rlimits a sandboxed model server runs under."""
+
+    memory_bytes: int  # the model's memory (constellation.yaml resources.memory); RUNTIME_RESERVE_BYTES is added
+    processes: int  # RLIMIT_NPROC: tasks (processes and threads) of the sandbox uid, all sandboxes together
+    open_files: int
+    cpu_s: int = 0  # 0: no CPU time limit (replicas); smoke tests get one
+    file_bytes: int = TMP_BYTES  # no file can be larger than /tmp anyway
+
+    def prlimit(self, root: bool) -> list[str]:
+        argv = [
+            "prlimit",
+            f"--data={self.memory_bytes + RUNTIME_RESERVE_BYTES}",
+            f"--nofile={self.open_files}",
+            f"--fsize={self.file_bytes}",
+            "--core=0",
+        ]
+        if root:
+            argv.append(f"--nproc={self.processes}")
+        if self.cpu_s:  # SIGXCPU at the limit (the hard limit's SIGKILL would say nothing), SIGKILL soon after
+            argv.append(f"--cpu={self.cpu_s}:{self.cpu_s + CPU_GRACE_S}")
+        return [*argv, "--"]
 
 
 def available() -> bool:
-    return shutil.which("bwrap") is not None and shutil.which("setpriv") is not None
+    return all(shutil.which(tool) is not None for tool in ("bwrap", "setpriv", "prlimit"))
 
 
 def python_prefix(venv: Path) -> Path:
@@ -59,17 +100,8 @@ def make_readable(*folders: Path) -> None:
         os.chmod(folder, (os.stat(folder).st_mode & 0o755) | 0o555)
 
 
-def socket_folder(path: Path) -> Path:
-    """The folder the model's socket is made in: empty, writable only by the sandbox user."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, mode=0o700)
-    if os.geteuid() == 0:
-        os.chown(path, SANDBOX_UID, SANDBOX_UID)
-    return path
-
-
-def command(binds: dict[str, Path], writable: str, argv: list[str], env: dict[str, str]) -> list[str]:
-    """bwrap (+ setpriv) around `argv`: `binds` maps each sandbox path to a host folder (read-only but `writable`)."""
+def command(binds: dict[str, Path], argv: list[str], env: dict[str, str], limits: Limits) -> list[str]:
+    """bwrap (+ setpriv) + prlimit around `argv`: `binds` maps each sandbox path to a host folder (read-only)."""
     bwrap = [
         "bwrap",
         "--unshare-ipc",
@@ -86,6 +118,8 @@ def command(binds: dict[str, Path], writable: str, argv: list[str], env: dict[st
         "/dev",
         "--size",
         str(TMP_BYTES),
+        "--perms",
+        "1777",  # writable by the sandbox user, as /tmp is in model containers
         "--tmpfs",
         "/tmp",
     ]
@@ -104,8 +138,8 @@ def command(binds: dict[str, Path], writable: str, argv: list[str], env: dict[st
         for parent in parents:  # made explicitly: bwrap would make them unreadable to the sandbox user
             bwrap += ["--dir", parent]
             made.add(parent)
-        bwrap += ["--bind" if destination == writable else "--ro-bind", str(folder), destination]
-    for key, value in env.items():
+        bwrap += ["--ro-bind", str(folder), destination]
+    for key, value in {**env, "MALLOC_ARENA_MAX": str(MALLOC_ARENAS)}.items():
         bwrap += ["--setenv", key, value]
     bwrap += ["--chdir", "/tmp", "--"]
     if root:
@@ -122,4 +156,4 @@ def command(binds: dict[str, Path], writable: str, argv: list[str], env: dict[st
             "--",
         ]
     # setpriv outside: the relay's death kills the sandbox
-    return ["setpriv", "--pdeathsig", "KILL", *bwrap, *argv]
+    return ["setpriv", "--pdeathsig", "KILL", *bwrap, *limits.prlimit(root), *argv]
