@@ -57,7 +57,8 @@ class Limits:
         parallel = manifest.max_parallel_batches or 1
         queued = manifest.max_queued_tiles
         if not queued:
-            memory = memory_bytes(str(manifest.resources.get("memory", "")))
+            declared = str(manifest.resources.get("memory", "") or "")
+            memory = memory_bytes(declared) if declared else 0
             floor = 2 * manifest.max_batch_size
             if memory:
                 queued = max(floor, int(memory * MEMORY_SHARE // (2 * tile_bytes(manifest))))

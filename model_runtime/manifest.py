@@ -128,15 +128,6 @@ class Manifest:
         return self.entrypoint.split(":", 1)[1]
 
 
-def memory_bytes(text: str) -> int:
-    """Bytes in a memory size such as 512m or 2g (k, m, g are powers of 1024); 0 when empty."""
-    if not text or not MEMORY.match(text):
-        return 0
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    unit = text[-1].lower()
-    return int(float(text[:-1]) * units[unit]) if unit in units else int(float(text))
-
-
 def check_requirement(text: object, where: str) -> list[Problem]:
     """A PEP 508 requirement naming a package from an index: no URLs, paths, or pip options."""
     from packaging.requirements import InvalidRequirement, Requirement

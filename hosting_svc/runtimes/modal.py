@@ -68,7 +68,7 @@ def render_app(model: HostedModel, app_dir: Path) -> str:
         model_dir=str(app_dir / "model"),
         gpu=("any" if gpu == 1 else f"any:{gpu}") if gpu else None,
         cpu=float(resources.get("cpu", 1)),
-        memory_mb=memory_bytes(str(resources.get("memory", ""))) // (1 << 20) or None,
+        memory_mb=memory_bytes(str(resources["memory"])) // (1 << 20) if resources.get("memory") else None,
         replicas=max(model.replicas, 1),
         secret=f"constellation-{model.name}",
         port=packaging.MODEL_PORT,
