@@ -177,7 +177,8 @@ class Lone:
     retried: bool  # its model step waited for an endpoint and sent requests again, or was retried
 
 
-def one_run(client: Client, pipeline: core_pb2.Pipeline) -> Lone:
+def one_run(client: Client, pipeline: core_pb2.Pipeline, inferring: threading.Event | None = None) -> Lone:
+    """One run to its end; sets `inferring` once its model step has answered some tiles, not all."""
     started = time.monotonic()
     queued, retried = 0, False
 
@@ -185,6 +186,9 @@ def one_run(client: Client, pipeline: core_pb2.Pipeline) -> Lone:
         nonlocal queued, retried
         queued += event.type == c.RUN_EVENT_TYPE_RUN_QUEUED and event.message.startswith("waiting for a place")
         retried |= event.type == c.RUN_EVENT_TYPE_STEP_RETRY or "retrying in" in event.message
+        progress = event.progress
+        if inferring is not None and progress.unit == "tiles" and 0 < progress.done < progress.total:
+            inferring.set()
 
     run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
     report = watch.follow(client.core, run.id, spec=pipeline.spec, on_event=count)
@@ -253,12 +257,14 @@ def scale(setup: Setup, replicas: int, timeout_s: float = 300) -> None:
 
 
 def batch(setup: Setup, runs: int, during=None) -> Batch:
-    """`runs` runs submitted at once; `during(setup)` (if given) runs in this thread while they do."""
+    """`runs` runs submitted at once; `during(setup, inferring)` (if given) runs in this thread while they do,
+    `inferring` set once a run's model step is under way."""
+    inferring = threading.Event()
     with MemoryPeak(setup.runtime, replicas(setup)) as memory, ThreadPoolExecutor(runs) as pool:
         started = time.monotonic()
-        futures = [pool.submit(one_run, setup.client, setup.pipeline) for _ in range(runs)]
+        futures = [pool.submit(one_run, setup.client, setup.pipeline, inferring) for _ in range(runs)]
         if during is not None:
-            during(setup)
+            during(setup, inferring)
         results = [f.result() for f in futures]
         wall = time.monotonic() - started
     ok = [lone.report for lone in results if lone.report.state == "succeeded"]

@@ -67,8 +67,8 @@ def replica_process(address_port: int) -> int:
 def test_a_replica_killed_in_the_middle_of_eight_runs_costs_no_run(mesh):
     killed = []
 
-    def kill_once_inference_runs(setup: Setup) -> None:
-        time.sleep(setup.alone_s)  # the first runs are inferring by now
+    def kill_once_inference_runs(setup: Setup, inferring) -> None:
+        assert inferring.wait(120), "no run reached its model step"
         port, replica_id = replicas(setup)[0]
         if setup.runtime == "docker":  # the model server crashes (as the OOM killer would end it)
             os.kill(docker.from_env().containers.get(replica_id).attrs["State"]["Pid"], signal.SIGKILL)
