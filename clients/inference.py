@@ -16,7 +16,9 @@ model_runtime.wire (the bytes protobuf would write, the payload copied once
 and 16-byte aligned for the server's numpy) and the answer's payload is a
 view of the received buffer. Any V2 server reads these frames. Requests go
 round-robin over the endpoints, at most `max_concurrency` in flight, using
-gRPC's own futures (no thread per request). While requests are in flight
+gRPC's own futures (no thread per request); `run` can wait and retry
+transient failures itself, adapting how many requests it keeps in flight to
+what the endpoints accept. While requests are in flight
 the caller's next batch is read, so reading tiles overlaps inference.
 
 Errors are sorted into transient (the endpoint is down, overloaded or slow:
@@ -26,8 +28,10 @@ cannot help); both carry the endpoint's own message.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import queue
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
@@ -40,6 +44,7 @@ from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mesh.services import channel_options
 from model_runtime import wire
+from model_runtime.admission import PUSHBACK_HEADER  # the server's retry hint
 from model_runtime.manifest import NUMPY_DTYPES
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -53,6 +58,7 @@ TRANSIENT_CODES = frozenset(
     }
 )
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0  # run(): backoff of a transient failure without a server hint
 POLL_S = 0.1  # how often a waiting caller wakes up (so signals such as a cancel are handled promptly)
 # numpy dtype name -> V2 datatype ("float32" -> "FP32")
 DATATYPES = {np.dtype(v).name: k for k, v in NUMPY_DTYPES.items()}
@@ -73,8 +79,11 @@ def _numpy_dtype(datatype: str) -> np.dtype:
 
 
 class EndpointError(Exception):
-    def __init__(self, endpoint: str, code: grpc.StatusCode | None, details: str, *, transient: bool) -> None:
+    def __init__(
+        self, endpoint: str, code: grpc.StatusCode | None, details: str, *, transient: bool, retry_after_s: float = 0.0
+    ) -> None:
         self.endpoint, self.code, self.details, self.transient = endpoint, code, details, transient
+        self.retry_after_s = retry_after_s  # the server's hint, 0 when it gave none
         name = code.name if code is not None else "ERROR"
         super().__init__(f"model endpoint {endpoint} answered {name}: {details}")
 
@@ -92,7 +101,14 @@ def is_transient(code: grpc.StatusCode | None, details: str) -> bool:
 def _error(endpoint: str, error: grpc.RpcError) -> EndpointError:
     code = error.code() if hasattr(error, "code") else None
     details = (error.details() if hasattr(error, "details") else str(error)) or ""
-    return EndpointError(endpoint, code, details, transient=is_transient(code, details))
+    hint = 0.0
+    for name, value in (error.trailing_metadata() if hasattr(error, "trailing_metadata") else None) or ():
+        if name == PUSHBACK_HEADER:
+            try:
+                hint = min(RETRY_MAX_S, max(0.0, int(value) / 1000))
+            except (TypeError, ValueError):
+                pass  # not a number of milliseconds: the client's own backoff
+    return EndpointError(endpoint, code, details, transient=is_transient(code, details), retry_after_s=hint)
 
 
 class InferenceClient:
@@ -255,16 +271,33 @@ class InferenceClient:
         }
 
     def run(
-        self, batches: Iterable[tuple[Any, np.ndarray | bytes]], max_concurrency: int
+        self,
+        batches: Iterable[tuple[Any, np.ndarray | bytes]],
+        max_concurrency: int,
+        *,
+        retry_for_s: float = 0.0,
+        on_retry: Callable[[EndpointError, float], None] | None = None,
     ) -> Iterator[tuple[Any, memoryview, str, list[int]]]:
         """Send every (key, batch) with at most `max_concurrency` requests in flight; yield (key, raw output,
-        datatype, shape) as answers arrive. A batch is a numpy array or a request already made by `frame`.
-        The first failure cancels what is in flight and is raised."""
+        datatype, shape) as answers arrive, in any order. A batch is a numpy array or a request already made
+        by `frame`. A permanent failure cancels what is in flight and is raised.
+
+        With `retry_for_s`, a transient failure (the endpoint full, restarting or slow) is sent again after a
+        wait: the server's `grpc-retry-pushback-ms` hint, else an exponential backoff from RETRY_FIRST_S, each
+        with jitter; `on_retry(error, wait_s)` hears of it. The request goes to another endpoint where there
+        is one, the failing endpoint rests for the wait, and RESOURCE_EXHAUSTED halves the requests in flight
+        (each answer then adds back 1/in-flight, up to `max_concurrency`: additive increase, multiplicative
+        decrease). It gives up, raising the last failure, once `retry_for_s` pass without a single answer."""
         source = iter(batches)
         done: queue.Queue = queue.Queue()
-        in_flight: dict[Any, tuple[grpc.Future, str]] = {}
+        in_flight: dict[int, tuple[grpc.Future, int, Any, bytes, int]] = {}
+        retries: list[tuple[float, int, Any, bytes, int]] = []  # heap by the time each may go again
+        resting = [0.0] * len(self._endpoints)  # until when each endpoint gets no new request
+        order = itertools.count()
         upcoming: tuple[Any, np.ndarray | bytes] | None = None
         exhausted = False
+        window = float(max_concurrency)
+        answered_at = time.monotonic()
 
         def pull() -> None:
             nonlocal upcoming, exhausted
@@ -274,36 +307,67 @@ class InferenceClient:
                 except StopIteration:
                     exhausted = True
 
+        def send(key: Any, request: bytes, attempt: int, now: float) -> None:
+            index = self._pick(resting, now)
+            future = self._infer[index].future(request, timeout=self.timeout_s)
+            in_flight[id(future)] = (future, index, key, request, attempt)
+            future.add_done_callback(lambda f: done.put(f))
+
         try:
             while True:
                 pull()
-                while upcoming is not None and len(in_flight) < max_concurrency:
-                    key, batch = upcoming
-                    upcoming = None
-                    index = next(self._next)
-                    request = batch if isinstance(batch, bytes) else self.frame(batch)
-                    future = self._infer[index].future(request, timeout=self.timeout_s)
-                    in_flight[id(future)] = (future, self._endpoints[index])
-                    future.add_done_callback(lambda f, key=key: done.put((key, f)))
-                    pull()  # read the next batch while these are in flight
-                if not in_flight:
-                    return
-                while True:
-                    try:
-                        key, future = done.get(timeout=POLL_S)
+                now = time.monotonic()
+                while len(in_flight) < max(1, int(window)):
+                    if retries and retries[0][0] <= now:
+                        _, _, key, request, attempt = heapq.heappop(retries)
+                        send(key, request, attempt, now)
+                    elif upcoming is not None:
+                        key, batch = upcoming
+                        upcoming = None
+                        send(key, batch if isinstance(batch, bytes) else self.frame(batch), 0, now)
+                        pull()  # read the next batch while these are in flight
+                    else:
                         break
-                    except queue.Empty:
-                        continue
-                _, endpoint = in_flight.pop(id(future))
+                if not in_flight and not retries and upcoming is None:
+                    return
+                wait = POLL_S if not retries else min(POLL_S, max(0.0, retries[0][0] - now))
+                try:
+                    future = done.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                _, index, key, request, attempt = in_flight.pop(id(future))
+                endpoint = self._endpoints[index]
                 try:
                     response = future.result()
                 except grpc.RpcError as error:
-                    raise _error(endpoint, error) from None
+                    failure = _error(endpoint, error)
+                    now = time.monotonic()
+                    if not (failure.transient and retry_for_s and now - answered_at < retry_for_s):
+                        raise failure from None
+                    delay = failure.retry_after_s or min(RETRY_MAX_S, RETRY_FIRST_S * 2**attempt)
+                    delay *= random.uniform(0.5, 1.5)  # jitter: runs refused together do not return together
+                    if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        window = max(1.0, window / 2)
+                    resting[index] = now + delay
+                    heapq.heappush(retries, (now + delay, next(order), key, request, attempt + 1))
+                    if on_retry is not None:
+                        on_retry(failure, delay)
+                    continue
                 except grpc.FutureCancelledError:
                     raise EndpointError(
                         endpoint, grpc.StatusCode.CANCELLED, "request cancelled", transient=True
                     ) from None
+                answered_at = time.monotonic()
+                window = min(float(max_concurrency), window + 1 / window)
                 yield (key, *self.output_of(response))
         finally:
-            for future, _ in in_flight.values():
+            for future, *_ in in_flight.values():
                 future.cancel()
+
+    def _pick(self, resting: list[float], now: float) -> int:
+        """The next endpoint round-robin, passing over resting ones while any other is awake."""
+        for _ in range(len(self._endpoints)):
+            index = next(self._next)
+            if resting[index] <= now:
+                return index
+        return next(self._next)

@@ -25,6 +25,7 @@ from core_svc import convert
 from core_svc.catalog import Catalog
 from core_svc.deployments import DeploymentWatch, deploy_model
 from core_svc.domain import TERMINAL, Model
+from core_svc.run_queue import RunQueue
 from core_svc.run_store import STATE_NAMES, STATES, RunStore, event, now
 from core_svc.settings import CoreSettings
 from mesh.services import on_behalf_metadata
@@ -49,6 +50,7 @@ class RunContext:
     orchestrator: orchestrator_pb2_grpc.OrchestratorServiceStub
     settings: CoreSettings
     stopping: threading.Event  # set when core shuts down: drivers stop without ending their runs
+    queue: RunQueue  # the places for running runs (core_svc.run_queue)
 
 
 def output_to_dict(output: common.RunOutput) -> dict:
@@ -117,12 +119,20 @@ class RunDriver:
 
     # The run's life
 
-    def emit(self, type_: int, message: str = "", source: str = "core", block_id: str = "", **changes: object) -> None:
+    def emit(
+        self,
+        type_: int,
+        message: str = "",
+        source: str = "core",
+        block_id: str = "",
+        queue_position: int = 0,
+        **changes: object,
+    ) -> None:
         with self._emit_lock:
             if self._state is None or self._state in TERMINAL:
                 return  # nothing follows a run's final event
             state = str(changes.get("state") or self._state)
-            self.store.append(self.run_id, event(type_, state, message, source, block_id), **changes)
+            self.store.append(self.run_id, event(type_, state, message, source, block_id, queue_position), **changes)
             self._state = state
 
     def drive(self) -> None:
@@ -135,6 +145,8 @@ class RunDriver:
                 raise Canceled
             # The run's one conversion of its stored spec: every stage below reads this object.
             spec = PipelineSpec.from_json(run.spec)
+            if not self.context.queue.wait_turn(self.run_id, self._queued_at, self._stop_waiting):
+                self._check_canceled()
             if not run.launched:
                 if run.state == "queued":
                     self.emit(
@@ -157,6 +169,13 @@ class RunDriver:
                 return
             log.exception("run driver failed", extra={"run_id": self.run_id})
             self.fail("core", f"internal error in core while driving the run: {error}")
+
+    def _queued_at(self, position: int) -> None:
+        ahead = "it starts next" if position == 0 else f"{position} run{'s' * (position != 1)} start before it"
+        self.emit(E.RUN_EVENT_TYPE_RUN_QUEUED, f"waiting for a place: {ahead}", queue_position=position)
+
+    def _stop_waiting(self) -> bool:
+        return self._canceled.is_set() or self.context.stopping.is_set()
 
     def fail(self, source: str, message: str) -> None:
         self.emit(

@@ -39,7 +39,9 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def event(type_: int, state: str, message: str = "", source: str = "core", block_id: str = "") -> common.RunEvent:
+def event(
+    type_: int, state: str, message: str = "", source: str = "core", block_id: str = "", queue_position: int = 0
+) -> common.RunEvent:
     """A run event as core stores it; the store numbers it and stamps its time."""
     return common.RunEvent(
         type=common.RunEventType.ValueType(type_),
@@ -47,6 +49,7 @@ def event(type_: int, state: str, message: str = "", source: str = "core", block
         message=message,
         source=source,
         block_id=block_id,
+        queue_position=queue_position,
     )
 
 
@@ -149,6 +152,15 @@ class RunStore:
         with self._sessions() as session:
             active = select(db.RunRow.id).where(db.RunRow.state.not_in(TERMINAL)).order_by(db.RunRow.id)
             return list(session.scalars(active))
+
+    def queued(self) -> list[tuple[str, str]]:
+        """(run id, owner) of the runs still waiting for a place, in submission order."""
+        table = db.RunRow
+        with self._sessions() as session:
+            rows = session.execute(
+                select(table.id, table.owner).where(table.state == "queued").order_by(table.create_time, table.id)
+            )
+            return [(run_id, owner or "") for run_id, owner in rows]
 
     def list(self, caller: Identity, page_size: int, page_token: str, filter_text: str) -> tuple[list[Run], str]:
         table = db.RunRow

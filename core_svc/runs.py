@@ -29,6 +29,7 @@ from core_svc.catalog import Catalog
 from core_svc.domain import Run
 from core_svc.ownership import check_may_change, check_may_create
 from core_svc.run_driver import RunContext, RunDriver
+from core_svc.run_queue import RunQueue
 from core_svc.run_store import RunStore, event
 from core_svc.settings import CoreSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -41,7 +42,8 @@ E = common.RunEventType
 
 
 class Runs:
-    """RunPipeline, GetRun, ListRuns, WatchRun and CancelRun, with one driver thread per active run."""
+    """RunPipeline, GetRun, ListRuns, WatchRun and CancelRun, with one driver thread per active run;
+    at most `max_running_runs` of them past the queue (core_svc.run_queue)."""
 
     def __init__(self, engine: Engine, catalog: Catalog, settings: CoreSettings) -> None:
         self.catalog, self.settings = catalog, settings
@@ -49,7 +51,9 @@ class Runs:
         self._hosting_channel = peer_channel(settings.hosting_address, settings.tls)
         self._orchestrator_channel = peer_channel(settings.orchestrator_address, settings.tls)
         self.stopping = threading.Event()
+        self.queue = RunQueue(settings.max_running_runs, settings.max_running_runs_per_user)
         self._context = RunContext(
+            queue=self.queue,
             store=self.store,
             catalog=catalog,
             hosting=hosting_pb2_grpc.HostingServiceStub(self._hosting_channel),
@@ -76,6 +80,7 @@ class Runs:
         # Who started it is stored on the row (its owner, and whom the driver's calls to hosting and the
         # orchestrator are for): the driver works in threads of its own, outside the caller's call.
         run = self.store.create(pipeline_id, pipeline.spec.to_json(), queued, caller)
+        self.queue.enter(run.id, caller.subject)
         self._start_driver(run.id)
         return run
 
@@ -123,6 +128,7 @@ class Runs:
         elif run.state != "canceling":
             driver.emit(E.RUN_EVENT_TYPE_RUN_CANCELING, "cancel requested", state="canceling")
             driver.cancel()
+            self.queue.wake()  # a driver waiting for its turn ends the run now
         return self.get(run_id)
 
     # Drivers
@@ -139,12 +145,15 @@ class Runs:
         try:
             driver.drive()
         finally:
+            self.queue.leave(driver.run_id)
             with self._drivers_lock:
                 self._drivers.pop(driver.run_id, None)
 
     def resume(self) -> builtins.list[str]:
         """Start drivers for runs a previous core left unfinished."""
         ids = self.store.active_ids()
+        for run_id, user in self.store.queued():  # before any driver starts, so they keep their order
+            self.queue.enter(run_id, user)
         for run_id in ids:
             self._start_driver(run_id)
         if ids:
@@ -153,6 +162,7 @@ class Runs:
 
     def close(self) -> None:
         self.stopping.set()
+        self.queue.wake()
         with self._drivers_lock:
             drivers = list(self._drivers.values())
         for driver in drivers:

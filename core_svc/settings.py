@@ -20,6 +20,20 @@ class CoreSettings(EnvSettings):
         "how long a run waits for its models to be packaged and healthy, seconds",
         gt=0,
     )
+    max_running_runs: int = env_field(
+        "CONSTELLATION_CORE_MAX_RUNNING_RUNS",
+        4,
+        "runs deployed and run at once; later runs wait in submission order, their place in the queue on "
+        "WatchRun (RUN_QUEUED events)",
+        ge=1,
+    )
+    max_running_runs_per_user: int = env_field(
+        "CONSTELLATION_CORE_MAX_RUNNING_RUNS_PER_USER",
+        0,
+        "of those, at most this many of one user's (the user who started the run); a later run of another "
+        "user starts first while one user is at it. 0: no limit of its own",
+        ge=0,
+    )
     audit_retention_days: int = env_field(
         "CONSTELLATION_AUDIT_RETENTION_DAYS",
         90,

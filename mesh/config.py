@@ -237,7 +237,7 @@ class Settings(EnvSettings):
         "largest request a service takes, MiB (model endpoints' tensors do not pass through services)",
         ge=1,
     )
-    max_workers: int = env_field("CONSTELLATION_MAX_WORKERS", 32, "gRPC worker threads per service", ge=2)
+    max_workers: int = env_field("CONSTELLATION_MAX_WORKERS", 64, "gRPC worker threads per service", ge=2)
     max_streams: int = env_field(
         "CONSTELLATION_MAX_STREAMS",
         0,

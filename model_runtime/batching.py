@@ -11,7 +11,9 @@ predict runs merge into the next batch. A lone caller runs predict in its own
 thread with no hand-off (thread hand-offs cost milliseconds under the GIL).
 A request that fills a batch on its own skips the queue; one larger than
 `max_batch_size` runs as consecutive predict() calls of at most that many
-tiles, so predict() never sees more than `max_batch_size` tiles.
+tiles, so predict() never sees more than `max_batch_size` tiles. At most
+`max_parallel` predict() calls run at once, whichever path they come from
+(model_runtime.admission derives the number): the others wait their turn.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ class _Request:
 
 
 class Batcher:
-    def __init__(self, predict: Predict, max_batch_size: int, max_queue_delay_ms: float) -> None:
-        self._predict = predict
+    def __init__(self, predict: Predict, max_batch_size: int, max_queue_delay_ms: float, max_parallel: int = 1) -> None:
+        self._model_predict = predict
+        self._slots = threading.BoundedSemaphore(max_parallel)
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_queue_delay_ms / 1000
         self._cond = threading.Condition()
@@ -68,6 +71,10 @@ class Batcher:
         if mine.result is None:
             raise RuntimeError("a batch ended with neither a result nor an error")
         return mine.result
+
+    def _predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with self._slots:
+            return self._model_predict(batch)
 
     def _in_chunks(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         parts = [

@@ -15,6 +15,8 @@
     example_input: example_input.npy  # optional, (N, bands, H, W); used by the smoke test
     resources: {cpu: 1, memory: 512m, gpu: 0}
     batching: {max_batch_size: 16, max_queue_delay_ms: 5}
+    # optional: max_parallel_batches (predict calls at once; default 1) and
+    # max_queued_tiles (tiles admitted at once; default from resources.memory): see model_runtime.admission
 
 `load_manifest` returns every problem at once, each with the field it concerns.
 """
@@ -68,7 +70,7 @@ FIELDS = {
 INPUT_FIELDS = {"bands", "tile_size_px", "dtype", "value_range"}
 OUTPUT_FIELDS = {"name", "dtype", "shape"}
 RESOURCE_FIELDS = {"cpu", "memory", "gpu"}
-BATCHING_FIELDS = {"max_batch_size", "max_queue_delay_ms"}
+BATCHING_FIELDS = {"max_batch_size", "max_queue_delay_ms", "max_parallel_batches", "max_queued_tiles"}
 # pip installs a requirement spelled like an archive (pkg.whl, pkg.tar.gz) from a local file.
 ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz")
 
@@ -108,6 +110,8 @@ class Manifest:
     resources: dict = field(default_factory=dict)
     max_batch_size: int = 16
     max_queue_delay_ms: float = 5.0
+    max_parallel_batches: int = 0  # 0: derived (model_runtime.admission)
+    max_queued_tiles: int = 0  # 0: derived
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -281,7 +285,9 @@ def parse(data: object, folder: Path) -> Manifest:
 
     batching = data.get("batching", {}) or {}
     if not isinstance(batching, dict):
-        problem("batching", "must be a mapping {max_batch_size, max_queue_delay_ms}")
+        problem(
+            "batching", "must be a mapping {max_batch_size, max_queue_delay_ms, max_parallel_batches, max_queued_tiles}"
+        )
         batching = {}
     max_batch = batching.get("max_batch_size", 16)
     max_delay = batching.get("max_queue_delay_ms", 5)
@@ -291,6 +297,14 @@ def parse(data: object, folder: Path) -> Manifest:
     if not _is_number(max_delay) or not 0 <= max_delay <= 1000:
         problem("batching.max_queue_delay_ms", "must be between 0 and 1000")
         max_delay = 5
+    max_parallel = batching.get("max_parallel_batches", 0)
+    if not _is_int(max_parallel) or not 0 <= max_parallel <= 64:
+        problem("batching.max_parallel_batches", "must be between 1 and 64 (0 or absent: 1)")
+        max_parallel = 0
+    max_queued = batching.get("max_queued_tiles", 0)
+    if not _is_int(max_queued) or not 0 <= max_queued <= 65536:
+        problem("batching.max_queued_tiles", "must be between 1 and 65536 (0 or absent: from resources.memory)")
+        max_queued = 0
 
     for where, mapping, known in (
         ("", data, FIELDS),
@@ -322,6 +336,8 @@ def parse(data: object, folder: Path) -> Manifest:
         resources=dict(resources),
         max_batch_size=max_batch,
         max_queue_delay_ms=float(max_delay),
+        max_parallel_batches=max_parallel,
+        max_queued_tiles=max_queued,
     )
 
 

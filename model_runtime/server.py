@@ -12,10 +12,10 @@ then `predict(batch)` gets a read-only array (N, bands, H, W) of the input
 dtype (a view of the request bytes; copy it before changing it in place) and
 returns an array (N, *shape) for the first output, or a dict naming every
 output declared in constellation.yaml. predict() must be thread-safe (a
-model that only reads its weights is): merged batches run one at a time, but
-a request that fills max_batch_size on its own runs in its own request
-thread, alongside them (numpy, torch and onnxruntime release the GIL, so
-those calls use more cores).
+model that only reads its weights is): up to `max_parallel_batches` calls run
+at once (numpy, torch and onnxruntime release the GIL, so those calls use more
+cores), and requests beyond what the server admits are refused with
+RESOURCE_EXHAUSTED and a retry hint (model_runtime.admission).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inference import grpc_predict_v2_pb2 as pb
+from model_runtime.admission import PUSHBACK_HEADER, Admission, Full, Limits, measured
 from model_runtime.batching import Batcher
 from model_runtime.manifest import NUMPY_DTYPES, Manifest, load_manifest
 from model_runtime.memory import tune_malloc
@@ -77,6 +78,7 @@ class LoadedModel:
         self.error: BaseException | None = None
         self._instance: Any = None  # the model folder's class: nothing is known of it but predict()
         self.batcher: Batcher | None = None
+        self.admission = Admission(Limits.of(manifest))
 
     def load(self) -> None:
         try:
@@ -91,9 +93,18 @@ class LoadedModel:
             if hasattr(instance, "load"):
                 instance.load()
             self._instance = instance
-            self.batcher = Batcher(self.predict, self.manifest.max_batch_size, self.manifest.max_queue_delay_ms)
+            self.batcher = Batcher(
+                measured(self.admission, self.predict),
+                self.manifest.max_batch_size,
+                self.manifest.max_queue_delay_ms,
+                self.admission.limits.max_parallel_batches,
+            )
             self.ready.set()
-            log.info("model loaded: %s %s", self.manifest.name, self.manifest.version)
+            limits = self.admission.limits
+            log.info(
+                "model loaded: %s %s (at most %d predict calls at once, %d tiles admitted)",
+                self.manifest.name, self.manifest.version, limits.max_parallel_batches, limits.max_queued_tiles,
+            )  # fmt: skip
         except BaseException as error:  # reported through health and ModelReady
             self.error = error
             log.exception("model failed to load")
@@ -232,7 +243,11 @@ class InferenceServicer:
         except BadRequest as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         try:
-            outputs = self.model.batcher.infer(batch)
+            with self.model.admission.admit(batch.shape[0]):
+                outputs = self.model.batcher.infer(batch)
+        except Full as full:  # the client waits the hint and tries again (clients.inference does)
+            context.set_trailing_metadata(((PUSHBACK_HEADER, str(full.retry_after_ms)),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
         except Exception as error:  # a model bug: INTERNAL with a short reason, details in the log
             log.exception("predict failed")
             context.abort(grpc.StatusCode.INTERNAL, f"predict failed: {type(error).__name__}: {str(error)[:200]}")

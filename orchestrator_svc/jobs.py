@@ -45,6 +45,7 @@ class JobSettings:
     # The allowed roots (clients.roots) the ops check again right before they read a scene or write an export;
     # None on runs launched before they were stored.
     roots: dict[str, list[str]] | None = field(default=None)
+    infer_wait_s: float = 30.0  # runs launched before it was stored waited this long
 
     @classmethod
     def of(cls, settings: OrchestratorSettings, roots: StorageRoots) -> JobSettings:
@@ -61,6 +62,7 @@ class JobSettings:
                 "export_roots": [str(p) for p in roots.export_roots],
                 "s3_buckets": sorted(roots.s3_buckets),
             },
+            settings.infer_wait_s,
         )
 
     def to_json(self) -> str:

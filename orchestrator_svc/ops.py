@@ -5,10 +5,13 @@ arrays: rasters and predictions stay on disk under the run's scratch folder
 (`ConstellationResource.work_dir/<run_id>/<op>`), so the IO manager moves a
 few hundred bytes per step whatever the scene's size.
 
-The model op is the one that talks to the network: transient endpoint
-failures are raised as they are, for the job's RetryPolicy to retry (it
-resumes from the tiles already predicted); permanent ones raise
-Failure(allow_retries=False) with the endpoint's message.
+The model op is the one that talks to the network: a full or restarting
+endpoint (RESOURCE_EXHAUSTED, UNAVAILABLE) is waited for and retried request
+by request, with jitter, inside the step (clients.inference.run, for up to
+`wait_s` without an answer), with fewer requests in flight while the endpoint
+refuses them; a transient failure that outlasts it is raised as it is, for the
+job's RetryPolicy to retry (it resumes from the tiles already predicted);
+permanent ones raise Failure(allow_retries=False) with the endpoint's message.
 """
 
 # No `from __future__ import annotations`: Dagster reads the ops' config and input types from real annotations.
@@ -228,6 +231,7 @@ class ModelConfig(Config):
     batch_size: int = 8
     max_concurrency: int = 2
     timeout_s: float = 60.0
+    wait_s: float = 30.0  # how long transient failures are retried inside the step (clients.inference.run)
 
 
 class StitchConfig(Config):
@@ -305,6 +309,21 @@ def tile_op(context: OpExecutionContext, config: TileConfig, scene: blocks.Scene
     return TilePlan(scene, grid, config.normalization, stats)
 
 
+class RetryLog:
+    """Says in the run's log that requests are being retried: the first time, then at most every
+    PROGRESS_EVERY_S (an endpoint refusing many requests would otherwise flood the event log)."""
+
+    def __init__(self, context: OpExecutionContext) -> None:
+        self.context, self.count, self._said_at = context, 0, 0.0
+
+    def heard(self, error: EndpointError, wait_s: float) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._said_at >= PROGRESS_EVERY_S:
+            self._said_at = now
+            self.context.log.info(f"{error}; retrying in {wait_s:.1f}s ({self.count} requests retried so far)")
+
+
 @op(
     name="model",
     description="Run a model endpoint over the tiles (Open Inference Protocol, batched, bounded concurrency).",
@@ -348,7 +367,11 @@ def model_op(
             # thread only sends requests and hands answers to the writer.
             frames = ((chunk, client.frame(reader.read(chunk, out=buffer))) for chunk in chunks)
             with Prefetcher(frames) as requests:
-                for chunk, raw, datatype, shape in client.run(requests, config.max_concurrency):
+                retrying = RetryLog(context)
+                answers = client.run(
+                    requests, config.max_concurrency, retry_for_s=config.wait_s, on_retry=retrying.heard
+                )
+                for chunk, raw, datatype, shape in answers:
                     per_tile = shape[1:] if len(shape) == 4 else [1, *shape[1:]]
                     if shape[0] != len(chunk) or per_tile != expected:
                         raise _fail(
@@ -370,7 +393,7 @@ def model_op(
         wall, cpu = time.monotonic() - started, time.process_time() - cpu_started
         context.log.info(
             f"inferred {done - resumed_at} tiles in {wall:.2f}s ({(done - resumed_at) / max(wall, 1e-9):.0f} tiles/s), "
-            f"{cpu:.2f}s CPU in this worker"
+            f"{cpu:.2f}s CPU in this worker" + (f", {retrying.count} requests sent again" if retrying.count else "")
         )
     except EndpointError as error:
         error.args = (f"{config.model_name}:{config.model_version}: {error}",)  # name the model, not only its address

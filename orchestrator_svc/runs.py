@@ -215,6 +215,7 @@ class RunManager:
             default_batch_size=self.settings.default_batch_size,
             default_max_concurrency=self.settings.default_max_concurrency,
             infer_timeout_s=self.settings.infer_timeout_s,
+            infer_wait_s=self.settings.infer_wait_s,
             roots=self.roots,
             model_host_allowed=self.settings.model_host_allowed,
         )

@@ -49,10 +49,19 @@ class OrchestratorSettings(EnvSettings):
         ge=1,
     )
     infer_timeout_s: float = env_field(PREFIX + "INFER_TIMEOUT_S", 60.0, "deadline of one ModelInfer call", ge=0)
+    infer_wait_s: float = env_field(
+        PREFIX + "INFER_WAIT_S",
+        30.0,
+        "how long the model step keeps retrying requests an endpoint refuses as full (RESOURCE_EXHAUSTED) or "
+        "cannot answer now (UNAVAILABLE, a restarting replica) without a single answer, before the step fails "
+        "for the retries below; 0: fail the step at once",
+        ge=0,
+    )
     model_retries: int = env_field(
         PREFIX + "MODEL_RETRIES",
         5,
-        "retries of a model step after a transient endpoint failure (UNAVAILABLE, DEADLINE_EXCEEDED)",
+        "retries of a model step after a transient endpoint failure (UNAVAILABLE, DEADLINE_EXCEEDED) outlasting "
+        "CONSTELLATION_ORCHESTRATOR_INFER_WAIT_S",
         ge=0,
     )
     model_retry_delay_s: float = env_field(

@@ -218,6 +218,7 @@ def build_plan(
     default_batch_size: int,
     default_max_concurrency: int,
     infer_timeout_s: float,
+    infer_wait_s: float,
     roots: StorageRoots | None,
     model_host_allowed: Callable[[str], bool] | None = None,
 ) -> Plan:
@@ -280,6 +281,7 @@ def build_plan(
                 "batch_size": config.batch_size or default_batch_size,
                 "max_concurrency": config.max_concurrency or default_max_concurrency,
                 "timeout_s": infer_timeout_s,
+                "wait_s": infer_wait_s,
             }
         elif block.kind == "stitch":
             op_config = {"blend": config.blend or "mean"}

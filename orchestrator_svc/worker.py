@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             default_batch_size=settings.default_batch_size,
             default_max_concurrency=settings.default_max_concurrency,
             infer_timeout_s=settings.infer_timeout_s,
+            infer_wait_s=settings.infer_wait_s,
             roots=None,  # LaunchRun checked the run's places against the roots
         )
         job = jobs.build_job(plan, settings)

@@ -226,6 +226,8 @@ def orchestrator_env(home: Path, **extra: str) -> dict[str, str]:
             "CONSTELLATION_SHUTDOWN_GRACE_S": "1",
             "CONSTELLATION_LOG_LEVEL": "WARNING",
             "CONSTELLATION_ORCHESTRATOR_MODEL_RETRY_DELAY_S": "0.3",
+            # a model step waits this long for an endpoint that stopped answering before its step is retried
+            "CONSTELLATION_ORCHESTRATOR_INFER_WAIT_S": "2",
             "CONSTELLATION_ORCHESTRATOR_CANCEL_GRACE_S": "10",
         }
     )

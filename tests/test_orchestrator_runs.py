@@ -240,14 +240,16 @@ def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slo
             time.sleep(0.1)
 
 
-def test_model_step_retries_when_the_endpoint_dies_and_comes_back(orchestrator, slow_endpoint, scene_512, tmp_path):
+def test_model_step_waits_then_retries_when_the_endpoint_dies_and_comes_back(
+    orchestrator, slow_endpoint, scene_512, tmp_path
+):
     request = water_request(
         f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/disturbed"], batch_size=1, max_concurrency=1
     )
     run = orchestrator.stub.LaunchRun(request)
     wait_for_progress(orchestrator, run.id, "water", 2)
     slow_endpoint.kill()
-    time.sleep(1.0)
+    time.sleep(3.0)  # longer than the step waits for the endpoint inside it (INFER_WAIT_S, 2 s here)
     slow_endpoint.start()
     assert orchestrator.wait(run.id).state == c.RUN_STATE_SUCCEEDED
     events = orchestrator.events(run.id)
@@ -255,6 +257,7 @@ def test_model_step_retries_when_the_endpoint_dies_and_comes_back(orchestrator, 
     kinds = [n for n, _ in water]
     assert "STEP_RETRY" in kinds, kinds
     retry = kinds.index("STEP_RETRY")
+    assert any("UNAVAILABLE" in m and "retrying in" in m for _, m in water[:retry]), "the step waited first"
     assert "UNAVAILABLE" in water[retry][1] or "DEADLINE" in water[retry][1], water[retry][1]
     assert "STEP_STARTED" in kinds[retry:] and kinds[-1] == "STEP_SUCCEEDED"
     assert any(m.startswith("resuming:") for _, m in water[retry:]), (

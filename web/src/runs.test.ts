@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 import { ProgressSchema, RunEventSchema, RunEventType, RunState } from "../../gen/ts/constellation/common/v1/common_pb";
-import { foldSteps } from "./runs";
+import { foldSteps, queuePosition } from "./runs";
 
 let sequence = 0n;
 const event = (type: RunEventType, blockId: string, atMs: number, progress?: [number, number]) =>
@@ -43,5 +43,19 @@ describe("folding run events into steps", () => {
       event(RunEventType.STEP_SUCCEEDED, "infer", 3000),
     ]).get("infer")!;
     expect(finished).toMatchObject({ state: "succeeded", done: 4, total: 4, seconds: 3 });
+  });
+});
+
+describe("a run's place in core's queue", () => {
+  const queued = (position: number) =>
+    create(RunEventSchema, { sequence: ++sequence, type: RunEventType.RUN_QUEUED, state: RunState.QUEUED, queuePosition: position });
+  it("is the latest RUN_QUEUED event's position while the run is queued", () => {
+    expect(queuePosition([queued(0)])).toBe(0);
+    expect(queuePosition([queued(0), queued(3), queued(2)])).toBe(2);
+  });
+  it("is gone once the run has started", () => {
+    const started = create(RunEventSchema, { sequence: ++sequence, type: RunEventType.LOG, state: RunState.STARTING });
+    expect(queuePosition([queued(1), queued(0), started])).toBeNull();
+    expect(queuePosition([])).toBeNull();
   });
 });

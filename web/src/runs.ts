@@ -46,3 +46,14 @@ export function foldSteps(events: RunEvent[], blockIds: readonly string[] = []):
   }
   return steps;
 }
+
+/** How many runs start before this one while it waits in core's queue (its latest RUN_QUEUED event), or null
+ * once it has left the queue (or never waited). */
+export function queuePosition(events: readonly RunEvent[]): number | null {
+  const last = events[events.length - 1];
+  if (!last || last.state !== RunState.QUEUED) return null;
+  for (let i = events.length - 1; i >= 0; i--) {
+    if (events[i].type === RunEventType.RUN_QUEUED) return events[i].queuePosition;
+  }
+  return null;
+}

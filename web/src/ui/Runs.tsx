@@ -5,7 +5,7 @@ import { type RunEvent, RunEventType, type RunOutput, RunState } from "../../../
 import type { Run } from "../../../gen/ts/constellation/core/v1/core_pb";
 import { type ConsoleConfig, core, outputUrl } from "../api";
 import { describeError, type ServiceError } from "../errors";
-import { foldSteps, type Step, TERMINAL } from "../runs";
+import { foldSteps, queuePosition, type Step, TERMINAL } from "../runs";
 import { ErrorBox, enumLabel, Progress } from "./common";
 
 function when(run: Run, key: "createTime" | "startTime" | "endTime"): Date | undefined {
@@ -94,6 +94,7 @@ function RunView({ runId, config, onSettled }: { runId: string; config: ConsoleC
   const state = events.length ? events[events.length - 1].state : run?.state ?? RunState.UNSPECIFIED;
   const steps = foldSteps(events, blockIds);
   const done = TERMINAL.has(state);
+  const ahead = queuePosition(events);
   const outputs: RunOutput[] = run?.outputs.length ? run.outputs : events.flatMap((e) => e.outputs);
 
   async function cancel() {
@@ -109,6 +110,11 @@ function RunView({ runId, config, onSettled }: { runId: string; config: ConsoleC
       <div class="run-head">
         <h2><code>{runId}</code></h2>
         <span class={`state state-${RunState[state]?.toLowerCase()}`} data-testid="run-state">{enumLabel(RunState, state)}</span>
+        {ahead !== null && (
+          <span class="muted" data-testid="queue-position">
+            {ahead === 0 ? "starts next" : `${ahead} run${ahead === 1 ? "" : "s"} start before it`}
+          </span>
+        )}
         {!done && <button class="danger" onClick={cancel} data-testid="cancel-run">Cancel run</button>}
       </div>
       <ErrorBox error={error} />

@@ -839,6 +839,7 @@ class RunEvent(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     ENGINE_EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the run's stream, from 1; pass it back as `after_sequence`
     to resume.
@@ -853,6 +854,11 @@ class RunEvent(_message.Message):
     """Which service emitted it: "core", "hosting" or "orchestrator"."""
     engine_event_type: _builtins.str
     """The engine's own event name, e.g. Dagster's "STEP_START"."""
+    queue_position: _builtins.int
+    """On RUN_QUEUED events of a run waiting for a place (core runs at most
+    CONSTELLATION_CORE_MAX_RUNNING_RUNS at once, the others in submission
+    order): how many runs start before this one; 0 means it starts next.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -872,10 +878,11 @@ class RunEvent(_message.Message):
         outputs: _abc.Iterable[Global___RunOutput] | None = ...,
         source: _builtins.str = ...,
         engine_event_type: _builtins.str = ...,
+        queue_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "engine_event_type", b"engine_event_type", "message", b"message", "outputs", b"outputs", "progress", b"progress", "sequence", b"sequence", "source", b"source", "state", b"state", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "engine_event_type", b"engine_event_type", "message", b"message", "outputs", b"outputs", "progress", b"progress", "queue_position", b"queue_position", "sequence", b"sequence", "source", b"source", "state", b"state", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
