@@ -1,16 +1,27 @@
 """Contracts and configuration: buf lint, generated code freshness, the upstream KServe V2 wire format,
-Envoy's config, compose.yaml."""
+Envoy's config, compose.yaml (validated and its TLS set-up run on this host; the stack itself is not started)."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
+from cryptography import x509
 
+import gateway.__main__ as gateway_main
+from gateway import admin, supervisor
 from inference import grpc_predict_v2_pb2 as v2
+from mesh import config
+from mesh.tls import IDENTITIES, SPIFFE_PREFIX, TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -110,3 +121,154 @@ def test_docker_compose_accepts_compose_yaml():
         "agent",
         "gateway",
     }
+
+
+# --------------------------------------------------------------------------- compose.yaml under TLS
+
+MESH_IMAGE = "constellation/mesh:dev"
+SERVICES = ("core", "hosting", "orchestrator", "agent")
+# The names the certificates must carry besides 127.0.0.1: the compose services, for when they dial by name.
+COMPOSE_HOSTS = (*SERVICES, "gateway")
+VOLUME = "/data"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, dict]:
+    """compose.yaml's services as docker-compose resolves them (anchors merged, variables substituted)."""
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is missing: apt-get install docker-compose (.ci/run does)"
+    result = run(binary, "-f", "compose.yaml", "config")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]
+
+
+def on_this_host(service: dict, volume: Path) -> dict[str, str]:
+    """A container's environment with the shared volume (/data) at `volume`, to run its command here."""
+    environment = {
+        name: str(volume) + value.removeprefix(VOLUME) if value == VOLUME or value.startswith(f"{VOLUME}/") else value
+        for name, value in service["environment"].items()
+    }
+    return {**environment, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+
+
+@pytest.fixture(scope="module")
+def volume(compose, tmp_path_factory) -> Path:
+    """The shared volume after the credentials container's command ran here with the environment compose gives it
+    (`$$` is compose's escape for a `$` the container's shell expands)."""
+    folder = tmp_path_factory.mktemp("compose") / "data"
+    folder.mkdir()
+    made = subprocess.run(
+        ["sh", "-c", compose["credentials"]["command"][2].replace("$$", "$")],
+        env=on_this_host(compose["credentials"], folder),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    return folder
+
+
+def test_every_mesh_container_of_compose_has_the_certificates(compose):
+    parts = {name for name, service in compose.items() if service["image"] == MESH_IMAGE}
+    assert {*SERVICES, "gateway", "credentials"} <= parts
+    for name in parts:
+        assert compose[name]["environment"]["CONSTELLATION_TLS_DIR"] == f"{VOLUME}/certs", name
+        assert f"mesh-data:{VOLUME}:rw" in compose[name]["volumes"], name
+    for name in [*SERVICES, "gateway"]:
+        assert compose[name]["depends_on"]["credentials"] == {"condition": "service_completed_successfully"}, name
+    gateway = compose["gateway"]
+    assert gateway["command"] == ["python", "-m", "gateway"]  # renders envoy.yaml with TLS, runs the console too
+    health = ["CMD", "python", "-m", "gateway.admin", f"{VOLUME}/{admin.SOCKET_NAME}", "/ready"]
+    assert gateway["healthcheck"]["test"] == health
+    script = compose["credentials"]["command"][2]
+    assert compose["credentials"]["command"][:2] == ["sh", "-c"] and "constellation certs" in script
+    for host in COMPOSE_HOSTS:
+        assert f"--host {host}" in script
+
+
+def test_compose_credentials_container_makes_private_certificates_naming_the_services(compose, volume):
+    certs = volume / "certs"
+    assert stat.S_IMODE(certs.stat().st_mode) == 0o700
+    assert stat.S_IMODE((volume / "credentials" / "admin.key").stat().st_mode) == 0o600
+    for identity in IDENTITIES:
+        assert stat.S_IMODE((certs / f"{identity}.key").stat().st_mode) == 0o600, identity
+        sans = (
+            x509.load_pem_x509_certificate((certs / f"{identity}.crt").read_bytes())
+            .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            .value
+        )
+        assert set(COMPOSE_HOSTS) <= set(sans.get_values_for_type(x509.DNSName)), identity
+        assert ipaddress.ip_address("127.0.0.1") in sans.get_values_for_type(x509.IPAddress), identity
+    for name in SERVICES:  # what each service serves mTLS with, and its health check calls as
+        tls_dir = config.Settings.from_env(on_this_host(compose[name], volume)).tls_dir
+        assert tls_dir == certs, name
+        TlsFiles(tls_dir, name).check()
+        TlsFiles(tls_dir, "client").check()
+
+
+def test_compose_gateway_renders_tls_at_the_door_and_mtls_to_every_cluster(compose, volume):
+    """The Envoy config the gateway container's `python -m gateway` writes, from the environment compose gives it."""
+    certs = volume / "certs"
+    envoy_yaml = gateway_main.render(on_this_host(compose["gateway"], volume))
+    rendered = yaml.safe_load(envoy_yaml.read_text())
+    [listener] = rendered["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": config.DEFAULT_GATEWAY_PORT,
+    }
+    downstream = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert downstream["@type"].endswith(".DownstreamTlsContext")
+    [served] = downstream["common_tls_context"]["tls_certificates"]
+    assert served["certificate_chain"]["filename"] == str(certs / "gateway.crt")
+    clusters = {cluster["name"]: cluster for cluster in rendered["static_resources"]["clusters"]}
+    assert set(clusters) == {*SERVICES, "console"}
+    for name, cluster in clusters.items():
+        upstream = cluster["transport_socket"]["typed_config"]
+        assert upstream["@type"].endswith(".UpstreamTlsContext"), name
+        validation = upstream["common_tls_context"]["validation_context"]
+        assert validation["trusted_ca"]["filename"] == str(certs / "ca.crt")
+        peer = "gateway" if name == "console" else name  # the console's server serves with the gateway's certificate
+        assert validation["match_typed_subject_alt_names"] == [
+            {"san_type": "URI", "matcher": {"exact": SPIFFE_PREFIX + peer}}
+        ]
+        if name in SERVICES:
+            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            assert endpoint["address"]["socket_address"] == {
+                "address": "127.0.0.1",
+                "port_value": config.DEFAULT_PORTS[name][0],
+            }
+    # Envoy loads it, certificate files included.
+    result = run(str(BIN / "envoy"), "--mode", "validate", "-c", str(envoy_yaml))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_gateway_command_serves_https_and_the_console_and_passes_its_health_check(compose, volume):
+    """`python -m gateway` as the container runs it (on a free port instead of 8080; no service is up, so only
+    the gateway's own parts answer): compose's health check passes, the console answers over HTTPS through Envoy
+    and its mTLS hop, and plaintext gets nothing."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**on_this_host(compose["gateway"], volume), "CONSTELLATION_GATEWAY_PORT": str(port)}
+    process = subprocess.Popen(compose["gateway"]["command"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    try:
+        supervisor.wait_ready(admin.socket_path(volume), timeout_s=30, process=process)
+        [*check, socket_in_container, path] = compose["gateway"]["healthcheck"]["test"][1:]
+        assert socket_in_container == f"{VOLUME}/{admin.SOCKET_NAME}"
+        health = subprocess.run(
+            [*check, str(admin.socket_path(volume)), path], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert health.returncode == 0, health.stdout + health.stderr
+        page = requests.get(
+            f"https://127.0.0.1:{port}/console.json", verify=str(volume / "certs" / "ca.crt"), timeout=10
+        )
+        assert page.status_code == 200 and page.json()["auth"] is True
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/console.json", timeout=10)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
