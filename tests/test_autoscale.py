@@ -13,12 +13,12 @@ import pytest
 from clients.inference import InferenceClient
 from constellation.hosting.v1 import hosting_pb2
 from hosting_svc.domain import HostedModel
-from hosting_svc.scaling import Scaler, bounds
+from hosting_svc.scaling import Decision, Scaler, bounds
 from hosting_svc.settings import HostingSettings
 from model_runtime.admission import Load
 from model_runtime.manifest import load_manifest
 from model_runtime.server import ModelServer
-from tests.hosting_support import STATE, HostingUnderTest
+from tests.hosting_support import STATE, HostingUnderTest, require_docker
 from tests.test_model_runtime import write_model
 
 HEALTHY = STATE.Value("DEPLOYMENT_STATE_HEALTHY")
@@ -78,7 +78,7 @@ def test_idle_for_the_longer_window_removes_one_replica_but_never_below_the_depl
     assert scaler.decide(m, two, 31.0, SETTINGS).change == 0
     assert scaler.decide(m, two, 90.0, SETTINGS).change == 0
     decision = scaler.decide(m, two, 91.0, SETTINGS)
-    assert decision == decision.__class__(-1, "idle for 60 s")
+    assert decision == Decision(-1, "idle for 60 s")
     one = loads((0, 16, 0))
     assert all(scaler.decide(m, one, t, SETTINGS).change == 0 for t in (100.0, 200.0, 300.0))
 
@@ -140,7 +140,7 @@ def test_the_model_server_reports_its_load_on_health_checks(tmp_path):
         server.stop(0)
 
 
-# The whole loop, on the local runtime
+# The whole loop, on the local and Docker runtimes
 
 
 def scaled(hosting: HostingUnderTest, model_id: str, after: int, timeout_s: float) -> hosting_pb2.DeploymentEvent:
@@ -156,7 +156,10 @@ def scaled(hosting: HostingUnderTest, model_id: str, after: int, timeout_s: floa
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_busy_local_deployment_gets_a_second_replica_and_loses_it_when_idle(tmp_path):
+@pytest.mark.parametrize("runtime", ["local", "docker"])
+def test_a_busy_deployment_gets_a_second_replica_and_loses_it_when_idle(tmp_path, runtime):
+    if runtime == "docker":
+        require_docker()
     folder = write_model(
         tmp_path / "slow-model", SLOW,
         requirements=["numpy>=1.26"],
@@ -165,11 +168,12 @@ def test_a_busy_local_deployment_gets_a_second_replica_and_loses_it_when_idle(tm
     )  # fmt: skip
     hosting = HostingUnderTest(
         tmp_path / "home",
-        CONSTELLATION_HOSTING_DOCKER="off",
+        CONSTELLATION_HOSTING_DOCKER="off" if runtime == "local" else "auto",
         CONSTELLATION_HOSTING_SCALE_UP_AFTER_S="1",
         CONSTELLATION_HOSTING_SCALE_DOWN_AFTER_S="3",
     )
     stop = threading.Event()
+    status = None
     try:
         status = hosting.package(folder, "test-model", "0.1.0")
         ready = hosting.wait_for(
@@ -181,6 +185,8 @@ def test_a_busy_local_deployment_gets_a_second_replica_and_loses_it_when_idle(tm
             status.model_id, HEALTHY, STATE.Value("DEPLOYMENT_STATE_FAILED"), after=ready[-1].sequence
         )
         assert deployed[-1].state == HEALTHY, deployed[-1].message
+        deployment = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
+        assert hosting_pb2.Runtime.Name(deployment.runtime) == f"RUNTIME_{runtime.upper()}"
         first = deployed[-1].endpoints[0].address
 
         refused = []
@@ -216,11 +222,15 @@ def test_a_busy_local_deployment_gets_a_second_replica_and_loses_it_when_idle(tm
         down = scaled(hosting, status.model_id, up.sequence, timeout_s=60)
         assert down.message.startswith("scaled to 1 replica(s): idle for "), down.message
         assert [e.address for e in down.endpoints] == [first]
-        with InferenceClient(second, "test-model") as client:
+        with InferenceClient(second, "test-model") as client:  # unlisted first, then stopped
+            deadline = time.monotonic() + 15
+            while client.serving() and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert not client.serving(), "the removed replica was stopped"
         current = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
         assert current.state == HEALTHY and [e.address for e in current.endpoints] == [first]
-        hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
     finally:
         stop.set()
+        if status is not None:  # replicas outlive hosting on purpose: delete them with the model
+            hosting.stub.DeleteModel(hosting_pb2.DeleteModelRequest(model_id=status.model_id))
         hosting.close()
