@@ -44,7 +44,7 @@ from inference import grpc_predict_v2_pb2 as v2
 from inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from mesh.services import channel_options
 from model_runtime import wire
-from model_runtime.admission import PUSHBACK_HEADER  # the server's retry hint
+from model_runtime.admission import LOAD_HEADER, PUSHBACK_HEADER, Load  # the server's load and retry hint
 from model_runtime.manifest import NUMPY_DTYPES
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -180,13 +180,20 @@ class InferenceClient:
 
     def serving(self, timeout_s: float = 1.0) -> bool:
         """Whether the first endpoint's gRPC health service answers SERVING."""
+        return self.health(timeout_s)[0]
+
+    def health(self, timeout_s: float = 1.0) -> tuple[bool, Load | None]:
+        """Whether the first endpoint answers SERVING, and the load it reports with it (None when it reports
+        none; see model_runtime.admission.Load)."""
         try:
-            reply = health_pb2_grpc.HealthStub(self._channels[0]).Check(
+            reply, call = health_pb2_grpc.HealthStub(self._channels[0]).Check.with_call(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
             )
         except grpc.RpcError:
-            return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+            return False, None
+        trailers = dict(call.trailing_metadata() or ())
+        load = Load.parse(str(trailers.get(LOAD_HEADER, "")))
+        return reply.status == health_pb2.HealthCheckResponse.SERVING, load
 
     def describe(self) -> v2.ModelMetadataResponse:
         """The model's metadata from the first endpoint; learns the input tensor's name and checks the output."""

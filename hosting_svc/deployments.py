@@ -2,7 +2,8 @@
 
 - building.py: PackageModel (source -> manifest -> artifact -> smoke test)
 - deploying.py: DeployModel (replicas, rollout, retiring the previous version)
-- monitor.py: health of every deployed replica, restarts of local processes
+- monitor.py: health of every deployed replica, restarts of local processes,
+  scaling with demand (scaling.py decides)
 - reconcile.py: what a restarted hosting adopts, fails and removes
 - journal.py: every state change persisted as an event before anyone sees it
   (see domain.py for the state machine)

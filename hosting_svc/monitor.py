@@ -4,25 +4,35 @@ A replica that stops answering turns its model UNHEALTHY (with what the
 runtime knows: killed for memory, an exit code), its recovery turns it
 HEALTHY again, and a local process that died is restarted (Docker's restart
 policy does that for containers).
+
+Each health answer carries the replica's load; for runtimes that do not scale
+themselves (local, Docker, Modal) the monitor scales a HEALTHY model by one
+replica at a time as scaling.Scaler decides, each change a deployment event
+with the new endpoint list.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from functools import partial
 
 from clients.inference import InferenceClient
-from hosting_svc.domain import Endpoint
+from hosting_svc.domain import Endpoint, HostedModel
 from hosting_svc.journal import Journal
-from hosting_svc.runtimes import Replica, Runtime
+from hosting_svc.runtimes import Replica, Runtime, free_port
+from hosting_svc.scaling import Decision, Scaler
 from hosting_svc.settings import HostingSettings
+from model_runtime.admission import Load
 
 log = logging.getLogger("hosting")
 
 
-def serving(address: str) -> bool:
+def probe(address: str) -> tuple[bool, Load | None]:
+    """Whether the replica answers SERVING, and its load."""
     with InferenceClient(address) as client:
-        return client.serving(timeout_s=1.0)
+        return client.health(timeout_s=1.0)
 
 
 class Monitor:
@@ -38,6 +48,7 @@ class Monitor:
         self.runtimes = runtimes
         self.replicas = replicas  # the deployer's: model id -> live replicas
         self.stopping = threading.Event()
+        self.scaler = Scaler()
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="deployment-monitor", daemon=True).start()
@@ -61,15 +72,23 @@ class Monitor:
             model = self.journal.store.get(model_id)
             replicas = self.replicas.get(model_id, [])
             if model is None or model.state not in ("healthy", "unhealthy") or not replicas:
+                self.scaler.forget(model_id)
                 return
             runtime = self.runtimes[model.runtime]
             health = []
+            loads: dict[str, Load | None] = {}
             for i, replica in enumerate(replicas):
                 if not runtime.alive(model, replica.replica_id) and model.runtime == "local":
                     port = int(replica.address.rsplit(":", 1)[1])
                     replicas[i] = replica = runtime.start(model, i, port)
                     self.journal.emit(model, log_line=f"replica {i} exited; restarted it on {replica.address}")
-                health.append(serving(replica.address))
+                ok, loads[replica.address] = probe(replica.address)
+                health.append(ok)
+            if all(health) and model.state == "healthy" and not runtime.scales_itself:
+                decision = self.scaler.decide(model, loads, time.monotonic(), self.settings)
+                if decision.change:
+                    self._scale(model, runtime, replicas, decision)
+                    return
             model.endpoints = [
                 Endpoint(r.address, r.replica_id[:12], ok) for r, ok in zip(replicas, health, strict=True)
             ]
@@ -84,3 +103,26 @@ class Monitor:
                 self.journal.emit(model, "unhealthy", f"replica(s) not answering: {', '.join(down)}")
         finally:
             lock.release()
+
+    def _scale(self, model: HostedModel, runtime: Runtime, replicas: list[Replica], decision: Decision) -> None:
+        """One replica more (started, then listed once ready) or fewer (unlisted, then stopped); lock held."""
+        if decision.change > 0:
+            replica = runtime.start(model, len(replicas), free_port())
+            try:
+                with InferenceClient(replica.address, model.name) as client:
+                    client.wait_ready(self.settings.ready_timeout_s, partial(runtime.alive, model, replica.replica_id))
+            except Exception as error:  # the model keeps serving on the replicas it has
+                tail = runtime.logs(model, replica.replica_id)
+                runtime.stop(model, replica.replica_id)
+                self.journal.emit(
+                    model, message=f"could not add a replica ({decision.reason}): {error}", log_line=tail[-2000:]
+                )
+                return
+            replicas.append(replica)
+            gone = None
+        else:
+            gone = replicas.pop()
+        model.endpoints = [Endpoint(r.address, r.replica_id[:12], True) for r in replicas]
+        self.journal.emit(model, message=f"scaled to {len(replicas)} replica(s): {decision.reason}")
+        if gone is not None:  # unlisted first: new runs no longer get it; its server drains what it holds
+            runtime.stop(model, gone.replica_id)

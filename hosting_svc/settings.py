@@ -90,6 +90,34 @@ class HostingSettings(EnvSettings):
     monitor_interval_s: float = Field(
         1.0, description="how often the monitor checks every replica's health, s (not read)", gt=0
     )
+    max_replicas: int = env_field(
+        "CONSTELLATION_HOSTING_MAX_REPLICAS",
+        1,
+        "replicas hosting may scale a busy model to (local and Docker runtimes) when its constellation.yaml names "
+        "no resources.max_replicas; 1 or the deployment's count: no autoscaling",
+        ge=1,
+        le=16,
+    )
+    scale_up_after_s: float = env_field(
+        "CONSTELLATION_HOSTING_SCALE_UP_AFTER_S",
+        10.0,
+        "how long a model's replicas must stay busy (queue at the share below, or refusing requests) before "
+        "hosting adds one, s",
+        gt=0,
+    )
+    scale_down_after_s: float = env_field(
+        "CONSTELLATION_HOSTING_SCALE_DOWN_AFTER_S",
+        120.0,
+        "how long a model's replicas must stay idle before hosting removes one it added, s",
+        gt=0,
+    )
+    scale_queue_share: float = env_field(
+        "CONSTELLATION_HOSTING_SCALE_QUEUE_SHARE",
+        0.5,
+        "share of the tiles its replicas admit (max_queued_tiles) a model's queue must reach to count as busy",
+        gt=0,
+        le=1,
+    )
     registry_host: str = env_field(
         "CONSTELLATION_REGISTRY_HOST",
         "",

@@ -15,6 +15,10 @@ Two bounds, both from the manifest (`batching` names them; 0 or absent derives t
 A request that does not fit is refused at once with RESOURCE_EXHAUSTED and a retry hint in the
 `grpc-retry-pushback-ms` trailer (gRPC's own name for server pushback): the time the server expects to
 need for the tiles ahead of it, from the recent predict rate.
+
+The server's load rides on every gRPC health check's trailing metadata (`LOAD_HEADER`, see `Load`), so
+hosting's monitor, which polls health anyway, learns it at no extra call: tiles admitted, the limit, and
+requests refused since start.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from model_runtime.manifest import NUMPY_DTYPES, Manifest, memory_bytes
 
 PUSHBACK_HEADER = "grpc-retry-pushback-ms"
+LOAD_HEADER = "constellation-load"  # on health checks' trailers: "admitted=3 limit=16 refused=0"
 MIN_PUSHBACK_MS, MAX_PUSHBACK_MS = 20, 5000
 MEMORY_SHARE = 0.25  # of resources.memory for tiles in flight; the rest is the model, its batches and Python
 
@@ -67,6 +72,27 @@ class Limits:
         return cls(parallel, queued)
 
 
+@dataclass(frozen=True)
+class Load:
+    """What a model server holds now: tiles admitted, its limit, and requests refused since it started."""
+
+    admitted: int
+    limit: int
+    refused: int
+
+    def header(self) -> str:
+        return f"admitted={self.admitted} limit={self.limit} refused={self.refused}"
+
+    @classmethod
+    def parse(cls, text: str) -> Load | None:
+        """A `header()` string back; None for anything else (a server without load reports, a bad value)."""
+        try:
+            fields = dict(part.split("=", 1) for part in text.split())
+            return cls(int(fields["admitted"]), int(fields["limit"]), int(fields["refused"]))
+        except (KeyError, ValueError):
+            return None
+
+
 def tile_bytes(manifest: Manifest) -> int:
     """One tile's input and outputs, as declared (a model of any tile size counted at 256 px)."""
     side = manifest.tile_size_px or 256
@@ -85,6 +111,7 @@ class Admission:
         self._lock = threading.Lock()
         self.admitted = 0
         self.peak = 0
+        self.refused = 0  # requests refused with Full since start
         self._seconds_per_tile = 0.0  # moving average of predict time per tile
 
     @contextmanager
@@ -93,6 +120,7 @@ class Admission:
         with self._lock:
             # A request larger than the limit is admitted alone (it runs in chunks of max_batch_size).
             if self.admitted and self.admitted + tiles > limit:
+                self.refused += 1
                 raise Full(tiles, self.admitted, limit, self._pushback_ms(tiles))
             self.admitted += tiles
             self.peak = max(self.peak, self.admitted)
@@ -101,6 +129,10 @@ class Admission:
         finally:
             with self._lock:
                 self.admitted -= tiles
+
+    def load(self) -> Load:
+        with self._lock:
+            return Load(self.admitted, self.limits.max_queued_tiles, self.refused)
 
     def observe(self, tiles: int, seconds: float) -> None:
         """A predict() call of `tiles` took `seconds`: the basis of the retry hint."""

@@ -13,7 +13,7 @@
       - {name: water_probability, dtype: FP32, shape: [1, 256, 256]}   # without the batch dimension
     requirements: ["numpy>=1.26"]     # PEP 508; no URLs, paths or pip options
     example_input: example_input.npy  # optional, (N, bands, H, W); used by the smoke test
-    resources: {cpu: 1, memory: 512m, gpu: 0}
+    resources: {cpu: 1, memory: 512m, gpu: 0}   # optional max_replicas: hosting's autoscaling ceiling
     batching: {max_batch_size: 16, max_queue_delay_ms: 5}
     # optional: max_parallel_batches (predict calls at once; default 1) and
     # max_queued_tiles (tiles admitted at once; default from resources.memory): see model_runtime.admission
@@ -69,7 +69,7 @@ FIELDS = {
 }
 INPUT_FIELDS = {"bands", "tile_size_px", "dtype", "value_range"}
 OUTPUT_FIELDS = {"name", "dtype", "shape"}
-RESOURCE_FIELDS = {"cpu", "memory", "gpu"}
+RESOURCE_FIELDS = {"cpu", "memory", "gpu", "max_replicas"}
 BATCHING_FIELDS = {"max_batch_size", "max_queue_delay_ms", "max_parallel_batches", "max_queued_tiles"}
 # pip installs a requirement spelled like an archive (pkg.whl, pkg.tar.gz) from a local file.
 ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz")
@@ -282,6 +282,10 @@ def parse(data: object, folder: Path) -> Manifest:
         problem("resources.memory", "must look like 512m or 2g")
     if "gpu" in resources and not (_is_int(resources["gpu"]) and resources["gpu"] >= 0):
         problem("resources.gpu", "must be a whole number of GPUs")
+    if "max_replicas" in resources and not (
+        _is_int(resources["max_replicas"]) and 1 <= resources["max_replicas"] <= 16
+    ):
+        problem("resources.max_replicas", "must be between 1 and 16 (replicas hosting may scale the model to)")
 
     batching = data.get("batching", {}) or {}
     if not isinstance(batching, dict):

@@ -35,7 +35,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inference import grpc_predict_v2_pb2 as pb
-from model_runtime.admission import PUSHBACK_HEADER, Admission, Full, Limits, measured
+from model_runtime.admission import LOAD_HEADER, PUSHBACK_HEADER, Admission, Full, Limits, measured
 from model_runtime.batching import Batcher
 from model_runtime.manifest import NUMPY_DTYPES, Manifest, load_manifest
 from model_runtime.memory import tune_malloc
@@ -262,6 +262,18 @@ class InferenceServicer:
         return response, payloads
 
 
+class LoadReportingHealth(health.HealthServicer):
+    """gRPC health, with the server's load (admission.Load) on each Check's trailers for hosting's monitor."""
+
+    def __init__(self, admission: Admission) -> None:
+        super().__init__()
+        self._admission = admission
+
+    def Check(self, request, context):
+        context.set_trailing_metadata(((LOAD_HEADER, self._admission.load().header()),))
+        return super().Check(request, context)
+
+
 def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     """The generated handlers, except that ModelInfer frames its tensors itself."""
     handlers = {}
@@ -319,7 +331,7 @@ class ModelServer:
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer"), options=options
         )
         self.server.add_generic_rpc_handlers((inference_handler(InferenceServicer(self.model)),))
-        self.health = health.HealthServicer()
+        self.health = LoadReportingHealth(self.model.admission)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         for service in HEALTH_SERVICES:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
