@@ -2,8 +2,9 @@
 
 A replica that stops answering turns its model UNHEALTHY (with what the
 runtime knows: killed for memory, an exit code), its recovery turns it
-HEALTHY again, and a local process that died is restarted (Docker's restart
-policy does that for containers).
+HEALTHY again, and a replica that exited is started again: a local process,
+or a Docker container the engine's restart policy leaves stopped (one killed
+by hand; the policy restarts a crashed one itself).
 
 Each health answer carries the replica's load; for runtimes that do not scale
 themselves (local, Docker, Modal) the monitor scales a HEALTHY model by one
@@ -27,6 +28,11 @@ from hosting_svc.settings import HostingSettings
 from model_runtime.admission import Load
 
 log = logging.getLogger("hosting")
+
+# Runtimes whose dead replicas the monitor starts again: local processes, and Docker containers that the
+# engine's restart policy leaves stopped (it restarts a crashed container, never one stopped or killed by
+# hand, e.g. `docker kill`). Modal and Kubernetes restart their own.
+RESTARTED_BY_MONITOR = ("local", "docker")
 
 
 def probe(address: str) -> tuple[bool, Load | None]:
@@ -78,10 +84,13 @@ class Monitor:
             health = []
             loads: dict[str, Load | None] = {}
             for i, replica in enumerate(replicas):
-                if not runtime.alive(model, replica.replica_id) and model.runtime == "local":
+                if model.runtime in RESTARTED_BY_MONITOR and not runtime.alive(model, replica.replica_id):
+                    why = runtime.why_down(model, replica.replica_id)
+                    runtime.stop(model, replica.replica_id)  # a stopped container keeps its name until removed
                     port = int(replica.address.rsplit(":", 1)[1])
                     replicas[i] = replica = runtime.start(model, i, port)
-                    self.journal.emit(model, log_line=f"replica {i} exited; restarted it on {replica.address}")
+                    exited = f"replica {i} exited" + (f" ({why})" if why else "")
+                    self.journal.emit(model, log_line=f"{exited}; restarted it on {replica.address}")
                 ok, loads[replica.address] = probe(replica.address)
                 health.append(ok)
             if all(health) and model.state == "healthy" and not runtime.scales_itself:

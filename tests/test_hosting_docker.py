@@ -144,6 +144,41 @@ def test_a_killed_replica_is_restarted_and_the_stream_shows_it(hosting, ndwi_rea
     assert victim.attrs["RestartCount"] >= 1
 
 
+def test_a_replica_stopped_from_outside_is_started_again(hosting, ndwi_ready, engine):
+    """`docker kill` stops a container for good (the restart policy skips containers stopped by hand): the
+    monitor starts a new replica on the same port, says so on the stream, and the model serves again."""
+    model_id, _ = ndwi_ready
+    status = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id))
+    if status.state != STATE.Value("DEPLOYMENT_STATE_HEALTHY"):
+        hosting.stub.DeployModel(hosting_pb2.DeployModelRequest(model_id=model_id))
+    last = hosting.wait_for(model_id, STATE.Value("DEPLOYMENT_STATE_HEALTHY"))[-1].sequence
+    address = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id)).endpoints[0].address
+    victim = next(c for c in labelled(engine, model_id)[0] if c.labels.get(images.LABEL_ROLE) == "replica")
+    victim.kill()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        after = hosting.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=model_id))
+        replicas = [c for c in labelled(engine, model_id)[0] if c.labels.get(images.LABEL_ROLE) == "replica"]
+        restarted = replicas and all(c.id != victim.id for c in replicas)
+        if (
+            restarted
+            and after.state == STATE.Value("DEPLOYMENT_STATE_HEALTHY")
+            and all(e.healthy for e in after.endpoints)
+        ):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"the killed replica was not replaced by a serving one: {after}")
+    assert [e.address for e in after.endpoints] == [address]
+    stream = hosting.stub.WatchDeployment(
+        hosting_pb2.WatchDeploymentRequest(model_id=model_id, after_sequence=last), timeout=3
+    )
+    lines = []
+    with pytest.raises(grpc.RpcError):  # the watch stays open until its deadline
+        lines.extend(e.log_line for e in stream)
+    assert any("exited" in line and "restarted it on " + address in line for line in lines), lines
+
+
 def test_delete_removes_containers_and_image(hosting, engine, tmp_path):
     folder = tmp_path / "ndwi-delete"
     shutil.copytree(NDWI, folder)
