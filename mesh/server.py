@@ -30,6 +30,7 @@ from prometheus_client import start_http_server
 
 from mesh.audit import AuditLog, AuditSink, CoreAuditSink
 from mesh.auth import Authenticator, KeyLookup, RemoteKeys
+from mesh.channels import peer_channel
 from mesh.config import ConfigError, Settings
 from mesh.errors import DomainError
 from mesh.interceptors import MeshInterceptor
@@ -86,12 +87,16 @@ class MeshServer:
         self.tls = TlsFiles(settings.tls_dir, settings.service) if settings.tls_dir else None
         # Core checks user keys in its own database and keeps the audit log there: it passes both. The other
         # services ask core.
-        if user_keys is None and "core" in settings.peers:
-            remote = RemoteKeys(self._core_channel(), settings.service_key, settings.auth_cache_s)
+        # One channel of this service's own to core serves both (mTLS with its certificate, or plaintext); each
+        # closes it at stop, the audit log first, once the calls in flight are done (a second close does nothing).
+        asks_core = "core" in settings.peers and (user_keys is None or audit_sink is None)
+        core = peer_channel(settings.peers["core"], self.tls) if asks_core else None
+        if user_keys is None and core is not None:
+            remote = RemoteKeys(core, settings.service_key, settings.auth_cache_s)
             user_keys = remote
             self.on_stop.append(remote.close)
-        if audit_sink is None and "core" in settings.peers:
-            audit_sink = CoreAuditSink(self._core_channel(), settings.service_key)
+        if audit_sink is None and core is not None:
+            audit_sink = CoreAuditSink(core, settings.service_key)
         self.audit = AuditLog(settings.service, audit_sink) if audit_sink is not None else None
         authenticator = Authenticator(settings.api_keys, settings.service_key, user_keys)
         self.registrations = list(registrations)
@@ -121,15 +126,6 @@ class MeshServer:
         self._serving: bool | None = None
         self._metrics_server: WSGIServer | None = None
         self.port = 0
-
-    def _core_channel(self) -> grpc.Channel:
-        """A channel of this service's own to core: mTLS with its certificate, or plaintext."""
-        core = self.settings.peers["core"]
-        return (
-            grpc.secure_channel(core, self.tls.channel_credentials())
-            if self.tls is not None
-            else grpc.insecure_channel(core)
-        )
 
     def start(self) -> int:
         """Bind and start; returns the bound port (useful when settings.port is 0)."""

@@ -1,4 +1,5 @@
-"""The mesh's public services: names, generated stubs, and client channel options."""
+"""The mesh's public services: names, generated stubs, registration, and the keys a client channel presents
+(its channels themselves are `mesh.channels`', re-exported here)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from constellation.core.v1 import audit_pb2, audit_pb2_grpc, core_pb2, core_pb2_
 from constellation.hosting.v1 import hosting_pb2, hosting_pb2_grpc
 from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from mesh import identity
+from mesh.channels import channel_options as channel_options
+from mesh.channels import insecure_channel as insecure_channel
+from mesh.channels import peer_channel as peer_channel
 from mesh.server import HealthCheck, Registration
-from mesh.tls import TlsFiles
 
 # service -> (full gRPC service name, generated module with the servicer base and add_*_to_server)
 SERVICES = {
@@ -34,24 +37,6 @@ def registration(service: str, servicer: object, health_checks: dict[str, Health
     short = full_name.rsplit(".", 1)[-1]
     add = getattr(module, f"add_{short}Servicer_to_server")
     return Registration([full_name], lambda server: add(servicer, server), health_checks or {})
-
-
-def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
-
-
-def insecure_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=channel_options())
-
-
-def peer_channel(address: str, tls: TlsFiles | None) -> grpc.Channel:
-    """A channel to a peer service: mTLS presenting `tls` (the caller's own certificate), or plaintext without."""
-    if tls is None:
-        return insecure_channel(address)
-    return grpc.secure_channel(address, tls.channel_credentials(), options=channel_options())
 
 
 class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
