@@ -49,7 +49,8 @@ from orchestrator_svc.settings import OrchestratorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33.0"  # the oldest Kubernetes release docs/kubernetes.md supports
-KSERVE_CRD = ROOT.parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+# KServe's CRD (kserve/kserve, Apache-2.0), in the repository so any clone has it (tests/data/kserve/README.md).
+KSERVE_CRD = ROOT / "tests" / "data" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
 DOCS = ROOT / "docs" / "kubernetes.md"
 
 
