@@ -275,6 +275,111 @@ class BoundingBox(_message.Message):
 Global___BoundingBox: _TypeAlias = BoundingBox  # noqa: Y015
 
 @_typing.final
+class BandAsset(_message.Message):
+    """One band's file in a dataset made of separate files per band, as a STAC
+    Item's assets are (one Cloud-Optimized GeoTIFF per band, often at different
+    resolutions).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BAND_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    BAND_INDEX_FIELD_NUMBER: _builtins.int
+    RESOLUTION_M_FIELD_NUMBER: _builtins.int
+    ASSET_KEY_FIELD_NUMBER: _builtins.int
+    band: _builtins.str
+    """Band name, as in the dataset's `bands` (STAC eo:common_name or an alias)."""
+    uri: _builtins.str
+    """"file:///..." or "s3://...": the file holding the band."""
+    band_index: _builtins.int
+    """1-based band index inside that file; 0 means 1."""
+    resolution_m: _builtins.float
+    """Ground sample distance of that file in metres per pixel."""
+    asset_key: _builtins.str
+    """The STAC asset key it came from, e.g. "B08" or "nir"; informational."""
+    def __init__(
+        self,
+        *,
+        band: _builtins.str = ...,
+        uri: _builtins.str = ...,
+        band_index: _builtins.int = ...,
+        resolution_m: _builtins.float = ...,
+        asset_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_key", b"asset_key", "band", b"band", "band_index", b"band_index", "resolution_m", b"resolution_m", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandAsset: _TypeAlias = BandAsset  # noqa: Y015
+
+@_typing.final
+class SceneItem(_message.Message):
+    """One scene (a STAC Item) of a dataset: its own footprint, time and files."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACQUIRED_TIME_FIELD_NUMBER: _builtins.int
+    CLOUD_COVER_FIELD_NUMBER: _builtins.int
+    BBOX_FIELD_NUMBER: _builtins.int
+    CRS_FIELD_NUMBER: _builtins.int
+    ASSETS_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    STAC_HREF_FIELD_NUMBER: _builtins.int
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The STAC Item id, e.g. "S2B_33UUP_20240612_0_L2A"."""
+    cloud_cover: _builtins.float
+    """eo:cloud_cover in percent, 0-100; unset when the item does not say."""
+    crs: _builtins.str
+    """Coordinate reference system of its rasters, e.g. "EPSG:32633"."""
+    uri: _builtins.str
+    """A stacked multi-band raster holding every band, when the item has one."""
+    stac_href: _builtins.str
+    """Where the STAC Item came from (its self link or file), for lineage."""
+    collection: _builtins.str
+    """STAC collection id, when the item belongs to one."""
+    @_builtins.property
+    def acquired_time(self) -> _timestamp_pb2.Timestamp:
+        """Acquisition time (STAC `datetime`, or the start of its range)."""
+
+    @_builtins.property
+    def bbox(self) -> Global___BoundingBox:
+        """Footprint in EPSG:4326."""
+
+    @_builtins.property
+    def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BandAsset]:
+        """One entry per band of the dataset; empty when `uri` holds every band
+        stacked in the dataset's band order.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        acquired_time: _timestamp_pb2.Timestamp | None = ...,
+        cloud_cover: _builtins.float | None = ...,
+        bbox: Global___BoundingBox | None = ...,
+        crs: _builtins.str = ...,
+        assets: _abc.Iterable[Global___BandAsset] | None = ...,
+        uri: _builtins.str = ...,
+        stac_href: _builtins.str = ...,
+        collection: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cloud_cover", b"_cloud_cover", "acquired_time", b"acquired_time", "bbox", b"bbox", "cloud_cover", b"cloud_cover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cloud_cover", b"_cloud_cover", "acquired_time", b"acquired_time", "assets", b"assets", "bbox", b"bbox", "cloud_cover", b"cloud_cover", "collection", b"collection", "crs", b"crs", "id", b"id", "stac_href", b"stac_href", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cloud_cover: _TypeAlias = _typing.Literal["cloud_cover"]  # noqa: Y015
+    _WhichOneofArgType__cloud_cover: _TypeAlias = _typing.Literal["_cloud_cover", b"_cloud_cover"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cloud_cover) -> _WhichOneofReturnType__cloud_cover | None: ...
+
+Global___SceneItem: _TypeAlias = SceneItem  # noqa: Y015
+
+@_typing.final
 class ModelCard(_message.Message):
     """The human-facing description of a model, stored with it."""
 

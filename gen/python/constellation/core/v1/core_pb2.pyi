@@ -70,6 +70,7 @@ class Dataset(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Assigned by the server, e.g. "ds_01J..."."""
     name: _builtins.str
@@ -103,6 +104,14 @@ class Dataset(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SceneItem]:
+        """Scenes of a dataset registered from STAC: one item, or many (a time
+        series or a mosaic of tiles from a search). Empty for a dataset that is
+        one stacked raster at `uri`. With items, `uri` is where the STAC Item,
+        catalog or search came from, and `bands` lists the bands every item has.
+        """
+
     def __init__(
         self,
         *,
@@ -118,10 +127,11 @@ class Dataset(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
+        items: _abc.Iterable[_common_pb2.SceneItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bbox", b"bbox", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "bbox", b"bbox", "create_time", b"create_time", "description", b"description", "id", b"id", "name", b"name", "owner", b"owner", "resolution_m", b"resolution_m", "sensor", b"sensor", "tags", b"tags", "update_time", b"update_time", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "bbox", b"bbox", "create_time", b"create_time", "description", b"description", "id", b"id", "items", b"items", "name", b"name", "owner", b"owner", "resolution_m", b"resolution_m", "sensor", b"sensor", "tags", b"tags", "update_time", b"update_time", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,21 +28,29 @@ class ResolvedDataset(_message.Message):
 
     URI_FIELD_NUMBER: _builtins.int
     BANDS_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
     uri: _builtins.str
     """"file:///..." or "s3://..."."""
     @_builtins.property
     def bands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Band names in file order."""
 
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SceneItem]:
+        """The dataset's scenes when it came from STAC (see core's Dataset.items);
+        empty when `uri` is one stacked raster.
+        """
+
     def __init__(
         self,
         *,
         uri: _builtins.str = ...,
         bands: _abc.Iterable[_builtins.str] | None = ...,
+        items: _abc.Iterable[_common_pb2.SceneItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "items", b"items", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file constellation/common/v1/common.proto.
  */
 export const file_constellation_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("CiRjb25zdGVsbGF0aW9uL2NvbW1vbi92MS9jb21tb24ucHJvdG8SF2NvbnN0ZWxsYXRpb24uY29tbW9uLnYxIlYKC0JvdW5kaW5nQm94Eg0KBW1pbl94GAEgASgBEg0KBW1pbl95GAIgASgBEg0KBW1heF94GAMgASgBEg0KBW1heF95GAQgASgBEgsKA2NycxgFIAEoCSLMAQoJTW9kZWxDYXJkEhMKC2Rlc2NyaXB0aW9uGAEgASgJEhEKCWRhdGFfdXNlZBgCIAEoCRIUCgxkZXBlbmRlbmNpZXMYAyADKAkSQAoHbWV0cmljcxgEIAMoCzIvLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk1vZGVsQ2FyZC5NZXRyaWNzRW50cnkSDwoHbGljZW5zZRgFIAEoCRouCgxNZXRyaWNzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASJqCg5Nb2RlbElucHV0U3BlYxINCgViYW5kcxgBIAMoCRIUCgx0aWxlX3NpemVfcHgYAiABKAUSDQoFZHR5cGUYAyABKAkSEQoJdmFsdWVfbWluGAQgASgBEhEKCXZhbHVlX21heBgFIAEoASJSCg9Nb2RlbE91dHB1dFNwZWMSDAoEbmFtZRgBIAEoCRINCgVkdHlwZRgCIAEoCRINCgVzaGFwZRgDIAMoAxITCgtkZXNjcmlwdGlvbhgEIAEoCSJsCgxQaXBlbGluZVNwZWMSLgoGYmxvY2tzGAEgAygLMh4uY29uc3RlbGxhdGlvbi5jb21tb24udjEuQmxvY2sSLAoFZWRnZXMYAiADKAsyHS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5FZGdlIrQDCgVCbG9jaxIKCgJpZBgBIAEoCRINCgVsYWJlbBgCIAEoCRI4CgdkYXRhc2V0GAogASgLMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuRGF0YXNldEJsb2NrSAASMgoEdGlsZRgLIAEoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlRpbGVCbG9ja0gAEjQKBW1vZGVsGAwgASgLMiMuY29uc3RlbGxhdGlvbi5jb21tb24udjEuTW9kZWxCbG9ja0gAEjYKBnN0aXRjaBgNIAEoCzIkLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlN0aXRjaEJsb2NrSAASPAoJdmVjdG9yaXplGA4gASgLMicuY29uc3RlbGxhdGlvbi5jb21tb24udjEuVmVjdG9yaXplQmxvY2tIABI2CgZleHBvcnQYDyABKAsyJC5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5FeHBvcnRCbG9ja0gAEjQKBWluZGV4GBAgASgLMiMuY29uc3RlbGxhdGlvbi5jb21tb24udjEuSW5kZXhCbG9ja0gAQggKBmNvbmZpZyIxCgxEYXRhc2V0QmxvY2sSEgoKZGF0YXNldF9pZBgBIAEoCRINCgViYW5kcxgCIAMoCSJ0CglUaWxlQmxvY2sSFAoMdGlsZV9zaXplX3B4GAEgASgFEhIKCm92ZXJsYXBfcHgYAiABKAUSPQoNbm9ybWFsaXphdGlvbhgDIAEoDjImLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk5vcm1hbGl6YXRpb24iSwoKTW9kZWxCbG9jaxIQCghtb2RlbF9pZBgBIAEoCRISCgpiYXRjaF9zaXplGAIgASgFEhcKD21heF9jb25jdXJyZW5jeRgDIAEoBSJACgtTdGl0Y2hCbG9jaxIxCgVibGVuZBgBIAEoDjIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkJsZW5kTW9kZSJjCg5WZWN0b3JpemVCbG9jaxIRCgl0aHJlc2hvbGQYASABKAESHAoUc2ltcGxpZnlfdG9sZXJhbmNlX20YAiABKAESEwoLbWluX2FyZWFfbTIYAyABKAESCwoDY3JzGAQgASgJIlIKC0V4cG9ydEJsb2NrEgsKA3VyaRgBIAEoCRI2Cgdmb3JtYXRzGAIgAygOMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuRXhwb3J0Rm9ybWF0Im0KCkluZGV4QmxvY2sSNgoGcHJlc2V0GAEgASgOMiYuY29uc3RlbGxhdGlvbi5jb21tb24udjEuU3BlY3RyYWxJbmRleBISCgpmaXJzdF9iYW5kGAIgASgJEhMKC3NlY29uZF9iYW5kGAMgASgJIjgKBEVkZ2USFwoPc291cmNlX2Jsb2NrX2lkGAEgASgJEhcKD3RhcmdldF9ibG9ja19pZBgCIAEoCSJbCg9QaXBlbGluZVByb2JsZW0SDQoFZmllbGQYASABKAkSEAoIYmxvY2tfaWQYAiABKAkSEgoKZWRnZV9pbmRleBgDIAEoBRITCgtkZXNjcmlwdGlvbhgEIAEoCSJMCglSdW5PdXRwdXQSDAoEbmFtZRgBIAEoCRILCgN1cmkYAiABKAkSEgoKbWVkaWFfdHlwZRgDIAEoCRIQCghibG9ja19pZBgEIAEoCSI1CghQcm9ncmVzcxIMCgR1bml0GAEgASgJEgwKBGRvbmUYAiABKAMSDQoFdG90YWwYAyABKAMi/QIKCFJ1bkV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKBHR5cGUYAyABKA4yJS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5SdW5FdmVudFR5cGUSMAoFc3RhdGUYBCABKA4yIS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5SdW5TdGF0ZRIQCghibG9ja19pZBgFIAEoCRIPCgdtZXNzYWdlGAYgASgJEjMKCHByb2dyZXNzGAcgASgLMiEuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUHJvZ3Jlc3MSMwoHb3V0cHV0cxgIIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1bk91dHB1dBIOCgZzb3VyY2UYCSABKAkSGQoRZW5naW5lX2V2ZW50X3R5cGUYCiABKAkSFgoOcXVldWVfcG9zaXRpb24YCyABKAUqmAEKCU1vZGVsVGFzaxIaChZNT0RFTF9UQVNLX1VOU1BFQ0lGSUVEEAASHQoZTU9ERUxfVEFTS19DTEFTU0lGSUNBVElPThABEhsKF01PREVMX1RBU0tfU0VHTUVOVEFUSU9OEAISGAoUTU9ERUxfVEFTS19ERVRFQ1RJT04QAxIZChVNT0RFTF9UQVNLX1JFR1JFU1NJT04QBCqbAQoNTm9ybWFsaXphdGlvbhIdChlOT1JNQUxJWkFUSU9OX1VOU1BFQ0lGSUVEEAASFgoSTk9STUFMSVpBVElPTl9OT05FEAESGQoVTk9STUFMSVpBVElPTl9NSU5fTUFYEAISGQoVTk9STUFMSVpBVElPTl9aX1NDT1JFEAMSHQoZTk9STUFMSVpBVElPTl9SRUZMRUNUQU5DRRAEKlMKCUJsZW5kTW9kZRIaChZCTEVORF9NT0RFX1VOU1BFQ0lGSUVEEAASEwoPQkxFTkRfTU9ERV9NRUFOEAESFQoRQkxFTkRfTU9ERV9DRU5URVIQAip+CgxFeHBvcnRGb3JtYXQSHQoZRVhQT1JUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEUVYUE9SVF9GT1JNQVRfQ09HEAESGQoVRVhQT1JUX0ZPUk1BVF9HRU9KU09OEAISHQoZRVhQT1JUX0ZPUk1BVF9QTkdfUFJFVklFVxADKpMBCg1TcGVjdHJhbEluZGV4Eh4KGlNQRUNUUkFMX0lOREVYX1VOU1BFQ0lGSUVEEAASFwoTU1BFQ1RSQUxfSU5ERVhfTkRXSRABEhcKE1NQRUNUUkFMX0lOREVYX05EVkkQAhIYChRTUEVDVFJBTF9JTkRFWF9NTkRXSRADEhYKElNQRUNUUkFMX0lOREVYX05CUhAEKsoBCghSdW5TdGF0ZRIZChVSVU5fU1RBVEVfVU5TUEVDSUZJRUQQABIUChBSVU5fU1RBVEVfUVVFVUVEEAESFgoSUlVOX1NUQVRFX1NUQVJUSU5HEAISFQoRUlVOX1NUQVRFX1JVTk5JTkcQAxIXChNSVU5fU1RBVEVfU1VDQ0VFREVEEAQSFAoQUlVOX1NUQVRFX0ZBSUxFRBAFEhcKE1JVTl9TVEFURV9DQU5DRUxJTkcQBhIWChJSVU5fU1RBVEVfQ0FOQ0VMRUQQByroAwoMUnVuRXZlbnRUeXBlEh4KGlJVTl9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHQoZUlVOX0VWRU5UX1RZUEVfUlVOX1FVRVVFRBABEh4KGlJVTl9FVkVOVF9UWVBFX1JVTl9TVEFSVEVEEAISIAocUlVOX0VWRU5UX1RZUEVfUlVOX1NVQ0NFRURFRBADEh0KGVJVTl9FVkVOVF9UWVBFX1JVTl9GQUlMRUQQBBIgChxSVU5fRVZFTlRfVFlQRV9SVU5fQ0FOQ0VMSU5HEAUSHwobUlVOX0VWRU5UX1RZUEVfUlVOX0NBTkNFTEVEEAYSHwobUlVOX0VWRU5UX1RZUEVfU1RFUF9TVEFSVEVEEAcSIQodUlVOX0VWRU5UX1RZUEVfU1RFUF9TVUNDRUVERUQQCBIeChpSVU5fRVZFTlRfVFlQRV9TVEVQX0ZBSUxFRBAJEh0KGVJVTl9FVkVOVF9UWVBFX1NURVBfUkVUUlkQChIgChxSVU5fRVZFTlRfVFlQRV9TVEVQX1BST0dSRVNTEAsSGQoVUlVOX0VWRU5UX1RZUEVfT1VUUFVUEAwSFgoSUlVOX0VWRU5UX1RZUEVfTE9HEA0SHQoZUlVOX0VWRU5UX1RZUEVfREVQTE9ZTUVOVBAOYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CiRjb25zdGVsbGF0aW9uL2NvbW1vbi92MS9jb21tb24ucHJvdG8SF2NvbnN0ZWxsYXRpb24uY29tbW9uLnYxIlYKC0JvdW5kaW5nQm94Eg0KBW1pbl94GAEgASgBEg0KBW1pbl95GAIgASgBEg0KBW1heF94GAMgASgBEg0KBW1heF95GAQgASgBEgsKA2NycxgFIAEoCSJjCglCYW5kQXNzZXQSDAoEYmFuZBgBIAEoCRILCgN1cmkYAiABKAkSEgoKYmFuZF9pbmRleBgDIAEoBRIUCgxyZXNvbHV0aW9uX20YBCABKAESEQoJYXNzZXRfa2V5GAUgASgJIp0CCglTY2VuZUl0ZW0SCgoCaWQYASABKAkSMQoNYWNxdWlyZWRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoLY2xvdWRfY292ZXIYAyABKAFIAIgBARIyCgRiYm94GAQgASgLMiQuY29uc3RlbGxhdGlvbi5jb21tb24udjEuQm91bmRpbmdCb3gSCwoDY3JzGAUgASgJEjIKBmFzc2V0cxgGIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkJhbmRBc3NldBILCgN1cmkYByABKAkSEQoJc3RhY19ocmVmGAggASgJEhIKCmNvbGxlY3Rpb24YCSABKAlCDgoMX2Nsb3VkX2NvdmVyIswBCglNb2RlbENhcmQSEwoLZGVzY3JpcHRpb24YASABKAkSEQoJZGF0YV91c2VkGAIgASgJEhQKDGRlcGVuZGVuY2llcxgDIAMoCRJACgdtZXRyaWNzGAQgAygLMi8uY29uc3RlbGxhdGlvbi5jb21tb24udjEuTW9kZWxDYXJkLk1ldHJpY3NFbnRyeRIPCgdsaWNlbnNlGAUgASgJGi4KDE1ldHJpY3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBImoKDk1vZGVsSW5wdXRTcGVjEg0KBWJhbmRzGAEgAygJEhQKDHRpbGVfc2l6ZV9weBgCIAEoBRINCgVkdHlwZRgDIAEoCRIRCgl2YWx1ZV9taW4YBCABKAESEQoJdmFsdWVfbWF4GAUgASgBIlIKD01vZGVsT3V0cHV0U3BlYxIMCgRuYW1lGAEgASgJEg0KBWR0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDEhMKC2Rlc2NyaXB0aW9uGAQgASgJImwKDFBpcGVsaW5lU3BlYxIuCgZibG9ja3MYASADKAsyHi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5CbG9jaxIsCgVlZGdlcxgCIAMoCzIdLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkVkZ2UitAMKBUJsb2NrEgoKAmlkGAEgASgJEg0KBWxhYmVsGAIgASgJEjgKB2RhdGFzZXQYCiABKAsyJS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5EYXRhc2V0QmxvY2tIABIyCgR0aWxlGAsgASgLMiIuY29uc3RlbGxhdGlvbi5jb21tb24udjEuVGlsZUJsb2NrSAASNAoFbW9kZWwYDCABKAsyIy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Nb2RlbEJsb2NrSAASNgoGc3RpdGNoGA0gASgLMiQuY29uc3RlbGxhdGlvbi5jb21tb24udjEuU3RpdGNoQmxvY2tIABI8Cgl2ZWN0b3JpemUYDiABKAsyJy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5WZWN0b3JpemVCbG9ja0gAEjYKBmV4cG9ydBgPIAEoCzIkLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkV4cG9ydEJsb2NrSAASNAoFaW5kZXgYECABKAsyIy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5JbmRleEJsb2NrSABCCAoGY29uZmlnIjEKDERhdGFzZXRCbG9jaxISCgpkYXRhc2V0X2lkGAEgASgJEg0KBWJhbmRzGAIgAygJInQKCVRpbGVCbG9jaxIUCgx0aWxlX3NpemVfcHgYASABKAUSEgoKb3ZlcmxhcF9weBgCIAEoBRI9Cg1ub3JtYWxpemF0aW9uGAMgASgOMiYuY29uc3RlbGxhdGlvbi5jb21tb24udjEuTm9ybWFsaXphdGlvbiJLCgpNb2RlbEJsb2NrEhAKCG1vZGVsX2lkGAEgASgJEhIKCmJhdGNoX3NpemUYAiABKAUSFwoPbWF4X2NvbmN1cnJlbmN5GAMgASgFIkAKC1N0aXRjaEJsb2NrEjEKBWJsZW5kGAEgASgOMiIuY29uc3RlbGxhdGlvbi5jb21tb24udjEuQmxlbmRNb2RlImMKDlZlY3Rvcml6ZUJsb2NrEhEKCXRocmVzaG9sZBgBIAEoARIcChRzaW1wbGlmeV90b2xlcmFuY2VfbRgCIAEoARITCgttaW5fYXJlYV9tMhgDIAEoARILCgNjcnMYBCABKAkiUgoLRXhwb3J0QmxvY2sSCwoDdXJpGAEgASgJEjYKB2Zvcm1hdHMYAiADKA4yJS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5FeHBvcnRGb3JtYXQibQoKSW5kZXhCbG9jaxI2CgZwcmVzZXQYASABKA4yJi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5TcGVjdHJhbEluZGV4EhIKCmZpcnN0X2JhbmQYAiABKAkSEwoLc2Vjb25kX2JhbmQYAyABKAkiOAoERWRnZRIXCg9zb3VyY2VfYmxvY2tfaWQYASABKAkSFwoPdGFyZ2V0X2Jsb2NrX2lkGAIgASgJIlsKD1BpcGVsaW5lUHJvYmxlbRINCgVmaWVsZBgBIAEoCRIQCghibG9ja19pZBgCIAEoCRISCgplZGdlX2luZGV4GAMgASgFEhMKC2Rlc2NyaXB0aW9uGAQgASgJIkwKCVJ1bk91dHB1dBIMCgRuYW1lGAEgASgJEgsKA3VyaRgCIAEoCRISCgptZWRpYV90eXBlGAMgASgJEhAKCGJsb2NrX2lkGAQgASgJIjUKCFByb2dyZXNzEgwKBHVuaXQYASABKAkSDAoEZG9uZRgCIAEoAxINCgV0b3RhbBgDIAEoAyL9AgoIUnVuRXZlbnQSEAoIc2VxdWVuY2UYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoEdHlwZRgDIAEoDjIlLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1bkV2ZW50VHlwZRIwCgVzdGF0ZRgEIAEoDjIhLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1blN0YXRlEhAKCGJsb2NrX2lkGAUgASgJEg8KB21lc3NhZ2UYBiABKAkSMwoIcHJvZ3Jlc3MYByABKAsyIS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Qcm9ncmVzcxIzCgdvdXRwdXRzGAggAygLMiIuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUnVuT3V0cHV0Eg4KBnNvdXJjZRgJIAEoCRIZChFlbmdpbmVfZXZlbnRfdHlwZRgKIAEoCRIWCg5xdWV1ZV9wb3NpdGlvbhgLIAEoBSqYAQoJTW9kZWxUYXNrEhoKFk1PREVMX1RBU0tfVU5TUEVDSUZJRUQQABIdChlNT0RFTF9UQVNLX0NMQVNTSUZJQ0FUSU9OEAESGwoXTU9ERUxfVEFTS19TRUdNRU5UQVRJT04QAhIYChRNT0RFTF9UQVNLX0RFVEVDVElPThADEhkKFU1PREVMX1RBU0tfUkVHUkVTU0lPThAEKpsBCg1Ob3JtYWxpemF0aW9uEh0KGU5PUk1BTElaQVRJT05fVU5TUEVDSUZJRUQQABIWChJOT1JNQUxJWkFUSU9OX05PTkUQARIZChVOT1JNQUxJWkFUSU9OX01JTl9NQVgQAhIZChVOT1JNQUxJWkFUSU9OX1pfU0NPUkUQAxIdChlOT1JNQUxJWkFUSU9OX1JFRkxFQ1RBTkNFEAQqUwoJQmxlbmRNb2RlEhoKFkJMRU5EX01PREVfVU5TUEVDSUZJRUQQABITCg9CTEVORF9NT0RFX01FQU4QARIVChFCTEVORF9NT0RFX0NFTlRFUhACKn4KDEV4cG9ydEZvcm1hdBIdChlFWFBPUlRfRk9STUFUX1VOU1BFQ0lGSUVEEAASFQoRRVhQT1JUX0ZPUk1BVF9DT0cQARIZChVFWFBPUlRfRk9STUFUX0dFT0pTT04QAhIdChlFWFBPUlRfRk9STUFUX1BOR19QUkVWSUVXEAMqkwEKDVNwZWN0cmFsSW5kZXgSHgoaU1BFQ1RSQUxfSU5ERVhfVU5TUEVDSUZJRUQQABIXChNTUEVDVFJBTF9JTkRFWF9ORFdJEAESFwoTU1BFQ1RSQUxfSU5ERVhfTkRWSRACEhgKFFNQRUNUUkFMX0lOREVYX01ORFdJEAMSFgoSU1BFQ1RSQUxfSU5ERVhfTkJSEAQqygEKCFJ1blN0YXRlEhkKFVJVTl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEFJVTl9TVEFURV9RVUVVRUQQARIWChJSVU5fU1RBVEVfU1RBUlRJTkcQAhIVChFSVU5fU1RBVEVfUlVOTklORxADEhcKE1JVTl9TVEFURV9TVUNDRUVERUQQBBIUChBSVU5fU1RBVEVfRkFJTEVEEAUSFwoTUlVOX1NUQVRFX0NBTkNFTElORxAGEhYKElJVTl9TVEFURV9DQU5DRUxFRBAHKugDCgxSdW5FdmVudFR5cGUSHgoaUlVOX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIdChlSVU5fRVZFTlRfVFlQRV9SVU5fUVVFVUVEEAESHgoaUlVOX0VWRU5UX1RZUEVfUlVOX1NUQVJURUQQAhIgChxSVU5fRVZFTlRfVFlQRV9SVU5fU1VDQ0VFREVEEAMSHQoZUlVOX0VWRU5UX1RZUEVfUlVOX0ZBSUxFRBAEEiAKHFJVTl9FVkVOVF9UWVBFX1JVTl9DQU5DRUxJTkcQBRIfChtSVU5fRVZFTlRfVFlQRV9SVU5fQ0FOQ0VMRUQQBhIfChtSVU5fRVZFTlRfVFlQRV9TVEVQX1NUQVJURUQQBxIhCh1SVU5fRVZFTlRfVFlQRV9TVEVQX1NVQ0NFRURFRBAIEh4KGlJVTl9FVkVOVF9UWVBFX1NURVBfRkFJTEVEEAkSHQoZUlVOX0VWRU5UX1RZUEVfU1RFUF9SRVRSWRAKEiAKHFJVTl9FVkVOVF9UWVBFX1NURVBfUFJPR1JFU1MQCxIZChVSVU5fRVZFTlRfVFlQRV9PVVRQVVQQDBIWChJSVU5fRVZFTlRfVFlQRV9MT0cQDRIdChlSVU5fRVZFTlRfVFlQRV9ERVBMT1lNRU5UEA5iBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A rectangular extent. Coordinates are in the units of `crs`: for
@@ -55,6 +55,135 @@ export type BoundingBox = Message<"constellation.common.v1.BoundingBox"> & {
  */
 export const BoundingBoxSchema: GenMessage<BoundingBox> = /*@__PURE__*/
   messageDesc(file_constellation_common_v1_common, 0);
+
+/**
+ * One band's file in a dataset made of separate files per band, as a STAC
+ * Item's assets are (one Cloud-Optimized GeoTIFF per band, often at different
+ * resolutions).
+ *
+ * @generated from message constellation.common.v1.BandAsset
+ */
+export type BandAsset = Message<"constellation.common.v1.BandAsset"> & {
+  /**
+   * Band name, as in the dataset's `bands` (STAC eo:common_name or an alias).
+   *
+   * @generated from field: string band = 1;
+   */
+  band: string;
+
+  /**
+   * "file:///..." or "s3://...": the file holding the band.
+   *
+   * @generated from field: string uri = 2;
+   */
+  uri: string;
+
+  /**
+   * 1-based band index inside that file; 0 means 1.
+   *
+   * @generated from field: int32 band_index = 3;
+   */
+  bandIndex: number;
+
+  /**
+   * Ground sample distance of that file in metres per pixel.
+   *
+   * @generated from field: double resolution_m = 4;
+   */
+  resolutionM: number;
+
+  /**
+   * The STAC asset key it came from, e.g. "B08" or "nir"; informational.
+   *
+   * @generated from field: string asset_key = 5;
+   */
+  assetKey: string;
+};
+
+/**
+ * Describes the message constellation.common.v1.BandAsset.
+ * Use `create(BandAssetSchema)` to create a new message.
+ */
+export const BandAssetSchema: GenMessage<BandAsset> = /*@__PURE__*/
+  messageDesc(file_constellation_common_v1_common, 1);
+
+/**
+ * One scene (a STAC Item) of a dataset: its own footprint, time and files.
+ *
+ * @generated from message constellation.common.v1.SceneItem
+ */
+export type SceneItem = Message<"constellation.common.v1.SceneItem"> & {
+  /**
+   * The STAC Item id, e.g. "S2B_33UUP_20240612_0_L2A".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Acquisition time (STAC `datetime`, or the start of its range).
+   *
+   * @generated from field: google.protobuf.Timestamp acquired_time = 2;
+   */
+  acquiredTime?: Timestamp | undefined;
+
+  /**
+   * eo:cloud_cover in percent, 0-100; unset when the item does not say.
+   *
+   * @generated from field: optional double cloud_cover = 3;
+   */
+  cloudCover?: number | undefined;
+
+  /**
+   * Footprint in EPSG:4326.
+   *
+   * @generated from field: constellation.common.v1.BoundingBox bbox = 4;
+   */
+  bbox?: BoundingBox | undefined;
+
+  /**
+   * Coordinate reference system of its rasters, e.g. "EPSG:32633".
+   *
+   * @generated from field: string crs = 5;
+   */
+  crs: string;
+
+  /**
+   * One entry per band of the dataset; empty when `uri` holds every band
+   * stacked in the dataset's band order.
+   *
+   * @generated from field: repeated constellation.common.v1.BandAsset assets = 6;
+   */
+  assets: BandAsset[];
+
+  /**
+   * A stacked multi-band raster holding every band, when the item has one.
+   *
+   * @generated from field: string uri = 7;
+   */
+  uri: string;
+
+  /**
+   * Where the STAC Item came from (its self link or file), for lineage.
+   *
+   * @generated from field: string stac_href = 8;
+   */
+  stacHref: string;
+
+  /**
+   * STAC collection id, when the item belongs to one.
+   *
+   * @generated from field: string collection = 9;
+   */
+  collection: string;
+};
+
+/**
+ * Describes the message constellation.common.v1.SceneItem.
+ * Use `create(SceneItemSchema)` to create a new message.
+ */
+export const SceneItemSchema: GenMessage<SceneItem> = /*@__PURE__*/
+  messageDesc(file_constellation_common_v1_common, 2);
 
 /**
  * The human-facing description of a model, stored with it.
@@ -101,7 +230,7 @@ export type ModelCard = Message<"constellation.common.v1.ModelCard"> & {
  * Use `create(ModelCardSchema)` to create a new message.
  */
 export const ModelCardSchema: GenMessage<ModelCard> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 1);
+  messageDesc(file_constellation_common_v1_common, 3);
 
 /**
  * What a model expects as input: one tile of `bands`, `tile_size_px`
@@ -147,7 +276,7 @@ export type ModelInputSpec = Message<"constellation.common.v1.ModelInputSpec"> &
  * Use `create(ModelInputSpecSchema)` to create a new message.
  */
 export const ModelInputSpecSchema: GenMessage<ModelInputSpec> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 2);
+  messageDesc(file_constellation_common_v1_common, 4);
 
 /**
  * One output tensor of a model.
@@ -185,7 +314,7 @@ export type ModelOutputSpec = Message<"constellation.common.v1.ModelOutputSpec">
  * Use `create(ModelOutputSpecSchema)` to create a new message.
  */
 export const ModelOutputSpecSchema: GenMessage<ModelOutputSpec> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 3);
+  messageDesc(file_constellation_common_v1_common, 5);
 
 /**
  * A pipeline: a directed acyclic graph of typed blocks. Data flows
@@ -211,7 +340,7 @@ export type PipelineSpec = Message<"constellation.common.v1.PipelineSpec"> & {
  * Use `create(PipelineSpecSchema)` to create a new message.
  */
 export const PipelineSpecSchema: GenMessage<PipelineSpec> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 4);
+  messageDesc(file_constellation_common_v1_common, 6);
 
 /**
  * One step of a pipeline. Its type is the config that is set.
@@ -286,7 +415,7 @@ export type Block = Message<"constellation.common.v1.Block"> & {
  * Use `create(BlockSchema)` to create a new message.
  */
 export const BlockSchema: GenMessage<Block> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 5);
+  messageDesc(file_constellation_common_v1_common, 7);
 
 /**
  * Reads a scene from the catalog. Produces a scene.
@@ -314,7 +443,7 @@ export type DatasetBlock = Message<"constellation.common.v1.DatasetBlock"> & {
  * Use `create(DatasetBlockSchema)` to create a new message.
  */
 export const DatasetBlockSchema: GenMessage<DatasetBlock> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 6);
+  messageDesc(file_constellation_common_v1_common, 8);
 
 /**
  * Cuts a scene into model-sized tiles. Consumes a scene, produces tiles.
@@ -347,7 +476,7 @@ export type TileBlock = Message<"constellation.common.v1.TileBlock"> & {
  * Use `create(TileBlockSchema)` to create a new message.
  */
 export const TileBlockSchema: GenMessage<TileBlock> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 7);
+  messageDesc(file_constellation_common_v1_common, 9);
 
 /**
  * Runs a model over tiles. Consumes tiles, produces prediction tiles.
@@ -382,7 +511,7 @@ export type ModelBlock = Message<"constellation.common.v1.ModelBlock"> & {
  * Use `create(ModelBlockSchema)` to create a new message.
  */
 export const ModelBlockSchema: GenMessage<ModelBlock> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 8);
+  messageDesc(file_constellation_common_v1_common, 10);
 
 /**
  * Merges prediction tiles into one raster with the scene's CRS, transform
@@ -402,7 +531,7 @@ export type StitchBlock = Message<"constellation.common.v1.StitchBlock"> & {
  * Use `create(StitchBlockSchema)` to create a new message.
  */
 export const StitchBlockSchema: GenMessage<StitchBlock> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 9);
+  messageDesc(file_constellation_common_v1_common, 11);
 
 /**
  * Turns a mask raster into polygons. Consumes a raster, produces vectors.
@@ -444,7 +573,7 @@ export type VectorizeBlock = Message<"constellation.common.v1.VectorizeBlock"> &
  * Use `create(VectorizeBlockSchema)` to create a new message.
  */
 export const VectorizeBlockSchema: GenMessage<VectorizeBlock> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 10);
+  messageDesc(file_constellation_common_v1_common, 12);
 
 /**
  * Writes results. Consumes a raster and/or vectors.
@@ -472,7 +601,7 @@ export type ExportBlock = Message<"constellation.common.v1.ExportBlock"> & {
  * Use `create(ExportBlockSchema)` to create a new message.
  */
 export const ExportBlockSchema: GenMessage<ExportBlock> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 11);
+  messageDesc(file_constellation_common_v1_common, 13);
 
 /**
  * Band math without a model: the normalized difference
@@ -512,7 +641,7 @@ export type IndexBlock = Message<"constellation.common.v1.IndexBlock"> & {
  * Use `create(IndexBlockSchema)` to create a new message.
  */
 export const IndexBlockSchema: GenMessage<IndexBlock> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 12);
+  messageDesc(file_constellation_common_v1_common, 14);
 
 /**
  * Data flows from `source_block_id`'s output into `target_block_id`.
@@ -536,7 +665,7 @@ export type Edge = Message<"constellation.common.v1.Edge"> & {
  * Use `create(EdgeSchema)` to create a new message.
  */
 export const EdgeSchema: GenMessage<Edge> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 13);
+  messageDesc(file_constellation_common_v1_common, 15);
 
 /**
  * One thing wrong with a pipeline spec, attached to where it is.
@@ -578,7 +707,7 @@ export type PipelineProblem = Message<"constellation.common.v1.PipelineProblem">
  * Use `create(PipelineProblemSchema)` to create a new message.
  */
 export const PipelineProblemSchema: GenMessage<PipelineProblem> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 14);
+  messageDesc(file_constellation_common_v1_common, 16);
 
 /**
  * A file a run produced.
@@ -620,7 +749,7 @@ export type RunOutput = Message<"constellation.common.v1.RunOutput"> & {
  * Use `create(RunOutputSchema)` to create a new message.
  */
 export const RunOutputSchema: GenMessage<RunOutput> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 15);
+  messageDesc(file_constellation_common_v1_common, 17);
 
 /**
  * How far a step has got, in `unit`s.
@@ -653,7 +782,7 @@ export type Progress = Message<"constellation.common.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 16);
+  messageDesc(file_constellation_common_v1_common, 18);
 
 /**
  * One event in a run's life, as streamed by WatchRun.
@@ -737,7 +866,7 @@ export type RunEvent = Message<"constellation.common.v1.RunEvent"> & {
  * Use `create(RunEventSchema)` to create a new message.
  */
 export const RunEventSchema: GenMessage<RunEvent> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 17);
+  messageDesc(file_constellation_common_v1_common, 19);
 
 /**
  * What a model predicts.
