@@ -35,3 +35,17 @@ def test_validator_rejects_a_broken_item(tmp_path):
     document = copy.deepcopy(item.to_dict(transform_hrefs=False))
     document["properties"]["eo:cloud_cover"] = 150
     assert any("eo:cloud_cover" in message for message in stac_items.validate(document))
+
+
+def test_stac_api_serves_the_items_with_filters(stac_api):
+    from pystac_client import Client
+
+    client = Client.open(stac_api.url)
+    found = client.search(collections=[stac_api.collection], datetime="2024-06-01/2024-06-30")
+    assert sorted(item.id for item in found.items()) == ["L7_OLINDA_20240603", "L7_OLINDA_20240619"]
+    clear = client.search(
+        collections=[stac_api.collection],
+        filter={"op": "<=", "args": [{"property": "eo:cloud_cover"}, 10]},
+        filter_lang="cql2-json",
+    )
+    assert sorted(item.id for item in clear.items()) == ["L7_OLINDA_20240619", "L7_OLINDA_20240705"]
