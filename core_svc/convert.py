@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2, identity_pb2
 from core_svc.accounts import ApiKey, User
-from core_svc.domain import BoundingBox, Dataset, InputSpec, Model, ModelCard, OutputSpec, Pipeline, Run
+from core_svc.domain import (
+    BandAsset,
+    BoundingBox,
+    Dataset,
+    InputSpec,
+    Model,
+    ModelCard,
+    OutputSpec,
+    Pipeline,
+    Run,
+    SceneItem,
+)
+from core_svc.stac import StacImport, StacSearch
 from mesh.auth import ROLE_FROM_PROTO, ROLE_TO_PROTO
 from mesh.enums import enum_name, enum_value
 from mesh.identity import ROLES
@@ -27,6 +41,24 @@ def dataset_from_proto(message: core_pb2.Dataset) -> Dataset:
         if message.HasField("bbox")
         else None,
         tags=list(message.tags),
+        items=[scene_from_proto(item) for item in message.items],  # refused by the catalog unless it made them
+    )
+
+
+def scene_from_proto(message: common_pb2.SceneItem) -> SceneItem:
+    box = message.bbox
+    return SceneItem(
+        id=message.id,
+        acquired_time=message.acquired_time.ToDatetime(tzinfo=UTC) if message.HasField("acquired_time") else None,
+        cloud_cover=message.cloud_cover if message.HasField("cloud_cover") else None,
+        bbox=BoundingBox(box.min_x, box.min_y, box.max_x, box.max_y, box.crs or "EPSG:4326")
+        if message.HasField("bbox")
+        else None,
+        crs=message.crs,
+        assets=[BandAsset(a.band, a.uri, a.band_index or 1, a.resolution_m, a.asset_key) for a in message.assets],
+        uri=message.uri,
+        stac_href=message.stac_href,
+        collection=message.collection,
     )
 
 
@@ -47,6 +79,68 @@ def dataset_to_proto(dataset: Dataset) -> core_pb2.Dataset:
         create_time=to_timestamp(dataset.create_time),
         update_time=to_timestamp(dataset.update_time),
         owner=dataset.owner,
+        items=[scene_to_proto(item) for item in dataset.items],
+    )
+
+
+def _bbox_to_proto(box: BoundingBox | None) -> common_pb2.BoundingBox | None:
+    if box is None:
+        return None
+    return common_pb2.BoundingBox(min_x=box.min_x, min_y=box.min_y, max_x=box.max_x, max_y=box.max_y, crs=box.crs)
+
+
+def scene_to_proto(item: SceneItem) -> common_pb2.SceneItem:
+    """Core's Dataset.items and the orchestrator's ResolvedDataset.items carry the same message."""
+    return common_pb2.SceneItem(
+        id=item.id,
+        acquired_time=to_timestamp(item.acquired_time),
+        cloud_cover=item.cloud_cover,
+        bbox=_bbox_to_proto(item.bbox),
+        crs=item.crs,
+        assets=[
+            common_pb2.BandAsset(
+                band=a.band, uri=a.uri, band_index=a.band_index, resolution_m=a.resolution_m, asset_key=a.asset_key
+            )
+            for a in item.assets
+        ],
+        uri=item.uri,
+        stac_href=item.stac_href,
+        collection=item.collection,
+    )
+
+
+STAC_MODES = {
+    core_pb2.STAC_IMPORT_MODE_UNSPECIFIED: "",
+    core_pb2.STAC_IMPORT_MODE_DATASET_PER_ITEM: "per_item",
+    core_pb2.STAC_IMPORT_MODE_ONE_DATASET: "one",
+}
+
+
+def stac_import_from_proto(message: core_pb2.ImportStacDatasetsRequest) -> StacImport:
+    search = None
+    if message.HasField("search"):
+        s = message.search
+        search = StacSearch(
+            api_url=s.api_url,
+            collections=list(s.collections),
+            bbox=list(s.bbox),
+            intersects=s.intersects,
+            datetime=s.datetime,
+            max_cloud_cover=s.max_cloud_cover if s.HasField("max_cloud_cover") else None,
+            filter=s.filter,
+            max_items=s.max_items,
+        )
+    return StacImport(
+        item_uri=message.item_uri,
+        item_json=message.item_json,
+        catalog_uri=message.catalog_uri,
+        search=search,
+        mode=STAC_MODES.get(message.mode, "?"),
+        name=message.name,
+        description=message.description,
+        tags=list(message.tags),
+        bands=list(message.bands),
+        sensor=message.sensor,
     )
 
 

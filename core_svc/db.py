@@ -50,6 +50,8 @@ class DatasetRow(Base):
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The creator's subject; "" for rows from before owners (core_svc.ownership).
     owner: Mapped[str] = mapped_column(String(256), default="", index=True)
+    # Scenes of a dataset registered from STAC (core_svc.stac), SceneItem fields with ISO times; [] otherwise.
+    items: Mapped[list] = mapped_column(JSON, default=list)
 
 
 class ModelRow(Base):

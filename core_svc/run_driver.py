@@ -232,7 +232,11 @@ class RunDriver:
                         f"dataset {block.config['dataset_id']!r} was deleted from the catalog after the run was queued",
                     )
                 request.datasets[dataset.id].CopyFrom(
-                    orchestrator_pb2.ResolvedDataset(uri=dataset.uri, bands=dataset.bands)
+                    orchestrator_pb2.ResolvedDataset(
+                        uri=dataset.uri,
+                        bands=dataset.bands,
+                        items=[convert.scene_to_proto(item) for item in dataset.items],
+                    )
                 )
         for model_id, (model, endpoints) in models.items():
             message = convert.model_to_proto(model)

@@ -11,6 +11,7 @@ from core_svc.accounts import Accounts
 from core_svc.audit import AuditStore
 from core_svc.catalog import Catalog
 from core_svc.runs import Runs
+from core_svc.stac import StacReader
 from mesh import identity
 from mesh.auth import principal_to_proto
 from mesh.errors import InvalidArgument
@@ -18,9 +19,10 @@ from pipeline.convert import problem_to_proto
 
 
 class CoreServicer(core_pb2_grpc.CoreServiceServicer):
-    def __init__(self, catalog: Catalog, runs: Runs) -> None:
+    def __init__(self, catalog: Catalog, runs: Runs, stac: StacReader) -> None:
         self._catalog = catalog
         self._runs = runs
+        self._stac = stac
 
     def CreateDataset(self, request, context):
         return convert.dataset_to_proto(
@@ -45,6 +47,10 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
     def DeleteDataset(self, request, context):
         self._catalog.delete_dataset(request.id, _caller())
         return empty_pb2.Empty()
+
+    def ImportStacDatasets(self, request, context):
+        datasets = self._catalog.import_stac(convert.stac_import_from_proto(request), self._stac, _caller())
+        return core_pb2.ImportStacDatasetsResponse(datasets=[convert.dataset_to_proto(d) for d in datasets])
 
     def RegisterModel(self, request, context):
         return convert.model_to_proto(self._catalog.register_model(convert.model_from_proto(request.model), _caller()))

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from pydantic import Field
 
+from core_svc.stac import StacLimits
 from mesh import config
 from mesh.config import EnvSettings, env_field
 from mesh.tls import TlsFiles, files
@@ -40,6 +41,24 @@ class CoreSettings(EnvSettings):
         "how long the audit log keeps a record, days; older ones are deleted (at start-up and hourly)",
         ge=1,
     )
+    stac_api_hosts_raw: str = env_field(
+        "CONSTELLATION_STAC_API_HOSTS",
+        "",
+        "hosts (or host:port) of the STAC APIs ImportStacDatasets may search, comma separated, e.g. "
+        "earth-search.aws.element84.com; empty: none (items and static catalogs under the data roots still import)",
+    )
+    stac_timeout_s: float = env_field(
+        "CONSTELLATION_STAC_TIMEOUT_S", 30.0, "deadline of one request to a STAC API, seconds", gt=0
+    )
+    stac_max_items: int = env_field(
+        "CONSTELLATION_STAC_MAX_ITEMS", 1000, "most STAC items one ImportStacDatasets reads", ge=1, le=100_000
+    )
+    stac_max_document_bytes: int = env_field(
+        "CONSTELLATION_STAC_MAX_DOCUMENT_BYTES",
+        8 * 1024 * 1024,
+        "largest STAC document (item, catalog, API page) ImportStacDatasets reads, bytes",
+        ge=1024,
+    )
     # Not read from the environment: fixed here, or handed over from the bootstrap's settings by load().
     reconnect_s: float = Field(
         120.0, description="how long a run keeps trying to reach the orchestrator when its stream breaks", gt=0
@@ -55,6 +74,11 @@ class CoreSettings(EnvSettings):
     metadata: tuple[tuple[str, str], ...] = Field(
         (), description="the service key core presents to its peers when the mesh has keys", repr=False
     )
+
+    @property
+    def stac_limits(self) -> StacLimits:
+        hosts = tuple(host.lower() for host in config.comma_list(self.stac_api_hosts_raw))
+        return StacLimits(hosts, self.stac_timeout_s, self.stac_max_items, self.stac_max_document_bytes)
 
     @classmethod
     def load(cls, mesh: config.Settings, env: Mapping[str, str] | None = None) -> CoreSettings:

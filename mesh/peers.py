@@ -44,6 +44,7 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "ListDatasets": PUBLIC | AGENT,
         "UpdateDataset": PUBLIC,
         "DeleteDataset": PUBLIC,
+        "ImportStacDatasets": PUBLIC,
         "RegisterModel": PUBLIC,
         "GetModel": PUBLIC | AGENT,
         "ListModels": PUBLIC | AGENT,

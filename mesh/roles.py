@@ -21,6 +21,7 @@ METHOD_ROLES: dict[str, dict[str, str]] = {
         "ListDatasets": VIEWER,
         "UpdateDataset": EDITOR,
         "DeleteDataset": EDITOR,
+        "ImportStacDatasets": EDITOR,
         "RegisterModel": EDITOR,
         "GetModel": VIEWER,
         "ListModels": VIEWER,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from graphlib import CycleError, TopologicalSorter
 
 from clients.roots import StorageRoots
+from pipeline.bands import KNOWN_BANDS, match_bands
 from pipeline.kinds import (
     BLOCK_KINDS,
     EXPORT_FORMATS,
@@ -31,7 +32,7 @@ from pipeline.kinds import (
     VectorizeConfig,
     producers,
 )
-from pipeline.rules import KNOWN_BANDS, check_bands, check_storage_uri
+from pipeline.rules import check_bands, check_storage_uri
 from pipeline.spec import Block, DatasetView, ModelView, PipelineSpec, Problem
 
 BLOCK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -196,7 +197,7 @@ def _check_config(
             problem(v.field, v.description)
         if dataset is not None:
             for j, band in enumerate(config.bands):
-                if band not in dataset.bands:
+                if not match_bands([band], dataset.bands, near=False).complete:
                     has = ", ".join(dataset.bands)
                     problem(f"bands[{j}]", f"dataset {dataset.name!r} has no band {band!r}; it has {has}")
     elif isinstance(config, TileConfig):
@@ -249,7 +250,8 @@ def _check_index_bands(
         return []  # reported at the dataset block
     available = list(dataset_block.settings.bands) or list(dataset.bands)
     first, second = config.bands()
-    missing = [b for b in (first, second) if b in KNOWN_BANDS and b not in available]  # unknown ones are reported
+    known = [b for b in (first, second) if b in KNOWN_BANDS]  # unknown ones are reported
+    missing = list(match_bands(known, available).missing)
     if not missing:
         return []
     provided = f"dataset block {dataset_block.id!r} provides {', '.join(available)}"
@@ -280,7 +282,7 @@ def _check_bands_reach_models(
         dataset = find_dataset(dataset_block.settings.dataset_id)
         assert model is not None and dataset is not None  # checked by _check_config
         available = list(dataset_block.settings.bands) or list(dataset.bands)
-        missing = [b for b in model.bands if b not in available]
+        missing = match_bands(model.bands, available).missing
         if missing:
             message = (
                 f"model {model.name!r} reads bands {', '.join(model.bands)}, but dataset block "

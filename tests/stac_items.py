@@ -102,7 +102,7 @@ def _band_files(folder: Path, cloud_fraction: float) -> tuple[dict[str, Path], f
         band_profile.pop("blockysize", None)
         if common in HALF_RESOLUTION:  # averaged onto a grid of twice the pixel size from the same corner
             half = np.zeros(((band.shape[0] + 1) // 2, (band.shape[1] + 1) // 2), dtype=band.dtype)
-            half_transform = transform * Affine.scale(2)
+            half_transform = transform @ Affine.scale(2)
             reproject(
                 band,
                 half,

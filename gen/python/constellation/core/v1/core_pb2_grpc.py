@@ -68,6 +68,11 @@ class CoreServiceStub:
                 request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.DeleteDatasetRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ImportStacDatasets = channel.unary_unary(
+                '/constellation.core.v1.CoreService/ImportStacDatasets',
+                request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsRequest.SerializeToString,
+                response_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsResponse.FromString,
+                _registered_method=True)
         self.RegisterModel = channel.unary_unary(
                 '/constellation.core.v1.CoreService/RegisterModel',
                 request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.RegisterModelRequest.SerializeToString,
@@ -176,6 +181,15 @@ class CoreServiceServicer:
 
     def DeleteDataset(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportStacDatasets(self, request, context):
+        """Registers datasets from STAC: one Item, a static catalog or collection,
+        or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+        cover come from the items' metadata, never from the request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -298,6 +312,11 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     servicer.DeleteDataset,
                     request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.DeleteDatasetRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ImportStacDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportStacDatasets,
+                    request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsRequest.FromString,
+                    response_serializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsResponse.SerializeToString,
             ),
             'RegisterModel': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterModel,
@@ -512,6 +531,33 @@ class CoreService:
             '/constellation.core.v1.CoreService/DeleteDataset',
             constellation_dot_core_dot_v1_dot_core__pb2.DeleteDatasetRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportStacDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/constellation.core.v1.CoreService/ImportStacDatasets',
+            constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsRequest.SerializeToString,
+            constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

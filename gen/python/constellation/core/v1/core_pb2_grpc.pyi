@@ -47,6 +47,11 @@ class CoreServiceStub:
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_core_pb2.ListDatasetsRequest, _core_pb2.ListDatasetsResponse]
     UpdateDataset: _grpc.UnaryUnaryMultiCallable[_core_pb2.UpdateDatasetRequest, _core_pb2.Dataset]
     DeleteDataset: _grpc.UnaryUnaryMultiCallable[_core_pb2.DeleteDatasetRequest, _empty_pb2.Empty]
+    ImportStacDatasets: _grpc.UnaryUnaryMultiCallable[_core_pb2.ImportStacDatasetsRequest, _core_pb2.ImportStacDatasetsResponse]
+    """Registers datasets from STAC: one Item, a static catalog or collection,
+    or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+    cover come from the items' metadata, never from the request.
+    """
     RegisterModel: _grpc.UnaryUnaryMultiCallable[_core_pb2.RegisterModelRequest, _core_pb2.Model]
     """Adds a model to the catalog. Packaging and deployment are hosting's."""
     GetModel: _grpc.UnaryUnaryMultiCallable[_core_pb2.GetModelRequest, _core_pb2.Model]
@@ -88,6 +93,11 @@ class CoreServiceAsyncStub(CoreServiceStub):
     ListDatasets: _aio.UnaryUnaryMultiCallable[_core_pb2.ListDatasetsRequest, _core_pb2.ListDatasetsResponse]  # type: ignore[assignment]
     UpdateDataset: _aio.UnaryUnaryMultiCallable[_core_pb2.UpdateDatasetRequest, _core_pb2.Dataset]  # type: ignore[assignment]
     DeleteDataset: _aio.UnaryUnaryMultiCallable[_core_pb2.DeleteDatasetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ImportStacDatasets: _aio.UnaryUnaryMultiCallable[_core_pb2.ImportStacDatasetsRequest, _core_pb2.ImportStacDatasetsResponse]  # type: ignore[assignment]
+    """Registers datasets from STAC: one Item, a static catalog or collection,
+    or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+    cover come from the items' metadata, never from the request.
+    """
     RegisterModel: _aio.UnaryUnaryMultiCallable[_core_pb2.RegisterModelRequest, _core_pb2.Model]  # type: ignore[assignment]
     """Adds a model to the catalog. Packaging and deployment are hosting's."""
     GetModel: _aio.UnaryUnaryMultiCallable[_core_pb2.GetModelRequest, _core_pb2.Model]  # type: ignore[assignment]
@@ -156,6 +166,17 @@ class CoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _core_pb2.DeleteDatasetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportStacDatasets(
+        self,
+        request: _core_pb2.ImportStacDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_core_pb2.ImportStacDatasetsResponse, _abc.Awaitable[_core_pb2.ImportStacDatasetsResponse]]:
+        """Registers datasets from STAC: one Item, a static catalog or collection,
+        or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+        cover come from the items' metadata, never from the request.
+        """
 
     @_abc_1.abstractmethod
     def RegisterModel(
