@@ -178,8 +178,6 @@ class Catalog:
     # Datasets
 
     def create_dataset(self, dataset: Dataset, caller: Identity) -> Dataset:
-        if dataset.items:
-            raise InvalidArgument.field("dataset.items", "are set only by ImportStacDatasets, from the items' metadata")
         return self.create_datasets([dataset], caller)[0]
 
     def create_datasets(self, datasets: list[Dataset], caller: Identity) -> list[Dataset]:

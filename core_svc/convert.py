@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2, identity_pb2
 from core_svc.accounts import ApiKey, User
 from core_svc.domain import (
-    BandAsset,
     BoundingBox,
     Dataset,
     InputSpec,
@@ -41,24 +38,6 @@ def dataset_from_proto(message: core_pb2.Dataset) -> Dataset:
         if message.HasField("bbox")
         else None,
         tags=list(message.tags),
-        items=[scene_from_proto(item) for item in message.items],  # refused by the catalog unless it made them
-    )
-
-
-def scene_from_proto(message: common_pb2.SceneItem) -> SceneItem:
-    box = message.bbox
-    return SceneItem(
-        id=message.id,
-        acquired_time=message.acquired_time.ToDatetime(tzinfo=UTC) if message.HasField("acquired_time") else None,
-        cloud_cover=message.cloud_cover if message.HasField("cloud_cover") else None,
-        bbox=BoundingBox(box.min_x, box.min_y, box.max_x, box.max_y, box.crs or "EPSG:4326")
-        if message.HasField("bbox")
-        else None,
-        crs=message.crs,
-        assets=[BandAsset(a.band, a.uri, a.band_index or 1, a.resolution_m, a.asset_key) for a in message.assets],
-        uri=message.uri,
-        stac_href=message.stac_href,
-        collection=message.collection,
     )
 
 

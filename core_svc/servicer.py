@@ -25,6 +25,8 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
         self._stac = stac
 
     def CreateDataset(self, request, context):
+        if request.dataset.items:
+            raise InvalidArgument.field("dataset.items", "are set only by ImportStacDatasets, from the items' metadata")
         return convert.dataset_to_proto(
             self._catalog.create_dataset(convert.dataset_from_proto(request.dataset), _caller())
         )
