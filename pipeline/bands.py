@@ -110,3 +110,10 @@ def match_bands(wanted: Sequence[str], available: Iterable[str], *, near: bool =
 
 def has_band(available: Iterable[str], band: str, *, near: bool = False) -> bool:
     return match_bands([band], available, near=near).complete
+
+
+def servable(available: Iterable[str]) -> set[str]:
+    """Canonical names of every band `available` can provide: its own, and those a near equivalent stands in for
+    (the same answer as match_bands, as a set for fast filtering)."""
+    own = {canonical(name) for name in available}
+    return own | {wanted for wanted, others in NEAR_EQUIVALENTS.items() if any(o in own for o, _ in others)}
