@@ -169,3 +169,39 @@ def test_a_name_taken_refuses_the_whole_import(stac_core, items_dir):
     assert code == grpc.StatusCode.ALREADY_EXISTS
     listed = stac_core.ListDatasets(core_pb2.ListDatasetsRequest(page_size=50))
     assert len(listed.datasets) == 3
+
+
+def test_cli_imports_a_static_collection_and_a_search(stac_api, tmp_path, monkeypatch, database_url):
+    from click.testing import CliRunner
+
+    from constellation_sdk import cli
+
+    env = service_env(
+        tmp_path,
+        DATABASE_URL=database_url,
+        CONSTELLATION_STAC_API_HOSTS=f"127.0.0.1:{stac_api.port}",
+        **TEST_STORAGE_ROOTS,
+    )
+    server = build_core(config.load("core", env), env)
+    server.start()
+    try:
+        monkeypatch.setenv("CONSTELLATION_GATEWAY", f"127.0.0.1:{server.port}")
+        series = CliRunner().invoke(
+            cli.main,
+            ["datasets", "import-stac", "--catalog", str(stac_api.folder / "collection.json"), "--one-dataset",
+             "--name", "olinda-cli", "--band", "green", "--band", "nir", "--json"],
+        )  # fmt: skip
+        assert series.exit_code == 0, series.output
+        (dataset,) = json.loads(series.output)["datasets"]
+        assert dataset["bands"] == ["green", "nir"] and len(dataset["items"]) == 3
+        search = CliRunner().invoke(
+            cli.main,
+            ["datasets", "import-stac", "--api", stac_api.url, "--collection", stac_api.collection,
+             "--datetime", "2024-06-01T00:00:00Z/2024-06-30T23:59:59Z", "--max-cloud", "10", "--name", "cli", "--per-item"],
+        )  # fmt: skip
+        assert search.exit_code == 0, search.output
+        assert "cli-L7_OLINDA_20240619" in search.output and "1 item(s)" in search.output
+        both = CliRunner().invoke(cli.main, ["datasets", "import-stac", "--item", "x.json", "--api", stac_api.url])
+        assert both.exit_code == 2 and "exactly one of" in both.output
+    finally:
+        server.stop(0)
