@@ -5,6 +5,7 @@ import { type Dataset, DatasetSchema, type Model, ModelState } from "../../../ge
 import { core } from "../api";
 import { describeError, type ServiceError, violationFor } from "../errors";
 import { ErrorBox, enumLabel } from "./common";
+import { StacImport } from "./StacImport";
 
 const MAX_PAGES = 10;
 
@@ -143,6 +144,7 @@ export function Catalog({ onLoaded, onDeploy }: { onLoaded: (data: CatalogData) 
         </div>
       )}
       <NewDataset onCreated={() => setReloads(reloads + 1)} />
+      <StacImport onImported={() => setReloads(reloads + 1)} />
     </section>
   );
 }
