@@ -256,7 +256,9 @@ class ImportStacDatasetsRequest(_message.Message):
     item_uri: _builtins.str
     """A STAC Item's JSON: "file:///..." or "s3://..." under the data roots."""
     item_json: _builtins.str
-    """A STAC Item's JSON text (at most 1 MiB); relative asset hrefs are refused."""
+    """A STAC Item's JSON text (at most CONSTELLATION_STAC_MAX_DOCUMENT_BYTES);
+    relative asset hrefs are refused.
+    """
     catalog_uri: _builtins.str
     """A static STAC catalog or collection ("file:///.../collection.json" or
     "s3://..." under the data roots); every item under it, to `max_items`.

@@ -228,7 +228,8 @@ export type ImportStacDatasetsRequest = Message<"constellation.core.v1.ImportSta
     case: "itemUri";
   } | {
     /**
-     * A STAC Item's JSON text (at most 1 MiB); relative asset hrefs are refused.
+     * A STAC Item's JSON text (at most CONSTELLATION_STAC_MAX_DOCUMENT_BYTES);
+     * relative asset hrefs are refused.
      *
      * @generated from field: string item_json = 2;
      */
