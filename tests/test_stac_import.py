@@ -197,7 +197,8 @@ def test_cli_imports_a_static_collection_and_a_search(stac_api, tmp_path, monkey
         search = CliRunner().invoke(
             cli.main,
             ["datasets", "import-stac", "--api", stac_api.url, "--collection", stac_api.collection,
-             "--datetime", "2024-06-01T00:00:00Z/2024-06-30T23:59:59Z", "--max-cloud", "10", "--name", "cli", "--per-item"],
+             "--datetime", "2024-06-01T00:00:00Z/2024-06-30T23:59:59Z", "--max-cloud", "10",
+             "--name", "cli", "--per-item"],
         )  # fmt: skip
         assert search.exit_code == 0, search.output
         assert "cli-L7_OLINDA_20240619" in search.output and "1 item(s)" in search.output
