@@ -4,16 +4,30 @@ resolution, footprint, CRS, time and cloud cover from the items' metadata, and h
 from __future__ import annotations
 
 import json
+import threading
+from concurrent import futures
 
 import grpc
 import pytest
+from alembic import command
+from alembic.config import Config
+from click.testing import CliRunner
+from sqlalchemy import text
 
+from clients.roots import StorageRoots
+from constellation.common.v1 import common_pb2 as c
 from constellation.core.v1 import core_pb2, core_pb2_grpc
+from constellation.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from constellation_sdk import cli
+from core_svc.catalog import Catalog
+from core_svc.db import MIGRATIONS, migrate
 from core_svc.server import build as build_core
 from mesh import config
+from mesh.db import create_db_engine
 from mesh.errors import field_violations
 from tests import stac_items
 from tests.conftest import TEST_STORAGE_ROOTS, key_channel, service_env
+from tests.pg import free_port
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +186,6 @@ def test_a_name_taken_refuses_the_whole_import(stac_core, items_dir):
 
 
 def test_cli_imports_a_static_collection_and_a_search(stac_api, tmp_path, monkeypatch, database_url):
-    from click.testing import CliRunner
-
-    from constellation_sdk import cli
 
     env = service_env(
         tmp_path,
@@ -206,3 +217,82 @@ def test_cli_imports_a_static_collection_and_a_search(stac_api, tmp_path, monkey
         assert both.exit_code == 2 and "exactly one of" in both.output
     finally:
         server.stop(0)
+
+
+def test_datasets_from_before_items_migrate_to_none(database_url):
+    """A catalog made by the previous schema (revision 0004) gets an empty items list for its datasets."""
+    engine = create_db_engine(database_url)
+    alembic = Config()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        alembic.attributes["connection"] = connection
+        command.upgrade(alembic, "0004")
+        connection.execute(
+            text(
+                "INSERT INTO datasets (id, name, description, uri, sensor, bands, resolution_m, tags, bands_index, "
+                "tags_index, create_time, update_time, owner) VALUES ('ds_old', 'old-scene', '', "
+                "'file:///data/old.tif', 'landsat-7', '[\"red\"]', 30.0, '[]', ',red,', ',', :now, :now, '')"
+            ),
+            {"now": "2025-01-01 00:00:00+00:00"},
+        )
+    migrate(engine)
+    old = Catalog(engine, StorageRoots.from_env(TEST_STORAGE_ROOTS)).get_dataset("ds_old")
+    assert old.items == [] and old.bands == ["red"]
+    engine.dispose()
+
+
+def test_launch_carries_the_items_to_the_orchestrator(items_dir, tmp_path):
+    """Core resolves a STAC dataset's items into ResolvedDataset.items (a recording orchestrator stands in)."""
+    launched: list[orchestrator_pb2.LaunchRunRequest] = []
+    seen = threading.Event()
+
+    class Recording(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+        def LaunchRun(self, request, context):
+            launched.append(request)
+            seen.set()
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "recorded; not run")
+
+    port = free_port()
+    orchestrator = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(Recording(), orchestrator)
+    orchestrator.add_insecure_port(f"127.0.0.1:{port}")
+    orchestrator.start()
+    env = service_env(
+        tmp_path,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'core.db'}",
+        CONSTELLATION_ORCHESTRATOR_ADDR=f"127.0.0.1:{port}",
+        **TEST_STORAGE_ROOTS,
+    )
+    server = build_core(config.load("core", env), env)
+    server.start()
+    channel = key_channel(f"127.0.0.1:{server.port}")
+    try:
+        core = core_pb2_grpc.CoreServiceStub(channel)
+        (dataset,) = core.ImportStacDatasets(
+            core_pb2.ImportStacDatasetsRequest(
+                catalog_uri=(items_dir / "collection.json").as_uri(), mode=core_pb2.STAC_IMPORT_MODE_ONE_DATASET
+            )
+        ).datasets
+        spec = c.PipelineSpec(
+            blocks=[
+                c.Block(id="scene", dataset=c.DatasetBlock(dataset_id=dataset.id)),
+                c.Block(id="ndwi", index=c.IndexBlock(preset=c.SPECTRAL_INDEX_NDWI)),
+                c.Block(id="out", export=c.ExportBlock(uri=(tmp_path / "out").as_uri())),
+            ],
+            edges=[
+                c.Edge(source_block_id="scene", target_block_id="ndwi"),
+                c.Edge(source_block_id="ndwi", target_block_id="out"),
+            ],
+        )
+        pipeline = core.CreatePipeline(
+            core_pb2.CreatePipelineRequest(pipeline=core_pb2.Pipeline(name="stac-ndwi", spec=spec))
+        )
+        core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
+        assert seen.wait(30), "core never launched the run"
+        resolved = launched[0].datasets[dataset.id]
+        assert list(resolved.bands) == list(dataset.bands) and resolved.uri == dataset.uri
+        assert list(resolved.items) == list(dataset.items) and len(resolved.items) == 3
+    finally:
+        channel.close()
+        server.stop(0)
+        orchestrator.stop(0)
