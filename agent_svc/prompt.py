@@ -385,11 +385,16 @@ def describe(c: Constraints, preferred_task: str = "") -> list[str]:
         found.append(f"latency at most {c.max_latency_ms:g} ms per tile")
     if c.min_accuracy:
         found.append(f"accuracy at least {c.min_accuracy:g}")
-    if c.date_range is not None:
-        found.append(f"scenes from {c.date_range[0]:%Y-%m-%d} to {c.date_range[1]:%Y-%m-%d}")
-    elif c.month:
-        found.append(f"scenes from {MONTHS[c.month - 1].title()} (any year)")
+    if c.date_range is not None or c.month:
+        found.append(f"scenes {describe_dates(c)}")
     return found
+
+
+def describe_dates(c: Constraints) -> str:
+    """`from 2024-06-01 to 2024-06-30`, or `from June (any year)`."""
+    if c.date_range is not None:
+        return f"from {c.date_range[0]:%Y-%m-%d} to {c.date_range[1]:%Y-%m-%d}"
+    return f"from {MONTHS[c.month - 1].title()} (any year)" if c.month else ""
 
 
 def has_band(available: tuple[str, ...] | list[str], wanted: str) -> bool:

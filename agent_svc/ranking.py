@@ -16,7 +16,6 @@ operations; reasons are written only for the entries returned.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,7 +26,6 @@ from agent_svc import text
 from agent_svc.domain import (
     Candidate,
     Catalog,
-    Constraints,
     Dataset,
     Intent,
     Model,
@@ -369,13 +367,11 @@ def explain_dataset(index: RankIndex, i: int, intent: Intent, ds: Scored) -> Can
         reasons.append("radar sees through clouds")
     scenes = scenes_in_range(d, c)
     if c.date_range is not None or c.month:
-        when = " and ".join(
-            prompt_mod.describe(dataclasses.replace(Constraints(), date_range=c.date_range, month=c.month))
-        )
+        when = prompt_mod.describe_dates(c)
         if scenes:
-            reasons.append(f"{len(scenes)} of its {len(d.scenes)} scene(s) are {when.removeprefix('scenes ')}")
+            reasons.append(f"{len(scenes)} of its {len(d.scenes)} scene(s) are {when}")
         else:
-            shortfalls.append(f"no scene {when.removeprefix('scenes ')}")
+            shortfalls.append(f"no scene {when}")
     if scenes and intent.least_cloudy:
         best = min(scenes, key=lambda s: (s.cloud_cover is None, s.cloud_cover or 0.0))
         cover = "unknown" if best.cloud_cover is None else f"{best.cloud_cover:g}%"

@@ -225,7 +225,7 @@ class Catalog:
 
     def import_stac(self, request: StacImport, reader: StacReader, caller: Identity) -> list[Dataset]:
         """Datasets from STAC items (core_svc.stac): read, turned into datasets, saved together."""
-        check_may_create(caller, "dataset")
+        check_may_create(caller, "dataset")  # before any document is read on the caller's behalf
         documents, source = reader.read(request)
         return self.create_datasets(datasets_from_items(request, documents, source, self.roots), caller)
 

@@ -42,7 +42,6 @@ def dataset_from_proto(message: core_pb2.Dataset) -> Dataset:
 
 
 def dataset_to_proto(dataset: Dataset) -> core_pb2.Dataset:
-    box = dataset.bbox
     return core_pb2.Dataset(
         id=dataset.id,
         name=dataset.name,
@@ -51,9 +50,7 @@ def dataset_to_proto(dataset: Dataset) -> core_pb2.Dataset:
         sensor=dataset.sensor,
         bands=dataset.bands,
         resolution_m=dataset.resolution_m,
-        bbox=common_pb2.BoundingBox(min_x=box.min_x, min_y=box.min_y, max_x=box.max_x, max_y=box.max_y, crs=box.crs)
-        if box
-        else None,
+        bbox=_bbox_to_proto(dataset.bbox),
         tags=dataset.tags,
         create_time=to_timestamp(dataset.create_time),
         update_time=to_timestamp(dataset.update_time),

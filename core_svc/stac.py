@@ -176,6 +176,7 @@ class StacReader:
         return found
 
     def _search(self, search: StacSearch) -> tuple[list[ItemDocument], str]:
+        from pystac.errors import STACError, STACTypeError
         from pystac_client import Client
         from pystac_client.exceptions import APIError
 
@@ -207,6 +208,10 @@ class StacReader:
             raise InvalidArgument.field("search.api_url", str(refused)) from None
         except APIError as error:
             raise Unavailable(f"the STAC API at {shorten(api_url)} answered: {shorten(str(error), 300)}") from None
+        except (STACError, STACTypeError, NotImplementedError) as error:  # not a STAC API, or no item search
+            raise InvalidArgument.field(
+                "search.api_url", f"{shorten(api_url)} is not a STAC API with item search: {shorten(str(error), 200)}"
+            ) from None
         except (ValueError, TypeError) as error:  # pystac-client's checks of the parameters
             raise InvalidArgument.field("search", shorten(str(error), 300)) from None
         if search.max_cloud_cover is not None:  # again here: an API may ignore the filter
