@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -570,12 +569,3 @@ def datasets_from_items(
             )
         )
     return datasets
-
-
-def iter_asset_uris(items: list[SceneItem]) -> Iterator[tuple[str, str]]:
-    """(field path, uri) of every file a dataset's items name, for the roots check on save."""
-    for i, item in enumerate(items):
-        if item.uri:
-            yield f"items[{i}].uri", item.uri
-        for j, asset in enumerate(item.assets):
-            yield f"items[{i}].assets[{j}].uri", asset.uri

@@ -54,10 +54,6 @@ def canonical(name: str) -> str:
     return ALIASES.get(lowered, lowered)
 
 
-def same_band(a: str, b: str) -> bool:
-    return canonical(a) == canonical(b)
-
-
 @dataclass(frozen=True)
 class Substitution:
     wanted: str  # as asked
