@@ -6,7 +6,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import TypeVar, cast
 
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -32,6 +32,7 @@ from core_svc.validation import MAX_DESCRIPTION, MAX_NAME, validate_dataset, val
 from mesh.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from mesh.identity import Identity
 from mesh.ids import new_id
+from pipeline.bands import names_of
 from pipeline.spec import DatasetView, ModelView, OutputView, PipelineSpec, Problem
 from pipeline.validation import validate_spec
 
@@ -83,6 +84,11 @@ def items_from_json(data: list[dict]) -> list[SceneItem]:
             )
         )
     return items
+
+
+def _has_band(table: type[db.DatasetRow] | type[db.ModelRow], band: str) -> ColumnElement[bool]:
+    """A `band = "x"` filter term: the band under any of its names (pipeline.bands), so swir1 finds swir16."""
+    return or_(*(table.bands_index.like(_like_member(name), escape="\\") for name in names_of(band)))
 
 
 def _dataset_from_row(row: db.DatasetRow) -> Dataset:
@@ -244,7 +250,7 @@ class Catalog:
             "name": lambda v: table.name == v,
             "sensor": lambda v: table.sensor == v.lower(),
             "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
-            "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
+            "band": lambda v: _has_band(table, v),
         }
         rows, token = self._list(table, caller, page_size, page_token, filter_text, fields)
         return [_dataset_from_row(r) for r in rows], token
@@ -343,7 +349,7 @@ class Catalog:
             "version": lambda v: table.version == v,
             "task": task,
             "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
-            "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
+            "band": lambda v: _has_band(table, v),
         }
         rows, token = self._list(table, caller, page_size, page_token, filter_text, fields)
         return [_model_from_row(r) for r in rows], token

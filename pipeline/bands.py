@@ -54,6 +54,12 @@ def canonical(name: str) -> str:
     return ALIASES.get(lowered, lowered)
 
 
+def names_of(name: str) -> tuple[str, ...]:
+    """Every name of a band: its canonical name first, then its aliases (a catalog filter matches any)."""
+    key = canonical(name)
+    return (key, *(alias for alias, target in ALIASES.items() if target == key))
+
+
 @dataclass(frozen=True)
 class Substitution:
     wanted: str  # as asked

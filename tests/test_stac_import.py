@@ -80,6 +80,10 @@ def test_one_item_becomes_a_dataset_described_by_its_metadata(stac_core, items_d
     assert by_band["nir"].uri == (items_dir / item.id / "B4.tif").as_uri() and by_band["nir"].band_index == 1
     again = stac_core.GetDataset(core_pb2.GetDatasetRequest(id=dataset.id))  # stored, not only answered
     assert again.items == dataset.items
+    for alias in ("swir1", "SWIR16"):  # a band filter finds the band under any of its names
+        listed = stac_core.ListDatasets(core_pb2.ListDatasetsRequest(filter=f'band = "{alias}"'))
+        assert [d.id for d in listed.datasets] == [dataset.id]
+    assert not stac_core.ListDatasets(core_pb2.ListDatasetsRequest(filter='band = "lwir11"')).datasets
 
 
 def test_static_collection_becomes_one_time_series_dataset_with_chosen_bands(stac_core, items_dir):
