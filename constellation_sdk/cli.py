@@ -351,8 +351,8 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
 @rpc
 def models_export_stac(model_ref: str, output: Path | None) -> None:
     """Write MODEL (id, NAME or NAME:VERSION) as a STAC Item with the Machine Learning Model extension."""
-    from pipeline import mlm
     from mesh.errors import InvalidArgument
+    from pipeline import mlm
 
     with _client() as client:
         model = _find_model(client, model_ref)

@@ -40,6 +40,7 @@ from pystac.extensions.mlm import (
     ValueScaling,
     ValueScalingType,
 )
+from pystac.extensions.raster import DataType
 
 from constellation.common.v1 import common_pb2 as common
 from constellation.core.v1 import core_pb2
@@ -58,15 +59,15 @@ TASKS = {
     common.MODEL_TASK_REGRESSION: TaskType.REGRESSION,
 }
 # MLM tasks read back: each catalog task's own name, and the MLM names that mean the same.
-TASKS_BACK = {
+TASKS_BACK: dict[str, common.ModelTask.ValueType] = {
     **{str(mlm): task for task, mlm in TASKS.items()},
     "segmentation": common.MODEL_TASK_SEGMENTATION,
     "scene-classification": common.MODEL_TASK_CLASSIFICATION,
     "detection": common.MODEL_TASK_DETECTION,
 }
 # Open Inference Protocol datatypes <-> MLM (raster) data types; BYTES has no raster equivalent.
-DATA_TYPES = {oip: numpy for oip, numpy in NUMPY_DTYPES.items() if oip != "BOOL"}
-DATA_TYPES_BACK = {numpy: oip for oip, numpy in DATA_TYPES.items()}
+DATA_TYPES = {oip: DataType(numpy) for oip, numpy in NUMPY_DTYPES.items() if oip != "BOOL"}
+DATA_TYPES_BACK = {str(numpy): oip for oip, numpy in DATA_TYPES.items()}
 FRAMEWORKS = {  # requirement name -> MLM framework name
     "torch": "PyTorch", "tensorflow": "TensorFlow", "onnxruntime": "ONNX", "jax": "JAX",
     "scikit-learn": "scikit-learn", "xgboost": "XGBoost", "lightgbm": "LightGBM",
@@ -127,9 +128,7 @@ def model_item(model: core_pb2.Model, when: dt.datetime | None = None) -> dict[s
             ModelOutput.create(
                 name=o.name,
                 tasks=[task],
-                result=ResultStructure.create(
-                    [-1, *o.shape], _output_dims(len(o.shape)), DATA_TYPES[o.dtype.upper()]
-                ),
+                result=ResultStructure.create([-1, *o.shape], _output_dims(len(o.shape)), DATA_TYPES[o.dtype.upper()]),
                 description=o.description or None,
             )
             for o in model.outputs
@@ -163,6 +162,10 @@ def model_item(model: core_pb2.Model, when: dt.datetime | None = None) -> dict[s
 # --------------------------------------------------------------------------- back
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _get(data: dict, key: str, kind: type, where: str, problems: list[FieldViolation]) -> Any:
     value = data.get(key)
     if not isinstance(value, kind) or (kind is not dict and not value):
@@ -171,7 +174,7 @@ def _get(data: dict, key: str, kind: type, where: str, problems: list[FieldViola
     return value
 
 
-def _task(tasks: Any, where: str, problems: list[FieldViolation]) -> int:
+def _task(tasks: Any, where: str, problems: list[FieldViolation]) -> common.ModelTask.ValueType:
     known = [TASKS_BACK[t] for t in tasks if isinstance(t, str) and t in TASKS_BACK] if isinstance(tasks, list) else []
     if len(set(known)) != 1:
         problems.append(
@@ -211,15 +214,14 @@ def _input(inputs: Any, problems: list[FieldViolation]) -> common.ModelInputSpec
         return common.ModelInputSpec()
     first, where = inputs[0], f"{where}[0]"
     raw_bands = first.get("bands")
-    bands = [b.get("name") if isinstance(b, dict) else b for b in raw_bands] if isinstance(raw_bands, list) else []
-    if not all(isinstance(b, str) for b in bands):
+    named = [_object(b).get("name", b) for b in raw_bands] if isinstance(raw_bands, list) else []
+    bands = [b.lower() for b in named if isinstance(b, str)]
+    if len(bands) != len(named):
         problems.append(FieldViolation(f"{where}.bands", "band names are strings"))
-        bands = []
-    bands = [b.lower() for b in bands]
     problems += [
         FieldViolation(f"{where}.{v.field}", v.description) for v in check_bands(bands, "bands", required=True)
     ]
-    structure = first.get("input") if isinstance(first.get("input"), dict) else {}
+    structure = _object(first.get("input"))
     shape, dims = structure.get("shape"), structure.get("dim_order")
     tile = 0
     if dims not in (INPUT_DIMS, INPUT_DIMS[1:]):
@@ -251,7 +253,7 @@ def _outputs(outputs: Any, problems: list[FieldViolation]) -> list[common.ModelO
         if not isinstance(output, dict):
             problems.append(FieldViolation(here, "is an object"))
             continue
-        result = output.get("result") if isinstance(output.get("result"), dict) else {}
+        result = _object(output.get("result"))
         shape, dims = result.get("shape"), result.get("dim_order")
         if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape) or not shape:
             problems.append(FieldViolation(f"{here}.result.shape", "a list of integers"))
@@ -294,12 +296,12 @@ def model_from_item(text: str) -> core_pb2.Model:
     task = _task(props.get("mlm:tasks"), "properties.mlm:tasks", problems)
     model_input = _input(props.get("mlm:input"), problems)
     outputs = _outputs(props.get("mlm:output"), problems)
-    assets = data.get("assets") if isinstance(data.get("assets"), dict) else {}
     sources = [
-        a.get("href") for a in assets.values()
-        if isinstance(a, dict) and isinstance(a.get("roles"), list) and "mlm:model" in a["roles"]
+        href for a in _object(data.get("assets")).values()
+        if isinstance(roles := _object(a).get("roles"), list) and "mlm:model" in roles
+        and isinstance(href := a.get("href"), str)
     ]  # fmt: skip
-    if len(sources) != 1 or not isinstance(sources[0], str):
+    if len(sources) != 1:
         problems.append(FieldViolation("assets", 'needs exactly one asset with role "mlm:model": the model\'s source'))
     requirements = props.get("constellation:requirements", [])
     metrics = props.get("constellation:metrics", {})

@@ -35,7 +35,9 @@ def schema_map() -> dict[str, str]:
             for name in ("bands", "basics", "common", "data-values", "datetime", "instrument", "licensing", "provider")
         }
     )
-    found.update({f"https://geojson.org/schema/{n}.json": str(bundled / f"geojson/{n}.json") for n in ("Feature", "Geometry")})
+    found.update(
+        {f"https://geojson.org/schema/{n}.json": str(bundled / f"geojson/{n}.json") for n in ("Feature", "Geometry")}
+    )
     for path in SCHEMAS.glob("*/*/schema.json"):
         extension, version_dir = path.parts[-3], path.parts[-2]
         found[f"https://stac-extensions.github.io/{extension}/{version_dir}/schema.json"] = str(path)
