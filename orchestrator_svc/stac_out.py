@@ -199,7 +199,7 @@ def result_item(
     for source in sources:
         if source.stac_href:
             item.add_link(pystac.Link("derived_from", source.stac_href, LINK_ITEM_TYPE, f"input scene {source.id}"))
-        else:
+        elif source.uri:
             item.add_link(pystac.Link("derived_from", source.uri, MEDIA_TYPES["cog"], f"input scene {source.id}"))
     for model_id, href in model_hrefs.items():
         title = f"model {model_id} (MLM)"

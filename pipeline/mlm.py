@@ -12,7 +12,8 @@ The mapping (docs/stac.md "Models as MLM items"):
   the input value range as one `clip` value scaling (the model reads values in [minimum, maximum]).
 - one `mlm:output` per output tensor: its shape with a leading batch dimension, data type and description.
 - `mlm:framework` from the card's requirements (torch -> PyTorch, ...) where one names a known framework.
-- the asset `model` (role `mlm:model`, `mlm:artifact_type` "constellation-model-folder") points at the source.
+- the asset `model` (role `mlm:model`, `mlm:artifact_type` "constellation-model-folder") points at the source
+  (a git URL without its user and password).
 - the card: `description` and `license` (STAC common metadata); its data, requirements, metrics and the tags as
   `constellation:` properties, so the round trip is exact.
 
@@ -89,6 +90,21 @@ def _output_dims(rank: int) -> list[str]:
     return ["batch", *(["channel", "height", "width"] if rank == 3 else [f"dim{i}" for i in range(rank)])]
 
 
+def _without_credentials(source: str) -> str:
+    """A git URL's user and password (https://user:token@host/...) never go into a published item."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(source)
+        if parts.username is None and parts.password is None:
+            return source
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
+    except ValueError:
+        return source
+
+
 def model_item(model: core_pb2.Model, when: dt.datetime | None = None) -> dict[str, Any]:
     """The model as an MLM STAC Item (a dict ready for json.dumps). Refuses what MLM cannot carry (BYTES tensors)."""
     problems = []
@@ -150,7 +166,7 @@ def model_item(model: core_pb2.Model, when: dt.datetime | None = None) -> dict[s
         props["constellation:metrics"] = dict(sorted(model.card.metrics.items()))
     if model.tags:
         props["constellation:tags"] = list(model.tags)
-    asset = pystac.Asset(model.source, title=f"{model.name} {model.version}", roles=["mlm:model"])
+    asset = pystac.Asset(_without_credentials(model.source), title=f"{model.name} {model.version}", roles=["mlm:model"])
     item.add_asset("model", asset)
     AssetGeneralMLMExtension.ext(asset, add_if_missing=True).apply(artifact_type=ARTIFACT_TYPE)
     # MLM cross-checks the input's bands against eo, raster or STAC 1.1 bands; the schemas of eo 1.1.0 and STAC

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import tempfile
 import time
 from collections import Counter
@@ -54,6 +55,7 @@ from constellation_sdk import mesh_process
 from mesh.identity import SERVICE_ROLE
 from mesh.roles import required_role
 from mesh.services import SERVED_BY, SERVICES, channel_options
+from pipeline import mlm
 from tests.catalog_data import LANDSAT_BANDS, ndwi_model, water_spec
 from tests.conftest import MEASURED_FIGURES, mesh_env
 
@@ -600,6 +602,9 @@ def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
             model=ndwi_model(name="fuzz-model", source=str(model_root / "broken"))
         ),
         "core.v1.CoreService/ListModels": core_pb2.ListModelsRequest(filter='task = "segmentation" AND band = "nir"'),
+        "core.v1.CoreService/ImportModelFromStac": core_pb2.ImportModelFromStacRequest(
+            item_json=json.dumps(mlm.model_item(ndwi_model(name="fuzz-stac", source=str(model_root / "broken"))))
+        ),
         "core.v1.CoreService/CreatePipeline": core_pb2.CreatePipelineRequest(
             pipeline=core_pb2.Pipeline(name="fuzz-index", spec=index_spec)
         ),
@@ -709,6 +714,7 @@ MUTATED = [
         "core.v1.IdentityService/CreateApiKey",
         "core.v1.CoreService/CreateDataset", "core.v1.CoreService/GetDataset", "core.v1.CoreService/ListDatasets",
         "core.v1.CoreService/UpdateDataset", "core.v1.CoreService/RegisterModel", "core.v1.CoreService/ListModels",
+        "core.v1.CoreService/ImportModelFromStac",
         "core.v1.CoreService/CreatePipeline", "core.v1.CoreService/ValidatePipeline",
         "core.v1.CoreService/ListPipelines", "core.v1.CoreService/RunPipeline", "core.v1.CoreService/GetRun",
         "core.v1.CoreService/ListRuns", "core.v1.CoreService/WatchRun", "core.v1.CoreService/CancelRun",

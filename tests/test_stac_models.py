@@ -62,6 +62,12 @@ def test_band_names_match_case_insensitively_and_a_free_tile_size_survives():
     assert (back.input.value_min, back.input.value_max) == (0.0, 0.0)
 
 
+def test_a_sources_credentials_are_not_exported():
+    item = mlm.model_item(ndwi_model(source="https://bot:s3cret@git.example.org:8443/m.git#main"))
+    assert item["assets"]["model"]["href"] == "https://git.example.org:8443/m.git#main"
+    assert "s3cret" not in json.dumps(item)
+
+
 def _edited(change) -> str:
     item = copy.deepcopy(mlm.model_item(ndwi_model(name="edited")))
     change(item)
