@@ -31,12 +31,14 @@ from typing import Any
 
 import pystac
 import rasterio
+from google.protobuf import json_format
 from pystac.extensions.projection import ProjectionExtension
 from rasterio.features import bounds as feature_bounds
 from rasterio.warp import transform_bounds
 
 from clients.storage import join
 from constellation.core.v1 import core_pb2
+from constellation.orchestrator.v1 import orchestrator_pb2
 from mesh.errors import InvalidArgument
 from pipeline import mlm
 
@@ -110,10 +112,6 @@ class Lineage:
 
 def model_of(resolved: dict) -> core_pb2.Model:
     """The catalog's view of a resolved model (orchestrator ResolvedModel as JSON), for pipeline.mlm."""
-    from google.protobuf import json_format
-
-    from constellation.orchestrator.v1 import orchestrator_pb2
-
     message = json_format.ParseDict(resolved, orchestrator_pb2.ResolvedModel())
     return core_pb2.Model(
         name=message.model_name, version=message.model_version, task=message.task, source=message.source,
@@ -193,7 +191,7 @@ def result_item(
         asset = pystac.Asset(f.uri, title=f.name, media_type=MEDIA_TYPES[f.format], roles=ROLES[f.format])
         if f.format == "cog" and read is not None:
             asset.extra_fields.update({k: v for k, v in read.assets["_"].extra_fields.items() if k == "raster:bands"})
-        item.add_asset(f.local.name.rsplit(".", 1)[0] if f.format != "cog" else f.name, asset)
+        item.add_asset(f.name, asset)
     if any("raster:bands" in a.extra_fields for a in item.assets.values()):
         item.stac_extensions.append("https://stac-extensions.github.io/raster/v1.1.0/schema.json")
     for source in sources:
@@ -264,10 +262,6 @@ def _union(boxes: list[list[float]]) -> list[float]:
 def scene_sources(resolved_datasets: dict[str, dict]) -> list[SceneSource]:
     """The input scenes of the datasets an export comes from (orchestrator ResolvedDataset as JSON): one per STAC
     item when the dataset lists items, else the dataset's file."""
-    from google.protobuf import json_format
-
-    from constellation.orchestrator.v1 import orchestrator_pb2
-
     found = []
     for dataset_id, data in sorted(resolved_datasets.items()):
         message = json_format.ParseDict(data, orchestrator_pb2.ResolvedDataset())

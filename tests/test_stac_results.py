@@ -122,3 +122,28 @@ def test_many_scenes_make_a_collection_of_items(tmp_path, scene_512):
         assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == [
             f"file:///stac/{name}.json"
         ]
+
+
+def test_polygons_alone_give_the_item_its_footprint(tmp_path):
+    """An export of GeoJSON only (index -> vectorize -> export): the footprint comes from the polygons, and the
+    item says nothing of a projection it has not read."""
+    polygons = tmp_path / "water_polygons.geojson"
+    ring = [[-34.9, -8.1], [-34.8, -8.1], [-34.8, -8.0], [-34.9, -8.0], [-34.9, -8.1]]
+    polygons.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+                ],
+            }
+        )
+    )
+    files = (stac_out.OutputFile(polygons, f"file://{polygons}", "water_polygons", "geojson"),)
+    scenes = [stac_out.SceneOutputs(stac_out.SceneSource("scene", "file:///data/scene.tif"), files)]
+    [(name, item, media_type)] = stac_out.build(scenes, stac_out.Lineage("run_y", "out"), f"file://{tmp_path}")
+    assert (name, media_type) == ("item.json", stac_out.ITEM_MEDIA_TYPE)
+    assert_valid(item)
+    assert item["bbox"] == [-34.9, -8.1, -34.8, -8.0]
+    assert not [key for key in item["properties"] if key.startswith("proj:")]
+    assert item["assets"]["water_polygons"]["roles"] == ["data"]
