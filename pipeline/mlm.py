@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pystac
 from pystac.extensions.eo import Band, EOExtension
@@ -49,7 +51,6 @@ from mesh.errors import FieldViolation, InvalidArgument
 from model_runtime.manifest import NUMPY_DTYPES
 from pipeline.rules import check_bands
 
-MEDIA_TYPE = "application/geo+json"  # a STAC Item is a GeoJSON Feature
 ARTIFACT_TYPE = "constellation-model-folder"  # a folder (or git/hf source) holding constellation.yaml
 MAX_ITEM_CHARS = 16_384  # as mesh.limits bounds any string of a request
 
@@ -77,8 +78,6 @@ INPUT_DIMS = ["batch", "bands", "height", "width"]
 
 
 def _framework(dependencies: list[str]) -> str | None:
-    import re
-
     for requirement in dependencies:
         name = re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0].lower()
         if name in FRAMEWORKS:
@@ -92,8 +91,6 @@ def _output_dims(rank: int) -> list[str]:
 
 def _without_credentials(source: str) -> str:
     """A git URL's user and password (https://user:token@host/...) never go into a published item."""
-    from urllib.parse import urlsplit, urlunsplit
-
     try:
         parts = urlsplit(source)
         if parts.username is None and parts.password is None:
@@ -136,7 +133,9 @@ def model_item(model: core_pb2.Model, when: dt.datetime | None = None) -> dict[s
             ModelInput.create(
                 name="tile",
                 bands=bands,
-                input=InputStructure.create([-1, len(bands), tile, tile], INPUT_DIMS, DATA_TYPES[model.input.dtype]),
+                input=InputStructure.create(
+                    [-1, len(bands), tile, tile], INPUT_DIMS, DATA_TYPES[model.input.dtype.upper()]
+                ),
                 value_scaling=scaling,
             )
         ],
