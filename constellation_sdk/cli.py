@@ -402,6 +402,39 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
     return found[-1]
 
 
+@models.command("export-stac")
+@click.argument("model_ref", metavar="MODEL")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write; default stdout.")
+@rpc
+def models_export_stac(model_ref: str, output: Path | None) -> None:
+    """Write MODEL (id, NAME or NAME:VERSION) as a STAC Item with the Machine Learning Model extension."""
+    from mesh.errors import InvalidArgument
+    from pipeline import mlm
+
+    with _client() as client:
+        model = _find_model(client, model_ref)
+    try:
+        text = json.dumps(mlm.model_item(model), indent=2) + "\n"
+    except InvalidArgument as error:
+        raise click.ClickException(f"{model.name}:{model.version}: {error}") from None
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"wrote {output} ({model.name}:{model.version})")
+
+
+@models.command("import-stac")
+@click.argument("item", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@JSON
+@rpc
+def models_import_stac(item: Path, as_json: bool) -> None:
+    """Register a model from ITEM, a STAC Item with the MLM extension (its mlm:model asset is the source)."""
+    with _client() as client:
+        created = client.core.ImportModelFromStac(core_pb2.ImportModelFromStacRequest(item_json=item.read_text()))
+    _emit(as_json, created, f"{created.id}  {created.name}:{created.version}")
+
+
 @models.command("deploy")
 @click.argument("model_ref", metavar="MODEL")
 @click.option(

@@ -410,6 +410,10 @@ class Catalog:
     def get_pipeline(self, pipeline_id: str) -> Pipeline:
         return _pipeline_from_row(self._get(db.PipelineRow, pipeline_id, "pipeline"))
 
+    def find_pipeline(self, pipeline_id: str) -> Pipeline | None:
+        row = self._find(db.PipelineRow, pipeline_id)
+        return _pipeline_from_row(row) if row else None
+
     def list_pipelines(
         self, caller: Identity, page_size: int = 0, page_token: str = "", filter_text: str = ""
     ) -> tuple[list[Pipeline], str]:

@@ -223,6 +223,10 @@ class RunDriver:
         validated when the run was queued; the orchestrator checks it against what it is given."""
         self._check_canceled()
         request = orchestrator_pb2.LaunchRunRequest(run_id=self.run_id, spec=convert.spec_to_proto(spec))
+        run = self.store.find(self.run_id)
+        pipeline = self.context.catalog.find_pipeline(run.pipeline_id) if run is not None else None
+        if pipeline is not None:  # named in the lineage of the run's STAC items
+            request.pipeline_id, request.pipeline_name = pipeline.id, pipeline.name
         for block in spec.blocks:
             if block.kind == "dataset":
                 dataset = self.context.catalog.find_dataset(block.config["dataset_id"])
@@ -244,6 +248,7 @@ class RunDriver:
                 orchestrator_pb2.ResolvedModel(
                     model_name=model.name, model_version=model.version, endpoints=endpoints,
                     input=message.input, outputs=message.outputs,
+                    task=message.task, source=message.source, card=message.card,
                 )
             )  # fmt: skip
         try:

@@ -15,6 +15,7 @@ from core_svc.stac import StacReader
 from mesh import identity
 from mesh.auth import principal_to_proto
 from mesh.errors import InvalidArgument
+from pipeline import mlm
 from pipeline.convert import problem_to_proto
 
 
@@ -56,6 +57,10 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
 
     def RegisterModel(self, request, context):
         return convert.model_to_proto(self._catalog.register_model(convert.model_from_proto(request.model), _caller()))
+
+    def ImportModelFromStac(self, request, context):
+        model = mlm.model_from_item(request.item_json)
+        return convert.model_to_proto(self._catalog.register_model(convert.model_from_proto(model), _caller()))
 
     def GetModel(self, request, context):
         return convert.model_to_proto(self._catalog.get_model(request.id))

@@ -49,6 +49,7 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "GetModel": PUBLIC | AGENT,
         "ListModels": PUBLIC | AGENT,
         "DeleteModel": PUBLIC,
+        "ImportModelFromStac": PUBLIC,
         "CreatePipeline": PUBLIC,
         "GetPipeline": PUBLIC | AGENT,
         "ListPipelines": PUBLIC | AGENT,

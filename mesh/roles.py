@@ -26,6 +26,7 @@ METHOD_ROLES: dict[str, dict[str, str]] = {
         "GetModel": VIEWER,
         "ListModels": VIEWER,
         "DeleteModel": EDITOR,
+        "ImportModelFromStac": EDITOR,
         "CreatePipeline": EDITOR,
         "GetPipeline": VIEWER,
         "ListPipelines": VIEWER,

@@ -36,7 +36,7 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 from clients.inference import EndpointError, InferenceClient
 from clients.roots import Purpose, StorageRoots
 from clients.storage import Storage, StorageError, join
-from orchestrator_svc import blocks
+from orchestrator_svc import blocks, stac_out
 from orchestrator_svc.events import output_metadata, progress_message
 
 PROGRESS_EVERY_S = 1.0  # each progress line is an event-log write
@@ -256,6 +256,7 @@ class ExportConfig(Config):
     block_id: str
     uri: str
     formats: list[str]
+    lineage: str = ""  # stac_out.Lineage as JSON: what the run's STAC items say the outputs came from
 
 
 def _fail(message: str) -> Failure:
@@ -463,7 +464,33 @@ def index_op(
     return raster
 
 
-@op(name="export", description="Write COG GeoTIFF, GeoJSON and a PNG preview to file:// or s3://.")
+def _stac_documents(config: ExportConfig, files: list[tuple[Path, str, str]], uris: list[str], local: Path,
+                    prefix: str) -> list[tuple[Path, str, str]]:  # fmt: skip
+    """The export's STAC Items (stac_out), written under `local`: (path, output name, media type)."""
+    lineage = stac_out.Lineage.from_json(config.run_id, config.block_id, config.lineage, _software_version())
+    sources = stac_out.scene_sources(lineage.datasets) or [stac_out.SceneSource(config.run_id, "")]
+    outputs = tuple(
+        stac_out.OutputFile(path, uri, name, fmt) for (path, name, fmt), uri in zip(files, uris, strict=True)
+    )
+    scenes = [stac_out.SceneOutputs(sources[0], outputs, tuple(sources))]
+    written = []
+    for name, document, media_type in stac_out.build(scenes, lineage, prefix):
+        path = _scratch_file(local, name)
+        path.write_text(json.dumps(document, indent=2))
+        written.append((path, name.removesuffix(".json").replace("-", "_") + "_stac", media_type))
+    return written
+
+
+def _software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("constellation")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@op(name="export", description="Write COG GeoTIFF, GeoJSON, a PNG preview and their STAC Items to file:// or s3://.")
 def export_op(
     context: OpExecutionContext,
     config: ExportConfig,
@@ -471,9 +498,9 @@ def export_op(
     raster: blocks.RasterFile | None = None,
     vectors: blocks.VectorFile | None = None,
 ) -> None:
-    """Writes every file locally, uploads them, then writes manifest.json last. Only then are the outputs
-    reported (AssetMaterialization); if anything fails or the run is canceled part-way, what was uploaded
-    is deleted again, so a partial export is never published as if complete."""
+    """Writes every file locally, uploads them and their STAC Items (stac_out), then writes manifest.json last.
+    Only then are the outputs reported (AssetMaterialization); if anything fails or the run is canceled part-way,
+    what was uploaded is deleted again, so a partial export is never published as if complete."""
     storage = constellation.storage()
     _confine(constellation, config.uri, "export")
     local = constellation.scratch(context.run_id, config.block_id)
@@ -500,6 +527,12 @@ def export_op(
             storage.put(path, uri, MEDIA_TYPES[fmt])
             published.append(uri)
             outputs.append(output_metadata(name, uri, MEDIA_TYPES[fmt], config.block_id))
+        for path, name, media_type in _stac_documents(config, files, list(published), local, prefix):
+            uri = join(prefix, path.name)
+            _confine(constellation, uri, "export")
+            storage.put(path, uri, media_type)
+            published.append(uri)
+            outputs.append(output_metadata(name, uri, media_type, config.block_id))
         manifest = local / "manifest.json"
         manifest.write_text(
             json.dumps({"run_id": config.run_id, "block_id": config.block_id, "outputs": outputs}, indent=2)

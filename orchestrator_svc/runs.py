@@ -275,20 +275,22 @@ class RunManager:
     def _info(self, record) -> RunInfo:
         run = record.dagster_run
         state = events.RUN_STATES[run.status]
+        end_time = record.end_time
         if state not in events.TERMINAL_STATES:
-            # Dagster stores the terminal event, then updates the run's status: a reader in between
-            # would see a watcher already told the run ended. The event log decides.
+            # Dagster stores the terminal event, then updates the run's status and end time: a reader in
+            # between would see a watcher already told the run ended. The event log decides.
             ended = self.instance.get_records_for_run(run.run_id, of_type=set(events.TERMINAL_EVENT_TYPES), limit=1)
             for ending in ended.records:
                 dagster_event = ending.event_log_entry.dagster_event
                 ending_state = events.EVENT_TYPES[dagster_event.event_type].state if dagster_event else None
-                state = state if ending_state is None else ending_state
+                if ending_state is not None:
+                    state, end_time = ending_state, end_time or ending.event_log_entry.timestamp
         info = RunInfo(
             run.tags[RUN_ID_TAG],
             state,
             create_time=record.create_timestamp,
             start_time=record.start_time,
-            end_time=record.end_time,
+            end_time=end_time,
         )
         if state == common.RUN_STATE_FAILED:
             info.state_message = self._failure_reason(run.run_id)

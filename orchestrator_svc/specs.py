@@ -29,10 +29,11 @@ from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable, shorten
 from model_runtime.manifest import NUMPY_DTYPES, check_output_name
 from orchestrator_svc import blocks
+from orchestrator_svc.stac_out import Lineage
 from pipeline.convert import spec_from_proto
 from pipeline.kinds import KINDS
 from pipeline.rules import check_bands, check_storage_uri
-from pipeline.spec import DatasetView, ModelView, OutputView
+from pipeline.spec import DatasetView, ModelView, OutputView, PipelineSpec
 from pipeline.validation import (
     DEFAULT_TILE_PX,
     check_runnable,
@@ -212,6 +213,38 @@ def _op_names(block_ids: list[str]) -> dict[str, str]:
     return names
 
 
+def _lineage(request: pb.LaunchRunRequest, spec: PipelineSpec, order: list[str], block_id: str) -> str:
+    """What an export's STAC items say it came from (orchestrator_svc.stac_out.Lineage): the pipeline, the blocks
+    upstream of it, their datasets and their models (without endpoints, which are the mesh's business)."""
+    inputs = spec.inputs()
+    upstream: set[str] = set()
+    todo = list(inputs[block_id])
+    while todo:
+        source = todo.pop()
+        if source not in upstream:
+            upstream.add(source)
+            todo += inputs[source]
+    by_id = {b.id: b for b in spec.blocks}
+    steps, datasets, models = [], {}, {}
+    for source in (b for b in order if b in upstream):
+        block = by_id[source]
+        if block.kind == "dataset":
+            dataset_id = block.settings.dataset_id
+            datasets[dataset_id] = json_format.MessageToDict(request.datasets[dataset_id])
+            steps.append(f"dataset {dataset_id}")
+        elif block.kind == "model":
+            model = pb.ResolvedModel()
+            model.CopyFrom(request.models[block.settings.model_id])
+            del model.endpoints[:]
+            models[block.settings.model_id] = json_format.MessageToDict(model)
+            steps.append(f"model {model.model_name}:{model.model_version}")
+        else:
+            steps.append(block.kind)
+    return Lineage(
+        request.run_id, block_id, request.pipeline_id, request.pipeline_name, tuple(steps), datasets, models
+    ).to_json()
+
+
 def build_plan(
     request: pb.LaunchRunRequest,
     *,
@@ -297,7 +330,10 @@ def build_plan(
             op_config = {"first_band": first, "second_band": second, "name": config.output_name}
         else:  # export
             formats = export_formats(spec, block_id)
-            op_config = {"run_id": request.run_id, "block_id": block_id, "uri": config.uri, "formats": formats}
+            op_config = {
+                "run_id": request.run_id, "block_id": block_id, "uri": config.uri, "formats": formats,
+                "lineage": _lineage(request, spec, order, block_id),
+            }  # fmt: skip
         plans.append(BlockPlan(block_id, i, block.kind, op_names[block_id], op_config, wiring))
     return Plan(tuple(plans))
 

@@ -18,7 +18,7 @@ pixels, in percent). Nothing else changes from date to date.
 Items are written next to their COGs as `<folder>/<item id>/<item id>.json`
 with absolute `file://` asset hrefs, and a static collection
 `<folder>/collection.json` links them all. `validate(item)` checks an item
-with stac-validator against the schemas kept in tests/data/stac-schemas
+with stac-validator against the schemas kept in tests/data/stac_schemas (tests/stac_schemas.py)
 (this machine cannot fetch them).
 """
 
@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.stac_schemas import schema_map
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "examples" / "data" / "L7_ETMs.tif"
-SCHEMAS = Path(__file__).resolve().parent / "data" / "stac-schemas"
 COLLECTION = "constellation-l7-olinda"
 # (asset key, ETM+ band name, STAC eo:common_name, centre wavelength µm) in the source file's band order.
 BANDS = [
@@ -211,24 +212,6 @@ def make_collection(items: list, collection: str = COLLECTION):
         license="Apache-2.0",
         title="Constellation test scenes",
     )
-
-
-def schema_map() -> dict[str, str]:
-    """Schema URL -> local file, for stac-validator without network."""
-    import pystac.validation.jsonschemas as bundled
-
-    spec = Path(bundled.__file__).parent / "stac-spec" / "v1.1.0"
-    found = {f"https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/{p.name}": str(p) for p in spec.glob("*.json")}
-    found.update(
-        {
-            f"https://schemas.stacspec.org/v1.1.0/collection-spec/json-schema/{p.name}": str(p)
-            for p in spec.glob("*.json")
-        }
-    )
-    for path in SCHEMAS.glob("*.json"):
-        name, version = path.stem.rsplit("-", 1)
-        found[f"https://stac-extensions.github.io/{name}/{version}/schema.json"] = str(path)
-    return found
 
 
 def validate(item_or_path) -> list[str]:

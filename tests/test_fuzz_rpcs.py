@@ -55,6 +55,7 @@ from constellation_sdk import mesh_process
 from mesh.identity import SERVICE_ROLE
 from mesh.roles import required_role
 from mesh.services import SERVED_BY, SERVICES, channel_options
+from pipeline import mlm
 from tests.catalog_data import LANDSAT_BANDS, ndwi_model, water_spec
 from tests.conftest import MEASURED_FIGURES, mesh_env
 
@@ -618,6 +619,9 @@ def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
             model=ndwi_model(name="fuzz-model", source=str(model_root / "broken"))
         ),
         "core.v1.CoreService/ListModels": core_pb2.ListModelsRequest(filter='task = "segmentation" AND band = "nir"'),
+        "core.v1.CoreService/ImportModelFromStac": core_pb2.ImportModelFromStacRequest(
+            item_json=json.dumps(mlm.model_item(ndwi_model(name="fuzz-stac", source=str(model_root / "broken"))))
+        ),
         "core.v1.CoreService/CreatePipeline": core_pb2.CreatePipelineRequest(
             pipeline=core_pb2.Pipeline(name="fuzz-index", spec=index_spec)
         ),
@@ -728,6 +732,7 @@ MUTATED = [
         "core.v1.CoreService/CreateDataset", "core.v1.CoreService/GetDataset", "core.v1.CoreService/ListDatasets",
         "core.v1.CoreService/ImportStacDatasets",
         "core.v1.CoreService/UpdateDataset", "core.v1.CoreService/RegisterModel", "core.v1.CoreService/ListModels",
+        "core.v1.CoreService/ImportModelFromStac",
         "core.v1.CoreService/CreatePipeline", "core.v1.CoreService/ValidatePipeline",
         "core.v1.CoreService/ListPipelines", "core.v1.CoreService/RunPipeline", "core.v1.CoreService/GetRun",
         "core.v1.CoreService/ListRuns", "core.v1.CoreService/WatchRun", "core.v1.CoreService/CancelRun",

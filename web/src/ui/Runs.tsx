@@ -166,7 +166,10 @@ function RunSummary({ run, events, steps, outputs, config }: SummaryProps) {
   const seconds = started && ended ? ((ended.getTime() - started.getTime()) / 1000).toFixed(1) : undefined;
   const preview = outputs.find((o) => o.mediaType.startsWith("image/png") || o.uri.endsWith(".png"));
   const previewUrl = preview && outputUrl(preview.uri, config);
-  const vectors = outputs.find((o) => o.mediaType.includes("geo+json") || o.uri.endsWith(".geojson"));
+  // STAC items are GeoJSON too (media type "...; profile=stac"): the polygons are the other one.
+  const vectors = outputs.find(
+    (o) => !o.mediaType.includes("profile=stac") && (o.mediaType.includes("geo+json") || o.uri.endsWith(".geojson")),
+  );
   const vectorsUrl = vectors && outputUrl(vectors.uri, config);
   const tiles = [...steps.values()].filter((s) => s.unit === "tiles").reduce((sum, s) => Math.max(sum, s.done), 0);
   const [polygons, setPolygons] = useState<number | null>(null);

@@ -632,6 +632,29 @@ class ListModelsResponse(_message.Message):
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
 
 @_typing.final
+class ImportModelFromStacRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_JSON_FIELD_NUMBER: _builtins.int
+    item_json: _builtins.str
+    """The STAC Item as JSON text (at most 16 KiB): mlm:name, mlm:tasks, one
+    mlm:input, mlm:output, an asset with role "mlm:model" whose href is the
+    model's source (a model folder, git URL or hf:// URI).
+    """
+    def __init__(
+        self,
+        *,
+        item_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_json", b"item_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportModelFromStacRequest: _TypeAlias = ImportModelFromStacRequest  # noqa: Y015
+
+@_typing.final
 class DeleteModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

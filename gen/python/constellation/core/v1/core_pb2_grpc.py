@@ -93,6 +93,11 @@ class CoreServiceStub:
                 request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ImportModelFromStac = channel.unary_unary(
+                '/constellation.core.v1.CoreService/ImportModelFromStac',
+                request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportModelFromStacRequest.SerializeToString,
+                response_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.Model.FromString,
+                _registered_method=True)
         self.CreatePipeline = channel.unary_unary(
                 '/constellation.core.v1.CoreService/CreatePipeline',
                 request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.CreatePipelineRequest.SerializeToString,
@@ -219,6 +224,15 @@ class CoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModelFromStac(self, request, context):
+        """Registers a model from a STAC Item with the Machine Learning Model (MLM)
+        extension, as `constellation models export-stac` writes one. A field
+        the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreatePipeline(self, request, context):
         """Stores a pipeline; its spec must pass ValidatePipeline.
         """
@@ -337,6 +351,11 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.DeleteModelRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ImportModelFromStac': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportModelFromStac,
+                    request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportModelFromStacRequest.FromString,
+                    response_serializer=constellation_dot_core_dot_v1_dot_core__pb2.Model.SerializeToString,
             ),
             'CreatePipeline': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePipeline,
@@ -666,6 +685,33 @@ class CoreService:
             '/constellation.core.v1.CoreService/DeleteModel',
             constellation_dot_core_dot_v1_dot_core__pb2.DeleteModelRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModelFromStac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/constellation.core.v1.CoreService/ImportModelFromStac',
+            constellation_dot_core_dot_v1_dot_core__pb2.ImportModelFromStacRequest.SerializeToString,
+            constellation_dot_core_dot_v1_dot_core__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,11 @@ class CoreServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_core_pb2.GetModelRequest, _core_pb2.Model]
     ListModels: _grpc.UnaryUnaryMultiCallable[_core_pb2.ListModelsRequest, _core_pb2.ListModelsResponse]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_core_pb2.DeleteModelRequest, _empty_pb2.Empty]
+    ImportModelFromStac: _grpc.UnaryUnaryMultiCallable[_core_pb2.ImportModelFromStacRequest, _core_pb2.Model]
+    """Registers a model from a STAC Item with the Machine Learning Model (MLM)
+    extension, as `constellation models export-stac` writes one. A field
+    the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+    """
     CreatePipeline: _grpc.UnaryUnaryMultiCallable[_core_pb2.CreatePipelineRequest, _core_pb2.Pipeline]
     """Stores a pipeline; its spec must pass ValidatePipeline."""
     GetPipeline: _grpc.UnaryUnaryMultiCallable[_core_pb2.GetPipelineRequest, _core_pb2.Pipeline]
@@ -103,6 +108,11 @@ class CoreServiceAsyncStub(CoreServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_core_pb2.GetModelRequest, _core_pb2.Model]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_core_pb2.ListModelsRequest, _core_pb2.ListModelsResponse]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_core_pb2.DeleteModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ImportModelFromStac: _aio.UnaryUnaryMultiCallable[_core_pb2.ImportModelFromStacRequest, _core_pb2.Model]  # type: ignore[assignment]
+    """Registers a model from a STAC Item with the Machine Learning Model (MLM)
+    extension, as `constellation models export-stac` writes one. A field
+    the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+    """
     CreatePipeline: _aio.UnaryUnaryMultiCallable[_core_pb2.CreatePipelineRequest, _core_pb2.Pipeline]  # type: ignore[assignment]
     """Stores a pipeline; its spec must pass ValidatePipeline."""
     GetPipeline: _aio.UnaryUnaryMultiCallable[_core_pb2.GetPipelineRequest, _core_pb2.Pipeline]  # type: ignore[assignment]
@@ -206,6 +216,17 @@ class CoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _core_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportModelFromStac(
+        self,
+        request: _core_pb2.ImportModelFromStacRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_core_pb2.Model, _abc.Awaitable[_core_pb2.Model]]:
+        """Registers a model from a STAC Item with the Machine Learning Model (MLM)
+        extension, as `constellation models export-stac` writes one. A field
+        the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+        """
 
     @_abc_1.abstractmethod
     def CreatePipeline(
