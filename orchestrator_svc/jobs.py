@@ -18,6 +18,7 @@ from dagster import (
     GraphDefinition,
     Jitter,
     JobDefinition,
+    MultiDependencyDefinition,
     NodeInvocation,
     RetryPolicy,
     in_process_executor,
@@ -83,7 +84,6 @@ def model_retry_policy(settings: JobSettings) -> RetryPolicy:
 
 
 def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
-    op_names = {b.id: b.op_name for b in plan.blocks}
     dependencies = {}
     for block in plan.blocks:
         invocation = NodeInvocation(
@@ -93,7 +93,10 @@ def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
             retry_policy=model_retry_policy(settings) if block.kind == "model" else None,
         )
         dependencies[invocation] = {
-            name: DependencyDefinition(op_names[source], "result") for name, source in block.inputs.items()
+            name: MultiDependencyDefinition([DependencyDefinition(op, "result") for op in sources])
+            if block.kind == "summary"  # fan-in: every item's copy of its input
+            else DependencyDefinition(sources[0], "result")
+            for name, sources in block.inputs.items()
         }
     kinds = sorted({b.kind for b in plan.blocks})
     graph = GraphDefinition(name=JOB_NAME, node_defs=[OP_DEFS[k] for k in kinds], dependencies=dependencies)
