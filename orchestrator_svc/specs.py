@@ -193,7 +193,9 @@ def _check_items(where: str, dataset: pb.ResolvedDataset, roots: StorageRoots | 
         at = f"{where}.items[{j}]"
         tag = item_tag(item)
         if not tag:
-            found.append(FieldViolation(f"{at}.id", f"{shorten(item.id)!r}: an item needs an id with a letter or digit"))
+            found.append(
+                FieldViolation(f"{at}.id", f"{shorten(item.id)!r}: an item needs an id with a letter or digit")
+            )
         elif tag in tags:
             found.append(FieldViolation(f"{at}.id", f"{shorten(item.id)!r} names the same files as items[{tags[tag]}]"))
         tags.setdefault(tag, j)
@@ -267,9 +269,7 @@ def _op_names(block_ids: list[str]) -> dict[str, str]:
     return names
 
 
-def _item_scopes(
-    request: pb.LaunchRunRequest, spec, order: list[str], inputs: dict[str, list[str]]
-) -> dict[str, str]:
+def _item_scopes(request: pb.LaunchRunRequest, spec, order: list[str], inputs: dict[str, list[str]]) -> dict[str, str]:
     """Block id -> the dataset block whose items it runs once per item: a dataset of STAC items and every block
     after it up to a summary (which takes every item's copy at once). Refuses a block fed by two such datasets."""
     by_id = {b.id: b for b in spec.blocks}
@@ -414,9 +414,7 @@ def build_plan(
             op_config = {"run_id": request.run_id, "block_id": block_id, "uri": config.uri, "formats": formats}
         scope = scopes.get(block_id)
         if scope is None:  # once: its inputs are whole (a summary takes every item's copy of its input)
-            wiring = {
-                port: tuple(p.op_name for p in plans if p.id == source) for port, source in ports.items()
-            }
+            wiring = {port: tuple(p.op_name for p in plans if p.id == source) for port, source in ports.items()}
             plans.append(BlockPlan(block_id, i, block.kind, op_names[block_id], op_config, wiring))
             continue
         items = request.datasets[by_id[scope][1].settings.dataset_id].items
@@ -424,9 +422,7 @@ def build_plan(
             tag = item_tag(item)
             copy = {**op_config, **_item_config(block.kind, op_config, item, k, len(items))}
             wiring = {port: (f"{op_names[source]}__{k + 1}",) for port, source in ports.items()}
-            plans.append(
-                BlockPlan(block_id, i, block.kind, f"{op_names[block_id]}__{k + 1}", copy, wiring, item=tag)
-            )
+            plans.append(BlockPlan(block_id, i, block.kind, f"{op_names[block_id]}__{k + 1}", copy, wiring, item=tag))
     return Plan(tuple(plans))
 
 

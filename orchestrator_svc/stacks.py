@@ -104,7 +104,9 @@ def plan_stack(files: Sequence[BandFile], selected: Sequence[str] = (), resoluti
                     dtype = src.dtypes[max(0, min(count, f.band_index) - 1)]
                     nodata = src.nodatavals[f.band_index - 1] if 0 < f.band_index <= count else None
             except RasterioError as error:
-                raise RasterError(f"band {f.band} ({name}) cannot be read as a raster: {str(error).splitlines()[0]}")
+                raise RasterError(
+                    f"band {f.band} ({name}) cannot be read as a raster: {str(error).splitlines()[0]}"
+                ) from None
             if driver not in ("GTiff", "COG"):
                 raise RasterError(f"band {f.band} ({name}) is a {driver} file; the orchestrator reads GeoTIFF / COG")
             if not 0 < f.band_index <= count:
@@ -136,7 +138,9 @@ def plan_stack(files: Sequence[BandFile], selected: Sequence[str] = (), resoluti
     width = max(1, round((right - left) / resolution))
     height = max(1, round((top - bottom) / resolution))
     if width * height > 2**31:
-        raise RasterError(f"would be {width}x{height} px at {resolution_m or resolution} per pixel; choose a coarser one")
+        raise RasterError(
+            f"would be {width}x{height} px at {resolution_m or resolution} per pixel; choose a coarser one"
+        )
     nodata = next((s.nodata for s in sources if s.nodata is not None), None)
     dtype = str(np.result_type(*[s.dtype for s in sources]))
     transform = (resolution, 0.0, left, 0.0, -resolution, top)
@@ -196,5 +200,7 @@ def write_vrt(plan: StackPlan, path: Path) -> Scene:
         transform=plan.transform,
         nodata=plan.nodata,
         dtype=plan.dtype,
-        rgb_indexes=tuple(bands.index(b) + 1 for b in ("red", "green", "blue")) if {"red", "green", "blue"} <= set(bands) else (),
+        rgb_indexes=tuple(bands.index(b) + 1 for b in ("red", "green", "blue"))
+        if {"red", "green", "blue"} <= set(bands)
+        else (),
     )

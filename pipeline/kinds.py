@@ -168,7 +168,11 @@ KINDS: dict[str, BlockKind] = {
         BlockKind("index", "raster", (_port("scene"),), IndexConfig, "band math: a normalized difference of two bands"),
         BlockKind("summary", "table", (_port("raster"),), SummaryConfig, "sums a raster up per scene: a time series"),
         BlockKind(
-            "export", None, (_port("raster"), _port("vectors"), _port("table")), ExportConfig, "writes COG, GeoJSON, PNG"
+            "export",
+            None,
+            (_port("raster"), _port("vectors"), _port("table")),
+            ExportConfig,
+            "writes COG, GeoJSON, PNG",
         ),
     )
 }

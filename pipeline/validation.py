@@ -169,7 +169,9 @@ def _check_wiring(
             if carried.count(data_kind) > 1:
                 found.append(Problem(where, f"{kind} block {block_id!r} has more than one {data_kind} input", block_id))
     if kind == "export" and len(ins) > 1 and any(blocks[s][1].kind == "summary" for s in ins):
-        message = f"export block {block_id!r} takes a summary's table; give the other inputs an export block of their own"
+        message = (
+            f"export block {block_id!r} takes a summary's table; give the other inputs an export block of their own"
+        )
         found.append(Problem(where, message, block_id))
     if block_kind.produces is not None and not outs:
         message = (
