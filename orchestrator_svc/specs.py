@@ -100,8 +100,9 @@ class Plan:
         return {b.op_name: b.id for b in self.blocks}
 
     @property
-    def per_item(self) -> bool:
-        return any(b.item for b in self.blocks)
+    def items(self) -> int:
+        """How many STAC items its blocks run over, one copy each (0: a dataset without items)."""
+        return len({b.item for b in self.blocks if b.item})
 
 
 def request_to_json(request: pb.LaunchRunRequest) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from mesh.errors import field_violations
 from orchestrator_svc import blocks, stacks
 from tests.conftest import rpc_error
 from tests.orchestrator_scenes import BANDS, NODATA
-from tests.orchestrator_support import orchestrator, s3_server  # noqa: F401 - fixtures
+from tests.orchestrator_support import Orchestrator, orchestrator, orchestrator_env, s3_server  # noqa: F401 - fixtures
 from tests.stac_items import write_multi_asset_scene
 
 SIZE = 300
@@ -150,7 +151,30 @@ def test_a_multi_asset_item_gives_the_stacked_scenes_result(orchestrator, tmp_pa
     assert ((got > 0) == (warped > 0))[valid].mean() > 0.999
 
 
-def test_three_dates_give_per_item_outputs_and_a_series(orchestrator, tmp_path):
+@pytest.fixture
+def one_at_a_time(tmp_path) -> Iterator[Orchestrator]:
+    """Items one after another in the run's worker (in-process: no step process to start)."""
+    orch = Orchestrator(orchestrator_env(tmp_path / "home", CONSTELLATION_ORCHESTRATOR_MAX_PARALLEL_ITEMS="1"))
+    yield orch
+    orch.stop()
+
+
+def test_three_dates_give_per_item_outputs_and_a_series(one_at_a_time, tmp_path):
+    run_three_dates(one_at_a_time, tmp_path)
+
+
+@pytest.mark.slow
+def test_items_run_in_parallel_processes(orchestrator, tmp_path):
+    """The default (2 at once, Dagster's multiprocess executor): the same outputs, with two items' steps at once."""
+    events = run_three_dates(orchestrator, tmp_path)
+    scene = [e.type for e in events if e.block_id == "scene"]
+    first_done = scene.index(c.RUN_EVENT_TYPE_STEP_SUCCEEDED)
+    assert scene[:first_done].count(c.RUN_EVENT_TYPE_STEP_STARTED) == 2, scene
+
+
+def run_three_dates(orchestrator: Orchestrator, tmp_path: Path) -> list[c.RunEvent]:
+    """Three dates with a growing flood through dataset -> ndwi -> export and ndwi -> summary -> export; checks the
+    outputs against numpy and returns the run's events."""
     floods = {"S2B_T25MBU_20240611": 0, "S2A_T25MBU_20240621": 60, "S2B_T25MBU_20240701": 120}
     scenes = [
         write_multi_asset_scene(
@@ -165,7 +189,7 @@ def test_three_dates_give_per_item_outputs_and_a_series(orchestrator, tmp_path):
         # Given out of date order: the series is in acquisition order.
         datasets={"s2": pb.ResolvedDataset(uri="file:///search", bands=BANDS, items=[s.item for s in scenes[::-1]])},
     )
-    run = orchestrator.wait(orchestrator.stub.LaunchRun(request).id)
+    run = orchestrator.wait(orchestrator.stub.LaunchRun(request).id, timeout_s=240)
     assert run.state == c.RUN_STATE_SUCCEEDED, run.state_message
     by_name = {(o.name, o.media_type.split(";")[0]): Path(o.uri.removeprefix("file://")) for o in run.outputs}
     expected_rows = []
@@ -197,8 +221,9 @@ def test_three_dates_give_per_item_outputs_and_a_series(orchestrator, tmp_path):
     events = orchestrator.events(run.id)
     said = [e.message for e in events if e.block_id == "scene"]
     assert any("item 2 of 3" in m for m in said), said
-    steps = {e.block_id for e in events if e.type == c.RUN_EVENT_TYPE_STEP_SUCCEEDED}
-    assert steps == {"scene", "ndwi", "out", "water", "series"}
+    steps = [e.block_id for e in events if e.type == c.RUN_EVENT_TYPE_STEP_SUCCEEDED]
+    assert sorted(steps) == sorted(["scene", "ndwi", "out"] * 3 + ["water", "series"])
+    return events
 
 
 def test_band_files_outside_the_roots_are_refused_before_reading(orchestrator, tmp_path, item_a):
