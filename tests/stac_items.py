@@ -18,8 +18,8 @@ from constellation.common.v1 import common_pb2 as c
 from tests.orchestrator_scenes import BANDS, CRS, NODATA, NODATA_PATCH_PX, ORIGIN, PIXEL_M, scene_window
 
 # Bands of a 6-band scene: the four of orchestrator_scenes and two SWIR bands derived from nir.
-SIX_BANDS = [*BANDS, "swir16", "swir22"]
-WATER_DN = {"blue": 600, "green": 900, "red": 500, "nir": 300, "swir16": 150, "swir22": 100}
+SIX_BANDS = [*BANDS, "swir1", "swir2"]
+WATER_DN = {"blue": 600, "green": 900, "red": 500, "nir": 300, "swir1": 150, "swir2": 100}
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class MultiAssetScene:
 def scene_pixels(size: int, bands: Sequence[str] = BANDS, flood_rows: int = 0, seed: int = 7) -> np.ndarray:
     """(bands, size, size) uint16 DN of the synthetic scene, with the top `flood_rows` of its right half flooded."""
     four = scene_window(size, 0, size, seed)
-    extra = {"swir16": (four[3] * 0.6).astype(np.uint16), "swir22": (four[3] * 0.4).astype(np.uint16)}
+    extra = {"swir1": (four[3] * 0.6).astype(np.uint16), "swir2": (four[3] * 0.4).astype(np.uint16)}
     data = np.stack([four[BANDS.index(b)] if b in BANDS else extra[b] for b in bands])
     if flood_rows:
         for k, band in enumerate(bands):
@@ -59,9 +59,11 @@ def write_multi_asset_scene(
     half: Sequence[str] = ("red", "nir"),
     flood_rows: int = 0,
     acquired: datetime | None = None,
+    compress: str | None = None,
 ) -> MultiAssetScene:
     """`folder/<item_id>.tif` (stacked) and `folder/<item_id>/<band>.tif` COGs; bands in `half` at 2× the pixel size
-    (each pixel the average of the 2×2 it covers). `size` must be even."""
+    (each pixel the average of the 2×2 it covers). `size` must be even. `compress`: the stacked file's (the COGs
+    are DEFLATE)."""
     import rasterio
     from rasterio.enums import Resampling
     from rio_cogeo.cogeo import cog_translate
@@ -70,7 +72,7 @@ def write_multi_asset_scene(
     folder.mkdir(parents=True, exist_ok=True)
     data = scene_pixels(size, bands, flood_rows)
     stacked = folder / f"{item_id}.tif"
-    with rasterio.open(stacked, "w", **_profile(size, len(bands), PIXEL_M)) as dst:
+    with rasterio.open(stacked, "w", **_profile(size, len(bands), PIXEL_M), **({"compress": compress} if compress else {})) as dst:
         dst.write(data)
         dst.descriptions = tuple(bands)
     item = c.SceneItem(id=item_id, crs=CRS, stac_href=f"file://{folder}/{item_id}.json")
