@@ -63,7 +63,9 @@ def index_run(kind: str, source, folder: Path) -> float:
     scene = open_scene(kind, source, folder)
     raster = blocks.normalized_difference(scene, "swir1", "nir", folder / "index.tif", "nd")
     blocks.write_cog(Path(raster.path), folder / "nd_cog.tif")
-    blocks.write_preview(folder / "nd_cog.tif", folder / "nd.png", backdrop=scene.path, backdrop_bands=scene.rgb_indexes)
+    blocks.write_preview(
+        folder / "nd_cog.tif", folder / "nd.png", backdrop=scene.path, backdrop_bands=scene.rgb_indexes
+    )
     return time.perf_counter() - started
 
 
@@ -88,12 +90,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-stac-read-") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        scene = write_multi_asset_scene(
-            folder, "S2_BENCH", args.size, bands=SIX_BANDS, half=HALF
+        scene = write_multi_asset_scene(folder, "S2_BENCH", args.size, bands=SIX_BANDS, half=HALF)
+        cog_translate(
+            str(scene.stacked), str(scene.stacked.with_suffix(".cog.tif")), cog_profiles.get("deflate"), quiet=True
         )
-        cog_translate(str(scene.stacked), str(scene.stacked.with_suffix(".cog.tif")), cog_profiles.get("deflate"), quiet=True)
-        print(f"wrote a {args.size}² 6-band scene, stacked and as 6 COGs ({', '.join(HALF)} at 20 m), "
-              f"in {time.perf_counter() - started:.1f}s")
+        print(
+            f"wrote a {args.size}² 6-band scene, stacked and as 6 COGs ({', '.join(HALF)} at 20 m), "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
         rounds: dict[str, dict[str, list[float]]] = {"index run": {}, "model input": {}}
         for r in range(args.rounds):
             for name, measure in (("index run", index_run), ("model input", model_input)):

@@ -72,7 +72,9 @@ def write_multi_asset_scene(
     folder.mkdir(parents=True, exist_ok=True)
     data = scene_pixels(size, bands, flood_rows)
     stacked = folder / f"{item_id}.tif"
-    with rasterio.open(stacked, "w", **_profile(size, len(bands), PIXEL_M), **({"compress": compress} if compress else {})) as dst:
+    with rasterio.open(
+        stacked, "w", **_profile(size, len(bands), PIXEL_M), **({"compress": compress} if compress else {})
+    ) as dst:
         dst.write(data)
         dst.descriptions = tuple(bands)
     item = c.SceneItem(id=item_id, crs=CRS, stac_href=f"file://{folder}/{item_id}.json")

@@ -254,3 +254,53 @@ def test_an_item_missing_a_band_file_is_refused(orchestrator, tmp_path, item_a):
     assert {(v.field, v.description) for v in field_violations(error)} == {
         ('datasets["s2"].items[0].assets', "has no file for band(s) nir")
     }
+
+
+def test_band_files_in_two_crss_fail_the_launch_naming_the_item(orchestrator, tmp_path, item_a):
+    from rasterio.shutil import copy
+
+    item = c.SceneItem()
+    item.CopyFrom(item_a.item)
+    moved = tmp_path / "nir-32724.tif"
+    copy(item.assets[3].uri.removeprefix("file://"), moved, driver="GTiff")
+    with rasterio.open(moved, "r+") as dst:
+        dst.crs = "EPSG:32724"
+    item.assets[3].uri = f"file://{moved}"
+    request = pb.LaunchRunRequest(
+        spec=spec(export_uri=f"file://{tmp_path}/out"),
+        datasets={"s2": pb.ResolvedDataset(uri="https://stac.example/items/a", bands=BANDS, items=[item])},
+    )
+    error = rpc_error(orchestrator.stub.LaunchRun, request)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == (
+        "datasets[\"s2\"].items[0]: item 'S2A_T25MBU_20240601' has band files in different CRSs "
+        "(blue: EPSG:32725, nir: EPSG:32724); reproject them to one CRS first"
+    )
+
+
+# --------------------------------------------------------------------------- the summary block's rules
+
+
+def summary_problems(spec_: c.PipelineSpec) -> dict[str, str]:
+    from pipeline.convert import spec_from_proto
+    from pipeline.spec import DatasetView
+    from pipeline.validation import check_runnable, validate_spec
+
+    parsed = spec_from_proto(spec_)
+    found, order = validate_spec(parsed, lambda i: DatasetView(i, "s2", tuple(BANDS)), lambda i: None)
+    found += check_runnable(parsed, order, lambda i: None) if order else []
+    return {p.field: p.description for p in found}
+
+
+def test_a_summary_needs_an_export_of_its_own_and_csv_needs_a_summary():
+    assert summary_problems(spec(summary=True, export_uri="file:///tmp/out")) == {}
+    shared = spec(summary=True, export_uri="file:///tmp/out")
+    shared.edges.append(c.Edge(source_block_id="water", target_block_id="out"))
+    assert summary_problems(shared) == {
+        "blocks[2]": "export block 'out' takes a summary's table; give the other inputs an export block of their own"
+    }
+    csv_without = spec(export_uri="file:///tmp/out")
+    csv_without.blocks[2].export.formats.append(c.EXPORT_FORMAT_CSV)
+    assert summary_problems(csv_without) == {
+        "blocks[2].export.formats[1]": "csv needs a summary block's output; connect one to 'out'"
+    }
