@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         # The multiprocess executor's step processes rebuild the job from the same two documents (rebuild_job).
         runnable = (
             build_reconstructable_job(
-                "orchestrator_svc.worker", "rebuild_job", (run.tags[REQUEST_TAG], run.tags[SETTINGS_TAG])
+                "orchestrator_svc.worker",
+                "rebuild_job",
+                reconstructable_kwargs={"request_json": run.tags[REQUEST_TAG], "settings_json": run.tags[SETTINGS_TAG]},
             )
             if jobs.runs_in_parallel(plan, settings)
             else InMemoryJob(jobs.build_job(plan, settings))
