@@ -304,3 +304,29 @@ def test_a_summary_needs_an_export_of_its_own_and_csv_needs_a_summary():
     assert summary_problems(csv_without) == {
         "blocks[2].export.formats[1]": "csv needs a summary block's output; connect one to 'out'"
     }
+
+
+def test_an_item_on_s3_is_read_and_its_outputs_written_to_s3(orchestrator, s3_server, tmp_path, item_a):
+    """Band files in a bucket: checked at launch through GDAL's /vsis3/, fetched by the dataset block."""
+    client = s3_server.client()
+    client.create_bucket(Bucket="stac-items")
+    item = c.SceneItem()
+    item.CopyFrom(item_a.item)
+    for asset in item.assets:
+        key = f"{item.id}/{asset.band}.tif"
+        client.upload_file(asset.uri.removeprefix("file://"), "stac-items", key)
+        asset.uri = f"s3://stac-items/{key}"
+    request = pb.LaunchRunRequest(
+        spec=spec(export_uri="s3://stac-items/results"),
+        datasets={"s2": pb.ResolvedDataset(uri="https://stac.example/items/a", bands=BANDS, items=[item])},
+    )
+    run = orchestrator.wait(orchestrator.stub.LaunchRun(request).id)
+    assert run.state == c.RUN_STATE_SUCCEEDED, run.state_message
+    [output] = run.outputs
+    assert output.uri == f"s3://stac-items/results/{run.id}/out/{item.id}/ndwi_{item.id}.tif"
+    local = tmp_path / "ndwi.tif"
+    client.download_file("stac-items", output.uri.removeprefix("s3://stac-items/"), str(local))
+    expected, invalid = ndwi(item_a.stacked)
+    with rasterio.open(local) as cog:
+        got = cog.read(1)
+    assert ((got > 0) == (expected > 0))[~invalid].mean() > 0.98
