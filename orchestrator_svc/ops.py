@@ -307,8 +307,12 @@ def dataset_op(
     context: OpExecutionContext, config: DatasetConfig, constellation: ConstellationResource
 ) -> blocks.Scene:
     storage = constellation.storage()
-    item = f"item {config.item_number} of {config.item_count} ({config.item_id}, {config.acquired or 'no date'}): "
-    where = f"dataset {config.dataset_id!r} " + (item if config.item_id else f"({config.uri}): ")
+    item = (
+        f"item {config.item_number} of {config.item_count} ({config.item_id}, {config.acquired or 'no date'}): "
+        if config.item_id
+        else ""
+    )
+    where = f"dataset {config.dataset_id!r} " + (item or f"({config.uri}): ")
     scratch = constellation.scratch(context.run_id, context.op.name)
     try:
         if config.assets:
@@ -320,7 +324,7 @@ def dataset_op(
             plan = stacks.plan_stack(files, config.bands, config.resolution_m)
             scene = stacks.write_vrt(plan, scratch / "scene.vrt")
             context.log.info(
-                f"{item if config.item_id else ''}{len(files)} band files onto one {plan.width}x{plan.height} px grid "
+                f"{item}{len(files)} band files onto one {plan.width}x{plan.height} px grid "
                 f"of {plan.resolution:g} CRS units: "
                 + ", ".join(
                     f"{s.file.band} {stacks.resampling_for(s.file.band, s.transform[0], plan.resolution)}"
@@ -337,7 +341,7 @@ def dataset_op(
     if config.item_id:
         scene = replace(scene, item_id=config.item_id, acquired=config.acquired)
     context.log.info(
-        f"{item if config.item_id else ''}scene {scene.width}x{scene.height} px, bands {', '.join(scene.band_names)}, "
+        f"{item}scene {scene.width}x{scene.height} px, bands {', '.join(scene.band_names)}, "
         f"{scene.dtype}, nodata {scene.nodata}"
     )
     return scene
@@ -517,17 +521,16 @@ def index_op(
 def summary_op(
     context: OpExecutionContext,
     config: SummaryConfig,
-    raster: list[blocks.RasterFile],  # one per scene (the port's name, as every op's input is)
+    raster: list[blocks.RasterFile],  # one per scene (named as its port, as every op's input is)
     constellation: ConstellationResource,
 ) -> series.Table:
-    rasters = raster
     folder = constellation.scratch(context.run_id, context.op.name)
     _scratch_file(folder, f"{config.name}.csv")
     try:
-        table = series.summarize(rasters, config.threshold, folder, config.name, config.mosaic)
+        table = series.summarize(raster, config.threshold, folder, config.name, config.mosaic)
     except blocks.RasterError as error:
         raise _fail(f"summary {config.name!r}: {error}") from None
-    context.log.info(progress_message(len(rasters), len(rasters), "scenes"))
+    context.log.info(progress_message(len(raster), len(raster), "scenes"))
     context.log.info(
         f"{config.name}: {table.rows} scene(s), area above {config.threshold:g}"
         + (f", mosaic {table.mosaic.width}x{table.mosaic.height} px" if table.mosaic else "")
@@ -549,8 +552,9 @@ def export_op(
     is deleted again, so a partial export is never published as if complete."""
     storage = constellation.storage()
     _confine(constellation, config.uri, "export")
-    local = constellation.scratch(context.run_id, config.block_id)
-    prefix = join(config.uri, config.run_id, config.block_id, *([config.item] if config.item else []))
+    per_item = [config.item] if config.item else []  # each item's copy of the block has folders of its own
+    local = constellation.scratch(context.run_id, config.block_id, *per_item)
+    prefix = join(config.uri, config.run_id, config.block_id, *per_item)
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
     if raster is not None and "cog" in config.formats:
         cog = _scratch_file(local, f"{raster.name}.tif")

@@ -422,7 +422,10 @@ def build_plan(
         for k, item in enumerate(items):
             tag = item_tag(item)
             copy = {**op_config, **_item_config(block.kind, op_config, item, k, len(items))}
-            wiring = {port: (f"{op_names[source]}__{k + 1}",) for port, source in ports.items()}
+            wiring = {
+                port: (f"{op_names[source]}__{k + 1}" if source in scopes else op_names[source],)
+                for port, source in ports.items()
+            }
             plans.append(BlockPlan(block_id, i, block.kind, f"{op_names[block_id]}__{k + 1}", copy, wiring, item=tag))
     return Plan(tuple(plans))
 
