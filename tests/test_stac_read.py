@@ -330,3 +330,41 @@ def test_an_item_on_s3_is_read_and_its_outputs_written_to_s3(orchestrator, s3_se
     with rasterio.open(local) as cog:
         got = cog.read(1)
     assert ((got > 0) == (expected > 0))[~invalid].mean() > 0.98
+
+
+def test_the_plan_runs_per_item_blocks_once_per_item_and_wires_the_rest_once():
+    """scene (2 items) -> ndwi -> out, with out also taking polygons from a dataset without items (runs once)."""
+    from orchestrator_svc import specs
+
+    request = pb.LaunchRunRequest(
+        spec=spec(summary=True, export_uri="file:///tmp/out"),
+        datasets={
+            "s2": pb.ResolvedDataset(
+                uri="file:///search",
+                bands=BANDS,
+                items=[c.SceneItem(id=f"S2/{d}", uri=f"file:///tmp/{d}.tif") for d in ("a", "b")],
+            ),
+            "plain": pb.ResolvedDataset(uri="file:///tmp/plain.tif", bands=BANDS),
+        },
+    )
+    request.spec.blocks.extend(
+        [
+            c.Block(id="plain", dataset=c.DatasetBlock(dataset_id="plain")),
+            c.Block(id="nd-plain", index=c.IndexBlock(preset=c.SPECTRAL_INDEX_NDWI)),
+            c.Block(id="lakes", vectorize=c.VectorizeBlock()),
+        ]
+    )
+    for a, b in (("plain", "nd-plain"), ("nd-plain", "lakes"), ("lakes", "out")):
+        request.spec.edges.add(source_block_id=a, target_block_id=b)
+    plan = specs.build_plan(
+        request, default_batch_size=8, default_max_concurrency=2, infer_timeout_s=1, infer_wait_s=1, roots=None
+    )
+    ops = {b.op_name: b for b in plan.blocks}
+    assert plan.items == 2
+    assert {n for n in ops if n.startswith(("scene", "ndwi", "out"))} == {
+        "scene__1", "scene__2", "ndwi__1", "ndwi__2", "out__1", "out__2"
+    }  # fmt: skip
+    assert ops["out__2"].inputs == {"raster": ("ndwi__2",), "vectors": ("lakes",)}
+    assert ops["out__2"].config["item"] == "S2_b" and ops["ndwi__2"].config["name"] == "ndwi_S2_b"
+    assert ops["water"].inputs == {"raster": ("ndwi__1", "ndwi__2")} and not ops["water"].item
+    assert (ops["plain"].item, ops["lakes"].inputs) == ("", {"raster": ("nd_plain",)})
