@@ -172,7 +172,7 @@ KINDS: dict[str, BlockKind] = {
             None,
             (_port("raster"), _port("vectors"), _port("table")),
             ExportConfig,
-            "writes COG, GeoJSON, PNG",
+            "writes COG, GeoJSON, PNG, CSV, JSON",
         ),
     )
 }

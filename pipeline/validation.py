@@ -200,6 +200,8 @@ def _check_config(
             problem("dataset_id", f"no dataset has id {config.dataset_id!r}")
         for v in check_bands(list(config.bands), "bands", required=False):
             problem(v.field, v.description)
+        if not (math.isfinite(config.resolution_m) and 0 <= config.resolution_m <= 100_000):
+            problem("resolution_m", "must be between 0 (the finest band's) and 100000 metres")
         if dataset is not None:
             for j, band in enumerate(config.bands):
                 if band not in dataset.bands:

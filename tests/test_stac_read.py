@@ -299,6 +299,9 @@ def test_a_summary_needs_an_export_of_its_own_and_csv_needs_a_summary():
     assert summary_problems(shared) == {
         "blocks[2]": "export block 'out' takes a summary's table; give the other inputs an export block of their own"
     }
+    assert summary_problems(spec(export_uri="file:///tmp/out", resolution_m=-10)) == {
+        "blocks[0].dataset.resolution_m": "must be between 0 (the finest band's) and 100000 metres"
+    }
     csv_without = spec(export_uri="file:///tmp/out")
     csv_without.blocks[2].export.formats.append(c.EXPORT_FORMAT_CSV)
     assert summary_problems(csv_without) == {
