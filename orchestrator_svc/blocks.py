@@ -74,6 +74,9 @@ class Scene:
     dtype: str
     # 1-based file positions of red, green and blue when the file has all three (for previews); else empty.
     rgb_indexes: tuple[int, ...] = ()
+    # For one item of a dataset of STAC items: its id and acquisition time (ISO 8601); empty otherwise.
+    item_id: str = ""
+    acquired: str = ""
 
     def index_of(self, band: str) -> int:
         """The file index of `band`, by any of its names or a near equivalent (pipeline.bands.match_bands)."""
@@ -407,6 +410,9 @@ class RasterFile:
     # The scene it was predicted from and its red, green, blue positions: the preview's backdrop.
     backdrop_path: str = ""
     backdrop_bands: tuple[int, ...] = ()
+    # The STAC item it was computed from (Scene.item_id, Scene.acquired); empty otherwise.
+    item_id: str = ""
+    acquired: str = ""
 
 
 def stitch(

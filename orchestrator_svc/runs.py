@@ -80,8 +80,11 @@ def fingerprint(request: pb.LaunchRunRequest) -> str:
 
 
 def block_of_step(run: DagsterRun) -> dict[str, str]:
+    """Step key -> block id; a block run once per STAC item has a step `<op>__<n>` per item."""
     request = specs.request_from_json(run.tags[REQUEST_TAG])
-    return {v: k for k, v in specs._op_names([b.id for b in request.spec.blocks]).items()}
+    steps = {v: k for k, v in specs._op_names([b.id for b in request.spec.blocks]).items()}
+    items = max((len(d.items) for d in request.datasets.values()), default=0)
+    return steps | {f"{op}__{n}": block for op, block in steps.items() for n in range(1, items + 1)}
 
 
 class RunFeed:

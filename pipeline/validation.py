@@ -28,6 +28,7 @@ from pipeline.kinds import (
     ExportConfig,
     IndexConfig,
     ModelConfig,
+    SummaryConfig,
     TileConfig,
     VectorizeConfig,
     producers,
@@ -168,6 +169,11 @@ def _check_wiring(
         for data_kind in set(carried):
             if carried.count(data_kind) > 1:
                 found.append(Problem(where, f"{kind} block {block_id!r} has more than one {data_kind} input", block_id))
+    if kind == "export" and len(ins) > 1 and any(blocks[s][1].kind == "summary" for s in ins):
+        message = (
+            f"export block {block_id!r} takes a summary's table; give the other inputs an export block of their own"
+        )
+        found.append(Problem(where, message, block_id))
     if block_kind.produces is not None and not outs:
         message = (
             f"the output of {kind} block {block_id!r} is not used; connect it onwards (it must reach an export block)"
@@ -195,6 +201,8 @@ def _check_config(
             problem("dataset_id", f"no dataset has id {config.dataset_id!r}")
         for v in check_bands(list(config.bands), "bands", required=False):
             problem(v.field, v.description)
+        if not (math.isfinite(config.resolution_m) and 0 <= config.resolution_m <= 100_000):
+            problem("resolution_m", "must be between 0 (the finest band's) and 100000 metres")
         if dataset is not None:
             for j, band in enumerate(config.bands):
                 if not match_bands([band], dataset.bands, near=False).complete:
@@ -231,6 +239,9 @@ def _check_config(
                         problem(name, v.description)
             if config.first_band and config.first_band == config.second_band:
                 problem("second_band", f"is the same band as first_band ({config.first_band!r}); the index would be 0")
+    elif isinstance(config, SummaryConfig):
+        if not math.isfinite(config.threshold):
+            problem("threshold", "must be a finite number")
     elif isinstance(config, ExportConfig):
         for v in check_storage_uri(config.uri, "uri", object_key_required=False, roots=roots, purpose="export"):
             problem(v.field, v.description)
@@ -338,7 +349,7 @@ def export_formats(spec: PipelineSpec, export_id: str) -> list[str]:
     if named or by_id[export_id].settings.formats:
         return sorted(set(named), key=named.index)
     carried = {KINDS[by_id[s].kind].produces for s in spec.inputs()[export_id]}
-    return [f for f in ("cog", "png_preview", "geojson") if EXPORT_FORMATS[f] in carried]
+    return [f for f in ("cog", "png_preview", "geojson", "csv", "json") if EXPORT_FORMATS[f] in carried]
 
 
 def check_runnable(
@@ -383,7 +394,7 @@ def check_runnable(
             carried = {KINDS[by_id[s][1].kind].produces for s in inputs[block_id]}
             for j, name in enumerate(config.formats):
                 if not name:
-                    message = "is unspecified; use COG, GEOJSON or PNG_PREVIEW"
+                    message = "is unspecified; use COG, GEOJSON, PNG_PREVIEW, CSV or JSON"
                     found.append(Problem(f"{where}.formats[{j}]", message, block_id))
                 elif EXPORT_FORMATS[name] not in carried:
                     source = " or ".join(producers(EXPORT_FORMATS[name]))

@@ -246,7 +246,9 @@ READ_INSTRUCTION = (
 PLAN_INSTRUCTION = (
     "You plan Constellation pipelines. A pipeline is a DAG: dataset -> tile -> model -> stitch -> (vectorize) -> "
     "export; band math that needs no model (water by NDWI or MNDWI, vegetation by NDVI, burns by NBR) is dataset -> "
-    "index -> (vectorize) -> export. Use only dataset and model ids that exist in core's catalog: look them up "
+    "index -> (vectorize) -> export. A dataset of many scenes (dates) runs once per scene; for a time series "
+    "(e.g. water area per date) add a summary block after the index or stitch, with an export block of its own. "
+    "Use only dataset and model ids that exist in core's catalog: look them up "
     "with the functions instead "
     "of guessing. The dataset must have every band the model reads; the tile size must be 0 or the model's tile "
     "size; overlap must be less than half the tile size; block ids are lowercase letters, digits, '-' and '_'."

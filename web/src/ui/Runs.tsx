@@ -7,6 +7,7 @@ import { type ConsoleConfig, core, outputUrl } from "../api";
 import { describeError, type ServiceError } from "../errors";
 import { foldSteps, queuePosition, type Step, TERMINAL } from "../runs";
 import { ErrorBox, enumLabel, Progress } from "./common";
+import { SeriesChart } from "./SeriesChart";
 
 function when(run: Run, key: "createTime" | "startTime" | "endTime"): Date | undefined {
   const t = run[key];
@@ -171,6 +172,8 @@ function RunSummary({ run, events, steps, outputs, config }: SummaryProps) {
     (o) => !o.mediaType.includes("profile=stac") && (o.mediaType.includes("geo+json") || o.uri.endsWith(".geojson")),
   );
   const vectorsUrl = vectors && outputUrl(vectors.uri, config);
+  const series = outputs.find((o) => o.mediaType.startsWith("application/json"));
+  const seriesUrl = series && outputUrl(series.uri, config);
   const tiles = [...steps.values()].filter((s) => s.unit === "tiles").reduce((sum, s) => Math.max(sum, s.done), 0);
   const [polygons, setPolygons] = useState<number | null>(null);
   useEffect(() => {
@@ -189,6 +192,7 @@ function RunSummary({ run, events, steps, outputs, config }: SummaryProps) {
         {polygons !== null && <> · <span data-testid="polygon-count">{polygons} polygons</span></>}
       </p>
       {run.stateMessage && <p class={run.state === RunState.FAILED ? "error" : "muted"} data-testid="run-message">{run.stateMessage}</p>}
+      {seriesUrl && <SeriesChart url={seriesUrl} />}
       {previewUrl && <img class="preview" src={previewUrl} alt={`preview of ${run.id}`} data-testid="preview" />}
       <ul class="outputs" data-testid="outputs">
         {outputs.map((o) => {
