@@ -48,11 +48,13 @@ COLLECTION_MEDIA_TYPE = "application/json; profile=stac"
 LINK_ITEM_TYPE = "application/geo+json"  # links carry the registered media types
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 SOFTWARE = "constellation"
-ROLES = {"cog": ["data"], "geojson": ["data"], "png_preview": ["overview", "visual"]}
+ROLES = {"cog": ["data"], "geojson": ["data"], "png_preview": ["overview", "visual"], "csv": ["data"], "json": ["data"]}
 MEDIA_TYPES = {
     "cog": pystac.MediaType.COG,
     "geojson": pystac.MediaType.GEOJSON,
     "png_preview": pystac.MediaType.PNG,
+    "csv": "text/csv",  # a summary's table (orchestrator_svc.series)
+    "json": pystac.MediaType.JSON,
 }
 
 
@@ -71,7 +73,7 @@ class OutputFile:
     local: Path  # the file as written on this machine (read for metadata)
     uri: str  # where it was published
     name: str
-    format: str  # "cog" | "geojson" | "png_preview"
+    format: str  # "cog" | "geojson" | "png_preview" | "csv" | "json"
 
 
 @dataclass(frozen=True)
