@@ -7,6 +7,7 @@ import { type ConsoleConfig, core, outputUrl } from "../api";
 import { describeError, type ServiceError } from "../errors";
 import { foldSteps, queuePosition, type Step, TERMINAL } from "../runs";
 import { ErrorBox, enumLabel, Progress } from "./common";
+import { RunMap } from "./MapView";
 
 function when(run: Run, key: "createTime" | "startTime" | "endTime"): Date | undefined {
   const t = run[key];
@@ -187,6 +188,7 @@ function RunSummary({ run, events, steps, outputs, config }: SummaryProps) {
       </p>
       {run.stateMessage && <p class={run.state === RunState.FAILED ? "error" : "muted"} data-testid="run-message">{run.stateMessage}</p>}
       {previewUrl && <img class="preview" src={previewUrl} alt={`preview of ${run.id}`} data-testid="preview" />}
+      {run.state === RunState.SUCCEEDED && <RunMap pipelineId={run.pipelineId} outputs={outputs} config={config} />}
       <ul class="outputs" data-testid="outputs">
         {outputs.map((o) => {
           const url = outputUrl(o.uri, config);
