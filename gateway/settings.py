@@ -200,6 +200,12 @@ class TileSettings(EnvSettings):
         "how long a browser may reuse a tile (Cache-Control, private)",
         ge=0,
     )
+    max_geojson_mb: int = env_field(
+        "CONSTELLATION_TILES_MAX_GEOJSON_MB",
+        32,
+        "largest GeoJSON output /tiles/geojson reprojects for the map, MiB",
+        ge=1,
+    )
     s3_endpoint: str = env_field(
         "CONSTELLATION_S3_ENDPOINT_URL", "", "S3-compatible endpoint for s3:// COGs (the orchestrator's setting)"
     )

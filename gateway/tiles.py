@@ -14,6 +14,7 @@ Routes (all under `/tiles`, each with `?url=file:///…` or `?url=s3://bucket/ke
                                                  tilesize (at most CONSTELLATION_TILES_MAX_SIZE_PX)
   /tiles/point/{lon},{lat}                       the value of every band under a WGS84 point
   /tiles/info, /tiles/info.geojson               the COG's metadata; its footprint in WGS84 (zoom to extent)
+  /tiles/geojson                                 a GeoJSON output (a run's polygons) moved to WGS84
 
 It listens on a Unix socket in a private folder (0700, the socket 0600): only Envoy, running as the same user,
 reaches it, so it needs no TLS even when the mesh has certificates.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import socket
@@ -32,9 +34,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
+import rasterio.errors
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from rio_tiler.errors import PointOutsideBounds
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
 from titiler.core.factory import TilerFactory
@@ -143,6 +146,15 @@ def build_app(
     # whose message stays in the log.
     add_exception_handlers(app, {k: v for k, v in DEFAULT_STATUS_CODES.items() if v != 500} | {PointOutsideBounds: 404})
 
+    @app.get("/tiles/geojson", dependencies=[Depends(checked)])
+    def geojson(path: str = Depends(dataset_path)) -> Response:  # noqa: B008 - FastAPI's dependency idiom
+        """A run's GeoJSON output in WGS84 (RFC 7946), whatever CRS it was written in, for the map's vector layer."""
+        if path.startswith("/vsis3/"):
+            raise not_found()
+        if Path(path).stat().st_size > settings.max_geojson_mb * 1024 * 1024:
+            raise Refused(413, f"the GeoJSON is larger than {settings.max_geojson_mb} MiB\n".encode())
+        return Response(_in_wgs84(Path(path).read_bytes()), media_type="application/geo+json")
+
     @app.exception_handler(Refused)
     def refused(_request: Request, error: Refused) -> PlainTextResponse:
         return PlainTextResponse(error.body.decode(), status_code=error.status, headers={"Cache-Control": "no-store"})
@@ -161,6 +173,25 @@ def build_app(
         return response
 
     return app
+
+
+def _in_wgs84(text: bytes) -> bytes:
+    """A FeatureCollection with its geometries moved from its `crs` member's CRS (if any) to EPSG:4326."""
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_geom
+
+    try:
+        collection = json.loads(text)
+        name = collection.get("crs", {}).get("properties", {}).get("name", "")
+        source = CRS.from_user_input(name.replace("urn:ogc:def:crs:", "").replace("::", ":")) if name else None
+    except (ValueError, AttributeError, rasterio.errors.CRSError):
+        raise Refused(400, b"not a GeoJSON FeatureCollection with a CRS this server knows\n") from None
+    if source is not None and source.to_epsg() != 4326:
+        for feature in collection.get("features", []):
+            if feature.get("geometry"):
+                feature["geometry"] = transform_geom(source, "EPSG:4326", feature["geometry"])
+        collection.pop("crs")
+    return json.dumps(collection).encode()
 
 
 class TileServer:

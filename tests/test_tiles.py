@@ -166,3 +166,27 @@ def test_bounded_and_bad_requests_are_400_or_404_never_500(door):
     assert status == 404  # a tile the COG does not cover
     status, _ = get(f"{door['url']}/tiles/statistics?url={urllib.parse.quote(uri)}")
     assert status == 404  # only the routes the map uses are served
+
+
+def test_a_geojson_output_comes_back_in_wgs84(door):
+    """/tiles/geojson moves a run's polygons from the scene's CRS (as vectorize writes them) to WGS84."""
+    with rasterio.open(SCENE) as scene:
+        crs, left, top = scene.crs, scene.bounds.left, scene.bounds.top
+    square = [[left, top], [left + 1000, top], [left + 1000, top - 1000], [left, top - 1000], [left, top]]
+    collection = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{crs.to_epsg()}"}},
+        "features": [
+            {"type": "Feature", "properties": {"n": 1}, "geometry": {"type": "Polygon", "coordinates": [square]}}
+        ],
+    }
+    path = door["outputs"] / "water.geojson"
+    path.write_text(json.dumps(collection))
+    status, body = get(f"{door['url']}/tiles/geojson?url={urllib.parse.quote(path.as_uri())}")
+    assert status == 200, body
+    moved = json.loads(body)
+    assert "crs" not in moved and moved["features"][0]["properties"] == {"n": 1}
+    xs, ys = warp_transform(crs, "EPSG:4326", [p[0] for p in square], [p[1] for p in square])
+    np.testing.assert_allclose(moved["features"][0]["geometry"]["coordinates"][0], np.column_stack([xs, ys]), atol=1e-9)
+    outside = get(f"{door['url']}/tiles/geojson?url={urllib.parse.quote('file:///etc/passwd')}")
+    assert outside == get(f"{door['url']}/files/run_t/out/none.tif")  # /files/' 404

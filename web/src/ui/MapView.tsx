@@ -151,7 +151,7 @@ export function RunMap({ pipelineId, outputs, config }: { pipelineId: string; ou
       </div>
       <div class="map" ref={target} data-testid="layer-map" data-layers={map ? layers.map((l) => l.id).join(" ") : undefined} />
       {failed && <p class="error">The map did not load: {failed}</p>}
-      <p class="muted" data-testid="map-value" data-value={readout?.values.result}>
+      <p class="muted" data-testid="map-value" data-value={readout?.values.result} data-lon={readout?.lonLat[0]} data-lat={readout?.lonLat[1]}>
         {readout
           ? `${readout.lonLat[1].toFixed(5)}, ${readout.lonLat[0].toFixed(5)}: ` + Object.entries(readout.values).map(([id, v]) => `${id} ${v}`).join(" · ")
           : "Click the map to read the values under the cursor."}
