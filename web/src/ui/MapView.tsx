@@ -122,9 +122,9 @@ export function RunMap({ pipelineId, outputs, config }: { pipelineId: string; ou
   const key = ready ? layers.map((l) => l.url).join(" ") : "";
   const { target, map, failed } = useMap((olmap, el) => (ready ? olmap.layerMap(el, layers) : null), [key]);
 
+  useEffect(() => map?.zoomTo(extent ?? degrees(scene?.bbox)), [map, extent]);
   useEffect(() => {
     if (!map) return;
-    map.zoomTo(extent ?? degrees(scene?.bbox));
     map.onClick(async ([lon, lat]) => {
       const values: Record<string, string> = {};
       for (const layer of layers.filter((l) => l.kind === "tiles" && l.uri)) {
@@ -133,7 +133,7 @@ export function RunMap({ pipelineId, outputs, config }: { pipelineId: string; ou
       }
       setReadout({ lonLat: [lon, lat], values });
     });
-  }, [map, extent]);
+  }, [map]);
   if (!raster && !vectors) return null;
 
   return (

@@ -188,7 +188,7 @@ function RunSummary({ run, events, steps, outputs, config }: SummaryProps) {
       </p>
       {run.stateMessage && <p class={run.state === RunState.FAILED ? "error" : "muted"} data-testid="run-message">{run.stateMessage}</p>}
       {previewUrl && <img class="preview" src={previewUrl} alt={`preview of ${run.id}`} data-testid="preview" />}
-      {run.state === RunState.SUCCEEDED && <RunMap pipelineId={run.pipelineId} outputs={outputs} config={config} />}
+      {outputs.length > 0 && <RunMap pipelineId={run.pipelineId} outputs={outputs} config={config} />}
       <ul class="outputs" data-testid="outputs">
         {outputs.map((o) => {
           const url = outputUrl(o.uri, config);
