@@ -56,8 +56,9 @@ def main() -> None:
     default=1,
     show_default=True,
     type=click.IntRange(1, 8),
-    help="Processes of core and the agent, balanced by the gateway; a run's driver moves to another core replica "
-    "when its own dies. With more than one, set DATABASE_URL to PostgreSQL.",
+    help="Processes of core, hosting and the agent, balanced by the gateway; a run's driver (a deployment's "
+    "watcher) moves to another core (hosting) when its own dies. With more than one, set DATABASE_URL and "
+    "CONSTELLATION_HOSTING_DATABASE_URL to PostgreSQL.",
 )
 def up(timeout_s: float, tls: bool, replicas: int) -> None:
     """Start core, hosting, orchestrator, agent and the Envoy gateway in the background."""

@@ -26,8 +26,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, case, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from mesh.db import create_tables
 
 metadata = MetaData()
 # Times are naive UTC: SQLite keeps no zone, and comparisons must mean the same on both databases.
@@ -64,15 +66,6 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def create_table(engine: Engine) -> None:
-    """Creates `leases` unless it exists (two replicas starting at once may race: the loser finds it made)."""
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except (IntegrityError, ProgrammingError, OperationalError):
-        if not engine.dialect.has_table(engine.connect(), "leases"):
-            raise
-
-
 class Leases:
     """This replica's leases on `engine`, each held for `ttl_s` after it was last acquired, renewed or checked."""
 
@@ -80,7 +73,7 @@ class Leases:
         self.engine = engine
         self.ttl = timedelta(seconds=ttl_s)
         self.holder = holder or holder_id()
-        create_table(engine)
+        create_tables(engine, metadata)
 
     def acquire(self, name: str) -> Lease | None:
         """The lease on `name` if it is free, expired or already this replica's (then its generation stays);
@@ -159,3 +152,15 @@ class Leases:
                 select(table.c.holder).where(table.c.name == name, table.c.expire_time >= _now())
             ).first()
         return row[0] if row else ""
+
+    def held(self, prefix: str) -> list[str]:
+        """The names starting with `prefix` that someone holds unexpired."""
+        table = leases_table
+        with self.engine.connect() as connection:
+            return list(
+                connection.scalars(
+                    select(table.c.name).where(
+                        table.c.name.startswith(prefix, autoescape=True), table.c.expire_time >= _now()
+                    )
+                )
+            )
