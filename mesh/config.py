@@ -269,13 +269,20 @@ class Settings(EnvSettings):
     orchestrator_metrics_port: int = _port("orchestrator", "METRICS_PORT", DEFAULT_PORTS["orchestrator"][1])
     agent_metrics_port: int = _port("agent", "METRICS_PORT", DEFAULT_PORTS["agent"][1])
     core_addr: str = env_field(
-        "CONSTELLATION_CORE_ADDR", "", "host:port where peers reach core (default host:core port)"
+        "CONSTELLATION_CORE_ADDR",
+        "",
+        "host:port where peers reach core (default host:core port); several, comma separated, for replicas: "
+        "calls are balanced round robin over them",
     )
-    hosting_addr: str = env_field("CONSTELLATION_HOSTING_ADDR", "", "host:port where peers reach hosting")
+    hosting_addr: str = env_field(
+        "CONSTELLATION_HOSTING_ADDR", "", "host:port where peers reach hosting (or its replicas')"
+    )
     orchestrator_addr: str = env_field(
-        "CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator"
+        "CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator (one)"
     )
-    agent_addr: str = env_field("CONSTELLATION_AGENT_ADDR", "", "host:port where peers reach the agent")
+    agent_addr: str = env_field(
+        "CONSTELLATION_AGENT_ADDR", "", "host:port where peers reach the agent (or its replicas')"
+    )
 
     SERVICES: ClassVar[tuple[str, ...]] = tuple(DEFAULT_PORTS)
 
