@@ -115,3 +115,34 @@ def test_on_postgresql_a_steal_waits_for_the_holders_write_in_flight(postgres_ad
     thief.join(10)
     engine.dispose()
     assert taken and taken[0] is not None and taken[0].generation == old.generation + 1
+
+
+def test_core_appends_a_runs_event_only_under_its_current_lease_and_numbers_across_replicas(database_url):
+    """Two cores' RunStores on one database: the driver whose lease was taken writes no event (nor its state
+    change); the new driver's events follow without a gap, and an unfenced append (a cancel stored by a replica
+    that does not drive the run) takes the next number too."""
+    from core_svc.db import migrate
+    from core_svc.run_store import RunStore, event
+    from mesh.identity import Identity
+
+    engine = create_db_engine(database_url)
+    migrate(engine)
+    first, second = RunStore(engine), RunStore(engine)
+    run = first.create("pl_1", {"blocks": []}, event(1, "queued", "queued"), Identity("user", "editor"))
+    a, b = Leases(engine, TTL, "core-a"), Leases(engine, TTL, "core-b")
+    old = a.acquire(f"run:{run.id}")
+    assert old is not None
+    first.append(run.id, event(2, "starting", "deploying"), lambda s: a.check(s, old), state="starting")
+    time.sleep(TTL + 0.2)  # core-a stalls past its lease; core-b takes the run
+    new = b.acquire(f"run:{run.id}")
+    assert new is not None
+    with pytest.raises(LeaseLost):
+        first.append(run.id, event(2, "failed", "stale"), lambda s: a.check(s, old), state="failed")
+    second.append(run.id, event(2, "running", "resumed"), lambda s: b.check(s, new), state="running")
+    first.append(run.id, event(2, "canceling", "cancel requested"), state="canceling")
+    events = second.events_after(run.id, 0)
+    assert [(e.sequence, e.message) for e in events] == [
+        (1, "queued"), (2, "deploying"), (3, "resumed"), (4, "cancel requested")
+    ]  # fmt: skip
+    assert second.find(run.id).state == "canceling", "the stale driver's 'failed' never landed"
+    engine.dispose()
