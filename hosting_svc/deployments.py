@@ -130,7 +130,7 @@ class Hosting:
     def reconcile(self) -> None:
         """After a restart: see reconcile.py. Not while other instances run (their work is in progress): this
         one joins them, and its monitor takes the deployments whose instance dies."""
-        if self.monitor.others_alive():
+        if self.monitor.join():
             log.info("other hosting instances run: joining them without reconciling")
             return
         reconcile(self.journal, self.runtimes, self.deployer.replicas)

@@ -24,6 +24,8 @@ rather than reconcile it).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from functools import partial
@@ -50,6 +52,20 @@ INSTANCE = "hosting-instance:"  # + holder: held while that instance runs
 WATCHED = ("deploying", "healthy", "unhealthy")  # states whose deployment has a watcher
 
 
+def _dead_here(holder: str) -> bool:
+    """Whether a lease holder ("host-pid-random", mesh.leases.holder_id) was a process of this host that is gone."""
+    parts = holder.rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname()[:64] or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def probe(address: str) -> tuple[bool, Load | None]:
     """Whether the replica answers SERVING, and its load."""
     with InferenceClient(address) as client:
@@ -72,15 +88,19 @@ class Monitor:
         self.leases = leases
         self.held: dict[str, Lease] = {}  # model id -> this instance's lease on watching its deployment
         self._held_lock = threading.Lock()
-        self.instance = leases.acquire(INSTANCE + leases.holder)
+        self.instance: Lease | None = None  # held from join() on
         self.stopping = threading.Event()
         self.scaler = Scaler()
 
     # Leases
 
-    def others_alive(self) -> bool:
-        """Whether another hosting instance holds its instance lease (it is running)."""
-        return any(name != INSTANCE + self.leases.holder for name in self.leases.held(INSTANCE))
+    def join(self) -> bool:
+        """Takes this instance's lease; whether other instances were running (then their work in progress is
+        theirs: this one does not reconcile). An instance of this host whose process is gone (killed, restarted
+        at once) does not count, though its lease has not expired yet."""
+        others = [name.removeprefix(INSTANCE) for name in self.leases.held(INSTANCE)]
+        self.instance = self.leases.acquire(INSTANCE + self.leases.holder)
+        return any(not _dead_here(holder) for holder in others if holder != self.leases.holder)
 
     def claim(self, model_id: str) -> bool:
         """The lease on watching the model's deployment, for this instance: False while another instance's."""
