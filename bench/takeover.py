@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from constellation.common.v1 import common_pb2 as c
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
-from constellation_sdk import Client, mesh_process
+from constellation_sdk import Client, mesh_process, watch
 from mesh import config
 from mesh.db import create_db_engine
 from mesh.leases import Leases
@@ -58,10 +59,15 @@ def set_up(home: Path, admin_url: str, replicas: int = 2) -> Setup:
     # core and hosting on one database (their tables do not overlap; both keep leases in `leases`)
     env["DATABASE_URL"] = env["CONSTELLATION_HOSTING_DATABASE_URL"] = create_database(admin_url)
     state = mesh_process.up(env, replicas=replicas)
-    client = Client(state["processes"]["gateway"]["address"], api_key=env["CONSTELLATION_API_KEY"])
-    client.wait_ready()
-    settings = config.load("core", env)
-    return Setup(env, state, client, Leases(create_db_engine(env["DATABASE_URL"]), settings.lease_ttl_s, "bench"))
+    try:
+        client = Client(state["processes"]["gateway"]["address"], api_key=env["CONSTELLATION_API_KEY"])
+        client.wait_ready()
+        settings = config.load("core", env)
+        leases = Leases(create_db_engine(env["DATABASE_URL"]), settings.lease_ttl_s, "bench")
+    except BaseException:
+        mesh_process.down(env)
+        raise
+    return Setup(env, state, client, leases)
 
 
 def tear_down(setup: Setup) -> None:
@@ -162,18 +168,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=5)
     args = parser.parse_args()
-    from constellation_sdk import watch
-
     cluster = PostgresCluster().start()
     root = Path(tempfile.mkdtemp(prefix="bench-takeover-"))
-    setup = set_up(root / "home", cluster.admin_url)
+    try:
+        measure(cluster.admin_url, root, args.kills)
+    finally:
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(admin_url: str, root: Path, kills: int) -> None:
+    setup = set_up(root / "home", admin_url)
     try:
         settings = config.load("core", setup.env)
         pipeline = slow_pipeline(setup, root, sleep_s=1.5, tile=32)
         run = setup.client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
         wait_for_inference(setup, run.id)
         times: dict[str, list[float]] = {"core": [], "hosting": []}
-        for i in range(args.kills):
+        for i in range(kills):
             for service, lease in (("core", run_lease(run.id)), ("hosting", deployment_lease(setup, "slow-32"))):
                 name, seconds = kill_holder(setup, lease)
                 times[service].append(seconds)
@@ -193,7 +205,6 @@ def main() -> None:
             raise SystemExit(f"the run did not succeed: {report.run.state_message}")
     finally:
         tear_down(setup)
-        cluster.destroy()
 
 
 if __name__ == "__main__":
