@@ -51,10 +51,19 @@ def main() -> None:
     help="Run everything with TLS: the gateway serves HTTPS and gRPC over TLS, services talk mTLS (makes the "
     "certificates in $CONSTELLATION_HOME/certs when they are missing).",
 )
-def up(timeout_s: float, tls: bool) -> None:
+@click.option(
+    "--replicas",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 8),
+    help="Processes of core, hosting and the agent, balanced by the gateway; a run's driver (a deployment's "
+    "watcher) moves to another core (hosting) when its own dies. With more than one, set DATABASE_URL and "
+    "CONSTELLATION_HOSTING_DATABASE_URL to PostgreSQL.",
+)
+def up(timeout_s: float, tls: bool, replicas: int) -> None:
     """Start core, hosting, orchestrator, agent and the Envoy gateway in the background."""
     try:
-        state = mesh_process.up(timeout_s=timeout_s, tls=tls)
+        state = mesh_process.up(timeout_s=timeout_s, tls=tls, replicas=replicas)
     except (RuntimeError, ValueError) as error:  # ValueError: settings or certificates that do not fit
         raise click.ClickException(str(error)) from None
     click.echo(f"mesh running (state and logs in {state['home']})")

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from mesh.db import lock_schema
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -185,6 +187,7 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        lock_schema(connection)  # replicas starting together migrate one after the other
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -41,6 +41,7 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> Me
     accounts = Accounts(engine)
     runs = Runs(engine, catalog, core_settings)
     runs.resume()
+    runs.start_keeper()
     audit = AuditStore(engine, core_settings.audit_retention_days)
     audit.start_pruning()
     return MeshServer(

@@ -66,6 +66,10 @@ class CoreSettings(EnvSettings):
     peer_timeout_s: float = Field(
         30.0, description="deadline of one unary call to hosting or the orchestrator, seconds", gt=0
     )
+    lease_ttl_s: float = Field(6.0, description="a run's lease (the bootstrap's CONSTELLATION_LEASE_TTL_S)", gt=0)
+    lease_renew_s: float = Field(
+        2.0, description="how often leases are renewed and expired ones taken over (CONSTELLATION_LEASE_RENEW_S)", gt=0
+    )
     hosting_address: str = Field("", description="host:port of hosting (the bootstrap's peers)")
     orchestrator_address: str = Field("", description="host:port of the orchestrator (the bootstrap's peers)")
     tls: TlsFiles | None = Field(
@@ -90,5 +94,7 @@ class CoreSettings(EnvSettings):
             hosting_address=mesh.peers["hosting"],
             orchestrator_address=mesh.peers["orchestrator"],
             tls=files(mesh.tls_dir, "core"),
+            lease_ttl_s=mesh.lease_ttl_s,
+            lease_renew_s=mesh.lease_renew_s,
             metadata=(("authorization", f"Bearer {key}"),) if key else (),
         )

@@ -12,6 +12,7 @@ only the gateway's user can open, without TLS."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import shutil
@@ -106,11 +107,19 @@ def render_config(
             cluster["transport_socket"] = upstream_tls(tls, peer, alpn)
         if cluster["name"] == CONSOLE_CLUSTER:
             continue  # the supervisor points it at the console server it starts
-        host, _, port = service_addresses[cluster["name"]].rpartition(":")
-        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-        address["address"], address["port_value"] = host, int(port)
-        if not _is_ip(host):
-            cluster["type"] = "STRICT_DNS"  # every address the name resolves to is an endpoint
+        # One endpoint per replica (comma separated addresses); Envoy's gRPC health checks take a replica that
+        # stops SERVING out of the rotation, and its retries send a refused call to another.
+        [template_endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        endpoints = []
+        for replica in service_addresses[cluster["name"]].split(","):
+            host, _, port = replica.strip().rpartition(":")
+            endpoint = copy.deepcopy(template_endpoint)
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            address["address"], address["port_value"] = host, int(port)
+            endpoints.append(endpoint)
+            if not _is_ip(host):
+                cluster["type"] = "STRICT_DNS"  # every address the name resolves to is an endpoint
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = endpoints
     return yaml.safe_dump(config, sort_keys=False)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from functools import partial
 
 from clients.inference import InferenceClient
@@ -45,6 +46,9 @@ class Deployer:
         self.runtimes = runtimes
         self.default_runtime = default_runtime
         self.replicas: dict[str, list[Replica]] = {}  # model id -> live replicas (runtime ids)
+        # The monitor's (set by Hosting): this instance's lease on watching a deployment, and who holds one.
+        self.claim: Callable[[str], bool] = lambda model_id: True
+        self.holder_of: Callable[[str], str] = lambda model_id: ""
 
     def deploy(self, model_id: str, environment: str, replicas: int, runtime: str) -> HostedModel:
         model = self.journal.get(model_id)
@@ -67,6 +71,11 @@ class Deployer:
         if runtime in ("docker", "kubernetes") and not model.image:
             raise FailedPrecondition(
                 f"{label} has no image (it was packaged without Docker); package it again with Docker running"
+            )
+        if not self.claim(model.id):
+            raise FailedPrecondition(
+                f"{label}'s deployment is watched by another hosting instance ({self.holder_of(model.id)}); call "
+                "again (the gateway sends calls to each instance in turn), or after that instance stops"
             )
         model.runtime, model.environment, model.replicas = runtime, environment, replicas
         self.journal.emit(model, "deploying", f"starting {replicas} replica(s) on {runtime} in {environment}")

@@ -22,7 +22,9 @@ log = logging.getLogger("hosting")
 
 
 def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tuple[MeshServer, Hosting]:
-    own = HostingSettings.from_env(env, home=settings.home / "hosting")
+    own = HostingSettings.from_env(
+        env, home=settings.home / "hosting", lease_ttl_s=settings.lease_ttl_s, lease_renew_s=settings.lease_renew_s
+    )
     home = own.home
     store = Store(own.database_url)
     engine = images.Engine() if own.docker_wanted and images.Engine.available() else None

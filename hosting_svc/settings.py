@@ -87,6 +87,12 @@ class HostingSettings(EnvSettings):
     git_timeout_s: float = env_field(
         "CONSTELLATION_HOSTING_GIT_TIMEOUT_S", 120.0, "longest a git clone may take, s", gt=0
     )
+    lease_ttl_s: float = Field(
+        6.0, description="a deployment's lease (the bootstrap's CONSTELLATION_LEASE_TTL_S, set by the server)", gt=0
+    )
+    lease_renew_s: float = Field(
+        2.0, description="how often leases are renewed and expired ones taken (CONSTELLATION_LEASE_RENEW_S)", gt=0
+    )
     monitor_interval_s: float = Field(
         1.0, description="how often the monitor checks every replica's health, s (not read)", gt=0
     )
