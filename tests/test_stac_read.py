@@ -23,9 +23,9 @@ from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.errors import field_violations
 from orchestrator_svc import blocks, stacks
 from tests.conftest import rpc_error
+from tests.multi_asset_scenes import write_multi_asset_scene
 from tests.orchestrator_scenes import BANDS, NODATA
 from tests.orchestrator_support import Orchestrator, orchestrator, orchestrator_env, s3_server  # noqa: F401 - fixtures
-from tests.multi_asset_scenes import write_multi_asset_scene
 
 SIZE = 300
 
