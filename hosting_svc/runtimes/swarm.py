@@ -47,7 +47,6 @@ SECOND = 1_000_000_000  # Swarm's durations are in nanoseconds
 UPDATE_MONITOR_S = 3  # how long Swarm watches each updated task before counting the update a success
 POLL_S = 0.5
 FAILED_STATES = ("failed", "rejected", "orphaned")
-ROLLED_BACK = ("rollback_completed", "rollback_paused")
 SERVE = (
     "export MODEL_PORT=$((PORT_BASE + MODEL_SLOT)); "
     "exec setpriv --no-new-privs python -m model_runtime --model-dir /opt/model --host 127.0.0.1 --port $MODEL_PORT"
@@ -265,8 +264,9 @@ class SwarmRuntime:
                 max_failure_ratio=0,
                 order="stop-first",
             ),
+            # A rollback goes on when a task of the previous version fails: the restart policy brings it back.
             "rollback_config": docker.types.RollbackConfig(
-                parallelism=0, failure_action="pause", monitor=UPDATE_MONITOR_S * SECOND, order="stop-first"
+                parallelism=0, failure_action="continue", monitor=UPDATE_MONITOR_S * SECOND, order="stop-first"
             ),
         }
 
@@ -298,39 +298,46 @@ class SwarmRuntime:
         )
 
     def _wait_converged(self, model: HostedModel, name: str) -> None:
-        """Until every replica runs this version's image; raises when Swarm rolled back or time ran out."""
+        """Until every replica runs the service's current spec; raises once Swarm has rolled this version back and
+        the previous one runs again, when an update paused, or when time ran out."""
         deadline = time.monotonic() + self.rollout_timeout_s
         while True:
             service = self._inspect(name)
             if service is None:
                 raise RuntimeError("the Swarm service was removed during the rollout")
             update = service.get("UpdateStatus") or {}
+            state = update.get("State", "")
             rolled_back = service["Spec"]["Labels"].get(images.LABEL_MODEL) != model.id
-            if rolled_back and (update.get("State") in ROLLED_BACK or time.monotonic() > deadline):
+            if state in ("paused", "rollback_paused"):
+                raise RuntimeError(
+                    f"Swarm paused the {state.replace('_paused', '') or 'update'}: {update.get('Message')}"
+                )
+            running, wanted = self._running(service)
+            settled = running == wanted and state not in ("updating", "rollback_started")
+            if rolled_back and (settled or time.monotonic() > deadline):
                 raise RuntimeError(
                     f"Swarm rolled the service back: {update.get('Message') or 'a new replica failed'}"
                     + _last_error(self._tasks(service["ID"], everything=True), model.image)
                 )
-            if rolled_back:  # wait for the previous version to serve again
-                time.sleep(POLL_S)
-                continue
-            if update.get("State") == "paused":
-                raise RuntimeError(f"Swarm paused the update: {update.get('Message', '')}")
-            tasks = self._tasks(service["ID"])
-            wanted = service["Spec"]["Mode"]["Replicated"]["Replicas"]
-            running = [
-                t
-                for t in tasks
-                if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"].startswith(model.image)
-            ]
-            if len(running) == len(tasks) == wanted and update.get("State") != "updating":
+            if settled:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"{len(running)} of {wanted} replica(s) running after {self.rollout_timeout_s:.0f} s"
+                    f"{running} of {wanted} replica(s) running after {self.rollout_timeout_s:.0f} s"
                     + _last_error(self._tasks(service["ID"], everything=True), model.image)
                 )
             time.sleep(POLL_S)
+
+    def _running(self, service: dict) -> tuple[int, int]:
+        """(replicas running the service's current image, replicas wanted); a task of another image counts as
+        not running."""
+        image = service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        tasks = self._tasks(service["ID"])
+        running = [
+            t for t in tasks if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] == image
+        ]
+        wanted = service["Spec"]["Mode"]["Replicated"]["Replicas"]
+        return (len(running) if len(tasks) == wanted else min(len(running), wanted - 1)), wanted
 
 
 def _last_error(tasks: list[dict], image: str) -> str:
