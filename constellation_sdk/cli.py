@@ -348,7 +348,10 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
 @models.command("deploy")
 @click.argument("model_ref", metavar="MODEL")
 @click.option(
-    "--runtime", type=click.Choice(["auto", "docker", "local", "kubernetes", "swarm"]), default="auto", show_default=True
+    "--runtime",
+    type=click.Choice(["auto", "docker", "local", "kubernetes", "swarm"]),
+    default="auto",
+    show_default=True,
 )
 @click.option("--replicas", default=1, show_default=True)
 @JSON
