@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class SwarmRuntime:
         self.ports = ports
         self.rollout_timeout_s = rollout_timeout_s
         self.limits = limits
+        self.allocating = threading.Lock()
 
     @staticmethod
     def is_manager(engine: images.Engine) -> bool:
@@ -103,8 +105,9 @@ class SwarmRuntime:
         name = service_name(model, self.owner)
         current = self._inspect(name)
         if current is None:
-            base = self._free_block()
-            self.api.create_service(name=name, **self._spec(model, base))
+            with self.allocating:  # two deployments at once must not take the same block
+                base = self._free_block()
+                self.api.create_service(name=name, **self._spec(model, base))
         else:
             base = int(current["Spec"]["Labels"][LABEL_PORT_BASE])
             self.api.update_service(current["ID"], current["Version"]["Index"], name=name, **self._spec(model, base))
