@@ -233,9 +233,11 @@ class SwarmRuntime:
             mounts=[docker.types.Mount("/tmp", "", type="tmpfs", tmpfs_size=images.TMP_BYTES)],
             healthcheck=docker.types.Healthcheck(
                 test=["CMD-SHELL", HEALTHY],
-                interval=SECOND,
-                timeout=2 * SECOND,
-                retries=3,
+                # Swarm kills a task that turns unhealthy: a replica busy on its CPU limit must not be, when the
+                # check's own Python takes seconds to start beside it.
+                interval=2 * SECOND,
+                timeout=10 * SECOND,
+                retries=5,
                 start_period=30 * SECOND,
             ),
             stop_grace_period=10 * SECOND,
