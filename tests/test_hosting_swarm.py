@@ -53,7 +53,10 @@ def engine():
 @pytest.fixture(scope="module")
 def hosting(engine, tmp_path_factory):
     under_test = HostingUnderTest(
-        tmp_path_factory.mktemp("hosting"), CONSTELLATION_HOSTING_SWARM="on", CONSTELLATION_HOSTING_READY_TIMEOUT_S="60"
+        tmp_path_factory.mktemp("hosting"),
+        CONSTELLATION_HOSTING_SWARM="on",
+        CONSTELLATION_HOSTING_READY_TIMEOUT_S="60",
+        CONSTELLATION_HOSTING_SWARM_ROLLOUT_TIMEOUT_S="120",
     )
     yield under_test
     for model in under_test.hosting.list():
@@ -79,13 +82,13 @@ def packaged(hosting: HostingUnderTest, folder: Path = NDWI, version: str = "1.0
     return status.model_id
 
 
-def deploy(hosting: HostingUnderTest, model_id: str, replicas: int) -> list:
+def deploy(hosting: HostingUnderTest, model_id: str, replicas: int, environment: str = "swarm") -> list:
     hosting.stub.DeployModel(
         hosting_pb2.DeployModelRequest(
-            model_id=model_id, environment="swarm", replicas=replicas, runtime=hosting_pb2.RUNTIME_SWARM
+            model_id=model_id, environment=environment, replicas=replicas, runtime=hosting_pb2.RUNTIME_SWARM
         )
     )
-    events = hosting.wait_for(model_id, HEALTHY, FAILED, after=SEEN[model_id], timeout_s=240)
+    events = hosting.wait_for(model_id, HEALTHY, FAILED, after=SEEN[model_id], timeout_s=300)
     SEEN[model_id] = events[-1].sequence
     return events
 
@@ -180,6 +183,11 @@ def test_deploy_scale_roll_out_roll_back_and_delete(hosting, engine, tmp_path):
     if serving.state != HEALTHY:
         hosting.wait_for(second, HEALTHY, after=SEEN[second], timeout_s=60)
     infer_everywhere(serving)
+
+    # With no version to go back to, a rollout that never converges is FAILED and its service removed.
+    alone = deploy(hosting, broken, replicas=1, environment="alone")
+    assert alone[-1].state == FAILED and "0 of 1 replica(s) running" in alone[-1].message, alone[-1].message
+    assert [s.id for s in services(engine, hosting)] == [service.id]
 
     # Deleting the serving version removes the service (it does not go back to a retired version).
     for model_id in (broken, first, second):

@@ -101,7 +101,8 @@ class SwarmRuntime:
 
     def start(self, model: HostedModel, index: int, port: int) -> Replica:
         """Create the service, or scale it (same version) or roll it to this version; wait until every replica
-        runs this version. Raises RuntimeError when Swarm rolled the new version back, or on timeout."""
+        runs this version. Raises RuntimeError when Swarm rolled the new version back, or on timeout (then this
+        version's spec is gone: the previous one is put back, or the service removed)."""
         name = service_name(model, self.owner)
         current = self._inspect(name)
         if current is None:
@@ -111,7 +112,11 @@ class SwarmRuntime:
         else:
             base = int(current["Spec"]["Labels"][LABEL_PORT_BASE])
             self.api.update_service(current["ID"], current["Version"]["Index"], name=name, **self._spec(model, base))
-        self._wait_converged(model, name)
+        try:
+            self._wait_converged(model, name)
+        except RuntimeError:  # nothing of this version is left serving: the Deployer holds no replica to stop
+            self.stop(model, "")
+            raise
         return self.resolve(model, Replica(name, ""))[0]
 
     def resolve(self, model: HostedModel, replica: Replica) -> list[Replica]:
