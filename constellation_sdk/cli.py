@@ -447,7 +447,10 @@ def models_import_stac(item: Path, as_json: bool) -> None:
 @models.command("deploy")
 @click.argument("model_ref", metavar="MODEL")
 @click.option(
-    "--runtime", type=click.Choice(["auto", "docker", "local", "kubernetes"]), default="auto", show_default=True
+    "--runtime",
+    type=click.Choice(["auto", "docker", "local", "kubernetes", "swarm"]),
+    default="auto",
+    show_default=True,
 )
 @click.option("--replicas", default=1, show_default=True)
 @JSON
@@ -459,6 +462,7 @@ def models_deploy(model_ref: str, runtime: str, replicas: int, as_json: bool) ->
         "docker": hosting_pb2.RUNTIME_DOCKER,
         "local": hosting_pb2.RUNTIME_LOCAL,
         "kubernetes": hosting_pb2.RUNTIME_KUBERNETES,
+        "swarm": hosting_pb2.RUNTIME_SWARM,
     }
     with _client() as client:
         model = _find_model(client, model_ref)

@@ -34,6 +34,10 @@ def runtime_unavailable(runtime: str) -> str:
         return "the Modal runtime needs MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in hosting's environment"
     if runtime == "kubernetes":
         return "the kubernetes runtime is off: set CONSTELLATION_HOSTING_KUBERNETES to kserve or deployment"
+    if runtime == "swarm":
+        return (
+            "the Docker engine is not a Swarm manager: run `docker swarm init` (or CONSTELLATION_HOSTING_SWARM is off)"
+        )
     return f"runtime {runtime} is not available"
 
 
@@ -68,7 +72,7 @@ class Deployer:
             raise FailedPrecondition(f"{label} is {model.state}; wait for it to finish")
         if model.state not in ("ready", "healthy", "unhealthy", "failed") or not model.manifest.get("wheelhouse"):
             raise FailedPrecondition(f"{label} is {model.state}; package it successfully first")
-        if runtime in ("docker", "kubernetes") and not model.image:
+        if runtime in ("docker", "kubernetes", "swarm") and not model.image:
             raise FailedPrecondition(
                 f"{label} has no image (it was packaged without Docker); package it again with Docker running"
             )
@@ -94,7 +98,7 @@ class Deployer:
                 self.stop_replicas(model, keep=runtime.name if runtime.scales_itself else "")
                 runtime.prepare(model, lambda line: emit(model, log_line=line))
                 for index in range(1 if runtime.scales_itself else model.replicas):
-                    started.append(runtime.start(model, index, free_port()))
+                    started.extend(runtime.resolve(model, runtime.start(model, index, free_port())))
                 for replica in started:
                     with InferenceClient(replica.address, model.name) as client:
                         client.wait_ready(

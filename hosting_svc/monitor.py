@@ -45,7 +45,7 @@ log = logging.getLogger("hosting")
 
 # Runtimes whose dead replicas the monitor starts again: local processes, and Docker containers that the
 # engine's restart policy leaves stopped (it restarts a crashed container, never one stopped or killed by
-# hand, e.g. `docker kill`). Modal and Kubernetes restart their own.
+# hand, e.g. `docker kill`). Modal, Kubernetes and Swarm restart their own.
 RESTARTED_BY_MONITOR = ("local", "docker")
 LEASE = "deployment:"  # + model id: which instance watches the deployment
 INSTANCE = "hosting-instance:"  # + holder: held while that instance runs

@@ -177,6 +177,26 @@ class HostingSettings(EnvSettings):
         ge=1,
         le=100,
     )
+    swarm: str = env_field(
+        "CONSTELLATION_HOSTING_SWARM",
+        "auto",
+        "auto: the swarm runtime when the Docker engine is a Swarm manager; on: require it (start fails otherwise); "
+        "off: never",
+        pattern="^(auto|on|off)$",
+    )
+    swarm_ports: str = env_field(
+        "CONSTELLATION_HOSTING_SWARM_PORTS",
+        "21000-21999",
+        "127.0.0.1 ports Swarm replicas serve on: each service takes a block of 32 (replica N on the block's "
+        "first port + N)",
+        pattern=r"^\d{4,5}-\d{4,5}$",
+    )
+    swarm_rollout_timeout_s: float = env_field(
+        "CONSTELLATION_HOSTING_SWARM_ROLLOUT_TIMEOUT_S",
+        300.0,
+        "how long creating, scaling or rolling a Swarm service may take until every replica runs the version, s",
+        gt=0,
+    )
     modal_token_id: str = Field(
         "", validation_alias="MODAL_TOKEN_ID", description="Modal token id; with its secret, enables the modal runtime"
     )
