@@ -53,7 +53,7 @@ def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
 def gdal_env(**options: object):
     import rasterio
 
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_NUM_THREADS="1", **options)
+    return rasterio.Env(**{"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_NUM_THREADS": "1", **options})
 
 
 # --------------------------------------------------------------------------- scenes
@@ -566,6 +566,48 @@ def _metres_per_unit(crs) -> tuple[float, bool]:
     return float(factor), False
 
 
+def _strip_polygons(src, threshold: float, top: int, bottom: int, width: int) -> np.ndarray:
+    """The polygons of band 1 > threshold in rows [top, bottom), in pixel coordinates of the whole raster.
+
+    rasterio.features.shapes yields GeoJSON-like dicts; their rings are gathered into flat arrays and built
+    into shapely polygons in one call (building them one by one costs more than GDAL's polygonize)."""
+    import shapely
+    from affine import Affine
+    from rasterio.features import shapes
+    from rasterio.windows import Window
+
+    data = src.read(1, window=Window(0, top, width, bottom - top), masked=True)
+    inside = (data.filled(-np.inf) > threshold).astype(np.uint8)
+    coords: list = []
+    ring_sizes: list[int] = []
+    rings_per_polygon: list[int] = []
+    for geometry, _ in shapes(inside, mask=inside.astype(bool), connectivity=4, transform=Affine.translation(0, top)):
+        rings = geometry["coordinates"]
+        rings_per_polygon.append(len(rings))
+        for ring in rings:
+            ring_sizes.append(len(ring))
+            coords.extend(ring)
+    if not rings_per_polygon:
+        return np.empty(0, dtype=object)
+    offsets = (
+        np.concatenate([[0], np.cumsum(ring_sizes)]).astype(np.int64),
+        np.concatenate([[0], np.cumsum(rings_per_polygon)]).astype(np.int64),
+    )
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.asarray(coords, dtype=np.float64), offsets)
+
+
+def _simplify_each(polygons: np.ndarray, tolerance: float) -> np.ndarray:
+    """GEOS's coverage simplification of each polygon on its own (a coverage of one), in one vectorised call.
+
+    shapely.coverage_simplify takes a whole array as one coverage; wrapping each polygon in a collection of
+    its own and calling the ufunc underneath it simplifies them independently, as a loop over
+    shapely.coverage_simplify(polygon) would, without a Python call per polygon. Empty results become None."""
+    import shapely
+
+    collections = shapely.geometrycollections(polygons.reshape(-1, 1))
+    return shapely.get_geometry(shapely.lib.coverage_simplify(collections, tolerance, True), 0)
+
+
 def vectorize(
     raster: RasterFile,
     threshold: float,
@@ -580,25 +622,34 @@ def vectorize(
     Reads row strips; polygons that touch a strip's lower edge wait and are merged with the polygons of the
     next strip that touch its upper edge, so a shape crossing strips comes out whole. Pixels are
     4-connected; polygons are built in pixel coordinates (exact unions) and moved into the CRS at the end.
+    Each strip's finished polygons are placed, simplified, measured and reprojected as arrays (shapely's
+    vectorised functions, one PROJ call per strip); only the GeoJSON text is written polygon by polygon.
     """
     import rasterio
     import shapely
     from affine import Affine
     from rasterio.crs import CRS
-    from rasterio.features import shapes
     from rasterio.warp import transform as warp_transform
-    from rasterio.windows import Window
-    from shapely.geometry import mapping, shape
+    from shapely.geometry import mapping
 
     source_crs = CRS.from_wkt(raster.crs_wkt)
     target_crs = CRS.from_user_input(crs) if crs else source_crs
     unit_m, geographic = _metres_per_unit(source_crs)
     transform = Affine(*raster.transform)
-    coefficients = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
     tolerance = simplify_tolerance_m / unit_m if simplify_tolerance_m else 0.0
     target_name = target_crs.to_string()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
+
+    def to_target(coords: np.ndarray) -> np.ndarray:
+        """Every vertex of a batch of geometries in one PROJ call."""
+        xs, ys = warp_transform(source_crs, target_crs, coords[:, 0], coords[:, 1])
+        return np.column_stack([xs, ys])
+
+    def to_crs(coords: np.ndarray) -> np.ndarray:
+        """Pixel (column, row) to the raster's CRS, the arithmetic of shapely.affinity.affine_transform."""
+        matrix = np.array([[transform.a, transform.b], [transform.d, transform.e]])
+        return np.matmul(matrix, coords.T).T + np.array([transform.c, transform.f])
 
     with open(out_path, "w", encoding="utf-8") as out:
         header: dict = {"type": "FeatureCollection"}
@@ -610,63 +661,49 @@ def vectorize(
             }
         out.write(json.dumps(header)[:-1] + ', "features": [\n')
 
-        def to_target(coords: np.ndarray) -> np.ndarray:
-            """Every vertex of a geometry in one PROJ call (transform_geom goes ring by ring)."""
-            xs, ys = warp_transform(source_crs, target_crs, coords[:, 0], coords[:, 1])
-            return np.column_stack([xs, ys])
-
-        def emit(polygon) -> None:
+        def emit(polygons: np.ndarray) -> None:
             nonlocal written
-            geometry = shapely.affinity.affine_transform(polygon, coefficients)
+            if not len(polygons):
+                return
+            geometries = shapely.transform(polygons, to_crs)
             if tolerance:
                 # GEOS's coverage simplification keeps rings valid and apart like preserve_topology=True,
                 # in near-linear time: the topology-preserving simplify takes minutes on a polygon with
                 # tens of thousands of holes (a fragmented mask over a town).
-                geometry = shapely.coverage_simplify(geometry, tolerance)
-            if geometry.is_empty:
-                return
-            area = geometry.area * unit_m * unit_m
+                geometries = _simplify_each(geometries, tolerance)
+            keep = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
+            geometries = geometries[keep]
+            areas = shapely.area(geometries) * unit_m * unit_m
             if geographic:
-                area *= math.cos(math.radians(geometry.centroid.y))
-            if area < min_area_m2:
-                return
-            if target_crs != source_crs:
-                geometry = shapely.transform(geometry, to_target)
-            geojson = mapping(geometry)
-            feature = {
-                "type": "Feature",
-                "id": written + 1,
-                "properties": {"area_m2": round(area, 3)},
-                "geometry": geojson,
-            }
-            out.write((",\n" if written else "") + json.dumps(feature))
-            written += 1
+                areas *= np.cos(np.radians(shapely.get_y(shapely.centroid(geometries))))
+            keep = ~(areas < min_area_m2)
+            geometries, areas = geometries[keep], areas[keep]
+            if target_crs != source_crs and len(geometries):
+                geometries = shapely.transform(geometries, to_target)
+            for geometry, area in zip(geometries, areas.tolist(), strict=True):
+                feature = {
+                    "type": "Feature",
+                    "id": written + 1,
+                    "properties": {"area_m2": round(area, 3)},
+                    "geometry": mapping(geometry),
+                }
+                out.write((",\n" if written else "") + json.dumps(feature))
+                written += 1
 
-        pending: list = []  # polygons touching the lower edge of the strip before
+        pending = np.empty(0, dtype=object)  # polygons touching the lower edge of the strip before
         with gdal_env(), rasterio.open(raster.path) as src:
             for top, bottom in row_strips(raster.width, raster.height):
-                data = src.read(1, window=Window(0, top, raster.width, bottom - top), masked=True)
-                inside = (data.filled(-np.inf) > threshold).astype(np.uint8)
-                found = [
-                    shape(geometry)
-                    for geometry, _ in shapes(
-                        inside, mask=inside.astype(bool), connectivity=4, transform=Affine.translation(0, top)
-                    )
-                ]
-                touching_top = [p for p in found if p.bounds[1] == top] if pending else []
-                rest = [p for p in found if p.bounds[1] != top] if pending else found
-                if pending:
-                    merged = shapely.union_all(pending + touching_top)
-                    parts = list(getattr(merged, "geoms", [merged]))
-                    rest += [p for p in parts if not p.is_empty]
-                pending = []
-                for polygon in rest:
-                    if polygon.bounds[3] == bottom and bottom < raster.height:
-                        pending.append(polygon)
-                    else:
-                        emit(polygon)
-        for polygon in pending:
-            emit(polygon)
+                rest = _strip_polygons(src, threshold, top, bottom, raster.width)
+                if len(pending):
+                    touching_top = shapely.bounds(rest)[:, 1] == top if len(rest) else np.zeros(0, dtype=bool)
+                    merged = shapely.get_parts(shapely.union_all(np.concatenate([pending, rest[touching_top]])))
+                    rest = np.concatenate([rest[~touching_top], merged[~shapely.is_empty(merged)]])
+                waits = np.zeros(len(rest), dtype=bool)
+                if len(rest) and bottom < raster.height:
+                    waits = shapely.bounds(rest)[:, 3] == bottom
+                emit(rest[~waits])
+                pending = rest[waits]
+        emit(pending)
         out.write("\n]}\n")
     return VectorFile(str(out_path), name, target_name, written)
 
