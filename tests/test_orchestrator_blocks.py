@@ -152,6 +152,62 @@ def test_vectorize_merges_shapes_across_strips(scene_file, tmp_path, monkeypatch
     assert -40 < lon < -30 and -10 < lat < 0
 
 
+def mask_raster(tmp_path: Path, mask: np.ndarray) -> blocks.RasterFile:
+    """A float32 raster, 1.0 where `mask`, 10 m pixels in the scenes' CRS."""
+    from rasterio.transform import from_origin
+
+    transform = from_origin(500_000, 9_000_000, 10, 10)
+    profile = {"driver": "GTiff", "width": mask.shape[1], "height": mask.shape[0], "count": 1, "dtype": "float32",
+               "crs": CRS, "transform": transform}  # fmt: skip
+    with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
+        dst.write(mask.astype(np.float32)[None])
+    return blocks.RasterFile(
+        str(tmp_path / "mask.tif"), "m", mask.shape[1], mask.shape[0], 1, rasterio.crs.CRS.from_user_input(CRS).to_wkt(),
+        tuple(transform)[:6], None,
+    )  # fmt: skip
+
+
+def test_polygons_across_many_strips_match_the_whole_raster(tmp_path, monkeypatch):
+    """A spiral crossing every strip seam many times, with holes, pixels touching only at corners and seams
+    cutting through single-pixel necks: the strip-by-strip result is the whole-raster polygonisation, polygon
+    for polygon; and the vectorised simplification is the per-polygon one."""
+    import shapely
+    from rasterio.features import shapes
+
+    rng = np.random.default_rng(16)
+    mask = rng.random((120, 90)) > 0.55  # speckle: many small shapes, corner contacts
+    mask[10:110:2, 5:85] = True  # comb teeth, joined by a spine below: one shape across every seam
+    mask[10:110, 5] = True
+    spiral = np.zeros_like(mask)
+    spiral[20:100, 40:80] = True
+    spiral[22:98, 42:78] = False
+    spiral[24:96, 44:76] = True
+    spiral[26:94, 46:74] = False  # rings nested in rings: holes holding islands
+    mask |= spiral
+    raster = mask_raster(tmp_path, mask)
+    whole = [
+        shape(g) for g, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=raster_affine(raster))
+    ]
+    for strip_rows in (1, 3, 7, 50):
+        monkeypatch.setattr(blocks, "STRIP_PIXELS", strip_rows * mask.shape[1])
+        vectors = blocks.vectorize(raster, 0.5, 0, 0, "", tmp_path / f"v{strip_rows}.geojson", "m")
+        found = [shape(f["geometry"]) for f in json.loads(Path(vectors.path).read_text())["features"]]
+        assert len(found) == len(whole) > 100
+        key = lambda p: (p.bounds, p.area)  # noqa: E731
+        for got, want in zip(sorted(found, key=key), sorted(whole, key=key), strict=True):
+            assert got.equals(want), (strip_rows, got.bounds)
+    polygons = np.array(whole, dtype=object)
+    one_by_one = [shapely.coverage_simplify(p, 25.0) for p in polygons]
+    together = blocks._simplify_each(polygons, 25.0)
+    assert all(a.equals_exact(b, 0) for a, b in zip(together, one_by_one, strict=True))
+
+
+def raster_affine(raster: blocks.RasterFile):
+    from affine import Affine
+
+    return Affine(*raster.transform)
+
+
 def test_cog_and_preview(scene_file, tmp_path):
     scene = blocks.inspect_scene(str(scene_file), BANDS, ["green", "nir"])
     grid = blocks.TileGrid.for_scene(scene.width, scene.height, 128, 0)
