@@ -692,7 +692,7 @@ def vectorize(
 
         pending = np.empty(0, dtype=object)  # polygons touching the lower edge of the strip before
         with gdal_env(), rasterio.open(raster.path) as src:
-            for top, bottom in row_strips(raster.width, raster.height):
+            for top, bottom in row_strips(raster.width, raster.height, STRIP_PIXELS):
                 rest = _strip_polygons(src, threshold, top, bottom, raster.width)
                 if len(pending):
                     touching_top = shapely.bounds(rest)[:, 1] == top if len(rest) else np.zeros(0, dtype=bool)
