@@ -712,11 +712,12 @@ def vectorize(
 
 
 def write_cog(source: Path, target: Path) -> None:
-    """Cloud-Optimized GeoTIFF (deflate, internal overviews) of a GeoTIFF, through GDAL's COG driver."""
+    """Cloud-Optimized GeoTIFF (deflate, internal overviews) of a GeoTIFF, through GDAL's COG driver, which
+    compresses blocks and builds overviews on all CPUs (NUM_THREADS); the block cache stays bounded."""
     from rasterio.shutil import copy
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with gdal_env():
+    with gdal_env(GDAL_NUM_THREADS="ALL_CPUS"):
         copy(
             str(source),
             str(target),
@@ -725,6 +726,7 @@ def write_cog(source: Path, target: Path) -> None:
             PREDICTOR="YES",
             BLOCKSIZE="512",
             OVERVIEW_RESAMPLING="AVERAGE",
+            NUM_THREADS="ALL_CPUS",
         )
 
 
@@ -745,6 +747,23 @@ def _stretch(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+def preview_shape(width: int, height: int, max_px: int = 1024) -> tuple[int, int]:
+    """(rows, columns) of a raster's preview: its longer side brought down to `max_px`, never up."""
+    scale = max(width, height) / max_px
+    return (max(1, round(height / scale)), max(1, round(width / scale))) if scale > 1 else (height, width)
+
+
+def read_backdrop(path: str, bands: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    """(3, rows, columns) float32: the scene's red, green, blue read decimated (average) to the preview's shape.
+    A scene without overviews is read in full: on a large scene this costs seconds, so the export op reads it
+    while the COG is being written."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with gdal_env(), rasterio.open(path) as scene:
+        return scene.read(list(bands), out_shape=(3, *shape), resampling=Resampling.average).astype(np.float32)
+
+
 def write_preview(
     source: Path,
     target: Path,
@@ -752,24 +771,20 @@ def write_preview(
     colors: PreviewColors = PreviewColors(),
     backdrop: str = "",
     backdrop_bands: Sequence[int] = (),
+    backdrop_rgb: np.ndarray | None = None,
 ) -> tuple[int, int]:
     """A PNG quick-look of band 1, read decimated (from overviews when present) so it costs the same for any scene.
 
-    With a backdrop (the scene and its red, green, blue positions): the scene in true colour, and the
-    pixels above 0.5 (water) painted over it. Without: values in [0, 1] shade from `low` to `high`
-    (others are stretched to their range). Nodata is transparent either way."""
+    With a backdrop (the scene and its red, green, blue positions, or `backdrop_rgb` read by read_backdrop
+    beforehand): the scene in true colour, and the pixels above 0.5 (water) painted over it. Without: values in
+    [0, 1] shade from `low` to `high` (others are stretched to their range). Nodata is transparent either way."""
     import rasterio
     from PIL import Image
     from rasterio.enums import Resampling
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with gdal_env(), rasterio.open(source) as src:
-        scale = max(src.width, src.height) / max_px
-        shape = (
-            (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-            if scale > 1
-            else (src.height, src.width)
-        )
+        shape = preview_shape(src.width, src.height, max_px)
         data = src.read(1, out_shape=shape, resampling=Resampling.average, masked=True).astype(np.float32)
     valid = ~np.ma.getmaskarray(data) & np.isfinite(data.filled(np.nan))
     values = data.filled(0)
@@ -778,12 +793,10 @@ def write_preview(
         if lo < 0 or hi > 1:
             values = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     values = np.clip(np.nan_to_num(values), 0, 1)
-    if backdrop and len(backdrop_bands) == 3:
-        with gdal_env(), rasterio.open(backdrop) as scene:
-            rgb = scene.read(list(backdrop_bands), out_shape=(3, *shape), resampling=Resampling.average).astype(
-                np.float32
-            )
-        base = np.moveaxis(_stretch(rgb, valid), 0, -1)
+    if backdrop_rgb is None and backdrop and len(backdrop_bands) == 3:
+        backdrop_rgb = read_backdrop(backdrop, backdrop_bands, shape)
+    if backdrop_rgb is not None:
+        base = np.moveaxis(_stretch(backdrop_rgb, valid), 0, -1)
         water = ((values > 0.5) * colors.overlay_alpha)[..., None]
         rgb_out = (base * (1 - water) + np.asarray(colors.overlay, np.float32) * water).astype(np.uint8)
     else:

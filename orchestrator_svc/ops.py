@@ -583,15 +583,25 @@ def export_op(
     local = constellation.scratch(context.run_id, config.block_id, *per_item)
     prefix = join(config.uri, config.run_id, config.block_id, *per_item)
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
-    if raster is not None and "cog" in config.formats:
-        cog = _scratch_file(local, f"{raster.name}.tif")
-        blocks.write_cog(Path(raster.path), cog)
-        files.append((cog, raster.name, "cog"))
-    if raster is not None and "png_preview" in config.formats:
-        preview = _scratch_file(local, f"{raster.name}_preview.png")
-        source = files[0][0] if files else Path(raster.path)
-        blocks.write_preview(source, preview, backdrop=raster.backdrop_path, backdrop_bands=raster.backdrop_bands)
-        files.append((preview, f"{raster.name}_preview", "png_preview"))
+    if raster is not None and ("cog" in config.formats or "png_preview" in config.formats):
+        # The preview's backdrop (a decimated read of the whole scene) is read in a thread while GDAL writes the
+        # COG: both release the GIL, so the export costs about the longer of the two, not their sum.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="preview-backdrop") as pool:
+            backdrop = None
+            if "png_preview" in config.formats and raster.backdrop_path and len(raster.backdrop_bands) == 3:
+                shape = blocks.preview_shape(raster.width, raster.height)
+                backdrop = pool.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
+            if "cog" in config.formats:
+                cog = _scratch_file(local, f"{raster.name}.tif")
+                blocks.write_cog(Path(raster.path), cog)
+                files.append((cog, raster.name, "cog"))
+            if "png_preview" in config.formats:
+                preview = _scratch_file(local, f"{raster.name}_preview.png")
+                source = files[0][0] if files else Path(raster.path)  # the COG's overviews make this read cheap
+                blocks.write_preview(source, preview, backdrop_rgb=backdrop.result() if backdrop else None)
+                files.append((preview, f"{raster.name}_preview", "png_preview"))
     if vectors is not None and "geojson" in config.formats:
         files.append((Path(vectors.path), vectors.name, "geojson"))
     if table is not None:

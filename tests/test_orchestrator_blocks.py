@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 from dagster import build_op_context
+from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import shape
 
 from clients.inference import is_transient
@@ -161,10 +162,10 @@ def mask_raster(tmp_path: Path, mask: np.ndarray) -> blocks.RasterFile:
                "crs": CRS, "transform": transform}  # fmt: skip
     with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
         dst.write(mask.astype(np.float32)[None])
+    wkt = rasterio.crs.CRS.from_user_input(CRS).to_wkt()
     return blocks.RasterFile(
-        str(tmp_path / "mask.tif"), "m", mask.shape[1], mask.shape[0], 1, rasterio.crs.CRS.from_user_input(CRS).to_wkt(),
-        tuple(transform)[:6], None,
-    )  # fmt: skip
+        str(tmp_path / "mask.tif"), "m", mask.shape[1], mask.shape[0], 1, wkt, tuple(transform)[:6], None
+    )
 
 
 def test_polygons_across_many_strips_match_the_whole_raster(tmp_path, monkeypatch):
@@ -218,7 +219,15 @@ def test_cog_and_preview(scene_file, tmp_path):
     with rasterio.open(tmp_path / "cog.tif") as cog, rasterio.open(raster.path) as plain:
         assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and cog.crs == plain.crs
         assert np.array_equal(cog.read(1), plain.read(1))
+    valid, errors, _ = cog_validate(str(tmp_path / "cog.tif"), quiet=True)
+    assert valid and not errors
     assert blocks.write_preview(tmp_path / "cog.tif", tmp_path / "p.png", max_px=100) == (100, 100)
+    # The export op reads the backdrop beforehand (while the COG is written): the same picture as reading it after.
+    rgb = (BANDS.index("red") + 1, BANDS.index("green") + 1, BANDS.index("blue") + 1)
+    blocks.write_preview(tmp_path / "cog.tif", tmp_path / "b1.png", 100, backdrop=str(scene_file), backdrop_bands=rgb)
+    early = blocks.read_backdrop(str(scene_file), rgb, blocks.preview_shape(scene.width, scene.height, 100))
+    blocks.write_preview(tmp_path / "cog.tif", tmp_path / "b2.png", 100, backdrop_rgb=early)
+    assert (tmp_path / "b1.png").read_bytes() == (tmp_path / "b2.png").read_bytes()
     from PIL import Image
 
     image = Image.open(tmp_path / "p.png")
