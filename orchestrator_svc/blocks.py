@@ -675,7 +675,8 @@ def vectorize(
             geometries = geometries[keep]
             areas = shapely.area(geometries) * unit_m * unit_m
             if geographic:
-                areas *= np.cos(np.radians(shapely.get_y(shapely.centroid(geometries))))
+                # math.cos, not np.cos: numpy's SIMD cosine may differ in the last bit, and areas are rounded
+                areas *= np.array([math.cos(math.radians(y)) for y in shapely.get_y(shapely.centroid(geometries))])
             keep = ~(areas < min_area_m2)
             geometries, areas = geometries[keep], areas[keep]
             if target_crs != source_crs and len(geometries):
