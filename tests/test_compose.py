@@ -215,7 +215,7 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path):
         [status] = [
             m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models if m.model_name == MODEL
         ]
-        assert status.endpoints and all(e.startswith("127.0.0.1:") for e in status.endpoints), status.endpoints
+        assert status.endpoints and all(e.address.startswith("127.0.0.1:") for e in status.endpoints), status.endpoints
 
     # The console is in the gateway image, served over HTTPS; the operator's login link works once.
     page = requests.get(f"https://{stack.gateway}/", verify=str(stack.tls_dir / "ca.crt"), timeout=30)
