@@ -22,20 +22,18 @@ import threading
 from typing import Any
 
 import docker
-from dagster import DagsterRunStatus
 from dagster._core.launcher import LaunchRunContext, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import serialize_value
 from dagster_docker import DockerRunLauncher
 from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG, DOCKER_IMAGE_TAG
 
-from orchestrator_svc.k8s_launcher import WORKER_UID, worker_args
+from orchestrator_svc.k8s_launcher import ACTIVE, WORKER_UID, settle_run, worker_args
 from orchestrator_svc.launcher import INSTANCE_REF_ENV
 from orchestrator_svc.settings import OrchestratorSettings
 
 log = logging.getLogger("orchestrator.docker")
 
-ACTIVE = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING)
 PASSED_PREFIXES = ("CONSTELLATION_", "AWS_", "DAGSTER_")
 RUN_LABEL = "constellation.run"
 
@@ -101,15 +99,8 @@ class DockerWorkerRunLauncher(DockerRunLauncher):
         self.watch_adopted(run.run_id)
 
     def settle(self, run_id: str, why: str) -> None:
-        """A run whose container is gone or ended must not stay active: CANCELING becomes CANCELED, else FAILED."""
         with self._settling:
-            run = self._instance.get_run_by_id(run_id)
-            if run is None or run.status not in ACTIVE:
-                return
-            if run.status == DagsterRunStatus.CANCELING:
-                self._instance.report_run_canceled(run, message=f"Run canceled: {why}.")
-            else:
-                self._instance.report_run_failed(run, message=f"The run did not finish: {why}.")
+            settle_run(self._instance, run_id, why)
 
     def watch_adopted(self, run_id: str, poll_s: float = 2.0) -> None:
         """Follow a run's container until the run ends; settle the run if the container ends first; then remove

@@ -191,7 +191,7 @@ class RunManager:
         if not isinstance(launcher, (WorkerRunLauncher, K8sWorkerRunLauncher, DockerWorkerRunLauncher)):
             raise RuntimeError(
                 f"the Dagster instance's run launcher is {type(launcher).__name__}, not one of ours "
-                "(WorkerRunLauncher, K8sWorkerRunLauncher)"
+                "(WorkerRunLauncher, K8sWorkerRunLauncher, DockerWorkerRunLauncher)"
             )
         return launcher
 
