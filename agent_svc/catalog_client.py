@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent_svc.domain import Catalog, Dataset, Model
+from agent_svc.domain import Catalog, Dataset, Model, Scene
 from agent_svc.embeddings import Embedder
 from agent_svc.ranking import RankIndex
 from clients.paging import pages
@@ -55,6 +56,15 @@ def dataset_from_proto(d: core_pb2.Dataset) -> Dataset:
         bbox=(box.min_x, box.min_y, box.max_x, box.max_y) if box is not None else None,
         tags=tuple(d.tags),
         uri=d.uri,
+        scenes=tuple(
+            Scene(
+                item.id,
+                item.acquired_time.ToDatetime(tzinfo=UTC),
+                item.cloud_cover if item.HasField("cloud_cover") else None,
+            )
+            for item in d.items
+            if item.HasField("acquired_time")
+        ),
     )
 
 

@@ -9,6 +9,7 @@ back to the client unchanged, so a mirror type would only add a conversion.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date, datetime
 
 from constellation.common.v1 import common_pb2
 
@@ -18,6 +19,15 @@ PLANNERS = ("offline", "gemini")
 MAX_PROMPT_CHARS = 4000
 DEFAULT_RESULTS = 5
 MAX_RESULTS = 50
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One STAC item of a dataset, as the agent weighs it: when, and how cloudy."""
+
+    id: str
+    acquired: datetime
+    cloud_cover: float | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class Dataset:
     bbox: Box | None = None
     tags: tuple[str, ...] = ()
     uri: str = ""
+    scenes: tuple[Scene, ...] = ()  # from STAC (core's Dataset.items); empty for a plain raster
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,10 @@ class Constraints:
     min_accuracy: float = 0.0
     # "sar" or "optical" when the prompt insists on one.
     modality: str = ""
+    # Acquisition dates the scenes must fall in (first day, last day), from "in June 2024" or a request.
+    date_range: tuple[date, date] | None = None
+    # A month of any year (1-12) when the prompt names one without a year ("in June"); 0 otherwise.
+    month: int = 0
 
 
 @dataclass
@@ -93,6 +108,8 @@ class Intent:
     model_terms: dict[str, float] = field(default_factory=dict)
     # Stem -> the word as written, for reasons.
     shown: dict[str, str] = field(default_factory=dict)
+    # "the least cloudy", "clearest", "cloud-free": prefer the scene with the least eo:cloud_cover.
+    least_cloudy: bool = False
     wants_vectors: bool | None = None
     wants_preview: bool = True
     # What was understood, in words, for the summary.
@@ -141,3 +158,18 @@ class Plan:
     rationale: list[BlockReason]
     recommendation: Recommendation
     planner: str = "offline"
+
+
+def scenes_in_range(dataset: Dataset, constraints: Constraints) -> list[Scene]:
+    """The dataset's scenes acquired within the constraints' dates (all of them without dates)."""
+    window, month = constraints.date_range, constraints.month
+    return [
+        s
+        for s in dataset.scenes
+        if (window is None or window[0] <= s.acquired.date() <= window[1]) and (not month or s.acquired.month == month)
+    ]
+
+
+def least_cloud(scenes: list[Scene]) -> float | None:
+    covers = [s.cloud_cover for s in scenes if s.cloud_cover is not None]
+    return min(covers) if covers else None

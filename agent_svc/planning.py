@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-from agent_svc.domain import BlockReason, Dataset, Intent, Model
+from agent_svc.domain import BlockReason, Dataset, Intent, Model, scenes_in_range
 from constellation.common.v1 import common_pb2
+from pipeline.bands import match_bands
 
 REFLECTANCE_SENSORS = ("sentinel-2", "landsat")
 PER_PIXEL_TASKS = ("segmentation", "regression")
@@ -39,6 +40,21 @@ def _normalization(dataset: Dataset, model: Model, sar: bool) -> tuple[common_pb
     return common_pb2.NORMALIZATION_NONE, f"{model.name} takes values as stored"
 
 
+def scene_note(dataset: Dataset, intent: Intent) -> str:
+    """What the rationale says of a STAC dataset's scenes: the one(s) in the asked dates, and their clouds."""
+    scenes = scenes_in_range(dataset, intent.constraints)
+    if not scenes:
+        return ""
+    shown = sorted(scenes, key=lambda s: (s.cloud_cover is None, s.cloud_cover or 0.0))[:3]
+    described = ", ".join(
+        f"{s.id} of {s.acquired:%Y-%m-%d}" + (f" ({s.cloud_cover:g}% cloud)" if s.cloud_cover is not None else "")
+        for s in shown
+    )
+    window = intent.constraints.date_range
+    during = f" in {window[0]:%Y-%m-%d}..{window[1]:%Y-%m-%d}" if window else ""
+    return f"; its scene{'s' if len(scenes) > 1 else ''}{during}: {described}"
+
+
 def build_spec(
     dataset: Dataset, model: Model, intent: Intent, export_base: str, sar: bool = False
 ) -> tuple[common_pb2.PipelineSpec, list[BlockReason]]:
@@ -55,13 +71,15 @@ def build_spec(
     if intent.wants_preview:
         formats.append(common_pb2.EXPORT_FORMAT_PNG_PREVIEW)
     resolution = dataset.resolution_m or 0.0
+    match = match_bands(model.bands, dataset.bands)
+    read_bands = [chosen or wanted for chosen, wanted in zip(match.chosen, model.bands, strict=True)]
     batch = 16 if tile and tile <= 256 else 8 if tile and tile <= 512 else 4
 
     blocks = [
         common_pb2.Block(
             id="scene",
             label=f"Read {dataset.name}",
-            dataset=common_pb2.DatasetBlock(dataset_id=dataset.id, bands=list(model.bands)),
+            dataset=common_pb2.DatasetBlock(dataset_id=dataset.id, bands=read_bands),
         ),
         common_pb2.Block(
             id="tiles",
@@ -108,7 +126,9 @@ def build_spec(
         BlockReason(
             "scene",
             f"{dataset.name} ({dataset.sensor or 'unknown sensor'}, {resolution:g} m) was ranked first for the prompt; "
-            f"it reads only {', '.join(model.bands)}, the bands {model.name} takes, in its order",
+            f"it reads only {', '.join(read_bands)}, the bands {model.name} takes, in its order"
+            + "".join(f"; {sub.describe()}, a near equivalent (pipeline.bands)" for sub in match.substitutions)
+            + scene_note(dataset, intent),
         ),
         BlockReason(
             "tiles",

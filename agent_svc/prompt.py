@@ -12,12 +12,15 @@ constraints from the request add to and override what the prompt says.
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
+from datetime import date
 
 from agent_svc import text
 from agent_svc.domain import Box, Constraints, Intent
 from agent_svc.gazetteer import PLACES
+from pipeline.bands import has_band as has_named_band
 
 SENSOR_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bsentinel[\s_-]?([123])\b"), "sentinel-{0}"),
@@ -50,9 +53,10 @@ MENTIONS_BANDS = re.compile(r"\b(bands?|channels?)\b")
 # A requested family is met by any of its members.
 BAND_FAMILIES = {
     "nir": ("nir", "nir08"),
-    "swir": ("swir1", "swir2"),
-    "rededge": ("rededge1", "rededge2", "rededge3"),
-    "tir": ("tir", "tir1", "tir2"),
+    "swir": ("swir16", "swir22"),
+    "rededge": ("rededge", "rededge071", "rededge075", "rededge078"),
+    "tir": ("lwir", "lwir11", "lwir12"),
+    "lwir": ("lwir", "lwir11", "lwir12"),
 }
 SAR_BANDS = frozenset({"vv", "vh", "hh", "hv"})
 
@@ -61,6 +65,21 @@ OPTICAL_WORDS = re.compile(r"\b(optical|multi[\s-]?spectral)\b")
 NEGATION = re.compile(r"\b(not|no|won'?t|can'?t|cannot|without|avoid|isn'?t|doesn'?t|useless|never)\b")
 CLOUD_HINTS = re.compile(
     r"\b(cloudy|overcast|cloud[\s-]penetrating|through (the )?clouds?|all[\s-]weather|at night|night[\s-]?time)\b"
+)
+
+MONTHS = (
+    "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+)  # fmt: skip
+# "in June", "during june 2024", "June of 2024", "2024 June" ("may" only after in/during, as it is also a verb).
+MONTH_WORDS = re.compile(
+    r"\b(?:(?:in|during|for|of|from)\s+(?P<m1>" + "|".join(MONTHS) + r")(?:\s+(?:of\s+)?(?P<y1>(?:19|20)\d\d))?"
+    r"|(?P<m2>" + "|".join(m for m in MONTHS if m != "may") + r")\s+(?:of\s+)?(?P<y2>(?:19|20)\d\d))\b"
+)
+ISO_RANGE = re.compile(r"\b(\d{4}-\d\d-\d\d)\s*(?:to|until|through|and|-|/|\.\.)\s*(\d{4}-\d\d-\d\d)\b")
+LEAST_CLOUDY = re.compile(
+    r"\b((least|less|lowest|minimum|fewest)\s+(cloudy|clouds?|cloud\s+cover|cloudiness)|clearest|cloud[\s-]?free"
+    r"|cloudless|without\s+clouds?|no\s+clouds?)\b"
 )
 
 TASK_CUES: dict[str, list[tuple[re.Pattern[str], float]]] = {
@@ -218,6 +237,29 @@ def _accuracy(folded: str) -> tuple[float, list[tuple[int, int]]]:
     return 0.0, []
 
 
+def _dates(folded: str, words: set[str]) -> tuple[tuple[date, date] | None, int, list[tuple[int, int]]]:
+    """(date range, month of any year, spans read) from ISO ranges or month names."""
+    iso = ISO_RANGE.search(folded)
+    if iso:
+        try:
+            first, last = date.fromisoformat(iso.group(1)), date.fromisoformat(iso.group(2))
+        except ValueError:
+            first = last = None  # type: ignore[assignment]
+        if first and last and first <= last:
+            return (first, last), 0, [iso.span()]
+    match = MONTH_WORDS.search(folded)
+    if not match:
+        return None, 0, []
+    name, year = match.group("m1") or match.group("m2"), match.group("y1") or match.group("y2")
+    words.add(name)
+    month = MONTHS.index(name) + 1
+    if not year:
+        return None, month, [match.span()]
+    first = date(int(year), month, 1)
+    last = date(int(year), month, calendar.monthrange(int(year), month)[1])
+    return (first, last), 0, [match.span()]
+
+
 def _task_scores(folded: str) -> dict[str, float]:
     scores = {task: sum(w * len(p.findall(folded)) for p, w in cues) for task, cues in TASK_CUES.items()}
     return {task: s for task, s in scores.items() if s > 0}
@@ -242,6 +284,8 @@ def parse(prompt: str, structured: Constraints | None = None) -> Intent:
     consumed += spans
     constraints.min_accuracy, spans = _accuracy(folded)
     consumed += spans
+    constraints.date_range, constraints.month, spans = _dates(folded, constraint_words)
+    consumed += spans
     for task, pattern in EXPLICIT_TASKS.items():
         if pattern.search(folded):
             constraints.task = task
@@ -261,7 +305,10 @@ def parse(prompt: str, structured: Constraints | None = None) -> Intent:
         constraints.modality = constraints.modality or "sar"
 
     intent = Intent(prompt=prompt, constraints=constraints)
-    if CLOUD_HINTS.search(folded) and not constraints.modality:
+    intent.least_cloudy = bool(LEAST_CLOUDY.search(folded))
+    if intent.least_cloudy:
+        notes.append("the least cloudy scene (STAC eo:cloud_cover)")
+    elif CLOUD_HINTS.search(folded) and not constraints.modality:
         intent.preferred_modality = "sar"
         notes.append("clouds or night suggest radar")
     kept = folded
@@ -312,6 +359,8 @@ def apply_structured(constraints: Constraints, structured: Constraints) -> None:
             setattr(constraints, name, value)
     if structured.modality:
         constraints.modality = structured.modality
+    if structured.date_range is not None:
+        constraints.date_range, constraints.month = structured.date_range, 0
 
 
 def describe(c: Constraints, preferred_task: str = "") -> list[str]:
@@ -336,11 +385,21 @@ def describe(c: Constraints, preferred_task: str = "") -> list[str]:
         found.append(f"latency at most {c.max_latency_ms:g} ms per tile")
     if c.min_accuracy:
         found.append(f"accuracy at least {c.min_accuracy:g}")
+    if c.date_range is not None or c.month:
+        found.append(f"scenes {describe_dates(c)}")
     return found
 
 
+def describe_dates(c: Constraints) -> str:
+    """`from 2024-06-01 to 2024-06-30`, or `from June (any year)`."""
+    if c.date_range is not None:
+        return f"from {c.date_range[0]:%Y-%m-%d} to {c.date_range[1]:%Y-%m-%d}"
+    return f"from {MONTHS[c.month - 1].title()} (any year)" if c.month else ""
+
+
 def has_band(available: tuple[str, ...] | list[str], wanted: str) -> bool:
-    return any(b in available for b in BAND_FAMILIES.get(wanted, (wanted,)))
+    """A requested band or family (`swir`) is met by any member, under any of its names (pipeline.bands)."""
+    return any(has_named_band(available, b) for b in BAND_FAMILIES.get(wanted, (wanted,)))
 
 
 def sensor_matches(sensor: str, wanted: str) -> bool:

@@ -16,14 +16,25 @@ operations; reasons are written only for the entries returned.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from agent_svc import prompt as prompt_mod
 from agent_svc import text
-from agent_svc.domain import Candidate, Catalog, Dataset, Intent, Model, Recommendation
+from agent_svc.domain import (
+    Candidate,
+    Catalog,
+    Dataset,
+    Intent,
+    Model,
+    Recommendation,
+    least_cloud,
+    scenes_in_range,
+)
 from agent_svc.embeddings import Embedder
+from pipeline.bands import canonical, match_bands, servable
 
 # Model card metric names read as latency (ms per tile) and as quality in [0, 1], in order of preference.
 LATENCY_METRICS = ("latency_ms", "p50_latency_ms", "latency_ms_per_tile", "median_latency_ms")
@@ -75,7 +86,8 @@ class RankIndex:
         self.catalog = catalog
         self.embedder = embedder
         ds, ms = catalog.datasets, catalog.models
-        band_names = sorted({b for d in ds for b in d.bands} | {b for m in ms for b in m.bands})
+        # Bands by canonical name (pipeline.bands); a dataset's bits also hold what its near equivalents serve.
+        band_names = sorted({b for d in ds for b in servable(d.bands)} | {canonical(b) for m in ms for b in m.bands})
         self.band_bit = {b: 1 << i for i, b in enumerate(band_names)}
         if len(band_names) > 62:  # bands beyond 62 names share no bit: compatibility then falls back to sets
             self.band_bit = {b: (1 << i) if i < 62 else 0 for i, b in enumerate(band_names)}
@@ -83,7 +95,7 @@ class RankIndex:
         self.d_docs = [dataset_document(d) for d in ds]
         self.d_text = text.TextIndex(self.d_docs)
         self.d_sensor = np.array([d.sensor.lower() for d in ds], dtype=object)
-        self.d_bits = np.array([self.bits(d.bands) for d in ds], dtype=np.int64)
+        self.d_bits = np.array([self.bits(servable(d.bands)) for d in ds], dtype=np.int64)
         self.d_res = np.array([d.resolution_m or np.nan for d in ds], dtype=np.float64)
         self.d_bbox = np.array([d.bbox if d.bbox else (np.nan,) * 4 for d in ds], dtype=np.float64).reshape(len(ds), 4)
         self.d_sar = np.array([_is_sar(d.bands, d.sensor) for d in ds], dtype=bool)
@@ -118,10 +130,10 @@ class RankIndex:
         self.d_by_id = {d.id: i for i, d in enumerate(ds)}
         self.m_by_id = {m.id: i for i, m in enumerate(ms)}
 
-    def bits(self, bands: tuple[str, ...] | list[str]) -> int:
+    def bits(self, bands: Iterable[str]) -> int:
         value = 0
         for b in bands:
-            value |= self.band_bit.get(b, 0)
+            value |= self.band_bit.get(canonical(b), 0)
         return value
 
     def family_bits(self, wanted: str) -> int:
@@ -165,6 +177,11 @@ def score_datasets(index: RankIndex, intent: Intent) -> Scored:
         misses += ~(index.d_res <= c.max_resolution_m)  # NaN (unknown) counts as a miss
     if c.modality:
         misses += index.d_sar != (c.modality == "sar")
+    datasets = index.catalog.datasets
+    dated = c.date_range is not None or c.month
+    in_range = [scenes_in_range(d, c) for d in datasets]
+    if dated:  # a dataset without a scene in the dates (or without dates at all) misses
+        misses += np.array([not scenes for scenes in in_range], dtype=np.int64)
     relevance = _relevance(index, index.d_text.relevance(intent.terms), "d_vectors", intent)
     soft = np.zeros(n)
     if c.region is not None:
@@ -172,6 +189,10 @@ def score_datasets(index: RankIndex, intent: Intent) -> Scored:
     if intent.preferred_modality:
         soft += 0.5 * (index.d_sar == (intent.preferred_modality == "sar"))
     quality = np.clip(0.8 * relevance + 0.2 * soft, 0.0, 1.0)
+    if intent.least_cloudy:  # clear skies weigh as much as the words: "the least cloudy scene" is the point
+        covers = [least_cloud(scenes) for scenes in in_range]
+        clear = np.array([1.0 - cover / 100.0 if cover is not None else 0.0 for cover in covers])
+        quality = np.clip(0.5 * quality + 0.5 * clear, 0.0, 1.0)
     score = _tiered(misses, quality)
     return Scored(misses, score, relevance, quality, _order(misses, score))
 
@@ -344,10 +365,24 @@ def explain_dataset(index: RankIndex, i: int, intent: Intent, ds: Scored) -> Can
             shortfalls.append("radar (SAR), not optical" if sar else "optical, not radar (SAR)")
     elif intent.preferred_modality == "sar" and sar:
         reasons.append("radar sees through clouds")
+    scenes = scenes_in_range(d, c)
+    if c.date_range is not None or c.month:
+        when = prompt_mod.describe_dates(c)
+        if scenes:
+            reasons.append(f"{len(scenes)} of its {len(d.scenes)} scene(s) are {when}")
+        else:
+            shortfalls.append(f"no scene {when}")
+    if scenes and intent.least_cloudy:
+        best = min(scenes, key=lambda s: (s.cloud_cover is None, s.cloud_cover or 0.0))
+        cover = "unknown" if best.cloud_cover is None else f"{best.cloud_cover:g}%"
+        reasons.append(f"clearest scene {best.id} of {best.acquired:%Y-%m-%d}: {cover} cloud")
     matched = _matched_terms(intent.terms, index.d_docs[i], intent.shown)
     if matched:
         reasons.append("matches " + ", ".join(f"'{t}'" for t in matched))
     reasons.append(f"{d.sensor or 'unknown sensor'}, {d.resolution_m:g} m, bands {', '.join(d.bands)}")
+    if d.scenes:
+        first, last = min(s.acquired for s in d.scenes), max(s.acquired for s in d.scenes)
+        reasons.append(f"{len(d.scenes)} STAC scene(s), {first:%Y-%m-%d} to {last:%Y-%m-%d}")
     return Candidate(d.id, d.name, round(float(ds.score[i]), 4), reasons, shortfalls)
 
 
@@ -389,11 +424,12 @@ def explain_model(index: RankIndex, i: int, intent: Intent, ms: Scored, dataset:
         else:
             shortfalls.append("reads radar (SAR), not optical" if sar else "reads optical bands, not radar (SAR)")
     if dataset is not None:
-        missing = [b for b in m.bands if b not in dataset.bands]
-        if missing:
-            shortfalls.append(f"reads {', '.join(missing)}, which {dataset.name} lacks")
+        match = match_bands(m.bands, dataset.bands)
+        if match.missing:
+            shortfalls.append(f"reads {', '.join(match.missing)}, which {dataset.name} lacks")
         else:
             reasons.append(f"reads {', '.join(m.bands)}, which {dataset.name} has")
+            reasons += [f"{sub.describe()}: a near equivalent" for sub in match.substitutions]
     matched = _matched_terms(intent.model_terms, index.m_docs[i], intent.shown)
     if matched:
         reasons.append("matches " + ", ".join(f"'{t}'" for t in matched))

@@ -34,6 +34,7 @@ from core_svc.db import migrate  # noqa: E402
 from core_svc.runs import Runs  # noqa: E402
 from core_svc.servicer import AuditServicer, CoreServicer  # noqa: E402
 from core_svc.settings import CoreSettings  # noqa: E402
+from core_svc.stac import StacReader  # noqa: E402
 from mesh import config  # noqa: E402
 from mesh.db import create_db_engine  # noqa: E402
 from mesh.server import MeshServer  # noqa: E402
@@ -55,12 +56,17 @@ def start_core(work: Path, database_url: str, audited: bool) -> MeshServer:
     settings = config.load("core", env)
     engine = create_db_engine(settings.database_url)
     migrate(engine)
-    catalog = Catalog(engine, StorageRoots.from_env(TEST_STORAGE_ROOTS))
-    runs = Runs(engine, catalog, CoreSettings.load(settings, env))
+    roots = StorageRoots.from_env(TEST_STORAGE_ROOTS)
+    catalog = Catalog(engine, roots)
+    core_settings = CoreSettings.load(settings, env)
+    runs = Runs(engine, catalog, core_settings)
     store = AuditStore(engine, retention_days=90)
     server = MeshServer(
         settings,
-        [registration("core", CoreServicer(catalog, runs)), registration("audit", AuditServicer(store))],
+        [
+            registration("core", CoreServicer(catalog, runs, StacReader(roots, core_settings.stac_limits))),
+            registration("audit", AuditServicer(store)),
+        ],
         on_stop=[runs.close],
         audit_sink=store if audited else None,
     )

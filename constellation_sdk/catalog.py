@@ -78,6 +78,61 @@ def scene_dataset(
     )  # fmt: skip
 
 
+def _uri(location: str) -> str:
+    """A local path as a file:// URI (absolute); a URI as it is."""
+    return location if "://" in location else Path(location).expanduser().resolve().as_uri()
+
+
+def stac_import(
+    *,
+    item: str = "",
+    catalog: str = "",
+    api_url: str = "",
+    collections: list[str] | None = None,
+    bbox: list[float] | None = None,
+    intersects: dict | None = None,
+    datetime: str = "",
+    max_cloud_cover: float | None = None,
+    cql2_filter: str = "",
+    max_items: int = 0,
+    one_dataset: bool | None = None,
+    name: str = "",
+    description: str = "",
+    tags: list[str] | None = None,
+    bands: list[str] | None = None,
+    sensor: str = "",
+) -> core_pb2.ImportStacDatasetsRequest:
+    """An ImportStacDatasets request from one of: a STAC Item (path or URI), a static catalog/collection (path or
+    URI), or a STAC API search (`api_url` with collections, bbox or intersects, datetime, cloud limit, CQL2 filter).
+    `one_dataset`: True for one dataset holding every item, False for one per item, None for core's default."""
+    mode = {
+        None: core_pb2.STAC_IMPORT_MODE_UNSPECIFIED,
+        True: core_pb2.STAC_IMPORT_MODE_ONE_DATASET,
+        False: core_pb2.STAC_IMPORT_MODE_DATASET_PER_ITEM,
+    }[one_dataset]
+    request = core_pb2.ImportStacDatasetsRequest(
+        mode=mode, name=name, description=description, tags=tags or [], bands=bands or [], sensor=sensor
+    )
+    if item:
+        request.item_uri = _uri(item)
+    elif catalog:
+        request.catalog_uri = _uri(catalog)
+    elif api_url:
+        search = core_pb2.StacSearch(
+            api_url=api_url,
+            collections=collections or [],
+            bbox=bbox or [],
+            intersects=json.dumps(intersects) if intersects else "",
+            datetime=datetime,
+            filter=cql2_filter,
+            max_items=max_items,
+        )
+        if max_cloud_cover is not None:
+            search.max_cloud_cover = max_cloud_cover
+        request.search.CopyFrom(search)
+    return request
+
+
 def ensure(create, find):
     """Create, or fetch the existing entry when the name is taken (so scripts can run twice)."""
     try:

@@ -51,10 +51,19 @@ def main() -> None:
     help="Run everything with TLS: the gateway serves HTTPS and gRPC over TLS, services talk mTLS (makes the "
     "certificates in $CONSTELLATION_HOME/certs when they are missing).",
 )
-def up(timeout_s: float, tls: bool) -> None:
+@click.option(
+    "--replicas",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 8),
+    help="Processes of core, hosting and the agent, balanced by the gateway; a run's driver (a deployment's "
+    "watcher) moves to another core (hosting) when its own dies. With more than one, set DATABASE_URL and "
+    "CONSTELLATION_HOSTING_DATABASE_URL to PostgreSQL.",
+)
+def up(timeout_s: float, tls: bool, replicas: int) -> None:
     """Start core, hosting, orchestrator, agent and the Envoy gateway in the background."""
     try:
-        state = mesh_process.up(timeout_s=timeout_s, tls=tls)
+        state = mesh_process.up(timeout_s=timeout_s, tls=tls, replicas=replicas)
     except (RuntimeError, ValueError) as error:  # ValueError: settings or certificates that do not fit
         raise click.ClickException(str(error)) from None
     click.echo(f"mesh running (state and logs in {state['home']})")
@@ -262,6 +271,63 @@ def datasets_add(
     _emit(as_json, created, f"{created.id}  {created.name}")
 
 
+@datasets.command("import-stac")
+@click.option("--item", default="", help="A STAC Item JSON: a path or a file:// URI under the mesh's data roots.")
+@click.option("--catalog", "catalog_uri", default="", help="A static STAC catalog or collection JSON (path or URI).")
+@click.option("--api", "api_url", default="", help="A STAC API to search (its host must be allowed by the mesh).")
+@click.option("--collection", "collections", multiple=True, help="With --api: a collection id (repeat for more).")
+@click.option("--bbox", default="", help="With --api: west,south,east,north in degrees.")
+@click.option("--datetime", "when", default="", help="With --api: e.g. 2024-06-01/2024-06-30.")
+@click.option("--max-cloud", type=float, default=None, help="With --api: highest eo:cloud_cover, percent.")
+@click.option("--filter", "cql2_filter", default="", help="With --api: a CQL2 filter, e.g. 'eo:cloud_cover < 10'.")
+@click.option("--max-items", type=int, default=0, help="With --api: at most this many items (default 100).")
+@click.option("--one-dataset/--per-item", "one_dataset", default=None, help="One dataset for all items, or one each.")
+@click.option("--name", default="", help="The dataset's name, or each dataset's name prefix with --per-item.")
+@click.option("--band", "bands", multiple=True, help="Keep only this band (repeat); default every band.")
+@click.option("--sensor", default="", help="Default: the items' platform.")
+@click.option("--description", default="")
+@click.option("--tag", "tags", multiple=True)
+@JSON
+@rpc
+def datasets_import_stac(
+    item: str,
+    catalog_uri: str,
+    api_url: str,
+    collections: tuple[str, ...],
+    bbox: str,
+    when: str,
+    max_cloud: float | None,
+    cql2_filter: str,
+    max_items: int,
+    one_dataset: bool | None,
+    name: str,
+    bands: tuple[str, ...],
+    sensor: str,
+    description: str,
+    tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Register datasets from STAC; bands, resolution, footprint, dates and cloud cover come from the items."""
+    if sum(map(bool, (item, catalog_uri, api_url))) != 1:
+        raise click.UsageError("give exactly one of --item, --catalog or --api")
+    try:
+        box = [float(v) for v in bbox.split(",")] if bbox else []
+    except ValueError:
+        raise click.BadParameter("four numbers: west,south,east,north", param_hint="--bbox") from None
+    request = catalog.stac_import(
+        item=item, catalog=catalog_uri, api_url=api_url, collections=list(collections), bbox=box, datetime=when,
+        max_cloud_cover=max_cloud, cql2_filter=cql2_filter, max_items=max_items, one_dataset=one_dataset, name=name,
+        description=description, tags=list(tags), bands=list(bands), sensor=sensor,
+    )  # fmt: skip
+    with _client() as client:
+        reply = client.core.ImportStacDatasets(request, timeout=120)
+    lines = [
+        f"{d.id}  {d.name:<32} {len(d.items)} item(s)  {','.join(d.bands)}  {d.resolution_m:g} m"
+        for d in reply.datasets
+    ]
+    _emit(as_json, reply, "\n".join(lines))
+
+
 @datasets.command("list")
 @click.option("--filter", "filter_text", default="", help='e.g. sensor = "landsat-7" AND band = "nir"')
 @MINE
@@ -352,10 +418,46 @@ def _find_model(client: Client, ref: str) -> core_pb2.Model:
     return found[-1]
 
 
+@models.command("export-stac")
+@click.argument("model_ref", metavar="MODEL")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write; default stdout.")
+@rpc
+def models_export_stac(model_ref: str, output: Path | None) -> None:
+    """Write MODEL (id, NAME or NAME:VERSION) as a STAC Item with the Machine Learning Model extension."""
+    from mesh.errors import InvalidArgument
+    from pipeline import mlm
+
+    with _client() as client:
+        model = _find_model(client, model_ref)
+    try:
+        text = json.dumps(mlm.model_item(model), indent=2) + "\n"
+    except InvalidArgument as error:
+        raise click.ClickException(f"{model.name}:{model.version}: {error}") from None
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"wrote {output} ({model.name}:{model.version})")
+
+
+@models.command("import-stac")
+@click.argument("item", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@JSON
+@rpc
+def models_import_stac(item: Path, as_json: bool) -> None:
+    """Register a model from ITEM, a STAC Item with the MLM extension (its mlm:model asset is the source)."""
+    with _client() as client:
+        created = client.core.ImportModelFromStac(core_pb2.ImportModelFromStacRequest(item_json=item.read_text()))
+    _emit(as_json, created, f"{created.id}  {created.name}:{created.version}")
+
+
 @models.command("deploy")
 @click.argument("model_ref", metavar="MODEL")
 @click.option(
-    "--runtime", type=click.Choice(["auto", "docker", "local", "kubernetes"]), default="auto", show_default=True
+    "--runtime",
+    type=click.Choice(["auto", "docker", "local", "kubernetes", "swarm"]),
+    default="auto",
+    show_default=True,
 )
 @click.option("--replicas", default=1, show_default=True)
 @JSON
@@ -367,6 +469,7 @@ def models_deploy(model_ref: str, runtime: str, replicas: int, as_json: bool) ->
         "docker": hosting_pb2.RUNTIME_DOCKER,
         "local": hosting_pb2.RUNTIME_LOCAL,
         "kubernetes": hosting_pb2.RUNTIME_KUBERNETES,
+        "swarm": hosting_pb2.RUNTIME_SWARM,
     }
     with _client() as client:
         model = _find_model(client, model_ref)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,9 @@ from gateway.settings import GatewaySettings
 from mesh import certs, config, credentials
 
 SERVICES = ("core", "hosting", "orchestrator", "agent")
+# The services `up --replicas N` runs N of: each replica is stateless over the shared database (docs/architecture.md
+# "Replicas and leases").
+REPLICATED = ("core", "hosting", "agent")
 log = logging.getLogger("constellation.mesh")
 
 
@@ -114,8 +118,31 @@ def _tls_setup(env: dict[str, str], paths: MeshPaths, tls: bool) -> Path | None:
     return folder
 
 
-def up(env: dict[str, str] | None = None, timeout_s: float = 60.0, tls: bool = False) -> dict:
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _replica_addresses(env: dict[str, str], replicas: int) -> dict[str, str]:
+    """Each service's address, or (REPLICATED with `replicas` > 1) its replicas' addresses comma separated: the
+    first on the configured port, the others on free ones. Set in `env` as the peers' addresses, so services
+    balance their calls over the replicas (mesh.channels) and the gateway gets one endpoint each."""
+    addresses = {}
+    for service in SERVICES:
+        settings = config.load(service, env)
+        ports = [settings.port] + [_free_port() for _ in range(replicas - 1 if service in REPLICATED else 0)]
+        addresses[service] = ",".join(f"{settings.host}:{port}" for port in ports)
+        if len(ports) > 1:
+            env[f"CONSTELLATION_{service.upper()}_ADDR"] = addresses[service]
+    return addresses
+
+
+def up(env: dict[str, str] | None = None, timeout_s: float = 60.0, tls: bool = False, replicas: int = 1) -> dict:
     """Start the mesh in the background and wait until every part answers. Returns the state.
+
+    `replicas`: how many processes of each service in REPLICATED to run (on one database: set DATABASE_URL to
+    PostgreSQL), the gateway balancing calls over them; state names them core, core-2, ...
 
     `tls`: make the certificates in $CONSTELLATION_HOME/certs if they are missing (or renew those that expire
     soon) and run everything with TLS; CONSTELLATION_TLS_DIR names a folder of certificates made beforehand."""
@@ -139,26 +166,32 @@ def up(env: dict[str, str] | None = None, timeout_s: float = 60.0, tls: bool = F
     }
     started: list[subprocess.Popen] = []
     try:
-        addresses = {}
+        addresses = _replica_addresses(env, replicas)  # every service reaches each service's replicas
+        waits = []
         for service in SERVICES:
-            settings = config.load(service, env)
-            log_path = paths.logs / f"{service}.log"
-            with open(log_path, "ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", f"{service}_svc"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            started.append(process)
-            addresses[service] = settings.address
-            state["processes"][service] = {"pid": process.pid, "address": settings.address, "log": str(log_path)}
-        for service, process in zip(SERVICES, started, strict=True):
+            for i, address in enumerate(addresses[service].split(",")):
+                name = service if i == 0 else f"{service}-{i + 1}"
+                replica_env = dict(env)
+                if i:  # the first replica keeps the configured ports; the others get free ones
+                    replica_env[f"CONSTELLATION_{service.upper()}_PORT"] = address.rsplit(":", 1)[1]
+                    replica_env[f"CONSTELLATION_{service.upper()}_METRICS_PORT"] = "0"
+                log_path = paths.logs / f"{name}.log"
+                with open(log_path, "ab") as log:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", f"{service}_svc"],
+                        env=replica_env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                started.append(process)
+                waits.append((name, address, process, log_path))
+                state["processes"][name] = {"pid": process.pid, "address": address, "log": str(log_path)}
+        for name, address, process, log_path in waits:
             try:
-                _wait_serving(addresses[service], process, paths.logs / f"{service}.log", timeout_s, tls_dir)
+                _wait_serving(address, process, log_path, timeout_s, tls_dir)
             except (RuntimeError, TimeoutError) as error:
-                raise RuntimeError(f"{service} did not start at {addresses[service]}: {error}") from None
+                raise RuntimeError(f"{name} did not start at {address}: {error}") from None
         gateway_settings = GatewaySettings.from_env(env)
         if gateway_settings.admin_port:
             warnings.warn(
@@ -297,8 +330,9 @@ def down(env: dict[str, str] | None = None, grace_s: float = 15.0) -> list[str]:
     if not state:
         return []
     stopped = []
-    for name in ("gateway", *reversed(SERVICES)):
-        entry = state["processes"].get(name)
+    order = {name: i for i, name in enumerate(("gateway", *reversed(SERVICES)))}
+    for name in sorted(state["processes"], key=lambda n: (order.get(n.split("-")[0], len(order)), n)):
+        entry = state["processes"][name]
         if name == "hosting" and entry:
             stopped += _stop_model_endpoints(entry["address"], entry["pid"], env, tls_dir_of(state))
         if entry and _alive(entry["pid"]):

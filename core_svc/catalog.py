@@ -6,7 +6,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import TypeVar, cast
 
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -15,6 +15,7 @@ from clients.roots import StorageRoots
 from core_svc import db
 from core_svc.domain import (
     MODEL_TASKS,
+    BandAsset,
     BoundingBox,
     Dataset,
     InputSpec,
@@ -22,13 +23,16 @@ from core_svc.domain import (
     ModelCard,
     OutputSpec,
     Pipeline,
+    SceneItem,
 )
 from core_svc.listing import FilterFields, Page, parse_filter
 from core_svc.ownership import check_may_change, check_may_create, owner_wanted
+from core_svc.stac import StacImport, StacReader, datasets_from_items
 from core_svc.validation import MAX_DESCRIPTION, MAX_NAME, validate_dataset, validate_model
 from mesh.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from mesh.identity import Identity
 from mesh.ids import new_id
+from pipeline.bands import names_of
 from pipeline.spec import DatasetView, ModelView, OutputView, PipelineSpec, Problem
 from pipeline.validation import validate_spec
 
@@ -55,6 +59,38 @@ def _like_member(value: str) -> str:
     return f"%,{escaped},%"
 
 
+def items_to_json(items: list[SceneItem]) -> list[dict]:
+    return [
+        {
+            **dataclasses.asdict(item),
+            "acquired_time": item.acquired_time.isoformat() if item.acquired_time else None,
+        }
+        for item in items
+    ]
+
+
+def items_from_json(data: list[dict]) -> list[SceneItem]:
+    items = []
+    for entry in data or []:
+        box, acquired = entry.get("bbox"), entry.get("acquired_time")
+        items.append(
+            SceneItem(
+                **{
+                    **entry,
+                    "acquired_time": _aware(datetime.fromisoformat(acquired)) if acquired else None,
+                    "bbox": BoundingBox(**box) if box else None,
+                    "assets": [BandAsset(**a) for a in entry.get("assets", [])],
+                }
+            )
+        )
+    return items
+
+
+def _has_band(table: type[db.DatasetRow] | type[db.ModelRow], band: str) -> ColumnElement[bool]:
+    """A `band = "x"` filter term: the band under any of its names (pipeline.bands), so swir1 finds swir16."""
+    return or_(*(table.bands_index.like(_like_member(name), escape="\\") for name in names_of(band)))
+
+
 def _dataset_from_row(row: db.DatasetRow) -> Dataset:
     return Dataset(
         id=row.id,
@@ -69,6 +105,7 @@ def _dataset_from_row(row: db.DatasetRow) -> Dataset:
         create_time=_aware(row.create_time),
         update_time=_aware(row.update_time),
         owner=row.owner,
+        items=items_from_json(row.items),
     )
 
 
@@ -147,34 +184,56 @@ class Catalog:
     # Datasets
 
     def create_dataset(self, dataset: Dataset, caller: Identity) -> Dataset:
+        return self.create_datasets([dataset], caller)[0]
+
+    def create_datasets(self, datasets: list[Dataset], caller: Identity) -> list[Dataset]:
+        """Every dataset, or none (one transaction); `datasets[i]` violations are prefixed with `datasets[i]` when
+        there are several."""
         check_may_create(caller, "dataset")
-        dataset = dataclasses.replace(dataset, sensor=dataset.sensor.lower(), bands=[b.lower() for b in dataset.bands])
-        violations = validate_dataset(dataset, self.roots)
-        if violations:
-            raise InvalidArgument(_prefixed("dataset", violations))
         now = _now()
-        row = db.DatasetRow(
-            id=new_id("ds"),
-            name=dataset.name,
-            description=dataset.description,
-            uri=dataset.uri,
-            sensor=dataset.sensor,
-            bands=dataset.bands,
-            resolution_m=dataset.resolution_m,
-            bbox=dataclasses.asdict(dataset.bbox) if dataset.bbox else None,
-            tags=dataset.tags,
-            bands_index=_index(dataset.bands),
-            tags_index=_index(dataset.tags),
-            create_time=now,
-            update_time=now,
-            owner=caller.subject,
-        )
+        rows, names = [], set()
+        for i, dataset in enumerate(datasets):
+            dataset = dataclasses.replace(
+                dataset, sensor=dataset.sensor.lower(), bands=[b.lower() for b in dataset.bands]
+            )
+            violations = validate_dataset(dataset, self.roots)
+            if violations:
+                raise InvalidArgument(_prefixed("dataset" if len(datasets) == 1 else f"datasets[{i}]", violations))
+            if dataset.name in names:
+                raise AlreadyExists(f"two of the datasets would be named {dataset.name!r}")
+            names.add(dataset.name)
+            rows.append(
+                db.DatasetRow(
+                    id=new_id("ds"),
+                    name=dataset.name,
+                    description=dataset.description,
+                    uri=dataset.uri,
+                    sensor=dataset.sensor,
+                    bands=dataset.bands,
+                    resolution_m=dataset.resolution_m,
+                    bbox=dataclasses.asdict(dataset.bbox) if dataset.bbox else None,
+                    tags=dataset.tags,
+                    bands_index=_index(dataset.bands),
+                    tags_index=_index(dataset.tags),
+                    create_time=now,
+                    update_time=now,
+                    owner=caller.subject,
+                    items=items_to_json(dataset.items),
+                )
+            )
         with self._session() as session:
-            if session.scalar(select(db.DatasetRow.id).where(db.DatasetRow.name == dataset.name)):
-                raise AlreadyExists(f"a dataset named {dataset.name!r} already exists")
-            session.add(row)
-            self._commit(session, f"a dataset named {dataset.name!r} already exists")
-            return _dataset_from_row(row)
+            taken = session.scalars(select(db.DatasetRow.name).where(db.DatasetRow.name.in_(names))).first()
+            if taken:
+                raise AlreadyExists(f"a dataset named {taken!r} already exists")
+            session.add_all(rows)
+            self._commit(session, "a dataset with one of these names already exists")
+            return [_dataset_from_row(row) for row in rows]
+
+    def import_stac(self, request: StacImport, reader: StacReader, caller: Identity) -> list[Dataset]:
+        """Datasets from STAC items (core_svc.stac): read, turned into datasets, saved together."""
+        check_may_create(caller, "dataset")  # before any document is read on the caller's behalf
+        documents, source = reader.read(request)
+        return self.create_datasets(datasets_from_items(request, documents, source, self.roots), caller)
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         return _dataset_from_row(self._get(db.DatasetRow, dataset_id, "dataset"))
@@ -191,7 +250,7 @@ class Catalog:
             "name": lambda v: table.name == v,
             "sensor": lambda v: table.sensor == v.lower(),
             "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
-            "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
+            "band": lambda v: _has_band(table, v),
         }
         rows, token = self._list(table, caller, page_size, page_token, filter_text, fields)
         return [_dataset_from_row(r) for r in rows], token
@@ -290,7 +349,7 @@ class Catalog:
             "version": lambda v: table.version == v,
             "task": task,
             "tag": lambda v: table.tags_index.like(_like_member(v), escape="\\"),
-            "band": lambda v: table.bands_index.like(_like_member(v.lower()), escape="\\"),
+            "band": lambda v: _has_band(table, v),
         }
         rows, token = self._list(table, caller, page_size, page_token, filter_text, fields)
         return [_model_from_row(r) for r in rows], token
@@ -350,6 +409,10 @@ class Catalog:
 
     def get_pipeline(self, pipeline_id: str) -> Pipeline:
         return _pipeline_from_row(self._get(db.PipelineRow, pipeline_id, "pipeline"))
+
+    def find_pipeline(self, pipeline_id: str) -> Pipeline | None:
+        row = self._find(db.PipelineRow, pipeline_id)
+        return _pipeline_from_row(row) if row else None
 
     def list_pipelines(
         self, caller: Identity, page_size: int = 0, page_token: str = "", filter_text: str = ""

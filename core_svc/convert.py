@@ -5,7 +5,18 @@ from __future__ import annotations
 from constellation.common.v1 import common_pb2
 from constellation.core.v1 import core_pb2, identity_pb2
 from core_svc.accounts import ApiKey, User
-from core_svc.domain import BoundingBox, Dataset, InputSpec, Model, ModelCard, OutputSpec, Pipeline, Run
+from core_svc.domain import (
+    BoundingBox,
+    Dataset,
+    InputSpec,
+    Model,
+    ModelCard,
+    OutputSpec,
+    Pipeline,
+    Run,
+    SceneItem,
+)
+from core_svc.stac import StacImport, StacSearch
 from mesh.auth import ROLE_FROM_PROTO, ROLE_TO_PROTO
 from mesh.enums import enum_name, enum_value
 from mesh.identity import ROLES
@@ -31,7 +42,6 @@ def dataset_from_proto(message: core_pb2.Dataset) -> Dataset:
 
 
 def dataset_to_proto(dataset: Dataset) -> core_pb2.Dataset:
-    box = dataset.bbox
     return core_pb2.Dataset(
         id=dataset.id,
         name=dataset.name,
@@ -40,13 +50,73 @@ def dataset_to_proto(dataset: Dataset) -> core_pb2.Dataset:
         sensor=dataset.sensor,
         bands=dataset.bands,
         resolution_m=dataset.resolution_m,
-        bbox=common_pb2.BoundingBox(min_x=box.min_x, min_y=box.min_y, max_x=box.max_x, max_y=box.max_y, crs=box.crs)
-        if box
-        else None,
+        bbox=_bbox_to_proto(dataset.bbox),
         tags=dataset.tags,
         create_time=to_timestamp(dataset.create_time),
         update_time=to_timestamp(dataset.update_time),
         owner=dataset.owner,
+        items=[scene_to_proto(item) for item in dataset.items],
+    )
+
+
+def _bbox_to_proto(box: BoundingBox | None) -> common_pb2.BoundingBox | None:
+    if box is None:
+        return None
+    return common_pb2.BoundingBox(min_x=box.min_x, min_y=box.min_y, max_x=box.max_x, max_y=box.max_y, crs=box.crs)
+
+
+def scene_to_proto(item: SceneItem) -> common_pb2.SceneItem:
+    """Core's Dataset.items and the orchestrator's ResolvedDataset.items carry the same message."""
+    return common_pb2.SceneItem(
+        id=item.id,
+        acquired_time=to_timestamp(item.acquired_time),
+        cloud_cover=item.cloud_cover,
+        bbox=_bbox_to_proto(item.bbox),
+        crs=item.crs,
+        assets=[
+            common_pb2.BandAsset(
+                band=a.band, uri=a.uri, band_index=a.band_index, resolution_m=a.resolution_m, asset_key=a.asset_key
+            )
+            for a in item.assets
+        ],
+        uri=item.uri,
+        stac_href=item.stac_href,
+        collection=item.collection,
+    )
+
+
+STAC_MODES = {
+    core_pb2.STAC_IMPORT_MODE_UNSPECIFIED: "",
+    core_pb2.STAC_IMPORT_MODE_DATASET_PER_ITEM: "per_item",
+    core_pb2.STAC_IMPORT_MODE_ONE_DATASET: "one",
+}
+
+
+def stac_import_from_proto(message: core_pb2.ImportStacDatasetsRequest) -> StacImport:
+    search = None
+    if message.HasField("search"):
+        s = message.search
+        search = StacSearch(
+            api_url=s.api_url,
+            collections=list(s.collections),
+            bbox=list(s.bbox),
+            intersects=s.intersects,
+            datetime=s.datetime,
+            max_cloud_cover=s.max_cloud_cover if s.HasField("max_cloud_cover") else None,
+            filter=s.filter,
+            max_items=s.max_items,
+        )
+    return StacImport(
+        item_uri=message.item_uri,
+        item_json=message.item_json,
+        catalog_uri=message.catalog_uri,
+        search=search,
+        mode=STAC_MODES.get(message.mode, "?"),
+        name=message.name,
+        description=message.description,
+        tags=list(message.tags),
+        bands=list(message.bands),
+        sensor=message.sensor,
     )
 
 

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from mesh.db import lock_schema
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -50,6 +52,8 @@ class DatasetRow(Base):
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The creator's subject; "" for rows from before owners (core_svc.ownership).
     owner: Mapped[str] = mapped_column(String(256), default="", index=True)
+    # Scenes of a dataset registered from STAC (core_svc.stac), SceneItem fields with ISO times; [] otherwise.
+    items: Mapped[list] = mapped_column(JSON, default=list)
 
 
 class ModelRow(Base):
@@ -183,6 +187,7 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        lock_schema(connection)  # replicas starting together migrate one after the other
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

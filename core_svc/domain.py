@@ -24,6 +24,32 @@ class BoundingBox:
 
 
 @dataclass
+class BandAsset:
+    """One band's file of a scene (common.v1.BandAsset)."""
+
+    band: str
+    uri: str
+    band_index: int = 1
+    resolution_m: float = 0.0
+    asset_key: str = ""
+
+
+@dataclass
+class SceneItem:
+    """One scene of a dataset registered from STAC (common.v1.SceneItem)."""
+
+    id: str
+    acquired_time: datetime | None = None
+    cloud_cover: float | None = None
+    bbox: BoundingBox | None = None
+    crs: str = ""
+    assets: list[BandAsset] = field(default_factory=list)
+    uri: str = ""
+    stac_href: str = ""
+    collection: str = ""
+
+
+@dataclass
 class Dataset:
     id: str = ""
     name: str = ""
@@ -37,6 +63,7 @@ class Dataset:
     create_time: datetime | None = None
     update_time: datetime | None = None
     owner: str = ""  # the creator's subject; "" for rows from before owners (core_svc.ownership)
+    items: list[SceneItem] = field(default_factory=list)  # set only by a STAC import (core_svc.stac)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar, cast
 
 import grpc
+from sqlalchemy.orm import Session
 
 from clients.hosting import DeployFailed
 from constellation.common.v1 import common_pb2 as common
@@ -28,6 +29,7 @@ from core_svc.domain import TERMINAL, Model
 from core_svc.run_queue import RunQueue
 from core_svc.run_store import STATE_NAMES, STATES, RunStore, event, now
 from core_svc.settings import CoreSettings
+from mesh.leases import Lease, LeaseLost, Leases
 from mesh.services import on_behalf_metadata
 from pipeline.spec import PipelineSpec
 
@@ -51,6 +53,7 @@ class RunContext:
     settings: CoreSettings
     stopping: threading.Event  # set when core shuts down: drivers stop without ending their runs
     queue: RunQueue  # the places for running runs (core_svc.run_queue)
+    leases: Leases  # each driver drives under its run's lease (one replica at a time)
 
 
 def output_to_dict(output: common.RunOutput) -> dict:
@@ -72,8 +75,8 @@ class Canceled(Exception):
 class RunDriver:
     """Takes one run from queued to an end: deploy its models, launch the job, follow the orchestrator."""
 
-    def __init__(self, context: RunContext, run_id: str) -> None:
-        self.context, self.run_id = context, run_id
+    def __init__(self, context: RunContext, run_id: str, lease: Lease) -> None:
+        self.context, self.run_id, self.lease = context, run_id, lease
         self.store = context.store
         found = self.store.find(run_id)
         # Hosting and the orchestrator check the role of the user who started the run, named explicitly here:
@@ -83,6 +86,7 @@ class RunDriver:
             update={"metadata": context.settings.metadata + on_behalf_metadata(started_by)}
         )
         self._canceled = threading.Event()
+        self._lost = threading.Event()  # the lease was lost: another replica drives the run now
         self._calls: set[grpc.Future] = set()
         self._calls_lock = threading.Lock()
         self._launched = False
@@ -98,6 +102,18 @@ class RunDriver:
             self._cancel_upstream()
         else:
             self.interrupt()
+
+    @property
+    def canceled(self) -> bool:
+        return self._canceled.is_set()
+
+    def lost(self) -> None:
+        """The run's lease is gone (this replica was too slow to renew it): stop without touching the run."""
+        self._lost.set()
+        self.interrupt()
+
+    def _fence(self, session: Session) -> None:
+        self.context.leases.check(session, self.lease)
 
     def interrupt(self) -> None:
         """Break every stream this driver is blocked on."""
@@ -132,10 +148,18 @@ class RunDriver:
             if self._state is None or self._state in TERMINAL:
                 return  # nothing follows a run's final event
             state = str(changes.get("state") or self._state)
-            self.store.append(self.run_id, event(type_, state, message, source, block_id, queue_position), **changes)
+            self.store.append(
+                self.run_id, event(type_, state, message, source, block_id, queue_position), self._fence, **changes
+            )
             self._state = state
 
     def drive(self) -> None:
+        try:
+            self._drive()
+        except LeaseLost:  # from any write, including the one that would have ended the run
+            log.info("another replica drives the run now", extra={"run_id": self.run_id})
+
+    def _drive(self) -> None:
         run = self.store.find(self.run_id)
         if run is None or run.ended:
             return
@@ -160,12 +184,14 @@ class RunDriver:
                 E.RUN_EVENT_TYPE_RUN_CANCELED, "canceled before the job started",
                 state="canceled", state_message="canceled", end_time=now(),
             )  # fmt: skip
+        except LeaseLost:
+            raise
         except StageFailed as failure:
-            if self.context.stopping.is_set():
+            if self._gone():
                 return  # core is shutting down; the next core resumes the run
             self.fail(failure.source, failure.message)
         except Exception as error:  # a run never hangs: anything unexpected ends it with its reason
-            if self.context.stopping.is_set():
+            if self._gone():
                 return
             log.exception("run driver failed", extra={"run_id": self.run_id})
             self.fail("core", f"internal error in core while driving the run: {error}")
@@ -174,8 +200,12 @@ class RunDriver:
         ahead = "it starts next" if position == 0 else f"{position} run{'s' * (position != 1)} start before it"
         self.emit(E.RUN_EVENT_TYPE_RUN_QUEUED, f"waiting for a place: {ahead}", queue_position=position)
 
+    def _gone(self) -> bool:
+        """Core is stopping or lost the run: the run goes on elsewhere, as it was."""
+        return self.context.stopping.is_set() or self._lost.is_set()
+
     def _stop_waiting(self) -> bool:
-        return self._canceled.is_set() or self.context.stopping.is_set()
+        return self._canceled.is_set() or self._gone()
 
     def fail(self, source: str, message: str) -> None:
         self.emit(
@@ -186,6 +216,8 @@ class RunDriver:
     def _check_canceled(self) -> None:
         if self._canceled.is_set():
             raise Canceled
+        if self._lost.is_set():
+            raise LeaseLost(f"run {self.run_id} is driven by another replica now")
         if self.context.stopping.is_set():
             raise StageFailed("core", "core is shutting down")
 
@@ -223,6 +255,10 @@ class RunDriver:
         validated when the run was queued; the orchestrator checks it against what it is given."""
         self._check_canceled()
         request = orchestrator_pb2.LaunchRunRequest(run_id=self.run_id, spec=convert.spec_to_proto(spec))
+        run = self.store.find(self.run_id)
+        pipeline = self.context.catalog.find_pipeline(run.pipeline_id) if run is not None else None
+        if pipeline is not None:  # named in the lineage of the run's STAC items
+            request.pipeline_id, request.pipeline_name = pipeline.id, pipeline.name
         for block in spec.blocks:
             if block.kind == "dataset":
                 dataset = self.context.catalog.find_dataset(block.config["dataset_id"])
@@ -232,7 +268,11 @@ class RunDriver:
                         f"dataset {block.config['dataset_id']!r} was deleted from the catalog after the run was queued",
                     )
                 request.datasets[dataset.id].CopyFrom(
-                    orchestrator_pb2.ResolvedDataset(uri=dataset.uri, bands=dataset.bands)
+                    orchestrator_pb2.ResolvedDataset(
+                        uri=dataset.uri,
+                        bands=dataset.bands,
+                        items=[convert.scene_to_proto(item) for item in dataset.items],
+                    )
                 )
         for model_id, (model, endpoints) in models.items():
             message = convert.model_to_proto(model)
@@ -240,6 +280,7 @@ class RunDriver:
                 orchestrator_pb2.ResolvedModel(
                     model_name=model.name, model_version=model.version, endpoints=endpoints,
                     input=message.input, outputs=message.outputs,
+                    task=message.task, source=message.source, card=message.card,
                 )
             )  # fmt: skip
         try:
@@ -249,8 +290,7 @@ class RunDriver:
         except grpc.RpcError as error:
             raise StageFailed("orchestrator", f"the orchestrator did not accept the job: {error.details()}") from None
         self._launched = True
-        self.store.set(self.run_id, launched=True)
-        self.emit(E.RUN_EVENT_TYPE_LOG, "job launched on the orchestrator")
+        self.emit(E.RUN_EVENT_TYPE_LOG, "job launched on the orchestrator", launched=True)
         if self._canceled.is_set():
             self._cancel_upstream()
 
@@ -295,7 +335,7 @@ class RunDriver:
                         return
                 return self._upstream_ended_early()
             except grpc.RpcError as error:
-                if self.context.stopping.is_set():
+                if self._gone():
                     return
                 if error.code() in RECONNECT_ON and time.monotonic() < give_up:
                     time.sleep(1.0)
@@ -318,7 +358,7 @@ class RunDriver:
             outputs, message = self._final_outputs(upstream)
             changes.update(outputs=outputs, state_message=message, end_time=now())
         with self._emit_lock:
-            self.store.append(self.run_id, forwarded, **changes)
+            self.store.append(self.run_id, forwarded, self._fence, **changes)
             self._state = state
         return state in TERMINAL
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from constellation.common.v1 import common_pb2 as common
@@ -22,6 +24,10 @@ from core_svc.ownership import owner_wanted
 from mesh.errors import InvalidArgument
 from mesh.identity import Identity
 from mesh.ids import new_id
+
+# A check run in an append's transaction before it writes (the driver's lease: mesh.leases.Leases.check).
+Fence = Callable[[Session], None]
+APPEND_ATTEMPTS = 5
 
 # Run state name <-> RunState value.
 STATES: dict[str, common.RunState.ValueType] = {
@@ -68,10 +74,8 @@ class RunStore:
 
     def __init__(self, engine: Engine) -> None:
         self._sessions = db.session_factory(engine)
-        self._lock = threading.Lock()
-        self._next: dict[str, int] = {}
         self._changed = threading.Condition()
-        self.version = 0  # bumped by every append: watchers wait for it to move
+        self.version = 0  # bumped by every append here: watchers wait for it to move (or poll: other replicas')
 
     def create(self, pipeline_id: str, spec: dict, first: common.RunEvent, started_by: Identity) -> Run:
         """A queued run started by `started_by`, who owns it (its `owner` is their subject)."""
@@ -89,30 +93,35 @@ class RunStore:
             return _run_from_row(row)
 
     def _add_event(self, session: Session, run_id: str, event: common.RunEvent, when: datetime) -> common.RunEvent:
-        with self._lock:
-            if run_id not in self._next:
-                last = session.scalar(select(func.max(db.RunEventRow.sequence)).where(db.RunEventRow.run_id == run_id))
-                self._next[run_id] = (last or 0) + 1
-            sequence = self._next[run_id]
-            self._next[run_id] += 1
-        event.sequence = sequence
+        # Numbered from the table in the write's transaction: any replica may append (the run's driver under its
+        # lease, a cancel on another replica); two appending at once collide on the key and one tries again.
+        last = session.scalar(select(func.max(db.RunEventRow.sequence)).where(db.RunEventRow.run_id == run_id))
+        event.sequence = (last or 0) + 1
         if not event.HasField("time"):
             event.time.FromDatetime(when)
-        session.add(db.RunEventRow(run_id=run_id, sequence=sequence, payload=event.SerializeToString()))
+        session.add(db.RunEventRow(run_id=run_id, sequence=event.sequence, payload=event.SerializeToString()))
         return event
 
-    def append(self, run_id: str, event: common.RunEvent, **changes: object) -> common.RunEvent:
-        """Stores `event` as the run's next and applies `changes` to its row, atomically; wakes watchers."""
-        with self._sessions() as session:
-            try:
-                self._add_event(session, run_id, event, now())
-                if changes:
-                    session.execute(update(db.RunRow).where(db.RunRow.id == run_id).values(**changes))
-                session.commit()
-            except Exception:
-                with self._lock:  # the number was not used; read it again from the table next time
-                    self._next.pop(run_id, None)
-                raise
+    def append(
+        self, run_id: str, event: common.RunEvent, fence: Fence | None = None, **changes: object
+    ) -> common.RunEvent:
+        """Stores `event` as the run's next and applies `changes` to its row, atomically; wakes watchers.
+        `fence` runs in the same transaction first (the driver's lease check: a replica that lost the run
+        raises mesh.leases.LeaseLost and writes nothing)."""
+        for attempt in range(APPEND_ATTEMPTS):
+            with self._sessions() as session:
+                try:
+                    if fence is not None:
+                        fence(session)
+                    self._add_event(session, run_id, event, now())
+                    if changes:
+                        session.execute(update(db.RunRow).where(db.RunRow.id == run_id).values(**changes))
+                    session.commit()
+                    break
+                except IntegrityError:  # another replica took that number first
+                    session.rollback()
+                    if attempt == APPEND_ATTEMPTS - 1:
+                        raise
         with self._changed:
             self.version += 1
             self._changed.notify_all()
@@ -127,11 +136,6 @@ class RunStore:
         """Wakes everyone in wait(), e.g. to notice core is stopping."""
         with self._changed:
             self._changed.notify_all()
-
-    def set(self, run_id: str, **changes: object) -> None:
-        with self._sessions() as session:
-            session.execute(update(db.RunRow).where(db.RunRow.id == run_id).values(**changes))
-            session.commit()
 
     def find(self, run_id: str) -> Run | None:
         with self._sessions() as session:

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from constellation.common.v1 import common_pb2 as common
 from constellation.hosting.v1 import hosting_pb2_grpc
@@ -34,6 +35,7 @@ from core_svc.run_store import RunStore, event
 from core_svc.settings import CoreSettings
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from mesh.identity import Identity
+from mesh.leases import Leases
 from mesh.services import peer_channel
 
 log = logging.getLogger("core.runs")
@@ -52,8 +54,10 @@ class Runs:
         self._orchestrator_channel = peer_channel(settings.orchestrator_address, settings.tls)
         self.stopping = threading.Event()
         self.queue = RunQueue(settings.max_running_runs, settings.max_running_runs_per_user)
+        self.leases = Leases(engine, settings.lease_ttl_s)
         self._context = RunContext(
             queue=self.queue,
+            leases=self.leases,
             store=self.store,
             catalog=catalog,
             hosting=hosting_pb2_grpc.HostingServiceStub(self._hosting_channel),
@@ -121,7 +125,7 @@ class Runs:
             raise FailedPrecondition(f"run {run_id!r} has already ended ({run.state}); there is nothing to cancel")
         with self._drivers_lock:
             driver = self._drivers.get(run_id)
-        if driver is None:  # no driver here (it ended with a core restart): one finishes the cancel
+        if driver is None:  # no driver here: another replica's hears of it within lease_renew_s; else one starts
             requested = event(E.RUN_EVENT_TYPE_RUN_CANCELING, "canceling", "cancel requested")
             self.store.append(run_id, requested, state="canceling")
             self._start_driver(run_id)
@@ -133,13 +137,20 @@ class Runs:
 
     # Drivers
 
-    def _start_driver(self, run_id: str) -> None:
+    def _start_driver(self, run_id: str) -> bool:
+        """Starts a driver for the run if none runs here and its lease is free (or expired: its replica died);
+        False while another replica drives it (the run leaves this replica's queue)."""
         with self._drivers_lock:
             if run_id in self._drivers or self.stopping.is_set():
-                return
-            driver = RunDriver(self._context, run_id)
+                return False
+            lease = self.leases.acquire(f"run:{run_id}")
+            if lease is None:
+                self.queue.leave(run_id)
+                return False
+            driver = RunDriver(self._context, run_id, lease)
             self._drivers[run_id] = driver
         threading.Thread(target=self._drive, args=(driver,), name=f"run-{run_id}", daemon=True).start()
+        return True
 
     def _drive(self, driver: RunDriver) -> None:
         try:
@@ -148,25 +159,64 @@ class Runs:
             self.queue.leave(driver.run_id)
             with self._drivers_lock:
                 self._drivers.pop(driver.run_id, None)
+            try:  # another replica may take the run (if it has not ended) at once rather than after the TTL
+                self.leases.release(driver.lease)
+            except SQLAlchemyError:
+                log.warning("could not release a run's lease; it expires", extra={"run_id": driver.run_id})
 
     def resume(self) -> builtins.list[str]:
-        """Start drivers for runs a previous core left unfinished."""
-        ids = self.store.active_ids()
+        """Start drivers for the unfinished runs no replica drives (all of them after a restart of the only
+        core; those of a dead replica once their leases expire). Returns the ids of the runs taken."""
+        active = self.store.active_ids()
+        with self._drivers_lock:
+            mine = set(self._drivers)
         for run_id, user in self.store.queued():  # before any driver starts, so they keep their order
-            self.queue.enter(run_id, user)
-        for run_id in ids:
-            self._start_driver(run_id)
-        if ids:
-            log.info("resuming runs", extra={"runs": ids})
-        return ids
+            if run_id not in mine:
+                self.queue.enter(run_id, user)
+        taken = [run_id for run_id in active if run_id not in mine and self._start_driver(run_id)]
+        if taken:
+            log.info("driving runs no replica drove", extra={"runs": taken})
+        return taken
+
+    def start_keeper(self) -> None:
+        """Every lease_renew_s: renew the leases of the runs driven here, pass on a cancel asked of another
+        replica, and take the runs whose replica died."""
+        threading.Thread(target=self._keep, name="run-leases", daemon=True).start()
+
+    def _keep(self) -> None:
+        while not self.stopping.wait(self.settings.lease_renew_s):
+            try:
+                self._keep_once()
+            except SQLAlchemyError:  # the database is away for a moment: leases expire if it stays away
+                log.warning("could not renew run leases", exc_info=True)
+
+    def _keep_once(self) -> None:
+        with self._drivers_lock:
+            drivers = list(self._drivers.values())
+        for driver in drivers:
+            if not self.leases.renew(driver.lease):
+                log.warning("lost a run's lease; another replica drives it", extra={"run_id": driver.run_id})
+                driver.lost()
+                continue
+            run = self.store.find(driver.run_id)
+            if run is not None and run.state == "canceling" and not driver.canceled:
+                driver.cancel()  # asked of another replica, which stored the request
+                self.queue.wake()
+        self.resume()
 
     def close(self) -> None:
+        """Stops driving: each driver ends without ending its run and releases its lease, so another replica
+        (or the next core) takes the run at once."""
         self.stopping.set()
         self.queue.wake()
         with self._drivers_lock:
             drivers = list(self._drivers.values())
         for driver in drivers:
             driver.interrupt()
+            try:  # a driver still writing finds its lease gone (mesh.leases fencing) and stops
+                self.leases.release(driver.lease)
+            except SQLAlchemyError:
+                log.warning("could not release a run's lease; it expires", extra={"run_id": driver.run_id})
         self.store.wake_watchers()
         self._hosting_channel.close()
         self._orchestrator_channel.close()

@@ -15,6 +15,7 @@ from core_svc.db import migrate
 from core_svc.runs import Runs
 from core_svc.servicer import AuditServicer, CoreServicer, IdentityServicer
 from core_svc.settings import CoreSettings
+from core_svc.stac import StacReader
 from mesh import config, logs
 from mesh.db import create_db_engine
 from mesh.errors import DomainError, Unavailable
@@ -40,12 +41,17 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> Me
     accounts = Accounts(engine)
     runs = Runs(engine, catalog, core_settings)
     runs.resume()
+    runs.start_keeper()
     audit = AuditStore(engine, core_settings.audit_retention_days)
     audit.start_pruning()
     return MeshServer(
         settings,
         [
-            registration("core", CoreServicer(catalog, runs), health_checks={"database": catalog.check_database}),
+            registration(
+                "core",
+                CoreServicer(catalog, runs, StacReader(roots, core_settings.stac_limits)),
+                health_checks={"database": catalog.check_database},
+            ),
             registration("identity", IdentityServicer(accounts)),
             registration("audit", AuditServicer(audit)),
         ],

@@ -11,18 +11,23 @@ from core_svc.accounts import Accounts
 from core_svc.audit import AuditStore
 from core_svc.catalog import Catalog
 from core_svc.runs import Runs
+from core_svc.stac import StacReader
 from mesh import identity
 from mesh.auth import principal_to_proto
 from mesh.errors import InvalidArgument
+from pipeline import mlm
 from pipeline.convert import problem_to_proto
 
 
 class CoreServicer(core_pb2_grpc.CoreServiceServicer):
-    def __init__(self, catalog: Catalog, runs: Runs) -> None:
+    def __init__(self, catalog: Catalog, runs: Runs, stac: StacReader) -> None:
         self._catalog = catalog
         self._runs = runs
+        self._stac = stac
 
     def CreateDataset(self, request, context):
+        if request.dataset.items:
+            raise InvalidArgument.field("dataset.items", "are set only by ImportStacDatasets, from the items' metadata")
         return convert.dataset_to_proto(
             self._catalog.create_dataset(convert.dataset_from_proto(request.dataset), _caller())
         )
@@ -46,8 +51,16 @@ class CoreServicer(core_pb2_grpc.CoreServiceServicer):
         self._catalog.delete_dataset(request.id, _caller())
         return empty_pb2.Empty()
 
+    def ImportStacDatasets(self, request, context):
+        datasets = self._catalog.import_stac(convert.stac_import_from_proto(request), self._stac, _caller())
+        return core_pb2.ImportStacDatasetsResponse(datasets=[convert.dataset_to_proto(d) for d in datasets])
+
     def RegisterModel(self, request, context):
         return convert.model_to_proto(self._catalog.register_model(convert.model_from_proto(request.model), _caller()))
+
+    def ImportModelFromStac(self, request, context):
+        model = mlm.model_from_item(request.item_json)
+        return convert.model_to_proto(self._catalog.register_model(convert.model_from_proto(model), _caller()))
 
     def GetModel(self, request, context):
         return convert.model_to_proto(self._catalog.get_model(request.id))

@@ -13,6 +13,7 @@ from mesh.errors import FieldViolation, shorten
 from model_runtime import manifest
 from model_runtime.manifest import DATATYPES, VERSION, check_output_name
 from model_runtime.manifest import NAME as MODEL_NAME
+from pipeline.bands import match_bands
 from pipeline.rules import check_bands, check_storage_uri
 
 TAG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
@@ -42,8 +43,12 @@ def validate_dataset(dataset: Dataset, roots: StorageRoots) -> list[FieldViolati
     found = _check_name(dataset.name)
     if len(dataset.description) > MAX_DESCRIPTION:
         found.append(FieldViolation("description", f"at most {MAX_DESCRIPTION} characters"))
-    found += check_storage_uri(dataset.uri, "uri", roots=roots, purpose="data")
+    if not dataset.items:
+        found += check_storage_uri(dataset.uri, "uri", roots=roots, purpose="data")
+    elif dataset.uri.startswith(("file:", "s3:")):  # where the STAC came from; an API's URL is only recorded
+        found += check_storage_uri(dataset.uri, "uri", roots=roots, purpose="data")
     found += check_bands(dataset.bands, "bands", required=True)
+    found += _check_items(dataset, roots)
     if not math.isfinite(dataset.resolution_m) or dataset.resolution_m < 0:
         found.append(FieldViolation("resolution_m", "must be a positive number of metres per pixel (0 if unknown)"))
     if dataset.sensor and not TAG.match(dataset.sensor):
@@ -64,6 +69,26 @@ def validate_dataset(dataset: Dataset, roots: StorageRoots) -> list[FieldViolati
                 FieldViolation("bbox", "EPSG:4326 longitudes must lie in [-180, 180] and latitudes in [-90, 90]")
             )
     found += _check_tags(dataset.tags)
+    return found
+
+
+def _check_items(dataset: Dataset, roots: StorageRoots) -> list[FieldViolation]:
+    """Every file an item names lies under the roots, and every item has a file for each of the dataset's bands."""
+    found = []
+    for i, item in enumerate(dataset.items):
+        for j, asset in enumerate(item.assets):
+            found += check_storage_uri(asset.uri, f"items[{i}].assets[{j}].uri", roots=roots, purpose="data")
+        if item.uri:
+            found += check_storage_uri(item.uri, f"items[{i}].uri", roots=roots, purpose="data")
+        elif not item.assets:
+            found.append(FieldViolation(f"items[{i}]", f"item {item.id!r} names no file"))
+        if item.assets:
+            have = [a.band for a in item.assets]
+            lacking = [b for b in dataset.bands if not match_bands([b], have, near=False).complete]
+            if lacking:
+                found.append(
+                    FieldViolation(f"items[{i}]", f"item {item.id!r} has no file for band(s) {', '.join(lacking)}")
+                )
     return found
 
 

@@ -172,3 +172,45 @@ class GatewaySettings(EnvSettings):
         if self.auth == "off":
             return set()
         return set(self.configured_api_keys) or ({self.generated_admin_key} if self.generated_admin_key else set())
+
+
+class TileSettings(EnvSettings):
+    """The map's tile server (gateway/tiles.py), run by the gateway supervisor beside the console server."""
+
+    enabled: bool = env_field(
+        "CONSTELLATION_TILES", True, "serve map tiles of run results and scenes at /tiles/ (false: /tiles/ is a 404)"
+    )
+    max_size_px: int = env_field(
+        "CONSTELLATION_TILES_MAX_SIZE_PX",
+        512,
+        "largest tile edge a request may ask for (tilesize), pixels",
+        ge=64,
+        le=4096,
+    )
+    threads: int = env_field(
+        "CONSTELLATION_TILES_THREADS",
+        8,
+        "tiles rendered at once (reads of COGs run on this many threads)",
+        ge=1,
+        le=256,
+    )
+    cache_max_age_s: int = env_field(
+        "CONSTELLATION_TILES_CACHE_MAX_AGE_S",
+        300,
+        "how long a browser may reuse a tile (Cache-Control, private)",
+        ge=0,
+    )
+    max_geojson_mb: int = env_field(
+        "CONSTELLATION_TILES_MAX_GEOJSON_MB",
+        32,
+        "largest GeoJSON output /tiles/geojson reprojects for the map, MiB",
+        ge=1,
+    )
+    s3_endpoint: str = env_field(
+        "CONSTELLATION_S3_ENDPOINT_URL", "", "S3-compatible endpoint for s3:// COGs (the orchestrator's setting)"
+    )
+    aws_s3_endpoint: str = env_field("AWS_ENDPOINT_URL_S3", "", "used when CONSTELLATION_S3_ENDPOINT_URL is empty")
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        return self.s3_endpoint or self.aws_s3_endpoint

@@ -1,5 +1,5 @@
 """Render envoy/envoy.yaml for a set of ports and run the real Envoy binary on it, with the web console's
-static server (gateway/console.py) beside it.
+static server (gateway/console.py) and the map's tile server (gateway/tiles.py) beside it.
 
 With the mesh's certificates (CONSTELLATION_TLS_DIR) the rendered config adds
 TLS: the listener serves HTTPS and gRPC over TLS with gateway.crt, offering
@@ -7,10 +7,12 @@ ALPN h2 and http/1.1 (gRPC, gRPC-web and the console on one port), and asks
 clients for a certificate only when CONSTELLATION_GATEWAY_REQUIRE_CLIENT_CERT
 is set; every cluster (services and console) is called with mTLS, presenting
 gateway.crt and accepting only the certificate whose SAN URI names that
-cluster's identity, so Envoy's health checks run over mTLS too."""
+cluster's identity, so Envoy's health checks run over mTLS too. The tile server is reached on a Unix socket
+only the gateway's user can open, without TLS."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import shutil
@@ -23,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from gateway import admin, console
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, TileSettings
 from mesh.config import ConfigError
 from mesh.tls import SPIFFE_PREFIX, TlsFiles
 
@@ -31,6 +33,7 @@ log = logging.getLogger("gateway")
 
 ENVOY_CONFIG = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
 CONSOLE_CLUSTER = "console"
+TILES_CLUSTER = "tiles"
 # Server-streaming routes: no route timeout, their own idle timeout.
 WATCH_SUFFIXES = ("/WatchRun", "/WatchDeployment")
 # Rate limit descriptor key -> the action that fills it per request: the peer's address, or an API key header.
@@ -50,6 +53,24 @@ def point_console_cluster(config_text: str, port: int) -> str:
                 "socket_address"
             ]
             address["address"], address["port_value"] = "127.0.0.1", port
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def point_tiles_cluster(config_text: str, socket_path: Path | None) -> str:
+    """The config with the tiles cluster aimed at the Unix socket `socket_path`; None (tiles off) drops the
+    cluster and its route, so /tiles/ falls through to the console server's 404."""
+    config = yaml.safe_load(config_text)
+    clusters = config["static_resources"]["clusters"]
+    if socket_path is None:
+        config["static_resources"]["clusters"] = [c for c in clusters if c["name"] != TILES_CLUSTER]
+        manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        for host in manager["route_config"]["virtual_hosts"]:
+            host["routes"] = [r for r in host["routes"] if r.get("route", {}).get("cluster") != TILES_CLUSTER]
+    for cluster in clusters:
+        if cluster["name"] == TILES_CLUSTER and socket_path is not None:
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = {
+                "pipe": {"path": str(socket_path)}
+            }
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -78,17 +99,27 @@ def render_config(
     if tls is not None:
         listener["filter_chains"][0]["transport_socket"] = downstream_tls(tls, settings.require_client_cert)
     for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == TILES_CLUSTER:
+            continue  # a Unix socket the supervisor makes (see point_tiles_cluster), no TLS
         if tls is not None:
             # The console server runs in the gateway supervisor and serves with the gateway's own certificate.
             peer, alpn = ("gateway", "http/1.1") if cluster["name"] == CONSOLE_CLUSTER else (cluster["name"], "h2")
             cluster["transport_socket"] = upstream_tls(tls, peer, alpn)
         if cluster["name"] == CONSOLE_CLUSTER:
             continue  # the supervisor points it at the console server it starts
-        host, _, port = service_addresses[cluster["name"]].rpartition(":")
-        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-        address["address"], address["port_value"] = host, int(port)
-        if not _is_ip(host):
-            cluster["type"] = "STRICT_DNS"  # every address the name resolves to is an endpoint
+        # One endpoint per replica (comma separated addresses); Envoy's gRPC health checks take a replica that
+        # stops SERVING out of the rotation, and its retries send a refused call to another.
+        [template_endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        endpoints = []
+        for replica in service_addresses[cluster["name"]].split(","):
+            host, _, port = replica.strip().rpartition(":")
+            endpoint = copy.deepcopy(template_endpoint)
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            address["address"], address["port_value"] = host, int(port)
+            endpoints.append(endpoint)
+            if not _is_ip(host):
+                cluster["type"] = "STRICT_DNS"  # every address the name resolves to is an endpoint
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = endpoints
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -242,7 +273,14 @@ def supervise(config_path: Path) -> int:
             "authentication is off (CONSTELLATION_AUTH=off): anyone who can reach the gateway may call every method "
             "and read run outputs; unset it to require the mesh's API keys"
         )
-    config_path.write_text(point_console_cluster(config_path.read_text(), console_server.server_address[1]))
+    tile_settings = TileSettings.from_env()
+    tile_server = None
+    if tile_settings.enabled:
+        from gateway import tiles  # rasterio and titiler: only the gateway's own process pays for them
+
+        tile_server = tiles.serve_settings(settings, tile_settings)
+    config_text = point_console_cluster(config_path.read_text(), console_server.server_address[1])
+    config_path.write_text(point_tiles_cluster(config_text, tile_server.socket_path if tile_server else None))
     envoy = subprocess.Popen(envoy_args(config_path), stdin=subprocess.DEVNULL)
 
     def forward(signum: int, _frame: object) -> None:
@@ -250,7 +288,11 @@ def supervise(config_path: Path) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    return envoy.wait()
+    try:
+        return envoy.wait()
+    finally:
+        if tile_server is not None:
+            tile_server.stop()
 
 
 def wait_ready(admin_socket: Path, timeout_s: float = 20.0, process: subprocess.Popen | None = None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from functools import partial
 
 from clients.inference import InferenceClient
@@ -33,6 +34,10 @@ def runtime_unavailable(runtime: str) -> str:
         return "the Modal runtime needs MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in hosting's environment"
     if runtime == "kubernetes":
         return "the kubernetes runtime is off: set CONSTELLATION_HOSTING_KUBERNETES to kserve or deployment"
+    if runtime == "swarm":
+        return (
+            "the Docker engine is not a Swarm manager: run `docker swarm init` (or CONSTELLATION_HOSTING_SWARM is off)"
+        )
     return f"runtime {runtime} is not available"
 
 
@@ -45,6 +50,9 @@ class Deployer:
         self.runtimes = runtimes
         self.default_runtime = default_runtime
         self.replicas: dict[str, list[Replica]] = {}  # model id -> live replicas (runtime ids)
+        # The monitor's (set by Hosting): this instance's lease on watching a deployment, and who holds one.
+        self.claim: Callable[[str], bool] = lambda model_id: True
+        self.holder_of: Callable[[str], str] = lambda model_id: ""
 
     def deploy(self, model_id: str, environment: str, replicas: int, runtime: str) -> HostedModel:
         model = self.journal.get(model_id)
@@ -64,9 +72,14 @@ class Deployer:
             raise FailedPrecondition(f"{label} is {model.state}; wait for it to finish")
         if model.state not in ("ready", "healthy", "unhealthy", "failed") or not model.manifest.get("wheelhouse"):
             raise FailedPrecondition(f"{label} is {model.state}; package it successfully first")
-        if runtime in ("docker", "kubernetes") and not model.image:
+        if runtime in ("docker", "kubernetes", "swarm") and not model.image:
             raise FailedPrecondition(
                 f"{label} has no image (it was packaged without Docker); package it again with Docker running"
+            )
+        if not self.claim(model.id):
+            raise FailedPrecondition(
+                f"{label}'s deployment is watched by another hosting instance ({self.holder_of(model.id)}); call "
+                "again (the gateway sends calls to each instance in turn), or after that instance stops"
             )
         model.runtime, model.environment, model.replicas = runtime, environment, replicas
         self.journal.emit(model, "deploying", f"starting {replicas} replica(s) on {runtime} in {environment}")
@@ -85,7 +98,7 @@ class Deployer:
                 self.stop_replicas(model, keep=runtime.name if runtime.scales_itself else "")
                 runtime.prepare(model, lambda line: emit(model, log_line=line))
                 for index in range(1 if runtime.scales_itself else model.replicas):
-                    started.append(runtime.start(model, index, free_port()))
+                    started.extend(runtime.resolve(model, runtime.start(model, index, free_port())))
                 for replica in started:
                     with InferenceClient(replica.address, model.name) as client:
                         client.wait_ready(

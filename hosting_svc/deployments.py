@@ -14,6 +14,7 @@ engine call goes through a `Runtime` (runtimes/).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 
 from hosting_svc import compose
@@ -29,6 +30,9 @@ from hosting_svc.sources import Source
 from hosting_svc.store import Store
 from mesh.errors import FailedPrecondition, InvalidArgument
 from mesh.filters import parse_filter
+from mesh.leases import Leases
+
+log = logging.getLogger("hosting")
 
 FILTER_FIELDS = ("name", "version", "state")
 Models = list[HostedModel]  # `list` is also a method of Hosting
@@ -42,7 +46,10 @@ class Hosting:
         self.builder = Builder(self.journal, settings, runtimes)
         self.deployer = Deployer(self.journal, settings, runtimes, self.builder.runtime.name)
         self.builder.stop_replicas = self.deployer.stop_replicas
-        self.monitor = Monitor(self.journal, settings, runtimes, self.deployer.replicas)
+        self.monitor = Monitor(
+            self.journal, settings, runtimes, self.deployer.replicas, Leases(store.engine, settings.lease_ttl_s)
+        )
+        self.deployer.claim, self.deployer.holder_of = self.monitor.claim, self.monitor.holder_of
         self.settings = settings
 
     @property
@@ -121,7 +128,11 @@ class Hosting:
     # Life cycle
 
     def reconcile(self) -> None:
-        """After a restart: see reconcile.py."""
+        """After a restart: see reconcile.py. Not while other instances run (their work is in progress): this
+        one joins them, and its monitor takes the deployments whose instance dies."""
+        if self.monitor.join():
+            log.info("other hosting instances run: joining them without reconciling")
+            return
         reconcile(self.journal, self.runtimes, self.deployer.replicas)
 
     def start_monitor(self) -> None:

@@ -29,7 +29,7 @@ STATES = (
     "deleted",
 )
 IN_PROGRESS = ("packaging", "building", "validating", "pushing", "deploying")
-RUNTIMES = ("docker", "local", "modal", "kubernetes")
+RUNTIMES = ("docker", "local", "modal", "kubernetes", "swarm")
 
 
 @dataclass

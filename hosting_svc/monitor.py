@@ -10,14 +10,27 @@ Each health answer carries the replica's load; for runtimes that do not scale
 themselves (local, Docker, Modal) the monitor scales a HEALTHY model by one
 replica at a time as scaling.Scaler decides, each change a deployment event
 with the new endpoint list.
+
+Several hosting instances may share one database and engine: each deployment
+is watched by the one instance holding its lease (`deployment:<model id>`,
+mesh.leases), taken by the instance that rolls it out. Every
+`lease_renew_s` the monitor renews its leases and takes those that expired
+(their instance died), adopting the deployment's running replicas from the
+runtime; each instance holds `hosting-instance:<holder>` while it lives, so a
+starting instance knows whether others run (then it leaves their work alone
+rather than reconcile it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from functools import partial
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from clients.inference import InferenceClient
 from hosting_svc.domain import Endpoint, HostedModel
@@ -25,14 +38,32 @@ from hosting_svc.journal import Journal
 from hosting_svc.runtimes import Replica, Runtime, free_port
 from hosting_svc.scaling import Decision, Scaler
 from hosting_svc.settings import HostingSettings
+from mesh.leases import Lease, Leases
 from model_runtime.admission import Load
 
 log = logging.getLogger("hosting")
 
 # Runtimes whose dead replicas the monitor starts again: local processes, and Docker containers that the
 # engine's restart policy leaves stopped (it restarts a crashed container, never one stopped or killed by
-# hand, e.g. `docker kill`). Modal and Kubernetes restart their own.
+# hand, e.g. `docker kill`). Modal, Kubernetes and Swarm restart their own.
 RESTARTED_BY_MONITOR = ("local", "docker")
+LEASE = "deployment:"  # + model id: which instance watches the deployment
+INSTANCE = "hosting-instance:"  # + holder: held while that instance runs
+WATCHED = ("deploying", "healthy", "unhealthy")  # states whose deployment has a watcher
+
+
+def _dead_here(holder: str) -> bool:
+    """Whether a lease holder ("host-pid-random", mesh.leases.holder_id) was a process of this host that is gone."""
+    parts = holder.rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname()[:64] or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def probe(address: str) -> tuple[bool, Load | None]:
@@ -48,23 +79,103 @@ class Monitor:
         settings: HostingSettings,
         runtimes: dict[str, Runtime],
         replicas: dict[str, list[Replica]],
+        leases: Leases,
     ) -> None:
         self.journal = journal
         self.settings = settings
         self.runtimes = runtimes
         self.replicas = replicas  # the deployer's: model id -> live replicas
+        self.leases = leases
+        self.held: dict[str, Lease] = {}  # model id -> this instance's lease on watching its deployment
+        self._held_lock = threading.Lock()
+        self.instance: Lease | None = None  # held from join() on
         self.stopping = threading.Event()
         self.scaler = Scaler()
+
+    # Leases
+
+    def join(self) -> bool:
+        """Takes this instance's lease; whether other instances were running (then their work in progress is
+        theirs: this one does not reconcile). An instance of this host whose process is gone (killed, restarted
+        at once) does not count, though its lease has not expired yet."""
+        others = [name.removeprefix(INSTANCE) for name in self.leases.held(INSTANCE)]
+        self.instance = self.leases.acquire(INSTANCE + self.leases.holder)
+        return any(not _dead_here(holder) for holder in others if holder != self.leases.holder)
+
+    def claim(self, model_id: str) -> bool:
+        """The lease on watching the model's deployment, for this instance: False while another instance's."""
+        with self._held_lock:
+            if model_id in self.held:
+                return True
+            lease = self.leases.acquire(LEASE + model_id)
+            if lease is not None:
+                self.held[model_id] = lease
+            return lease is not None
+
+    def holder_of(self, model_id: str) -> str:
+        return self.leases.holder_of(LEASE + model_id)
+
+    def _keep_leases(self) -> None:
+        """Renew this instance's leases, give up those of models no longer deployed, take the expired ones."""
+        if self.instance is None or not self.leases.renew(self.instance):
+            self.instance = self.leases.acquire(INSTANCE + self.leases.holder)
+        watched = {m.id: m for m in self.journal.store.all() if m.state in WATCHED}
+        with self._held_lock:
+            for model_id, lease in list(self.held.items()):
+                if model_id not in watched:
+                    del self.held[model_id]
+                    self.leases.release(lease)
+                elif not self.leases.renew(lease):
+                    del self.held[model_id]
+                    self.replicas.pop(model_id, None)
+                    log.warning("another hosting instance watches the deployment now", extra={"model_id": model_id})
+        for model in watched.values():
+            if model.state != "deploying" and model.id not in self.held and self.claim(model.id):
+                self._adopt(model)
+
+    def _adopt(self, model: HostedModel) -> None:
+        """Watch a deployment whose instance stopped renewing its lease: its replicas are the runtime's."""
+        if model.id in self.replicas or model.runtime not in self.runtimes:
+            return
+        by_id = {e.replica_id: e.address for e in model.endpoints}
+        running = self.runtimes[model.runtime].running().get(model.id, [])
+        found = [Replica(rid, by_id[rid[:12]]) for rid in running if rid[:12] in by_id]
+        self.replicas[model.id] = found
+        self.journal.emit(
+            model,
+            message=f"hosting instance {self.leases.holder} watches the deployment now ({len(found)} replica(s)): "
+            "the instance that watched it stopped renewing its lease",
+        )
+
+    def release_all(self) -> None:
+        """This instance stops: others take its deployments at once."""
+        with self._held_lock:
+            leases, self.held = list(self.held.values()), {}
+        for lease in [*leases, *([self.instance] if self.instance else [])]:
+            self.leases.release(lease)
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="deployment-monitor", daemon=True).start()
 
     def stop(self) -> None:
         self.stopping.set()
+        try:
+            self.release_all()
+        except SQLAlchemyError:
+            log.warning("could not release deployment leases; they expire", exc_info=True)
 
     def _run(self) -> None:
+        next_keep = 0.0
         while not self.stopping.wait(self.settings.monitor_interval_s):
-            for model_id in list(self.replicas):
+            if time.monotonic() >= next_keep:
+                next_keep = time.monotonic() + self.settings.lease_renew_s
+                try:
+                    self._keep_leases()
+                except SQLAlchemyError:  # the database is away: the leases expire if it stays away
+                    log.warning("could not renew deployment leases", exc_info=True)
+            for model_id in list(self.held):
+                if model_id not in self.replicas:
+                    continue
                 try:
                     self.check(model_id)
                 except Exception:  # the monitor must keep watching the others

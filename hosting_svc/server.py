@@ -8,13 +8,14 @@ from collections.abc import Mapping
 from hosting_svc import images
 from hosting_svc.deployments import Hosting
 from hosting_svc.registry import Registry
-from hosting_svc.runtimes import ModelLimits, Runtime, kubernetes, modal
+from hosting_svc.runtimes import ModelLimits, Runtime, kubernetes, modal, swarm
 from hosting_svc.runtimes.docker import DockerRuntime
 from hosting_svc.runtimes.local import LocalRuntime
 from hosting_svc.servicer import HostingServicer
 from hosting_svc.settings import HostingSettings
 from hosting_svc.store import Store
 from mesh import config, logs
+from mesh.config import ConfigError
 from mesh.server import MeshServer
 from mesh.services import registration
 
@@ -22,7 +23,9 @@ log = logging.getLogger("hosting")
 
 
 def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tuple[MeshServer, Hosting]:
-    own = HostingSettings.from_env(env, home=settings.home / "hosting")
+    own = HostingSettings.from_env(
+        env, home=settings.home / "hosting", lease_ttl_s=settings.lease_ttl_s, lease_renew_s=settings.lease_renew_s
+    )
     home = own.home
     store = Store(own.database_url)
     engine = images.Engine() if own.docker_wanted and images.Engine.available() else None
@@ -31,6 +34,15 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tu
     if engine is not None:
         runtimes["docker"] = DockerRuntime(
             engine, owner=str(home), base_image=own.base_image, builds=home / "builds", limits=limits
+        )
+    manager = engine is not None and own.swarm != "off" and swarm.SwarmRuntime.is_manager(engine)
+    if own.swarm == "on" and not manager:
+        raise ConfigError(
+            "CONSTELLATION_HOSTING_SWARM=on needs a Docker engine that is a Swarm manager: run `docker swarm init`"
+        )
+    if manager and engine is not None:
+        runtimes["swarm"] = swarm.SwarmRuntime(
+            engine, str(home), swarm.parse_ports(own.swarm_ports), own.swarm_rollout_timeout_s, limits
         )
     if modal.configured(own):
         runtimes["modal"] = modal.ModalRuntime(home / "modal")

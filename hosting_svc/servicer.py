@@ -17,6 +17,7 @@ RUNTIME_NAMES = {
     hosting_pb2.RUNTIME_LOCAL: "local",
     hosting_pb2.RUNTIME_MODAL: "modal",
     hosting_pb2.RUNTIME_KUBERNETES: "kubernetes",
+    hosting_pb2.RUNTIME_SWARM: "swarm",
 }
 
 

@@ -87,6 +87,12 @@ class HostingSettings(EnvSettings):
     git_timeout_s: float = env_field(
         "CONSTELLATION_HOSTING_GIT_TIMEOUT_S", 120.0, "longest a git clone may take, s", gt=0
     )
+    lease_ttl_s: float = Field(
+        6.0, description="a deployment's lease (the bootstrap's CONSTELLATION_LEASE_TTL_S, set by the server)", gt=0
+    )
+    lease_renew_s: float = Field(
+        2.0, description="how often leases are renewed and expired ones taken (CONSTELLATION_LEASE_RENEW_S)", gt=0
+    )
     monitor_interval_s: float = Field(
         1.0, description="how often the monitor checks every replica's health, s (not read)", gt=0
     )
@@ -170,6 +176,26 @@ class HostingSettings(EnvSettings):
         "100: replace at once",
         ge=1,
         le=100,
+    )
+    swarm: str = env_field(
+        "CONSTELLATION_HOSTING_SWARM",
+        "auto",
+        "auto: the swarm runtime when the Docker engine is a Swarm manager; on: require it (start fails otherwise); "
+        "off: never",
+        pattern="^(auto|on|off)$",
+    )
+    swarm_ports: str = env_field(
+        "CONSTELLATION_HOSTING_SWARM_PORTS",
+        "21000-21999",
+        "127.0.0.1 ports Swarm replicas serve on: each service takes a block of 32 (replica N on the block's "
+        "first port + N)",
+        pattern=r"^\d{4,5}-\d{4,5}$",
+    )
+    swarm_rollout_timeout_s: float = env_field(
+        "CONSTELLATION_HOSTING_SWARM_ROLLOUT_TIMEOUT_S",
+        300.0,
+        "how long creating, scaling or rolling a Swarm service may take until every replica runs the version, s",
+        gt=0,
     )
     modal_token_id: str = Field(
         "", validation_alias="MODAL_TOKEN_ID", description="Modal token id; with its secret, enables the modal runtime"

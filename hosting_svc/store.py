@@ -8,10 +8,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from hosting_svc.domain import DeploymentEvent, Endpoint, HostedModel
-from mesh.db import create_db_engine
+from mesh.db import create_db_engine, create_tables
+
+APPEND_ATTEMPTS = 5  # instances appending one model's event at once: the loser numbers it again
 
 
 class Base(DeclarativeBase):
@@ -64,7 +67,7 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine = create_db_engine(url)
-        Base.metadata.create_all(self.engine)
+        create_tables(self.engine, Base.metadata)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._changed = threading.Condition()
         self._lock = threading.Lock()  # serialises writes: sequence numbers stay gap-free
@@ -108,6 +111,18 @@ class Store:
     def append_event(self, model: HostedModel, message: str = "", log_line: str = "") -> DeploymentEvent:
         """Persist the model's current state as its next event, then wake watchers."""
         now = datetime.now(UTC)
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                created = self._append_event(model, message, log_line, now)
+                break
+            except IntegrityError:  # another hosting instance took that number first
+                if attempt == APPEND_ATTEMPTS - 1:
+                    raise
+        with self._changed:
+            self._changed.notify_all()
+        return created
+
+    def _append_event(self, model: HostedModel, message: str, log_line: str, now: datetime) -> DeploymentEvent:
         with self._lock, self._sessions() as session:
             last = session.scalar(
                 select(EventRow.sequence)
@@ -136,8 +151,6 @@ class Store:
                 )
             )
             session.commit()
-        with self._changed:
-            self._changed.notify_all()
         return created
 
     def events(self, model_id: str, after: int = 0) -> list[DeploymentEvent]:

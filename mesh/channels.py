@@ -15,12 +15,26 @@ def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str
     ]
 
 
+def target(address: str) -> tuple[str, list[tuple[str, str]]]:
+    """gRPC's target and options for `address`: one host:port, or several comma separated (replicas of a
+    service, e.g. "127.0.0.1:50051,127.0.0.1:50061"), which become one `ipv4:`/`ipv6:` target balanced
+    round robin; gRPC leaves a replica that stops answering out until it answers again."""
+    addresses = [a.strip() for a in address.split(",") if a.strip()]
+    if len(addresses) < 2:
+        return address, []
+    scheme = "ipv6" if addresses[0].startswith("[") else "ipv4"
+    return f"{scheme}:{','.join(addresses)}", [("grpc.lb_policy_name", "round_robin")]
+
+
 def insecure_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=channel_options())
+    name, balancing = target(address)
+    return grpc.insecure_channel(name, options=[*channel_options(), *balancing])
 
 
 def peer_channel(address: str, tls: TlsFiles | None) -> grpc.Channel:
-    """A channel to a peer service: mTLS presenting `tls` (the caller's own certificate), or plaintext without."""
+    """A channel to a peer service (or its replicas: see `target`): mTLS presenting `tls` (the caller's own
+    certificate), or plaintext without."""
     if tls is None:
         return insecure_channel(address)
-    return grpc.secure_channel(address, tls.channel_credentials(), options=channel_options())
+    name, balancing = target(address)
+    return grpc.secure_channel(name, tls.channel_credentials(), options=[*channel_options(), *balancing])

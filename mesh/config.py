@@ -246,6 +246,20 @@ class Settings(EnvSettings):
         "0: three quarters of them",
         ge=0,
     )
+    lease_ttl_s: float = env_field(
+        "CONSTELLATION_LEASE_TTL_S",
+        6.0,
+        "how long a replica's lease on a run or a deployment lasts unrenewed (mesh.leases): when the replica "
+        "dies, another takes its work over within this time plus CONSTELLATION_LEASE_RENEW_S, seconds",
+        gt=0,
+    )
+    lease_renew_s: float = env_field(
+        "CONSTELLATION_LEASE_RENEW_S",
+        2.0,
+        "how often a replica renews its leases and looks for expired ones to take over, seconds; at most a "
+        "third of CONSTELLATION_LEASE_TTL_S",
+        gt=0,
+    )
     core_port: int = _port("core", "PORT", DEFAULT_PORTS["core"][0])
     hosting_port: int = _port("hosting", "PORT", DEFAULT_PORTS["hosting"][0])
     orchestrator_port: int = _port("orchestrator", "PORT", DEFAULT_PORTS["orchestrator"][0])
@@ -255,13 +269,20 @@ class Settings(EnvSettings):
     orchestrator_metrics_port: int = _port("orchestrator", "METRICS_PORT", DEFAULT_PORTS["orchestrator"][1])
     agent_metrics_port: int = _port("agent", "METRICS_PORT", DEFAULT_PORTS["agent"][1])
     core_addr: str = env_field(
-        "CONSTELLATION_CORE_ADDR", "", "host:port where peers reach core (default host:core port)"
+        "CONSTELLATION_CORE_ADDR",
+        "",
+        "host:port where peers reach core (default host:core port); several, comma separated, for replicas: "
+        "calls are balanced round robin over them",
     )
-    hosting_addr: str = env_field("CONSTELLATION_HOSTING_ADDR", "", "host:port where peers reach hosting")
+    hosting_addr: str = env_field(
+        "CONSTELLATION_HOSTING_ADDR", "", "host:port where peers reach hosting (or its replicas')"
+    )
     orchestrator_addr: str = env_field(
-        "CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator"
+        "CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator (one)"
     )
-    agent_addr: str = env_field("CONSTELLATION_AGENT_ADDR", "", "host:port where peers reach the agent")
+    agent_addr: str = env_field(
+        "CONSTELLATION_AGENT_ADDR", "", "host:port where peers reach the agent (or its replicas')"
+    )
 
     SERVICES: ClassVar[tuple[str, ...]] = tuple(DEFAULT_PORTS)
 
@@ -271,6 +292,15 @@ class Settings(EnvSettings):
             raise ValueError(
                 f"CONSTELLATION_MAX_STREAMS ({self.max_streams}) must be below CONSTELLATION_MAX_WORKERS "
                 f"({self.max_workers}): streams hold their thread, and health checks need one"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _renew_well_before_expiry(self) -> Self:
+        if self.lease_renew_s * 3 > self.lease_ttl_s:
+            raise ValueError(
+                f"CONSTELLATION_LEASE_RENEW_S ({self.lease_renew_s}) must be at most a third of "
+                f"CONSTELLATION_LEASE_TTL_S ({self.lease_ttl_s}): a lease is renewed well before it expires"
             )
         return self
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import MetaData, create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+# The PostgreSQL advisory lock replicas take while they change a schema (any fixed number, the same everywhere).
+SCHEMA_LOCK = 0x636F6E73
 
 
 def create_db_engine(url: str) -> Engine:
@@ -30,3 +33,18 @@ def create_db_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def lock_schema(connection: Connection) -> None:
+    """Inside a transaction: wait until no other replica is changing the schema, and keep them waiting until this
+    transaction ends (PostgreSQL; SQLite has one writer anyway). Replicas starting at once on a new database
+    otherwise race to create the same tables."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """metadata.create_all, one replica at a time."""
+    with engine.begin() as connection:
+        lock_schema(connection)
+        metadata.create_all(connection)

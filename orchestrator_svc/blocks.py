@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from model_runtime.manifest import NUMPY_DTYPES  # the one datatype table; ops and the inference client read it here
+from pipeline.bands import match_bands
 
 # GDAL's block cache, MiB. Its default is 5% of RAM, which would make memory grow with the scene.
 GDAL_CACHE_MB = 64
@@ -73,9 +74,16 @@ class Scene:
     dtype: str
     # 1-based file positions of red, green and blue when the file has all three (for previews); else empty.
     rgb_indexes: tuple[int, ...] = ()
+    # For one item of a dataset of STAC items: its id and acquisition time (ISO 8601); empty otherwise.
+    item_id: str = ""
+    acquired: str = ""
 
     def index_of(self, band: str) -> int:
-        return self.band_indexes[self.band_names.index(band)]
+        """The file index of `band`, by any of its names or a near equivalent (pipeline.bands.match_bands)."""
+        chosen = match_bands([band], self.band_names).chosen[0]
+        if chosen is None:
+            raise ValueError(f"the scene has no band {band!r}; it has {', '.join(self.band_names)}")
+        return self.band_indexes[self.band_names.index(chosen)]
 
     @property
     def affine(self):
@@ -106,13 +114,13 @@ def inspect_scene(path: str, file_bands: Sequence[str], selected: Sequence[str] 
     if len(set(dtypes)) != 1:
         raise RasterError(f"mixes band types {sorted(set(dtypes))}")
     names = list(selected) or list(file_bands)
-    missing = [b for b in names if b not in file_bands]
-    if missing:
-        raise RasterError(f"has no band(s) {', '.join(missing)}; it has {', '.join(file_bands)}")
+    match = match_bands(names, file_bands, near=False)
+    if match.missing:
+        raise RasterError(f"has no band(s) {', '.join(match.missing)}; it has {', '.join(file_bands)}")
     return Scene(
         path=path,
         band_names=tuple(names),
-        band_indexes=tuple(list(file_bands).index(b) + 1 for b in names),
+        band_indexes=tuple(list(file_bands).index(b) + 1 for b in match.chosen if b is not None),
         width=width,
         height=height,
         crs_wkt=crs.to_wkt(),
@@ -402,6 +410,9 @@ class RasterFile:
     # The scene it was predicted from and its red, green, blue positions: the preview's backdrop.
     backdrop_path: str = ""
     backdrop_bands: tuple[int, ...] = ()
+    # The STAC item it was computed from (Scene.item_id, Scene.acquired); empty otherwise.
+    item_id: str = ""
+    acquired: str = ""
 
 
 def stitch(

@@ -2,9 +2,13 @@
 
 Each block is one invocation of its kind's op (aliased by the block's id), wired
 by the spec's edges; the blocks' settings are the ops' typed config in the
-run config, so the Dagster UI shows them. The job runs on the in-process
-executor inside the run's worker process; the model step carries the
-RetryPolicy (exponential backoff) for transient endpoint failures.
+run config, so the Dagster UI shows them. A block after a dataset of many STAC
+items is invoked once per item (`<block>__<n>`), and a summary block takes every
+copy of its input (fan-in). The job runs on the in-process executor inside the
+run's worker process, or, over many items, on Dagster's multiprocess executor
+(`max_parallel_items` steps at once, each in a process of its own); the model
+step carries the RetryPolicy (exponential backoff) for transient endpoint
+failures.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from dagster import (
     GraphDefinition,
     Jitter,
     JobDefinition,
+    MultiDependencyDefinition,
     NodeInvocation,
     RetryPolicy,
     in_process_executor,
+    multiprocess_executor,
 )
 
 from clients.roots import StorageRoots
@@ -46,6 +52,7 @@ class JobSettings:
     # None on runs launched before they were stored.
     roots: dict[str, list[str]] | None = field(default=None)
     infer_wait_s: float = 30.0  # runs launched before it was stored waited this long
+    max_parallel_items: int = 1  # steps at once in a run over many STAC items (runs from before ran one at a time)
 
     @classmethod
     def of(cls, settings: OrchestratorSettings, roots: StorageRoots) -> JobSettings:
@@ -63,6 +70,7 @@ class JobSettings:
                 "s3_buckets": sorted(roots.s3_buckets),
             },
             settings.infer_wait_s,
+            settings.max_parallel_items,
         )
 
     def to_json(self) -> str:
@@ -82,8 +90,12 @@ def model_retry_policy(settings: JobSettings) -> RetryPolicy:
     )
 
 
+def runs_in_parallel(plan: Plan, settings: JobSettings) -> bool:
+    """A run over many STAC items runs its steps in processes of their own, `max_parallel_items` at once."""
+    return plan.items > 1 and settings.max_parallel_items > 1
+
+
 def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
-    op_names = {b.id: b.op_name for b in plan.blocks}
     dependencies = {}
     for block in plan.blocks:
         invocation = NodeInvocation(
@@ -93,13 +105,25 @@ def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
             retry_policy=model_retry_policy(settings) if block.kind == "model" else None,
         )
         dependencies[invocation] = {
-            name: DependencyDefinition(op_names[source], "result") for name, source in block.inputs.items()
+            name: MultiDependencyDefinition([DependencyDefinition(op, "result") for op in sources])
+            if block.kind == "summary"  # fan-in: every item's copy of its input
+            else DependencyDefinition(sources[0], "result")
+            for name, sources in block.inputs.items()
         }
     kinds = sorted({b.kind for b in plan.blocks})
     graph = GraphDefinition(name=JOB_NAME, node_defs=[OP_DEFS[k] for k in kinds], dependencies=dependencies)
     return graph.to_job(
         resource_defs={"constellation": ConstellationResource.configure_at_launch()},
-        executor_def=in_process_executor,
+        executor_def=multiprocess_executor.configured(
+            {
+                "max_concurrent": settings.max_parallel_items,
+                # Step processes fork from a server that imported the ops once (a fresh interpreter per step
+                # spends seconds importing Dagster, GDAL and numpy).
+                "start_method": {"forkserver": {"preload_modules": ["orchestrator_svc.worker"]}},
+            }
+        )
+        if runs_in_parallel(plan, settings)
+        else in_process_executor,
         description="A Constellation pipeline spec (blocks and edges) launched through the orchestrator.",
     )
 

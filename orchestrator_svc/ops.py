@@ -17,7 +17,7 @@ permanent ones raise Failure(allow_retries=False) with the endpoint's message.
 # No `from __future__ import annotations`: Dagster reads the ops' config and input types from real annotations.
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 from clients.inference import EndpointError, InferenceClient
 from clients.roots import Purpose, StorageRoots
 from clients.storage import Storage, StorageError, join
-from orchestrator_svc import blocks
+from orchestrator_svc import blocks, series, stac_out, stacks
 from orchestrator_svc.events import output_metadata, progress_message
 
 PROGRESS_EVERY_S = 1.0  # each progress line is an event-log write
@@ -44,6 +44,8 @@ MEDIA_TYPES = {
     "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
     "geojson": "application/geo+json",
     "png_preview": "image/png",
+    "csv": "text/csv",
+    "json": "application/json",
 }
 
 
@@ -205,11 +207,23 @@ class PredictionWriter:
 # --------------------------------------------------------------------------- configs
 
 
+class AssetConfig(Config):
+    band: str
+    uri: str
+    band_index: int = 1
+
+
 class DatasetConfig(Config):
     dataset_id: str
-    uri: str
+    uri: str  # a stacked raster; empty for an item read from `assets`
     file_bands: list[str]
     bands: list[str] = []
+    resolution_m: float = 0.0
+    assets: list[AssetConfig] = []  # one file per band (a STAC item): stacked on one grid by stacks.write_vrt
+    item_id: str = ""  # one copy of the block per item of a dataset of STAC items
+    acquired: str = ""
+    item_number: int = 0
+    item_count: int = 0
 
 
 class TileConfig(Config):
@@ -236,6 +250,7 @@ class ModelConfig(Config):
 
 class StitchConfig(Config):
     blend: str = "mean"
+    item: str = ""  # the raster's name carries it
 
 
 class VectorizeConfig(Config):
@@ -251,11 +266,19 @@ class IndexConfig(Config):
     name: str  # the raster's name, e.g. "ndwi"
 
 
+class SummaryConfig(Config):
+    name: str  # the outputs' name (the block's id)
+    threshold: float = 0.0
+    mosaic: bool = False
+
+
 class ExportConfig(Config):
-    run_id: str  # the mesh's run id (files go under <uri>/<run_id>/<block_id>/)
+    run_id: str  # the mesh's run id (files go under <uri>/<run_id>/<block_id>/, or .../<block_id>/<item>/)
     block_id: str
     uri: str
     formats: list[str]
+    lineage: str = ""  # stac_out.Lineage as JSON: what the run's STAC items say the outputs came from
+    item: str = ""  # one copy of the block per STAC item
 
 
 def _fail(message: str) -> Failure:
@@ -280,20 +303,47 @@ def _scratch_file(folder: Path, name: str) -> Path:
 # --------------------------------------------------------------------------- ops
 
 
-@op(name="dataset", description="Ingest a GeoTIFF/COG scene from file:// or s3:// and select its bands.")
+@op(name="dataset", description="Ingest a GeoTIFF/COG scene, or a STAC item's band files, and select its bands.")
 def dataset_op(
     context: OpExecutionContext, config: DatasetConfig, constellation: ConstellationResource
 ) -> blocks.Scene:
     storage = constellation.storage()
-    _confine(constellation, config.uri, "data", f"dataset {config.dataset_id!r}: ")
+    item = (
+        f"item {config.item_number} of {config.item_count} ({config.item_id}, {config.acquired or 'no date'}): "
+        if config.item_id
+        else ""
+    )
+    where = f"dataset {config.dataset_id!r} " + (item or f"({config.uri}): ")
+    scratch = constellation.scratch(context.run_id, context.op.name)
     try:
-        path = storage.fetch(config.uri, constellation.scratch(context.run_id, context.op.name))
-        scene = blocks.inspect_scene(str(path), config.file_bands, config.bands)
+        if config.assets:
+            files = []
+            for k, asset in enumerate(config.assets):
+                _confine(constellation, asset.uri, "data", where)
+                path = storage.fetch(asset.uri, scratch / f"asset-{k}")
+                files.append(stacks.BandFile(asset.band, str(path), asset.band_index))
+            plan = stacks.plan_stack(files, config.bands, config.resolution_m)
+            scene = stacks.write_vrt(plan, scratch / "scene.vrt")
+            context.log.info(
+                f"{item}{len(files)} band files onto one {plan.width}x{plan.height} px grid "
+                f"of {plan.resolution:g} CRS units: "
+                + ", ".join(
+                    f"{s.file.band} {stacks.resampling_for(s.file.band, s.transform[0], plan.resolution)}"
+                    for s in plan.sources
+                    if s.file.band in scene.band_names
+                )
+            )
+        else:
+            _confine(constellation, config.uri, "data", where)
+            path = storage.fetch(config.uri, scratch)
+            scene = blocks.inspect_scene(str(path), config.file_bands, config.bands)
     except (StorageError, blocks.RasterError) as error:
-        raise _fail(f"dataset {config.dataset_id!r} ({config.uri}): {error}") from None
+        raise _fail(f"{where}{error}") from None
+    if config.item_id:
+        scene = replace(scene, item_id=config.item_id, acquired=config.acquired)
     context.log.info(
-        f"scene {scene.width}x{scene.height} px, bands {', '.join(scene.band_names)}, {scene.dtype}, nodata "
-        f"{scene.nodata}"
+        f"{item}scene {scene.width}x{scene.height} px, bands {', '.join(scene.band_names)}, "
+        f"{scene.dtype}, nodata {scene.nodata}"
     )
     return scene
 
@@ -415,10 +465,11 @@ def stitch_op(
     grid = predictions.tiles.grid
     store = blocks.PredictionStore(Path(predictions.folder), grid.count, predictions.channels, grid.size)
     try:
-        out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{predictions.name}.tif")
-        raster = blocks.stitch(
-            store, grid, predictions.tiles.scene, predictions.bands, config.blend, out, predictions.name
-        )
+        scene = predictions.tiles.scene
+        name = f"{predictions.name}_{config.item}" if config.item else predictions.name
+        out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{name}.tif")
+        raster = blocks.stitch(store, grid, scene, predictions.bands, config.blend, out, name)
+        raster = replace(raster, item_id=scene.item_id, acquired=scene.acquired)
     finally:
         store.close()
     context.log.info(f"stitched {raster.width}x{raster.height} px, {raster.count} band(s), blend {config.blend}")
@@ -456,6 +507,7 @@ def index_op(
     out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{config.name}.tif")
     started = time.monotonic()
     raster = blocks.normalized_difference(scene, config.first_band, config.second_band, out, config.name)
+    raster = replace(raster, item_id=scene.item_id, acquired=scene.acquired)
     context.log.info(
         f"{config.name} = ({config.first_band} - {config.second_band}) / ({config.first_band} + {config.second_band}): "
         f"{raster.width}x{raster.height} px in {time.monotonic() - started:.2f}s"
@@ -463,21 +515,73 @@ def index_op(
     return raster
 
 
-@op(name="export", description="Write COG GeoTIFF, GeoJSON and a PNG preview to file:// or s3://.")
+def _stac_documents(config: ExportConfig, files: list[tuple[Path, str, str]], uris: list[str], local: Path,
+                    prefix: str) -> list[tuple[Path, str, str]]:  # fmt: skip
+    """The export's STAC Items (stac_out), written under `local`: (path, output name, media type)."""
+    lineage = stac_out.Lineage.from_json(config.run_id, config.block_id, config.lineage, _software_version())
+    sources = stac_out.scene_sources(lineage.datasets) or [stac_out.SceneSource(config.run_id, "")]
+    outputs = tuple(
+        stac_out.OutputFile(path, uri, name, fmt) for (path, name, fmt), uri in zip(files, uris, strict=True)
+    )
+    scenes = [stac_out.SceneOutputs(sources[0], outputs, tuple(sources))]
+    written = []
+    for name, document, media_type in stac_out.build(scenes, lineage, prefix):
+        path = _scratch_file(local, name)
+        path.write_text(json.dumps(document, indent=2))
+        written.append((path, name.removesuffix(".json").replace("-", "_") + "_stac", media_type))
+    return written
+
+
+def _software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("constellation")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@op(
+    name="summary",
+    description="Sum a raster up over every scene of the run: a time series (CSV, JSON) and optionally a mosaic.",
+)
+def summary_op(
+    context: OpExecutionContext,
+    config: SummaryConfig,
+    raster: list[blocks.RasterFile],  # one per scene (named as its port, as every op's input is)
+    constellation: ConstellationResource,
+) -> series.Table:
+    folder = constellation.scratch(context.run_id, context.op.name)
+    _scratch_file(folder, f"{config.name}.csv")
+    try:
+        table = series.summarize(raster, config.threshold, folder, config.name, config.mosaic)
+    except blocks.RasterError as error:
+        raise _fail(f"summary {config.name!r}: {error}") from None
+    context.log.info(progress_message(len(raster), len(raster), "scenes"))
+    context.log.info(
+        f"{config.name}: {table.rows} scene(s), area above {config.threshold:g}"
+        + (f", mosaic {table.mosaic.width}x{table.mosaic.height} px" if table.mosaic else "")
+    )
+    return table
+
+
+@op(name="export", description="Write COG GeoTIFF, GeoJSON, a PNG preview and their STAC Items to file:// or s3://.")
 def export_op(
     context: OpExecutionContext,
     config: ExportConfig,
     constellation: ConstellationResource,
     raster: blocks.RasterFile | None = None,
     vectors: blocks.VectorFile | None = None,
+    table: series.Table | None = None,
 ) -> None:
-    """Writes every file locally, uploads them, then writes manifest.json last. Only then are the outputs
-    reported (AssetMaterialization); if anything fails or the run is canceled part-way, what was uploaded
-    is deleted again, so a partial export is never published as if complete."""
+    """Writes every file locally, uploads them and their STAC Items (stac_out), then writes manifest.json last.
+    Only then are the outputs reported (AssetMaterialization); if anything fails or the run is canceled part-way,
+    what was uploaded is deleted again, so a partial export is never published as if complete."""
     storage = constellation.storage()
     _confine(constellation, config.uri, "export")
-    local = constellation.scratch(context.run_id, config.block_id)
-    prefix = join(config.uri, config.run_id, config.block_id)
+    per_item = [config.item] if config.item else []  # each item's copy of the block has folders of its own
+    local = constellation.scratch(context.run_id, config.block_id, *per_item)
+    prefix = join(config.uri, config.run_id, config.block_id, *per_item)
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
     if raster is not None and "cog" in config.formats:
         cog = _scratch_file(local, f"{raster.name}.tif")
@@ -490,6 +594,15 @@ def export_op(
         files.append((preview, f"{raster.name}_preview", "png_preview"))
     if vectors is not None and "geojson" in config.formats:
         files.append((Path(vectors.path), vectors.name, "geojson"))
+    if table is not None:
+        if "csv" in config.formats:
+            files.append((Path(table.csv_path), table.name, "csv"))
+        if "json" in config.formats:
+            files.append((Path(table.json_path), table.name, "json"))
+        if table.mosaic is not None:  # asked for by the summary block itself
+            mosaic = _scratch_file(local, f"{table.mosaic.name}.tif")
+            blocks.write_cog(Path(table.mosaic.path), mosaic)
+            files.append((mosaic, table.mosaic.name, "cog"))
 
     published: list[str] = []
     outputs = []
@@ -500,6 +613,12 @@ def export_op(
             storage.put(path, uri, MEDIA_TYPES[fmt])
             published.append(uri)
             outputs.append(output_metadata(name, uri, MEDIA_TYPES[fmt], config.block_id))
+        for path, name, media_type in _stac_documents(config, files, list(published), local, prefix):
+            uri = join(prefix, path.name)
+            _confine(constellation, uri, "export")
+            storage.put(path, uri, media_type)
+            published.append(uri)
+            outputs.append(output_metadata(name, uri, media_type, config.block_id))
         manifest = local / "manifest.json"
         manifest.write_text(
             json.dumps({"run_id": config.run_id, "block_id": config.block_id, "outputs": outputs}, indent=2)
@@ -526,5 +645,5 @@ def export_op(
 
 OP_DEFS = {
     "dataset": dataset_op, "tile": tile_op, "model": model_op, "stitch": stitch_op, "vectorize": vectorize_op,
-    "index": index_op, "export": export_op,
+    "index": index_op, "summary": summary_op, "export": export_op,
 }  # fmt: skip

@@ -81,8 +81,11 @@ def fingerprint(request: pb.LaunchRunRequest) -> str:
 
 
 def block_of_step(run: DagsterRun) -> dict[str, str]:
+    """Step key -> block id; a block run once per STAC item has a step `<op>__<n>` per item."""
     request = specs.request_from_json(run.tags[REQUEST_TAG])
-    return {v: k for k, v in specs._op_names([b.id for b in request.spec.blocks]).items()}
+    steps = {v: k for k, v in specs._op_names([b.id for b in request.spec.blocks]).items()}
+    items = max((len(d.items) for d in request.datasets.values()), default=0)
+    return steps | {f"{op}__{n}": block for op, block in steps.items() for n in range(1, items + 1)}
 
 
 class RunFeed:
@@ -276,20 +279,22 @@ class RunManager:
     def _info(self, record) -> RunInfo:
         run = record.dagster_run
         state = events.RUN_STATES[run.status]
+        end_time = record.end_time
         if state not in events.TERMINAL_STATES:
-            # Dagster stores the terminal event, then updates the run's status: a reader in between
-            # would see a watcher already told the run ended. The event log decides.
+            # Dagster stores the terminal event, then updates the run's status and end time: a reader in
+            # between would see a watcher already told the run ended. The event log decides.
             ended = self.instance.get_records_for_run(run.run_id, of_type=set(events.TERMINAL_EVENT_TYPES), limit=1)
             for ending in ended.records:
                 dagster_event = ending.event_log_entry.dagster_event
                 ending_state = events.EVENT_TYPES[dagster_event.event_type].state if dagster_event else None
-                state = state if ending_state is None else ending_state
+                if ending_state is not None:
+                    state, end_time = ending_state, end_time or ending.event_log_entry.timestamp
         info = RunInfo(
             run.tags[RUN_ID_TAG],
             state,
             create_time=record.create_timestamp,
             start_time=record.start_time,
-            end_time=record.end_time,
+            end_time=end_time,
         )
         if state == common.RUN_STATE_FAILED:
             info.state_message = self._failure_reason(run.run_id)

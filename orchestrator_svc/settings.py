@@ -48,6 +48,14 @@ class OrchestratorSettings(EnvSettings):
         "ModelInfer calls in flight per model step when a model block leaves max_concurrency at 0",
         ge=1,
     )
+    max_parallel_items: int = env_field(
+        PREFIX + "MAX_PARALLEL_ITEMS",
+        2,
+        "steps a run over a dataset of many scenes (STAC items) runs at once, each in a process of its own; "
+        "1: one after another in the run's worker",
+        ge=1,
+        le=64,
+    )
     infer_timeout_s: float = env_field(PREFIX + "INFER_TIMEOUT_S", 60.0, "deadline of one ModelInfer call", ge=0)
     infer_wait_s: float = env_field(
         PREFIX + "INFER_WAIT_S",

@@ -25,14 +25,16 @@ from google.rpc import error_details_pb2
 
 from clients.roots import StorageRoots
 from clients.storage import Storage, StorageError
+from constellation.common.v1 import common_pb2 as common
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable, shorten
 from model_runtime.manifest import NUMPY_DTYPES, check_output_name
-from orchestrator_svc import blocks
+from orchestrator_svc import blocks, stacks
+from orchestrator_svc.stac_out import Lineage
 from pipeline.convert import spec_from_proto
 from pipeline.kinds import KINDS
 from pipeline.rules import check_bands, check_storage_uri
-from pipeline.spec import DatasetView, ModelView, OutputView
+from pipeline.spec import DatasetView, ModelView, OutputView, PipelineSpec
 from pipeline.validation import (
     DEFAULT_TILE_PX,
     check_runnable,
@@ -43,6 +45,7 @@ from pipeline.validation import (
 )
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MAX_ITEMS = 1000  # scenes of one dataset in one run
 ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
@@ -85,7 +88,9 @@ class BlockPlan:
     kind: str
     op_name: str  # Dagster op names allow [A-Za-z0-9_] only
     config: dict  # the op's Dagster config
-    inputs: dict[str, str] = field(default_factory=dict)  # op input name -> upstream block id
+    # op input name -> the upstream ops' names (several only into a summary, one per item)
+    inputs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    item: str = ""  # the STAC item this copy of the block works on (a dataset of many items); empty otherwise
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,11 @@ class Plan:
 
     def block_of_step(self) -> dict[str, str]:
         return {b.op_name: b.id for b in self.blocks}
+
+    @property
+    def items(self) -> int:
+        """How many STAC items its blocks run over, one copy each (0: a dataset without items)."""
+        return len({b.item for b in self.blocks if b.item})
 
 
 def request_to_json(request: pb.LaunchRunRequest) -> str:
@@ -114,10 +124,13 @@ def _check_resolved(
     found: list[FieldViolation] = []
     for key, dataset in sorted(request.datasets.items()):
         where = _key("datasets", key)
-        found += [
-            FieldViolation(f"{where}.{v.field}", v.description)
-            for v in check_storage_uri(dataset.uri, "uri", roots=roots, purpose="data")
-        ]
+        if dataset.items:  # `uri` is where the STAC Item or search came from: only the items' files are read
+            found += _check_items(where, dataset, roots)
+        else:
+            found += [
+                FieldViolation(f"{where}.{v.field}", v.description)
+                for v in check_storage_uri(dataset.uri, "uri", roots=roots, purpose="data")
+            ]
         found += [
             FieldViolation(f"{where}.{v.field}", v.description)
             for v in check_bands(list(dataset.bands), "bands", required=True)
@@ -167,6 +180,52 @@ def _check_resolved(
     return found
 
 
+def item_tag(item: common.SceneItem) -> str:
+    """The item's id as it appears in file names: letters, digits, '.', '_' and '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", item.id).strip("._")[:80]
+
+
+def _check_items(where: str, dataset: pb.ResolvedDataset, roots: StorageRoots | None) -> list[FieldViolation]:
+    """Each item names its files (one per band, or one stacked raster), under the roots; ids usable in file names."""
+    found: list[FieldViolation] = []
+    if len(dataset.items) > MAX_ITEMS:
+        return [FieldViolation(f"{where}.items", f"has {len(dataset.items)} items; a run reads at most {MAX_ITEMS}")]
+    tags: dict[str, int] = {}
+    for j, item in enumerate(dataset.items):
+        at = f"{where}.items[{j}]"
+        tag = item_tag(item)
+        if not tag:
+            found.append(
+                FieldViolation(f"{at}.id", f"{shorten(item.id)!r}: an item needs an id with a letter or digit")
+            )
+        elif tag in tags:
+            found.append(FieldViolation(f"{at}.id", f"{shorten(item.id)!r} names the same files as items[{tags[tag]}]"))
+        tags.setdefault(tag, j)
+        if not item.assets:
+            if not item.uri:
+                found.append(FieldViolation(at, "needs assets (one file per band) or a stacked raster's uri"))
+            found += [
+                FieldViolation(f"{at}.{v.field}", v.description)
+                for v in check_storage_uri(item.uri, "uri", roots=roots, purpose="data")
+            ]
+            continue
+        seen: set[str] = set()
+        for a, asset in enumerate(item.assets):
+            if asset.band in seen:
+                found.append(FieldViolation(f"{at}.assets[{a}].band", f"band {asset.band!r} has two files"))
+            seen.add(asset.band)
+            if not 0 <= asset.band_index <= 10_000:
+                found.append(FieldViolation(f"{at}.assets[{a}].band_index", "must be between 0 (the first) and 10000"))
+            found += [
+                FieldViolation(f"{at}.assets[{a}].{v.field}", v.description)
+                for v in check_storage_uri(asset.uri, "uri", roots=roots, purpose="data")
+            ]
+        missing = [b for b in dataset.bands if b not in seen]
+        if missing:
+            found.append(FieldViolation(f"{at}.assets", f"has no file for band(s) {', '.join(missing)}"))
+    return found
+
+
 def _catalog_views(
     request: pb.LaunchRunRequest,
 ) -> tuple[Callable[[str], DatasetView | None], Callable[[str], ModelView | None]]:
@@ -212,6 +271,91 @@ def _op_names(block_ids: list[str]) -> dict[str, str]:
     return names
 
 
+def _lineage(request: pb.LaunchRunRequest, spec: PipelineSpec, order: list[str], block_id: str) -> str:
+    """What an export's STAC items say it came from (orchestrator_svc.stac_out.Lineage): the pipeline, the blocks
+    upstream of it, their datasets and their models (without endpoints, which are the mesh's business)."""
+    inputs = spec.inputs()
+    upstream: set[str] = set()
+    todo = list(inputs[block_id])
+    while todo:
+        source = todo.pop()
+        if source not in upstream:
+            upstream.add(source)
+            todo += inputs[source]
+    by_id = {b.id: b for b in spec.blocks}
+    steps, datasets, models = [], {}, {}
+    for source in (b for b in order if b in upstream):
+        block = by_id[source]
+        if block.kind == "dataset":
+            dataset_id = block.settings.dataset_id
+            datasets[dataset_id] = json_format.MessageToDict(request.datasets[dataset_id])
+            steps.append(f"dataset {dataset_id}")
+        elif block.kind == "model":
+            model = pb.ResolvedModel()
+            model.CopyFrom(request.models[block.settings.model_id])
+            del model.endpoints[:]
+            models[block.settings.model_id] = json_format.MessageToDict(model)
+            steps.append(f"model {model.model_name}:{model.model_version}")
+        else:
+            steps.append(block.kind)
+    return Lineage(
+        request.run_id, block_id, request.pipeline_id, request.pipeline_name, tuple(steps), datasets, models
+    ).to_json()
+
+
+def _item_scopes(request: pb.LaunchRunRequest, spec, order: list[str], inputs: dict[str, list[str]]) -> dict[str, str]:
+    """Block id -> the dataset block whose items it runs once per item: a dataset of STAC items and every block
+    after it up to a summary (which takes every item's copy at once). Refuses a block fed by two such datasets."""
+    by_id = {b.id: b for b in spec.blocks}
+    scopes: dict[str, str] = {}
+    for block_id in order:
+        block = by_id[block_id]
+        if block.kind == "dataset":
+            if request.datasets[block.settings.dataset_id].items:
+                scopes[block_id] = block_id
+            continue
+        if block.kind == "summary":
+            continue
+        found = sorted({scopes[s] for s in inputs[block_id] if s in scopes})
+        if len(found) > 1:
+            index = next(i for i, b in enumerate(spec.blocks) if b.id == block_id)
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        f"spec.blocks[{index}]",
+                        f"block {block_id!r} takes inputs that run once per scene of several datasets "
+                        f"({', '.join(found)}); put a summary block between them",
+                    )
+                ]
+            )
+        if found:
+            scopes[block_id] = found[0]
+    return scopes
+
+
+def _item_config(kind: str, config: dict, item: common.SceneItem, k: int, count: int) -> dict:
+    """What a block's copy for one item adds to its config: the item's files (dataset), or names carrying its id."""
+    tag = item_tag(item)
+    if kind == "dataset":
+        by_band = {a.band: a for a in item.assets}  # _check_items saw a file for every band of the dataset
+        assets = [by_band[b] for b in config["file_bands"]] if by_band else []
+        return {
+            "uri": item.uri,
+            "assets": [{"band": a.band, "uri": a.uri, "band_index": a.band_index or 1} for a in assets],
+            "item_id": item.id,
+            "acquired": item.acquired_time.ToJsonString() if item.HasField("acquired_time") else "",
+            "item_number": k + 1,
+            "item_count": count,
+        }
+    if kind == "index":
+        return {"name": f"{config['name']}_{tag}"}
+    if kind == "stitch":
+        return {"item": tag}
+    if kind == "export":
+        return {"item": tag}
+    return {}
+
+
 def build_plan(
     request: pb.LaunchRunRequest,
     *,
@@ -239,15 +383,16 @@ def build_plan(
     by_id = {b.id: (i, b) for i, b in enumerate(spec.blocks)}
     inputs = spec.inputs()
     op_names = _op_names([b.id for b in spec.blocks])
+    scopes = _item_scopes(request, spec, order, inputs)
     plans: list[BlockPlan] = []
     for block_id in order:
         i, block = by_id[block_id]
         config = block.settings
-        wiring = {}
+        ports: dict[str, str] = {}
         for source in inputs[block_id]:
             port = KINDS[block.kind].port_for(KINDS[by_id[source][1].kind].produces or "")
             assert port is not None  # validate_spec checked every edge
-            wiring[port.name] = source
+            ports[port.name] = source
         if block.kind == "dataset":
             resolved = request.datasets[config.dataset_id]
             op_config = {
@@ -255,6 +400,7 @@ def build_plan(
                 "uri": resolved.uri,
                 "file_bands": list(resolved.bands),
                 "bands": list(config.bands),
+                "resolution_m": config.resolution_m,
             }
         elif block.kind == "tile":
             size, _ = tile_size_of(spec, block_id, find_model)
@@ -295,10 +441,28 @@ def build_plan(
         elif block.kind == "index":
             first, second = config.bands()
             op_config = {"first_band": first, "second_band": second, "name": config.output_name}
+        elif block.kind == "summary":
+            op_config = {"name": block_id, "threshold": config.threshold, "mosaic": config.mosaic}
         else:  # export
             formats = export_formats(spec, block_id)
-            op_config = {"run_id": request.run_id, "block_id": block_id, "uri": config.uri, "formats": formats}
-        plans.append(BlockPlan(block_id, i, block.kind, op_names[block_id], op_config, wiring))
+            op_config = {
+                "run_id": request.run_id, "block_id": block_id, "uri": config.uri, "formats": formats,
+                "lineage": _lineage(request, spec, order, block_id),
+            }  # fmt: skip
+        scope = scopes.get(block_id)
+        if scope is None:  # once: its inputs are whole (a summary takes every item's copy of its input)
+            wiring = {port: tuple(p.op_name for p in plans if p.id == source) for port, source in ports.items()}
+            plans.append(BlockPlan(block_id, i, block.kind, op_names[block_id], op_config, wiring))
+            continue
+        items = request.datasets[by_id[scope][1].settings.dataset_id].items
+        for k, item in enumerate(items):
+            tag = item_tag(item)
+            copy = {**op_config, **_item_config(block.kind, op_config, item, k, len(items))}
+            wiring = {
+                port: (f"{op_names[source]}__{k + 1}" if source in scopes else op_names[source],)
+                for port, source in ports.items()
+            }
+            plans.append(BlockPlan(block_id, i, block.kind, f"{op_names[block_id]}__{k + 1}", copy, wiring, item=tag))
     return Plan(tuple(plans))
 
 
@@ -311,10 +475,22 @@ def check_world(plan: Plan, storage: Storage) -> None:
         if block.kind == "dataset":
             subject = f'datasets["{block.config["dataset_id"]}"].uri'
             uri = block.config["uri"]
+            assets = block.config.get("assets") or []
+            if block.item:
+                subject = f'datasets["{block.config["dataset_id"]}"].items[{block.config["item_number"] - 1}]'
             try:
-                storage.size(uri)
-                with blocks.gdal_env(**storage.gdal_options(uri)):
-                    blocks.inspect_scene(storage.gdal_path(uri), block.config["file_bands"], block.config["bands"])
+                if assets:
+                    for asset in assets:
+                        uri = asset["uri"]
+                        storage.size(uri)
+                    uri = f"item {block.config['item_id']!r}"
+                    files = [stacks.BandFile(a["band"], storage.gdal_path(a["uri"]), a["band_index"]) for a in assets]
+                    with blocks.gdal_env(**storage.gdal_options(assets[0]["uri"])):
+                        stacks.plan_stack(files, block.config["bands"], block.config["resolution_m"])
+                else:
+                    storage.size(uri)
+                    with blocks.gdal_env(**storage.gdal_options(uri)):
+                        blocks.inspect_scene(storage.gdal_path(uri), block.config["file_bands"], block.config["bands"])
             except StorageError as error:
                 if error.unreachable:
                     unreachable.append(str(error))

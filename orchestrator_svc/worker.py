@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus, JobDefinition, build_reconstructable_job
 from dagster._core.definitions.job_base import InMemoryJob
 from dagster._core.execution.api import execute_run
 from dagster._core.instance.ref import InstanceRef
@@ -53,16 +53,17 @@ def main(argv: list[str] | None = None) -> int:
             log.error("run %s is %s; nothing to execute", args.run_id, run.status.value)
             return 2
         settings = jobs.JobSettings.from_json(run.tags[SETTINGS_TAG])
-        request = specs.request_from_json(run.tags[REQUEST_TAG])
-        plan = specs.build_plan(
-            request,
-            default_batch_size=settings.default_batch_size,
-            default_max_concurrency=settings.default_max_concurrency,
-            infer_timeout_s=settings.infer_timeout_s,
-            infer_wait_s=settings.infer_wait_s,
-            roots=None,  # LaunchRun checked the run's places against the roots
+        plan = plan_of(run.tags[REQUEST_TAG], settings)
+        # The multiprocess executor's step processes rebuild the job from the same two documents (rebuild_job).
+        runnable = (
+            build_reconstructable_job(
+                "orchestrator_svc.worker",
+                "rebuild_job",
+                reconstructable_kwargs={"request_json": run.tags[REQUEST_TAG], "settings_json": run.tags[SETTINGS_TAG]},
+            )
+            if jobs.runs_in_parallel(plan, settings)
+            else InMemoryJob(jobs.build_job(plan, settings))
         )
-        job = jobs.build_job(plan, settings)
         work = Path(settings.work_dir, run.run_id)
         try:
             with capture_interrupts():
@@ -70,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                     import cProfile
 
                     prof = cProfile.Profile()
-                    result = prof.runcall(execute_run, InMemoryJob(job), run, instance)
+                    result = prof.runcall(execute_run, runnable, run, instance)
                     prof.dump_stats(os.environ["CONSTELLATION_WORKER_PROFILE"])
                 else:
-                    result = execute_run(InMemoryJob(job), run, instance)
+                    result = execute_run(runnable, run, instance)
             log.info("run %s finished: %s", run.run_id, json.dumps({"success": result.success}))
         finally:
             if not args.keep_scratch:
@@ -82,6 +83,23 @@ def main(argv: list[str] | None = None) -> int:
             if peak:
                 instance.add_run_tags(run.run_id, {MAX_RSS_TAG: str(peak)})
     return 0
+
+
+def plan_of(request_json: str, settings: jobs.JobSettings) -> specs.Plan:
+    return specs.build_plan(
+        specs.request_from_json(request_json),
+        default_batch_size=settings.default_batch_size,
+        default_max_concurrency=settings.default_max_concurrency,
+        infer_timeout_s=settings.infer_timeout_s,
+        infer_wait_s=settings.infer_wait_s,
+        roots=None,  # LaunchRun checked the run's places against the roots
+    )
+
+
+def rebuild_job(request_json: str, settings_json: str) -> JobDefinition:
+    """The run's job from its stored request and settings (in a step process of the multiprocess executor)."""
+    settings = jobs.JobSettings.from_json(settings_json)
+    return jobs.build_job(plan_of(request_json, settings), settings)
 
 
 def open_instance() -> DagsterInstance:

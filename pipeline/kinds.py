@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 from constellation.common.v1 import common_pb2
 from mesh.enums import EnumType, prefix_of, short_name
 
-DATA_KINDS = ("scene", "tiles", "predictions", "raster", "vectors")
+DATA_KINDS = ("scene", "tiles", "predictions", "raster", "vectors", "table")
 
 # Export format (lowercase ExportFormat name) -> the data kind it is written from.
-EXPORT_FORMATS = {"cog": "raster", "geojson": "vectors", "png_preview": "raster"}
+EXPORT_FORMATS = {"cog": "raster", "geojson": "vectors", "png_preview": "raster", "csv": "table", "json": "table"}
 
 # Spectral index presets (lowercase SpectralIndex name) -> (first band, second band) of the
 # normalized difference (first - second) / (first + second).
@@ -69,6 +69,7 @@ class BlockConfig:
 class DatasetConfig(BlockConfig):
     dataset_id: str = ""
     bands: tuple[str, ...] = ()  # empty: every band of the dataset
+    resolution_m: float = 0.0  # one file per band (STAC items): the grid's pixel size; 0: the finest band read
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,12 @@ class IndexConfig(BlockConfig):
 
 
 @dataclass(frozen=True)
+class SummaryConfig(BlockConfig):
+    threshold: float = 0.0  # pixels above it count as area (0: NDWI water)
+    mosaic: bool = False  # also merge the scenes' rasters into one
+
+
+@dataclass(frozen=True)
 class Port:
     name: str  # the orchestrator op's input name
     accepts: frozenset[str]  # data kinds an edge into it may carry
@@ -159,7 +166,14 @@ KINDS: dict[str, BlockKind] = {
         BlockKind("stitch", "raster", (_port("predictions"),), StitchConfig, "merges tile predictions into a raster"),
         BlockKind("vectorize", "vectors", (_port("raster"),), VectorizeConfig, "turns a mask raster into polygons"),
         BlockKind("index", "raster", (_port("scene"),), IndexConfig, "band math: a normalized difference of two bands"),
-        BlockKind("export", None, (_port("raster"), _port("vectors")), ExportConfig, "writes COG, GeoJSON, PNG"),
+        BlockKind("summary", "table", (_port("raster"),), SummaryConfig, "sums a raster up per scene: a time series"),
+        BlockKind(
+            "export",
+            None,
+            (_port("raster"), _port("vectors"), _port("table")),
+            ExportConfig,
+            "writes COG, GeoJSON, PNG, CSV, JSON",
+        ),
     )
 }
 BLOCK_KINDS = tuple(KINDS)

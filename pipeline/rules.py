@@ -11,18 +11,8 @@ import re
 from clients.roots import Purpose, StorageRoots
 from clients.storage import StorageError, parse
 from mesh.errors import FieldViolation
+from pipeline.bands import KNOWN_BANDS, canonical
 
-# Band names the catalog understands: optical bands by colour/wavelength
-# family, thermal, panchromatic and SAR polarisations.
-KNOWN_BANDS = frozenset(
-    {
-        "coastal", "blue", "green", "red", "yellow",
-        "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09",
-        "water_vapor", "cirrus", "swir1", "swir2", "pan",
-        "tir", "tir1", "tir2",
-        "vv", "vh", "hh", "hv",
-    }
-)  # fmt: skip
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -60,7 +50,7 @@ def check_storage_uri(
 
 
 def check_bands(bands: list[str], field: str, *, required: bool) -> list[FieldViolation]:
-    """Known band names, none twice."""
+    """Known band names (STAC common names or their aliases, pipeline.bands), no band twice under any name."""
     if required and not bands:
         return [FieldViolation(field, 'is required: list the band names in file order, e.g. ["green", "nir"]')]
     found = []
@@ -69,7 +59,7 @@ def check_bands(bands: list[str], field: str, *, required: bool) -> list[FieldVi
         if band not in KNOWN_BANDS:
             known = ", ".join(sorted(KNOWN_BANDS))
             found.append(FieldViolation(f"{field}[{i}]", f"unknown band {band!r}; known bands: {known}"))
-        elif band in seen:
-            found.append(FieldViolation(f"{field}[{i}]", f"band {band!r} is listed twice"))
-        seen.add(band)
+        elif canonical(band) in seen:
+            found.append(FieldViolation(f"{field}[{i}]", f"band {band!r} is listed twice (or under another name)"))
+        seen.add(canonical(band))
     return found

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from graphlib import CycleError, TopologicalSorter
 
 from clients.roots import StorageRoots
+from pipeline.bands import KNOWN_BANDS, match_bands
 from pipeline.kinds import (
     BLOCK_KINDS,
     EXPORT_FORMATS,
@@ -27,11 +28,12 @@ from pipeline.kinds import (
     ExportConfig,
     IndexConfig,
     ModelConfig,
+    SummaryConfig,
     TileConfig,
     VectorizeConfig,
     producers,
 )
-from pipeline.rules import KNOWN_BANDS, check_bands, check_storage_uri
+from pipeline.rules import check_bands, check_storage_uri
 from pipeline.spec import Block, DatasetView, ModelView, PipelineSpec, Problem
 
 BLOCK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -167,6 +169,11 @@ def _check_wiring(
         for data_kind in set(carried):
             if carried.count(data_kind) > 1:
                 found.append(Problem(where, f"{kind} block {block_id!r} has more than one {data_kind} input", block_id))
+    if kind == "export" and len(ins) > 1 and any(blocks[s][1].kind == "summary" for s in ins):
+        message = (
+            f"export block {block_id!r} takes a summary's table; give the other inputs an export block of their own"
+        )
+        found.append(Problem(where, message, block_id))
     if block_kind.produces is not None and not outs:
         message = (
             f"the output of {kind} block {block_id!r} is not used; connect it onwards (it must reach an export block)"
@@ -194,9 +201,11 @@ def _check_config(
             problem("dataset_id", f"no dataset has id {config.dataset_id!r}")
         for v in check_bands(list(config.bands), "bands", required=False):
             problem(v.field, v.description)
+        if not (math.isfinite(config.resolution_m) and 0 <= config.resolution_m <= 100_000):
+            problem("resolution_m", "must be between 0 (the finest band's) and 100000 metres")
         if dataset is not None:
             for j, band in enumerate(config.bands):
-                if band not in dataset.bands:
+                if not match_bands([band], dataset.bands, near=False).complete:
                     has = ", ".join(dataset.bands)
                     problem(f"bands[{j}]", f"dataset {dataset.name!r} has no band {band!r}; it has {has}")
     elif isinstance(config, TileConfig):
@@ -230,6 +239,9 @@ def _check_config(
                         problem(name, v.description)
             if config.first_band and config.first_band == config.second_band:
                 problem("second_band", f"is the same band as first_band ({config.first_band!r}); the index would be 0")
+    elif isinstance(config, SummaryConfig):
+        if not math.isfinite(config.threshold):
+            problem("threshold", "must be a finite number")
     elif isinstance(config, ExportConfig):
         for v in check_storage_uri(config.uri, "uri", object_key_required=False, roots=roots, purpose="export"):
             problem(v.field, v.description)
@@ -249,7 +261,8 @@ def _check_index_bands(
         return []  # reported at the dataset block
     available = list(dataset_block.settings.bands) or list(dataset.bands)
     first, second = config.bands()
-    missing = [b for b in (first, second) if b in KNOWN_BANDS and b not in available]  # unknown ones are reported
+    known = [b for b in (first, second) if b in KNOWN_BANDS]  # unknown ones are reported
+    missing = list(match_bands(known, available).missing)
     if not missing:
         return []
     provided = f"dataset block {dataset_block.id!r} provides {', '.join(available)}"
@@ -280,7 +293,7 @@ def _check_bands_reach_models(
         dataset = find_dataset(dataset_block.settings.dataset_id)
         assert model is not None and dataset is not None  # checked by _check_config
         available = list(dataset_block.settings.bands) or list(dataset.bands)
-        missing = [b for b in model.bands if b not in available]
+        missing = match_bands(model.bands, available).missing
         if missing:
             message = (
                 f"model {model.name!r} reads bands {', '.join(model.bands)}, but dataset block "
@@ -336,7 +349,7 @@ def export_formats(spec: PipelineSpec, export_id: str) -> list[str]:
     if named or by_id[export_id].settings.formats:
         return sorted(set(named), key=named.index)
     carried = {KINDS[by_id[s].kind].produces for s in spec.inputs()[export_id]}
-    return [f for f in ("cog", "png_preview", "geojson") if EXPORT_FORMATS[f] in carried]
+    return [f for f in ("cog", "png_preview", "geojson", "csv", "json") if EXPORT_FORMATS[f] in carried]
 
 
 def check_runnable(
@@ -381,7 +394,7 @@ def check_runnable(
             carried = {KINDS[by_id[s][1].kind].produces for s in inputs[block_id]}
             for j, name in enumerate(config.formats):
                 if not name:
-                    message = "is unspecified; use COG, GEOJSON or PNG_PREVIEW"
+                    message = "is unspecified; use COG, GEOJSON, PNG_PREVIEW, CSV or JSON"
                     found.append(Problem(f"{where}.formats[{j}]", message, block_id))
                 elif EXPORT_FORMATS[name] not in carried:
                     source = " or ".join(producers(EXPORT_FORMATS[name]))

@@ -23,6 +23,7 @@ CLASSES = [
     ("Core", "core_svc.settings", "CoreSettings"),
     ("Core and orchestrator: where scenes and exports may lie", "clients.roots", "StorageRoots"),
     ("Gateway and console", "gateway.settings", "GatewaySettings"),
+    ("Gateway: the map's tile server", "gateway.settings", "TileSettings"),
     ("Hosting", "hosting_svc.settings", "HostingSettings"),
     ("Hosting: the Hugging Face hub (read at each hf:// fetch)", "hosting_svc.settings", "HubSettings"),
     ("Orchestrator", "orchestrator_svc.settings", "OrchestratorSettings"),

@@ -147,3 +147,16 @@ def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
     except grpc.RpcError as error:
         return error
     pytest.fail(f"{call} succeeded; an error was expected")
+
+
+@pytest.fixture(scope="session")
+def stac_api(postgres_admin_url: str, tmp_path_factory) -> Iterator:
+    """A real STAC API (stac-fastapi-pgstac on PostGIS, tests/stac_server.py) holding the test items of
+    tests/stac_items.py in one collection; its COGs lie in a temporary folder (a data root)."""
+    from tests.stac_server import StacServer
+
+    server = StacServer(postgres_admin_url, tmp_path_factory.mktemp("stac-api")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

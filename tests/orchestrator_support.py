@@ -344,6 +344,8 @@ def water_request(
                     bands=["green", "nir"], tile_size_px=256, dtype="FP32", value_min=0, value_max=1
                 ),
                 outputs=[c.ModelOutputSpec(name="water_probability", dtype="FP32", shape=[1, 256, 256])],
+                task=c.MODEL_TASK_SEGMENTATION,
+                source="/srv/models/ndwi-water",
             )
         },
     )

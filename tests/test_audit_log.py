@@ -154,8 +154,8 @@ def test_a_record_names_the_target_and_keeps_caller_text_printable_and_short():
 # fails this test until it is named here or its name says it reads (mesh.audit.READ_PREFIXES).
 AUDITED = {
     "CoreService": {
-        "CreateDataset", "UpdateDataset", "DeleteDataset", "RegisterModel", "DeleteModel", "CreatePipeline",
-        "DeletePipeline", "RunPipeline", "CancelRun",
+        "CreateDataset", "UpdateDataset", "DeleteDataset", "ImportStacDatasets", "RegisterModel", "DeleteModel",
+        "CreatePipeline", "DeletePipeline", "RunPipeline", "CancelRun",
     },
     "IdentityService": {"CreateUser", "UpdateUser", "CreateApiKey", "RevokeApiKey"},
     "AuditService": {"RecordAuditEvents"},

@@ -230,7 +230,7 @@ def test_a_run_inside_the_roots_exports_under_them(orchestrator, places):
     done = orchestrator.wait(run.id)
     assert done.state == c.RUN_STATE_SUCCEEDED, done.state_message
     written = sorted(p.name for p in (places["exports"] / "inside" / "out").iterdir())
-    assert written == ["manifest.json", "ndwi.tif"]
+    assert written == ["item.json", "manifest.json", "ndwi.tif"]  # the COG, its STAC item, the manifest
 
 
 def test_an_export_through_a_link_under_the_export_root_writes_nothing_outside(orchestrator, places, tmp_path):

@@ -226,7 +226,11 @@ def test_compose_gateway_renders_tls_at_the_door_and_mtls_to_every_cluster(compo
     [served] = downstream["common_tls_context"]["tls_certificates"]
     assert served["certificate_chain"]["filename"] == str(certs / "gateway.crt")
     clusters = {cluster["name"]: cluster for cluster in rendered["static_resources"]["clusters"]}
-    assert set(clusters) == {*SERVICES, "console"}
+    assert set(clusters) == {*SERVICES, "console", "tiles"}
+    # The tile server is a Unix socket the supervisor makes in a private folder beside Envoy: no TLS hop.
+    tiles = clusters.pop("tiles")
+    assert "transport_socket" not in tiles
+    assert "pipe" in tiles["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     for name, cluster in clusters.items():
         upstream = cluster["transport_socket"]["typed_config"]
         assert upstream["@type"].endswith(".UpstreamTlsContext"), name

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import tempfile
 import time
 from collections import Counter
@@ -54,6 +55,7 @@ from constellation_sdk import mesh_process
 from mesh.identity import SERVICE_ROLE
 from mesh.roles import required_role
 from mesh.services import SERVED_BY, SERVICES, channel_options
+from pipeline import mlm
 from tests.catalog_data import LANDSAT_BANDS, ndwi_model, water_spec
 from tests.conftest import MEASURED_FIGURES, mesh_env
 
@@ -589,6 +591,23 @@ def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
         "core.v1.CoreService/CreateDataset": core_pb2.CreateDatasetRequest(
             dataset=core_pb2.Dataset(name="fuzz-other", uri=missing_scene, bands=["red", "nir"], tags=["t"])
         ),
+        "core.v1.CoreService/ImportStacDatasets": core_pb2.ImportStacDatasetsRequest(
+            item_json=json.dumps(
+                {
+                    "type": "Feature",
+                    "stac_version": "1.1.0",
+                    "id": "fuzz-item",
+                    "bbox": [-35, -8.1, -34.8, -7.9],
+                    "geometry": None,
+                    "links": [],
+                    "properties": {"datetime": "2024-06-19T12:30:00Z", "eo:cloud_cover": 5, "proj:code": "EPSG:31985"},
+                    "assets": {
+                        "B4": {"href": missing_scene, "type": "image/tiff", "eo:bands": [{"common_name": "nir"}]}
+                    },
+                }
+            ),
+            name="fuzz-stac",
+        ),
         "core.v1.CoreService/GetDataset": core_pb2.GetDatasetRequest(id=dataset_id),
         "core.v1.CoreService/ListDatasets": core_pb2.ListDatasetsRequest(
             page_size=10, filter='sensor = "landsat-7" AND tag = "water" AND band = "nir"'
@@ -600,6 +619,9 @@ def seed_catalog(channel: grpc.Channel, model_root: Path) -> dict[str, Message]:
             model=ndwi_model(name="fuzz-model", source=str(model_root / "broken"))
         ),
         "core.v1.CoreService/ListModels": core_pb2.ListModelsRequest(filter='task = "segmentation" AND band = "nir"'),
+        "core.v1.CoreService/ImportModelFromStac": core_pb2.ImportModelFromStacRequest(
+            item_json=json.dumps(mlm.model_item(ndwi_model(name="fuzz-stac", source=str(model_root / "broken"))))
+        ),
         "core.v1.CoreService/CreatePipeline": core_pb2.CreatePipelineRequest(
             pipeline=core_pb2.Pipeline(name="fuzz-index", spec=index_spec)
         ),
@@ -708,7 +730,9 @@ MUTATED = [
         "core.v1.IdentityService/CreateUser", "core.v1.IdentityService/UpdateUser",
         "core.v1.IdentityService/CreateApiKey",
         "core.v1.CoreService/CreateDataset", "core.v1.CoreService/GetDataset", "core.v1.CoreService/ListDatasets",
+        "core.v1.CoreService/ImportStacDatasets",
         "core.v1.CoreService/UpdateDataset", "core.v1.CoreService/RegisterModel", "core.v1.CoreService/ListModels",
+        "core.v1.CoreService/ImportModelFromStac",
         "core.v1.CoreService/CreatePipeline", "core.v1.CoreService/ValidatePipeline",
         "core.v1.CoreService/ListPipelines", "core.v1.CoreService/RunPipeline", "core.v1.CoreService/GetRun",
         "core.v1.CoreService/ListRuns", "core.v1.CoreService/WatchRun", "core.v1.CoreService/CancelRun",

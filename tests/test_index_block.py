@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -28,6 +29,7 @@ from pipeline.validation import validate_spec
 from tests.conftest import key_channel, rpc_error, service_env
 from tests.orchestrator_scenes import BANDS, CRS, NODATA, write_scene
 from tests.orchestrator_support import Orchestrator, orchestrator, orchestrator_env, s3_server  # noqa: F401 - fixtures
+from tests.stac_schemas import assert_valid
 
 
 def numpy_index(scene: Path, first: str, second: str) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +183,11 @@ def test_orchestrator_runs_dataset_index_vectorize_export(orchestrator, tmp_path
     )
     run = orchestrator.wait(orchestrator.stub.LaunchRun(request).id)
     assert run.state == c.RUN_STATE_SUCCEEDED, run.state_message
-    files = {o.media_type.split(";")[0]: Path(o.uri.removeprefix("file://")) for o in run.outputs}
+    files = {
+        o.media_type.split(";")[0]: Path(o.uri.removeprefix("file://"))
+        for o in run.outputs
+        if "profile=stac" not in o.media_type
+    }
     assert files["image/tiff"] == out / run.id / "out" / "ndwi.tif"
 
     expected, nodata = numpy_index(scene_300, "green", "nir")
@@ -264,5 +270,17 @@ def test_core_runs_an_index_pipeline_without_calling_hosting(core_without_hostin
         assert time.monotonic() < deadline, "the run did not finish"
         time.sleep(0.1)
     assert run.state == c.RUN_STATE_SUCCEEDED, run.state_message
-    assert {Path(o.uri).name for o in run.outputs} == {"ndwi.tif", "ndwi_preview.png", "ndwi_polygons.geojson"}
+    assert {Path(o.uri).name for o in run.outputs} == {
+        "ndwi.tif", "ndwi_preview.png", "ndwi_polygons.geojson", "item.json"
+    }  # fmt: skip
+    item = json.loads(
+        Path(next(o.uri for o in run.outputs if o.uri.endswith("item.json")).removeprefix("file://")).read_text()
+    )
+    assert_valid(item)
+    props = item["properties"]
+    assert props["constellation:run_id"] == run.id and props["constellation:pipeline_id"] == pipeline.id
+    assert props["constellation:pipeline_name"] == "ndwi" and "'ndwi'" in props["processing:lineage"]
+    assert {link["href"] for link in item["links"] if link["rel"] == "derived_from"} == {f"file://{scene_300}"}
+    # No acquisition time is known for a plain GeoTIFF dataset: the item is dated by the run.
+    assert abs(datetime.fromisoformat(props["datetime"]) - run.create_time.ToDatetime(UTC)) < timedelta(minutes=5)
     assert [m for m in hosting.calls if "HostingService" in m] == []

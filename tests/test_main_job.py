@@ -97,6 +97,7 @@ def check_outputs(summary: dict) -> None:
     files = {
         Path(o["uri"].removeprefix("file://")).suffix: Path(o["uri"].removeprefix("file://"))
         for o in summary["outputs"]
+        if "profile=stac" not in o["media_type"]
     }
     assert set(files) == {".tif", ".png", ".geojson"}, summary["outputs"]
     with rasterio.open(files[".tif"]) as mask, rasterio.open(SCENE) as scene:
@@ -124,6 +125,43 @@ def check_outputs(summary: dict) -> None:
     assert preview.shape[:2] == water.shape
     # Water is painted in the overlay colour; land shows the scene, not a flat fill.
     assert preview[water].mean(axis=0)[2] > 200 and preview[~water].std() > 10
+    check_stac(summary, files[".tif"])
+
+
+def check_stac(summary: dict, cog: Path) -> None:
+    """The run's STAC items: valid offline, assets on the real files, lineage naming the run and pipeline, the
+    model's MLM item matching its manifest; the COG passes rio-cogeo's validator."""
+    from rio_cogeo.cogeo import cog_validate
+
+    from tests.stac_schemas import assert_valid
+
+    valid, errors, _ = cog_validate(str(cog))
+    assert valid, errors
+    stac = {o["name"]: Path(o["uri"].removeprefix("file://")) for o in summary["outputs"] if "stac" in o["media_type"]}
+    item = json.loads(stac["item_stac"].read_text())
+    assert_valid(item)
+    data = {Path(o["uri"].removeprefix("file://")) for o in summary["outputs"] if "stac" not in o["media_type"]}
+    assert {Path(a["href"].removeprefix("file://")) for a in item["assets"].values()} == data
+    props = item["properties"]
+    assert props["constellation:run_id"] == summary["run_id"] and props["constellation:pipeline_id"].startswith("pl_")
+    assert props["constellation:pipeline_name"].startswith("olinda-water-")
+    assert props["proj:code"] == "EPSG:31985"
+    [model_name] = summary["models"]
+    [model_path] = [path for name, path in stac.items() if name.startswith("model_")]
+    model_item = json.loads(model_path.read_text())
+    assert_valid(model_item)
+    manifest = yaml.safe_load((ROOT / "examples" / "models" / model_name / "constellation.yaml").read_text())
+    mlm = model_item["properties"]
+    assert mlm["mlm:name"] == manifest["name"] and mlm["constellation:version"] == manifest["version"]
+    assert mlm["mlm:input"][0]["bands"] == manifest["input"]["bands"]
+    size = manifest["input"]["tile_size_px"]
+    assert mlm["mlm:input"][0]["input"]["shape"] == [-1, len(manifest["input"]["bands"]), size, size]
+    assert mlm["mlm:input"][0]["value_scaling"][0]["minimum"] == manifest["input"]["value_range"][0]
+    assert mlm["mlm:input"][0]["value_scaling"][0]["maximum"] == manifest["input"]["value_range"][1]
+    assert [(o["name"], o["result"]["shape"][1:]) for o in mlm["mlm:output"]] == [
+        (o["name"], o["shape"]) for o in manifest["outputs"]
+    ]
+    assert {link["href"] for link in item["links"] if link["rel"] == "derived_from"} >= {f"file://{model_path}"}
 
 
 def check_stream(client: Client, run_id: str, runtime: str, model: str) -> None:

@@ -455,6 +455,29 @@ def test_a_stored_pipeline_opens_in_the_editor_and_its_run_can_be_canceled(page)
     assert page.locator("[data-testid=cancel-run]").count() == 0
 
 
+def test_stac_import_form_names_a_refused_field_then_imports_items(page, tmp_path):
+    """The catalog screen's "Import from STAC" form (after the tests above, so their dataset choices stand)."""
+    from tests import stac_items
+
+    stac_items.make_items(tmp_path, dates=stac_items.DEFAULT_DATES[:2])
+    page.click("[data-testid=tab-catalog]")
+    form = page.locator("[data-testid=stac-import]")
+    form.locator("select[name=source]").select_option("catalog")
+    form.locator("input[name=location]").fill("file:///etc/stac/collection.json")
+    form.locator("button[type=submit]").click()
+    page.locator("[data-testid=stac-import-error]").wait_for()
+    assert "outside the roots" in form.locator("label.invalid:has(input[name=location]) .field-error").inner_text()
+    form.locator("input[name=location]").fill((tmp_path / "collection.json").as_uri())
+    form.locator("select[name=mode]").select_option("one")
+    form.locator("input[name=name]").fill("olinda-stac-console")
+    form.locator("button[type=submit]").click()
+    assert "olinda-stac-console (2 items)" in page.locator("[data-testid=stac-imported]").inner_text()
+    row = page.locator("[data-testid=datasets] tr[data-dataset=olinda-stac-console]")
+    row.wait_for()
+    assert "swir16" in row.inner_text() and "landsat-7" in row.inner_text()
+    shot(page, "10-stac-import")
+
+
 def test_a_mesh_with_api_keys_asks_for_one_and_the_page_then_works(browser, tmp_path):
     env = {**mesh_env(tmp_path / "home"), "CONSTELLATION_API_KEYS": "console-key:reader"}
     mesh_process.up(env)

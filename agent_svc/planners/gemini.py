@@ -35,6 +35,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from google import genai
@@ -46,7 +47,18 @@ from google.protobuf.descriptor import FieldDescriptor
 from agent_svc import prompt as prompt_mod
 from agent_svc import ranking, text
 from agent_svc.catalog_client import CoreCatalog, LookupFailed
-from agent_svc.domain import TASKS, BlockReason, Box, Constraints, Intent, Plan, Query, Recommendation
+from agent_svc.domain import (
+    TASKS,
+    BlockReason,
+    Box,
+    Constraints,
+    Intent,
+    Plan,
+    Query,
+    Recommendation,
+    Scene,
+    least_cloud,
+)
 from agent_svc.planners.offline import check_pins, no_pair_reason
 from constellation.common.v1 import common_pb2
 from mesh.enums import prefix_of
@@ -55,6 +67,7 @@ from pipeline.kinds import BLOCK_KINDS, KINDS
 
 log = logging.getLogger("agent.gemini")
 
+MAX_BRIEF_SCENES = 50  # of a dataset's STAC scenes, shown to Gemini by get_dataset / search_datasets
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -105,7 +118,8 @@ READING_SCHEMA = _obj(
         "sensors": {**STRINGS, "description": "sensors the user names, lowercase like sentinel-2, landsat-8"},
         "bands": {
             **STRINGS,
-            "description": "bands the user requires: blue, green, red, nir, swir, rededge, tir, vv, vh, ...",
+            "description": "bands the user requires: blue, green, red, nir, swir, rededge, tir, vv, vh, or STAC "
+            "common names such as nir08, swir16, swir22, lwir11, rededge071",
         },
         "modality": {
             "type": "STRING",
@@ -125,6 +139,12 @@ READING_SCHEMA = _obj(
         "min_accuracy": {**NUMBER, "description": "lowest acceptable accuracy/IoU/F1 in [0, 1]; 0 if not said"},
         "keywords": {**STRINGS, "description": "what to look for in catalog text: the phenomenon, objects, synonyms"},
         "wants_vectors": {"type": "BOOLEAN", "description": "true if the user wants polygons/vectors"},
+        "start_date": {
+            **STRING,
+            "description": "first acquisition date the user allows, YYYY-MM-DD; empty if not said",
+        },
+        "end_date": {**STRING, "description": "last acquisition date the user allows, YYYY-MM-DD; empty if not said"},
+        "least_cloudy": {"type": "BOOLEAN", "description": "true if the user wants the least cloudy / clearest scene"},
     },
     ["keywords"],
 )
@@ -226,7 +246,9 @@ READ_INSTRUCTION = (
 PLAN_INSTRUCTION = (
     "You plan Constellation pipelines. A pipeline is a DAG: dataset -> tile -> model -> stitch -> (vectorize) -> "
     "export; band math that needs no model (water by NDWI or MNDWI, vegetation by NDVI, burns by NBR) is dataset -> "
-    "index -> (vectorize) -> export. Use only dataset and model ids that exist in core's catalog: look them up "
+    "index -> (vectorize) -> export. A dataset of many scenes (dates) runs once per scene; for a time series "
+    "(e.g. water area per date) add a summary block after the index or stitch, with an export block of its own. "
+    "Use only dataset and model ids that exist in core's catalog: look them up "
     "with the functions instead "
     "of guessing. The dataset must have every band the model reads; the tile size must be 0 or the model's tile "
     "size; overlap must be less than half the tile size; block ids are lowercase letters, digits, '-' and '_'."
@@ -394,7 +416,11 @@ class GeminiPlanner:
         if query.model_id:
             lines.append(f"Use model {query.model_id} (pinned by the user).")
         lines.append("Shortlist from the catalog ranking (id: name, score):")
-        lines += [f"- dataset {c.id}: {c.name}, {c.score:.2f}" for c in recommendation.datasets]
+        scenes = {d.id: d.scenes for d in self.catalog.snapshot().catalog.datasets}
+        lines += [
+            f"- dataset {c.id}: {c.name}, {c.score:.2f}{_scene_summary(scenes.get(c.id, ()))}"
+            for c in recommendation.datasets
+        ]
         lines += [f"- model {c.id}: {c.name}, {c.score:.2f}" for c in recommendation.models]
         lines.append(f"Export results under {self.export_base.rstrip('/')}/<a short name>.")
         return "\n".join(lines)
@@ -440,14 +466,32 @@ class GeminiPlanner:
         }
 
 
+def _scene_summary(scenes: tuple[Scene, ...]) -> str:
+    """`; 3 scenes 2024-06-03..2024-07-05, least cloud 0%` for a STAC dataset, else nothing."""
+    if not scenes:
+        return ""
+    first, last = min(s.acquired for s in scenes), max(s.acquired for s in scenes)
+    cover = least_cloud(list(scenes))
+    cloud = f", least cloud {cover:g}%" if cover is not None else ""
+    return f"; {len(scenes)} scene(s) {first:%Y-%m-%d}..{last:%Y-%m-%d}{cloud}"
+
+
 def _text_of(response: types.GenerateContentResponse) -> str:
     parts = response.candidates[0].content.parts if response.candidates and response.candidates[0].content else None
     return "".join(p.text for p in parts or [] if p.text and not p.thought)
 
 
 def _brief_dataset(d: Any) -> dict[str, Any]:
+    """A dataset for Gemini: its fields, and of its STAC scenes only when and how cloudy (at most 50), not files."""
     data = json_format.MessageToDict(d, preserving_proto_field_name=True)
-    return {k: v for k, v in data.items() if k not in ("create_time", "update_time")}
+    brief = {k: v for k, v in data.items() if k not in ("create_time", "update_time", "items")}
+    if d.items:
+        brief["item_count"] = len(d.items)
+        brief["items"] = [
+            {k: v for k, v in item.items() if k in ("id", "acquired_time", "cloud_cover")}
+            for item in data["items"][:MAX_BRIEF_SCENES]
+        ]
+    return brief
 
 
 def _brief_model(m: Any) -> dict[str, Any]:
@@ -482,6 +526,17 @@ def _intent_from_reading(query: Query, data: dict[str, Any]) -> tuple[Intent | N
         else:
             if not (-180 <= box[0] < box[2] <= 180 and -90 <= box[1] < box[3] <= 90):
                 problems.append("bbox must be longitudes in [-180, 180] and latitudes in [-90, 90] with min below max")
+    window = None
+    raw_dates = (data.get("start_date") or "", data.get("end_date") or "")
+    if any(raw_dates):
+        try:
+            first, last = (date.fromisoformat(str(d)) for d in raw_dates)
+        except ValueError:
+            problems.append("start_date and end_date must both be YYYY-MM-DD dates")
+        else:
+            if first > last:
+                problems.append("start_date must not be after end_date")
+            window = (first, last)
     if problems:
         return None, problems
     constraints = Constraints(
@@ -493,6 +548,7 @@ def _intent_from_reading(query: Query, data: dict[str, Any]) -> tuple[Intent | N
         max_latency_ms=_number(data, "max_latency_ms"),
         min_accuracy=min(_number(data, "min_accuracy"), 1.0),
         modality=str(data.get("modality")) if data.get("modality") in ("sar", "optical") else "",
+        date_range=window,
     )
     prompt_mod.apply_structured(constraints, query.constraints)
     words = [w for k in keywords for w in text.tokens(k) if w not in text.STOPWORDS]
@@ -503,6 +559,7 @@ def _intent_from_reading(query: Query, data: dict[str, Any]) -> tuple[Intent | N
     intent.shown = text.display_words(words + sorted(place_words))
     if isinstance(data.get("wants_vectors"), bool):
         intent.wants_vectors = data["wants_vectors"]
+    intent.least_cloudy = data.get("least_cloudy") is True
     intent.notes = prompt_mod.describe(constraints, intent.preferred_task) + ["read by Gemini"]
     return intent, []
 

@@ -6,6 +6,7 @@ from agent_svc import planning, prompt, ranking
 from agent_svc.catalog_client import CoreCatalog, Snapshot
 from agent_svc.domain import BlockReason, Intent, Plan, Query, Recommendation
 from mesh.errors import FailedPrecondition, NotFound
+from pipeline.bands import match_bands
 
 
 def check_pins(snapshot: Snapshot, query: Query) -> None:
@@ -22,7 +23,7 @@ def no_pair_reason(snapshot: Snapshot, query: Query, recommendation: Recommendat
     if query.dataset_id and query.model_id:
         d = catalog.datasets[snapshot.index.d_by_id[query.dataset_id]]
         m = catalog.models[snapshot.index.m_by_id[query.model_id]]
-        missing = [b for b in m.bands if b not in d.bands]
+        missing = match_bands(m.bands, d.bands).missing
         return f"model {m.name!r} reads bands {', '.join(m.bands)}, but dataset {d.name!r} lacks {', '.join(missing)}"
     pinned = f"the pinned {'dataset' if query.dataset_id else 'model'} " if (query.dataset_id or query.model_id) else ""
     return (

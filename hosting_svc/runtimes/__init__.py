@@ -71,6 +71,10 @@ class Runtime(Protocol):
 
     def start(self, model: HostedModel, index: int, port: int) -> Replica: ...
 
+    def resolve(self, model: HostedModel, replica: Replica) -> list[Replica]:
+        """The replicas callers reach behind what start() returned: itself, or each replica of an engine that
+        scales itself and gives each its own address (Swarm)."""
+
     def start_trial(self, model: HostedModel, port: int) -> Replica:
         """A throwaway replica for the smoke test: never restarted, removed by stop() or discard_trials()."""
 

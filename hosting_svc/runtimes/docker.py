@@ -98,6 +98,9 @@ class DockerRuntime:
         cpus = float(model.manifest.get("resources", {}).get("cpu") or 0)
         return images.ContainerLimits(self.limits.memory_bytes(model), self.limits.open_files, cpus, cpu_s)
 
+    def resolve(self, model: HostedModel, replica: Replica) -> list[Replica]:
+        return [replica]
+
     def start_trial(self, model: HostedModel, port: int) -> Replica:
         """Without a network, reached through a forwarder on a free host port (`port` is not used)."""
         labels = {**self._image_labels(model), images.LABEL_ROLE: "smoke", LABEL_OWNER: self.owner}

@@ -369,6 +369,9 @@ class KubernetesRuntime:
         self.apply(model)
         return self._replica(model)
 
+    def resolve(self, model: HostedModel, replica: Replica) -> list[Replica]:
+        return [replica]
+
     def start_trial(self, model: HostedModel, port: int) -> Replica:
         raise FailedPrecondition("smoke tests run on Docker or the local runtime, not on the cluster")
 

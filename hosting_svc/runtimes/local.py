@@ -166,6 +166,9 @@ class LocalRuntime:
             cwd=home,
         )
 
+    def resolve(self, model: HostedModel, replica: Replica) -> list[Replica]:
+        return [replica]
+
     def start_trial(self, model: HostedModel, port: int) -> Replica:
         return self.start(model, 0, port, cpu_s=self.limits.smoke_cpu_s)
 

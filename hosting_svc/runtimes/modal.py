@@ -105,6 +105,9 @@ class ModalRuntime:
         endpoint = next((line.split()[-1] for line in result.stdout.splitlines() if line.startswith("endpoint")), "")
         return Replica(f"modal:{model.id}:{index}", endpoint)
 
+    def resolve(self, model: HostedModel, replica: Replica) -> list[Replica]:
+        return [replica]
+
     def start_trial(self, model: HostedModel, port: int) -> Replica:
         raise FailedPrecondition("Modal replicas are not smoke-tested here; package with Docker or the local runtime")
 

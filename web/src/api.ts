@@ -6,18 +6,20 @@ import { CoreService } from "../../gen/ts/constellation/core/v1/core_pb";
 import { HostingService } from "../../gen/ts/constellation/hosting/v1/hosting_pb";
 
 const KEY_STORAGE = "constellation.apiKey";
-const KEY_COOKIE = "constellation_api_key"; // gateway/console.py reads it for /files/
+const KEY_COOKIE = "constellation_api_key"; // gateway/console.py reads it for /files/, gateway/tiles.py for /tiles/
 
 export function apiKey(): string {
   return sessionStorage.getItem(KEY_STORAGE) ?? "";
 }
 
-/** Remembers the key for this tab: sent as x-api-key on every call, and as a cookie for /files/ (images and links). */
+/** Remembers the key for this tab: sent as x-api-key on every call, and as a cookie for /files/ and /tiles/ (images, links, map tiles). */
 export function setApiKey(key: string): void {
   if (key) sessionStorage.setItem(KEY_STORAGE, key);
   else sessionStorage.removeItem(KEY_STORAGE);
   const expiry = key ? "" : "; max-age=0";
-  document.cookie = `${KEY_COOKIE}=${encodeURIComponent(key)}; path=/files; SameSite=Strict${expiry}`;
+  for (const path of ["/files", "/tiles"]) {
+    document.cookie = `${KEY_COOKIE}=${encodeURIComponent(key)}; path=${path}; SameSite=Strict${expiry}`;
+  }
 }
 
 const withApiKey: Interceptor = (next) => (request) => {

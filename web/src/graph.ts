@@ -19,6 +19,7 @@ import {
   PipelineSpecSchema,
   SpectralIndex,
   StitchBlockSchema,
+  SummaryBlockSchema,
   TileBlockSchema,
   VectorizeBlockSchema,
 } from "../../gen/ts/constellation/common/v1/common_pb";
@@ -27,7 +28,7 @@ export type BlockKind = NonNullable<Block["config"]["case"]>;
 export type BlockConfig = Extract<Block["config"], { case: BlockKind }>;
 
 // The palette's order; the server's pipeline package owns what each kind accepts and produces.
-export const BLOCK_KINDS: readonly BlockKind[] = ["dataset", "tile", "model", "stitch", "index", "vectorize", "export"];
+export const BLOCK_KINDS: readonly BlockKind[] = ["dataset", "tile", "model", "stitch", "index", "vectorize", "summary", "export"];
 
 export interface GraphBlock {
   id: string;
@@ -68,6 +69,8 @@ export function defaultConfig(kind: BlockKind, exportUri = ""): BlockConfig {
       return { case: kind, value: create(IndexBlockSchema, { preset: SpectralIndex.NDWI }) };
     case "vectorize":
       return { case: kind, value: create(VectorizeBlockSchema, { threshold: 0.5 }) };
+    case "summary":
+      return { case: kind, value: create(SummaryBlockSchema, { threshold: 0 }) };
     case "export":
       return { case: kind, value: create(ExportBlockSchema, { uri: exportUri }) };
   }

@@ -100,5 +100,7 @@ function KeyInput() {
   );
 }
 
+// A key kept from earlier in this tab gets its cookies again (map tiles need /tiles' since it was added).
+if (apiKey()) setApiKey(apiKey());
 // A login link is exchanged for the key before any screen calls the mesh.
 loginFromLink().then((loginError) => render(<App loginError={loginError} />, document.getElementById("app")!));

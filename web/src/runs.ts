@@ -57,3 +57,15 @@ export function queuePosition(events: readonly RunEvent[]): number | null {
   }
   return null;
 }
+
+/** A run's outputs by what the run page shows of them. Every export also lists its STAC Items and Collection
+ * (media type "...; profile=stac"), which are GeoJSON/JSON too: they are never the polygons or the series. */
+export function outputsByRole<T extends { uri: string; mediaType: string }>(outputs: T[]) {
+  const files = outputs.filter((o) => !o.mediaType.includes("profile=stac"));
+  return {
+    raster: files.find((o) => o.uri.endsWith(".tif") || o.mediaType.startsWith("image/tiff")),
+    preview: files.find((o) => o.mediaType.startsWith("image/png") || o.uri.endsWith(".png")),
+    vectors: files.find((o) => o.mediaType.includes("geo+json") || o.uri.endsWith(".geojson")),
+    series: files.find((o) => o.mediaType.startsWith("application/json")),
+  };
+}

@@ -5,6 +5,8 @@ import { type Dataset, DatasetSchema, type Model, ModelState } from "../../../ge
 import { core } from "../api";
 import { describeError, type ServiceError, violationFor } from "../errors";
 import { ErrorBox, enumLabel } from "./common";
+import { FootprintMap } from "./MapView";
+import { StacImport } from "./StacImport";
 
 const MAX_PAGES = 10;
 
@@ -95,6 +97,7 @@ export function Catalog({ onLoaded, onDeploy }: { onLoaded: (data: CatalogData) 
       {data && (
         <div data-testid="catalog-ready">
           <h2>Datasets ({datasets.length})</h2>
+          <FootprintMap datasets={datasets} />
           <table class="grid" data-testid="datasets">
             <thead>
               <tr><th>Name</th><th>Sensor</th><th>Bands</th><th>Resolution</th><th>Extent</th><th>Tags</th><th>Id</th></tr>
@@ -143,6 +146,7 @@ export function Catalog({ onLoaded, onDeploy }: { onLoaded: (data: CatalogData) 
         </div>
       )}
       <NewDataset onCreated={() => setReloads(reloads + 1)} />
+      <StacImport onImported={() => setReloads(reloads + 1)} />
     </section>
   );
 }

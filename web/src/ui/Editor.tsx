@@ -15,11 +15,15 @@ const BLOCK_W = 170;
 const PORT_Y = 26;
 const DRAG_TYPE = "application/x-constellation-block";
 
-type FieldType = "int" | "float" | "text" | "list" | "enum" | "formats" | "dataset" | "model";
+type FieldType = "int" | "float" | "text" | "list" | "enum" | "formats" | "dataset" | "model" | "bool";
 interface FieldDef { name: string; label: string; type: FieldType; values?: Record<number, string> }
 
 const FIELDS: Record<BlockKind, FieldDef[]> = {
-  dataset: [{ name: "datasetId", label: "Dataset", type: "dataset" }, { name: "bands", label: "Bands (empty: all)", type: "list" }],
+  dataset: [
+    { name: "datasetId", label: "Dataset", type: "dataset" },
+    { name: "bands", label: "Bands (empty: all)", type: "list" },
+    { name: "resolutionM", label: "Resolution (m, 0: the finest band's)", type: "float" },
+  ],
   tile: [
     { name: "tileSizePx", label: "Tile size (px, 0: the model's)", type: "int" },
     { name: "overlapPx", label: "Overlap (px)", type: "int" },
@@ -42,6 +46,10 @@ const FIELDS: Record<BlockKind, FieldDef[]> = {
     { name: "minAreaM2", label: "Minimum area (m²)", type: "float" },
     { name: "crs", label: "Output CRS (empty: the scene's)", type: "text" },
   ],
+  summary: [
+    { name: "threshold", label: "Count area above", type: "float" },
+    { name: "mosaic", label: "Also a mosaic of the scenes", type: "bool" },
+  ],
   export: [{ name: "uri", label: "Destination URI", type: "text" }, { name: "formats", label: "Formats (none ticked: all)", type: "formats" }],
 };
 
@@ -54,6 +62,7 @@ function summary(block: GraphBlock, catalog: CatalogData): string {
     case "stitch": return enumLabel(BlendMode, v.blend as number);
     case "index": return v.preset ? enumLabel(SpectralIndex, v.preset as number) : `(${v.firstBand} − ${v.secondBand}) / (${v.firstBand} + ${v.secondBand})`;
     case "vectorize": return `threshold ${v.threshold}`;
+    case "summary": return `area above ${v.threshold}${v.mosaic ? ", mosaic" : ""}`;
     case "export": return String(v.uri || "no destination");
   }
 }
@@ -342,6 +351,8 @@ function BlockSettings({ block, catalog, problems, onRename, onChange, onRemove 
       case "int":
       case "float":
         return <input type="number" step={field.type === "int" ? 1 : "any"} value={String(current ?? 0)} onChange={(e) => set(field.name, field.type === "int" ? Math.trunc(Number(e.currentTarget.value) || 0) : Number(e.currentTarget.value) || 0)} />;
+      case "bool":
+        return <input type="checkbox" checked={Boolean(current)} onChange={(e) => set(field.name, e.currentTarget.checked)} />;
       case "text":
         return <input value={String(current ?? "")} onChange={(e) => set(field.name, e.currentTarget.value.trim())} />;
       case "list":
@@ -356,7 +367,7 @@ function BlockSettings({ block, catalog, problems, onRename, onChange, onRemove 
         const chosen = current as ExportFormat[];
         return (
           <div class="checks">
-            {[ExportFormat.COG, ExportFormat.GEOJSON, ExportFormat.PNG_PREVIEW].map((f) => (
+            {[ExportFormat.COG, ExportFormat.GEOJSON, ExportFormat.PNG_PREVIEW, ExportFormat.CSV, ExportFormat.JSON].map((f) => (
               <label key={f} class="check">
                 <input type="checkbox" checked={chosen.includes(f)} onChange={(e) => set(field.name, e.currentTarget.checked ? [...chosen, f] : chosen.filter((c) => c !== f))} />
                 {enumLabel(ExportFormat, f)}

@@ -5,8 +5,10 @@ import { type RunEvent, RunEventType, type RunOutput, RunState } from "../../../
 import type { Run } from "../../../gen/ts/constellation/core/v1/core_pb";
 import { type ConsoleConfig, core, outputUrl } from "../api";
 import { describeError, type ServiceError } from "../errors";
-import { foldSteps, queuePosition, type Step, TERMINAL } from "../runs";
+import { foldSteps, outputsByRole, queuePosition, type Step, TERMINAL } from "../runs";
 import { ErrorBox, enumLabel, Progress } from "./common";
+import { RunMap } from "./MapView";
+import { SeriesChart } from "./SeriesChart";
 
 function when(run: Run, key: "createTime" | "startTime" | "endTime"): Date | undefined {
   const t = run[key];
@@ -164,10 +166,10 @@ function RunSummary({ run, events, steps, outputs, config }: SummaryProps) {
   const started = when(run, "startTime") ?? when(run, "createTime");
   const ended = when(run, "endTime");
   const seconds = started && ended ? ((ended.getTime() - started.getTime()) / 1000).toFixed(1) : undefined;
-  const preview = outputs.find((o) => o.mediaType.startsWith("image/png") || o.uri.endsWith(".png"));
+  const { preview, vectors, series } = outputsByRole(outputs);
   const previewUrl = preview && outputUrl(preview.uri, config);
-  const vectors = outputs.find((o) => o.mediaType.includes("geo+json") || o.uri.endsWith(".geojson"));
   const vectorsUrl = vectors && outputUrl(vectors.uri, config);
+  const seriesUrl = series && outputUrl(series.uri, config);
   const tiles = [...steps.values()].filter((s) => s.unit === "tiles").reduce((sum, s) => Math.max(sum, s.done), 0);
   const [polygons, setPolygons] = useState<number | null>(null);
   useEffect(() => {
@@ -186,7 +188,9 @@ function RunSummary({ run, events, steps, outputs, config }: SummaryProps) {
         {polygons !== null && <> · <span data-testid="polygon-count">{polygons} polygons</span></>}
       </p>
       {run.stateMessage && <p class={run.state === RunState.FAILED ? "error" : "muted"} data-testid="run-message">{run.stateMessage}</p>}
+      {seriesUrl && <SeriesChart url={seriesUrl} />}
       {previewUrl && <img class="preview" src={previewUrl} alt={`preview of ${run.id}`} data-testid="preview" />}
+      {outputs.length > 0 && <RunMap pipelineId={run.pipelineId} outputs={outputs} config={config} />}
       <ul class="outputs" data-testid="outputs">
         {outputs.map((o) => {
           const url = outputUrl(o.uri, config);

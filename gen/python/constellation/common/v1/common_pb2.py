@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$constellation/common/v1/common.proto\x12\x17\x63onstellation.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0b\x42oundingBox\x12\r\n\x05min_x\x18\x01 \x01(\x01\x12\r\n\x05min_y\x18\x02 \x01(\x01\x12\r\n\x05max_x\x18\x03 \x01(\x01\x12\r\n\x05max_y\x18\x04 \x01(\x01\x12\x0b\n\x03\x63rs\x18\x05 \x01(\t\"c\n\tBandAsset\x12\x0c\n\x04\x62\x61nd\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x12\n\nband_index\x18\x03 \x01(\x05\x12\x14\n\x0cresolution_m\x18\x04 \x01(\x01\x12\x11\n\tasset_key\x18\x05 \x01(\t\"\x9d\x02\n\tSceneItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\racquired_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0b\x63loud_cover\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x32\n\x04\x62\x62ox\x18\x04 \x01(\x0b\x32$.constellation.common.v1.BoundingBox\x12\x0b\n\x03\x63rs\x18\x05 \x01(\t\x12\x32\n\x06\x61ssets\x18\x06 \x03(\x0b\x32\".constellation.common.v1.BandAsset\x12\x0b\n\x03uri\x18\x07 \x01(\t\x12\x11\n\tstac_href\x18\x08 \x01(\t\x12\x12\n\ncollection\x18\t \x01(\tB\x0e\n\x0c_cloud_cover\"\xcc\x01\n\tModelCard\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x11\n\tdata_used\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65pendencies\x18\x03 \x03(\t\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.constellation.common.v1.ModelCard.MetricsEntry\x12\x0f\n\x07license\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0eModelInputSpec\x12\r\n\x05\x62\x61nds\x18\x01 \x03(\t\x12\x14\n\x0ctile_size_px\x18\x02 \x01(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x11\n\tvalue_min\x18\x04 \x01(\x01\x12\x11\n\tvalue_max\x18\x05 \x01(\x01\"R\n\x0fModelOutputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"l\n\x0cPipelineSpec\x12.\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x1e.constellation.common.v1.Block\x12,\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x1d.constellation.common.v1.Edge\"\xb4\x03\n\x05\x42lock\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x38\n\x07\x64\x61taset\x18\n \x01(\x0b\x32%.constellation.common.v1.DatasetBlockH\x00\x12\x32\n\x04tile\x18\x0b \x01(\x0b\x32\".constellation.common.v1.TileBlockH\x00\x12\x34\n\x05model\x18\x0c \x01(\x0b\x32#.constellation.common.v1.ModelBlockH\x00\x12\x36\n\x06stitch\x18\r \x01(\x0b\x32$.constellation.common.v1.StitchBlockH\x00\x12<\n\tvectorize\x18\x0e \x01(\x0b\x32\'.constellation.common.v1.VectorizeBlockH\x00\x12\x36\n\x06\x65xport\x18\x0f \x01(\x0b\x32$.constellation.common.v1.ExportBlockH\x00\x12\x34\n\x05index\x18\x10 \x01(\x0b\x32#.constellation.common.v1.IndexBlockH\x00\x42\x08\n\x06\x63onfig\"1\n\x0c\x44\x61tasetBlock\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05\x62\x61nds\x18\x02 \x03(\t\"t\n\tTileBlock\x12\x14\n\x0ctile_size_px\x18\x01 \x01(\x05\x12\x12\n\noverlap_px\x18\x02 \x01(\x05\x12=\n\rnormalization\x18\x03 \x01(\x0e\x32&.constellation.common.v1.Normalization\"K\n\nModelBlock\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\"@\n\x0bStitchBlock\x12\x31\n\x05\x62lend\x18\x01 \x01(\x0e\x32\".constellation.common.v1.BlendMode\"c\n\x0eVectorizeBlock\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x1c\n\x14simplify_tolerance_m\x18\x02 \x01(\x01\x12\x13\n\x0bmin_area_m2\x18\x03 \x01(\x01\x12\x0b\n\x03\x63rs\x18\x04 \x01(\t\"R\n\x0b\x45xportBlock\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x36\n\x07\x66ormats\x18\x02 \x03(\x0e\x32%.constellation.common.v1.ExportFormat\"m\n\nIndexBlock\x12\x36\n\x06preset\x18\x01 \x01(\x0e\x32&.constellation.common.v1.SpectralIndex\x12\x12\n\nfirst_band\x18\x02 \x01(\t\x12\x13\n\x0bsecond_band\x18\x03 \x01(\t\"8\n\x04\x45\x64ge\x12\x17\n\x0fsource_block_id\x18\x01 \x01(\t\x12\x17\n\x0ftarget_block_id\x18\x02 \x01(\t\"[\n\x0fPipelineProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x02 \x01(\t\x12\x12\n\nedge_index\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"L\n\tRunOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x04 \x01(\t\"5\n\x08Progress\x12\x0c\n\x04unit\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"\xfd\x02\n\x08RunEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x04type\x18\x03 \x01(\x0e\x32%.constellation.common.v1.RunEventType\x12\x30\n\x05state\x18\x04 \x01(\x0e\x32!.constellation.common.v1.RunState\x12\x10\n\x08\x62lock_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x33\n\x08progress\x18\x07 \x01(\x0b\x32!.constellation.common.v1.Progress\x12\x33\n\x07outputs\x18\x08 \x03(\x0b\x32\".constellation.common.v1.RunOutput\x12\x0e\n\x06source\x18\t \x01(\t\x12\x19\n\x11\x65ngine_event_type\x18\n \x01(\t\x12\x16\n\x0equeue_position\x18\x0b \x01(\x05*\x98\x01\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_TASK_CLASSIFICATION\x10\x01\x12\x1b\n\x17MODEL_TASK_SEGMENTATION\x10\x02\x12\x18\n\x14MODEL_TASK_DETECTION\x10\x03\x12\x19\n\x15MODEL_TASK_REGRESSION\x10\x04*\x9b\x01\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_NONE\x10\x01\x12\x19\n\x15NORMALIZATION_MIN_MAX\x10\x02\x12\x19\n\x15NORMALIZATION_Z_SCORE\x10\x03\x12\x1d\n\x19NORMALIZATION_REFLECTANCE\x10\x04*S\n\tBlendMode\x12\x1a\n\x16\x42LEND_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42LEND_MODE_MEAN\x10\x01\x12\x15\n\x11\x42LEND_MODE_CENTER\x10\x02*~\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_COG\x10\x01\x12\x19\n\x15\x45XPORT_FORMAT_GEOJSON\x10\x02\x12\x1d\n\x19\x45XPORT_FORMAT_PNG_PREVIEW\x10\x03*\x93\x01\n\rSpectralIndex\x12\x1e\n\x1aSPECTRAL_INDEX_UNSPECIFIED\x10\x00\x12\x17\n\x13SPECTRAL_INDEX_NDWI\x10\x01\x12\x17\n\x13SPECTRAL_INDEX_NDVI\x10\x02\x12\x18\n\x14SPECTRAL_INDEX_MNDWI\x10\x03\x12\x16\n\x12SPECTRAL_INDEX_NBR\x10\x04*\xca\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x16\n\x12RUN_STATE_STARTING\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x17\n\x13RUN_STATE_CANCELING\x10\x06\x12\x16\n\x12RUN_STATE_CANCELED\x10\x07*\xe8\x03\n\x0cRunEventType\x12\x1e\n\x1aRUN_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RUN_EVENT_TYPE_RUN_QUEUED\x10\x01\x12\x1e\n\x1aRUN_EVENT_TYPE_RUN_STARTED\x10\x02\x12 \n\x1cRUN_EVENT_TYPE_RUN_SUCCEEDED\x10\x03\x12\x1d\n\x19RUN_EVENT_TYPE_RUN_FAILED\x10\x04\x12 \n\x1cRUN_EVENT_TYPE_RUN_CANCELING\x10\x05\x12\x1f\n\x1bRUN_EVENT_TYPE_RUN_CANCELED\x10\x06\x12\x1f\n\x1bRUN_EVENT_TYPE_STEP_STARTED\x10\x07\x12!\n\x1dRUN_EVENT_TYPE_STEP_SUCCEEDED\x10\x08\x12\x1e\n\x1aRUN_EVENT_TYPE_STEP_FAILED\x10\t\x12\x1d\n\x19RUN_EVENT_TYPE_STEP_RETRY\x10\n\x12 \n\x1cRUN_EVENT_TYPE_STEP_PROGRESS\x10\x0b\x12\x19\n\x15RUN_EVENT_TYPE_OUTPUT\x10\x0c\x12\x16\n\x12RUN_EVENT_TYPE_LOG\x10\r\x12\x1d\n\x19RUN_EVENT_TYPE_DEPLOYMENT\x10\x0e\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$constellation/common/v1/common.proto\x12\x17\x63onstellation.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0b\x42oundingBox\x12\r\n\x05min_x\x18\x01 \x01(\x01\x12\r\n\x05min_y\x18\x02 \x01(\x01\x12\r\n\x05max_x\x18\x03 \x01(\x01\x12\r\n\x05max_y\x18\x04 \x01(\x01\x12\x0b\n\x03\x63rs\x18\x05 \x01(\t\"c\n\tBandAsset\x12\x0c\n\x04\x62\x61nd\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x12\n\nband_index\x18\x03 \x01(\x05\x12\x14\n\x0cresolution_m\x18\x04 \x01(\x01\x12\x11\n\tasset_key\x18\x05 \x01(\t\"\x9d\x02\n\tSceneItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\racquired_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0b\x63loud_cover\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x32\n\x04\x62\x62ox\x18\x04 \x01(\x0b\x32$.constellation.common.v1.BoundingBox\x12\x0b\n\x03\x63rs\x18\x05 \x01(\t\x12\x32\n\x06\x61ssets\x18\x06 \x03(\x0b\x32\".constellation.common.v1.BandAsset\x12\x0b\n\x03uri\x18\x07 \x01(\t\x12\x11\n\tstac_href\x18\x08 \x01(\t\x12\x12\n\ncollection\x18\t \x01(\tB\x0e\n\x0c_cloud_cover\"\xcc\x01\n\tModelCard\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x11\n\tdata_used\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65pendencies\x18\x03 \x03(\t\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.constellation.common.v1.ModelCard.MetricsEntry\x12\x0f\n\x07license\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0eModelInputSpec\x12\r\n\x05\x62\x61nds\x18\x01 \x03(\t\x12\x14\n\x0ctile_size_px\x18\x02 \x01(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x11\n\tvalue_min\x18\x04 \x01(\x01\x12\x11\n\tvalue_max\x18\x05 \x01(\x01\"R\n\x0fModelOutputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"l\n\x0cPipelineSpec\x12.\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x1e.constellation.common.v1.Block\x12,\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x1d.constellation.common.v1.Edge\"\xee\x03\n\x05\x42lock\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x38\n\x07\x64\x61taset\x18\n \x01(\x0b\x32%.constellation.common.v1.DatasetBlockH\x00\x12\x32\n\x04tile\x18\x0b \x01(\x0b\x32\".constellation.common.v1.TileBlockH\x00\x12\x34\n\x05model\x18\x0c \x01(\x0b\x32#.constellation.common.v1.ModelBlockH\x00\x12\x36\n\x06stitch\x18\r \x01(\x0b\x32$.constellation.common.v1.StitchBlockH\x00\x12<\n\tvectorize\x18\x0e \x01(\x0b\x32\'.constellation.common.v1.VectorizeBlockH\x00\x12\x36\n\x06\x65xport\x18\x0f \x01(\x0b\x32$.constellation.common.v1.ExportBlockH\x00\x12\x34\n\x05index\x18\x10 \x01(\x0b\x32#.constellation.common.v1.IndexBlockH\x00\x12\x38\n\x07summary\x18\x11 \x01(\x0b\x32%.constellation.common.v1.SummaryBlockH\x00\x42\x08\n\x06\x63onfig\"G\n\x0c\x44\x61tasetBlock\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05\x62\x61nds\x18\x02 \x03(\t\x12\x14\n\x0cresolution_m\x18\x03 \x01(\x01\"t\n\tTileBlock\x12\x14\n\x0ctile_size_px\x18\x01 \x01(\x05\x12\x12\n\noverlap_px\x18\x02 \x01(\x05\x12=\n\rnormalization\x18\x03 \x01(\x0e\x32&.constellation.common.v1.Normalization\"K\n\nModelBlock\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\"@\n\x0bStitchBlock\x12\x31\n\x05\x62lend\x18\x01 \x01(\x0e\x32\".constellation.common.v1.BlendMode\"c\n\x0eVectorizeBlock\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x1c\n\x14simplify_tolerance_m\x18\x02 \x01(\x01\x12\x13\n\x0bmin_area_m2\x18\x03 \x01(\x01\x12\x0b\n\x03\x63rs\x18\x04 \x01(\t\"R\n\x0b\x45xportBlock\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x36\n\x07\x66ormats\x18\x02 \x03(\x0e\x32%.constellation.common.v1.ExportFormat\"1\n\x0cSummaryBlock\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x0e\n\x06mosaic\x18\x02 \x01(\x08\"m\n\nIndexBlock\x12\x36\n\x06preset\x18\x01 \x01(\x0e\x32&.constellation.common.v1.SpectralIndex\x12\x12\n\nfirst_band\x18\x02 \x01(\t\x12\x13\n\x0bsecond_band\x18\x03 \x01(\t\"8\n\x04\x45\x64ge\x12\x17\n\x0fsource_block_id\x18\x01 \x01(\t\x12\x17\n\x0ftarget_block_id\x18\x02 \x01(\t\"[\n\x0fPipelineProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x02 \x01(\t\x12\x12\n\nedge_index\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"L\n\tRunOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x04 \x01(\t\"5\n\x08Progress\x12\x0c\n\x04unit\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"\xfd\x02\n\x08RunEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x04type\x18\x03 \x01(\x0e\x32%.constellation.common.v1.RunEventType\x12\x30\n\x05state\x18\x04 \x01(\x0e\x32!.constellation.common.v1.RunState\x12\x10\n\x08\x62lock_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x33\n\x08progress\x18\x07 \x01(\x0b\x32!.constellation.common.v1.Progress\x12\x33\n\x07outputs\x18\x08 \x03(\x0b\x32\".constellation.common.v1.RunOutput\x12\x0e\n\x06source\x18\t \x01(\t\x12\x19\n\x11\x65ngine_event_type\x18\n \x01(\t\x12\x16\n\x0equeue_position\x18\x0b \x01(\x05*\x98\x01\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_TASK_CLASSIFICATION\x10\x01\x12\x1b\n\x17MODEL_TASK_SEGMENTATION\x10\x02\x12\x18\n\x14MODEL_TASK_DETECTION\x10\x03\x12\x19\n\x15MODEL_TASK_REGRESSION\x10\x04*\x9b\x01\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_NONE\x10\x01\x12\x19\n\x15NORMALIZATION_MIN_MAX\x10\x02\x12\x19\n\x15NORMALIZATION_Z_SCORE\x10\x03\x12\x1d\n\x19NORMALIZATION_REFLECTANCE\x10\x04*S\n\tBlendMode\x12\x1a\n\x16\x42LEND_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42LEND_MODE_MEAN\x10\x01\x12\x15\n\x11\x42LEND_MODE_CENTER\x10\x02*\xad\x01\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_COG\x10\x01\x12\x19\n\x15\x45XPORT_FORMAT_GEOJSON\x10\x02\x12\x1d\n\x19\x45XPORT_FORMAT_PNG_PREVIEW\x10\x03\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x04\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x05*\x93\x01\n\rSpectralIndex\x12\x1e\n\x1aSPECTRAL_INDEX_UNSPECIFIED\x10\x00\x12\x17\n\x13SPECTRAL_INDEX_NDWI\x10\x01\x12\x17\n\x13SPECTRAL_INDEX_NDVI\x10\x02\x12\x18\n\x14SPECTRAL_INDEX_MNDWI\x10\x03\x12\x16\n\x12SPECTRAL_INDEX_NBR\x10\x04*\xca\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x16\n\x12RUN_STATE_STARTING\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x17\n\x13RUN_STATE_CANCELING\x10\x06\x12\x16\n\x12RUN_STATE_CANCELED\x10\x07*\xe8\x03\n\x0cRunEventType\x12\x1e\n\x1aRUN_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RUN_EVENT_TYPE_RUN_QUEUED\x10\x01\x12\x1e\n\x1aRUN_EVENT_TYPE_RUN_STARTED\x10\x02\x12 \n\x1cRUN_EVENT_TYPE_RUN_SUCCEEDED\x10\x03\x12\x1d\n\x19RUN_EVENT_TYPE_RUN_FAILED\x10\x04\x12 \n\x1cRUN_EVENT_TYPE_RUN_CANCELING\x10\x05\x12\x1f\n\x1bRUN_EVENT_TYPE_RUN_CANCELED\x10\x06\x12\x1f\n\x1bRUN_EVENT_TYPE_STEP_STARTED\x10\x07\x12!\n\x1dRUN_EVENT_TYPE_STEP_SUCCEEDED\x10\x08\x12\x1e\n\x1aRUN_EVENT_TYPE_STEP_FAILED\x10\t\x12\x1d\n\x19RUN_EVENT_TYPE_STEP_RETRY\x10\n\x12 \n\x1cRUN_EVENT_TYPE_STEP_PROGRESS\x10\x0b\x12\x19\n\x15RUN_EVENT_TYPE_OUTPUT\x10\x0c\x12\x16\n\x12RUN_EVENT_TYPE_LOG\x10\r\x12\x1d\n\x19RUN_EVENT_TYPE_DEPLOYMENT\x10\x0e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +34,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELCARD_METRICSENTRY']._loaded_options = None
   _globals['_MODELCARD_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELTASK']._serialized_start=2800
-  _globals['_MODELTASK']._serialized_end=2952
-  _globals['_NORMALIZATION']._serialized_start=2955
-  _globals['_NORMALIZATION']._serialized_end=3110
-  _globals['_BLENDMODE']._serialized_start=3112
-  _globals['_BLENDMODE']._serialized_end=3195
-  _globals['_EXPORTFORMAT']._serialized_start=3197
-  _globals['_EXPORTFORMAT']._serialized_end=3323
-  _globals['_SPECTRALINDEX']._serialized_start=3326
-  _globals['_SPECTRALINDEX']._serialized_end=3473
-  _globals['_RUNSTATE']._serialized_start=3476
-  _globals['_RUNSTATE']._serialized_end=3678
-  _globals['_RUNEVENTTYPE']._serialized_start=3681
-  _globals['_RUNEVENTTYPE']._serialized_end=4169
+  _globals['_MODELTASK']._serialized_start=2931
+  _globals['_MODELTASK']._serialized_end=3083
+  _globals['_NORMALIZATION']._serialized_start=3086
+  _globals['_NORMALIZATION']._serialized_end=3241
+  _globals['_BLENDMODE']._serialized_start=3243
+  _globals['_BLENDMODE']._serialized_end=3326
+  _globals['_EXPORTFORMAT']._serialized_start=3329
+  _globals['_EXPORTFORMAT']._serialized_end=3502
+  _globals['_SPECTRALINDEX']._serialized_start=3505
+  _globals['_SPECTRALINDEX']._serialized_end=3652
+  _globals['_RUNSTATE']._serialized_start=3655
+  _globals['_RUNSTATE']._serialized_end=3857
+  _globals['_RUNEVENTTYPE']._serialized_start=3860
+  _globals['_RUNEVENTTYPE']._serialized_end=4348
   _globals['_BOUNDINGBOX']._serialized_start=98
   _globals['_BOUNDINGBOX']._serialized_end=184
   _globals['_BANDASSET']._serialized_start=186
@@ -65,29 +65,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESPEC']._serialized_start=974
   _globals['_PIPELINESPEC']._serialized_end=1082
   _globals['_BLOCK']._serialized_start=1085
-  _globals['_BLOCK']._serialized_end=1521
-  _globals['_DATASETBLOCK']._serialized_start=1523
-  _globals['_DATASETBLOCK']._serialized_end=1572
-  _globals['_TILEBLOCK']._serialized_start=1574
-  _globals['_TILEBLOCK']._serialized_end=1690
-  _globals['_MODELBLOCK']._serialized_start=1692
-  _globals['_MODELBLOCK']._serialized_end=1767
-  _globals['_STITCHBLOCK']._serialized_start=1769
-  _globals['_STITCHBLOCK']._serialized_end=1833
-  _globals['_VECTORIZEBLOCK']._serialized_start=1835
-  _globals['_VECTORIZEBLOCK']._serialized_end=1934
-  _globals['_EXPORTBLOCK']._serialized_start=1936
-  _globals['_EXPORTBLOCK']._serialized_end=2018
-  _globals['_INDEXBLOCK']._serialized_start=2020
-  _globals['_INDEXBLOCK']._serialized_end=2129
-  _globals['_EDGE']._serialized_start=2131
-  _globals['_EDGE']._serialized_end=2187
-  _globals['_PIPELINEPROBLEM']._serialized_start=2189
-  _globals['_PIPELINEPROBLEM']._serialized_end=2280
-  _globals['_RUNOUTPUT']._serialized_start=2282
-  _globals['_RUNOUTPUT']._serialized_end=2358
-  _globals['_PROGRESS']._serialized_start=2360
-  _globals['_PROGRESS']._serialized_end=2413
-  _globals['_RUNEVENT']._serialized_start=2416
-  _globals['_RUNEVENT']._serialized_end=2797
+  _globals['_BLOCK']._serialized_end=1579
+  _globals['_DATASETBLOCK']._serialized_start=1581
+  _globals['_DATASETBLOCK']._serialized_end=1652
+  _globals['_TILEBLOCK']._serialized_start=1654
+  _globals['_TILEBLOCK']._serialized_end=1770
+  _globals['_MODELBLOCK']._serialized_start=1772
+  _globals['_MODELBLOCK']._serialized_end=1847
+  _globals['_STITCHBLOCK']._serialized_start=1849
+  _globals['_STITCHBLOCK']._serialized_end=1913
+  _globals['_VECTORIZEBLOCK']._serialized_start=1915
+  _globals['_VECTORIZEBLOCK']._serialized_end=2014
+  _globals['_EXPORTBLOCK']._serialized_start=2016
+  _globals['_EXPORTBLOCK']._serialized_end=2098
+  _globals['_SUMMARYBLOCK']._serialized_start=2100
+  _globals['_SUMMARYBLOCK']._serialized_end=2149
+  _globals['_INDEXBLOCK']._serialized_start=2151
+  _globals['_INDEXBLOCK']._serialized_end=2260
+  _globals['_EDGE']._serialized_start=2262
+  _globals['_EDGE']._serialized_end=2318
+  _globals['_PIPELINEPROBLEM']._serialized_start=2320
+  _globals['_PIPELINEPROBLEM']._serialized_end=2411
+  _globals['_RUNOUTPUT']._serialized_start=2413
+  _globals['_RUNOUTPUT']._serialized_end=2489
+  _globals['_PROGRESS']._serialized_start=2491
+  _globals['_PROGRESS']._serialized_end=2544
+  _globals['_RUNEVENT']._serialized_start=2547
+  _globals['_RUNEVENT']._serialized_end=2928
 # @@protoc_insertion_point(module_scope)

@@ -115,6 +115,10 @@ class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFo
     """GeoJSON FeatureCollection of the vectors."""
     EXPORT_FORMAT_PNG_PREVIEW: _ExportFormat.ValueType  # 3
     """PNG quick-look of the raster over the scene."""
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 4
+    """CSV table of a summary: one row per scene."""
+    EXPORT_FORMAT_JSON: _ExportFormat.ValueType  # 5
+    """JSON of a summary: one entry per scene (what the console charts)."""
 
 class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
     """A file format written by an export block."""
@@ -126,6 +130,10 @@ EXPORT_FORMAT_GEOJSON: ExportFormat.ValueType  # 2
 """GeoJSON FeatureCollection of the vectors."""
 EXPORT_FORMAT_PNG_PREVIEW: ExportFormat.ValueType  # 3
 """PNG quick-look of the raster over the scene."""
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 4
+"""CSV table of a summary: one row per scene."""
+EXPORT_FORMAT_JSON: ExportFormat.ValueType  # 5
+"""JSON of a summary: one entry per scene (what the console charts)."""
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 class _SpectralIndex:
@@ -558,6 +566,7 @@ class Block(_message.Message):
     VECTORIZE_FIELD_NUMBER: _builtins.int
     EXPORT_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique within the spec; lowercase letters, digits, '-' and '_'."""
     label: _builtins.str
@@ -576,6 +585,8 @@ class Block(_message.Message):
     def export(self) -> Global___ExportBlock: ...
     @_builtins.property
     def index(self) -> Global___IndexBlock: ...
+    @_builtins.property
+    def summary(self) -> Global___SummaryBlock: ...
     def __init__(
         self,
         *,
@@ -588,12 +599,13 @@ class Block(_message.Message):
         vectorize: Global___VectorizeBlock | None = ...,
         export: Global___ExportBlock | None = ...,
         index: Global___IndexBlock | None = ...,
+        summary: Global___SummaryBlock | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dataset", b"dataset", "export", b"export", "index", b"index", "model", b"model", "stitch", b"stitch", "tile", b"tile", "vectorize", b"vectorize"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dataset", b"dataset", "export", b"export", "index", b"index", "model", b"model", "stitch", b"stitch", "summary", b"summary", "tile", b"tile", "vectorize", b"vectorize"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dataset", b"dataset", "export", b"export", "id", b"id", "index", b"index", "label", b"label", "model", b"model", "stitch", b"stitch", "tile", b"tile", "vectorize", b"vectorize"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "dataset", b"dataset", "export", b"export", "id", b"id", "index", b"index", "label", b"label", "model", b"model", "stitch", b"stitch", "summary", b"summary", "tile", b"tile", "vectorize", b"vectorize"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["dataset", "tile", "model", "stitch", "vectorize", "export", "index"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["dataset", "tile", "model", "stitch", "vectorize", "export", "index", "summary"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_config) -> _WhichOneofReturnType_config | None: ...
 
@@ -607,8 +619,14 @@ class DatasetBlock(_message.Message):
 
     DATASET_ID_FIELD_NUMBER: _builtins.int
     BANDS_FIELD_NUMBER: _builtins.int
+    RESOLUTION_M_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """Id of a dataset in core's catalog."""
+    resolution_m: _builtins.float
+    """For a dataset whose scenes keep one file per band (STAC items): the
+    pixel size, in metres, the bands are brought onto. 0 takes the finest
+    resolution among the bands read.
+    """
     @_builtins.property
     def bands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Bands to read, by name; empty reads every band of the dataset."""
@@ -618,10 +636,11 @@ class DatasetBlock(_message.Message):
         *,
         dataset_id: _builtins.str = ...,
         bands: _abc.Iterable[_builtins.str] | None = ...,
+        resolution_m: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "dataset_id", b"dataset_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "dataset_id", b"dataset_id", "resolution_m", b"resolution_m"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -770,6 +789,41 @@ class ExportBlock(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportBlock: _TypeAlias = ExportBlock  # noqa: Y015
+
+@_typing.final
+class SummaryBlock(_message.Message):
+    """Sums up a raster over every scene of a run (a dataset of many STAC items
+    runs the blocks before it once per item): a time series, one row per
+    scene in acquisition order, of the area above `threshold` and the mean
+    value, and optionally a mosaic of the scenes. Consumes rasters; its table
+    goes to an export block of its own (CSV, JSON; COG for the mosaic).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MOSAIC_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.float
+    """Pixels whose value is above it count towards `area_km2` (e.g. 0 for
+    NDWI water, 0.5 for a model's water probability).
+    """
+    mosaic: _builtins.bool
+    """Also merge the scenes' rasters into one: where scenes overlap, the
+    latest scene with a valid pixel wins.
+    """
+    def __init__(
+        self,
+        *,
+        threshold: _builtins.float = ...,
+        mosaic: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mosaic", b"mosaic", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SummaryBlock: _TypeAlias = SummaryBlock  # noqa: Y015
 
 @_typing.final
 class IndexBlock(_message.Message):

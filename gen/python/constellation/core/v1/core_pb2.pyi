@@ -22,6 +22,28 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _StacImportMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StacImportModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StacImportMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STAC_IMPORT_MODE_UNSPECIFIED: _StacImportMode.ValueType  # 0
+    STAC_IMPORT_MODE_DATASET_PER_ITEM: _StacImportMode.ValueType  # 1
+    """One dataset per item, named "<name>-<item id>" (or the item id)."""
+    STAC_IMPORT_MODE_ONE_DATASET: _StacImportMode.ValueType  # 2
+    """One dataset holding every item: a time series or a mosaic of tiles."""
+
+class StacImportMode(_StacImportMode, metaclass=_StacImportModeEnumTypeWrapper):
+    """How items become datasets."""
+
+STAC_IMPORT_MODE_UNSPECIFIED: StacImportMode.ValueType  # 0
+STAC_IMPORT_MODE_DATASET_PER_ITEM: StacImportMode.ValueType  # 1
+"""One dataset per item, named "<name>-<item id>" (or the item id)."""
+STAC_IMPORT_MODE_ONE_DATASET: StacImportMode.ValueType  # 2
+"""One dataset holding every item: a time series or a mosaic of tiles."""
+Global___StacImportMode: _TypeAlias = StacImportMode  # noqa: Y015
+
 class _ModelState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -158,6 +180,158 @@ class CreateDatasetRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateDatasetRequest: _TypeAlias = CreateDatasetRequest  # noqa: Y015
+
+@_typing.final
+class StacSearch(_message.Message):
+    """A STAC API search (item-search, as pystac-client sends it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_URL_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
+    BBOX_FIELD_NUMBER: _builtins.int
+    INTERSECTS_FIELD_NUMBER: _builtins.int
+    DATETIME_FIELD_NUMBER: _builtins.int
+    MAX_CLOUD_COVER_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    api_url: _builtins.str
+    """The API's root, e.g. "https://earth-search.aws.element84.com/v1"; its
+    host must be in CONSTELLATION_STAC_API_HOSTS.
+    """
+    intersects: _builtins.str
+    """A GeoJSON geometry as JSON text, instead of `bbox`."""
+    datetime: _builtins.str
+    """RFC 3339 instant or interval, e.g. "2024-06-01/2024-06-30" or "2024-06-01/.."."""
+    max_cloud_cover: _builtins.float
+    """Only items whose eo:cloud_cover is at most this, percent."""
+    filter: _builtins.str
+    """A CQL2 filter, as CQL2 text (`eo:cloud_cover < 10`) or CQL2 JSON."""
+    max_items: _builtins.int
+    """At most this many items; 0 means 100, and more than 1000 is refused."""
+    @_builtins.property
+    def collections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Collection ids to search, e.g. ["sentinel-2-l2a"]."""
+
+    @_builtins.property
+    def bbox(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """[west, south, east, north] in EPSG:4326; empty for anywhere."""
+
+    def __init__(
+        self,
+        *,
+        api_url: _builtins.str = ...,
+        collections: _abc.Iterable[_builtins.str] | None = ...,
+        bbox: _abc.Iterable[_builtins.float] | None = ...,
+        intersects: _builtins.str = ...,
+        datetime: _builtins.str = ...,
+        max_cloud_cover: _builtins.float | None = ...,
+        filter: _builtins.str = ...,
+        max_items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cloud_cover", b"_max_cloud_cover", "max_cloud_cover", b"max_cloud_cover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cloud_cover", b"_max_cloud_cover", "api_url", b"api_url", "bbox", b"bbox", "collections", b"collections", "datetime", b"datetime", "filter", b"filter", "intersects", b"intersects", "max_cloud_cover", b"max_cloud_cover", "max_items", b"max_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cloud_cover: _TypeAlias = _typing.Literal["max_cloud_cover"]  # noqa: Y015
+    _WhichOneofArgType__max_cloud_cover: _TypeAlias = _typing.Literal["_max_cloud_cover", b"_max_cloud_cover"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cloud_cover) -> _WhichOneofReturnType__max_cloud_cover | None: ...
+
+Global___StacSearch: _TypeAlias = StacSearch  # noqa: Y015
+
+@_typing.final
+class ImportStacDatasetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_URI_FIELD_NUMBER: _builtins.int
+    ITEM_JSON_FIELD_NUMBER: _builtins.int
+    CATALOG_URI_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    BANDS_FIELD_NUMBER: _builtins.int
+    SENSOR_FIELD_NUMBER: _builtins.int
+    item_uri: _builtins.str
+    """A STAC Item's JSON: "file:///..." or "s3://..." under the data roots."""
+    item_json: _builtins.str
+    """A STAC Item's JSON text (at most CONSTELLATION_STAC_MAX_DOCUMENT_BYTES);
+    relative asset hrefs are refused.
+    """
+    catalog_uri: _builtins.str
+    """A static STAC catalog or collection ("file:///.../collection.json" or
+    "s3://..." under the data roots); every item under it, to `max_items`.
+    """
+    mode: Global___StacImportMode.ValueType
+    """Unspecified: one dataset for a single item, else one dataset per item."""
+    name: _builtins.str
+    """The dataset's name (ONE_DATASET, or a single item), or the prefix of each
+    dataset's name (DATASET_PER_ITEM); default: the item id, or the
+    collection id for ONE_DATASET.
+    """
+    description: _builtins.str
+    sensor: _builtins.str
+    """Instrument for the datasets, e.g. "landsat-7"; default: the items'
+    `platform` or `constellation`.
+    """
+    @_builtins.property
+    def search(self) -> Global___StacSearch:
+        """A STAC API search."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def bands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keep only these bands (any name or alias, see docs/stac.md); empty: every
+        asset band with an eo:common_name.
+        """
+
+    def __init__(
+        self,
+        *,
+        item_uri: _builtins.str = ...,
+        item_json: _builtins.str = ...,
+        catalog_uri: _builtins.str = ...,
+        search: Global___StacSearch | None = ...,
+        mode: Global___StacImportMode.ValueType = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        bands: _abc.Iterable[_builtins.str] | None = ...,
+        sensor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog_uri", b"catalog_uri", "item_json", b"item_json", "item_uri", b"item_uri", "search", b"search", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "catalog_uri", b"catalog_uri", "description", b"description", "item_json", b"item_json", "item_uri", b"item_uri", "mode", b"mode", "name", b"name", "search", b"search", "sensor", b"sensor", "source", b"source", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["item_uri", "item_json", "catalog_uri", "search"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___ImportStacDatasetsRequest: _TypeAlias = ImportStacDatasetsRequest  # noqa: Y015
+
+@_typing.final
+class ImportStacDatasetsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dataset]:
+        """The datasets created, in item order."""
+
+    def __init__(
+        self,
+        *,
+        datasets: _abc.Iterable[Global___Dataset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportStacDatasetsResponse: _TypeAlias = ImportStacDatasetsResponse  # noqa: Y015
 
 @_typing.final
 class GetDatasetRequest(_message.Message):
@@ -456,6 +630,29 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class ImportModelFromStacRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_JSON_FIELD_NUMBER: _builtins.int
+    item_json: _builtins.str
+    """The STAC Item as JSON text (at most 16 KiB): mlm:name, mlm:tasks, one
+    mlm:input, mlm:output, an asset with role "mlm:model" whose href is the
+    model's source (a model folder, git URL or hf:// URI).
+    """
+    def __init__(
+        self,
+        *,
+        item_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_json", b"item_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportModelFromStacRequest: _TypeAlias = ImportModelFromStacRequest  # noqa: Y015
 
 @_typing.final
 class DeleteModelRequest(_message.Message):

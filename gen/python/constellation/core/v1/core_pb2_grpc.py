@@ -68,6 +68,11 @@ class CoreServiceStub:
                 request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.DeleteDatasetRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ImportStacDatasets = channel.unary_unary(
+                '/constellation.core.v1.CoreService/ImportStacDatasets',
+                request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsRequest.SerializeToString,
+                response_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsResponse.FromString,
+                _registered_method=True)
         self.RegisterModel = channel.unary_unary(
                 '/constellation.core.v1.CoreService/RegisterModel',
                 request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.RegisterModelRequest.SerializeToString,
@@ -87,6 +92,11 @@ class CoreServiceStub:
                 '/constellation.core.v1.CoreService/DeleteModel',
                 request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ImportModelFromStac = channel.unary_unary(
+                '/constellation.core.v1.CoreService/ImportModelFromStac',
+                request_serializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportModelFromStacRequest.SerializeToString,
+                response_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.Model.FromString,
                 _registered_method=True)
         self.CreatePipeline = channel.unary_unary(
                 '/constellation.core.v1.CoreService/CreatePipeline',
@@ -180,6 +190,15 @@ class CoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportStacDatasets(self, request, context):
+        """Registers datasets from STAC: one Item, a static catalog or collection,
+        or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+        cover come from the items' metadata, never from the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterModel(self, request, context):
         """Adds a model to the catalog. Packaging and deployment are hosting's.
         """
@@ -201,6 +220,15 @@ class CoreServiceServicer:
 
     def DeleteModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportModelFromStac(self, request, context):
+        """Registers a model from a STAC Item with the Machine Learning Model (MLM)
+        extension, as `constellation models export-stac` writes one. A field
+        the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -299,6 +327,11 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.DeleteDatasetRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'ImportStacDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportStacDatasets,
+                    request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsRequest.FromString,
+                    response_serializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsResponse.SerializeToString,
+            ),
             'RegisterModel': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterModel,
                     request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.RegisterModelRequest.FromString,
@@ -318,6 +351,11 @@ def add_CoreServiceServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.DeleteModelRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ImportModelFromStac': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportModelFromStac,
+                    request_deserializer=constellation_dot_core_dot_v1_dot_core__pb2.ImportModelFromStacRequest.FromString,
+                    response_serializer=constellation_dot_core_dot_v1_dot_core__pb2.Model.SerializeToString,
             ),
             'CreatePipeline': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePipeline,
@@ -523,6 +561,33 @@ class CoreService:
             _registered_method=True)
 
     @staticmethod
+    def ImportStacDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/constellation.core.v1.CoreService/ImportStacDatasets',
+            constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsRequest.SerializeToString,
+            constellation_dot_core_dot_v1_dot_core__pb2.ImportStacDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RegisterModel(request,
             target,
             options=(),
@@ -620,6 +685,33 @@ class CoreService:
             '/constellation.core.v1.CoreService/DeleteModel',
             constellation_dot_core_dot_v1_dot_core__pb2.DeleteModelRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModelFromStac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/constellation.core.v1.CoreService/ImportModelFromStac',
+            constellation_dot_core_dot_v1_dot_core__pb2.ImportModelFromStacRequest.SerializeToString,
+            constellation_dot_core_dot_v1_dot_core__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,

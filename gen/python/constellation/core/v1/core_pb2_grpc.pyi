@@ -47,11 +47,21 @@ class CoreServiceStub:
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_core_pb2.ListDatasetsRequest, _core_pb2.ListDatasetsResponse]
     UpdateDataset: _grpc.UnaryUnaryMultiCallable[_core_pb2.UpdateDatasetRequest, _core_pb2.Dataset]
     DeleteDataset: _grpc.UnaryUnaryMultiCallable[_core_pb2.DeleteDatasetRequest, _empty_pb2.Empty]
+    ImportStacDatasets: _grpc.UnaryUnaryMultiCallable[_core_pb2.ImportStacDatasetsRequest, _core_pb2.ImportStacDatasetsResponse]
+    """Registers datasets from STAC: one Item, a static catalog or collection,
+    or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+    cover come from the items' metadata, never from the request.
+    """
     RegisterModel: _grpc.UnaryUnaryMultiCallable[_core_pb2.RegisterModelRequest, _core_pb2.Model]
     """Adds a model to the catalog. Packaging and deployment are hosting's."""
     GetModel: _grpc.UnaryUnaryMultiCallable[_core_pb2.GetModelRequest, _core_pb2.Model]
     ListModels: _grpc.UnaryUnaryMultiCallable[_core_pb2.ListModelsRequest, _core_pb2.ListModelsResponse]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_core_pb2.DeleteModelRequest, _empty_pb2.Empty]
+    ImportModelFromStac: _grpc.UnaryUnaryMultiCallable[_core_pb2.ImportModelFromStacRequest, _core_pb2.Model]
+    """Registers a model from a STAC Item with the Machine Learning Model (MLM)
+    extension, as `constellation models export-stac` writes one. A field
+    the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+    """
     CreatePipeline: _grpc.UnaryUnaryMultiCallable[_core_pb2.CreatePipelineRequest, _core_pb2.Pipeline]
     """Stores a pipeline; its spec must pass ValidatePipeline."""
     GetPipeline: _grpc.UnaryUnaryMultiCallable[_core_pb2.GetPipelineRequest, _core_pb2.Pipeline]
@@ -88,11 +98,21 @@ class CoreServiceAsyncStub(CoreServiceStub):
     ListDatasets: _aio.UnaryUnaryMultiCallable[_core_pb2.ListDatasetsRequest, _core_pb2.ListDatasetsResponse]  # type: ignore[assignment]
     UpdateDataset: _aio.UnaryUnaryMultiCallable[_core_pb2.UpdateDatasetRequest, _core_pb2.Dataset]  # type: ignore[assignment]
     DeleteDataset: _aio.UnaryUnaryMultiCallable[_core_pb2.DeleteDatasetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ImportStacDatasets: _aio.UnaryUnaryMultiCallable[_core_pb2.ImportStacDatasetsRequest, _core_pb2.ImportStacDatasetsResponse]  # type: ignore[assignment]
+    """Registers datasets from STAC: one Item, a static catalog or collection,
+    or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+    cover come from the items' metadata, never from the request.
+    """
     RegisterModel: _aio.UnaryUnaryMultiCallable[_core_pb2.RegisterModelRequest, _core_pb2.Model]  # type: ignore[assignment]
     """Adds a model to the catalog. Packaging and deployment are hosting's."""
     GetModel: _aio.UnaryUnaryMultiCallable[_core_pb2.GetModelRequest, _core_pb2.Model]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_core_pb2.ListModelsRequest, _core_pb2.ListModelsResponse]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_core_pb2.DeleteModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ImportModelFromStac: _aio.UnaryUnaryMultiCallable[_core_pb2.ImportModelFromStacRequest, _core_pb2.Model]  # type: ignore[assignment]
+    """Registers a model from a STAC Item with the Machine Learning Model (MLM)
+    extension, as `constellation models export-stac` writes one. A field
+    the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+    """
     CreatePipeline: _aio.UnaryUnaryMultiCallable[_core_pb2.CreatePipelineRequest, _core_pb2.Pipeline]  # type: ignore[assignment]
     """Stores a pipeline; its spec must pass ValidatePipeline."""
     GetPipeline: _aio.UnaryUnaryMultiCallable[_core_pb2.GetPipelineRequest, _core_pb2.Pipeline]  # type: ignore[assignment]
@@ -158,6 +178,17 @@ class CoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
 
     @_abc_1.abstractmethod
+    def ImportStacDatasets(
+        self,
+        request: _core_pb2.ImportStacDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_core_pb2.ImportStacDatasetsResponse, _abc.Awaitable[_core_pb2.ImportStacDatasetsResponse]]:
+        """Registers datasets from STAC: one Item, a static catalog or collection,
+        or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+        cover come from the items' metadata, never from the request.
+        """
+
+    @_abc_1.abstractmethod
     def RegisterModel(
         self,
         request: _core_pb2.RegisterModelRequest,
@@ -185,6 +216,17 @@ class CoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _core_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportModelFromStac(
+        self,
+        request: _core_pb2.ImportModelFromStacRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_core_pb2.Model, _abc.Awaitable[_core_pb2.Model]]:
+        """Registers a model from a STAC Item with the Machine Learning Model (MLM)
+        extension, as `constellation models export-stac` writes one. A field
+        the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+        """
 
     @_abc_1.abstractmethod
     def CreatePipeline(

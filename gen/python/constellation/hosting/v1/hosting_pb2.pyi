@@ -72,6 +72,8 @@ class _RuntimeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Runtime.Value
     RUNTIME_MODAL: _Runtime.ValueType  # 3
     RUNTIME_KUBERNETES: _Runtime.ValueType  # 4
     """A KServe InferenceService (or a plain Deployment and Service) on the Kubernetes cluster hosting runs in."""
+    RUNTIME_SWARM: _Runtime.ValueType  # 5
+    """A replicated Docker Swarm service on the engine hosting uses (a Swarm manager: `docker swarm init`)."""
 
 class Runtime(_Runtime, metaclass=_RuntimeEnumTypeWrapper):
     """Where a model's endpoints run."""
@@ -83,6 +85,8 @@ RUNTIME_LOCAL: Runtime.ValueType  # 2
 RUNTIME_MODAL: Runtime.ValueType  # 3
 RUNTIME_KUBERNETES: Runtime.ValueType  # 4
 """A KServe InferenceService (or a plain Deployment and Service) on the Kubernetes cluster hosting runs in."""
+RUNTIME_SWARM: Runtime.ValueType  # 5
+"""A replicated Docker Swarm service on the engine hosting uses (a Swarm manager: `docker swarm init`)."""
 Global___Runtime: _TypeAlias = Runtime  # noqa: Y015
 
 @_typing.final

@@ -26,7 +26,7 @@ from constellation.common.v1 import common_pb2 as constellation_dot_common_dot_v
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0constellation/orchestrator/v1/orchestrator.proto\x12\x1d\x63onstellation.orchestrator.v1\x1a$constellation/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x0fResolvedDataset\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\r\n\x05\x62\x61nds\x18\x02 \x03(\t\x12\x31\n\x05items\x18\x03 \x03(\x0b\x32\".constellation.common.v1.SceneItem\"\xc0\x01\n\rResolvedModel\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tendpoints\x18\x03 \x03(\t\x12\x36\n\x05input\x18\x04 \x01(\x0b\x32\'.constellation.common.v1.ModelInputSpec\x12\x39\n\x07outputs\x18\x05 \x03(\x0b\x32(.constellation.common.v1.ModelOutputSpec\"\xb3\x03\n\x10LaunchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x33\n\x04spec\x18\x02 \x01(\x0b\x32%.constellation.common.v1.PipelineSpec\x12O\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32=.constellation.orchestrator.v1.LaunchRunRequest.DatasetsEntry\x12K\n\x06models\x18\x04 \x03(\x0b\x32;.constellation.orchestrator.v1.LaunchRunRequest.ModelsEntry\x1a_\n\rDatasetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12=\n\x05value\x18\x02 \x01(\x0b\x32..constellation.orchestrator.v1.ResolvedDataset:\x02\x38\x01\x1a[\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12;\n\x05value\x18\x02 \x01(\x0b\x32,.constellation.orchestrator.v1.ResolvedModel:\x02\x38\x01\"\x9e\x02\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.constellation.common.v1.RunState\x12\x15\n\rstate_message\x18\x03 \x01(\t\x12\x33\n\x07outputs\x18\x04 \x03(\x0b\x32\".constellation.common.v1.RunOutput\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\rGetRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x10ListRunsResponse\x12\x30\n\x04runs\x18\x01 \x03(\x0b\x32\".constellation.orchestrator.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\x1e\n\x10\x43\x61ncelRunRequest\x12\n\n\x02id\x18\x01 \x01(\t2\x83\x04\n\x13OrchestratorService\x12`\n\tLaunchRun\x12/.constellation.orchestrator.v1.LaunchRunRequest\x1a\".constellation.orchestrator.v1.Run\x12Z\n\x06GetRun\x12,.constellation.orchestrator.v1.GetRunRequest\x1a\".constellation.orchestrator.v1.Run\x12k\n\x08ListRuns\x12..constellation.orchestrator.v1.ListRunsRequest\x1a/.constellation.orchestrator.v1.ListRunsResponse\x12_\n\x08WatchRun\x12..constellation.orchestrator.v1.WatchRunRequest\x1a!.constellation.common.v1.RunEvent0\x01\x12`\n\tCancelRun\x12/.constellation.orchestrator.v1.CancelRunRequest\x1a\".constellation.orchestrator.v1.Runb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0constellation/orchestrator/v1/orchestrator.proto\x12\x1d\x63onstellation.orchestrator.v1\x1a$constellation/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x0fResolvedDataset\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\r\n\x05\x62\x61nds\x18\x02 \x03(\t\x12\x31\n\x05items\x18\x03 \x03(\x0b\x32\".constellation.common.v1.SceneItem\"\xb4\x02\n\rResolvedModel\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tendpoints\x18\x03 \x03(\t\x12\x36\n\x05input\x18\x04 \x01(\x0b\x32\'.constellation.common.v1.ModelInputSpec\x12\x39\n\x07outputs\x18\x05 \x03(\x0b\x32(.constellation.common.v1.ModelOutputSpec\x12\x30\n\x04task\x18\x06 \x01(\x0e\x32\".constellation.common.v1.ModelTask\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x30\n\x04\x63\x61rd\x18\x08 \x01(\x0b\x32\".constellation.common.v1.ModelCard\"\xdf\x03\n\x10LaunchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x33\n\x04spec\x18\x02 \x01(\x0b\x32%.constellation.common.v1.PipelineSpec\x12O\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32=.constellation.orchestrator.v1.LaunchRunRequest.DatasetsEntry\x12K\n\x06models\x18\x04 \x03(\x0b\x32;.constellation.orchestrator.v1.LaunchRunRequest.ModelsEntry\x12\x13\n\x0bpipeline_id\x18\x05 \x01(\t\x12\x15\n\rpipeline_name\x18\x06 \x01(\t\x1a_\n\rDatasetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12=\n\x05value\x18\x02 \x01(\x0b\x32..constellation.orchestrator.v1.ResolvedDataset:\x02\x38\x01\x1a[\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12;\n\x05value\x18\x02 \x01(\x0b\x32,.constellation.orchestrator.v1.ResolvedModel:\x02\x38\x01\"\x9e\x02\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.constellation.common.v1.RunState\x12\x15\n\rstate_message\x18\x03 \x01(\t\x12\x33\n\x07outputs\x18\x04 \x03(\x0b\x32\".constellation.common.v1.RunOutput\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\rGetRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x10ListRunsResponse\x12\x30\n\x04runs\x18\x01 \x03(\x0b\x32\".constellation.orchestrator.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\x1e\n\x10\x43\x61ncelRunRequest\x12\n\n\x02id\x18\x01 \x01(\t2\x83\x04\n\x13OrchestratorService\x12`\n\tLaunchRun\x12/.constellation.orchestrator.v1.LaunchRunRequest\x1a\".constellation.orchestrator.v1.Run\x12Z\n\x06GetRun\x12,.constellation.orchestrator.v1.GetRunRequest\x1a\".constellation.orchestrator.v1.Run\x12k\n\x08ListRuns\x12..constellation.orchestrator.v1.ListRunsRequest\x1a/.constellation.orchestrator.v1.ListRunsResponse\x12_\n\x08WatchRun\x12..constellation.orchestrator.v1.WatchRunRequest\x1a!.constellation.common.v1.RunEvent0\x01\x12`\n\tCancelRun\x12/.constellation.orchestrator.v1.CancelRunRequest\x1a\".constellation.orchestrator.v1.Runb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,25 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOLVEDDATASET']._serialized_start=154
   _globals['_RESOLVEDDATASET']._serialized_end=250
   _globals['_RESOLVEDMODEL']._serialized_start=253
-  _globals['_RESOLVEDMODEL']._serialized_end=445
-  _globals['_LAUNCHRUNREQUEST']._serialized_start=448
-  _globals['_LAUNCHRUNREQUEST']._serialized_end=883
-  _globals['_LAUNCHRUNREQUEST_DATASETSENTRY']._serialized_start=695
-  _globals['_LAUNCHRUNREQUEST_DATASETSENTRY']._serialized_end=790
-  _globals['_LAUNCHRUNREQUEST_MODELSENTRY']._serialized_start=792
-  _globals['_LAUNCHRUNREQUEST_MODELSENTRY']._serialized_end=883
-  _globals['_RUN']._serialized_start=886
-  _globals['_RUN']._serialized_end=1172
-  _globals['_GETRUNREQUEST']._serialized_start=1174
-  _globals['_GETRUNREQUEST']._serialized_end=1201
-  _globals['_LISTRUNSREQUEST']._serialized_start=1203
-  _globals['_LISTRUNSREQUEST']._serialized_end=1259
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1261
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1354
-  _globals['_WATCHRUNREQUEST']._serialized_start=1356
-  _globals['_WATCHRUNREQUEST']._serialized_end=1413
-  _globals['_CANCELRUNREQUEST']._serialized_start=1415
-  _globals['_CANCELRUNREQUEST']._serialized_end=1445
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=1448
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=1963
+  _globals['_RESOLVEDMODEL']._serialized_end=561
+  _globals['_LAUNCHRUNREQUEST']._serialized_start=564
+  _globals['_LAUNCHRUNREQUEST']._serialized_end=1043
+  _globals['_LAUNCHRUNREQUEST_DATASETSENTRY']._serialized_start=855
+  _globals['_LAUNCHRUNREQUEST_DATASETSENTRY']._serialized_end=950
+  _globals['_LAUNCHRUNREQUEST_MODELSENTRY']._serialized_start=952
+  _globals['_LAUNCHRUNREQUEST_MODELSENTRY']._serialized_end=1043
+  _globals['_RUN']._serialized_start=1046
+  _globals['_RUN']._serialized_end=1332
+  _globals['_GETRUNREQUEST']._serialized_start=1334
+  _globals['_GETRUNREQUEST']._serialized_end=1361
+  _globals['_LISTRUNSREQUEST']._serialized_start=1363
+  _globals['_LISTRUNSREQUEST']._serialized_end=1419
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1421
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1514
+  _globals['_WATCHRUNREQUEST']._serialized_start=1516
+  _globals['_WATCHRUNREQUEST']._serialized_end=1573
+  _globals['_CANCELRUNREQUEST']._serialized_start=1575
+  _globals['_CANCELRUNREQUEST']._serialized_end=1605
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=1608
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=2123
 # @@protoc_insertion_point(module_scope)

@@ -67,9 +67,17 @@ class ResolvedModel(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CARD_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Name the endpoint serves the model under."""
     model_version: _builtins.str
+    task: _common_pb2.ModelTask.ValueType
+    """What the catalog says of the model, for the run's STAC items (its MLM
+    description): task, source (the model folder or URL) and card.
+    """
+    source: _builtins.str
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """host:port of each replica; requests are spread across them."""
@@ -78,6 +86,8 @@ class ResolvedModel(_message.Message):
     def input(self) -> _common_pb2.ModelInputSpec: ...
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelOutputSpec]: ...
+    @_builtins.property
+    def card(self) -> _common_pb2.ModelCard: ...
     def __init__(
         self,
         *,
@@ -86,10 +96,13 @@ class ResolvedModel(_message.Message):
         endpoints: _abc.Iterable[_builtins.str] | None = ...,
         input: _common_pb2.ModelInputSpec | None = ...,
         outputs: _abc.Iterable[_common_pb2.ModelOutputSpec] | None = ...,
+        task: _common_pb2.ModelTask.ValueType = ...,
+        source: _builtins.str = ...,
+        card: _common_pb2.ModelCard | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "input", b"input", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "endpoints", b"endpoints", "input", b"input", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "source", b"source", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -145,10 +158,17 @@ class LaunchRunRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     DATASETS_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
+    PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    PIPELINE_NAME_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Caller's id for the run (core's run id); makes LaunchRun idempotent.
     Empty lets the orchestrator assign one.
     """
+    pipeline_id: _builtins.str
+    """The stored pipeline the run was started from (core's pipeline id and
+    name), named in the lineage of the run's STAC items; empty when unknown.
+    """
+    pipeline_name: _builtins.str
     @_builtins.property
     def spec(self) -> _common_pb2.PipelineSpec: ...
     @_builtins.property
@@ -166,10 +186,12 @@ class LaunchRunRequest(_message.Message):
         spec: _common_pb2.PipelineSpec | None = ...,
         datasets: _abc.Mapping[_builtins.str, Global___ResolvedDataset] | None = ...,
         models: _abc.Mapping[_builtins.str, Global___ResolvedModel] | None = ...,
+        pipeline_id: _builtins.str = ...,
+        pipeline_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "models", b"models", "run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "models", b"models", "pipeline_id", b"pipeline_id", "pipeline_name", b"pipeline_name", "run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file constellation/common/v1/common.proto.
  */
 export const file_constellation_common_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("CiRjb25zdGVsbGF0aW9uL2NvbW1vbi92MS9jb21tb24ucHJvdG8SF2NvbnN0ZWxsYXRpb24uY29tbW9uLnYxIlYKC0JvdW5kaW5nQm94Eg0KBW1pbl94GAEgASgBEg0KBW1pbl95GAIgASgBEg0KBW1heF94GAMgASgBEg0KBW1heF95GAQgASgBEgsKA2NycxgFIAEoCSJjCglCYW5kQXNzZXQSDAoEYmFuZBgBIAEoCRILCgN1cmkYAiABKAkSEgoKYmFuZF9pbmRleBgDIAEoBRIUCgxyZXNvbHV0aW9uX20YBCABKAESEQoJYXNzZXRfa2V5GAUgASgJIp0CCglTY2VuZUl0ZW0SCgoCaWQYASABKAkSMQoNYWNxdWlyZWRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoLY2xvdWRfY292ZXIYAyABKAFIAIgBARIyCgRiYm94GAQgASgLMiQuY29uc3RlbGxhdGlvbi5jb21tb24udjEuQm91bmRpbmdCb3gSCwoDY3JzGAUgASgJEjIKBmFzc2V0cxgGIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkJhbmRBc3NldBILCgN1cmkYByABKAkSEQoJc3RhY19ocmVmGAggASgJEhIKCmNvbGxlY3Rpb24YCSABKAlCDgoMX2Nsb3VkX2NvdmVyIswBCglNb2RlbENhcmQSEwoLZGVzY3JpcHRpb24YASABKAkSEQoJZGF0YV91c2VkGAIgASgJEhQKDGRlcGVuZGVuY2llcxgDIAMoCRJACgdtZXRyaWNzGAQgAygLMi8uY29uc3RlbGxhdGlvbi5jb21tb24udjEuTW9kZWxDYXJkLk1ldHJpY3NFbnRyeRIPCgdsaWNlbnNlGAUgASgJGi4KDE1ldHJpY3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBImoKDk1vZGVsSW5wdXRTcGVjEg0KBWJhbmRzGAEgAygJEhQKDHRpbGVfc2l6ZV9weBgCIAEoBRINCgVkdHlwZRgDIAEoCRIRCgl2YWx1ZV9taW4YBCABKAESEQoJdmFsdWVfbWF4GAUgASgBIlIKD01vZGVsT3V0cHV0U3BlYxIMCgRuYW1lGAEgASgJEg0KBWR0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDEhMKC2Rlc2NyaXB0aW9uGAQgASgJImwKDFBpcGVsaW5lU3BlYxIuCgZibG9ja3MYASADKAsyHi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5CbG9jaxIsCgVlZGdlcxgCIAMoCzIdLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkVkZ2UitAMKBUJsb2NrEgoKAmlkGAEgASgJEg0KBWxhYmVsGAIgASgJEjgKB2RhdGFzZXQYCiABKAsyJS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5EYXRhc2V0QmxvY2tIABIyCgR0aWxlGAsgASgLMiIuY29uc3RlbGxhdGlvbi5jb21tb24udjEuVGlsZUJsb2NrSAASNAoFbW9kZWwYDCABKAsyIy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Nb2RlbEJsb2NrSAASNgoGc3RpdGNoGA0gASgLMiQuY29uc3RlbGxhdGlvbi5jb21tb24udjEuU3RpdGNoQmxvY2tIABI8Cgl2ZWN0b3JpemUYDiABKAsyJy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5WZWN0b3JpemVCbG9ja0gAEjYKBmV4cG9ydBgPIAEoCzIkLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkV4cG9ydEJsb2NrSAASNAoFaW5kZXgYECABKAsyIy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5JbmRleEJsb2NrSABCCAoGY29uZmlnIjEKDERhdGFzZXRCbG9jaxISCgpkYXRhc2V0X2lkGAEgASgJEg0KBWJhbmRzGAIgAygJInQKCVRpbGVCbG9jaxIUCgx0aWxlX3NpemVfcHgYASABKAUSEgoKb3ZlcmxhcF9weBgCIAEoBRI9Cg1ub3JtYWxpemF0aW9uGAMgASgOMiYuY29uc3RlbGxhdGlvbi5jb21tb24udjEuTm9ybWFsaXphdGlvbiJLCgpNb2RlbEJsb2NrEhAKCG1vZGVsX2lkGAEgASgJEhIKCmJhdGNoX3NpemUYAiABKAUSFwoPbWF4X2NvbmN1cnJlbmN5GAMgASgFIkAKC1N0aXRjaEJsb2NrEjEKBWJsZW5kGAEgASgOMiIuY29uc3RlbGxhdGlvbi5jb21tb24udjEuQmxlbmRNb2RlImMKDlZlY3Rvcml6ZUJsb2NrEhEKCXRocmVzaG9sZBgBIAEoARIcChRzaW1wbGlmeV90b2xlcmFuY2VfbRgCIAEoARITCgttaW5fYXJlYV9tMhgDIAEoARILCgNjcnMYBCABKAkiUgoLRXhwb3J0QmxvY2sSCwoDdXJpGAEgASgJEjYKB2Zvcm1hdHMYAiADKA4yJS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5FeHBvcnRGb3JtYXQibQoKSW5kZXhCbG9jaxI2CgZwcmVzZXQYASABKA4yJi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5TcGVjdHJhbEluZGV4EhIKCmZpcnN0X2JhbmQYAiABKAkSEwoLc2Vjb25kX2JhbmQYAyABKAkiOAoERWRnZRIXCg9zb3VyY2VfYmxvY2tfaWQYASABKAkSFwoPdGFyZ2V0X2Jsb2NrX2lkGAIgASgJIlsKD1BpcGVsaW5lUHJvYmxlbRINCgVmaWVsZBgBIAEoCRIQCghibG9ja19pZBgCIAEoCRISCgplZGdlX2luZGV4GAMgASgFEhMKC2Rlc2NyaXB0aW9uGAQgASgJIkwKCVJ1bk91dHB1dBIMCgRuYW1lGAEgASgJEgsKA3VyaRgCIAEoCRISCgptZWRpYV90eXBlGAMgASgJEhAKCGJsb2NrX2lkGAQgASgJIjUKCFByb2dyZXNzEgwKBHVuaXQYASABKAkSDAoEZG9uZRgCIAEoAxINCgV0b3RhbBgDIAEoAyL9AgoIUnVuRXZlbnQSEAoIc2VxdWVuY2UYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoEdHlwZRgDIAEoDjIlLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1bkV2ZW50VHlwZRIwCgVzdGF0ZRgEIAEoDjIhLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1blN0YXRlEhAKCGJsb2NrX2lkGAUgASgJEg8KB21lc3NhZ2UYBiABKAkSMwoIcHJvZ3Jlc3MYByABKAsyIS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Qcm9ncmVzcxIzCgdvdXRwdXRzGAggAygLMiIuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUnVuT3V0cHV0Eg4KBnNvdXJjZRgJIAEoCRIZChFlbmdpbmVfZXZlbnRfdHlwZRgKIAEoCRIWCg5xdWV1ZV9wb3NpdGlvbhgLIAEoBSqYAQoJTW9kZWxUYXNrEhoKFk1PREVMX1RBU0tfVU5TUEVDSUZJRUQQABIdChlNT0RFTF9UQVNLX0NMQVNTSUZJQ0FUSU9OEAESGwoXTU9ERUxfVEFTS19TRUdNRU5UQVRJT04QAhIYChRNT0RFTF9UQVNLX0RFVEVDVElPThADEhkKFU1PREVMX1RBU0tfUkVHUkVTU0lPThAEKpsBCg1Ob3JtYWxpemF0aW9uEh0KGU5PUk1BTElaQVRJT05fVU5TUEVDSUZJRUQQABIWChJOT1JNQUxJWkFUSU9OX05PTkUQARIZChVOT1JNQUxJWkFUSU9OX01JTl9NQVgQAhIZChVOT1JNQUxJWkFUSU9OX1pfU0NPUkUQAxIdChlOT1JNQUxJWkFUSU9OX1JFRkxFQ1RBTkNFEAQqUwoJQmxlbmRNb2RlEhoKFkJMRU5EX01PREVfVU5TUEVDSUZJRUQQABITCg9CTEVORF9NT0RFX01FQU4QARIVChFCTEVORF9NT0RFX0NFTlRFUhACKn4KDEV4cG9ydEZvcm1hdBIdChlFWFBPUlRfRk9STUFUX1VOU1BFQ0lGSUVEEAASFQoRRVhQT1JUX0ZPUk1BVF9DT0cQARIZChVFWFBPUlRfRk9STUFUX0dFT0pTT04QAhIdChlFWFBPUlRfRk9STUFUX1BOR19QUkVWSUVXEAMqkwEKDVNwZWN0cmFsSW5kZXgSHgoaU1BFQ1RSQUxfSU5ERVhfVU5TUEVDSUZJRUQQABIXChNTUEVDVFJBTF9JTkRFWF9ORFdJEAESFwoTU1BFQ1RSQUxfSU5ERVhfTkRWSRACEhgKFFNQRUNUUkFMX0lOREVYX01ORFdJEAMSFgoSU1BFQ1RSQUxfSU5ERVhfTkJSEAQqygEKCFJ1blN0YXRlEhkKFVJVTl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEFJVTl9TVEFURV9RVUVVRUQQARIWChJSVU5fU1RBVEVfU1RBUlRJTkcQAhIVChFSVU5fU1RBVEVfUlVOTklORxADEhcKE1JVTl9TVEFURV9TVUNDRUVERUQQBBIUChBSVU5fU1RBVEVfRkFJTEVEEAUSFwoTUlVOX1NUQVRFX0NBTkNFTElORxAGEhYKElJVTl9TVEFURV9DQU5DRUxFRBAHKugDCgxSdW5FdmVudFR5cGUSHgoaUlVOX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIdChlSVU5fRVZFTlRfVFlQRV9SVU5fUVVFVUVEEAESHgoaUlVOX0VWRU5UX1RZUEVfUlVOX1NUQVJURUQQAhIgChxSVU5fRVZFTlRfVFlQRV9SVU5fU1VDQ0VFREVEEAMSHQoZUlVOX0VWRU5UX1RZUEVfUlVOX0ZBSUxFRBAEEiAKHFJVTl9FVkVOVF9UWVBFX1JVTl9DQU5DRUxJTkcQBRIfChtSVU5fRVZFTlRfVFlQRV9SVU5fQ0FOQ0VMRUQQBhIfChtSVU5fRVZFTlRfVFlQRV9TVEVQX1NUQVJURUQQBxIhCh1SVU5fRVZFTlRfVFlQRV9TVEVQX1NVQ0NFRURFRBAIEh4KGlJVTl9FVkVOVF9UWVBFX1NURVBfRkFJTEVEEAkSHQoZUlVOX0VWRU5UX1RZUEVfU1RFUF9SRVRSWRAKEiAKHFJVTl9FVkVOVF9UWVBFX1NURVBfUFJPR1JFU1MQCxIZChVSVU5fRVZFTlRfVFlQRV9PVVRQVVQQDBIWChJSVU5fRVZFTlRfVFlQRV9MT0cQDRIdChlSVU5fRVZFTlRfVFlQRV9ERVBMT1lNRU5UEA5iBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CiRjb25zdGVsbGF0aW9uL2NvbW1vbi92MS9jb21tb24ucHJvdG8SF2NvbnN0ZWxsYXRpb24uY29tbW9uLnYxIlYKC0JvdW5kaW5nQm94Eg0KBW1pbl94GAEgASgBEg0KBW1pbl95GAIgASgBEg0KBW1heF94GAMgASgBEg0KBW1heF95GAQgASgBEgsKA2NycxgFIAEoCSJjCglCYW5kQXNzZXQSDAoEYmFuZBgBIAEoCRILCgN1cmkYAiABKAkSEgoKYmFuZF9pbmRleBgDIAEoBRIUCgxyZXNvbHV0aW9uX20YBCABKAESEQoJYXNzZXRfa2V5GAUgASgJIp0CCglTY2VuZUl0ZW0SCgoCaWQYASABKAkSMQoNYWNxdWlyZWRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoLY2xvdWRfY292ZXIYAyABKAFIAIgBARIyCgRiYm94GAQgASgLMiQuY29uc3RlbGxhdGlvbi5jb21tb24udjEuQm91bmRpbmdCb3gSCwoDY3JzGAUgASgJEjIKBmFzc2V0cxgGIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkJhbmRBc3NldBILCgN1cmkYByABKAkSEQoJc3RhY19ocmVmGAggASgJEhIKCmNvbGxlY3Rpb24YCSABKAlCDgoMX2Nsb3VkX2NvdmVyIswBCglNb2RlbENhcmQSEwoLZGVzY3JpcHRpb24YASABKAkSEQoJZGF0YV91c2VkGAIgASgJEhQKDGRlcGVuZGVuY2llcxgDIAMoCRJACgdtZXRyaWNzGAQgAygLMi8uY29uc3RlbGxhdGlvbi5jb21tb24udjEuTW9kZWxDYXJkLk1ldHJpY3NFbnRyeRIPCgdsaWNlbnNlGAUgASgJGi4KDE1ldHJpY3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBImoKDk1vZGVsSW5wdXRTcGVjEg0KBWJhbmRzGAEgAygJEhQKDHRpbGVfc2l6ZV9weBgCIAEoBRINCgVkdHlwZRgDIAEoCRIRCgl2YWx1ZV9taW4YBCABKAESEQoJdmFsdWVfbWF4GAUgASgBIlIKD01vZGVsT3V0cHV0U3BlYxIMCgRuYW1lGAEgASgJEg0KBWR0eXBlGAIgASgJEg0KBXNoYXBlGAMgAygDEhMKC2Rlc2NyaXB0aW9uGAQgASgJImwKDFBpcGVsaW5lU3BlYxIuCgZibG9ja3MYASADKAsyHi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5CbG9jaxIsCgVlZGdlcxgCIAMoCzIdLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkVkZ2Ui7gMKBUJsb2NrEgoKAmlkGAEgASgJEg0KBWxhYmVsGAIgASgJEjgKB2RhdGFzZXQYCiABKAsyJS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5EYXRhc2V0QmxvY2tIABIyCgR0aWxlGAsgASgLMiIuY29uc3RlbGxhdGlvbi5jb21tb24udjEuVGlsZUJsb2NrSAASNAoFbW9kZWwYDCABKAsyIy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Nb2RlbEJsb2NrSAASNgoGc3RpdGNoGA0gASgLMiQuY29uc3RlbGxhdGlvbi5jb21tb24udjEuU3RpdGNoQmxvY2tIABI8Cgl2ZWN0b3JpemUYDiABKAsyJy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5WZWN0b3JpemVCbG9ja0gAEjYKBmV4cG9ydBgPIAEoCzIkLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkV4cG9ydEJsb2NrSAASNAoFaW5kZXgYECABKAsyIy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5JbmRleEJsb2NrSAASOAoHc3VtbWFyeRgRIAEoCzIlLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlN1bW1hcnlCbG9ja0gAQggKBmNvbmZpZyJHCgxEYXRhc2V0QmxvY2sSEgoKZGF0YXNldF9pZBgBIAEoCRINCgViYW5kcxgCIAMoCRIUCgxyZXNvbHV0aW9uX20YAyABKAEidAoJVGlsZUJsb2NrEhQKDHRpbGVfc2l6ZV9weBgBIAEoBRISCgpvdmVybGFwX3B4GAIgASgFEj0KDW5vcm1hbGl6YXRpb24YAyABKA4yJi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Ob3JtYWxpemF0aW9uIksKCk1vZGVsQmxvY2sSEAoIbW9kZWxfaWQYASABKAkSEgoKYmF0Y2hfc2l6ZRgCIAEoBRIXCg9tYXhfY29uY3VycmVuY3kYAyABKAUiQAoLU3RpdGNoQmxvY2sSMQoFYmxlbmQYASABKA4yIi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5CbGVuZE1vZGUiYwoOVmVjdG9yaXplQmxvY2sSEQoJdGhyZXNob2xkGAEgASgBEhwKFHNpbXBsaWZ5X3RvbGVyYW5jZV9tGAIgASgBEhMKC21pbl9hcmVhX20yGAMgASgBEgsKA2NycxgEIAEoCSJSCgtFeHBvcnRCbG9jaxILCgN1cmkYASABKAkSNgoHZm9ybWF0cxgCIAMoDjIlLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkV4cG9ydEZvcm1hdCIxCgxTdW1tYXJ5QmxvY2sSEQoJdGhyZXNob2xkGAEgASgBEg4KBm1vc2FpYxgCIAEoCCJtCgpJbmRleEJsb2NrEjYKBnByZXNldBgBIAEoDjImLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlNwZWN0cmFsSW5kZXgSEgoKZmlyc3RfYmFuZBgCIAEoCRITCgtzZWNvbmRfYmFuZBgDIAEoCSI4CgRFZGdlEhcKD3NvdXJjZV9ibG9ja19pZBgBIAEoCRIXCg90YXJnZXRfYmxvY2tfaWQYAiABKAkiWwoPUGlwZWxpbmVQcm9ibGVtEg0KBWZpZWxkGAEgASgJEhAKCGJsb2NrX2lkGAIgASgJEhIKCmVkZ2VfaW5kZXgYAyABKAUSEwoLZGVzY3JpcHRpb24YBCABKAkiTAoJUnVuT3V0cHV0EgwKBG5hbWUYASABKAkSCwoDdXJpGAIgASgJEhIKCm1lZGlhX3R5cGUYAyABKAkSEAoIYmxvY2tfaWQYBCABKAkiNQoIUHJvZ3Jlc3MSDAoEdW5pdBgBIAEoCRIMCgRkb25lGAIgASgDEg0KBXRvdGFsGAMgASgDIv0CCghSdW5FdmVudBIQCghzZXF1ZW5jZRgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCgR0eXBlGAMgASgOMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUnVuRXZlbnRUeXBlEjAKBXN0YXRlGAQgASgOMiEuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUnVuU3RhdGUSEAoIYmxvY2tfaWQYBSABKAkSDwoHbWVzc2FnZRgGIAEoCRIzCghwcm9ncmVzcxgHIAEoCzIhLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlByb2dyZXNzEjMKB291dHB1dHMYCCADKAsyIi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5SdW5PdXRwdXQSDgoGc291cmNlGAkgASgJEhkKEWVuZ2luZV9ldmVudF90eXBlGAogASgJEhYKDnF1ZXVlX3Bvc2l0aW9uGAsgASgFKpgBCglNb2RlbFRhc2sSGgoWTU9ERUxfVEFTS19VTlNQRUNJRklFRBAAEh0KGU1PREVMX1RBU0tfQ0xBU1NJRklDQVRJT04QARIbChdNT0RFTF9UQVNLX1NFR01FTlRBVElPThACEhgKFE1PREVMX1RBU0tfREVURUNUSU9OEAMSGQoVTU9ERUxfVEFTS19SRUdSRVNTSU9OEAQqmwEKDU5vcm1hbGl6YXRpb24SHQoZTk9STUFMSVpBVElPTl9VTlNQRUNJRklFRBAAEhYKEk5PUk1BTElaQVRJT05fTk9ORRABEhkKFU5PUk1BTElaQVRJT05fTUlOX01BWBACEhkKFU5PUk1BTElaQVRJT05fWl9TQ09SRRADEh0KGU5PUk1BTElaQVRJT05fUkVGTEVDVEFOQ0UQBCpTCglCbGVuZE1vZGUSGgoWQkxFTkRfTU9ERV9VTlNQRUNJRklFRBAAEhMKD0JMRU5EX01PREVfTUVBThABEhUKEUJMRU5EX01PREVfQ0VOVEVSEAIqrQEKDEV4cG9ydEZvcm1hdBIdChlFWFBPUlRfRk9STUFUX1VOU1BFQ0lGSUVEEAASFQoRRVhQT1JUX0ZPUk1BVF9DT0cQARIZChVFWFBPUlRfRk9STUFUX0dFT0pTT04QAhIdChlFWFBPUlRfRk9STUFUX1BOR19QUkVWSUVXEAMSFQoRRVhQT1JUX0ZPUk1BVF9DU1YQBBIWChJFWFBPUlRfRk9STUFUX0pTT04QBSqTAQoNU3BlY3RyYWxJbmRleBIeChpTUEVDVFJBTF9JTkRFWF9VTlNQRUNJRklFRBAAEhcKE1NQRUNUUkFMX0lOREVYX05EV0kQARIXChNTUEVDVFJBTF9JTkRFWF9ORFZJEAISGAoUU1BFQ1RSQUxfSU5ERVhfTU5EV0kQAxIWChJTUEVDVFJBTF9JTkRFWF9OQlIQBCrKAQoIUnVuU3RhdGUSGQoVUlVOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQUlVOX1NUQVRFX1FVRVVFRBABEhYKElJVTl9TVEFURV9TVEFSVElORxACEhUKEVJVTl9TVEFURV9SVU5OSU5HEAMSFwoTUlVOX1NUQVRFX1NVQ0NFRURFRBAEEhQKEFJVTl9TVEFURV9GQUlMRUQQBRIXChNSVU5fU1RBVEVfQ0FOQ0VMSU5HEAYSFgoSUlVOX1NUQVRFX0NBTkNFTEVEEAcq6AMKDFJ1bkV2ZW50VHlwZRIeChpSVU5fRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVJVTl9FVkVOVF9UWVBFX1JVTl9RVUVVRUQQARIeChpSVU5fRVZFTlRfVFlQRV9SVU5fU1RBUlRFRBACEiAKHFJVTl9FVkVOVF9UWVBFX1JVTl9TVUNDRUVERUQQAxIdChlSVU5fRVZFTlRfVFlQRV9SVU5fRkFJTEVEEAQSIAocUlVOX0VWRU5UX1RZUEVfUlVOX0NBTkNFTElORxAFEh8KG1JVTl9FVkVOVF9UWVBFX1JVTl9DQU5DRUxFRBAGEh8KG1JVTl9FVkVOVF9UWVBFX1NURVBfU1RBUlRFRBAHEiEKHVJVTl9FVkVOVF9UWVBFX1NURVBfU1VDQ0VFREVEEAgSHgoaUlVOX0VWRU5UX1RZUEVfU1RFUF9GQUlMRUQQCRIdChlSVU5fRVZFTlRfVFlQRV9TVEVQX1JFVFJZEAoSIAocUlVOX0VWRU5UX1RZUEVfU1RFUF9QUk9HUkVTUxALEhkKFVJVTl9FVkVOVF9UWVBFX09VVFBVVBAMEhYKElJVTl9FVkVOVF9UWVBFX0xPRxANEh0KGVJVTl9FVkVOVF9UWVBFX0RFUExPWU1FTlQQDmIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A rectangular extent. Coordinates are in the units of `crs`: for
@@ -407,6 +407,12 @@ export type Block = Message<"constellation.common.v1.Block"> & {
      */
     value: IndexBlock;
     case: "index";
+  } | {
+    /**
+     * @generated from field: constellation.common.v1.SummaryBlock summary = 17;
+     */
+    value: SummaryBlock;
+    case: "summary";
   } | { case: undefined; value?: undefined };
 };
 
@@ -436,6 +442,15 @@ export type DatasetBlock = Message<"constellation.common.v1.DatasetBlock"> & {
    * @generated from field: repeated string bands = 2;
    */
   bands: string[];
+
+  /**
+   * For a dataset whose scenes keep one file per band (STAC items): the
+   * pixel size, in metres, the bands are brought onto. 0 takes the finest
+   * resolution among the bands read.
+   *
+   * @generated from field: double resolution_m = 3;
+   */
+  resolutionM: number;
 };
 
 /**
@@ -604,6 +619,40 @@ export const ExportBlockSchema: GenMessage<ExportBlock> = /*@__PURE__*/
   messageDesc(file_constellation_common_v1_common, 13);
 
 /**
+ * Sums up a raster over every scene of a run (a dataset of many STAC items
+ * runs the blocks before it once per item): a time series, one row per
+ * scene in acquisition order, of the area above `threshold` and the mean
+ * value, and optionally a mosaic of the scenes. Consumes rasters; its table
+ * goes to an export block of its own (CSV, JSON; COG for the mosaic).
+ *
+ * @generated from message constellation.common.v1.SummaryBlock
+ */
+export type SummaryBlock = Message<"constellation.common.v1.SummaryBlock"> & {
+  /**
+   * Pixels whose value is above it count towards `area_km2` (e.g. 0 for
+   * NDWI water, 0.5 for a model's water probability).
+   *
+   * @generated from field: double threshold = 1;
+   */
+  threshold: number;
+
+  /**
+   * Also merge the scenes' rasters into one: where scenes overlap, the
+   * latest scene with a valid pixel wins.
+   *
+   * @generated from field: bool mosaic = 2;
+   */
+  mosaic: boolean;
+};
+
+/**
+ * Describes the message constellation.common.v1.SummaryBlock.
+ * Use `create(SummaryBlockSchema)` to create a new message.
+ */
+export const SummaryBlockSchema: GenMessage<SummaryBlock> = /*@__PURE__*/
+  messageDesc(file_constellation_common_v1_common, 14);
+
+/**
  * Band math without a model: the normalized difference
  * (first - second) / (first + second) of two bands of a scene, pixel by pixel.
  * Consumes a scene, produces a raster: one float32 band in [-1, 1] on the
@@ -641,7 +690,7 @@ export type IndexBlock = Message<"constellation.common.v1.IndexBlock"> & {
  * Use `create(IndexBlockSchema)` to create a new message.
  */
 export const IndexBlockSchema: GenMessage<IndexBlock> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 14);
+  messageDesc(file_constellation_common_v1_common, 15);
 
 /**
  * Data flows from `source_block_id`'s output into `target_block_id`.
@@ -665,7 +714,7 @@ export type Edge = Message<"constellation.common.v1.Edge"> & {
  * Use `create(EdgeSchema)` to create a new message.
  */
 export const EdgeSchema: GenMessage<Edge> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 15);
+  messageDesc(file_constellation_common_v1_common, 16);
 
 /**
  * One thing wrong with a pipeline spec, attached to where it is.
@@ -707,7 +756,7 @@ export type PipelineProblem = Message<"constellation.common.v1.PipelineProblem">
  * Use `create(PipelineProblemSchema)` to create a new message.
  */
 export const PipelineProblemSchema: GenMessage<PipelineProblem> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 16);
+  messageDesc(file_constellation_common_v1_common, 17);
 
 /**
  * A file a run produced.
@@ -749,7 +798,7 @@ export type RunOutput = Message<"constellation.common.v1.RunOutput"> & {
  * Use `create(RunOutputSchema)` to create a new message.
  */
 export const RunOutputSchema: GenMessage<RunOutput> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 17);
+  messageDesc(file_constellation_common_v1_common, 18);
 
 /**
  * How far a step has got, in `unit`s.
@@ -782,7 +831,7 @@ export type Progress = Message<"constellation.common.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 18);
+  messageDesc(file_constellation_common_v1_common, 19);
 
 /**
  * One event in a run's life, as streamed by WatchRun.
@@ -866,7 +915,7 @@ export type RunEvent = Message<"constellation.common.v1.RunEvent"> & {
  * Use `create(RunEventSchema)` to create a new message.
  */
 export const RunEventSchema: GenMessage<RunEvent> = /*@__PURE__*/
-  messageDesc(file_constellation_common_v1_common, 19);
+  messageDesc(file_constellation_common_v1_common, 20);
 
 /**
  * What a model predicts.
@@ -1023,6 +1072,20 @@ export enum ExportFormat {
    * @generated from enum value: EXPORT_FORMAT_PNG_PREVIEW = 3;
    */
   PNG_PREVIEW = 3,
+
+  /**
+   * CSV table of a summary: one row per scene.
+   *
+   * @generated from enum value: EXPORT_FORMAT_CSV = 4;
+   */
+  CSV = 4,
+
+  /**
+   * JSON of a summary: one entry per scene (what the console charts).
+   *
+   * @generated from enum value: EXPORT_FORMAT_JSON = 5;
+   */
+  JSON = 5,
 }
 
 /**

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file constellation/core/v1/core.proto.
  */
 export const file_constellation_core_v1_core: GenFile = /*@__PURE__*/
-  fileDesc("CiBjb25zdGVsbGF0aW9uL2NvcmUvdjEvY29yZS5wcm90bxIVY29uc3RlbGxhdGlvbi5jb3JlLnYxIuACCgdEYXRhc2V0EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSCwoDdXJpGAQgASgJEg4KBnNlbnNvchgFIAEoCRINCgViYW5kcxgGIAMoCRIUCgxyZXNvbHV0aW9uX20YByABKAESMgoEYmJveBgIIAEoCzIkLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkJvdW5kaW5nQm94EgwKBHRhZ3MYCSADKAkSLwoLY3JlYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgMIAEoCRIxCgVpdGVtcxgNIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlNjZW5lSXRlbSJHChRDcmVhdGVEYXRhc2V0UmVxdWVzdBIvCgdkYXRhc2V0GAEgASgLMh4uY29uc3RlbGxhdGlvbi5jb3JlLnYxLkRhdGFzZXQiHwoRR2V0RGF0YXNldFJlcXVlc3QSCgoCaWQYASABKAkiTAoTTGlzdERhdGFzZXRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiYQoUTGlzdERhdGFzZXRzUmVzcG9uc2USMAoIZGF0YXNldHMYASADKAsyHi5jb25zdGVsbGF0aW9uLmNvcmUudjEuRGF0YXNldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkieAoUVXBkYXRlRGF0YXNldFJlcXVlc3QSLwoHZGF0YXNldBgBIAEoCzIeLmNvbnN0ZWxsYXRpb24uY29yZS52MS5EYXRhc2V0Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayIiChREZWxldGVEYXRhc2V0UmVxdWVzdBIKCgJpZBgBIAEoCSLhAwoFTW9kZWwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEjAKBHRhc2sYBCABKA4yIi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Nb2RlbFRhc2sSDgoGc291cmNlGAUgASgJEjAKBGNhcmQYBiABKAsyIi5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Nb2RlbENhcmQSNgoFaW5wdXQYByABKAsyJy5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Nb2RlbElucHV0U3BlYxI5CgdvdXRwdXRzGAggAygLMiguY29uc3RlbGxhdGlvbi5jb21tb24udjEuTW9kZWxPdXRwdXRTcGVjEjAKBXN0YXRlGAkgASgOMiEuY29uc3RlbGxhdGlvbi5jb3JlLnYxLk1vZGVsU3RhdGUSFQoNc3RhdGVfbWVzc2FnZRgKIAEoCRIMCgR0YWdzGAsgAygJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFb3duZXIYDiABKAkiQwoUUmVnaXN0ZXJNb2RlbFJlcXVlc3QSKwoFbW9kZWwYASABKAsyHC5jb25zdGVsbGF0aW9uLmNvcmUudjEuTW9kZWwiHQoPR2V0TW9kZWxSZXF1ZXN0EgoKAmlkGAEgASgJIkoKEUxpc3RNb2RlbHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCSJbChJMaXN0TW9kZWxzUmVzcG9uc2USLAoGbW9kZWxzGAEgAygLMhwuY29uc3RlbGxhdGlvbi5jb3JlLnYxLk1vZGVsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIgChJEZWxldGVNb2RlbFJlcXVlc3QSCgoCaWQYASABKAki3wEKCFBpcGVsaW5lEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSMwoEc3BlYxgEIAEoCzIlLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlBpcGVsaW5lU3BlYxIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAcgASgJIkoKFUNyZWF0ZVBpcGVsaW5lUmVxdWVzdBIxCghwaXBlbGluZRgBIAEoCzIfLmNvbnN0ZWxsYXRpb24uY29yZS52MS5QaXBlbGluZSIgChJHZXRQaXBlbGluZVJlcXVlc3QSCgoCaWQYASABKAkiTQoUTGlzdFBpcGVsaW5lc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJImQKFUxpc3RQaXBlbGluZXNSZXNwb25zZRIyCglwaXBlbGluZXMYASADKAsyHy5jb25zdGVsbGF0aW9uLmNvcmUudjEuUGlwZWxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiMKFURlbGV0ZVBpcGVsaW5lUmVxdWVzdBIKCgJpZBgBIAEoCSJOChdWYWxpZGF0ZVBpcGVsaW5lUmVxdWVzdBIzCgRzcGVjGAEgASgLMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUGlwZWxpbmVTcGVjIoABChhWYWxpZGF0ZVBpcGVsaW5lUmVzcG9uc2USDQoFdmFsaWQYASABKAgSOgoIcHJvYmxlbXMYAiADKAsyKC5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5QaXBlbGluZVByb2JsZW0SGQoRdG9wb2xvZ2ljYWxfb3JkZXIYAyADKAkiwgIKA1J1bhIKCgJpZBgBIAEoCRITCgtwaXBlbGluZV9pZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1blN0YXRlEhUKDXN0YXRlX21lc3NhZ2UYBCABKAkSMwoHb3V0cHV0cxgFIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1bk91dHB1dBIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAkgASgJIikKElJ1blBpcGVsaW5lUmVxdWVzdBITCgtwaXBlbGluZV9pZBgBIAEoCSIbCg1HZXRSdW5SZXF1ZXN0EgoKAmlkGAEgASgJIkgKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiVQoQTGlzdFJ1bnNSZXNwb25zZRIoCgRydW5zGAEgAygLMhouY29uc3RlbGxhdGlvbi5jb3JlLnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoPV2F0Y2hSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoAyIeChBDYW5jZWxSdW5SZXF1ZXN0EgoKAmlkGAEgASgJKo8BCgpNb2RlbFN0YXRlEhsKF01PREVMX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWTU9ERUxfU1RBVEVfUkVHSVNURVJFRBABEhkKFU1PREVMX1NUQVRFX1BBQ0tBR0lORxACEhUKEU1PREVMX1NUQVRFX1JFQURZEAMSFgoSTU9ERUxfU1RBVEVfRkFJTEVEEAQy4g0KC0NvcmVTZXJ2aWNlElwKDUNyZWF0ZURhdGFzZXQSKy5jb25zdGVsbGF0aW9uLmNvcmUudjEuQ3JlYXRlRGF0YXNldFJlcXVlc3QaHi5jb25zdGVsbGF0aW9uLmNvcmUudjEuRGF0YXNldBJWCgpHZXREYXRhc2V0EiguY29uc3RlbGxhdGlvbi5jb3JlLnYxLkdldERhdGFzZXRSZXF1ZXN0Gh4uY29uc3RlbGxhdGlvbi5jb3JlLnYxLkRhdGFzZXQSZwoMTGlzdERhdGFzZXRzEiouY29uc3RlbGxhdGlvbi5jb3JlLnYxLkxpc3REYXRhc2V0c1JlcXVlc3QaKy5jb25zdGVsbGF0aW9uLmNvcmUudjEuTGlzdERhdGFzZXRzUmVzcG9uc2USXAoNVXBkYXRlRGF0YXNldBIrLmNvbnN0ZWxsYXRpb24uY29yZS52MS5VcGRhdGVEYXRhc2V0UmVxdWVzdBoeLmNvbnN0ZWxsYXRpb24uY29yZS52MS5EYXRhc2V0ElQKDURlbGV0ZURhdGFzZXQSKy5jb25zdGVsbGF0aW9uLmNvcmUudjEuRGVsZXRlRGF0YXNldFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSWgoNUmVnaXN0ZXJNb2RlbBIrLmNvbnN0ZWxsYXRpb24uY29yZS52MS5SZWdpc3Rlck1vZGVsUmVxdWVzdBocLmNvbnN0ZWxsYXRpb24uY29yZS52MS5Nb2RlbBJQCghHZXRNb2RlbBImLmNvbnN0ZWxsYXRpb24uY29yZS52MS5HZXRNb2RlbFJlcXVlc3QaHC5jb25zdGVsbGF0aW9uLmNvcmUudjEuTW9kZWwSYQoKTGlzdE1vZGVscxIoLmNvbnN0ZWxsYXRpb24uY29yZS52MS5MaXN0TW9kZWxzUmVxdWVzdBopLmNvbnN0ZWxsYXRpb24uY29yZS52MS5MaXN0TW9kZWxzUmVzcG9uc2USUAoLRGVsZXRlTW9kZWwSKS5jb25zdGVsbGF0aW9uLmNvcmUudjEuRGVsZXRlTW9kZWxSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5El8KDkNyZWF0ZVBpcGVsaW5lEiwuY29uc3RlbGxhdGlvbi5jb3JlLnYxLkNyZWF0ZVBpcGVsaW5lUmVxdWVzdBofLmNvbnN0ZWxsYXRpb24uY29yZS52MS5QaXBlbGluZRJZCgtHZXRQaXBlbGluZRIpLmNvbnN0ZWxsYXRpb24uY29yZS52MS5HZXRQaXBlbGluZVJlcXVlc3QaHy5jb25zdGVsbGF0aW9uLmNvcmUudjEuUGlwZWxpbmUSagoNTGlzdFBpcGVsaW5lcxIrLmNvbnN0ZWxsYXRpb24uY29yZS52MS5MaXN0UGlwZWxpbmVzUmVxdWVzdBosLmNvbnN0ZWxsYXRpb24uY29yZS52MS5MaXN0UGlwZWxpbmVzUmVzcG9uc2USVgoORGVsZXRlUGlwZWxpbmUSLC5jb25zdGVsbGF0aW9uLmNvcmUudjEuRGVsZXRlUGlwZWxpbmVSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EnMKEFZhbGlkYXRlUGlwZWxpbmUSLi5jb25zdGVsbGF0aW9uLmNvcmUudjEuVmFsaWRhdGVQaXBlbGluZVJlcXVlc3QaLy5jb25zdGVsbGF0aW9uLmNvcmUudjEuVmFsaWRhdGVQaXBlbGluZVJlc3BvbnNlElQKC1J1blBpcGVsaW5lEikuY29uc3RlbGxhdGlvbi5jb3JlLnYxLlJ1blBpcGVsaW5lUmVxdWVzdBoaLmNvbnN0ZWxsYXRpb24uY29yZS52MS5SdW4SSgoGR2V0UnVuEiQuY29uc3RlbGxhdGlvbi5jb3JlLnYxLkdldFJ1blJlcXVlc3QaGi5jb25zdGVsbGF0aW9uLmNvcmUudjEuUnVuElsKCExpc3RSdW5zEiYuY29uc3RlbGxhdGlvbi5jb3JlLnYxLkxpc3RSdW5zUmVxdWVzdBonLmNvbnN0ZWxsYXRpb24uY29yZS52MS5MaXN0UnVuc1Jlc3BvbnNlElcKCFdhdGNoUnVuEiYuY29uc3RlbGxhdGlvbi5jb3JlLnYxLldhdGNoUnVuUmVxdWVzdBohLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1bkV2ZW50MAESUAoJQ2FuY2VsUnVuEicuY29uc3RlbGxhdGlvbi5jb3JlLnYxLkNhbmNlbFJ1blJlcXVlc3QaGi5jb25zdGVsbGF0aW9uLmNvcmUudjEuUnVuYgZwcm90bzM", [file_constellation_common_v1_common, file_google_protobuf_empty, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CiBjb25zdGVsbGF0aW9uL2NvcmUvdjEvY29yZS5wcm90bxIVY29uc3RlbGxhdGlvbi5jb3JlLnYxIuACCgdEYXRhc2V0EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSCwoDdXJpGAQgASgJEg4KBnNlbnNvchgFIAEoCRINCgViYW5kcxgGIAMoCRIUCgxyZXNvbHV0aW9uX20YByABKAESMgoEYmJveBgIIAEoCzIkLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLkJvdW5kaW5nQm94EgwKBHRhZ3MYCSADKAkSLwoLY3JlYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgMIAEoCRIxCgVpdGVtcxgNIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlNjZW5lSXRlbSJHChRDcmVhdGVEYXRhc2V0UmVxdWVzdBIvCgdkYXRhc2V0GAEgASgLMh4uY29uc3RlbGxhdGlvbi5jb3JlLnYxLkRhdGFzZXQiuwEKClN0YWNTZWFyY2gSDwoHYXBpX3VybBgBIAEoCRITCgtjb2xsZWN0aW9ucxgCIAMoCRIMCgRiYm94GAMgAygBEhIKCmludGVyc2VjdHMYBCABKAkSEAoIZGF0ZXRpbWUYBSABKAkSHAoPbWF4X2Nsb3VkX2NvdmVyGAYgASgBSACIAQESDgoGZmlsdGVyGAcgASgJEhEKCW1heF9pdGVtcxgIIAEoBUISChBfbWF4X2Nsb3VkX2NvdmVyIp8CChlJbXBvcnRTdGFjRGF0YXNldHNSZXF1ZXN0EhIKCGl0ZW1fdXJpGAEgASgJSAASEwoJaXRlbV9qc29uGAIgASgJSAASFQoLY2F0YWxvZ191cmkYAyABKAlIABIzCgZzZWFyY2gYBCABKAsyIS5jb25zdGVsbGF0aW9uLmNvcmUudjEuU3RhY1NlYXJjaEgAEjMKBG1vZGUYBSABKA4yJS5jb25zdGVsbGF0aW9uLmNvcmUudjEuU3RhY0ltcG9ydE1vZGUSDAoEbmFtZRgGIAEoCRITCgtkZXNjcmlwdGlvbhgHIAEoCRIMCgR0YWdzGAggAygJEg0KBWJhbmRzGAkgAygJEg4KBnNlbnNvchgKIAEoCUIICgZzb3VyY2UiTgoaSW1wb3J0U3RhY0RhdGFzZXRzUmVzcG9uc2USMAoIZGF0YXNldHMYASADKAsyHi5jb25zdGVsbGF0aW9uLmNvcmUudjEuRGF0YXNldCIfChFHZXREYXRhc2V0UmVxdWVzdBIKCgJpZBgBIAEoCSJMChNMaXN0RGF0YXNldHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCSJhChRMaXN0RGF0YXNldHNSZXNwb25zZRIwCghkYXRhc2V0cxgBIAMoCzIeLmNvbnN0ZWxsYXRpb24uY29yZS52MS5EYXRhc2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ4ChRVcGRhdGVEYXRhc2V0UmVxdWVzdBIvCgdkYXRhc2V0GAEgASgLMh4uY29uc3RlbGxhdGlvbi5jb3JlLnYxLkRhdGFzZXQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIiIKFERlbGV0ZURhdGFzZXRSZXF1ZXN0EgoKAmlkGAEgASgJIuEDCgVNb2RlbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSMAoEdGFzaxgEIAEoDjIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk1vZGVsVGFzaxIOCgZzb3VyY2UYBSABKAkSMAoEY2FyZBgGIAEoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk1vZGVsQ2FyZBI2CgVpbnB1dBgHIAEoCzInLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLk1vZGVsSW5wdXRTcGVjEjkKB291dHB1dHMYCCADKAsyKC5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5Nb2RlbE91dHB1dFNwZWMSMAoFc3RhdGUYCSABKA4yIS5jb25zdGVsbGF0aW9uLmNvcmUudjEuTW9kZWxTdGF0ZRIVCg1zdGF0ZV9tZXNzYWdlGAogASgJEgwKBHRhZ3MYCyADKAkSLwoLY3JlYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgOIAEoCSJDChRSZWdpc3Rlck1vZGVsUmVxdWVzdBIrCgVtb2RlbBgBIAEoCzIcLmNvbnN0ZWxsYXRpb24uY29yZS52MS5Nb2RlbCIdCg9HZXRNb2RlbFJlcXVlc3QSCgoCaWQYASABKAkiSgoRTGlzdE1vZGVsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIlsKEkxpc3RNb2RlbHNSZXNwb25zZRIsCgZtb2RlbHMYASADKAsyHC5jb25zdGVsbGF0aW9uLmNvcmUudjEuTW9kZWwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi8KGkltcG9ydE1vZGVsRnJvbVN0YWNSZXF1ZXN0EhEKCWl0ZW1fanNvbhgBIAEoCSIgChJEZWxldGVNb2RlbFJlcXVlc3QSCgoCaWQYASABKAki3wEKCFBpcGVsaW5lEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSMwoEc3BlYxgEIAEoCzIlLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlBpcGVsaW5lU3BlYxIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAcgASgJIkoKFUNyZWF0ZVBpcGVsaW5lUmVxdWVzdBIxCghwaXBlbGluZRgBIAEoCzIfLmNvbnN0ZWxsYXRpb24uY29yZS52MS5QaXBlbGluZSIgChJHZXRQaXBlbGluZVJlcXVlc3QSCgoCaWQYASABKAkiTQoUTGlzdFBpcGVsaW5lc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJImQKFUxpc3RQaXBlbGluZXNSZXNwb25zZRIyCglwaXBlbGluZXMYASADKAsyHy5jb25zdGVsbGF0aW9uLmNvcmUudjEuUGlwZWxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiMKFURlbGV0ZVBpcGVsaW5lUmVxdWVzdBIKCgJpZBgBIAEoCSJOChdWYWxpZGF0ZVBpcGVsaW5lUmVxdWVzdBIzCgRzcGVjGAEgASgLMiUuY29uc3RlbGxhdGlvbi5jb21tb24udjEuUGlwZWxpbmVTcGVjIoABChhWYWxpZGF0ZVBpcGVsaW5lUmVzcG9uc2USDQoFdmFsaWQYASABKAgSOgoIcHJvYmxlbXMYAiADKAsyKC5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5QaXBlbGluZVByb2JsZW0SGQoRdG9wb2xvZ2ljYWxfb3JkZXIYAyADKAkiwgIKA1J1bhIKCgJpZBgBIAEoCRITCgtwaXBlbGluZV9pZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1blN0YXRlEhUKDXN0YXRlX21lc3NhZ2UYBCABKAkSMwoHb3V0cHV0cxgFIAMoCzIiLmNvbnN0ZWxsYXRpb24uY29tbW9uLnYxLlJ1bk91dHB1dBIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAkgASgJIikKElJ1blBpcGVsaW5lUmVxdWVzdBITCgtwaXBlbGluZV9pZBgBIAEoCSIbCg1HZXRSdW5SZXF1ZXN0EgoKAmlkGAEgASgJIkgKD0xpc3RSdW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiVQoQTGlzdFJ1bnNSZXNwb25zZRIoCgRydW5zGAEgAygLMhouY29uc3RlbGxhdGlvbi5jb3JlLnYxLlJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOQoPV2F0Y2hSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoAyIeChBDYW5jZWxSdW5SZXF1ZXN0EgoKAmlkGAEgASgJKnsKDlN0YWNJbXBvcnRNb2RlEiAKHFNUQUNfSU1QT1JUX01PREVfVU5TUEVDSUZJRUQQABIlCiFTVEFDX0lNUE9SVF9NT0RFX0RBVEFTRVRfUEVSX0lURU0QARIgChxTVEFDX0lNUE9SVF9NT0RFX09ORV9EQVRBU0VUEAIqjwEKCk1vZGVsU3RhdGUSGwoXTU9ERUxfU1RBVEVfVU5TUEVDSUZJRUQQABIaChZNT0RFTF9TVEFURV9SRUdJU1RFUkVEEAESGQoVTU9ERUxfU1RBVEVfUEFDS0FHSU5HEAISFQoRTU9ERUxfU1RBVEVfUkVBRFkQAxIWChJNT0RFTF9TVEFURV9GQUlMRUQQBDLFDwoLQ29yZVNlcnZpY2USXAoNQ3JlYXRlRGF0YXNldBIrLmNvbnN0ZWxsYXRpb24uY29yZS52MS5DcmVhdGVEYXRhc2V0UmVxdWVzdBoeLmNvbnN0ZWxsYXRpb24uY29yZS52MS5EYXRhc2V0ElYKCkdldERhdGFzZXQSKC5jb25zdGVsbGF0aW9uLmNvcmUudjEuR2V0RGF0YXNldFJlcXVlc3QaHi5jb25zdGVsbGF0aW9uLmNvcmUudjEuRGF0YXNldBJnCgxMaXN0RGF0YXNldHMSKi5jb25zdGVsbGF0aW9uLmNvcmUudjEuTGlzdERhdGFzZXRzUmVxdWVzdBorLmNvbnN0ZWxsYXRpb24uY29yZS52MS5MaXN0RGF0YXNldHNSZXNwb25zZRJcCg1VcGRhdGVEYXRhc2V0EisuY29uc3RlbGxhdGlvbi5jb3JlLnYxLlVwZGF0ZURhdGFzZXRSZXF1ZXN0Gh4uY29uc3RlbGxhdGlvbi5jb3JlLnYxLkRhdGFzZXQSVAoNRGVsZXRlRGF0YXNldBIrLmNvbnN0ZWxsYXRpb24uY29yZS52MS5EZWxldGVEYXRhc2V0UmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJ5ChJJbXBvcnRTdGFjRGF0YXNldHMSMC5jb25zdGVsbGF0aW9uLmNvcmUudjEuSW1wb3J0U3RhY0RhdGFzZXRzUmVxdWVzdBoxLmNvbnN0ZWxsYXRpb24uY29yZS52MS5JbXBvcnRTdGFjRGF0YXNldHNSZXNwb25zZRJaCg1SZWdpc3Rlck1vZGVsEisuY29uc3RlbGxhdGlvbi5jb3JlLnYxLlJlZ2lzdGVyTW9kZWxSZXF1ZXN0GhwuY29uc3RlbGxhdGlvbi5jb3JlLnYxLk1vZGVsElAKCEdldE1vZGVsEiYuY29uc3RlbGxhdGlvbi5jb3JlLnYxLkdldE1vZGVsUmVxdWVzdBocLmNvbnN0ZWxsYXRpb24uY29yZS52MS5Nb2RlbBJhCgpMaXN0TW9kZWxzEiguY29uc3RlbGxhdGlvbi5jb3JlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GikuY29uc3RlbGxhdGlvbi5jb3JlLnYxLkxpc3RNb2RlbHNSZXNwb25zZRJQCgtEZWxldGVNb2RlbBIpLmNvbnN0ZWxsYXRpb24uY29yZS52MS5EZWxldGVNb2RlbFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSZgoTSW1wb3J0TW9kZWxGcm9tU3RhYxIxLmNvbnN0ZWxsYXRpb24uY29yZS52MS5JbXBvcnRNb2RlbEZyb21TdGFjUmVxdWVzdBocLmNvbnN0ZWxsYXRpb24uY29yZS52MS5Nb2RlbBJfCg5DcmVhdGVQaXBlbGluZRIsLmNvbnN0ZWxsYXRpb24uY29yZS52MS5DcmVhdGVQaXBlbGluZVJlcXVlc3QaHy5jb25zdGVsbGF0aW9uLmNvcmUudjEuUGlwZWxpbmUSWQoLR2V0UGlwZWxpbmUSKS5jb25zdGVsbGF0aW9uLmNvcmUudjEuR2V0UGlwZWxpbmVSZXF1ZXN0Gh8uY29uc3RlbGxhdGlvbi5jb3JlLnYxLlBpcGVsaW5lEmoKDUxpc3RQaXBlbGluZXMSKy5jb25zdGVsbGF0aW9uLmNvcmUudjEuTGlzdFBpcGVsaW5lc1JlcXVlc3QaLC5jb25zdGVsbGF0aW9uLmNvcmUudjEuTGlzdFBpcGVsaW5lc1Jlc3BvbnNlElYKDkRlbGV0ZVBpcGVsaW5lEiwuY29uc3RlbGxhdGlvbi5jb3JlLnYxLkRlbGV0ZVBpcGVsaW5lUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJzChBWYWxpZGF0ZVBpcGVsaW5lEi4uY29uc3RlbGxhdGlvbi5jb3JlLnYxLlZhbGlkYXRlUGlwZWxpbmVSZXF1ZXN0Gi8uY29uc3RlbGxhdGlvbi5jb3JlLnYxLlZhbGlkYXRlUGlwZWxpbmVSZXNwb25zZRJUCgtSdW5QaXBlbGluZRIpLmNvbnN0ZWxsYXRpb24uY29yZS52MS5SdW5QaXBlbGluZVJlcXVlc3QaGi5jb25zdGVsbGF0aW9uLmNvcmUudjEuUnVuEkoKBkdldFJ1bhIkLmNvbnN0ZWxsYXRpb24uY29yZS52MS5HZXRSdW5SZXF1ZXN0GhouY29uc3RlbGxhdGlvbi5jb3JlLnYxLlJ1bhJbCghMaXN0UnVucxImLmNvbnN0ZWxsYXRpb24uY29yZS52MS5MaXN0UnVuc1JlcXVlc3QaJy5jb25zdGVsbGF0aW9uLmNvcmUudjEuTGlzdFJ1bnNSZXNwb25zZRJXCghXYXRjaFJ1bhImLmNvbnN0ZWxsYXRpb24uY29yZS52MS5XYXRjaFJ1blJlcXVlc3QaIS5jb25zdGVsbGF0aW9uLmNvbW1vbi52MS5SdW5FdmVudDABElAKCUNhbmNlbFJ1bhInLmNvbnN0ZWxsYXRpb24uY29yZS52MS5DYW5jZWxSdW5SZXF1ZXN0GhouY29uc3RlbGxhdGlvbi5jb3JlLnYxLlJ1bmIGcHJvdG8z", [file_constellation_common_v1_common, file_google_protobuf_empty, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * A raster scene (GeoTIFF or COG) that pipelines can read.
@@ -141,6 +141,189 @@ export const CreateDatasetRequestSchema: GenMessage<CreateDatasetRequest> = /*@_
   messageDesc(file_constellation_core_v1_core, 1);
 
 /**
+ * A STAC API search (item-search, as pystac-client sends it).
+ *
+ * @generated from message constellation.core.v1.StacSearch
+ */
+export type StacSearch = Message<"constellation.core.v1.StacSearch"> & {
+  /**
+   * The API's root, e.g. "https://earth-search.aws.element84.com/v1"; its
+   * host must be in CONSTELLATION_STAC_API_HOSTS.
+   *
+   * @generated from field: string api_url = 1;
+   */
+  apiUrl: string;
+
+  /**
+   * Collection ids to search, e.g. ["sentinel-2-l2a"].
+   *
+   * @generated from field: repeated string collections = 2;
+   */
+  collections: string[];
+
+  /**
+   * [west, south, east, north] in EPSG:4326; empty for anywhere.
+   *
+   * @generated from field: repeated double bbox = 3;
+   */
+  bbox: number[];
+
+  /**
+   * A GeoJSON geometry as JSON text, instead of `bbox`.
+   *
+   * @generated from field: string intersects = 4;
+   */
+  intersects: string;
+
+  /**
+   * RFC 3339 instant or interval, e.g. "2024-06-01/2024-06-30" or "2024-06-01/..".
+   *
+   * @generated from field: string datetime = 5;
+   */
+  datetime: string;
+
+  /**
+   * Only items whose eo:cloud_cover is at most this, percent.
+   *
+   * @generated from field: optional double max_cloud_cover = 6;
+   */
+  maxCloudCover?: number | undefined;
+
+  /**
+   * A CQL2 filter, as CQL2 text (`eo:cloud_cover < 10`) or CQL2 JSON.
+   *
+   * @generated from field: string filter = 7;
+   */
+  filter: string;
+
+  /**
+   * At most this many items; 0 means 100, and more than 1000 is refused.
+   *
+   * @generated from field: int32 max_items = 8;
+   */
+  maxItems: number;
+};
+
+/**
+ * Describes the message constellation.core.v1.StacSearch.
+ * Use `create(StacSearchSchema)` to create a new message.
+ */
+export const StacSearchSchema: GenMessage<StacSearch> = /*@__PURE__*/
+  messageDesc(file_constellation_core_v1_core, 2);
+
+/**
+ * @generated from message constellation.core.v1.ImportStacDatasetsRequest
+ */
+export type ImportStacDatasetsRequest = Message<"constellation.core.v1.ImportStacDatasetsRequest"> & {
+  /**
+   * @generated from oneof constellation.core.v1.ImportStacDatasetsRequest.source
+   */
+  source: {
+    /**
+     * A STAC Item's JSON: "file:///..." or "s3://..." under the data roots.
+     *
+     * @generated from field: string item_uri = 1;
+     */
+    value: string;
+    case: "itemUri";
+  } | {
+    /**
+     * A STAC Item's JSON text (at most CONSTELLATION_STAC_MAX_DOCUMENT_BYTES);
+     * relative asset hrefs are refused.
+     *
+     * @generated from field: string item_json = 2;
+     */
+    value: string;
+    case: "itemJson";
+  } | {
+    /**
+     * A static STAC catalog or collection ("file:///.../collection.json" or
+     * "s3://..." under the data roots); every item under it, to `max_items`.
+     *
+     * @generated from field: string catalog_uri = 3;
+     */
+    value: string;
+    case: "catalogUri";
+  } | {
+    /**
+     * A STAC API search.
+     *
+     * @generated from field: constellation.core.v1.StacSearch search = 4;
+     */
+    value: StacSearch;
+    case: "search";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Unspecified: one dataset for a single item, else one dataset per item.
+   *
+   * @generated from field: constellation.core.v1.StacImportMode mode = 5;
+   */
+  mode: StacImportMode;
+
+  /**
+   * The dataset's name (ONE_DATASET, or a single item), or the prefix of each
+   * dataset's name (DATASET_PER_ITEM); default: the item id, or the
+   * collection id for ONE_DATASET.
+   *
+   * @generated from field: string name = 6;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string description = 7;
+   */
+  description: string;
+
+  /**
+   * @generated from field: repeated string tags = 8;
+   */
+  tags: string[];
+
+  /**
+   * Keep only these bands (any name or alias, see docs/stac.md); empty: every
+   * asset band with an eo:common_name.
+   *
+   * @generated from field: repeated string bands = 9;
+   */
+  bands: string[];
+
+  /**
+   * Instrument for the datasets, e.g. "landsat-7"; default: the items'
+   * `platform` or `constellation`.
+   *
+   * @generated from field: string sensor = 10;
+   */
+  sensor: string;
+};
+
+/**
+ * Describes the message constellation.core.v1.ImportStacDatasetsRequest.
+ * Use `create(ImportStacDatasetsRequestSchema)` to create a new message.
+ */
+export const ImportStacDatasetsRequestSchema: GenMessage<ImportStacDatasetsRequest> = /*@__PURE__*/
+  messageDesc(file_constellation_core_v1_core, 3);
+
+/**
+ * @generated from message constellation.core.v1.ImportStacDatasetsResponse
+ */
+export type ImportStacDatasetsResponse = Message<"constellation.core.v1.ImportStacDatasetsResponse"> & {
+  /**
+   * The datasets created, in item order.
+   *
+   * @generated from field: repeated constellation.core.v1.Dataset datasets = 1;
+   */
+  datasets: Dataset[];
+};
+
+/**
+ * Describes the message constellation.core.v1.ImportStacDatasetsResponse.
+ * Use `create(ImportStacDatasetsResponseSchema)` to create a new message.
+ */
+export const ImportStacDatasetsResponseSchema: GenMessage<ImportStacDatasetsResponse> = /*@__PURE__*/
+  messageDesc(file_constellation_core_v1_core, 4);
+
+/**
  * @generated from message constellation.core.v1.GetDatasetRequest
  */
 export type GetDatasetRequest = Message<"constellation.core.v1.GetDatasetRequest"> & {
@@ -155,7 +338,7 @@ export type GetDatasetRequest = Message<"constellation.core.v1.GetDatasetRequest
  * Use `create(GetDatasetRequestSchema)` to create a new message.
  */
 export const GetDatasetRequestSchema: GenMessage<GetDatasetRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 2);
+  messageDesc(file_constellation_core_v1_core, 5);
 
 /**
  * @generated from message constellation.core.v1.ListDatasetsRequest
@@ -190,7 +373,7 @@ export type ListDatasetsRequest = Message<"constellation.core.v1.ListDatasetsReq
  * Use `create(ListDatasetsRequestSchema)` to create a new message.
  */
 export const ListDatasetsRequestSchema: GenMessage<ListDatasetsRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 3);
+  messageDesc(file_constellation_core_v1_core, 6);
 
 /**
  * @generated from message constellation.core.v1.ListDatasetsResponse
@@ -214,7 +397,7 @@ export type ListDatasetsResponse = Message<"constellation.core.v1.ListDatasetsRe
  * Use `create(ListDatasetsResponseSchema)` to create a new message.
  */
 export const ListDatasetsResponseSchema: GenMessage<ListDatasetsResponse> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 4);
+  messageDesc(file_constellation_core_v1_core, 7);
 
 /**
  * @generated from message constellation.core.v1.UpdateDatasetRequest
@@ -241,7 +424,7 @@ export type UpdateDatasetRequest = Message<"constellation.core.v1.UpdateDatasetR
  * Use `create(UpdateDatasetRequestSchema)` to create a new message.
  */
 export const UpdateDatasetRequestSchema: GenMessage<UpdateDatasetRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 5);
+  messageDesc(file_constellation_core_v1_core, 8);
 
 /**
  * @generated from message constellation.core.v1.DeleteDatasetRequest
@@ -258,7 +441,7 @@ export type DeleteDatasetRequest = Message<"constellation.core.v1.DeleteDatasetR
  * Use `create(DeleteDatasetRequestSchema)` to create a new message.
  */
 export const DeleteDatasetRequestSchema: GenMessage<DeleteDatasetRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 6);
+  messageDesc(file_constellation_core_v1_core, 9);
 
 /**
  * A model in the catalog.
@@ -362,7 +545,7 @@ export type Model = Message<"constellation.core.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 7);
+  messageDesc(file_constellation_core_v1_core, 10);
 
 /**
  * @generated from message constellation.core.v1.RegisterModelRequest
@@ -381,7 +564,7 @@ export type RegisterModelRequest = Message<"constellation.core.v1.RegisterModelR
  * Use `create(RegisterModelRequestSchema)` to create a new message.
  */
 export const RegisterModelRequestSchema: GenMessage<RegisterModelRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 8);
+  messageDesc(file_constellation_core_v1_core, 11);
 
 /**
  * @generated from message constellation.core.v1.GetModelRequest
@@ -398,7 +581,7 @@ export type GetModelRequest = Message<"constellation.core.v1.GetModelRequest"> &
  * Use `create(GetModelRequestSchema)` to create a new message.
  */
 export const GetModelRequestSchema: GenMessage<GetModelRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 9);
+  messageDesc(file_constellation_core_v1_core, 12);
 
 /**
  * @generated from message constellation.core.v1.ListModelsRequest
@@ -431,7 +614,7 @@ export type ListModelsRequest = Message<"constellation.core.v1.ListModelsRequest
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 10);
+  messageDesc(file_constellation_core_v1_core, 13);
 
 /**
  * @generated from message constellation.core.v1.ListModelsResponse
@@ -453,7 +636,28 @@ export type ListModelsResponse = Message<"constellation.core.v1.ListModelsRespon
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 11);
+  messageDesc(file_constellation_core_v1_core, 14);
+
+/**
+ * @generated from message constellation.core.v1.ImportModelFromStacRequest
+ */
+export type ImportModelFromStacRequest = Message<"constellation.core.v1.ImportModelFromStacRequest"> & {
+  /**
+   * The STAC Item as JSON text (at most 16 KiB): mlm:name, mlm:tasks, one
+   * mlm:input, mlm:output, an asset with role "mlm:model" whose href is the
+   * model's source (a model folder, git URL or hf:// URI).
+   *
+   * @generated from field: string item_json = 1;
+   */
+  itemJson: string;
+};
+
+/**
+ * Describes the message constellation.core.v1.ImportModelFromStacRequest.
+ * Use `create(ImportModelFromStacRequestSchema)` to create a new message.
+ */
+export const ImportModelFromStacRequestSchema: GenMessage<ImportModelFromStacRequest> = /*@__PURE__*/
+  messageDesc(file_constellation_core_v1_core, 15);
 
 /**
  * @generated from message constellation.core.v1.DeleteModelRequest
@@ -470,7 +674,7 @@ export type DeleteModelRequest = Message<"constellation.core.v1.DeleteModelReque
  * Use `create(DeleteModelRequestSchema)` to create a new message.
  */
 export const DeleteModelRequestSchema: GenMessage<DeleteModelRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 12);
+  messageDesc(file_constellation_core_v1_core, 16);
 
 /**
  * A named, stored pipeline spec.
@@ -530,7 +734,7 @@ export type Pipeline = Message<"constellation.core.v1.Pipeline"> & {
  * Use `create(PipelineSchema)` to create a new message.
  */
 export const PipelineSchema: GenMessage<Pipeline> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 13);
+  messageDesc(file_constellation_core_v1_core, 17);
 
 /**
  * @generated from message constellation.core.v1.CreatePipelineRequest
@@ -547,7 +751,7 @@ export type CreatePipelineRequest = Message<"constellation.core.v1.CreatePipelin
  * Use `create(CreatePipelineRequestSchema)` to create a new message.
  */
 export const CreatePipelineRequestSchema: GenMessage<CreatePipelineRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 14);
+  messageDesc(file_constellation_core_v1_core, 18);
 
 /**
  * @generated from message constellation.core.v1.GetPipelineRequest
@@ -564,7 +768,7 @@ export type GetPipelineRequest = Message<"constellation.core.v1.GetPipelineReque
  * Use `create(GetPipelineRequestSchema)` to create a new message.
  */
 export const GetPipelineRequestSchema: GenMessage<GetPipelineRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 15);
+  messageDesc(file_constellation_core_v1_core, 19);
 
 /**
  * @generated from message constellation.core.v1.ListPipelinesRequest
@@ -594,7 +798,7 @@ export type ListPipelinesRequest = Message<"constellation.core.v1.ListPipelinesR
  * Use `create(ListPipelinesRequestSchema)` to create a new message.
  */
 export const ListPipelinesRequestSchema: GenMessage<ListPipelinesRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 16);
+  messageDesc(file_constellation_core_v1_core, 20);
 
 /**
  * @generated from message constellation.core.v1.ListPipelinesResponse
@@ -616,7 +820,7 @@ export type ListPipelinesResponse = Message<"constellation.core.v1.ListPipelines
  * Use `create(ListPipelinesResponseSchema)` to create a new message.
  */
 export const ListPipelinesResponseSchema: GenMessage<ListPipelinesResponse> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 17);
+  messageDesc(file_constellation_core_v1_core, 21);
 
 /**
  * @generated from message constellation.core.v1.DeletePipelineRequest
@@ -633,7 +837,7 @@ export type DeletePipelineRequest = Message<"constellation.core.v1.DeletePipelin
  * Use `create(DeletePipelineRequestSchema)` to create a new message.
  */
 export const DeletePipelineRequestSchema: GenMessage<DeletePipelineRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 18);
+  messageDesc(file_constellation_core_v1_core, 22);
 
 /**
  * @generated from message constellation.core.v1.ValidatePipelineRequest
@@ -650,7 +854,7 @@ export type ValidatePipelineRequest = Message<"constellation.core.v1.ValidatePip
  * Use `create(ValidatePipelineRequestSchema)` to create a new message.
  */
 export const ValidatePipelineRequestSchema: GenMessage<ValidatePipelineRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 19);
+  messageDesc(file_constellation_core_v1_core, 23);
 
 /**
  * @generated from message constellation.core.v1.ValidatePipelineResponse
@@ -681,7 +885,7 @@ export type ValidatePipelineResponse = Message<"constellation.core.v1.ValidatePi
  * Use `create(ValidatePipelineResponseSchema)` to create a new message.
  */
 export const ValidatePipelineResponseSchema: GenMessage<ValidatePipelineResponse> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 20);
+  messageDesc(file_constellation_core_v1_core, 24);
 
 /**
  * One execution of a pipeline.
@@ -758,7 +962,7 @@ export type Run = Message<"constellation.core.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 21);
+  messageDesc(file_constellation_core_v1_core, 25);
 
 /**
  * @generated from message constellation.core.v1.RunPipelineRequest
@@ -775,7 +979,7 @@ export type RunPipelineRequest = Message<"constellation.core.v1.RunPipelineReque
  * Use `create(RunPipelineRequestSchema)` to create a new message.
  */
 export const RunPipelineRequestSchema: GenMessage<RunPipelineRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 22);
+  messageDesc(file_constellation_core_v1_core, 26);
 
 /**
  * @generated from message constellation.core.v1.GetRunRequest
@@ -792,7 +996,7 @@ export type GetRunRequest = Message<"constellation.core.v1.GetRunRequest"> & {
  * Use `create(GetRunRequestSchema)` to create a new message.
  */
 export const GetRunRequestSchema: GenMessage<GetRunRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 23);
+  messageDesc(file_constellation_core_v1_core, 27);
 
 /**
  * @generated from message constellation.core.v1.ListRunsRequest
@@ -822,7 +1026,7 @@ export type ListRunsRequest = Message<"constellation.core.v1.ListRunsRequest"> &
  * Use `create(ListRunsRequestSchema)` to create a new message.
  */
 export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 24);
+  messageDesc(file_constellation_core_v1_core, 28);
 
 /**
  * @generated from message constellation.core.v1.ListRunsResponse
@@ -844,7 +1048,7 @@ export type ListRunsResponse = Message<"constellation.core.v1.ListRunsResponse">
  * Use `create(ListRunsResponseSchema)` to create a new message.
  */
 export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 25);
+  messageDesc(file_constellation_core_v1_core, 29);
 
 /**
  * @generated from message constellation.core.v1.WatchRunRequest
@@ -868,7 +1072,7 @@ export type WatchRunRequest = Message<"constellation.core.v1.WatchRunRequest"> &
  * Use `create(WatchRunRequestSchema)` to create a new message.
  */
 export const WatchRunRequestSchema: GenMessage<WatchRunRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 26);
+  messageDesc(file_constellation_core_v1_core, 30);
 
 /**
  * @generated from message constellation.core.v1.CancelRunRequest
@@ -885,7 +1089,39 @@ export type CancelRunRequest = Message<"constellation.core.v1.CancelRunRequest">
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_constellation_core_v1_core, 27);
+  messageDesc(file_constellation_core_v1_core, 31);
+
+/**
+ * How items become datasets.
+ *
+ * @generated from enum constellation.core.v1.StacImportMode
+ */
+export enum StacImportMode {
+  /**
+   * @generated from enum value: STAC_IMPORT_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * One dataset per item, named "<name>-<item id>" (or the item id).
+   *
+   * @generated from enum value: STAC_IMPORT_MODE_DATASET_PER_ITEM = 1;
+   */
+  DATASET_PER_ITEM = 1,
+
+  /**
+   * One dataset holding every item: a time series or a mosaic of tiles.
+   *
+   * @generated from enum value: STAC_IMPORT_MODE_ONE_DATASET = 2;
+   */
+  ONE_DATASET = 2,
+}
+
+/**
+ * Describes the enum constellation.core.v1.StacImportMode.
+ */
+export const StacImportModeSchema: GenEnum<StacImportMode> = /*@__PURE__*/
+  enumDesc(file_constellation_core_v1_core, 0);
 
 /**
  * Where a model is in its life in the catalog.
@@ -931,7 +1167,7 @@ export enum ModelState {
  * Describes the enum constellation.core.v1.ModelState.
  */
 export const ModelStateSchema: GenEnum<ModelState> = /*@__PURE__*/
-  enumDesc(file_constellation_core_v1_core, 0);
+  enumDesc(file_constellation_core_v1_core, 1);
 
 /**
  * The catalog (datasets, models, pipelines) and the runs that tie the mesh's
@@ -986,6 +1222,18 @@ export const CoreService: GenService<{
     output: typeof EmptySchema;
   },
   /**
+   * Registers datasets from STAC: one Item, a static catalog or collection,
+   * or a STAC API search. Bands, resolution, footprint, CRS, time and cloud
+   * cover come from the items' metadata, never from the request.
+   *
+   * @generated from rpc constellation.core.v1.CoreService.ImportStacDatasets
+   */
+  importStacDatasets: {
+    methodKind: "unary";
+    input: typeof ImportStacDatasetsRequestSchema;
+    output: typeof ImportStacDatasetsResponseSchema;
+  },
+  /**
    * Adds a model to the catalog. Packaging and deployment are hosting's.
    *
    * @generated from rpc constellation.core.v1.CoreService.RegisterModel
@@ -1018,6 +1266,18 @@ export const CoreService: GenService<{
     methodKind: "unary";
     input: typeof DeleteModelRequestSchema;
     output: typeof EmptySchema;
+  },
+  /**
+   * Registers a model from a STAC Item with the Machine Learning Model (MLM)
+   * extension, as `constellation models export-stac` writes one. A field
+   * the catalog's model spec cannot hold is INVALID_ARGUMENT naming it.
+   *
+   * @generated from rpc constellation.core.v1.CoreService.ImportModelFromStac
+   */
+  importModelFromStac: {
+    methodKind: "unary";
+    input: typeof ImportModelFromStacRequestSchema;
+    output: typeof ModelSchema;
   },
   /**
    * Stores a pipeline; its spec must pass ValidatePipeline.
