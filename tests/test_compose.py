@@ -206,8 +206,9 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path):
     )
     fetched = stack.cli("runs", "outputs", run_id, "--dest", str(tmp_path / "out"), "--json")
     assert fetched.returncode == 0, fetched.stdout[-3000:] + fetched.stderr[-3000:]
-    files = sorted((tmp_path / "out").iterdir())
-    check_outputs(summary_of(files))
+    rows = json.loads(fetched.stdout)
+    files = sorted((tmp_path / "out").rglob("*"))
+    check_outputs(summary_of(rows))
     with stack.client() as client:
         check_stream(client, run_id, "docker", MODEL)
         before = snapshot(client, run_id)
@@ -234,17 +235,21 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path):
     again = tmp_path / "again"
     fetched = stack.cli("runs", "outputs", run_id, "--dest", str(again))
     assert fetched.returncode == 0, fetched.stdout[-3000:] + fetched.stderr[-3000:]
-    assert {p.name: p.read_bytes() for p in again.iterdir()} == {p.name: p.read_bytes() for p in files}
+    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == {
+        p.relative_to(tmp_path / "out"): p.read_bytes() for p in files if p.is_file()
+    }
 
 
-def summary_of(files: list[Path]) -> dict:
-    """check_outputs' view of the fetched files (the demo's summary: outputs, the model, water pixels)."""
+def summary_of(rows: list[dict]) -> dict:
+    """check_outputs' view of the files `runs outputs --dest --json` fetched (the demo's summary: outputs, the
+    model, water pixels)."""
     import rasterio
 
-    [mask] = [f for f in files if f.suffix == ".tif"]
+    [mask] = [r["path"] for r in rows if r["media_type"].startswith("image/tiff")]
     with rasterio.open(mask) as data:
         water = int((data.read(1) > 0.5).sum())
-    return {"outputs": [{"uri": f"file://{f}"} for f in files], "models": [MODEL], "water_pixels": water}
+    outputs = [{"uri": f"file://{r['path']}", "media_type": r["media_type"]} for r in rows]
+    return {"outputs": outputs, "models": [MODEL], "water_pixels": water}
 
 
 def snapshot(client: Client, run_id: str) -> dict:
