@@ -29,6 +29,7 @@ from constellation_sdk import Client, catalog
 from tests.conftest import MEASURED_FIGURES
 from tests.hosting_support import require_docker
 from tests.pg import free_port
+from tests import test_main_job
 from tests.test_main_job import SCENE, check_outputs, check_stream
 
 pytestmark = pytest.mark.slow
@@ -191,7 +192,20 @@ def register_and_plan(client: Client, s3: str) -> core_pb2.Pipeline:
     return catalog.ensure_pipeline(client.core, "olinda-water-compose", answer.spec, description="compose test")
 
 
-def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path):
+def check_stac_in_s3(summary: dict, cog: Path) -> None:
+    """check_outputs' STAC part for outputs in the S3 store: the run's item is valid STAC and its assets are the
+    run's data outputs as the store names them (s3://), not the local copies."""
+    from tests.stac_schemas import assert_valid
+
+    stac = {o["name"]: Path(o["uri"].removeprefix("file://")) for o in summary["outputs"] if "stac" in o["media_type"]}
+    item = json.loads(stac["item_stac"].read_text())
+    assert_valid(item)
+    data = {o["s3"] for o in summary["outputs"] if "stac" not in o["media_type"]}
+    assert {a["href"] for a in item["assets"].values()} == data
+    assert item["properties"]["constellation:run_id"] == summary["run_id"]
+
+
+def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path, monkeypatch):
     started = time.monotonic()
     with stack.client() as client:
         pipeline = register_and_plan(client, stack.s3)
@@ -208,7 +222,8 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path):
     assert fetched.returncode == 0, fetched.stdout[-3000:] + fetched.stderr[-3000:]
     rows = json.loads(fetched.stdout)
     files = sorted((tmp_path / "out").rglob("*"))
-    check_outputs(summary_of(rows))
+    monkeypatch.setattr(test_main_job, "check_stac", check_stac_in_s3)
+    check_outputs({**summary_of(rows), "run_id": run_id})
     with stack.client() as client:
         check_stream(client, run_id, "docker", MODEL)
         before = snapshot(client, run_id)
@@ -248,7 +263,9 @@ def summary_of(rows: list[dict]) -> dict:
     [mask] = [r["path"] for r in rows if r["media_type"].startswith("image/tiff")]
     with rasterio.open(mask) as data:
         water = int((data.read(1) > 0.5).sum())
-    outputs = [{"uri": f"file://{r['path']}", "media_type": r["media_type"]} for r in rows]
+    outputs = [
+        {"name": r["name"], "uri": f"file://{r['path']}", "s3": r["uri"], "media_type": r["media_type"]} for r in rows
+    ]
     return {"outputs": outputs, "models": [MODEL], "water_pixels": water}
 
 
