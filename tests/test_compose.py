@@ -26,10 +26,10 @@ from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
 from constellation_sdk import Client, catalog
+from tests import test_main_job
 from tests.conftest import MEASURED_FIGURES
 from tests.hosting_support import require_docker
 from tests.pg import free_port
-from tests import test_main_job
 from tests.test_main_job import SCENE, check_outputs, check_stream
 
 pytestmark = pytest.mark.slow
