@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 UV ?= uv
 
-.PHONY: setup web console demo up down status test lint format gen check-gen lock bench dagster-ui clean
+.PHONY: setup web console demo up down status test lint format gen check-gen lock bench dagster-ui clean compose-images compose-up compose-down
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,3 +95,14 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache web/dist test-artifacts
+
+## compose-images: what compose's image builds need from the host: the base images, the runtime wheelhouse, web/dist
+compose-images: $(VENV)/.installed node_modules/.installed
+	scripts/compose_prepare.sh
+
+## compose-up / compose-down: the whole mesh under docker-compose (compose.yaml); down keeps the volumes
+compose-up: compose-images
+	DOCKER_GID=$$(stat -c %g /var/run/docker.sock) docker-compose up -d --build
+
+compose-down:
+	docker-compose down

@@ -81,10 +81,17 @@ def up(timeout_s: float, tls: bool, replicas: int) -> None:
 
 
 @main.command("login-link")
-def login_link() -> None:
+@click.option(
+    "--console",
+    "console",
+    default="",
+    help="The console's URL, for a mesh `up` did not start (compose: "
+    "`docker-compose exec -T gateway constellation login-link --console https://127.0.0.1:8080/`).",
+)
+def login_link(console: str) -> None:
     """Print a fresh one-time link that logs a browser into the local mesh's console."""
     try:
-        click.echo(mesh_process.login_link())
+        click.echo(mesh_process.login_link(console=console))
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
 

@@ -250,14 +250,20 @@ def console_url(state: dict) -> str:
     return f"{'https' if tls_dir_of(state) else 'http'}://{state['processes']['gateway']['address']}/"
 
 
-def login_link(env: dict[str, str] | None = None) -> str:
-    """A fresh one-time link that logs a browser into the local mesh's console (`?login=<token>`)."""
+def login_link(env: dict[str, str] | None = None, console: str = "") -> str:
+    """A fresh one-time link that logs a browser into the local mesh's console (`?login=<token>`). `console`: the
+    console's URL when `up` did not start the mesh (compose's gateway container: its home holds the tokens)."""
     env = dict(os.environ if env is None else env)
     paths = MeshPaths(config.home_dir(env))
-    state = read_state(paths)
-    if not state:
-        raise RuntimeError(f"no mesh runs from {paths.home}; start one with `constellation up`")
-    console = console_url(state)
+    if not console:
+        state = read_state(paths)
+        if not state:
+            raise RuntimeError(
+                f"no mesh runs from {paths.home}; start one with `constellation up` (or give --console URL)"
+            )
+        console = console_url(state)
+    elif not console.startswith(("http://", "https://")):
+        raise RuntimeError(f"--console {console!r}: give the console's URL, e.g. https://127.0.0.1:8080/")
     try:
         settings = GatewaySettings.load(env)
     except config.ConfigError as error:

@@ -1,18 +1,32 @@
-# The mesh's own image (core, hosting, orchestrator, agent, gateway share it).
-# Builds offline: the base image is made locally (no registry pulls here) and
-# Python packages come from a wheelhouse made on the host:
-#   pip download -r requirements.lock -d build/wheelhouse
-#   docker build -f docker/mesh.Dockerfile --network none -t constellation/mesh:dev .
+# The mesh's own image: core, hosting, the orchestrator (and its Dagster run containers), the agent, the
+# gateway (Envoy and the console, web/dist) and the S3 store (moto's server) share it.
+# Builds with the network off (compose.yaml: build.network none): the base image is made locally
+# (scripts/make_base_image.sh) and Python packages come from a wheelhouse made on the host from the runtime
+# part of requirements.lock (`make compose-images` does both, and `npm run build` for web/dist):
+#   python scripts/runtime_requirements.py > build/requirements.runtime.txt
+#   pip download --no-deps --only-binary=:all: ... -d build/wheelhouse -r build/requirements.runtime.txt
+# Layers are ordered so that a code change reuses the installed packages (the slow part).
 ARG BASE_IMAGE=constellation/base:bookworm
+FROM ${BASE_IMAGE} AS packages
+COPY build/requirements.runtime.txt /tmp/requirements.txt
+COPY build/wheelhouse /tmp/wheelhouse
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-index --no-cache-dir --disable-pip-version-check --find-links /tmp/wheelhouse \
+      -r /tmp/requirements.txt \
+ && /opt/venv/bin/pip check --disable-pip-version-check
+
 FROM ${BASE_IMAGE}
-RUN python3 -m venv /opt/venv
-COPY requirements.lock /app/requirements.lock
-COPY build/wheelhouse /wheelhouse
-RUN /opt/venv/bin/pip install --no-index --find-links /wheelhouse -r /app/requirements.lock \
- && /opt/venv/bin/pip install --no-index --find-links /wheelhouse setuptools
-COPY pyproject.toml /app/
+# The wheelhouse stays in the first stage: only the installed environment comes over.
+COPY --from=packages /opt/venv /opt/venv
+# /data/credentials and /data/certs are where compose mounts its keys' volumes: a new volume takes this owner and mode.
+RUN useradd --uid 10001 --create-home constellation && mkdir -p /data/credentials /data/certs /s3 \
+ && chown -R constellation /data /s3 && chmod 0700 /data/credentials /data/certs
+COPY pyproject.toml requirements.lock /app/
 COPY mesh /app/mesh
 COPY gen /app/gen
+COPY pipeline /app/pipeline
+COPY clients /app/clients
+COPY model_runtime /app/model_runtime
 COPY constellation_sdk /app/constellation_sdk
 COPY gateway /app/gateway
 COPY core_svc /app/core_svc
@@ -20,8 +34,13 @@ COPY hosting_svc /app/hosting_svc
 COPY orchestrator_svc /app/orchestrator_svc
 COPY agent_svc /app/agent_svc
 COPY envoy /app/envoy
-RUN /opt/venv/bin/pip install --no-index --no-build-isolation --no-deps /app && rm -rf /wheelhouse
-ENV PATH=/opt/venv/bin:$PATH CONSTELLATION_HOME=/data PYTHONUNBUFFERED=1
-RUN useradd --uid 10001 --create-home constellation && mkdir -p /data && chown constellation /data
+COPY docker/s3_server.py /app/docker/s3_server.py
+RUN /opt/venv/bin/pip install --no-index --no-cache-dir --disable-pip-version-check --no-build-isolation \
+      --no-deps -e /app && rm -rf /app/build
+# The example models hosting may package (CONSTELLATION_HOSTING_MODEL_ROOTS) and the built console.
+COPY examples/models /app/examples/models
+COPY web/dist /app/web/dist
+ENV PATH=/opt/venv/bin:$PATH CONSTELLATION_HOME=/data PYTHONUNBUFFERED=1 \
+    CONSTELLATION_CONSOLE_WEB_ROOT=/app/web/dist
 USER 10001
 WORKDIR /app

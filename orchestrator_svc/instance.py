@@ -4,7 +4,8 @@
 SQLite storage under DAGSTER_HOME by default, PostgreSQL (dagster-postgres)
 when a URL is configured; the run launcher is ours (a worker process per
 run, see launcher.py), or on Kubernetes dagster-k8s's running our worker in
-a Job per run (k8s_launcher.py), so a run terminated from the Dagster UI is stopped the
+a Job per run (k8s_launcher.py), or dagster-docker's running it in a
+container per run (docker_launcher.py, under compose), so a run terminated from the Dagster UI is stopped the
 same way CancelRun stops it; step stdout/stderr capture and telemetry are off.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 
+from orchestrator_svc import docker_launcher
 from orchestrator_svc.k8s_launcher import launcher_config
 from orchestrator_svc.settings import OrchestratorSettings
 
@@ -38,6 +40,12 @@ def instance_config(settings: OrchestratorSettings) -> dict:
             "module": "orchestrator_svc.k8s_launcher",
             "class": "K8sWorkerRunLauncher",
             "config": launcher_config(settings),
+        }
+    elif settings.run_launcher == "docker":
+        launcher = {
+            "module": "orchestrator_svc.docker_launcher",
+            "class": "DockerWorkerRunLauncher",
+            "config": docker_launcher.launcher_config(settings),
         }
     else:
         launcher = {

@@ -20,7 +20,7 @@ import threading
 from typing import Any
 
 import kubernetes.client
-from dagster import DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.launcher import LaunchRunContext, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s import K8sRunLauncher
@@ -33,6 +33,18 @@ log = logging.getLogger("orchestrator.k8s")
 ACTIVE = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING)
 WORKER_UID = 10001
 DAGSTER_HOME = "/opt/dagster/dagster_home"  # dagster-k8s's default, set as DAGSTER_HOME in every Job
+
+
+def settle_run(instance: DagsterInstance, run_id: str, why: str) -> None:
+    """A run whose worker (Job, container) is gone or ended must not stay active: CANCELING becomes CANCELED,
+    else FAILED."""
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.status not in ACTIVE:
+        return
+    if run.status == DagsterRunStatus.CANCELING:
+        instance.report_run_canceled(run, message=f"Run canceled: {why}.")
+    else:
+        instance.report_run_failed(run, message=f"The run did not finish: {why}.")
 
 
 def worker_args(run_id: str) -> list[str]:
@@ -116,13 +128,7 @@ class K8sWorkerRunLauncher(K8sRunLauncher):
     def settle(self, run_id: str, why: str) -> None:
         """A run whose Job is gone or failed must not stay active: CANCELING becomes CANCELED, else FAILED."""
         with self._settling:
-            run = self._instance.get_run_by_id(run_id)
-            if run is None or run.status not in ACTIVE:
-                return
-            if run.status == DagsterRunStatus.CANCELING:
-                self._instance.report_run_canceled(run, message=f"Run canceled: {why}.")
-            else:
-                self._instance.report_run_failed(run, message=f"The run did not finish: {why}.")
+            settle_run(self._instance, run_id, why)
 
     def watch_adopted(self, run_id: str, poll_s: float = 5.0) -> None:
         """Follow a run's Job after an orchestrator restart and settle the run when the Job ends without it."""

@@ -38,6 +38,7 @@ from mesh.enums import enum_name
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
 from orchestrator_svc import events, jobs, specs
+from orchestrator_svc.docker_launcher import DockerWorkerRunLauncher
 from orchestrator_svc.k8s_launcher import K8sWorkerRunLauncher
 from orchestrator_svc.launcher import ACTIVE, HOST_TAG, WorkerRunLauncher, worker_alive
 from orchestrator_svc.settings import OrchestratorSettings
@@ -188,12 +189,12 @@ class RunManager:
         self._feeds_lock = threading.Lock()
 
     @property
-    def launcher(self) -> WorkerRunLauncher | K8sWorkerRunLauncher:
+    def launcher(self) -> WorkerRunLauncher | K8sWorkerRunLauncher | DockerWorkerRunLauncher:
         launcher = self.instance.run_launcher
-        if not isinstance(launcher, (WorkerRunLauncher, K8sWorkerRunLauncher)):
+        if not isinstance(launcher, (WorkerRunLauncher, K8sWorkerRunLauncher, DockerWorkerRunLauncher)):
             raise RuntimeError(
                 f"the Dagster instance's run launcher is {type(launcher).__name__}, not one of ours "
-                "(WorkerRunLauncher, K8sWorkerRunLauncher)"
+                "(WorkerRunLauncher, K8sWorkerRunLauncher, DockerWorkerRunLauncher)"
             )
         return launcher
 
@@ -360,12 +361,13 @@ class RunManager:
         for record in records:
             run = record.dagster_run
             launcher = self.launcher
-            if isinstance(launcher, K8sWorkerRunLauncher):  # a Job per run: its status says whether it runs
+            if isinstance(launcher, (K8sWorkerRunLauncher, DockerWorkerRunLauncher)):
+                # A Job or container per run, on the cluster or engine: its status says whether it runs.
                 if launcher.job_alive(run):
                     launcher.watch_adopted(run.run_id)
                     resumed.append(run.run_id)
                 else:
-                    launcher.settle(run.run_id, "the orchestrator restarted and found its Job gone")
+                    launcher.settle(run.run_id, "the orchestrator restarted and found its Job or container gone")
                     settled.append(run.run_id)
             elif worker_alive(run):
                 launcher.watch_adopted(run.run_id)

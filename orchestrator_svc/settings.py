@@ -92,8 +92,29 @@ class OrchestratorSettings(EnvSettings):
         "CONSTELLATION_DAGSTER_RUN_LAUNCHER",
         "worker",
         "worker: each run in a worker process beside the orchestrator; k8s: each run in a Kubernetes Job "
-        "(dagster-k8s), on the cluster the orchestrator runs in",
-        pattern="^(worker|k8s)$",
+        "(dagster-k8s), on the cluster the orchestrator runs in; docker: each run in its own container on the "
+        "Docker engine (dagster-docker, as under compose)",
+        pattern="^(worker|k8s|docker)$",
+    )
+    docker_image: str = env_field(
+        "CONSTELLATION_DAGSTER_DOCKER_IMAGE", "", "image of run containers (the mesh image); required with docker"
+    )
+    docker_network: str = env_field(
+        "CONSTELLATION_DAGSTER_DOCKER_NETWORK",
+        "host",
+        "network run containers join: host (compose's host networking: models and S3 on 127.0.0.1) or a network name",
+    )
+    docker_env_raw: str = env_field(
+        "CONSTELLATION_DAGSTER_DOCKER_ENV",
+        "",
+        "more variables run containers get from the orchestrator's environment, comma separated (names only; "
+        "CONSTELLATION_*, AWS_* and DAGSTER_* always pass)",
+    )
+    docker_run_memory: str = env_field(
+        "CONSTELLATION_DAGSTER_DOCKER_RUN_MEMORY", "2g", "memory limit of a run container (512m, 2g)"
+    )
+    docker_run_cpus: float = env_field(
+        "CONSTELLATION_DAGSTER_DOCKER_RUN_CPUS", 1.0, "CPUs a run container may use", gt=0
     )
     k8s_image: str = env_field(
         "CONSTELLATION_DAGSTER_K8S_IMAGE", "", "image of run Jobs (the mesh image); required with k8s"
@@ -126,7 +147,15 @@ class OrchestratorSettings(EnvSettings):
     def _k8s_needs_image(self) -> OrchestratorSettings:
         if self.run_launcher == "k8s" and not self.k8s_image:
             raise ValueError("CONSTELLATION_DAGSTER_K8S_IMAGE must name the run Jobs' image when the launcher is k8s")
+        if self.run_launcher == "docker" and not self.docker_image:
+            raise ValueError(
+                "CONSTELLATION_DAGSTER_DOCKER_IMAGE must name the run containers' image when the launcher is docker"
+            )
         return self
+
+    @property
+    def docker_env(self) -> list[str]:
+        return comma_list(self.docker_env_raw)
 
     @property
     def k8s_env_config_maps(self) -> list[str]:
