@@ -155,7 +155,7 @@ def test_a_record_names_the_target_and_keeps_caller_text_printable_and_short():
 AUDITED = {
     "CoreService": {
         "CreateDataset", "UpdateDataset", "DeleteDataset", "ImportStacDatasets", "RegisterModel", "DeleteModel",
-        "CreatePipeline", "DeletePipeline", "RunPipeline", "CancelRun",
+        "ImportModelFromStac", "CreatePipeline", "DeletePipeline", "RunPipeline", "CancelRun",
     },
     "IdentityService": {"CreateUser", "UpdateUser", "CreateApiKey", "RevokeApiKey"},
     "AuditService": {"RecordAuditEvents"},

@@ -90,7 +90,7 @@ class BrokenServicer(CoreServicer):
 
 def test_bugs_become_internal_with_a_request_id_and_no_traceback(tmp_path, caplog):
     settings = config.load("core", service_env(tmp_path))
-    server = MeshServer(settings, [registration("core", BrokenServicer(None, None))])
+    server = MeshServer(settings, [registration("core", BrokenServicer(None, None, None))])
     server.start()
     try:
         with key_channel(f"127.0.0.1:{server.port}") as channel:

@@ -105,7 +105,10 @@ def test_a_restarted_hosting_adopts_serving_replicas_and_removes_orphans(hosting
 
     orphan = replica(str(Path(home) / "hosting"))
     neighbours = replica("/elsewhere/another-mesh/hosting")  # another mesh's hosting on the same engine
-    second = HostingUnderTest(Path(home))  # a second hosting on the same state, as after a restart
+    # The first hosting stops (its monitor and instance lease: its replicas keep serving), and a second starts on
+    # the same state, as after a restart. (While an instance is running a new one joins it without reconciling.)
+    hosting.hosting.close()
+    second = HostingUnderTest(Path(home))
     try:
         adopted = second.stub.GetModelStatus(hosting_pb2.GetModelStatusRequest(model_id=status.model_id))
         assert adopted.state == STATE.Value("DEPLOYMENT_STATE_HEALTHY")

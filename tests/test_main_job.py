@@ -439,7 +439,8 @@ def test_the_cli_does_each_step_by_hand_with_json(local_mesh, tmp_path):
     assert report["state"] == "succeeded" and len(lines) > 10  # one JSON event per line, then the report
     fetched = cli(env, "runs", "outputs", report["run_id"], "--dest", str(tmp_path / "out"), "--json")
     assert fetched.returncode == 0, fetched.stderr
-    assert {Path(r["path"]).suffix for r in json.loads(fetched.stdout)} == {".tif", ".png", ".geojson"}
+    # The raster, preview and polygons, and their STAC Items (item.json, model-<id>.json).
+    assert {Path(r["path"]).suffix for r in json.loads(fetched.stdout)} == {".tif", ".png", ".geojson", ".json"}
     assert all(Path(r["path"]).is_file() for r in json.loads(fetched.stdout))
     done = cli(env, "runs", "cancel", report["run_id"])
     assert done.returncode == 1 and "FAILED_PRECONDITION" in done.stderr and "already ended" in done.stderr

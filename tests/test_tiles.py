@@ -42,6 +42,9 @@ def door(tmp_path_factory):
         **os.environ,
         "CONSTELLATION_HOME": str(home),
         "CONSTELLATION_GATEWAY_PORT": str(port),
+        # The default roots ($CONSTELLATION_HOME/data, examples/data), not the suite's (the temp folder, which holds
+        # this checkout's test-artifacts when the checkout itself lies under /tmp).
+        "CONSTELLATION_DATA_ROOTS": "",
     }
     settings = GatewaySettings.from_env(env)
     socket_path = admin.socket_path(home)

@@ -19,7 +19,7 @@ class SlowServicer(CoreServicer):
 
 settings = config.load("core")
 logs.configure("core", "INFO")
-server = MeshServer(settings, [registration("core", SlowServicer(None, None))])
+server = MeshServer(settings, [registration("core", SlowServicer(None, None, None))])
 original_start = server.start
 
 
