@@ -6,6 +6,13 @@ orchestrator, can rebuild its job and name its blocks). Nothing about a run
 lives only in this process: GetRun and WatchRun read the instance, so they
 answer the same after a restart.
 
+Replicas: several orchestrators may share one instance (PostgreSQL). Each active run has one owner, the
+replica holding its lease (`orchestrator-run:<run id>` in mesh.leases' table, on the instance's database):
+the one that launched it, or, once an owner's lease expired (it died), the first survivor whose keeper
+thread finds the run unowned. The owner alone settles a run whose worker is gone; `takeover` decides what a
+new owner does with a run: follow its live worker (adopt) or settle it. Any replica serves GetRun, ListRuns,
+WatchRun and CancelRun for any run, from the instance alone.
+
 Following events: one `RunFeed` per watched run polls the run's event log
 (by storage id, every `poll_s`), maps each record once (events.py) and keeps
 the list; every watcher of that run reads the same list, so all see the same
@@ -37,7 +44,9 @@ from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.enums import enum_name
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
+from mesh.leases import Lease, Leases
 from orchestrator_svc import events, jobs, specs
+from orchestrator_svc.instance import lease_engine
 from orchestrator_svc.k8s_launcher import K8sWorkerRunLauncher
 from orchestrator_svc.launcher import ACTIVE, HOST_TAG, WorkerRunLauncher, worker_alive
 from orchestrator_svc.settings import OrchestratorSettings
@@ -53,6 +62,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 RECORDS_PER_QUERY = 1000
 # Dagster run ids must be UUIDs; the mesh's run ids (core's, e.g. run_01J...) map onto them one to one.
+LEASE_PREFIX = "orchestrator-run:"
 RUN_NAMESPACE = uuid.UUID("6f1c3a52-2f0e-4d0b-9a51-7c0a3e5b9d10")
 
 
@@ -85,6 +95,22 @@ def block_of_step(run: DagsterRun) -> dict[str, str]:
     steps = {v: k for k, v in specs._op_names([b.id for b in request.spec.blocks]).items()}
     items = max((len(d.items) for d in request.datasets.values()), default=0)
     return steps | {f"{op}__{n}": block for op, block in steps.items() for n in range(1, items + 1)}
+
+
+ADOPT, SETTLE, SKIP = "adopt", "settle", "skip"
+
+
+def takeover(run: DagsterRun, launcher: WorkerRunLauncher | K8sWorkerRunLauncher, here: str) -> str:
+    """What the new owner of an active run does: ADOPT (its worker or Job still runs: follow it), SETTLE (its
+    worker is gone: mark it failed, or canceled if a cancel was under way), SKIP (its worker ran on another
+    host, whose orchestrator can tell whether it lives)."""
+    if isinstance(launcher, K8sWorkerRunLauncher):  # a Job per run: its status says whether it runs
+        return ADOPT if launcher.job_alive(run) else SETTLE
+    if worker_alive(run):  # same host, same pid, same process start time: really that worker
+        return ADOPT
+    if run.tags.get(HOST_TAG, here) != here:
+        return SKIP
+    return SETTLE
 
 
 class RunFeed:
@@ -177,6 +203,8 @@ class RunManager:
         roots: StorageRoots,
         storage: Storage | None = None,
         poll_s: float = 0.05,
+        leases: Leases | None = None,
+        lease_renew_s: float = 2.0,
     ) -> None:
         self.instance = instance
         self.settings = settings
@@ -186,6 +214,10 @@ class RunManager:
         self.stopping = threading.Event()
         self._feeds: dict[str, RunFeed] = {}
         self._feeds_lock = threading.Lock()
+        self.leases = leases or Leases(lease_engine(settings), 6.0)  # the runs this replica owns are _owned
+        self.lease_renew_s = lease_renew_s
+        self._owned: dict[str, Lease] = {}
+        self._owned_lock = threading.Lock()
 
     @property
     def launcher(self) -> WorkerRunLauncher | K8sWorkerRunLauncher:
@@ -232,6 +264,12 @@ class RunManager:
             FINGERPRINT_TAG: wanted,
             SETTINGS_TAG: job_settings.to_json(),
         }
+        lease = self._own(run_id)
+        if lease is None:  # another replica is launching (or owns) this very run id
+            existing = self.instance.get_run_by_id(engine_id)
+            if existing is None:
+                raise Unavailable(f"run {run_id!r} is being launched by another orchestrator; try again")
+            return self._relaunch(existing, wanted)
         try:
             self.instance.create_run_for_job(
                 job,
@@ -241,6 +279,7 @@ class RunManager:
                 status=DagsterRunStatus.NOT_STARTED,
             )
         except DagsterRunAlreadyExists:
+            self._disown(run_id)
             existing = self.instance.get_run_by_id(engine_id)
             if existing is None:  # deleted between the two calls
                 raise Unavailable(
@@ -349,35 +388,79 @@ class RunManager:
         self.launcher.terminate(run.run_id)
         return self.get(run_id)
 
-    # -- after a restart -----------------------------------------------------------
+    # -- owners (leases) ------------------------------------------------------------
+
+    def _own(self, run_id: str) -> Lease | None:
+        lease = self.leases.acquire(LEASE_PREFIX + run_id)
+        if lease is not None:
+            with self._owned_lock:
+                self._owned[run_id] = lease
+        return lease
+
+    def _disown(self, run_id: str) -> None:
+        with self._owned_lock:
+            lease = self._owned.pop(run_id, None)
+        if lease is not None:
+            self.leases.release(lease)
+
+    def owned(self) -> builtins.list[str]:
+        with self._owned_lock:
+            return builtins.list(self._owned)
 
     def reconcile(self) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Runs left active by an earlier orchestrator: adopt those whose worker still runs, settle the rest.
-        Returns (resumed run ids, settled run ids)."""
-        resumed, settled = [], []
+        """Active runs no replica owns (their owner stopped or died and its lease expired): take each one's
+        lease, then adopt it if its worker still runs, else settle it. Returns (adopted, settled) run ids."""
+        adopted, settled = [], []
         here = socket.gethostname()
         records = self.instance.get_run_records(filters=RunsFilter(statuses=list(ACTIVE), tags={ORCHESTRATOR_TAG: "1"}))
         for record in records:
             run = record.dagster_run
-            launcher = self.launcher
-            if isinstance(launcher, K8sWorkerRunLauncher):  # a Job per run: its status says whether it runs
-                if launcher.job_alive(run):
-                    launcher.watch_adopted(run.run_id)
-                    resumed.append(run.run_id)
-                else:
-                    launcher.settle(run.run_id, "the orchestrator restarted and found its Job gone")
-                    settled.append(run.run_id)
-            elif worker_alive(run):
-                launcher.watch_adopted(run.run_id)
-                resumed.append(run.run_id)
-            elif run.tags.get(HOST_TAG, here) != here:
-                continue  # another host's worker: that host's orchestrator reconciles it
+            run_id = run.tags.get(RUN_ID_TAG, "")
+            if not run_id or run_id in self.owned() or self.leases.holder_of(LEASE_PREFIX + run_id):
+                continue
+            if self._own(run_id) is None:
+                continue  # another survivor took it first
+            run = self.instance.get_run_by_id(run.run_id) or run  # as it is now that it is ours
+            if run.status not in ACTIVE:
+                self._disown(run_id)
+                continue
+            action = takeover(run, self.launcher, here)
+            if action == ADOPT:
+                self.launcher.watch_adopted(run.run_id)
+                adopted.append(run_id)
+            elif action == SETTLE:
+                self.launcher.settle(run.run_id, "its orchestrator stopped and no live worker was found for it")
+                self._disown(run_id)
+                settled.append(run_id)
             else:
-                launcher.settle(run.run_id, "the orchestrator restarted and found no live worker for it")
-                settled.append(run.run_id)
-        if resumed or settled:
-            log.info("reconciled runs", extra={"resumed": resumed, "settled": settled})
-        return resumed, settled
+                self._disown(run_id)
+        if adopted or settled:
+            log.info("took over runs", extra={"adopted": adopted, "settled": settled})
+        return adopted, settled
+
+    def keep_leases(self) -> None:
+        """Every lease_renew_s: release the leases of runs that ended, renew the others, take over unowned ones."""
+        threading.Thread(target=self._keep, name="run-leases", daemon=True).start()
+
+    def _keep(self) -> None:
+        while not self.stopping.wait(self.lease_renew_s):
+            try:
+                self._renew()
+                self.reconcile()
+            except Exception:  # the database is away for a moment: leases expire if it stays away
+                log.warning("could not keep the runs' leases", exc_info=True)
+
+    def _renew(self) -> None:
+        with self._owned_lock:
+            owned = dict(self._owned)
+        for run_id, lease in owned.items():
+            run = self.instance.get_run_by_id(dagster_run_id(run_id))
+            if run is None or run.status not in ACTIVE:
+                self._disown(run_id)
+            elif not self.leases.renew(lease):
+                log.warning("lost a run's lease; another orchestrator owns it", extra={"run_id": run_id})
+                with self._owned_lock:
+                    self._owned.pop(run_id, None)
 
     # -- events ------------------------------------------------------------------
 
@@ -402,9 +485,17 @@ class RunManager:
     def check_instance(self) -> None:
         self.instance.get_run_records(limit=1)
 
-    def close(self) -> None:
+    def close(self, release: bool = True) -> None:
+        """Stops owning runs: their workers keep running, and (`release`) their leases are given up so another
+        replica adopts them at its next look."""
         self.stopping.set()
         try:
             self.launcher.dispose()
         except RuntimeError:
             pass
+        if release:
+            for run_id in self.owned():
+                try:
+                    self._disown(run_id)
+                except Exception:
+                    log.warning("could not release a run's lease; it expires", extra={"run_id": run_id})
