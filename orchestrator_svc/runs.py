@@ -78,8 +78,8 @@ ATTEMPT_START_TYPES = {
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 RECORDS_PER_QUERY = 1000
+LEASE_PREFIX = "orchestrator-run:"  # + our run id: the lease of the replica owning the run
 # Dagster run ids must be UUIDs; the mesh's run ids (core's, e.g. run_01J...) map onto them one to one.
-LEASE_PREFIX = "orchestrator-run:"
 RUN_NAMESPACE = uuid.UUID("6f1c3a52-2f0e-4d0b-9a51-7c0a3e5b9d10")
 
 
@@ -583,17 +583,16 @@ class RunManager:
     def check_instance(self) -> None:
         self.instance.get_run_records(limit=1)
 
-    def close(self, release: bool = True) -> None:
-        """Stops owning runs: their workers keep running, and (`release`) their leases are given up so another
-        replica adopts them at its next look."""
+    def close(self) -> None:
+        """Stops owning runs: their workers keep running, and their leases are given up so another replica
+        adopts them at its next look."""
         self.stopping.set()
         try:
             self.launcher.dispose()
         except RuntimeError:
             pass
-        if release:
-            for run_id in self.owned():
-                try:
-                    self._disown(run_id)
-                except Exception:
-                    log.warning("could not release a run's lease; it expires", extra={"run_id": run_id})
+        for run_id in self.owned():
+            try:
+                self._disown(run_id)
+            except Exception:
+                log.warning("could not release a run's lease; it expires", extra={"run_id": run_id})

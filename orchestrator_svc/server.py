@@ -4,7 +4,8 @@ Runs are owned by lease (runs.py; the leases live on the Dagster instance's
 database, so every orchestrator sharing that instance sees them). At start-up
 and every CONSTELLATION_LEASE_RENEW_S after, active runs no orchestrator owns
 are taken over: those whose worker still runs are adopted, the others are
-marked failed (or canceled, if a cancel was under way). On stop, workers keep
+re-executed from their unfinished steps (or canceled, if a cancel was under
+way). On stop, workers keep
 running and their leases are released; another orchestrator (or the next
 start) adopts them.
 """
