@@ -4,7 +4,7 @@
 
 A mesh of `constellation up --replicas 2` (two cores, two hostings, two orchestrators, two agents) on a
 throwaway PostgreSQL, default lease settings (CONSTELLATION_LEASE_TTL_S, CONSTELLATION_LEASE_RENEW_S), the
-sample scene and a slow copy of the NDWI model (1.5 s a 32 px tile: a run of about three minutes). While one
+sample scene and a slow copy of the NDWI model (2.5 s a 32 px tile: a run of about five minutes). While one
 run is in its model step, `--kills` times: SIGKILL the core that holds the run's lease (the `leases` row
 names its pid), time until another core holds it, start the killed one again on its port; then the same
 for the hosting instance watching the model's deployment, and for the orchestrator owning the run (its
@@ -193,7 +193,7 @@ def measure(admin_url: str, root: Path, kills: int) -> None:
     setup = set_up(root / "home", admin_url)
     try:
         settings = config.load("core", setup.env)
-        pipeline = slow_pipeline(setup, root, sleep_s=1.5, tile=32)
+        pipeline = slow_pipeline(setup, root, sleep_s=2.5, tile=32)
         run = setup.client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
         wait_for_inference(setup, run.id)
         times: dict[str, list[float]] = {"core": [], "hosting": [], "orchestrator": []}
