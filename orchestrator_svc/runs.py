@@ -52,7 +52,6 @@ from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailab
 from mesh.ids import new_id
 from mesh.leases import Lease, Leases
 from orchestrator_svc import events, jobs, specs
-from orchestrator_svc.instance import lease_engine
 from orchestrator_svc.k8s_launcher import K8sWorkerRunLauncher
 from orchestrator_svc.launcher import ACTIVE, HOST_TAG, WorkerRunLauncher, worker_alive
 from orchestrator_svc.settings import OrchestratorSettings
@@ -234,8 +233,9 @@ class RunManager:
         roots: StorageRoots,
         storage: Storage | None = None,
         poll_s: float = 0.05,
-        leases: Leases | None = None,
-        lease_renew_s: float = 2.0,
+        *,
+        leases: Leases,
+        lease_renew_s: float,
     ) -> None:
         self.instance = instance
         self.settings = settings
@@ -245,7 +245,7 @@ class RunManager:
         self.stopping = threading.Event()
         self._feeds: dict[str, RunFeed] = {}
         self._feeds_lock = threading.Lock()
-        self.leases = leases or Leases(lease_engine(settings), 6.0)  # the runs this replica owns are _owned
+        self.leases = leases  # on the instance's database (instance.lease_engine); this replica's are in _owned
         self.lease_renew_s = lease_renew_s
         self._owned: dict[str, Lease] = {}
         self._owned_lock = threading.Lock()
