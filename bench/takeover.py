@@ -1,18 +1,16 @@
-"""Takeover time: how long a run goes undriven after the core replica driving it is killed.
+"""Takeover time: how long a run goes undriven after the replica driving it is killed.
 
     .venv/bin/python bench/takeover.py [--kills 5]
 
-A mesh of `constellation up --replicas 2` (two cores, two hostings, two agents, one orchestrator) on a
+A mesh of `constellation up --replicas 2` (two cores, two hostings, two orchestrators, two agents) on a
 throwaway PostgreSQL, default lease settings (CONSTELLATION_LEASE_TTL_S, CONSTELLATION_LEASE_RENEW_S), the
-sample scene and a slow copy of the NDWI model (1.5 s a 32 px tile: a run of about three minutes). While one
+sample scene and a slow copy of the NDWI model (2.5 s a 32 px tile: a run of about five minutes). While one
 run is in its model step, `--kills` times: SIGKILL the core that holds the run's lease (the `leases` row
 names its pid), time until another core holds it, start the killed one again on its port; then the same
-for the hosting instance watching the model's deployment. The bound is the TTL plus one renew period
-(the survivor notices at its next look); the target is 10 s. Afterwards the run must have succeeded with
-a gap-free, duplicate-free event stream.
-
-The orchestrator is not measured: its runs have no leases yet (docs/architecture.md "Replicas and
-leases").
+for the hosting instance watching the model's deployment, and for the orchestrator owning the run (its
+worker lives on and is adopted; the orchestrators' leases are on the Dagster instance's database). The
+bound is the TTL plus one renew period (the survivor notices at its next look); the target is 10 s.
+Afterwards the run must have succeeded with a gap-free, duplicate-free event stream.
 """
 
 from __future__ import annotations
@@ -52,27 +50,31 @@ class Setup:
     state: dict
     client: Client
     leases: Leases  # a reader of the cores' leases table (it holds none itself)
+    orchestrator_leases: Leases  # the same, of the orchestrators' (on the Dagster instance's database)
 
 
 def set_up(home: Path, admin_url: str, replicas: int = 2) -> Setup:
     env = mesh_env(home)
     # core and hosting on one database (their tables do not overlap; both keep leases in `leases`)
     env["DATABASE_URL"] = env["CONSTELLATION_HOSTING_DATABASE_URL"] = create_database(admin_url)
+    env["CONSTELLATION_DAGSTER_POSTGRES_URL"] = create_database(admin_url)  # Dagster's tables and its own leases
     state = mesh_process.up(env, replicas=replicas)
     try:
         client = Client(state["processes"]["gateway"]["address"], api_key=env["CONSTELLATION_API_KEY"])
         client.wait_ready()
         settings = config.load("core", env)
         leases = Leases(create_db_engine(env["DATABASE_URL"]), settings.lease_ttl_s, "bench")
+        dagster = Leases(create_db_engine(env["CONSTELLATION_DAGSTER_POSTGRES_URL"]), settings.lease_ttl_s, "bench")
     except BaseException:
         mesh_process.down(env)
         raise
-    return Setup(env, state, client, leases)
+    return Setup(env, state, client, leases, dagster)
 
 
 def tear_down(setup: Setup) -> None:
     setup.client.close()
     setup.leases.engine.dispose()
+    setup.orchestrator_leases.engine.dispose()
     mesh_process.down(setup.env)
 
 
@@ -83,6 +85,15 @@ def slow_pipeline(setup: Setup, folder: Path, sleep_s: float, tile: int) -> core
 
 def run_lease(run_id: str) -> str:
     return f"run:{run_id}"
+
+
+def orchestrator_lease(run_id: str) -> str:
+    """The lease of the orchestrator owning the run (orchestrator_svc.runs.LEASE_PREFIX)."""
+    return f"orchestrator-run:{run_id}"
+
+
+def leases_of(setup: Setup, lease: str) -> Leases:
+    return setup.orchestrator_leases if lease.startswith("orchestrator-") else setup.leases
 
 
 def deployment_lease(setup: Setup, model_name: str) -> str:
@@ -97,15 +108,16 @@ def replica_of(setup: Setup, lease_holder: str) -> str:
 
 
 def kill_holder(setup: Setup, lease: str, timeout_s: float = 60.0) -> tuple[str, float]:
-    """SIGKILL the replica holding `lease` (a core driving a run, a hosting watching a deployment); (its name,
-    seconds until another replica held the lease)."""
-    old = setup.leases.holder_of(lease)
+    """SIGKILL the replica holding `lease` (a core driving a run, a hosting watching a deployment, an
+    orchestrator owning a run); (its name, seconds until another replica held the lease)."""
+    leases = leases_of(setup, lease)
+    old = leases.holder_of(lease)
     assert old, f"no replica holds {lease}"
     name = replica_of(setup, old)
     os.kill(setup.state["processes"][name]["pid"], signal.SIGKILL)
     killed = time.monotonic()
     while time.monotonic() - killed < timeout_s:
-        now = setup.leases.holder_of(lease)
+        now = leases.holder_of(lease)
         if now and now != old:
             return name, time.monotonic() - killed
         time.sleep(0.05)
@@ -181,12 +193,16 @@ def measure(admin_url: str, root: Path, kills: int) -> None:
     setup = set_up(root / "home", admin_url)
     try:
         settings = config.load("core", setup.env)
-        pipeline = slow_pipeline(setup, root, sleep_s=1.5, tile=32)
+        pipeline = slow_pipeline(setup, root, sleep_s=2.5, tile=32)
         run = setup.client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
         wait_for_inference(setup, run.id)
-        times: dict[str, list[float]] = {"core": [], "hosting": []}
+        times: dict[str, list[float]] = {"core": [], "hosting": [], "orchestrator": []}
         for i in range(kills):
-            for service, lease in (("core", run_lease(run.id)), ("hosting", deployment_lease(setup, "slow-32"))):
+            for service, lease in (
+                ("core", run_lease(run.id)),
+                ("hosting", deployment_lease(setup, "slow-32")),
+                ("orchestrator", orchestrator_lease(run.id)),
+            ):
                 name, seconds = kill_holder(setup, lease)
                 times[service].append(seconds)
                 print(f"kill {i + 1}: {name} SIGKILLed, another replica held {lease} after {seconds:.2f} s", flush=True)

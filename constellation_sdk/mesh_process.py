@@ -33,7 +33,7 @@ from mesh import certs, config, credentials
 SERVICES = ("core", "hosting", "orchestrator", "agent")
 # The services `up --replicas N` runs N of: each replica is stateless over the shared database (docs/architecture.md
 # "Replicas and leases").
-REPLICATED = ("core", "hosting", "agent")
+REPLICATED = ("core", "hosting", "orchestrator", "agent")
 log = logging.getLogger("constellation.mesh")
 
 

@@ -278,7 +278,7 @@ class Settings(EnvSettings):
         "CONSTELLATION_HOSTING_ADDR", "", "host:port where peers reach hosting (or its replicas')"
     )
     orchestrator_addr: str = env_field(
-        "CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator (one)"
+        "CONSTELLATION_ORCHESTRATOR_ADDR", "", "host:port where peers reach the orchestrator (or its replicas')"
     )
     agent_addr: str = env_field(
         "CONSTELLATION_AGENT_ADDR", "", "host:port where peers reach the agent (or its replicas')"

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 from dagster import DagsterInstance
+from sqlalchemy.engine import Engine, make_url
 
+from mesh.db import create_db_engine
 from orchestrator_svc import docker_launcher
 from orchestrator_svc.k8s_launcher import launcher_config
 from orchestrator_svc.settings import OrchestratorSettings
@@ -80,3 +82,12 @@ def ensure_instance_config(settings: OrchestratorSettings) -> Path:
 
 def open_instance(settings: OrchestratorSettings) -> DagsterInstance:
     return DagsterInstance.from_config(str(ensure_instance_config(settings)))
+
+
+def lease_engine(settings: OrchestratorSettings) -> Engine:
+    """Where the runs' leases live (runs.py): beside the instance, in its PostgreSQL database, else in a SQLite
+    file in DAGSTER_HOME, so every orchestrator sharing the instance sees the same leases."""
+    if settings.dagster_postgres_url:
+        url = make_url(settings.dagster_postgres_url)
+        return create_db_engine(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    return create_db_engine(f"sqlite:///{settings.dagster_home / 'leases.db'}")

@@ -30,6 +30,7 @@ from dagster import (
 )
 
 from clients.roots import StorageRoots
+from orchestrator_svc import specs
 from orchestrator_svc.ops import OP_DEFS, ConstellationResource
 from orchestrator_svc.settings import OrchestratorSettings
 from orchestrator_svc.specs import Plan
@@ -142,3 +143,15 @@ def run_config(plan: Plan, settings: JobSettings) -> dict:
             }
         },
     }
+
+
+def plan_of(request_json: str, settings: JobSettings) -> Plan:
+    """A stored run's plan, from its LaunchRun request and job settings (in its worker; when re-executing it)."""
+    return specs.build_plan(
+        specs.request_from_json(request_json),
+        default_batch_size=settings.default_batch_size,
+        default_max_concurrency=settings.default_max_concurrency,
+        infer_timeout_s=settings.infer_timeout_s,
+        infer_wait_s=settings.infer_wait_s,
+        roots=None,  # LaunchRun checked the run's places against the roots
+    )

@@ -6,6 +6,17 @@ orchestrator, can rebuild its job and name its blocks). Nothing about a run
 lives only in this process: GetRun and WatchRun read the instance, so they
 answer the same after a restart.
 
+Replicas: several orchestrators may share one instance (PostgreSQL). Each active run has one owner, the
+replica holding its lease (`orchestrator-run:<run id>` in mesh.leases' table, on the instance's database):
+the one that launched it, or, once an owner's lease expired (it died), the first survivor whose keeper
+thread finds the run unowned. The owner alone settles a run whose worker is gone; `takeover` decides what a
+new owner does with a run: follow its live worker (adopt), re-execute it from its failed or unfinished steps
+(its worker died: Dagster's re-execution from failure, a new Dagster run, an "attempt", chained from the
+last by NEXT_TAG) or settle it (a cancel was under way). Any replica serves GetRun, ListRuns, WatchRun and
+CancelRun for any run, from the instance alone; they follow the chain of attempts, and WatchRun streams it
+as one run (the failure that ended an attempt and the next one's start-up events left out), so sequence
+numbers, and core's resume point, are the same whichever replica answers.
+
 Following events: one `RunFeed` per watched run polls the run's event log
 (by storage id, every `poll_s`), maps each record once (events.py) and keeps
 the list; every watcher of that run reads the same list, so all see the same
@@ -28,6 +39,8 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.errors import DagsterRunAlreadyExists
 from dagster._core.event_api import EventLogCursor
 from dagster._core.events import DagsterEventType
+from dagster._core.execution.api import create_execution_plan
+from dagster._core.execution.plan.state import KnownExecutionState
 from dagster._core.storage.dagster_run import DagsterRun
 
 from clients.roots import StorageRoots
@@ -37,6 +50,7 @@ from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.enums import enum_name
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
+from mesh.leases import Lease, Leases
 from orchestrator_svc import events, jobs, specs
 from orchestrator_svc.docker_launcher import DockerWorkerRunLauncher
 from orchestrator_svc.k8s_launcher import K8sWorkerRunLauncher
@@ -50,9 +64,21 @@ RUN_ID_TAG = "constellation/run_id"
 REQUEST_TAG = "constellation/request"
 FINGERPRINT_TAG = "constellation/fingerprint"
 SETTINGS_TAG = "constellation/job_settings"
+# Set on an attempt whose worker died, before it is marked failed: the Dagster run id of the attempt that
+# re-executes it from the failed step (same RUN_ID_TAG; ORCHESTRATOR_TAG ATTEMPT instead of "1").
+NEXT_TAG = "constellation/next_attempt"
+ATTEMPT = "attempt"
+# A later attempt's own start-up events: the run has long started, so WatchRun leaves them out.
+ATTEMPT_START_TYPES = {
+    DagsterEventType.RUN_ENQUEUED,
+    DagsterEventType.RUN_DEQUEUED,
+    DagsterEventType.RUN_STARTING,
+    DagsterEventType.RUN_START,
+}
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 RECORDS_PER_QUERY = 1000
+LEASE_PREFIX = "orchestrator-run:"  # + our run id: the lease of the replica owning the run
 # Dagster run ids must be UUIDs; the mesh's run ids (core's, e.g. run_01J...) map onto them one to one.
 RUN_NAMESPACE = uuid.UUID("6f1c3a52-2f0e-4d0b-9a51-7c0a3e5b9d10")
 
@@ -88,6 +114,27 @@ def block_of_step(run: DagsterRun) -> dict[str, str]:
     return steps | {f"{op}__{n}": block for op, block in steps.items() for n in range(1, items + 1)}
 
 
+ADOPT, REEXECUTE, SETTLE, SKIP = "adopt", "reexecute", "settle", "skip"
+
+
+def takeover(
+    run: DagsterRun, launcher: WorkerRunLauncher | K8sWorkerRunLauncher | DockerWorkerRunLauncher, here: str
+) -> str:
+    """What the new owner of an active run does: ADOPT (its worker, Job or container still runs: follow it), REEXECUTE
+    (its worker is gone: run its failed and unfinished steps again), SETTLE (its worker is gone while a cancel
+    was under way: mark it canceled), SKIP (its worker ran on another host, whose orchestrator can tell whether
+    it lives)."""
+    gone = REEXECUTE if run.status != DagsterRunStatus.CANCELING else SETTLE
+    if isinstance(launcher, (K8sWorkerRunLauncher, DockerWorkerRunLauncher)):  # a Job or container per run: its
+        # status on the cluster or engine says whether it runs
+        return ADOPT if launcher.job_alive(run) else gone
+    if worker_alive(run):  # same host, same pid, same process start time: really that worker
+        return ADOPT
+    if run.tags.get(HOST_TAG, here) != here:
+        return SKIP
+    return gone
+
+
 class RunFeed:
     """A run's RunEvents so far, filled by a poller thread while anyone watches."""
 
@@ -96,6 +143,7 @@ class RunFeed:
     ) -> None:
         self.instance, self.run_id, self.steps, self.poll_s, self.stopping = instance, run_id, steps, poll_s, stopping
         self.events: list[common.RunEvent] = []
+        self.attempt = False  # reading a re-execution's log (run_id is then that attempt's)
         self.finished = False
         self.error: Exception | None = None
         self.watchers = 0
@@ -110,17 +158,28 @@ class RunFeed:
             connection = self.instance.get_records_for_run(self.run_id, cursor=cursor, limit=RECORDS_PER_QUERY)
             if not connection.records:
                 return
+            switched = False
             with self._cond:
                 for record in connection.records:
-                    event = events.to_run_event(len(self.events) + 1, record.event_log_entry, self._state, self.steps)
+                    entry = record.event_log_entry
+                    if events.is_terminal(entry):
+                        run = self.instance.get_run_by_id(self.run_id)
+                        following = run.tags.get(NEXT_TAG) if run else None
+                        if following:  # the attempt was re-executed: go on with the next one's log
+                            self.run_id, self._cursor, self.attempt, switched = following, None, True, True
+                            break
+                    self._cursor = record.storage_id
+                    kind = entry.dagster_event.event_type if entry.dagster_event else None
+                    if self.attempt and kind in ATTEMPT_START_TYPES:
+                        continue
+                    event = events.to_run_event(len(self.events) + 1, entry, self._state, self.steps)
                     self._state = event.state
                     self.events.append(event)
-                    self._cursor = record.storage_id
-                    if events.is_terminal(record.event_log_entry):
+                    if events.is_terminal(entry):
                         self.finished = True
                         break
                 self._cond.notify_all()
-            if not connection.has_more:
+            if not connection.has_more and not switched:
                 return
 
     def _loop(self) -> None:
@@ -178,6 +237,9 @@ class RunManager:
         roots: StorageRoots,
         storage: Storage | None = None,
         poll_s: float = 0.05,
+        *,
+        leases: Leases,
+        lease_renew_s: float,
     ) -> None:
         self.instance = instance
         self.settings = settings
@@ -187,6 +249,10 @@ class RunManager:
         self.stopping = threading.Event()
         self._feeds: dict[str, RunFeed] = {}
         self._feeds_lock = threading.Lock()
+        self.leases = leases  # on the instance's database (instance.lease_engine); this replica's are in _owned
+        self.lease_renew_s = lease_renew_s
+        self._owned: dict[str, Lease] = {}
+        self._owned_lock = threading.Lock()
 
     @property
     def launcher(self) -> WorkerRunLauncher | K8sWorkerRunLauncher | DockerWorkerRunLauncher:
@@ -233,6 +299,12 @@ class RunManager:
             FINGERPRINT_TAG: wanted,
             SETTINGS_TAG: job_settings.to_json(),
         }
+        lease = self._own(run_id)
+        if lease is None:  # another replica is launching (or owns) this very run id
+            existing = self.instance.get_run_by_id(engine_id)
+            if existing is None:
+                raise Unavailable(f"run {run_id!r} is being launched by another orchestrator; try again")
+            return self._relaunch(existing, wanted)
         try:
             self.instance.create_run_for_job(
                 job,
@@ -242,6 +314,7 @@ class RunManager:
                 status=DagsterRunStatus.NOT_STARTED,
             )
         except DagsterRunAlreadyExists:
+            self._disown(run_id)
             existing = self.instance.get_run_by_id(engine_id)
             if existing is None:  # deleted between the two calls
                 raise Unavailable(
@@ -265,10 +338,25 @@ class RunManager:
     # -- reading ---------------------------------------------------------------
 
     def _run(self, run_id: str) -> DagsterRun:
+        """The run as first launched (its first attempt)."""
         run = self.instance.get_run_by_id(dagster_run_id(run_id)) if run_id else None
         if run is None or run.tags.get(ORCHESTRATOR_TAG) != "1":
             raise NotFound(f"no run has id {run_id!r}")
         return run
+
+    def _chain(self, first: DagsterRun) -> builtins.list[DagsterRun]:
+        """The run's attempts, first to latest; a re-execution not created yet (its owner is creating it, or
+        died doing so) is left out."""
+        chain = [first]
+        while NEXT_TAG in chain[-1].tags and len(chain) < 100:
+            following = self.instance.get_run_by_id(chain[-1].tags[NEXT_TAG])
+            if following is None:
+                break
+            chain.append(following)
+        return chain
+
+    def _current(self, run_id: str) -> DagsterRun:
+        return self._chain(self._run(run_id))[-1]
 
     def get(self, run_id: str) -> RunInfo:
         run = self._run(run_id)
@@ -276,11 +364,18 @@ class RunManager:
         assert record is not None
         return self._info(record)
 
-    def _info(self, record) -> RunInfo:
-        run = record.dagster_run
+    def _info(self, first) -> RunInfo:
+        """From the first attempt's record: its creation and start; the latest attempt's state and end; the
+        outputs of them all."""
+        chain = self._chain(first.dagster_run)
+        run = chain[-1]
+        record = first if len(chain) == 1 else self.instance.get_run_record_by_id(run.run_id)
+        assert record is not None
         state = events.RUN_STATES[run.status]
         end_time = record.end_time
-        if state not in events.TERMINAL_STATES:
+        if NEXT_TAG in run.tags:  # its re-execution is being created
+            state, end_time = common.RUN_STATE_RUNNING, None
+        elif state not in events.TERMINAL_STATES:
             # Dagster stores the terminal event, then updates the run's status and end time: a reader in
             # between would see a watcher already told the run ended. The event log decides.
             ended = self.instance.get_records_for_run(run.run_id, of_type=set(events.TERMINAL_EVENT_TYPES), limit=1)
@@ -292,8 +387,8 @@ class RunManager:
         info = RunInfo(
             run.tags[RUN_ID_TAG],
             state,
-            create_time=record.create_timestamp,
-            start_time=record.start_time,
+            create_time=first.create_timestamp,
+            start_time=first.start_time,
             end_time=end_time,
         )
         if state == common.RUN_STATE_FAILED:
@@ -301,10 +396,13 @@ class RunManager:
         elif state == common.RUN_STATE_CANCELED:
             info.state_message = self._last_message(run.run_id, DagsterEventType.RUN_CANCELED) or "canceled"
         if state == common.RUN_STATE_SUCCEEDED:
-            connection = self.instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-            info.outputs = [
-                o for o in (events.run_output_of(r.event_log_entry) for r in connection.records) if o is not None
-            ]
+            for attempt in chain:
+                connection = self.instance.get_records_for_run(
+                    attempt.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+                )
+                info.outputs += [
+                    o for o in (events.run_output_of(r.event_log_entry) for r in connection.records) if o is not None
+                ]
         return info
 
     def _last_message(self, run_id: str, event_type: DagsterEventType) -> str:
@@ -343,47 +441,132 @@ class RunManager:
     # -- canceling ---------------------------------------------------------------
 
     def cancel(self, run_id: str) -> RunInfo:
-        run = self._run(run_id)
+        run = self._current(run_id)
         if run.is_finished:
             state = enum_name(common.RunState, events.RUN_STATES[run.status]).upper()
             raise FailedPrecondition(f"run {run_id!r} has already ended ({state}); there is nothing to cancel")
         self.launcher.terminate(run.run_id)
         return self.get(run_id)
 
-    # -- after a restart -----------------------------------------------------------
+    # -- owners (leases) ------------------------------------------------------------
+
+    def _own(self, run_id: str) -> Lease | None:
+        lease = self.leases.acquire(LEASE_PREFIX + run_id)
+        if lease is not None:
+            with self._owned_lock:
+                self._owned[run_id] = lease
+        return lease
+
+    def _disown(self, run_id: str) -> None:
+        with self._owned_lock:
+            lease = self._owned.pop(run_id, None)
+        if lease is not None:
+            self.leases.release(lease)
+
+    def owned(self) -> builtins.list[str]:
+        with self._owned_lock:
+            return builtins.list(self._owned)
 
     def reconcile(self) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Runs left active by an earlier orchestrator: adopt those whose worker still runs, settle the rest.
-        Returns (resumed run ids, settled run ids)."""
-        resumed, settled = [], []
+        """Active runs no replica owns (their owner stopped or died and its lease expired): take each one's
+        lease, then adopt it if its worker still runs, else re-execute it (or settle it, if it was being
+        canceled). Returns (adopted or re-executed, settled) run ids."""
+        adopted, settled = [], []
         here = socket.gethostname()
-        records = self.instance.get_run_records(filters=RunsFilter(statuses=list(ACTIVE), tags={ORCHESTRATOR_TAG: "1"}))
+        records = self.instance.get_run_records(
+            filters=RunsFilter(statuses=list(ACTIVE), tags={ORCHESTRATOR_TAG: ["1", ATTEMPT]})
+        )
         for record in records:
             run = record.dagster_run
-            launcher = self.launcher
-            if isinstance(launcher, (K8sWorkerRunLauncher, DockerWorkerRunLauncher)):
-                # A Job or container per run, on the cluster or engine: its status says whether it runs.
-                if launcher.job_alive(run):
-                    launcher.watch_adopted(run.run_id)
-                    resumed.append(run.run_id)
-                else:
-                    launcher.settle(run.run_id, "the orchestrator restarted and found its Job or container gone")
-                    settled.append(run.run_id)
-            elif worker_alive(run):
-                launcher.watch_adopted(run.run_id)
-                resumed.append(run.run_id)
-            elif run.tags.get(HOST_TAG, here) != here:
-                continue  # another host's worker: that host's orchestrator reconciles it
+            run_id = run.tags.get(RUN_ID_TAG, "")
+            if not run_id or run_id in self.owned() or self.leases.holder_of(LEASE_PREFIX + run_id):
+                continue
+            if self._own(run_id) is None:
+                continue  # another survivor took it first
+            run = self.instance.get_run_by_id(run.run_id) or run  # as it is now that it is ours
+            if run.status not in ACTIVE or NEXT_TAG in run.tags:
+                self._disown(run_id)
+                continue
+            action = takeover(run, self.launcher, here)
+            if action == ADOPT:
+                self.launcher.watch_adopted(run.run_id)
+                adopted.append(run_id)
+            elif action == REEXECUTE:
+                self._reexecute(run)
+                adopted.append(run_id)
+            elif action == SETTLE:
+                self.launcher.settle(run.run_id, "its orchestrator stopped and no live worker was found for it")
+                self._disown(run_id)
+                settled.append(run_id)
             else:
-                launcher.settle(run.run_id, "the orchestrator restarted and found no live worker for it")
-                settled.append(run.run_id)
-        if resumed or settled:
-            log.info("reconciled runs", extra={"resumed": resumed, "settled": settled})
-        return resumed, settled
+                self._disown(run_id)
+        if adopted or settled:
+            log.info("took over runs", extra={"adopted": adopted, "settled": settled})
+        return adopted, settled
+
+    def _reexecute(self, run: DagsterRun) -> str:
+        """Runs the failed and unfinished steps of `run` (an attempt whose worker died) again in a new attempt,
+        the finished steps' outputs read from the earlier attempts (Dagster's re-execution from failure).
+        Returns the new attempt's Dagster run id."""
+        attempt_id = str(uuid.uuid4())
+        # NEXT_TAG first: whoever reads the failure below already knows the run goes on
+        self.instance.add_run_tags(run.run_id, {NEXT_TAG: attempt_id})
+        self.launcher.settle(run.run_id, f"its worker died; re-executed from its failed step as {attempt_id}")
+        failed = self.instance.get_run_by_id(run.run_id)
+        assert failed is not None
+        settings = jobs.JobSettings.from_json(run.tags[SETTINGS_TAG])
+        job = jobs.build_job(jobs.plan_of(run.tags[REQUEST_TAG], settings), settings)
+        steps, known_state = KnownExecutionState.build_resume_retry_reexecution(self.instance, failed)
+        plan = create_execution_plan(
+            job, failed.run_config, step_keys_to_execute=steps, known_state=known_state, tags=failed.tags
+        )
+        tags = {k: v for k, v in failed.tags.items() if not k.startswith(("constellation/worker_", "dagster/"))}
+        tags.pop(NEXT_TAG, None)
+        self.instance.create_run_for_job(
+            job,
+            execution_plan=plan,
+            run_config=failed.run_config,
+            tags={**tags, ORCHESTRATOR_TAG: ATTEMPT},
+            root_run_id=failed.root_run_id or failed.run_id,
+            parent_run_id=failed.run_id,
+            run_id=attempt_id,
+            status=DagsterRunStatus.NOT_STARTED,
+        )
+        self.instance.launch_run(attempt_id, workspace=None)  # type: ignore[arg-type]  # as in launch
+        log.info(
+            "re-executed a run whose worker died",
+            extra={"run_id": run.tags.get(RUN_ID_TAG), "steps": list(steps), "attempt": attempt_id},
+        )
+        return attempt_id
+
+    def keep_leases(self) -> None:
+        """Every lease_renew_s: release the leases of runs that ended, renew the others, take over unowned ones."""
+        threading.Thread(target=self._keep, name="run-leases", daemon=True).start()
+
+    def _keep(self) -> None:
+        while not self.stopping.wait(self.lease_renew_s):
+            try:
+                self._renew()
+                self.reconcile()
+            except Exception:  # the database is away for a moment: leases expire if it stays away
+                log.warning("could not keep the runs' leases", exc_info=True)
+
+    def _renew(self) -> None:
+        with self._owned_lock:
+            owned = dict(self._owned)
+        for run_id, lease in owned.items():
+            run = self._current(run_id)
+            if run.status not in ACTIVE and NEXT_TAG not in run.tags:
+                self._disown(run_id)
+            elif not self.leases.renew(lease):
+                log.warning("lost a run's lease; another orchestrator owns it", extra={"run_id": run_id})
+                with self._owned_lock:
+                    self._owned.pop(run_id, None)
 
     # -- events ------------------------------------------------------------------
 
     def watch(self, run_id: str, after_sequence: int, is_active: Callable[[], bool]) -> Iterator[common.RunEvent]:
+        """The run's events, its attempts' in one sequence (RunFeed)."""
         run = self._run(run_id)
         if after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must be 0 (from the start) or a sequence number seen before")
@@ -405,8 +588,15 @@ class RunManager:
         self.instance.get_run_records(limit=1)
 
     def close(self) -> None:
+        """Stops owning runs: their workers keep running, and their leases are given up so another replica
+        adopts them at its next look."""
         self.stopping.set()
         try:
             self.launcher.dispose()
         except RuntimeError:
             pass
+        for run_id in self.owned():
+            try:
+                self._disown(run_id)
+            except Exception:
+                log.warning("could not release a run's lease; it expires", extra={"run_id": run_id})

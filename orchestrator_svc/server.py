@@ -1,9 +1,13 @@
 """Wiring for orchestrator: settings -> Dagster instance -> run manager -> servicer -> serve().
 
-At start-up, runs an earlier orchestrator left active are reconciled: those
-whose worker still runs are adopted, the others are marked failed (or
-canceled, if a cancel was under way). On stop, workers keep running; the next
-start adopts them.
+Runs are owned by lease (runs.py; the leases live on the Dagster instance's
+database, so every orchestrator sharing that instance sees them). At start-up
+and every CONSTELLATION_LEASE_RENEW_S after, active runs no orchestrator owns
+are taken over: those whose worker still runs are adopted, the others are
+re-executed from their unfinished steps (or canceled, if a cancel was under
+way). On stop, workers keep
+running and their leases are released; another orchestrator (or the next
+start) adopts them.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from clients.roots import StorageRoots
 from mesh import config, logs
 from mesh.errors import DomainError, Unavailable
+from mesh.leases import Leases
 from mesh.server import MeshServer
 from mesh.services import registration
 from orchestrator_svc import settings as orchestrator_settings
-from orchestrator_svc.instance import open_instance
+from orchestrator_svc.instance import lease_engine, open_instance
 from orchestrator_svc.runs import RunManager
 from orchestrator_svc.servicer import OrchestratorServicer
 
@@ -49,8 +54,10 @@ def build(settings: config.Settings, env: dict[str, str] | None = None) -> Orche
     env = dict(os.environ) if env is None else env
     own = orchestrator_settings.load(env)
     instance = open_instance(own)
-    runs = RunManager(instance, own, StorageRoots.from_env(env))
+    leases = Leases(lease_engine(own), settings.lease_ttl_s)
+    runs = RunManager(instance, own, StorageRoots.from_env(env), leases=leases, lease_renew_s=settings.lease_renew_s)
     runs.reconcile()
+    runs.keep_leases()
     server = OrchestratorServer(
         settings,
         [registration("orchestrator", OrchestratorServicer(runs), health_checks={"dagster": runs.check_instance})],

@@ -24,10 +24,11 @@ from dagster import DagsterInstance, DagsterRunStatus, JobDefinition, build_reco
 from dagster._core.definitions.job_base import InMemoryJob
 from dagster._core.execution.api import execute_run
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import deserialize_value
 from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
 
-from orchestrator_svc import jobs, specs
+from orchestrator_svc import jobs
 from orchestrator_svc.launcher import INSTANCE_REF_ENV, MAX_RSS_TAG
 from orchestrator_svc.runs import REQUEST_TAG, SETTINGS_TAG
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("run %s is %s; nothing to execute", args.run_id, run.status.value)
             return 2
         settings = jobs.JobSettings.from_json(run.tags[SETTINGS_TAG])
-        plan = plan_of(run.tags[REQUEST_TAG], settings)
+        plan = jobs.plan_of(run.tags[REQUEST_TAG], settings)
         # The multiprocess executor's step processes rebuild the job from the same two documents (rebuild_job).
         runnable = (
             build_reconstructable_job(
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             if jobs.runs_in_parallel(plan, settings)
             else InMemoryJob(jobs.build_job(plan, settings))
         )
-        work = Path(settings.work_dir, run.run_id)
+        # a re-executed run's earlier attempts left their scratch (their workers died): this attempt removes it
+        works = [Path(settings.work_dir, r) for r in attempts(instance, run)]
         try:
             with capture_interrupts():
                 if os.environ.get("CONSTELLATION_WORKER_PROFILE"):
@@ -78,28 +80,29 @@ def main(argv: list[str] | None = None) -> int:
             log.info("run %s finished: %s", run.run_id, json.dumps({"success": result.success}))
         finally:
             if not args.keep_scratch:
-                shutil.rmtree(work, ignore_errors=True)
+                for work in works:
+                    shutil.rmtree(work, ignore_errors=True)
             peak = peak_rss_kib()
             if peak:
                 instance.add_run_tags(run.run_id, {MAX_RSS_TAG: str(peak)})
     return 0
 
 
-def plan_of(request_json: str, settings: jobs.JobSettings) -> specs.Plan:
-    return specs.build_plan(
-        specs.request_from_json(request_json),
-        default_batch_size=settings.default_batch_size,
-        default_max_concurrency=settings.default_max_concurrency,
-        infer_timeout_s=settings.infer_timeout_s,
-        infer_wait_s=settings.infer_wait_s,
-        roots=None,  # LaunchRun checked the run's places against the roots
-    )
+def attempts(instance: DagsterInstance, run: DagsterRun) -> list[str]:
+    """The run's id and those of the attempts it re-executes (its parent, theirs...)."""
+    ids = [run.run_id]
+    parent = run.parent_run_id
+    while parent and len(ids) < 100:
+        ids.append(parent)
+        earlier = instance.get_run_by_id(parent)
+        parent = earlier.parent_run_id if earlier else None
+    return ids
 
 
 def rebuild_job(request_json: str, settings_json: str) -> JobDefinition:
     """The run's job from its stored request and settings (in a step process of the multiprocess executor)."""
     settings = jobs.JobSettings.from_json(settings_json)
-    return jobs.build_job(plan_of(request_json, settings), settings)
+    return jobs.build_job(jobs.plan_of(request_json, settings), settings)
 
 
 def open_instance() -> DagsterInstance:

@@ -302,7 +302,7 @@ def test_a_permanent_endpoint_failure_fails_the_run_with_its_message(orchestrato
     assert not (tmp_path / "out").exists()
 
 
-def test_restart_resumes_live_runs_and_fails_orphans(tmp_path, s3_server, slow_endpoint, scene_512):
+def test_restart_resumes_live_runs_and_reexecutes_orphans(tmp_path, s3_server, slow_endpoint, scene_512):
     orch = Orchestrator(orchestrator_env(tmp_path / "home"))
     try:
         # A run whose worker outlives the orchestrator: the new one adopts it and it finishes.
@@ -316,7 +316,7 @@ def test_restart_resumes_live_runs_and_fails_orphans(tmp_path, s3_server, slow_e
         assert orch.wait(live.id).state == c.RUN_STATE_SUCCEEDED
         assert names(orch.events(live.id))[-1] == "RUN_SUCCEEDED"
 
-        # A run whose worker dies while no orchestrator runs: the next one reports it failed, not STARTED.
+        # A run whose worker dies while no orchestrator runs: the next one re-executes it from its unfinished steps.
         orphan = orch.stub.LaunchRun(
             water_request(
                 f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/b"], batch_size=1, max_concurrency=1
@@ -328,12 +328,11 @@ def test_restart_resumes_live_runs_and_fails_orphans(tmp_path, s3_server, slow_e
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
         orch.start()
-        final = orch.stub.GetRun(pb.GetRunRequest(id=orphan.id))
-        assert final.state == c.RUN_STATE_FAILED and "no live worker" in final.state_message
+        assert orch.wait(orphan.id).state == c.RUN_STATE_SUCCEEDED
         events = orch.events(orphan.id)
-        assert names(events)[-1] == "RUN_FAILED" and [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert names(events)[-1] == "RUN_SUCCEEDED" and [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert "RUN_FAILED" not in names(events)
         assert orch.stub.GetRun(pb.GetRunRequest(id=live.id)).state == c.RUN_STATE_SUCCEEDED
-        assert not (tmp_path / "b").exists()
     finally:
         orch.stop()
 

@@ -1,5 +1,6 @@
-"""Two core replicas (and two agents) behind the gateway on one PostgreSQL (`constellation up --replicas 2`):
-the core driving a run is SIGKILLed in the middle of its model step, the other takes the run over within
+"""Two core replicas (and two agents, hostings, orchestrators) behind the gateway on one PostgreSQL (`constellation
+up --replicas 2`): the orchestrator owning a run, then the core driving it, are SIGKILLed in the middle of its
+model step, the other replica takes the run over within
 the lease bound, and the run succeeds with the outputs of an undisturbed run and a gap-free,
 duplicate-free event stream. The figures over several kills are bench/takeover.py's."""
 
@@ -13,6 +14,7 @@ from bench.takeover import (
     check_stream,
     deployment_lease,
     kill_holder,
+    orchestrator_lease,
     restart,
     run_lease,
     set_up,
@@ -38,7 +40,9 @@ def replicas(postgres_admin_url, tmp_path_factory):
 
 def test_the_mesh_runs_two_cores_and_two_agents_behind_the_gateway(replicas):
     names = sorted(replicas.state["processes"])
-    assert names == ["agent", "agent-2", "core", "core-2", "gateway", "hosting", "hosting-2", "orchestrator"]
+    assert names == [
+        "agent", "agent-2", "core", "core-2", "gateway", "hosting", "hosting-2", "orchestrator", "orchestrator-2"
+    ]  # fmt: skip
     statuses = mesh_status(replicas)
     assert all(s["running"] and s["serving"] for s in statuses.values()), statuses
 
@@ -51,7 +55,8 @@ def mesh_status(setup) -> dict:
 
 def test_a_killed_core_replicas_run_is_finished_by_the_other_with_the_same_outputs(replicas, tmp_path):
     client = replicas.client
-    pipeline = slow_pipeline(replicas, tmp_path, sleep_s=0.25, tile=64)
+    # a model step long enough for three takeovers in a row (each up to TTL + renew period)
+    pipeline = slow_pipeline(replicas, tmp_path, sleep_s=0.6, tile=64)
     alone = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
     undisturbed = watch.follow(client.core, alone.id, spec=pipeline.spec)
     assert undisturbed.state == "succeeded", undisturbed.as_dict()
@@ -60,6 +65,11 @@ def test_a_killed_core_replicas_run_is_finished_by_the_other_with_the_same_outpu
     before = wait_for_inference(replicas, run.id)
     settings = config.load("core", replicas.env)
     bound = settings.lease_ttl_s + settings.lease_renew_s + 1.0  # TTL, the survivor's next look, a second of slack
+    owner, owner_s = kill_holder(replicas, orchestrator_lease(run.id))  # its worker lives on: adopted
+    MEASURED_FIGURES.append(
+        f"replicas: {owner} SIGKILLed mid-run, another orchestrator owned the run after {owner_s:.1f}s"
+    )
+    assert owner_s <= bound
     killed, takeover_s = kill_holder(replicas, run_lease(run.id))
     MEASURED_FIGURES.append(f"replicas: {killed} SIGKILLed mid-run, another core drove the run after {takeover_s:.1f}s")
     assert takeover_s <= bound, "taken over within TTL + renew period"
@@ -88,4 +98,5 @@ def test_a_killed_core_replicas_run_is_finished_by_the_other_with_the_same_outpu
     assert any("watches the deployment now" in e.message for e in history), [e.message for e in history]
     restart(replicas, killed)
     restart(replicas, hosting_killed)
+    restart(replicas, owner)
     assert all(s["serving"] for s in mesh_status(replicas).values())
