@@ -235,8 +235,8 @@ def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slo
         == grpc.StatusCode.FAILED_PRECONDITION
     )
     dagster_run = orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id))
-    with pytest.raises(ProcessLookupError):
-        for _ in range(50):
+    with pytest.raises(ProcessLookupError):  # the worker exits (within 30 s: a loaded 2-core machine took over 5)
+        for _ in range(300):
             os.kill(int(dagster_run.tags[PID_TAG]), 0)
             time.sleep(0.1)
 
