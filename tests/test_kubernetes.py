@@ -132,6 +132,14 @@ def test_each_service_runs_with_probes_limits_and_least_privilege(
         if p["kind"] == "PodDisruptionBudget"
     }
     assert budgets == {"core", "agent", "gateway", "hosting", "orchestrator"}
+    if overlay == "production":  # every part runs twice (hosting and the orchestrator by lease), one always up
+        for name in [*ports, "gateway"]:
+            deployment = _find(objects, "Deployment", name)["spec"]
+            assert deployment["replicas"] >= 2 and deployment.get("strategy", {}).get("type") != "Recreate", name
+            assert _find(objects, "PodDisruptionBudget", name)["spec"] == {
+                "minAvailable": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            }
     role = _find(objects, "Role", "constellation-hosting")
     assert {"inferenceservices"} in [set(r["resources"]) for r in role["rules"]]
     assert all(
@@ -175,7 +183,9 @@ def test_the_config_map_is_settings_the_services_accept(rendered: dict[str, list
 def test_dev_brings_its_database_and_production_expects_its_secret(rendered: dict[str, list[dict]]) -> None:
     dev, production = rendered["dev"], rendered["production"]
     secret = _find(dev, "Secret", "constellation-secrets")
-    assert set(secret["data"]) >= {"DATABASE_URL", "CONSTELLATION_DAGSTER_POSTGRES_URL"}
+    # hosting's replicas share one database (its SQLite default would be per pod, on an emptyDir)
+    assert set(secret["data"]) >= {"DATABASE_URL", "CONSTELLATION_DAGSTER_POSTGRES_URL", "CONSTELLATION_HOSTING_DATABASE_URL"}
+    assert "CREATE DATABASE hosting" in _find(dev, "ConfigMap", "postgres-init")["data"]["hosting.sql"]
     assert _find(dev, "StatefulSet", "postgres") and _find(dev, "Deployment", "s3")
     assert not [o for o in production if o["kind"] in ("Secret", "StatefulSet")]
     refs = [
