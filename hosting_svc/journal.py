@@ -13,7 +13,7 @@ import threading
 from datetime import UTC, datetime
 
 from hosting_svc.domain import DeploymentEvent, HostedModel
-from hosting_svc.store import Store
+from hosting_svc.store import Fence, Store
 from mesh.errors import InvalidArgument, NotFound
 
 log = logging.getLogger("hosting")
@@ -30,15 +30,21 @@ class Journal:
         self._locks_guard = threading.Lock()
 
     def emit(
-        self, model: HostedModel, state: str | None = None, message: str = "", log_line: str = ""
+        self,
+        model: HostedModel,
+        state: str | None = None,
+        message: str = "",
+        log_line: str = "",
+        fence: Fence | None = None,
     ) -> DeploymentEvent:
-        """Save the model (in `state`, when given) and append its next event."""
+        """Save the model (in `state`, when given) and append its next event, in one transaction; with `fence`,
+        only while this instance still holds the deployment's lease (else mesh.leases.LeaseLost, nothing
+        written)."""
         if state is not None and state != model.state:
             model.state = state
             model.state_message = message
         model.last_updated = now()
-        self.store.save(model)
-        event = self.store.append_event(model, message, log_line)
+        event = self.store.record(model, message, log_line, fence)
         log.info("deployment event", extra={"model_id": model.id, "state": model.state, "event_message": message})
         return event
 

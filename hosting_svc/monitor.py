@@ -19,6 +19,16 @@ mesh.leases), taken by the instance that rolls it out. Every
 runtime; each instance holds `hosting-instance:<holder>` while it lives, so a
 starting instance knows whether others run (then it leaves their work alone
 rather than reconcile it).
+
+Fencing: an instance paused past its lease's expiry (a long GC pause, SIGSTOP) wakes up believing it still
+watches deployments another instance took meanwhile. So every write the monitor makes for a deployment is
+conditional on its lease at the generation it took: a deployment event and the model's state are written in
+one transaction that first checks the lease (mesh.leases.Leases.check; on PostgreSQL the row stays locked
+until the write commits, so a steal waits for it). The engine cannot join that transaction, so restarting a
+replica and scaling renew the lease immediately before (which also proves it is still held at that
+generation): a successor cannot take it for a whole TTL after that, and the engine call follows within
+milliseconds, so only a pause longer than the TTL in that very gap could slip through. A refused write or
+renewal makes the instance drop the deployment (its replicas are no longer its to watch) and log it.
 """
 
 from __future__ import annotations
@@ -38,7 +48,8 @@ from hosting_svc.journal import Journal
 from hosting_svc.runtimes import Replica, Runtime, free_port
 from hosting_svc.scaling import Decision, Scaler
 from hosting_svc.settings import HostingSettings
-from mesh.leases import Lease, Leases
+from hosting_svc.store import Fence
+from mesh.leases import Lease, LeaseLost, Leases
 from model_runtime.admission import Load
 
 log = logging.getLogger("hosting")
@@ -115,6 +126,39 @@ class Monitor:
     def holder_of(self, model_id: str) -> str:
         return self.leases.holder_of(LEASE + model_id)
 
+    def fence(self, model_id: str) -> Fence:
+        """The check a write for the deployment runs in its own transaction: this instance's lease, at the
+        generation it took, still held (LeaseLost otherwise)."""
+        lease = self.held.get(model_id)
+
+        def check(session) -> None:
+            if lease is None:
+                raise LeaseLost(f"this hosting instance does not watch the deployment of {model_id}")
+            self.leases.check(session, lease)
+
+        return check
+
+    def _still_held(self, model_id: str) -> bool:
+        """Before an engine call for the deployment (which no transaction can fence): renew its lease, which
+        proves it is still this instance's at its generation and keeps it so for a TTL; drop it if lost."""
+        lease = self.held.get(model_id)
+        if lease is not None and self.leases.renew(lease):
+            return True
+        self._lose(model_id)
+        return False
+
+    def _lose(self, model_id: str) -> None:
+        """The deployment's lease is gone (this instance was paused past its expiry, and another took it): stop
+        watching it, touching nothing."""
+        with self._held_lock:
+            self.held.pop(model_id, None)
+            self.replicas.pop(model_id, None)
+        self.scaler.forget(model_id)
+        log.warning(
+            "lost the lease on a deployment (another hosting instance watches it now); this one stops acting on it",
+            extra={"model_id": model_id},
+        )
+
     def _keep_leases(self) -> None:
         """Renew this instance's leases, give up those of models no longer deployed, take the expired ones."""
         if self.instance is None or not self.leases.renew(self.instance):
@@ -141,11 +185,15 @@ class Monitor:
         running = self.runtimes[model.runtime].running().get(model.id, [])
         found = [Replica(rid, by_id[rid[:12]]) for rid in running if rid[:12] in by_id]
         self.replicas[model.id] = found
-        self.journal.emit(
-            model,
-            message=f"hosting instance {self.leases.holder} watches the deployment now ({len(found)} replica(s)): "
-            "the instance that watched it stopped renewing its lease",
-        )
+        try:
+            self.journal.emit(
+                model,
+                message=f"hosting instance {self.leases.holder} watches the deployment now ({len(found)} replica(s)): "
+                "the instance that watched it stopped renewing its lease",
+                fence=self.fence(model.id),
+            )
+        except LeaseLost:
+            self._lose(model.id)
 
     def release_all(self) -> None:
         """This instance stops: others take its deployments at once."""
@@ -186,46 +234,57 @@ class Monitor:
         if not lock.acquire(blocking=False):
             return  # a rollout or delete holds it
         try:
-            model = self.journal.store.get(model_id)
-            replicas = self.replicas.get(model_id, [])
-            if model is None or model.state not in ("healthy", "unhealthy") or not replicas:
-                self.scaler.forget(model_id)
-                return
-            runtime = self.runtimes[model.runtime]
-            health = []
-            loads: dict[str, Load | None] = {}
-            for i, replica in enumerate(replicas):
-                if model.runtime in RESTARTED_BY_MONITOR and not runtime.alive(model, replica.replica_id):
-                    why = runtime.why_down(model, replica.replica_id)
-                    runtime.stop(model, replica.replica_id)  # a stopped container keeps its name until removed
-                    port = int(replica.address.rsplit(":", 1)[1])
-                    replicas[i] = replica = runtime.start(model, i, port)
-                    exited = f"replica {i} exited" + (f" ({why})" if why else "")
-                    self.journal.emit(model, log_line=f"{exited}; restarted it on {replica.address}")
-                ok, loads[replica.address] = probe(replica.address)
-                health.append(ok)
-            if all(health) and model.state == "healthy" and not runtime.scales_itself:
-                decision = self.scaler.decide(model, loads, time.monotonic(), self.settings)
-                if decision.change:
-                    self._scale(model, runtime, replicas, decision)
-                    return
-            model.endpoints = [
-                Endpoint(r.address, r.replica_id[:12], ok) for r, ok in zip(replicas, health, strict=True)
-            ]
-            if all(health) and model.state == "unhealthy":
-                self.journal.emit(model, "healthy", "every replica answers again")
-            elif not all(health) and model.state == "healthy":
-                down = []
-                for replica, ok in zip(replicas, health, strict=True):
-                    if not ok:
-                        why = runtime.why_down(model, replica.replica_id)
-                        down.append(replica.address + (f" ({why})" if why else ""))
-                self.journal.emit(model, "unhealthy", f"replica(s) not answering: {', '.join(down)}")
+            self._check(model_id)
+        except LeaseLost:
+            self._lose(model_id)
         finally:
             lock.release()
 
-    def _scale(self, model: HostedModel, runtime: Runtime, replicas: list[Replica], decision: Decision) -> None:
+    def _check(self, model_id: str) -> None:
+        """One health round of the deployment (its lock held); every write fenced by its lease."""
+        fence = self.fence(model_id)
+        model = self.journal.store.get(model_id)
+        replicas = self.replicas.get(model_id, [])
+        if model is None or model.state not in ("healthy", "unhealthy") or not replicas:
+            self.scaler.forget(model_id)
+            return
+        runtime = self.runtimes[model.runtime]
+        health = []
+        loads: dict[str, Load | None] = {}
+        for i, replica in enumerate(replicas):
+            if model.runtime in RESTARTED_BY_MONITOR and not runtime.alive(model, replica.replica_id):
+                if not self._still_held(model_id):
+                    return
+                why = runtime.why_down(model, replica.replica_id)
+                runtime.stop(model, replica.replica_id)  # a stopped container keeps its name until removed
+                port = int(replica.address.rsplit(":", 1)[1])
+                replicas[i] = replica = runtime.start(model, i, port)
+                exited = f"replica {i} exited" + (f" ({why})" if why else "")
+                self.journal.emit(model, log_line=f"{exited}; restarted it on {replica.address}", fence=fence)
+            ok, loads[replica.address] = probe(replica.address)
+            health.append(ok)
+        if all(health) and model.state == "healthy" and not runtime.scales_itself:
+            decision = self.scaler.decide(model, loads, time.monotonic(), self.settings)
+            if decision.change:
+                self._scale(model, runtime, replicas, decision, fence)
+                return
+        model.endpoints = [Endpoint(r.address, r.replica_id[:12], ok) for r, ok in zip(replicas, health, strict=True)]
+        if all(health) and model.state == "unhealthy":
+            self.journal.emit(model, "healthy", "every replica answers again", fence=fence)
+        elif not all(health) and model.state == "healthy":
+            down = []
+            for replica, ok in zip(replicas, health, strict=True):
+                if not ok:
+                    why = runtime.why_down(model, replica.replica_id)
+                    down.append(replica.address + (f" ({why})" if why else ""))
+            self.journal.emit(model, "unhealthy", f"replica(s) not answering: {', '.join(down)}", fence=fence)
+
+    def _scale(
+        self, model: HostedModel, runtime: Runtime, replicas: list[Replica], decision: Decision, fence: Fence
+    ) -> None:
         """One replica more (started, then listed once ready) or fewer (unlisted, then stopped); lock held."""
+        if not self._still_held(model.id):
+            return
         if decision.change > 0:
             replica = runtime.start(model, len(replicas), free_port())
             try:
@@ -235,7 +294,10 @@ class Monitor:
                 tail = runtime.logs(model, replica.replica_id)
                 runtime.stop(model, replica.replica_id)
                 self.journal.emit(
-                    model, message=f"could not add a replica ({decision.reason}): {error}", log_line=tail[-2000:]
+                    model,
+                    message=f"could not add a replica ({decision.reason}): {error}",
+                    log_line=tail[-2000:],
+                    fence=fence,
                 )
                 return
             replicas.append(replica)
@@ -243,6 +305,11 @@ class Monitor:
         else:
             gone = replicas.pop()
         model.endpoints = [Endpoint(r.address, r.replica_id[:12], True) for r in replicas]
-        self.journal.emit(model, message=f"scaled to {len(replicas)} replica(s): {decision.reason}")
+        try:
+            self.journal.emit(model, message=f"scaled to {len(replicas)} replica(s): {decision.reason}", fence=fence)
+        except LeaseLost:  # the successor adopts what the engine runs; this instance only undoes its own start
+            if gone is None:
+                runtime.stop(model, replicas[-1].replica_id)
+            raise
         if gone is not None:  # unlisted first: new runs no longer get it; its server drains what it holds
             runtime.stop(model, gone.replica_id)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from hosting_svc.domain import DeploymentEvent, Endpoint, HostedModel
 from mesh.db import create_db_engine, create_tables
 
+Fence = Callable[[Session], None]  # raises (mesh.leases.LeaseLost) to write nothing
 APPEND_ATTEMPTS = 5  # instances appending one model's event at once: the loser numbers it again
 
 
@@ -108,12 +109,16 @@ class Store:
                 session.delete(row)
                 session.commit()
 
-    def append_event(self, model: HostedModel, message: str = "", log_line: str = "") -> DeploymentEvent:
-        """Persist the model's current state as its next event, then wake watchers."""
+    def record(
+        self, model: HostedModel, message: str = "", log_line: str = "", fence: Fence | None = None
+    ) -> DeploymentEvent:
+        """Saves the model and appends its current state as its next event in one transaction, then wakes
+        watchers. `fence` runs in that transaction first (the monitor's lease check: an instance that lost the
+        deployment raises mesh.leases.LeaseLost and writes nothing)."""
         now = datetime.now(UTC)
         for attempt in range(APPEND_ATTEMPTS):
             try:
-                created = self._append_event(model, message, log_line, now)
+                created = self._record(model, message, log_line, now, fence)
                 break
             except IntegrityError:  # another hosting instance took that number first
                 if attempt == APPEND_ATTEMPTS - 1:
@@ -122,8 +127,17 @@ class Store:
             self._changed.notify_all()
         return created
 
-    def _append_event(self, model: HostedModel, message: str, log_line: str, now: datetime) -> DeploymentEvent:
+    def _record(
+        self, model: HostedModel, message: str, log_line: str, now: datetime, fence: Fence | None
+    ) -> DeploymentEvent:
         with self._lock, self._sessions() as session:
+            if fence is not None:
+                fence(session)
+            row = session.get(ModelRow, model.id)
+            if row is None:
+                session.add(ModelRow(id=model.id, name=model.name, version=model.version, data=_encode(model)))
+            else:
+                row.data = _encode(model)
             last = session.scalar(
                 select(EventRow.sequence)
                 .where(EventRow.model_id == model.id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -28,7 +29,7 @@ from dagster._serdes import serialize_value
 from dagster_docker import DockerRunLauncher
 from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG, DOCKER_IMAGE_TAG
 
-from orchestrator_svc.k8s_launcher import ACTIVE, WORKER_UID, settle_run, worker_args
+from orchestrator_svc.k8s_launcher import ACTIVE, WORKER_UID, always, settle_run, worker_args
 from orchestrator_svc.launcher import INSTANCE_REF_ENV
 from orchestrator_svc.settings import OrchestratorSettings
 
@@ -71,6 +72,7 @@ class DockerWorkerRunLauncher(DockerRunLauncher):
         super().__init__(*args, **kwargs)
         self._settling = threading.Lock()
         self._disposed = threading.Event()
+        self.may_write: Callable[[DagsterRun], bool] = always  # the orchestrator's lease check (runs.py)
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
@@ -100,7 +102,7 @@ class DockerWorkerRunLauncher(DockerRunLauncher):
 
     def settle(self, run_id: str, why: str) -> None:
         with self._settling:
-            settle_run(self._instance, run_id, why)
+            settle_run(self._instance, run_id, why, self.may_write)
 
     def watch_adopted(self, run_id: str, poll_s: float = 2.0) -> None:
         """Follow a run's container until the run ends; settle the run if the container ends first; then remove

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
@@ -35,11 +36,18 @@ WORKER_UID = 10001
 DAGSTER_HOME = "/opt/dagster/dagster_home"  # dagster-k8s's default, set as DAGSTER_HOME in every Job
 
 
-def settle_run(instance: DagsterInstance, run_id: str, why: str) -> None:
+def always(run: DagsterRun) -> bool:
+    """A launcher's `may_write` outside an orchestrator (the Dagster UI's, a worker's): no leases there."""
+    return True
+
+
+def settle_run(
+    instance: DagsterInstance, run_id: str, why: str, may_write: Callable[[DagsterRun], bool] = always
+) -> None:
     """A run whose worker (Job, container) is gone or ended must not stay active: CANCELING becomes CANCELED,
-    else FAILED."""
+    else FAILED; only by the run's owner (`may_write`: its lease is still this replica's, checked just before)."""
     run = instance.get_run_by_id(run_id)
-    if run is None or run.status not in ACTIVE:
+    if run is None or run.status not in ACTIVE or not may_write(run):
         return
     if run.status == DagsterRunStatus.CANCELING:
         instance.report_run_canceled(run, message=f"Run canceled: {why}.")
@@ -102,6 +110,7 @@ class K8sWorkerRunLauncher(K8sRunLauncher):
         super().__init__(*args, **kwargs)
         self._settling = threading.Lock()
         self._disposed = threading.Event()
+        self.may_write: Callable[[DagsterRun], bool] = always  # the orchestrator's lease check (runs.py)
 
     def build_job(self, run: DagsterRun) -> kubernetes.client.V1Job:
         """The run's Job, as dagster-k8s builds it from this launcher's config and the run's tags."""
@@ -128,7 +137,7 @@ class K8sWorkerRunLauncher(K8sRunLauncher):
     def settle(self, run_id: str, why: str) -> None:
         """A run whose Job is gone or failed must not stay active: CANCELING becomes CANCELED, else FAILED."""
         with self._settling:
-            settle_run(self._instance, run_id, why)
+            settle_run(self._instance, run_id, why, self.may_write)
 
     def watch_adopted(self, run_id: str, poll_s: float = 5.0) -> None:
         """Follow a run's Job after an orchestrator restart and settle the run when the Job ends without it."""

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,9 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
         self._lock = threading.Lock()
         self._settling = threading.Lock()  # one settle/cancel decision at a time in this process
         self._disposed = threading.Event()
+        # Whether this process may still write the run's end: the orchestrator's check that it still holds
+        # the run's lease (runs.py); always outside an orchestrator (the Dagster UI's instance, a worker's).
+        self.may_write: Callable[[DagsterRun], bool] = lambda run: True
         super().__init__()
 
     # -- ConfigurableClass ---------------------------------------------------
@@ -144,16 +147,20 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
         if self._disposed.is_set():
             return
         try:
+            run = self._instance.get_run_by_id(run_id)
+            if run is None or (run.status in ACTIVE and not self.may_write(run)):  # another orchestrator owns
+                return  # the run now: it settles it
             self._instance.add_run_tags(run_id, {EXIT_TAG: str(child.returncode)})
             self.settle(run_id, f"its worker process exited with code {child.returncode}")
         except Exception:  # the instance may be closing with the server
             log.exception("could not settle run after its worker exited", extra={"run_id": run_id})
 
     def settle(self, run_id: str, why: str) -> None:
-        """A run whose worker is gone must not stay active: CANCELING becomes CANCELED, anything else FAILED."""
+        """A run whose worker is gone must not stay active: CANCELING becomes CANCELED, anything else FAILED;
+        only by the run's owner (`may_write`, checked just before the write)."""
         with self._settling:
             run = self._instance.get_run_by_id(run_id)
-            if run is None or run.status not in ACTIVE:
+            if run is None or run.status not in ACTIVE or not self.may_write(run):
                 return
             if run.status == DagsterRunStatus.CANCELING:
                 self._instance.report_run_canceled(run, message=f"Run canceled: {why}.")

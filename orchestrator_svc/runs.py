@@ -17,6 +17,16 @@ CancelRun for any run, from the instance alone; they follow the chain of attempt
 as one run (the failure that ended an attempt and the next one's start-up events left out), so sequence
 numbers, and core's resume point, are the same whichever replica answers.
 
+Fencing: a replica paused past its lease's expiry (a GC pause, SIGSTOP) may wake after a survivor took its
+runs. Every write it makes as a run's owner (settling the run when its worker ends, the re-execution's tag,
+run and launch) is made only while it still holds that run's lease at the generation it took: the writes go
+to Dagster's storage, which cannot join our transaction, so the lease is renewed immediately before each one
+(`_still_owner`, the launchers' `may_write`): a renewal only succeeds for the holder of that generation, and
+it keeps the lease this replica's for a whole TTL, while the write follows within milliseconds; only a pause
+longer than the TTL in that very gap could slip through. A refused renewal drops the run from this replica,
+which logs that it lost the lease and stops acting on it.
+CancelRun is not an owner's write: any replica may ask for it, as in core.
+
 Following events: one `RunFeed` per watched run polls the run's event log
 (by storage id, every `poll_s`), maps each record once (events.py) and keeps
 the list; every watcher of that run reads the same list, so all see the same
@@ -50,7 +60,7 @@ from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh.enums import enum_name
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mesh.ids import new_id
-from mesh.leases import Lease, Leases
+from mesh.leases import Lease, LeaseLost, Leases
 from orchestrator_svc import events, jobs, specs
 from orchestrator_svc.docker_launcher import DockerWorkerRunLauncher
 from orchestrator_svc.k8s_launcher import K8sWorkerRunLauncher
@@ -253,6 +263,7 @@ class RunManager:
         self.lease_renew_s = lease_renew_s
         self._owned: dict[str, Lease] = {}
         self._owned_lock = threading.Lock()
+        self.launcher.may_write = self._still_owner
 
     @property
     def launcher(self) -> WorkerRunLauncher | K8sWorkerRunLauncher | DockerWorkerRunLauncher:
@@ -463,6 +474,26 @@ class RunManager:
         if lease is not None:
             self.leases.release(lease)
 
+    def _still_owner(self, run: DagsterRun) -> bool:
+        """Just before a write to the run as its owner: renew its lease (which succeeds only for this replica at
+        the generation it took); a lost run is dropped, with a warning."""
+        run_id = run.tags.get(RUN_ID_TAG, "")
+        with self._owned_lock:
+            lease = self._owned.get(run_id)
+        if lease is not None and self.leases.renew(lease):
+            return True
+        with self._owned_lock:
+            self._owned.pop(run_id, None)
+        log.warning(
+            "not writing to a run whose lease this orchestrator lost (another one owns it now)",
+            extra={"run_id": run_id},
+        )
+        return False
+
+    def _fence(self, run: DagsterRun) -> None:
+        if not self._still_owner(run):
+            raise LeaseLost(f"run {run.tags.get(RUN_ID_TAG, '')!r} is owned by another orchestrator now")
+
     def owned(self) -> builtins.list[str]:
         with self._owned_lock:
             return builtins.list(self._owned)
@@ -492,7 +523,10 @@ class RunManager:
                 self.launcher.watch_adopted(run.run_id)
                 adopted.append(run_id)
             elif action == REEXECUTE:
-                self._reexecute(run)
+                try:
+                    self._reexecute(run)
+                except LeaseLost:
+                    continue  # _still_owner dropped it and said so
                 adopted.append(run_id)
             elif action == SETTLE:
                 self.launcher.settle(run.run_id, "its orchestrator stopped and no live worker was found for it")
@@ -510,6 +544,7 @@ class RunManager:
         Returns the new attempt's Dagster run id."""
         attempt_id = str(uuid.uuid4())
         # NEXT_TAG first: whoever reads the failure below already knows the run goes on
+        self._fence(run)
         self.instance.add_run_tags(run.run_id, {NEXT_TAG: attempt_id})
         self.launcher.settle(run.run_id, f"its worker died; re-executed from its failed step as {attempt_id}")
         failed = self.instance.get_run_by_id(run.run_id)
@@ -532,6 +567,7 @@ class RunManager:
             run_id=attempt_id,
             status=DagsterRunStatus.NOT_STARTED,
         )
+        self._fence(run)  # a lost attempt stays NOT_STARTED: the new owner re-executes it in turn
         self.instance.launch_run(attempt_id, workspace=None)  # type: ignore[arg-type]  # as in launch
         log.info(
             "re-executed a run whose worker died",
