@@ -2,8 +2,11 @@
 
 `ensure_instance_config` writes $DAGSTER_HOME/dagster.yaml from the settings:
 SQLite storage under DAGSTER_HOME by default, PostgreSQL (dagster-postgres)
-when a URL is configured; the run launcher is ours (a worker process per
-run, see launcher.py), or on Kubernetes dagster-k8s's running our worker in
+when a URL is configured, its password never in the file: Dagster reads the URL from
+CONSTELLATION_DAGSTER_STORAGE_URL (`{env: ...}` config), which the orchestrator sets in its own environment
+from CONSTELLATION_DAGSTER_POSTGRES_URL, so every process opening the instance inherits it (run workers, the
+Dagster UI; run containers get it by name; run Jobs read theirs from the Secret); the run launcher is ours
+(a worker process per run, see launcher.py), or on Kubernetes dagster-k8s's running our worker in
 a Job per run (k8s_launcher.py), or dagster-docker's running it in a
 container per run (docker_launcher.py, under compose), so a run terminated from the Dagster UI is stopped the
 same way CancelRun stops it; step stdout/stderr capture and telemetry are off.
@@ -11,6 +14,7 @@ same way CancelRun stops it; step stdout/stderr capture and telemetry are off.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -32,9 +36,20 @@ def dagster_postgres_url(url: str) -> str:
     return url
 
 
+# Set by the orchestrator in its own environment (never in a file): the instance's URL in the form
+# dagster-postgres needs (dagster_postgres_url), which dagster.yaml names.
+URL_ENV = "CONSTELLATION_DAGSTER_STORAGE_URL"
+
+
+def export_url(settings: OrchestratorSettings, environ: os._Environ[str] = os.environ) -> None:
+    """Puts the Dagster database's URL, password included, where dagster.yaml says to read it."""
+    if settings.dagster_postgres_url:
+        environ[URL_ENV] = dagster_postgres_url(settings.dagster_postgres_url)
+
+
 def instance_config(settings: OrchestratorSettings) -> dict:
     if settings.dagster_postgres_url:
-        storage = {"postgres": {"postgres_url": dagster_postgres_url(settings.dagster_postgres_url)}}
+        storage = {"postgres": {"postgres_url": {"env": URL_ENV}}}
     else:
         storage = {"sqlite": {"base_dir": str(settings.dagster_home)}}
     if settings.run_launcher == "k8s":
@@ -70,6 +85,7 @@ def instance_config(settings: OrchestratorSettings) -> dict:
 
 
 def ensure_instance_config(settings: OrchestratorSettings) -> Path:
+    export_url(settings)  # first: the Docker launcher's config passes on the environment's names
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     path = settings.dagster_home / "dagster.yaml"

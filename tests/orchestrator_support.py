@@ -27,7 +27,7 @@ from mesh.services import insecure_channel, with_api_key
 from orchestrator_svc.server import build
 from tests.conftest import TEST_AUTH, TEST_STORAGE_ROOTS
 from tests.orchestrator_scenes import BANDS, write_scene
-from tests.pg import create_database, free_port
+from tests.pg import create_database_with_password, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NDWI_DIR = ROOT / "examples" / "models" / "ndwi-water"
@@ -280,10 +280,10 @@ class Orchestrator:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def dagster_storage(request) -> str:
-    """ "" for SQLite under the temp home, else the URL of a fresh PostgreSQL database."""
+    """ "" for SQLite under the temp home, else the URL of a fresh PostgreSQL database, with a password in it."""
     if request.param == "sqlite":
         return ""
-    return create_database(request.getfixturevalue("postgres_admin_url"))
+    return create_database_with_password(request.getfixturevalue("postgres_admin_url"))
 
 
 @pytest.fixture

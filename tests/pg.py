@@ -72,3 +72,15 @@ def create_database(admin_url: str) -> str:
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def create_database_with_password(admin_url: str) -> str:
+    """A fresh database owned by a fresh role with a password; its URL carries the password (the throwaway
+    cluster trusts 127.0.0.1, so the server does not check it: what this tests is where the password goes)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+        connection.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+    host = admin_url.split("@", 1)[1].rsplit("/", 1)[0]
+    return f"postgresql://{name}:{password}@{host}/{name}"

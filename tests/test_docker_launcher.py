@@ -3,8 +3,14 @@ passes the environment by name only and confines the run container. tests/test_c
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.storage.config import pg_config
+from dagster_postgres.utils import pg_url_from_config
 
 from mesh.config import ConfigError
 from orchestrator_svc import docker_launcher, instance
@@ -40,11 +46,31 @@ def test_dagster_yaml_names_the_docker_launcher_with_no_secret_in_it(tmp_path, m
     assert {"CONSTELLATION_DAGSTER_POSTGRES_URL", "AWS_SECRET_ACCESS_KEY", "GEMINI_API_KEY"} <= set(config["env_vars"])
     assert "UNRELATED_SECRET" not in config["env_vars"]
     assert docker_launcher.INSTANCE_REF_ENV not in config["env_vars"]
-    assert "s3cret" not in written.read_text().split("run_launcher")[1] and "hidden-value" not in written.read_text()
+    assert "s3cret" not in written.read_text() and "hidden-value" not in written.read_text()
+    assert instance.URL_ENV in config["env_vars"], "run containers get the Dagster URL by name"
     kwargs = config["container_kwargs"]
     assert kwargs["user"] == "10001" and kwargs["cap_drop"] == ["ALL"]
     assert kwargs["security_opt"] == ["no-new-privileges"] and kwargs["pids_limit"] > 0
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == "2g" and kwargs["nano_cpus"] == 10**9
+
+
+def test_dagster_yaml_names_the_postgres_url_and_dagster_reads_it_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(instance.URL_ENV, raising=False)
+    url = "postgresql://constellation:p%40ss%2Fw0rd@db.internal:5433/dagster?sslmode=require"
+    settings = OrchestratorSettings.from_env(
+        {"CONSTELLATION_HOME": str(tmp_path), "CONSTELLATION_DAGSTER_POSTGRES_URL": url}
+    )
+    home = instance.ensure_instance_config(settings)
+    text = (home / "dagster.yaml").read_text()
+    assert "p@ss" not in text and "p%40ss" not in text and "w0rd" not in text
+    assert yaml.safe_load(text)["storage"] == {"postgres": {"postgres_url": {"env": instance.URL_ENV}}}
+    assert os.environ[instance.URL_ENV].startswith("postgresql+psycopg2://"), "set for this process and its children"
+    # Dagster resolves the file's config from the environment into the URL it connects with.
+    checked = process_config(pg_config(), dagster_instance_config(str(home))[0]["storage"]["postgres"])
+    assert checked.success, checked.errors
+    assert pg_url_from_config(checked.value) == (
+        "postgresql+psycopg2://constellation:p%40ss%2Fw0rd@db.internal:5433/dagster?sslmode=require"
+    )
 
 
 def test_the_docker_launcher_needs_an_image(tmp_path):

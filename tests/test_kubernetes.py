@@ -184,7 +184,11 @@ def test_dev_brings_its_database_and_production_expects_its_secret(rendered: dic
     dev, production = rendered["dev"], rendered["production"]
     secret = _find(dev, "Secret", "constellation-secrets")
     # hosting's replicas share one database (its SQLite default would be per pod, on an emptyDir)
-    assert set(secret["data"]) >= {"DATABASE_URL", "CONSTELLATION_DAGSTER_POSTGRES_URL", "CONSTELLATION_HOSTING_DATABASE_URL"}
+    assert set(secret["data"]) >= {
+        "DATABASE_URL",
+        "CONSTELLATION_DAGSTER_POSTGRES_URL",
+        "CONSTELLATION_HOSTING_DATABASE_URL",
+    }
     assert "CREATE DATABASE hosting" in _find(dev, "ConfigMap", "postgres-init")["data"]["hosting.sql"]
     assert _find(dev, "StatefulSet", "postgres") and _find(dev, "Deployment", "s3")
     assert not [o for o in production if o["kind"] in ("Secret", "StatefulSet")]

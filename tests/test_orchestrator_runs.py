@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import rasterio
 import requests
+from dagster._serdes import serialize_value
+from sqlalchemy import make_url
 
 from clients.storage import parse
 from constellation.common.v1 import common_pb2 as c
@@ -188,6 +190,13 @@ def test_pipeline_over_a_real_geotiff_matches_numpy_ndwi(
             assert png.startswith(b"\x89PNG\r\n\x1a\n")
         manifest = json.loads((outputs_local / run.id / "out-1" / "manifest.json").read_text())
         assert {o["uri"] for o in manifest["outputs"]} == {o.uri for o in done.outputs if o.block_id == "out-1"}
+        if dagster_storage:  # the run worked on PostgreSQL; its password is in no file the orchestrator wrote
+            password = make_url(dagster_storage).password
+            assert password and (tmp_path / "home" / "dagster" / "dagster.yaml").exists()
+            written = [p for p in (tmp_path / "home").rglob("*") if p.is_file() and p.suffix in (".yaml", ".log")]
+            assert written and not [p for p in written if password in p.read_text(errors="replace")]
+            # nor in the instance reference a run worker gets in its environment (it reads the URL from there)
+            assert password not in serialize_value(orch.server.runs.instance.get_ref())
     finally:
         orch.stop()
 
