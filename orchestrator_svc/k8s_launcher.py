@@ -147,14 +147,25 @@ class K8sWorkerRunLauncher(K8sRunLauncher):
                 run = self._instance.get_run_by_id(run_id)
                 if run is None or run.status not in ACTIVE:
                     return
-                health = self.check_run_worker_health(run)
-                if health.status in (WorkerStatus.FAILED, WorkerStatus.SUCCESS):
-                    self.settle(run_id, f"its Job ended ({health.msg or health.status.value})")
+                if not self.job_alive(run):
+                    health = self.check_run_worker_health(run)
+                    self.settle(run_id, f"its Job ended or is gone ({health.msg or health.status.value})")
                     return
 
         threading.Thread(target=follow, name=f"adopt-{run_id}", daemon=True).start()
 
     def job_alive(self, run: DagsterRun) -> bool:
+        """Whether the run's Job still runs: not when it ended, nor when there is none (never created, deleted,
+        or gone with its namespace: dagster-k8s calls that UNKNOWN); an API that does not answer counts as
+        running (a run is not executed twice for a moment's outage)."""
+        namespace = self.get_container_context_for_run(run).namespace or "default"
+        job_name = get_job_name_from_run_id(run.run_id, resume_attempt_number=self._get_resume_attempt_number(run))
+        try:
+            if self._api_client.get_job_status(namespace=namespace, job_name=job_name) is None:
+                return False
+        except Exception:  # the API server does not answer: look again at the next renewal
+            log.warning("could not read a run's Job", extra={"run_id": run.run_id, "job": job_name}, exc_info=True)
+            return True
         return self.check_run_worker_health(run).status in (WorkerStatus.RUNNING, WorkerStatus.UNKNOWN)
 
     def dispose(self) -> None:

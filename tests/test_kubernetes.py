@@ -20,6 +20,8 @@ import re
 import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -28,10 +30,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRunStatus
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster_k8s.job import get_job_name_from_run_id
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 from kubernetes.client.rest import RESTClientObject
@@ -45,6 +48,7 @@ from hosting_svc.settings import HostingSettings
 from mesh.config import ConfigError
 from orchestrator_svc.instance import instance_config
 from orchestrator_svc.k8s_launcher import DAGSTER_HOME, K8sWorkerRunLauncher, launcher_config
+from orchestrator_svc.runs import ADOPT, REEXECUTE, SETTLE, takeover
 from orchestrator_svc.settings import OrchestratorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -642,3 +646,49 @@ def test_the_gateway_resolves_service_names_and_starts_from_its_settings(tmp_pat
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# --------------------------------------------------------------------------- the orchestrator's take-over of Jobs
+
+
+def test_a_new_owner_adopts_a_running_job_and_reexecutes_a_run_whose_job_failed_or_is_gone(tmp_path: Path) -> None:
+    """runs.takeover with the Kubernetes launcher, the API at its HTTP boundary (no cluster here): a live Job is
+    adopted, a failed or missing one (deleted, gone with its node's namespace) re-executed, and an adopted run
+    whose Job disappears is settled rather than left RUNNING."""
+    config = process_config(K8sWorkerRunLauncher.config_type(), launcher_config(_orchestrator_settings())).value
+    with DagsterInstance.ephemeral() as instance:
+        launcher = K8sWorkerRunLauncher(
+            **{**config, "load_incluster_config": False, "kubeconfig_file": str(unreachable_kubeconfig(tmp_path))}
+        )
+        launcher.register_instance(instance)
+        server = FakeApiServer()
+        launcher._api_client.batch_api.api_client.rest_client = server
+        run = instance.add_run(
+            DagsterRun(job_name="constellation_run", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED)
+        )
+        job_name = get_job_name_from_run_id(run.run_id)
+        path = f"/apis/batch/v1/namespaces/constellation/jobs/{job_name}/status"
+        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": job_name, "namespace": "constellation"}}
+
+        assert takeover(run, launcher, "orchestrator-0") == REEXECUTE, "no Job: its worker is gone"
+        server.objects[path] = {**job, "status": {"active": 1}}
+        assert takeover(run, launcher, "orchestrator-0") == ADOPT
+        server.objects[path] = {**job, "status": {"failed": 1}}
+        assert takeover(run, launcher, "orchestrator-0") == REEXECUTE
+        canceling = instance.add_run(
+            DagsterRun(job_name="constellation_run", run_id=str(uuid.uuid4()), status=DagsterRunStatus.CANCELING)
+        )
+        assert takeover(canceling, launcher, "orchestrator-0") == SETTLE
+        assert server.writes == [], "deciding sends nothing to the cluster"
+
+        server.objects[path] = {**job, "status": {"active": 1}}
+        launcher.watch_adopted(run.run_id, poll_s=0.05)
+        time.sleep(0.3)
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED, "its Job runs: followed"
+        del server.objects[path]  # the Job is deleted (or its node and namespace went) while the run was active
+        deadline = time.monotonic() + 10
+        while instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED:
+            assert time.monotonic() < deadline, "the adopted run was left RUNNING without a Job"
+            time.sleep(0.05)
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+        launcher.dispose()
