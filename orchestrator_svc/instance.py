@@ -48,6 +48,7 @@ def export_url(settings: OrchestratorSettings, environ: os._Environ[str] = os.en
 
 
 def instance_config(settings: OrchestratorSettings) -> dict:
+    storage: dict[str, dict]
     if settings.dagster_postgres_url:
         storage = {"postgres": {"postgres_url": {"env": URL_ENV}}}
     else:
