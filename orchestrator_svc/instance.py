@@ -41,10 +41,11 @@ def dagster_postgres_url(url: str) -> str:
 URL_ENV = "CONSTELLATION_DAGSTER_STORAGE_URL"
 
 
-def export_url(settings: OrchestratorSettings, environ: os._Environ[str] = os.environ) -> None:
-    """Puts the Dagster database's URL, password included, where dagster.yaml says to read it."""
+def export_url(settings: OrchestratorSettings) -> None:
+    """Puts the Dagster database's URL, password included, where dagster.yaml says to read it: this process's
+    environment, which the processes it starts inherit."""
     if settings.dagster_postgres_url:
-        environ[URL_ENV] = dagster_postgres_url(settings.dagster_postgres_url)
+        os.environ[URL_ENV] = dagster_postgres_url(settings.dagster_postgres_url)
 
 
 def instance_config(settings: OrchestratorSettings) -> dict:

@@ -18,8 +18,8 @@ as one run (the failure that ended an attempt and the next one's start-up events
 numbers, and core's resume point, are the same whichever replica answers.
 
 Fencing: a replica paused past its lease's expiry (a GC pause, SIGSTOP) may wake after a survivor took its
-runs. Every write it makes as a run's owner (settling the run when its worker ends, the re-execution's tag,
-run and launch) is made only while it still holds that run's lease at the generation it took: the writes go
+runs. Every write it makes as a run's owner (settling the run when its worker ends, chaining and launching its
+re-execution) is made only while it still holds that run's lease at the generation it took: the writes go
 to Dagster's storage, which cannot join our transaction, so the lease is renewed immediately before each one
 (`_still_owner`, the launchers' `may_write`): a renewal only succeeds for the holder of that generation, and
 it keeps the lease this replica's for a whole TTL, while the write follows within milliseconds; only a pause
@@ -480,7 +480,10 @@ class RunManager:
         run_id = run.tags.get(RUN_ID_TAG, "")
         with self._owned_lock:
             lease = self._owned.get(run_id)
-        if lease is not None and self.leases.renew(lease):
+        if lease is None:  # e.g. a cancel served here for another's run: its owner settles it
+            log.info("not settling a run another orchestrator owns", extra={"run_id": run_id})
+            return False
+        if self.leases.renew(lease):
             return True
         with self._owned_lock:
             self._owned.pop(run_id, None)
