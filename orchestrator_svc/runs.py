@@ -41,7 +41,7 @@ import logging
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -517,10 +517,31 @@ class RunManager:
                 continue
             if self._own(run_id) is None:
                 continue  # another survivor took it first
-            run = self.instance.get_run_by_id(run.run_id) or run  # as it is now that it is ours
-            if run.status not in ACTIVE or NEXT_TAG in run.tags:
-                self._disown(run_id)
-                continue
+            try:
+                chain = self._chain(self._run(run_id))  # as it is now that it is ours
+                if any(earlier.status in ACTIVE for earlier in chain[:-1]):
+                    # Its owner died re-executing it (between creating the next attempt and launching it):
+                    # _reexecute goes on from where it stopped, settling the attempt it replaces, launching the new.
+                    for earlier in chain[:-1]:
+                        if earlier.status in ACTIVE:
+                            self._reexecute(earlier)
+                    adopted.append(run_id)
+                    continue
+                run = chain[-1]
+                if run.status not in ACTIVE:
+                    self._disown(run_id)
+                    continue
+                if NEXT_TAG in run.tags:  # its owner died having named the next attempt, before creating it
+                    self._reexecute(run)
+                    adopted.append(run_id)
+                    continue
+                if run.status == DagsterRunStatus.NOT_STARTED:  # created, never launched: its owner died between
+                    self._fence(run)
+                    self.instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]  # as in launch
+                    adopted.append(run_id)
+                    continue
+            except LeaseLost:
+                continue  # _still_owner dropped it and said so
             action = takeover(run, self.launcher, here)
             if action == ADOPT:
                 self.launcher.watch_adopted(run.run_id)
@@ -544,34 +565,45 @@ class RunManager:
     def _reexecute(self, run: DagsterRun) -> str:
         """Runs the failed and unfinished steps of `run` (an attempt whose worker died) again in a new attempt,
         the finished steps' outputs read from the earlier attempts (Dagster's re-execution from failure).
-        Returns the new attempt's Dagster run id."""
-        attempt_id = str(uuid.uuid4())
-        # NEXT_TAG first: whoever reads the failure below already knows the run goes on
+        Returns the new attempt's Dagster run id.
+
+        Four writes, after each of which one of the run's attempts is still active, so an owner that dies
+        between two leaves the run to the next owner, whose reconcile calls this again and goes on from where it
+        stopped: NEXT_TAG names the attempt (whoever reads the failure below already knows the run goes on), the
+        attempt is created (NOT_STARTED), the failed attempt is settled, the new one is launched."""
         self._fence(run)
-        self.instance.add_run_tags(run.run_id, {NEXT_TAG: attempt_id})
+        attempt_id = run.tags.get(NEXT_TAG) or str(uuid.uuid4())
+        if NEXT_TAG not in run.tags:
+            self.instance.add_run_tags(run.run_id, {NEXT_TAG: attempt_id})
+        steps: Sequence[str] = ()
+        if self.instance.get_run_by_id(attempt_id) is None:
+            settings = jobs.JobSettings.from_json(run.tags[SETTINGS_TAG])
+            job = jobs.build_job(jobs.plan_of(run.tags[REQUEST_TAG], settings), settings)
+            # As the failed run it is about to be settled as (Dagster re-executes only failed runs): its steps'
+            # state comes from its event log alone.
+            failed = run.with_status(DagsterRunStatus.FAILURE)
+            steps, known_state = KnownExecutionState.build_resume_retry_reexecution(self.instance, failed)
+            plan = create_execution_plan(
+                job, run.run_config, step_keys_to_execute=steps, known_state=known_state, tags=run.tags
+            )
+            tags = {k: v for k, v in run.tags.items() if not k.startswith(("constellation/worker_", "dagster/"))}
+            tags.pop(NEXT_TAG, None)
+            self._fence(run)
+            self.instance.create_run_for_job(
+                job,
+                execution_plan=plan,
+                run_config=run.run_config,
+                tags={**tags, ORCHESTRATOR_TAG: ATTEMPT},
+                root_run_id=run.root_run_id or run.run_id,
+                parent_run_id=run.run_id,
+                run_id=attempt_id,
+                status=DagsterRunStatus.NOT_STARTED,
+            )
         self.launcher.settle(run.run_id, f"its worker died; re-executed from its failed step as {attempt_id}")
-        failed = self.instance.get_run_by_id(run.run_id)
-        assert failed is not None
-        settings = jobs.JobSettings.from_json(run.tags[SETTINGS_TAG])
-        job = jobs.build_job(jobs.plan_of(run.tags[REQUEST_TAG], settings), settings)
-        steps, known_state = KnownExecutionState.build_resume_retry_reexecution(self.instance, failed)
-        plan = create_execution_plan(
-            job, failed.run_config, step_keys_to_execute=steps, known_state=known_state, tags=failed.tags
-        )
-        tags = {k: v for k, v in failed.tags.items() if not k.startswith(("constellation/worker_", "dagster/"))}
-        tags.pop(NEXT_TAG, None)
-        self.instance.create_run_for_job(
-            job,
-            execution_plan=plan,
-            run_config=failed.run_config,
-            tags={**tags, ORCHESTRATOR_TAG: ATTEMPT},
-            root_run_id=failed.root_run_id or failed.run_id,
-            parent_run_id=failed.run_id,
-            run_id=attempt_id,
-            status=DagsterRunStatus.NOT_STARTED,
-        )
-        self._fence(run)  # a lost attempt stays NOT_STARTED: the new owner re-executes it in turn
-        self.instance.launch_run(attempt_id, workspace=None)  # type: ignore[arg-type]  # as in launch
+        attempt = self.instance.get_run_by_id(attempt_id)
+        if attempt is not None and attempt.status == DagsterRunStatus.NOT_STARTED:
+            self._fence(run)  # a lost attempt stays NOT_STARTED: the new owner launches it in turn
+            self.instance.launch_run(attempt_id, workspace=None)  # type: ignore[arg-type]  # as in launch
         log.info(
             "re-executed a run whose worker died",
             extra={"run_id": run.tags.get(RUN_ID_TAG), "steps": list(steps), "attempt": attempt_id},

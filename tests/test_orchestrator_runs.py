@@ -21,11 +21,16 @@ import requests
 from dagster._serdes import serialize_value
 from sqlalchemy import make_url
 
+from clients.roots import StorageRoots
 from clients.storage import parse
 from constellation.common.v1 import common_pb2 as c
 from constellation.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator_svc.launcher import PID_TAG
-from orchestrator_svc.runs import dagster_run_id
+from mesh import config
+from mesh.leases import Leases
+from orchestrator_svc.instance import lease_engine, open_instance
+from orchestrator_svc.launcher import ACTIVE, PID_TAG
+from orchestrator_svc.runs import RunManager, dagster_run_id
+from orchestrator_svc.settings import OrchestratorSettings
 from tests.conftest import rpc_error
 from tests.orchestrator_scenes import CRS, ndwi_probability
 from tests.orchestrator_support import (  # noqa: F401 - fixtures
@@ -342,6 +347,65 @@ def test_restart_resumes_live_runs_and_reexecutes_orphans(tmp_path, s3_server, s
         assert names(events)[-1] == "RUN_SUCCEEDED" and [e.sequence for e in events] == list(range(1, len(events) + 1))
         assert "RUN_FAILED" not in names(events)
         assert orch.stub.GetRun(pb.GetRunRequest(id=live.id)).state == c.RUN_STATE_SUCCEEDED
+    finally:
+        orch.stop()
+
+
+class Crash(Exception):
+    """The orchestrator process dying at that line (nothing after it runs)."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dies_before", ["create_run_for_job", "settle", "launch_run"])
+def test_an_owner_that_dies_re_executing_a_run_leaves_it_to_the_next(
+    tmp_path, s3_server, slow_endpoint, scene_512, dies_before, monkeypatch
+):
+    """Re-executing a run is four writes (name the next attempt, create it, settle the failed one, launch the
+    new); an owner that dies between any two leaves the run to the next owner, which finishes the re-execution:
+    the run succeeds with one gap-free event stream, no run is left active forever."""
+    orch = Orchestrator(orchestrator_env(tmp_path / "home"))
+    try:
+        run = orch.stub.LaunchRun(
+            water_request(
+                f"file://{scene_512}",
+                slow_endpoint.address,
+                [f"file://{tmp_path}/out"],
+                batch_size=1,
+                max_concurrency=1,
+            )
+        )
+        wait_for_progress(orch, run.id, "water", 1)
+        pid = int(orch.server.runs.instance.get_run_by_id(dagster_run_id(run.id)).tags[PID_TAG])
+        orch.stop()  # gives the run's lease up
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+
+        # Another orchestrator takes the run and dies part-way through re-executing it.
+        settings = OrchestratorSettings.from_env(orch.env)
+        leases = Leases(lease_engine(settings), config.load("orchestrator", orch.env).lease_ttl_s, "dying")
+        dying = RunManager(
+            open_instance(settings), settings, StorageRoots.from_env(orch.env), leases=leases, lease_renew_s=60
+        )
+        try:
+            target = dying.launcher if dies_before == "settle" else dying.instance
+            monkeypatch.setattr(target, dies_before, lambda *a, **k: (_ for _ in ()).throw(Crash(dies_before)))
+            with pytest.raises(Crash):
+                dying.reconcile()
+            chain = dying._chain(dying._run(run.id))
+            assert any(a.status in ACTIVE for a in chain), "the run is left active for the next owner"
+        finally:
+            monkeypatch.undo()
+            dying.close()  # its lease goes (a dead process's would expire)
+            dying.instance.dispose()
+
+        orch.start()
+        assert orch.wait(run.id, timeout_s=120).state == c.RUN_STATE_SUCCEEDED
+        events = orch.events(run.id)
+        assert names(events)[-1] == "RUN_SUCCEEDED" and [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert "RUN_FAILED" not in names(events)
+        attempts = orch.server.runs._chain(orch.server.runs._run(run.id))
+        assert len(attempts) == 2 and all(a.status not in ACTIVE for a in attempts), [a.status for a in attempts]
+        assert (tmp_path / "out" / run.id / "out-0" / "water_probability.tif").exists()
     finally:
         orch.stop()
 
