@@ -50,6 +50,7 @@ class Hosting:
             self.journal, settings, runtimes, self.deployer.replicas, Leases(store.engine, settings.lease_ttl_s)
         )
         self.deployer.claim, self.deployer.holder_of = self.monitor.claim, self.monitor.holder_of
+        self.journal.working = self.monitor
         self.settings = settings
 
     @property

@@ -38,17 +38,19 @@ import os
 import socket
 import threading
 import time
+from datetime import timedelta
 from functools import partial
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from clients.inference import InferenceClient
-from hosting_svc.domain import Endpoint, HostedModel
-from hosting_svc.journal import Journal
+from hosting_svc.domain import IN_PROGRESS, Endpoint, HostedModel
+from hosting_svc.journal import Journal, now
 from hosting_svc.runtimes import Replica, Runtime, free_port
 from hosting_svc.scaling import Decision, Scaler
 from hosting_svc.settings import HostingSettings
 from hosting_svc.store import Fence
+from mesh.errors import FailedPrecondition
 from mesh.leases import Lease, LeaseLost, Leases
 from model_runtime.admission import Load
 
@@ -61,6 +63,8 @@ RESTARTED_BY_MONITOR = ("local", "docker")
 LEASE = "deployment:"  # + model id: which instance watches the deployment
 INSTANCE = "hosting-instance:"  # + holder: held while that instance runs
 WATCHED = ("deploying", "healthy", "unhealthy")  # states whose deployment has a watcher
+WORK = "hosting-work:"  # + model id: held by the instance packaging it or rolling it out (IN_PROGRESS)
+AGAIN = {"pushing": "deploy it again", "deploying": "deploy it again"}  # else: package the model again
 
 
 def _dead_here(holder: str) -> bool:
@@ -98,6 +102,7 @@ class Monitor:
         self.replicas = replicas  # the deployer's: model id -> live replicas
         self.leases = leases
         self.held: dict[str, Lease] = {}  # model id -> this instance's lease on watching its deployment
+        self.working: dict[str, Lease] = {}  # model id -> this instance's lease on packaging or rolling it out
         self._held_lock = threading.Lock()
         self.instance: Lease | None = None  # held from join() on
         self.stopping = threading.Event()
@@ -159,10 +164,84 @@ class Monitor:
             extra={"model_id": model_id},
         )
 
+    def begin_work(self, model_id: str) -> None:
+        """Before the model's state becomes one of IN_PROGRESS (Journal.emit): the lease on that work, held
+        while this instance does it, so that another instance fails it if this one dies (abandoned())."""
+        with self._held_lock:
+            if model_id in self.working:
+                return
+            lease = self.leases.acquire(WORK + model_id)
+            if lease is None:
+                raise FailedPrecondition(
+                    f"hosting instance {self.leases.holder_of(WORK + model_id)} is packaging or rolling out model "
+                    f"{model_id}; watch it or wait"
+                )
+            self.working[model_id] = lease
+
+    def end_work(self, model_id: str) -> None:
+        """After the model's state left IN_PROGRESS (ready, failed, healthy...)."""
+        with self._held_lock:
+            lease = self.working.pop(model_id, None)
+        if lease is not None:
+            self.leases.release(lease)
+
+    def abandoned(self) -> list[str]:
+        """Models left packaging or rolling out by an instance that died (its work lease expired, and nothing
+        written for two lease periods): each is FAILED with the reason, its smoke-test and rollout replicas
+        removed, by the one instance that takes the lease. Returns their ids."""
+        failed = []
+        stale_before = now() - timedelta(seconds=2 * self.leases.ttl.total_seconds())
+        for model in self.journal.store.all():
+            recent = model.last_updated is not None and model.last_updated > stale_before
+            if model.state not in IN_PROGRESS or model.id in self.working or recent:
+                continue
+            if self.leases.holder_of(WORK + model.id):
+                continue  # its instance is at work on it
+            try:
+                self.begin_work(model.id)
+            except FailedPrecondition:
+                continue  # another instance took it first
+            with self.journal.lock(model.id):
+                current = self.journal.store.get(model.id)
+                if current is None or current.state not in IN_PROGRESS:
+                    self.end_work(model.id)
+                    continue
+                runtime = self.runtimes.get(current.runtime)
+                if runtime is not None:
+                    runtime.discard_trials(current.id)
+                    if current.state == "deploying":
+                        for replica_id in runtime.running().get(current.id, []):
+                            runtime.stop(current, replica_id)
+                current.endpoints = []
+                self.journal.emit(
+                    current,
+                    "failed",
+                    f"the hosting instance it was {current.state} on stopped; "
+                    + AGAIN.get(current.state, "package the model again"),
+                )
+            failed.append(model.id)
+        if failed:
+            log.warning("failed models another hosting instance left in progress", extra={"model_ids": failed})
+        return failed
+
     def _keep_leases(self) -> None:
-        """Renew this instance's leases, give up those of models no longer deployed, take the expired ones."""
+        """Renew this instance's leases, give up those of models no longer deployed, take the expired ones,
+        fail the work dead instances left in progress."""
         if self.instance is None or not self.leases.renew(self.instance):
             self.instance = self.leases.acquire(INSTANCE + self.leases.holder)
+        with self._held_lock:
+            working = dict(self.working)
+        for model_id, lease in working.items():
+            if self.leases.renew(lease):
+                continue
+            again = self.leases.acquire(WORK + model_id)  # expired (a stall) but not taken: still this one's
+            with self._held_lock:
+                if again is not None:
+                    self.working[model_id] = again
+                    continue
+                self.working.pop(model_id, None)
+            log.warning("lost the lease on packaging or rolling out a model", extra={"model_id": model_id})
+        self.abandoned()
         watched = {m.id: m for m in self.journal.store.all() if m.state in WATCHED}
         with self._held_lock:
             for model_id, lease in list(self.held.items()):
@@ -198,7 +277,8 @@ class Monitor:
     def release_all(self) -> None:
         """This instance stops: others take its deployments at once."""
         with self._held_lock:
-            leases, self.held = list(self.held.values()), {}
+            leases, self.held = [*self.held.values(), *self.working.values()], {}
+            self.working = {}
         for lease in [*leases, *([self.instance] if self.instance else [])]:
             self.leases.release(lease)
 

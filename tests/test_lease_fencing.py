@@ -21,7 +21,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from clients.roots import StorageRoots
 from hosting_svc.domain import Endpoint, HostedModel
 from hosting_svc.journal import Journal
-from hosting_svc.monitor import LEASE, Monitor
+from hosting_svc.monitor import LEASE, WORK, Monitor
 from hosting_svc.runtimes import Replica
 from hosting_svc.settings import HostingSettings
 from hosting_svc.store import Store
@@ -52,6 +52,7 @@ class RecordingRuntime:
     def __init__(self, alive: bool) -> None:
         self.is_alive = alive
         self.calls: list[tuple[str, str]] = []
+        self.serving: dict[str, list[str]] = {}  # model id -> replica ids the engine runs
 
     def alive(self, model: HostedModel, replica_id: str) -> bool:
         return self.is_alive
@@ -67,7 +68,10 @@ class RecordingRuntime:
         self.calls.append(("stop", replica_id))
 
     def running(self) -> dict[str, list[str]]:
-        return {}
+        return dict(self.serving)
+
+    def discard_trials(self, model_id: str = "") -> None:
+        self.calls.append(("discard_trials", model_id))
 
 
 def closed_port() -> int:
@@ -151,6 +155,42 @@ def test_a_fenced_deployment_event_is_refused_in_its_own_transaction(database_ur
     with pytest.raises(LeaseLost):
         journal.emit(model, "healthy", "stale", fence=lambda s: a.check(s, old))
     assert snapshot(store, model.id) == ("unhealthy", [(1, "healthy", "serving"), (2, "unhealthy", "replica 0 down")])
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize("state", ["building", "deploying"])
+def test_work_a_dead_instance_left_in_progress_is_failed_by_another(database_url, tmp_path, state):
+    """hosting-a packages (or rolls out) a model and dies: while it renews its work's lease nobody touches the
+    model; once the lease expired (and nothing was written for two lease periods) hosting-b fails it, with the
+    reason, and removes its smoke-test (or rollout) replicas: it is never left in progress for ever."""
+    store = Store(database_url)
+    a_engine, b_engine = RecordingRuntime(True), RecordingRuntime(True)
+    a = hosting_instance(store, "hosting-a", a_engine, tmp_path)
+    b = hosting_instance(store, "hosting-b", b_engine, tmp_path)
+    a.journal.working, b.journal.working = a, b
+    model = HostedModel(id="hm_2", name="water", version="1", runtime="local")
+    a.journal.emit(model, state, f"{state} on hosting-a")
+    assert a.leases.holder_of(WORK + model.id) == "hosting-a"
+    b_engine.serving = {model.id: ["pid:7"]}
+
+    deadline = time.monotonic() + 3 * TTL
+    while time.monotonic() < deadline:  # hosting-a lives: its keeper renews the lease
+        a._keep_leases()
+        assert b.abandoned() == []
+        time.sleep(TTL / 4)
+    assert store.get(model.id).state == state and b_engine.calls == []
+
+    time.sleep(2 * TTL + 0.2)  # hosting-a died: its lease expires, nothing is written
+    assert b.abandoned() == [model.id]
+    failed = store.get(model.id)
+    again = "deploy it again" if state == "deploying" else "package the model again"
+    assert (
+        failed.state == "failed" and failed.state_message == f"the hosting instance it was {state} on stopped; {again}"
+    )
+    assert ("discard_trials", model.id) in b_engine.calls
+    assert (("stop", "pid:7") in b_engine.calls) == (state == "deploying")
+    assert b.leases.holder_of(WORK + model.id) == "", "the work's lease is given back"
+    assert b.abandoned() == [], "failed once"
     store.engine.dispose()
 
 
