@@ -37,28 +37,18 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "ndwi-water"
 BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
-PORTS = [
-    "CONSTELLATION_CORE_PORT",
-    "CONSTELLATION_HOSTING_PORT",
-    "CONSTELLATION_ORCHESTRATOR_PORT",
-    "CONSTELLATION_AGENT_PORT",
-    "CONSTELLATION_CORE_METRICS_PORT",
-    "CONSTELLATION_HOSTING_METRICS_PORT",
-    "CONSTELLATION_ORCHESTRATOR_METRICS_PORT",
-    "CONSTELLATION_AGENT_METRICS_PORT",
-    "CONSTELLATION_GATEWAY_PORT",
-    "CONSTELLATION_COMPOSE_PG_PORT",
-    "CONSTELLATION_COMPOSE_S3_PORT",
-    "CONSTELLATION_DAGSTER_UI_PORT",
-]
+# The host ports the stack publishes (on 127.0.0.1): nothing else of it listens on the host.
+PORTS = ["CONSTELLATION_GATEWAY_PORT", "CONSTELLATION_COMPOSE_S3_PORT", "CONSTELLATION_DAGSTER_UI_PORT"]
+CORES = 2  # core replicas behind the gateway (`--scale core=2`)
 
 
 class Stack:
-    """One compose project: `docker-compose -p NAME` with its own ports."""
+    """One compose project (COMPOSE_PROJECT_NAME, which also names its networks) with its own host ports."""
 
     def __init__(self, tmp: Path) -> None:
         self.project = f"cstltest{secrets.token_hex(4)}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSTELLATION_", "AWS_"))}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSTELLATION_", "AWS_", "COMPOSE_"))}
+        self.env["COMPOSE_PROJECT_NAME"] = self.project
         self.env.update({name: str(free_port()) for name in PORTS})
         self.env["DOCKER_GID"] = str(os.stat("/var/run/docker.sock").st_gid)
         self.gateway = f"127.0.0.1:{self.env['CONSTELLATION_GATEWAY_PORT']}"
@@ -83,7 +73,7 @@ class Stack:
 
     def up(self, *extra: str) -> float:
         start = time.monotonic()
-        self.compose("up", "-d", *extra, timeout=1800)
+        self.compose("up", "-d", "--scale", f"core={CORES}", *extra, timeout=1800)
         self.wait_ready()
         return time.monotonic() - start
 
@@ -227,11 +217,18 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path, monkey
     with stack.client() as client:
         check_stream(client, run_id, "docker", MODEL)
         before = snapshot(client, run_id)
-        # Endpoints are published by hosting on this host's loopback, the orchestrator's default model hosts.
+        # Endpoints are published by container name on the stack's models network, not on the host's loopback.
         [status] = [
             m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models if m.model_name == MODEL
         ]
-        assert status.endpoints and all(e.address.startswith("127.0.0.1:") for e in status.endpoints), status.endpoints
+        assert status.endpoints, status
+        hosts = [e.address.rpartition(":")[0] for e in status.endpoints]
+        assert all(h.startswith(f"constellation-{MODEL}-") and h.endswith(".models") for h in hosts), hosts
+        models = [h.removesuffix(".models") for h in hosts]
+        check_confined(stack, models[0])
+        check_published_ports(stack, models)
+        [model_id] = [m.id for m in client.core.ListModels(core_pb2.ListModelsRequest()).models if m.name == MODEL]
+        check_core_replicas(stack, client, model_id)
 
     # The console is in the gateway image, served over HTTPS; the operator's login link works once.
     page = requests.get(f"https://{stack.gateway}/", verify=str(stack.tls_dir / "ca.crt"), timeout=30)
@@ -253,6 +250,86 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path, monkey
     assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == {
         p.relative_to(tmp_path / "out"): p.read_bytes() for p in files if p.is_file()
     }
+
+
+PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print(target, "reached")
+    except OSError as error:
+        print(target, "unreachable", type(error).__name__)
+"""
+
+
+def inspect(container: str) -> dict:
+    return json.loads(subprocess.run(["docker", "inspect", container], capture_output=True, check=True).stdout)[0]
+
+
+def mesh_address(stack: Stack, service: str) -> str:
+    [container] = stack.compose("ps", "-q", service).stdout.split()
+    return inspect(container)["NetworkSettings"]["Networks"][f"{stack.project}-mesh"]["IPAddress"]
+
+
+def check_confined(stack: Stack, model: str) -> None:
+    """From inside a model container: PostgreSQL, S3 and core are out of reach, by name and by address."""
+    targets = [
+        "postgres:5432",
+        f"{mesh_address(stack, 'postgres')}:5432",
+        "s3:9000",
+        f"{mesh_address(stack, 's3')}:9000",
+        "core:50051",
+    ]
+    probe = subprocess.run(
+        ["docker", "exec", model, "python", "-c", PROBE, *targets], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    assert len(lines) == len(targets) and all(" unreachable " in line for line in lines), probe.stdout
+
+
+def check_published_ports(stack: Stack, models: list[str]) -> None:
+    """No container of the stack (model containers included) is on the host's network, and the only ports it
+    publishes are the gateway's, the S3 store's and the Dagster UI's, on the host's 127.0.0.1."""
+    published = set()
+    for container in [*stack.compose("ps", "-q").stdout.split(), *models]:
+        details = inspect(container)
+        assert details["HostConfig"]["NetworkMode"] != "host", details["Name"]
+        for bindings in (details["NetworkSettings"]["Ports"] or {}).values():
+            published |= {(b["HostIp"], b["HostPort"]) for b in bindings or []}
+    assert published == {("127.0.0.1", stack.env[name]) for name in PORTS}, published
+    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout.split("\n")
+    gateway = [
+        line.split()[3]
+        for line in listening
+        if line.split()[3:4] and line.split()[3].endswith(f":{stack.env[PORTS[0]]}")
+    ]
+    assert gateway == [stack.gateway], gateway
+
+
+def check_core_replicas(stack: Stack, client: Client, model_id: str) -> None:
+    """Both core replicas are endpoints of Envoy's core cluster and both served calls of the job; with one
+    stopped, calls through the gateway (and the agent's to core) still succeed."""
+    cores = stack.compose("ps", "-q", "core").stdout.split()
+    assert len(cores) == CORES, cores
+    addresses = {inspect(c)["NetworkSettings"]["Networks"][f"{stack.project}-mesh"]["IPAddress"] for c in cores}
+    clusters = stack.compose(
+        "exec", "-T", "gateway", "python", "-m", "gateway.admin", "/data/envoy-admin.sock", "/clusters"
+    ).stdout.splitlines()
+    served = {}
+    for line in clusters:
+        name, _, rest = line.partition("::")
+        if name == "core" and "::rq_success::" in rest:
+            served[rest.split("::")[0].rpartition(":")[0]] = int(rest.rpartition("::")[2])
+    assert set(served) == addresses and all(served.values()), (served, addresses)
+    subprocess.run(["docker", "stop", "-t", "10", cores[0]], capture_output=True, check=True, timeout=60)
+    for _ in range(6):
+        client.core.ListDatasets(core_pb2.ListDatasetsRequest(), timeout=30)
+        client.agent.PlanPipeline(
+            agent_pb2.PlanPipelineRequest(prompt="map surface water in the Olinda scene", model_id=model_id), timeout=60
+        )
 
 
 def summary_of(rows: list[dict]) -> dict:
