@@ -88,6 +88,27 @@ class Engine:
         except DockerException:
             return False
 
+    def join_network(self, name: str) -> None:
+        """Make the Docker network `name` unless it exists (internal: no route out; compose's stacks name it after
+        their project), and connect the container this process runs in, when it is one of this engine's (hosting
+        under compose), so that it reaches the replicas there. The network is not compose's: like the replicas
+        on it, it outlives `docker-compose down`."""
+        try:
+            network = self.client.networks.get(name)
+        except NotFound:
+            try:
+                network = self.client.networks.create(
+                    name, driver="bridge", internal=True, labels={LABEL_ROLE: "models"}
+                )
+            except APIError:  # another hosting instance made it meanwhile
+                network = self.client.networks.get(name)
+        try:
+            own = self.client.containers.get(socket.gethostname())
+        except (NotFound, APIError):
+            return  # not in a container of this engine
+        if own.id not in {c.id for c in network.containers}:
+            network.connect(own)
+
     def require_image(self, image: str) -> None:
         try:
             self.client.images.get(image)

@@ -35,6 +35,8 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tu
         # Hostings of two stacks on one engine may share a home path (/data under compose): their network tells
         # them apart.
         owner = f"{home}@{own.docker_network}" if own.docker_network else str(home)
+        if own.docker_network:
+            engine.join_network(own.docker_network)
         runtimes["docker"] = DockerRuntime(
             engine,
             owner=owner,

@@ -79,7 +79,8 @@ class DockerWorkerRunLauncher(DockerRunLauncher):
         environment[INSTANCE_REF_ENV] = serialize_value(self._instance.get_ref())
         kwargs = {k: v for k, v in container_context.container_kwargs.items() if k != "stop_timeout"}
         labels = {**kwargs.pop("labels", {}), "dagster/run_id": run.run_id, RUN_LABEL: run.run_id}
-        network, *more_networks = container_context.networks or [None]
+        networks: list[str] = list(container_context.networks)
+        network, more_networks = (networks[0], networks[1:]) if networks else (None, [])
         client = self._get_client(container_context)
         container = client.containers.create(
             image=self.image,

@@ -45,8 +45,9 @@ CORES = 2  # core replicas behind the gateway (`--scale core=2`)
 class Stack:
     """One compose project (COMPOSE_PROJECT_NAME, which also names its networks) with its own host ports."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, cores: int = 1) -> None:
         self.project = f"cstltest{secrets.token_hex(4)}"
+        self.cores = cores
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSTELLATION_", "AWS_", "COMPOSE_"))}
         self.env["COMPOSE_PROJECT_NAME"] = self.project
         self.env.update({name: str(free_port()) for name in PORTS})
@@ -73,7 +74,7 @@ class Stack:
 
     def up(self, *extra: str) -> float:
         start = time.monotonic()
-        self.compose("up", "-d", "--scale", f"core={CORES}", *extra, timeout=1800)
+        self.compose("up", "-d", "--scale", f"core={self.cores}", *extra, timeout=1800)
         self.wait_ready()
         return time.monotonic() - start
 
@@ -92,6 +93,18 @@ class Stack:
                 logs = self.compose("logs", "--tail", "30", check=False).stdout[-6000:]
                 pytest.fail(f"the compose gateway is {state or 'missing'} after {timeout_s:.0f} s:\n{logs}")
             time.sleep(2)
+
+    def remove(self) -> None:
+        """`down -v`, then hosting's models network, which is not compose's (it outlives `down`, as the model
+        containers on it do)."""
+        self.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
+        models = f"{self.project}-models"
+        found = subprocess.run(["docker", "network", "inspect", models], capture_output=True, text=True)
+        if found.returncode == 0:
+            left = list(json.loads(found.stdout)[0]["Containers"] or {})
+            if left:  # StopDeployments failed: the model containers are still on it
+                subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+            subprocess.run(["docker", "network", "rm", models], capture_output=True, check=False)
 
     def read(self, service: str, path: str) -> str:
         return self.compose("exec", "-T", service, "cat", path).stdout
@@ -144,7 +157,7 @@ def stack(tmp_path_factory):
         env={**os.environ, "PY": sys.executable},
     )
     assert prepare.returncode == 0, prepare.stdout[-3000:] + prepare.stderr[-3000:]
-    stack = Stack(tmp_path_factory.mktemp("compose"))
+    stack = Stack(tmp_path_factory.mktemp("compose"), cores=CORES)
     try:
         seconds = stack.up("--build")
         MEASURED_FIGURES.append(f"compose: `up -d --build` until the gateway is healthy: {seconds:.0f} s")
@@ -155,7 +168,7 @@ def stack(tmp_path_factory):
                 client.hosting.StopDeployments(hosting_pb2.StopDeploymentsRequest(), timeout=120)
         except Exception as error:  # noqa: BLE001 - teardown goes on: the volumes must go whatever happened
             print(f"StopDeployments at teardown: {error}")
-        stack.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
+        stack.remove()
 
 
 def register_and_plan(client: Client, s3: str) -> core_pb2.Pipeline:
