@@ -28,7 +28,7 @@ def target(address: str) -> tuple[str, list[tuple[str, str]]]:
     balancing = [("grpc.lb_policy_name", "round_robin")]
     if len(addresses) < 2:
         host = address.strip().rpartition(":")[0]
-        named = host and host != "localhost" and not _is_ip(host)
+        named = host and host != "localhost" and not is_ip(host)
         if named and not address.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
             return f"dns:///{address.strip()}", balancing
         return address, []
@@ -36,7 +36,8 @@ def target(address: str) -> tuple[str, list[tuple[str, str]]]:
     return f"{scheme}:{','.join(addresses)}", balancing
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """Whether `host` is an IP address (v6 with or without brackets), not a name to resolve."""
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:

@@ -25,7 +25,7 @@ import requests
 from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
-from constellation_sdk import Client, catalog
+from constellation_sdk import Client, catalog, watch
 from tests import test_main_job
 from tests.conftest import MEASURED_FIGURES
 from tests.hosting_support import require_docker
@@ -96,15 +96,23 @@ class Stack:
 
     def remove(self) -> None:
         """`down -v`, then hosting's models network, which is not compose's (it outlives `down`, as the model
-        containers on it do)."""
+        containers on it do), and what a failed test left on the stack's networks (model containers when
+        StopDeployments failed, a run's container), then `down -v` again for the networks and volumes."""
         self.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
-        models = f"{self.project}-models"
-        found = subprocess.run(["docker", "network", "inspect", models], capture_output=True, text=True)
-        if found.returncode == 0:
-            left = list(json.loads(found.stdout)[0]["Containers"] or {})
-            if left:  # StopDeployments failed: the model containers are still on it
-                subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
-            subprocess.run(["docker", "network", "rm", models], capture_output=True, check=False)
+        # Run containers the orchestrator had no time to remove (it removes a finished run's; `down` stopped it).
+        ps = ["docker", "ps", "-aq", "--filter", "label=constellation.component=run-worker"]
+        ps += ["--filter", f"network={self.project}-mesh"]
+        if runs := subprocess.run(ps, capture_output=True, text=True).stdout.split():
+            subprocess.run(["docker", "rm", "-f", *runs], capture_output=True, check=False)
+        for network in ("models", "mesh", "outside"):
+            found = subprocess.run(
+                ["docker", "network", "inspect", f"{self.project}-{network}"], capture_output=True, text=True
+            )
+            if found.returncode == 0:
+                if left := list(json.loads(found.stdout)[0]["Containers"] or {}):
+                    subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+                subprocess.run(["docker", "network", "rm", f"{self.project}-{network}"], capture_output=True)
+        self.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
 
     def read(self, service: str, path: str) -> str:
         return self.compose("exec", "-T", service, "cat", path).stdout
@@ -263,6 +271,29 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path, monkey
     assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == {
         p.relative_to(tmp_path / "out"): p.read_bytes() for p in files if p.is_file()
     }
+    with stack.client() as client:
+        check_orchestrator_restart_mid_run(stack, client, pipeline.id)
+
+
+def check_orchestrator_restart_mid_run(stack: Stack, client: Client, pipeline_id: str) -> None:
+    """The orchestrator's container stops while a run's container works, and starts again: the run's container
+    is the engine's, not the orchestrator's, so it goes on, and the run succeeds."""
+    run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline_id))
+    ps = ["docker", "ps", "-q", "--filter", "label=constellation.component=run-worker"]
+    ps += ["--filter", f"network={stack.project}-mesh"]
+    deadline = time.monotonic() + 120
+    while not (workers := subprocess.run(ps, capture_output=True, text=True, check=True).stdout.split()):
+        assert time.monotonic() < deadline, "no run container started"
+        time.sleep(0.2)
+    [orchestrator] = stack.compose("ps", "-q", "orchestrator").stdout.split()
+    subprocess.run(["docker", "stop", "-t", "10", orchestrator], capture_output=True, check=True, timeout=60)
+    state = subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.Running}}", workers[0]], capture_output=True, text=True
+    )
+    assert state.stdout.strip() == "true", "the run's container stopped with the orchestrator (or finished first)"
+    subprocess.run(["docker", "start", orchestrator], capture_output=True, check=True, timeout=60)
+    report = watch.follow(client.core, run.id, lambda _event: None)
+    assert report.state == "succeeded", report.run.state_message
 
 
 PROBE = """
