@@ -77,7 +77,7 @@ def under_compose(runs: int) -> list[float]:
                 client.hosting.StopDeployments(hosting_pb2.StopDeploymentsRequest(), timeout=120)
                 return seconds
         finally:
-            stack.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
+            stack.remove()
 
 
 def main() -> None:

@@ -333,6 +333,11 @@ class RunDriver:
                     give_up = time.monotonic() + self.settings.reconnect_s
                     if self._forward(upstream):
                         return
+                # Ended before the run did: the orchestrator stopped (a restart, a replica going away) and
+                # closed its streams; it or another replica answers the same watch from where this one stopped.
+                if time.monotonic() < give_up:
+                    time.sleep(1.0)
+                    continue
                 return self._upstream_ended_early()
             except grpc.RpcError as error:
                 if self._gone():

@@ -19,8 +19,10 @@ FROM ${BASE_IMAGE}
 # The wheelhouse stays in the first stage: only the installed environment comes over.
 COPY --from=packages /opt/venv /opt/venv
 # /data/credentials and /data/certs are where compose mounts its keys' volumes: a new volume takes this owner and mode.
+# /data/tls/<service> is where the credentials container mounts each service's own certificate volume.
 RUN useradd --uid 10001 --create-home constellation && mkdir -p /data/credentials /data/certs /s3 \
- && chown -R constellation /data /s3 && chmod 0700 /data/credentials /data/certs
+ && for name in core hosting orchestrator agent gateway; do mkdir -p /data/tls/$name; done \
+ && chown -R constellation /data /s3 && chmod 0700 /data/credentials /data/certs /data/tls/*
 COPY pyproject.toml requirements.lock /app/
 COPY mesh /app/mesh
 COPY gen /app/gen

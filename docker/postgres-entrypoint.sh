@@ -15,4 +15,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   done
   pg_ctl -w -m fast stop >/dev/null
 fi
+# Under compose the services connect from other containers of the stack's network (the server's own subnet):
+# password auth from there too (initdb allows only loopback). Added once, also to a cluster made before.
+grep -q '^host all all samenet ' "$PGDATA/pg_hba.conf" || echo 'host all all samenet scram-sha-256' >> "$PGDATA/pg_hba.conf"
 exec postgres "$@"

@@ -13,7 +13,6 @@ only the gateway's user can open, without TLS."""
 from __future__ import annotations
 
 import copy
-import ipaddress
 import logging
 import shutil
 import signal
@@ -26,6 +25,7 @@ import yaml
 
 from gateway import admin, console
 from gateway.settings import GatewaySettings, TileSettings
+from mesh.channels import is_ip
 from mesh.config import ConfigError
 from mesh.tls import SPIFFE_PREFIX, TlsFiles
 
@@ -117,7 +117,7 @@ def render_config(
             address = endpoint["endpoint"]["address"]["socket_address"]
             address["address"], address["port_value"] = host, int(port)
             endpoints.append(endpoint)
-            if not _is_ip(host):
+            if not is_ip(host):
                 cluster["type"] = "STRICT_DNS"  # every address the name resolves to is an endpoint
         cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = endpoints
     return yaml.safe_dump(config, sort_keys=False)
@@ -159,14 +159,6 @@ def upstream_tls(tls: TlsFiles, peer: str, alpn: str) -> dict:
             },
         },
     }
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def own_hosts(gateway_port: int, settings: GatewaySettings) -> list[str]:

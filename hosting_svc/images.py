@@ -62,6 +62,16 @@ class BuildFailed(Exception):
         self.log_tail = log_tail
 
 
+MODEL_DOMAIN = "models"
+
+
+def network_alias(name: str) -> str:
+    """The name a model container on a Docker network answers to there: its own name under .models, the
+    suffix the orchestrator's CONSTELLATION_ORCHESTRATOR_MODEL_HOSTS allows (only hosting gives containers
+    such aliases)."""
+    return f"{name}.{MODEL_DOMAIN}"
+
+
 class Engine:
     def __init__(self, base_url: str | None = None) -> None:
         try:
@@ -77,6 +87,27 @@ class Engine:
             return True
         except DockerException:
             return False
+
+    def join_network(self, name: str) -> None:
+        """Make the Docker network `name` unless it exists (internal: no route out; compose's stacks name it after
+        their project), and connect the container this process runs in, when it is one of this engine's (hosting
+        under compose), so that it reaches the replicas there. The network is not compose's: like the replicas
+        on it, it outlives `docker-compose down`."""
+        try:
+            network = self.client.networks.get(name)
+        except NotFound:
+            try:
+                network = self.client.networks.create(
+                    name, driver="bridge", internal=True, labels={LABEL_ROLE: "models"}
+                )
+            except APIError:  # another hosting instance made it meanwhile
+                network = self.client.networks.get(name)
+        try:
+            own = self.client.containers.get(socket.gethostname())
+        except (NotFound, APIError):
+            return  # not in a container of this engine
+        if own.id not in {c.id for c in network.containers}:
+            network.connect(own)
 
     def require_image(self, image: str) -> None:
         try:
@@ -136,9 +167,11 @@ class Engine:
         limits: ContainerLimits,
         restart: bool,
         host_network: bool = True,
+        network: str = "",
     ) -> str:
         """A hardened container serving on 127.0.0.1:port: of the host's network, or of its own (no network,
-        reached through `ExecForwarder`). Returns its id."""
+        reached through `ExecForwarder`); or, given a Docker `network`, on port of its own address on that
+        network (no port on the host), reached there as network_alias(name):port. Returns its id."""
         kwargs: dict = {
             "name": name,
             "detach": True,
@@ -161,6 +194,13 @@ class Engine:
                 *([Ulimit(name="cpu", soft=limits.cpu_s, hard=limits.cpu_s + CPU_GRACE_S)] if limits.cpu_s else []),
             ],
         }
+        if network:
+            del kwargs["network_mode"]
+            kwargs.update(
+                network=network,
+                networking_config={network: self.client.api.create_endpoint_config(aliases=[network_alias(name)])},
+                command=model_runtime.command("0.0.0.0", port),  # noqa: S104 - its own network namespace
+            )
         if restart:
             kwargs["restart_policy"] = {"Name": "unless-stopped"}
         if limits.cpus:

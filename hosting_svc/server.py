@@ -32,8 +32,18 @@ def build(settings: config.Settings, env: Mapping[str, str] | None = None) -> tu
     limits = ModelLimits(own.model_memory, own.sandbox_max_processes, own.model_max_open_files, own.smoke_cpu_s)
     runtimes: dict[str, Runtime] = {"local": LocalRuntime(home / "local", own.allow_unconfined, limits=limits)}
     if engine is not None:
+        # Hostings of two stacks on one engine may share a home path (/data under compose): their network tells
+        # them apart.
+        owner = f"{home}@{own.docker_network}" if own.docker_network else str(home)
+        if own.docker_network:
+            engine.join_network(own.docker_network)
         runtimes["docker"] = DockerRuntime(
-            engine, owner=str(home), base_image=own.base_image, builds=home / "builds", limits=limits
+            engine,
+            owner=owner,
+            base_image=own.base_image,
+            builds=home / "builds",
+            limits=limits,
+            network=own.docker_network,
         )
     manager = engine is not None and own.swarm != "off" and swarm.SwarmRuntime.is_manager(engine)
     if own.swarm == "on" and not manager:

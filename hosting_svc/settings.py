@@ -29,6 +29,15 @@ class HostingSettings(EnvSettings):
     docker: str = env_field(
         "CONSTELLATION_HOSTING_DOCKER", "auto", "off: never use Docker; anything else: use the engine when it answers"
     )
+    docker_network: str = env_field(
+        "CONSTELLATION_HOSTING_DOCKER_NETWORK",
+        "",
+        "Docker network model replicas join (compose: the stack's internal `models` network): each serves on its "
+        "own address and is reached as <container name>.models:port on that network, which hosting must have "
+        "joined (and CONSTELLATION_ORCHESTRATOR_MODEL_HOSTS allow: .models); "
+        "empty: the host's network, each replica on 127.0.0.1:port",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$|^$",
+    )
     base_image: str = env_field(
         "CONSTELLATION_BASE_IMAGE", "constellation/base:bookworm", "image every model image builds on"
     )

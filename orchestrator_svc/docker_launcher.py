@@ -2,7 +2,7 @@
 
 As with Kubernetes (k8s_launcher.py), our jobs are built per run from the LaunchRun request stored on the run
 (worker.py), so the container's command is `python -m orchestrator_svc.worker RUN_ID`. The container is made
-from the launcher's config (image, network, environment passed through by name from the orchestrator's own),
+from the launcher's config (image, networks, environment passed through by name from the orchestrator's own),
 confined (uid 10001, every capability dropped, no new privileges, memory, CPU and process limits), labelled
 with the run, and its id goes on the run as dagster-docker's `docker/container_id` tag, so dagster-docker's
 own check_run_worker_health and terminate (docker stop, SIGTERM → the worker's interrupt) work on it. The
@@ -49,7 +49,7 @@ def launcher_config(settings: OrchestratorSettings, environ: dict[str, str] | No
     memory = settings.docker_run_memory
     return {
         "image": settings.docker_image,
-        "network": settings.docker_network,
+        "networks": settings.docker_networks,
         "env_vars": names,
         "container_kwargs": {
             "user": str(WORKER_UID),
@@ -81,7 +81,8 @@ class DockerWorkerRunLauncher(DockerRunLauncher):
         environment[INSTANCE_REF_ENV] = serialize_value(self._instance.get_ref())
         kwargs = {k: v for k, v in container_context.container_kwargs.items() if k != "stop_timeout"}
         labels = {**kwargs.pop("labels", {}), "dagster/run_id": run.run_id, RUN_LABEL: run.run_id}
-        network = container_context.networks[0] if container_context.networks else None
+        networks: list[str] = list(container_context.networks)
+        network, more_networks = (networks[0], networks[1:]) if networks else (None, [])
         client = self._get_client(container_context)
         container = client.containers.create(
             image=self.image,
@@ -93,6 +94,8 @@ class DockerWorkerRunLauncher(DockerRunLauncher):
             **({"network_mode": "host"} if network == "host" else {"network": network}),
             **kwargs,
         )
+        for name in more_networks:  # joined before it starts: the worker reaches every network from the start
+            client.networks.get(name).connect(container)
         self._instance.add_run_tags(run.run_id, {DOCKER_CONTAINER_ID_TAG: container.id, DOCKER_IMAGE_TAG: self.image})
         self._instance.report_engine_event(
             f"Launching run in container {container.name} ({self.image})", dagster_run=run, cls=self.__class__

@@ -102,7 +102,9 @@ class OrchestratorSettings(EnvSettings):
     docker_network: str = env_field(
         "CONSTELLATION_DAGSTER_DOCKER_NETWORK",
         "host",
-        "network run containers join: host (compose's host networking: models and S3 on 127.0.0.1) or a network name",
+        "networks run containers join, comma separated: host (the host's network: models and S3 on 127.0.0.1), "
+        "or Docker network names (compose: the stack's mesh network for core, PostgreSQL and S3, and its models "
+        "network for model endpoints)",
     )
     docker_env_raw: str = env_field(
         "CONSTELLATION_DAGSTER_DOCKER_ENV",
@@ -156,6 +158,10 @@ class OrchestratorSettings(EnvSettings):
     @property
     def docker_env(self) -> list[str]:
         return comma_list(self.docker_env_raw)
+
+    @property
+    def docker_networks(self) -> list[str]:
+        return comma_list(self.docker_network)
 
     @property
     def k8s_env_config_maps(self) -> list[str]:

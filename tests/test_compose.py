@@ -25,7 +25,7 @@ import requests
 from constellation.agent.v1 import agent_pb2
 from constellation.core.v1 import core_pb2
 from constellation.hosting.v1 import hosting_pb2
-from constellation_sdk import Client, catalog
+from constellation_sdk import Client, catalog, watch
 from tests import test_main_job
 from tests.conftest import MEASURED_FIGURES
 from tests.hosting_support import require_docker
@@ -37,28 +37,19 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "ndwi-water"
 BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
-PORTS = [
-    "CONSTELLATION_CORE_PORT",
-    "CONSTELLATION_HOSTING_PORT",
-    "CONSTELLATION_ORCHESTRATOR_PORT",
-    "CONSTELLATION_AGENT_PORT",
-    "CONSTELLATION_CORE_METRICS_PORT",
-    "CONSTELLATION_HOSTING_METRICS_PORT",
-    "CONSTELLATION_ORCHESTRATOR_METRICS_PORT",
-    "CONSTELLATION_AGENT_METRICS_PORT",
-    "CONSTELLATION_GATEWAY_PORT",
-    "CONSTELLATION_COMPOSE_PG_PORT",
-    "CONSTELLATION_COMPOSE_S3_PORT",
-    "CONSTELLATION_DAGSTER_UI_PORT",
-]
+# The host ports the stack publishes (on 127.0.0.1): nothing else of it listens on the host.
+PORTS = ["CONSTELLATION_GATEWAY_PORT", "CONSTELLATION_COMPOSE_S3_PORT", "CONSTELLATION_DAGSTER_UI_PORT"]
+CORES = 2  # core replicas behind the gateway (`--scale core=2`)
 
 
 class Stack:
-    """One compose project: `docker-compose -p NAME` with its own ports."""
+    """One compose project (COMPOSE_PROJECT_NAME, which also names its networks) with its own host ports."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, cores: int = 1) -> None:
         self.project = f"cstltest{secrets.token_hex(4)}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSTELLATION_", "AWS_"))}
+        self.cores = cores
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSTELLATION_", "AWS_", "COMPOSE_"))}
+        self.env["COMPOSE_PROJECT_NAME"] = self.project
         self.env.update({name: str(free_port()) for name in PORTS})
         self.env["DOCKER_GID"] = str(os.stat("/var/run/docker.sock").st_gid)
         self.gateway = f"127.0.0.1:{self.env['CONSTELLATION_GATEWAY_PORT']}"
@@ -83,7 +74,7 @@ class Stack:
 
     def up(self, *extra: str) -> float:
         start = time.monotonic()
-        self.compose("up", "-d", *extra, timeout=1800)
+        self.compose("up", "-d", "--scale", f"core={self.cores}", *extra, timeout=1800)
         self.wait_ready()
         return time.monotonic() - start
 
@@ -102,6 +93,26 @@ class Stack:
                 logs = self.compose("logs", "--tail", "30", check=False).stdout[-6000:]
                 pytest.fail(f"the compose gateway is {state or 'missing'} after {timeout_s:.0f} s:\n{logs}")
             time.sleep(2)
+
+    def remove(self) -> None:
+        """`down -v`, then hosting's models network, which is not compose's (it outlives `down`, as the model
+        containers on it do), and what a failed test left on the stack's networks (model containers when
+        StopDeployments failed, a run's container), then `down -v` again for the networks and volumes."""
+        self.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
+        # Run containers the orchestrator had no time to remove (it removes a finished run's; `down` stopped it).
+        ps = ["docker", "ps", "-aq", "--filter", "label=constellation.component=run-worker"]
+        ps += ["--filter", f"network={self.project}-mesh"]
+        if runs := subprocess.run(ps, capture_output=True, text=True).stdout.split():
+            subprocess.run(["docker", "rm", "-f", *runs], capture_output=True, check=False)
+        for network in ("models", "mesh", "outside"):
+            found = subprocess.run(
+                ["docker", "network", "inspect", f"{self.project}-{network}"], capture_output=True, text=True
+            )
+            if found.returncode == 0:
+                if left := list(json.loads(found.stdout)[0]["Containers"] or {}):
+                    subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+                subprocess.run(["docker", "network", "rm", f"{self.project}-{network}"], capture_output=True)
+        self.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
 
     def read(self, service: str, path: str) -> str:
         return self.compose("exec", "-T", service, "cat", path).stdout
@@ -154,7 +165,7 @@ def stack(tmp_path_factory):
         env={**os.environ, "PY": sys.executable},
     )
     assert prepare.returncode == 0, prepare.stdout[-3000:] + prepare.stderr[-3000:]
-    stack = Stack(tmp_path_factory.mktemp("compose"))
+    stack = Stack(tmp_path_factory.mktemp("compose"), cores=CORES)
     try:
         seconds = stack.up("--build")
         MEASURED_FIGURES.append(f"compose: `up -d --build` until the gateway is healthy: {seconds:.0f} s")
@@ -165,7 +176,7 @@ def stack(tmp_path_factory):
                 client.hosting.StopDeployments(hosting_pb2.StopDeploymentsRequest(), timeout=120)
         except Exception as error:  # noqa: BLE001 - teardown goes on: the volumes must go whatever happened
             print(f"StopDeployments at teardown: {error}")
-        stack.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
+        stack.remove()
 
 
 def register_and_plan(client: Client, s3: str) -> core_pb2.Pipeline:
@@ -227,11 +238,18 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path, monkey
     with stack.client() as client:
         check_stream(client, run_id, "docker", MODEL)
         before = snapshot(client, run_id)
-        # Endpoints are published by hosting on this host's loopback, the orchestrator's default model hosts.
+        # Endpoints are published by container name on the stack's models network, not on the host's loopback.
         [status] = [
             m for m in client.hosting.ListModels(hosting_pb2.ListModelsRequest()).models if m.model_name == MODEL
         ]
-        assert status.endpoints and all(e.address.startswith("127.0.0.1:") for e in status.endpoints), status.endpoints
+        assert status.endpoints, status
+        hosts = [e.address.rpartition(":")[0] for e in status.endpoints]
+        assert all(h.startswith(f"constellation-{MODEL}-") and h.endswith(".models") for h in hosts), hosts
+        models = [h.removesuffix(".models") for h in hosts]
+        check_confined(stack, models[0])
+        check_published_ports(stack, models)
+        [model_id] = [m.id for m in client.core.ListModels(core_pb2.ListModelsRequest()).models if m.name == MODEL]
+        check_core_replicas(stack, client, model_id)
 
     # The console is in the gateway image, served over HTTPS; the operator's login link works once.
     page = requests.get(f"https://{stack.gateway}/", verify=str(stack.tls_dir / "ca.crt"), timeout=30)
@@ -253,6 +271,109 @@ def test_the_main_job_under_compose_survives_down_and_up(stack, tmp_path, monkey
     assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == {
         p.relative_to(tmp_path / "out"): p.read_bytes() for p in files if p.is_file()
     }
+    with stack.client() as client:
+        check_orchestrator_restart_mid_run(stack, client, pipeline.id)
+
+
+def check_orchestrator_restart_mid_run(stack: Stack, client: Client, pipeline_id: str) -> None:
+    """The orchestrator's container stops while a run's container works, and starts again: the run's container
+    is the engine's, not the orchestrator's, so it goes on, and the run succeeds."""
+    run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline_id))
+    ps = ["docker", "ps", "-q", "--filter", "label=constellation.component=run-worker"]
+    ps += ["--filter", f"network={stack.project}-mesh"]
+    deadline = time.monotonic() + 120
+    while not (workers := subprocess.run(ps, capture_output=True, text=True, check=True).stdout.split()):
+        assert time.monotonic() < deadline, "no run container started"
+        time.sleep(0.2)
+    [orchestrator] = stack.compose("ps", "-q", "orchestrator").stdout.split()
+    subprocess.run(["docker", "stop", "-t", "10", orchestrator], capture_output=True, check=True, timeout=60)
+    state = subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.Running}}", workers[0]], capture_output=True, text=True
+    )
+    assert state.stdout.strip() == "true", "the run's container stopped with the orchestrator (or finished first)"
+    subprocess.run(["docker", "start", orchestrator], capture_output=True, check=True, timeout=60)
+    report = watch.follow(client.core, run.id, lambda _event: None)
+    assert report.state == "succeeded", report.run.state_message
+
+
+PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print(target, "reached")
+    except OSError as error:
+        print(target, "unreachable", type(error).__name__)
+"""
+
+
+def inspect(container: str) -> dict:
+    return json.loads(subprocess.run(["docker", "inspect", container], capture_output=True, check=True).stdout)[0]
+
+
+def mesh_address(stack: Stack, service: str) -> str:
+    [container] = stack.compose("ps", "-q", service).stdout.split()
+    return inspect(container)["NetworkSettings"]["Networks"][f"{stack.project}-mesh"]["IPAddress"]
+
+
+def check_confined(stack: Stack, model: str) -> None:
+    """From inside a model container: PostgreSQL, S3 and core are out of reach, by name and by address."""
+    targets = [
+        "postgres:5432",
+        f"{mesh_address(stack, 'postgres')}:5432",
+        "s3:9000",
+        f"{mesh_address(stack, 's3')}:9000",
+        "core:50051",
+    ]
+    probe = subprocess.run(
+        ["docker", "exec", model, "python", "-c", PROBE, *targets], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    assert len(lines) == len(targets) and all(" unreachable " in line for line in lines), probe.stdout
+
+
+def check_published_ports(stack: Stack, models: list[str]) -> None:
+    """No container of the stack (model containers included) is on the host's network, and the only ports it
+    publishes are the gateway's, the S3 store's and the Dagster UI's, on the host's 127.0.0.1."""
+    published = set()
+    for container in [*stack.compose("ps", "-q").stdout.split(), *models]:
+        details = inspect(container)
+        assert details["HostConfig"]["NetworkMode"] != "host", details["Name"]
+        for bindings in (details["NetworkSettings"]["Ports"] or {}).values():
+            published |= {(b["HostIp"], b["HostPort"]) for b in bindings or []}
+    assert published == {("127.0.0.1", stack.env[name]) for name in PORTS}, published
+    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout.split("\n")
+    gateway = [
+        line.split()[3]
+        for line in listening
+        if line.split()[3:4] and line.split()[3].endswith(f":{stack.env[PORTS[0]]}")
+    ]
+    assert gateway == [stack.gateway], gateway
+
+
+def check_core_replicas(stack: Stack, client: Client, model_id: str) -> None:
+    """Both core replicas are endpoints of Envoy's core cluster and both served calls of the job; with one
+    stopped, calls through the gateway (and the agent's to core) still succeed."""
+    cores = stack.compose("ps", "-q", "core").stdout.split()
+    assert len(cores) == CORES, cores
+    addresses = {inspect(c)["NetworkSettings"]["Networks"][f"{stack.project}-mesh"]["IPAddress"] for c in cores}
+    clusters = stack.compose(
+        "exec", "-T", "gateway", "python", "-m", "gateway.admin", "/data/envoy-admin.sock", "/clusters"
+    ).stdout.splitlines()
+    served = {}
+    for line in clusters:
+        name, _, rest = line.partition("::")
+        if name == "core" and "::rq_success::" in rest:
+            served[rest.split("::")[0].rpartition(":")[0]] = int(rest.rpartition("::")[2])
+    assert set(served) == addresses and all(served.values()), (served, addresses)
+    subprocess.run(["docker", "stop", "-t", "10", cores[0]], capture_output=True, check=True, timeout=60)
+    for _ in range(6):
+        client.core.ListDatasets(core_pb2.ListDatasetsRequest(), timeout=30)
+        client.agent.PlanPipeline(
+            agent_pb2.PlanPipelineRequest(prompt="map surface water in the Olinda scene", model_id=model_id), timeout=60
+        )
 
 
 def summary_of(rows: list[dict]) -> dict:

@@ -20,7 +20,7 @@ from cryptography import x509
 import gateway.__main__ as gateway_main
 from gateway import admin, supervisor
 from inference import grpc_predict_v2_pb2 as v2
-from mesh import config
+from mesh import config, healthcheck
 from mesh.tls import IDENTITIES, SPIFFE_PREFIX, TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,17 +168,23 @@ def volume(compose, tmp_path_factory) -> Path:
     return folder
 
 
-def test_every_mesh_container_of_compose_has_the_certificates(compose):
-    parts = {name for name, service in compose.items() if service["image"] == MESH_IMAGE} - {"s3"}
-    assert {*SERVICES, "gateway", "credentials"} <= parts
+def test_every_mesh_container_of_compose_has_only_its_own_certificate(compose):
+    """Each service and the gateway mount a volume of their own at /data/certs (tls-<name>, which the credentials
+    container fills with the CA's certificate and their own pair); only the credentials container mounts `certs`,
+    with the CA's key and every identity's."""
+    parts = {name for name, service in compose.items() if service["image"] == MESH_IMAGE} - {"s3", "dagster-ui"}
+    assert parts == {*SERVICES, "gateway", "credentials"}
     for name in parts:
         assert compose[name]["environment"]["CONSTELLATION_TLS_DIR"] == f"{VOLUME}/certs", name
-        assert {f"credentials:{VOLUME}/credentials:rw", f"certs:{VOLUME}/certs:rw"} <= set(compose[name]["volumes"]), (
-            name
-        )
-    # The S3 store runs the mesh image too, but the keys' volumes are only the mesh's; the database has neither.
-    for name in ("s3", "postgres"):
-        assert not [v for v in compose[name].get("volumes", []) if v.startswith(("credentials:", "certs:"))], name
+        own = "certs" if name == "credentials" else f"tls-{name}"
+        keys = {v for v in compose[name]["volumes"] if v.startswith(("credentials:", "certs:", "tls-"))}
+        expected = {f"credentials:{VOLUME}/credentials:rw", f"{own}:{VOLUME}/certs:rw"}
+        if name == "credentials":
+            expected |= {f"tls-{other}:{VOLUME}/tls/{other}:rw" for other in COMPOSE_HOSTS}
+        assert keys == expected, name
+    # The S3 store and the Dagster UI run the mesh image too, but no key's volume; the database has none either.
+    for name in ("s3", "postgres", "dagster-ui"):
+        assert not [v for v in compose[name].get("volumes", []) if v.startswith(("credentials:", "certs:", "tls-"))]
     for name in [*SERVICES, "gateway"]:
         assert compose[name]["depends_on"]["credentials"] == {"condition": "service_completed_successfully"}, name
     gateway = compose["gateway"]
@@ -204,11 +210,12 @@ def test_compose_credentials_container_makes_private_certificates_naming_the_ser
         )
         assert set(COMPOSE_HOSTS) <= set(sans.get_values_for_type(x509.DNSName)), identity
         assert ipaddress.ip_address("127.0.0.1") in sans.get_values_for_type(x509.IPAddress), identity
-    for name in SERVICES:  # what each service serves mTLS with, and its health check calls as
-        tls_dir = config.Settings.from_env(on_this_host(compose[name], volume)).tls_dir
-        assert tls_dir == certs, name
-        TlsFiles(tls_dir, name).check()
-        TlsFiles(tls_dir, "client").check()
+    for name in COMPOSE_HOSTS:  # what each service serves mTLS with, and its health check calls as
+        own = volume / "tls" / name  # mounted at /data/certs in the service's container
+        assert sorted(p.name for p in own.iterdir()) == sorted(["ca.crt", f"{name}.crt", f"{name}.key"]), name
+        assert stat.S_IMODE(own.stat().st_mode) == 0o700 and stat.S_IMODE((own / f"{name}.key").stat().st_mode) == 0o600
+        TlsFiles(own, name).check()
+        assert healthcheck.identity(own) == TlsFiles(own, name)
 
 
 def test_compose_gateway_renders_tls_at_the_door_and_mtls_to_every_cluster(compose, volume):
@@ -217,10 +224,10 @@ def test_compose_gateway_renders_tls_at_the_door_and_mtls_to_every_cluster(compo
     envoy_yaml = gateway_main.render(on_this_host(compose["gateway"], volume))
     rendered = yaml.safe_load(envoy_yaml.read_text())
     [listener] = rendered["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"] == {
-        "address": "127.0.0.1",
-        "port_value": config.DEFAULT_GATEWAY_PORT,
-    }
+    # All of its own network namespace; compose publishes the port on the host's 127.0.0.1 only.
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": config.DEFAULT_GATEWAY_PORT}
+    port = config.DEFAULT_GATEWAY_PORT
+    assert compose["gateway"]["ports"] == [f"127.0.0.1:{port}:{port}/tcp"]
     downstream = listener["filter_chains"][0]["transport_socket"]["typed_config"]
     assert downstream["@type"].endswith(".DownstreamTlsContext")
     [served] = downstream["common_tls_context"]["tls_certificates"]
@@ -240,12 +247,13 @@ def test_compose_gateway_renders_tls_at_the_door_and_mtls_to_every_cluster(compo
         assert validation["match_typed_subject_alt_names"] == [
             {"san_type": "URI", "matcher": {"exact": SPIFFE_PREFIX + peer}}
         ]
-        if name in SERVICES:
-            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-            assert endpoint["address"]["socket_address"] == {
-                "address": "127.0.0.1",
+        if name in SERVICES:  # by service name, every replica the name resolves to an endpoint
+            [endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            assert endpoint["endpoint"]["address"]["socket_address"] == {
+                "address": name,
                 "port_value": config.DEFAULT_PORTS[name][0],
             }
+            assert cluster["type"] == "STRICT_DNS" and cluster["health_checks"], name
     # Envoy loads it, certificate files included.
     result = run(str(BIN / "envoy"), "--mode", "validate", "-c", str(envoy_yaml))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -258,7 +266,12 @@ def test_compose_gateway_command_serves_https_and_the_console_and_passes_its_hea
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**on_this_host(compose["gateway"], volume), "CONSTELLATION_GATEWAY_PORT": str(port)}
+    # On this host's loopback, not on all of its addresses as in the container.
+    env = {
+        **on_this_host(compose["gateway"], volume),
+        "CONSTELLATION_GATEWAY_PORT": str(port),
+        "CONSTELLATION_HOST": "127.0.0.1",
+    }
     process = subprocess.Popen(compose["gateway"]["command"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
     try:
         supervisor.wait_ready(admin.socket_path(volume), timeout_s=30, process=process)

@@ -41,7 +41,13 @@ def test_dagster_yaml_names_the_docker_launcher_with_no_secret_in_it(tmp_path, m
     assert launcher["module"] == "orchestrator_svc.docker_launcher"
     assert launcher["class"] == "DockerWorkerRunLauncher"
     config = launcher["config"]
-    assert config["image"] == "constellation/mesh:dev" and config["network"] == "host"
+    assert config["image"] == "constellation/mesh:dev" and config["networks"] == ["host"]
+    # Compose: the stack's mesh network and hosting's models network, in the launcher's own schema.
+    several = docker_launcher.launcher_config(
+        docker_settings(tmp_path, CONSTELLATION_DAGSTER_DOCKER_NETWORK="s-mesh, s-models")
+    )
+    assert several["networks"] == ["s-mesh", "s-models"]
+    assert docker_launcher.DockerWorkerRunLauncher(**several).networks == ["s-mesh", "s-models"]
     # Names only: the values stay in the orchestrator's environment, never in the file.
     assert {"CONSTELLATION_DAGSTER_POSTGRES_URL", "AWS_SECRET_ACCESS_KEY", "GEMINI_API_KEY"} <= set(config["env_vars"])
     assert "UNRELATED_SECRET" not in config["env_vars"]

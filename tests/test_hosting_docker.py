@@ -405,3 +405,19 @@ def _free_port() -> int:
     from tests.pg import free_port
 
     return free_port()
+
+
+def test_join_network_makes_an_internal_models_network_once(engine):
+    """CONSTELLATION_HOSTING_DOCKER_NETWORK (compose): hosting makes the models network, internal (no route out),
+    unless it exists; outside a container of the engine (as here) it connects nothing. tests/test_compose.py runs
+    it in hosting's container, where hosting joins it and model replicas are reached on it by name."""
+    name = f"cstltest-models-{os.getpid()}"
+    try:
+        images.Engine().join_network(name)
+        images.Engine().join_network(name)  # a second hosting instance: the same network
+        [network] = engine.networks.list(names=[name])
+        assert network.attrs["Internal"] is True and network.attrs["Labels"] == {images.LABEL_ROLE: "models"}
+        assert not network.attrs["Containers"]
+    finally:
+        for network in engine.networks.list(names=[name]):
+            network.remove()

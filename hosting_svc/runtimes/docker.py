@@ -1,4 +1,6 @@
-"""Replicas as hardened containers on the host network, each bound to 127.0.0.1:port.
+"""Replicas as hardened containers on the host network, each bound to 127.0.0.1:port; or, with
+CONSTELLATION_HOSTING_DOCKER_NETWORK (compose), on that Docker network, each reached there as
+<container name>.models:port.
 
 Images are built here too: the model folder and its wheelhouse become a build
 context (packaging.py, pure) that the engine builds with the network off. The
@@ -40,8 +42,10 @@ class DockerRuntime:
         base_image: str = "",
         builds: Path | None = None,
         limits: ModelLimits = DEFAULT_LIMITS,
+        network: str = "",
     ) -> None:
         self.engine = engine
+        self.network = network  # "" : the host's network
         self.limits = limits
         self.forwarders: dict[str, images.ExecForwarder] = {}  # smoke test container id -> its forwarder
         # Which hosting's replicas these are (its home folder), so meshes sharing an engine keep apart
@@ -91,8 +95,11 @@ class DockerRuntime:
         for stale in self.engine.containers(**{"constellation.replica_name": name}):
             stale.remove(force=True)
         labels["constellation.replica_name"] = name
-        container_id = self.engine.run(model.image, name, port, labels, self._limits(model), restart=True)
-        return Replica(container_id, f"127.0.0.1:{port}")
+        container_id = self.engine.run(
+            model.image, name, port, labels, self._limits(model), restart=True, network=self.network
+        )
+        # On a Docker network the engine's DNS resolves the container's alias for the members of that network.
+        return Replica(container_id, f"{images.network_alias(name) if self.network else '127.0.0.1'}:{port}")
 
     def _limits(self, model: HostedModel, cpu_s: int = 0) -> images.ContainerLimits:
         cpus = float(model.manifest.get("resources", {}).get("cpu") or 0)
