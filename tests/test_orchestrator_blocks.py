@@ -218,6 +218,7 @@ def test_cog_and_preview(scene_file, tmp_path):
     blocks.write_cog(Path(raster.path), tmp_path / "cog.tif")
     with rasterio.open(tmp_path / "cog.tif") as cog, rasterio.open(raster.path) as plain:
         assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and cog.crs == plain.crs
+        assert cog.profile["compress"] == "zstd"
         assert np.array_equal(cog.read(1), plain.read(1))
     valid, errors, _ = cog_validate(str(tmp_path / "cog.tif"), quiet=True)
     assert valid and not errors
@@ -233,6 +234,41 @@ def test_cog_and_preview(scene_file, tmp_path):
     image = Image.open(tmp_path / "p.png")
     assert image.mode == "RGBA" and image.size == (100, 100)
     assert image.getpixel((0, 0))[3] == 0  # nodata corner is transparent
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_backdrop_block_means(tmp_path, monkeypatch, dtype):
+    """read_backdrop's numpy path (whole blocks of an unsigned scene without nodata) gives each block's exact
+    mean rounded half up, over strips of several heights, within 2 of GDAL's average (which rounds Byte data
+    in stages); a scene with nodata still goes through GDAL, which leaves nodata out of the average."""
+    from affine import Affine
+    from rasterio.enums import Resampling
+
+    data = np.random.default_rng(7).integers(0, np.iinfo(dtype).max, (6, 240, 160), dtype=dtype)
+    data[:, :4, :8], data[:, 4:8, :8] = 2, 1  # the first block's mean is 1.5 exactly
+    profile = {
+        "driver": "GTiff", "width": 160, "height": 240, "count": 6, "dtype": dtype, "crs": CRS,
+        "transform": Affine(10, 0, 0, 0, -10, 0), "tiled": True, "blockxsize": 64, "blockysize": 64,
+    }  # fmt: skip
+    path = tmp_path / "rgb.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    exact = np.floor(data[[2, 1, 0]].reshape(3, 30, 8, 20, 8).mean(axis=(2, 4)) + 0.5).astype(np.float32)
+    assert exact[:, 0, 0].tolist() == [2.0, 2.0, 2.0]
+    for strip in (160 * 8, 160 * 24, blocks.STRIP_PIXELS):
+        monkeypatch.setattr(blocks, "STRIP_PIXELS", strip)
+        with rasterio.open(path) as src:
+            assert np.array_equal(blocks._block_means(src, [3, 2, 1], 30, 20), exact)
+        assert np.array_equal(blocks.read_backdrop(str(path), (3, 2, 1), (30, 20)), exact)
+    with rasterio.open(path) as src:
+        gdal = src.read([3, 2, 1], out_shape=(3, 30, 20), resampling=Resampling.average).astype(np.float32)
+    assert np.abs(gdal - exact).max() <= 2
+
+    with rasterio.open(tmp_path / "nodata.tif", "w", **profile, nodata=0) as dst:
+        dst.write(data)
+    with rasterio.open(tmp_path / "nodata.tif") as src:
+        gdal = src.read([3, 2, 1], out_shape=(3, 30, 20), resampling=Resampling.average).astype(np.float32)
+    assert np.array_equal(blocks.read_backdrop(str(tmp_path / "nodata.tif"), (3, 2, 1), (30, 20)), gdal)
 
 
 def test_unreadable_and_mismatched_rasters(tmp_path, scene_file):
