@@ -625,6 +625,8 @@ def vectorize(
     Each strip's finished polygons are placed, simplified, measured and reprojected as arrays (shapely's
     vectorised functions, one PROJ call per strip); only the GeoJSON text is written polygon by polygon.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import rasterio
     import shapely
     from affine import Affine
@@ -691,10 +693,20 @@ def vectorize(
                 out.write((",\n" if written else "") + json.dumps(feature))
                 written += 1
 
+        def polygons_of(src, top: int, bottom: int) -> np.ndarray:
+            with gdal_env():  # GDAL's settings are per thread
+                return _strip_polygons(src, threshold, top, bottom, raster.width)
+
         pending = np.empty(0, dtype=object)  # polygons touching the lower edge of the strip before
-        with gdal_env(), rasterio.open(raster.path) as src:
-            for top, bottom in row_strips(raster.width, raster.height, STRIP_PIXELS):
-                rest = _strip_polygons(src, threshold, top, bottom, raster.width)
+        strips = list(row_strips(raster.width, raster.height, STRIP_PIXELS))
+        # The next strip is read and polygonised in a thread while this one is merged, simplified and written:
+        # GEOS and GDAL release the GIL, so the two overlap on a second core. One read at a time on `src`.
+        with gdal_env(), rasterio.open(raster.path) as src, ThreadPoolExecutor(1, "vectorize-strip") as ahead:
+            upcoming = ahead.submit(polygons_of, src, *strips[0])
+            for k, (top, bottom) in enumerate(strips):
+                rest = upcoming.result()
+                if k + 1 < len(strips):
+                    upcoming = ahead.submit(polygons_of, src, *strips[k + 1])
                 if len(pending):
                     touching_top = shapely.bounds(rest)[:, 1] == top if len(rest) else np.zeros(0, dtype=bool)
                     merged = shapely.get_parts(shapely.union_all(np.concatenate([pending, rest[touching_top]])))
