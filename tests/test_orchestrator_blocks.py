@@ -343,3 +343,64 @@ def test_export_removes_what_it_uploaded_when_it_cannot_finish(tmp_path, scene_f
         ops.export_op(context, raster=raster)
     assert len(calls) == 2
     assert not list((tmp_path / "published").rglob("*.*")), "nothing may stay published from a half-done export"
+
+
+def test_export_started_by_the_stitch_step_publishes_the_same_files(scene_file, tmp_path, monkeypatch):
+    """The COG and backdrop the stitch step starts early (beside vectorize) are what export publishes: the same
+    pixels and the same preview as an export that does the work itself, and export writes no second COG."""
+    scene = blocks.inspect_scene(str(scene_file), BANDS)
+    grid = blocks.TileGrid.for_scene(scene.width, scene.height, 128, 0)
+    store = blocks.PredictionStore(tmp_path / "p", grid.count, 1, 128)
+    predict_all(scene, grid, store, ndwi_tile)
+    raster = blocks.stitch(store, grid, scene, ["green", "nir"], "mean", tmp_path / "water.tif", "water")
+    assert raster.backdrop_path and len(raster.backdrop_bands) == 3
+    cogs = []
+    real_write_cog = blocks.write_cog
+    monkeypatch.setattr(
+        blocks, "write_cog", lambda source, target: cogs.append(target) or real_write_cog(source, target)
+    )
+    published = {}
+    for mode in ("plain", "early"):
+        if mode == "early":
+            ops.start_early_export(raster, ["cog", "png_preview"], tmp_path / "stitch" / "cog")
+        context = build_op_context(
+            resources={"constellation": ops.ConstellationResource(work_dir=str(tmp_path / mode))},
+            op_config={
+                "run_id": "r",
+                "block_id": "out",
+                "uri": f"file://{tmp_path}/{mode}",
+                "formats": ["cog", "png_preview"],
+            },
+        )
+        ops.export_op(context, raster=raster)
+        published[mode] = tmp_path / mode / "r" / "out"
+    assert raster.path not in ops._EARLY  # the export took the early work
+    assert [p.parent.name for p in cogs] == ["out", "cog"]  # one COG each: export wrote none when one was started
+    with rasterio.open(published["plain"] / "water.tif") as a, rasterio.open(published["early"] / "water.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1)) and a.profile == b.profile
+    preview = "water_preview.png"
+    assert (published["plain"] / preview).read_bytes() == (published["early"] / preview).read_bytes()
+
+
+def test_early_exports_only_on_the_in_process_executor():
+    from dataclasses import replace
+
+    from orchestrator_svc import jobs
+    from orchestrator_svc.specs import BlockPlan, Plan
+
+    plan = Plan((
+        BlockPlan("mosaic", 3, "stitch", "mosaic", {"blend": "mean"}, {"predictions": ("infer",)}),
+        BlockPlan("polygons", 4, "vectorize", "polygons", {}, {"raster": ("mosaic",)}),
+        BlockPlan("out", 5, "export", "out", {"formats": ["geojson", "png_preview", "cog"]},
+                  {"raster": ("mosaic",), "vectors": ("polygons",)}),
+        BlockPlan("vec_only", 6, "export", "vec_only", {"formats": ["geojson"]}, {"vectors": ("polygons",)}),
+    ))  # fmt: skip
+    settings = jobs.JobSettings("/w", "", 8, 2, 60.0, 3, 1.0, max_parallel_items=1)
+    assert jobs.early_exports(plan, settings) == {"mosaic": ["cog", "png_preview"]}
+    config = jobs.run_config(plan, settings)["ops"]
+    assert config["mosaic"]["config"] == {"blend": "mean", "prepare": ["cog", "png_preview"]}
+    assert "prepare" not in config["polygons"]["config"]
+    # the multiprocess executor runs each step in a process of its own: nothing to share, nothing started early
+    two_items = Plan(tuple(replace(b, item=f"item{k}") for k in (1, 2) for b in plan.blocks))
+    assert jobs.runs_in_parallel(two_items, replace(settings, max_parallel_items=2))
+    assert jobs.early_exports(two_items, replace(settings, max_parallel_items=2)) == {}
