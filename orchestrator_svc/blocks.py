@@ -314,7 +314,9 @@ class TileReader:
 
         Reads each tile in the file's own type (GDAL converting to float is several times slower), then
         converts and normalises the whole batch in one numpy pass. `out` (float32, at least n tiles) is
-        reused instead of allocating; the result is then a view of it."""
+        reused instead of allocating; the result is then a view of it. When the file's type is the model's and
+        nothing is normalised, the result is a view of the reader's own buffer; either way the next read
+        overwrites it."""
         from rasterio.windows import Window
 
         size, bands = self.grid.size, len(self.indexes)
@@ -331,6 +333,8 @@ class TileReader:
                 raw[k] = 0
                 raw[k, :, :h, :w] = self._src.read(self.indexes, window=Window(x, y, w, h))
                 partial.append((k, w, h))
+        if self.normalizer.mode == "none" and raw.dtype == self.dtype and not self._nodata_needs_zeroing:
+            return raw  # already the model's values (e.g. UINT8 digital numbers): no round trip through float32
         batch = out[: len(indices)] if out is not None else np.empty(shape, dtype=np.float32)
         offsets = np.asarray(self.normalizer.offsets, dtype=np.float32).reshape(bands, 1, 1)
         scales = np.asarray(self.normalizer.scales, dtype=np.float32).reshape(bands, 1, 1)

@@ -404,3 +404,41 @@ def test_early_exports_only_on_the_in_process_executor():
     two_items = Plan(tuple(replace(b, item=f"item{k}") for k in (1, 2) for b in plan.blocks))
     assert jobs.runs_in_parallel(two_items, replace(settings, max_parallel_items=2))
     assert jobs.early_exports(two_items, replace(settings, max_parallel_items=2)) == {}
+
+
+@pytest.mark.parametrize("nodata", [None, 0, 7])
+def test_reader_hands_uint8_tiles_to_a_uint8_model_as_stored(tmp_path, nodata):
+    """A UINT8 model on a uint8 scene without normalisation gets the stored values straight from the reader's
+    buffer, equal to the converted path's values; a nodata value other than 0 still takes the converting path,
+    which zeroes it."""
+    from affine import Affine
+
+    data = np.random.default_rng(3).integers(1, 255, (3, 300, 200), dtype=np.uint8)
+    data[:, 10:20, 30:40] = 7
+    profile = {
+        "driver": "GTiff", "width": 200, "height": 300, "count": 3, "dtype": "uint8", "crs": CRS,
+        "transform": Affine(10, 0, 0, 0, -10, 0), "nodata": nodata,
+    }  # fmt: skip
+    with rasterio.open(tmp_path / "u8.tif", "w", **profile) as dst:
+        dst.write(data)
+    bands = ["a", "b", "c"]
+    scene = blocks.inspect_scene(str(tmp_path / "u8.tif"), bands)
+    grid = blocks.TileGrid.for_scene(200, 300, 128, 0)
+    none = blocks.Normalizer.build("none", bands, {})
+    with (
+        blocks.TileReader(scene, grid, bands, none, "UINT8") as direct,
+        blocks.TileReader(scene, grid, bands, none) as f32,
+    ):
+        for chunk in ([0, 1], [2, 3, 4], [5]):
+            got = direct.read(chunk)
+            assert got.dtype == np.uint8 and np.shares_memory(got, direct._raw) == (nodata != 7)
+            np.testing.assert_array_equal(got, f32.read(chunk).astype(np.uint8))
+        x, y, w, h = grid.extent(5)
+        tile = direct.read([5])[0]
+        expected = np.zeros((3, 128, 128), np.uint8)
+        expected[:, :h, :w] = data[:, y : y + h, x : x + w]
+        if nodata == 7:
+            expected[:, (expected == 7).any(axis=0)] = 0
+        np.testing.assert_array_equal(tile, expected)
+        first = direct.read([0])[0]
+        assert (first[:, 10:20, 30:40] == (0 if nodata == 7 else 7)).all()
