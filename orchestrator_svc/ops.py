@@ -627,10 +627,10 @@ def export_op(
         early = _EARLY.pop(raster.path, EarlyExport())
         with ThreadPoolExecutor(1, thread_name_prefix="preview-backdrop") as pool:
             backdrop = early.backdrop
-            if backdrop is None and "png_preview" in config.formats and raster.backdrop_path:
-                if len(raster.backdrop_bands) == 3:
-                    shape = blocks.preview_shape(raster.width, raster.height)
-                    backdrop = pool.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
+            wants_backdrop = raster.backdrop_path and len(raster.backdrop_bands) == 3
+            if backdrop is None and "png_preview" in config.formats and wants_backdrop:
+                shape = blocks.preview_shape(raster.width, raster.height)
+                backdrop = pool.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
             if "cog" in config.formats:
                 if early.cog is not None:
                     waited = time.monotonic()
