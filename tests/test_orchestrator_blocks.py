@@ -239,8 +239,8 @@ def test_cog_and_preview(scene_file, tmp_path):
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
 def test_backdrop_block_means(tmp_path, monkeypatch, dtype):
     """read_backdrop's numpy path (whole blocks of an unsigned scene without nodata) gives each block's exact
-    mean rounded half up, over strips of several heights, within 2 of GDAL's average (which rounds Byte data
-    in stages); a scene with nodata still goes through GDAL, which leaves nodata out of the average."""
+    mean rounded half up, over strips of several heights, within 2 of GDAL's average (which is off the exact
+    mean on noisy 8-bit data); a scene with nodata still goes through GDAL, which leaves nodata out of the average."""
     from affine import Affine
     from rasterio.enums import Resampling
 
