@@ -129,9 +129,30 @@ def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
     )
 
 
+def early_exports(plan: Plan, settings: JobSettings) -> dict[str, list[str]]:
+    """Stitch op name -> what the exports of its raster want of it ("cog", "png_preview"), for a run on the
+    in-process executor: the stitch step starts that work in threads (ops.start_early_export), so it runs
+    beside the vectorize step instead of after it."""
+    if runs_in_parallel(plan, settings):
+        return {}
+    kinds = {b.op_name: b.kind for b in plan.blocks}
+    wanted: dict[str, set[str]] = {}
+    for block in plan.blocks:
+        sources = block.inputs.get("raster", ())
+        if block.kind == "export" and len(sources) == 1 and kinds.get(sources[0]) == "stitch":
+            formats = {f for f in block.config.get("formats", []) if f in ("cog", "png_preview")}
+            if formats:
+                wanted.setdefault(sources[0], set()).update(formats)
+    return {op: sorted(formats) for op, formats in wanted.items()}
+
+
 def run_config(plan: Plan, settings: JobSettings) -> dict:
+    early = early_exports(plan, settings)
     return {
-        "ops": {b.op_name: {"config": b.config} for b in plan.blocks},
+        "ops": {
+            b.op_name: {"config": {**b.config, "prepare": early[b.op_name]} if b.op_name in early else b.config}
+            for b in plan.blocks
+        },
         "resources": {
             "constellation": {
                 "config": {

@@ -17,6 +17,7 @@ permanent ones raise Failure(allow_retries=False) with the endpoint's message.
 # No `from __future__ import annotations`: Dagster reads the ops' config and input types from real annotations.
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -204,6 +205,37 @@ class PredictionWriter:
             raise self.error
 
 
+@dataclass
+class EarlyExport:
+    """Export work on a stitched raster started by the stitch step: its COG and the preview's backdrop."""
+
+    cog: "Future[Path] | None" = None
+    backdrop: "Future[np.ndarray] | None" = None
+
+
+# raster path -> the work started on it. In-process runs only: the steps share this process, and the export
+# step takes the entry (a re-executed or multiprocess export finds none and does the work itself).
+_EARLY: dict[str, EarlyExport] = {}
+_EARLY_POOL = ThreadPoolExecutor(2, thread_name_prefix="early-export")
+
+
+def _write_cog(source: Path, target: Path) -> Path:
+    blocks.write_cog(source, target)
+    return target
+
+
+def start_early_export(raster: blocks.RasterFile, wanted: list[str], folder: Path) -> None:
+    """Write the raster's COG (under `folder`) and read its preview's backdrop in threads, for export_op."""
+    early = EarlyExport()
+    if "cog" in wanted:
+        cog = _scratch_file(folder, f"{raster.name}.tif")
+        early.cog = _EARLY_POOL.submit(_write_cog, Path(raster.path), cog)
+    if "png_preview" in wanted and raster.backdrop_path and len(raster.backdrop_bands) == 3:
+        shape = blocks.preview_shape(raster.width, raster.height)
+        early.backdrop = _EARLY_POOL.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
+    _EARLY[raster.path] = early
+
+
 # --------------------------------------------------------------------------- configs
 
 
@@ -251,6 +283,9 @@ class ModelConfig(Config):
 class StitchConfig(Config):
     blend: str = "mean"
     item: str = ""  # the raster's name carries it
+    # What a downstream export wants of this raster ("cog", "png_preview"): started in a thread as soon as the
+    # raster is written, so it runs beside the vectorize step (jobs.run_config; in-process runs only).
+    prepare: list[str] = []
 
 
 class VectorizeConfig(Config):
@@ -473,6 +508,8 @@ def stitch_op(
     finally:
         store.close()
     context.log.info(f"stitched {raster.width}x{raster.height} px, {raster.count} band(s), blend {config.blend}")
+    if config.prepare:
+        start_early_export(raster, config.prepare, constellation.scratch(context.run_id, context.op.name, "cog"))
     return raster
 
 
@@ -585,17 +622,25 @@ def export_op(
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
     if raster is not None and ("cog" in config.formats or "png_preview" in config.formats):
         # The preview's backdrop (a decimated read of the whole scene) is read in a thread while GDAL writes the
-        # COG: both release the GIL, so the export costs about the longer of the two, not their sum.
-        from concurrent.futures import ThreadPoolExecutor
-
+        # COG: both release the GIL, so the export costs about the longer of the two, not their sum. The stitch
+        # step may have started both already (start_early_export), beside the vectorize step.
+        early = _EARLY.pop(raster.path, EarlyExport())
         with ThreadPoolExecutor(1, thread_name_prefix="preview-backdrop") as pool:
-            backdrop = None
-            if "png_preview" in config.formats and raster.backdrop_path and len(raster.backdrop_bands) == 3:
+            backdrop = early.backdrop
+            wants_backdrop = raster.backdrop_path and len(raster.backdrop_bands) == 3
+            if backdrop is None and "png_preview" in config.formats and wants_backdrop:
                 shape = blocks.preview_shape(raster.width, raster.height)
                 backdrop = pool.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
             if "cog" in config.formats:
-                cog = _scratch_file(local, f"{raster.name}.tif")
-                blocks.write_cog(Path(raster.path), cog)
+                if early.cog is not None:
+                    waited = time.monotonic()
+                    cog = early.cog.result()
+                    context.log.info(
+                        f"the COG was written beside the steps before; waited {time.monotonic() - waited:.2f}s"
+                    )
+                else:
+                    cog = _scratch_file(local, f"{raster.name}.tif")
+                    blocks.write_cog(Path(raster.path), cog)
                 files.append((cog, raster.name, "cog"))
             if "png_preview" in config.formats:
                 preview = _scratch_file(local, f"{raster.name}_preview.png")

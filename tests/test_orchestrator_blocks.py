@@ -218,6 +218,7 @@ def test_cog_and_preview(scene_file, tmp_path):
     blocks.write_cog(Path(raster.path), tmp_path / "cog.tif")
     with rasterio.open(tmp_path / "cog.tif") as cog, rasterio.open(raster.path) as plain:
         assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and cog.crs == plain.crs
+        assert cog.profile["compress"] == "zstd"
         assert np.array_equal(cog.read(1), plain.read(1))
     valid, errors, _ = cog_validate(str(tmp_path / "cog.tif"), quiet=True)
     assert valid and not errors
@@ -233,6 +234,41 @@ def test_cog_and_preview(scene_file, tmp_path):
     image = Image.open(tmp_path / "p.png")
     assert image.mode == "RGBA" and image.size == (100, 100)
     assert image.getpixel((0, 0))[3] == 0  # nodata corner is transparent
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_backdrop_block_means(tmp_path, monkeypatch, dtype):
+    """read_backdrop's numpy path (whole blocks of an unsigned scene without nodata) gives each block's exact
+    mean rounded half up, over strips of several heights, within 2 of GDAL's average (which is off the exact
+    mean on noisy 8-bit data); a scene with nodata still goes through GDAL, which leaves nodata out of the average."""
+    from affine import Affine
+    from rasterio.enums import Resampling
+
+    data = np.random.default_rng(7).integers(0, np.iinfo(dtype).max, (6, 240, 160), dtype=dtype)
+    data[:, :4, :8], data[:, 4:8, :8] = 2, 1  # the first block's mean is 1.5 exactly
+    profile = {
+        "driver": "GTiff", "width": 160, "height": 240, "count": 6, "dtype": dtype, "crs": CRS,
+        "transform": Affine(10, 0, 0, 0, -10, 0), "tiled": True, "blockxsize": 64, "blockysize": 64,
+    }  # fmt: skip
+    path = tmp_path / "rgb.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    exact = np.floor(data[[2, 1, 0]].reshape(3, 30, 8, 20, 8).mean(axis=(2, 4)) + 0.5).astype(np.float32)
+    assert exact[:, 0, 0].tolist() == [2.0, 2.0, 2.0]
+    for strip in (160 * 8, 160 * 24, blocks.STRIP_PIXELS):
+        monkeypatch.setattr(blocks, "STRIP_PIXELS", strip)
+        with rasterio.open(path) as src:
+            assert np.array_equal(blocks._block_means(src, [3, 2, 1], 30, 20), exact)
+        assert np.array_equal(blocks.read_backdrop(str(path), (3, 2, 1), (30, 20)), exact)
+    with rasterio.open(path) as src:
+        gdal = src.read([3, 2, 1], out_shape=(3, 30, 20), resampling=Resampling.average).astype(np.float32)
+    assert np.abs(gdal - exact).max() <= 2
+
+    with rasterio.open(tmp_path / "nodata.tif", "w", **profile, nodata=0) as dst:
+        dst.write(data)
+    with rasterio.open(tmp_path / "nodata.tif") as src:
+        gdal = src.read([3, 2, 1], out_shape=(3, 30, 20), resampling=Resampling.average).astype(np.float32)
+    assert np.array_equal(blocks.read_backdrop(str(tmp_path / "nodata.tif"), (3, 2, 1), (30, 20)), gdal)
 
 
 def test_unreadable_and_mismatched_rasters(tmp_path, scene_file):
@@ -307,3 +343,102 @@ def test_export_removes_what_it_uploaded_when_it_cannot_finish(tmp_path, scene_f
         ops.export_op(context, raster=raster)
     assert len(calls) == 2
     assert not list((tmp_path / "published").rglob("*.*")), "nothing may stay published from a half-done export"
+
+
+def test_export_started_by_the_stitch_step_publishes_the_same_files(scene_file, tmp_path, monkeypatch):
+    """The COG and backdrop the stitch step starts early (beside vectorize) are what export publishes: the same
+    pixels and the same preview as an export that does the work itself, and export writes no second COG."""
+    scene = blocks.inspect_scene(str(scene_file), BANDS)
+    grid = blocks.TileGrid.for_scene(scene.width, scene.height, 128, 0)
+    store = blocks.PredictionStore(tmp_path / "p", grid.count, 1, 128)
+    predict_all(scene, grid, store, ndwi_tile)
+    raster = blocks.stitch(store, grid, scene, ["green", "nir"], "mean", tmp_path / "water.tif", "water")
+    assert raster.backdrop_path and len(raster.backdrop_bands) == 3
+    cogs = []
+    real_write_cog = blocks.write_cog
+    monkeypatch.setattr(
+        blocks, "write_cog", lambda source, target: cogs.append(target) or real_write_cog(source, target)
+    )
+    published = {}
+    for mode in ("plain", "early"):
+        if mode == "early":
+            ops.start_early_export(raster, ["cog", "png_preview"], tmp_path / "stitch" / "cog")
+        context = build_op_context(
+            resources={"constellation": ops.ConstellationResource(work_dir=str(tmp_path / mode))},
+            op_config={
+                "run_id": "r",
+                "block_id": "out",
+                "uri": f"file://{tmp_path}/{mode}",
+                "formats": ["cog", "png_preview"],
+            },
+        )
+        ops.export_op(context, raster=raster)
+        published[mode] = tmp_path / mode / "r" / "out"
+    assert raster.path not in ops._EARLY  # the export took the early work
+    assert [p.parent.name for p in cogs] == ["out", "cog"]  # one COG each: export wrote none when one was started
+    with rasterio.open(published["plain"] / "water.tif") as a, rasterio.open(published["early"] / "water.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1)) and a.profile == b.profile
+    preview = "water_preview.png"
+    assert (published["plain"] / preview).read_bytes() == (published["early"] / preview).read_bytes()
+
+
+def test_early_exports_only_on_the_in_process_executor():
+    from dataclasses import replace
+
+    from orchestrator_svc import jobs
+    from orchestrator_svc.specs import BlockPlan, Plan
+
+    plan = Plan((
+        BlockPlan("mosaic", 3, "stitch", "mosaic", {"blend": "mean"}, {"predictions": ("infer",)}),
+        BlockPlan("polygons", 4, "vectorize", "polygons", {}, {"raster": ("mosaic",)}),
+        BlockPlan("out", 5, "export", "out", {"formats": ["geojson", "png_preview", "cog"]},
+                  {"raster": ("mosaic",), "vectors": ("polygons",)}),
+        BlockPlan("vec_only", 6, "export", "vec_only", {"formats": ["geojson"]}, {"vectors": ("polygons",)}),
+    ))  # fmt: skip
+    settings = jobs.JobSettings("/w", "", 8, 2, 60.0, 3, 1.0, max_parallel_items=1)
+    assert jobs.early_exports(plan, settings) == {"mosaic": ["cog", "png_preview"]}
+    config = jobs.run_config(plan, settings)["ops"]
+    assert config["mosaic"]["config"] == {"blend": "mean", "prepare": ["cog", "png_preview"]}
+    assert "prepare" not in config["polygons"]["config"]
+    # the multiprocess executor runs each step in a process of its own: nothing to share, nothing started early
+    two_items = Plan(tuple(replace(b, item=f"item{k}") for k in (1, 2) for b in plan.blocks))
+    assert jobs.runs_in_parallel(two_items, replace(settings, max_parallel_items=2))
+    assert jobs.early_exports(two_items, replace(settings, max_parallel_items=2)) == {}
+
+
+@pytest.mark.parametrize("nodata", [None, 0, 7])
+def test_reader_hands_uint8_tiles_to_a_uint8_model_as_stored(tmp_path, nodata):
+    """A UINT8 model on a uint8 scene without normalisation gets the stored values straight from the reader's
+    buffer, equal to the converted path's values; a nodata value other than 0 still takes the converting path,
+    which zeroes it."""
+    from affine import Affine
+
+    data = np.random.default_rng(3).integers(1, 255, (3, 300, 200), dtype=np.uint8)
+    data[:, 10:20, 30:40] = 7
+    profile = {
+        "driver": "GTiff", "width": 200, "height": 300, "count": 3, "dtype": "uint8", "crs": CRS,
+        "transform": Affine(10, 0, 0, 0, -10, 0), "nodata": nodata,
+    }  # fmt: skip
+    with rasterio.open(tmp_path / "u8.tif", "w", **profile) as dst:
+        dst.write(data)
+    bands = ["a", "b", "c"]
+    scene = blocks.inspect_scene(str(tmp_path / "u8.tif"), bands)
+    grid = blocks.TileGrid.for_scene(200, 300, 128, 0)
+    none = blocks.Normalizer.build("none", bands, {})
+    with (
+        blocks.TileReader(scene, grid, bands, none, "UINT8") as direct,
+        blocks.TileReader(scene, grid, bands, none) as f32,
+    ):
+        for chunk in ([0, 1], [2, 3, 4], [5]):
+            got = direct.read(chunk)
+            assert got.dtype == np.uint8 and np.shares_memory(got, direct._raw) == (nodata != 7)
+            np.testing.assert_array_equal(got, f32.read(chunk).astype(np.uint8))
+        x, y, w, h = grid.extent(5)
+        tile = direct.read([5])[0]
+        expected = np.zeros((3, 128, 128), np.uint8)
+        expected[:, :h, :w] = data[:, y : y + h, x : x + w]
+        if nodata == 7:
+            expected[:, (expected == 7).any(axis=0)] = 0
+        np.testing.assert_array_equal(tile, expected)
+        first = direct.read([0])[0]
+        assert (first[:, 10:20, 30:40] == (0 if nodata == 7 else 7)).all()
