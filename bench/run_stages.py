@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -159,6 +160,7 @@ def bench_runtime(runtime: str, scene: Path, runs: int, model_name: str) -> list
                 reports.append((report, worker_peak_rss_kib(env, run.id)))
     finally:
         mesh_process.down(env)
+        shutil.rmtree(home, ignore_errors=True)  # the mesh's home holds every run's outputs: GBs at 16384²
     return reports
 
 
