@@ -113,10 +113,15 @@ class Monitor:
     def join(self) -> bool:
         """Takes this instance's lease; whether other instances were running (then their work in progress is
         theirs: this one does not reconcile). An instance of this host whose process is gone (killed, restarted
-        at once) does not count, though its lease has not expired yet."""
+        at once) does not count, though its lease has not expired yet: its leases are ended here, so that its
+        deployments and work in progress are this instance's to reconcile and take at once."""
         others = [name.removeprefix(INSTANCE) for name in self.leases.held(INSTANCE)]
+        others = [holder for holder in others if holder != self.leases.holder]
         self.instance = self.leases.acquire(INSTANCE + self.leases.holder)
-        return any(not _dead_here(holder) for holder in others if holder != self.leases.holder)
+        for holder in others:
+            if _dead_here(holder):  # its deployments and work in progress are free at once (a restart)
+                self.leases.expire_held_by(holder)
+        return any(not _dead_here(holder) for holder in others)
 
     def claim(self, model_id: str) -> bool:
         """The lease on watching the model's deployment, for this instance: False while another instance's."""

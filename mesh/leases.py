@@ -144,6 +144,13 @@ class Leases:
                 .values(expire_time=EXPIRED)
             )
 
+    def expire_held_by(self, holder: str) -> None:
+        """Ends every lease `holder` holds: for a holder known to be dead (a process of this host that is gone),
+        so that its work is taken over now, not a TTL later. The next tenure of each gets a higher generation."""
+        table = leases_table
+        with self.engine.begin() as connection:
+            connection.execute(update(table).where(table.c.holder == holder).values(expire_time=EXPIRED))
+
     def holder_of(self, name: str) -> str:
         """Who holds `name` unexpired; "" when no one does."""
         table = leases_table

@@ -61,6 +61,20 @@ def test_release_frees_at_once_and_the_next_tenure_has_a_new_generation(engine):
     assert third is not None and third.generation == second.generation + 1, "even for the same holder"
 
 
+def test_a_dead_holders_leases_all_end_at_once_and_only_its(engine):
+    """A hosting instance restarted on the same host ends its dead predecessor's leases (expire_held_by):
+    they are free at once with a new generation, the dead holder cannot renew, and others' leases stay."""
+    dead, other, successor = Leases(engine, 60.0, "dead"), Leases(engine, 60.0, "other"), Leases(engine, 60.0, "next")
+    first, second = dead.acquire("work:m1"), dead.acquire("deployment:m1")
+    kept = other.acquire("deployment:m2")
+    assert first and second and kept and successor.acquire("work:m1") is None
+    successor.expire_held_by("dead")
+    taken = successor.acquire("work:m1")
+    assert taken is not None and taken.generation == first.generation + 1
+    assert successor.holder_of("deployment:m1") == "" and not dead.renew(second)
+    assert successor.holder_of("deployment:m2") == "other" and other.renew(kept)
+
+
 def test_fencing_a_stale_holder_writes_nothing(engine):
     """The holder checks its lease in each write's transaction: after expiry and a steal, its write fails and
     rolls back; the new holder's goes through."""
