@@ -612,6 +612,40 @@ def _simplify_each(polygons: np.ndarray, tolerance: float) -> np.ndarray:
     return shapely.get_geometry(shapely.lib.coverage_simplify(collections, tolerance, True), 0)
 
 
+def _merge_seam(above: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """The polygons of two strips that touch their common seam, those that share an edge across it unioned:
+    each group of polygons connected across the seam (an STRtree query) is unioned on its own, and a polygon
+    that touches nothing across it is kept as it is. One union of them all cost time in the size of
+    everything waiting at the seam, for every strip."""
+    import shapely
+
+    both = np.concatenate([above, below])
+    if not len(above) or not len(below):
+        return both
+    left, right = shapely.STRtree(below).query(above, predicate="intersects")
+    parent = list(range(len(both)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip(left.tolist(), (right + len(above)).tolist(), strict=True):
+        parent[root(a)] = root(b)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(both)):
+        groups.setdefault(root(i), []).append(i)
+    merged = []
+    for members in groups.values():
+        if len(members) == 1:
+            merged.append(both[members[0]])
+        else:  # parts: polygons meeting only at a corner stay apart (4-connected pixels)
+            merged.extend(shapely.get_parts(shapely.union_all(both[members])).tolist())
+    result = np.array(merged, dtype=object)
+    return result[~shapely.is_empty(result)]
+
+
 def vectorize(
     raster: RasterFile,
     threshold: float,
@@ -667,10 +701,11 @@ def vectorize(
             }
         out.write(json.dumps(header)[:-1] + ', "features": [\n')
 
-        def emit(polygons: np.ndarray) -> None:
-            nonlocal written
+        def finish(polygons: np.ndarray) -> list[tuple[str, float]]:
+            """Finished polygons placed, simplified, measured, filtered and reprojected as arrays, then each
+            geometry's GeoJSON text: (geometry JSON, area m²) in order."""
             if not len(polygons):
-                return
+                return []
             geometries = shapely.transform(polygons, to_crs)
             if tolerance:
                 # GEOS's coverage simplification keeps rings valid and apart like preserve_topology=True,
@@ -687,14 +722,17 @@ def vectorize(
             geometries, areas = geometries[keep], areas[keep]
             if target_crs != source_crs and len(geometries):
                 geometries = shapely.transform(geometries, to_target)
-            for geometry, area in zip(geometries, areas.tolist(), strict=True):
-                feature = {
-                    "type": "Feature",
-                    "id": written + 1,
-                    "properties": {"area_m2": round(area, 3)},
-                    "geometry": mapping(geometry),
-                }
-                out.write((",\n" if written else "") + json.dumps(feature))
+            return [(json.dumps(mapping(g)), round(a, 3)) for g, a in zip(geometries, areas.tolist(), strict=True)]
+
+        def write(features: list[tuple[str, float]]) -> None:
+            """The features' text, numbered on (json.dumps of the same dict would write the same bytes)."""
+            nonlocal written
+            for geometry, area in features:
+                out.write(
+                    (",\n" if written else "")
+                    + f'{{"type": "Feature", "id": {written + 1}, "properties": {{"area_m2": {json.dumps(area)}}}, '
+                    + f'"geometry": {geometry}}}'
+                )
                 written += 1
 
         def polygons_of(src, top: int, bottom: int) -> np.ndarray:
@@ -703,24 +741,36 @@ def vectorize(
 
         pending = np.empty(0, dtype=object)  # polygons touching the lower edge of the strip before
         strips = list(row_strips(raster.width, raster.height, STRIP_PIXELS))
-        # The next strip is read and polygonised in a thread while this one is merged, simplified and written:
-        # GEOS and GDAL release the GIL, so the two overlap on a second core. One read at a time on `src`.
-        with gdal_env(), rasterio.open(raster.path) as src, ThreadPoolExecutor(1, "vectorize-strip") as ahead:
+        # Three stages over the strips, each in order: the next strip is read and polygonised in one thread,
+        # this one's seams merged here, the strip before finished (simplified, reprojected, its GeoJSON
+        # text) in another, and written here. GEOS and GDAL release the GIL, so the stages overlap on a
+        # second core. One read at a time on `src`.
+        with (
+            gdal_env(),
+            rasterio.open(raster.path) as src,
+            ThreadPoolExecutor(1, "vectorize-strip") as ahead,
+            ThreadPoolExecutor(1, "vectorize-finish") as finishing,
+        ):
             upcoming = ahead.submit(polygons_of, src, *strips[0])
+            finished = None
             for k, (top, bottom) in enumerate(strips):
                 rest = upcoming.result()
                 if k + 1 < len(strips):
                     upcoming = ahead.submit(polygons_of, src, *strips[k + 1])
                 if len(pending):
                     touching_top = shapely.bounds(rest)[:, 1] == top if len(rest) else np.zeros(0, dtype=bool)
-                    merged = shapely.get_parts(shapely.union_all(np.concatenate([pending, rest[touching_top]])))
-                    rest = np.concatenate([rest[~touching_top], merged[~shapely.is_empty(merged)]])
+                    merged = _merge_seam(pending, rest[touching_top])
+                    rest = np.concatenate([rest[~touching_top], merged])
                 waits = np.zeros(len(rest), dtype=bool)
                 if len(rest) and bottom < raster.height:
                     waits = shapely.bounds(rest)[:, 3] == bottom
-                emit(rest[~waits])
+                if finished is not None:
+                    write(finished.result())
+                finished = finishing.submit(finish, rest[~waits])
                 pending = rest[waits]
-        emit(pending)
+            if finished is not None:
+                write(finished.result())
+        write(finish(pending))
         out.write("\n]}\n")
     return VectorFile(str(out_path), name, target_name, written)
 
