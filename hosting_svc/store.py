@@ -59,6 +59,15 @@ def _decode(data: dict) -> HostedModel:
     return HostedModel(**data)
 
 
+def _put(session: Session, model: HostedModel) -> None:
+    """The model's row, inserted or updated, in `session`'s transaction."""
+    row = session.get(ModelRow, model.id)
+    if row is None:
+        session.add(ModelRow(id=model.id, name=model.name, version=model.version, data=_encode(model)))
+    else:
+        row.data = _encode(model)
+
+
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -75,11 +84,7 @@ class Store:
 
     def save(self, model: HostedModel) -> None:
         with self._lock, self._sessions() as session:
-            row = session.get(ModelRow, model.id)
-            if row is None:
-                session.add(ModelRow(id=model.id, name=model.name, version=model.version, data=_encode(model)))
-            else:
-                row.data = _encode(model)
+            _put(session, model)
             session.commit()
 
     def get(self, model_id: str) -> HostedModel | None:
@@ -133,11 +138,7 @@ class Store:
         with self._lock, self._sessions() as session:
             if fence is not None:
                 fence(session)
-            row = session.get(ModelRow, model.id)
-            if row is None:
-                session.add(ModelRow(id=model.id, name=model.name, version=model.version, data=_encode(model)))
-            else:
-                row.data = _encode(model)
+            _put(session, model)
             last = session.scalar(
                 select(EventRow.sequence)
                 .where(EventRow.model_id == model.id)
