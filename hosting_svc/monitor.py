@@ -38,6 +38,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 from functools import partial
 
@@ -190,13 +191,14 @@ class Monitor:
         if lease is not None:
             self.leases.release(lease)
 
-    def abandoned(self) -> list[str]:
-        """Models left packaging or rolling out by an instance that died (its work lease expired, and nothing
-        written for two lease periods): each is FAILED with the reason, its smoke-test and rollout replicas
-        removed, by the one instance that takes the lease. Returns their ids."""
+    def abandoned(self, models: Iterable[HostedModel]) -> list[str]:
+        """Of `models` (the store's, as _keep_leases read them), those left packaging or rolling out by an
+        instance that died (its work lease expired, and nothing written for two lease periods): each is FAILED
+        with the reason, its smoke-test and rollout replicas removed, by the one instance that takes the lease
+        (which reads it again first). Returns their ids."""
         failed = []
         stale_before = now() - timedelta(seconds=2 * self.leases.ttl.total_seconds())
-        for model in self.journal.store.all():
+        for model in models:
             recent = model.last_updated is not None and model.last_updated > stale_before
             if model.state not in IN_PROGRESS or model.id in self.working or recent:
                 continue
@@ -246,8 +248,9 @@ class Monitor:
                     continue
                 self.working.pop(model_id, None)
             log.warning("lost the lease on packaging or rolling out a model", extra={"model_id": model_id})
-        self.abandoned()
-        watched = {m.id: m for m in self.journal.store.all() if m.state in WATCHED}
+        models = self.journal.store.all()
+        self.abandoned(models)
+        watched = {m.id: m for m in models if m.state in WATCHED}  # a model failed just now is left as deploying
         with self._held_lock:
             for model_id, lease in list(self.held.items()):
                 if model_id not in watched:

@@ -176,12 +176,12 @@ def test_work_a_dead_instance_left_in_progress_is_failed_by_another(database_url
     deadline = time.monotonic() + 3 * TTL
     while time.monotonic() < deadline:  # hosting-a lives: its keeper renews the lease
         a._keep_leases()
-        assert b.abandoned() == []
+        assert b.abandoned(store.all()) == []
         time.sleep(TTL / 4)
     assert store.get(model.id).state == state and b_engine.calls == []
 
     time.sleep(2 * TTL + 0.2)  # hosting-a died: its lease expires, nothing is written
-    assert b.abandoned() == [model.id]
+    assert b.abandoned(store.all()) == [model.id]
     failed = store.get(model.id)
     again = "deploy it again" if state == "deploying" else "package the model again"
     assert (
@@ -190,7 +190,7 @@ def test_work_a_dead_instance_left_in_progress_is_failed_by_another(database_url
     assert ("discard_trials", model.id) in b_engine.calls
     assert (("stop", "pid:7") in b_engine.calls) == (state == "deploying")
     assert b.leases.holder_of(WORK + model.id) == "", "the work's lease is given back"
-    assert b.abandoned() == [], "failed once"
+    assert b.abandoned(store.all()) == [], "failed once"
     store.engine.dispose()
 
 
