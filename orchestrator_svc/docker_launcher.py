@@ -29,8 +29,8 @@ from dagster._serdes import serialize_value
 from dagster_docker import DockerRunLauncher
 from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG, DOCKER_IMAGE_TAG
 
-from orchestrator_svc.k8s_launcher import ACTIVE, WORKER_UID, always, settle_run, worker_args
-from orchestrator_svc.launcher import INSTANCE_REF_ENV
+from orchestrator_svc.k8s_launcher import ACTIVE, WORKER_UID, settle_run, worker_args
+from orchestrator_svc.launcher import INSTANCE_REF_ENV, always
 from orchestrator_svc.settings import OrchestratorSettings
 
 log = logging.getLogger("orchestrator.docker")

@@ -27,6 +27,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s import K8sRunLauncher
 from dagster_k8s.job import construct_dagster_k8s_job, get_job_name_from_run_id
 
+from orchestrator_svc.launcher import always
 from orchestrator_svc.settings import OrchestratorSettings
 
 log = logging.getLogger("orchestrator.k8s")
@@ -34,11 +35,6 @@ log = logging.getLogger("orchestrator.k8s")
 ACTIVE = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING)
 WORKER_UID = 10001
 DAGSTER_HOME = "/opt/dagster/dagster_home"  # dagster-k8s's default, set as DAGSTER_HOME in every Job
-
-
-def always(run: DagsterRun) -> bool:
-    """A launcher's `may_write` outside an orchestrator (the Dagster UI's, a worker's): no leases there."""
-    return True
 
 
 def settle_run(

@@ -75,6 +75,11 @@ def log_path(work_dir: str, run_id: str) -> Path:
     return Path(work_dir, "logs", f"{run_id}.log")
 
 
+def always(run: DagsterRun) -> bool:
+    """A launcher's `may_write` outside an orchestrator (the Dagster UI's, a worker's): no leases there."""
+    return True
+
+
 class WorkerRunLauncher(RunLauncher, ConfigurableClass):
     def __init__(
         self,
@@ -91,9 +96,7 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
         self._lock = threading.Lock()
         self._settling = threading.Lock()  # one settle/cancel decision at a time in this process
         self._disposed = threading.Event()
-        # Whether this process may still write the run's end: the orchestrator's check that it still holds
-        # the run's lease (runs.py); always outside an orchestrator (the Dagster UI's instance, a worker's).
-        self.may_write: Callable[[DagsterRun], bool] = lambda run: True
+        self.may_write: Callable[[DagsterRun], bool] = always  # the orchestrator's lease check (runs.py)
         super().__init__()
 
     # -- ConfigurableClass ---------------------------------------------------
