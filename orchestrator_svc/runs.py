@@ -540,24 +540,21 @@ class RunManager:
                     self.instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]  # as in launch
                     adopted.append(run_id)
                     continue
+                action = takeover(run, self.launcher, here)
+                if action == ADOPT:
+                    self.launcher.watch_adopted(run.run_id)
+                    adopted.append(run_id)
+                elif action == REEXECUTE:
+                    self._reexecute(run)
+                    adopted.append(run_id)
+                elif action == SETTLE:
+                    self.launcher.settle(run.run_id, "its orchestrator stopped and no live worker was found for it")
+                    self._disown(run_id)
+                    settled.append(run_id)
+                else:
+                    self._disown(run_id)
             except LeaseLost:
                 continue  # _still_owner dropped it and said so
-            action = takeover(run, self.launcher, here)
-            if action == ADOPT:
-                self.launcher.watch_adopted(run.run_id)
-                adopted.append(run_id)
-            elif action == REEXECUTE:
-                try:
-                    self._reexecute(run)
-                except LeaseLost:
-                    continue  # _still_owner dropped it and said so
-                adopted.append(run_id)
-            elif action == SETTLE:
-                self.launcher.settle(run.run_id, "its orchestrator stopped and no live worker was found for it")
-                self._disown(run_id)
-                settled.append(run_id)
-            else:
-                self._disown(run_id)
         if adopted or settled:
             log.info("took over runs", extra={"adopted": adopted, "settled": settled})
         return adopted, settled
