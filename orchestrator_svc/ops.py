@@ -224,16 +224,22 @@ def _write_cog(source: Path, target: Path) -> Path:
     return target
 
 
-def start_early_export(raster: blocks.RasterFile, wanted: list[str], folder: Path) -> None:
-    """Write the raster's COG (under `folder`) and read its preview's backdrop in threads, for export_op."""
-    early = EarlyExport()
+def _export_work(raster: blocks.RasterFile, wanted: list[str], folder: Path) -> EarlyExport:
+    """The raster's COG (written under `folder`) and its preview's backdrop (a decimated read of the whole scene),
+    started in threads: both release the GIL, so they cost about the longer of the two, not their sum."""
+    work = EarlyExport()
     if "cog" in wanted:
         cog = _scratch_file(folder, f"{raster.name}.tif")
-        early.cog = _EARLY_POOL.submit(_write_cog, Path(raster.path), cog)
+        work.cog = _EARLY_POOL.submit(_write_cog, Path(raster.path), cog)
     if "png_preview" in wanted and raster.backdrop_path and len(raster.backdrop_bands) == 3:
         shape = blocks.preview_shape(raster.width, raster.height)
-        early.backdrop = _EARLY_POOL.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
-    _EARLY[raster.path] = early
+        work.backdrop = _EARLY_POOL.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
+    return work
+
+
+def start_early_export(raster: blocks.RasterFile, wanted: list[str], folder: Path) -> None:
+    """_export_work started by the stitch step, for export_op to take."""
+    _EARLY[raster.path] = _export_work(raster, wanted, folder)
 
 
 # --------------------------------------------------------------------------- configs
@@ -620,33 +626,27 @@ def export_op(
     local = constellation.scratch(context.run_id, config.block_id, *per_item)
     prefix = join(config.uri, config.run_id, config.block_id, *per_item)
     files: list[tuple[Path, str, str]] = []  # (local path, output name, format)
-    if raster is not None and ("cog" in config.formats or "png_preview" in config.formats):
-        # The preview's backdrop (a decimated read of the whole scene) is read in a thread while GDAL writes the
-        # COG: both release the GIL, so the export costs about the longer of the two, not their sum. The stitch
-        # step may have started both already (start_early_export), beside the vectorize step.
-        early = _EARLY.pop(raster.path, EarlyExport())
-        with ThreadPoolExecutor(1, thread_name_prefix="preview-backdrop") as pool:
-            backdrop = early.backdrop
-            wants_backdrop = raster.backdrop_path and len(raster.backdrop_bands) == 3
-            if backdrop is None and "png_preview" in config.formats and wants_backdrop:
-                shape = blocks.preview_shape(raster.width, raster.height)
-                backdrop = pool.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
-            if "cog" in config.formats:
-                if early.cog is not None:
-                    waited = time.monotonic()
-                    cog = early.cog.result()
-                    context.log.info(
-                        f"the COG was written beside the steps before; waited {time.monotonic() - waited:.2f}s"
-                    )
-                else:
-                    cog = _scratch_file(local, f"{raster.name}.tif")
-                    blocks.write_cog(Path(raster.path), cog)
-                files.append((cog, raster.name, "cog"))
-            if "png_preview" in config.formats:
-                preview = _scratch_file(local, f"{raster.name}_preview.png")
-                source = files[0][0] if files else Path(raster.path)  # the COG's overviews make this read cheap
-                blocks.write_preview(source, preview, backdrop_rgb=backdrop.result() if backdrop else None)
-                files.append((preview, f"{raster.name}_preview", "png_preview"))
+    wanted = [f for f in ("cog", "png_preview") if f in config.formats]
+    if raster is not None and wanted:
+        # The stitch step may have started the work already (start_early_export), beside the vectorize step;
+        # what it did not start is started here.
+        early = _EARLY.pop(raster.path, None) or EarlyExport()
+        started = {"cog": early.cog, "png_preview": early.backdrop}
+        own = _export_work(raster, [f for f in wanted if started[f] is None], local)
+        if "cog" in wanted:
+            waited = time.monotonic()
+            cog = (early.cog or own.cog).result()  # type: ignore[union-attr]  # one of the two was started
+            if early.cog is not None:
+                context.log.info(
+                    f"the COG was written beside the steps before; waited {time.monotonic() - waited:.2f}s"
+                )
+            files.append((cog, raster.name, "cog"))
+        if "png_preview" in wanted:
+            backdrop = early.backdrop or own.backdrop
+            preview = _scratch_file(local, f"{raster.name}_preview.png")
+            source = files[0][0] if files else Path(raster.path)  # the COG's overviews make this read cheap
+            blocks.write_preview(source, preview, backdrop_rgb=backdrop.result() if backdrop else None)
+            files.append((preview, f"{raster.name}_preview", "png_preview"))
     if vectors is not None and "geojson" in config.formats:
         files.append((Path(vectors.path), vectors.name, "geojson"))
     if table is not None:
