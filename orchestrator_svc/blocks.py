@@ -51,9 +51,13 @@ def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
 
 
 def gdal_env(**options: object):
+    """GDAL's settings for a block's reads and writes. rasterio takes an integer GDAL_CACHEMAX in bytes (it
+    calls GDALSetCacheMax64), not in MB as GDAL's own config option does: a cache of 64 bytes holds no
+    block, and every window read decompressed each block it touched again (4x the work for overlapping
+    tiles, 18x for band-by-band reads of a pixel-interleaved scene)."""
     import rasterio
 
-    return rasterio.Env(**{"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_NUM_THREADS": "1", **options})
+    return rasterio.Env(**{"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024, "GDAL_NUM_THREADS": "1", **options})
 
 
 # --------------------------------------------------------------------------- scenes

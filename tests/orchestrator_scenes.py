@@ -71,7 +71,7 @@ def write_scene(
     }
     if compress:
         profile["compress"] = compress
-    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(path, "w", **profile) as dst:
+    with rasterio.Env(GDAL_CACHEMAX=64 * 1024 * 1024), rasterio.open(path, "w", **profile) as dst:
         for top in range(0, size, rows_per_write):
             bottom = min(size, top + rows_per_write)
             dst.write(scene_window(size, top, bottom, seed), window=Window(0, top, size, bottom - top))

@@ -114,6 +114,22 @@ def test_centre_blend_takes_each_pixel_from_the_nearest_tile(scene_file, tmp_pat
     assert got_mean[NODATA_PATCH_PX + 1, first_overlap] == pytest.approx(1.5)
 
 
+def test_gdal_env_gives_gdal_a_block_cache():
+    """GDAL's block cache inside the blocks' GDAL settings is GDAL_CACHE_MB MiB, asked of GDAL itself. rasterio
+    takes an integer GDAL_CACHEMAX in bytes: the "64" it was once given made a cache of 64 bytes, and every
+    overlapping tile read decompressed the scene's blocks again."""
+    import ctypes
+    import glob
+    import os
+
+    libgdal = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*"))
+    assert libgdal, "rasterio's wheel bundles libgdal next to the package"
+    gdal = ctypes.CDLL(libgdal[0])
+    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    with blocks.gdal_env():
+        assert gdal.GDALGetCacheMax64() == blocks.GDAL_CACHE_MB * 1024 * 1024
+
+
 def test_prediction_store_remembers_finished_tiles(tmp_path):
     store = blocks.PredictionStore(tmp_path, 4, 2, 8)
     store.write(2, np.ones((2, 8, 8), "<f4").tobytes())
