@@ -34,6 +34,8 @@ from pipeline.bands import match_bands
 GDAL_CACHE_MB = 64
 # Pixels per strip when a pass walks a raster in full-width row strips.
 STRIP_PIXELS = 2 * 1024 * 1024
+# At most this many processes polygonise a raster's strips at once (vectorize).
+VECTORIZE_PROCESSES = 4
 NORMALIZATIONS = ("none", "min_max", "z_score", "reflectance")
 BLENDS = ("mean", "center")
 
@@ -564,6 +566,8 @@ class VectorFile:
     name: str
     crs: str  # of the coordinates in the file, e.g. "EPSG:4326"
     features: int
+    processes: int = 1  # that polygonised its strips (vectorize)
+    peak_strip_kib: int = 0  # the largest peak memory of those processes, when they were not this one
 
 
 def _metres_per_unit(crs) -> tuple[float, bool]:
@@ -650,6 +654,129 @@ def _merge_seam(above: np.ndarray, below: np.ndarray) -> np.ndarray:
     return result[~shapely.is_empty(result)]
 
 
+@dataclass(frozen=True)
+class _Finish:
+    """How finished polygons (pixel coordinates) become features: placed in the raster's CRS, simplified,
+    measured, filtered and reprojected as arrays (shapely's vectorised functions, one PROJ call per batch),
+    then each geometry's GeoJSON text. Plain values, so it travels to the strip processes."""
+
+    transform: tuple[float, ...]
+    source_wkt: str
+    target: str  # the CRS the features are written in (user input, or the source's WKT)
+    tolerance: float  # simplification, CRS units
+    min_area_m2: float
+
+    def __call__(self, polygons: np.ndarray) -> list[tuple[str, float]]:
+        """(geometry JSON, area m²) of each polygon kept, in order."""
+        import shapely
+        from affine import Affine
+        from rasterio.crs import CRS
+        from rasterio.warp import transform as warp_transform
+
+        if not len(polygons):
+            return []
+        source_crs, target_crs = CRS.from_wkt(self.source_wkt), CRS.from_user_input(self.target)
+        unit_m, geographic = _metres_per_unit(source_crs)
+        t = Affine(*self.transform)
+        matrix, offset = np.array([[t.a, t.b], [t.d, t.e]]), np.array([t.c, t.f])
+        # pixel (column, row) to the raster's CRS: the arithmetic of shapely.affinity.affine_transform
+        geometries = shapely.transform(polygons, lambda coords: np.matmul(matrix, coords.T).T + offset)
+        if self.tolerance:
+            # GEOS's coverage simplification keeps rings valid and apart like preserve_topology=True,
+            # in near-linear time: the topology-preserving simplify takes minutes on a polygon with
+            # tens of thousands of holes (a fragmented mask over a town).
+            geometries = _simplify_each(geometries, self.tolerance)
+        geometries = geometries[~(shapely.is_missing(geometries) | shapely.is_empty(geometries))]
+        areas = shapely.area(geometries) * unit_m * unit_m
+        if geographic:
+            # math.cos, not np.cos: numpy's SIMD cosine may differ in the last bit, and areas are rounded
+            areas *= np.array([math.cos(math.radians(y)) for y in shapely.get_y(shapely.centroid(geometries))])
+        keep = ~(areas < self.min_area_m2)
+        geometries, areas = geometries[keep], areas[keep]
+        if target_crs != source_crs and len(geometries):
+
+            def to_target(coords: np.ndarray) -> np.ndarray:  # every vertex of the batch in one PROJ call
+                xs, ys = warp_transform(source_crs, target_crs, coords[:, 0], coords[:, 1])
+                return np.column_stack([xs, ys])
+
+            geometries = shapely.transform(geometries, to_target)
+        # GEOS writes the geometries' GeoJSON (compact, coordinates as Python would print them) in one call
+        return list(zip(shapely.to_geojson(geometries).tolist(), [round(a, 3) for a in areas.tolist()], strict=True))
+
+
+def _strip_features(
+    path: str, threshold: float, top: int, bottom: int, width: int, height: int, finish: _Finish
+) -> tuple[list[tuple[str, float]], np.ndarray, int]:
+    """One strip's work, in a strip process: its polygons, those that touch neither of its seams finished
+    (features), those that do returned as they are (pixel coordinates) to be joined across the seam; and the
+    process's peak memory so far (KiB)."""
+    import rasterio
+    import shapely
+
+    with gdal_env(), rasterio.open(path) as src:
+        polygons = _strip_polygons(src, threshold, top, bottom, width)
+    at_seam = np.zeros(len(polygons), dtype=bool)
+    if len(polygons):
+        bounds = shapely.bounds(polygons)
+        at_seam = ((bounds[:, 1] == top) & (top > 0)) | ((bounds[:, 3] == bottom) & (bottom < height))
+    return finish(polygons[~at_seam]), polygons[at_seam], _peak_rss_kib()
+
+
+def _peak_rss_kib() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def strip_processes() -> int:
+    """How many processes vectorize polygonises strips in: the cores this process may use, at most
+    VECTORIZE_PROCESSES; 1 (a thread of this process) on one core, or in a process that multiprocessing
+    started (a step process of a run over many items, which runs beside other steps)."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return 1
+    return max(1, min(VECTORIZE_PROCESSES, len(os.sched_getaffinity(0))))
+
+
+def _forkserver():
+    """The multiprocessing context the strip processes start from: forked by a forkserver that has imported
+    this module, GDAL's and shapely's, and this process's main module, which every child of a forkserver
+    imports again (the run's worker has threads, which a plain fork must not copy mid-call; a fresh
+    interpreter per process would spend seconds importing)."""
+    import multiprocessing
+    import sys
+
+    main = getattr(sys.modules["__main__"].__spec__, "name", None)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([*([main] if main and not main.endswith("__main__") else []), __name__,
+                                    "rasterio.features", "shapely"])  # fmt: skip
+    return context
+
+
+def start_strip_processes() -> None:
+    """Starts the forkserver of vectorize's strip processes in the background (its imports take seconds of one
+    core), so that a run's worker pays for it beside its first steps, not in the vectorize step."""
+    if strip_processes() > 1:
+        from multiprocessing import forkserver
+
+        _forkserver()
+        forkserver.ensure_running()
+
+
+def _strip_pool(processes: int):
+    """An executor for _strip_features: `processes` strip processes (_forkserver), or a thread when there is one."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    if processes < 2:
+        return ThreadPoolExecutor(1, "vectorize-strip")
+    return ProcessPoolExecutor(processes, mp_context=_forkserver())
+
+
 def vectorize(
     raster: RasterFile,
     threshold: float,
@@ -658,42 +785,34 @@ def vectorize(
     crs: str,
     out_path: Path,
     name: str,
+    processes: int | None = None,
 ) -> VectorFile:
     """Polygons where band 1 > threshold, as a GeoJSON FeatureCollection in `crs` (empty: the raster's CRS).
 
-    Reads row strips; polygons that touch a strip's lower edge wait and are merged with the polygons of the
-    next strip that touch its upper edge, so a shape crossing strips comes out whole. Pixels are
-    4-connected; polygons are built in pixel coordinates (exact unions) and moved into the CRS at the end.
-    Each strip's finished polygons are placed, simplified, measured and reprojected as arrays (shapely's
-    vectorised functions, one PROJ call per strip); only the GeoJSON text is written polygon by polygon.
+    Row strips are polygonised in `processes` processes at once (strip_processes() by default), each strip
+    finishing its polygons that touch neither of its seams (_Finish) and handing back those that do. Here,
+    in strip order, polygons waiting at a seam are joined with the next strip's that touch it, so a shape
+    crossing strips comes out whole, and finished once they touch no seam still to come. Pixels are
+    4-connected; polygons are built in pixel coordinates (exact unions) and moved into the CRS when finished.
+    Features are written strip by strip: each strip's own, then the shapes completed at its seams.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import rasterio
     import shapely
-    from affine import Affine
     from rasterio.crs import CRS
-    from rasterio.warp import transform as warp_transform
-    from shapely.geometry import mapping
 
     source_crs = CRS.from_wkt(raster.crs_wkt)
     target_crs = CRS.from_user_input(crs) if crs else source_crs
-    unit_m, geographic = _metres_per_unit(source_crs)
-    transform = Affine(*raster.transform)
-    tolerance = simplify_tolerance_m / unit_m if simplify_tolerance_m else 0.0
-    target_name = target_crs.to_string()
+    unit_m, _ = _metres_per_unit(source_crs)
+    finish = _Finish(
+        tuple(raster.transform),
+        raster.crs_wkt,
+        crs or raster.crs_wkt,
+        simplify_tolerance_m / unit_m if simplify_tolerance_m else 0.0,
+        min_area_m2,
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-
-    def to_target(coords: np.ndarray) -> np.ndarray:
-        """Every vertex of a batch of geometries in one PROJ call."""
-        xs, ys = warp_transform(source_crs, target_crs, coords[:, 0], coords[:, 1])
-        return np.column_stack([xs, ys])
-
-    def to_crs(coords: np.ndarray) -> np.ndarray:
-        """Pixel (column, row) to the raster's CRS, the arithmetic of shapely.affinity.affine_transform."""
-        matrix = np.array([[transform.a, transform.b], [transform.d, transform.e]])
-        return np.matmul(matrix, coords.T).T + np.array([transform.c, transform.f])
+    strips = list(row_strips(raster.width, raster.height, STRIP_PIXELS))
+    processes = min(len(strips), strip_processes() if processes is None else processes)
 
     with open(out_path, "w", encoding="utf-8") as out:
         header: dict = {"type": "FeatureCollection"}
@@ -705,31 +824,8 @@ def vectorize(
             }
         out.write(json.dumps(header)[:-1] + ', "features": [\n')
 
-        def finish(polygons: np.ndarray) -> list[tuple[str, float]]:
-            """Finished polygons placed, simplified, measured, filtered and reprojected as arrays, then each
-            geometry's GeoJSON text: (geometry JSON, area m²) in order."""
-            if not len(polygons):
-                return []
-            geometries = shapely.transform(polygons, to_crs)
-            if tolerance:
-                # GEOS's coverage simplification keeps rings valid and apart like preserve_topology=True,
-                # in near-linear time: the topology-preserving simplify takes minutes on a polygon with
-                # tens of thousands of holes (a fragmented mask over a town).
-                geometries = _simplify_each(geometries, tolerance)
-            keep = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
-            geometries = geometries[keep]
-            areas = shapely.area(geometries) * unit_m * unit_m
-            if geographic:
-                # math.cos, not np.cos: numpy's SIMD cosine may differ in the last bit, and areas are rounded
-                areas *= np.array([math.cos(math.radians(y)) for y in shapely.get_y(shapely.centroid(geometries))])
-            keep = ~(areas < min_area_m2)
-            geometries, areas = geometries[keep], areas[keep]
-            if target_crs != source_crs and len(geometries):
-                geometries = shapely.transform(geometries, to_target)
-            return [(json.dumps(mapping(g)), round(a, 3)) for g, a in zip(geometries, areas.tolist(), strict=True)]
-
         def write(features: list[tuple[str, float]]) -> None:
-            """The features' text, numbered on (json.dumps of the same dict would write the same bytes)."""
+            """The features' text, numbered on."""
             nonlocal written
             for geometry, area in features:
                 out.write(
@@ -739,44 +835,36 @@ def vectorize(
                 )
                 written += 1
 
-        def polygons_of(src, top: int, bottom: int) -> np.ndarray:
-            with gdal_env():  # GDAL's settings are per thread
-                return _strip_polygons(src, threshold, top, bottom, raster.width)
-
         pending = np.empty(0, dtype=object)  # polygons touching the lower edge of the strip before
-        strips = list(row_strips(raster.width, raster.height, STRIP_PIXELS))
-        # Three stages over the strips, each in order: the next strip is read and polygonised in one thread,
-        # this one's seams merged here, the strip before finished (simplified, reprojected, its GeoJSON
-        # text) in another, and written here. GEOS and GDAL release the GIL, so the stages overlap on a
-        # second core. One read at a time on `src`.
-        with (
-            gdal_env(),
-            rasterio.open(raster.path) as src,
-            ThreadPoolExecutor(1, "vectorize-strip") as ahead,
-            ThreadPoolExecutor(1, "vectorize-finish") as finishing,
-        ):
-            upcoming = ahead.submit(polygons_of, src, *strips[0])
-            finished = None
+        peak_kib = 0
+        pool = _strip_pool(processes)
+        try:
+
+            def submit(strip: tuple[int, int]):
+                return pool.submit(_strip_features, raster.path, threshold, *strip, raster.width, raster.height, finish)
+
+            # A few strips ahead of the one being joined, so the processes never wait on this loop and
+            # finished strips do not pile up in memory.
+            ahead = [submit(strip) for strip in strips[: 2 * processes]]
             for k, (top, bottom) in enumerate(strips):
-                rest = upcoming.result()
-                if k + 1 < len(strips):
-                    upcoming = ahead.submit(polygons_of, src, *strips[k + 1])
+                features, at_seam, peak = ahead.pop(0).result()
+                peak_kib = max(peak_kib, peak)
+                if k + len(ahead) + 1 < len(strips):
+                    ahead.append(submit(strips[k + len(ahead) + 1]))
+                write(features)
                 if len(pending):
-                    touching_top = shapely.bounds(rest)[:, 1] == top if len(rest) else np.zeros(0, dtype=bool)
-                    merged = _merge_seam(pending, rest[touching_top])
-                    rest = np.concatenate([rest[~touching_top], merged])
-                waits = np.zeros(len(rest), dtype=bool)
-                if len(rest) and bottom < raster.height:
-                    waits = shapely.bounds(rest)[:, 3] == bottom
-                if finished is not None:
-                    write(finished.result())
-                finished = finishing.submit(finish, rest[~waits])
-                pending = rest[waits]
-            if finished is not None:
-                write(finished.result())
+                    touching_top = shapely.bounds(at_seam)[:, 1] == top if len(at_seam) else np.zeros(0, dtype=bool)
+                    at_seam = np.concatenate([at_seam[~touching_top], _merge_seam(pending, at_seam[touching_top])])
+                waits = np.zeros(len(at_seam), dtype=bool)
+                if len(at_seam) and bottom < raster.height:
+                    waits = shapely.bounds(at_seam)[:, 3] == bottom
+                write(finish(at_seam[~waits]))
+                pending = at_seam[waits]
+        finally:  # a canceled run (KeyboardInterrupt here) does not wait for the strips queued ahead
+            pool.shutdown(wait=True, cancel_futures=True)
         write(finish(pending))
         out.write("\n]}\n")
-    return VectorFile(str(out_path), name, target_name, written)
+    return VectorFile(str(out_path), name, target_crs.to_string(), written, processes, peak_kib if processes > 1 else 0)
 
 
 # --------------------------------------------------------------------------- export formats

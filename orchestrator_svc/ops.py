@@ -536,7 +536,14 @@ def vectorize_op(
         out,
         f"{raster.name}_polygons",
     )
-    context.log.info(f"{vectors.features} polygon(s) in {vectors.crs}")
+    context.log.info(
+        f"{vectors.features} polygon(s) in {vectors.crs}"
+        + (
+            f"; strips polygonised in {vectors.processes} processes (peak {vectors.peak_strip_kib / 1024:.0f} MiB each)"
+            if vectors.processes > 1
+            else ""
+        )
+    )
     return vectors
 
 

@@ -28,7 +28,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import deserialize_value
 from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
 
-from orchestrator_svc import jobs
+from orchestrator_svc import blocks, jobs
 from orchestrator_svc.launcher import INSTANCE_REF_ENV, MAX_RSS_TAG
 from orchestrator_svc.runs import REQUEST_TAG, SETTINGS_TAG
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         settings = jobs.JobSettings.from_json(run.tags[SETTINGS_TAG])
         plan = jobs.plan_of(run.tags[REQUEST_TAG], settings)
+        if any(block.kind == "vectorize" for block in plan.blocks):
+            blocks.start_strip_processes()
         # The multiprocess executor's step processes rebuild the job from the same two documents (rebuild_job).
         runnable = (
             build_reconstructable_job(
