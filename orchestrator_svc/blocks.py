@@ -578,8 +578,30 @@ def _metres_per_unit(crs) -> tuple[float, bool]:
     return float(factor), False
 
 
-def _strip_polygons(src, threshold: float, top: int, bottom: int, width: int) -> np.ndarray:
-    """The polygons of band 1 > threshold in rows [top, bottom), in pixel coordinates of the whole raster.
+def _without_specks(inside: np.ndarray, up_to: int) -> np.ndarray:
+    """`inside` less its 4-connected components of at most `up_to` (1 or 2) pixels, found by counting each
+    pixel's neighbours: a pixel with none is a component of one, two neighbours with one each a component of
+    two. Exact for every row with two rows of `inside` (or the raster's edge) above and below it."""
+    neighbours = np.zeros(inside.shape, dtype=np.uint8)
+    neighbours[1:] += inside[:-1]
+    neighbours[:-1] += inside[1:]
+    neighbours[:, 1:] += inside[:, :-1]
+    neighbours[:, :-1] += inside[:, 1:]
+    speck = inside & (neighbours == 0)
+    if up_to >= 2:
+        one = inside & (neighbours == 1)
+        across, down = one[:, :-1] & one[:, 1:], one[:-1] & one[1:]
+        speck[:, :-1] |= across
+        speck[:, 1:] |= across
+        speck[:-1] |= down
+        speck[1:] |= down
+    return inside & ~speck
+
+
+def _strip_polygons(src, threshold: float, top: int, bottom: int, width: int, speck_px: int = 0) -> np.ndarray:
+    """The polygons of band 1 > threshold in rows [top, bottom), in pixel coordinates of the whole raster,
+    leaving out shapes of at most `speck_px` (0, 1 or 2) pixels (_without_specks, on the strip and two rows
+    either side of it, so a shape that goes on across a seam is never taken for one).
 
     rasterio.features.shapes yields GeoJSON-like dicts; their rings are gathered into flat arrays and built
     into shapely polygons in one call (building them one by one costs more than GDAL's polygonize)."""
@@ -588,8 +610,12 @@ def _strip_polygons(src, threshold: float, top: int, bottom: int, width: int) ->
     from rasterio.features import shapes
     from rasterio.windows import Window
 
-    data = src.read(1, window=Window(0, top, width, bottom - top), masked=True)
-    inside = (data.filled(-np.inf) > threshold).astype(np.uint8)
+    above, below = (min(2, top), min(2, src.height - bottom)) if speck_px else (0, 0)
+    data = src.read(1, window=Window(0, top - above, width, bottom - top + above + below), masked=True)
+    inside = data.filled(-np.inf) > threshold
+    if speck_px:
+        inside = _without_specks(inside, speck_px)[above : above + bottom - top]
+    inside = inside.astype(np.uint8)
     coords: list = []
     ring_sizes: list[int] = []
     rings_per_polygon: list[int] = []
@@ -656,15 +682,27 @@ def _merge_seam(above: np.ndarray, below: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Finish:
-    """How finished polygons (pixel coordinates) become features: placed in the raster's CRS, simplified,
-    measured, filtered and reprojected as arrays (shapely's vectorised functions, one PROJ call per batch),
-    then each geometry's GeoJSON text. Plain values, so it travels to the strip processes."""
+    """How finished polygons (pixel coordinates) become features: placed in the raster's CRS, measured,
+    filtered, simplified and reprojected as arrays (shapely's vectorised functions, one PROJ call per batch),
+    then each geometry's GeoJSON text. A polygon's area is its pixels' (before simplification, which only
+    smooths the outline): polygons below the minimum are dropped before they are simplified. Plain values, so
+    it travels to the strip processes."""
 
     transform: tuple[float, ...]
     source_wkt: str
     target: str  # the CRS the features are written in (user input, or the source's WKT)
     tolerance: float  # simplification, CRS units
     min_area_m2: float
+
+    def speck_px(self) -> int:
+        """Shapes of at most this many pixels (0, 1 or 2) are below the minimum area wherever they are, so
+        they need not be polygonised at all (a geographic raster's pixel is largest at the equator)."""
+        from rasterio.crs import CRS
+
+        t = self.transform
+        unit_m, _ = _metres_per_unit(CRS.from_wkt(self.source_wkt))
+        pixel_m2 = abs(t[0] * t[4] - t[1] * t[3]) * unit_m * unit_m
+        return next((n for n in (2, 1) if n * pixel_m2 < self.min_area_m2), 0)
 
     def __call__(self, polygons: np.ndarray) -> list[tuple[str, float]]:
         """(geometry JSON, area m²) of each polygon kept, in order."""
@@ -681,18 +719,19 @@ class _Finish:
         matrix, offset = np.array([[t.a, t.b], [t.d, t.e]]), np.array([t.c, t.f])
         # pixel (column, row) to the raster's CRS: the arithmetic of shapely.affinity.affine_transform
         geometries = shapely.transform(polygons, lambda coords: np.matmul(matrix, coords.T).T + offset)
-        if self.tolerance:
-            # GEOS's coverage simplification keeps rings valid and apart like preserve_topology=True,
-            # in near-linear time: the topology-preserving simplify takes minutes on a polygon with
-            # tens of thousands of holes (a fragmented mask over a town).
-            geometries = _simplify_each(geometries, self.tolerance)
-        geometries = geometries[~(shapely.is_missing(geometries) | shapely.is_empty(geometries))]
         areas = shapely.area(geometries) * unit_m * unit_m
         if geographic:
             # math.cos, not np.cos: numpy's SIMD cosine may differ in the last bit, and areas are rounded
             areas *= np.array([math.cos(math.radians(y)) for y in shapely.get_y(shapely.centroid(geometries))])
         keep = ~(areas < self.min_area_m2)
         geometries, areas = geometries[keep], areas[keep]
+        if self.tolerance:
+            # GEOS's coverage simplification keeps rings valid and apart like preserve_topology=True,
+            # in near-linear time: the topology-preserving simplify takes minutes on a polygon with
+            # tens of thousands of holes (a fragmented mask over a town).
+            geometries = _simplify_each(geometries, self.tolerance)
+            kept = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
+            geometries, areas = geometries[kept], areas[kept]
         if target_crs != source_crs and len(geometries):
 
             def to_target(coords: np.ndarray) -> np.ndarray:  # every vertex of the batch in one PROJ call
@@ -714,7 +753,7 @@ def _strip_features(
     import shapely
 
     with gdal_env(), rasterio.open(path) as src:
-        polygons = _strip_polygons(src, threshold, top, bottom, width)
+        polygons = _strip_polygons(src, threshold, top, bottom, width, finish.speck_px())
     at_seam = np.zeros(len(polygons), dtype=bool)
     if len(polygons):
         bounds = shapely.bounds(polygons)

@@ -217,6 +217,21 @@ def test_polygons_across_many_strips_match_the_whole_raster(tmp_path, monkeypatc
         key = lambda p: (p.bounds, p.area)  # noqa: E731
         for got, want in zip(sorted(found, key=key), sorted(whole, key=key), strict=True):
             assert got.equals(want), (strip_rows, got.bounds)
+    # A minimum area is the shapes' own (their pixels'), before simplification: shapes of 1 and 2 pixels (100
+    # and 200 m²) are left out before polygonising, across seams as well, with the same result as dropping them
+    # after; simplified outlines keep their shapes' areas.
+    big = sorted((p for p in whole if p.area >= 250), key=key)
+    assert len(big) > 50 and len(whole) - len(big) > 100
+    for strip_rows in (1, 3, 7, 50):
+        monkeypatch.setattr(blocks, "STRIP_PIXELS", strip_rows * mask.shape[1])
+        vectors = blocks.vectorize(raster, 0.5, 0, 250, "", tmp_path / f"a{strip_rows}.geojson", "m", processes=2)
+        features = json.loads(Path(vectors.path).read_text())["features"]
+        found = sorted((shape(f["geometry"]) for f in features), key=key)
+        assert len(found) == len(big)
+        assert all(got.equals(want) for got, want in zip(found, big, strict=True)), strip_rows
+        simplified = blocks.vectorize(raster, 0.5, 25, 250, "", tmp_path / f"s{strip_rows}.geojson", "m")
+        features = json.loads(Path(simplified.path).read_text())["features"]
+        assert sorted(f["properties"]["area_m2"] for f in features) == sorted(round(p.area, 3) for p in big)
     polygons = np.array(whole, dtype=object)
     one_by_one = [shapely.coverage_simplify(p, 25.0) for p in polygons]
     together = blocks._simplify_each(polygons, 25.0)

@@ -741,9 +741,14 @@ class VectorizeBlock(_message.Message):
     threshold: _builtins.float
     """Pixels with a value above this are inside a polygon."""
     simplify_tolerance_m: _builtins.float
-    """Douglas-Peucker tolerance in metres; 0 keeps every vertex."""
+    """Simplification tolerance in metres (GEOS coverage simplification of
+    each polygon on its own, which keeps rings valid); 0 keeps every vertex.
+    """
     min_area_m2: _builtins.float
-    """Polygons smaller than this are dropped."""
+    """Polygons whose pixels cover less than this are dropped. The area is
+    measured before simplification, which only smooths the outline; each
+    GeoJSON feature's `area_m2` is that area.
+    """
     crs: _builtins.str
     """Output CRS, e.g. "EPSG:4326"; empty keeps the scene's CRS."""
     def __init__(

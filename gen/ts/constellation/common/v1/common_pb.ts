@@ -562,14 +562,17 @@ export type VectorizeBlock = Message<"constellation.common.v1.VectorizeBlock"> &
   threshold: number;
 
   /**
-   * Douglas-Peucker tolerance in metres; 0 keeps every vertex.
+   * Simplification tolerance in metres (GEOS coverage simplification of
+   * each polygon on its own, which keeps rings valid); 0 keeps every vertex.
    *
    * @generated from field: double simplify_tolerance_m = 2;
    */
   simplifyToleranceM: number;
 
   /**
-   * Polygons smaller than this are dropped.
+   * Polygons whose pixels cover less than this are dropped. The area is
+   * measured before simplification, which only smooths the outline; each
+   * GeoJSON feature's `area_m2` is that area.
    *
    * @generated from field: double min_area_m2 = 3;
    */
