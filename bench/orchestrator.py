@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -267,6 +268,7 @@ def main() -> int:
     finally:
         orch.stop()
         endpoint.stop()
+        shutil.rmtree(work, ignore_errors=True)  # scenes and every run's outputs: GBs
 
     loop, step, share = statistics.median(loop_rates), statistics.median(step_rates), statistics.median(ratios)
     ratio = rss_kib[args.large] / rss_kib[args.small]

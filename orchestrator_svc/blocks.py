@@ -828,7 +828,8 @@ def vectorize(
 ) -> VectorFile:
     """Polygons where band 1 > threshold, as a GeoJSON FeatureCollection in `crs` (empty: the raster's CRS).
 
-    Row strips are polygonised in `processes` processes at once (strip_processes() by default), each strip
+    Row strips are polygonised in `processes` processes at once (strip_processes() by default; a thread of
+    this process for fewer than two strips a process), each strip
     finishing its polygons that touch neither of its seams (_Finish) and handing back those that do. Here,
     in strip order, polygons waiting at a seam are joined with the next strip's that touch it, so a shape
     crossing strips comes out whole, and finished once they touch no seam still to come. Pixels are
@@ -851,7 +852,8 @@ def vectorize(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     strips = list(row_strips(raster.width, raster.height, STRIP_PIXELS))
-    processes = min(len(strips), strip_processes() if processes is None else processes)
+    # at least two strips a process: a raster of a strip or two is done before processes would be
+    processes = max(1, min(len(strips) // 2, strip_processes() if processes is None else processes))
 
     with open(out_path, "w", encoding="utf-8") as out:
         header: dict = {"type": "FeatureCollection"}
