@@ -785,8 +785,9 @@ def strip_processes() -> int:
 def _forkserver():
     """The multiprocessing context the strip processes start from: forked by a forkserver that has imported
     this module, GDAL's and shapely's, and this process's main module, which every child of a forkserver
-    imports again (the run's worker has threads, which a plain fork must not copy mid-call; a fresh
-    interpreter per process would spend seconds importing)."""
+    imports again (the run's worker keeps Dagster out of its module's imports for this). The run's worker has
+    threads, which a plain fork must not copy mid-call; a fresh interpreter per process would spend a second
+    importing."""
     import multiprocessing
     import sys
 

@@ -120,7 +120,7 @@ def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
                 "max_concurrent": settings.max_parallel_items,
                 # Step processes fork from a server that imported the ops once (a fresh interpreter per step
                 # spends seconds importing Dagster, GDAL and numpy).
-                "start_method": {"forkserver": {"preload_modules": ["orchestrator_svc.worker"]}},
+                "start_method": {"forkserver": {"preload_modules": ["orchestrator_svc.jobs"]}},
             }
         )
         if runs_in_parallel(plan, settings)

@@ -19,23 +19,28 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dagster import DagsterInstance, DagsterRunStatus, JobDefinition, build_reconstructable_job
-from dagster._core.definitions.job_base import InMemoryJob
-from dagster._core.execution.api import execute_run
-from dagster._core.instance.ref import InstanceRef
-from dagster._core.storage.dagster_run import DagsterRun
-from dagster._serdes import deserialize_value
-from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
-
-from orchestrator_svc import blocks, jobs
-from orchestrator_svc.launcher import INSTANCE_REF_ENV, MAX_RSS_TAG
-from orchestrator_svc.runs import REQUEST_TAG, SETTINGS_TAG
+# Dagster and the ops are imported inside the functions: every child process a forkserver or spawn starts for
+# this process (vectorize's strip processes) imports its main module, this one, again, and should not pay
+# seconds for Dagster there.
+if TYPE_CHECKING:
+    from dagster import DagsterInstance, JobDefinition
+    from dagster._core.storage.dagster_run import DagsterRun
 
 log = logging.getLogger("orchestrator.worker")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dagster import DagsterRunStatus, build_reconstructable_job
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.api import execute_run
+    from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
+
+    from orchestrator_svc import blocks, jobs
+    from orchestrator_svc.launcher import MAX_RSS_TAG
+    from orchestrator_svc.runs import REQUEST_TAG, SETTINGS_TAG
+
     parser = argparse.ArgumentParser(prog="python -m orchestrator_svc.worker")
     parser.add_argument("run_id")
     parser.add_argument("--keep-scratch", action="store_true")
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         settings = jobs.JobSettings.from_json(run.tags[SETTINGS_TAG])
         plan = jobs.plan_of(run.tags[REQUEST_TAG], settings)
-        if any(block.kind == "vectorize" for block in plan.blocks):
+        # (a run over many items runs its steps in processes of Dagster's own forkserver, and vectorizes in them)
+        if any(block.kind == "vectorize" for block in plan.blocks) and not jobs.runs_in_parallel(plan, settings):
             blocks.start_strip_processes()
         # The multiprocess executor's step processes rebuild the job from the same two documents (rebuild_job).
         runnable = (
@@ -103,6 +109,8 @@ def attempts(instance: DagsterInstance, run: DagsterRun) -> list[str]:
 
 def rebuild_job(request_json: str, settings_json: str) -> JobDefinition:
     """The run's job from its stored request and settings (in a step process of the multiprocess executor)."""
+    from orchestrator_svc import jobs
+
     settings = jobs.JobSettings.from_json(settings_json)
     return jobs.build_job(jobs.plan_of(request_json, settings), settings)
 
@@ -110,6 +118,12 @@ def rebuild_job(request_json: str, settings_json: str) -> JobDefinition:
 def open_instance() -> DagsterInstance:
     """The instance the launcher names, or (a Kubernetes Job, which carries no credential) DAGSTER_HOME's,
     mounted by dagster-k8s (k8s_launcher.py)."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._serdes import deserialize_value
+
+    from orchestrator_svc.launcher import INSTANCE_REF_ENV
+
     ref = os.environ.get(INSTANCE_REF_ENV)
     return DagsterInstance.from_ref(deserialize_value(ref, InstanceRef)) if ref else DagsterInstance.get()
 
