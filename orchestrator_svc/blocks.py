@@ -771,15 +771,32 @@ def _peak_rss_kib() -> int:
     return 0
 
 
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a container's
+    `--cpus`, a pod's CPU limit), which affinity does not show: cgroup v2's cpu.max, or v1's cpu.cfs_*."""
+    cpus = len(os.sched_getaffinity(0))
+    for quota_file, period_file in (("cpu.max", ""), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            if period_file:
+                quota, period = (cgroup / quota_file).read_text().strip(), (cgroup / period_file).read_text().strip()
+            else:
+                quota, period = (cgroup / quota_file).read_text().split()
+            if quota not in ("max", "-1"):
+                return max(1, min(cpus, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError):
+            continue
+    return cpus
+
+
 def strip_processes() -> int:
-    """How many processes vectorize polygonises strips in: the cores this process may use, at most
-    VECTORIZE_PROCESSES; 1 (a thread of this process) on one core, or in a process that multiprocessing
+    """How many processes vectorize polygonises strips in: the cores this process may use (usable_cpus), at
+    most VECTORIZE_PROCESSES; 1 (a thread of this process) on one core, or in a process that multiprocessing
     started (a step process of a run over many items, which runs beside other steps)."""
     import multiprocessing
 
     if multiprocessing.parent_process() is not None:
         return 1
-    return max(1, min(VECTORIZE_PROCESSES, len(os.sched_getaffinity(0))))
+    return max(1, min(VECTORIZE_PROCESSES, usable_cpus()))
 
 
 def _forkserver():

@@ -130,6 +130,26 @@ def test_gdal_env_gives_gdal_a_block_cache():
         assert gdal.GDALGetCacheMax64() == blocks.GDAL_CACHE_MB * 1024 * 1024
 
 
+def test_usable_cpus_follow_a_container_quota(tmp_path):
+    """A container's CPU quota caps the strip processes, as cgroup v2 and v1 write it; no quota leaves the
+    affinity."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    v2, v1, none = tmp_path / "v2", tmp_path / "v1", tmp_path / "none"
+    (v1 / "cpu").mkdir(parents=True)
+    v2.mkdir()
+    none.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert blocks.usable_cpus(v2) == min(cores, 2)
+    assert blocks.usable_cpus(v1) == 1
+    assert blocks.usable_cpus(none) == cores
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert blocks.usable_cpus(v2) == cores
+
+
 def test_prediction_store_remembers_finished_tiles(tmp_path):
     store = blocks.PredictionStore(tmp_path, 4, 2, 8)
     store.write(2, np.ones((2, 8, 8), "<f4").tobytes())
