@@ -30,15 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from constellation.agent.v1 import agent_pb2
+from bench.run_stages import water_plan
 from constellation.common.v1 import common_pb2 as c
 from constellation.core.v1 import core_pb2
 from constellation_sdk import Client, catalog, mesh_process, watch
 from scripts.make_scenes import make_scene
 from tests.conftest import TEST_API_KEY, mesh_env
-
-BANDS = ["blue", "green", "red", "nir", "swir1", "swir2"]
-MODELS = ROOT / "examples" / "models"
 
 
 def with_branch(plan: c.PipelineSpec, branch: list[c.Block], export_uri: str) -> c.PipelineSpec:
@@ -82,14 +79,7 @@ def main() -> None:
     try:
         with Client(state["processes"]["gateway"]["address"], api_key=TEST_API_KEY) as client:
             client.wait_ready()
-            dataset = catalog.ensure_dataset(
-                client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"])
-            )
-            ids = {model.name: model.id for model in catalog.ensure_models(client.core, MODELS)}
-            request = agent_pb2.PlanPipelineRequest(
-                prompt="map surface water", dataset_id=dataset.id, model_id=ids["water-mlp"]
-            )
-            plan = client.agent.PlanPipeline(request).spec
+            plan, ids = water_plan(client, scene, "water-mlp")
             tiles = next(b for b in plan.blocks if b.HasField("tile"))
             index = [c.Block(id="zindex", index=c.IndexBlock(preset=c.SPECTRAL_INDEX_NDWI))]
             ndwi = [

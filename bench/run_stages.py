@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from constellation.agent.v1 import agent_pb2
+from constellation.common.v1 import common_pb2 as c
 from constellation.core.v1 import core_pb2
 from constellation_sdk import Client, catalog, mesh_process, watch
 from scripts.make_scenes import make_scene
@@ -136,6 +137,19 @@ def worker_peak_rss_kib(env: dict[str, str], run_id: str, wait_s: float = 30.0) 
             time.sleep(0.2)
 
 
+def water_plan(client: Client, scene: Path, model_name: str) -> tuple[c.PipelineSpec, dict[str, str]]:
+    """The scene registered as a dataset and the example models as models, and the agent's plan for "map surface
+    water" over them with `model_name`: (the plan, model ids by name)."""
+    dataset = catalog.ensure_dataset(
+        client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"])
+    )
+    ids = {model.name: model.id for model in catalog.ensure_models(client.core, MODELS)}
+    request = agent_pb2.PlanPipelineRequest(
+        prompt="map surface water", dataset_id=dataset.id, model_id=ids.get(model_name, "")
+    )
+    return client.agent.PlanPipeline(request).spec, ids
+
+
 def bench_runtime(runtime: str, scene: Path, runs: int, model_name: str) -> list[tuple[watch.RunReport, int]]:
     home = Path(tempfile.mkdtemp(prefix=f"bench-{runtime}-"))
     env = {**mesh_env(home, docker=runtime == "docker"), "CONSTELLATION_HEALTH_INTERVAL_S": "2"}
@@ -145,15 +159,8 @@ def bench_runtime(runtime: str, scene: Path, runs: int, model_name: str) -> list
     try:
         with Client(state["processes"]["gateway"]["address"], api_key=TEST_API_KEY) as client:
             client.wait_ready()
-            dataset = catalog.ensure_dataset(
-                client.core, catalog.scene_dataset(scene, scene.stem, BANDS, sensor="landsat-7", tags=["water"])
-            )
-            ids = {model.name: model.id for model in catalog.ensure_models(client.core, MODELS)}
-            request = agent_pb2.PlanPipelineRequest(
-                prompt="map surface water", dataset_id=dataset.id, model_id=ids.get(model_name, "")
-            )
-            plan = client.agent.PlanPipeline(request)
-            pipeline = catalog.ensure_pipeline(client.core, "bench", plan.spec)
+            plan, _ = water_plan(client, scene, model_name)
+            pipeline = catalog.ensure_pipeline(client.core, "bench", plan)
             for _ in range(runs):
                 run = client.core.RunPipeline(core_pb2.RunPipelineRequest(pipeline_id=pipeline.id))
                 report = watch.follow(client.core, run.id, spec=pipeline.spec)

@@ -758,17 +758,19 @@ def _strip_features(
     if len(polygons):
         bounds = shapely.bounds(polygons)
         at_seam = ((bounds[:, 1] == top) & (top > 0)) | ((bounds[:, 3] == bottom) & (bottom < height))
-    return finish(polygons[~at_seam]), polygons[at_seam], _peak_rss_kib()
+    return finish(polygons[~at_seam]), polygons[at_seam], peak_rss_kib() or 0
 
 
-def _peak_rss_kib() -> int:
+def peak_rss_kib() -> int | None:
+    """This process's peak resident memory since it started this program (VmHWM; unlike ru_maxrss it does not
+    count the parent's memory copied by fork before exec)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return None
 
 
 def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep_scratch:
                 for work in works:
                     shutil.rmtree(work, ignore_errors=True)
-            peak = peak_rss_kib()
+            peak = blocks.peak_rss_kib()
             if peak:
                 instance.add_run_tags(run.run_id, {MAX_RSS_TAG: str(peak)})
     return 0
@@ -126,18 +126,6 @@ def open_instance() -> DagsterInstance:
 
     ref = os.environ.get(INSTANCE_REF_ENV)
     return DagsterInstance.from_ref(deserialize_value(ref, InstanceRef)) if ref else DagsterInstance.get()
-
-
-def peak_rss_kib() -> int | None:
-    """This process's peak resident memory since it started this program (VmHWM; unlike ru_maxrss it does not
-    count the parent's memory copied by fork before exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 if __name__ == "__main__":
