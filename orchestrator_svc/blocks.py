@@ -850,10 +850,11 @@ def vectorize(
 
     Row strips are polygonised in `processes` processes at once (strip_processes() by default; a thread of
     this process for fewer than two strips a process), each strip finishing its polygons that touch neither
-    of its seams (_Finish) and handing back those that do. Here, in strip order, polygons waiting at a seam are joined with the next strip's that touch it, so a shape
-    crossing strips comes out whole, and finished once they touch no seam still to come. Pixels are
-    4-connected; polygons are built in pixel coordinates (exact unions) and moved into the CRS when finished.
-    Features are written strip by strip: each strip's own, then the shapes completed at its seams.
+    of its seams (_Finish) and handing back those that do. Here, in strip order, polygons waiting at a seam
+    are joined with the next strip's that touch it, so a shape crossing strips comes out whole, and finished
+    once they touch no seam still to come. Pixels are 4-connected; polygons are built in pixel coordinates
+    (exact unions) and moved into the CRS when finished. Features are written strip by strip: each strip's
+    own, then the shapes completed at its seams.
     """
     import shapely
     from rasterio.crs import CRS
