@@ -984,8 +984,9 @@ def read_backdrop(path: str, bands: Sequence[int], shape: tuple[int, int]) -> np
     A scene without overviews is read in full: on a large scene this costs seconds, so the export op reads it
     while the COG is being written. When each preview pixel averages a whole block of an unsigned-integer scene
     with no nodata or mask (the common case: an 8192² scene to 1024²), the blocks are summed with numpy strip
-    by strip and each exact mean is rounded half up: 1.3 s against 5.1 s for GDAL's average on that scene,
-    with the same values there (on noisy 8-bit data GDAL's average is off the exact mean by up to 2).
+    by strip and each exact mean is rounded half up: 1.4 s against 3.1 s for GDAL's average on that scene
+    (5.1 s before GDAL had its block cache), with the same values there (on noisy 8-bit data GDAL's average
+    is off the exact mean by up to 2).
     Otherwise GDAL resamples."""
     import rasterio
     from rasterio.enums import MaskFlags, Resampling
