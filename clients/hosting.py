@@ -20,6 +20,14 @@ D = hosting_pb2.DeploymentState
 # States a deployment passes through on its own; callers wait them out.
 BUSY = (D.DEPLOYMENT_STATE_PACKAGING, D.DEPLOYMENT_STATE_BUILDING, D.DEPLOYMENT_STATE_VALIDATING,
         D.DEPLOYMENT_STATE_PUSHING, D.DEPLOYMENT_STATE_DEPLOYING)  # fmt: skip
+# How long an unhealthy model is given to answer again before it is deployed anew. A replica that died is
+# started again on the same address (by the engine's restart policy or hosting's monitor); a new deployment
+# would move the model to new addresses, under the runs still sending to the old ones.
+RECOVER_S = 20.0
+
+
+class _NotWithin(Exception):
+    """follow(within_s=...) saw no state it waited for in time."""
 
 
 def state_name(state: hosting_pb2.DeploymentState.ValueType) -> str:
@@ -130,6 +138,15 @@ class ModelDeployer:
             )
             status = self.follow(status, status.last_updated, settled)
         wanted = self.runtime in (hosting_pb2.RUNTIME_UNSPECIFIED, status.runtime) if status is not None else False
+        if status is not None and status.state == D.DEPLOYMENT_STATE_UNHEALTHY and wanted:
+            self.hooks.on_event(
+                "state", f"{label} is unhealthy on hosting; waiting up to {RECOVER_S:.0f} s for its replicas to answer"
+            )
+            recovered = (D.DEPLOYMENT_STATE_HEALTHY, D.DEPLOYMENT_STATE_FAILED, D.DEPLOYMENT_STATE_DELETED)
+            try:
+                status = self.follow(status, status.last_updated, recovered, within_s=RECOVER_S)
+            except _NotWithin:
+                pass  # deployed anew below
         if status is not None and status.state == D.DEPLOYMENT_STATE_HEALTHY and wanted:
             self.hooks.on_event(
                 "state", f"{label} is already serving at {', '.join(e.address for e in status.endpoints)}"
@@ -179,14 +196,20 @@ class ModelDeployer:
         return status
 
     def follow(
-        self, status: hosting_pb2.ModelStatus, since: Timestamp, until: tuple[int, ...]
+        self,
+        status: hosting_pb2.ModelStatus,
+        since: Timestamp,
+        until: tuple[int, ...],
+        within_s: float | None = None,
     ) -> hosting_pb2.ModelStatus:
-        """Report hosting's events from `since` on until the model reaches a state in `until`; its status then."""
+        """Report hosting's events from `since` on until the model reaches a state in `until`; its status then.
+        With `within_s`, raises _NotWithin when that takes longer (else DeployFailed past the deploy timeout)."""
         label = self.target.label
         self.hooks.check()
         request = hosting_pb2.WatchDeploymentRequest(model_id=status.model_id)
+        timeout = max(self.deadline - time.monotonic(), 1.0)
         call = self.hosting.WatchDeployment(
-            request, timeout=max(self.deadline - time.monotonic(), 1.0), metadata=self.metadata
+            request, timeout=timeout if within_s is None else min(timeout, within_s), metadata=self.metadata
         )
         try:
             for event in self.hooks.track(call):
@@ -203,6 +226,8 @@ class ModelDeployer:
         except grpc.RpcError as error:
             self.hooks.check()  # a cancel breaks the stream on purpose
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                if within_s is not None:
+                    raise _NotWithin from None
                 raise DeployFailed(f"{label} was not serving within {self.timeout_s:.0f} s") from None
             raise DeployFailed(f"lost {label}'s deployment stream: {error.details()}") from None
         raise DeployFailed(f"{label}'s deployment stream ended before it was deployed")
