@@ -151,7 +151,7 @@ class Batch:
     oom_killed: bool
     restarts: int
     queued_events: int  # RUN_QUEUED events with a place in core's queue, over all runs
-    retried_runs: int  # runs whose model step waited for an endpoint and sent requests again
+    retried_runs: int  # runs that met a dead replica: their model step retried, or they waited for it to recover
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -177,7 +177,8 @@ class Lone:
     report: watch.RunReport
     seconds: float  # submission to end
     queued: int  # RUN_QUEUED events with a place in core's queue
-    retried: bool  # its model step waited for an endpoint and sent requests again, or was retried
+    retried: bool  # its model step waited for an endpoint and sent requests again or was retried, or the run
+    # waited for an unhealthy model's replicas to answer before its model step
 
 
 def one_run(client: Client, pipeline: core_pb2.Pipeline, inferring: threading.Event | None = None) -> Lone:
@@ -188,7 +189,11 @@ def one_run(client: Client, pipeline: core_pb2.Pipeline, inferring: threading.Ev
     def count(event: c.RunEvent) -> None:
         nonlocal queued, retried
         queued += event.type == c.RUN_EVENT_TYPE_RUN_QUEUED and event.message.startswith("waiting for a place")
-        retried |= event.type == c.RUN_EVENT_TYPE_STEP_RETRY or "retrying in" in event.message
+        retried |= (
+            event.type == c.RUN_EVENT_TYPE_STEP_RETRY
+            or "retrying in" in event.message
+            or "is unhealthy on hosting; waiting" in event.message
+        )
         progress = event.progress
         if inferring is not None and progress.unit == "tiles" and 0 < progress.done < progress.total:
             inferring.set()

@@ -229,14 +229,19 @@ class Engine:
             return {}
 
     def remove_container(self, container_id: str) -> None:
+        """Gone afterwards, also when it went first (a Swarm task, a replica already removed)."""
         try:
-            self.client.containers.get(container_id).remove(force=True)
+            self.client.api.remove_container(container_id, force=True)
         except NotFound:
             pass
+        except APIError as error:
+            if error.status_code != 409 or "already in progress" not in str(error):
+                raise
 
     def containers(self, **labels: str) -> list:
+        """Those with the labels now; one removed while they are listed is left out."""
         filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
-        return self.client.containers.list(all=True, filters=filters)
+        return self.client.containers.list(all=True, filters=filters, ignore_removed=True)
 
     def remove_image(self, image: str) -> bool:
         """Remove unless a container still uses it; True when removed."""

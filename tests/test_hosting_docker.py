@@ -421,3 +421,32 @@ def test_join_network_makes_an_internal_models_network_once(engine):
     finally:
         for network in engine.networks.list(names=[name]):
             network.remove()
+
+
+def test_containers_removed_by_someone_else_meanwhile_are_no_error(engine):
+    """Swarm removes a task's container by itself, and a replica's container may go while hosting deletes its
+    model: one that goes between the engine's listing and hosting's look at it is left out, and removing one
+    that is already gone is done, where docker-py raised NotFound (DeleteModel answered INTERNAL in CI)."""
+    label = f"cstltest-removed-{os.getpid()}"
+    started = [
+        engine.containers.create("constellation/base:bookworm", ["sleep", "60"], labels={label: str(i)})
+        for i in range(2)
+    ]
+    under_test = images.Engine()
+    listing = under_test.client.api.containers
+
+    def listed_then_one_removed(*args, **kwargs):
+        found = listing(*args, **kwargs)
+        engine.api.remove_container(started[0].id, force=True)  # as Swarm would, right after the listing
+        return found
+
+    try:
+        under_test.client.api.containers = listed_then_one_removed
+        assert [c.id for c in under_test.containers(**{label: ""})] == [started[1].id]
+        under_test.client.api.containers = listing
+        under_test.remove_container(started[0].id)  # already gone: nothing to do
+        under_test.remove_container(started[1].id)
+        assert not engine.containers.list(all=True, filters={"label": label})
+    finally:
+        for container in engine.containers.list(all=True, filters={"label": label}):
+            container.remove(force=True)

@@ -93,7 +93,7 @@ class DockerRuntime:
         if self.owner:
             name += "-" + hashlib.sha256(self.owner.encode()).hexdigest()[:8]
         for stale in self.engine.containers(**{"constellation.replica_name": name}):
-            stale.remove(force=True)
+            self.engine.remove_container(stale.id)
         labels["constellation.replica_name"] = name
         container_id = self.engine.run(
             model.image, name, port, labels, self._limits(model), restart=True, network=self.network
@@ -157,11 +157,11 @@ class DockerRuntime:
         for container in self.engine.containers(**wanted):
             if forwarder := self.forwarders.pop(container.id, None):
                 forwarder.close()
-            container.remove(force=True)
+            self.engine.remove_container(container.id)
 
     def remove(self, model: HostedModel) -> None:
         """Every container of the model, then its image unless another container still uses it."""
         for container in self.engine.containers(**{images.LABEL_MODEL: model.id}):
-            container.remove(force=True)
+            self.engine.remove_container(container.id)
         if model.image and not self.engine.remove_image(model.image):
             log.info("image kept: in use", extra={"image": model.image})
