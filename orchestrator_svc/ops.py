@@ -100,6 +100,7 @@ class Predictions:
     bands: tuple[str, ...]  # the bands the model read (their nodata is the output's nodata)
     channels: int
     name: str  # the model output's name
+    backdrop_means: str = ""  # the preview's backdrop summed as the tiles were read (blocks.BackdropSums), or ""
 
 
 class Prefetcher:
@@ -224,6 +225,15 @@ def _write_cog(source: Path, target: Path) -> Path:
     return target
 
 
+def _backdrop(raster: blocks.RasterFile, shape: tuple[int, int]) -> np.ndarray:
+    """The preview's backdrop: the model step's sums when it left them for this shape, else read from the scene."""
+    if raster.backdrop_means:
+        summed = np.load(raster.backdrop_means)
+        if summed.shape == (3, *shape):
+            return summed
+    return blocks.read_backdrop(raster.backdrop_path, raster.backdrop_bands, shape)
+
+
 def _export_work(raster: blocks.RasterFile, wanted: list[str], folder: Path) -> EarlyExport:
     """The raster's COG (written under `folder`) and its preview's backdrop (a decimated read of the whole scene),
     started in threads: both release the GIL, so they cost about the longer of the two, not their sum."""
@@ -233,7 +243,7 @@ def _export_work(raster: blocks.RasterFile, wanted: list[str], folder: Path) -> 
         work.cog = _EARLY_POOL.submit(_write_cog, Path(raster.path), cog)
     if "png_preview" in wanted and raster.backdrop_path and len(raster.backdrop_bands) == 3:
         shape = blocks.preview_shape(raster.width, raster.height)
-        work.backdrop = _EARLY_POOL.submit(blocks.read_backdrop, raster.backdrop_path, raster.backdrop_bands, shape)
+        work.backdrop = _EARLY_POOL.submit(_backdrop, raster, shape)
     return work
 
 
@@ -481,6 +491,7 @@ def model_op(
                     if now - last_report >= PROGRESS_EVERY_S or done == grid.count:
                         context.log.info(progress_message(done, grid.count, "tiles"))
                         last_report = now
+            backdrop = reader.backdrop.means() if reader.backdrop is not None else None
         wall, cpu = time.monotonic() - started, time.process_time() - cpu_started
         context.log.info(
             f"inferred {done - resumed_at} tiles in {wall:.2f}s ({(done - resumed_at) / max(wall, 1e-9):.0f} tiles/s), "
@@ -496,7 +507,11 @@ def model_op(
         raise _fail("the model step was interrupted: the run is being canceled") from None
     finally:
         store.close()
-    return Predictions(tiles, str(folder), tuple(config.bands), config.output_channels, config.output)
+    means = ""
+    if backdrop is not None:  # None as well when an earlier attempt read some of the tiles
+        np.save(folder / "backdrop.npy", backdrop)
+        means = str(folder / "backdrop.npy")
+    return Predictions(tiles, str(folder), tuple(config.bands), config.output_channels, config.output, means)
 
 
 @op(name="stitch", description="Merge tile predictions into one raster with the scene's CRS, transform and nodata.")
@@ -510,7 +525,9 @@ def stitch_op(
         name = f"{predictions.name}_{config.item}" if config.item else predictions.name
         out = _scratch_file(constellation.scratch(context.run_id, context.op.name), f"{name}.tif")
         raster = blocks.stitch(store, grid, scene, predictions.bands, config.blend, out, name)
-        raster = replace(raster, item_id=scene.item_id, acquired=scene.acquired)
+        raster = replace(
+            raster, item_id=scene.item_id, acquired=scene.acquired, backdrop_means=predictions.backdrop_means
+        )
     finally:
         store.close()
     context.log.info(f"stitched {raster.width}x{raster.height} px, {raster.count} band(s), blend {config.blend}")

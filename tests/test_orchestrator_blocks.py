@@ -326,6 +326,62 @@ def test_backdrop_block_means(tmp_path, monkeypatch, dtype):
     assert np.array_equal(blocks.read_backdrop(str(tmp_path / "nodata.tif"), (3, 2, 1), (30, 20)), gdal)
 
 
+def test_backdrop_summed_while_the_model_reads_equals_the_one_read_after(tmp_path):
+    """The model step's reader sums the preview's backdrop from the tiles it reads (each pixel once, from the
+    tile that owns it, however the overlap cuts the preview's blocks and however often a tile is read), and
+    export takes it: the same array read_backdrop reads from the scene afterwards. Where read_backdrop would not
+    take block means (nodata), or the model does not read red, green and blue, the reader sums nothing."""
+    from affine import Affine
+
+    file_bands = ["blue", "green", "red", "nir"]
+    data = np.random.default_rng(11).integers(0, 65535, (4, 1536, 3072), dtype=np.uint16, endpoint=True)
+    profile = {
+        "driver": "GTiff", "width": 3072, "height": 1536, "count": 4, "dtype": "uint16", "crs": CRS,
+        "transform": Affine(10, 0, 0, 0, -10, 0), "tiled": True, "blockxsize": 256, "blockysize": 256,
+    }  # fmt: skip
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    scene = blocks.inspect_scene(str(path), file_bands)
+    shape = blocks.preview_shape(scene.width, scene.height)
+    assert shape == (512, 1024)  # blocks of 3x3 pixels; the tiles' owned spans start mid-block
+    grid = blocks.TileGrid.for_scene(3072, 1536, 100, 11)
+    bands = ["nir", "red", "blue", "green"]
+    with blocks.TileReader(scene, grid, bands, blocks.Normalizer.build("none", bands, {})) as reader:
+        assert reader.backdrop is not None
+        order = np.random.default_rng(5).permutation(grid.count).tolist()
+        chunks = [order[i : i + 16] for i in range(0, grid.count, 16)]
+        for chunk in chunks[:-1] + chunks[:3]:  # some tiles twice, as a retried request would read them
+            reader.read(chunk)
+        assert reader.backdrop.means() is None  # not every tile yet
+        reader.read(chunks[-1])
+        summed = reader.backdrop.means()
+    exact = np.floor(data[[2, 1, 0]].reshape(3, 512, 3, 1024, 3).mean(axis=(2, 4)) + 0.5).astype(np.float32)
+    assert summed is not None and summed.dtype == np.float32
+    assert np.array_equal(summed, exact)
+    assert np.array_equal(blocks.read_backdrop(str(path), scene.rgb_indexes, shape), summed)
+
+    # export takes the model step's sums when they fit the preview, and reads the scene otherwise
+    np.save(tmp_path / "summed.npy", summed + 1)
+    raster = blocks.RasterFile(
+        str(path), "water", 3072, 1536, 1, scene.crs_wkt, scene.transform, None, str(path), scene.rgb_indexes,
+        backdrop_means=str(tmp_path / "summed.npy"),
+    )  # fmt: skip
+    assert np.array_equal(ops._backdrop(raster, shape), summed + 1)
+    assert np.array_equal(
+        ops._backdrop(raster, (256, 512)), blocks.read_backdrop(str(path), scene.rgb_indexes, (256, 512))
+    )
+
+    none = blocks.Normalizer.build("none", ["red", "green", "nir"], {})
+    with blocks.TileReader(scene, grid, ["red", "green", "nir"], none) as reader:
+        assert reader.backdrop is None  # no blue
+    with rasterio.open(tmp_path / "nodata.tif", "w", **profile, nodata=0) as dst:
+        dst.write(data)
+    scene = blocks.inspect_scene(str(tmp_path / "nodata.tif"), file_bands)
+    with blocks.TileReader(scene, grid, bands, blocks.Normalizer.build("none", bands, {})) as reader:
+        assert reader.backdrop is None  # GDAL's average, which leaves nodata out, makes this backdrop
+
+
 def test_unreadable_and_mismatched_rasters(tmp_path, scene_file):
     junk = tmp_path / "junk.tif"
     junk.write_text("no")
