@@ -102,7 +102,9 @@ compose-images: $(VENV)/.installed node_modules/.installed
 
 ## compose-up / compose-down: the whole mesh under docker-compose (compose.yaml); down keeps the volumes
 compose-up: compose-images
-	DOCKER_GID=$$(stat -c %g /var/run/docker.sock) docker-compose up -d --build
+	# compose v1 pulls an image a service only runs (constellation/mesh:dev) before another service builds it: build first
+	docker-compose build
+	DOCKER_GID=$$(stat -c %g /var/run/docker.sock) docker-compose up -d
 
 compose-down:
 	docker-compose down

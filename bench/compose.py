@@ -70,7 +70,7 @@ def under_compose(runs: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp))
         try:
-            stack.up("--build")
+            stack.up(build=True)
             with stack.client() as client:
                 pipeline = register_and_plan(client, stack.s3)
                 seconds = timed_runs(client, pipeline.id, runs)

@@ -3,7 +3,7 @@
 #   the base images (Debian bookworm: python3 for the mesh, postgresql-15 for the database),
 #   build/wheelhouse: the runtime part of requirements.lock as CPython 3.11 manylinux wheels,
 #   web/dist: the console the gateway image serves (npm run build).
-# Then `docker-compose up -d --build` builds the images in seconds when only code changed (docker/mesh.Dockerfile
+# Then `docker-compose build` builds the images in seconds when only code changed (docker/mesh.Dockerfile
 # installs the wheelhouse in its own layer).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -72,9 +72,13 @@ class Stack:
             )
         return result
 
-    def up(self, *extra: str) -> float:
+    def up(self, build: bool = False) -> float:
+        """`build` first when asked: compose v1's `up --build` pulls constellation/mesh:dev for the services that
+        only run it, before the one service that builds it, and there is no registry to pull from."""
         start = time.monotonic()
-        self.compose("up", "-d", "--scale", f"core={self.cores}", *extra, timeout=1800)
+        if build:
+            self.compose("build", timeout=1800)
+        self.compose("up", "-d", "--scale", f"core={self.cores}", timeout=1800)
         self.wait_ready()
         return time.monotonic() - start
 
@@ -167,8 +171,8 @@ def stack(tmp_path_factory):
     assert prepare.returncode == 0, prepare.stdout[-3000:] + prepare.stderr[-3000:]
     stack = Stack(tmp_path_factory.mktemp("compose"), cores=CORES)
     try:
-        seconds = stack.up("--build")
-        MEASURED_FIGURES.append(f"compose: `up -d --build` until the gateway is healthy: {seconds:.0f} s")
+        seconds = stack.up(build=True)
+        MEASURED_FIGURES.append(f"compose: `build` and `up -d` until the gateway is healthy: {seconds:.0f} s")
         yield stack
     finally:
         try:
