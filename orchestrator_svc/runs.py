@@ -264,6 +264,8 @@ class RunManager:
         self._owned: dict[str, Lease] = {}
         self._owned_lock = threading.Lock()
         self.launcher.may_write = self._still_owner
+        if isinstance(self.launcher, WorkerRunLauncher):
+            self.launcher.start_spare()
 
     @property
     def launcher(self) -> WorkerRunLauncher | K8sWorkerRunLauncher | DockerWorkerRunLauncher:

@@ -1,5 +1,9 @@
 """A run's worker process: `python -m orchestrator_svc.worker RUN_ID` (started by launcher.WorkerRunLauncher).
 
+`python -m orchestrator_svc.worker --spare` is a worker started before its run: it imports what a run needs,
+then reads one line on stdin, {"run_id": ..., "log": ...}, and runs that run with its output appended to
+that log; at the end of stdin (its orchestrator stopped) it exits.
+
 Opens the instance the launcher names (CONSTELLATION_DAGSTER_INSTANCE_REF; in a
 Kubernetes Job, DAGSTER_HOME's),
 rebuilds the run's job from the LaunchRun request stored on the run, and
@@ -42,12 +46,29 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator_svc.runs import REQUEST_TAG, SETTINGS_TAG
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator_svc.worker")
-    parser.add_argument("run_id")
+    parser.add_argument("run_id", nargs="?", help="the run to execute")
+    parser.add_argument("--spare", action="store_true", help="import what a run needs, then read the run on stdin")
     parser.add_argument("--keep-scratch", action="store_true")
     args = parser.parse_args(argv)
+    if bool(args.run_id) == args.spare:
+        parser.error("give a run id or --spare")
+    instance = open_instance()  # a spare opens it before its run: Dagster's storages hold no connection meanwhile
+    if args.spare:
+        told = sys.stdin.readline()
+        if not told.strip():
+            instance.dispose()
+            return 0  # no run: the orchestrator stopped
+        order = json.loads(told)
+        args.run_id = order["run_id"]
+        log_fd = os.open(order["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     setup_interrupt_handlers()  # SIGTERM behaves like SIGINT
-    with open_instance() as instance:
+    with instance:
         run = instance.get_run_by_id(args.run_id)
         if run is None:
             log.error("no run %s in the instance", args.run_id)

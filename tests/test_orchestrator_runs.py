@@ -28,7 +28,7 @@ from constellation.orchestrator.v1 import orchestrator_pb2 as pb
 from mesh import config
 from mesh.leases import Leases
 from orchestrator_svc.instance import lease_engine, open_instance
-from orchestrator_svc.launcher import ACTIVE, PID_TAG
+from orchestrator_svc.launcher import ACTIVE, PID_TAG, log_path
 from orchestrator_svc.runs import RunManager, dagster_run_id
 from orchestrator_svc.settings import OrchestratorSettings
 from tests.conftest import rpc_error
@@ -442,3 +442,44 @@ def test_dagster_ui_serves_the_same_instance(orchestrator, ndwi_endpoint, scene_
     finally:
         ui.terminate()
         ui.wait(20)
+
+
+def test_a_spare_worker_takes_the_next_run_and_another_waits_after_it(orchestrator, ndwi_endpoint, scene_512, tmp_path):
+    """The orchestrator keeps a worker that has imported what a run needs waiting for the next run: the run's
+    worker is that process, started before the run was, with its output in the run's log; the next spare starts
+    once the run's worker exits, and stopping the orchestrator stops it. A run launched while no spare is
+    alive gets a worker of its own."""
+    launcher = orchestrator.server.runs.launcher
+    spare = launcher._spare
+    assert spare is not None and spare.poll() is None
+    run = orchestrator.stub.LaunchRun(
+        water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out-{time.monotonic_ns()}"])
+    )
+    assert orchestrator.wait(run.id).state == c.RUN_STATE_SUCCEEDED
+    dagster_run = orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id))
+    assert int(dagster_run.tags[PID_TAG]) == spare.pid
+    assert spare.wait(30) == 0
+    logged = log_path(launcher.work_dir, dagster_run.run_id).read_text()
+    assert f"run {dagster_run.run_id} finished" in logged and '"success": true' in logged
+
+    deadline = time.monotonic() + 30
+    while (launcher._spare is None or launcher._spare is spare) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = launcher._spare
+    assert after is not None and after.poll() is None, "a new spare once the run's worker exited"
+
+    after.kill()  # a spare that died: the next run starts a worker of its own
+    after.wait()
+    run = orchestrator.stub.LaunchRun(
+        water_request(f"file://{scene_512}", ndwi_endpoint.address, [f"file://{tmp_path}/out-{time.monotonic_ns()}"])
+    )
+    assert orchestrator.wait(run.id).state == c.RUN_STATE_SUCCEEDED
+    assert int(orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id)).tags[PID_TAG]) != after.pid
+
+    deadline = time.monotonic() + 30
+    while (launcher._spare is None or launcher._spare is after) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    last = launcher._spare
+    assert last is not None and last.poll() is None
+    orchestrator.stop()
+    assert last.wait(10) != 0, "the orchestrator stopped its spare"
