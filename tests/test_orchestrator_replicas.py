@@ -27,11 +27,12 @@ from mesh.services import insecure_channel, with_api_key
 from orchestrator_svc.launcher import HOST_TAG, PID_TAG, START_TAG, WorkerRunLauncher, process_start_ticks
 from orchestrator_svc.runs import ADOPT, LEASE_PREFIX, REEXECUTE, SETTLE, SKIP, dagster_run_id, takeover
 from tests.orchestrator_support import (  # noqa: F401 - fixtures
+    ModelEndpoint,
     Orchestrator,
     orchestrator_env,
     s3_server,
     scene_512,
-    slow_endpoint,
+    slow_model_dir,
     water_request,
 )
 from tests.pg import create_database, free_port
@@ -116,10 +117,19 @@ def wait_owned(orch: Orchestrator, run_id: str, timeout_s: float) -> float:
     return time.monotonic() - start
 
 
+@pytest.fixture
+def slower_endpoint(tmp_path):
+    """NDWI at 1.5 s per request, 9 tiles one at a time: every run has seconds of its model step left after the
+    kill, also the first one launched, which the owner's spare worker starts about 2 s before the others."""
+    endpoint = ModelEndpoint(slow_model_dir(tmp_path / "slower-ndwi", 1.5), tmp_path).start()
+    yield endpoint
+    endpoint.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_killed_orchestrators_runs_are_adopted_or_settled_by_the_other(
-    tmp_path, postgres_admin_url, s3_server, slow_endpoint, scene_512
+    tmp_path, postgres_admin_url, s3_server, slower_endpoint, scene_512
 ):
     env = orchestrator_env(
         tmp_path / "home",
@@ -133,7 +143,7 @@ def test_a_killed_orchestrators_runs_are_adopted_or_settled_by_the_other(
 
         def launch(name: str) -> pb.Run:
             request = water_request(
-                f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/{name}"], batch_size=1,
+                f"file://{scene_512}", slower_endpoint.address, [f"file://{tmp_path}/{name}"], batch_size=1,
                 max_concurrency=1,
             )  # fmt: skip
             return owner.stub.LaunchRun(request)
