@@ -74,6 +74,7 @@ def instance_config(settings: OrchestratorSettings) -> dict:
                 "work_dir": str(settings.work_dir),
                 "cancel_grace_s": settings.cancel_grace_s,
                 "keep_scratch": settings.keep_scratch,
+                "spare": settings.spare_worker,
             },
         }
     return {

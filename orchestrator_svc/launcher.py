@@ -9,11 +9,12 @@ orchestrator tells a live worker (adopt it: the run resumes being watched)
 from a dead one (the run is marked failed, never left STARTED).
 
 A spare worker waits for the next run: started with the orchestrator and again
-whenever a worker exits, it imports Dagster, the ops and the libraries they use
-and opens the instance (most of a worker's start: 2.3 s from launch to the run's
-start on 2 busy cores, 0.14 s with a spare), then reads the run id on its stdin. A run launched while no spare is ready
-gets a worker started for it. The spare ends when the orchestrator stops (it is
-killed, or reads the end of its stdin).
+when the last running worker exits, it imports Dagster, the ops and the
+libraries they use and opens the instance (most of a worker's start: 2.3 to
+3.3 s from launch to the run's start on 2 busy cores, 0.14 to 0.35 s with a
+spare), then reads the run id on its stdin. A run launched while no spare is
+alive gets a worker started for it. The spare ends when the orchestrator stops
+(it is killed, or reads the end of its stdin).
 
 Cancel = Dagster's terminate: the run is marked CANCELING and the worker gets
 SIGINT, which Dagster turns into an interrupt of the running step and a
@@ -94,12 +95,14 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
         work_dir: str,
         cancel_grace_s: float = 15.0,
         keep_scratch: bool = False,
+        spare: bool = True,
         inst_data: ConfigurableClassData | None = None,
     ) -> None:
         self._inst_data = inst_data
         self.work_dir = work_dir
         self.cancel_grace_s = cancel_grace_s
         self.keep_scratch = keep_scratch
+        self.spare = spare
         self._children: dict[str, subprocess.Popen] = {}
         self._spare: subprocess.Popen | None = None  # a worker that imported everything and waits for a run id
         self._lock = threading.Lock()
@@ -120,6 +123,7 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
             "work_dir": Field(str),
             "cancel_grace_s": Field(float, is_required=False, default_value=15.0),
             "keep_scratch": Field(bool, is_required=False, default_value=False),
+            "spare": Field(bool, is_required=False, default_value=True),
         }
 
     @classmethod
@@ -141,9 +145,13 @@ class WorkerRunLauncher(RunLauncher, ConfigurableClass):
             )
 
     def start_spare(self) -> None:
-        """A spare worker for the next run, unless one is alive or the orchestrator is stopping."""
+        """A spare worker for the next run, unless one is alive, a run's worker is (its imports would take CPU
+        from that run, or from the worker of a run launched before the last one's worker exited) or the
+        orchestrator is stopping."""
         with self._lock:
-            if self._disposed.is_set() or (self._spare is not None and self._spare.poll() is None):
+            if not self.spare or self._disposed.is_set() or self._children:
+                return
+            if self._spare is not None and self._spare.poll() is None:
                 return
             self._spare = spare = self._worker("--spare", Path(self.work_dir, "logs", "spare.log"), subprocess.PIPE)
         log.info("spare worker started", extra={"pid": spare.pid})

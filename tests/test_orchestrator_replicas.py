@@ -197,3 +197,18 @@ def test_a_killed_orchestrators_runs_are_adopted_or_settled_by_the_other(
 
 
 CHAIN_AND_EXPORT = ["scene", "tiles", "water", "mosaic", "polygons", "out-0"]
+
+
+def test_no_spare_worker_when_it_is_turned_off(tmp_path):
+    """CONSTELLATION_ORCHESTRATOR_SPARE_WORKER=0 reaches the launcher, which then starts a worker per run only."""
+    from orchestrator_svc import settings as orchestrator_settings
+    from orchestrator_svc.instance import instance_config
+
+    settings = orchestrator_settings.load(
+        {"CONSTELLATION_HOME": str(tmp_path), "CONSTELLATION_ORCHESTRATOR_SPARE_WORKER": "0"}
+    )
+    config = instance_config(settings)["run_launcher"]["config"]
+    assert config["spare"] is False
+    launcher = WorkerRunLauncher(**config)
+    launcher.start_spare()
+    assert launcher._spare is None
