@@ -232,7 +232,8 @@ def main() -> None:
         "infer share = infer ÷ (ingest + infer + stitch + export); total = the stages' sum, deploy included; ÷ plain = "
         "total ÷ the plain script's raster + overviews (target <= 2 warm); exp÷inf = export ÷ infer (target <= 1); "
         "peak MiB = the run's worker process (VmHWM); wall = from RunPipeline to the run's end as this client saw it: "
-        "the stages and what lies between them, mostly the run's worker process starting (about 2 s)."
+        "the stages and what lies between them, mostly the run's worker process starting (about 2 s here, where each "
+        "run follows the last at once; bench/run_start.py: 0.2 s with the spare worker ready for runs seconds apart)."
     )
     if len(sizes) == 2:
         small, large = sizes
