@@ -374,7 +374,7 @@ class BackdropSums:
     Only where read_backdrop would sum blocks itself (`for_reader`), so the preview is the same either way."""
 
     def __init__(self, grid: TileGrid, positions: Sequence[int], shape: tuple[int, int]) -> None:
-        self.grid, self.positions, self.shape = grid, list(positions), shape
+        self.grid, self.positions = grid, list(positions)
         self.fy, self.fx = grid.height // shape[0], grid.width // shape[1]
         self.columns = owned_ranges(grid.xs, grid.size, grid.width)
         self.rows = owned_ranges(grid.ys, grid.size, grid.height)
@@ -385,21 +385,12 @@ class BackdropSums:
     def for_reader(cls, src, scene: Scene, grid: TileGrid, indexes: Sequence[int]) -> BackdropSums | None:
         """Sums for a reader of `indexes` over the open scene `src`, when the preview has a backdrop that
         read_backdrop would take as block means (see there) and the reader reads its three bands."""
-        from rasterio.enums import MaskFlags
-
         if len(scene.rgb_indexes) != 3 or not set(scene.rgb_indexes) <= set(indexes):
             return None
-        rows, columns = preview_shape(scene.width, scene.height)
-        if not (
-            np.dtype(scene.dtype).kind == "u"
-            and scene.nodata is None
-            and not src.overviews(scene.rgb_indexes[0])
-            and all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in scene.rgb_indexes)
-            and scene.height % rows == 0
-            and scene.width % columns == 0
-        ):
+        shape = preview_shape(scene.width, scene.height)
+        if not _takes_block_means(src, scene.rgb_indexes, shape):
             return None
-        return cls(grid, [list(indexes).index(b) for b in scene.rgb_indexes], (rows, columns))
+        return cls(grid, [list(indexes).index(b) for b in scene.rgb_indexes], shape)
 
     def add(self, index: int, tile: np.ndarray) -> None:
         """Tile `index` as read: (bands, size, size), the reader's bands, the file's type."""
@@ -1054,20 +1045,28 @@ def read_backdrop(path: str, bands: Sequence[int], shape: tuple[int, int]) -> np
     the same values there (on noisy 8-bit data GDAL's average is off the exact mean by up to 2).
     Otherwise GDAL resamples."""
     import rasterio
-    from rasterio.enums import MaskFlags, Resampling
+    from rasterio.enums import Resampling
 
     with gdal_env(), rasterio.open(path) as scene:
-        rows, columns = shape
-        if (
-            np.dtype(scene.dtypes[0]).kind == "u"
-            and scene.nodata is None
-            and not scene.overviews(bands[0])
-            and all(scene.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands)
-            and scene.height % rows == 0
-            and scene.width % columns == 0
-        ):
-            return _block_means(scene, list(bands), rows, columns)
+        if _takes_block_means(scene, bands, shape):
+            return _block_means(scene, list(bands), *shape)
         return scene.read(list(bands), out_shape=(3, *shape), resampling=Resampling.average).astype(np.float32)
+
+
+def _takes_block_means(scene, bands: Sequence[int], shape: tuple[int, int]) -> bool:
+    """Whether the open scene's `bands` decimate to `shape` as exact block means: unsigned integers, no nodata,
+    mask or overviews, and a whole block of pixels for each preview pixel."""
+    from rasterio.enums import MaskFlags
+
+    rows, columns = shape
+    return (
+        np.dtype(scene.dtypes[0]).kind == "u"
+        and scene.nodata is None
+        and not scene.overviews(bands[0])
+        and all(scene.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands)
+        and scene.height % rows == 0
+        and scene.width % columns == 0
+    )
 
 
 def _block_means(scene, bands: list[int], rows: int, columns: int) -> np.ndarray:
