@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -32,19 +33,37 @@ MODELS = ROOT / "examples" / "models"
 PROMPT = "map surface water in the Olinda scene"
 
 
-def start_mesh() -> dict:
-    """The running local mesh's state, after starting one if none serves."""
+def start_mesh(wait_s: float = 30.0) -> dict:
+    """The running local mesh's state, after starting one if none runs.
+
+    A mesh whose processes all run is kept, and the demo waits up to `wait_s` for every part to answer SERVING: on
+    a busy machine a part may miss one health probe (its own check of a dependency timed out), and replacing the
+    mesh for that would stop the user's mesh and drop its TLS. A mesh with a part that has died is restarted, with
+    TLS when it had TLS."""
     paths = mesh_process.MeshPaths(mesh_process.config.home_dir())
     state = mesh_process.read_state(paths)
-    if not state or not all(part["serving"] for part in mesh_process.status().values()):
-        if state:
-            mesh_process.down()
-        print(f"starting the mesh on embedded defaults (state in {paths.home})...", flush=True)
-        try:
-            state = mesh_process.up()
-        except (RuntimeError, ValueError) as error:  # ValueError: settings that do not fit
-            raise SystemExit(str(error)) from None
-    return state
+    report = mesh_process.status() if state else {}
+    deadline = time.monotonic() + wait_s
+    while report and all(part["running"] for part in report.values()):
+        waiting = [name for name, part in report.items() if not part["serving"]]
+        if state and not waiting:
+            return state
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"the mesh in {paths.home} runs, but {', '.join(waiting)} did not answer SERVING within "
+                f"{wait_s:.0f} s: see `constellation status` and the logs in {paths.logs}, or restart it with "
+                "`constellation down`"
+            )
+        time.sleep(0.5)
+        report = mesh_process.status()
+    tls = bool(state and state.get("tls_dir"))
+    if state:
+        mesh_process.down()
+    print(f"starting the mesh on embedded defaults{' with TLS' if tls else ''} (state in {paths.home})...", flush=True)
+    try:
+        return mesh_process.up(tls=tls)
+    except (RuntimeError, ValueError) as error:  # ValueError: settings that do not fit
+        raise SystemExit(str(error)) from None
 
 
 def register(client: Client, scene: Path) -> dict[str, str]:

@@ -193,6 +193,81 @@ def test_demo_maps_water_on_the_local_runtime(local_mesh):
     assert again["stage_seconds"]["deploy"] < summary["stage_seconds"]["deploy"]
 
 
+@pytest.fixture
+def recorded_home(tmp_path, monkeypatch):
+    """A mesh home whose state names one part, `core`: a live `sleep` process (so the demo sees it running) at the
+    address of a real health server the test sets, and records of `up` and `down` instead of a mesh."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from constellation_sdk import demo
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    part = subprocess.Popen(["sleep", "120"])
+    paths = mesh_process.MeshPaths(tmp_path)
+    paths.state.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_state(pid: int, tls_dir: str = "") -> dict:
+        state = {
+            "home": str(tmp_path),
+            "tls_dir": tls_dir,
+            "processes": {"core": {"pid": pid, "address": f"127.0.0.1:{port}"}},
+        }
+        paths.state.write_text(json.dumps(state))
+        return state
+
+    calls: list[tuple] = []
+    monkeypatch.setenv("CONSTELLATION_HOME", str(tmp_path))
+    monkeypatch.setattr(mesh_process, "up", lambda **kwargs: calls.append(("up", kwargs)) or {"started": True})
+    real_down = mesh_process.down
+    monkeypatch.setattr(mesh_process, "down", lambda: calls.append(("down",)) or real_down())
+    status = health_pb2.HealthCheckResponse
+    yield {"demo": demo, "servicer": health_servicer, "status": status, "part": part, "paths": paths,
+           "write_state": write_state, "calls": calls}  # fmt: skip
+    part.kill()
+    part.wait()
+    server.stop(0)
+
+
+def test_the_demo_waits_for_a_running_mesh_that_missed_a_probe_instead_of_replacing_it(recorded_home):
+    """A busy part may answer NOT_SERVING for a moment (its own check of a dependency timed out): the demo waits
+    for it and keeps the mesh, whose restart would drop its TLS (the demo's restart had done so in CI)."""
+    h = recorded_home
+    state = h["write_state"](h["part"].pid)
+    h["servicer"].set("", h["status"].NOT_SERVING)
+    threading.Timer(1.5, h["servicer"].set, ("", h["status"].SERVING)).start()
+    started = time.monotonic()
+    assert h["demo"].start_mesh(wait_s=30) == state
+    assert time.monotonic() - started >= 1.5
+    assert h["calls"] == [] and h["part"].poll() is None and h["paths"].state.exists()
+
+
+def test_the_demo_names_a_running_part_that_stays_unhealthy_and_leaves_the_mesh_alone(recorded_home):
+    h = recorded_home
+    h["write_state"](h["part"].pid)
+    h["servicer"].set("", h["status"].NOT_SERVING)
+    with pytest.raises(SystemExit) as stopped:
+        h["demo"].start_mesh(wait_s=1)
+    message = str(stopped.value)
+    assert "core did not answer SERVING within 1 s" in message and "constellation down" in message
+    assert h["calls"] == [] and h["part"].poll() is None
+
+
+def test_the_demo_restarts_a_mesh_with_a_dead_part_keeping_its_tls(recorded_home):
+    h = recorded_home
+    h["part"].kill()
+    h["part"].wait()
+    h["write_state"](h["part"].pid, tls_dir="/some/certs")
+    assert h["demo"].start_mesh(wait_s=30) == {"started": True}
+    assert h["calls"] == [("down",), ("up", {"tls": True})]
+    assert not h["paths"].state.exists()  # down cleared the stale state
+
+
 def test_demo_maps_water_on_the_docker_runtime_with_ndwi(tmp_path):
     """The demo with the model fixed to NDWI, whose mask must equal an independent NDWI of the same pixels."""
     from tests.hosting_support import require_docker
