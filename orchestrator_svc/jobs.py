@@ -4,8 +4,9 @@ Each block is one invocation of its kind's op (aliased by the block's id), wired
 by the spec's edges; the blocks' settings are the ops' typed config in the
 run config, so the Dagster UI shows them. A block after a dataset of many STAC
 items is invoked once per item (`<block>__<n>`), and a summary block takes every
-copy of its input (fan-in). The job runs on the in-process executor inside the
-run's worker process, or, over many items, on Dagster's multiprocess executor
+copy of its input (fan-in). The job runs inside the run's worker process, the
+steps of independent branches at once in its threads (orchestrator_svc.executor,
+`max_parallel_branches`), or, over many items, on Dagster's multiprocess executor
 (`max_parallel_items` steps at once, each in a process of its own); the model
 step carries the RetryPolicy (exponential backoff) for transient endpoint
 failures.
@@ -31,6 +32,7 @@ from dagster import (
 
 from clients.roots import StorageRoots
 from orchestrator_svc import specs
+from orchestrator_svc.executor import threaded_executor
 from orchestrator_svc.ops import OP_DEFS, ConstellationResource
 from orchestrator_svc.settings import OrchestratorSettings
 from orchestrator_svc.specs import Plan
@@ -54,6 +56,7 @@ class JobSettings:
     roots: dict[str, list[str]] | None = field(default=None)
     infer_wait_s: float = 30.0  # runs launched before it was stored waited this long
     max_parallel_items: int = 1  # steps at once in a run over many STAC items (runs from before ran one at a time)
+    max_parallel_branches: int = 1  # steps of independent branches at once in a run over one scene (likewise)
 
     @classmethod
     def of(cls, settings: OrchestratorSettings, roots: StorageRoots) -> JobSettings:
@@ -72,6 +75,7 @@ class JobSettings:
             },
             settings.infer_wait_s,
             settings.max_parallel_items,
+            settings.max_parallel_branches,
         )
 
     def to_json(self) -> str:
@@ -124,15 +128,17 @@ def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
             }
         )
         if runs_in_parallel(plan, settings)
+        else threaded_executor.configured({"max_concurrent": settings.max_parallel_branches})
+        if settings.max_parallel_branches > 1
         else in_process_executor,
         description="A Constellation pipeline spec (blocks and edges) launched through the orchestrator.",
     )
 
 
 def early_exports(plan: Plan, settings: JobSettings) -> dict[str, list[str]]:
-    """Stitch op name -> what the exports of its raster want of it ("cog", "png_preview"), for a run on the
-    in-process executor: the stitch step starts that work in threads (ops.start_early_export), so it runs
-    beside the vectorize step instead of after it."""
+    """Stitch op name -> what the exports of its raster want of it ("cog", "png_preview"), for a run whose
+    steps share its worker process (over one scene): the stitch step starts that work in threads
+    (ops.start_early_export), so it runs beside the vectorize step instead of after it."""
     if runs_in_parallel(plan, settings):
         return {}
     kinds = {b.op_name: b.kind for b in plan.blocks}

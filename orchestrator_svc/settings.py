@@ -56,6 +56,14 @@ class OrchestratorSettings(EnvSettings):
         ge=1,
         le=64,
     )
+    max_parallel_branches: int = env_field(
+        PREFIX + "MAX_PARALLEL_BRANCHES",
+        2,
+        "steps of independent branches (a model and an index, two models) a run over one scene runs at once, in "
+        "threads of its worker; 1: one step after another",
+        ge=1,
+        le=16,
+    )
     infer_timeout_s: float = env_field(PREFIX + "INFER_TIMEOUT_S", 60.0, "deadline of one ModelInfer call", ge=0)
     infer_wait_s: float = env_field(
         PREFIX + "INFER_WAIT_S",

@@ -255,6 +255,81 @@ def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slo
             time.sleep(0.1)
 
 
+def with_second_branch(request: pb.LaunchRunRequest, export_uri: str) -> pb.LaunchRunRequest:
+    """`request`'s pipeline and a second model branch from its scene block: tiles-b -> water-b (the same model)
+    -> mosaic-b -> out-b."""
+    branch = [
+        c.Block(
+            id="tiles-b", tile=c.TileBlock(tile_size_px=256, overlap_px=32, normalization=c.NORMALIZATION_REFLECTANCE)
+        ),
+        c.Block(id="water-b", model=c.ModelBlock(model_id="ndwi", batch_size=1, max_concurrency=1)),
+        c.Block(id="mosaic-b", stitch=c.StitchBlock(blend=c.BLEND_MODE_MEAN)),
+        c.Block(id="out-b", export=c.ExportBlock(uri=export_uri, formats=[c.EXPORT_FORMAT_COG])),
+    ]  # fmt: skip
+    request.spec.blocks.extend(branch)
+    ids = ["scene", *(b.id for b in branch)]
+    request.spec.edges.extend(c.Edge(source_block_id=a, target_block_id=b) for a, b in zip(ids, ids[1:], strict=False))
+    return request
+
+
+def step_spans(events: list[c.RunEvent], *blocks: str) -> dict[str, tuple[float, float]]:
+    """Each block's step: (time it started, time it ended), from the run's events."""
+    ends = (E.RUN_EVENT_TYPE_STEP_SUCCEEDED, E.RUN_EVENT_TYPE_STEP_FAILED)
+    started = {e.block_id: e.time.ToNanoseconds() / 1e9 for e in events if e.type == E.RUN_EVENT_TYPE_STEP_STARTED}
+    ended = {e.block_id: e.time.ToNanoseconds() / 1e9 for e in events if e.type in ends}
+    return {block: (started[block], ended[block]) for block in blocks}
+
+
+def test_independent_branches_run_at_the_same_time(orchestrator, slow_endpoint, scene_512, tmp_path):
+    """Two model branches from one scene (orchestrator_svc.executor): their model steps overlap in time (one after
+    the other each takes 9 requests of 0.4 s), and both write the same raster as one branch alone does."""
+    request = water_request(
+        f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/a"], batch_size=1, max_concurrency=1
+    )
+    run = orchestrator.stub.LaunchRun(with_second_branch(request, f"file://{tmp_path}/b"))
+    events = orchestrator.events(run.id)
+    assert events[-1].type == E.RUN_EVENT_TYPE_RUN_SUCCEEDED, [e.message for e in events[-5:]]
+    spans = step_spans(events, "water", "water-b")
+    (a_start, a_end), (b_start, b_end) = spans["water"], spans["water-b"]
+    assert a_start < b_end and b_start < a_end, f"the model steps ran one after the other: {spans}"
+    assert min(a_end - a_start, b_end - b_start) > 3.0  # each waited for its 9 requests
+    final = orchestrator.stub.GetRun(pb.GetRunRequest(id=run.id))
+    cogs = {
+        o.block_id: Path(o.uri.removeprefix("file://"))
+        for o in final.outputs
+        if o.uri.endswith("/water_probability.tif")
+    }
+    assert set(cogs) == {"out-0", "out-b"}, [o.uri for o in final.outputs]
+    with rasterio.open(cogs["out-0"]) as a, rasterio.open(cogs["out-b"]) as b:
+        first, second = a.read(1), b.read(1)
+    assert first.shape == (512, 512) and np.array_equal(first, second)
+    assert_matches_ndwi(cogs["out-b"], scene_512)
+
+
+def test_cancel_stops_every_branch_that_runs(orchestrator, slow_endpoint, scene_512, tmp_path):
+    """A cancel reaches the steps running on the worker's threads as it reaches one on its main thread: both
+    model steps fail as interrupted, the run is CANCELED without outputs, and the worker exits."""
+    request = water_request(
+        f"file://{scene_512}", slow_endpoint.address, [f"file://{tmp_path}/a"], batch_size=1, max_concurrency=1
+    )
+    run = orchestrator.stub.LaunchRun(with_second_branch(request, f"file://{tmp_path}/b"))
+    wait_for_progress(orchestrator, run.id, "water", 1)
+    wait_for_progress(orchestrator, run.id, "water-b", 1)
+    orchestrator.stub.CancelRun(pb.CancelRunRequest(id=run.id))
+    events = orchestrator.events(run.id)
+    assert names(events)[-1] == "RUN_CANCELED" and "RUN_SUCCEEDED" not in names(events)
+    failed = {e.block_id for e in events if e.type == E.RUN_EVENT_TYPE_STEP_FAILED}
+    succeeded = {e.block_id for e in events if e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED}
+    assert {"water", "water-b"} <= failed and not {"water", "water-b", "mosaic", "mosaic-b"} & succeeded
+    assert not any(e.type == E.RUN_EVENT_TYPE_OUTPUT for e in events)
+    assert not [p for p in tmp_path.rglob("*.tif") if p.parent.name in ("a", "b")]
+    dagster_run = orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id))
+    with pytest.raises(ProcessLookupError):  # the worker exits
+        for _ in range(300):
+            os.kill(int(dagster_run.tags[PID_TAG]), 0)
+            time.sleep(0.1)
+
+
 def test_model_step_waits_then_retries_when_the_endpoint_dies_and_comes_back(
     orchestrator, slow_endpoint, scene_512, tmp_path
 ):
