@@ -13,8 +13,10 @@ water-mlp -> stitch -> vectorize -> export). Four pipelines over that dataset:
 Each runs once to deploy its models, then `--runs` times, interleaved. The figure is the median wall time of a
 run, from RunPipeline to its end as the client waited for it, and its ratio to the slower of its branches run
 alone (target <= 1.2); `ndwi` (ndwi-water's branch alone) is run for that ratio too. Each branch after the
-dataset is its own chain of steps; a run over one scene runs its steps one at a time in its worker, and the
-machine's cores are shared with the model endpoints, so the ratio says what a second branch costs on top.
+dataset is its own chain of steps; the run's worker runs the two chains' steps at once, in threads
+(orchestrator_svc.executor), on the cores the model endpoints use too, so the ratio says what a second branch
+costs on top. CONSTELLATION_ORCHESTRATOR_MAX_PARALLEL_BRANCHES=1 in the environment runs them one after the
+other instead (as before the threaded executor).
 """
 
 from __future__ import annotations

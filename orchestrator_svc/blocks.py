@@ -1124,5 +1124,7 @@ def write_preview(
         low, high = np.asarray(colors.low, np.float32), np.asarray(colors.high, np.float32)
         rgb_out = (low + (high - low) * values[..., None]).astype(np.uint8)
     alpha = np.where(valid, 255, 0).astype(np.uint8)[..., None]
-    Image.fromarray(np.concatenate([rgb_out, alpha], axis=-1), "RGBA").save(target, optimize=True)
+    # zlib's fastest level: a 1024² preview encodes in 0.04 s and is 10% larger than with optimize=True, which
+    # tries level 9 with several filters and took 0.62 s, as long as the rest of the preview together.
+    Image.fromarray(np.concatenate([rgb_out, alpha], axis=-1), "RGBA").save(target, compress_level=1)
     return shape
