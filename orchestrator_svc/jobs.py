@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from dagster import (
     Backoff,
     DependencyDefinition,
+    ExecutorDefinition,
     GraphDefinition,
     Jitter,
     JobDefinition,
@@ -100,6 +101,23 @@ def runs_in_parallel(plan: Plan, settings: JobSettings) -> bool:
     return plan.items > 1 and settings.max_parallel_items > 1
 
 
+def executor_for(plan: Plan, settings: JobSettings) -> ExecutorDefinition:
+    """Over many items: a process per step, `max_parallel_items` at once (1: one step after another). Over one
+    scene: the steps of independent branches at once, `max_parallel_branches` threads (1: one after another)."""
+    if runs_in_parallel(plan, settings):
+        return multiprocess_executor.configured(
+            {
+                "max_concurrent": settings.max_parallel_items,
+                # Step processes fork from a server that imported the ops once (a fresh interpreter per step
+                # spends seconds importing Dagster, GDAL and numpy).
+                "start_method": {"forkserver": {"preload_modules": ["orchestrator_svc.jobs"]}},
+            }
+        )
+    if plan.items <= 1 and settings.max_parallel_branches > 1:
+        return threaded_executor.configured({"max_concurrent": settings.max_parallel_branches})
+    return in_process_executor
+
+
 def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
     dependencies = {}
     for block in plan.blocks:
@@ -119,18 +137,7 @@ def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:
     graph = GraphDefinition(name=JOB_NAME, node_defs=[OP_DEFS[k] for k in kinds], dependencies=dependencies)
     return graph.to_job(
         resource_defs={"constellation": ConstellationResource.configure_at_launch()},
-        executor_def=multiprocess_executor.configured(
-            {
-                "max_concurrent": settings.max_parallel_items,
-                # Step processes fork from a server that imported the ops once (a fresh interpreter per step
-                # spends seconds importing Dagster, GDAL and numpy).
-                "start_method": {"forkserver": {"preload_modules": ["orchestrator_svc.jobs"]}},
-            }
-        )
-        if runs_in_parallel(plan, settings)
-        else threaded_executor.configured({"max_concurrent": settings.max_parallel_branches})
-        if settings.max_parallel_branches > 1
-        else in_process_executor,
+        executor_def=executor_for(plan, settings),
         description="A Constellation pipeline spec (blocks and edges) launched through the orchestrator.",
     )
 

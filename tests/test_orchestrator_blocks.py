@@ -493,7 +493,7 @@ def test_export_started_by_the_stitch_step_publishes_the_same_files(scene_file, 
     assert (published["plain"] / preview).read_bytes() == (published["early"] / preview).read_bytes()
 
 
-def test_early_exports_only_on_the_in_process_executor():
+def test_early_exports_only_when_steps_share_the_worker_and_which_executor_runs_a_plan():
     from dataclasses import replace
 
     from orchestrator_svc import jobs
@@ -515,6 +515,17 @@ def test_early_exports_only_on_the_in_process_executor():
     two_items = Plan(tuple(replace(b, item=f"item{k}") for k in (1, 2) for b in plan.blocks))
     assert jobs.runs_in_parallel(two_items, replace(settings, max_parallel_items=2))
     assert jobs.early_exports(two_items, replace(settings, max_parallel_items=2)) == {}
+
+    # Which executor: branches of one scene in threads; many items in processes; 1 means one step at a time.
+    def executor(scene: Plan, items: int, branches: int) -> str:
+        chosen = replace(settings, max_parallel_items=items, max_parallel_branches=branches)
+        return jobs.executor_for(scene, chosen).name
+
+    assert [executor(plan, items, 2) for items in (1, 2)] == ["constellation_threads"] * 2
+    assert [executor(plan, items, 1) for items in (1, 2)] == ["in_process"] * 2
+    # max_parallel_items=1: the items' steps one after another, as that setting says, whatever the branches
+    assert [executor(two_items, 1, branches) for branches in (1, 2)] == ["in_process"] * 2
+    assert [executor(two_items, 2, branches) for branches in (1, 2)] == ["multiprocess"] * 2
 
 
 @pytest.mark.parametrize("nodata", [None, 0, 7])
