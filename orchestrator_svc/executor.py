@@ -170,9 +170,7 @@ class ThreadedExecutor(Executor):
     def _ended(self, job_context: PlanExecutionContext, active, key: str, ran) -> Iterator[DagsterEvent]:
         thread, context, events = ran
         thread.join()
-        active.verify_complete(job_context, key)  # a step that ended without success or failure fails the run
-        yield from active.plan_events_iterator(job_context)
-        yield from _trigger_hook(context, events)
+        yield from _finish(job_context, active, key, context, events)
 
     def _on_main_thread(self, job_context: PlanExecutionContext, active, step) -> Iterator[DagsterEvent]:
         context = job_context.for_step(step, active.get_known_state())
@@ -181,9 +179,14 @@ class ThreadedExecutor(Executor):
             events.append(event)
             yield event
             active.handle_event(event)
-        active.verify_complete(job_context, step.key)
-        yield from active.plan_events_iterator(job_context)
-        yield from _trigger_hook(context, events)
+        yield from _finish(job_context, active, step.key, context, events)
+
+
+def _finish(job_context: PlanExecutionContext, active, key: str, context, events) -> Iterator[DagsterEvent]:
+    """After a step's last event, wherever it ran: what the in-process executor does then."""
+    active.verify_complete(job_context, key)  # a step that ended without success or failure fails the run
+    yield from active.plan_events_iterator(job_context)  # the steps its failure skips
+    yield from _trigger_hook(context, events)
 
 
 def _run_step(context, key: str, items: queue.Queue) -> None:
