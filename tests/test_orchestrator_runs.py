@@ -82,6 +82,15 @@ def wait_for_progress(orch: Orchestrator, run_id: str, block_id: str, done: int)
     pytest.fail("the stream ended before the progress arrived")
 
 
+def assert_worker_exits(orch: Orchestrator, run_id: str) -> None:
+    """The run's worker process exits (within 30 s: a loaded 2-core machine took over 5)."""
+    dagster_run = orch.server.runs.instance.get_run_by_id(dagster_run_id(run_id))
+    with pytest.raises(ProcessLookupError):
+        for _ in range(300):
+            os.kill(int(dagster_run.tags[PID_TAG]), 0)
+            time.sleep(0.1)
+
+
 def assert_matches_ndwi(path: Path, scene: Path) -> np.ndarray:
     expected, nodata = ndwi_probability(scene)
     with rasterio.open(scene) as src:
@@ -248,11 +257,7 @@ def test_cancel_stops_the_run_and_publishes_nothing(orchestrator, s3_server, slo
         rpc_error(orchestrator.stub.CancelRun, pb.CancelRunRequest(id=run.id)).code()
         == grpc.StatusCode.FAILED_PRECONDITION
     )
-    dagster_run = orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id))
-    with pytest.raises(ProcessLookupError):  # the worker exits (within 30 s: a loaded 2-core machine took over 5)
-        for _ in range(300):
-            os.kill(int(dagster_run.tags[PID_TAG]), 0)
-            time.sleep(0.1)
+    assert_worker_exits(orchestrator, run.id)
 
 
 def with_second_branch(request: pb.LaunchRunRequest, export_uri: str) -> pb.LaunchRunRequest:
@@ -322,12 +327,8 @@ def test_cancel_stops_every_branch_that_runs(orchestrator, slow_endpoint, scene_
     succeeded = {e.block_id for e in events if e.type == E.RUN_EVENT_TYPE_STEP_SUCCEEDED}
     assert {"water", "water-b"} <= failed and not {"water", "water-b", "mosaic", "mosaic-b"} & succeeded
     assert not any(e.type == E.RUN_EVENT_TYPE_OUTPUT for e in events)
-    assert not [p for p in tmp_path.rglob("*.tif") if p.parent.name in ("a", "b")]
-    dagster_run = orchestrator.server.runs.instance.get_run_by_id(dagster_run_id(run.id))
-    with pytest.raises(ProcessLookupError):  # the worker exits
-        for _ in range(300):
-            os.kill(int(dagster_run.tags[PID_TAG]), 0)
-            time.sleep(0.1)
+    assert not [p for folder in ("a", "b") for p in (tmp_path / folder).rglob("*") if p.is_file()]
+    assert_worker_exits(orchestrator, run.id)
 
 
 def test_model_step_waits_then_retries_when_the_endpoint_dies_and_comes_back(
