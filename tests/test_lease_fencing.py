@@ -198,8 +198,10 @@ def test_work_a_dead_instance_left_in_progress_is_failed_by_another(database_url
 
 
 def orchestrator(tmp_path, database_url: str, holder: str) -> RunManager:
-    """An orchestrator's run manager on the shared instance: the PostgreSQL database, or SQLite in one home."""
-    env = {"CONSTELLATION_HOME": str(tmp_path / "home")}
+    """An orchestrator's run manager on the shared instance: the PostgreSQL database, or SQLite in one home. It
+    launches no run, so it keeps no spare worker: two spares importing Dagster at once made the steps between
+    orch-b taking a lease and the test reading it outlast the lease's 0.6 s on a busy 2-core machine (CI)."""
+    env = {"CONSTELLATION_HOME": str(tmp_path / "home"), "CONSTELLATION_ORCHESTRATOR_SPARE_WORKER": "0"}
     if database_url.startswith("postgresql"):
         env["CONSTELLATION_DAGSTER_POSTGRES_URL"] = database_url
     settings = OrchestratorSettings.from_env(env)
