@@ -53,13 +53,19 @@ def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
 
 
 def gdal_env(**options: object):
-    """GDAL's settings for a block's reads and writes. rasterio takes an integer GDAL_CACHEMAX in bytes (it
-    calls GDALSetCacheMax64), not in MB as GDAL's own config option does: a cache of 64 bytes holds no
-    block, and every window read decompressed each block it touched again (4x the work for overlapping
-    tiles, 18x for band-by-band reads of a pixel-interleaved scene)."""
-    import rasterio
+    """GDAL's settings for a block's reads and writes (one GDAL thread), and its block cache of GDAL_CACHE_MB.
 
-    return rasterio.Env(**{"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024, "GDAL_NUM_THREADS": "1", **options})
+    The cache is one for the whole process, and is set for the whole process. rasterio.Env(GDAL_CACHEMAX=...)
+    sets it too, but puts GDAL's default (5% of RAM) back as it exits, in every thread: a step's env ending
+    while a COG was written in another thread (ops.start_early_export) left that COG a 1.2 GiB cache, and the
+    worker's peak memory grew with the scene. rasterio takes the size in bytes (GDALSetCacheMax64), not in MB
+    as GDAL's own config option does: a cache of 64 bytes holds no block, and every window read decompressed
+    each block it touched again."""
+    import rasterio
+    from rasterio.env import set_gdal_config
+
+    set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB * 1024 * 1024)
+    return rasterio.Env(**{"GDAL_NUM_THREADS": "1", **options})
 
 
 # --------------------------------------------------------------------------- scenes
