@@ -27,7 +27,6 @@ from dagster import (
     MultiDependencyDefinition,
     NodeInvocation,
     RetryPolicy,
-    in_process_executor,
     multiprocess_executor,
 )
 
@@ -102,8 +101,9 @@ def runs_in_parallel(plan: Plan, settings: JobSettings) -> bool:
 
 
 def executor_for(plan: Plan, settings: JobSettings) -> ExecutorDefinition:
-    """Over many items: a process per step, `max_parallel_items` at once (1: one step after another). Over one
-    scene: the steps of independent branches at once, `max_parallel_branches` threads (1: one after another)."""
+    """Over many items: a process per step, `max_parallel_items` at once. Otherwise the steps run in the worker
+    process: over one scene those of independent branches at once, `max_parallel_branches` threads; over many
+    items one after another (max_parallel_items 1), as do all steps with max_parallel_branches 1."""
     if runs_in_parallel(plan, settings):
         return multiprocess_executor.configured(
             {
@@ -113,9 +113,8 @@ def executor_for(plan: Plan, settings: JobSettings) -> ExecutorDefinition:
                 "start_method": {"forkserver": {"preload_modules": ["orchestrator_svc.jobs"]}},
             }
         )
-    if plan.items <= 1 and settings.max_parallel_branches > 1:
-        return threaded_executor.configured({"max_concurrent": settings.max_parallel_branches})
-    return in_process_executor
+    branches = settings.max_parallel_branches if plan.items <= 1 else 1
+    return threaded_executor.configured({"max_concurrent": branches})
 
 
 def build_job(plan: Plan, settings: JobSettings) -> JobDefinition:

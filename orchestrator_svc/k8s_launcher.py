@@ -8,8 +8,8 @@ ConfigMaps and Secrets, resources), created through its API client with retries,
 and its status is what check_run_worker_health reports. The worker pod opens the instance dagster-k8s
 mounts at DAGSTER_HOME from the ConfigMap CONSTELLATION_DAGSTER_K8S_INSTANCE_CONFIG_MAP, whose storage
 reads CONSTELLATION_DAGSTER_POSTGRES_URL from the pod's Secret, so no credential is written into the Job.
-A run executes in one pod with Dagster's in-process executor (over many STAC items, its multiprocess executor
-in the same pod): steps share the pod's scratch folder, and
+A run executes in one pod, its steps in the worker process (orchestrator_svc.executor; over many STAC items,
+Dagster's multiprocess executor in the same pod): steps share the pod's scratch folder, and
 what a run keeps goes to S3 (exports), so pods share no disk.
 """
 

@@ -114,20 +114,63 @@ def test_centre_blend_takes_each_pixel_from_the_nearest_tile(scene_file, tmp_pat
     assert got_mean[NODATA_PATCH_PX + 1, first_overlap] == pytest.approx(1.5)
 
 
-def test_gdal_env_gives_gdal_a_block_cache():
-    """GDAL's block cache inside the blocks' GDAL settings is GDAL_CACHE_MB MiB, asked of GDAL itself. rasterio
-    takes an integer GDAL_CACHEMAX in bytes: the "64" it was once given made a cache of 64 bytes, and every
-    overlapping tile read decompressed the scene's blocks again."""
+def test_gdal_env_gives_gdal_a_block_cache_that_stays_while_other_threads_leave_theirs():
+    """GDAL's block cache is GDAL_CACHE_MB MiB, asked of GDAL itself, and stays so when a step's GDAL settings
+    end in another thread (rasterio.Env put GDAL's default, 5% of RAM, back for the whole process: a COG
+    written meanwhile took as much). rasterio takes the size in bytes: the "64" it was once given made a cache
+    of 64 bytes, and every overlapping tile read decompressed the scene's blocks again."""
     import ctypes
     import glob
     import os
+    import threading
 
     libgdal = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*"))
     assert libgdal, "rasterio's wheel bundles libgdal next to the package"
     gdal = ctypes.CDLL(libgdal[0])
     gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    wanted = blocks.GDAL_CACHE_MB * 1024 * 1024
+    inside, left, seen = threading.Event(), threading.Event(), []
+
+    def cog_beside() -> None:  # as ops.start_early_export's COG: begun in the stitch step, outlasting it
+        with blocks.gdal_env():
+            inside.set()
+            left.wait(10)
+            seen.append(gdal.GDALGetCacheMax64())
+
     with blocks.gdal_env():
-        assert gdal.GDALGetCacheMax64() == blocks.GDAL_CACHE_MB * 1024 * 1024
+        assert gdal.GDALGetCacheMax64() == wanted
+        thread = threading.Thread(target=cog_beside)
+        thread.start()
+        inside.wait(10)
+    left.set()  # the stitch step's settings have ended
+    thread.join()
+    assert seen == [wanted], "another thread's settings ending changed the cache of a COG being written"
+    assert gdal.GDALGetCacheMax64() == wanted
+
+
+def test_memory_a_step_freed_in_its_thread_is_given_back():
+    """What a step thread freed stays with glibc (its arena, between blocks still in use) until the executor
+    gives it back after the step (release_free_memory)."""
+    import threading
+
+    from orchestrator_svc.executor import release_free_memory
+
+    def anon_mib() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("RssAnon")).split()[1]) // 1024
+
+    kept = []
+
+    def step() -> None:
+        chunks = [np.ones(16 * 1024, dtype=np.float32) for _ in range(3000)]  # 64 KiB each: malloc's heap, 190 MiB
+        kept.extend(chunks[::10])  # one in ten outlives the step, as a step's result does
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    thread.join()
+    held = anon_mib()
+    release_free_memory()
+    assert held - anon_mib() > 100, "the 170 MiB the step freed was not given back"
 
 
 def test_usable_cpus_follow_a_container_quota(tmp_path):
@@ -516,16 +559,17 @@ def test_early_exports_only_when_steps_share_the_worker_and_which_executor_runs_
     assert jobs.runs_in_parallel(two_items, replace(settings, max_parallel_items=2))
     assert jobs.early_exports(two_items, replace(settings, max_parallel_items=2)) == {}
 
-    # Which executor: branches of one scene in threads; many items in processes; 1 means one step at a time.
-    def executor(scene: Plan, items: int, branches: int) -> str:
-        chosen = replace(settings, max_parallel_items=items, max_parallel_branches=branches)
-        return jobs.executor_for(scene, chosen).name
+    # Which executor, and how many steps at once: branches of one scene in threads of the worker; many items in
+    # processes; 1 means one step at a time.
+    def executor(scene: Plan, items: int, branches: int) -> tuple[str, int]:
+        chosen = jobs.executor_for(scene, replace(settings, max_parallel_items=items, max_parallel_branches=branches))
+        return chosen.name, chosen.config_schema.resolve_config({}).value["config"]["max_concurrent"]
 
-    assert [executor(plan, items, 2) for items in (1, 2)] == ["constellation_threads"] * 2
-    assert [executor(plan, items, 1) for items in (1, 2)] == ["in_process"] * 2
+    assert [executor(plan, items, 2) for items in (1, 2)] == [("constellation_threads", 2)] * 2
+    assert [executor(plan, items, 1) for items in (1, 2)] == [("constellation_threads", 1)] * 2
     # max_parallel_items=1: the items' steps one after another, as that setting says, whatever the branches
-    assert [executor(two_items, 1, branches) for branches in (1, 2)] == ["in_process"] * 2
-    assert [executor(two_items, 2, branches) for branches in (1, 2)] == ["multiprocess"] * 2
+    assert [executor(two_items, 1, branches) for branches in (1, 2)] == [("constellation_threads", 1)] * 2
+    assert [executor(two_items, 2, branches) for branches in (1, 2)] == [("multiprocess", 2)] * 2
 
 
 @pytest.mark.parametrize("nodata", [None, 0, 7])
