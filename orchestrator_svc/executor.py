@@ -64,7 +64,8 @@ class ThreadedExecutor(Executor):
         keys = execution_plan.step_keys_to_execute
         yield DagsterEvent.engine_event(
             plan_context,
-            f"Executing steps in process (pid: {os.getpid()}), up to {self.max_concurrent} at once in threads",
+            f"Executing steps in process (pid: {os.getpid()}), "
+            + (f"up to {self.max_concurrent} at once in threads" if self.max_concurrent > 1 else "one at a time"),
             event_specific_data=EngineEventData.in_process(os.getpid(), keys),
         )
         yield from iter(
